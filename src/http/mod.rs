@@ -1,0 +1,37 @@
+//! HTTP surface (actix-web). For now: the liveness and readiness probes.
+
+use crate::app::AppState;
+use actix_web::{HttpResponse, get, web};
+use serde_json::json;
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(healthz).service(readyz);
+}
+
+/// Liveness: the process answers.
+#[get("/healthz")]
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Readiness: the store answers and a valid configuration is loaded. When the files on disk
+/// hold errors, the last valid configuration keeps running and the count of errors is shown.
+#[get("/readyz")]
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let store_ok = state.store.ping().await.is_ok();
+    let errors = state.config_errors().len();
+    let plan = state.plan();
+    let body = json!({
+        "status": if store_ok { "ready" } else { "unavailable" },
+        "store": if store_ok { "ok" } else { "unreachable" },
+        "database": state.store.backend_name(),
+        "config": {
+            "valid": errors == 0,
+            "errors": errors,
+            "syncs": plan.syncs.len(),
+            "models": plan.models.len(),
+        },
+    });
+    if store_ok { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}

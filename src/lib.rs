@@ -1,0 +1,13 @@
+//! recsync: a bidirectional record synchronizer.
+//!
+//! Data flows one way: `config` compiles TOML into a `domain::Plan`; `store` persists records,
+//! links, the outbox and the change-control log; `http` serves probes and the API. A module
+//! imports only from modules before it in that flow; `domain` imports nothing from the crate.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,331 @@
+//! Rows of the store's tables, as the rest of the crate sees them.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::types::Json;
+
+/// A local record. `deleted` records are tombstones kept so deletions can be carried across.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    pub id: i64,
+    pub model: String,
+    pub values: Map<String, Value>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted: bool,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct RecordRow {
+    id: i64,
+    model: String,
+    vals: Json<Map<String, Value>>,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+impl From<RecordRow> for Record {
+    fn from(r: RecordRow) -> Self {
+        Record {
+            id: r.id,
+            model: r.model,
+            values: r.vals.0,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            deleted: r.deleted_at.is_some(),
+        }
+    }
+}
+
+/// The pairing of a local record with its external counterpart in one sync.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Link {
+    pub sync: String,
+    pub local_id: i64,
+    /// `None` until the external side has answered a create with its id.
+    pub external_id: Option<String>,
+    /// The values both sides held at the last successful sync.
+    pub base: Map<String, Value>,
+    /// The local record version that was last synced.
+    pub synced_version: i64,
+    pub external_hash: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct LinkRow {
+    sync: String,
+    local_id: i64,
+    external_id: Option<String>,
+    base: Json<Map<String, Value>>,
+    synced_version: i64,
+    external_hash: Option<String>,
+}
+
+impl From<LinkRow> for Link {
+    fn from(r: LinkRow) -> Self {
+        Link {
+            sync: r.sync,
+            local_id: r.local_id,
+            external_id: r.external_id,
+            base: r.base.0,
+            synced_version: r.synced_version,
+            external_hash: r.external_hash,
+        }
+    }
+}
+
+/// A change to deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOutbox {
+    pub sync: String,
+    pub local_id: i64,
+    /// `create`, `update` or `delete`.
+    pub action: String,
+    pub payload: Value,
+}
+
+/// A queued delivery.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub sync: String,
+    pub local_id: i64,
+    pub action: String,
+    pub payload: Value,
+    /// `pending`, `inflight`, `done`, `dead` or `discarded`.
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct OutboxRow {
+    id: i64,
+    sync: String,
+    local_id: i64,
+    action: String,
+    payload: Json<Value>,
+    status: String,
+    attempts: i64,
+    next_attempt_at: DateTime<Utc>,
+    last_error: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<OutboxRow> for OutboxEntry {
+    fn from(r: OutboxRow) -> Self {
+        OutboxEntry {
+            id: r.id,
+            sync: r.sync,
+            local_id: r.local_id,
+            action: r.action,
+            payload: r.payload.0,
+            status: r.status,
+            attempts: r.attempts,
+            next_attempt_at: r.next_attempt_at,
+            last_error: r.last_error,
+            created_at: r.created_at,
+        }
+    }
+}
+
+macro_rules! text_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident = $text:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),* }
+
+        impl $name {
+            pub const ALL: &'static [&'static str] = &[$($text),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some($name::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// Which way a change went.
+    LogDirection { ExternalToLocal = "external_to_local", LocalToExternal = "local_to_external" }
+);
+text_enum!(
+    /// What a change did.
+    LogAction {
+        Create = "create",
+        Update = "update",
+        Delete = "delete",
+        Unlink = "unlink",
+        Rename = "rename",
+        Move = "move",
+        Conflict = "conflict",
+    }
+);
+text_enum!(
+    /// How a change ended.
+    LogStatus { Success = "success", Failed = "failed", ConflictResolved = "conflict_resolved", Skipped = "skipped" }
+);
+
+/// A change-control row to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewChange {
+    pub sync: String,
+    pub direction: LogDirection,
+    pub action: LogAction,
+    pub external_id: Option<String>,
+    pub local_id: Option<i64>,
+    pub name: String,
+    pub title: String,
+    pub origin_values: Value,
+    pub destination_values: Value,
+    pub modified_at: Option<DateTime<Utc>>,
+    /// Defaults to now.
+    pub synced_at: Option<DateTime<Utc>>,
+    pub status: LogStatus,
+    pub error_message: String,
+    pub run_id: Option<i64>,
+    pub actor: String,
+}
+
+/// A change-control row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    pub id: i64,
+    pub sync: String,
+    pub direction: String,
+    pub action: String,
+    pub external_id: Option<String>,
+    pub local_id: Option<i64>,
+    pub name: String,
+    pub title: String,
+    pub origin_values: Value,
+    pub destination_values: Value,
+    pub modified_at: Option<DateTime<Utc>>,
+    pub synced_at: DateTime<Utc>,
+    pub status: String,
+    pub error_message: String,
+    pub run_id: Option<i64>,
+    pub actor: String,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ChangeRow {
+    id: i64,
+    sync: String,
+    direction: String,
+    action: String,
+    external_id: Option<String>,
+    local_id: Option<i64>,
+    name: String,
+    title: String,
+    origin_values: Json<Value>,
+    destination_values: Json<Value>,
+    modified_at: Option<DateTime<Utc>>,
+    synced_at: DateTime<Utc>,
+    status: String,
+    error_message: String,
+    run_id: Option<i64>,
+    actor: String,
+}
+
+impl From<ChangeRow> for Change {
+    fn from(r: ChangeRow) -> Self {
+        Change {
+            id: r.id,
+            sync: r.sync,
+            direction: r.direction,
+            action: r.action,
+            external_id: r.external_id,
+            local_id: r.local_id,
+            name: r.name,
+            title: r.title,
+            origin_values: r.origin_values.0,
+            destination_values: r.destination_values.0,
+            modified_at: r.modified_at,
+            synced_at: r.synced_at,
+            status: r.status,
+            error_message: r.error_message,
+            run_id: r.run_id,
+            actor: r.actor,
+        }
+    }
+}
+
+/// Filters for the change-control log; every one is optional.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeFilter {
+    pub sync: Option<String>,
+    pub direction: Option<String>,
+    pub action: Option<String>,
+    pub status: Option<String>,
+    pub external_id: Option<String>,
+    pub local_id: Option<i64>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Case-insensitive text search over the title and the error message.
+    pub q: Option<String>,
+    pub run_id: Option<i64>,
+    /// Keyset cursor: only rows with a smaller id.
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// A sync's persisted scheduling state.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct SyncState {
+    pub sync: String,
+    pub cursor: Option<String>,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub schedule: Option<String>,
+    pub running_run: Option<i64>,
+    pub running_by: Option<String>,
+    pub running_since: Option<DateTime<Utc>>,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunCounts {
+    pub pulled: i64,
+    pub created: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    pub unlinked: i64,
+    pub skipped: i64,
+    pub failed: i64,
+    pub conflicts: i64,
+    pub pushed: i64,
+}
+
+/// A recorded run.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct Run {
+    pub id: i64,
+    pub sync: String,
+    pub trigger: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub error: Option<String>,
+    pub instance: Option<String>,
+    pub pulled: i64,
+    pub created: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    pub unlinked: i64,
+    pub skipped: i64,
+    pub failed: i64,
+    pub conflicts: i64,
+    pub pushed: i64,
+}
