@@ -142,9 +142,15 @@ fn render_one<'a>(d: &'a Diagnostic, sources: &'a Sources) -> String {
         let mut range = span.range.clone();
         // Point at least one character, so the caret is visible at the end of a file.
         if range.is_empty() {
-            range.end = (range.start + 1).min(file.text.len());
-            if range.is_empty() && range.start > 0 {
-                range.start -= 1;
+            let text = file.text.as_str();
+            let at = range.start.min(text.len());
+            match text[at..].chars().next() {
+                Some(c) if c != '\n' => range = at..at + c.len_utf8(),
+                _ => {
+                    if let Some((i, _)) = text[..at].char_indices().next_back() {
+                        range = i..at;
+                    }
+                }
             }
         }
         Snippet::source(file.text.as_str()).path(file.path.as_str()).fold(true).annotation(kind.span(range).label(label))

@@ -831,12 +831,12 @@ fn compile_domain(item: &Item, model: &Model, diags: &mut Diagnostics) -> Domain
                 match Condition::new(field.value, &ty, op, &to_json(&parts[2])) {
                     Ok(c) => tokens.push(Token::Cond(c)),
                     Err(e) => {
-                        let span = if matches!(e, crate::domain::filter::ConditionError::OperatorType { .. }) {
-                            op_s.span.clone()
+                        let (span, label) = if matches!(e, crate::domain::filter::ConditionError::OperatorType { .. }) {
+                            (op_s.span.clone(), format!("does not fit a {} field", ty.name()))
                         } else {
-                            parts[2].span.clone()
+                            (parts[2].span.clone(), "invalid value".to_string())
                         };
-                        diags.push(Diagnostic::error(format!("invalid domain condition on `{}`: {e}", field.value), span, e.to_string()));
+                        diags.push(Diagnostic::error(format!("invalid domain condition on `{}`: {e}", field.value), span, label));
                     }
                 }
             }
@@ -917,8 +917,8 @@ fn compile_pair(
                 (Some(ExternalField::Path(p)), None)
             }
             Err(e) => {
-                let first = e.lines().next().unwrap_or("").trim().to_string();
-                diags.push(Diagnostic::error(format!("invalid JSONPath `{}`", s.value), s.span.clone(), first));
+                let _ = e;
+                diags.push(Diagnostic::error(format!("invalid JSONPath `{}`", s.value), s.span.clone(), "not a valid RFC 9535 JSONPath"));
                 (None, None)
             }
         },

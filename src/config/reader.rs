@@ -43,7 +43,7 @@ pub fn with_choices(d: Diagnostic, name: &str, choices: &[&str]) -> Diagnostic {
     let best = choices
         .iter()
         .map(|c| (strsim::damerau_levenshtein(name, c), *c))
-        .filter(|(dist, c)| *dist <= 2.max(c.len() / 3))
+        .filter(|(dist, c)| *dist <= 1.max(c.len() / 3) && *dist < name.chars().count())
         .min();
     match best {
         Some((_, c)) => d.with_help(format!("did you mean `{c}`?")),

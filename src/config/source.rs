@@ -94,7 +94,11 @@ pub fn parse_file(file: usize, text: &str, env: &dyn Env, diags: &mut Diagnostic
     let (doc, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
         for e in errors {
-            let range = e.span().unwrap_or(0..0);
+            let mut range = e.span().unwrap_or(0..0);
+            // Point at where the problem starts rather than underlining several lines.
+            if text.get(range.clone()).is_some_and(|t| t.contains('\n')) {
+                range = range.start..range.start;
+            }
             let msg = e.message().trim().trim_end_matches('.').to_string();
             let (title, label) = match msg.split_once('\n') {
                 Some((a, b)) => (a.to_string(), b.trim().to_string()),
