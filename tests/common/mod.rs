@@ -1,0 +1,72 @@
+//! Test helpers: a fresh store per test, on SQLite by default or on PostgreSQL when
+//! `RECSYNC_TEST_DATABASE_URL` points at a server (each test gets its own database).
+#![allow(dead_code)]
+
+use recsync::store::Store;
+
+/// A test database; keeps its temporary folder alive, or names the Postgres database to drop.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg_admin: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// A new empty database, not yet migrated.
+    pub async fn new() -> TestDb {
+        match std::env::var("RECSYNC_TEST_DATABASE_URL") {
+            Ok(admin) if !admin.is_empty() => {
+                let name = format!("recsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
+                let admin_store = sqlx::PgPool::connect(&admin).await.expect("connect to RECSYNC_TEST_DATABASE_URL");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_store).await.expect("create test database");
+                admin_store.close().await;
+                let mut url = url::Url::parse(&admin).expect("valid URL");
+                url.set_path(&format!("/{name}"));
+                TestDb { url: url.to_string(), _dir: None, pg_admin: Some((admin, name)) }
+            }
+            _ => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                TestDb { url, _dir: Some(dir), pg_admin: None }
+            }
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.pg_admin.is_some()
+    }
+
+    /// Connects and migrates.
+    pub async fn store(&self) -> Store {
+        let store = Store::connect(&self.url).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    /// Drops a Postgres test database (SQLite files go with the temp dir).
+    pub async fn cleanup(self, store: Store) {
+        store.close().await;
+        if let Some((admin, name)) = &self.pg_admin {
+            if let Ok(pool) = sqlx::PgPool::connect(admin).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&pool).await;
+                pool.close().await;
+            }
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
