@@ -22,7 +22,12 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Store, settings: Settings, plan: Plan) -> Self {
-        AppState { store, settings, plan: RwLock::new(Arc::new(plan)), config_errors: RwLock::new(Vec::new()) }
+        AppState {
+            store,
+            settings,
+            plan: RwLock::new(Arc::new(plan)),
+            config_errors: RwLock::new(Vec::new()),
+        }
     }
 
     /// The plan in force.
@@ -40,7 +45,11 @@ impl AppState {
     pub fn reload(&self) {
         match config::load_mappings(&self.settings.mappings, &ProcessEnv) {
             Ok((plan, files)) => {
-                tracing::info!(syncs = plan.syncs.len(), files = files.len(), "Reloaded the mapping files");
+                tracing::info!(
+                    syncs = plan.syncs.len(),
+                    files = files.len(),
+                    "Reloaded the mapping files"
+                );
                 *self.plan.write().expect("plan lock") = Arc::new(plan);
                 self.config_errors.write().expect("errors lock").clear();
             }
@@ -76,35 +85,61 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
     use secrecy::ExposeSecret;
     let store = Store::connect(settings.database_url.expose_secret())
         .await
-        .with_context(|| format!("Failed to open the database {}", settings.database_display()))?;
-    store.migrate().await.context("Failed to apply the database migrations")?;
+        .with_context(|| {
+            format!(
+                "Failed to open the database {}",
+                settings.database_display()
+            )
+        })?;
+    store
+        .migrate()
+        .await
+        .context("Failed to apply the database migrations")?;
 
     let mut listen = settings.listen;
     if settings.api_keys.is_empty() && !listen.ip().is_loopback() {
         tracing::warn!(requested = %listen, "No API key is configured, so recsync binds to loopback only");
         listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let listener = TcpListener::bind(listen).with_context(|| format!("Failed to listen on {listen}"))?;
+    let listener =
+        TcpListener::bind(listen).with_context(|| format!("Failed to listen on {listen}"))?;
     let port = listener.local_addr()?.port();
     let mappings = settings.mappings.clone();
     let state = web::Data::new(AppState::new(store, settings, plan));
 
     let data = state.clone();
-    let server = HttpServer::new(move || ActixApp::new().app_data(data.clone()).configure(crate::http::routes))
-        .listen(listener)?
-        .disable_signals()
-        .shutdown_timeout(10)
-        .run();
+    let server = HttpServer::new(move || {
+        ActixApp::new()
+            .app_data(data.clone())
+            .configure(crate::http::routes)
+    })
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(10)
+    .run();
 
-    let (watcher, reload_task) = if opts.watch { watch(mappings, state.clone())? } else { (None, None) };
-    Ok(App { port, server, state, _watcher: watcher, reload_task })
+    let (watcher, reload_task) = if opts.watch {
+        watch(mappings, state.clone())?
+    } else {
+        (None, None)
+    };
+    Ok(App {
+        port,
+        server,
+        state,
+        _watcher: watcher,
+        reload_task,
+    })
 }
 
 /// Watches the mapping folder; bursts of events within 300 ms cause one reload.
 fn watch(
     dir: PathBuf,
     state: web::Data<AppState>,
-) -> anyhow::Result<(Option<notify::RecommendedWatcher>, Option<tokio::task::JoinHandle<()>>)> {
+) -> anyhow::Result<(
+    Option<notify::RecommendedWatcher>,
+    Option<tokio::task::JoinHandle<()>>,
+)> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
@@ -120,7 +155,9 @@ fn watch(
     let task = tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Debounce: editors write files in several steps.
-            while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {}
+            while let Ok(Some(())) =
+                tokio::time::timeout(Duration::from_millis(300), rx.recv()).await
+            {}
             state.reload();
         }
     });
@@ -161,7 +198,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -12,7 +12,12 @@ pub const EXIT_CONFIG: u8 = 78;
 pub const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Debug, Parser)]
-#[command(name = "recsync", version, about = "Bidirectional record synchronizer", propagate_version = true)]
+#[command(
+    name = "recsync",
+    version,
+    about = "Bidirectional record synchronizer",
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -92,7 +97,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum OutboxAction {
     List,
-    Retry { id: i64 },
+    Retry {
+        id: i64,
+    },
     RetryAll {
         #[arg(long)]
         sync: String,
@@ -114,7 +121,11 @@ pub enum KeysAction {
 fn paths(g: &GlobalArgs, listen: Option<String>) -> ConfigPaths {
     ConfigPaths {
         config: g.config.clone(),
-        overrides: Overrides { database_url: g.database_url.clone(), listen, mappings: g.mappings.clone() },
+        overrides: Overrides {
+            database_url: g.database_url.clone(),
+            listen,
+            mappings: g.mappings.clone(),
+        },
     }
 }
 
@@ -122,10 +133,15 @@ fn paths(g: &GlobalArgs, listen: Option<String>) -> ConfigPaths {
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Validate { online } => validate(&cli.global, online),
-        Command::Keys { action: KeysAction::New { name, scopes } } => keys_new(&name, &scopes),
+        Command::Keys {
+            action: KeysAction::New { name, scopes },
+        } => keys_new(&name, &scopes),
         Command::Migrate => migrate(&cli.global).await,
         Command::Serve { listen } => serve(&cli.global, listen).await,
-        Command::Demo { .. } => not_yet("demo", "the real-time sync work (the reference peer and the demo)"),
+        Command::Demo { .. } => not_yet(
+            "demo",
+            "the real-time sync work (the reference peer and the demo)",
+        ),
         Command::Run { .. } => not_yet("run", "the cron engine"),
         Command::Log { .. } => not_yet("log", "the change-control tooling"),
         Command::Outbox { .. } => not_yet("outbox", "the real-time sync work (the durable outbox)"),
@@ -134,8 +150,12 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 fn not_yet(cmd: &str, arrives_with: &str) -> ExitCode {
-    eprintln!("error: `recsync {cmd}` is not available in this build yet; it arrives with {arrives_with}.");
-    eprintln!("Available now: validate, migrate, keys new, serve (health probes and config hot reload).");
+    eprintln!(
+        "error: `recsync {cmd}` is not available in this build yet; it arrives with {arrives_with}."
+    );
+    eprintln!(
+        "Available now: validate, migrate, keys new, serve (health probes and config hot reload)."
+    );
     ExitCode::from(EXIT_UNAVAILABLE)
 }
 
@@ -148,7 +168,9 @@ fn load(g: &GlobalArgs, listen: Option<String>) -> Result<config::Loaded, ExitCo
 
 fn validate(g: &GlobalArgs, online: bool) -> ExitCode {
     if online {
-        eprintln!("error: `recsync validate --online` is not available in this build yet; it arrives with the web-service connectors.");
+        eprintln!(
+            "error: `recsync validate --online` is not available in this build yet; it arrives with the web-service connectors."
+        );
         return ExitCode::from(EXIT_UNAVAILABLE);
     }
     let loaded = match load(g, None) {
@@ -156,7 +178,11 @@ fn validate(g: &GlobalArgs, online: bool) -> ExitCode {
         Err(code) => return code,
     };
     let p = &loaded.plan;
-    let files: Vec<String> = loaded.files.iter().map(|f| f.display().to_string()).collect();
+    let files: Vec<String> = loaded
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
     println!(
         "Configuration is valid: {} model(s), {} external model(s), {} web service(s), {} sync(s), {} API key(s).",
         p.models.len(),
@@ -165,23 +191,46 @@ fn validate(g: &GlobalArgs, online: bool) -> ExitCode {
         p.syncs.len(),
         loaded.settings.api_keys.len()
     );
-    println!("Mapping files: {}", if files.is_empty() { "(none)".to_string() } else { files.join(", ") });
+    println!(
+        "Mapping files: {}",
+        if files.is_empty() {
+            "(none)".to_string()
+        } else {
+            files.join(", ")
+        }
+    );
     for s in p.syncs.values() {
         let when = match (&s.mode, &s.schedule) {
-            (crate::domain::plan::Mode::Cron, Some(sch)) => format!("cron, {} ({})", sch.describe(), s.timezone),
+            (crate::domain::plan::Mode::Cron, Some(sch)) => {
+                format!("cron, {} ({})", sch.describe(), s.timezone)
+            }
             (m, Some(sch)) => format!("{}, reconciles {}", m.as_str(), sch.describe()),
             (m, None) => m.as_str().to_string(),
         };
-        println!("  {:<10} {} <-> {} via {}: {}, {}", s.code, s.model, s.external_model, s.web_service, s.direction.as_str(), when);
+        println!(
+            "  {:<10} {} <-> {} via {}: {}, {}",
+            s.code,
+            s.model,
+            s.external_model,
+            s.web_service,
+            s.direction.as_str(),
+            when
+        );
     }
     ExitCode::SUCCESS
 }
 
 fn keys_new(name: &str, scopes: &[String]) -> ExitCode {
-    let scopes: Vec<String> = scopes.iter().flat_map(|s| s.split_whitespace()).map(str::to_string).collect();
+    let scopes: Vec<String> = scopes
+        .iter()
+        .flat_map(|s| s.split_whitespace())
+        .map(str::to_string)
+        .collect();
     for s in &scopes {
         if Scope::parse(s).is_none() {
-            eprintln!("error: unknown scope `{s}`: use read, write, operate, admin, sync:* or sync:<CODE>");
+            eprintln!(
+                "error: unknown scope `{s}`: use read, write, operate, admin, sync:* or sync:<CODE>"
+            );
             return ExitCode::from(2);
         }
     }
@@ -191,9 +240,16 @@ fn keys_new(name: &str, scopes: &[String]) -> ExitCode {
     }
     use base64::Engine as _;
     let bytes: [u8; 32] = rand::random();
-    let key = format!("rsk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let key = format!(
+        "rsk_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
     let hash = hex::encode(config::settings::hash_key(&key));
-    let scope_list = scopes.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    let scope_list = scopes
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     println!("New API key for `{name}` (shown only this once; give it to its holder now):\n");
     println!("    {key}\n");
     println!("Add this entry to recsync.toml; it holds only the key's SHA-256:\n");
@@ -209,7 +265,8 @@ async fn migrate(g: &GlobalArgs) -> ExitCode {
     use secrecy::ExposeSecret;
     let shown = loaded.settings.database_display();
     let result = async {
-        let store = crate::store::Store::connect(loaded.settings.database_url.expose_secret()).await?;
+        let store =
+            crate::store::Store::connect(loaded.settings.database_url.expose_secret()).await?;
         store.migrate().await?;
         store.close().await;
         Ok::<_, crate::store::StoreError>(())
@@ -234,7 +291,13 @@ async fn serve(g: &GlobalArgs, listen: Option<String>) -> ExitCode {
     };
     crate::telemetry::init(loaded.settings.log_format);
     let db = loaded.settings.database_display();
-    let app = match crate::app::build(loaded.settings, loaded.plan, crate::app::BuildOptions { watch: true }).await {
+    let app = match crate::app::build(
+        loaded.settings,
+        loaded.plan,
+        crate::app::BuildOptions { watch: true },
+    )
+    .await
+    {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "Failed to start");

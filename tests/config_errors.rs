@@ -12,7 +12,10 @@ fn env() -> HashMap<String, String> {
 
 /// Compiles the base file plus `snippet` as `mappings/crm.toml` and returns the rendered errors.
 fn errors_of(snippet: &str) -> String {
-    match compile_texts(&[("mappings/base.toml", BASE), ("mappings/crm.toml", snippet)], &env()) {
+    match compile_texts(
+        &[("mappings/base.toml", BASE), ("mappings/crm.toml", snippet)],
+        &env(),
+    ) {
         Ok(_) => "(valid)".to_string(),
         Err(e) => e.render(),
     }
@@ -44,27 +47,39 @@ fn sync(extra: &str) -> String {
 
 #[test]
 fn base_and_a_good_sync_are_valid() {
-    assert_eq!(errors_of(&sync("fields = [{ local = \"name\", external = \"full_name\" }]\n")), "(valid)");
+    assert_eq!(
+        errors_of(&sync(
+            "fields = [{ local = \"name\", external = \"full_name\" }]\n"
+        )),
+        "(valid)"
+    );
 }
 
 #[test]
 fn toml_syntax() {
-    check("toml_syntax", &r#"[syncs.CON
+    check(
+        "toml_syntax",
+        r#"[syncs.CON
 model = "contact"
-"#, r#"
+"#,
+        r#"
 error: invalid TOML: unclosed table, expected `]`
  --> mappings/crm.toml:1:10
   |
 1 | [syncs.CON
   |          ^
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn unknown_section() {
-    check("unknown_section", &r#"[modles.x]
-"#, r#"
+    check(
+        "unknown_section",
+        r#"[modles.x]
+"#,
+        r#"
 error: unknown field `modles`
  --> mappings/crm.toml:1:2
   |
@@ -73,12 +88,16 @@ error: unknown field `modles`
   |
   = help: did you mean `models`?
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn misspelt_key() {
-    check("misspelt_key", &sync("schedul = \"0 * * * * *\"\n"), r#"
+    check(
+        "misspelt_key",
+        &sync("schedul = \"0 * * * * *\"\n"),
+        r#"
 error: unknown field `schedul`
  --> mappings/crm.toml:8:1
   |
@@ -87,49 +106,61 @@ error: unknown field `schedul`
   |
   = help: did you mean `schedule`?
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn wrong_type() {
-    check("wrong_type", &sync("limit = \"100\"\n"), r#"
+    check(
+        "wrong_type",
+        &sync("limit = \"100\"\n"),
+        r#"
 error: wrong type for `limit`: expected an integer, found a string
  --> mappings/crm.toml:8:9
   |
 8 | limit = "100"
   |         ^^^^^ expected an integer
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn missing_required() {
-    check("missing_required", &r#"[syncs.CON]
+    check(
+        "missing_required",
+        r#"[syncs.CON]
 external_model = "crm_contact"
 web_service = "crm"
 direction = "to_local"
 mode = "realtime"
 external_ref = "unique_id"
-"#, r#"
+"#,
+        r#"
 error: missing field `model` in sync `CON`
  --> mappings/crm.toml:1:8
   |
 1 | [syncs.CON]
   |        ^^^ `model` is required
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn duplicate_sync() {
-    check("duplicate_sync", &r#"[syncs.COMP]
+    check(
+        "duplicate_sync",
+        r#"[syncs.COMP]
 model = "company"
 external_model = "crm_company"
 web_service = "crm"
 direction = "to_local"
 mode = "realtime"
 external_ref = "unique_id"
-"#, r#"
+"#,
+        r#"
 error: duplicate sync `COMP`
   --> mappings/crm.toml:1:8
    |
@@ -141,14 +172,18 @@ error: duplicate sync `COMP`
 41 | [syncs.COMP]
    |        ---- first declared here
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn duplicate_model() {
-    check("duplicate_model", &r#"[models.contact]
+    check(
+        "duplicate_model",
+        r#"[models.contact]
 fields = { name = "char" }
-"#, r#"
+"#,
+        r#"
 error: duplicate model `contact`
  --> mappings/crm.toml:1:9
   |
@@ -160,14 +195,18 @@ error: duplicate model `contact`
 7 | [models.contact]
   |         ------- first declared here
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn unknown_field_type() {
-    check("unknown_field_type", &r#"[models.lead]
+    check(
+        "unknown_field_type",
+        r#"[models.lead]
 fields = { email = "strng" }
-"#, r#"
+"#,
+        r#"
 error: unknown field type `strng`
  --> mappings/crm.toml:2:20
   |
@@ -176,28 +215,36 @@ error: unknown field type `strng`
   |
   = help: expected one of `char`, `text`, `integer`, `float`, `boolean`, `date`, `datetime`, `selection`, `many2one`, `one2many`, `many2many`, `binary`, `json`
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn relational_without_model() {
-    check("relational_without_model", &r#"[models.lead]
+    check(
+        "relational_without_model",
+        r#"[models.lead]
 fields = { company = "many2one" }
-"#, r#"
+"#,
+        r#"
 error: many2one field `company` needs `model`
  --> mappings/crm.toml:2:22
   |
 2 | fields = { company = "many2one" }
   |                      ^^^^^^^^^^ relational type
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn unknown_related_model() {
-    check("unknown_related_model", &r#"[models.lead]
+    check(
+        "unknown_related_model",
+        r#"[models.lead]
 fields = { company = { type = "many2one", model = "compny" } }
-"#, r#"
+"#,
+        r#"
 error: unknown model `compny`
  --> mappings/crm.toml:2:51
   |
@@ -206,43 +253,55 @@ error: unknown model `compny`
   |
   = help: did you mean `company`?
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn selection_without_values() {
-    check("selection_without_values", &r#"[models.lead]
+    check(
+        "selection_without_values",
+        r#"[models.lead]
 fields = { stage = "selection" }
-"#, r#"
+"#,
+        r#"
 error: selection field `stage` needs `values`
  --> mappings/crm.toml:2:20
   |
 2 | fields = { stage = "selection" }
   |                    ^^^^^^^^^^^ selection type
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn reserved_field() {
-    check("reserved_field", &r#"[models.lead]
+    check(
+        "reserved_field",
+        r#"[models.lead]
 fields = { id = "integer" }
-"#, r#"
+"#,
+        r#"
 error: field name `id` is reserved
  --> mappings/crm.toml:2:12
   |
 2 | fields = { id = "integer" }
   |            ^^ every record has this field already
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn display_unknown() {
-    check("display_unknown", &r#"[models.lead]
+    check(
+        "display_unknown",
+        r#"[models.lead]
 display = "nme"
 fields = { name = "char" }
-"#, r#"
+"#,
+        r#"
 error: unknown field `nme` on model `lead`
  --> mappings/crm.toml:2:11
   |
@@ -251,19 +310,23 @@ error: unknown field `nme` on model `lead`
   |
   = help: did you mean `name`?
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn unknown_model() {
-    check("unknown_model", &r#"[syncs.CON]
+    check(
+        "unknown_model",
+        r#"[syncs.CON]
 model = "contakt"
 external_model = "crm_contact"
 web_service = "crm"
 direction = "to_local"
 mode = "realtime"
 external_ref = "unique_id"
-"#, r#"
+"#,
+        r#"
 error: unknown model `contakt`
  --> mappings/crm.toml:2:9
   |
@@ -272,19 +335,23 @@ error: unknown model `contakt`
   |
   = help: did you mean `contact`?
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn unknown_external_model() {
-    check("unknown_external_model", &r#"[syncs.CON]
+    check(
+        "unknown_external_model",
+        r#"[syncs.CON]
 model = "contact"
 external_model = "crm_contcat"
 web_service = "crm"
 direction = "to_local"
 mode = "realtime"
 external_ref = "unique_id"
-"#, r#"
+"#,
+        r#"
 error: unknown external model `crm_contcat`
  --> mappings/crm.toml:3:18
   |
@@ -293,19 +360,23 @@ error: unknown external model `crm_contcat`
   |
   = help: did you mean `crm_contact`?
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn unknown_web_service() {
-    check("unknown_web_service", &r#"[syncs.CON]
+    check(
+        "unknown_web_service",
+        r#"[syncs.CON]
 model = "contact"
 external_model = "crm_contact"
 web_service = "crn"
 direction = "to_local"
 mode = "realtime"
 external_ref = "unique_id"
-"#, r#"
+"#,
+        r#"
 error: unknown web service `crn`
  --> mappings/crm.toml:4:15
   |
@@ -314,12 +385,16 @@ error: unknown web service `crn`
   |
   = help: did you mean `crm`?
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn unknown_local_field() {
-    check("unknown_local_field", &sync("fields = [{ local = \"nme\", external = \"full_name\" }]\n"), r#"
+    check(
+        "unknown_local_field",
+        &sync("fields = [{ local = \"nme\", external = \"full_name\" }]\n"),
+        r#"
 error: unknown field `nme` on model `contact`
  --> mappings/crm.toml:8:21
   |
@@ -328,12 +403,16 @@ error: unknown field `nme` on model `contact`
   |
   = help: did you mean `name`?
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn unknown_external_field() {
-    check("unknown_external_field", &sync("fields = [{ local = \"name\", external = \"fullname\" }]\n"), r#"
+    check(
+        "unknown_external_field",
+        &sync("fields = [{ local = \"name\", external = \"fullname\" }]\n"),
+        r#"
 error: unknown field `fullname` on external model `crm_contact`
  --> mappings/crm.toml:8:40
   |
@@ -342,19 +421,23 @@ error: unknown field `fullname` on external model `crm_contact`
   |
   = help: did you mean `full_name`?
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn unknown_external_ref() {
-    check("unknown_external_ref", &r#"[syncs.CON]
+    check(
+        "unknown_external_ref",
+        r#"[syncs.CON]
 model = "contact"
 external_model = "crm_contact"
 web_service = "crm"
 direction = "to_local"
 mode = "realtime"
 external_ref = "uid"
-"#, r#"
+"#,
+        r#"
 error: unknown field `uid` on external model `crm_contact`
  --> mappings/crm.toml:7:16
   |
@@ -363,19 +446,23 @@ error: unknown field `uid` on external model `crm_contact`
   |
   = help: expected one of `company_id`, `email`, `full_name`, `status`, `unique_id`
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn bad_cron() {
-    check("bad_cron", &r#"[syncs.CON]
+    check(
+        "bad_cron",
+        r#"[syncs.CON]
 model = "contact"
 external_model = "crm_contact"
 web_service = "crm"
 direction = "to_local"
 schedule = "0 */15 * * *"
 external_ref = "unique_id"
-"#, r#"
+"#,
+        r#"
 error: invalid cron expression `0 */15 * * *`: Invalid pattern: Pattern must have 6 fields when seconds are required and years are disallowed.
  --> mappings/crm.toml:6:12
   |
@@ -384,31 +471,39 @@ error: invalid cron expression `0 */15 * * *`: Invalid pattern: Pattern must hav
   |
   = help: use six fields with seconds, such as "0 */15 * * * *"
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn schedule_and_every() {
-    check("schedule_and_every", &sync("schedule = \"0 0 * * * *\"\n"), r#"
+    check(
+        "schedule_and_every",
+        &sync("schedule = \"0 0 * * * *\"\n"),
+        r#"
 error: `schedule` and `every` are mutually exclusive
  --> mappings/crm.toml:6:1
   |
 6 | every = "15m"
   | ^^^^^ remove one of the two
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn cron_without_schedule() {
-    check("cron_without_schedule", &r#"[syncs.CON]
+    check(
+        "cron_without_schedule",
+        r#"[syncs.CON]
 model = "contact"
 external_model = "crm_contact"
 web_service = "crm"
 direction = "to_local"
 mode = "cron"
 external_ref = "unique_id"
-"#, r#"
+"#,
+        r#"
 error: cron sync `CON` needs `schedule` or `every`
  --> mappings/crm.toml:6:8
   |
@@ -417,19 +512,23 @@ error: cron sync `CON` needs `schedule` or `every`
   |
   = help: add schedule = "0 */15 * * * *" or every = "15m", or use mode = "realtime"
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn bad_every() {
-    check("bad_every", &r#"[syncs.CON]
+    check(
+        "bad_every",
+        r#"[syncs.CON]
 model = "contact"
 external_model = "crm_contact"
 web_service = "crm"
 direction = "to_local"
 every = "15 minutes"
 external_ref = "unique_id"
-"#, r#"
+"#,
+        r#"
 error: invalid duration `15 minutes` for `every`
  --> mappings/crm.toml:6:9
   |
@@ -438,12 +537,16 @@ error: invalid duration `15 minutes` for `every`
   |
   = help: use a number and a unit, such as `500ms`, `30s`, `15m`, `2h` or `1d`
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn unknown_timezone() {
-    check("unknown_timezone", &sync("timezone = \"Europe/Madird\"\n"), r#"
+    check(
+        "unknown_timezone",
+        &sync("timezone = \"Europe/Madird\"\n"),
+        r#"
 error: unknown time zone `Europe/Madird`
  --> mappings/crm.toml:8:12
   |
@@ -452,19 +555,23 @@ error: unknown time zone `Europe/Madird`
   |
   = help: use a name such as `UTC` or `Europe/Madrid`
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn bad_direction() {
-    check("bad_direction", &r#"[syncs.CON]
+    check(
+        "bad_direction",
+        r#"[syncs.CON]
 model = "contact"
 external_model = "crm_contact"
 web_service = "crm"
 direction = "both"
 every = "1m"
 external_ref = "unique_id"
-"#, r#"
+"#,
+        r#"
 error: invalid `direction` value `both`
  --> mappings/crm.toml:5:13
   |
@@ -473,24 +580,32 @@ error: invalid `direction` value `both`
   |
   = help: expected one of `to_external`, `to_local`, `bidirectional`
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn bad_jsonpath() {
-    check("bad_jsonpath", &sync("fields = [{ local = \"name\", external = \"$.address[\" }]\n"), r#"
+    check(
+        "bad_jsonpath",
+        &sync("fields = [{ local = \"name\", external = \"$.address[\" }]\n"),
+        r#"
 error: invalid JSONPath `$.address[`
  --> mappings/crm.toml:8:40
   |
 8 | fields = [{ local = "name", external = "$.address[" }]
   |                                        ^^^^^^^^^^^^ not a valid RFC 9535 JSONPath
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn unbuildable_jsonpath() {
-    check("unbuildable_jsonpath", &sync("fields = [{ local = \"name\", external = \"$.names[*].first\" }]\n"), r#"
+    check(
+        "unbuildable_jsonpath",
+        &sync("fields = [{ local = \"name\", external = \"$.names[*].first\" }]\n"),
+        r#"
 error: JSONPath `$.names[*].first` cannot be built when sending
  --> mappings/crm.toml:8:40
   |
@@ -499,24 +614,32 @@ error: JSONPath `$.names[*].first` cannot be built when sending
   |
   = help: only paths like `$.address.city` can be sent; add direction = "to_local" to this pair
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn domain_bool_like() {
-    check("domain_bool_like", &sync("domain = [[\"customer\", \"like\", \"yes\"]]\n"), r#"
+    check(
+        "domain_bool_like",
+        &sync("domain = [[\"customer\", \"like\", \"yes\"]]\n"),
+        r#"
 error: invalid domain condition on `customer`: operator `like` cannot be used on a boolean field
  --> mappings/crm.toml:8:24
   |
 8 | domain = [["customer", "like", "yes"]]
   |                        ^^^^^^ does not fit a boolean field
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn domain_unknown_field() {
-    check("domain_unknown_field", &sync("domain = [[\"custmer\", \"=\", true]]\n"), r#"
+    check(
+        "domain_unknown_field",
+        &sync("domain = [[\"custmer\", \"=\", true]]\n"),
+        r#"
 error: unknown field `custmer` on model `contact`
  --> mappings/crm.toml:8:12
   |
@@ -525,12 +648,16 @@ error: unknown field `custmer` on model `contact`
   |
   = help: did you mean `customer`?
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn domain_unknown_operator() {
-    check("domain_unknown_operator", &sync("domain = [[\"name\", \"~\", \"x\"]]\n"), r#"
+    check(
+        "domain_unknown_operator",
+        &sync("domain = [[\"name\", \"~\", \"x\"]]\n"),
+        r#"
 error: unknown domain operator `~`
  --> mappings/crm.toml:8:20
   |
@@ -539,48 +666,66 @@ error: unknown domain operator `~`
   |
   = help: expected one of `=`, `!=`, `<`, `<=`, `>`, `>=`, `in`, `not in`, `like`, `ilike`, `=like`, `=ilike`
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn domain_arity() {
-    check("domain_arity", &sync("domain = [\"|\", [\"name\", \"=\", \"x\"]]\n"), r#"
+    check(
+        "domain_arity",
+        &sync("domain = [\"|\", [\"name\", \"=\", \"x\"]]\n"),
+        r#"
 error: invalid domain: operator `|` needs 2 operand(s) after it
  --> mappings/crm.toml:8:11
   |
 8 | domain = ["|", ["name", "=", "x"]]
   |           ^^^ missing operand
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn domain_bad_value() {
-    check("domain_bad_value", &sync("domain = [[\"visits\", \">\", \"many\"]]\n"), r#"
+    check(
+        "domain_bad_value",
+        &sync("domain = [[\"visits\", \">\", \"many\"]]\n"),
+        r#"
 error: invalid domain condition on `visits`: value does not fit the integer field: not a valid integer
  --> mappings/crm.toml:8:27
   |
 8 | domain = [["visits", ">", "many"]]
   |                           ^^^^^^ invalid value
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn domain_condition_shape() {
-    check("domain_condition_shape", &sync("domain = [[\"visits\", \">\"]]\n"), r#"
+    check(
+        "domain_condition_shape",
+        &sync("domain = [[\"visits\", \">\"]]\n"),
+        r#"
 error: a domain condition has 3 elements, found 2
  --> mappings/crm.toml:8:11
   |
 8 | domain = [["visits", ">"]]
   |           ^^^^^^^^^^^^^^^ expected [field, operator, value]
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn map_not_injective() {
-    check("map_not_injective", &sync("fields = [{ local = \"stage\", external = \"status\", map = { lead = \"L\", customer = \"C\", lost = \"L\" } }]\n"), r#"
+    check(
+        "map_not_injective",
+        &sync(
+            "fields = [{ local = \"stage\", external = \"status\", map = { lead = \"L\", customer = \"C\", lost = \"L\" } }]\n",
+        ),
+        r#"
 error: `map` is not one-to-one: `lead` and `lost` both map to "L"
  --> mappings/crm.toml:8:94
   |
@@ -592,24 +737,36 @@ error: `map` is not one-to-one: `lead` and `lost` both map to "L"
 8 | fields = [{ local = "stage", external = "status", map = { lead = "L", customer = "C", lost = "L" } }]
   |                                                                  --- first used here
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn map_bad_key() {
-    check("map_bad_key", &sync("fields = [{ local = \"stage\", external = \"status\", map = { prospect = \"P\" } }]\n"), r#"
+    check(
+        "map_bad_key",
+        &sync(
+            "fields = [{ local = \"stage\", external = \"status\", map = { prospect = \"P\" } }]\n",
+        ),
+        r#"
 error: map key `prospect` is not a valid value of `stage`: not one of the allowed values (`lead`, `customer`, `lost`)
  --> mappings/crm.toml:8:59
   |
 8 | fields = [{ local = "stage", external = "status", map = { prospect = "P" } }]
   |                                                           ^^^^^^^^ invalid local value
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn ref_sync_missing() {
-    check("ref_sync_missing", &sync("fields = [{ local = \"company\", external = \"company_id\", ref_sync = \"COMPX\" }]\n"), r#"
+    check(
+        "ref_sync_missing",
+        &sync(
+            "fields = [{ local = \"company\", external = \"company_id\", ref_sync = \"COMPX\" }]\n",
+        ),
+        r#"
 error: unknown sync `COMPX`
  --> mappings/crm.toml:8:68
   |
@@ -618,24 +775,36 @@ error: unknown sync `COMPX`
   |
   = help: did you mean `COMP`?
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn ref_sync_wrong_model() {
-    check("ref_sync_wrong_model", &sync("fields = [{ local = \"company\", external = \"company_id\", ref_sync = \"CON\" }]\n"), r#"
+    check(
+        "ref_sync_wrong_model",
+        &sync(
+            "fields = [{ local = \"company\", external = \"company_id\", ref_sync = \"CON\" }]\n",
+        ),
+        r#"
 error: sync `CON` syncs model `contact`, but `company` relates to model `company`
  --> mappings/crm.toml:8:68
   |
 8 | fields = [{ local = "company", external = "company_id", ref_sync = "CON" }]
   |                                                                    ^^^^^ wrong model
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn ref_field_unknown() {
-    check("ref_field_unknown", &sync("fields = [{ local = \"company\", external = \"company_id\", ref_field = \"cod\" }]\n"), r#"
+    check(
+        "ref_field_unknown",
+        &sync(
+            "fields = [{ local = \"company\", external = \"company_id\", ref_field = \"cod\" }]\n",
+        ),
+        r#"
 error: unknown field `cod` on model `company`
  --> mappings/crm.toml:8:69
   |
@@ -644,24 +813,31 @@ error: unknown field `cod` on model `company`
   |
   = help: did you mean `code`?
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn ref_on_non_relational() {
-    check("ref_on_non_relational", &sync("fields = [{ local = \"email\", external = \"email\", ref_field = \"code\" }]\n"), r#"
+    check(
+        "ref_on_non_relational",
+        &sync("fields = [{ local = \"email\", external = \"email\", ref_field = \"code\" }]\n"),
+        r#"
 error: `ref_field` needs a relational field, but `email` is char
  --> mappings/crm.toml:8:62
   |
 8 | fields = [{ local = "email", external = "email", ref_field = "code" }]
   |                                                              ^^^^^^ not a relational field
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn direction_widened() {
-    check("direction_widened", &r#"[syncs.CON]
+    check(
+        "direction_widened",
+        r#"[syncs.CON]
 model = "contact"
 external_model = "crm_contact"
 web_service = "crm"
@@ -669,26 +845,31 @@ direction = "to_local"
 every = "1m"
 external_ref = "unique_id"
 fields = [{ local = "name", external = "full_name", direction = "bidirectional" }]
-"#, r#"
+"#,
+        r#"
 error: field direction `bidirectional` is wider than the sync's direction `to_local`
  --> mappings/crm.toml:8:65
   |
 8 | fields = [{ local = "name", external = "full_name", direction = "bidirectional" }]
   |                                                                 ^^^^^^^^^^^^^^^ a field pair may narrow the direction, never widen it
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn sends_without_shipping() {
-    check("sends_without_shipping", &r#"[syncs.CON]
+    check(
+        "sends_without_shipping",
+        r#"[syncs.CON]
 model = "contact"
 external_model = "crm_contact"
 web_service = "pull_only"
 direction = "bidirectional"
 every = "1m"
 external_ref = "unique_id"
-"#, r#"
+"#,
+        r#"
 error: sync `CON` sends changes, but web service `pull_only` has no `shipping_url` and the sync has no `endpoints`
  --> mappings/crm.toml:5:13
   |
@@ -697,19 +878,23 @@ error: sync `CON` sends changes, but web service `pull_only` has no `shipping_ur
   |
   = help: set `shipping_url` on the web service, add `[[syncs.<CODE>.endpoints]]`, or use direction = "to_local"
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn cron_nothing_to_do() {
-    check("cron_nothing_to_do", &r#"[syncs.CON]
+    check(
+        "cron_nothing_to_do",
+        r#"[syncs.CON]
 model = "contact"
 external_model = "crm_contact"
 web_service = "nothing"
 direction = "to_local"
 every = "1m"
 external_ref = "unique_id"
-"#, r#"
+"#,
+        r#"
 error: cron sync `CON` has nothing to do: it only receives, and web service `nothing` has no `url` to pull from
  --> mappings/crm.toml:5:13
   |
@@ -718,15 +903,19 @@ error: cron sync `CON` has nothing to do: it only receives, and web service `not
   |
   = help: set `url` on the web service, or use mode = "realtime" for a sync that only receives /sync calls
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn missing_env_var() {
-    check("missing_env_var", &r#"[web_services.erp]
+    check(
+        "missing_env_var",
+        r#"[web_services.erp]
 shipping_url = "https://erp.example.com/ship"
 auth = { mode = "bearer", token = "${ERP_TOKEN}" }
-"#, r#"
+"#,
+        r#"
 error: environment variable `ERP_TOKEN` is not set
  --> mappings/crm.toml:3:35
   |
@@ -735,29 +924,37 @@ error: environment variable `ERP_TOKEN` is not set
   |
   = help: set `ERP_TOKEN`, or give a default with `${ERP_TOKEN:-...}`
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn invalid_url() {
-    check("invalid_url", &r#"[web_services.erp]
+    check(
+        "invalid_url",
+        r#"[web_services.erp]
 url = "ftp://erp.example.com/fetch"
-"#, r#"
+"#,
+        r#"
 error: invalid URL for `url`: `ftp://erp.example.com/fetch` is not an http(s) URL
  --> mappings/crm.toml:2:7
   |
 2 | url = "ftp://erp.example.com/fetch"
   |       ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^ expected http:// or https://
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn unknown_auth_mode() {
-    check("unknown_auth_mode", &r#"[web_services.erp]
+    check(
+        "unknown_auth_mode",
+        r#"[web_services.erp]
 url = "https://erp.example.com/fetch"
 auth = { mode = "oauth", token = "t" }
-"#, r#"
+"#,
+        r#"
 error: unknown auth mode `oauth`
  --> mappings/crm.toml:3:17
   |
@@ -766,12 +963,15 @@ error: unknown auth mode `oauth`
   |
   = help: expected one of `none`, `api_key`, `basic`, `bearer`
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn kind_mismatch() {
-    check("kind_mismatch", &r#"[external_models.files]
+    check(
+        "kind_mismatch",
+        r#"[external_models.files]
 kind = "dropbox"
 root = "/Docs"
 
@@ -781,67 +981,86 @@ external_model = "files"
 web_service = "crm"
 direction = "to_local"
 mode = "realtime"
-"#, r#"
+"#,
+        r#"
 error: web service `crm` is rest but external model `files` is dropbox
  --> mappings/crm.toml:8:15
   |
 8 | web_service = "crm"
   |               ^^^^^ kinds differ
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn bad_pattern() {
-    check("bad_pattern", &r#"[external_models.files]
+    check(
+        "bad_pattern",
+        r#"[external_models.files]
 kind = "dropbox"
 root = "/Docs"
 recursive = true
 pattern = "/{project}{po}/{doc}"
-"#, r#"
+"#,
+        r#"
 error: invalid path pattern: captures `project` and `po` touch; put a literal between them
  --> mappings/crm.toml:5:11
   |
 5 | pattern = "/{project}{po}/{doc}"
   |           ^^^^^^^^^^^^^^^^^^^^^^ bad pattern
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn invalid_sync_code() {
-    check("invalid_sync_code", &r#"[syncs."1CON"]
+    check(
+        "invalid_sync_code",
+        r#"[syncs."1CON"]
 model = "contact"
 external_model = "crm_contact"
 web_service = "crm"
 direction = "to_local"
 mode = "realtime"
 external_ref = "unique_id"
-"#, r#"
+"#,
+        r#"
 error: invalid sync code `1CON`: may only contain ASCII letters, digits, `_` and `-`, starting with a letter
  --> mappings/crm.toml:1:8
   |
 1 | [syncs."1CON"]
   |        ^^^^^^ invalid code
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn limit_out_of_range() {
-    check("limit_out_of_range", &sync("limit = 0\n"), r#"
+    check(
+        "limit_out_of_range",
+        &sync("limit = 0\n"),
+        r#"
 error: `limit` must be between 1 and 10000
  --> mappings/crm.toml:8:9
   |
 8 | limit = 0
   |         ^ out of range
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 #[test]
 fn endpoint_placeholder() {
-    check("endpoint_placeholder", &sync("\n[[syncs.CON.endpoints]]\naction = \"write\"\nmethod = \"PUT\"\nurl = \"https://crm.example.com/contacts/{id}\"\n"), r#"
+    check(
+        "endpoint_placeholder",
+        &sync(
+            "\n[[syncs.CON.endpoints]]\naction = \"write\"\nmethod = \"PUT\"\nurl = \"https://crm.example.com/contacts/{id}\"\n",
+        ),
+        r#"
 error: unknown placeholder `{id}` in endpoint URL
   --> mappings/crm.toml:12:7
    |
@@ -850,7 +1069,8 @@ error: unknown placeholder `{id}` in endpoint URL
    |
    = help: only `{external_id}` is filled in
 
-error: configuration has 1 error"#);
+error: configuration has 1 error"#,
+    );
 }
 
 /// Every error in one run: the eight mistakes of the acceptance list, spread over two files.
@@ -880,7 +1100,11 @@ fields = [
 ]
 "#;
     let err = compile_texts(
-        &[("mappings/base.toml", BASE), ("mappings/crm.toml", broken), ("mappings/other.toml", other)],
+        &[
+            ("mappings/base.toml", BASE),
+            ("mappings/crm.toml", broken),
+            ("mappings/other.toml", other),
+        ],
         &env(),
     )
     .unwrap_err();
@@ -892,13 +1116,20 @@ fields = [
         "mappings/other.toml:1:8: duplicate sync `COMP`",
     ];
     for e in expected {
-        assert!(summary.iter().any(|s| s.starts_with(e)), "missing {e:?} in {summary:#?}");
+        assert!(
+            summary.iter().any(|s| s.starts_with(e)),
+            "missing {e:?} in {summary:#?}"
+        );
     }
     // The model is unknown, so the domain and field pairs of CON cannot be checked against it;
     // with the model fixed, the rest of the mistakes show up in one run as well.
     let fixed = broken.replace("contakt", "contact");
     let err = compile_texts(
-        &[("mappings/base.toml", BASE), ("mappings/crm.toml", &fixed), ("mappings/other.toml", other)],
+        &[
+            ("mappings/base.toml", BASE),
+            ("mappings/crm.toml", &fixed),
+            ("mappings/other.toml", other),
+        ],
         &env(),
     )
     .unwrap_err();
@@ -913,7 +1144,10 @@ fields = [
         "mappings/other.toml:1:8: duplicate sync `COMP`",
     ];
     for e in expected {
-        assert!(summary.iter().any(|s| s.starts_with(e)), "missing {e:?} in {summary:#?}");
+        assert!(
+            summary.iter().any(|s| s.starts_with(e)),
+            "missing {e:?} in {summary:#?}"
+        );
     }
     assert_eq!(summary.len(), expected.len(), "{summary:#?}");
 }
@@ -923,17 +1157,35 @@ fields = [
 fn secrets_never_reach_diagnostics() {
     let env = HashMap::from([
         ("CRM_KEY".to_string(), "s3cr3t-crm-key-value".to_string()),
-        ("BAD_URL".to_string(), "ftp://user:hunter22@host/x".to_string()),
+        (
+            "BAD_URL".to_string(),
+            "ftp://user:hunter22@host/x".to_string(),
+        ),
         ("ZONE".to_string(), "Mars/Olympus_Mons_Secret".to_string()),
     ]);
-    let snippet = format!("{SYNC_HEAD}timezone = \"${{ZONE}}\"\n\n[web_services.erp]\nurl = \"${{BAD_URL}}\"\n");
-    let err = compile_texts(&[("mappings/base.toml", BASE), ("mappings/crm.toml", &snippet)], &env).unwrap_err();
+    let snippet = format!(
+        "{SYNC_HEAD}timezone = \"${{ZONE}}\"\n\n[web_services.erp]\nurl = \"${{BAD_URL}}\"\n"
+    );
+    let err = compile_texts(
+        &[
+            ("mappings/base.toml", BASE),
+            ("mappings/crm.toml", &snippet),
+        ],
+        &env,
+    )
+    .unwrap_err();
     let text = format!("{}\n{}", err.render(), err.summary().join("\n"));
-    assert!(text.contains("${BAD_URL}"), "the source text is shown: {text}");
+    assert!(
+        text.contains("${BAD_URL}"),
+        "the source text is shown: {text}"
+    );
     assert!(!text.contains("hunter22"), "{text}");
     assert!(!text.contains("Olympus_Mons_Secret"), "{text}");
     assert!(!text.contains("s3cr3t-crm-key-value"), "{text}");
-    assert!(text.contains("[secret]") || text.contains("value from the environment"), "{text}");
+    assert!(
+        text.contains("[secret]") || text.contains("value from the environment"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -942,11 +1194,18 @@ fn defaults_and_interpolation() {
 url = "${ERP_HOST:-https://erp.example.com}/fetch"
 shipping_url = "https://erp.example.com/ship?x=$$1"
 "#;
-    let plan = compile_texts(&[("mappings/base.toml", BASE), ("mappings/crm.toml", snippet)], &env()).unwrap();
+    let plan = compile_texts(
+        &[("mappings/base.toml", BASE), ("mappings/crm.toml", snippet)],
+        &env(),
+    )
+    .unwrap();
     let rest = plan.web_services["erp"].rest().unwrap();
     let url = rest.url.as_ref().unwrap();
     assert_eq!(url.expose(), "https://erp.example.com/fetch");
     assert!(url.is_secret());
     assert_eq!(url.to_string(), "[from environment]");
-    assert_eq!(rest.shipping_url.as_ref().unwrap().expose(), "https://erp.example.com/ship?x=$1");
+    assert_eq!(
+        rest.shipping_url.as_ref().unwrap().expose(),
+        "https://erp.example.com/ship?x=$1"
+    );
 }

@@ -19,43 +19,86 @@ async fn records_insert_update_tombstone_and_page() {
     let store = db.store().await;
     store.migrate().await.expect("migrations are idempotent");
     let mut tx = store.begin().await.unwrap();
-    let a = tx.insert_record("contact", &vals(json!({"name": "Ana", "big": 748600007347569543i64}))).await.unwrap();
-    let b = tx.insert_record("contact", &vals(json!({"name": "Bo"}))).await.unwrap();
-    let c = tx.insert_record("company", &vals(json!({"name": "Acme"}))).await.unwrap();
+    let a = tx
+        .insert_record(
+            "contact",
+            &vals(json!({"name": "Ana", "big": 748600007347569543i64})),
+        )
+        .await
+        .unwrap();
+    let b = tx
+        .insert_record("contact", &vals(json!({"name": "Bo"})))
+        .await
+        .unwrap();
+    let c = tx
+        .insert_record("company", &vals(json!({"name": "Acme"})))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(a.version, 1);
     assert!(b.id > a.id && c.id > b.id);
 
     let got = store.get_record("contact", a.id).await.unwrap().unwrap();
     assert_eq!(got.values["big"].to_string(), "748600007347569543");
-    assert!(store.get_record("company", a.id).await.unwrap().is_none(), "ids are looked up within their model");
+    assert!(
+        store.get_record("company", a.id).await.unwrap().is_none(),
+        "ids are looked up within their model"
+    );
 
     let mut tx = store.begin().await.unwrap();
-    let up = tx.update_record("contact", a.id, &vals(json!({"name": "Ana María"}))).await.unwrap().unwrap();
+    let up = tx
+        .update_record("contact", a.id, &vals(json!({"name": "Ana María"})))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(up.version, 2);
     assert!(up.updated_at >= a.updated_at);
     let del = tx.delete_record("contact", b.id).await.unwrap().unwrap();
     assert!(del.deleted);
     assert_eq!(del.version, 2);
-    assert!(tx.delete_record("contact", b.id).await.unwrap().is_none(), "a tombstone is not deleted twice");
-    assert!(tx.update_record("contact", b.id, &Map::new()).await.unwrap().is_none(), "a tombstone is not updated");
+    assert!(
+        tx.delete_record("contact", b.id).await.unwrap().is_none(),
+        "a tombstone is not deleted twice"
+    );
+    assert!(
+        tx.update_record("contact", b.id, &Map::new())
+            .await
+            .unwrap()
+            .is_none(),
+        "a tombstone is not updated"
+    );
     tx.commit().await.unwrap();
 
     let live = store.list_records("contact", 0, 10).await.unwrap();
     assert_eq!(live.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a.id]);
     assert_eq!(store.count_records("contact").await.unwrap(), 1);
-    assert!(store.get_record("contact", b.id).await.unwrap().unwrap().deleted, "the tombstone stays readable");
+    assert!(
+        store
+            .get_record("contact", b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .deleted,
+        "the tombstone stays readable"
+    );
 
     // Keyset pagination.
     let mut tx = store.begin().await.unwrap();
     for i in 0..5 {
-        tx.insert_record("tag", &vals(json!({"n": i}))).await.unwrap();
+        tx.insert_record("tag", &vals(json!({"n": i})))
+            .await
+            .unwrap();
     }
     tx.commit().await.unwrap();
     let first = store.list_records("tag", 0, 2).await.unwrap();
     let second = store.list_records("tag", first[1].id, 2).await.unwrap();
     let third = store.list_records("tag", second[1].id, 2).await.unwrap();
-    let ns: Vec<i64> = first.iter().chain(&second).chain(&third).map(|r| r.values["n"].as_i64().unwrap()).collect();
+    let ns: Vec<i64> = first
+        .iter()
+        .chain(&second)
+        .chain(&third)
+        .map(|r| r.values["n"].as_i64().unwrap())
+        .collect();
     assert_eq!(ns, vec![0, 1, 2, 3, 4]);
     db.cleanup(store).await;
 }
@@ -66,13 +109,40 @@ async fn a_transaction_without_commit_writes_nothing() {
     let store = db.store().await;
     {
         let mut tx = store.begin().await.unwrap();
-        let r = tx.insert_record("contact", &vals(json!({"name": "Ghost"}))).await.unwrap();
-        tx.log_change(&change("CON", "Ghost", "success")).await.unwrap();
-        tx.enqueue(&NewOutbox { sync: "CON".into(), local_id: r.id, action: "create".into(), payload: json!({}) }).await.unwrap();
+        let r = tx
+            .insert_record("contact", &vals(json!({"name": "Ghost"})))
+            .await
+            .unwrap();
+        tx.log_change(&change("CON", "Ghost", "success"))
+            .await
+            .unwrap();
+        tx.enqueue(&NewOutbox {
+            sync: "CON".into(),
+            local_id: r.id,
+            action: "create".into(),
+            payload: json!({}),
+        })
+        .await
+        .unwrap();
     }
     assert_eq!(store.count_records("contact").await.unwrap(), 0);
-    assert!(store.changes(&ChangeFilter { limit: 10, ..Default::default() }).await.unwrap().is_empty());
-    assert!(store.list_outbox(None, None, 0, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .changes(&ChangeFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_outbox(None, None, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     db.cleanup(store).await;
 }
 
@@ -90,33 +160,97 @@ async fn links_are_unique_per_sync_and_external_id() {
         external_hash: Some("h1".into()),
     };
     tx.upsert_link(&link).await.unwrap();
-    tx.upsert_link(&Link { sync: "OTHER".into(), ..link.clone() }).await.unwrap();
-    tx.upsert_link(&Link { local_id: 2, external_id: None, ..link.clone() }).await.unwrap();
-    tx.upsert_link(&Link { local_id: 3, external_id: None, ..link.clone() }).await.unwrap();
+    tx.upsert_link(&Link {
+        sync: "OTHER".into(),
+        ..link.clone()
+    })
+    .await
+    .unwrap();
+    tx.upsert_link(&Link {
+        local_id: 2,
+        external_id: None,
+        ..link.clone()
+    })
+    .await
+    .unwrap();
+    tx.upsert_link(&Link {
+        local_id: 3,
+        external_id: None,
+        ..link.clone()
+    })
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 
-    assert_eq!(store.link_by_external("CON", "748600007347569543").await.unwrap().unwrap().local_id, 1);
-    assert_eq!(store.link_by_local("OTHER", 1).await.unwrap().unwrap().external_id.as_deref(), Some("748600007347569543"));
+    assert_eq!(
+        store
+            .link_by_external("CON", "748600007347569543")
+            .await
+            .unwrap()
+            .unwrap()
+            .local_id,
+        1
+    );
+    assert_eq!(
+        store
+            .link_by_local("OTHER", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .external_id
+            .as_deref(),
+        Some("748600007347569543")
+    );
 
     let mut tx = store.begin().await.unwrap();
-    let err = tx.upsert_link(&Link { local_id: 9, ..link.clone() }).await.unwrap_err();
+    let err = tx
+        .upsert_link(&Link {
+            local_id: 9,
+            ..link.clone()
+        })
+        .await
+        .unwrap_err();
     assert!(err.is_unique_violation(), "{err}");
     drop(tx);
 
     let mut tx = store.begin().await.unwrap();
-    tx.upsert_link(&Link { base: vals(json!({"name": "Ana B"})), synced_version: 2, ..link.clone() }).await.unwrap();
-    assert_eq!(tx.link_by_local("CON", 1).await.unwrap().unwrap().synced_version, 2);
+    tx.upsert_link(&Link {
+        base: vals(json!({"name": "Ana B"})),
+        synced_version: 2,
+        ..link.clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        tx.link_by_local("CON", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .synced_version,
+        2
+    );
     assert!(tx.delete_link("CON", 1).await.unwrap());
     assert!(!tx.delete_link("CON", 1).await.unwrap());
     tx.commit().await.unwrap();
-    assert!(store.link_by_external("CON", "748600007347569543").await.unwrap().is_none());
+    assert!(
+        store
+            .link_by_external("CON", "748600007347569543")
+            .await
+            .unwrap()
+            .is_none()
+    );
     db.cleanup(store).await;
 }
 
 async fn enqueue(store: &Store, sync: &str, local_id: i64, action: &str) -> i64 {
     let mut tx = store.begin().await.unwrap();
     let id = tx
-        .enqueue(&NewOutbox { sync: sync.into(), local_id, action: action.into(), payload: json!({"n": local_id}) })
+        .enqueue(&NewOutbox {
+            sync: sync.into(),
+            local_id,
+            action: action.into(),
+            payload: json!({"n": local_id}),
+        })
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -133,9 +267,26 @@ async fn outbox_claims_keep_per_record_order() {
     let lease = Duration::from_secs(30);
 
     let now = Utc::now() + ChronoDuration::seconds(1);
-    let claimed: Vec<i64> = store.claim_outbox("w1", now, lease, 10).await.unwrap().iter().map(|e| e.id).collect();
-    assert_eq!(claimed, vec![a1, b1], "the second change to record 1 waits for the first");
-    assert!(store.claim_outbox("w2", now, lease, 10).await.unwrap().is_empty(), "claimed entries are leased");
+    let claimed: Vec<i64> = store
+        .claim_outbox("w1", now, lease, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        claimed,
+        vec![a1, b1],
+        "the second change to record 1 waits for the first"
+    );
+    assert!(
+        store
+            .claim_outbox("w2", now, lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "claimed entries are leased"
+    );
 
     store.outbox_done(a1).await.unwrap();
     let next = store.claim_outbox("w1", now, lease, 10).await.unwrap();
@@ -143,31 +294,76 @@ async fn outbox_claims_keep_per_record_order() {
     assert_eq!(next[0].attempts, 1);
 
     // A failed attempt waits for its time; a dead letter blocks later changes to its record.
-    store.outbox_retry_at(a2, now + ChronoDuration::seconds(60), "503 from peer").await.unwrap();
-    assert!(store.claim_outbox("w1", now, lease, 10).await.unwrap().is_empty());
-    let later = store.claim_outbox("w1", now + ChronoDuration::seconds(61), lease, 10).await.unwrap();
+    store
+        .outbox_retry_at(a2, now + ChronoDuration::seconds(60), "503 from peer")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_outbox("w1", now, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = store
+        .claim_outbox("w1", now + ChronoDuration::seconds(61), lease, 10)
+        .await
+        .unwrap();
     assert_eq!(later[0].id, a2);
     assert_eq!(later[0].attempts, 2);
     assert_eq!(later[0].last_error.as_deref(), Some("503 from peer"));
-    store.outbox_dead(a2, "gave up after 2 attempts").await.unwrap();
+    store
+        .outbox_dead(a2, "gave up after 2 attempts")
+        .await
+        .unwrap();
     let a3 = enqueue(&store, "CON", 1, "update").await;
-    assert!(store.claim_outbox("w1", Utc::now() + ChronoDuration::seconds(1), lease, 10).await.unwrap().is_empty());
-    assert_eq!(store.list_outbox(Some("dead"), Some("CON"), 0, 10).await.unwrap()[0].id, a2);
+    assert!(
+        store
+            .claim_outbox("w1", Utc::now() + ChronoDuration::seconds(1), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .list_outbox(Some("dead"), Some("CON"), 0, 10)
+            .await
+            .unwrap()[0]
+            .id,
+        a2
+    );
 
     // The operator's retry puts the dead letter first in line again.
     assert!(store.outbox_requeue(a2).await.unwrap());
-    assert!(!store.outbox_requeue(a2).await.unwrap(), "only dead or discarded entries are requeued");
-    let again = store.claim_outbox("w1", Utc::now() + ChronoDuration::seconds(1), lease, 10).await.unwrap();
+    assert!(
+        !store.outbox_requeue(a2).await.unwrap(),
+        "only dead or discarded entries are requeued"
+    );
+    let again = store
+        .claim_outbox("w1", Utc::now() + ChronoDuration::seconds(1), lease, 10)
+        .await
+        .unwrap();
     assert_eq!(again.iter().map(|e| e.id).collect::<Vec<_>>(), vec![a2]);
     assert_eq!(again[0].attempts, 1);
 
     // An expired lease (a worker that died) makes the entry claimable again.
     let after_lease = Utc::now() + ChronoDuration::seconds(120);
-    let reclaimed = store.claim_outbox("w2", after_lease, lease, 10).await.unwrap();
-    assert_eq!(reclaimed.iter().map(|e| e.id).collect::<Vec<_>>(), vec![a2, b1], "both leases ran out");
+    let reclaimed = store
+        .claim_outbox("w2", after_lease, lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        reclaimed.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![a2, b1],
+        "both leases ran out"
+    );
     store.outbox_done(a2).await.unwrap();
     store.outbox_done(b1).await.unwrap();
-    assert_eq!(store.outbox_depth("CON").await.unwrap(), 1, "a3 is still pending");
+    assert_eq!(
+        store.outbox_depth("CON").await.unwrap(),
+        1,
+        "a3 is still pending"
+    );
     assert!(store.outbox_discard(a3).await.unwrap());
     assert_eq!(store.outbox_depth("CON").await.unwrap(), 0);
     db.cleanup(store).await;
@@ -179,7 +375,14 @@ async fn concurrent_claimers_never_share_an_entry() {
     let store = db.store().await;
     let mut tx = store.begin().await.unwrap();
     for i in 0..200 {
-        tx.enqueue(&NewOutbox { sync: "CON".into(), local_id: i, action: "create".into(), payload: json!({}) }).await.unwrap();
+        tx.enqueue(&NewOutbox {
+            sync: "CON".into(),
+            local_id: i,
+            action: "create".into(),
+            payload: json!({}),
+        })
+        .await
+        .unwrap();
     }
     tx.commit().await.unwrap();
     let now = Utc::now() + ChronoDuration::seconds(1);
@@ -189,7 +392,10 @@ async fn concurrent_claimers_never_share_an_entry() {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let batch = store.claim_outbox(&format!("w{w}"), now, Duration::from_secs(60), 7).await.unwrap();
+                let batch = store
+                    .claim_outbox(&format!("w{w}"), now, Duration::from_secs(60), 7)
+                    .await
+                    .unwrap();
                 if batch.is_empty() {
                     break;
                 }
@@ -237,7 +443,10 @@ async fn change_log_filters_search_and_pages() {
     let t0 = Utc::now() - ChronoDuration::hours(2);
     let mut ids = Vec::new();
     let rows = vec![
-        NewChange { synced_at: Some(t0), ..change("CON", "Ana Pérez", "success") },
+        NewChange {
+            synced_at: Some(t0),
+            ..change("CON", "Ana Pérez", "success")
+        },
         NewChange {
             direction: LogDirection::LocalToExternal,
             action: LogAction::Update,
@@ -247,38 +456,180 @@ async fn change_log_filters_search_and_pages() {
             error_message: "email: not a valid address".into(),
             ..change("CON", "Bo", "failed")
         },
-        NewChange { action: LogAction::Rename, run_id: Some(3), ..change("DOCS", "100% done_ok", "success") },
-        NewChange { action: LogAction::Conflict, ..change("CON", "'; DROP TABLE change_log; --", "conflict_resolved") },
+        NewChange {
+            action: LogAction::Rename,
+            run_id: Some(3),
+            ..change("DOCS", "100% done_ok", "success")
+        },
+        NewChange {
+            action: LogAction::Conflict,
+            ..change("CON", "'; DROP TABLE change_log; --", "conflict_resolved")
+        },
     ];
     for r in &rows {
         ids.push(store.log_change(r).await.unwrap());
     }
     let q = |f: ChangeFilter| {
         let store = store.clone();
-        async move { store.changes(&ChangeFilter { limit: 50, ..f }).await.unwrap().iter().map(|c| c.id).collect::<Vec<_>>() }
+        async move {
+            store
+                .changes(&ChangeFilter { limit: 50, ..f })
+                .await
+                .unwrap()
+                .iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        }
     };
-    assert_eq!(q(ChangeFilter::default()).await, vec![ids[3], ids[2], ids[1], ids[0]], "newest first");
-    assert_eq!(q(ChangeFilter { sync: Some("DOCS".into()), ..Default::default() }).await, vec![ids[2]]);
-    assert_eq!(q(ChangeFilter { direction: Some("local_to_external".into()), ..Default::default() }).await, vec![ids[1]]);
-    assert_eq!(q(ChangeFilter { action: Some("rename".into()), ..Default::default() }).await, vec![ids[2]]);
-    assert_eq!(q(ChangeFilter { status: Some("failed".into()), ..Default::default() }).await, vec![ids[1]]);
-    assert_eq!(q(ChangeFilter { external_id: Some("748600007347569543".into()), ..Default::default() }).await, vec![ids[1]]);
-    assert_eq!(q(ChangeFilter { local_id: Some(7), ..Default::default() }).await, vec![ids[1]]);
-    assert_eq!(q(ChangeFilter { run_id: Some(3), ..Default::default() }).await, vec![ids[2]]);
-    assert_eq!(q(ChangeFilter { until: Some(t0 + ChronoDuration::seconds(1)), ..Default::default() }).await, vec![ids[0]]);
-    assert_eq!(q(ChangeFilter { since: Some(t0 + ChronoDuration::seconds(1)), ..Default::default() }).await.len(), 3);
+    assert_eq!(
+        q(ChangeFilter::default()).await,
+        vec![ids[3], ids[2], ids[1], ids[0]],
+        "newest first"
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            sync: Some("DOCS".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[2]]
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            direction: Some("local_to_external".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[1]]
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            action: Some("rename".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[2]]
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            status: Some("failed".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[1]]
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            external_id: Some("748600007347569543".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[1]]
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            local_id: Some(7),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[1]]
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            run_id: Some(3),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[2]]
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            until: Some(t0 + ChronoDuration::seconds(1)),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[0]]
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            since: Some(t0 + ChronoDuration::seconds(1)),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        3
+    );
     // Free text over title and error, case-insensitive, with LIKE metacharacters taken literally.
-    assert_eq!(q(ChangeFilter { q: Some("ANA".into()), ..Default::default() }).await, vec![ids[0]]);
-    assert_eq!(q(ChangeFilter { q: Some("valid address".into()), ..Default::default() }).await, vec![ids[1]]);
-    assert_eq!(q(ChangeFilter { q: Some("100%".into()), ..Default::default() }).await, vec![ids[2]]);
-    assert_eq!(q(ChangeFilter { q: Some("e_o".into()), ..Default::default() }).await, vec![ids[2]]);
-    assert!(q(ChangeFilter { q: Some("%".into()), sync: Some("CON".into()), ..Default::default() }).await.is_empty());
-    assert_eq!(q(ChangeFilter { q: Some("drop table".into()), ..Default::default() }).await, vec![ids[3]]);
+    assert_eq!(
+        q(ChangeFilter {
+            q: Some("ANA".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[0]]
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            q: Some("valid address".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[1]]
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            q: Some("100%".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[2]]
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            q: Some("e_o".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[2]]
+    );
+    assert!(
+        q(ChangeFilter {
+            q: Some("%".into()),
+            sync: Some("CON".into()),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        q(ChangeFilter {
+            q: Some("drop table".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[3]]
+    );
     // Keyset pagination.
-    assert_eq!(q(ChangeFilter { before: Some(ids[2]), ..Default::default() }).await, vec![ids[1], ids[0]]);
-    let page = store.changes(&ChangeFilter { limit: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(
+        q(ChangeFilter {
+            before: Some(ids[2]),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[1], ids[0]]
+    );
+    let page = store
+        .changes(&ChangeFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(page.len(), 1);
-    assert_eq!(page[0].origin_values, json!({"full_name": "'; DROP TABLE change_log; --"}));
+    assert_eq!(
+        page[0].origin_values,
+        json!({"full_name": "'; DROP TABLE change_log; --"})
+    );
     assert_eq!(page[0].status, "conflict_resolved");
     db.cleanup(store).await;
 }
@@ -291,40 +642,103 @@ async fn run_claims_are_exclusive_and_state_persists() {
     let mut tasks = Vec::new();
     for i in 0..8 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.claim_run("CON", &format!("inst{i}"), now, Duration::from_secs(3600)).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            store
+                .claim_run("CON", &format!("inst{i}"), now, Duration::from_secs(3600))
+                .await
+                .unwrap()
+        }));
     }
     let mut winners = 0;
     for t in tasks {
         winners += t.await.unwrap() as usize;
     }
     assert_eq!(winners, 1, "exactly one instance gets the run");
-    let holder = store.sync_state("CON").await.unwrap().unwrap().running_by.unwrap();
+    let holder = store
+        .sync_state("CON")
+        .await
+        .unwrap()
+        .unwrap()
+        .running_by
+        .unwrap();
     store.release_run("CON", "someone-else").await.unwrap();
-    assert!(!store.claim_run("CON", "late", now, Duration::from_secs(3600)).await.unwrap(), "only the holder releases");
+    assert!(
+        !store
+            .claim_run("CON", "late", now, Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        "only the holder releases"
+    );
     // A claim older than the stale limit may be taken over.
-    assert!(store.claim_run("CON", "rescuer", now + ChronoDuration::hours(2), Duration::from_secs(3600)).await.unwrap());
+    assert!(
+        store
+            .claim_run(
+                "CON",
+                "rescuer",
+                now + ChronoDuration::hours(2),
+                Duration::from_secs(3600)
+            )
+            .await
+            .unwrap()
+    );
     store.release_run("CON", "rescuer").await.unwrap();
-    assert!(store.claim_run("CON", &holder, now, Duration::from_secs(3600)).await.unwrap());
+    assert!(
+        store
+            .claim_run("CON", &holder, now, Duration::from_secs(3600))
+            .await
+            .unwrap()
+    );
 
-    let run = store.start_run("CON", "manual", &holder, "running").await.unwrap();
+    let run = store
+        .start_run("CON", "manual", &holder, "running")
+        .await
+        .unwrap();
     store.set_running_run("CON", &holder, run).await.unwrap();
-    assert_eq!(store.sync_state("CON").await.unwrap().unwrap().running_run, Some(run));
-    let counts = RunCounts { pulled: 10, created: 4, updated: 3, failed: 1, conflicts: 1, pushed: 2, ..Default::default() };
-    store.finish_run(run, "success", &counts, None).await.unwrap();
+    assert_eq!(
+        store.sync_state("CON").await.unwrap().unwrap().running_run,
+        Some(run)
+    );
+    let counts = RunCounts {
+        pulled: 10,
+        created: 4,
+        updated: 3,
+        failed: 1,
+        conflicts: 1,
+        pushed: 2,
+        ..Default::default()
+    };
+    store
+        .finish_run(run, "success", &counts, None)
+        .await
+        .unwrap();
     store.release_run("CON", &holder).await.unwrap();
     let runs = store.runs(Some("CON"), None, 10).await.unwrap();
     assert_eq!(runs.len(), 1);
-    assert_eq!((runs[0].pulled, runs[0].created, runs[0].failed, runs[0].pushed), (10, 4, 1, 2));
+    assert_eq!(
+        (
+            runs[0].pulled,
+            runs[0].created,
+            runs[0].failed,
+            runs[0].pushed
+        ),
+        (10, 4, 1, 2)
+    );
     assert_eq!(runs[0].trigger, "manual");
     assert!(runs[0].finished_at.is_some());
 
     let next = now + ChronoDuration::minutes(15);
-    store.set_next_run("CON", Some(next), Some("every 15m")).await.unwrap();
+    store
+        .set_next_run("CON", Some(next), Some("every 15m"))
+        .await
+        .unwrap();
     store.set_cursor("CON", Some("AAE-cursor")).await.unwrap();
     let st = store.sync_state("CON").await.unwrap().unwrap();
     assert_eq!(st.cursor.as_deref(), Some("AAE-cursor"));
     assert_eq!(st.schedule.as_deref(), Some("every 15m"));
-    assert_eq!(st.next_run_at.unwrap().timestamp_micros(), next.timestamp_micros());
+    assert_eq!(
+        st.next_run_at.unwrap().timestamp_micros(),
+        next.timestamp_micros()
+    );
     assert!(st.running_by.is_none());
     db.cleanup(store).await;
 }
@@ -334,13 +748,40 @@ async fn idempotency_keys_replay_within_their_window() {
     let db = TestDb::new().await;
     let store = db.store().await;
     let mut tx = store.begin().await.unwrap();
-    tx.put_idempotent("crm", "req-1", 200, r#"{"ok":true}"#).await.unwrap();
+    tx.put_idempotent("crm", "req-1", 200, r#"{"ok":true}"#)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let day_ago = Utc::now() - ChronoDuration::hours(24);
-    assert_eq!(store.idempotent_response("crm", "req-1", day_ago).await.unwrap(), Some((200, r#"{"ok":true}"#.to_string())));
-    assert_eq!(store.idempotent_response("other", "req-1", day_ago).await.unwrap(), None, "keys are per caller");
-    assert_eq!(store.idempotent_response("crm", "req-1", Utc::now() + ChronoDuration::seconds(5)).await.unwrap(), None);
-    assert_eq!(store.prune_idempotency(Utc::now() + ChronoDuration::seconds(5)).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .idempotent_response("crm", "req-1", day_ago)
+            .await
+            .unwrap(),
+        Some((200, r#"{"ok":true}"#.to_string()))
+    );
+    assert_eq!(
+        store
+            .idempotent_response("other", "req-1", day_ago)
+            .await
+            .unwrap(),
+        None,
+        "keys are per caller"
+    );
+    assert_eq!(
+        store
+            .idempotent_response("crm", "req-1", Utc::now() + ChronoDuration::seconds(5))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .prune_idempotency(Utc::now() + ChronoDuration::seconds(5))
+            .await
+            .unwrap(),
+        1
+    );
     db.cleanup(store).await;
 }
 
@@ -356,12 +797,23 @@ async fn concurrent_writers_never_see_database_is_locked() {
         tasks.push(tokio::spawn(async move {
             for i in 0..40 {
                 let mut tx = store.begin().await?;
-                let r = tx.insert_record("contact", &vals(json!({"w": w, "i": i}))).await?;
+                let r = tx
+                    .insert_record("contact", &vals(json!({"w": w, "i": i})))
+                    .await?;
                 tx.log_change(&change("CON", "x", "success")).await?;
-                tx.enqueue(&NewOutbox { sync: "CON".into(), local_id: r.id, action: "create".into(), payload: json!({}) }).await?;
+                tx.enqueue(&NewOutbox {
+                    sync: "CON".into(),
+                    local_id: r.id,
+                    action: "create".into(),
+                    payload: json!({}),
+                })
+                .await?;
                 tx.commit().await?;
                 // Readers run alongside the writers.
-                store.get_record("contact", r.id).await?.expect("visible after commit");
+                store
+                    .get_record("contact", r.id)
+                    .await?
+                    .expect("visible after commit");
             }
             Ok::<_, StoreError>(())
         }));
@@ -378,7 +830,10 @@ async fn concurrent_writers_never_see_database_is_locked() {
 
 #[tokio::test]
 async fn bad_urls_are_refused() {
-    assert!(matches!(Store::connect("mysql://x").await, Err(StoreError::UnsupportedUrl)));
+    assert!(matches!(
+        Store::connect("mysql://x").await,
+        Err(StoreError::UnsupportedUrl)
+    ));
 }
 
 /// Shows which backend this run of the suite exercised (CI runs it on both).
@@ -386,7 +841,11 @@ async fn bad_urls_are_refused() {
 async fn suite_runs_on_the_requested_backend() {
     let db = TestDb::new().await;
     let store = db.store().await;
-    let expected = if db.is_postgres() { "postgres" } else { "sqlite" };
+    let expected = if db.is_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
     assert_eq!(store.backend_name(), expected);
     store.ping().await.unwrap();
     println!("store backend under test: {expected}");

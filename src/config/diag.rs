@@ -19,7 +19,10 @@ impl Span {
 
     /// For errors with no place in a file (environment variables, unreadable paths).
     pub fn nowhere() -> Self {
-        Span { file: usize::MAX, range: 0..0 }
+        Span {
+            file: usize::MAX,
+            range: 0..0,
+        }
     }
 
     pub fn is_nowhere(&self) -> bool {
@@ -40,7 +43,13 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(message: impl Into<String>, span: Span, label: impl Into<String>) -> Self {
-        Diagnostic { message: message.into(), span, label: label.into(), related: vec![], help: None }
+        Diagnostic {
+            message: message.into(),
+            span,
+            label: label.into(),
+            related: vec![],
+            help: None,
+        }
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
@@ -75,7 +84,9 @@ impl Diagnostics {
     }
 
     fn mask(&self, text: &str) -> String {
-        self.secrets.iter().fold(text.to_string(), |t, s| t.replace(s.as_str(), "[secret]"))
+        self.secrets
+            .iter()
+            .fold(text.to_string(), |t, s| t.replace(s.as_str(), "[secret]"))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -88,7 +99,9 @@ impl Diagnostics {
 
     /// Sorts by file and position, so output follows the files.
     pub fn sort(&mut self) {
-        self.items.sort_by(|a, b| (a.span.file, a.span.range.start).cmp(&(b.span.file, b.span.range.start)));
+        self.items.sort_by(|a, b| {
+            (a.span.file, a.span.range.start).cmp(&(b.span.file, b.span.range.start))
+        });
     }
 
     /// Renders every diagnostic, plain text, separated by blank lines, with a summary line.
@@ -99,7 +112,10 @@ impl Diagnostics {
             out.push_str("\n\n");
         }
         let n = self.items.len();
-        out.push_str(&format!("error: configuration has {n} error{}", if n == 1 { "" } else { "s" }));
+        out.push_str(&format!(
+            "error: configuration has {n} error{}",
+            if n == 1 { "" } else { "s" }
+        ));
         out
     }
 
@@ -136,9 +152,16 @@ fn render_one<'a>(d: &'a Diagnostic, sources: &'a Sources) -> String {
         }
         return Renderer::plain().render(&[group]).to_string();
     }
-    let snippet = |span: &Span, label: &'a str, primary: bool| -> Snippet<'a, annotate_snippets::Annotation<'a>> {
+    let snippet = |span: &Span,
+                   label: &'a str,
+                   primary: bool|
+     -> Snippet<'a, annotate_snippets::Annotation<'a>> {
         let file = &sources.files[span.file];
-        let kind = if primary { AnnotationKind::Primary } else { AnnotationKind::Context };
+        let kind = if primary {
+            AnnotationKind::Primary
+        } else {
+            AnnotationKind::Context
+        };
         let mut range = span.range.clone();
         // Point at least one character, so the caret is visible at the end of a file.
         if range.is_empty() {
@@ -153,9 +176,14 @@ fn render_one<'a>(d: &'a Diagnostic, sources: &'a Sources) -> String {
                 }
             }
         }
-        Snippet::source(file.text.as_str()).path(file.path.as_str()).fold(true).annotation(kind.span(range).label(label))
+        Snippet::source(file.text.as_str())
+            .path(file.path.as_str())
+            .fold(true)
+            .annotation(kind.span(range).label(label))
     };
-    let mut group = Level::ERROR.primary_title(d.message.as_str()).element(snippet(&d.span, &d.label, true));
+    let mut group = Level::ERROR
+        .primary_title(d.message.as_str())
+        .element(snippet(&d.span, &d.label, true));
     for (span, label) in &d.related {
         group = group.element(snippet(span, label, false));
     }

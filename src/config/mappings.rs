@@ -17,12 +17,45 @@ use std::time::Duration;
 const SECTIONS: [&str; 4] = ["models", "external_models", "web_services", "syncs"];
 const MODEL_KEYS: [&str; 3] = ["display", "description", "fields"];
 const FIELD_KEYS: [&str; 5] = ["type", "required", "model", "values", "description"];
-const EXT_MODEL_KEYS: [&str; 7] = ["name", "kind", "description", "fields", "root", "recursive", "pattern"];
-const REST_KEYS: [&str; 9] =
-    ["kind", "description", "url", "confirmation_url", "shipping_url", "auth", "timeout", "max_concurrency", "active"];
-const DROPBOX_KEYS: [&str; 8] =
-    ["kind", "description", "app_key", "app_secret", "refresh_token", "access_token", "api_url", "active"];
-const AUTH_KEYS: [&str; 7] = ["mode", "header", "key", "user", "password", "token", "description"];
+const EXT_MODEL_KEYS: [&str; 7] = [
+    "name",
+    "kind",
+    "description",
+    "fields",
+    "root",
+    "recursive",
+    "pattern",
+];
+const REST_KEYS: [&str; 9] = [
+    "kind",
+    "description",
+    "url",
+    "confirmation_url",
+    "shipping_url",
+    "auth",
+    "timeout",
+    "max_concurrency",
+    "active",
+];
+const DROPBOX_KEYS: [&str; 8] = [
+    "kind",
+    "description",
+    "app_key",
+    "app_secret",
+    "refresh_token",
+    "access_token",
+    "api_url",
+    "active",
+];
+const AUTH_KEYS: [&str; 7] = [
+    "mode",
+    "header",
+    "key",
+    "user",
+    "password",
+    "token",
+    "description",
+];
 const SYNC_KEYS: [&str; 18] = [
     "name",
     "description",
@@ -43,8 +76,22 @@ const SYNC_KEYS: [&str; 18] = [
     "fields",
     "endpoints",
 ];
-const PAIR_KEYS: [&str; 6] = ["local", "external", "direction", "ref_field", "ref_sync", "map"];
-const ENDPOINT_KEYS: [&str; 6] = ["action", "method", "url", "response_id", "active", "description"];
+const PAIR_KEYS: [&str; 6] = [
+    "local",
+    "external",
+    "direction",
+    "ref_field",
+    "ref_sync",
+    "map",
+];
+const ENDPOINT_KEYS: [&str; 6] = [
+    "action",
+    "method",
+    "url",
+    "response_id",
+    "active",
+    "description",
+];
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 /// The largest page or batch a sync may ask for.
 pub const MAX_LIMIT: i64 = 10_000;
@@ -58,14 +105,22 @@ struct Decl<'t> {
 /// Compiles the parsed mapping files. Returns `None` if any error was found.
 pub fn compile(files: &[Table], diags: &mut Diagnostics) -> Option<Plan> {
     let before = diags.len();
-    let mut decls: BTreeMap<&str, Vec<Decl<'_>>> = SECTIONS.iter().map(|s| (*s, Vec::new())).collect();
+    let mut decls: BTreeMap<&str, Vec<Decl<'_>>> =
+        SECTIONS.iter().map(|s| (*s, Vec::new())).collect();
     for file in files {
         check_keys(file, &SECTIONS, diags);
         for (k, item) in file {
-            let Some(list) = decls.get_mut(k.name.as_str()) else { continue };
-            let Some(table) = as_table(&k.name, item, diags) else { continue };
+            let Some(list) = decls.get_mut(k.name.as_str()) else {
+                continue;
+            };
+            let Some(table) = as_table(&k.name, item, diags) else {
+                continue;
+            };
             for (name, body) in table {
-                list.push(Decl { key: name, item: body });
+                list.push(Decl {
+                    key: name,
+                    item: body,
+                });
             }
         }
     }
@@ -76,28 +131,32 @@ pub fn compile(files: &[Table], diags: &mut Diagnostics) -> Option<Plan> {
         "web_services" => "web service",
         _ => "sync",
     };
-    for (section, list) in &mut decls {
+    for (section, list) in &decls {
         let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
-        list.retain(|d| match seen.get(d.key.name.as_str()) {
-            Some(first) => {
-                diags.push(
-                    Diagnostic::error(
-                        format!("duplicate {} `{}`", singular(section), d.key.name),
-                        d.key.span.clone(),
-                        "declared again here",
-                    )
-                    .with_related(first.clone(), "first declared here"),
-                );
-                false
-            }
-            None => {
-                seen.insert(d.key.name.as_str(), d.key.span.clone());
-                true
-            }
-        });
+        // Duplicates are reported and still compiled, so their own mistakes show up too;
+        // a load with any error yields no plan.
+        list.iter()
+            .for_each(|d| match seen.get(d.key.name.as_str()) {
+                Some(first) => {
+                    diags.push(
+                        Diagnostic::error(
+                            format!("duplicate {} `{}`", singular(section), d.key.name),
+                            d.key.span.clone(),
+                            "declared again here",
+                        )
+                        .with_related(first.clone(), "first declared here"),
+                    );
+                }
+                None => {
+                    seen.insert(d.key.name.as_str(), d.key.span.clone());
+                }
+            });
     }
 
-    let model_names: Vec<&str> = decls["models"].iter().map(|d| d.key.name.as_str()).collect();
+    let model_names: Vec<&str> = decls["models"]
+        .iter()
+        .map(|d| d.key.name.as_str())
+        .collect();
     let mut plan = Plan::default();
     for d in &decls["models"] {
         if let Some(m) = compile_model(d, &model_names, diags) {
@@ -131,8 +190,14 @@ pub fn compile(files: &[Table], diags: &mut Diagnostics) -> Option<Plan> {
     let all = Names {
         models: &model_names,
         syncs: &sync_models,
-        ext_models: decls["external_models"].iter().map(|d| d.key.name.as_str()).collect(),
-        services: decls["web_services"].iter().map(|d| d.key.name.as_str()).collect(),
+        ext_models: decls["external_models"]
+            .iter()
+            .map(|d| d.key.name.as_str())
+            .collect(),
+        services: decls["web_services"]
+            .iter()
+            .map(|d| d.key.name.as_str())
+            .collect(),
     };
     for d in &decls["syncs"] {
         if let Some(s) = compile_sync(d, &plan, &all, diags) {
@@ -153,7 +218,11 @@ fn check_ident(key: &Key, what: &str, diags: &mut Diagnostics) -> bool {
     match Ident::parse(&key.name) {
         Ok(_) => true,
         Err(e) => {
-            diags.push(Diagnostic::error(format!("invalid {what} name `{}`: {e}", key.name), key.span.clone(), "invalid name"));
+            diags.push(Diagnostic::error(
+                format!("invalid {what} name `{}`: {e}", key.name),
+                key.span.clone(),
+                "invalid name",
+            ));
             false
         }
     }
@@ -186,14 +255,22 @@ fn compile_model(d: &Decl<'_>, models: &[&str], diags: &mut Diagnostics) -> Opti
         } else {
             let names: Vec<&str> = fields.keys().map(String::as_str).collect();
             diags.push(with_choices(
-                Diagnostic::error(format!("unknown field `{}` on model `{name}`", s.value), s.span, "not a field of this model"),
+                Diagnostic::error(
+                    format!("unknown field `{}` on model `{name}`", s.value),
+                    s.span,
+                    "not a field of this model",
+                ),
                 s.value,
                 &names,
             ));
             None
         }
     });
-    ok_name.then_some(Model { name, display, fields })
+    ok_name.then_some(Model {
+        name,
+        display,
+        fields,
+    })
 }
 
 fn compile_field(k: &Key, item: &Item, models: &[&str], diags: &mut Diagnostics) -> Option<Field> {
@@ -213,7 +290,10 @@ fn compile_field(k: &Key, item: &Item, models: &[&str], diags: &mut Diagnostics)
         Node::Str { .. } => (as_str(&k.name, item, diags)?, &empty),
         Node::Table(t) => {
             check_keys(t, &FIELD_KEYS, diags);
-            (required_str(t, "type", &k.span, &format!("field `{}`", k.name), diags)?, t)
+            (
+                required_str(t, "type", &k.span, &format!("field `{}`", k.name), diags)?,
+                t,
+            )
         }
         _ => {
             diags.push(wrong_type(&k.name, item, "a type name or a table"));
@@ -228,7 +308,10 @@ fn compile_field(k: &Key, item: &Item, models: &[&str], diags: &mut Diagnostics)
         && !needs_model
     {
         diags.push(Diagnostic::error(
-            format!("`model` only applies to relational fields, but `{}` is {}", k.name, ty_str.value),
+            format!(
+                "`model` only applies to relational fields, but `{}` is {}",
+                k.name, ty_str.value
+            ),
             m.span.clone(),
             "not a relational field",
         ));
@@ -237,7 +320,10 @@ fn compile_field(k: &Key, item: &Item, models: &[&str], diags: &mut Diagnostics)
         && ty_str.value != "selection"
     {
         diags.push(Diagnostic::error(
-            format!("`values` only applies to selection fields, but `{}` is {}", k.name, ty_str.value),
+            format!(
+                "`values` only applies to selection fields, but `{}` is {}",
+                k.name, ty_str.value
+            ),
             span.clone(),
             "not a selection field",
         ));
@@ -287,23 +373,40 @@ fn compile_field(k: &Key, item: &Item, models: &[&str], diags: &mut Diagnostics)
             for it in items {
                 let s = as_str("values", it, diags)?;
                 if vs.iter().any(|v: &String| v == s.value) {
-                    diags.push(Diagnostic::error(format!("selection value `{}` is listed twice", s.value), s.span, "repeated"));
+                    diags.push(Diagnostic::error(
+                        format!("selection value `{}` is listed twice", s.value),
+                        s.span,
+                        "repeated",
+                    ));
                     return None;
                 }
                 vs.push(s.value.to_string());
             }
             if vs.is_empty() {
-                diags.push(Diagnostic::error(format!("selection field `{}` has no values", k.name), span, "empty list"));
+                diags.push(Diagnostic::error(
+                    format!("selection field `{}` has no values", k.name),
+                    span,
+                    "empty list",
+                ));
                 return None;
             }
             FieldType::Selection(vs)
         }
         other => {
-            diags.push(unknown_name("field type", other, ty_str.span.clone(), &FIELD_TYPE_NAMES));
+            diags.push(unknown_name(
+                "field type",
+                other,
+                ty_str.span.clone(),
+                &FIELD_TYPE_NAMES,
+            ));
             return None;
         }
     };
-    Some(Field { name: k.name.clone(), ty, required })
+    Some(Field {
+        name: k.name.clone(),
+        ty,
+        required,
+    })
 }
 
 fn secret(s: &Str<'_>) -> SecretString {
@@ -319,7 +422,10 @@ fn check_url(key: &str, s: &Str<'_>, diags: &mut Diagnostics) -> Option<ConfigSt
         Ok(u) if matches!(u.scheme(), "http" | "https") => Some(cfg_str(s)),
         _ => {
             diags.push(Diagnostic::error(
-                format!("invalid URL for `{key}`: {} is not an http(s) URL", s.shown()),
+                format!(
+                    "invalid URL for `{key}`: {} is not an http(s) URL",
+                    s.shown()
+                ),
                 s.span.clone(),
                 "expected http:// or https://",
             ));
@@ -334,8 +440,12 @@ fn duration_of(t: &Table, key: &str, diags: &mut Diagnostics) -> Option<Duration
         Some(d) if !d.is_zero() => Some(d),
         _ => {
             diags.push(
-                Diagnostic::error(format!("invalid duration {} for `{key}`", s.shown()), s.span, "not a duration")
-                    .with_help("use a number and a unit, such as `500ms`, `30s`, `15m`, `2h` or `1d`"),
+                Diagnostic::error(
+                    format!("invalid duration {} for `{key}`", s.shown()),
+                    s.span,
+                    "not a duration",
+                )
+                .with_help("use a number and a unit, such as `500ms`, `30s`, `15m`, `2h` or `1d`"),
             );
             None
         }
@@ -367,8 +477,10 @@ fn compile_web_service(d: &Decl<'_>, diags: &mut Diagnostics) -> Option<WebServi
         ServiceKind::Rest => {
             check_keys(t, &REST_KEYS, diags);
             let url = str_of(t, "url", diags).and_then(|s| check_url("url", &s, diags));
-            let confirmation_url = str_of(t, "confirmation_url", diags).and_then(|s| check_url("confirmation_url", &s, diags));
-            let shipping_url = str_of(t, "shipping_url", diags).and_then(|s| check_url("shipping_url", &s, diags));
+            let confirmation_url = str_of(t, "confirmation_url", diags)
+                .and_then(|s| check_url("confirmation_url", &s, diags));
+            let shipping_url =
+                str_of(t, "shipping_url", diags).and_then(|s| check_url("shipping_url", &s, diags));
             if let (Some((k, _)), None) = (entry(t, "confirmation_url"), entry(t, "url")) {
                 diags.push(Diagnostic::error(
                     "`confirmation_url` is set but `url` is not",
@@ -385,11 +497,22 @@ fn compile_web_service(d: &Decl<'_>, diags: &mut Diagnostics) -> Option<WebServi
                 None => 8,
                 Some((n, _)) if (1..=1024).contains(&n) => n as usize,
                 Some((_, span)) => {
-                    diags.push(Diagnostic::error("`max_concurrency` must be between 1 and 1024", span, "out of range"));
+                    diags.push(Diagnostic::error(
+                        "`max_concurrency` must be between 1 and 1024",
+                        span,
+                        "out of range",
+                    ));
                     8
                 }
             };
-            ServiceSpec::Rest(RestService { url, confirmation_url, shipping_url, auth, timeout, max_concurrency })
+            ServiceSpec::Rest(RestService {
+                url,
+                confirmation_url,
+                shipping_url,
+                auth,
+                timeout,
+                max_concurrency,
+            })
         }
         ServiceKind::Dropbox => {
             check_keys(t, &DROPBOX_KEYS, diags);
@@ -420,7 +543,16 @@ fn compile_web_service(d: &Decl<'_>, diags: &mut Diagnostics) -> Option<WebServi
 fn compile_auth(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<Auth> {
     check_keys(t, &AUTH_KEYS, diags);
     let mode = required_str(t, "mode", span, "`auth`", diags)?;
-    let mut need = |key: &str| required_str(t, key, span, &format!("`auth` with mode `{}`", mode.value), diags).map(|s| secret(&s));
+    let mut need = |key: &str| {
+        required_str(
+            t,
+            key,
+            span,
+            &format!("`auth` with mode `{}`", mode.value),
+            diags,
+        )
+        .map(|s| secret(&s))
+    };
     let allowed: &[&str] = match mode.value {
         "none" => &["mode"],
         "api_key" => &["mode", "header", "key"],
@@ -432,22 +564,36 @@ fn compile_auth(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<Auth>
         "none" => Some(Auth::None),
         "api_key" => {
             let key = need("key");
-            let header = str_of(t, "header", diags).map(|s| s.value.to_string()).unwrap_or_else(|| "api_key".into());
+            let header = str_of(t, "header", diags)
+                .map(|s| s.value.to_string())
+                .unwrap_or_else(|| "api_key".into());
             key.map(|key| Auth::ApiKey { header, key })
         }
         "basic" => {
             let password = need("password");
-            let user = required_str(t, "user", span, "`auth` with mode `basic`", diags).map(|s| s.value.to_string());
-            Some(Auth::Basic { user: user?, password: password? })
+            let user = required_str(t, "user", span, "`auth` with mode `basic`", diags)
+                .map(|s| s.value.to_string());
+            Some(Auth::Basic {
+                user: user?,
+                password: password?,
+            })
         }
         "bearer" => need("token").map(|token| Auth::Bearer { token }),
         other => {
-            diags.push(unknown_name("auth mode", other, mode.span.clone(), &["none", "api_key", "basic", "bearer"]));
+            diags.push(unknown_name(
+                "auth mode",
+                other,
+                mode.span.clone(),
+                &["none", "api_key", "basic", "bearer"],
+            ));
             return None;
         }
     };
     for (k, _) in t {
-        if AUTH_KEYS.contains(&k.name.as_str()) && !allowed.contains(&k.name.as_str()) && k.name != "description" {
+        if AUTH_KEYS.contains(&k.name.as_str())
+            && !allowed.contains(&k.name.as_str())
+            && k.name != "description"
+        {
             diags.push(Diagnostic::error(
                 format!("`{}` does not apply to auth mode `{}`", k.name, mode.value),
                 k.span.clone(),
@@ -468,7 +614,9 @@ fn compile_external_model(d: &Decl<'_>, diags: &mut Diagnostics) -> Option<Exter
     let mut fields = BTreeMap::new();
     if let Some((ft, _)) = table_of(t, "fields", diags) {
         for (k, item) in ft {
-            let Some(f) = compile_field(k, item, &[], diags) else { continue };
+            let Some(f) = compile_field(k, item, &[], diags) else {
+                continue;
+            };
             if f.ty.is_relational() {
                 diags.push(Diagnostic::error(
                     format!("external field `{}` cannot be relational", f.name),
@@ -503,7 +651,12 @@ fn compile_external_model(d: &Decl<'_>, diags: &mut Diagnostics) -> Option<Exter
         ServiceKind::Dropbox => {
             let root = match str_of(t, "root", diags) {
                 None => String::new(),
-                Some(s) if s.value.is_empty() || (s.value.starts_with('/') && !s.value.ends_with('/')) => s.value.to_string(),
+                Some(s)
+                    if s.value.is_empty()
+                        || (s.value.starts_with('/') && !s.value.ends_with('/')) =>
+                {
+                    s.value.to_string()
+                }
                 Some(s) => {
                     diags.push(
                         Diagnostic::error(format!("invalid Dropbox root {}", s.shown()), s.span, "not a folder path")
@@ -513,19 +666,28 @@ fn compile_external_model(d: &Decl<'_>, diags: &mut Diagnostics) -> Option<Exter
                 }
             };
             let recursive = bool_of(t, "recursive", diags).unwrap_or(false);
-            let pattern = str_of(t, "pattern", diags).and_then(|s| match PathPattern::parse(s.value) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    diags.push(Diagnostic::error(format!("invalid path pattern: {e}"), s.span, "bad pattern"));
-                    None
-                }
-            });
+            let pattern =
+                str_of(t, "pattern", diags).and_then(|s| match PathPattern::parse(s.value) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        diags.push(Diagnostic::error(
+                            format!("invalid path pattern: {e}"),
+                            s.span,
+                            "bad pattern",
+                        ));
+                        None
+                    }
+                });
             if let Some(p) = &pattern {
                 if p.segments.len() > 1 && !recursive {
                     let (k, _) = entry(t, "pattern").expect("read above");
                     diags.push(
-                        Diagnostic::error("a pattern with several segments needs `recursive = true`", k.span.clone(), "nested pattern")
-                            .with_help("without it only the root's direct entries are listed"),
+                        Diagnostic::error(
+                            "a pattern with several segments needs `recursive = true`",
+                            k.span.clone(),
+                            "nested pattern",
+                        )
+                        .with_help("without it only the root's direct entries are listed"),
                     );
                 }
                 for c in p.captures() {
@@ -536,20 +698,40 @@ fn compile_external_model(d: &Decl<'_>, diags: &mut Diagnostics) -> Option<Exter
                 fields.insert(f.to_string(), ty.clone());
             }
             fields.insert("content".into(), FieldType::Binary);
-            dropbox = Some(DropboxFolder { root, recursive, pattern });
+            dropbox = Some(DropboxFolder {
+                root,
+                recursive,
+                pattern,
+            });
         }
     }
-    ok_name.then_some(ExternalModel { name, label, kind, fields, dropbox })
+    ok_name.then_some(ExternalModel {
+        name,
+        label,
+        kind,
+        fields,
+        dropbox,
+    })
 }
 
-fn enum_of<T>(t: &Table, key: &str, parse: fn(&str) -> Option<T>, choices: &[&str], diags: &mut Diagnostics) -> Option<Option<T>> {
+fn enum_of<T>(
+    t: &Table,
+    key: &str,
+    parse: fn(&str) -> Option<T>,
+    choices: &[&str],
+    diags: &mut Diagnostics,
+) -> Option<Option<T>> {
     match str_of(t, key, diags) {
         None => Some(None).filter(|_| entry(t, key).is_none()),
         Some(s) => match parse(s.value) {
             Some(v) => Some(Some(v)),
             None => {
                 diags.push(with_choices(
-                    Diagnostic::error(format!("invalid `{key}` value `{}`", s.value), s.span.clone(), format!("not a {key}")),
+                    Diagnostic::error(
+                        format!("invalid `{key}` value `{}`", s.value),
+                        s.span.clone(),
+                        format!("not a {key}"),
+                    ),
                     s.value,
                     choices,
                 ));
@@ -559,12 +741,21 @@ fn enum_of<T>(t: &Table, key: &str, parse: fn(&str) -> Option<T>, choices: &[&st
     }
 }
 
-fn compile_sync(d: &Decl<'_>, plan: &Plan, names: &Names<'_>, diags: &mut Diagnostics) -> Option<Sync> {
+fn compile_sync(
+    d: &Decl<'_>,
+    plan: &Plan,
+    names: &Names<'_>,
+    diags: &mut Diagnostics,
+) -> Option<Sync> {
     let before = diags.len();
     let code = match SyncCode::parse(&d.key.name) {
         Ok(c) => Some(c),
         Err(e) => {
-            diags.push(Diagnostic::error(format!("invalid sync code `{}`: {e}", d.key.name), d.key.span.clone(), "invalid code"));
+            diags.push(Diagnostic::error(
+                format!("invalid sync code `{}`: {e}", d.key.name),
+                d.key.span.clone(),
+                "invalid code",
+            ));
             None
         }
     };
@@ -586,14 +777,24 @@ fn compile_sync(d: &Decl<'_>, plan: &Plan, names: &Names<'_>, diags: &mut Diagno
     let ext = ext_s.as_ref().and_then(|s| {
         let m = plan.external_models.get(s.value);
         if m.is_none() && !names.ext_models.contains(&s.value) {
-            diags.push(unknown_name("external model", s.value, s.span.clone(), &names.ext_models));
+            diags.push(unknown_name(
+                "external model",
+                s.value,
+                s.span.clone(),
+                &names.ext_models,
+            ));
         }
         m
     });
     let ws = ws_s.as_ref().and_then(|s| {
         let w = plan.web_services.get(s.value);
         if w.is_none() && !names.services.contains(&s.value) {
-            diags.push(unknown_name("web service", s.value, s.span.clone(), &names.services));
+            diags.push(unknown_name(
+                "web service",
+                s.value,
+                s.span.clone(),
+                &names.services,
+            ));
         }
         w
     });
@@ -614,26 +815,47 @@ fn compile_sync(d: &Decl<'_>, plan: &Plan, names: &Names<'_>, diags: &mut Diagno
     }
 
     let direction_item = entry(t, "direction");
-    let direction = match enum_of(t, "direction", Direction::parse, &["to_external", "to_local", "bidirectional"], diags) {
+    let direction = match enum_of(
+        t,
+        "direction",
+        Direction::parse,
+        &["to_external", "to_local", "bidirectional"],
+        diags,
+    ) {
         Some(Some(d)) => Some(d),
         Some(None) => {
             diags.push(
-                Diagnostic::error(format!("missing field `direction` in {what}"), owner.clone(), "`direction` is required")
-                    .with_help("use \"to_external\", \"to_local\" or \"bidirectional\""),
+                Diagnostic::error(
+                    format!("missing field `direction` in {what}"),
+                    owner.clone(),
+                    "`direction` is required",
+                )
+                .with_help("use \"to_external\", \"to_local\" or \"bidirectional\""),
             );
             None
         }
         None => None,
     };
-    let mode = enum_of(t, "mode", Mode::parse, &["cron", "realtime"], diags).map(|m| m.unwrap_or(Mode::Cron));
-    let priority = enum_of(t, "priority", Priority::parse, &["local", "external", "newest"], diags)
-        .map(|p| p.unwrap_or(Priority::External));
+    let mode = enum_of(t, "mode", Mode::parse, &["cron", "realtime"], diags)
+        .map(|m| m.unwrap_or(Mode::Cron));
+    let priority = enum_of(
+        t,
+        "priority",
+        Priority::parse,
+        &["local", "external", "newest"],
+        diags,
+    )
+    .map(|p| p.unwrap_or(Priority::External));
     let timezone = match str_of(t, "timezone", diags) {
         None => chrono_tz::UTC,
         Some(s) => s.value.parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
             diags.push(
-                Diagnostic::error(format!("unknown time zone `{}`", s.value), s.span.clone(), "not an IANA time zone")
-                    .with_help("use a name such as `UTC` or `Europe/Madrid`"),
+                Diagnostic::error(
+                    format!("unknown time zone `{}`", s.value),
+                    s.span.clone(),
+                    "not an IANA time zone",
+                )
+                .with_help("use a name such as `UTC` or `Europe/Madrid`"),
             );
             chrono_tz::UTC
         }),
@@ -642,28 +864,44 @@ fn compile_sync(d: &Decl<'_>, plan: &Plan, names: &Names<'_>, diags: &mut Diagno
         Ok(c) => Some(c),
         Err(e) => {
             diags.push(
-                Diagnostic::error(format!("invalid cron expression {}: {e}", s.shown()), s.span.clone(), "bad schedule")
-                    .with_help("use six fields with seconds, such as \"0 */15 * * * *\""),
+                Diagnostic::error(
+                    format!("invalid cron expression {}: {e}", s.shown()),
+                    s.span.clone(),
+                    "bad schedule",
+                )
+                .with_help("use six fields with seconds, such as \"0 */15 * * * *\""),
             );
             None
         }
     });
     let every = duration_of(t, "every", diags);
     let schedule = match (cron, every) {
-        (Some(c), None) => Some(Schedule::Cron(c)),
+        (Some(c), None) => Some(Schedule::Cron(Box::new(c))),
         (None, Some(e)) => Some(Schedule::Every(e)),
         (Some(_), Some(_)) => {
             let (k, _) = entry(t, "every").expect("read above");
-            diags.push(Diagnostic::error("`schedule` and `every` are mutually exclusive", k.span.clone(), "remove one of the two"));
+            diags.push(Diagnostic::error(
+                "`schedule` and `every` are mutually exclusive",
+                k.span.clone(),
+                "remove one of the two",
+            ));
             None
         }
         (None, None) => None,
     };
     if mode == Some(Mode::Cron) && entry(t, "schedule").is_none() && entry(t, "every").is_none() {
-        let span = entry(t, "mode").map(|(_, i)| i.span.clone()).unwrap_or_else(|| owner.clone());
+        let span = entry(t, "mode")
+            .map(|(_, i)| i.span.clone())
+            .unwrap_or_else(|| owner.clone());
         diags.push(
-            Diagnostic::error(format!("cron {what} needs `schedule` or `every`"), span, "no schedule")
-                .with_help("add schedule = \"0 */15 * * * *\" or every = \"15m\", or use mode = \"realtime\""),
+            Diagnostic::error(
+                format!("cron {what} needs `schedule` or `every`"),
+                span,
+                "no schedule",
+            )
+            .with_help(
+                "add schedule = \"0 */15 * * * *\" or every = \"15m\", or use mode = \"realtime\"",
+            ),
         );
     }
     let propagate_deletes = bool_of(t, "propagate_deletes", diags).unwrap_or(false);
@@ -672,11 +910,17 @@ fn compile_sync(d: &Decl<'_>, plan: &Plan, names: &Names<'_>, diags: &mut Diagno
         None => 100,
         Some((n, _)) if (1..=MAX_LIMIT).contains(&n) => n as usize,
         Some((_, span)) => {
-            diags.push(Diagnostic::error(format!("`limit` must be between 1 and {MAX_LIMIT}"), span, "out of range"));
+            diags.push(Diagnostic::error(
+                format!("`limit` must be between 1 and {MAX_LIMIT}"),
+                span,
+                "out of range",
+            ));
             100
         }
     };
-    let name = str_of(t, "name", diags).map(|s| s.value.to_string()).unwrap_or_else(|| d.key.name.clone());
+    let name = str_of(t, "name", diags)
+        .map(|s| s.value.to_string())
+        .unwrap_or_else(|| d.key.name.clone());
 
     let external_ref = match (str_of(t, "external_ref", diags), ext) {
         (Some(s), Some(e)) => {
@@ -697,8 +941,12 @@ fn compile_sync(d: &Decl<'_>, plan: &Plan, names: &Names<'_>, diags: &mut Diagno
         (None, Some(e)) if e.kind == ServiceKind::Dropbox => Some("id".to_string()),
         (None, _) if entry(t, "external_ref").is_none() => {
             diags.push(
-                Diagnostic::error(format!("missing field `external_ref` in {what}"), owner.clone(), "`external_ref` is required")
-                    .with_help("name the external field that holds the record's id"),
+                Diagnostic::error(
+                    format!("missing field `external_ref` in {what}"),
+                    owner.clone(),
+                    "`external_ref` is required",
+                )
+                .with_help("name the external field that holds the record's id"),
             );
             None
         }
@@ -729,7 +977,11 @@ fn compile_sync(d: &Decl<'_>, plan: &Plan, names: &Names<'_>, diags: &mut Diagno
         None => Vec::new(),
         Some((items, span)) => {
             if ext.is_some_and(|e| e.kind == ServiceKind::Dropbox) {
-                diags.push(Diagnostic::error("`endpoints` only apply to REST web services", span, "Dropbox syncs write through the Dropbox API"));
+                diags.push(Diagnostic::error(
+                    "`endpoints` only apply to REST web services",
+                    span,
+                    "Dropbox syncs write through the Dropbox API",
+                ));
                 Vec::new()
             } else {
                 compile_endpoints(items, diags)
@@ -741,7 +993,9 @@ fn compile_sync(d: &Decl<'_>, plan: &Plan, names: &Names<'_>, diags: &mut Diagno
     if let (Some(dir), Some(mode), Some(w)) = (direction, mode, ws)
         && let Some(rest) = w.rest()
     {
-        let dir_span = direction_item.map(|(_, i)| i.span.clone()).unwrap_or_else(|| owner.clone());
+        let dir_span = direction_item
+            .map(|(_, i)| i.span.clone())
+            .unwrap_or_else(|| owner.clone());
         if dir.to_external() && rest.shipping_url.is_none() && endpoints.iter().all(|e| !e.active) {
             diags.push(
                 Diagnostic::error(
@@ -796,7 +1050,12 @@ fn compile_domain(item: &Item, model: &Model, diags: &mut Diagnostics) -> Domain
     let before = diags.len();
     let mut tokens = Vec::new();
     let mut spans = Vec::new();
-    let field_names: Vec<&str> = model.fields.keys().map(String::as_str).chain(["id"]).collect();
+    let field_names: Vec<&str> = model
+        .fields
+        .keys()
+        .map(String::as_str)
+        .chain(["id"])
+        .collect();
     for it in items {
         spans.push(it.span.clone());
         match &it.node {
@@ -805,13 +1064,21 @@ fn compile_domain(item: &Item, model: &Model, diags: &mut Diagnostics) -> Domain
                 "|" => tokens.push(Token::Or),
                 "!" => tokens.push(Token::Not),
                 other => diags.push(
-                    Diagnostic::error(format!("invalid domain element `{other}`"), it.span.clone(), "expected `&`, `|`, `!` or a condition")
-                        .with_help("a condition is [field, operator, value]"),
+                    Diagnostic::error(
+                        format!("invalid domain element `{other}`"),
+                        it.span.clone(),
+                        "expected `&`, `|`, `!` or a condition",
+                    )
+                    .with_help("a condition is [field, operator, value]"),
                 ),
             },
             Node::Array(parts) if parts.len() == 3 => {
-                let Some(field) = as_str("domain field", &parts[0], diags) else { continue };
-                let Some(op_s) = as_str("domain operator", &parts[1], diags) else { continue };
+                let Some(field) = as_str("domain field", &parts[0], diags) else {
+                    continue;
+                };
+                let Some(op_s) = as_str("domain operator", &parts[1], diags) else {
+                    continue;
+                };
                 let Some(ty) = model.field_type(field.value) else {
                     diags.push(with_choices(
                         Diagnostic::error(
@@ -825,18 +1092,33 @@ fn compile_domain(item: &Item, model: &Model, diags: &mut Diagnostics) -> Domain
                     continue;
                 };
                 let Some(op) = Op::parse(op_s.value) else {
-                    diags.push(unknown_name("domain operator", op_s.value, op_s.span.clone(), &OPERATORS));
+                    diags.push(unknown_name(
+                        "domain operator",
+                        op_s.value,
+                        op_s.span.clone(),
+                        &OPERATORS,
+                    ));
                     continue;
                 };
                 match Condition::new(field.value, &ty, op, &to_json(&parts[2])) {
                     Ok(c) => tokens.push(Token::Cond(c)),
                     Err(e) => {
-                        let (span, label) = if matches!(e, crate::domain::filter::ConditionError::OperatorType { .. }) {
-                            (op_s.span.clone(), format!("does not fit a {} field", ty.name()))
+                        let (span, label) = if matches!(
+                            e,
+                            crate::domain::filter::ConditionError::OperatorType { .. }
+                        ) {
+                            (
+                                op_s.span.clone(),
+                                format!("does not fit a {} field", ty.name()),
+                            )
                         } else {
                             (parts[2].span.clone(), "invalid value".to_string())
                         };
-                        diags.push(Diagnostic::error(format!("invalid domain condition on `{}`: {e}", field.value), span, label));
+                        diags.push(Diagnostic::error(
+                            format!("invalid domain condition on `{}`: {e}", field.value),
+                            span,
+                            label,
+                        ));
                     }
                 }
             }
@@ -845,7 +1127,11 @@ fn compile_domain(item: &Item, model: &Model, diags: &mut Diagnostics) -> Domain
                 it.span.clone(),
                 "expected [field, operator, value]",
             )),
-            _ => diags.push(wrong_type("domain", it, "a condition array or `&`, `|`, `!`")),
+            _ => diags.push(wrong_type(
+                "domain",
+                it,
+                "a condition array or `&`, `|`, `!`",
+            )),
         }
     }
     if diags.len() != before {
@@ -854,7 +1140,11 @@ fn compile_domain(item: &Item, model: &Model, diags: &mut Diagnostics) -> Domain
     match Domain::from_tokens(tokens) {
         Ok(d) => d,
         Err(e) => {
-            diags.push(Diagnostic::error(format!("invalid domain: {e}"), spans[e.index].clone(), "missing operand"));
+            diags.push(Diagnostic::error(
+                format!("invalid domain: {e}"),
+                spans[e.index].clone(),
+                "missing operand",
+            ));
             Domain::All
         }
     }
@@ -879,19 +1169,33 @@ fn compile_pair(
         let f = model.fields.get(s.value);
         if f.is_none() {
             diags.push(with_choices(
-                Diagnostic::error(format!("unknown field `{}` on model `{}`", s.value, model.name), s.span.clone(), "not a field of this model"),
+                Diagnostic::error(
+                    format!("unknown field `{}` on model `{}`", s.value, model.name),
+                    s.span.clone(),
+                    "not a field of this model",
+                ),
                 s.value,
                 &local_names,
             ));
         }
         f
     });
-    let direction = match enum_of(t, "direction", Direction::parse, &["to_external", "to_local", "bidirectional"], diags) {
+    let direction = match enum_of(
+        t,
+        "direction",
+        Direction::parse,
+        &["to_external", "to_local", "bidirectional"],
+        diags,
+    ) {
         Some(Some(d)) => {
             if !d.within(sync_dir) {
                 let (_, i) = entry(t, "direction").expect("read above");
                 diags.push(Diagnostic::error(
-                    format!("field direction `{}` is wider than the sync's direction `{}`", d.as_str(), sync_dir.as_str()),
+                    format!(
+                        "field direction `{}` is wider than the sync's direction `{}`",
+                        d.as_str(),
+                        sync_dir.as_str()
+                    ),
                     i.span.clone(),
                     "a field pair may narrow the direction, never widen it",
                 ));
@@ -918,17 +1222,27 @@ fn compile_pair(
             }
             Err(e) => {
                 let _ = e;
-                diags.push(Diagnostic::error(format!("invalid JSONPath `{}`", s.value), s.span.clone(), "not a valid RFC 9535 JSONPath"));
+                diags.push(Diagnostic::error(
+                    format!("invalid JSONPath `{}`", s.value),
+                    s.span.clone(),
+                    "not a valid RFC 9535 JSONPath",
+                ));
                 (None, None)
             }
         },
         Some(s) => match ext.fields.get(s.value) {
-            Some(ty) => (Some(ExternalField::Name(s.value.to_string())), Some(ty.clone())),
+            Some(ty) => (
+                Some(ExternalField::Name(s.value.to_string())),
+                Some(ty.clone()),
+            ),
             None => {
                 let names: Vec<&str> = ext.fields.keys().map(String::as_str).collect();
                 diags.push(with_choices(
                     Diagnostic::error(
-                        format!("unknown field `{}` on external model `{}`", s.value, ext.name),
+                        format!(
+                            "unknown field `{}` on external model `{}`",
+                            s.value, ext.name
+                        ),
                         s.span.clone(),
                         "not an external field",
                     ),
@@ -944,14 +1258,26 @@ fn compile_pair(
     let ref_sync = str_of(t, "ref_sync", diags);
     let mut reference = Reference::None;
     if let (Some(_), Some(rs)) = (&ref_field, &ref_sync) {
-        diags.push(Diagnostic::error("`ref_field` and `ref_sync` are mutually exclusive", rs.span.clone(), "remove one of the two"));
+        diags.push(Diagnostic::error(
+            "`ref_field` and `ref_sync` are mutually exclusive",
+            rs.span.clone(),
+            "remove one of the two",
+        ));
     } else if let Some(lf) = local {
         let related = lf.ty.related_model();
         for r in ref_field.iter().chain(ref_sync.iter()) {
             if related.is_none() {
-                let key = if ref_field.is_some() { "ref_field" } else { "ref_sync" };
+                let key = if ref_field.is_some() {
+                    "ref_field"
+                } else {
+                    "ref_sync"
+                };
                 diags.push(Diagnostic::error(
-                    format!("`{key}` needs a relational field, but `{}` is {}", lf.name, lf.ty.name()),
+                    format!(
+                        "`{key}` needs a relational field, but `{}` is {}",
+                        lf.name,
+                        lf.ty.name()
+                    ),
                     r.span.clone(),
                     "not a relational field",
                 ));
@@ -960,11 +1286,17 @@ fn compile_pair(
         if let Some(related) = related {
             if let Some(rf) = &ref_field {
                 match plan.models.get(related) {
-                    Some(rm) if rm.field_type(rf.value).is_some() => reference = Reference::Field(rf.value.to_string()),
+                    Some(rm) if rm.field_type(rf.value).is_some() => {
+                        reference = Reference::Field(rf.value.to_string())
+                    }
                     Some(rm) => {
                         let names: Vec<&str> = rm.fields.keys().map(String::as_str).collect();
                         diags.push(with_choices(
-                            Diagnostic::error(format!("unknown field `{}` on model `{related}`", rf.value), rf.span.clone(), "not a field of the related model"),
+                            Diagnostic::error(
+                                format!("unknown field `{}` on model `{related}`", rf.value),
+                                rf.span.clone(),
+                                "not a field of the related model",
+                            ),
                             rf.value,
                             &names,
                         ));
@@ -979,7 +1311,10 @@ fn compile_pair(
                         diags.push(unknown_name("sync", rs.value, rs.span.clone(), &codes));
                     }
                     Some(Some(m)) if *m != related => diags.push(Diagnostic::error(
-                        format!("sync `{}` syncs model `{m}`, but `{}` relates to model `{related}`", rs.value, lf.name),
+                        format!(
+                            "sync `{}` syncs model `{m}`, but `{}` relates to model `{related}`",
+                            rs.value, lf.name
+                        ),
                         rs.span.clone(),
                         "wrong model",
                     )),
@@ -1020,7 +1355,10 @@ fn compile_map(t: &Table, field: &Field, diags: &mut Diagnostics) -> Option<Valu
             Ok(l) => l,
             Err(e) => {
                 diags.push(Diagnostic::error(
-                    format!("map key `{}` is not a valid value of `{}`: {e}", k.name, field.name),
+                    format!(
+                        "map key `{}` is not a valid value of `{}`: {e}",
+                        k.name, field.name
+                    ),
                     k.span.clone(),
                     "invalid local value",
                 ));
@@ -1033,10 +1371,16 @@ fn compile_map(t: &Table, field: &Field, diags: &mut Diagnostics) -> Option<Valu
     match ValueMap::new(pairs.clone()) {
         Ok(m) => Some(m),
         Err(i) => {
-            let first = pairs[..i].iter().position(|(_, e)| *e == pairs[i].1).expect("a repeat");
+            let first = pairs[..i]
+                .iter()
+                .position(|(_, e)| *e == pairs[i].1)
+                .expect("a repeat");
             diags.push(
                 Diagnostic::error(
-                    format!("`map` is not one-to-one: `{}` and `{}` both map to {}", spans[first].0, spans[i].0, pairs[i].1),
+                    format!(
+                        "`map` is not one-to-one: `{}` and `{}` both map to {}",
+                        spans[first].0, spans[i].0, pairs[i].1
+                    ),
                     spans[i].1.clone(),
                     "repeated external value",
                 )
@@ -1050,53 +1394,102 @@ fn compile_map(t: &Table, field: &Field, diags: &mut Diagnostics) -> Option<Valu
 fn compile_endpoints(items: &[Item], diags: &mut Diagnostics) -> Vec<Endpoint> {
     let mut out: Vec<Endpoint> = Vec::new();
     for it in items {
-        let Some(t) = as_table("endpoints", it, diags) else { continue };
+        let Some(t) = as_table("endpoints", it, diags) else {
+            continue;
+        };
         check_keys(t, &ENDPOINT_KEYS, diags);
         let action = required_str(t, "action", &it.span, "endpoint", diags).and_then(|s| {
-            EndpointAction::parse(s.value).map(|a| (a, s.span.clone())).or_else(|| {
-                diags.push(unknown_name("endpoint action", s.value, s.span.clone(), &["create", "write", "unlink"]));
-                None
-            })
+            EndpointAction::parse(s.value)
+                .map(|a| (a, s.span.clone()))
+                .or_else(|| {
+                    diags.push(unknown_name(
+                        "endpoint action",
+                        s.value,
+                        s.span.clone(),
+                        &["create", "write", "unlink"],
+                    ));
+                    None
+                })
         });
         let method = required_str(t, "method", &it.span, "endpoint", diags).and_then(|s| {
             let m = s.value.to_ascii_uppercase();
             if METHODS.contains(&m.as_str()) {
                 Some(m)
             } else {
-                diags.push(unknown_name("HTTP method", s.value, s.span.clone(), &METHODS));
+                diags.push(unknown_name(
+                    "HTTP method",
+                    s.value,
+                    s.span.clone(),
+                    &METHODS,
+                ));
                 None
             }
         });
         let url = required_str(t, "url", &it.span, "endpoint", diags).and_then(|s| {
             let filled = s.value.replace("{external_id}", "x");
             if let Some(pos) = filled.find('{') {
-                let end = filled[pos..].find('}').map(|e| pos + e + 1).unwrap_or(filled.len());
+                let end = filled[pos..]
+                    .find('}')
+                    .map(|e| pos + e + 1)
+                    .unwrap_or(filled.len());
                 diags.push(
-                    Diagnostic::error(format!("unknown placeholder `{}` in endpoint URL", &filled[pos..end]), s.span.clone(), "unknown placeholder")
-                        .with_help("only `{external_id}` is filled in"),
+                    Diagnostic::error(
+                        format!(
+                            "unknown placeholder `{}` in endpoint URL",
+                            &filled[pos..end]
+                        ),
+                        s.span.clone(),
+                        "unknown placeholder",
+                    )
+                    .with_help("only `{external_id}` is filled in"),
                 );
                 return None;
             }
-            check_url("url", &Str { value: &filled, secret: s.secret, span: s.span.clone() }, diags).map(|_| cfg_str(&s))
+            check_url(
+                "url",
+                &Str {
+                    value: &filled,
+                    secret: s.secret,
+                    span: s.span.clone(),
+                },
+                diags,
+            )
+            .map(|_| cfg_str(&s))
         });
-        let response_id = str_of(t, "response_id", diags).and_then(|s| match JsonPath::parse(s.value) {
-            Ok(p) if s.value.starts_with('$') => Some(p),
-            Ok(_) | Err(_) => {
-                diags.push(Diagnostic::error(format!("invalid JSONPath `{}`", s.value), s.span.clone(), "not a JSONPath"));
-                None
-            }
-        });
+        let response_id =
+            str_of(t, "response_id", diags).and_then(|s| match JsonPath::parse(s.value) {
+                Ok(p) if s.value.starts_with('$') => Some(p),
+                Ok(_) | Err(_) => {
+                    diags.push(Diagnostic::error(
+                        format!("invalid JSONPath `{}`", s.value),
+                        s.span.clone(),
+                        "not a JSONPath",
+                    ));
+                    None
+                }
+            });
         let active = bool_of(t, "active", diags).unwrap_or(true);
-        let (Some((action, span)), Some(method), Some(url)) = (action, method, url) else { continue };
+        let (Some((action, span)), Some(method), Some(url)) = (action, method, url) else {
+            continue;
+        };
         if active && out.iter().any(|e| e.active && e.action == action) {
             diags.push(Diagnostic::error(
-                format!("two active endpoints for action `{}`", format!("{action:?}").to_lowercase()),
+                format!(
+                    "two active endpoints for action `{}`",
+                    format!("{action:?}").to_lowercase()
+                ),
                 span,
                 "repeated action",
             ));
             continue;
         }
-        out.push(Endpoint { action, method, url, response_id, active });
+        out.push(Endpoint {
+            action,
+            method,
+            url,
+            response_id,
+            active,
+        });
     }
     out
 }

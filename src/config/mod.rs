@@ -74,15 +74,30 @@ pub fn load(paths: &ConfigPaths, env: &dyn Env) -> Result<Loaded, LoadError> {
             Err(e) => return Err(io_error(sources, p, &e)),
         },
     };
-    let settings = settings::compile(settings_table.as_ref().map(|(i, t)| (*i, t)), env, &paths.overrides, &mut diags);
-    let (plan, files) = match load_mappings_into(&settings.mappings, env, &mut sources, &mut diags) {
+    let settings = settings::compile(
+        settings_table.as_ref().map(|(i, t)| (*i, t)),
+        env,
+        &paths.overrides,
+        &mut diags,
+    );
+    let (plan, files) = match load_mappings_into(&settings.mappings, env, &mut sources, &mut diags)
+    {
         Ok(x) => x,
         Err(e) => return Err(io_error(sources, &settings.mappings, &e)),
     };
     if let Some(plan) = &plan {
-        check_scopes(&settings, settings_table.as_ref().map(|(_, t)| t), plan, &mut diags);
+        check_scopes(
+            &settings,
+            settings_table.as_ref().map(|(_, t)| t),
+            plan,
+            &mut diags,
+        );
     }
-    finish(sources, diags, plan).map(|plan| Loaded { settings, plan, files })
+    finish(sources, diags, plan).map(|plan| Loaded {
+        settings,
+        plan,
+        files,
+    })
 }
 
 /// Reads and compiles just the mapping folder (hot reload uses this).
@@ -115,7 +130,10 @@ fn finish(sources: Sources, mut diags: Diagnostics, plan: Option<Plan>) -> Resul
         Some(plan) if diags.is_empty() => Ok(plan),
         _ => {
             diags.sort();
-            Err(LoadError { sources, diagnostics: diags })
+            Err(LoadError {
+                sources,
+                diagnostics: diags,
+            })
         }
     }
 }
@@ -141,17 +159,35 @@ fn load_mappings_into(
     }
     let before = diags.len();
     let plan = mappings::compile(&tables, diags);
-    Ok((plan.filter(|_| diags.len() == before && diags.is_empty()), files))
+    Ok((
+        plan.filter(|_| diags.len() == before && diags.is_empty()),
+        files,
+    ))
 }
 
-fn check_scopes(settings: &Settings, table: Option<&source::Table>, plan: &Plan, diags: &mut Diagnostics) {
+fn check_scopes(
+    settings: &Settings,
+    table: Option<&source::Table>,
+    plan: &Plan,
+    diags: &mut Diagnostics,
+) {
     let Some(t) = table else { return };
-    let Some((_, item)) = reader::entry(t, "api_keys") else { return };
-    let source::Node::Array(keys) = &item.node else { return };
+    let Some((_, item)) = reader::entry(t, "api_keys") else {
+        return;
+    };
+    let source::Node::Array(keys) = &item.node else {
+        return;
+    };
     for k in keys {
-        let source::Node::Table(kt) = &k.node else { continue };
-        let Some((_, scopes)) = reader::entry(kt, "scopes") else { continue };
-        let source::Node::Array(scopes) = &scopes.node else { continue };
+        let source::Node::Table(kt) = &k.node else {
+            continue;
+        };
+        let Some((_, scopes)) = reader::entry(kt, "scopes") else {
+            continue;
+        };
+        let source::Node::Array(scopes) = &scopes.node else {
+            continue;
+        };
         for s in scopes {
             if let source::Node::Str { value, .. } = &s.node
                 && let Some(Scope::Sync(code)) = Scope::parse(value)
@@ -167,6 +203,13 @@ fn check_scopes(settings: &Settings, table: Option<&source::Table>, plan: &Plan,
 
 fn io_error(sources: Sources, path: &Path, e: &std::io::Error) -> LoadError {
     let mut diags = Diagnostics::default();
-    diags.push(Diagnostic::error(format!("cannot read `{}`: {e}", path.display()), Span::nowhere(), ""));
-    LoadError { sources, diagnostics: diags }
+    diags.push(Diagnostic::error(
+        format!("cannot read `{}`: {e}", path.display()),
+        Span::nowhere(),
+        "",
+    ));
+    LoadError {
+        sources,
+        diagnostics: diags,
+    }
 }

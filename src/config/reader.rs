@@ -16,7 +16,11 @@ pub struct Str<'a> {
 impl Str<'_> {
     /// Quotes the value for a message, unless it is a secret.
     pub fn shown(&self) -> String {
-        if self.secret { "(value from the environment)".to_string() } else { format!("`{}`", self.value) }
+        if self.secret {
+            "(value from the environment)".to_string()
+        } else {
+            format!("`{}`", self.value)
+        }
     }
 }
 
@@ -35,7 +39,11 @@ pub fn check_keys(table: &Table, allowed: &[&str], diags: &mut Diagnostics) {
 
 /// `unknown <what> `x``, with a "did you mean" or the list of choices.
 pub fn unknown_name(what: &str, name: &str, span: Span, choices: &[&str]) -> Diagnostic {
-    let d = Diagnostic::error(format!("unknown {what} `{name}`"), span, format!("unknown {what}"));
+    let d = Diagnostic::error(
+        format!("unknown {what} `{name}`"),
+        span,
+        format!("unknown {what}"),
+    );
     with_choices(d, name, choices)
 }
 
@@ -49,7 +57,11 @@ pub fn with_choices(d: Diagnostic, name: &str, choices: &[&str]) -> Diagnostic {
         Some((_, c)) => d.with_help(format!("did you mean `{c}`?")),
         None if choices.is_empty() => d,
         None if choices.len() <= 16 => {
-            let list = choices.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+            let list = choices
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
             d.with_help(format!("expected one of {list}"))
         }
         None => d,
@@ -58,7 +70,10 @@ pub fn with_choices(d: Diagnostic, name: &str, choices: &[&str]) -> Diagnostic {
 
 pub fn wrong_type(key: &str, item: &Item, expected: &str) -> Diagnostic {
     Diagnostic::error(
-        format!("wrong type for `{key}`: expected {expected}, found {}", item.node.type_name()),
+        format!(
+            "wrong type for `{key}`: expected {expected}, found {}",
+            item.node.type_name()
+        ),
         item.span.clone(),
         format!("expected {expected}"),
     )
@@ -66,7 +81,11 @@ pub fn wrong_type(key: &str, item: &Item, expected: &str) -> Diagnostic {
 
 pub fn as_str<'t>(key: &str, item: &'t Item, diags: &mut Diagnostics) -> Option<Str<'t>> {
     match &item.node {
-        Node::Str { value, secret } => Some(Str { value, secret: *secret, span: item.span.clone() }),
+        Node::Str { value, secret } => Some(Str {
+            value,
+            secret: *secret,
+            span: item.span.clone(),
+        }),
         _ => {
             diags.push(wrong_type(key, item, "a string"));
             None
@@ -101,7 +120,11 @@ pub fn int_of(table: &Table, key: &str, diags: &mut Diagnostics) -> Option<(i64,
     }
 }
 
-pub fn table_of<'t>(table: &'t Table, key: &str, diags: &mut Diagnostics) -> Option<(&'t Table, Span)> {
+pub fn table_of<'t>(
+    table: &'t Table,
+    key: &str,
+    diags: &mut Diagnostics,
+) -> Option<(&'t Table, Span)> {
     let (_, item) = entry(table, key)?;
     as_table(key, item, diags).map(|t| (t, item.span.clone()))
 }
@@ -116,7 +139,11 @@ pub fn as_table<'t>(key: &str, item: &'t Item, diags: &mut Diagnostics) -> Optio
     }
 }
 
-pub fn array_of<'t>(table: &'t Table, key: &str, diags: &mut Diagnostics) -> Option<(&'t [Item], Span)> {
+pub fn array_of<'t>(
+    table: &'t Table,
+    key: &str,
+    diags: &mut Diagnostics,
+) -> Option<(&'t [Item], Span)> {
     let (_, item) = entry(table, key)?;
     match &item.node {
         Node::Array(a) => Some((a.as_slice(), item.span.clone())),
@@ -128,9 +155,19 @@ pub fn array_of<'t>(table: &'t Table, key: &str, diags: &mut Diagnostics) -> Opt
 }
 
 /// A required string: reports `missing field` at `owner` (the table's key) when absent.
-pub fn required_str<'t>(table: &'t Table, key: &str, owner: &Span, what: &str, diags: &mut Diagnostics) -> Option<Str<'t>> {
+pub fn required_str<'t>(
+    table: &'t Table,
+    key: &str,
+    owner: &Span,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> Option<Str<'t>> {
     if entry(table, key).is_none() {
-        diags.push(Diagnostic::error(format!("missing field `{key}` in {what}"), owner.clone(), format!("`{key}` is required")));
+        diags.push(Diagnostic::error(
+            format!("missing field `{key}` in {what}"),
+            owner.clone(),
+            format!("`{key}` is required"),
+        ));
         return None;
     }
     str_of(table, key, diags)
@@ -141,11 +178,17 @@ pub fn to_json(item: &Item) -> Value {
     match &item.node {
         Node::Str { value, .. } => Value::String(value.clone()),
         Node::Int(i) => Value::from(*i),
-        Node::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+        Node::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
         Node::Bool(b) => Value::Bool(*b),
         Node::Datetime(d) => Value::String(d.clone()),
         Node::Array(a) => Value::Array(a.iter().map(to_json).collect()),
-        Node::Table(t) => Value::Object(t.iter().map(|(k, v)| (k.name.clone(), to_json(v))).collect()),
+        Node::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.name.clone(), to_json(v)))
+                .collect(),
+        ),
     }
 }
 

@@ -10,8 +10,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const KEYS: [&str; 8] =
-    ["database_url", "listen", "mappings", "log_format", "change_log", "change_log_retention", "body_limit", "api_keys"];
+const KEYS: [&str; 8] = [
+    "database_url",
+    "listen",
+    "mappings",
+    "log_format",
+    "change_log",
+    "change_log_retention",
+    "body_limit",
+    "api_keys",
+];
 const API_KEY_KEYS: [&str; 4] = ["name", "key", "key_sha256", "scopes"];
 
 /// How logs are written.
@@ -40,7 +48,11 @@ impl Scope {
             "operate" => Scope::Operate,
             "admin" => Scope::Admin,
             "sync:*" => Scope::AllSyncs,
-            _ => Scope::Sync(crate::domain::SyncCode::parse(s.strip_prefix("sync:")?).ok()?.to_string()),
+            _ => Scope::Sync(
+                crate::domain::SyncCode::parse(s.strip_prefix("sync:")?)
+                    .ok()?
+                    .to_string(),
+            ),
         })
     }
 }
@@ -55,7 +67,10 @@ pub struct ApiKey {
 
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiKey").field("name", &self.name).field("scopes", &self.scopes).finish_non_exhaustive()
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -121,7 +136,12 @@ pub struct Overrides {
 }
 
 /// Builds settings from the parsed file (if any), the environment and the CLI.
-pub fn compile(file: Option<(usize, &Table)>, env: &dyn Env, cli: &Overrides, diags: &mut Diagnostics) -> Settings {
+pub fn compile(
+    file: Option<(usize, &Table)>,
+    env: &dyn Env,
+    cli: &Overrides,
+    diags: &mut Diagnostics,
+) -> Settings {
     let mut s = Settings::default();
     let empty = Table::new();
     let t = file.map(|(_, t)| t).unwrap_or(&empty);
@@ -143,22 +163,39 @@ pub fn compile(file: Option<(usize, &Table)>, env: &dyn Env, cli: &Overrides, di
         }
         str_of(t, key, diags).map(|v| (v.value.to_string(), Some(v.span), v.secret))
     };
-    let bad = |diags: &mut Diagnostics, key: &str, span: Option<Span>, msg: String, help: &str| match span {
-        Some(span) => diags.push(Diagnostic::error(msg, span, "invalid value").with_help(help)),
-        None => diags.push(env_error(key, msg, help)),
+    let bad = |diags: &mut Diagnostics, key: &str, span: Option<Span>, msg: String, help: &str| {
+        match span {
+            Some(span) => diags.push(Diagnostic::error(msg, span, "invalid value").with_help(help)),
+            None => diags.push(env_error(key, msg, help)),
+        }
     };
 
     if let Some((v, span, _)) = pick("database_url", diags) {
-        if v.starts_with("sqlite:") || v.starts_with("postgres://") || v.starts_with("postgresql://") {
+        if v.starts_with("sqlite:")
+            || v.starts_with("postgres://")
+            || v.starts_with("postgresql://")
+        {
             s.database_url = SecretString::from(v);
         } else {
-            bad(diags, "database_url", span, "`database_url` must start with `sqlite:` or `postgres://`".into(), "for example sqlite://recsync.db");
+            bad(
+                diags,
+                "database_url",
+                span,
+                "`database_url` must start with `sqlite:` or `postgres://`".into(),
+                "for example sqlite://recsync.db",
+            );
         }
     }
     if let Some((v, span, _)) = pick("listen", diags) {
         match v.parse::<SocketAddr>() {
             Ok(a) => s.listen = a,
-            Err(_) => bad(diags, "listen", span, format!("invalid `listen` address `{v}`"), "use host:port, such as 127.0.0.1:8071"),
+            Err(_) => bad(
+                diags,
+                "listen",
+                span,
+                format!("invalid `listen` address `{v}`"),
+                "use host:port, such as 127.0.0.1:8071",
+            ),
         }
     }
     if let Some((v, _, _)) = pick("mappings", diags) {
@@ -168,14 +205,24 @@ pub fn compile(file: Option<(usize, &Table)>, env: &dyn Env, cli: &Overrides, di
         match v.as_str() {
             "pretty" => s.log_format = LogFormat::Pretty,
             "json" => s.log_format = LogFormat::Json,
-            _ => bad(diags, "log_format", span, format!("invalid `log_format` value `{v}`"), "use \"pretty\" or \"json\""),
+            _ => bad(
+                diags,
+                "log_format",
+                span,
+                format!("invalid `log_format` value `{v}`"),
+                "use \"pretty\" or \"json\"",
+            ),
         }
     }
     match env.var("RECSYNC_CHANGE_LOG") {
         Some(v) => match v.as_str() {
             "true" | "1" => s.change_log = true,
             "false" | "0" => s.change_log = false,
-            _ => diags.push(env_error("change_log", format!("invalid boolean `{v}`"), "use true or false")),
+            _ => diags.push(env_error(
+                "change_log",
+                format!("invalid boolean `{v}`"),
+                "use true or false",
+            )),
         },
         None => {
             if let Some(b) = bool_of(t, "change_log", diags) {
@@ -189,28 +236,50 @@ pub fn compile(file: Option<(usize, &Table)>, env: &dyn Env, cli: &Overrides, di
         } else {
             match crate::domain::plan::parse_duration(&v) {
                 Some(d) => s.change_log_retention = Some(d),
-                None => bad(diags, "change_log_retention", span, format!("invalid duration `{v}` for `change_log_retention`"), "use \"90d\", \"12h\", or \"0\" to keep forever"),
+                None => bad(
+                    diags,
+                    "change_log_retention",
+                    span,
+                    format!("invalid duration `{v}` for `change_log_retention`"),
+                    "use \"90d\", \"12h\", or \"0\" to keep forever",
+                ),
             }
         }
     }
     match env.var("RECSYNC_BODY_LIMIT") {
         Some(v) => match v.parse::<usize>() {
             Ok(n) if n >= 1024 => s.body_limit = n,
-            _ => diags.push(env_error("body_limit", format!("invalid byte count `{v}`"), "use a number of bytes, at least 1024")),
+            _ => diags.push(env_error(
+                "body_limit",
+                format!("invalid byte count `{v}`"),
+                "use a number of bytes, at least 1024",
+            )),
         },
         None => match int_of(t, "body_limit", diags) {
             Some((n, _)) if n >= 1024 => s.body_limit = n as usize,
-            Some((_, span)) => diags.push(Diagnostic::error("`body_limit` must be at least 1024 bytes", span, "too small")),
+            Some((_, span)) => diags.push(Diagnostic::error(
+                "`body_limit` must be at least 1024 bytes",
+                span,
+                "too small",
+            )),
             None => {}
         },
     }
     if let Some((items, _)) = array_of(t, "api_keys", diags) {
         for it in items {
-            let Some(kt) = as_table("api_keys", it, diags) else { continue };
+            let Some(kt) = as_table("api_keys", it, diags) else {
+                continue;
+            };
             if let Some(k) = compile_key(kt, &it.span, diags) {
                 if let Some(prev) = s.api_keys.iter().find(|p| p.name == k.name) {
-                    let span = entry(kt, "name").map(|(_, i)| i.span.clone()).unwrap_or(it.span.clone());
-                    diags.push(Diagnostic::error(format!("duplicate API key name `{}`", prev.name), span, "names identify keys in the change-control log"));
+                    let span = entry(kt, "name")
+                        .map(|(_, i)| i.span.clone())
+                        .unwrap_or(it.span.clone());
+                    diags.push(Diagnostic::error(
+                        format!("duplicate API key name `{}`", prev.name),
+                        span,
+                        "names identify keys in the change-control log",
+                    ));
                     continue;
                 }
                 s.api_keys.push(k);
@@ -222,7 +291,12 @@ pub fn compile(file: Option<(usize, &Table)>, env: &dyn Env, cli: &Overrides, di
 
 fn env_error(key: &str, msg: String, help: &str) -> Diagnostic {
     // An environment variable has no file position.
-    Diagnostic::error(format!("{msg} (from RECSYNC_{})", key.to_ascii_uppercase()), Span::nowhere(), "").with_help(help)
+    Diagnostic::error(
+        format!("{msg} (from RECSYNC_{})", key.to_ascii_uppercase()),
+        Span::nowhere(),
+        "",
+    )
+    .with_help(help)
 }
 
 fn compile_key(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<ApiKey> {
@@ -232,23 +306,42 @@ fn compile_key(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<ApiKey
     let hashed = str_of(t, "key_sha256", diags);
     let sha256 = match (&key, &hashed) {
         (Some(_), Some(h)) => {
-            diags.push(Diagnostic::error("`key` and `key_sha256` are mutually exclusive", h.span.clone(), "remove one of the two"));
+            diags.push(Diagnostic::error(
+                "`key` and `key_sha256` are mutually exclusive",
+                h.span.clone(),
+                "remove one of the two",
+            ));
             None
         }
         (Some(k), None) if k.value.len() < 16 => {
-            diags.push(Diagnostic::error("API key is too short: use at least 16 characters", k.span.clone(), "too short").with_help("`recsync keys new` makes a strong one"));
+            diags.push(
+                Diagnostic::error(
+                    "API key is too short: use at least 16 characters",
+                    k.span.clone(),
+                    "too short",
+                )
+                .with_help("`recsync keys new` makes a strong one"),
+            );
             None
         }
         (Some(k), None) => Some(hash_key(k.value)),
         (None, Some(h)) => match hex::decode(h.value) {
             Ok(bytes) if bytes.len() == 32 => bytes.try_into().ok(),
             _ => {
-                diags.push(Diagnostic::error("`key_sha256` must be 64 hexadecimal characters", h.span.clone(), "not a SHA-256 hash"));
+                diags.push(Diagnostic::error(
+                    "`key_sha256` must be 64 hexadecimal characters",
+                    h.span.clone(),
+                    "not a SHA-256 hash",
+                ));
                 None
             }
         },
         (None, None) => {
-            diags.push(Diagnostic::error("`[[api_keys]]` entry needs `key` or `key_sha256`", span.clone(), "no key"));
+            diags.push(Diagnostic::error(
+                "`[[api_keys]]` entry needs `key` or `key_sha256`",
+                span.clone(),
+                "no key",
+            ));
             None
         }
     };
@@ -256,20 +349,36 @@ fn compile_key(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<ApiKey
     match array_of(t, "scopes", diags) {
         Some((items, _)) => {
             for it in items {
-                let Some(s) = as_str("scopes", it, diags) else { continue };
+                let Some(s) = as_str("scopes", it, diags) else {
+                    continue;
+                };
                 match Scope::parse(s.value) {
                     Some(sc) => scopes.push(sc),
                     None => diags.push(
-                        Diagnostic::error(format!("unknown scope `{}`", s.value), s.span.clone(), "unknown scope")
-                            .with_help("use `read`, `write`, `operate`, `admin`, `sync:*` or `sync:<CODE>`"),
+                        Diagnostic::error(
+                            format!("unknown scope `{}`", s.value),
+                            s.span.clone(),
+                            "unknown scope",
+                        )
+                        .with_help(
+                            "use `read`, `write`, `operate`, `admin`, `sync:*` or `sync:<CODE>`",
+                        ),
                     ),
                 }
             }
         }
         None if entry(t, "scopes").is_none() => {
-            diags.push(Diagnostic::error("`[[api_keys]]` entry needs `scopes`", span.clone(), "no scopes"));
+            diags.push(Diagnostic::error(
+                "`[[api_keys]]` entry needs `scopes`",
+                span.clone(),
+                "no scopes",
+            ));
         }
         None => {}
     }
-    Some(ApiKey { name: name?.value.to_string(), sha256: sha256?, scopes })
+    Some(ApiKey {
+        name: name?.value.to_string(),
+        sha256: sha256?,
+        scopes,
+    })
 }

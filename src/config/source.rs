@@ -2,7 +2,6 @@
 //! and `${VAR}` / `${VAR:-default}` are interpolated here, marking the strings as secrets.
 
 use super::diag::{Diagnostic, Diagnostics, Span};
-use std::borrow::Cow;
 use toml::de::{DeTable, DeValue};
 
 /// One configuration file's text.
@@ -21,7 +20,10 @@ pub struct Sources {
 
 impl Sources {
     pub fn add(&mut self, path: impl Into<String>, text: impl Into<String>) -> usize {
-        self.files.push(SourceFile { path: path.into(), text: text.into() });
+        self.files.push(SourceFile {
+            path: path.into(),
+            text: text.into(),
+        });
         self.files.len() - 1
     }
 }
@@ -45,7 +47,10 @@ pub type Table = Vec<(Key, Item)>;
 #[derive(Debug, Clone)]
 pub enum Node {
     /// `secret` is true when any part came from the environment.
-    Str { value: String, secret: bool },
+    Str {
+        value: String,
+        secret: bool,
+    },
     Int(i64),
     Float(f64),
     Bool(bool),
@@ -90,7 +95,12 @@ impl Env for std::collections::HashMap<String, String> {
 }
 
 /// Parses one file into a table; syntax errors and interpolation errors go to `diags`.
-pub fn parse_file(file: usize, text: &str, env: &dyn Env, diags: &mut Diagnostics) -> Option<Table> {
+pub fn parse_file(
+    file: usize,
+    text: &str,
+    env: &dyn Env,
+    diags: &mut Diagnostics,
+) -> Option<Table> {
     let (doc, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
         for e in errors {
@@ -104,7 +114,11 @@ pub fn parse_file(file: usize, text: &str, env: &dyn Env, diags: &mut Diagnostic
                 Some((a, b)) => (a.to_string(), b.trim().to_string()),
                 None => (msg, String::new()),
             };
-            diags.push(Diagnostic::error(format!("invalid TOML: {title}"), Span::new(file, range), label));
+            diags.push(Diagnostic::error(
+                format!("invalid TOML: {title}"),
+                Span::new(file, range),
+                label,
+            ));
         }
         return None;
     }
@@ -112,16 +126,30 @@ pub fn parse_file(file: usize, text: &str, env: &dyn Env, diags: &mut Diagnostic
     Some(convert_table(file, doc.into_inner(), span, env, diags))
 }
 
-fn convert_table(file: usize, t: DeTable<'_>, _span: std::ops::Range<usize>, env: &dyn Env, diags: &mut Diagnostics) -> Table {
+fn convert_table(
+    file: usize,
+    t: DeTable<'_>,
+    _span: std::ops::Range<usize>,
+    env: &dyn Env,
+    diags: &mut Diagnostics,
+) -> Table {
     t.into_iter()
         .map(|(k, v)| {
-            let key = Key { name: k.get_ref().to_string(), span: Span::new(file, k.span()) };
+            let key = Key {
+                name: k.get_ref().to_string(),
+                span: Span::new(file, k.span()),
+            };
             (key, convert(file, v, env, diags))
         })
         .collect()
 }
 
-fn convert(file: usize, v: toml::Spanned<DeValue<'_>>, env: &dyn Env, diags: &mut Diagnostics) -> Item {
+fn convert(
+    file: usize,
+    v: toml::Spanned<DeValue<'_>>,
+    env: &dyn Env,
+    diags: &mut Diagnostics,
+) -> Item {
     let range = v.span();
     let span = Span::new(file, range.clone());
     let node = match v.into_inner() {
@@ -129,23 +157,34 @@ fn convert(file: usize, v: toml::Spanned<DeValue<'_>>, env: &dyn Env, diags: &mu
         DeValue::Integer(i) => match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
             Ok(n) => Node::Int(n),
             Err(_) => {
-                diags.push(Diagnostic::error("integer out of range", span.clone(), "does not fit in 64 bits"));
+                diags.push(Diagnostic::error(
+                    "integer out of range",
+                    span.clone(),
+                    "does not fit in 64 bits",
+                ));
                 Node::Int(0)
             }
         },
         DeValue::Float(f) => Node::Float(f.as_str().replace('_', "").parse().unwrap_or(f64::NAN)),
         DeValue::Boolean(b) => Node::Bool(b),
         DeValue::Datetime(d) => Node::Datetime(d.to_string()),
-        DeValue::Array(a) => Node::Array(a.into_iter().map(|x| convert(file, x, env, diags)).collect()),
+        DeValue::Array(a) => Node::Array(
+            a.into_iter()
+                .map(|x| convert(file, x, env, diags))
+                .collect(),
+        ),
         DeValue::Table(t) => Node::Table(convert_table(file, t, range, env, diags)),
     };
     Item { span, node }
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
-fn interpolate(s: &Cow<'_, str>, span: Span, env: &dyn Env, diags: &mut Diagnostics) -> Node {
+fn interpolate(s: &str, span: Span, env: &dyn Env, diags: &mut Diagnostics) -> Node {
     if !s.contains('$') {
-        return Node::Str { value: s.to_string(), secret: false };
+        return Node::Str {
+            value: s.to_string(),
+            secret: false,
+        };
     }
     let mut out = String::new();
     let mut secret = false;
@@ -164,8 +203,15 @@ fn interpolate(s: &Cow<'_, str>, span: Span, env: &dyn Env, diags: &mut Diagnost
             continue;
         };
         let Some(end) = body.find('}') else {
-            diags.push(Diagnostic::error("unclosed `${` in string", span.clone(), "add the closing `}`"));
-            return Node::Str { value: String::new(), secret: true };
+            diags.push(Diagnostic::error(
+                "unclosed `${` in string",
+                span.clone(),
+                "add the closing `}`",
+            ));
+            return Node::Str {
+                value: String::new(),
+                secret: true,
+            };
         };
         let inner = &body[..end];
         rest = &body[end + 1..];
@@ -179,7 +225,10 @@ fn interpolate(s: &Cow<'_, str>, span: Span, env: &dyn Env, diags: &mut Diagnost
                 span.clone(),
                 "use letters, digits and `_`",
             ));
-            return Node::Str { value: String::new(), secret: true };
+            return Node::Str {
+                value: String::new(),
+                secret: true,
+            };
         }
         secret = true;
         match (env.var(name), default) {
@@ -190,10 +239,19 @@ fn interpolate(s: &Cow<'_, str>, span: Span, env: &dyn Env, diags: &mut Diagnost
             (None, Some(d)) => out.push_str(d),
             (None, None) => {
                 diags.push(
-                    Diagnostic::error(format!("environment variable `{name}` is not set"), span.clone(), "used here")
-                        .with_help(format!("set `{name}`, or give a default with `${{{name}:-...}}`")),
+                    Diagnostic::error(
+                        format!("environment variable `{name}` is not set"),
+                        span.clone(),
+                        "used here",
+                    )
+                    .with_help(format!(
+                        "set `{name}`, or give a default with `${{{name}:-...}}`"
+                    )),
                 );
-                return Node::Str { value: String::new(), secret: true };
+                return Node::Str {
+                    value: String::new(),
+                    secret: true,
+                };
             }
         }
     }

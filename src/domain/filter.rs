@@ -23,7 +23,9 @@ pub enum Op {
 }
 
 /// Every operator as written in a domain.
-pub const OPERATORS: [&str; 12] = ["=", "!=", "<", "<=", ">", ">=", "in", "not in", "like", "ilike", "=like", "=ilike"];
+pub const OPERATORS: [&str; 12] = [
+    "=", "!=", "<", "<=", ">", ">=", "in", "not in", "like", "ilike", "=like", "=ilike",
+];
 
 impl Op {
     pub fn parse(s: &str) -> Option<Op> {
@@ -74,7 +76,9 @@ impl Op {
 pub fn operator_fits(ty: &FieldType, op: Op) -> bool {
     match ty {
         FieldType::Char | FieldType::Text | FieldType::Selection(_) => true,
-        FieldType::Integer | FieldType::Float | FieldType::Date | FieldType::Datetime => !op.is_like(),
+        FieldType::Integer | FieldType::Float | FieldType::Date | FieldType::Datetime => {
+            !op.is_like()
+        }
         FieldType::Boolean
         | FieldType::Many2one(_)
         | FieldType::One2many(_)
@@ -110,7 +114,10 @@ impl Condition {
     /// Type-checks `[field, op, value]` against the field's type.
     pub fn new(field: &str, ty: &FieldType, op: Op, value: &Value) -> Result<Self, ConditionError> {
         if !operator_fits(ty, op) {
-            return Err(ConditionError::OperatorType { op: op.as_str(), ty: ty.name() });
+            return Err(ConditionError::OperatorType {
+                op: op.as_str(),
+                ty: ty.name(),
+            });
         }
         let scalar = match ty {
             FieldType::One2many(m) | FieldType::Many2many(m) => FieldType::Many2one(m.clone()),
@@ -120,11 +127,16 @@ impl Condition {
             if matches!(v, Value::Null | Value::Bool(false)) && !matches!(ty, FieldType::Boolean) {
                 return Ok(Value::Null);
             }
-            coerce(&scalar, v).map_err(|e| ConditionError::Value { ty: ty.name(), reason: e.to_string() })
+            coerce(&scalar, v).map_err(|e| ConditionError::Value {
+                ty: ty.name(),
+                reason: e.to_string(),
+            })
         };
         let value = match op {
             Op::In | Op::NotIn => match value {
-                Value::Array(items) => Value::Array(items.iter().map(coerce_one).collect::<Result<_, _>>()?),
+                Value::Array(items) => {
+                    Value::Array(items.iter().map(coerce_one).collect::<Result<_, _>>()?)
+                }
                 _ => return Err(ConditionError::ListRequired(op.as_str())),
             },
             _ if op.is_like() => match value {
@@ -133,7 +145,12 @@ impl Condition {
             },
             _ => coerce_one(value)?,
         };
-        Ok(Condition { field: field.to_string(), ty: ty.clone(), op, value })
+        Ok(Condition {
+            field: field.to_string(),
+            ty: ty.clone(),
+            op,
+            value,
+        })
     }
 
     /// Does the record's value satisfy this condition?
@@ -142,7 +159,13 @@ impl Condition {
         let v = values.get(&self.field).unwrap_or(&null);
         if self.ty.is_x2many() {
             let ids: Vec<&Value> = v.as_array().map(|a| a.iter().collect()).unwrap_or_default();
-            let hit = |x: &Value| if x.is_null() { ids.is_empty() } else { ids.contains(&x) };
+            let hit = |x: &Value| {
+                if x.is_null() {
+                    ids.is_empty()
+                } else {
+                    ids.contains(&x)
+                }
+            };
             return match self.op {
                 Op::Eq => hit(&self.value),
                 Op::Ne => !hit(&self.value),
@@ -155,8 +178,14 @@ impl Condition {
         match self.op {
             Op::Eq => same(&self.ty, &v, &self.value),
             Op::Ne => !same(&self.ty, &v, &self.value),
-            Op::In => self.value.as_array().is_some_and(|l| l.iter().any(|x| same(&self.ty, &v, x))),
-            Op::NotIn => !self.value.as_array().is_some_and(|l| l.iter().any(|x| same(&self.ty, &v, x))),
+            Op::In => self
+                .value
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| same(&self.ty, &v, x))),
+            Op::NotIn => !self
+                .value
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| same(&self.ty, &v, x))),
             op if op.is_order() => match compare(&self.ty, &v, &self.value) {
                 Some(o) => match op {
                     Op::Lt => o == Ordering::Less,
@@ -213,9 +242,11 @@ fn compare(ty: &FieldType, a: &Value, b: &Value) -> Option<Ordering> {
         },
         FieldType::Float => a.as_f64()?.partial_cmp(&b.as_f64()?),
         FieldType::Boolean => Some(a.as_bool()?.cmp(&b.as_bool()?)),
-        FieldType::Datetime => {
-            Some(parse_datetime(a.as_str()?).ok()?.cmp(&parse_datetime(b.as_str()?).ok()?))
-        }
+        FieldType::Datetime => Some(
+            parse_datetime(a.as_str()?)
+                .ok()?
+                .cmp(&parse_datetime(b.as_str()?).ok()?),
+        ),
         FieldType::Char | FieldType::Text | FieldType::Selection(_) | FieldType::Date => {
             Some(a.as_str()?.cmp(b.as_str()?))
         }
@@ -300,13 +331,21 @@ impl Domain {
             let node = match tok {
                 Token::Cond(c) => Domain::Cond(c),
                 Token::Not => {
-                    let a = stack.pop().ok_or(ArityError { index, op: "!", needed: 1 })?;
+                    let a = stack.pop().ok_or(ArityError {
+                        index,
+                        op: "!",
+                        needed: 1,
+                    })?;
                     Domain::Not(Box::new(a))
                 }
                 Token::And | Token::Or => {
                     let op = if tok == Token::And { "&" } else { "|" };
                     if stack.len() < 2 {
-                        return Err(ArityError { index, op, needed: 2 });
+                        return Err(ArityError {
+                            index,
+                            op,
+                            needed: 2,
+                        });
                     }
                     let a = stack.pop().expect("checked");
                     let b = stack.pop().expect("checked");
@@ -363,7 +402,10 @@ mod tests {
     fn operators_fit_types() {
         assert_eq!(
             Condition::new("customer", &FieldType::Boolean, Op::Like, &json!("x")),
-            Err(ConditionError::OperatorType { op: "like", ty: "boolean" })
+            Err(ConditionError::OperatorType {
+                op: "like",
+                ty: "boolean"
+            })
         );
         assert_eq!(
             Condition::new("n", &FieldType::Integer, Op::In, &json!(3)),
@@ -381,7 +423,8 @@ mod tests {
 
     #[test]
     fn every_operator() {
-        let r = rec(json!({"name": "Ana Pérez", "n": 5, "when": "2024-01-01T10:00:00Z", "ok": true}));
+        let r =
+            rec(json!({"name": "Ana Pérez", "n": 5, "when": "2024-01-01T10:00:00Z", "ok": true}));
         let c = |f, ty, op, v| cond(f, ty, op, v).matches(&r);
         assert!(c("n", FieldType::Integer, "=", json!(5)));
         assert!(c("n", FieldType::Integer, "!=", json!(4)));
@@ -397,7 +440,12 @@ mod tests {
         assert!(c("name", FieldType::Char, "=like", json!("Ana%")));
         assert!(!c("name", FieldType::Char, "=like", json!("ana%")));
         assert!(c("name", FieldType::Char, "=ilike", json!("ana _érez")));
-        assert!(c("when", FieldType::Datetime, ">", json!("2024-01-01T11:00:00+02:00")));
+        assert!(c(
+            "when",
+            FieldType::Datetime,
+            ">",
+            json!("2024-01-01T11:00:00+02:00")
+        ));
         assert!(c("ok", FieldType::Boolean, "=", json!(true)));
         assert!(c("missing", FieldType::Boolean, "=", json!(false)));
         assert!(c("missing", FieldType::Char, "=", json!(false)));
@@ -417,7 +465,11 @@ mod tests {
         assert!(d.matches(&rec(json!({"n": 2}))));
         assert_eq!(
             Domain::from_tokens(vec![Token::Or, a.clone()]),
-            Err(ArityError { index: 0, op: "|", needed: 2 })
+            Err(ArityError {
+                index: 0,
+                op: "|",
+                needed: 2
+            })
         );
         assert_eq!(Domain::from_tokens(vec![]), Ok(Domain::All));
     }
@@ -452,16 +504,25 @@ mod tests {
 
     fn leaf() -> impl Strategy<Value = Tree> {
         prop_oneof![
-            (prop::sample::select(vec!["=", "!=", "<", "<=", ">", ">="]), -3i64..4)
+            (
+                prop::sample::select(vec!["=", "!=", "<", "<=", ">", ">="]),
+                -3i64..4
+            )
                 .prop_map(|(op, v)| Tree::Leaf("a", op, json!(v))),
             prop::collection::vec(-3i64..4, 0..3).prop_map(|l| Tree::Leaf("a", "in", json!(l))),
             prop::collection::vec(-3i64..4, 0..3).prop_map(|l| Tree::Leaf("a", "not in", json!(l))),
             (
-                prop::sample::select(vec!["=", "!=", "<", ">=", "like", "ilike", "=like", "=ilike"]),
+                prop::sample::select(vec![
+                    "=", "!=", "<", ">=", "like", "ilike", "=like", "=ilike"
+                ]),
                 "[aAb%_]{0,3}"
             )
                 .prop_map(|(op, v)| Tree::Leaf("b", op, json!(v))),
-            (prop::sample::select(vec!["=", "!="]), any::<bool>()).prop_map(|(op, v)| Tree::Leaf("c", op, json!(v))),
+            (prop::sample::select(vec!["=", "!="]), any::<bool>()).prop_map(|(op, v)| Tree::Leaf(
+                "c",
+                op,
+                json!(v)
+            )),
         ]
     }
 
@@ -469,7 +530,8 @@ mod tests {
         leaf().prop_recursive(4, 24, 2, |inner| {
             prop_oneof![
                 inner.clone().prop_map(|t| Tree::Not(Box::new(t))),
-                (inner.clone(), inner.clone()).prop_map(|(a, b)| Tree::And(Box::new(a), Box::new(b))),
+                (inner.clone(), inner.clone())
+                    .prop_map(|(a, b)| Tree::And(Box::new(a), Box::new(b))),
                 (inner.clone(), inner).prop_map(|(a, b)| Tree::Or(Box::new(a), Box::new(b))),
             ]
         })
@@ -512,7 +574,9 @@ mod tests {
             Tree::Or(x, y) => reference(x, a, b, c) || reference(y, a, b, c),
             Tree::Leaf("a", op, v) => {
                 if *op == "in" || *op == "not in" {
-                    let found = a.is_some_and(|a| v.as_array().unwrap().iter().any(|x| x.as_i64() == Some(a)));
+                    let found = a.is_some_and(|a| {
+                        v.as_array().unwrap().iter().any(|x| x.as_i64() == Some(a))
+                    });
                     return if *op == "in" { found } else { !found };
                 }
                 let x = v.as_i64().unwrap();
@@ -537,7 +601,10 @@ mod tests {
                     "<" => b < x,
                     ">=" => b >= x,
                     "like" => naive_like(&chars(b), &chars(&format!("%{x}%"))),
-                    "ilike" => naive_like(&chars(&b.to_lowercase()), &chars(&format!("%{}%", x.to_lowercase()))),
+                    "ilike" => naive_like(
+                        &chars(&b.to_lowercase()),
+                        &chars(&format!("%{}%", x.to_lowercase())),
+                    ),
                     "=like" => naive_like(&chars(b), &chars(x)),
                     _ => naive_like(&chars(&b.to_lowercase()), &chars(&x.to_lowercase())),
                 }

@@ -81,7 +81,11 @@ impl JsonPath {
             })
             .collect::<Option<Vec<_>>>()
             .filter(|v| !v.is_empty());
-        Ok(JsonPath { text: text.to_string(), query, simple })
+        Ok(JsonPath {
+            text: text.to_string(),
+            query,
+            simple,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -112,11 +116,15 @@ impl JsonPath {
 
     /// Writes `v` at this path, creating nested objects. Only for buildable paths.
     pub fn build(&self, doc: &mut Map<String, Value>, v: Value) -> bool {
-        let Some(names) = &self.simple else { return false };
+        let Some(names) = &self.simple else {
+            return false;
+        };
         let (last, parents) = names.split_last().expect("non-empty");
         let mut cur = doc;
         for n in parents {
-            let slot = cur.entry(n.clone()).or_insert_with(|| Value::Object(Map::new()));
+            let slot = cur
+                .entry(n.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
             if !slot.is_object() {
                 *slot = Value::Object(Map::new());
             }
@@ -177,14 +185,19 @@ impl ValueMap {
 
     pub fn to_local(&self, external: &Value) -> Option<&Value> {
         // Compare loosely so that a form-encoded "1" finds the external value 1.
-        self.pairs.iter().find(|(_, e)| loose_eq(e, external)).map(|(l, _)| l)
+        self.pairs
+            .iter()
+            .find(|(_, e)| loose_eq(e, external))
+            .map(|(l, _)| l)
     }
 }
 
 fn loose_eq(a: &Value, b: &Value) -> bool {
     a == b
         || match (a, b) {
-            (Value::String(s), other) | (other, Value::String(s)) if !other.is_string() => *s == other.to_string(),
+            (Value::String(s), other) | (other, Value::String(s)) if !other.is_string() => {
+                serde_json::from_str::<Value>(s).is_ok_and(|parsed| parsed == *other)
+            }
             _ => false,
         }
 }
@@ -238,7 +251,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     fn coerce(field: &str, e: CoerceError) -> Self {
@@ -262,7 +278,9 @@ pub fn to_external(
     let mut out = Map::new();
     let mut errors = Vec::new();
     for p in pairs.iter().filter(|p| p.direction.to_external()) {
-        let Some(v) = local.get(&p.local) else { continue };
+        let Some(v) = local.get(&p.local) else {
+            continue;
+        };
         let v = match outbound_value(p, v, refs) {
             Ok(v) => v,
             Err(e) => {
@@ -279,7 +297,11 @@ pub fn to_external(
             }
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 fn outbound_value(p: &FieldPair, v: &Value, refs: &dyn RefResolver) -> Result<Value, FieldError> {
@@ -288,20 +310,32 @@ fn outbound_value(p: &FieldPair, v: &Value, refs: &dyn RefResolver) -> Result<Va
     }
     if p.local_type.is_relational() && p.reference != Reference::None {
         let one = |id: &Value| -> Result<Value, FieldError> {
-            let id = id.as_i64().ok_or_else(|| FieldError::new(&p.local, "related id is not an integer"))?;
-            refs.local_to_external(p, id)
-                .ok_or_else(|| FieldError::new(&p.local, format!("related record {id} has no external reference yet")))
+            let id = id
+                .as_i64()
+                .ok_or_else(|| FieldError::new(&p.local, "related id is not an integer"))?;
+            refs.local_to_external(p, id).ok_or_else(|| {
+                FieldError::new(
+                    &p.local,
+                    format!("related record {id} has no external reference yet"),
+                )
+            })
         };
         return match v {
-            Value::Array(ids) => ids.iter().map(one).collect::<Result<Vec<_>, _>>().map(Value::Array),
+            Value::Array(ids) => ids
+                .iter()
+                .map(one)
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
             id => one(id),
         };
     }
     match &p.map {
-        Some(m) => m
-            .to_external(v)
-            .cloned()
-            .ok_or_else(|| FieldError::new(&p.local, format!("value {v} has no entry in the field's map"))),
+        Some(m) => m.to_external(v).cloned().ok_or_else(|| {
+            FieldError::new(
+                &p.local,
+                format!("value {v} has no entry in the field's map"),
+            )
+        }),
         None => Ok(v.clone()),
     }
 }
@@ -331,7 +365,11 @@ pub fn to_local(pairs: &[FieldPair], external: &Value) -> Result<Inbound, Vec<Fi
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 enum Incoming {
@@ -341,7 +379,9 @@ enum Incoming {
 
 fn inbound_value(p: &FieldPair, raw: &Value) -> Result<Incoming, FieldError> {
     let raw = match &p.external_type {
-        Some(t) if !p.local_type.is_relational() => coerce(t, raw).map_err(|e| FieldError::coerce(&p.local, e))?,
+        Some(t) if !p.local_type.is_relational() => {
+            coerce(t, raw).map_err(|e| FieldError::coerce(&p.local, e))?
+        }
         _ => raw.clone(),
     };
     if p.local_type.is_relational() && p.reference != Reference::None {
@@ -349,7 +389,11 @@ fn inbound_value(p: &FieldPair, raw: &Value) -> Result<Incoming, FieldError> {
         let keys: Vec<String> = match &raw {
             Value::Null | Value::Bool(false) => vec![],
             Value::Array(items) => items.iter().map(key_text).collect(),
-            Value::String(s) if many => s.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect(),
+            Value::String(s) if many => s
+                .split(',')
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty())
+                .collect(),
             other => vec![key_text(other)],
         };
         return Ok(Incoming::Ref(PendingRef {
@@ -367,7 +411,9 @@ fn inbound_value(p: &FieldPair, raw: &Value) -> Result<Incoming, FieldError> {
             .ok_or_else(|| FieldError::new(&p.local, "value has no entry in the field's map"))?,
         _ => raw,
     };
-    coerce(&p.local_type, &mapped).map(Incoming::Value).map_err(|e| FieldError::coerce(&p.local, e))
+    coerce(&p.local_type, &mapped)
+        .map(Incoming::Value)
+        .map_err(|e| FieldError::coerce(&p.local, e))
 }
 
 fn key_text(v: &Value) -> String {
@@ -409,7 +455,10 @@ mod tests {
         ];
         let local = json!({"name": "Ana", "city": "Madrid", "zip": "28001"});
         let ext = to_external(&pairs, local.as_object().unwrap(), &NoRefs).unwrap();
-        assert_eq!(Value::Object(ext.clone()), json!({"full_name": "Ana", "address": {"city": "Madrid", "zip": "28001"}}));
+        assert_eq!(
+            Value::Object(ext.clone()),
+            json!({"full_name": "Ana", "address": {"city": "Madrid", "zip": "28001"}})
+        );
         let back = to_local(&pairs, &Value::Object(ext)).unwrap();
         assert_eq!(Value::Object(back.values), local);
     }
@@ -418,7 +467,8 @@ mod tests {
     fn filters_and_wildcards_are_not_buildable_but_readable() {
         let p = JsonPath::parse("$.phones[?(@.kind == 'work')].number").unwrap();
         assert!(!p.is_buildable());
-        let doc = json!({"phones": [{"kind": "home", "number": "1"}, {"kind": "work", "number": "2"}]});
+        let doc =
+            json!({"phones": [{"kind": "home", "number": "1"}, {"kind": "work", "number": "2"}]});
         assert_eq!(p.select(&doc), vec![&json!("2")]);
         assert!(JsonPath::parse("$.a.b").unwrap().is_buildable());
         assert!(!JsonPath::parse("$.a[*]").unwrap().is_buildable());
@@ -427,27 +477,54 @@ mod tests {
 
     #[test]
     fn maps_translate_both_ways_and_must_be_one_to_one() {
-        let m = ValueMap::new(vec![(json!("lead"), json!("L")), (json!("customer"), json!("C"))]).unwrap();
-        let mut p = pair("stage", FieldType::Selection(vec!["lead".into(), "customer".into()]), "status");
+        let m = ValueMap::new(vec![
+            (json!("lead"), json!("L")),
+            (json!("customer"), json!("C")),
+        ])
+        .unwrap();
+        let mut p = pair(
+            "stage",
+            FieldType::Selection(vec!["lead".into(), "customer".into()]),
+            "status",
+        );
         p.map = Some(m);
-        let ext = to_external(std::slice::from_ref(&p), json!({"stage": "customer"}).as_object().unwrap(), &NoRefs).unwrap();
+        let ext = to_external(
+            std::slice::from_ref(&p),
+            json!({"stage": "customer"}).as_object().unwrap(),
+            &NoRefs,
+        )
+        .unwrap();
         assert_eq!(ext["status"], json!("C"));
         let back = to_local(std::slice::from_ref(&p), &json!({"status": "L"})).unwrap();
         assert_eq!(back.values["stage"], json!("lead"));
         assert_eq!(
             to_local(std::slice::from_ref(&p), &json!({"status": "Q"})).unwrap_err(),
-            vec![FieldError::new("stage", "value has no entry in the field's map")]
+            vec![FieldError::new(
+                "stage",
+                "value has no entry in the field's map"
+            )]
         );
-        assert_eq!(ValueMap::new(vec![(json!("a"), json!("X")), (json!("b"), json!("X"))]), Err(1));
+        assert_eq!(
+            ValueMap::new(vec![(json!("a"), json!("X")), (json!("b"), json!("X"))]),
+            Err(1)
+        );
     }
 
     #[test]
     fn relations_become_pending_refs_and_ids_resolve_outbound() {
-        let mut p = pair("company", FieldType::Many2one("company".into()), "company_id");
+        let mut p = pair(
+            "company",
+            FieldType::Many2one("company".into()),
+            "company_id",
+        );
         p.reference = Reference::Sync(SyncCode::parse("COMP").unwrap());
         let mut tags = pair("tags", FieldType::Many2many("tag".into()), "tags");
         tags.reference = Reference::Field("code".into());
-        let inbound = to_local(&[p.clone(), tags.clone()], &json!({"company_id": 748600007347569543u64, "tags": ["a", "b"]})).unwrap();
+        let inbound = to_local(
+            &[p.clone(), tags.clone()],
+            &json!({"company_id": 748600007347569543u64, "tags": ["a", "b"]}),
+        )
+        .unwrap();
         assert_eq!(inbound.refs[0].keys, vec!["748600007347569543".to_string()]);
         assert_eq!(inbound.refs[1].keys, vec!["a".to_string(), "b".to_string()]);
         assert!(inbound.refs[1].many);
@@ -458,7 +535,12 @@ mod tests {
                 (id == 7).then(|| json!("ext-7"))
             }
         }
-        let out = to_external(std::slice::from_ref(&p), json!({"company": 7}).as_object().unwrap(), &Ids).unwrap();
+        let out = to_external(
+            std::slice::from_ref(&p),
+            json!({"company": 7}).as_object().unwrap(),
+            &Ids,
+        )
+        .unwrap();
         assert_eq!(out["company_id"], json!("ext-7"));
         let err = to_external(&[p], json!({"company": 8}).as_object().unwrap(), &Ids).unwrap_err();
         assert_eq!(err[0].field, "company");
@@ -468,9 +550,22 @@ mod tests {
     fn one_way_pairs_are_respected() {
         let mut p = pair("city", FieldType::Char, "city");
         p.direction = Direction::ToLocal;
-        assert!(to_external(std::slice::from_ref(&p), json!({"city": "x"}).as_object().unwrap(), &NoRefs).unwrap().is_empty());
+        assert!(
+            to_external(
+                std::slice::from_ref(&p),
+                json!({"city": "x"}).as_object().unwrap(),
+                &NoRefs
+            )
+            .unwrap()
+            .is_empty()
+        );
         p.direction = Direction::ToExternal;
-        assert!(to_local(&[p], &json!({"city": "x"})).unwrap().values.is_empty());
+        assert!(
+            to_local(&[p], &json!({"city": "x"}))
+                .unwrap()
+                .values
+                .is_empty()
+        );
     }
 
     #[test]

@@ -60,8 +60,13 @@ pub struct Merge {
 
 impl Merge {
     /// Did anything differ from `local`? (What the local record needs written.)
-    pub fn changes_for<'a>(&'a self, side: &'a Map<String, Value>) -> impl Iterator<Item = (&'a String, &'a Value)> + 'a {
-        self.merged.iter().filter(move |(k, v)| side.get(*k).unwrap_or(&Value::Null) != *v)
+    pub fn changes_for<'a>(
+        &'a self,
+        side: &'a Map<String, Value>,
+    ) -> impl Iterator<Item = (&'a String, &'a Value)> + 'a {
+        self.merged
+            .iter()
+            .filter(move |(k, v)| side.get(*k).unwrap_or(&Value::Null) != *v)
     }
 }
 
@@ -133,12 +138,29 @@ mod tests {
         let base = m(json!({"a": 1, "b": 1, "c": 1}));
         let local = m(json!({"a": 2, "b": 1, "c": 5}));
         let ext = m(json!({"a": 1, "b": 3, "c": 6}));
-        let r = merge(&["a", "b", "c"], &base, &local, &ext, Priority::Local, Modified::default());
-        assert_eq!(Value::Object(r.merged.clone()), json!({"a": 2, "b": 3, "c": 5}));
+        let r = merge(
+            &["a", "b", "c"],
+            &base,
+            &local,
+            &ext,
+            Priority::Local,
+            Modified::default(),
+        );
+        assert_eq!(
+            Value::Object(r.merged.clone()),
+            json!({"a": 2, "b": 3, "c": 5})
+        );
         assert_eq!(r.conflicts.len(), 1);
         assert_eq!(r.conflicts[0].field, "c");
         assert_eq!(r.conflicts[0].winner, Side::Local);
-        let r = merge(&["a", "b", "c"], &base, &local, &ext, Priority::External, Modified::default());
+        let r = merge(
+            &["a", "b", "c"],
+            &base,
+            &local,
+            &ext,
+            Priority::External,
+            Modified::default(),
+        );
         assert_eq!(r.merged["c"], json!(6));
     }
 
@@ -149,7 +171,21 @@ mod tests {
         let ext = m(json!({"a": 3}));
         let t1 = DateTime::from_timestamp(100, 0).unwrap();
         let t2 = DateTime::from_timestamp(200, 0).unwrap();
-        let run = |l, e| merge(&["a"], &base, &local, &ext, Priority::Newest, Modified { local: l, external: e }).merged["a"].clone();
+        let run = |l, e| {
+            merge(
+                &["a"],
+                &base,
+                &local,
+                &ext,
+                Priority::Newest,
+                Modified {
+                    local: l,
+                    external: e,
+                },
+            )
+            .merged["a"]
+                .clone()
+        };
         assert_eq!(run(Some(t2), Some(t1)), json!(2));
         assert_eq!(run(Some(t1), Some(t2)), json!(3));
         assert_eq!(run(Some(t1), Some(t1)), json!(3));
@@ -158,17 +194,33 @@ mod tests {
 
     #[test]
     fn same_change_on_both_sides_is_no_conflict() {
-        let r = merge(&["a"], &m(json!({"a": 1})), &m(json!({"a": 2})), &m(json!({"a": 2})), Priority::Local, Modified::default());
+        let r = merge(
+            &["a"],
+            &m(json!({"a": 1})),
+            &m(json!({"a": 2})),
+            &m(json!({"a": 2})),
+            Priority::Local,
+            Modified::default(),
+        );
         assert!(r.conflicts.is_empty());
         assert_eq!(r.merged["a"], json!(2));
     }
 
     fn values() -> impl Strategy<Value = Value> {
-        prop_oneof![Just(Value::Null), (0i64..3).prop_map(Value::from), "[xy]".prop_map(Value::from)]
+        prop_oneof![
+            Just(Value::Null),
+            (0i64..3).prop_map(Value::from),
+            "[xy]".prop_map(Value::from)
+        ]
     }
 
     fn record(n: usize) -> impl Strategy<Value = Map<String, Value>> {
-        prop::collection::vec(values(), n).prop_map(|vs| vs.into_iter().enumerate().map(|(i, v)| (format!("f{i}"), v)).collect())
+        prop::collection::vec(values(), n).prop_map(|vs| {
+            vs.into_iter()
+                .enumerate()
+                .map(|(i, v)| (format!("f{i}"), v))
+                .collect()
+        })
     }
 
     fn priority() -> impl Strategy<Value = Priority> {

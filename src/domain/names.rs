@@ -99,7 +99,10 @@ mod tests {
         assert!(SyncCode::parse("1CON").is_err());
         assert!(SyncCode::parse("CO N").is_err());
         assert!(SyncCode::parse("CON/x").is_err());
-        assert_eq!(SyncCode::parse(&"A".repeat(65)), Err(NameError::TooLong(64)));
+        assert_eq!(
+            SyncCode::parse(&"A".repeat(65)),
+            Err(NameError::TooLong(64))
+        );
     }
 
     #[test]

@@ -42,14 +42,20 @@ impl Model {
 
     /// Coerces incoming values to this model's fields. On `create`, required fields must be
     /// present. Every problem is reported, each naming its field.
-    pub fn coerce_values(&self, input: &Map<String, Value>, create: bool) -> Result<Map<String, Value>, Vec<(String, String)>> {
+    pub fn coerce_values(
+        &self,
+        input: &Map<String, Value>,
+        create: bool,
+    ) -> Result<Map<String, Value>, Vec<(String, String)>> {
         let mut out = Map::new();
         let mut errors = Vec::new();
         for (k, v) in input {
             match self.fields.get(k) {
                 None => errors.push((k.clone(), format!("unknown field of model `{}`", self.name))),
                 Some(f) => match coerce(&f.ty, v) {
-                    Ok(Value::Null) if f.required => errors.push((k.clone(), "is required".to_string())),
+                    Ok(Value::Null) if f.required => {
+                        errors.push((k.clone(), "is required".to_string()))
+                    }
                     Ok(c) => {
                         out.insert(k.clone(), c);
                     }
@@ -64,7 +70,11 @@ impl Model {
                 }
             }
         }
-        if errors.is_empty() { Ok(out) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
     }
 
     /// The record's title: its display field, else its id.
@@ -215,7 +225,10 @@ impl PathPattern {
             }
             segments.push(parts);
         }
-        Ok(PathPattern { text: text.to_string(), segments })
+        Ok(PathPattern {
+            text: text.to_string(),
+            segments,
+        })
     }
 
     /// The capture names, in order.
@@ -265,10 +278,16 @@ impl PathPattern {
 
 /// Matches one segment; captures are non-empty, a capture followed by a literal takes the
 /// shortest text that lets the rest match.
-fn match_segment(seg: &str, parts: &[PatternPart], out: &mut BTreeMap<String, String>) -> Option<()> {
+fn match_segment(
+    seg: &str,
+    parts: &[PatternPart],
+    out: &mut BTreeMap<String, String>,
+) -> Option<()> {
     match parts.split_first() {
         None => seg.is_empty().then_some(()),
-        Some((PatternPart::Literal(l), rest)) => match_segment(seg.strip_prefix(l.as_str())?, rest, out),
+        Some((PatternPart::Literal(l), rest)) => {
+            match_segment(seg.strip_prefix(l.as_str())?, rest, out)
+        }
         Some((PatternPart::Capture(name), rest)) => {
             if rest.is_empty() {
                 if seg.is_empty() {
@@ -294,9 +313,17 @@ fn match_segment(seg: &str, parts: &[PatternPart], out: &mut BTreeMap<String, St
 #[derive(Debug, Clone)]
 pub enum Auth {
     None,
-    ApiKey { header: String, key: SecretString },
-    Basic { user: String, password: SecretString },
-    Bearer { token: SecretString },
+    ApiKey {
+        header: String,
+        key: SecretString,
+    },
+    Basic {
+        user: String,
+        password: SecretString,
+    },
+    Bearer {
+        token: SecretString,
+    },
 }
 
 impl Auth {
@@ -335,13 +362,21 @@ impl ConfigStr {
 
 impl std::fmt::Display for ConfigStr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.secret { f.write_str("[from environment]") } else { f.write_str(&self.value) }
+        if self.secret {
+            f.write_str("[from environment]")
+        } else {
+            f.write_str(&self.value)
+        }
     }
 }
 
 impl std::fmt::Debug for ConfigStr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.secret { f.write_str("ConfigStr([secret])") } else { write!(f, "ConfigStr({:?})", self.value) }
+        if self.secret {
+            f.write_str("ConfigStr([secret])")
+        } else {
+            write!(f, "ConfigStr({:?})", self.value)
+        }
     }
 }
 
@@ -435,7 +470,10 @@ impl CronSpec {
             .year(croner::parser::Year::Disallowed)
             .build();
         let cron = parser.parse(text).map_err(|e| e.to_string())?;
-        Ok(CronSpec { text: text.to_string(), cron })
+        Ok(CronSpec {
+            text: text.to_string(),
+            cron,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -450,7 +488,7 @@ impl CronSpec {
 /// When a cron-mode sync runs.
 #[derive(Debug, Clone)]
 pub enum Schedule {
-    Cron(CronSpec),
+    Cron(Box<CronSpec>),
     Every(Duration),
 }
 
@@ -466,11 +504,11 @@ impl Schedule {
 /// Formats a duration the way `every` and `timeout` take it.
 pub fn humantime_like(d: Duration) -> String {
     let s = d.as_secs();
-    if s > 0 && s % 86_400 == 0 {
+    if s > 0 && s.is_multiple_of(86_400) {
         format!("{}d", s / 86_400)
-    } else if s > 0 && s % 3600 == 0 {
+    } else if s > 0 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s > 0 && s % 60 == 0 {
+    } else if s > 0 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else if d.subsec_millis() == 0 {
         format!("{s}s")
@@ -565,7 +603,9 @@ pub struct Sync {
 
 impl Sync {
     pub fn endpoint(&self, action: EndpointAction) -> Option<&Endpoint> {
-        self.endpoints.iter().find(|e| e.action == action && e.active)
+        self.endpoints
+            .iter()
+            .find(|e| e.action == action && e.active)
     }
 }
 
@@ -596,13 +636,19 @@ mod tests {
     #[test]
     fn patterns_capture_and_build() {
         let p = PathPattern::parse("/{project}/{po_number}_{vendor}/{doc}.pdf").unwrap();
-        assert_eq!(p.captures().collect::<Vec<_>>(), vec!["project", "po_number", "vendor", "doc"]);
+        assert_eq!(
+            p.captures().collect::<Vec<_>>(),
+            vec!["project", "po_number", "vendor", "doc"]
+        );
         let m = p.matches("/Apollo/PO-17_Acme_Ltd/invoice.v2.pdf").unwrap();
         assert_eq!(m["project"], "Apollo");
         assert_eq!(m["po_number"], "PO-17");
         assert_eq!(m["vendor"], "Acme_Ltd");
         assert_eq!(m["doc"], "invoice.v2");
-        assert_eq!(p.build(&m).unwrap(), "/Apollo/PO-17_Acme_Ltd/invoice.v2.pdf");
+        assert_eq!(
+            p.build(&m).unwrap(),
+            "/Apollo/PO-17_Acme_Ltd/invoice.v2.pdf"
+        );
         assert!(p.matches("/Apollo/PO17/invoice.pdf").is_none());
         assert!(p.matches("/Apollo/PO_x/invoice.txt").is_none());
         assert!(p.matches("/Apollo/PO_x").is_none());
@@ -611,11 +657,23 @@ mod tests {
     #[test]
     fn bad_patterns() {
         assert_eq!(PathPattern::parse("{a}"), Err(PatternError::NoLeadingSlash));
-        assert_eq!(PathPattern::parse("/{a}{b}"), Err(PatternError::Adjacent("a".into(), "b".into())));
+        assert_eq!(
+            PathPattern::parse("/{a}{b}"),
+            Err(PatternError::Adjacent("a".into(), "b".into()))
+        );
         assert_eq!(PathPattern::parse("/{a"), Err(PatternError::Unclosed(1)));
-        assert_eq!(PathPattern::parse("/{a}//x"), Err(PatternError::EmptySegment(2)));
-        assert_eq!(PathPattern::parse("/{a}/{a}"), Err(PatternError::Duplicate("a".into())));
-        assert_eq!(PathPattern::parse("/{a b}"), Err(PatternError::BadName("a b".into())));
+        assert_eq!(
+            PathPattern::parse("/{a}//x"),
+            Err(PatternError::EmptySegment(2))
+        );
+        assert_eq!(
+            PathPattern::parse("/{a}/{a}"),
+            Err(PatternError::Duplicate("a".into()))
+        );
+        assert_eq!(
+            PathPattern::parse("/{a b}"),
+            Err(PatternError::BadName("a b".into()))
+        );
     }
 
     #[test]
@@ -638,15 +696,38 @@ mod tests {
     #[test]
     fn model_coercion_names_fields() {
         let mut fields = BTreeMap::new();
-        fields.insert("name".into(), Field { name: "name".into(), ty: FieldType::Char, required: true });
-        fields.insert("visits".into(), Field { name: "visits".into(), ty: FieldType::Integer, required: false });
-        let m = Model { name: "contact".into(), display: Some("name".into()), fields };
+        fields.insert(
+            "name".into(),
+            Field {
+                name: "name".into(),
+                ty: FieldType::Char,
+                required: true,
+            },
+        );
+        fields.insert(
+            "visits".into(),
+            Field {
+                name: "visits".into(),
+                ty: FieldType::Integer,
+                required: false,
+            },
+        );
+        let m = Model {
+            name: "contact".into(),
+            display: Some("name".into()),
+            fields,
+        };
         let input = serde_json::json!({"visits": "x", "nope": 1});
-        let errs = m.coerce_values(input.as_object().unwrap(), true).unwrap_err();
+        let errs = m
+            .coerce_values(input.as_object().unwrap(), true)
+            .unwrap_err();
         assert_eq!(
             errs,
             vec![
-                ("nope".to_string(), "unknown field of model `contact`".to_string()),
+                (
+                    "nope".to_string(),
+                    "unknown field of model `contact`".to_string()
+                ),
                 ("visits".to_string(), "not a valid integer".to_string()),
                 ("name".to_string(), "is required".to_string()),
             ]

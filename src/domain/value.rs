@@ -92,7 +92,10 @@ impl fmt::Display for FieldType {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CoerceError {
     #[error("expected {expected}, found {found}")]
-    WrongType { expected: &'static str, found: &'static str },
+    WrongType {
+        expected: &'static str,
+        found: &'static str,
+    },
     #[error("integer out of range for a 64-bit field")]
     OutOfRange,
     #[error("not a valid {0}")]
@@ -115,7 +118,10 @@ pub fn kind_of(v: &Value) -> &'static str {
 }
 
 fn wrong(expected: &'static str, v: &Value) -> CoerceError {
-    CoerceError::WrongType { expected, found: kind_of(v) }
+    CoerceError::WrongType {
+        expected,
+        found: kind_of(v),
+    }
 }
 
 /// Coerces one incoming value to the canonical stored form of `ty`.
@@ -144,7 +150,10 @@ pub fn coerce(ty: &FieldType, v: &Value) -> Result<Value, CoerceError> {
         },
         FieldType::Integer => coerce_integer(v).map(Value::from),
         FieldType::Float => match v {
-            Value::Number(n) => n.as_f64().map(Value::from).ok_or(CoerceError::Invalid("number")),
+            Value::Number(n) => n
+                .as_f64()
+                .map(Value::from)
+                .ok_or(CoerceError::Invalid("number")),
             Value::String(s) => s
                 .trim()
                 .parse::<f64>()
@@ -156,7 +165,9 @@ pub fn coerce(ty: &FieldType, v: &Value) -> Result<Value, CoerceError> {
         },
         FieldType::Boolean => coerce_bool(v).map(Value::Bool),
         FieldType::Date => match v {
-            Value::String(s) => parse_date(s).map(|d| Value::String(d.format("%Y-%m-%d").to_string())),
+            Value::String(s) => {
+                parse_date(s).map(|d| Value::String(d.format("%Y-%m-%d").to_string()))
+            }
             _ => Err(wrong("a date string (YYYY-MM-DD)", v)),
         },
         FieldType::Datetime => match v {
@@ -169,11 +180,15 @@ pub fn coerce(ty: &FieldType, v: &Value) -> Result<Value, CoerceError> {
                 Value::Number(n) => n.to_string(),
                 _ => return Err(wrong("a string", v)),
             };
-            if values.iter().any(|x| *x == s) {
+            if values.contains(&s) {
                 Ok(Value::String(s))
             } else {
                 Err(CoerceError::NotAllowed(
-                    values.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", "),
+                    values
+                        .iter()
+                        .map(|x| format!("`{x}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 ))
             }
         }
@@ -197,7 +212,9 @@ pub fn coerce(ty: &FieldType, v: &Value) -> Result<Value, CoerceError> {
         FieldType::Binary => match v {
             Value::String(s) => {
                 let bytes = decode_base64(s)?;
-                Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)))
+                Ok(Value::String(
+                    base64::engine::general_purpose::STANDARD.encode(bytes),
+                ))
             }
             _ => Err(wrong("a base64 string", v)),
         },
@@ -232,13 +249,20 @@ fn coerce_integer(v: &Value) -> Result<i64, CoerceError> {
             let t = s.trim();
             match t.parse::<i64>() {
                 Ok(i) => Ok(i),
-                Err(e) if matches!(e.kind(), std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow
+                    ) =>
+                {
                     Err(CoerceError::OutOfRange)
                 }
                 Err(_) => Err(CoerceError::Invalid("integer")),
             }
         }
-        Value::Bool(_) | Value::Array(_) | Value::Object(_) | Value::Null => Err(wrong("an integer", v)),
+        Value::Bool(_) | Value::Array(_) | Value::Object(_) | Value::Null => {
+            Err(wrong("an integer", v))
+        }
     }
 }
 
@@ -261,7 +285,8 @@ fn coerce_bool(v: &Value) -> Result<bool, CoerceError> {
 
 /// Parses `YYYY-MM-DD`.
 pub fn parse_date(s: &str) -> Result<NaiveDate, CoerceError> {
-    NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| CoerceError::Invalid("date (YYYY-MM-DD)"))
+    NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| CoerceError::Invalid("date (YYYY-MM-DD)"))
 }
 
 /// Parses RFC 3339 (any offset), or a naive `YYYY-MM-DD HH:MM:SS` taken as UTC.
@@ -312,39 +337,77 @@ mod tests {
         assert_eq!(coerce(&FieldType::Float, &json!("2.5")), Ok(json!(2.5)));
         assert_eq!(coerce(&FieldType::Integer, &json!("")), Ok(Value::Null));
         assert_eq!(coerce(&FieldType::Char, &json!("")), Ok(json!("")));
-        assert_eq!(coerce(&FieldType::Many2many("t".into()), &json!("1, 2,3")), Ok(json!([1, 2, 3])));
+        assert_eq!(
+            coerce(&FieldType::Many2many("t".into()), &json!("1, 2,3")),
+            Ok(json!([1, 2, 3]))
+        );
     }
 
     #[test]
     fn big_integers_keep_every_digit() {
         let v: Value = serde_json::from_str("748600007347569543").unwrap();
-        assert_eq!(coerce(&FieldType::Integer, &v).unwrap().to_string(), "748600007347569543");
-        assert_eq!(coerce(&FieldType::Char, &v), Ok(json!("748600007347569543")));
-        assert_eq!(coerce(&FieldType::Integer, &json!("748600007347569543")).unwrap().as_i64(), Some(748600007347569543));
-        assert_eq!(coerce(&FieldType::Integer, &json!("9223372036854775808")), Err(CoerceError::OutOfRange));
+        assert_eq!(
+            coerce(&FieldType::Integer, &v).unwrap().to_string(),
+            "748600007347569543"
+        );
+        assert_eq!(
+            coerce(&FieldType::Char, &v),
+            Ok(json!("748600007347569543"))
+        );
+        assert_eq!(
+            coerce(&FieldType::Integer, &json!("748600007347569543"))
+                .unwrap()
+                .as_i64(),
+            Some(748600007347569543)
+        );
+        assert_eq!(
+            coerce(&FieldType::Integer, &json!("9223372036854775808")),
+            Err(CoerceError::OutOfRange)
+        );
         let huge: Value = serde_json::from_str("18446744073709551615").unwrap();
-        assert_eq!(coerce(&FieldType::Integer, &huge), Err(CoerceError::OutOfRange));
-        assert_eq!(coerce(&FieldType::Char, &huge), Ok(json!("18446744073709551615")));
-        assert_eq!(coerce(&FieldType::Integer, &json!(2.5)), Err(CoerceError::Invalid("integer")));
+        assert_eq!(
+            coerce(&FieldType::Integer, &huge),
+            Err(CoerceError::OutOfRange)
+        );
+        assert_eq!(
+            coerce(&FieldType::Char, &huge),
+            Ok(json!("18446744073709551615"))
+        );
+        assert_eq!(
+            coerce(&FieldType::Integer, &json!(2.5)),
+            Err(CoerceError::Invalid("integer"))
+        );
         assert_eq!(coerce(&FieldType::Integer, &json!(3.0)), Ok(json!(3)));
     }
 
     #[test]
     fn dates_and_datetimes() {
-        assert_eq!(coerce(&FieldType::Date, &json!("2024-02-29")), Ok(json!("2024-02-29")));
+        assert_eq!(
+            coerce(&FieldType::Date, &json!("2024-02-29")),
+            Ok(json!("2024-02-29"))
+        );
         assert!(coerce(&FieldType::Date, &json!("2023-02-29")).is_err());
         assert_eq!(
             coerce(&FieldType::Datetime, &json!("2024-03-01T10:00:00+02:00")),
             Ok(json!("2024-03-01T08:00:00Z"))
         );
         assert_eq!(
-            coerce(&FieldType::Datetime, &json!("2024-03-01T10:00:00.250-01:00")),
+            coerce(
+                &FieldType::Datetime,
+                &json!("2024-03-01T10:00:00.250-01:00")
+            ),
             Ok(json!("2024-03-01T11:00:00.250Z"))
         );
-        assert_eq!(coerce(&FieldType::Datetime, &json!("2024-03-01 10:00:00")), Ok(json!("2024-03-01T10:00:00Z")));
+        assert_eq!(
+            coerce(&FieldType::Datetime, &json!("2024-03-01 10:00:00")),
+            Ok(json!("2024-03-01T10:00:00Z"))
+        );
         assert_eq!(
             coerce(&FieldType::Datetime, &json!(12)),
-            Err(CoerceError::WrongType { expected: "an RFC 3339 datetime string", found: "an integer" })
+            Err(CoerceError::WrongType {
+                expected: "an RFC 3339 datetime string",
+                found: "an integer"
+            })
         );
     }
 
@@ -352,9 +415,18 @@ mod tests {
     fn selection_and_binary() {
         let sel = FieldType::Selection(vec!["lead".into(), "customer".into()]);
         assert_eq!(coerce(&sel, &json!("lead")), Ok(json!("lead")));
-        assert_eq!(coerce(&sel, &json!("x")), Err(CoerceError::NotAllowed("`lead`, `customer`".into())));
-        assert_eq!(coerce(&FieldType::Binary, &json!("aGVsbG8=")), Ok(json!("aGVsbG8=")));
-        assert_eq!(coerce(&FieldType::Binary, &json!("aGVsbG8")), Ok(json!("aGVsbG8=")));
+        assert_eq!(
+            coerce(&sel, &json!("x")),
+            Err(CoerceError::NotAllowed("`lead`, `customer`".into()))
+        );
+        assert_eq!(
+            coerce(&FieldType::Binary, &json!("aGVsbG8=")),
+            Ok(json!("aGVsbG8="))
+        );
+        assert_eq!(
+            coerce(&FieldType::Binary, &json!("aGVsbG8")),
+            Ok(json!("aGVsbG8="))
+        );
         assert!(coerce(&FieldType::Binary, &json!("%%%")).is_err());
         assert_eq!(binary_bytes(&json!("aGVsbG8=")), Some(b"hello".to_vec()));
     }
@@ -363,9 +435,15 @@ mod tests {
     fn wrong_types_are_named() {
         assert_eq!(
             coerce(&FieldType::Boolean, &json!([1])),
-            Err(CoerceError::WrongType { expected: "a boolean", found: "a list" })
+            Err(CoerceError::WrongType {
+                expected: "a boolean",
+                found: "a list"
+            })
         );
-        assert_eq!(coerce(&FieldType::Integer, &json!("12a")), Err(CoerceError::Invalid("integer")));
+        assert_eq!(
+            coerce(&FieldType::Integer, &json!("12a")),
+            Err(CoerceError::Invalid("integer"))
+        );
     }
 
     proptest! {

@@ -33,5 +33,9 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "models": plan.models.len(),
         },
     });
-    if store_ok { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+    if store_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
 }

@@ -34,7 +34,12 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+            )
         )
     }
 
@@ -138,7 +143,9 @@ impl Store {
                     .connect_with(opts.read_only(true))
                     .await?
             };
-            Ok(Store { backend: Backend::Sqlite { write, read } })
+            Ok(Store {
+                backend: Backend::Sqlite { write, read },
+            })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -146,7 +153,9 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts)
                 .await?;
-            Ok(Store { backend: Backend::Postgres(pool) })
+            Ok(Store {
+                backend: Backend::Postgres(pool),
+            })
         } else {
             Err(StoreError::UnsupportedUrl)
         }
@@ -172,7 +181,10 @@ impl Store {
     /// Is the database reachable?
     pub async fn ping(&self) -> Result<()> {
         let mut c = self.reader().await?;
-        on!(c.conn(), |c| sqlx::query("SELECT 1").execute(c).await.map(|r| r.rows_affected()))?;
+        on!(c.conn(), |c| sqlx::query("SELECT 1")
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -256,10 +268,18 @@ impl Store {
     /// Claims up to `limit` due entries for `worker`, leasing them until `now + lease`. An
     /// entry is due when pending and its time has come, or when its lease ran out; it is never
     /// claimed while an earlier entry for the same record is undelivered.
-    pub async fn claim_outbox(&self, worker: &str, now: DateTime<Utc>, lease: Duration, limit: i64) -> Result<Vec<OutboxEntry>> {
-        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
+    pub async fn claim_outbox(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>> {
+        let until =
+            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
         let due = "(o.status = 'pending' AND o.next_attempt_at <= $3) OR (o.status = 'inflight' AND o.claimed_until < $3)";
-        let earlier = "NOT EXISTS (SELECT 1 FROM outbox p WHERE p.sync = o.sync AND p.local_id = o.local_id
+        let earlier =
+            "NOT EXISTS (SELECT 1 FROM outbox p WHERE p.sync = o.sync AND p.local_id = o.local_id
                         AND p.id < o.id AND p.status IN ('pending', 'inflight', 'dead'))";
         let ret = "RETURNING id, sync, local_id, action, payload, status, attempts, next_attempt_at, last_error, created_at";
         let mut c = self.writer().await?;
@@ -269,14 +289,26 @@ impl Store {
                     "UPDATE outbox SET status = 'inflight', claimed_by = $1, claimed_until = $2, attempts = attempts + 1, updated_at = $3
                      WHERE id IN (SELECT o.id FROM outbox o WHERE ({due}) AND {earlier} ORDER BY o.id LIMIT $4) {ret}"
                 );
-                sqlx::query_as::<_, OutboxRow>(&sql).bind(worker).bind(until).bind(now).bind(limit).fetch_all(c).await?
+                sqlx::query_as::<_, OutboxRow>(&sql)
+                    .bind(worker)
+                    .bind(until)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(c)
+                    .await?
             }
             Conn::Postgres(c) => {
                 let sql = format!(
                     "UPDATE outbox SET status = 'inflight', claimed_by = $1, claimed_until = $2, attempts = attempts + 1, updated_at = $3
                      WHERE id IN (SELECT o.id FROM outbox o WHERE ({due}) AND {earlier} ORDER BY o.id LIMIT $4 FOR UPDATE SKIP LOCKED) {ret}"
                 );
-                sqlx::query_as::<_, OutboxRow>(&sql).bind(worker).bind(until).bind(now).bind(limit).fetch_all(c).await?
+                sqlx::query_as::<_, OutboxRow>(&sql)
+                    .bind(worker)
+                    .bind(until)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(c)
+                    .await?
             }
         };
         let mut out: Vec<OutboxEntry> = rows.into_iter().map(OutboxEntry::from).collect();
@@ -303,32 +335,43 @@ impl Store {
     pub async fn outbox_requeue(&self, id: i64) -> Result<bool> {
         let now = Utc::now();
         let mut c = self.writer().await?;
-        let n = on!(c.conn(), |c| sqlx::query(
+        let n = on!(c.conn(), |c| {
+            sqlx::query(
             "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_by = NULL,
              claimed_until = NULL, updated_at = $1 WHERE id = $2 AND status IN ('dead', 'discarded')"
         )
         .bind(now)
         .bind(id)
-        .execute(c).await.map(|r| r.rows_affected()))?;
+        .execute(c).await.map(|r| r.rows_affected())
+        })?;
         Ok(n > 0)
     }
 
     /// Gives up on an entry by hand.
     pub async fn outbox_discard(&self, id: i64) -> Result<bool> {
         let mut c = self.writer().await?;
-        let n = on!(c.conn(), |c| sqlx::query(
+        let n = on!(c.conn(), |c| {
+            sqlx::query(
             "UPDATE outbox SET status = 'discarded', updated_at = $1 WHERE id = $2 AND status IN ('dead', 'pending')"
         )
         .bind(Utc::now())
         .bind(id)
-        .execute(c).await.map(|r| r.rows_affected()))?;
+        .execute(c).await.map(|r| r.rows_affected())
+        })?;
         Ok(n > 0)
     }
 
-    async fn set_outbox(&self, id: i64, status: &str, at: Option<DateTime<Utc>>, error: Option<&str>) -> Result<()> {
+    async fn set_outbox(
+        &self,
+        id: i64,
+        status: &str,
+        at: Option<DateTime<Utc>>,
+        error: Option<&str>,
+    ) -> Result<()> {
         let now = Utc::now();
         let mut c = self.writer().await?;
-        on!(c.conn(), |c| sqlx::query(
+        on!(c.conn(), |c| {
+            sqlx::query(
             "UPDATE outbox SET status = $1, next_attempt_at = COALESCE($2, next_attempt_at), last_error = COALESCE($3, last_error),
              claimed_by = NULL, claimed_until = NULL, updated_at = $4 WHERE id = $5"
         )
@@ -337,14 +380,22 @@ impl Store {
         .bind(error)
         .bind(now)
         .bind(id)
-        .execute(c).await.map(|r| r.rows_affected()))?;
+        .execute(c).await.map(|r| r.rows_affected())
+        })?;
         Ok(())
     }
 
     /// Outbox entries by status (and sync), newest last, keyset-paginated by id.
-    pub async fn list_outbox(&self, status: Option<&str>, sync: Option<&str>, after: i64, limit: i64) -> Result<Vec<OutboxEntry>> {
+    pub async fn list_outbox(
+        &self,
+        status: Option<&str>,
+        sync: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>> {
         let mut c = self.reader().await?;
-        let rows = on!(c.conn(), |c| sqlx::query_as::<_, OutboxRow>(
+        let rows = on!(c.conn(), |c| {
+            sqlx::query_as::<_, OutboxRow>(
             "SELECT id, sync, local_id, action, payload, status, attempts, next_attempt_at, last_error, created_at FROM outbox
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR sync = $2) AND id > $3 ORDER BY id LIMIT $4"
         )
@@ -353,7 +404,8 @@ impl Store {
         .bind(after)
         .bind(limit)
         .fetch_all(c)
-        .await)?;
+        .await
+        })?;
         Ok(rows.into_iter().map(OutboxEntry::from).collect())
     }
 
@@ -379,8 +431,17 @@ impl Store {
     /// Queries the log, newest first, keyset-paginated: rows with `id < before`.
     pub async fn changes(&self, f: &ChangeFilter) -> Result<Vec<Change>> {
         let mut c = self.reader().await?;
-        let q = f.q.as_ref().map(|q| format!("%{}%", q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-        let rows = on!(c.conn(), |c| sqlx::query_as::<_, ChangeRow>(
+        let q = f.q.as_ref().map(|q| {
+            format!(
+                "%{}%",
+                q.to_lowercase()
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            )
+        });
+        let rows = on!(c.conn(), |c| {
+            sqlx::query_as::<_, ChangeRow>(
             "SELECT id, sync, direction, action, external_id, local_id, name, title, origin_values, destination_values,
                     modified_at, synced_at, status, error_message, run_id, actor FROM change_log
              WHERE ($1 IS NULL OR sync = $1) AND ($2 IS NULL OR direction = $2) AND ($3 IS NULL OR action = $3)
@@ -403,7 +464,8 @@ impl Store {
         .bind(f.run_id)
         .bind(f.limit.clamp(1, 10_000))
         .fetch_all(c)
-        .await)?;
+        .await
+        })?;
         Ok(rows.into_iter().map(Change::from).collect())
     }
 
@@ -411,55 +473,80 @@ impl Store {
 
     pub async fn sync_state(&self, sync: &str) -> Result<Option<SyncState>> {
         let mut c = self.reader().await?;
-        let row = on!(c.conn(), |c| sqlx::query_as::<_, SyncState>(
+        let row = on!(c.conn(), |c| {
+            sqlx::query_as::<_, SyncState>(
             "SELECT sync, cursor, next_run_at, schedule, running_run, running_by, running_since FROM sync_state WHERE sync = $1"
         )
         .bind(sync)
         .fetch_optional(c)
-        .await)?;
+        .await
+        })?;
         Ok(row)
     }
 
     async fn ensure_state(&self, c: Conn<'_>, sync: &str) -> Result<()> {
-        on!(c, |c| sqlx::query("INSERT INTO sync_state (sync, updated_at) VALUES ($1, $2) ON CONFLICT (sync) DO NOTHING")
+        on!(c, |c| {
+            sqlx::query("INSERT INTO sync_state (sync, updated_at) VALUES ($1, $2) ON CONFLICT (sync) DO NOTHING")
             .bind(sync)
             .bind(Utc::now())
-            .execute(c).await.map(|r| r.rows_affected()))?;
+            .execute(c).await.map(|r| r.rows_affected())
+        })?;
         Ok(())
     }
 
     pub async fn set_cursor(&self, sync: &str, cursor: Option<&str>) -> Result<()> {
         let mut c = self.writer().await?;
         self.ensure_state(c.conn(), sync).await?;
-        on!(c.conn(), |c| sqlx::query("UPDATE sync_state SET cursor = $1, updated_at = $2 WHERE sync = $3")
-            .bind(cursor)
-            .bind(Utc::now())
-            .bind(sync)
-            .execute(c).await.map(|r| r.rows_affected()))?;
+        on!(c.conn(), |c| sqlx::query(
+            "UPDATE sync_state SET cursor = $1, updated_at = $2 WHERE sync = $3"
+        )
+        .bind(cursor)
+        .bind(Utc::now())
+        .bind(sync)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Stores when the sync is next due, and the schedule text that computed it.
-    pub async fn set_next_run(&self, sync: &str, at: Option<DateTime<Utc>>, schedule: Option<&str>) -> Result<()> {
+    pub async fn set_next_run(
+        &self,
+        sync: &str,
+        at: Option<DateTime<Utc>>,
+        schedule: Option<&str>,
+    ) -> Result<()> {
         let mut c = self.writer().await?;
         self.ensure_state(c.conn(), sync).await?;
-        on!(c.conn(), |c| sqlx::query("UPDATE sync_state SET next_run_at = $1, schedule = $2, updated_at = $3 WHERE sync = $4")
-            .bind(at)
-            .bind(schedule)
-            .bind(Utc::now())
-            .bind(sync)
-            .execute(c).await.map(|r| r.rows_affected()))?;
+        on!(c.conn(), |c| sqlx::query(
+            "UPDATE sync_state SET next_run_at = $1, schedule = $2, updated_at = $3 WHERE sync = $4"
+        )
+        .bind(at)
+        .bind(schedule)
+        .bind(Utc::now())
+        .bind(sync)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Claims the sync's run slot with a conditional update: true for exactly one caller,
     /// across every instance sharing the database, until `release_run`. A claim older than
     /// `stale_after` (an instance that died mid-run) may be taken over.
-    pub async fn claim_run(&self, sync: &str, instance: &str, now: DateTime<Utc>, stale_after: Duration) -> Result<bool> {
-        let stale = now - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::hours(1));
+    pub async fn claim_run(
+        &self,
+        sync: &str,
+        instance: &str,
+        now: DateTime<Utc>,
+        stale_after: Duration,
+    ) -> Result<bool> {
+        let stale =
+            now - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::hours(1));
         let mut c = self.writer().await?;
         self.ensure_state(c.conn(), sync).await?;
-        let n = on!(c.conn(), |c| sqlx::query(
+        let n = on!(c.conn(), |c| {
+            sqlx::query(
             "UPDATE sync_state SET running_by = $1, running_since = $2, running_run = NULL, updated_at = $2
              WHERE sync = $3 AND (running_by IS NULL OR running_since < $4)"
         )
@@ -467,38 +554,52 @@ impl Store {
         .bind(now)
         .bind(sync)
         .bind(stale)
-        .execute(c).await.map(|r| r.rows_affected()))?;
+        .execute(c).await.map(|r| r.rows_affected())
+        })?;
         Ok(n == 1)
     }
 
     /// Notes which run holds the claim.
     pub async fn set_running_run(&self, sync: &str, instance: &str, run_id: i64) -> Result<()> {
         let mut c = self.writer().await?;
-        on!(c.conn(), |c| sqlx::query("UPDATE sync_state SET running_run = $1 WHERE sync = $2 AND running_by = $3")
-            .bind(run_id)
-            .bind(sync)
-            .bind(instance)
-            .execute(c).await.map(|r| r.rows_affected()))?;
+        on!(c.conn(), |c| sqlx::query(
+            "UPDATE sync_state SET running_run = $1 WHERE sync = $2 AND running_by = $3"
+        )
+        .bind(run_id)
+        .bind(sync)
+        .bind(instance)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Gives the run slot back (only if this instance holds it).
     pub async fn release_run(&self, sync: &str, instance: &str) -> Result<()> {
         let mut c = self.writer().await?;
-        on!(c.conn(), |c| sqlx::query(
+        on!(c.conn(), |c| {
+            sqlx::query(
             "UPDATE sync_state SET running_by = NULL, running_since = NULL, running_run = NULL, updated_at = $1
              WHERE sync = $2 AND running_by = $3"
         )
         .bind(Utc::now())
         .bind(sync)
         .bind(instance)
-        .execute(c).await.map(|r| r.rows_affected()))?;
+        .execute(c).await.map(|r| r.rows_affected())
+        })?;
         Ok(())
     }
 
-    pub async fn start_run(&self, sync: &str, trigger: &str, instance: &str, status: &str) -> Result<i64> {
+    pub async fn start_run(
+        &self,
+        sync: &str,
+        trigger: &str,
+        instance: &str,
+        status: &str,
+    ) -> Result<i64> {
         let mut c = self.writer().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(
+        Ok(on!(c.conn(), |c| {
+            sqlx::query_scalar::<_, i64>(
             "INSERT INTO runs (sync, trigger, started_at, status, instance) VALUES ($1, $2, $3, $4, $5) RETURNING id"
         )
         .bind(sync)
@@ -507,12 +608,20 @@ impl Store {
         .bind(status)
         .bind(instance)
         .fetch_one(c)
-        .await)?)
+        .await
+        })?)
     }
 
-    pub async fn finish_run(&self, id: i64, status: &str, counts: &RunCounts, error: Option<&str>) -> Result<()> {
+    pub async fn finish_run(
+        &self,
+        id: i64,
+        status: &str,
+        counts: &RunCounts,
+        error: Option<&str>,
+    ) -> Result<()> {
         let mut c = self.writer().await?;
-        on!(c.conn(), |c| sqlx::query(
+        on!(c.conn(), |c| {
+            sqlx::query(
             "UPDATE runs SET finished_at = $1, status = $2, error = $3, pulled = $4, created = $5, updated = $6, deleted = $7,
              unlinked = $8, skipped = $9, failed = $10, conflicts = $11, pushed = $12 WHERE id = $13"
         )
@@ -529,14 +638,21 @@ impl Store {
         .bind(counts.conflicts)
         .bind(counts.pushed)
         .bind(id)
-        .execute(c).await.map(|r| r.rows_affected()))?;
+        .execute(c).await.map(|r| r.rows_affected())
+        })?;
         Ok(())
     }
 
     /// Run history, newest first.
-    pub async fn runs(&self, sync: Option<&str>, before: Option<i64>, limit: i64) -> Result<Vec<Run>> {
+    pub async fn runs(
+        &self,
+        sync: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Run>> {
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_as::<_, Run>(
+        Ok(on!(c.conn(), |c| {
+            sqlx::query_as::<_, Run>(
             "SELECT id, sync, trigger, started_at, finished_at, status, error, instance, pulled, created, updated, deleted,
                     unlinked, skipped, failed, conflicts, pushed FROM runs
              WHERE ($1 IS NULL OR sync = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
@@ -545,42 +661,58 @@ impl Store {
         .bind(before)
         .bind(limit)
         .fetch_all(c)
-        .await)?)
+        .await
+        })?)
     }
 
     // ---- idempotency keys ----
 
     /// The stored response for `(scope, key)` if it is newer than `since`.
-    pub async fn idempotent_response(&self, scope: &str, key: &str, since: DateTime<Utc>) -> Result<Option<(u16, String)>> {
+    pub async fn idempotent_response(
+        &self,
+        scope: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<(u16, String)>> {
         let mut c = self.reader().await?;
-        let row = on!(c.conn(), |c| sqlx::query_as::<_, (i64, String)>(
+        let row = on!(c.conn(), |c| {
+            sqlx::query_as::<_, (i64, String)>(
             "SELECT status_code, body FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at >= $3"
         )
         .bind(scope)
         .bind(key)
         .bind(since)
         .fetch_optional(c)
-        .await)?;
+        .await
+        })?;
         Ok(row.map(|(s, b)| (s as u16, b)))
     }
 
     /// Deletes idempotency keys and change-log rows older than the cut-offs, in small batches.
     pub async fn prune_idempotency(&self, before: DateTime<Utc>) -> Result<u64> {
         let mut c = self.writer().await?;
-        Ok(on!(c.conn(), |c| sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(c).await.map(|r| r.rows_affected()))?)
+        Ok(on!(c.conn(), |c| sqlx::query(
+            "DELETE FROM idempotency_keys WHERE created_at < $1"
+        )
+        .bind(before)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?)
     }
 }
 
 // ---- functions over a connection, shared by `Store` reads and `Tx` writes ----
 
 async fn get_record(c: Conn<'_>, model: &str, id: i64) -> Result<Option<Record>> {
-    let row = on!(c, |c| sqlx::query_as::<_, RecordRow>(
+    let row = on!(c, |c| {
+        sqlx::query_as::<_, RecordRow>(
         "SELECT id, model, vals, version, created_at, updated_at, deleted_at FROM records WHERE model = $1 AND id = $2"
     )
     .bind(model)
     .bind(id)
     .fetch_optional(c)
-    .await)?;
+    .await
+    })?;
     Ok(row.map(Record::from))
 }
 
@@ -607,7 +739,8 @@ async fn link_by_external(c: Conn<'_>, sync: &str, external_id: &str) -> Result<
 }
 
 async fn log_change(c: Conn<'_>, r: &NewChange) -> Result<i64> {
-    Ok(on!(c, |c| sqlx::query_scalar::<_, i64>(
+    Ok(on!(c, |c| {
+        sqlx::query_scalar::<_, i64>(
         "INSERT INTO change_log (sync, direction, action, external_id, local_id, name, title, origin_values,
              destination_values, modified_at, synced_at, status, error_message, run_id, actor)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id"
@@ -628,7 +761,8 @@ async fn log_change(c: Conn<'_>, r: &NewChange) -> Result<i64> {
     .bind(r.run_id)
     .bind(&r.actor)
     .fetch_one(c)
-    .await)?)
+    .await
+    })?)
 }
 
 impl Tx {
@@ -637,9 +771,14 @@ impl Tx {
     }
 
     /// Inserts a new record at version 1.
-    pub async fn insert_record(&mut self, model: &str, vals: &Map<String, Value>) -> Result<Record> {
+    pub async fn insert_record(
+        &mut self,
+        model: &str,
+        vals: &Map<String, Value>,
+    ) -> Result<Record> {
         let now = Utc::now();
-        let row = on!(self.conn(), |c| sqlx::query_as::<_, RecordRow>(
+        let row = on!(self.conn(), |c| {
+            sqlx::query_as::<_, RecordRow>(
             "INSERT INTO records (model, vals, version, created_at, updated_at) VALUES ($1, $2, 1, $3, $3)
              RETURNING id, model, vals, version, created_at, updated_at, deleted_at"
         )
@@ -647,13 +786,20 @@ impl Tx {
         .bind(Json(vals))
         .bind(now)
         .fetch_one(c)
-        .await)?;
+        .await
+        })?;
         Ok(row.into())
     }
 
     /// Replaces a live record's values and bumps its version. `None` if there is no live record.
-    pub async fn update_record(&mut self, model: &str, id: i64, vals: &Map<String, Value>) -> Result<Option<Record>> {
-        let row = on!(self.conn(), |c| sqlx::query_as::<_, RecordRow>(
+    pub async fn update_record(
+        &mut self,
+        model: &str,
+        id: i64,
+        vals: &Map<String, Value>,
+    ) -> Result<Option<Record>> {
+        let row = on!(self.conn(), |c| {
+            sqlx::query_as::<_, RecordRow>(
             "UPDATE records SET vals = $1, version = version + 1, updated_at = $2 WHERE model = $3 AND id = $4 AND deleted_at IS NULL
              RETURNING id, model, vals, version, created_at, updated_at, deleted_at"
         )
@@ -662,14 +808,16 @@ impl Tx {
         .bind(model)
         .bind(id)
         .fetch_optional(c)
-        .await)?;
+        .await
+        })?;
         Ok(row.map(Record::from))
     }
 
     /// Tombstones a record (kept so the deletion can be carried across) and bumps its version.
     pub async fn delete_record(&mut self, model: &str, id: i64) -> Result<Option<Record>> {
         let now = Utc::now();
-        let row = on!(self.conn(), |c| sqlx::query_as::<_, RecordRow>(
+        let row = on!(self.conn(), |c| {
+            sqlx::query_as::<_, RecordRow>(
             "UPDATE records SET deleted_at = $1, version = version + 1, updated_at = $1 WHERE model = $2 AND id = $3 AND deleted_at IS NULL
              RETURNING id, model, vals, version, created_at, updated_at, deleted_at"
         )
@@ -677,7 +825,8 @@ impl Tx {
         .bind(model)
         .bind(id)
         .fetch_optional(c)
-        .await)?;
+        .await
+        })?;
         Ok(row.map(Record::from))
     }
 
@@ -685,13 +834,18 @@ impl Tx {
         link_by_local(self.conn(), sync, local_id).await
     }
 
-    pub async fn link_by_external(&mut self, sync: &str, external_id: &str) -> Result<Option<Link>> {
+    pub async fn link_by_external(
+        &mut self,
+        sync: &str,
+        external_id: &str,
+    ) -> Result<Option<Link>> {
         link_by_external(self.conn(), sync, external_id).await
     }
 
     /// Creates or replaces the link of `(sync, local_id)`.
     pub async fn upsert_link(&mut self, l: &Link) -> Result<()> {
-        on!(self.conn(), |c| sqlx::query(
+        on!(self.conn(), |c| {
+            sqlx::query(
             "INSERT INTO links (sync, local_id, external_id, base, synced_version, external_hash, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (sync, local_id) DO UPDATE SET external_id = excluded.external_id, base = excluded.base,
@@ -704,22 +858,28 @@ impl Tx {
         .bind(l.synced_version)
         .bind(l.external_hash.as_deref())
         .bind(Utc::now())
-        .execute(c).await.map(|r| r.rows_affected()))?;
+        .execute(c).await.map(|r| r.rows_affected())
+        })?;
         Ok(())
     }
 
     pub async fn delete_link(&mut self, sync: &str, local_id: i64) -> Result<bool> {
-        let n = on!(self.conn(), |c| sqlx::query("DELETE FROM links WHERE sync = $1 AND local_id = $2")
-            .bind(sync)
-            .bind(local_id)
-            .execute(c).await.map(|r| r.rows_affected()))?;
+        let n = on!(self.conn(), |c| sqlx::query(
+            "DELETE FROM links WHERE sync = $1 AND local_id = $2"
+        )
+        .bind(sync)
+        .bind(local_id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(n > 0)
     }
 
     /// Queues a change for delivery.
     pub async fn enqueue(&mut self, e: &NewOutbox) -> Result<i64> {
         let now = Utc::now();
-        Ok(on!(self.conn(), |c| sqlx::query_scalar::<_, i64>(
+        Ok(on!(self.conn(), |c| {
+            sqlx::query_scalar::<_, i64>(
             "INSERT INTO outbox (sync, local_id, action, payload, status, next_attempt_at, created_at, updated_at)
              VALUES ($1, $2, $3, $4, 'pending', $5, $5, $5) RETURNING id"
         )
@@ -729,7 +889,8 @@ impl Tx {
         .bind(Json(&e.payload))
         .bind(now)
         .fetch_one(c)
-        .await)?)
+        .await
+        })?)
     }
 
     pub async fn log_change(&mut self, row: &NewChange) -> Result<i64> {
@@ -737,8 +898,15 @@ impl Tx {
     }
 
     /// Remembers a response for an `Idempotency-Key`; a key already stored is left alone.
-    pub async fn put_idempotent(&mut self, scope: &str, key: &str, status: u16, body: &str) -> Result<()> {
-        on!(self.conn(), |c| sqlx::query(
+    pub async fn put_idempotent(
+        &mut self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<()> {
+        on!(self.conn(), |c| {
+            sqlx::query(
             "INSERT INTO idempotency_keys (scope, key, status_code, body, created_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (scope, key) DO UPDATE SET status_code = excluded.status_code, body = excluded.body, created_at = excluded.created_at"
         )
@@ -747,7 +915,8 @@ impl Tx {
         .bind(status as i64)
         .bind(body)
         .bind(Utc::now())
-        .execute(c).await.map(|r| r.rows_affected()))?;
+        .execute(c).await.map(|r| r.rows_affected())
+        })?;
         Ok(())
     }
 }

@@ -17,17 +17,30 @@ impl TestDb {
         match std::env::var("RECSYNC_TEST_DATABASE_URL") {
             Ok(admin) if !admin.is_empty() => {
                 let name = format!("recsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
-                let admin_store = sqlx::PgPool::connect(&admin).await.expect("connect to RECSYNC_TEST_DATABASE_URL");
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_store).await.expect("create test database");
+                let admin_store = sqlx::PgPool::connect(&admin)
+                    .await
+                    .expect("connect to RECSYNC_TEST_DATABASE_URL");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&admin_store)
+                    .await
+                    .expect("create test database");
                 admin_store.close().await;
                 let mut url = url::Url::parse(&admin).expect("valid URL");
                 url.set_path(&format!("/{name}"));
-                TestDb { url: url.to_string(), _dir: None, pg_admin: Some((admin, name)) }
+                TestDb {
+                    url: url.to_string(),
+                    _dir: None,
+                    pg_admin: Some((admin, name)),
+                }
             }
             _ => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}", dir.path().join("test.db").display());
-                TestDb { url, _dir: Some(dir), pg_admin: None }
+                TestDb {
+                    url,
+                    _dir: Some(dir),
+                    pg_admin: None,
+                }
             }
         }
     }
@@ -46,11 +59,13 @@ impl TestDb {
     /// Drops a Postgres test database (SQLite files go with the temp dir).
     pub async fn cleanup(self, store: Store) {
         store.close().await;
-        if let Some((admin, name)) = &self.pg_admin {
-            if let Ok(pool) = sqlx::PgPool::connect(admin).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&pool).await;
-                pool.close().await;
-            }
+        if let Some((admin, name)) = &self.pg_admin
+            && let Ok(pool) = sqlx::PgPool::connect(admin).await
+        {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&pool)
+                .await;
+            pool.close().await;
         }
     }
 }
@@ -66,7 +81,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

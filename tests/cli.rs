@@ -1,0 +1,299 @@
+//! The `recsync` binary as a user runs it: exit codes, messages and secrecy.
+
+mod common;
+
+use sha2::Digest;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const SECRET: &str = "zz-very-secret-token-4711";
+
+fn recsync(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_recsync"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RECSYNC_DATABASE_URL")
+        .env("CRM_TOKEN", SECRET)
+        .env("RUST_LOG", "trace")
+        .output()
+        .expect("run recsync")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn shipped_examples_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = recsync(root, &["validate", "--config", "recsync.toml.example"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("Configuration is valid"), "{out}");
+    assert!(out.contains("CON") && out.contains("STUDENT_DOCS"), "{out}");
+}
+
+const GOOD: &str = r#"
+[models.contact]
+fields = { name = "char", customer = "boolean", company = { type = "many2one", model = "company" }, stage = { type = "selection", values = ["lead", "lost"] } }
+
+[models.company]
+fields = { name = "char" }
+
+[web_services.crm]
+url = "https://crm.example.com/fetch"
+shipping_url = "https://crm.example.com/ship"
+auth = { mode = "bearer", token = "${CRM_TOKEN}" }
+
+[external_models.crm_contact]
+fields = { unique_id = "char", full_name = "char", status = "char", company_id = "char" }
+
+[syncs.COMP]
+model = "company"
+external_model = "crm_contact"
+web_service = "crm"
+direction = "to_local"
+mode = "realtime"
+external_ref = "unique_id"
+"#;
+
+/// The eight mistakes of the acceptance list, over two files, reported in one run.
+const BROKEN: &str = r#"[syncs.CON]
+model = "contakt"
+external_model = "crm_contact"
+web_service = "crm"
+direction = "bidirectional"
+schedul = "0 */15 * * * *"
+
+[syncs.CON2]
+model = "contact"
+external_model = "crm_contact"
+web_service = "crm"
+direction = "bidirectional"
+schedule = "0 */15 * *"
+external_ref = "unique_id"
+domain = [["customer", "like", "${CRM_TOKEN}"]]
+fields = [
+  { local = "name", external = "$.a[" },
+  { local = "stage", external = "status", map = { lead = "L", lost = "L" } },
+  { local = "company", external = "company_id", ref_sync = "NOPE" },
+]
+
+[syncs.COMP]
+model = "company"
+external_model = "crm_contact"
+web_service = "crm"
+direction = "to_local"
+mode = "realtime"
+external_ref = "unique_id"
+timezone = "${CRM_TOKEN}"
+"#;
+
+#[test]
+fn broken_files_exit_78_with_every_position() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    std::fs::write(dir.path().join("mappings/a.toml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("mappings/b.toml"), BROKEN).unwrap();
+    let o = recsync(dir.path(), &["validate"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(78), "{out}");
+    for (what, at) in [
+        ("unknown model `contakt`", "mappings/b.toml:2:9"),
+        ("unknown field `schedul`", "mappings/b.toml:6:1"),
+        ("invalid cron expression", "mappings/b.toml:13:12"),
+        (
+            "operator `like` cannot be used on a boolean field",
+            "mappings/b.toml:15:24",
+        ),
+        ("invalid JSONPath `$.a[`", "mappings/b.toml:17:32"),
+        ("`map` is not one-to-one", "mappings/b.toml:18:70"),
+        ("unknown sync `NOPE`", "mappings/b.toml:19:60"),
+        ("duplicate sync `COMP`", "mappings/b.toml:22:8"),
+        ("unknown time zone", "mappings/b.toml:29:12"),
+    ] {
+        let pos = out
+            .find(what)
+            .unwrap_or_else(|| panic!("missing {what:?} in:\n{out}"));
+        let after = &out[pos..];
+        assert!(
+            after.contains(&format!("--> {at}")),
+            "{what} should point at {at}:\n{out}"
+        );
+    }
+    assert!(out.contains("error: configuration has 11 errors"), "{out}");
+    assert!(!out.contains(SECRET), "a secret leaked:\n{out}");
+    assert!(
+        out.contains("${CRM_TOKEN}"),
+        "the source text is quoted as written:\n{out}"
+    );
+}
+
+#[test]
+fn keys_new_prints_the_key_once_and_only_its_hash_for_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = recsync(
+        dir.path(),
+        &["keys", "new", "--name", "crm", "--scopes", "sync:CON,read"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let key = out
+        .split_whitespace()
+        .find(|w| w.starts_with("rsk_"))
+        .expect("a key");
+    let hash = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+    assert!(out.contains(&format!("key_sha256 = \"{hash}\"")), "{out}");
+    assert!(out.contains("scopes = [\"sync:CON\", \"read\"]"), "{out}");
+    assert_eq!(out.matches(key).count(), 1, "the key is printed once");
+
+    let bad = recsync(
+        dir.path(),
+        &["keys", "new", "--name", "crm", "--scopes", "root"],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad).contains("unknown scope `root`"));
+}
+
+#[test]
+fn commands_not_built_yet_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in [
+        vec!["log"],
+        vec!["run", "CON"],
+        vec!["outbox", "list"],
+        vec!["peer"],
+    ] {
+        let o = recsync(dir.path(), &cmd);
+        assert_eq!(o.status.code(), Some(69), "{cmd:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("is not available in this build yet"),
+            "{}",
+            text(&o)
+        );
+        assert!(!text(&o).contains("panicked"));
+    }
+}
+
+#[test]
+fn migrate_creates_the_sqlite_database() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    let o = recsync(
+        dir.path(),
+        &["migrate", "--database-url", "sqlite://store.db"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(dir.path().join("store.db").exists());
+    let again = recsync(
+        dir.path(),
+        &["migrate", "--database-url", "sqlite://store.db"],
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "migrations are idempotent: {}",
+        text(&again)
+    );
+}
+
+#[test]
+fn bad_settings_are_reported_with_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("recsync.toml"),
+        "listen = \"nowhere\"\nlog_fromat = \"json\"\n[[api_keys]]\nname = \"crm\"\nkey_sha256 = \"abc\"\nscopes = [\"sync:CON\", \"god\"]\n",
+    )
+    .unwrap();
+    let o = recsync(dir.path(), &["validate"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(78), "{out}");
+    for (what, at) in [
+        ("invalid `listen` address `nowhere`", "recsync.toml:1:10"),
+        ("unknown field `log_fromat`", "recsync.toml:2:1"),
+        (
+            "`key_sha256` must be 64 hexadecimal characters",
+            "recsync.toml:5:14",
+        ),
+        ("unknown scope `god`", "recsync.toml:6:23"),
+    ] {
+        let pos = out
+            .find(what)
+            .unwrap_or_else(|| panic!("missing {what:?} in:\n{out}"));
+        assert!(
+            out[pos..].contains(&format!("--> {at}")),
+            "{what} should point at {at}:\n{out}"
+        );
+    }
+}
+
+/// `serve` logs at trace level while an invalid edit is hot-reloaded; the secret never shows.
+#[tokio::test]
+async fn serve_keeps_secrets_out_of_logs_at_every_level() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    std::fs::write(dir.path().join("mappings/a.toml"), GOOD).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = dir.path().join("serve.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recsync"))
+        .args([
+            "serve",
+            "--listen",
+            &listen,
+            "--database-url",
+            "sqlite://serve.db",
+        ])
+        .current_dir(dir.path())
+        .env("CRM_TOKEN", SECRET)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://{listen}");
+    common::eventually(30, "serve to answer /healthz", || {
+        let c = client.clone();
+        let url = format!("{base}/healthz");
+        async move {
+            c.get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+    std::fs::write(
+        dir.path().join("mappings/b.toml"),
+        "[syncs.X]\ntimezone = \"${CRM_TOKEN}\"\n",
+    )
+    .unwrap();
+    common::eventually(30, "the invalid edit to be seen", || {
+        let c = client.clone();
+        let url = format!("{base}/readyz");
+        async move {
+            let v: serde_json::Value = c.get(url).send().await.ok()?.json().await.ok()?;
+            (v["config"]["valid"] == false).then_some(())
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("Invalid mapping edit"), "{logs}");
+    assert!(
+        !logs.contains(SECRET),
+        "a secret leaked into the logs:\n{logs}"
+    );
+}
