@@ -313,3 +313,56 @@ async fn serve(g: &GlobalArgs, listen: Option<String>) -> ExitCode {
         }
     }
 }
+
+/// The embedded demo mapping, so `demo` works from any folder.
+const DEMO_MAPPING: &str = include_str!("../mappings/demo.toml");
+
+async fn demo(g: &GlobalArgs, listen: &str) -> ExitCode {
+    crate::telemetry::init(config::LogFormat::Pretty);
+    let plan = match config::compile_texts(&[("mappings/demo.toml", DEMO_MAPPING)], &ProcessEnv) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{}", e.render());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut settings = config::Settings::default();
+    let db = g
+        .database_url
+        .clone()
+        .unwrap_or_else(|| "sqlite://recsync-demo.db".to_string());
+    settings.database_url = secrecy::SecretString::from(db);
+    match listen.parse() {
+        Ok(addr) => settings.listen = addr,
+        Err(_) => {
+            eprintln!(
+                "error: invalid --listen address `{listen}`: use host:port, such as 127.0.0.1:8071"
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let shown = settings.database_display();
+    let app = match crate::app::build(settings, plan, crate::app::BuildOptions::default()).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("error: the demo could not start: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let base = format!("http://127.0.0.1:{}", app.port());
+    println!("recsync demo is running (database {shown}, mapping mappings/demo.toml).");
+    println!("  Health:    {base}/healthz");
+    println!("  Readiness: {base}/readyz");
+    println!("Try:\n  curl -s {base}/readyz");
+    println!("This build serves the probes over the demo configuration; the reference peer,");
+    println!(
+        "live sync and the web UI are added by the upcoming real-time and UI work. Ctrl-C stops."
+    );
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

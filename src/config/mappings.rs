@@ -14,10 +14,10 @@ use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const SECTIONS: [&str; 4] = ["models", "external_models", "web_services", "syncs"];
-const MODEL_KEYS: [&str; 3] = ["display", "description", "fields"];
-const FIELD_KEYS: [&str; 5] = ["type", "required", "model", "values", "description"];
-const EXT_MODEL_KEYS: [&str; 7] = [
+pub const SECTIONS: [&str; 4] = ["models", "external_models", "web_services", "syncs"];
+pub const MODEL_KEYS: [&str; 3] = ["display", "description", "fields"];
+pub const FIELD_KEYS: [&str; 5] = ["type", "required", "model", "values", "description"];
+pub const EXT_MODEL_KEYS: [&str; 7] = [
     "name",
     "kind",
     "description",
@@ -26,7 +26,7 @@ const EXT_MODEL_KEYS: [&str; 7] = [
     "recursive",
     "pattern",
 ];
-const REST_KEYS: [&str; 9] = [
+pub const REST_KEYS: [&str; 9] = [
     "kind",
     "description",
     "url",
@@ -37,7 +37,7 @@ const REST_KEYS: [&str; 9] = [
     "max_concurrency",
     "active",
 ];
-const DROPBOX_KEYS: [&str; 8] = [
+pub const DROPBOX_KEYS: [&str; 8] = [
     "kind",
     "description",
     "app_key",
@@ -47,7 +47,7 @@ const DROPBOX_KEYS: [&str; 8] = [
     "api_url",
     "active",
 ];
-const AUTH_KEYS: [&str; 7] = [
+pub const AUTH_KEYS: [&str; 7] = [
     "mode",
     "header",
     "key",
@@ -56,7 +56,7 @@ const AUTH_KEYS: [&str; 7] = [
     "token",
     "description",
 ];
-const SYNC_KEYS: [&str; 18] = [
+pub const SYNC_KEYS: [&str; 18] = [
     "name",
     "description",
     "model",
@@ -76,7 +76,7 @@ const SYNC_KEYS: [&str; 18] = [
     "fields",
     "endpoints",
 ];
-const PAIR_KEYS: [&str; 6] = [
+pub const PAIR_KEYS: [&str; 6] = [
     "local",
     "external",
     "direction",
@@ -84,7 +84,7 @@ const PAIR_KEYS: [&str; 6] = [
     "ref_sync",
     "map",
 ];
-const ENDPOINT_KEYS: [&str; 6] = [
+pub const ENDPOINT_KEYS: [&str; 6] = [
     "action",
     "method",
     "url",

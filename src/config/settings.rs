@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 8] = [
     "database_url",
     "listen",
     "mappings",
@@ -20,7 +20,7 @@ const KEYS: [&str; 8] = [
     "body_limit",
     "api_keys",
 ];
-const API_KEY_KEYS: [&str; 4] = ["name", "key", "key_sha256", "scopes"];
+pub const API_KEY_KEYS: [&str; 4] = ["name", "key", "key_sha256", "scopes"];
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
