@@ -138,10 +138,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         } => keys_new(&name, &scopes),
         Command::Migrate => migrate(&cli.global).await,
         Command::Serve { listen } => serve(&cli.global, listen).await,
-        Command::Demo { .. } => not_yet(
-            "demo",
-            "the real-time sync work (the reference peer and the demo)",
-        ),
+        Command::Demo { listen } => demo(&cli.global, &listen).await,
         Command::Run { .. } => not_yet("run", "the cron engine"),
         Command::Log { .. } => not_yet("log", "the change-control tooling"),
         Command::Outbox { .. } => not_yet("outbox", "the real-time sync work (the durable outbox)"),

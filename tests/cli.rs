@@ -297,3 +297,49 @@ async fn serve_keeps_secrets_out_of_logs_at_every_level() {
         "a secret leaked into the logs:\n{logs}"
     );
 }
+
+/// `demo` starts on the embedded default from any folder and prints addresses that work.
+#[tokio::test]
+async fn demo_starts_and_prints_working_addresses() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recsync"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut readyz = None;
+    while readyz.is_none() {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("demo prints its addresses");
+        if let Some(url) = line.trim().strip_prefix("Readiness:") {
+            readyz = Some(url.trim().to_string());
+        }
+    }
+    let body: serde_json::Value = reqwest::get(readyz.unwrap())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["config"]["syncs"], 2, "{body}");
+    assert!(dir.path().join("recsync-demo.db").exists());
+}

@@ -86,12 +86,7 @@ pub fn load(paths: &ConfigPaths, env: &dyn Env) -> Result<Loaded, LoadError> {
         Err(e) => return Err(io_error(sources, &settings.mappings, &e)),
     };
     if let Some(plan) = &plan {
-        check_scopes(
-            &settings,
-            settings_table.as_ref().map(|(_, t)| t),
-            plan,
-            &mut diags,
-        );
+        check_scopes(settings_table.as_ref().map(|(_, t)| t), plan, &mut diags);
     }
     finish(sources, diags, plan).map(|plan| Loaded {
         settings,
@@ -165,12 +160,7 @@ fn load_mappings_into(
     ))
 }
 
-fn check_scopes(
-    settings: &Settings,
-    table: Option<&source::Table>,
-    plan: &Plan,
-    diags: &mut Diagnostics,
-) {
+fn check_scopes(table: Option<&source::Table>, plan: &Plan, diags: &mut Diagnostics) {
     let Some(t) = table else { return };
     let Some((_, item)) = reader::entry(t, "api_keys") else {
         return;
@@ -198,7 +188,6 @@ fn check_scopes(
             }
         }
     }
-    let _ = settings;
 }
 
 fn io_error(sources: Sources, path: &Path, e: &std::io::Error) -> LoadError {
