@@ -752,13 +752,17 @@ async fn idempotency_keys_replay_within_their_window() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.put_idempotent("crm", "req-1", 500, "{}").await.unwrap();
+    tx.commit().await.unwrap();
     let day_ago = Utc::now() - ChronoDuration::hours(24);
     assert_eq!(
         store
             .idempotent_response("crm", "req-1", day_ago)
             .await
             .unwrap(),
-        Some((200, r#"{"ok":true}"#.to_string()))
+        Some((200, r#"{"ok":true}"#.to_string())),
+        "the first response is the one replayed"
     );
     assert_eq!(
         store

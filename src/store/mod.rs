@@ -688,7 +688,7 @@ impl Store {
         Ok(row.map(|(s, b)| (s as u16, b)))
     }
 
-    /// Deletes idempotency keys and change-log rows older than the cut-offs, in small batches.
+    /// Deletes idempotency keys stored before `before`.
     pub async fn prune_idempotency(&self, before: DateTime<Utc>) -> Result<u64> {
         let mut c = self.writer().await?;
         Ok(on!(c.conn(), |c| sqlx::query(
@@ -908,7 +908,7 @@ impl Tx {
         on!(self.conn(), |c| {
             sqlx::query(
             "INSERT INTO idempotency_keys (scope, key, status_code, body, created_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (scope, key) DO UPDATE SET status_code = excluded.status_code, body = excluded.body, created_at = excluded.created_at"
+             ON CONFLICT (scope, key) DO NOTHING"
         )
         .bind(scope)
         .bind(key)
