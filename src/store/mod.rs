@@ -282,35 +282,24 @@ impl Store {
             "NOT EXISTS (SELECT 1 FROM outbox p WHERE p.sync = o.sync AND p.local_id = o.local_id
                         AND p.id < o.id AND p.status IN ('pending', 'inflight', 'dead'))";
         let ret = "RETURNING id, sync, local_id, action, payload, status, attempts, next_attempt_at, last_error, created_at";
-        let mut c = self.writer().await?;
-        let rows = match c.conn() {
-            Conn::Sqlite(c) => {
-                let sql = format!(
-                    "UPDATE outbox SET status = 'inflight', claimed_by = $1, claimed_until = $2, attempts = attempts + 1, updated_at = $3
-                     WHERE id IN (SELECT o.id FROM outbox o WHERE ({due}) AND {earlier} ORDER BY o.id LIMIT $4) {ret}"
-                );
-                sqlx::query_as::<_, OutboxRow>(&sql)
-                    .bind(worker)
-                    .bind(until)
-                    .bind(now)
-                    .bind(limit)
-                    .fetch_all(c)
-                    .await?
-            }
-            Conn::Postgres(c) => {
-                let sql = format!(
-                    "UPDATE outbox SET status = 'inflight', claimed_by = $1, claimed_until = $2, attempts = attempts + 1, updated_at = $3
-                     WHERE id IN (SELECT o.id FROM outbox o WHERE ({due}) AND {earlier} ORDER BY o.id LIMIT $4 FOR UPDATE SKIP LOCKED) {ret}"
-                );
-                sqlx::query_as::<_, OutboxRow>(&sql)
-                    .bind(worker)
-                    .bind(until)
-                    .bind(now)
-                    .bind(limit)
-                    .fetch_all(c)
-                    .await?
-            }
+        // SQLite's single writer makes the statement atomic; PostgreSQL skips rows other
+        // instances hold.
+        let lock = match self.backend {
+            Backend::Sqlite { .. } => "",
+            Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
         };
+        let sql = format!(
+            "UPDATE outbox SET status = 'inflight', claimed_by = $1, claimed_until = $2, attempts = attempts + 1, updated_at = $3
+             WHERE id IN (SELECT o.id FROM outbox o WHERE ({due}) AND {earlier} ORDER BY o.id LIMIT $4 {lock}) {ret}"
+        );
+        let mut c = self.writer().await?;
+        let rows = on!(c.conn(), |c| sqlx::query_as::<_, OutboxRow>(&sql)
+            .bind(worker)
+            .bind(until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(c)
+            .await)?;
         let mut out: Vec<OutboxEntry> = rows.into_iter().map(OutboxEntry::from).collect();
         out.sort_by_key(|e| e.id);
         Ok(out)
