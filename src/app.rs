@@ -1,8 +1,10 @@
-//! Wiring: build the store and the HTTP server from settings and a plan, watch the mapping
-//! folder for hot reload, and run until a signal. Tests use the same entry point.
+//! Wiring: build the store, the engine (with its outbox workers) and the HTTP server from
+//! settings and a plan, watch the mapping folder for hot reload, and run until a signal.
+//! Tests use the same entry point.
 
 use crate::config::{self, ProcessEnv, Settings};
 use crate::domain::Plan;
+use crate::engine::{Engine, EngineOptions};
 use crate::store::Store;
 use actix_web::{App as ActixApp, HttpServer, web};
 use anyhow::Context;
@@ -14,25 +16,23 @@ use std::time::Duration;
 
 /// State shared by every request handler.
 pub struct AppState {
-    pub store: Store,
+    pub engine: Arc<Engine>,
     pub settings: Settings,
-    plan: RwLock<Arc<Plan>>,
     config_errors: RwLock<Vec<String>>,
 }
 
 impl AppState {
-    pub fn new(store: Store, settings: Settings, plan: Plan) -> Self {
+    pub fn new(engine: Arc<Engine>, settings: Settings) -> Self {
         AppState {
-            store,
+            engine,
             settings,
-            plan: RwLock::new(Arc::new(plan)),
             config_errors: RwLock::new(Vec::new()),
         }
     }
 
     /// The plan in force.
     pub fn plan(&self) -> Arc<Plan> {
-        self.plan.read().expect("plan lock").clone()
+        self.engine.plan()
     }
 
     /// Errors of the last reload attempt (empty when the files on disk are valid).
@@ -50,7 +50,7 @@ impl AppState {
                     files = files.len(),
                     "Reloaded the mapping files"
                 );
-                *self.plan.write().expect("plan lock") = Arc::new(plan);
+                self.engine.set_plan(plan);
                 self.config_errors.write().expect("errors lock").clear();
             }
             Err(e) => {
@@ -71,6 +71,8 @@ pub struct App {
     state: web::Data<AppState>,
     _watcher: Option<notify::RecommendedWatcher>,
     reload_task: Option<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// How to build the app.
@@ -78,6 +80,8 @@ pub struct App {
 pub struct BuildOptions {
     /// Watch the mapping folder and hot-reload it.
     pub watch: bool,
+    /// Do not start the outbox workers (tests then drain the outbox themselves).
+    pub no_workers: bool,
 }
 
 /// Connects the store, runs migrations, binds the listener and prepares the server.
@@ -101,16 +105,29 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
         tracing::warn!(requested = %listen, "No API key is configured, so recsync binds to loopback only");
         listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
+    if settings.api_keys.is_empty() {
+        tracing::info!(
+            "No API key is configured: callers on this machine are trusted with every scope"
+        );
+    }
     let listener =
         TcpListener::bind(listen).with_context(|| format!("Failed to listen on {listen}"))?;
     let port = listener.local_addr()?.port();
     let mappings = settings.mappings.clone();
-    let state = web::Data::new(AppState::new(store, settings, plan));
+    let engine_opts = EngineOptions {
+        change_log: settings.change_log,
+        max_attempts: settings.outbox_max_attempts,
+        backoff: settings.outbox_backoff,
+        ..EngineOptions::default()
+    };
+    let engine = Arc::new(Engine::new(store, plan, engine_opts));
+    let state = web::Data::new(AppState::new(engine.clone(), settings));
 
     let data = state.clone();
     let server = HttpServer::new(move || {
         ActixApp::new()
             .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(data.settings.body_limit))
             .configure(crate::http::routes)
     })
     .listen(listener)?
@@ -118,6 +135,12 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
     .shutdown_timeout(10)
     .run();
 
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let workers = if opts.no_workers {
+        Vec::new()
+    } else {
+        vec![engine.spawn_worker(stop_rx)]
+    };
     let (watcher, reload_task) = if opts.watch {
         watch(mappings, state.clone())?
     } else {
@@ -129,6 +152,8 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
         state,
         _watcher: watcher,
         reload_task,
+        stop,
+        workers,
     })
 }
 
@@ -173,7 +198,12 @@ impl App {
         self.state.clone()
     }
 
-    /// Serves until the server is stopped (by a signal in `serve`, or by dropping the task).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.state.engine.clone()
+    }
+
+    /// Serves until SIGINT or SIGTERM (or until the task is dropped), then stops the workers
+    /// and closes the store.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = self.server;
@@ -189,7 +219,11 @@ impl App {
         if let Some(t) = self.reload_task {
             t.abort();
         }
-        state.store.close().await;
+        let _ = self.stop.send(true);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        state.engine.store.close().await;
         result
     }
 }

@@ -291,7 +291,10 @@ async fn serve(g: &GlobalArgs, listen: Option<String>) -> ExitCode {
     let app = match crate::app::build(
         loaded.settings,
         loaded.plan,
-        crate::app::BuildOptions { watch: true },
+        crate::app::BuildOptions {
+            watch: true,
+            no_workers: false,
+        },
     )
     .await
     {

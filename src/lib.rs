@@ -7,7 +7,9 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod connectors;
 pub mod domain;
+pub mod engine;
 pub mod http;
 pub mod store;
 pub mod telemetry;

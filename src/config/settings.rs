@@ -91,6 +91,10 @@ pub struct Settings {
     pub change_log_retention: Option<Duration>,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// Delivery attempts before an outbox entry is dead-lettered.
+    pub outbox_max_attempts: u32,
+    /// First retry delay of a failed delivery (doubled per attempt, with jitter).
+    pub outbox_backoff: Duration,
     pub api_keys: Vec<ApiKey>,
 }
 
@@ -104,6 +108,8 @@ impl Default for Settings {
             change_log: true,
             change_log_retention: Some(Duration::from_secs(90 * 86_400)),
             body_limit: 1024 * 1024,
+            outbox_max_attempts: 8,
+            outbox_backoff: Duration::from_secs(1),
             api_keys: Vec::new(),
         }
     }
@@ -264,6 +270,28 @@ pub fn compile(
             )),
             None => {}
         },
+    }
+    match int_of(t, "outbox_max_attempts", diags) {
+        Some((n, _)) if (1..=100).contains(&n) => s.outbox_max_attempts = n as u32,
+        Some((_, span)) => diags.push(Diagnostic::error(
+            "`outbox_max_attempts` must be between 1 and 100",
+            span,
+            "out of range",
+        )),
+        None => {}
+    }
+    if let Some(v) = str_of(t, "outbox_backoff", diags) {
+        match crate::domain::plan::parse_duration(v.value) {
+            Some(d) if !d.is_zero() => s.outbox_backoff = d,
+            _ => diags.push(
+                Diagnostic::error(
+                    format!("invalid duration `{}` for `outbox_backoff`", v.value),
+                    v.span,
+                    "not a duration",
+                )
+                .with_help("use a number and a unit, such as `500ms` or `1s`"),
+            ),
+        }
     }
     if let Some((items, _)) = array_of(t, "api_keys", diags) {
         for it in items {

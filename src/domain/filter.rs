@@ -384,6 +384,44 @@ impl Domain {
     }
 }
 
+/// Compiles a domain given as JSON (the records API's `domain` parameter), checking fields
+/// and operators with `field_type`. The error names the offending element.
+pub fn domain_from_json(
+    v: &Value,
+    field_type: impl Fn(&str) -> Option<FieldType>,
+) -> Result<Domain, String> {
+    let Value::Array(items) = v else {
+        return Err("a domain is a JSON array".into());
+    };
+    let mut tokens = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        tokens.push(match it {
+            Value::String(s) if s == "&" => Token::And,
+            Value::String(s) if s == "|" => Token::Or,
+            Value::String(s) if s == "!" => Token::Not,
+            Value::Array(parts) if parts.len() == 3 => {
+                let (Some(field), Some(op)) = (parts[0].as_str(), parts[1].as_str()) else {
+                    return Err(format!("element {i}: field and operator must be strings"));
+                };
+                let ty = field_type(field)
+                    .ok_or_else(|| format!("element {i}: unknown field `{field}`"))?;
+                let op =
+                    Op::parse(op).ok_or_else(|| format!("element {i}: unknown operator `{op}`"))?;
+                Token::Cond(
+                    Condition::new(field, &ty, op, &parts[2])
+                        .map_err(|e| format!("element {i}: {e}"))?,
+                )
+            }
+            _ => {
+                return Err(format!(
+                    "element {i}: expected `&`, `|`, `!` or [field, operator, value]"
+                ));
+            }
+        });
+    }
+    Domain::from_tokens(tokens).map_err(|e| format!("element {}: {e}", e.index))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -416,6 +416,15 @@ fn inbound_value(p: &FieldPair, raw: &Value) -> Result<Incoming, FieldError> {
         .map_err(|e| FieldError::coerce(&p.local, e))
 }
 
+/// The text of an external id: a non-empty string as it is, a number digit for digit.
+pub fn id_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 fn key_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),

@@ -1,4 +1,9 @@
-//! HTTP surface (actix-web). For now: the liveness and readiness probes.
+//! HTTP surface (actix-web): probes, real-time inbound `/sync`, and the `/api/v1` JSON API.
+
+pub mod api;
+pub mod auth;
+pub mod body;
+pub mod sync;
 
 use crate::app::AppState;
 use actix_web::{HttpResponse, get, web};
@@ -7,6 +12,8 @@ use serde_json::json;
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(healthz).service(readyz);
+    sync::routes(cfg);
+    api::routes(cfg);
 }
 
 /// Liveness: the process answers.
@@ -19,13 +26,13 @@ async fn healthz() -> HttpResponse {
 /// hold errors, the last valid configuration keeps running and the count of errors is shown.
 #[get("/readyz")]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let store_ok = state.store.ping().await.is_ok();
+    let store_ok = state.engine.store.ping().await.is_ok();
     let errors = state.config_errors().len();
     let plan = state.plan();
     let body = json!({
         "status": if store_ok { "ready" } else { "unavailable" },
         "store": if store_ok { "ok" } else { "unreachable" },
-        "database": state.store.backend_name(),
+        "database": state.engine.store.backend_name(),
         "config": {
             "valid": errors == 0,
             "errors": errors,

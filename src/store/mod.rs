@@ -336,6 +336,43 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Requeues every dead entry of a sync; returns how many.
+    pub async fn outbox_requeue_all(&self, sync: &str) -> Result<u64> {
+        let now = Utc::now();
+        let mut c = self.writer().await?;
+        on!(c.conn(), |c| sqlx::query(
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_by = NULL,
+             claimed_until = NULL, updated_at = $1 WHERE sync = $2 AND status = 'dead'"
+        )
+        .bind(now)
+        .bind(sync)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(Into::into)
+    }
+
+    pub async fn outbox_entry(&self, id: i64) -> Result<Option<OutboxEntry>> {
+        let mut c = self.reader().await?;
+        let row = on!(c.conn(), |c| {
+            sqlx::query_as::<_, OutboxRow>(
+            "SELECT id, sync, local_id, action, payload, status, attempts, next_attempt_at, last_error, created_at
+             FROM outbox WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(c)
+        .await
+        })?;
+        Ok(row.map(OutboxEntry::from))
+    }
+
+    /// Records a link from outside a transaction (after a delivery).
+    pub async fn save_link(&self, l: &Link) -> Result<()> {
+        let mut tx = self.begin().await?;
+        tx.upsert_link(l).await?;
+        tx.commit().await
+    }
+
     /// Gives up on an entry by hand.
     pub async fn outbox_discard(&self, id: i64) -> Result<bool> {
         let mut c = self.writer().await?;
@@ -819,6 +856,35 @@ impl Tx {
         Ok(row.map(Record::from))
     }
 
+    /// The live record of `model` whose `field` holds `key` (compared as text), if exactly
+    /// one does; used to resolve `ref_field` references.
+    pub async fn find_by_field(&mut self, model: &str, field: &str, key: &str) -> Result<Vec<i64>> {
+        Ok(match self.conn() {
+            Conn::Sqlite(c) => {
+                let path = format!("$.\"{}\"", field.replace('"', ""));
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT id FROM records WHERE model = $1 AND deleted_at IS NULL
+                     AND CAST(json_extract(vals, $2) AS TEXT) = $3 LIMIT 2",
+                )
+                .bind(model)
+                .bind(path)
+                .bind(key)
+                .fetch_all(c)
+                .await?
+            }
+            Conn::Postgres(c) => {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT id FROM records WHERE model = $1 AND deleted_at IS NULL AND vals ->> $2 = $3 LIMIT 2",
+                )
+                .bind(model)
+                .bind(field)
+                .bind(key)
+                .fetch_all(c)
+                .await?
+            }
+        })
+    }
+
     pub async fn link_by_local(&mut self, sync: &str, local_id: i64) -> Result<Option<Link>> {
         link_by_local(self.conn(), sync, local_id).await
     }
@@ -880,6 +946,22 @@ impl Tx {
         .fetch_one(c)
         .await
         })?)
+    }
+
+    /// Sets an outbox entry's status inside this transaction (a delivery's end).
+    pub async fn outbox_mark(&mut self, id: i64, status: &str) -> Result<()> {
+        on!(self.conn(), |c| {
+            sqlx::query(
+            "UPDATE outbox SET status = $1, claimed_by = NULL, claimed_until = NULL, updated_at = $2 WHERE id = $3"
+        )
+        .bind(status)
+        .bind(Utc::now())
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
+        Ok(())
     }
 
     pub async fn log_change(&mut self, row: &NewChange) -> Result<i64> {

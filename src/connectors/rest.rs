@@ -1,0 +1,218 @@
+//! The REST send side: one call per local change, either to the sync's configured endpoints
+//! (method, URL template, `response_id`) or to the web service's `shipping_url`.
+
+use super::SendError;
+use crate::domain::plan::{Auth, EndpointAction, RestService, Sync};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+/// Characters left as they are in an external id placed in a URL path segment.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// What a change does on the external side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendAction {
+    Create,
+    Update,
+    Delete,
+}
+
+impl SendAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendAction::Create => "create",
+            SendAction::Update => "update",
+            SendAction::Delete => "delete",
+        }
+    }
+}
+
+/// A successful delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    /// The external id the service reported, if any.
+    pub external_id: Option<String>,
+    /// What was sent, for the change-control log.
+    pub request: Value,
+}
+
+fn with_auth(req: reqwest::RequestBuilder, auth: &Auth) -> reqwest::RequestBuilder {
+    match auth {
+        Auth::None => req,
+        Auth::ApiKey { header, key } => req.header(header.as_str(), key.expose_secret()),
+        Auth::Basic { user, password } => req.basic_auth(user, Some(password.expose_secret())),
+        Auth::Bearer { token } => req.bearer_auth(token.expose_secret()),
+    }
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn transport_error(e: reqwest::Error) -> SendError {
+    let what = if e.is_timeout() {
+        "the request timed out"
+    } else if e.is_connect() {
+        "the service could not be reached"
+    } else {
+        "the request failed"
+    };
+    SendError::Retry {
+        reason: what.to_string(),
+        after: None,
+    }
+}
+
+/// Classifies a non-2xx status.
+fn status_error(resp: &reqwest::Response) -> SendError {
+    let s = resp.status();
+    let reason = format!("the service answered HTTP {}", s.as_u16());
+    if s.as_u16() == 429 {
+        SendError::Retry {
+            reason,
+            after: retry_after(resp),
+        }
+    } else if s.is_server_error() || s.as_u16() == 408 {
+        SendError::Retry {
+            reason,
+            after: retry_after(resp),
+        }
+    } else {
+        SendError::Permanent(reason)
+    }
+}
+
+/// Sends one change. `external_id` is the linked id (update, delete); `local_id` stands in for
+/// it on a create through `shipping_url`, as the protocol says.
+pub async fn send(
+    client: &reqwest::Client,
+    service: &RestService,
+    sync: &Sync,
+    action: SendAction,
+    external_id: Option<&str>,
+    local_id: i64,
+    values: &Map<String, Value>,
+) -> Result<Sent, SendError> {
+    let endpoint_action = match action {
+        SendAction::Create => EndpointAction::Create,
+        SendAction::Update => EndpointAction::Write,
+        SendAction::Delete => EndpointAction::Unlink,
+    };
+    if let Some(ep) = sync.endpoint(endpoint_action) {
+        let ext = external_id
+            .map(|e| utf8_percent_encode(e, PATH_SEGMENT).to_string())
+            .unwrap_or_default();
+        if ep.url.expose().contains("{external_id}") && external_id.is_none() {
+            return Err(SendError::Permanent(
+                "the endpoint URL needs an external id, and the record has none yet".into(),
+            ));
+        }
+        let url = ep.url.expose().replace("{external_id}", &ext);
+        let method = reqwest::Method::from_bytes(ep.method.as_bytes())
+            .map_err(|_| SendError::Permanent("bad method".into()))?;
+        let body = Value::Object(values.clone());
+        let mut req =
+            with_auth(client.request(method, &url), &service.auth).timeout(service.timeout);
+        if action != SendAction::Delete {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.map_err(transport_error)?;
+        if !resp.status().is_success() {
+            return Err(status_error(&resp));
+        }
+        let text = resp.text().await.map_err(transport_error)?;
+        let reply: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::Null)
+        };
+        let external_id = match &ep.response_id {
+            Some(path) if action == SendAction::Create => {
+                let found = path
+                    .select(&reply)
+                    .first()
+                    .and_then(|v| crate::domain::mapping::id_text(v));
+                match found {
+                    Some(id) => Some(id),
+                    None => {
+                        return Err(SendError::Retry {
+                            reason: format!("the answer has no external id at `{}`", path.as_str()),
+                            after: None,
+                        });
+                    }
+                }
+            }
+            _ => None,
+        };
+        return Ok(Sent {
+            external_id,
+            request: body,
+        });
+    }
+    let Some(url) = &service.shipping_url else {
+        return Err(SendError::Permanent(
+            "the web service has no `shipping_url` and the sync no endpoint for this action".into(),
+        ));
+    };
+    let ext = match (action, external_id) {
+        (SendAction::Create, _) => local_id.to_string(),
+        (_, Some(e)) => e.to_string(),
+        (_, None) => {
+            return Err(SendError::Permanent(
+                "the record has no external id yet".into(),
+            ));
+        }
+    };
+    let body = if action == SendAction::Delete {
+        json!({"action": action.as_str(), "external_id": ext})
+    } else {
+        json!({"action": action.as_str(), "values": values, "external_id": ext})
+    };
+    let resp = with_auth(client.post(url.expose()), &service.auth)
+        .timeout(service.timeout)
+        .json(&body)
+        .send()
+        .await
+        .map_err(transport_error)?;
+    if !resp.status().is_success() {
+        return Err(status_error(&resp));
+    }
+    let text = resp.text().await.map_err(transport_error)?;
+    let reply: Value = serde_json::from_str(&text).map_err(|_| SendError::Retry {
+        reason: "the service's answer is not JSON".into(),
+        after: None,
+    })?;
+    match reply.get("status").and_then(Value::as_str) {
+        Some("success") => Ok(Sent {
+            external_id: reply
+                .get("external_id")
+                .and_then(crate::domain::mapping::id_text),
+            request: body,
+        }),
+        Some("failed") => {
+            let msg = reply
+                .get("error_message")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given");
+            Err(SendError::Retry {
+                reason: format!("the service answered failed: {msg}"),
+                after: None,
+            })
+        }
+        _ => Err(SendError::Retry {
+            reason: "the service's answer has no `status`".into(),
+            after: None,
+        }),
+    }
+}

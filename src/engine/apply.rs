@@ -1,0 +1,646 @@
+//! The apply path: inbound external changes and local edits become record writes, link
+//! updates, change-control rows and outbox entries, all in one transaction.
+
+use super::{Ctx, Engine};
+use crate::domain::Plan;
+use crate::domain::mapping::{PendingRef, Reference, id_text, to_local};
+use crate::domain::merge::{Modified, Side, merge};
+use crate::domain::plan::{Mode, Model, Sync};
+use crate::store::{
+    Link, LogAction, LogDirection, LogStatus, NewChange, NewOutbox, Record, StoreError, Tx,
+};
+use serde_json::{Map, Value, json};
+
+/// An inbound change from an external system.
+#[derive(Debug, Clone)]
+pub enum InboundOp {
+    /// Create or update. `external_id` comes from the URL on a PUT; on a create it is read
+    /// from the payload's `external_ref` field. `must_exist` makes an unknown id a 404.
+    Upsert {
+        external_id: Option<String>,
+        payload: Value,
+        must_exist: bool,
+    },
+    Delete {
+        external_id: String,
+    },
+}
+
+/// A local edit (records API).
+#[derive(Debug, Clone)]
+pub enum LocalOp {
+    Create(Map<String, Value>),
+    Update(i64, Map<String, Value>),
+    Delete(i64),
+}
+
+/// What an applied change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Created(i64),
+    Updated(i64),
+    Deleted(i64),
+    Unlinked(i64),
+    /// Nothing changed (for instance an echo of what recsync last sent).
+    NoOp(i64),
+}
+
+impl Applied {
+    pub fn local_id(&self) -> i64 {
+        match self {
+            Applied::Created(i)
+            | Applied::Updated(i)
+            | Applied::Deleted(i)
+            | Applied::Unlinked(i)
+            | Applied::NoOp(i) => *i,
+        }
+    }
+}
+
+/// Why a change was refused. Every message is one sentence naming the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("unknown sync `{0}`")]
+    UnknownSync(String),
+    #[error("sync `{0}` does not accept inbound changes: its direction is to_external")]
+    NotInbound(String),
+    #[error("sync `{0}` is not active")]
+    Inactive(String),
+    #[error("unknown model `{0}`")]
+    UnknownModel(String),
+    #[error("no record with external id `{0}` is linked in sync `{1}`")]
+    UnknownExternalId(String, String),
+    #[error("no `{0}` record with id {1}")]
+    UnknownRecord(String, i64),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the record does not match the domain of sync `{0}`, so nothing was written")]
+    OutsideDomain(String),
+    #[error("the store is unavailable")]
+    Store(#[from] StoreError),
+}
+
+fn invalid(errors: impl IntoIterator<Item = (String, String)>) -> ApplyError {
+    ApplyError::Invalid(
+        errors
+            .into_iter()
+            .map(|(f, m)| format!("{f}: {m}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
+fn log_row(
+    sync: &Sync,
+    model: &Model,
+    direction: LogDirection,
+    action: LogAction,
+    rec_id: Option<i64>,
+    values: &Map<String, Value>,
+) -> NewChange {
+    let verb = match action {
+        LogAction::Create => "Create",
+        LogAction::Update => "Update",
+        LogAction::Delete => "Delete",
+        LogAction::Unlink => "Unlink",
+        LogAction::Rename => "Rename",
+        LogAction::Move => "Move",
+        LogAction::Conflict => "Resolve conflict on",
+    };
+    NewChange {
+        sync: sync.code.to_string(),
+        direction,
+        action,
+        external_id: None,
+        local_id: rec_id,
+        name: format!("{verb} {}", model.name),
+        title: rec_id.map(|id| model.title(id, values)).unwrap_or_default(),
+        origin_values: json!({}),
+        destination_values: json!({}),
+        modified_at: None,
+        synced_at: None,
+        status: LogStatus::Success,
+        error_message: String::new(),
+        run_id: None,
+        actor: String::new(),
+    }
+}
+
+impl Engine {
+    /// Applies one inbound change from sync `code`. On success the change is committed; on
+    /// error nothing was written (the caller logs the failure).
+    pub async fn apply_inbound(
+        &self,
+        code: &str,
+        op: InboundOp,
+        ctx: &Ctx,
+    ) -> Result<Applied, ApplyError> {
+        let plan = self.plan();
+        let sync = plan
+            .sync(code)
+            .ok_or_else(|| ApplyError::UnknownSync(code.to_string()))?;
+        if !sync.direction.to_local() {
+            return Err(ApplyError::NotInbound(code.to_string()));
+        }
+        if !sync.active {
+            return Err(ApplyError::Inactive(code.to_string()));
+        }
+        let model = plan
+            .models
+            .get(&sync.model)
+            .ok_or_else(|| ApplyError::UnknownModel(sync.model.clone()))?;
+        let result = match op {
+            InboundOp::Upsert {
+                external_id,
+                payload,
+                must_exist,
+            } => {
+                self.upsert(&plan, sync, model, external_id, payload, must_exist, ctx)
+                    .await
+            }
+            InboundOp::Delete { external_id } => {
+                self.delete_inbound(&plan, sync, model, &external_id, ctx)
+                    .await
+            }
+        };
+        if matches!(
+            result,
+            Ok(Applied::Created(_)
+                | Applied::Updated(_)
+                | Applied::Deleted(_)
+                | Applied::Unlinked(_))
+        ) {
+            self.wake();
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upsert(
+        &self,
+        plan: &Plan,
+        sync: &Sync,
+        model: &Model,
+        external_id: Option<String>,
+        payload: Value,
+        must_exist: bool,
+        ctx: &Ctx,
+    ) -> Result<Applied, ApplyError> {
+        let Value::Object(fields) = &payload else {
+            return Err(ApplyError::Invalid(
+                "the body must be an object of field values".into(),
+            ));
+        };
+        let ext_model = &plan.external_models[&sync.external_model];
+        // Unknown external fields are refused, unless a JSONPath pair reads below them.
+        let path_roots: Vec<String> = sync
+            .fields
+            .iter()
+            .filter_map(|p| match &p.external {
+                crate::domain::ExternalField::Path(path) => path
+                    .as_str()
+                    .strip_prefix("$.")
+                    .map(|r| r.split(['.', '[']).next().unwrap_or("").to_string()),
+                crate::domain::ExternalField::Name(_) => None,
+            })
+            .collect();
+        let unknown: Vec<(String, String)> = fields
+            .keys()
+            .filter(|k| !ext_model.fields.contains_key(*k) && !path_roots.contains(k))
+            .map(|k| {
+                (
+                    k.clone(),
+                    format!("unknown field of external model `{}`", ext_model.name),
+                )
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(invalid(unknown));
+        }
+        let external_id = match external_id {
+            Some(id) => id,
+            None => match fields.get(&sync.external_ref) {
+                Some(v) => id_text(v).ok_or_else(|| {
+                    ApplyError::Invalid(format!(
+                        "{}: the external id must be a non-empty string or a number",
+                        sync.external_ref
+                    ))
+                })?,
+                None => {
+                    return Err(ApplyError::Invalid(format!(
+                        "{}: missing; it holds the external id for sync `{}`",
+                        sync.external_ref, sync.code
+                    )));
+                }
+            },
+        };
+        // Coerce the external values to the external model's types, then map onto local fields.
+        let mut typed = Map::new();
+        let mut errors = Vec::new();
+        for (k, v) in fields {
+            match ext_model.fields.get(k) {
+                Some(ty) => match crate::domain::value::coerce(ty, v) {
+                    Ok(c) => {
+                        typed.insert(k.clone(), c);
+                    }
+                    Err(e) => errors.push((k.clone(), e.to_string())),
+                },
+                None => {
+                    typed.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(invalid(errors));
+        }
+        let typed = Value::Object(typed);
+        let mapped = to_local(&sync.fields, &typed)
+            .map_err(|e| invalid(e.into_iter().map(|e| (e.field, e.message))))?;
+        let mut incoming = mapped.values;
+
+        let mut tx = self.store.begin().await?;
+        self.resolve_refs(&mut tx, &mapped.refs, &mut incoming)
+            .await?;
+        let link = tx
+            .link_by_external(sync.code.as_str(), &external_id)
+            .await?;
+        let current = match &link {
+            Some(l) => tx
+                .get_record(&model.name, l.local_id)
+                .await?
+                .filter(|r| !r.deleted),
+            None => None,
+        };
+        if must_exist && current.is_none() {
+            return Err(ApplyError::UnknownExternalId(
+                external_id,
+                sync.code.to_string(),
+            ));
+        }
+        let origin = typed.clone();
+
+        let Some(record) = current else {
+            // A new record.
+            let values = model.coerce_values(&incoming, true).map_err(invalid)?;
+            if !sync.domain.matches(&values) {
+                return Err(ApplyError::OutsideDomain(sync.code.to_string()));
+            }
+            let rec = tx.insert_record(&model.name, &values).await?;
+            tx.upsert_link(&Link {
+                sync: sync.code.to_string(),
+                local_id: rec.id,
+                external_id: Some(external_id.clone()),
+                base: values.clone(),
+                synced_version: rec.version,
+                external_hash: None,
+            })
+            .await?;
+            let mut row = log_row(
+                sync,
+                model,
+                LogDirection::ExternalToLocal,
+                LogAction::Create,
+                Some(rec.id),
+                &rec.values,
+            );
+            row.external_id = Some(external_id);
+            row.origin_values = origin;
+            row.destination_values = Value::Object(values);
+            row.modified_at = ctx.modified_at;
+            row.actor = ctx.actor.clone();
+            row.run_id = ctx.run_id;
+            self.log(&mut tx, row).await?;
+            self.fan_out(&mut tx, plan, Some(sync.code.as_str()), &rec, "create")
+                .await?;
+            tx.commit().await?;
+            return Ok(Applied::Created(rec.id));
+        };
+
+        let link = link.expect("a current record has a link");
+        // An echo of what was last synced is not a change.
+        if incoming
+            .iter()
+            .all(|(k, v)| link.base.get(k).unwrap_or(&Value::Null) == v)
+        {
+            return Ok(Applied::NoOp(record.id));
+        }
+        let keys: Vec<&str> = incoming.keys().map(String::as_str).collect();
+        let m = merge(
+            &keys,
+            &link.base,
+            &record.values,
+            &incoming,
+            sync.priority,
+            Modified {
+                local: Some(record.updated_at),
+                external: ctx.modified_at.or(Some(chrono::Utc::now())),
+            },
+        );
+        let mut values = record.values.clone();
+        let mut changed = Map::new();
+        for (k, v) in &m.merged {
+            if values.get(k).unwrap_or(&Value::Null) != v {
+                changed.insert(k.clone(), v.clone());
+            }
+            values.insert(k.clone(), v.clone());
+        }
+        let mut base = link.base.clone();
+        for (k, v) in &incoming {
+            base.insert(k.clone(), v.clone());
+        }
+        if changed.is_empty() && m.conflicts.is_empty() {
+            // Same values as the record already holds: remember them as synced, log nothing.
+            tx.upsert_link(&Link {
+                base,
+                synced_version: record.version,
+                ..link
+            })
+            .await?;
+            tx.commit().await?;
+            return Ok(Applied::NoOp(record.id));
+        }
+        let values = model.coerce_values(&values, false).map_err(invalid)?;
+        if !sync.domain.matches(&values) {
+            return Err(ApplyError::OutsideDomain(sync.code.to_string()));
+        }
+        let rec = match tx.update_record(&model.name, record.id, &values).await? {
+            Some(r) => r,
+            None => return Err(ApplyError::UnknownRecord(model.name.clone(), record.id)),
+        };
+        let local_won = m.conflicts.iter().any(|c| c.winner == Side::Local);
+        tx.upsert_link(&Link {
+            base,
+            synced_version: rec.version,
+            ..link.clone()
+        })
+        .await?;
+        for c in &m.conflicts {
+            let mut row = log_row(
+                sync,
+                model,
+                LogDirection::ExternalToLocal,
+                LogAction::Conflict,
+                Some(rec.id),
+                &rec.values,
+            );
+            row.external_id = Some(external_id.clone());
+            row.origin_values =
+                json!({"field": c.field, "base": c.base, "local": c.local, "external": c.external});
+            row.destination_values = json!({c.field.clone(): if c.winner == Side::Local { &c.local } else { &c.external }});
+            row.status = LogStatus::ConflictResolved;
+            row.error_message = format!(
+                "`{}` changed on both sides; {} wins by priority `{}`",
+                c.field,
+                if c.winner == Side::Local {
+                    "local"
+                } else {
+                    "external"
+                },
+                sync.priority.as_str()
+            );
+            row.modified_at = ctx.modified_at;
+            row.actor = ctx.actor.clone();
+            row.run_id = ctx.run_id;
+            self.log(&mut tx, row).await?;
+        }
+        let mut row = log_row(
+            sync,
+            model,
+            LogDirection::ExternalToLocal,
+            LogAction::Update,
+            Some(rec.id),
+            &rec.values,
+        );
+        row.external_id = Some(external_id);
+        row.origin_values = origin;
+        row.destination_values = Value::Object(changed);
+        row.modified_at = ctx.modified_at;
+        row.actor = ctx.actor.clone();
+        row.run_id = ctx.run_id;
+        self.log(&mut tx, row).await?;
+        // The local side won a conflict: send the winning value back to this sync too.
+        let origin_sync = if local_won {
+            None
+        } else {
+            Some(sync.code.as_str())
+        };
+        self.fan_out(&mut tx, plan, origin_sync, &rec, "update")
+            .await?;
+        tx.commit().await?;
+        Ok(Applied::Updated(rec.id))
+    }
+
+    async fn delete_inbound(
+        &self,
+        plan: &Plan,
+        sync: &Sync,
+        model: &Model,
+        external_id: &str,
+        ctx: &Ctx,
+    ) -> Result<Applied, ApplyError> {
+        let mut tx = self.store.begin().await?;
+        let link = tx
+            .link_by_external(sync.code.as_str(), external_id)
+            .await?
+            .ok_or_else(|| {
+                ApplyError::UnknownExternalId(external_id.to_string(), sync.code.to_string())
+            })?;
+        let record = tx.get_record(&model.name, link.local_id).await?;
+        let values = record
+            .as_ref()
+            .map(|r| r.values.clone())
+            .unwrap_or_default();
+        tx.delete_link(sync.code.as_str(), link.local_id).await?;
+        let applied = if sync.propagate_deletes {
+            if let Some(rec) = tx.delete_record(&model.name, link.local_id).await? {
+                self.fan_out(&mut tx, plan, Some(sync.code.as_str()), &rec, "delete")
+                    .await?;
+            }
+            Applied::Deleted(link.local_id)
+        } else {
+            Applied::Unlinked(link.local_id)
+        };
+        let action = if sync.propagate_deletes {
+            LogAction::Delete
+        } else {
+            LogAction::Unlink
+        };
+        let mut row = log_row(
+            sync,
+            model,
+            LogDirection::ExternalToLocal,
+            action,
+            Some(link.local_id),
+            &values,
+        );
+        row.external_id = Some(external_id.to_string());
+        row.origin_values = json!({ sync.external_ref.clone(): external_id });
+        row.destination_values = if sync.propagate_deletes {
+            json!({"deleted": true})
+        } else {
+            json!({"unlinked": true})
+        };
+        row.modified_at = ctx.modified_at;
+        row.actor = ctx.actor.clone();
+        row.run_id = ctx.run_id;
+        self.log(&mut tx, row).await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Resolves relational references to local ids, or fails naming the missing record.
+    async fn resolve_refs(
+        &self,
+        tx: &mut Tx,
+        refs: &[PendingRef],
+        out: &mut Map<String, Value>,
+    ) -> Result<(), ApplyError> {
+        for r in refs {
+            let mut ids = Vec::new();
+            for key in &r.keys {
+                let id = match &r.reference {
+                    Reference::Sync(code) => tx
+                        .link_by_external(code.as_str(), key)
+                        .await?
+                        .map(|l| l.local_id),
+                    Reference::Field(f) => {
+                        let found = tx.find_by_field(&r.related_model, f, key).await?;
+                        if found.len() > 1 {
+                            return Err(ApplyError::Invalid(format!(
+                                "{}: several `{}` records have {f} = `{key}`",
+                                r.field, r.related_model
+                            )));
+                        }
+                        found.first().copied()
+                    }
+                    Reference::None => key.parse().ok(),
+                };
+                match id {
+                    Some(id) => ids.push(id),
+                    None => {
+                        let how = match &r.reference {
+                            Reference::Sync(code) => {
+                                format!("linked to external id `{key}` in sync `{code}`")
+                            }
+                            Reference::Field(f) => format!("with {f} = `{key}`"),
+                            Reference::None => format!("with id `{key}`"),
+                        };
+                        return Err(ApplyError::Invalid(format!(
+                            "{}: no `{}` record {how}",
+                            r.field, r.related_model
+                        )));
+                    }
+                }
+            }
+            let v = if r.many {
+                json!(ids)
+            } else {
+                ids.first().map(|i| json!(i)).unwrap_or(Value::Null)
+            };
+            out.insert(r.field.clone(), v);
+        }
+        Ok(())
+    }
+
+    /// Queues the record's change for every realtime sync of its model that sends, except
+    /// `origin` (echo suppression). A record that left a sync's domain is unlinked from it.
+    pub(crate) async fn fan_out(
+        &self,
+        tx: &mut Tx,
+        plan: &Plan,
+        origin: Option<&str>,
+        rec: &Record,
+        action: &str,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        let model = &plan.models[&rec.model];
+        for t in plan.syncs_of_model(&rec.model) {
+            if Some(t.code.as_str()) == origin
+                || !t.active
+                || !t.direction.to_external()
+                || t.mode != Mode::Realtime
+            {
+                continue;
+            }
+            let link = tx.link_by_local(t.code.as_str(), rec.id).await?;
+            if action == "delete" {
+                if link.is_none() {
+                    continue;
+                }
+            } else if !t.domain.matches(&rec.values) {
+                if let Some(l) = link {
+                    tx.delete_link(t.code.as_str(), rec.id).await?;
+                    let mut row = log_row(
+                        t,
+                        model,
+                        LogDirection::LocalToExternal,
+                        LogAction::Unlink,
+                        Some(rec.id),
+                        &rec.values,
+                    );
+                    row.external_id = l.external_id;
+                    row.error_message = "the record no longer matches the sync's domain".into();
+                    row.actor = "engine".into();
+                    self.log(tx, row).await?;
+                }
+                continue;
+            }
+            tx.enqueue(&NewOutbox {
+                sync: t.code.to_string(),
+                local_id: rec.id,
+                action: action.to_string(),
+                payload: json!({"version": rec.version, "values": rec.values}),
+            })
+            .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Applies a local edit (records API) and fans it out to every sync of the model.
+    pub async fn apply_local(&self, model_name: &str, op: LocalOp) -> Result<Record, ApplyError> {
+        let plan = self.plan();
+        let model = plan
+            .models
+            .get(model_name)
+            .ok_or_else(|| ApplyError::UnknownModel(model_name.to_string()))?;
+        let mut tx = self.store.begin().await?;
+        let (rec, action) = match op {
+            LocalOp::Create(values) => {
+                let values = model.coerce_values(&values, true).map_err(invalid)?;
+                (tx.insert_record(model_name, &values).await?, "create")
+            }
+            LocalOp::Update(id, patch) => {
+                let patch = model.coerce_values(&patch, false).map_err(invalid)?;
+                let current = tx
+                    .get_record(model_name, id)
+                    .await?
+                    .filter(|r| !r.deleted)
+                    .ok_or_else(|| ApplyError::UnknownRecord(model_name.to_string(), id))?;
+                let mut values = current.values.clone();
+                values.extend(patch);
+                if values == current.values {
+                    return Ok(current);
+                }
+                let rec = tx
+                    .update_record(model_name, id, &values)
+                    .await?
+                    .ok_or_else(|| ApplyError::UnknownRecord(model_name.to_string(), id))?;
+                (rec, "update")
+            }
+            LocalOp::Delete(id) => {
+                let rec = tx
+                    .delete_record(model_name, id)
+                    .await?
+                    .ok_or_else(|| ApplyError::UnknownRecord(model_name.to_string(), id))?;
+                (rec, "delete")
+            }
+        };
+        let n = self.fan_out(&mut tx, &plan, None, &rec, action).await?;
+        tx.commit().await?;
+        if n > 0 {
+            self.wake();
+        }
+        Ok(rec)
+    }
+}

@@ -1,0 +1,130 @@
+//! The engine: the only writer of records, links, outbox entries and change-control rows.
+//! Inbound changes, local edits and outbox deliveries all go through here.
+
+mod apply;
+mod outbox;
+
+pub use apply::{Applied, ApplyError, InboundOp, LocalOp};
+pub use outbox::Outcome;
+
+use crate::domain::Plan;
+use crate::store::{NewChange, Store, StoreError, Tx};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+
+/// Tunables of the engine (from the server settings).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Write success rows to the change-control log (failures are always written).
+    pub change_log: bool,
+    /// Delivery attempts before an entry is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay; doubled per attempt, with jitter, capped at `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// This process's name in claims (several instances may share a database).
+    pub instance: String,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            change_log: true,
+            max_attempts: 8,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            instance: format!("recsync-{}", std::process::id()),
+        }
+    }
+}
+
+/// Who caused a change, for the change-control log.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub actor: String,
+    pub run_id: Option<i64>,
+    pub modified_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Ctx {
+    pub fn actor(actor: impl Into<String>) -> Self {
+        Ctx {
+            actor: actor.into(),
+            run_id: None,
+            modified_at: None,
+        }
+    }
+}
+
+/// The engine, shared by the HTTP layer, workers and commands.
+pub struct Engine {
+    pub store: Store,
+    plan: RwLock<Arc<Plan>>,
+    pub opts: EngineOptions,
+    wake: Notify,
+    http: reqwest::Client,
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Engine {
+    pub fn new(store: Store, plan: Plan, opts: EngineOptions) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("recsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("HTTP client");
+        Engine {
+            store,
+            plan: RwLock::new(Arc::new(plan)),
+            opts,
+            wake: Notify::new(),
+            http,
+            limits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The plan in force.
+    pub fn plan(&self) -> Arc<Plan> {
+        self.plan.read().expect("plan lock").clone()
+    }
+
+    /// Replaces the plan (hot reload).
+    pub fn set_plan(&self, plan: Plan) {
+        *self.plan.write().expect("plan lock") = Arc::new(plan);
+        self.limits.lock().expect("limits lock").clear();
+    }
+
+    /// Wakes the outbox workers after new entries were committed.
+    pub fn wake(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Writes a change-control row, unless it is a success row and the log is off.
+    async fn log(&self, tx: &mut Tx, row: NewChange) -> Result<(), StoreError> {
+        if self.opts.change_log || row.status != crate::store::LogStatus::Success {
+            tx.log_change(&row).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a change-control row on its own (failed requests, delivery attempts).
+    pub async fn log_alone(&self, row: NewChange) -> Result<(), StoreError> {
+        if self.opts.change_log || row.status != crate::store::LogStatus::Success {
+            self.store.log_change(&row).await?;
+        }
+        Ok(())
+    }
+
+    /// The concurrency bound of a web service.
+    fn limit_for(&self, service: &str, permits: usize) -> Arc<Semaphore> {
+        self.limits
+            .lock()
+            .expect("limits lock")
+            .entry(service.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(permits.max(1))))
+            .clone()
+    }
+}

@@ -1,0 +1,522 @@
+//! The JSON API under `/api/v1`: local records (read and write) and the outbox. Errors are
+//! `{"error": code, "message": sentence}`; a 5xx never carries database text.
+
+use super::auth::{Caller, authenticate};
+use super::body::{BodyError, read_limited};
+use crate::app::AppState;
+use crate::config::Scope;
+use crate::domain::FieldType;
+use crate::domain::filter::domain_from_json;
+use crate::engine::{ApplyError, LocalOp};
+use crate::store::{Record, StoreError};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/api/v1/models/{model}/records",
+        web::get().to(list_records),
+    )
+    .route(
+        "/api/v1/models/{model}/records",
+        web::post().to(create_record),
+    )
+    .route(
+        "/api/v1/models/{model}/records/{id}",
+        web::get().to(get_record),
+    )
+    .route(
+        "/api/v1/models/{model}/records/{id}",
+        web::patch().to(update_record),
+    )
+    .route(
+        "/api/v1/models/{model}/records/{id}",
+        web::delete().to(delete_record),
+    )
+    .route("/api/v1/outbox", web::get().to(list_outbox))
+    .route("/api/v1/outbox/{id}/retry", web::post().to(retry_outbox))
+    .route(
+        "/api/v1/outbox/{id}/discard",
+        web::post().to(discard_outbox),
+    );
+}
+
+/// An API error.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(json!({"error": self.code, "message": self.message}))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "Store error while serving the API");
+        if e.is_unavailable() {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the store is unavailable; try again",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the request could not be completed",
+            )
+        }
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        let status = super::sync::apply_status(&e);
+        let code = match status.as_u16() {
+            404 => "not_found",
+            422 => "invalid",
+            403 => "forbidden",
+            409 => "conflict",
+            503 => "unavailable",
+            _ => "internal",
+        };
+        match e {
+            ApplyError::Store(s) => s.into(),
+            other => ApiError::new(status, code, other.to_string()),
+        }
+    }
+}
+
+type ApiResult = Result<HttpResponse, ApiError>;
+
+fn respond(r: ApiResult) -> HttpResponse {
+    r.unwrap_or_else(|e| e.response())
+}
+
+fn caller(req: &HttpRequest, state: &AppState, need: &Scope) -> Result<Caller, ApiError> {
+    let c = authenticate(req, &state.settings.api_keys)
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.message()))?;
+    let ok = match need {
+        Scope::Read => c.can_read(),
+        other => c.can(other),
+    };
+    if ok {
+        Ok(c)
+    } else {
+        let name = match need {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Operate => "operate",
+            _ => "admin",
+        };
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the key `{}` does not have scope `{name}`", c.name),
+        ))
+    }
+}
+
+/// A record as the API shows it: its fields, flat, with `id`, `version` and timestamps.
+fn record_json(r: &Record) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(r.id));
+    for (k, v) in &r.values {
+        m.insert(k.clone(), v.clone());
+    }
+    m.insert("version".into(), json!(r.version));
+    m.insert("created_at".into(), json!(r.created_at));
+    m.insert("updated_at".into(), json!(r.updated_at));
+    Value::Object(m)
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    domain: Option<String>,
+    limit: Option<i64>,
+    after: Option<i64>,
+    expand: Option<String>,
+}
+
+async fn list_records(
+    req: HttpRequest,
+    path: web::Path<String>,
+    q: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Read)?;
+            let plan = state.engine.plan();
+            let model_name = path.into_inner();
+            let model = plan.models.get(&model_name).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("unknown model `{model_name}`"),
+                )
+            })?;
+            let domain = match &q.domain {
+                None => crate::domain::Domain::All,
+                Some(text) => {
+                    let v: Value = serde_json::from_str(text).map_err(|_| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            "`domain` is not valid JSON",
+                        )
+                    })?;
+                    domain_from_json(&v, |f| model.field_type(f)).map_err(|e| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            format!("invalid `domain`: {e}"),
+                        )
+                    })?
+                }
+            };
+            let limit = q.limit.unwrap_or(100).clamp(1, 1000) as usize;
+            let mut after = q.after.unwrap_or(0);
+            let mut out = Vec::new();
+            let mut more = false;
+            'scan: loop {
+                let page = state
+                    .engine
+                    .store
+                    .list_records(&model.name, after, 500)
+                    .await?;
+                if page.is_empty() {
+                    break;
+                }
+                for r in &page {
+                    after = r.id;
+                    if domain.matches(&r.values) {
+                        if out.len() == limit {
+                            more = true;
+                            break 'scan;
+                        }
+                        out.push(r.clone());
+                    }
+                }
+            }
+            let expand: Vec<&str> = q
+                .expand
+                .as_deref()
+                .map(|e| {
+                    e.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut records = Vec::with_capacity(out.len());
+            for r in &out {
+                let mut j = record_json(r);
+                for f in &expand {
+                    let Some(ty) = model.fields.get(*f).map(|f| f.ty.clone()) else {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            format!("cannot expand `{f}`: not a field of `{}`", model.name),
+                        ));
+                    };
+                    let Some(related) = ty.related_model() else {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            format!("cannot expand `{f}`: not a relational field"),
+                        ));
+                    };
+                    let ids: Vec<i64> = match r.values.get(*f) {
+                        Some(Value::Array(a)) => a.iter().filter_map(Value::as_i64).collect(),
+                        Some(v) => v.as_i64().into_iter().collect(),
+                        None => vec![],
+                    };
+                    let mut rel = Vec::new();
+                    for id in ids {
+                        if let Some(rr) = state
+                            .engine
+                            .store
+                            .get_record(related, id)
+                            .await?
+                            .filter(|x| !x.deleted)
+                        {
+                            rel.push(record_json(&rr));
+                        }
+                    }
+                    j[*f] = if matches!(ty, FieldType::Many2one(_)) {
+                        rel.into_iter().next().unwrap_or(Value::Null)
+                    } else {
+                        Value::Array(rel)
+                    };
+                }
+                records.push(j);
+            }
+            let next = if more {
+                out.last().map(|r| json!(r.id)).unwrap_or(Value::Null)
+            } else {
+                Value::Null
+            };
+            Ok(HttpResponse::Ok().json(json!({"records": records, "next_after": next})))
+        }
+        .await,
+    )
+}
+
+async fn get_record(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Read)?;
+            let (model, id) = path.into_inner();
+            let id = parse_id(&id)?;
+            known_model(&state, &model)?;
+            let r = state
+                .engine
+                .store
+                .get_record(&model, id)
+                .await?
+                .filter(|r| !r.deleted);
+            let r = r.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no `{model}` record with id {id}"),
+                )
+            })?;
+            Ok(HttpResponse::Ok().json(record_json(&r)))
+        }
+        .await,
+    )
+}
+
+fn parse_id(s: &str) -> Result<i64, ApiError> {
+    s.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("`{s}` is not a record id"),
+        )
+    })
+}
+
+fn known_model(state: &AppState, model: &str) -> Result<(), ApiError> {
+    if state.engine.plan().models.contains_key(model) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("unknown model `{model}`"),
+        ))
+    }
+}
+
+async fn json_body(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+) -> Result<Map<String, Value>, ApiError> {
+    let bytes = read_limited(req, body, state.settings.body_limit)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(l) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {l} bytes"),
+            ),
+            BodyError::Unreadable(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
+        })?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the body must be a JSON object of field values",
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+async fn create_record(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Write)?;
+            let model = path.into_inner();
+            known_model(&state, &model)?;
+            let values = json_body(&req, body, &state).await?;
+            let rec = state
+                .engine
+                .apply_local(&model, LocalOp::Create(values))
+                .await?;
+            Ok(HttpResponse::Created().json(record_json(&rec)))
+        }
+        .await,
+    )
+}
+
+async fn update_record(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Write)?;
+            let (model, id) = path.into_inner();
+            let id = parse_id(&id)?;
+            known_model(&state, &model)?;
+            let values = json_body(&req, body, &state).await?;
+            let rec = state
+                .engine
+                .apply_local(&model, LocalOp::Update(id, values))
+                .await?;
+            Ok(HttpResponse::Ok().json(record_json(&rec)))
+        }
+        .await,
+    )
+}
+
+async fn delete_record(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Write)?;
+            let (model, id) = path.into_inner();
+            let id = parse_id(&id)?;
+            known_model(&state, &model)?;
+            let rec = state
+                .engine
+                .apply_local(&model, LocalOp::Delete(id))
+                .await?;
+            Ok(HttpResponse::Ok()
+                .json(json!({"id": rec.id, "deleted": true, "version": rec.version})))
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+struct OutboxQuery {
+    status: Option<String>,
+    sync: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_outbox(
+    req: HttpRequest,
+    q: web::Query<OutboxQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Read)?;
+            if let Some(s) = &q.status
+                && !["pending", "inflight", "done", "dead", "discarded"].contains(&s.as_str())
+            {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("unknown status `{s}`: use pending, inflight, done, dead or discarded"),
+                ));
+            }
+            let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+            let entries = state
+                .engine
+                .store
+                .list_outbox(
+                    q.status.as_deref(),
+                    q.sync.as_deref(),
+                    q.after.unwrap_or(0),
+                    limit,
+                )
+                .await?;
+            let next = if entries.len() as i64 == limit {
+                entries.last().map(|e| json!(e.id))
+            } else {
+                None
+            };
+            Ok(HttpResponse::Ok().json(json!({"entries": entries, "next_after": next})))
+        }
+        .await,
+    )
+}
+
+async fn retry_outbox(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Operate)?;
+            let id = parse_id(&path.into_inner())?;
+            if state.engine.store.outbox_requeue(id).await? {
+                state.engine.wake();
+                Ok(HttpResponse::Ok().json(json!({"id": id, "status": "pending"})))
+            } else {
+                Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no dead or discarded outbox entry {id}"),
+                ))
+            }
+        }
+        .await,
+    )
+}
+
+async fn discard_outbox(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Operate)?;
+            let id = parse_id(&path.into_inner())?;
+            if state.engine.store.outbox_discard(id).await? {
+                Ok(HttpResponse::Ok().json(json!({"id": id, "status": "discarded"})))
+            } else {
+                Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no pending or dead outbox entry {id}"),
+                ))
+            }
+        }
+        .await,
+    )
+}

@@ -1,0 +1,299 @@
+//! Real-time inbound: `POST /sync/<CODE>/create`, `PUT` and `DELETE /sync/<CODE>/<id>`.
+//! Every answer is the JSON-RPC envelope; every request that reaches a sync is logged.
+
+use super::auth::{AuthError, authenticate};
+use super::body::{BodyError, parse_values, read_limited};
+use crate::app::AppState;
+use crate::engine::{ApplyError, Ctx, InboundOp};
+use crate::store::{LogAction, LogDirection, LogStatus, NewChange};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/sync/{code}/create", web::post().to(create))
+        .route("/sync/{code}/{external_id}", web::put().to(update))
+        .route("/sync/{code}/{external_id}", web::delete().to(remove));
+}
+
+/// The JSON-RPC envelope every answer uses.
+pub fn envelope(status: StatusCode, error: &str) -> HttpResponse {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "result": {"status": if status.is_success() { "success" } else { "failed" }, "error_message": error},
+    });
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(body.to_string())
+}
+
+enum Kind {
+    Create,
+    Update(String),
+    Delete(String),
+}
+
+async fn create(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    handle(req, path.into_inner(), Kind::Create, body, state).await
+}
+
+async fn update(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (code, id) = path.into_inner();
+    handle(req, code, Kind::Update(id), body, state).await
+}
+
+async fn remove(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (code, id) = path.into_inner();
+    handle(req, code, Kind::Delete(id), body, state).await
+}
+
+/// A failure before or during apply: its status, message, and whether to log it.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+async fn handle(
+    req: HttpRequest,
+    code: String,
+    kind: Kind,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let engine = &state.engine;
+    let plan = engine.plan();
+    let Some(sync) = plan.sync(&code) else {
+        return envelope(StatusCode::NOT_FOUND, &format!("unknown sync `{code}`"));
+    };
+    let caller = match authenticate(&req, &state.settings.api_keys) {
+        Ok(c) => c,
+        Err(e) => {
+            let r = Refusal::new(StatusCode::UNAUTHORIZED, e.message());
+            log_refusal(&state, &code, &kind, "anonymous", &r, None).await;
+            let _ = AuthError::Missing;
+            return envelope(r.status, &r.message);
+        }
+    };
+    if !caller.can_sync(&code) {
+        let r = Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the key `{}` does not have scope `sync:{code}`",
+                caller.name
+            ),
+        );
+        log_refusal(&state, &code, &kind, &caller.name, &r, None).await;
+        return envelope(r.status, &r.message);
+    }
+    // Idempotency: replay the first answer to the same key for 24 hours.
+    let idem = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|k| {
+            (
+                format!("{}:{code}", caller.name),
+                format!("{} {} {}", req.method(), req.path(), k.trim()),
+            )
+        });
+    if let Some((scope, key)) = &idem {
+        let since = chrono::Utc::now() - chrono::Duration::hours(24);
+        match engine.store.idempotent_response(scope, key, since).await {
+            Ok(Some((status, body))) => {
+                return HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+                    .content_type("application/json")
+                    .insert_header(("Idempotent-Replay", "true"))
+                    .body(body);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "Failed to read an idempotency key");
+                return envelope(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store is unavailable; try again",
+                );
+            }
+        }
+    }
+    let bytes = match read_limited(&req, body, state.settings.body_limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let r = body_refusal(e);
+            log_refusal(&state, &code, &kind, &caller.name, &r, None).await;
+            return envelope(r.status, &r.message);
+        }
+    };
+    let op = match &kind {
+        Kind::Delete(id) => InboundOp::Delete {
+            external_id: id.clone(),
+        },
+        Kind::Create | Kind::Update(_) => {
+            let values = match parse_values(&bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    let r = body_refusal(e);
+                    log_refusal(&state, &code, &kind, &caller.name, &r, None).await;
+                    return envelope(r.status, &r.message);
+                }
+            };
+            match &kind {
+                Kind::Update(id) => InboundOp::Upsert {
+                    external_id: Some(id.clone()),
+                    payload: Value::Object(values),
+                    must_exist: true,
+                },
+                _ => InboundOp::Upsert {
+                    external_id: None,
+                    payload: Value::Object(values),
+                    must_exist: false,
+                },
+            }
+        }
+    };
+    let origin = match &op {
+        InboundOp::Upsert { payload, .. } => Some(payload.clone()),
+        InboundOp::Delete { .. } => None,
+    };
+    let ctx = Ctx::actor(caller.name.clone());
+    let result = engine.apply_inbound(&code, op, &ctx).await;
+    let (status, message) = match &result {
+        Ok(_) => (StatusCode::OK, String::new()),
+        Err(e) => {
+            let status = apply_status(e);
+            if status.is_server_error() {
+                tracing::error!(sync = %code, error = ?e, "Failed to apply an inbound change");
+            }
+            (status, e.to_string())
+        }
+    };
+    if let Err(e) = &result {
+        let r = Refusal {
+            status,
+            message: message.clone(),
+        };
+        log_refusal(&state, &code, &kind, &caller.name, &r, origin).await;
+        let _ = (e, sync);
+    }
+    let resp_body = json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "result": {"status": if status.is_success() { "success" } else { "failed" }, "error_message": message},
+    })
+    .to_string();
+    if let Some((scope, key)) = idem
+        && status.as_u16() < 500
+        && let Ok(mut tx) = engine.store.begin().await
+    {
+        if tx
+            .put_idempotent(&scope, &key, status.as_u16(), &resp_body)
+            .await
+            .is_ok()
+        {
+            let _ = tx.commit().await;
+        }
+    }
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(resp_body)
+}
+
+fn body_refusal(e: BodyError) -> Refusal {
+    match e {
+        BodyError::TooLarge(limit) => Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than the limit of {limit} bytes"),
+        ),
+        BodyError::Unreadable(m) => Refusal::new(StatusCode::BAD_REQUEST, m),
+    }
+}
+
+/// The HTTP status for each apply error; every variant is listed.
+pub fn apply_status(e: &ApplyError) -> StatusCode {
+    match e {
+        ApplyError::UnknownSync(_)
+        | ApplyError::UnknownExternalId(..)
+        | ApplyError::UnknownRecord(..)
+        | ApplyError::UnknownModel(_) => StatusCode::NOT_FOUND,
+        ApplyError::NotInbound(_) => StatusCode::FORBIDDEN,
+        ApplyError::Inactive(_) => StatusCode::CONFLICT,
+        ApplyError::Invalid(_) | ApplyError::OutsideDomain(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ApplyError::Store(s) if s.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+        ApplyError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Writes the change-control row of a refused request (the only thing it writes).
+async fn log_refusal(
+    state: &AppState,
+    code: &str,
+    kind: &Kind,
+    actor: &str,
+    r: &Refusal,
+    origin: Option<Value>,
+) {
+    let (action, external_id) = match kind {
+        Kind::Create => (
+            LogAction::Create,
+            origin.as_ref().and_then(|o| {
+                let sync = state.engine.plan();
+                let ext_ref = sync
+                    .sync(code)
+                    .map(|s| s.external_ref.clone())
+                    .unwrap_or_default();
+                o.get(&ext_ref).and_then(crate::domain::mapping::id_text)
+            }),
+        ),
+        Kind::Update(id) => (LogAction::Update, Some(id.clone())),
+        Kind::Delete(id) => (LogAction::Delete, Some(id.clone())),
+    };
+    let message = if r.status.is_server_error() {
+        "the change could not be stored".to_string()
+    } else {
+        r.message.clone()
+    };
+    let row = NewChange {
+        sync: code.to_string(),
+        direction: LogDirection::ExternalToLocal,
+        action,
+        external_id,
+        local_id: None,
+        name: format!("Refused {} call", action.as_str()),
+        title: String::new(),
+        origin_values: origin.unwrap_or(json!({})),
+        destination_values: json!({}),
+        modified_at: None,
+        synced_at: None,
+        status: LogStatus::Failed,
+        error_message: format!("HTTP {}: {message}", r.status.as_u16()),
+        run_id: None,
+        actor: actor.to_string(),
+    };
+    if let Err(e) = state.engine.log_alone(row).await {
+        tracing::error!(error = %e, "Failed to write the change-control row of a refused request");
+    }
+}
