@@ -46,10 +46,13 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
     },
-    /// Run the embedded demo on SQLite with mappings/demo.toml
+    /// Run the embedded demo: SQLite, mappings/demo.toml and an in-process reference peer
     Demo {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8071")]
         listen: String,
+        /// Where the in-process peer listens
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8072")]
+        peer_listen: String,
     },
     /// Check the configuration (exit 0 when valid, 78 when not)
     Validate {
@@ -91,15 +94,40 @@ pub enum Command {
     Peer {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8072")]
         listen: String,
+        /// Require this key on protocol calls (header api_key, X-Api-Key or Bearer)
+        #[arg(long, env = "PEER_API_KEY")]
+        api_key: Option<String>,
+        /// The field holding a record's id in payloads
+        #[arg(long, default_value = "unique_id")]
+        id_field: String,
+        /// recsync's base URL, to call /sync/... back when the peer's records change
+        #[arg(long, value_name = "URL")]
+        callback_url: Option<String>,
+        /// The key the peer sends to recsync
+        #[arg(long, env = "PEER_CALLBACK_KEY")]
+        callback_key: Option<String>,
+        /// collection=SYNC_CODE pairs for call backs, e.g. contacts=CON
+        #[arg(long = "sync", value_name = "COLLECTION=CODE")]
+        syncs: Vec<String>,
+        /// Seed the demo's sample companies and contacts
+        #[arg(long)]
+        seed: bool,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxAction {
-    List,
-    Retry {
-        id: i64,
+    /// List entries (default: dead letters)
+    List {
+        /// pending, inflight, done, dead, discarded or all
+        #[arg(long, default_value = "dead")]
+        status: String,
+        #[arg(long)]
+        sync: Option<String>,
     },
+    /// Send a dead-lettered entry again
+    Retry { id: i64 },
+    /// Send every dead-lettered entry of a sync again
     RetryAll {
         #[arg(long)]
         sync: String,
@@ -138,11 +166,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         } => keys_new(&name, &scopes),
         Command::Migrate => migrate(&cli.global).await,
         Command::Serve { listen } => serve(&cli.global, listen).await,
-        Command::Demo { listen } => demo(&cli.global, &listen).await,
+        Command::Demo { listen, peer_listen } => demo(&cli.global, &listen, &peer_listen).await,
         Command::Run { .. } => not_yet("run", "the cron engine"),
         Command::Log { .. } => not_yet("log", "the change-control tooling"),
-        Command::Outbox { .. } => not_yet("outbox", "the real-time sync work (the durable outbox)"),
-        Command::Peer { .. } => not_yet("peer", "the real-time sync work (the reference peer)"),
+        Command::Outbox { action } => outbox(&cli.global, action).await,
+        Command::Peer { listen, api_key, id_field, callback_url, callback_key, syncs, seed } => {
+            peer(PeerArgs { listen, api_key, id_field, callback_url, callback_key, syncs, seed }).await
+        }
     }
 }
 
@@ -317,27 +347,55 @@ async fn serve(g: &GlobalArgs, listen: Option<String>) -> ExitCode {
 /// The embedded demo mapping, so `demo` works from any folder.
 const DEMO_MAPPING: &str = include_str!("../mappings/demo.toml");
 
-async fn demo(g: &GlobalArgs, listen: &str) -> ExitCode {
+/// Environment variables set by the program, over the process environment.
+struct Layered(std::collections::HashMap<String, String>);
+
+impl config::Env for Layered {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned().or_else(|| std::env::var(name).ok())
+    }
+}
+
+fn new_key() -> String {
+    use base64::Engine as _;
+    format!("rsk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>()))
+}
+
+async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
     crate::telemetry::init(config::LogFormat::Pretty);
-    let plan = match config::compile_texts(&[("mappings/demo.toml", DEMO_MAPPING)], &ProcessEnv) {
+    let peer_listener = match std::net::TcpListener::bind(peer_listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: the demo peer cannot listen on {peer_listen}: {e} (choose another with --peer-listen)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let peer_url = format!("http://{}", peer_listener.local_addr().expect("bound"));
+    let peer_key = new_key();
+    let env = Layered(std::collections::HashMap::from([
+        ("RECSYNC_PEER_URL".to_string(), peer_url.clone()),
+        ("PEER_API_KEY".to_string(), peer_key.clone()),
+    ]));
+    let plan = match config::compile_texts(&[("mappings/demo.toml", DEMO_MAPPING)], &env) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{}", e.render());
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let callback_key = new_key();
+    let user_key = new_key();
     let mut settings = config::Settings::default();
-    let db = g
-        .database_url
-        .clone()
-        .unwrap_or_else(|| "sqlite://recsync-demo.db".to_string());
+    let db = g.database_url.clone().unwrap_or_else(|| "sqlite://recsync-demo.db".to_string());
     settings.database_url = secrecy::SecretString::from(db);
+    settings.api_keys = vec![
+        config::ApiKey { name: "peer".into(), sha256: config::settings::hash_key(&callback_key), scopes: vec![Scope::AllSyncs] },
+        config::ApiKey { name: "demo".into(), sha256: config::settings::hash_key(&user_key), scopes: vec![Scope::Admin] },
+    ];
     match listen.parse() {
         Ok(addr) => settings.listen = addr,
         Err(_) => {
-            eprintln!(
-                "error: invalid --listen address `{listen}`: use host:port, such as 127.0.0.1:8071"
-            );
+            eprintln!("error: invalid --listen address `{listen}`: use host:port, such as 127.0.0.1:8071");
             return ExitCode::from(2);
         }
     }
@@ -350,19 +408,180 @@ async fn demo(g: &GlobalArgs, listen: &str) -> ExitCode {
         }
     };
     let base = format!("http://127.0.0.1:{}", app.port());
-    println!("recsync demo is running (database {shown}, mapping mappings/demo.toml).");
-    println!("  Health:    {base}/healthz");
-    println!("  Readiness: {base}/readyz");
-    println!("Try:\n  curl -s {base}/readyz");
-    println!("This build serves the probes over the demo configuration; the reference peer,");
-    println!(
-        "live sync and the web UI are added by the upcoming real-time and UI work. Ctrl-C stops."
-    );
-    match app.run_until_stopped().await {
-        Ok(()) => ExitCode::SUCCESS,
+    let peer = match crate::peer::Peer::from_listener(
+        peer_listener,
+        crate::peer::PeerOptions {
+            listen: peer_listen.to_string(),
+            api_key: Some(peer_key),
+            id_field: "unique_id".into(),
+            callback: Some(crate::peer::Callback {
+                url: base.clone(),
+                key: callback_key,
+                syncs: [("contacts".to_string(), "CON".to_string()), ("companies".to_string(), "COMP".to_string())].into(),
+            }),
+        },
+    ) {
+        Ok(p) => p,
         Err(e) => {
+            eprintln!("error: the demo peer could not start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let peer_state = peer.state.clone();
+    let peer_handle = peer.handle();
+    tokio::spawn(peer.run());
+    let engine = app.engine();
+    let serving = tokio::spawn(app.run_until_stopped());
+    // The peer's sample data arrives through its call backs, companies first.
+    for (coll, mut values) in crate::peer::demo_seed() {
+        let id = values.remove("id").and_then(|v| crate::domain::mapping::id_text(&v));
+        peer_state.upsert(coll, id, values).await;
+    }
+    let first = engine.store.list_records("contact", 0, 1).await.ok().and_then(|r| r.first().map(|r| r.id)).unwrap_or(1);
+    println!("recsync demo is running (database {shown}, mapping mappings/demo.toml).");
+    println!("  recsync API:  {base}/api/v1   (key: {user_key})");
+    println!("  Health:       {base}/healthz");
+    println!("  Readiness:    {base}/readyz");
+    println!("  Peer records: {peer_url}/peer/contacts/records");
+    println!();
+    println!("Try these (they work as printed):");
+    println!("  curl -s -H 'X-Api-Key: {user_key}' '{base}/api/v1/models/contact/records?expand=company'");
+    println!(
+        "  curl -s -X PATCH -H 'X-Api-Key: {user_key}' -H 'Content-Type: application/json' -d '{{\"phone\": \"+34 600 111 222\"}}' {base}/api/v1/models/contact/records/{first}"
+    );
+    println!("  curl -s {peer_url}/peer/contacts/records");
+    println!(
+        "  curl -s -X POST -H 'Content-Type: application/json' -d '{{\"full_name\": \"Eva Núñez\", \"is_customer\": true, \"company_id\": \"501\"}}' {peer_url}/peer/contacts/records"
+    );
+    println!();
+    println!("Edits through the records API reach the peer; edits in the peer reach recsync. Ctrl-C stops.");
+    let result = serving.await;
+    peer_handle.stop(true).await;
+    match result {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+struct PeerArgs {
+    listen: String,
+    api_key: Option<String>,
+    id_field: String,
+    callback_url: Option<String>,
+    callback_key: Option<String>,
+    syncs: Vec<String>,
+    seed: bool,
+}
+
+async fn peer(a: PeerArgs) -> ExitCode {
+    crate::telemetry::init(config::LogFormat::Pretty);
+    let mut syncs = std::collections::HashMap::new();
+    for s in &a.syncs {
+        match s.split_once('=') {
+            Some((coll, code)) if !coll.is_empty() && !code.is_empty() => {
+                syncs.insert(coll.to_string(), code.to_string());
+            }
+            _ => {
+                eprintln!("error: --sync expects COLLECTION=CODE, such as contacts=CON; got `{s}`");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let callback = match (a.callback_url, a.callback_key) {
+        (Some(url), Some(key)) => Some(crate::peer::Callback { url, key, syncs }),
+        (Some(_), None) => {
+            eprintln!("error: --callback-url needs --callback-key (or PEER_CALLBACK_KEY)");
+            return ExitCode::from(2);
+        }
+        _ => None,
+    };
+    let opts = crate::peer::PeerOptions { listen: a.listen.clone(), api_key: a.api_key, id_field: a.id_field, callback };
+    let peer = match crate::peer::Peer::bind(opts) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: the peer cannot listen on {}: {e}", a.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = peer.state.clone();
+    let url = peer.url();
+    let handle = peer.handle();
+    let server = tokio::spawn(peer.run());
+    if a.seed {
+        for (coll, mut values) in crate::peer::demo_seed() {
+            let id = values.remove("id").and_then(|v| crate::domain::mapping::id_text(&v));
+            state.upsert(coll, id, values).await;
+        }
+    }
+    println!("recsync peer is listening on {url} (admin API under /peer, protocol under /api). Ctrl-C stops.");
+    let _ = tokio::signal::ctrl_c().await;
+    handle.stop(true).await;
+    let _ = server.await;
+    ExitCode::SUCCESS
+}
+
+async fn outbox(g: &GlobalArgs, action: Option<OutboxAction>) -> ExitCode {
+    let loaded = match load(g, None) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    use secrecy::ExposeSecret;
+    let store = match crate::store::Store::connect(loaded.settings.database_url.expose_secret()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot open {}: {e}", loaded.settings.database_display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = store.migrate().await {
+        eprintln!("error: migrating the database failed: {e}");
+        return ExitCode::FAILURE;
+    }
+    let action = action.unwrap_or(OutboxAction::List { status: "dead".into(), sync: None });
+    let result: Result<ExitCode, crate::store::StoreError> = async {
+        match action {
+            OutboxAction::List { status, sync } => {
+                let status = (status != "all").then_some(status);
+                let entries = store.list_outbox(status.as_deref(), sync.as_deref(), 0, 1000).await?;
+                if entries.is_empty() {
+                    println!("No outbox entries match.");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                println!("{:>6}  {:<10} {:>8}  {:<7} {:<9} {:>3}  LAST ERROR", "ID", "SYNC", "LOCAL", "ACTION", "STATUS", "TRY");
+                for e in entries {
+                    let err = e.last_error.unwrap_or_default();
+                    let err: String = err.chars().take(60).collect();
+                    println!("{:>6}  {:<10} {:>8}  {:<7} {:<9} {:>3}  {}", e.id, e.sync, e.local_id, e.action, e.status, e.attempts, err);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            OutboxAction::Retry { id } => {
+                if store.outbox_requeue(id).await? {
+                    println!("Outbox entry {id} is queued again; a running `recsync serve` delivers it.");
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    eprintln!("error: no dead or discarded outbox entry {id}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+            OutboxAction::RetryAll { sync } => {
+                let n = store.outbox_requeue_all(&sync).await?;
+                println!("{n} dead-lettered entr{} of sync {sync} queued again.", if n == 1 { "y" } else { "ies" });
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+    .await;
+    store.close().await;
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
 }

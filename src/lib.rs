@@ -11,5 +11,6 @@ pub mod connectors;
 pub mod domain;
 pub mod engine;
 pub mod http;
+pub mod peer;
 pub mod store;
 pub mod telemetry;

@@ -1,0 +1,527 @@
+//! `recsync peer`: the reference external system. It serves the cron and send protocol
+//! (`/api/<collection>/fetch`, `/confirm`, `/ship`), the real-time endpoint style
+//! (`POST /api/<collection>`, `PUT`/`DELETE /api/<collection>/<id>`), an admin API to edit its
+//! own records (`/peer/<collection>/records`), failure injection (`/peer/faults`), and can
+//! call recsync's `/sync/...` back when its records change. Records live in memory.
+
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where and how the peer calls recsync back.
+#[derive(Debug, Clone)]
+pub struct Callback {
+    /// recsync's base URL, e.g. `http://127.0.0.1:8071`.
+    pub url: String,
+    /// The key sent in the `api_key` header.
+    pub key: String,
+    /// collection -> sync code.
+    pub syncs: HashMap<String, String>,
+}
+
+/// How to run the peer.
+#[derive(Debug, Clone, Default)]
+pub struct PeerOptions {
+    pub listen: String,
+    /// When set, protocol calls must carry this key (`api_key`, `X-Api-Key` or Bearer).
+    pub api_key: Option<String>,
+    /// The field holding a record's id in payloads (the syncs' `external_ref`).
+    pub id_field: String,
+    pub callback: Option<Callback>,
+}
+
+/// Failure injection for the protocol endpoints (not the admin API).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Faults {
+    /// Fraction of calls answered with 503, 0.0 to 1.0.
+    pub error_rate: f64,
+    /// The next N calls fail with `fail_status`.
+    pub fail_next: u32,
+    /// Status of `fail_next` failures (default 503).
+    pub fail_status: Option<u16>,
+    /// Added to every call.
+    pub latency_ms: u64,
+    /// The next N calls get 429 with `Retry-After: retry_after`.
+    pub rate_limit_next: u32,
+    pub retry_after: u64,
+    /// The next N calls get a 200 whose body is not JSON.
+    pub malformed_next: u32,
+}
+
+/// A delivery the peer received.
+#[derive(Debug, Clone, Serialize)]
+pub struct Received {
+    pub via: &'static str,
+    pub action: String,
+    pub id: Option<String>,
+    pub values: Value,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Pending {
+    action: &'static str,
+    id: String,
+}
+
+#[derive(Default)]
+struct Collection {
+    records: BTreeMap<String, Map<String, Value>>,
+    /// Changes made on the peer's side, waiting to be pulled and confirmed.
+    changes: VecDeque<Pending>,
+    received: Vec<Received>,
+}
+
+/// The peer's shared state.
+pub struct PeerState {
+    opts: PeerOptions,
+    inner: Mutex<Inner>,
+    http: reqwest::Client,
+}
+
+#[derive(Default)]
+struct Inner {
+    collections: HashMap<String, Collection>,
+    faults: Faults,
+    next_id: u64,
+}
+
+/// A running peer.
+pub struct Peer {
+    pub port: u16,
+    pub state: Arc<PeerState>,
+    server: actix_web::dev::Server,
+}
+
+impl Peer {
+    /// Binds and prepares the peer; serve it with [`Peer::run`] (or spawn that).
+    pub fn bind(opts: PeerOptions) -> std::io::Result<Peer> {
+        let listener = TcpListener::bind(&opts.listen)?;
+        Peer::from_listener(listener, opts)
+    }
+
+    /// Serves on a listener bound beforehand (so its port can be known first).
+    pub fn from_listener(listener: TcpListener, opts: PeerOptions) -> std::io::Result<Peer> {
+        let port = listener.local_addr()?.port();
+        let state = Arc::new(PeerState {
+            opts,
+            inner: Mutex::new(Inner { next_id: 1000, ..Default::default() }),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client"),
+        });
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
+            .listen(listener)?
+            .disable_signals()
+            .workers(2)
+            .run();
+        Ok(Peer { port, state, server })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn run(self) -> std::io::Result<()> {
+        self.server.await
+    }
+
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/peer/healthz", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }))
+        .route("/peer/faults", web::get().to(get_faults))
+        .route("/peer/faults", web::put().to(put_faults))
+        .route("/peer/{coll}/records", web::get().to(admin_list))
+        .route("/peer/{coll}/records", web::post().to(admin_create))
+        .route("/peer/{coll}/records/{id}", web::get().to(admin_get))
+        .route("/peer/{coll}/records/{id}", web::put().to(admin_update))
+        .route("/peer/{coll}/records/{id}", web::delete().to(admin_delete))
+        .route("/peer/{coll}/received", web::get().to(admin_received))
+        .route("/api/{coll}/fetch", web::post().to(fetch))
+        .route("/api/{coll}/confirm", web::post().to(confirm))
+        .route("/api/{coll}/ship", web::post().to(ship))
+        .route("/api/{coll}", web::post().to(rt_create))
+        .route("/api/{coll}/{id}", web::put().to(rt_update))
+        .route("/api/{coll}/{id}", web::delete().to(rt_delete));
+}
+
+impl PeerState {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.inner.lock().expect("peer lock"))
+    }
+
+    /// Adds or replaces a record on the peer's side (as a user of the external system would),
+    /// queues it for pulls and calls recsync back. Returns its id.
+    pub async fn upsert(&self, coll: &str, id: Option<String>, values: Map<String, Value>) -> String {
+        let (id, created, values) = self.with(|inner| {
+            let id = id.unwrap_or_else(|| {
+                inner.next_id += 1;
+                inner.next_id.to_string()
+            });
+            let c = inner.collections.entry(coll.to_string()).or_default();
+            let created = !c.records.contains_key(&id);
+            let rec = c.records.entry(id.clone()).or_default();
+            rec.extend(values);
+            rec.insert(self.opts.id_field.clone(), Value::String(id.clone()));
+            let snapshot = rec.clone();
+            c.changes.push_back(Pending { action: if created { "insert" } else { "update" }, id: id.clone() });
+            (id, created, snapshot)
+        });
+        self.call_back(coll, if created { "create" } else { "update" }, &id, Some(values)).await;
+        id
+    }
+
+    /// Deletes a record on the peer's side; false if it did not exist.
+    pub async fn remove(&self, coll: &str, id: &str) -> bool {
+        let existed = self.with(|inner| {
+            let c = inner.collections.entry(coll.to_string()).or_default();
+            let existed = c.records.remove(id).is_some();
+            if existed {
+                c.changes.push_back(Pending { action: "delete", id: id.to_string() });
+            }
+            existed
+        });
+        if existed {
+            self.call_back(coll, "delete", id, None).await;
+        }
+        existed
+    }
+
+    /// A record's values.
+    pub fn record(&self, coll: &str, id: &str) -> Option<Map<String, Value>> {
+        self.with(|inner| inner.collections.get(coll).and_then(|c| c.records.get(id).cloned()))
+    }
+
+    /// Every record of a collection, by id.
+    pub fn records(&self, coll: &str) -> BTreeMap<String, Map<String, Value>> {
+        self.with(|inner| inner.collections.get(coll).map(|c| c.records.clone()).unwrap_or_default())
+    }
+
+    /// Deliveries received on a collection, in order.
+    pub fn received(&self, coll: &str) -> Vec<Received> {
+        self.with(|inner| inner.collections.get(coll).map(|c| c.received.clone()).unwrap_or_default())
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        self.with(|inner| inner.faults = f);
+    }
+
+    async fn call_back(&self, coll: &str, action: &str, id: &str, values: Option<Map<String, Value>>) {
+        let Some(cb) = &self.opts.callback else { return };
+        let Some(code) = cb.syncs.get(coll) else { return };
+        let base = cb.url.trim_end_matches('/');
+        let req = match action {
+            "create" => self.http.post(format!("{base}/sync/{code}/create")).json(&values.unwrap_or_default()),
+            "update" => self.http.put(format!("{base}/sync/{code}/{id}")).json(&values.unwrap_or_default()),
+            _ => self.http.delete(format!("{base}/sync/{code}/{id}")),
+        };
+        match req.header("api_key", &cb.key).send().await {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                tracing::warn!(collection = coll, id, %status, body, "recsync refused the peer's call back");
+            }
+            Err(e) => tracing::warn!(collection = coll, id, error = %e, "The peer could not call recsync back"),
+        }
+    }
+
+    fn authorised(&self, req: &HttpRequest) -> bool {
+        let Some(expected) = &self.opts.api_key else { return true };
+        let h = req.headers();
+        let given = h
+            .get("api_key")
+            .or_else(|| h.get("x-api-key"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| h.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string));
+        given.as_deref() == Some(expected.as_str())
+    }
+
+    /// Applies the fault switches; `Some` is the answer to give instead of the real one.
+    async fn fault(&self, req: &HttpRequest) -> Option<HttpResponse> {
+        if !self.authorised(req) {
+            return Some(HttpResponse::Unauthorized().json(json!({"status": "failed", "error_message": "bad api key"})));
+        }
+        let (latency, answer) = self.with(|inner| {
+            let f = &mut inner.faults;
+            let latency = f.latency_ms;
+            let answer = if f.rate_limit_next > 0 {
+                f.rate_limit_next -= 1;
+                Some(HttpResponse::TooManyRequests()
+                    .insert_header(("Retry-After", f.retry_after.to_string()))
+                    .content_type("text/plain")
+                    .body("Too Many Requests"))
+            } else if f.fail_next > 0 {
+                f.fail_next -= 1;
+                let status = StatusCode::from_u16(f.fail_status.unwrap_or(503)).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                Some(HttpResponse::build(status).json(json!({"status": "failed", "error_message": "injected failure"})))
+            } else if f.error_rate > 0.0 && rand::random::<f64>() < f.error_rate {
+                Some(HttpResponse::ServiceUnavailable().json(json!({"status": "failed", "error_message": "injected failure"})))
+            } else if f.malformed_next > 0 {
+                f.malformed_next -= 1;
+                Some(HttpResponse::Ok().content_type("text/html").body("<html>not json"))
+            } else {
+                None
+            };
+            (latency, answer)
+        });
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        answer
+    }
+
+    fn receive(&self, coll: &str, r: Received) {
+        self.with(|inner| inner.collections.entry(coll.to_string()).or_default().received.push(r));
+    }
+
+    /// Stores values sent by recsync (no call back: that would be an echo).
+    fn store_sent(&self, coll: &str, id: Option<&str>, values: &Map<String, Value>, create: bool) -> Option<String> {
+        self.with(|inner| {
+            let id = match (id, create) {
+                (_, true) => {
+                    inner.next_id += 1;
+                    inner.next_id.to_string()
+                }
+                (Some(id), false) => id.to_string(),
+                (None, false) => return None,
+            };
+            let c = inner.collections.entry(coll.to_string()).or_default();
+            if !create && !c.records.contains_key(&id) {
+                return None;
+            }
+            let rec = c.records.entry(id.clone()).or_default();
+            rec.extend(values.clone());
+            rec.insert(self.opts.id_field.clone(), Value::String(id.clone()));
+            Some(id)
+        })
+    }
+}
+
+async fn get_faults(state: web::Data<PeerState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.with(|i| i.faults.clone()))
+}
+
+async fn put_faults(state: web::Data<PeerState>, body: web::Json<Faults>) -> HttpResponse {
+    state.set_faults(body.into_inner());
+    HttpResponse::Ok().json(state.with(|i| i.faults.clone()))
+}
+
+fn with_id(id: &str, values: Map<String, Value>) -> Value {
+    let mut v = values;
+    v.insert("id".into(), Value::String(id.to_string()));
+    Value::Object(v)
+}
+
+async fn admin_list(state: web::Data<PeerState>, path: web::Path<String>) -> HttpResponse {
+    let recs: Vec<Value> = state.records(&path).into_iter().map(|(id, v)| with_id(&id, v)).collect();
+    HttpResponse::Ok().json(json!({"records": recs}))
+}
+
+async fn admin_get(state: web::Data<PeerState>, path: web::Path<(String, String)>) -> HttpResponse {
+    let (coll, id) = path.into_inner();
+    match state.record(&coll, &id) {
+        Some(v) => HttpResponse::Ok().json(with_id(&id, v)),
+        None => HttpResponse::NotFound().json(json!({"error": "not_found"})),
+    }
+}
+
+async fn admin_create(state: web::Data<PeerState>, path: web::Path<String>, body: web::Json<Map<String, Value>>) -> HttpResponse {
+    let mut values = body.into_inner();
+    let id = values.remove("id").and_then(|v| crate::domain::mapping::id_text(&v));
+    let id = state.upsert(&path, id, values).await;
+    HttpResponse::Created().json(json!({"id": id}))
+}
+
+async fn admin_update(state: web::Data<PeerState>, path: web::Path<(String, String)>, body: web::Json<Map<String, Value>>) -> HttpResponse {
+    let (coll, id) = path.into_inner();
+    if state.record(&coll, &id).is_none() {
+        return HttpResponse::NotFound().json(json!({"error": "not_found"}));
+    }
+    state.upsert(&coll, Some(id.clone()), body.into_inner()).await;
+    HttpResponse::Ok().json(json!({"id": id}))
+}
+
+async fn admin_delete(state: web::Data<PeerState>, path: web::Path<(String, String)>) -> HttpResponse {
+    let (coll, id) = path.into_inner();
+    if state.remove(&coll, &id).await {
+        HttpResponse::Ok().json(json!({"id": id, "deleted": true}))
+    } else {
+        HttpResponse::NotFound().json(json!({"error": "not_found"}))
+    }
+}
+
+async fn admin_received(state: web::Data<PeerState>, path: web::Path<String>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"received": state.received(&path)}))
+}
+
+#[derive(Deserialize)]
+struct FetchBody {
+    limit: Option<usize>,
+}
+
+async fn fetch(req: HttpRequest, state: web::Data<PeerState>, path: web::Path<String>, body: web::Json<FetchBody>) -> HttpResponse {
+    if let Some(r) = state.fault(&req).await {
+        return r;
+    }
+    let limit = body.limit.unwrap_or(100).max(1);
+    let content: Vec<Value> = state.with(|inner| {
+        let c = inner.collections.entry(path.to_string()).or_default();
+        c.changes
+            .iter()
+            .take(limit)
+            .map(|p| {
+                let values = match p.action {
+                    "delete" => json!({ state.opts.id_field.clone(): p.id }),
+                    _ => Value::Object(c.records.get(&p.id).cloned().unwrap_or_default()),
+                };
+                json!({"action": p.action, "values": values, "external_id": p.id})
+            })
+            .collect()
+    });
+    HttpResponse::Ok().json(json!({"status": "success", "error_message": "", "content": content}))
+}
+
+#[derive(Deserialize)]
+struct ConfirmBody {
+    #[serde(default)]
+    content: Vec<ConfirmItem>,
+}
+
+#[derive(Deserialize)]
+struct ConfirmItem {
+    external_id: Value,
+}
+
+async fn confirm(req: HttpRequest, state: web::Data<PeerState>, path: web::Path<String>, body: web::Json<ConfirmBody>) -> HttpResponse {
+    if let Some(r) = state.fault(&req).await {
+        return r;
+    }
+    let ids: Vec<String> = body.content.iter().filter_map(|i| crate::domain::mapping::id_text(&i.external_id)).collect();
+    state.with(|inner| {
+        let c = inner.collections.entry(path.to_string()).or_default();
+        // A confirmed change (success or failed) leaves the queue; the first match per id.
+        for id in &ids {
+            if let Some(pos) = c.changes.iter().position(|p| &p.id == id) {
+                c.changes.remove(pos);
+            }
+        }
+    });
+    HttpResponse::Ok().json(json!({"status": "success", "error_message": false}))
+}
+
+#[derive(Deserialize)]
+struct ShipBody {
+    action: String,
+    #[serde(default)]
+    values: Map<String, Value>,
+    external_id: Option<Value>,
+}
+
+async fn ship(req: HttpRequest, state: web::Data<PeerState>, path: web::Path<String>, body: web::Json<ShipBody>) -> HttpResponse {
+    if let Some(r) = state.fault(&req).await {
+        return r;
+    }
+    let coll = path.into_inner();
+    let b = body.into_inner();
+    let ext = b.external_id.as_ref().and_then(crate::domain::mapping::id_text);
+    let (answer, id) = match b.action.as_str() {
+        "create" => {
+            let id = state.store_sent(&coll, None, &b.values, true);
+            (json!({"status": "success", "error_message": false, "external_id": id}), id)
+        }
+        "update" => match state.store_sent(&coll, ext.as_deref(), &b.values, false) {
+            Some(id) => (json!({"status": "success", "error_message": false}), Some(id)),
+            None => (json!({"status": "failed", "error_message": "unknown external_id"}), ext.clone()),
+        },
+        "delete" => {
+            let existed = ext.as_deref().is_some_and(|id| state.with(|i| i.collections.entry(coll.clone()).or_default().records.remove(id).is_some()));
+            if existed {
+                (json!({"status": "success", "error_message": false}), ext.clone())
+            } else {
+                (json!({"status": "failed", "error_message": "unknown external_id"}), ext.clone())
+            }
+        }
+        other => (json!({"status": "failed", "error_message": format!("unknown action {other}")}), None),
+    };
+    let ok = answer["status"] == "success";
+    state.receive(&coll, Received { via: "ship", action: b.action, id, values: Value::Object(b.values), status: if ok { 200 } else { 422 } });
+    HttpResponse::Ok().json(answer)
+}
+
+async fn rt_create(req: HttpRequest, state: web::Data<PeerState>, path: web::Path<String>, body: web::Json<Map<String, Value>>) -> HttpResponse {
+    if let Some(r) = state.fault(&req).await {
+        return r;
+    }
+    let coll = path.into_inner();
+    let values = body.into_inner();
+    let id = state.store_sent(&coll, None, &values, true).expect("create always has an id");
+    state.receive(&coll, Received { via: "endpoint", action: "create".into(), id: Some(id.clone()), values: Value::Object(values), status: 201 });
+    HttpResponse::Created().json(json!({"id": id}))
+}
+
+async fn rt_update(req: HttpRequest, state: web::Data<PeerState>, path: web::Path<(String, String)>, body: web::Json<Map<String, Value>>) -> HttpResponse {
+    if let Some(r) = state.fault(&req).await {
+        return r;
+    }
+    let (coll, id) = path.into_inner();
+    let values = body.into_inner();
+    let found = state.store_sent(&coll, Some(&id), &values, false).is_some();
+    let status = if found { 200 } else { 404 };
+    state.receive(&coll, Received { via: "endpoint", action: "write".into(), id: Some(id.clone()), values: Value::Object(values), status });
+    if found { HttpResponse::Ok().json(json!({"id": id})) } else { HttpResponse::NotFound().json(json!({"error": "not_found"})) }
+}
+
+async fn rt_delete(req: HttpRequest, state: web::Data<PeerState>, path: web::Path<(String, String)>) -> HttpResponse {
+    if let Some(r) = state.fault(&req).await {
+        return r;
+    }
+    let (coll, id) = path.into_inner();
+    let found = state.with(|i| i.collections.entry(coll.clone()).or_default().records.remove(&id).is_some());
+    state.receive(&coll, Received { via: "endpoint", action: "unlink".into(), id: Some(id.clone()), values: json!({}), status: if found { 200 } else { 404 } });
+    if found { HttpResponse::Ok().json(json!({"id": id, "deleted": true})) } else { HttpResponse::NotFound().json(json!({"error": "not_found"})) }
+}
+
+/// Sample companies and contacts for the demo, in the demo mapping's external field names.
+pub fn demo_seed() -> Vec<(&'static str, Map<String, Value>)> {
+    let obj = |v: Value| v.as_object().cloned().unwrap_or_default();
+    let mut out = vec![
+        ("companies", obj(json!({"id": "501", "name": "Acme Tools", "vat": "ESB12345678", "country": "ES"}))),
+        ("companies", obj(json!({"id": "502", "name": "Globex", "vat": "FR40303265045", "country": "FR"}))),
+    ];
+    for (i, (name, company, status)) in [
+        ("Ana Pérez", "501", "C"),
+        ("Bruno Díaz", "501", "L"),
+        ("Chloé Martin", "502", "C"),
+        ("Dmitri Volkov", "502", "C"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let city = ["Madrid", "Sevilla", "Lyon", "Paris"][i];
+        out.push((
+            "contacts",
+            obj(json!({
+                "id": (748600007347569543u64 + i as u64).to_string(),
+                "full_name": name,
+                "email": format!("{}@example.com", name.split(' ').next().unwrap_or("x").to_lowercase()),
+                "is_customer": true,
+                "company_id": company,
+                "status": status,
+                "address": {"city": city},
+                "visits": (i as i64 + 1) * 3,
+            })),
+        ));
+    }
+    out
+}
