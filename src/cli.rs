@@ -166,12 +166,32 @@ pub async fn run(cli: Cli) -> ExitCode {
         } => keys_new(&name, &scopes),
         Command::Migrate => migrate(&cli.global).await,
         Command::Serve { listen } => serve(&cli.global, listen).await,
-        Command::Demo { listen, peer_listen } => demo(&cli.global, &listen, &peer_listen).await,
+        Command::Demo {
+            listen,
+            peer_listen,
+        } => demo(&cli.global, &listen, &peer_listen).await,
         Command::Run { .. } => not_yet("run", "the cron engine"),
         Command::Log { .. } => not_yet("log", "the change-control tooling"),
         Command::Outbox { action } => outbox(&cli.global, action).await,
-        Command::Peer { listen, api_key, id_field, callback_url, callback_key, syncs, seed } => {
-            peer(PeerArgs { listen, api_key, id_field, callback_url, callback_key, syncs, seed }).await
+        Command::Peer {
+            listen,
+            api_key,
+            id_field,
+            callback_url,
+            callback_key,
+            syncs,
+            seed,
+        } => {
+            peer(PeerArgs {
+                listen,
+                api_key,
+                id_field,
+                callback_url,
+                callback_key,
+                syncs,
+                seed,
+            })
+            .await
         }
     }
 }
@@ -352,13 +372,19 @@ struct Layered(std::collections::HashMap<String, String>);
 
 impl config::Env for Layered {
     fn var(&self, name: &str) -> Option<String> {
-        self.0.get(name).cloned().or_else(|| std::env::var(name).ok())
+        self.0
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
     }
 }
 
 fn new_key() -> String {
     use base64::Engine as _;
-    format!("rsk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>()))
+    format!(
+        "rsk_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>())
+    )
 }
 
 async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
@@ -366,7 +392,9 @@ async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
     let peer_listener = match std::net::TcpListener::bind(peer_listen) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: the demo peer cannot listen on {peer_listen}: {e} (choose another with --peer-listen)");
+            eprintln!(
+                "error: the demo peer cannot listen on {peer_listen}: {e} (choose another with --peer-listen)"
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -386,16 +414,29 @@ async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
     let callback_key = new_key();
     let user_key = new_key();
     let mut settings = config::Settings::default();
-    let db = g.database_url.clone().unwrap_or_else(|| "sqlite://recsync-demo.db".to_string());
+    let db = g
+        .database_url
+        .clone()
+        .unwrap_or_else(|| "sqlite://recsync-demo.db".to_string());
     settings.database_url = secrecy::SecretString::from(db);
     settings.api_keys = vec![
-        config::ApiKey { name: "peer".into(), sha256: config::settings::hash_key(&callback_key), scopes: vec![Scope::AllSyncs] },
-        config::ApiKey { name: "demo".into(), sha256: config::settings::hash_key(&user_key), scopes: vec![Scope::Admin] },
+        config::ApiKey {
+            name: "peer".into(),
+            sha256: config::settings::hash_key(&callback_key),
+            scopes: vec![Scope::AllSyncs],
+        },
+        config::ApiKey {
+            name: "demo".into(),
+            sha256: config::settings::hash_key(&user_key),
+            scopes: vec![Scope::Admin],
+        },
     ];
     match listen.parse() {
         Ok(addr) => settings.listen = addr,
         Err(_) => {
-            eprintln!("error: invalid --listen address `{listen}`: use host:port, such as 127.0.0.1:8071");
+            eprintln!(
+                "error: invalid --listen address `{listen}`: use host:port, such as 127.0.0.1:8071"
+            );
             return ExitCode::from(2);
         }
     }
@@ -417,7 +458,11 @@ async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
             callback: Some(crate::peer::Callback {
                 url: base.clone(),
                 key: callback_key,
-                syncs: [("contacts".to_string(), "CON".to_string()), ("companies".to_string(), "COMP".to_string())].into(),
+                syncs: [
+                    ("contacts".to_string(), "CON".to_string()),
+                    ("companies".to_string(), "COMP".to_string()),
+                ]
+                .into(),
             }),
         },
     ) {
@@ -434,10 +479,18 @@ async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
     let serving = tokio::spawn(app.run_until_stopped());
     // The peer's sample data arrives through its call backs, companies first.
     for (coll, mut values) in crate::peer::demo_seed() {
-        let id = values.remove("id").and_then(|v| crate::domain::mapping::id_text(&v));
+        let id = values
+            .remove("id")
+            .and_then(|v| crate::domain::mapping::id_text(&v));
         peer_state.upsert(coll, id, values).await;
     }
-    let first = engine.store.list_records("contact", 0, 1).await.ok().and_then(|r| r.first().map(|r| r.id)).unwrap_or(1);
+    let first = engine
+        .store
+        .list_records("contact", 0, 1)
+        .await
+        .ok()
+        .and_then(|r| r.first().map(|r| r.id))
+        .unwrap_or(1);
     println!("recsync demo is running (database {shown}, mapping mappings/demo.toml).");
     println!("  recsync API:  {base}/api/v1   (key: {user_key})");
     println!("  Health:       {base}/healthz");
@@ -445,7 +498,9 @@ async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
     println!("  Peer records: {peer_url}/peer/contacts/records");
     println!();
     println!("Try these (they work as printed):");
-    println!("  curl -s -H 'X-Api-Key: {user_key}' '{base}/api/v1/models/contact/records?expand=company'");
+    println!(
+        "  curl -s -H 'X-Api-Key: {user_key}' '{base}/api/v1/models/contact/records?expand=company'"
+    );
     println!(
         "  curl -s -X PATCH -H 'X-Api-Key: {user_key}' -H 'Content-Type: application/json' -d '{{\"phone\": \"+34 600 111 222\"}}' {base}/api/v1/models/contact/records/{first}"
     );
@@ -454,7 +509,9 @@ async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
         "  curl -s -X POST -H 'Content-Type: application/json' -d '{{\"full_name\": \"Eva Núñez\", \"is_customer\": true, \"company_id\": \"501\"}}' {peer_url}/peer/contacts/records"
     );
     println!();
-    println!("Edits through the records API reach the peer; edits in the peer reach recsync. Ctrl-C stops.");
+    println!(
+        "Edits through the records API reach the peer; edits in the peer reach recsync. Ctrl-C stops."
+    );
     let result = serving.await;
     peer_handle.stop(true).await;
     match result {
@@ -502,7 +559,12 @@ async fn peer(a: PeerArgs) -> ExitCode {
         }
         _ => None,
     };
-    let opts = crate::peer::PeerOptions { listen: a.listen.clone(), api_key: a.api_key, id_field: a.id_field, callback };
+    let opts = crate::peer::PeerOptions {
+        listen: a.listen.clone(),
+        api_key: a.api_key,
+        id_field: a.id_field,
+        callback,
+    };
     let peer = match crate::peer::Peer::bind(opts) {
         Ok(p) => p,
         Err(e) => {
@@ -516,11 +578,15 @@ async fn peer(a: PeerArgs) -> ExitCode {
     let server = tokio::spawn(peer.run());
     if a.seed {
         for (coll, mut values) in crate::peer::demo_seed() {
-            let id = values.remove("id").and_then(|v| crate::domain::mapping::id_text(&v));
+            let id = values
+                .remove("id")
+                .and_then(|v| crate::domain::mapping::id_text(&v));
             state.upsert(coll, id, values).await;
         }
     }
-    println!("recsync peer is listening on {url} (admin API under /peer, protocol under /api). Ctrl-C stops.");
+    println!(
+        "recsync peer is listening on {url} (admin API under /peer, protocol under /api). Ctrl-C stops."
+    );
     let _ = tokio::signal::ctrl_c().await;
     handle.stop(true).await;
     let _ = server.await;
@@ -533,38 +599,55 @@ async fn outbox(g: &GlobalArgs, action: Option<OutboxAction>) -> ExitCode {
         Err(code) => return code,
     };
     use secrecy::ExposeSecret;
-    let store = match crate::store::Store::connect(loaded.settings.database_url.expose_secret()).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot open {}: {e}", loaded.settings.database_display());
-            return ExitCode::FAILURE;
-        }
-    };
+    let store =
+        match crate::store::Store::connect(loaded.settings.database_url.expose_secret()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot open {}: {e}",
+                    loaded.settings.database_display()
+                );
+                return ExitCode::FAILURE;
+            }
+        };
     if let Err(e) = store.migrate().await {
         eprintln!("error: migrating the database failed: {e}");
         return ExitCode::FAILURE;
     }
-    let action = action.unwrap_or(OutboxAction::List { status: "dead".into(), sync: None });
+    let action = action.unwrap_or(OutboxAction::List {
+        status: "dead".into(),
+        sync: None,
+    });
     let result: Result<ExitCode, crate::store::StoreError> = async {
         match action {
             OutboxAction::List { status, sync } => {
                 let status = (status != "all").then_some(status);
-                let entries = store.list_outbox(status.as_deref(), sync.as_deref(), 0, 1000).await?;
+                let entries = store
+                    .list_outbox(status.as_deref(), sync.as_deref(), 0, 1000)
+                    .await?;
                 if entries.is_empty() {
                     println!("No outbox entries match.");
                     return Ok(ExitCode::SUCCESS);
                 }
-                println!("{:>6}  {:<10} {:>8}  {:<7} {:<9} {:>3}  LAST ERROR", "ID", "SYNC", "LOCAL", "ACTION", "STATUS", "TRY");
+                println!(
+                    "{:>6}  {:<10} {:>8}  {:<7} {:<9} {:>3}  LAST ERROR",
+                    "ID", "SYNC", "LOCAL", "ACTION", "STATUS", "TRY"
+                );
                 for e in entries {
                     let err = e.last_error.unwrap_or_default();
                     let err: String = err.chars().take(60).collect();
-                    println!("{:>6}  {:<10} {:>8}  {:<7} {:<9} {:>3}  {}", e.id, e.sync, e.local_id, e.action, e.status, e.attempts, err);
+                    println!(
+                        "{:>6}  {:<10} {:>8}  {:<7} {:<9} {:>3}  {}",
+                        e.id, e.sync, e.local_id, e.action, e.status, e.attempts, err
+                    );
                 }
                 Ok(ExitCode::SUCCESS)
             }
             OutboxAction::Retry { id } => {
                 if store.outbox_requeue(id).await? {
-                    println!("Outbox entry {id} is queued again; a running `recsync serve` delivers it.");
+                    println!(
+                        "Outbox entry {id} is queued again; a running `recsync serve` delivers it."
+                    );
                     Ok(ExitCode::SUCCESS)
                 } else {
                     eprintln!("error: no dead or discarded outbox entry {id}");
@@ -573,7 +656,10 @@ async fn outbox(g: &GlobalArgs, action: Option<OutboxAction>) -> ExitCode {
             }
             OutboxAction::RetryAll { sync } => {
                 let n = store.outbox_requeue_all(&sync).await?;
-                println!("{n} dead-lettered entr{} of sync {sync} queued again.", if n == 1 { "y" } else { "ies" });
+                println!(
+                    "{n} dead-lettered entr{} of sync {sync} queued again.",
+                    if n == 1 { "y" } else { "ies" }
+                );
                 Ok(ExitCode::SUCCESS)
             }
         }

@@ -41,9 +41,16 @@ async fn probes_answer_and_hot_reload_keeps_the_last_valid_plan() {
         },
     };
     let loaded = config::load(&paths, &ProcessEnv).unwrap();
-    let app = app::build(loaded.settings, loaded.plan, BuildOptions { watch: true })
-        .await
-        .unwrap();
+    let app = app::build(
+        loaded.settings,
+        loaded.plan,
+        BuildOptions {
+            watch: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
     let server = tokio::spawn(app.run_until_stopped());

@@ -78,12 +78,7 @@ fn transport_error(e: reqwest::Error) -> SendError {
 fn status_error(resp: &reqwest::Response) -> SendError {
     let s = resp.status();
     let reason = format!("the service answered HTTP {}", s.as_u16());
-    if s.as_u16() == 429 {
-        SendError::Retry {
-            reason,
-            after: retry_after(resp),
-        }
-    } else if s.is_server_error() || s.as_u16() == 408 {
+    if s.as_u16() == 429 || s.is_server_error() || s.as_u16() == 408 {
         SendError::Retry {
             reason,
             after: retry_after(resp),

@@ -1,7 +1,7 @@
 //! Real-time inbound: `POST /sync/<CODE>/create`, `PUT` and `DELETE /sync/<CODE>/<id>`.
 //! Every answer is the JSON-RPC envelope; every request that reaches a sync is logged.
 
-use super::auth::{AuthError, authenticate};
+use super::auth::authenticate;
 use super::body::{BodyError, parse_values, read_limited};
 use crate::app::AppState;
 use crate::engine::{ApplyError, Ctx, InboundOp};
@@ -63,7 +63,7 @@ async fn remove(
     handle(req, code, Kind::Delete(id), body, state).await
 }
 
-/// A failure before or during apply: its status, message, and whether to log it.
+/// A refused request: its status and the sentence saying why.
 struct Refusal {
     status: StatusCode,
     message: String,
@@ -87,15 +87,14 @@ async fn handle(
 ) -> HttpResponse {
     let engine = &state.engine;
     let plan = engine.plan();
-    let Some(sync) = plan.sync(&code) else {
+    if plan.sync(&code).is_none() {
         return envelope(StatusCode::NOT_FOUND, &format!("unknown sync `{code}`"));
-    };
+    }
     let caller = match authenticate(&req, &state.settings.api_keys) {
         Ok(c) => c,
         Err(e) => {
             let r = Refusal::new(StatusCode::UNAUTHORIZED, e.message());
             log_refusal(&state, &code, &kind, "anonymous", &r, None).await;
-            let _ = AuthError::Missing;
             return envelope(r.status, &r.message);
         }
     };
@@ -191,13 +190,12 @@ async fn handle(
             (status, e.to_string())
         }
     };
-    if let Err(e) = &result {
+    if result.is_err() {
         let r = Refusal {
             status,
             message: message.clone(),
         };
         log_refusal(&state, &code, &kind, &caller.name, &r, origin).await;
-        let _ = (e, sync);
     }
     let resp_body = json!({
         "jsonrpc": "2.0",
@@ -208,14 +206,12 @@ async fn handle(
     if let Some((scope, key)) = idem
         && status.as_u16() < 500
         && let Ok(mut tx) = engine.store.begin().await
-    {
-        if tx
+        && tx
             .put_idempotent(&scope, &key, status.as_u16(), &resp_body)
             .await
             .is_ok()
-        {
-            let _ = tx.commit().await;
-        }
+    {
+        let _ = tx.commit().await;
     }
     HttpResponse::build(status)
         .content_type("application/json")

@@ -111,8 +111,14 @@ impl Peer {
         let port = listener.local_addr()?.port();
         let state = Arc::new(PeerState {
             opts,
-            inner: Mutex::new(Inner { next_id: 1000, ..Default::default() }),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client"),
+            inner: Mutex::new(Inner {
+                next_id: 1000,
+                ..Default::default()
+            }),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client"),
         });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
@@ -120,7 +126,11 @@ impl Peer {
             .disable_signals()
             .workers(2)
             .run();
-        Ok(Peer { port, state, server })
+        Ok(Peer {
+            port,
+            state,
+            server,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -137,21 +147,24 @@ impl Peer {
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/peer/healthz", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }))
-        .route("/peer/faults", web::get().to(get_faults))
-        .route("/peer/faults", web::put().to(put_faults))
-        .route("/peer/{coll}/records", web::get().to(admin_list))
-        .route("/peer/{coll}/records", web::post().to(admin_create))
-        .route("/peer/{coll}/records/{id}", web::get().to(admin_get))
-        .route("/peer/{coll}/records/{id}", web::put().to(admin_update))
-        .route("/peer/{coll}/records/{id}", web::delete().to(admin_delete))
-        .route("/peer/{coll}/received", web::get().to(admin_received))
-        .route("/api/{coll}/fetch", web::post().to(fetch))
-        .route("/api/{coll}/confirm", web::post().to(confirm))
-        .route("/api/{coll}/ship", web::post().to(ship))
-        .route("/api/{coll}", web::post().to(rt_create))
-        .route("/api/{coll}/{id}", web::put().to(rt_update))
-        .route("/api/{coll}/{id}", web::delete().to(rt_delete));
+    cfg.route(
+        "/peer/healthz",
+        web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
+    )
+    .route("/peer/faults", web::get().to(get_faults))
+    .route("/peer/faults", web::put().to(put_faults))
+    .route("/peer/{coll}/records", web::get().to(admin_list))
+    .route("/peer/{coll}/records", web::post().to(admin_create))
+    .route("/peer/{coll}/records/{id}", web::get().to(admin_get))
+    .route("/peer/{coll}/records/{id}", web::put().to(admin_update))
+    .route("/peer/{coll}/records/{id}", web::delete().to(admin_delete))
+    .route("/peer/{coll}/received", web::get().to(admin_received))
+    .route("/api/{coll}/fetch", web::post().to(fetch))
+    .route("/api/{coll}/confirm", web::post().to(confirm))
+    .route("/api/{coll}/ship", web::post().to(ship))
+    .route("/api/{coll}", web::post().to(rt_create))
+    .route("/api/{coll}/{id}", web::put().to(rt_update))
+    .route("/api/{coll}/{id}", web::delete().to(rt_delete));
 }
 
 impl PeerState {
@@ -161,7 +174,12 @@ impl PeerState {
 
     /// Adds or replaces a record on the peer's side (as a user of the external system would),
     /// queues it for pulls and calls recsync back. Returns its id.
-    pub async fn upsert(&self, coll: &str, id: Option<String>, values: Map<String, Value>) -> String {
+    pub async fn upsert(
+        &self,
+        coll: &str,
+        id: Option<String>,
+        values: Map<String, Value>,
+    ) -> String {
         let (id, created, values) = self.with(|inner| {
             let id = id.unwrap_or_else(|| {
                 inner.next_id += 1;
@@ -173,10 +191,19 @@ impl PeerState {
             rec.extend(values);
             rec.insert(self.opts.id_field.clone(), Value::String(id.clone()));
             let snapshot = rec.clone();
-            c.changes.push_back(Pending { action: if created { "insert" } else { "update" }, id: id.clone() });
+            c.changes.push_back(Pending {
+                action: if created { "insert" } else { "update" },
+                id: id.clone(),
+            });
             (id, created, snapshot)
         });
-        self.call_back(coll, if created { "create" } else { "update" }, &id, Some(values)).await;
+        self.call_back(
+            coll,
+            if created { "create" } else { "update" },
+            &id,
+            Some(values),
+        )
+        .await;
         id
     }
 
@@ -186,7 +213,10 @@ impl PeerState {
             let c = inner.collections.entry(coll.to_string()).or_default();
             let existed = c.records.remove(id).is_some();
             if existed {
-                c.changes.push_back(Pending { action: "delete", id: id.to_string() });
+                c.changes.push_back(Pending {
+                    action: "delete",
+                    id: id.to_string(),
+                });
             }
             existed
         });
@@ -198,30 +228,63 @@ impl PeerState {
 
     /// A record's values.
     pub fn record(&self, coll: &str, id: &str) -> Option<Map<String, Value>> {
-        self.with(|inner| inner.collections.get(coll).and_then(|c| c.records.get(id).cloned()))
+        self.with(|inner| {
+            inner
+                .collections
+                .get(coll)
+                .and_then(|c| c.records.get(id).cloned())
+        })
     }
 
     /// Every record of a collection, by id.
     pub fn records(&self, coll: &str) -> BTreeMap<String, Map<String, Value>> {
-        self.with(|inner| inner.collections.get(coll).map(|c| c.records.clone()).unwrap_or_default())
+        self.with(|inner| {
+            inner
+                .collections
+                .get(coll)
+                .map(|c| c.records.clone())
+                .unwrap_or_default()
+        })
     }
 
     /// Deliveries received on a collection, in order.
     pub fn received(&self, coll: &str) -> Vec<Received> {
-        self.with(|inner| inner.collections.get(coll).map(|c| c.received.clone()).unwrap_or_default())
+        self.with(|inner| {
+            inner
+                .collections
+                .get(coll)
+                .map(|c| c.received.clone())
+                .unwrap_or_default()
+        })
     }
 
     pub fn set_faults(&self, f: Faults) {
         self.with(|inner| inner.faults = f);
     }
 
-    async fn call_back(&self, coll: &str, action: &str, id: &str, values: Option<Map<String, Value>>) {
-        let Some(cb) = &self.opts.callback else { return };
-        let Some(code) = cb.syncs.get(coll) else { return };
+    async fn call_back(
+        &self,
+        coll: &str,
+        action: &str,
+        id: &str,
+        values: Option<Map<String, Value>>,
+    ) {
+        let Some(cb) = &self.opts.callback else {
+            return;
+        };
+        let Some(code) = cb.syncs.get(coll) else {
+            return;
+        };
         let base = cb.url.trim_end_matches('/');
         let req = match action {
-            "create" => self.http.post(format!("{base}/sync/{code}/create")).json(&values.unwrap_or_default()),
-            "update" => self.http.put(format!("{base}/sync/{code}/{id}")).json(&values.unwrap_or_default()),
+            "create" => self
+                .http
+                .post(format!("{base}/sync/{code}/create"))
+                .json(&values.unwrap_or_default()),
+            "update" => self
+                .http
+                .put(format!("{base}/sync/{code}/{id}"))
+                .json(&values.unwrap_or_default()),
             _ => self.http.delete(format!("{base}/sync/{code}/{id}")),
         };
         match req.header("api_key", &cb.key).send().await {
@@ -231,45 +294,70 @@ impl PeerState {
                 let body = r.text().await.unwrap_or_default();
                 tracing::warn!(collection = coll, id, %status, body, "recsync refused the peer's call back");
             }
-            Err(e) => tracing::warn!(collection = coll, id, error = %e, "The peer could not call recsync back"),
+            Err(e) => {
+                tracing::warn!(collection = coll, id, error = %e, "The peer could not call recsync back")
+            }
         }
     }
 
     fn authorised(&self, req: &HttpRequest) -> bool {
-        let Some(expected) = &self.opts.api_key else { return true };
+        let Some(expected) = &self.opts.api_key else {
+            return true;
+        };
         let h = req.headers();
         let given = h
             .get("api_key")
             .or_else(|| h.get("x-api-key"))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
-            .or_else(|| h.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string));
+            .or_else(|| {
+                h.get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::to_string)
+            });
         given.as_deref() == Some(expected.as_str())
     }
 
     /// Applies the fault switches; `Some` is the answer to give instead of the real one.
     async fn fault(&self, req: &HttpRequest) -> Option<HttpResponse> {
         if !self.authorised(req) {
-            return Some(HttpResponse::Unauthorized().json(json!({"status": "failed", "error_message": "bad api key"})));
+            return Some(
+                HttpResponse::Unauthorized()
+                    .json(json!({"status": "failed", "error_message": "bad api key"})),
+            );
         }
         let (latency, answer) = self.with(|inner| {
             let f = &mut inner.faults;
             let latency = f.latency_ms;
             let answer = if f.rate_limit_next > 0 {
                 f.rate_limit_next -= 1;
-                Some(HttpResponse::TooManyRequests()
-                    .insert_header(("Retry-After", f.retry_after.to_string()))
-                    .content_type("text/plain")
-                    .body("Too Many Requests"))
+                Some(
+                    HttpResponse::TooManyRequests()
+                        .insert_header(("Retry-After", f.retry_after.to_string()))
+                        .content_type("text/plain")
+                        .body("Too Many Requests"),
+                )
             } else if f.fail_next > 0 {
                 f.fail_next -= 1;
-                let status = StatusCode::from_u16(f.fail_status.unwrap_or(503)).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                Some(HttpResponse::build(status).json(json!({"status": "failed", "error_message": "injected failure"})))
+                let status = StatusCode::from_u16(f.fail_status.unwrap_or(503))
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                Some(
+                    HttpResponse::build(status)
+                        .json(json!({"status": "failed", "error_message": "injected failure"})),
+                )
             } else if f.error_rate > 0.0 && rand::random::<f64>() < f.error_rate {
-                Some(HttpResponse::ServiceUnavailable().json(json!({"status": "failed", "error_message": "injected failure"})))
+                Some(
+                    HttpResponse::ServiceUnavailable()
+                        .json(json!({"status": "failed", "error_message": "injected failure"})),
+                )
             } else if f.malformed_next > 0 {
                 f.malformed_next -= 1;
-                Some(HttpResponse::Ok().content_type("text/html").body("<html>not json"))
+                Some(
+                    HttpResponse::Ok()
+                        .content_type("text/html")
+                        .body("<html>not json"),
+                )
             } else {
                 None
             };
@@ -282,11 +370,24 @@ impl PeerState {
     }
 
     fn receive(&self, coll: &str, r: Received) {
-        self.with(|inner| inner.collections.entry(coll.to_string()).or_default().received.push(r));
+        self.with(|inner| {
+            inner
+                .collections
+                .entry(coll.to_string())
+                .or_default()
+                .received
+                .push(r)
+        });
     }
 
     /// Stores values sent by recsync (no call back: that would be an echo).
-    fn store_sent(&self, coll: &str, id: Option<&str>, values: &Map<String, Value>, create: bool) -> Option<String> {
+    fn store_sent(
+        &self,
+        coll: &str,
+        id: Option<&str>,
+        values: &Map<String, Value>,
+        create: bool,
+    ) -> Option<String> {
         self.with(|inner| {
             let id = match (id, create) {
                 (_, true) => {
@@ -324,7 +425,11 @@ fn with_id(id: &str, values: Map<String, Value>) -> Value {
 }
 
 async fn admin_list(state: web::Data<PeerState>, path: web::Path<String>) -> HttpResponse {
-    let recs: Vec<Value> = state.records(&path).into_iter().map(|(id, v)| with_id(&id, v)).collect();
+    let recs: Vec<Value> = state
+        .records(&path)
+        .into_iter()
+        .map(|(id, v)| with_id(&id, v))
+        .collect();
     HttpResponse::Ok().json(json!({"records": recs}))
 }
 
@@ -336,23 +441,38 @@ async fn admin_get(state: web::Data<PeerState>, path: web::Path<(String, String)
     }
 }
 
-async fn admin_create(state: web::Data<PeerState>, path: web::Path<String>, body: web::Json<Map<String, Value>>) -> HttpResponse {
+async fn admin_create(
+    state: web::Data<PeerState>,
+    path: web::Path<String>,
+    body: web::Json<Map<String, Value>>,
+) -> HttpResponse {
     let mut values = body.into_inner();
-    let id = values.remove("id").and_then(|v| crate::domain::mapping::id_text(&v));
+    let id = values
+        .remove("id")
+        .and_then(|v| crate::domain::mapping::id_text(&v));
     let id = state.upsert(&path, id, values).await;
     HttpResponse::Created().json(json!({"id": id}))
 }
 
-async fn admin_update(state: web::Data<PeerState>, path: web::Path<(String, String)>, body: web::Json<Map<String, Value>>) -> HttpResponse {
+async fn admin_update(
+    state: web::Data<PeerState>,
+    path: web::Path<(String, String)>,
+    body: web::Json<Map<String, Value>>,
+) -> HttpResponse {
     let (coll, id) = path.into_inner();
     if state.record(&coll, &id).is_none() {
         return HttpResponse::NotFound().json(json!({"error": "not_found"}));
     }
-    state.upsert(&coll, Some(id.clone()), body.into_inner()).await;
+    state
+        .upsert(&coll, Some(id.clone()), body.into_inner())
+        .await;
     HttpResponse::Ok().json(json!({"id": id}))
 }
 
-async fn admin_delete(state: web::Data<PeerState>, path: web::Path<(String, String)>) -> HttpResponse {
+async fn admin_delete(
+    state: web::Data<PeerState>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
     let (coll, id) = path.into_inner();
     if state.remove(&coll, &id).await {
         HttpResponse::Ok().json(json!({"id": id, "deleted": true}))
@@ -370,7 +490,12 @@ struct FetchBody {
     limit: Option<usize>,
 }
 
-async fn fetch(req: HttpRequest, state: web::Data<PeerState>, path: web::Path<String>, body: web::Json<FetchBody>) -> HttpResponse {
+async fn fetch(
+    req: HttpRequest,
+    state: web::Data<PeerState>,
+    path: web::Path<String>,
+    body: web::Json<FetchBody>,
+) -> HttpResponse {
     if let Some(r) = state.fault(&req).await {
         return r;
     }
@@ -403,11 +528,20 @@ struct ConfirmItem {
     external_id: Value,
 }
 
-async fn confirm(req: HttpRequest, state: web::Data<PeerState>, path: web::Path<String>, body: web::Json<ConfirmBody>) -> HttpResponse {
+async fn confirm(
+    req: HttpRequest,
+    state: web::Data<PeerState>,
+    path: web::Path<String>,
+    body: web::Json<ConfirmBody>,
+) -> HttpResponse {
     if let Some(r) = state.fault(&req).await {
         return r;
     }
-    let ids: Vec<String> = body.content.iter().filter_map(|i| crate::domain::mapping::id_text(&i.external_id)).collect();
+    let ids: Vec<String> = body
+        .content
+        .iter()
+        .filter_map(|i| crate::domain::mapping::id_text(&i.external_id))
+        .collect();
     state.with(|inner| {
         let c = inner.collections.entry(path.to_string()).or_default();
         // A confirmed change (success or failed) leaves the queue; the first match per id.
@@ -428,49 +562,114 @@ struct ShipBody {
     external_id: Option<Value>,
 }
 
-async fn ship(req: HttpRequest, state: web::Data<PeerState>, path: web::Path<String>, body: web::Json<ShipBody>) -> HttpResponse {
+async fn ship(
+    req: HttpRequest,
+    state: web::Data<PeerState>,
+    path: web::Path<String>,
+    body: web::Json<ShipBody>,
+) -> HttpResponse {
     if let Some(r) = state.fault(&req).await {
         return r;
     }
     let coll = path.into_inner();
     let b = body.into_inner();
-    let ext = b.external_id.as_ref().and_then(crate::domain::mapping::id_text);
+    let ext = b
+        .external_id
+        .as_ref()
+        .and_then(crate::domain::mapping::id_text);
     let (answer, id) = match b.action.as_str() {
         "create" => {
             let id = state.store_sent(&coll, None, &b.values, true);
-            (json!({"status": "success", "error_message": false, "external_id": id}), id)
+            (
+                json!({"status": "success", "error_message": false, "external_id": id}),
+                id,
+            )
         }
         "update" => match state.store_sent(&coll, ext.as_deref(), &b.values, false) {
-            Some(id) => (json!({"status": "success", "error_message": false}), Some(id)),
-            None => (json!({"status": "failed", "error_message": "unknown external_id"}), ext.clone()),
+            Some(id) => (
+                json!({"status": "success", "error_message": false}),
+                Some(id),
+            ),
+            None => (
+                json!({"status": "failed", "error_message": "unknown external_id"}),
+                ext.clone(),
+            ),
         },
         "delete" => {
-            let existed = ext.as_deref().is_some_and(|id| state.with(|i| i.collections.entry(coll.clone()).or_default().records.remove(id).is_some()));
+            let existed = ext.as_deref().is_some_and(|id| {
+                state.with(|i| {
+                    i.collections
+                        .entry(coll.clone())
+                        .or_default()
+                        .records
+                        .remove(id)
+                        .is_some()
+                })
+            });
             if existed {
-                (json!({"status": "success", "error_message": false}), ext.clone())
+                (
+                    json!({"status": "success", "error_message": false}),
+                    ext.clone(),
+                )
             } else {
-                (json!({"status": "failed", "error_message": "unknown external_id"}), ext.clone())
+                (
+                    json!({"status": "failed", "error_message": "unknown external_id"}),
+                    ext.clone(),
+                )
             }
         }
-        other => (json!({"status": "failed", "error_message": format!("unknown action {other}")}), None),
+        other => (
+            json!({"status": "failed", "error_message": format!("unknown action {other}")}),
+            None,
+        ),
     };
     let ok = answer["status"] == "success";
-    state.receive(&coll, Received { via: "ship", action: b.action, id, values: Value::Object(b.values), status: if ok { 200 } else { 422 } });
+    state.receive(
+        &coll,
+        Received {
+            via: "ship",
+            action: b.action,
+            id,
+            values: Value::Object(b.values),
+            status: if ok { 200 } else { 422 },
+        },
+    );
     HttpResponse::Ok().json(answer)
 }
 
-async fn rt_create(req: HttpRequest, state: web::Data<PeerState>, path: web::Path<String>, body: web::Json<Map<String, Value>>) -> HttpResponse {
+async fn rt_create(
+    req: HttpRequest,
+    state: web::Data<PeerState>,
+    path: web::Path<String>,
+    body: web::Json<Map<String, Value>>,
+) -> HttpResponse {
     if let Some(r) = state.fault(&req).await {
         return r;
     }
     let coll = path.into_inner();
     let values = body.into_inner();
-    let id = state.store_sent(&coll, None, &values, true).expect("create always has an id");
-    state.receive(&coll, Received { via: "endpoint", action: "create".into(), id: Some(id.clone()), values: Value::Object(values), status: 201 });
+    let id = state
+        .store_sent(&coll, None, &values, true)
+        .expect("create always has an id");
+    state.receive(
+        &coll,
+        Received {
+            via: "endpoint",
+            action: "create".into(),
+            id: Some(id.clone()),
+            values: Value::Object(values),
+            status: 201,
+        },
+    );
     HttpResponse::Created().json(json!({"id": id}))
 }
 
-async fn rt_update(req: HttpRequest, state: web::Data<PeerState>, path: web::Path<(String, String)>, body: web::Json<Map<String, Value>>) -> HttpResponse {
+async fn rt_update(
+    req: HttpRequest,
+    state: web::Data<PeerState>,
+    path: web::Path<(String, String)>,
+    body: web::Json<Map<String, Value>>,
+) -> HttpResponse {
     if let Some(r) = state.fault(&req).await {
         return r;
     }
@@ -478,26 +677,69 @@ async fn rt_update(req: HttpRequest, state: web::Data<PeerState>, path: web::Pat
     let values = body.into_inner();
     let found = state.store_sent(&coll, Some(&id), &values, false).is_some();
     let status = if found { 200 } else { 404 };
-    state.receive(&coll, Received { via: "endpoint", action: "write".into(), id: Some(id.clone()), values: Value::Object(values), status });
-    if found { HttpResponse::Ok().json(json!({"id": id})) } else { HttpResponse::NotFound().json(json!({"error": "not_found"})) }
+    state.receive(
+        &coll,
+        Received {
+            via: "endpoint",
+            action: "write".into(),
+            id: Some(id.clone()),
+            values: Value::Object(values),
+            status,
+        },
+    );
+    if found {
+        HttpResponse::Ok().json(json!({"id": id}))
+    } else {
+        HttpResponse::NotFound().json(json!({"error": "not_found"}))
+    }
 }
 
-async fn rt_delete(req: HttpRequest, state: web::Data<PeerState>, path: web::Path<(String, String)>) -> HttpResponse {
+async fn rt_delete(
+    req: HttpRequest,
+    state: web::Data<PeerState>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
     if let Some(r) = state.fault(&req).await {
         return r;
     }
     let (coll, id) = path.into_inner();
-    let found = state.with(|i| i.collections.entry(coll.clone()).or_default().records.remove(&id).is_some());
-    state.receive(&coll, Received { via: "endpoint", action: "unlink".into(), id: Some(id.clone()), values: json!({}), status: if found { 200 } else { 404 } });
-    if found { HttpResponse::Ok().json(json!({"id": id, "deleted": true})) } else { HttpResponse::NotFound().json(json!({"error": "not_found"})) }
+    let found = state.with(|i| {
+        i.collections
+            .entry(coll.clone())
+            .or_default()
+            .records
+            .remove(&id)
+            .is_some()
+    });
+    state.receive(
+        &coll,
+        Received {
+            via: "endpoint",
+            action: "unlink".into(),
+            id: Some(id.clone()),
+            values: json!({}),
+            status: if found { 200 } else { 404 },
+        },
+    );
+    if found {
+        HttpResponse::Ok().json(json!({"id": id, "deleted": true}))
+    } else {
+        HttpResponse::NotFound().json(json!({"error": "not_found"}))
+    }
 }
 
 /// Sample companies and contacts for the demo, in the demo mapping's external field names.
 pub fn demo_seed() -> Vec<(&'static str, Map<String, Value>)> {
     let obj = |v: Value| v.as_object().cloned().unwrap_or_default();
     let mut out = vec![
-        ("companies", obj(json!({"id": "501", "name": "Acme Tools", "vat": "ESB12345678", "country": "ES"}))),
-        ("companies", obj(json!({"id": "502", "name": "Globex", "vat": "FR40303265045", "country": "FR"}))),
+        (
+            "companies",
+            obj(json!({"id": "501", "name": "Acme Tools", "vat": "ESB12345678", "country": "ES"})),
+        ),
+        (
+            "companies",
+            obj(json!({"id": "502", "name": "Globex", "vat": "FR40303265045", "country": "FR"})),
+        ),
     ];
     for (i, (name, company, status)) in [
         ("Ana Pérez", "501", "C"),

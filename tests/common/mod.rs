@@ -2,6 +2,8 @@
 //! `RECSYNC_TEST_DATABASE_URL` points at a server (each test gets its own database).
 #![allow(dead_code)]
 
+pub mod harness;
+
 use recsync::store::Store;
 
 /// A test database; keeps its temporary folder alive, or names the Postgres database to drop.

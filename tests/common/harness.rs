@@ -1,0 +1,270 @@
+//! A running recsync (in-process, real HTTP) wired to an in-process reference peer.
+#![allow(dead_code)]
+
+use super::TestDb;
+use recsync::app::{self, BuildOptions};
+use recsync::config::{self, ApiKey, Scope, settings::hash_key};
+use recsync::engine::Engine;
+use recsync::peer::{Callback, Peer, PeerOptions, PeerState};
+use std::sync::Arc;
+
+pub const CRM_KEY: &str = "MGNN4Q4JI6Z3I8J1ROT2F3QK7CESDP16";
+pub const READ_KEY: &str = "reader-key-0123456789";
+pub const ADMIN_KEY: &str = "admin-key-0123456789";
+pub const PEER_KEY: &str = "peer-protocol-key-0123";
+
+/// The test mapping. `@PEER@` is replaced by the peer's URL.
+pub const MAPPING: &str = r#"
+[models.company]
+display = "name"
+fields = { name = { type = "char", required = true }, vat = "char" }
+
+[models.contact]
+display = "name"
+[models.contact.fields]
+name     = { type = "char", required = true }
+email    = "char"
+customer = "boolean"
+company  = { type = "many2one", model = "company" }
+stage    = { type = "selection", values = ["lead", "customer", "lost"] }
+visits   = "integer"
+city     = "char"
+
+[web_services.crm]
+shipping_url = "@PEER@/api/crm/ship"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+
+[web_services.erp]
+shipping_url = "@PEER@/api/erp/ship"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+timeout = "5s"
+
+[web_services.shop]
+auth = { mode = "bearer", token = "peer-protocol-key-0123" }
+
+[external_models.crm_contact]
+[external_models.crm_contact.fields]
+unique_id  = "char"
+name       = "char"
+email      = "char"
+is_customer = "boolean"
+company_id = "char"
+status     = "char"
+visits     = "integer"
+address    = "json"
+
+[external_models.crm_company]
+fields = { unique_id = "char", name = "char", vat = "char" }
+
+[syncs.COMP]
+model = "company"
+external_model = "crm_company"
+web_service = "crm"
+direction = "to_local"
+mode = "realtime"
+external_ref = "unique_id"
+fields = [{ local = "name", external = "name" }, { local = "vat", external = "vat" }]
+
+[syncs.CON]
+model = "contact"
+external_model = "crm_contact"
+web_service = "crm"
+direction = "bidirectional"
+mode = "realtime"
+propagate_deletes = true
+external_ref = "unique_id"
+fields = [
+  { local = "name",     external = "name" },
+  { local = "email",    external = "email" },
+  { local = "customer", external = "is_customer" },
+  { local = "company",  external = "company_id", ref_sync = "COMP" },
+  { local = "stage",    external = "status", map = { lead = "L", customer = "C", lost = "X" } },
+  { local = "visits",   external = "visits" },
+  { local = "city",     external = "$.address.city" },
+]
+
+[syncs.ERP]
+model = "contact"
+external_model = "crm_contact"
+web_service = "erp"
+direction = "to_external"
+mode = "realtime"
+propagate_deletes = true
+domain = [["customer", "=", true]]
+external_ref = "unique_id"
+fields = [
+  { local = "name",     external = "name" },
+  { local = "email",    external = "email" },
+  { local = "customer", external = "is_customer" },
+]
+
+[syncs.SHOP]
+model = "contact"
+external_model = "crm_contact"
+web_service = "shop"
+direction = "to_external"
+mode = "realtime"
+propagate_deletes = true
+domain = [["stage", "=", "customer"]]
+external_ref = "unique_id"
+fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
+
+[[syncs.SHOP.endpoints]]
+action = "create"
+method = "POST"
+url = "@PEER@/api/shop"
+response_id = "$.id"
+
+[[syncs.SHOP.endpoints]]
+action = "write"
+method = "PUT"
+url = "@PEER@/api/shop/{external_id}"
+
+[[syncs.SHOP.endpoints]]
+action = "unlink"
+method = "DELETE"
+url = "@PEER@/api/shop/{external_id}"
+"#;
+
+pub struct Harness {
+    pub base: String,
+    pub peer_url: String,
+    pub engine: Arc<Engine>,
+    pub peer: Arc<PeerState>,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+    pub dir: tempfile::TempDir,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    peer_handle: actix_web::dev::ServerHandle,
+}
+
+pub struct Tweaks {
+    pub body_limit: usize,
+    pub max_attempts: u32,
+}
+
+impl Default for Tweaks {
+    fn default() -> Self {
+        Tweaks {
+            body_limit: 64 * 1024,
+            max_attempts: 4,
+        }
+    }
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::with(Tweaks::default()).await
+    }
+
+    pub async fn with(t: Tweaks) -> Harness {
+        let peer_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer_url = format!("http://{}", peer_listener.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("mappings")).unwrap();
+        let mapping = MAPPING.replace("@PEER@", &peer_url);
+        std::fs::write(dir.path().join("mappings/test.toml"), &mapping).unwrap();
+        let plan = config::compile_texts(
+            &[("mappings/test.toml", &mapping)],
+            &std::collections::HashMap::<String, String>::new(),
+        )
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+        let db = TestDb::new().await;
+        let mut settings = config::Settings {
+            database_url: secrecy::SecretString::from(db.url.clone()),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            mappings: dir.path().join("mappings"),
+            body_limit: t.body_limit,
+            outbox_max_attempts: t.max_attempts,
+            outbox_backoff: std::time::Duration::from_millis(50),
+            ..Default::default()
+        };
+        settings.api_keys = vec![
+            ApiKey {
+                name: "crm".into(),
+                sha256: hash_key(CRM_KEY),
+                scopes: vec![Scope::Sync("CON".into()), Scope::Sync("COMP".into())],
+            },
+            ApiKey {
+                name: "reader".into(),
+                sha256: hash_key(READ_KEY),
+                scopes: vec![Scope::Read],
+            },
+            ApiKey {
+                name: "admin".into(),
+                sha256: hash_key(ADMIN_KEY),
+                scopes: vec![Scope::Admin],
+            },
+        ];
+        let app = app::build(settings, plan, BuildOptions::default())
+            .await
+            .unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let engine = app.engine();
+        let server = tokio::spawn(app.run_until_stopped());
+        let peer = Peer::from_listener(
+            peer_listener,
+            PeerOptions {
+                listen: String::new(),
+                api_key: Some(PEER_KEY.into()),
+                id_field: "unique_id".into(),
+                callback: Some(Callback {
+                    url: base.clone(),
+                    key: CRM_KEY.into(),
+                    syncs: [("crm".to_string(), "CON".to_string())].into(),
+                }),
+            },
+        )
+        .unwrap();
+        let peer_state = peer.state.clone();
+        let peer_handle = peer.handle();
+        tokio::spawn(peer.run());
+        Harness {
+            base,
+            peer_url,
+            engine,
+            peer: peer_state,
+            client: reqwest::Client::new(),
+            db,
+            dir,
+            server,
+            peer_handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Rows of the change-control log, newest first.
+    pub async fn changes(&self, sync: &str) -> Vec<recsync::store::Change> {
+        self.engine
+            .store
+            .changes(&recsync::store::ChangeFilter {
+                sync: Some(sync.into()),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    pub async fn all_changes(&self) -> Vec<recsync::store::Change> {
+        self.engine
+            .store
+            .changes(&recsync::store::ChangeFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.server.abort();
+        let _ = self.server.await;
+        self.peer_handle.stop(false).await;
+        let store = self.engine.store.clone();
+        self.db.cleanup(store).await;
+    }
+}
