@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 10] = [
     "database_url",
     "listen",
     "mappings",
@@ -18,6 +18,8 @@ pub const KEYS: [&str; 8] = [
     "change_log",
     "change_log_retention",
     "body_limit",
+    "outbox_max_attempts",
+    "outbox_backoff",
     "api_keys",
 ];
 pub const API_KEY_KEYS: [&str; 4] = ["name", "key", "key_sha256", "scopes"];

@@ -444,12 +444,15 @@ async fn list_outbox(
         async {
             caller(&req, &state, &Scope::Read)?;
             if let Some(s) = &q.status
-                && !["pending", "inflight", "done", "dead", "discarded"].contains(&s.as_str())
+                && !["pending", "inflight", "done", "dead", "discarded", "all"]
+                    .contains(&s.as_str())
             {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
-                    format!("unknown status `{s}`: use pending, inflight, done, dead or discarded"),
+                    format!(
+                        "unknown status `{s}`: use pending, inflight, done, dead, discarded or all"
+                    ),
                 ));
             }
             let limit = q.limit.unwrap_or(100).clamp(1, 1000);
@@ -457,7 +460,7 @@ async fn list_outbox(
                 .engine
                 .store
                 .list_outbox(
-                    q.status.as_deref(),
+                    q.status.as_deref().filter(|s| *s != "all"),
                     q.sync.as_deref(),
                     q.after.unwrap_or(0),
                     limit,
