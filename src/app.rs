@@ -73,6 +73,7 @@ pub struct App {
     reload_task: Option<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<()>>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 /// How to build the app.
@@ -136,6 +137,7 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
     .run();
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = engine.spawn_writer();
     let workers = if opts.no_workers {
         Vec::new()
     } else {
@@ -154,6 +156,7 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
         reload_task,
         stop,
         workers,
+        writer,
     })
 }
 
@@ -223,6 +226,7 @@ impl App {
         for w in self.workers {
             let _ = w.await;
         }
+        self.writer.abort();
         state.engine.store.close().await;
         result
     }

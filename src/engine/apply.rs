@@ -3,11 +3,10 @@
 
 use super::{Ctx, Engine};
 use crate::domain::Plan;
-use crate::domain::mapping::{PendingRef, Reference, id_text, to_local};
-use crate::domain::merge::{Modified, Side, merge};
+use crate::domain::mapping::{PendingRef, Reference};
 use crate::domain::plan::{Mode, Model, Sync};
 use crate::store::{
-    Link, LogAction, LogDirection, LogStatus, NewChange, NewOutbox, Record, StoreError, Tx,
+    LogAction, LogDirection, LogStatus, NewChange, NewOutbox, Record, StoreError, Tx,
 };
 use serde_json::{Map, Value, json};
 
@@ -80,7 +79,7 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
-fn invalid(errors: impl IntoIterator<Item = (String, String)>) -> ApplyError {
+pub(super) fn invalid(errors: impl IntoIterator<Item = (String, String)>) -> ApplyError {
     ApplyError::Invalid(
         errors
             .into_iter()
@@ -90,7 +89,7 @@ fn invalid(errors: impl IntoIterator<Item = (String, String)>) -> ApplyError {
     )
 }
 
-fn log_row(
+pub(super) fn log_row(
     sync: &Sync,
     model: &Model,
     direction: LogDirection,
@@ -155,8 +154,17 @@ impl Engine {
                 payload,
                 must_exist,
             } => {
-                self.upsert(&plan, sync, model, external_id, payload, must_exist, ctx)
-                    .await
+                let (reply, _) = tokio::sync::oneshot::channel();
+                return self
+                    .submit(super::batch::Job {
+                        code: code.to_string(),
+                        external_id,
+                        payload,
+                        must_exist,
+                        ctx: ctx.clone(),
+                        reply,
+                    })
+                    .await;
             }
             InboundOp::Delete { external_id } => {
                 self.delete_inbound(&plan, sync, model, &external_id, ctx)
@@ -173,261 +181,6 @@ impl Engine {
             self.wake();
         }
         result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn upsert(
-        &self,
-        plan: &Plan,
-        sync: &Sync,
-        model: &Model,
-        external_id: Option<String>,
-        payload: Value,
-        must_exist: bool,
-        ctx: &Ctx,
-    ) -> Result<Applied, ApplyError> {
-        let Value::Object(fields) = &payload else {
-            return Err(ApplyError::Invalid(
-                "the body must be an object of field values".into(),
-            ));
-        };
-        let ext_model = &plan.external_models[&sync.external_model];
-        // Unknown external fields are refused, unless a JSONPath pair reads below them.
-        let path_roots: Vec<String> = sync
-            .fields
-            .iter()
-            .filter_map(|p| match &p.external {
-                crate::domain::ExternalField::Path(path) => path
-                    .as_str()
-                    .strip_prefix("$.")
-                    .map(|r| r.split(['.', '[']).next().unwrap_or("").to_string()),
-                crate::domain::ExternalField::Name(_) => None,
-            })
-            .collect();
-        let unknown: Vec<(String, String)> = fields
-            .keys()
-            .filter(|k| !ext_model.fields.contains_key(*k) && !path_roots.contains(k))
-            .map(|k| {
-                (
-                    k.clone(),
-                    format!("unknown field of external model `{}`", ext_model.name),
-                )
-            })
-            .collect();
-        if !unknown.is_empty() {
-            return Err(invalid(unknown));
-        }
-        let external_id = match external_id {
-            Some(id) => id,
-            None => match fields.get(&sync.external_ref) {
-                Some(v) => id_text(v).ok_or_else(|| {
-                    ApplyError::Invalid(format!(
-                        "{}: the external id must be a non-empty string or a number",
-                        sync.external_ref
-                    ))
-                })?,
-                None => {
-                    return Err(ApplyError::Invalid(format!(
-                        "{}: missing; it holds the external id for sync `{}`",
-                        sync.external_ref, sync.code
-                    )));
-                }
-            },
-        };
-        // Coerce the external values to the external model's types, then map onto local fields.
-        let mut typed = Map::new();
-        let mut errors = Vec::new();
-        for (k, v) in fields {
-            match ext_model.fields.get(k) {
-                Some(ty) => match crate::domain::value::coerce(ty, v) {
-                    Ok(c) => {
-                        typed.insert(k.clone(), c);
-                    }
-                    Err(e) => errors.push((k.clone(), e.to_string())),
-                },
-                None => {
-                    typed.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        if !errors.is_empty() {
-            return Err(invalid(errors));
-        }
-        let typed = Value::Object(typed);
-        let mapped = to_local(&sync.fields, &typed)
-            .map_err(|e| invalid(e.into_iter().map(|e| (e.field, e.message))))?;
-        let mut incoming = mapped.values;
-
-        let mut tx = self.store.begin().await?;
-        self.resolve_refs(&mut tx, &mapped.refs, &mut incoming)
-            .await?;
-        let link = tx
-            .link_by_external(sync.code.as_str(), &external_id)
-            .await?;
-        let current = match &link {
-            Some(l) => tx
-                .get_record(&model.name, l.local_id)
-                .await?
-                .filter(|r| !r.deleted),
-            None => None,
-        };
-        if must_exist && current.is_none() {
-            return Err(ApplyError::UnknownExternalId(
-                external_id,
-                sync.code.to_string(),
-            ));
-        }
-        let origin = typed.clone();
-
-        let Some(record) = current else {
-            // A new record.
-            let values = model.coerce_values(&incoming, true).map_err(invalid)?;
-            if !sync.domain.matches(&values) {
-                return Err(ApplyError::OutsideDomain(sync.code.to_string()));
-            }
-            let rec = tx.insert_record(&model.name, &values).await?;
-            tx.upsert_link(&Link {
-                sync: sync.code.to_string(),
-                local_id: rec.id,
-                external_id: Some(external_id.clone()),
-                base: values.clone(),
-                synced_version: rec.version,
-                external_hash: None,
-            })
-            .await?;
-            let mut row = log_row(
-                sync,
-                model,
-                LogDirection::ExternalToLocal,
-                LogAction::Create,
-                Some(rec.id),
-                &rec.values,
-            );
-            row.external_id = Some(external_id);
-            row.origin_values = origin;
-            row.destination_values = Value::Object(values);
-            row.modified_at = ctx.modified_at;
-            row.actor = ctx.actor.clone();
-            row.run_id = ctx.run_id;
-            self.log(&mut tx, row).await?;
-            self.fan_out(&mut tx, plan, Some(sync.code.as_str()), &rec, "create")
-                .await?;
-            tx.commit().await?;
-            return Ok(Applied::Created(rec.id));
-        };
-
-        let link = link.expect("a current record has a link");
-        // An echo of what was last synced is not a change.
-        if incoming
-            .iter()
-            .all(|(k, v)| link.base.get(k).unwrap_or(&Value::Null) == v)
-        {
-            return Ok(Applied::NoOp(record.id));
-        }
-        let keys: Vec<&str> = incoming.keys().map(String::as_str).collect();
-        let m = merge(
-            &keys,
-            &link.base,
-            &record.values,
-            &incoming,
-            sync.priority,
-            Modified {
-                local: Some(record.updated_at),
-                external: ctx.modified_at.or(Some(chrono::Utc::now())),
-            },
-        );
-        let mut values = record.values.clone();
-        let mut changed = Map::new();
-        for (k, v) in &m.merged {
-            if values.get(k).unwrap_or(&Value::Null) != v {
-                changed.insert(k.clone(), v.clone());
-            }
-            values.insert(k.clone(), v.clone());
-        }
-        let mut base = link.base.clone();
-        for (k, v) in &incoming {
-            base.insert(k.clone(), v.clone());
-        }
-        if changed.is_empty() && m.conflicts.is_empty() {
-            // Same values as the record already holds: remember them as synced, log nothing.
-            tx.upsert_link(&Link {
-                base,
-                synced_version: record.version,
-                ..link
-            })
-            .await?;
-            tx.commit().await?;
-            return Ok(Applied::NoOp(record.id));
-        }
-        let values = model.coerce_values(&values, false).map_err(invalid)?;
-        if !sync.domain.matches(&values) {
-            return Err(ApplyError::OutsideDomain(sync.code.to_string()));
-        }
-        let rec = match tx.update_record(&model.name, record.id, &values).await? {
-            Some(r) => r,
-            None => return Err(ApplyError::UnknownRecord(model.name.clone(), record.id)),
-        };
-        let local_won = m.conflicts.iter().any(|c| c.winner == Side::Local);
-        tx.upsert_link(&Link {
-            base,
-            synced_version: rec.version,
-            ..link.clone()
-        })
-        .await?;
-        for c in &m.conflicts {
-            let mut row = log_row(
-                sync,
-                model,
-                LogDirection::ExternalToLocal,
-                LogAction::Conflict,
-                Some(rec.id),
-                &rec.values,
-            );
-            row.external_id = Some(external_id.clone());
-            row.origin_values =
-                json!({"field": c.field, "base": c.base, "local": c.local, "external": c.external});
-            row.destination_values = json!({c.field.clone(): if c.winner == Side::Local { &c.local } else { &c.external }});
-            row.status = LogStatus::ConflictResolved;
-            row.error_message = format!(
-                "`{}` changed on both sides; {} wins by priority `{}`",
-                c.field,
-                if c.winner == Side::Local {
-                    "local"
-                } else {
-                    "external"
-                },
-                sync.priority.as_str()
-            );
-            row.modified_at = ctx.modified_at;
-            row.actor = ctx.actor.clone();
-            row.run_id = ctx.run_id;
-            self.log(&mut tx, row).await?;
-        }
-        let mut row = log_row(
-            sync,
-            model,
-            LogDirection::ExternalToLocal,
-            LogAction::Update,
-            Some(rec.id),
-            &rec.values,
-        );
-        row.external_id = Some(external_id);
-        row.origin_values = origin;
-        row.destination_values = Value::Object(changed);
-        row.modified_at = ctx.modified_at;
-        row.actor = ctx.actor.clone();
-        row.run_id = ctx.run_id;
-        self.log(&mut tx, row).await?;
-        // The local side won a conflict: send the winning value back to this sync too.
-        let origin_sync = if local_won {
-            None
-        } else {
-            Some(sync.code.as_str())
-        };
-        self.fan_out(&mut tx, plan, origin_sync, &rec, "update")
-            .await?;
-        tx.commit().await?;
-        Ok(Applied::Updated(rec.id))
     }
 
     async fn delete_inbound(
@@ -489,7 +242,7 @@ impl Engine {
     }
 
     /// Resolves relational references to local ids, or fails naming the missing record.
-    async fn resolve_refs(
+    pub(super) async fn resolve_refs(
         &self,
         tx: &mut Tx,
         refs: &[PendingRef],

@@ -2,6 +2,7 @@
 //! Inbound changes, local edits and outbox deliveries all go through here.
 
 mod apply;
+mod batch;
 mod outbox;
 
 pub use apply::{Applied, ApplyError, InboundOp, LocalOp};
@@ -66,6 +67,8 @@ pub struct Engine {
     wake: Notify,
     http: reqwest::Client,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    writer_tx: tokio::sync::mpsc::Sender<batch::Job>,
+    writer_rx: Mutex<Option<tokio::sync::mpsc::Receiver<batch::Job>>>,
 }
 
 impl Engine {
@@ -76,6 +79,7 @@ impl Engine {
             .user_agent(concat!("recsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("HTTP client");
+        let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(4096);
         Engine {
             store,
             plan: RwLock::new(Arc::new(plan)),
@@ -83,6 +87,8 @@ impl Engine {
             wake: Notify::new(),
             http,
             limits: Mutex::new(HashMap::new()),
+            writer_tx,
+            writer_rx: Mutex::new(Some(writer_rx)),
         }
     }
 
@@ -95,6 +101,11 @@ impl Engine {
     pub fn set_plan(&self, plan: Plan) {
         *self.plan.write().expect("plan lock") = Arc::new(plan);
         self.limits.lock().expect("limits lock").clear();
+    }
+
+    /// Has `spawn_writer` taken the queue?
+    fn writer_started(&self) -> bool {
+        self.writer_rx.lock().expect("writer lock").is_none()
     }
 
     /// Wakes the outbox workers after new entries were committed.

@@ -6,7 +6,9 @@ use crate::connectors::SendError;
 use crate::connectors::rest::{self, SendAction};
 use crate::domain::mapping::{FieldPair, RefResolver, Reference, to_external};
 use crate::domain::plan::Sync;
-use crate::store::{Link, LogAction, LogDirection, LogStatus, NewChange, OutboxEntry, StoreError};
+use crate::store::{
+    Link, LogAction, LogDirection, LogStatus, NewChange, OutboxEntry, Record, StoreError,
+};
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -37,7 +39,9 @@ impl RefResolver for Prefetched {
 }
 
 impl Engine {
-    /// Claims and delivers one batch of due entries.
+    /// Claims and delivers one batch of due entries: records and links are read in a few
+    /// queries, the sends run concurrently (bounded per web service), and the results are
+    /// written back in one transaction.
     pub async fn try_execute(self: &Arc<Self>) -> Result<Outcome, StoreError> {
         let batch = self
             .store
@@ -47,19 +51,58 @@ impl Engine {
             return Ok(Outcome::Empty);
         }
         let n = batch.len();
+        let plan = self.plan();
+        // Read what the deliveries need, a query per model and per sync.
+        let mut ids_by_model: HashMap<String, Vec<i64>> = HashMap::new();
+        let mut ids_by_sync: HashMap<String, Vec<i64>> = HashMap::new();
+        for e in &batch {
+            if let Some(sync) = plan.sync(&e.sync) {
+                ids_by_model
+                    .entry(sync.model.clone())
+                    .or_default()
+                    .push(e.local_id);
+                ids_by_sync
+                    .entry(e.sync.clone())
+                    .or_default()
+                    .push(e.local_id);
+            }
+        }
+        let mut records = HashMap::new();
+        for (model, ids) in ids_by_model {
+            for r in self.store.records_by_ids(&model, &ids).await? {
+                records.insert((model.clone(), r.id), r);
+            }
+        }
+        let mut links = HashMap::new();
+        for (sync, ids) in ids_by_sync {
+            for l in self.store.links_by_local(&sync, &ids).await? {
+                links.insert((sync.clone(), l.local_id), l);
+            }
+        }
         let mut tasks = Vec::with_capacity(n);
         for entry in batch {
             let engine = self.clone();
+            let plan = plan.clone();
+            let record = plan
+                .sync(&entry.sync)
+                .and_then(|s| records.get(&(s.model.clone(), entry.local_id)).cloned());
+            let link = links.get(&(entry.sync.clone(), entry.local_id)).cloned();
             tasks.push(tokio::spawn(async move {
-                let id = entry.id;
-                if let Err(e) = engine.deliver(entry).await {
-                    tracing::error!(outbox_id = id, error = %e, "Failed to record an outbox delivery; the entry will be retried when its lease ends");
-                }
+                let result = engine.deliver(&plan, &entry, record, link).await;
+                (entry, result)
             }));
         }
+        let mut done = Done::default();
         for t in tasks {
-            let _ = t.await;
+            match t.await {
+                Ok((entry, Ok(step))) => done.add(entry, step),
+                Ok((entry, Err(e))) => {
+                    tracing::error!(outbox_id = entry.id, error = %e, "Failed to prepare a delivery; it will be retried when its lease ends");
+                }
+                Err(e) => tracing::error!(error = %e, "A delivery task failed"),
+            }
         }
+        self.record(done).await?;
         Ok(Outcome::Done(n))
     }
 
@@ -113,83 +156,67 @@ impl Engine {
         capped.mul_f64(rand::random_range(0.8..1.2))
     }
 
-    async fn deliver(&self, entry: OutboxEntry) -> Result<(), StoreError> {
-        let plan = self.plan();
+    /// Works out and performs one delivery; the result is written later with the batch.
+    async fn deliver(
+        &self,
+        plan: &crate::domain::Plan,
+        entry: &OutboxEntry,
+        record: Option<Record>,
+        link: Option<Link>,
+    ) -> Result<Step, StoreError> {
         let Some(sync) = plan.sync(&entry.sync) else {
-            return self
-                .give_up(&entry, None, "the sync is no longer configured")
-                .await;
+            return Ok(Step::Failed(
+                failure_row(entry, None, "", None, &Map::new()),
+                Fate::Dead("the sync is no longer configured".into()),
+            ));
         };
         let model = &plan.models[&sync.model];
-        let record = self.store.get_record(&model.name, entry.local_id).await?;
-        let link = self
-            .store
-            .link_by_local(sync.code.as_str(), entry.local_id)
-            .await?;
         let values = record
             .as_ref()
             .map(|r| r.values.clone())
             .unwrap_or_default();
         let title = model.title(entry.local_id, &values);
-
         let Some(service) = plan
             .web_services
             .get(&sync.web_service)
             .and_then(|w| w.rest())
         else {
-            return self
-                .give_up(
-                    &entry,
-                    Some(sync),
-                    "this build delivers to REST web services only",
-                )
-                .await;
+            let why = "this build delivers to REST web services only";
+            return Ok(Step::Failed(
+                failure_row(entry, Some(sync), &title, None, &values),
+                Fate::Dead(why.into()),
+            ));
         };
 
         let (action, external_id) = if entry.action == "delete" {
             let Some(ext) = link.as_ref().and_then(|l| l.external_id.clone()) else {
-                return self
-                    .finish(
-                        &entry,
-                        sync,
-                        LogAction::Delete,
-                        None,
-                        &title,
-                        json!({}),
-                        json!({}),
-                        None,
-                    )
-                    .await;
+                return Ok(Step::Skip);
             };
             if !sync.propagate_deletes {
                 // Deletions only unlink the pair on this sync.
-                return self
-                    .finish(
-                        &entry,
-                        sync,
-                        LogAction::Unlink,
-                        Some(ext),
-                        &title,
-                        json!({}),
-                        json!({"unlinked": true}),
-                        None,
-                    )
-                    .await;
+                let row = success_row(
+                    entry,
+                    sync,
+                    LogAction::Unlink,
+                    Some(ext),
+                    &title,
+                    json!({}),
+                    json!({"unlinked": true}),
+                );
+                return Ok(Step::Delivered { row, link: None });
             }
             (SendAction::Delete, Some(ext))
         } else {
             let Some(rec) = record.as_ref().filter(|r| !r.deleted) else {
                 // Deleted since: the delete entry that follows carries it across.
-                self.store.outbox_done(entry.id).await?;
-                return Ok(());
+                return Ok(Step::Skip);
             };
             if let Some(l) = &link
                 && l.external_id.is_some()
                 && l.synced_version >= rec.version
             {
                 // Already delivered (for instance by an earlier entry of the same record).
-                self.store.outbox_done(entry.id).await?;
-                return Ok(());
+                return Ok(Step::Skip);
             }
             match link.as_ref().and_then(|l| l.external_id.clone()) {
                 Some(ext) => (SendAction::Update, Some(ext)),
@@ -209,24 +236,22 @@ impl Engine {
                         .map(|e| e.to_string())
                         .collect::<Vec<_>>()
                         .join("; ");
-                    return self
-                        .failed(
-                            &entry,
-                            sync,
-                            &title,
-                            action,
-                            &values,
-                            SendError::Retry {
-                                reason,
-                                after: None,
-                            },
-                        )
-                        .await;
+                    return Ok(self.failed(
+                        entry,
+                        sync,
+                        &title,
+                        action,
+                        &values,
+                        SendError::Retry {
+                            reason,
+                            after: None,
+                        },
+                    ));
                 }
             }
         };
         let permits = self.limit_for(&sync.web_service, service.max_concurrency);
-        let _permit = permits.acquire().await.expect("semaphore open");
+        let permit = permits.acquire().await.expect("semaphore open");
         let result = rest::send(
             &self.http,
             service,
@@ -237,8 +262,8 @@ impl Engine {
             &mapped,
         )
         .await;
-        drop(_permit);
-        match result {
+        drop(permit);
+        Ok(match result {
             Ok(sent) => {
                 let log_action = match action {
                     SendAction::Create => LogAction::Create,
@@ -261,20 +286,22 @@ impl Engine {
                     synced_version: record.as_ref().map(|r| r.version).unwrap_or(0),
                     external_hash: None,
                 });
-                self.finish(
-                    &entry,
+                let row = success_row(
+                    entry,
                     sync,
                     log_action,
                     Some(ext),
                     &title,
                     Value::Object(values.clone()),
                     sent.request,
-                    link_after,
-                )
-                .await
+                );
+                Step::Delivered {
+                    row,
+                    link: link_after,
+                }
             }
-            Err(e) => self.failed(&entry, sync, &title, action, &values, e).await,
-        }
+            Err(e) => self.failed(entry, sync, &title, action, &values, e),
+        })
     }
 
     /// Resolves relational values to the related records' external references.
@@ -319,50 +346,8 @@ impl Engine {
         Ok(Prefetched(out))
     }
 
-    /// Records a success: the link, the row and the entry's end, in one transaction.
-    #[allow(clippy::too_many_arguments)]
-    async fn finish(
-        &self,
-        entry: &OutboxEntry,
-        sync: &Sync,
-        action: LogAction,
-        external_id: Option<String>,
-        title: &str,
-        origin: Value,
-        destination: Value,
-        link: Option<Link>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.store.begin().await?;
-        match &link {
-            Some(l) => tx.upsert_link(l).await?,
-            None => {
-                tx.delete_link(sync.code.as_str(), entry.local_id).await?;
-            }
-        }
-        let row = NewChange {
-            sync: sync.code.to_string(),
-            direction: LogDirection::LocalToExternal,
-            action,
-            external_id,
-            local_id: Some(entry.local_id),
-            name: format!("{} {}", verb(action), sync.model),
-            title: title.to_string(),
-            origin_values: origin,
-            destination_values: destination,
-            modified_at: Some(entry.created_at),
-            synced_at: None,
-            status: LogStatus::Success,
-            error_message: String::new(),
-            run_id: None,
-            actor: "outbox".into(),
-        };
-        self.log(&mut tx, row).await?;
-        tx.outbox_mark(entry.id, "done").await?;
-        tx.commit().await
-    }
-
-    /// Records a failed attempt: retry later, or dead-letter after the budget.
-    async fn failed(
+    /// A failed attempt: retry later, or dead-letter after the budget.
+    fn failed(
         &self,
         entry: &OutboxEntry,
         sync: &Sync,
@@ -370,90 +355,170 @@ impl Engine {
         action: SendAction,
         values: &Map<String, Value>,
         err: SendError,
-    ) -> Result<(), StoreError> {
+    ) -> Step {
         let max = self.opts.max_attempts as i64;
-        let (dead, message) = match &err {
-            SendError::Permanent(r) => (
-                true,
-                format!("Delivery failed and will not be retried: {r}"),
-            ),
-            SendError::Retry { reason, .. } if entry.attempts >= max => (
-                true,
-                format!(
-                    "Delivery failed after {} attempts, the last because {reason}; dead-lettered",
-                    entry.attempts
-                ),
-            ),
-            SendError::Retry { reason, .. } => (
-                false,
-                format!("Attempt {} of {max} failed: {reason}", entry.attempts),
-            ),
+        let fate = match &err {
+            SendError::Permanent(r) => {
+                Fate::Dead(format!("Delivery failed and will not be retried: {r}"))
+            }
+            SendError::Retry { reason, .. } if entry.attempts >= max => Fate::Dead(format!(
+                "Delivery failed after {} attempts, the last because {reason}; dead-lettered",
+                entry.attempts
+            )),
+            SendError::Retry { reason, after } => {
+                let wait = self.backoff(entry.attempts, *after);
+                let at = Utc::now()
+                    + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(1));
+                Fate::Retry(
+                    format!("Attempt {} of {max} failed: {reason}", entry.attempts),
+                    at,
+                )
+            }
         };
-        let row = NewChange {
-            sync: sync.code.to_string(),
-            direction: LogDirection::LocalToExternal,
-            action: match action {
-                SendAction::Create => LogAction::Create,
-                SendAction::Update => LogAction::Update,
-                SendAction::Delete => LogAction::Delete,
-            },
-            external_id: None,
-            local_id: Some(entry.local_id),
-            name: format!("{} {}", verb_of(action), sync.model),
-            title: title.to_string(),
-            origin_values: Value::Object(values.clone()),
-            destination_values: json!({}),
-            modified_at: Some(entry.created_at),
-            synced_at: None,
-            status: LogStatus::Failed,
-            error_message: message.clone(),
-            run_id: None,
-            actor: "outbox".into(),
-        };
-        self.store.log_change(&row).await?;
-        if dead {
-            tracing::warn!(sync = %sync.code, local_id = entry.local_id, outbox_id = entry.id, error = %message, "Outbox entry dead-lettered");
-            self.store.outbox_dead(entry.id, &message).await
-        } else {
-            let hint = match &err {
-                SendError::Retry { after, .. } => *after,
-                SendError::Permanent(_) => None,
-            };
-            let wait = self.backoff(entry.attempts, hint);
-            let at = Utc::now()
-                + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(1));
-            self.store.outbox_retry_at(entry.id, at, &message).await
-        }
+        Step::Failed(
+            failure_row(entry, Some(sync), title, Some(action), values),
+            fate,
+        )
     }
 
-    async fn give_up(
-        &self,
-        entry: &OutboxEntry,
-        sync: Option<&Sync>,
-        why: &str,
-    ) -> Result<(), StoreError> {
-        let row = NewChange {
-            sync: entry.sync.clone(),
-            direction: LogDirection::LocalToExternal,
-            action: LogAction::parse(&entry.action).unwrap_or(LogAction::Update),
-            external_id: None,
-            local_id: Some(entry.local_id),
-            name: format!(
-                "Deliver to {}",
-                sync.map(|s| s.web_service.as_str()).unwrap_or("?")
-            ),
-            title: String::new(),
-            origin_values: entry.payload.clone(),
-            destination_values: json!({}),
-            modified_at: Some(entry.created_at),
-            synced_at: None,
-            status: LogStatus::Failed,
-            error_message: format!("Delivery failed and will not be retried: {why}"),
-            run_id: None,
-            actor: "outbox".into(),
-        };
-        self.store.log_change(&row).await?;
-        self.store.outbox_dead(entry.id, why).await
+    /// Writes a batch's results: links, rows and entry states in one transaction, then the
+    /// retries and dead letters.
+    async fn record(&self, done: Done) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        tx.upsert_links(&done.links).await?;
+        for (sync, local_id) in &done.unlinks {
+            tx.delete_link(sync, *local_id).await?;
+        }
+        let mut rows = done.rows;
+        if !self.opts.change_log {
+            rows.retain(|r| r.status != LogStatus::Success);
+        }
+        tx.log_changes(&rows).await?;
+        tx.outbox_done_many(&done.finished).await?;
+        tx.commit().await?;
+        for (id, fate) in done.fates {
+            match fate {
+                Fate::Dead(msg) => {
+                    tracing::warn!(outbox_id = id, error = %msg, "Outbox entry dead-lettered");
+                    self.store.outbox_dead(id, &msg).await?;
+                }
+                Fate::Retry(msg, at) => self.store.outbox_retry_at(id, at, &msg).await?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What became of one delivery.
+enum Step {
+    /// Nothing to send (already delivered, or carried by a later entry).
+    Skip,
+    Delivered {
+        row: NewChange,
+        link: Option<Link>,
+    },
+    Failed(NewChange, Fate),
+}
+
+enum Fate {
+    Retry(String, chrono::DateTime<Utc>),
+    Dead(String),
+}
+
+/// A batch's results, to be written together.
+#[derive(Default)]
+struct Done {
+    links: Vec<Link>,
+    unlinks: Vec<(String, i64)>,
+    rows: Vec<NewChange>,
+    finished: Vec<i64>,
+    fates: Vec<(i64, Fate)>,
+}
+
+impl Done {
+    fn add(&mut self, entry: OutboxEntry, step: Step) {
+        match step {
+            Step::Skip => self.finished.push(entry.id),
+            Step::Delivered { row, link } => {
+                match link {
+                    Some(l) => self.links.push(l),
+                    None => self.unlinks.push((entry.sync.clone(), entry.local_id)),
+                }
+                self.rows.push(row);
+                self.finished.push(entry.id);
+            }
+            Step::Failed(mut row, fate) => {
+                row.error_message = match &fate {
+                    Fate::Retry(m, _) | Fate::Dead(m) => m.clone(),
+                };
+                self.rows.push(row);
+                self.fates.push((entry.id, fate));
+            }
+        }
+    }
+}
+
+fn success_row(
+    entry: &OutboxEntry,
+    sync: &Sync,
+    action: LogAction,
+    external_id: Option<String>,
+    title: &str,
+    origin: Value,
+    destination: Value,
+) -> NewChange {
+    NewChange {
+        sync: sync.code.to_string(),
+        direction: LogDirection::LocalToExternal,
+        action,
+        external_id,
+        local_id: Some(entry.local_id),
+        name: format!("{} {}", verb(action), sync.model),
+        title: title.to_string(),
+        origin_values: origin,
+        destination_values: destination,
+        modified_at: Some(entry.created_at),
+        synced_at: None,
+        status: LogStatus::Success,
+        error_message: String::new(),
+        run_id: None,
+        actor: "outbox".into(),
+    }
+}
+
+fn failure_row(
+    entry: &OutboxEntry,
+    sync: Option<&Sync>,
+    title: &str,
+    action: Option<SendAction>,
+    values: &Map<String, Value>,
+) -> NewChange {
+    let action = match action {
+        Some(SendAction::Create) => LogAction::Create,
+        Some(SendAction::Update) => LogAction::Update,
+        Some(SendAction::Delete) => LogAction::Delete,
+        None => LogAction::parse(&entry.action).unwrap_or(LogAction::Update),
+    };
+    NewChange {
+        sync: entry.sync.clone(),
+        direction: LogDirection::LocalToExternal,
+        action,
+        external_id: None,
+        local_id: Some(entry.local_id),
+        name: format!(
+            "{} {}",
+            verb(action),
+            sync.map(|s| s.model.as_str()).unwrap_or("record")
+        ),
+        title: title.to_string(),
+        origin_values: Value::Object(values.clone()),
+        destination_values: json!({}),
+        modified_at: Some(entry.created_at),
+        synced_at: None,
+        status: LogStatus::Failed,
+        error_message: String::new(),
+        run_id: None,
+        actor: "outbox".into(),
     }
 }
 
@@ -466,13 +531,5 @@ fn verb(a: LogAction) -> &'static str {
         LogAction::Rename => "Rename",
         LogAction::Move => "Move",
         LogAction::Conflict => "Resolve conflict on",
-    }
-}
-
-fn verb_of(a: SendAction) -> &'static str {
-    match a {
-        SendAction::Create => "Create",
-        SendAction::Update => "Update",
-        SendAction::Delete => "Delete",
     }
 }

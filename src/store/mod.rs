@@ -132,6 +132,7 @@ impl Store {
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(30))
+                .test_before_acquire(false)
                 .connect_with(opts.clone())
                 .await?;
             let read = if memory {
@@ -140,6 +141,7 @@ impl Store {
                 SqlitePoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(Duration::from_secs(30))
+                    .test_before_acquire(false)
                     .connect_with(opts.read_only(true))
                     .await?
             };
@@ -789,6 +791,318 @@ async fn log_change(c: Conn<'_>, r: &NewChange) -> Result<i64> {
     .fetch_one(c)
     .await
     })?)
+}
+
+/// Rows per multi-row statement (keeps every statement well under the parameter limits).
+const CHUNK: usize = 200;
+
+/// `$a, $b, ...` for `n` parameters starting after `offset`.
+fn params(offset: usize, n: usize) -> String {
+    (offset + 1..=offset + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($1, $2, $3), ($4, $5, $6), ...` for `rows` rows of `cols` parameters.
+fn tuples(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", params(r * cols, cols)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Batched statements, for group commits: each takes many rows in one round trip.
+impl Tx {
+    /// Links of `sync` for these external ids.
+    pub async fn links_by_external(&mut self, sync: &str, ids: &[String]) -> Result<Vec<Link>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links
+                 WHERE sync = $1 AND external_id IN ({})",
+                params(1, chunk.len())
+            );
+            let rows = on!(self.conn(), |c| {
+                let mut q = sqlx::query_as::<_, LinkRow>(&sql).bind(sync);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(c).await
+            })?;
+            out.extend(rows.into_iter().map(Link::from));
+        }
+        Ok(out)
+    }
+
+    /// Links of `sync` for these local ids.
+    pub async fn links_by_local(&mut self, sync: &str, ids: &[i64]) -> Result<Vec<Link>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links
+                 WHERE sync = $1 AND local_id IN ({})",
+                params(1, chunk.len())
+            );
+            let rows = on!(self.conn(), |c| {
+                let mut q = sqlx::query_as::<_, LinkRow>(&sql).bind(sync);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(c).await
+            })?;
+            out.extend(rows.into_iter().map(Link::from));
+        }
+        Ok(out)
+    }
+
+    /// Records of `model` with these ids (tombstones included).
+    pub async fn records_by_ids(&mut self, model: &str, ids: &[i64]) -> Result<Vec<Record>> {
+        records_by_ids(self.conn(), model, ids).await
+    }
+
+    /// Inserts records at version 1; the result is in the order of `rows`.
+    pub async fn insert_records(
+        &mut self,
+        model: &str,
+        rows: &[Map<String, Value>],
+    ) -> Result<Vec<Record>> {
+        let now = Utc::now();
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(CHUNK) {
+            let values = (0..chunk.len())
+                .map(|r| format!("($1, ${}, 1, $2, $2)", r + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO records (model, vals, version, created_at, updated_at) VALUES {values}
+                 RETURNING id, model, vals, version, created_at, updated_at, deleted_at"
+            );
+            let mut got = on!(self.conn(), |c| {
+                let mut q = sqlx::query_as::<_, RecordRow>(&sql).bind(model).bind(now);
+                for v in chunk {
+                    q = q.bind(Json(v));
+                }
+                q.fetch_all(c).await
+            })?
+            .into_iter()
+            .map(Record::from)
+            .collect::<Vec<_>>();
+            // Ids are assigned in VALUES order; RETURNING order is not promised.
+            got.sort_by_key(|r| r.id);
+            out.extend(got);
+        }
+        Ok(out)
+    }
+
+    /// Replaces the values of live records and bumps their versions; returns them by id.
+    pub async fn update_records(
+        &mut self,
+        model: &str,
+        rows: &[(i64, Map<String, Value>)],
+    ) -> Result<Vec<Record>> {
+        let now = Utc::now();
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(CHUNK) {
+            let values = (0..chunk.len())
+                .map(|r| format!("(${}, $1, ${}, 1, $2, $2)", 3 + 2 * r, 4 + 2 * r))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO records (id, model, vals, version, created_at, updated_at) VALUES {values}
+                 ON CONFLICT (id) DO UPDATE SET vals = excluded.vals, version = records.version + 1,
+                   updated_at = excluded.updated_at
+                 RETURNING id, model, vals, version, created_at, updated_at, deleted_at"
+            );
+            let got = on!(self.conn(), |c| {
+                let mut q = sqlx::query_as::<_, RecordRow>(&sql).bind(model).bind(now);
+                for (id, v) in chunk {
+                    q = q.bind(id).bind(Json(v));
+                }
+                q.fetch_all(c).await
+            })?;
+            out.extend(got.into_iter().map(Record::from));
+        }
+        Ok(out)
+    }
+
+    /// Creates or replaces many links.
+    pub async fn upsert_links(&mut self, links: &[Link]) -> Result<()> {
+        let now = Utc::now();
+        for chunk in links.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO links (sync, local_id, external_id, base, synced_version, external_hash, updated_at)
+                 VALUES {}
+                 ON CONFLICT (sync, local_id) DO UPDATE SET external_id = excluded.external_id, base = excluded.base,
+                   synced_version = excluded.synced_version, external_hash = excluded.external_hash,
+                   updated_at = excluded.updated_at",
+                tuples(chunk.len(), 7)
+            );
+            on!(self.conn(), |c| {
+                let mut q = sqlx::query(&sql);
+                for l in chunk {
+                    q = q
+                        .bind(&l.sync)
+                        .bind(l.local_id)
+                        .bind(l.external_id.as_deref())
+                        .bind(Json(&l.base))
+                        .bind(l.synced_version)
+                        .bind(l.external_hash.as_deref())
+                        .bind(now);
+                }
+                q.execute(c).await.map(|r| r.rows_affected())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes many change-control rows.
+    pub async fn log_changes(&mut self, rows: &[NewChange]) -> Result<()> {
+        let now = Utc::now();
+        for chunk in rows.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO change_log (sync, direction, action, external_id, local_id, name, title, origin_values,
+                     destination_values, modified_at, synced_at, status, error_message, run_id, actor)
+                 VALUES {}",
+                tuples(chunk.len(), 15)
+            );
+            on!(self.conn(), |c| {
+                let mut q = sqlx::query(&sql);
+                for r in chunk {
+                    q = q
+                        .bind(&r.sync)
+                        .bind(r.direction.as_str())
+                        .bind(r.action.as_str())
+                        .bind(r.external_id.as_deref())
+                        .bind(r.local_id)
+                        .bind(&r.name)
+                        .bind(&r.title)
+                        .bind(Json(&r.origin_values))
+                        .bind(Json(&r.destination_values))
+                        .bind(r.modified_at)
+                        .bind(r.synced_at.unwrap_or(now))
+                        .bind(r.status.as_str())
+                        .bind(&r.error_message)
+                        .bind(r.run_id)
+                        .bind(&r.actor);
+                }
+                q.execute(c).await.map(|r| r.rows_affected())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Queues many changes for delivery.
+    pub async fn enqueue_many(&mut self, entries: &[NewOutbox]) -> Result<()> {
+        let now = Utc::now();
+        for chunk in entries.chunks(CHUNK) {
+            let values = (0..chunk.len())
+                .map(|r| {
+                    format!(
+                        "(${}, ${}, ${}, ${}, 'pending', $1, $1, $1)",
+                        2 + 4 * r,
+                        3 + 4 * r,
+                        4 + 4 * r,
+                        5 + 4 * r
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO outbox (sync, local_id, action, payload, status, next_attempt_at, created_at, updated_at) VALUES {values}"
+            );
+            on!(self.conn(), |c| {
+                let mut q = sqlx::query(&sql).bind(now);
+                for e in chunk {
+                    q = q
+                        .bind(&e.sync)
+                        .bind(e.local_id)
+                        .bind(&e.action)
+                        .bind(Json(&e.payload));
+                }
+                q.execute(c).await.map(|r| r.rows_affected())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Marks many outbox entries done.
+    pub async fn outbox_done_many(&mut self, ids: &[i64]) -> Result<()> {
+        let now = Utc::now();
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE outbox SET status = 'done', claimed_by = NULL, claimed_until = NULL, updated_at = $1 WHERE id IN ({})",
+                params(1, chunk.len())
+            );
+            on!(self.conn(), |c| {
+                let mut q = sqlx::query(&sql).bind(now);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.execute(c).await.map(|r| r.rows_affected())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+async fn records_by_ids(c: Conn<'_>, model: &str, ids: &[i64]) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    let mut c = c;
+    for chunk in ids.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT id, model, vals, version, created_at, updated_at, deleted_at FROM records
+             WHERE model = $1 AND id IN ({})",
+            params(1, chunk.len())
+        );
+        let rows = match &mut c {
+            Conn::Sqlite(c) => {
+                let mut q = sqlx::query_as::<_, RecordRow>(&sql).bind(model);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(&mut **c).await?
+            }
+            Conn::Postgres(c) => {
+                let mut q = sqlx::query_as::<_, RecordRow>(&sql).bind(model);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(&mut **c).await?
+            }
+        };
+        out.extend(rows.into_iter().map(Record::from));
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Records of `model` with these ids (tombstones included), read outside a transaction.
+    pub async fn records_by_ids(&self, model: &str, ids: &[i64]) -> Result<Vec<Record>> {
+        records_by_ids(self.reader().await?.conn(), model, ids).await
+    }
+
+    /// Links of `sync` for these local ids, read outside a transaction.
+    pub async fn links_by_local(&self, sync: &str, ids: &[i64]) -> Result<Vec<Link>> {
+        let mut out = Vec::new();
+        let mut c = self.reader().await?;
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links
+                 WHERE sync = $1 AND local_id IN ({})",
+                params(1, chunk.len())
+            );
+            let rows = on!(c.conn(), |c| {
+                let mut q = sqlx::query_as::<_, LinkRow>(&sql).bind(sync);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(c).await
+            })?;
+            out.extend(rows.into_iter().map(Link::from));
+        }
+        Ok(out)
+    }
 }
 
 impl Tx {

@@ -1,0 +1,225 @@
+//! Real-time benchmark: the app on a file-backed SQLite plus the reference peer, driven through
+//! `/sync/<CODE>/...` with 64 keep-alive connections. Prints acknowledged requests/s, latency
+//! percentiles, outbox deliveries/s to the peer, and peak RSS.
+//! Run with `cargo bench --bench realtime` (set RECSYNC_BENCH_REQUESTS to change the count).
+
+use recsync::app::{self, BuildOptions};
+use recsync::config::{self, ApiKey, Scope, settings::hash_key};
+use recsync::peer::{Peer, PeerOptions};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "bench-key-0123456789abcdef";
+const CONNECTIONS: usize = 64;
+
+const MAPPING: &str = r#"
+[models.contact]
+display = "name"
+fields = { name = { type = "char", required = true }, email = "char", visits = "integer" }
+
+[web_services.src]
+
+[web_services.dst]
+shipping_url = "@PEER@/api/dst/ship"
+max_concurrency = 64
+
+[external_models.ext_contact]
+fields = { uid = "char", name = "char", email = "char", visits = "integer" }
+
+[syncs.IN]
+model = "contact"
+external_model = "ext_contact"
+web_service = "src"
+direction = "to_local"
+mode = "realtime"
+external_ref = "uid"
+fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }, { local = "visits", external = "visits" }]
+
+[syncs.OUT]
+model = "contact"
+external_model = "ext_contact"
+web_service = "dst"
+direction = "to_external"
+mode = "realtime"
+external_ref = "uid"
+fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }, { local = "visits", external = "visits" }]
+"#;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let total: usize = std::env::var("RECSYNC_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60_000);
+    let creates = total * 2 / 3;
+    let dir = tempfile::tempdir().unwrap();
+    let peer_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer_url = format!("http://{}", peer_listener.local_addr().unwrap());
+    let mapping = MAPPING.replace("@PEER@", &peer_url);
+    let plan = config::compile_texts(
+        &[("bench.toml", &mapping)],
+        &std::collections::HashMap::<String, String>::new(),
+    )
+    .unwrap();
+    let settings = config::Settings {
+        database_url: secrecy::SecretString::from(format!(
+            "sqlite://{}",
+            dir.path().join("bench.db").display()
+        )),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        api_keys: vec![ApiKey {
+            name: "bench".into(),
+            sha256: hash_key(KEY),
+            scopes: vec![Scope::AllSyncs],
+        }],
+        ..Default::default()
+    };
+    let no_workers = std::env::var_os("RECSYNC_BENCH_NO_WORKERS").is_some();
+    let app = app::build(
+        settings,
+        plan,
+        BuildOptions {
+            no_workers,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let engine = app.engine();
+    tokio::spawn(app.run_until_stopped());
+    let peer = Peer::from_listener(
+        peer_listener,
+        PeerOptions {
+            id_field: "uid".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let peer_state = peer.state.clone();
+    tokio::spawn(peer.run());
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let client = client.clone();
+        let base = base.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failed = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let t = Instant::now();
+                let resp = if i < creates {
+                    client
+                        .post(format!("{base}/sync/IN/create"))
+                        .header("api_key", KEY)
+                        .json(&json!({"uid": format!("u{i}"), "name": format!("Contact {i}"), "email": format!("c{i}@example.com"), "visits": i}))
+                        .send()
+                        .await
+                } else {
+                    let target = i % creates;
+                    client
+                        .put(format!("{base}/sync/IN/u{target}"))
+                        .header("api_key", KEY)
+                        .json(&json!({"visits": i, "email": format!("changed{i}@example.com")}))
+                        .send()
+                        .await
+                };
+                match resp {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        lat.push(t.elapsed());
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    let mut lat = Vec::with_capacity(total);
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        lat.extend(l);
+        failed += f;
+    }
+    let load_time = started.elapsed();
+    // Deliveries: wait until the outbox has no undelivered entry left.
+    let deadline = Instant::now() + Duration::from_secs(if no_workers { 0 } else { 600 });
+    loop {
+        let depth = engine.store.outbox_depth("OUT").await.unwrap();
+        if depth == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivery_time = started.elapsed();
+    let delivered = peer_state
+        .received("dst")
+        .iter()
+        .filter(|r| r.status == 200)
+        .count();
+    lat.sort();
+    println!(
+        "realtime benchmark: {total} requests ({creates} creates, {} updates), {CONNECTIONS} keep-alive connections, file-backed SQLite",
+        total - creates
+    );
+    println!("  acknowledged       {:>8} ok, {failed} failed", lat.len());
+    println!(
+        "  throughput         {:>10.0} requests/s",
+        lat.len() as f64 / load_time.as_secs_f64()
+    );
+    println!(
+        "  latency            p50 {:.2?}  p95 {:.2?}  p99 {:.2?}  max {:.2?}",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.95),
+        percentile(&lat, 0.99),
+        lat.last().unwrap()
+    );
+    println!(
+        "  outbox deliveries  {:>8} in {:.2?} = {:.0} deliveries/s (from the first request to an empty outbox)",
+        delivered,
+        delivery_time,
+        delivered as f64 / delivery_time.as_secs_f64()
+    );
+    println!(
+        "  peak RSS           {:.1} MiB (recsync, the peer and the load generator in one process)",
+        peak_rss_mib()
+    );
+}

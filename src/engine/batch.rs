@@ -1,0 +1,644 @@
+//! Group commit for inbound upserts: requests that arrive together are applied in one
+//! transaction with multi-row statements, so throughput does not stop at one transaction's
+//! round trips per request. Each request still gets its own outcome; a batch that fails as a
+//! whole is retried request by request.
+
+use super::apply::{Applied, ApplyError, invalid, log_row};
+use super::{Ctx, Engine};
+use crate::domain::Plan;
+use crate::domain::mapping::{PendingRef, id_text, to_local};
+use crate::domain::merge::{Conflict, Modified, Side, merge};
+use crate::domain::plan::{Mode, Model, Sync};
+use crate::domain::value::coerce;
+use crate::store::{
+    Link, LogAction, LogDirection, LogStatus, NewChange, NewOutbox, Record, StoreError,
+};
+use serde_json::{Map, Value, json};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Requests applied in one transaction at most.
+const MAX_BATCH: usize = 256;
+
+/// One inbound upsert waiting for the writer.
+pub(crate) struct Job {
+    pub code: String,
+    pub external_id: Option<String>,
+    pub payload: Value,
+    pub must_exist: bool,
+    pub ctx: Ctx,
+    pub reply: oneshot::Sender<Result<Applied, ApplyError>>,
+}
+
+/// A job checked and mapped, before any database work.
+struct Prepared {
+    job: Job,
+    external_id: String,
+    origin: Value,
+    incoming: Map<String, Value>,
+    refs: Vec<PendingRef>,
+}
+
+/// What a prepared job will write.
+enum Intent {
+    NoOp(i64),
+    /// Same values as stored: only the link's base moves.
+    Rebase(i64, Link),
+    Create {
+        values: Map<String, Value>,
+    },
+    Update {
+        record: Record,
+        link: Link,
+        values: Map<String, Value>,
+        changed: Map<String, Value>,
+        base: Map<String, Value>,
+        conflicts: Vec<Conflict>,
+        local_won: bool,
+    },
+}
+
+impl Engine {
+    /// Starts the writer that applies inbound upserts in batches.
+    pub fn spawn_writer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let rx = self.writer_rx.lock().expect("writer lock").take();
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let Some(mut rx) = rx else { return };
+            while let Some(first) = rx.recv().await {
+                let mut jobs = vec![first];
+                while jobs.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
+                }
+                engine.run_batch(jobs).await;
+            }
+        })
+    }
+
+    /// Hands an upsert to the writer (or applies it here when no writer runs).
+    pub(crate) async fn submit(&self, job: Job) -> Result<Applied, ApplyError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job { reply: tx, ..job };
+        if self.writer_started() {
+            if self.writer_tx.send(job).await.is_err() {
+                return Err(ApplyError::Store(StoreError::Database(
+                    sqlx::Error::PoolClosed,
+                )));
+            }
+        } else {
+            self.run_batch(vec![job]).await;
+        }
+        rx.await
+            .unwrap_or(Err(ApplyError::Store(StoreError::Database(
+                sqlx::Error::PoolClosed,
+            ))))
+    }
+
+    async fn run_batch(&self, jobs: Vec<Job>) {
+        let plan = self.plan();
+        let mut ready: Vec<Prepared> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match prepare(&plan, job) {
+                Ok(p) => ready.push(p),
+                Err((job, e)) => {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+        // Two changes to the same record go in separate rounds, in arrival order.
+        while !ready.is_empty() {
+            let mut seen = HashSet::new();
+            let (round, later): (Vec<Prepared>, Vec<Prepared>) = ready
+                .into_iter()
+                .partition(|p| seen.insert((p.job.code.clone(), p.external_id.clone())));
+            ready = later;
+            self.run_round(&plan, round).await;
+        }
+    }
+
+    async fn run_round(&self, plan: &Plan, round: Vec<Prepared>) {
+        let n = round.len();
+        match self.execute(plan, &round).await {
+            Ok(results) => {
+                let wrote = results
+                    .iter()
+                    .any(|r| matches!(r, Ok(Applied::Created(_) | Applied::Updated(_))));
+                for (p, r) in round.into_iter().zip(results) {
+                    let _ = p.job.reply.send(r);
+                }
+                if wrote {
+                    self.wake();
+                }
+            }
+            Err(e) if n > 1 && !e.is_unavailable() => {
+                tracing::warn!(error = %e, requests = n, "A grouped commit failed; applying its requests one by one");
+                for p in round {
+                    Box::pin(self.run_round(plan, vec![p])).await;
+                }
+            }
+            Err(e) => {
+                let unavailable = e.is_unavailable();
+                tracing::error!(error = %e, "Failed to apply inbound changes");
+                for p in round {
+                    let err = if unavailable {
+                        ApplyError::Store(StoreError::Database(sqlx::Error::PoolTimedOut))
+                    } else {
+                        ApplyError::Store(StoreError::Database(sqlx::Error::Protocol(
+                            "write failed".into(),
+                        )))
+                    };
+                    let _ = p.job.reply.send(Err(err));
+                }
+            }
+        }
+    }
+
+    /// Applies one round in one transaction. Per-request refusals are in the result; an error
+    /// means nothing of the round was written.
+    async fn execute(
+        &self,
+        plan: &Plan,
+        round: &[Prepared],
+    ) -> Result<Vec<Result<Applied, ApplyError>>, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let mut results: Vec<Option<Result<Applied, ApplyError>>> =
+            (0..round.len()).map(|_| None).collect();
+        let mut incoming: Vec<Map<String, Value>> =
+            round.iter().map(|p| p.incoming.clone()).collect();
+        for (i, p) in round.iter().enumerate() {
+            if !p.refs.is_empty()
+                && let Err(e) = self.resolve_refs(&mut tx, &p.refs, &mut incoming[i]).await
+            {
+                match e {
+                    ApplyError::Store(s) => return Err(s),
+                    other => results[i] = Some(Err(other)),
+                }
+            }
+        }
+        // Current links and records, a query per sync and per model.
+        let mut by_sync: HashMap<&str, Vec<String>> = HashMap::new();
+        for p in round {
+            by_sync
+                .entry(p.job.code.as_str())
+                .or_default()
+                .push(p.external_id.clone());
+        }
+        let mut links: HashMap<(String, String), Link> = HashMap::new();
+        for (code, ids) in by_sync {
+            for l in tx.links_by_external(code, &ids).await? {
+                if let Some(ext) = l.external_id.clone() {
+                    links.insert((code.to_string(), ext), l);
+                }
+            }
+        }
+        let mut by_model: HashMap<String, Vec<i64>> = HashMap::new();
+        for p in round {
+            if let Some(l) = links.get(&(p.job.code.clone(), p.external_id.clone())) {
+                by_model
+                    .entry(plan.syncs[&p.job.code].model.clone())
+                    .or_default()
+                    .push(l.local_id);
+            }
+        }
+        let mut records: HashMap<(String, i64), Record> = HashMap::new();
+        for (model, ids) in by_model {
+            for r in tx.records_by_ids(&model, &ids).await? {
+                records.insert((model.clone(), r.id), r);
+            }
+        }
+
+        // Decide each request.
+        let mut intents: Vec<Option<Intent>> = (0..round.len()).map(|_| None).collect();
+        for (i, p) in round.iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            let sync = &plan.syncs[&p.job.code];
+            let model = &plan.models[&sync.model];
+            let link = links
+                .get(&(p.job.code.clone(), p.external_id.clone()))
+                .cloned();
+            let current = link
+                .as_ref()
+                .and_then(|l| records.get(&(model.name.clone(), l.local_id)))
+                .filter(|r| !r.deleted)
+                .cloned();
+            match decide(sync, model, p, &incoming[i], link, current) {
+                Ok(intent) => intents[i] = Some(intent),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+
+        // Write: new records and updates per model, in as few statements as possible.
+        let mut new_links: Vec<Link> = Vec::new();
+        let mut rows: Vec<NewChange> = Vec::new();
+        let mut written: Vec<(usize, Record, &'static str, Option<String>)> = Vec::new();
+        let mut creates: HashMap<String, Vec<(usize, Map<String, Value>)>> = HashMap::new();
+        let mut updates: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, intent) in intents.iter().enumerate() {
+            let Some(intent) = intent else { continue };
+            let model = &plan.syncs[&round[i].job.code].model;
+            match intent {
+                Intent::NoOp(id) => results[i] = Some(Ok(Applied::NoOp(*id))),
+                Intent::Rebase(id, link) => {
+                    new_links.push(link.clone());
+                    results[i] = Some(Ok(Applied::NoOp(*id)));
+                }
+                Intent::Create { values } => creates
+                    .entry(model.clone())
+                    .or_default()
+                    .push((i, values.clone())),
+                Intent::Update { .. } => updates.entry(model.clone()).or_default().push(i),
+            }
+        }
+        for (model, items) in creates {
+            let values: Vec<Map<String, Value>> = items.iter().map(|(_, v)| v.clone()).collect();
+            let recs = tx.insert_records(&model, &values).await?;
+            for ((i, values), rec) in items.into_iter().zip(recs) {
+                let p = &round[i];
+                let sync = &plan.syncs[&p.job.code];
+                let m = &plan.models[&sync.model];
+                new_links.push(Link {
+                    sync: sync.code.to_string(),
+                    local_id: rec.id,
+                    external_id: Some(p.external_id.clone()),
+                    base: values.clone(),
+                    synced_version: rec.version,
+                    external_hash: None,
+                });
+                let mut row = log_row(
+                    sync,
+                    m,
+                    LogDirection::ExternalToLocal,
+                    LogAction::Create,
+                    Some(rec.id),
+                    &rec.values,
+                );
+                row.external_id = Some(p.external_id.clone());
+                row.origin_values = p.origin.clone();
+                row.destination_values = Value::Object(values);
+                fill(&mut row, &p.job.ctx);
+                rows.push(row);
+                results[i] = Some(Ok(Applied::Created(rec.id)));
+                written.push((i, rec, "create", Some(sync.code.to_string())));
+            }
+        }
+        for (model, idx) in updates {
+            let batch: Vec<(i64, Map<String, Value>)> = idx
+                .iter()
+                .map(|i| match &intents[*i] {
+                    Some(Intent::Update { record, values, .. }) => (record.id, values.clone()),
+                    _ => unreachable!("only updates are listed"),
+                })
+                .collect();
+            let recs: HashMap<i64, Record> = tx
+                .update_records(&model, &batch)
+                .await?
+                .into_iter()
+                .map(|r| (r.id, r))
+                .collect();
+            for i in idx {
+                let Some(Intent::Update {
+                    record,
+                    link,
+                    changed,
+                    base,
+                    conflicts,
+                    local_won,
+                    ..
+                }) = &intents[i]
+                else {
+                    continue;
+                };
+                let Some(rec) = recs.get(&record.id).cloned() else {
+                    results[i] = Some(Err(ApplyError::UnknownRecord(model.clone(), record.id)));
+                    continue;
+                };
+                let p = &round[i];
+                let sync = &plan.syncs[&p.job.code];
+                let m = &plan.models[&sync.model];
+                new_links.push(Link {
+                    base: base.clone(),
+                    synced_version: rec.version,
+                    ..link.clone()
+                });
+                for c in conflicts {
+                    let mut row = log_row(
+                        sync,
+                        m,
+                        LogDirection::ExternalToLocal,
+                        LogAction::Conflict,
+                        Some(rec.id),
+                        &rec.values,
+                    );
+                    row.external_id = Some(p.external_id.clone());
+                    row.origin_values = json!({"field": c.field, "base": c.base, "local": c.local, "external": c.external});
+                    row.destination_values = json!({c.field.clone(): if c.winner == Side::Local { &c.local } else { &c.external }});
+                    row.status = LogStatus::ConflictResolved;
+                    row.error_message = format!(
+                        "`{}` changed on both sides; {} wins by priority `{}`",
+                        c.field,
+                        if c.winner == Side::Local {
+                            "local"
+                        } else {
+                            "external"
+                        },
+                        sync.priority.as_str()
+                    );
+                    fill(&mut row, &p.job.ctx);
+                    rows.push(row);
+                }
+                let mut row = log_row(
+                    sync,
+                    m,
+                    LogDirection::ExternalToLocal,
+                    LogAction::Update,
+                    Some(rec.id),
+                    &rec.values,
+                );
+                row.external_id = Some(p.external_id.clone());
+                row.origin_values = p.origin.clone();
+                row.destination_values = Value::Object(changed.clone());
+                fill(&mut row, &p.job.ctx);
+                rows.push(row);
+                results[i] = Some(Ok(Applied::Updated(rec.id)));
+                // A local value that won a conflict goes back to this sync as well.
+                let origin = if *local_won {
+                    None
+                } else {
+                    Some(sync.code.to_string())
+                };
+                written.push((i, rec, "update", origin));
+            }
+        }
+        tx.upsert_links(&new_links).await?;
+
+        // Fan-out to the other syncs of each model, with the domain-exit unlinks.
+        let mut outbox: Vec<NewOutbox> = Vec::new();
+        let mut unlinks: Vec<(String, i64)> = Vec::new();
+        let mut targets: HashMap<String, Vec<i64>> = HashMap::new();
+        for (_, rec, action, origin) in &written {
+            for t in receivers(plan, &rec.model, origin.as_deref()) {
+                if *action == "update" {
+                    targets.entry(t.code.to_string()).or_default().push(rec.id);
+                }
+            }
+        }
+        let mut linked: HashSet<(String, i64)> = HashSet::new();
+        for (code, ids) in targets {
+            for l in tx.links_by_local(&code, &ids).await? {
+                linked.insert((code.clone(), l.local_id));
+            }
+        }
+        for (_, rec, action, origin) in &written {
+            let model = &plan.models[&rec.model];
+            for t in receivers(plan, &rec.model, origin.as_deref()) {
+                let key = (t.code.to_string(), rec.id);
+                if !t.domain.matches(&rec.values) {
+                    if linked.contains(&key) {
+                        unlinks.push(key);
+                        let mut row = log_row(
+                            t,
+                            model,
+                            LogDirection::LocalToExternal,
+                            LogAction::Unlink,
+                            Some(rec.id),
+                            &rec.values,
+                        );
+                        row.error_message = "the record no longer matches the sync's domain".into();
+                        row.actor = "engine".into();
+                        rows.push(row);
+                    }
+                    continue;
+                }
+                outbox.push(NewOutbox {
+                    sync: t.code.to_string(),
+                    local_id: rec.id,
+                    action: action.to_string(),
+                    payload: json!({"version": rec.version, "values": rec.values}),
+                });
+            }
+        }
+        for (code, id) in &unlinks {
+            tx.delete_link(code, *id).await?;
+        }
+        if !self.opts.change_log {
+            rows.retain(|r| r.status != LogStatus::Success);
+        }
+        tx.log_changes(&rows).await?;
+        tx.enqueue_many(&outbox).await?;
+        tx.commit().await?;
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or(Err(ApplyError::Invalid(
+                    "the request was not applied".into(),
+                )))
+            })
+            .collect())
+    }
+}
+
+/// Realtime syncs of `model` that send, other than `origin`.
+fn receivers<'a>(
+    plan: &'a Plan,
+    model: &'a str,
+    origin: Option<&'a str>,
+) -> impl Iterator<Item = &'a Sync> + 'a {
+    plan.syncs_of_model(model).filter(move |t| {
+        Some(t.code.as_str()) != origin
+            && t.active
+            && t.direction.to_external()
+            && t.mode == Mode::Realtime
+    })
+}
+
+fn fill(row: &mut NewChange, ctx: &Ctx) {
+    row.modified_at = ctx.modified_at;
+    row.actor = ctx.actor.clone();
+    row.run_id = ctx.run_id;
+}
+
+/// Checks and maps one request without touching the store.
+#[allow(clippy::result_large_err)]
+fn prepare(plan: &Plan, job: Job) -> Result<Prepared, (Job, ApplyError)> {
+    match check(plan, &job) {
+        Ok((external_id, origin, incoming, refs)) => Ok(Prepared {
+            external_id,
+            origin,
+            incoming,
+            refs,
+            job,
+        }),
+        Err(e) => Err((job, e)),
+    }
+}
+
+type Checked = (String, Value, Map<String, Value>, Vec<PendingRef>);
+
+fn check(plan: &Plan, job: &Job) -> Result<Checked, ApplyError> {
+    let sync = plan
+        .sync(&job.code)
+        .ok_or_else(|| ApplyError::UnknownSync(job.code.clone()))?;
+    if !sync.direction.to_local() {
+        return Err(ApplyError::NotInbound(job.code.clone()));
+    }
+    if !sync.active {
+        return Err(ApplyError::Inactive(job.code.clone()));
+    }
+    let Value::Object(fields) = &job.payload else {
+        return Err(ApplyError::Invalid(
+            "the body must be an object of field values".into(),
+        ));
+    };
+    let ext_model = &plan.external_models[&sync.external_model];
+    // Unknown external fields are refused, unless a JSONPath pair reads below them.
+    let path_roots: Vec<&str> = sync
+        .fields
+        .iter()
+        .filter_map(|p| match &p.external {
+            crate::domain::ExternalField::Path(path) => path
+                .as_str()
+                .strip_prefix("$.")
+                .and_then(|r| r.split(['.', '[']).next()),
+            crate::domain::ExternalField::Name(_) => None,
+        })
+        .collect();
+    let unknown: Vec<(String, String)> = fields
+        .keys()
+        .filter(|k| !ext_model.fields.contains_key(*k) && !path_roots.contains(&k.as_str()))
+        .map(|k| {
+            (
+                k.clone(),
+                format!("unknown field of external model `{}`", ext_model.name),
+            )
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(invalid(unknown));
+    }
+    let external_id = match &job.external_id {
+        Some(id) => id.clone(),
+        None => match fields.get(&sync.external_ref) {
+            Some(v) => id_text(v).ok_or_else(|| {
+                ApplyError::Invalid(format!(
+                    "{}: the external id must be a non-empty string or a number",
+                    sync.external_ref
+                ))
+            })?,
+            None => {
+                return Err(ApplyError::Invalid(format!(
+                    "{}: missing; it holds the external id for sync `{}`",
+                    sync.external_ref, sync.code
+                )));
+            }
+        },
+    };
+    let mut typed = Map::new();
+    let mut errors = Vec::new();
+    for (k, v) in fields {
+        match ext_model.fields.get(k) {
+            Some(ty) => match coerce(ty, v) {
+                Ok(c) => {
+                    typed.insert(k.clone(), c);
+                }
+                Err(e) => errors.push((k.clone(), e.to_string())),
+            },
+            None => {
+                typed.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(invalid(errors));
+    }
+    let typed = Value::Object(typed);
+    let mapped = to_local(&sync.fields, &typed)
+        .map_err(|e| invalid(e.into_iter().map(|e| (e.field, e.message))))?;
+    Ok((external_id, typed, mapped.values, mapped.refs))
+}
+
+/// What one request does, given the record and link as stored.
+fn decide(
+    sync: &Sync,
+    model: &Model,
+    p: &Prepared,
+    incoming: &Map<String, Value>,
+    link: Option<Link>,
+    current: Option<Record>,
+) -> Result<Intent, ApplyError> {
+    if p.job.must_exist && current.is_none() {
+        return Err(ApplyError::UnknownExternalId(
+            p.external_id.clone(),
+            sync.code.to_string(),
+        ));
+    }
+    let Some(record) = current else {
+        let values = model.coerce_values(incoming, true).map_err(invalid)?;
+        if !sync.domain.matches(&values) {
+            return Err(ApplyError::OutsideDomain(sync.code.to_string()));
+        }
+        return Ok(Intent::Create { values });
+    };
+    let link = link.expect("a current record has a link");
+    // An echo of what was last synced is not a change.
+    if incoming
+        .iter()
+        .all(|(k, v)| link.base.get(k).unwrap_or(&Value::Null) == v)
+    {
+        return Ok(Intent::NoOp(record.id));
+    }
+    let keys: Vec<&str> = incoming.keys().map(String::as_str).collect();
+    let m = merge(
+        &keys,
+        &link.base,
+        &record.values,
+        incoming,
+        sync.priority,
+        Modified {
+            local: Some(record.updated_at),
+            external: p.job.ctx.modified_at.or(Some(chrono::Utc::now())),
+        },
+    );
+    let mut values = record.values.clone();
+    let mut changed = Map::new();
+    for (k, v) in &m.merged {
+        if values.get(k).unwrap_or(&Value::Null) != v {
+            changed.insert(k.clone(), v.clone());
+        }
+        values.insert(k.clone(), v.clone());
+    }
+    let mut base = link.base.clone();
+    for (k, v) in incoming {
+        base.insert(k.clone(), v.clone());
+    }
+    if changed.is_empty() && m.conflicts.is_empty() {
+        let id = record.id;
+        return Ok(Intent::Rebase(
+            id,
+            Link {
+                base,
+                synced_version: record.version,
+                ..link
+            },
+        ));
+    }
+    let values = model.coerce_values(&values, false).map_err(invalid)?;
+    if !sync.domain.matches(&values) {
+        return Err(ApplyError::OutsideDomain(sync.code.to_string()));
+    }
+    let local_won = m.conflicts.iter().any(|c| c.winner == Side::Local);
+    Ok(Intent::Update {
+        record,
+        link,
+        values,
+        changed,
+        base,
+        conflicts: m.conflicts,
+        local_won,
+    })
+}
