@@ -126,6 +126,7 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
+                .pragma("temp_store", "memory")
                 .foreign_keys(true);
             let memory = url.contains(":memory:") || url.contains("mode=memory");
             // One writer serialises writes in-process; readers use WAL snapshots alongside it.
@@ -876,20 +877,32 @@ impl Tx {
                 .join(", ");
             let sql = format!(
                 "INSERT INTO records (model, vals, version, created_at, updated_at) VALUES {values}
-                 RETURNING id, model, vals, version, created_at, updated_at, deleted_at"
+                 RETURNING id, version, created_at, updated_at"
             );
-            let mut got = on!(self.conn(), |c| {
-                let mut q = sqlx::query_as::<_, RecordRow>(&sql).bind(model).bind(now);
+            // Only the assigned columns come back; the values are the ones just written.
+            let mut meta = on!(self.conn(), |c| {
+                let mut q = sqlx::query_as::<_, (i64, i64, DateTime<Utc>, DateTime<Utc>)>(&sql)
+                    .bind(model)
+                    .bind(now);
                 for v in chunk {
                     q = q.bind(Json(v));
                 }
                 q.fetch_all(c).await
-            })?
-            .into_iter()
-            .map(Record::from)
-            .collect::<Vec<_>>();
+            })?;
             // Ids are assigned in VALUES order; RETURNING order is not promised.
-            got.sort_by_key(|r| r.id);
+            meta.sort_by_key(|m| m.0);
+            let got =
+                meta.into_iter()
+                    .zip(chunk)
+                    .map(|((id, version, created_at, updated_at), v)| Record {
+                        id,
+                        model: model.to_string(),
+                        values: v.clone(),
+                        version,
+                        created_at,
+                        updated_at,
+                        deleted: false,
+                    });
             out.extend(got);
         }
         Ok(out)
@@ -912,16 +925,33 @@ impl Tx {
                 "INSERT INTO records (id, model, vals, version, created_at, updated_at) VALUES {values}
                  ON CONFLICT (id) DO UPDATE SET vals = excluded.vals, version = records.version + 1,
                    updated_at = excluded.updated_at
-                 RETURNING id, model, vals, version, created_at, updated_at, deleted_at"
+                 RETURNING id, version, created_at, updated_at"
             );
-            let got = on!(self.conn(), |c| {
-                let mut q = sqlx::query_as::<_, RecordRow>(&sql).bind(model).bind(now);
+            let meta = on!(self.conn(), |c| {
+                let mut q = sqlx::query_as::<_, (i64, i64, DateTime<Utc>, DateTime<Utc>)>(&sql)
+                    .bind(model)
+                    .bind(now);
                 for (id, v) in chunk {
                     q = q.bind(id).bind(Json(v));
                 }
                 q.fetch_all(c).await
             })?;
-            out.extend(got.into_iter().map(Record::from));
+            let given: std::collections::HashMap<i64, &Map<String, Value>> =
+                chunk.iter().map(|(id, v)| (*id, v)).collect();
+            out.extend(
+                meta.into_iter()
+                    .filter_map(|(id, version, created_at, updated_at)| {
+                        Some(Record {
+                            id,
+                            model: model.to_string(),
+                            values: (*given.get(&id)?).clone(),
+                            version,
+                            created_at,
+                            updated_at,
+                            deleted: false,
+                        })
+                    }),
+            );
         }
         Ok(out)
     }
