@@ -31,6 +31,9 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Result<Applied, ApplyError>>,
 }
 
+/// A record's field values.
+type Values = Map<String, Value>;
+
 /// A job checked and mapped, before any database work.
 struct Prepared {
     job: Job,
@@ -237,7 +240,7 @@ impl Engine {
         let mut new_links: Vec<Link> = Vec::new();
         let mut rows: Vec<NewChange> = Vec::new();
         let mut written: Vec<(usize, Record, &'static str, Option<String>)> = Vec::new();
-        let mut creates: HashMap<String, Vec<(usize, Map<String, Value>)>> = HashMap::new();
+        let mut creates: HashMap<String, Vec<(usize, Values)>> = HashMap::new();
         let mut updates: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, intent) in intents.iter().enumerate() {
             let Some(intent) = intent else { continue };
