@@ -323,21 +323,74 @@ async fn demo_starts_and_prints_working_addresses() {
             }
         }
     });
-    let mut readyz = None;
-    while readyz.is_none() {
+    // Collect the printed lines up to the end of the curl examples.
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("Ctrl-C stops")) {
         let line = rx
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("demo prints its addresses");
-        if let Some(url) = line.trim().strip_prefix("Readiness:") {
-            readyz = Some(url.trim().to_string());
-        }
+        lines.push(line);
     }
-    let body: serde_json::Value = reqwest::get(readyz.unwrap())
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {prefix} line in {lines:#?}"))
+    };
+    let readyz = find("Readiness:");
+    let api = find("recsync API:");
+    let key = api
+        .split("key: ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+    let base = api.split_whitespace().next().unwrap().to_string();
+    let body: serde_json::Value = reqwest::get(readyz).await.unwrap().json().await.unwrap();
+    // The peer's sample contacts arrived through its call backs, with their companies.
+    let client = reqwest::Client::new();
+    let contacts: serde_json::Value = client
+        .get(format!("{base}/models/contact/records"))
+        .query(&[("expand", "company")])
+        .header("X-Api-Key", &key)
+        .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
+    let records = contacts["records"].as_array().unwrap();
+    assert_eq!(records.len(), 4, "{contacts}");
+    assert_eq!(records[0]["company"]["name"], "Acme Tools");
+    // The printed PATCH example works as printed, and the edit reaches the peer.
+    let patch = lines
+        .iter()
+        .find(|l| l.contains("-X PATCH"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&patch)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{patch}");
+    let edited: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(edited["phone"], "+34 600 111 222");
+    let peer_records = find("Peer records:");
+    common::eventually(20, "the edit to reach the peer", || {
+        let c = client.clone();
+        let url = peer_records.clone();
+        async move {
+            let v: serde_json::Value = c.get(url).send().await.ok()?.json().await.ok()?;
+            v["records"]
+                .as_array()?
+                .iter()
+                .any(|r| r["phone"] == "+34 600 111 222")
+                .then_some(())
+        }
+    })
+    .await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(body["status"], "ready");
