@@ -794,23 +794,69 @@ async fn log_change(c: Conn<'_>, r: &NewChange) -> Result<i64> {
     })?)
 }
 
-/// Rows per multi-row statement (keeps every statement well under the parameter limits).
-const CHUNK: usize = 200;
+/// Sizes of multi-row statements. A batch is cut into pieces of these sizes, so the same few
+/// statement texts recur and stay in the prepared-statement cache.
+const SIZES: [usize; 4] = [64, 16, 4, 1];
 
-/// `$a, $b, ...` for `n` parameters starting after `offset`.
-fn params(offset: usize, n: usize) -> String {
-    (offset + 1..=offset + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Cuts `items` into slices whose lengths are in [`SIZES`].
+fn pieces<T>(items: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let size = SIZES
+            .iter()
+            .copied()
+            .find(|s| *s <= rest.len())
+            .unwrap_or(1);
+        let (head, tail) = rest.split_at(size);
+        out.push(head);
+        rest = tail;
+    }
+    out
 }
 
-/// `($1, $2, $3), ($4, $5, $6), ...` for `rows` rows of `cols` parameters.
-fn tuples(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| format!("({})", params(r * cols, cols)))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Placeholders in binding order: `?` for SQLite (named ones make SQLite's parameter lookup
+/// linear per parameter), `$n` for PostgreSQL.
+struct Ph {
+    pg: bool,
+    n: usize,
+}
+
+impl Ph {
+    fn new(pg: bool) -> Self {
+        Ph { pg, n: 0 }
+    }
+
+    fn next(&mut self) -> String {
+        self.n += 1;
+        if self.pg {
+            format!("${}", self.n)
+        } else {
+            "?".to_string()
+        }
+    }
+
+    /// `(p, p, ...)` with `cols` placeholders.
+    fn tuple(&mut self, cols: usize) -> String {
+        format!(
+            "({})",
+            (0..cols)
+                .map(|_| self.next())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    /// `p, p, ...` with `n` placeholders.
+    fn list(&mut self, n: usize) -> String {
+        (0..n).map(|_| self.next()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl Tx {
+    fn is_pg(&self) -> bool {
+        matches!(self, Tx::Postgres(_))
+    }
 }
 
 /// Batched statements, for group commits: each takes many rows in one round trip.
@@ -818,11 +864,13 @@ impl Tx {
     /// Links of `sync` for these external ids.
     pub async fn links_by_external(&mut self, sync: &str, ids: &[String]) -> Result<Vec<Link>> {
         let mut out = Vec::new();
-        for chunk in ids.chunks(CHUNK) {
+        for chunk in pieces(ids) {
+            let mut ph = Ph::new(self.is_pg());
             let sql = format!(
                 "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links
-                 WHERE sync = $1 AND external_id IN ({})",
-                params(1, chunk.len())
+                 WHERE sync = {} AND external_id IN ({})",
+                ph.next(),
+                ph.list(chunk.len())
             );
             let rows = on!(self.conn(), |c| {
                 let mut q = sqlx::query_as::<_, LinkRow>(&sql).bind(sync);
@@ -838,28 +886,14 @@ impl Tx {
 
     /// Links of `sync` for these local ids.
     pub async fn links_by_local(&mut self, sync: &str, ids: &[i64]) -> Result<Vec<Link>> {
-        let mut out = Vec::new();
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links
-                 WHERE sync = $1 AND local_id IN ({})",
-                params(1, chunk.len())
-            );
-            let rows = on!(self.conn(), |c| {
-                let mut q = sqlx::query_as::<_, LinkRow>(&sql).bind(sync);
-                for id in chunk {
-                    q = q.bind(id);
-                }
-                q.fetch_all(c).await
-            })?;
-            out.extend(rows.into_iter().map(Link::from));
-        }
-        Ok(out)
+        let pg = self.is_pg();
+        links_by_local_many(self.conn(), pg, sync, ids).await
     }
 
     /// Records of `model` with these ids (tombstones included).
     pub async fn records_by_ids(&mut self, model: &str, ids: &[i64]) -> Result<Vec<Record>> {
-        records_by_ids(self.conn(), model, ids).await
+        let pg = self.is_pg();
+        records_by_ids(self.conn(), pg, model, ids).await
     }
 
     /// Inserts records at version 1; the result is in the order of `rows`.
@@ -870,40 +904,37 @@ impl Tx {
     ) -> Result<Vec<Record>> {
         let now = Utc::now();
         let mut out = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(CHUNK) {
+        for chunk in pieces(rows) {
+            let mut ph = Ph::new(self.is_pg());
             let values = (0..chunk.len())
-                .map(|r| format!("($1, ${}, 1, $2, $2)", r + 3))
+                .map(|_| ph.tuple(4))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
-                "INSERT INTO records (model, vals, version, created_at, updated_at) VALUES {values}
+                "INSERT INTO records (model, vals, created_at, updated_at) VALUES {values}
                  RETURNING id, version, created_at, updated_at"
             );
             // Only the assigned columns come back; the values are the ones just written.
             let mut meta = on!(self.conn(), |c| {
-                let mut q = sqlx::query_as::<_, (i64, i64, DateTime<Utc>, DateTime<Utc>)>(&sql)
-                    .bind(model)
-                    .bind(now);
+                let mut q = sqlx::query_as::<_, (i64, i64, DateTime<Utc>, DateTime<Utc>)>(&sql);
                 for v in chunk {
-                    q = q.bind(Json(v));
+                    q = q.bind(model).bind(Json(v)).bind(now).bind(now);
                 }
                 q.fetch_all(c).await
             })?;
             // Ids are assigned in VALUES order; RETURNING order is not promised.
             meta.sort_by_key(|m| m.0);
-            let got =
-                meta.into_iter()
-                    .zip(chunk)
-                    .map(|((id, version, created_at, updated_at), v)| Record {
-                        id,
-                        model: model.to_string(),
-                        values: v.clone(),
-                        version,
-                        created_at,
-                        updated_at,
-                        deleted: false,
-                    });
-            out.extend(got);
+            out.extend(meta.into_iter().zip(chunk).map(
+                |((id, version, created_at, updated_at), v)| Record {
+                    id,
+                    model: model.to_string(),
+                    values: v.clone(),
+                    version,
+                    created_at,
+                    updated_at,
+                    deleted: false,
+                },
+            ));
         }
         Ok(out)
     }
@@ -916,23 +947,22 @@ impl Tx {
     ) -> Result<Vec<Record>> {
         let now = Utc::now();
         let mut out = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(CHUNK) {
+        for chunk in pieces(rows) {
+            let mut ph = Ph::new(self.is_pg());
             let values = (0..chunk.len())
-                .map(|r| format!("(${}, $1, ${}, 1, $2, $2)", 3 + 2 * r, 4 + 2 * r))
+                .map(|_| ph.tuple(5))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
-                "INSERT INTO records (id, model, vals, version, created_at, updated_at) VALUES {values}
+                "INSERT INTO records (id, model, vals, created_at, updated_at) VALUES {values}
                  ON CONFLICT (id) DO UPDATE SET vals = excluded.vals, version = records.version + 1,
                    updated_at = excluded.updated_at
                  RETURNING id, version, created_at, updated_at"
             );
             let meta = on!(self.conn(), |c| {
-                let mut q = sqlx::query_as::<_, (i64, i64, DateTime<Utc>, DateTime<Utc>)>(&sql)
-                    .bind(model)
-                    .bind(now);
+                let mut q = sqlx::query_as::<_, (i64, i64, DateTime<Utc>, DateTime<Utc>)>(&sql);
                 for (id, v) in chunk {
-                    q = q.bind(id).bind(Json(v));
+                    q = q.bind(id).bind(model).bind(Json(v)).bind(now).bind(now);
                 }
                 q.fetch_all(c).await
             })?;
@@ -959,14 +989,18 @@ impl Tx {
     /// Creates or replaces many links.
     pub async fn upsert_links(&mut self, links: &[Link]) -> Result<()> {
         let now = Utc::now();
-        for chunk in links.chunks(CHUNK) {
+        for chunk in pieces(links) {
+            let mut ph = Ph::new(self.is_pg());
+            let values = (0..chunk.len())
+                .map(|_| ph.tuple(7))
+                .collect::<Vec<_>>()
+                .join(", ");
             let sql = format!(
                 "INSERT INTO links (sync, local_id, external_id, base, synced_version, external_hash, updated_at)
-                 VALUES {}
+                 VALUES {values}
                  ON CONFLICT (sync, local_id) DO UPDATE SET external_id = excluded.external_id, base = excluded.base,
                    synced_version = excluded.synced_version, external_hash = excluded.external_hash,
-                   updated_at = excluded.updated_at",
-                tuples(chunk.len(), 7)
+                   updated_at = excluded.updated_at"
             );
             on!(self.conn(), |c| {
                 let mut q = sqlx::query(&sql);
@@ -989,12 +1023,16 @@ impl Tx {
     /// Writes many change-control rows.
     pub async fn log_changes(&mut self, rows: &[NewChange]) -> Result<()> {
         let now = Utc::now();
-        for chunk in rows.chunks(CHUNK) {
+        for chunk in pieces(rows) {
+            let mut ph = Ph::new(self.is_pg());
+            let values = (0..chunk.len())
+                .map(|_| ph.tuple(15))
+                .collect::<Vec<_>>()
+                .join(", ");
             let sql = format!(
                 "INSERT INTO change_log (sync, direction, action, external_id, local_id, name, title, origin_values,
                      destination_values, modified_at, synced_at, status, error_message, run_id, actor)
-                 VALUES {}",
-                tuples(chunk.len(), 15)
+                 VALUES {values}"
             );
             on!(self.conn(), |c| {
                 let mut q = sqlx::query(&sql);
@@ -1025,15 +1063,19 @@ impl Tx {
     /// Queues many changes for delivery.
     pub async fn enqueue_many(&mut self, entries: &[NewOutbox]) -> Result<()> {
         let now = Utc::now();
-        for chunk in entries.chunks(CHUNK) {
+        for chunk in pieces(entries) {
+            let mut ph = Ph::new(self.is_pg());
             let values = (0..chunk.len())
-                .map(|r| {
+                .map(|_| {
                     format!(
-                        "(${}, ${}, ${}, ${}, 'pending', $1, $1, $1)",
-                        2 + 4 * r,
-                        3 + 4 * r,
-                        4 + 4 * r,
-                        5 + 4 * r
+                        "({}, {}, {}, {}, 'pending', {}, {}, {})",
+                        ph.next(),
+                        ph.next(),
+                        ph.next(),
+                        ph.next(),
+                        ph.next(),
+                        ph.next(),
+                        ph.next()
                     )
                 })
                 .collect::<Vec<_>>()
@@ -1042,13 +1084,16 @@ impl Tx {
                 "INSERT INTO outbox (sync, local_id, action, payload, status, next_attempt_at, created_at, updated_at) VALUES {values}"
             );
             on!(self.conn(), |c| {
-                let mut q = sqlx::query(&sql).bind(now);
+                let mut q = sqlx::query(&sql);
                 for e in chunk {
                     q = q
                         .bind(&e.sync)
                         .bind(e.local_id)
                         .bind(&e.action)
-                        .bind(Json(&e.payload));
+                        .bind(Json(&e.payload))
+                        .bind(now)
+                        .bind(now)
+                        .bind(now);
                 }
                 q.execute(c).await.map(|r| r.rows_affected())
             })?;
@@ -1059,10 +1104,12 @@ impl Tx {
     /// Marks many outbox entries done.
     pub async fn outbox_done_many(&mut self, ids: &[i64]) -> Result<()> {
         let now = Utc::now();
-        for chunk in ids.chunks(CHUNK) {
+        for chunk in pieces(ids) {
+            let mut ph = Ph::new(self.is_pg());
             let sql = format!(
-                "UPDATE outbox SET status = 'done', claimed_by = NULL, claimed_until = NULL, updated_at = $1 WHERE id IN ({})",
-                params(1, chunk.len())
+                "UPDATE outbox SET status = 'done', claimed_by = NULL, claimed_until = NULL, updated_at = {} WHERE id IN ({})",
+                ph.next(),
+                ph.list(chunk.len())
             );
             on!(self.conn(), |c| {
                 let mut q = sqlx::query(&sql).bind(now);
@@ -1076,62 +1123,73 @@ impl Tx {
     }
 }
 
-async fn records_by_ids(c: Conn<'_>, model: &str, ids: &[i64]) -> Result<Vec<Record>> {
+async fn records_by_ids(
+    mut c: Conn<'_>,
+    pg: bool,
+    model: &str,
+    ids: &[i64],
+) -> Result<Vec<Record>> {
     let mut out = Vec::new();
-    let mut c = c;
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in pieces(ids) {
+        let mut ph = Ph::new(pg);
         let sql = format!(
             "SELECT id, model, vals, version, created_at, updated_at, deleted_at FROM records
-             WHERE model = $1 AND id IN ({})",
-            params(1, chunk.len())
+             WHERE model = {} AND id IN ({})",
+            ph.next(),
+            ph.list(chunk.len())
         );
-        let rows = match &mut c {
-            Conn::Sqlite(c) => {
-                let mut q = sqlx::query_as::<_, RecordRow>(&sql).bind(model);
-                for id in chunk {
-                    q = q.bind(id);
-                }
-                q.fetch_all(&mut **c).await?
+        let rows = on!(&mut c, |c| {
+            let mut q = sqlx::query_as::<_, RecordRow>(&sql).bind(model);
+            for id in chunk {
+                q = q.bind(id);
             }
-            Conn::Postgres(c) => {
-                let mut q = sqlx::query_as::<_, RecordRow>(&sql).bind(model);
-                for id in chunk {
-                    q = q.bind(id);
-                }
-                q.fetch_all(&mut **c).await?
-            }
-        };
+            q.fetch_all(&mut **c).await
+        })?;
         out.extend(rows.into_iter().map(Record::from));
     }
     Ok(out)
 }
 
+async fn links_by_local_many(
+    mut c: Conn<'_>,
+    pg: bool,
+    sync: &str,
+    ids: &[i64],
+) -> Result<Vec<Link>> {
+    let mut out = Vec::new();
+    for chunk in pieces(ids) {
+        let mut ph = Ph::new(pg);
+        let sql = format!(
+            "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links
+             WHERE sync = {} AND local_id IN ({})",
+            ph.next(),
+            ph.list(chunk.len())
+        );
+        let rows = on!(&mut c, |c| {
+            let mut q = sqlx::query_as::<_, LinkRow>(&sql).bind(sync);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.fetch_all(&mut **c).await
+        })?;
+        out.extend(rows.into_iter().map(Link::from));
+    }
+    Ok(out)
+}
+
 impl Store {
+    fn is_pg(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
     /// Records of `model` with these ids (tombstones included), read outside a transaction.
     pub async fn records_by_ids(&self, model: &str, ids: &[i64]) -> Result<Vec<Record>> {
-        records_by_ids(self.reader().await?.conn(), model, ids).await
+        records_by_ids(self.reader().await?.conn(), self.is_pg(), model, ids).await
     }
 
     /// Links of `sync` for these local ids, read outside a transaction.
     pub async fn links_by_local(&self, sync: &str, ids: &[i64]) -> Result<Vec<Link>> {
-        let mut out = Vec::new();
-        let mut c = self.reader().await?;
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links
-                 WHERE sync = $1 AND local_id IN ({})",
-                params(1, chunk.len())
-            );
-            let rows = on!(c.conn(), |c| {
-                let mut q = sqlx::query_as::<_, LinkRow>(&sql).bind(sync);
-                for id in chunk {
-                    q = q.bind(id);
-                }
-                q.fetch_all(c).await
-            })?;
-            out.extend(rows.into_iter().map(Link::from));
-        }
-        Ok(out)
+        links_by_local_many(self.reader().await?.conn(), self.is_pg(), sync, ids).await
     }
 }
 
