@@ -39,7 +39,7 @@ CREATE TABLE outbox (
     created_at      TEXT    NOT NULL,
     updated_at      TEXT    NOT NULL
 );
-CREATE INDEX outbox_due ON outbox (status, next_attempt_at, id);
+CREATE INDEX outbox_due ON outbox (status, id);
 CREATE INDEX outbox_record ON outbox (sync, local_id, id);
 
 CREATE TABLE change_log (

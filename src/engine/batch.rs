@@ -170,12 +170,16 @@ impl Engine {
         let mut tx = self.store.begin().await?;
         let mut results: Vec<Option<Result<Applied, ApplyError>>> =
             (0..round.len()).map(|_| None).collect();
-        let mut incoming: Vec<Map<String, Value>> =
-            round.iter().map(|p| p.incoming.clone()).collect();
+        // Requests with references get a copy completed with the resolved ids.
+        let mut resolved: HashMap<usize, Map<String, Value>> = HashMap::new();
         for (i, p) in round.iter().enumerate() {
-            if !p.refs.is_empty()
-                && let Err(e) = self.resolve_refs(&mut tx, &p.refs, &mut incoming[i]).await
-            {
+            if p.refs.is_empty() {
+                continue;
+            }
+            let mut values = p.incoming.clone();
+            let outcome = self.resolve_refs(&mut tx, &p.refs, &mut values).await;
+            resolved.insert(i, values);
+            if let Err(e) = outcome {
                 match e {
                     ApplyError::Store(s) => return Err(s),
                     other => results[i] = Some(Err(other)),
@@ -230,7 +234,8 @@ impl Engine {
                 .and_then(|l| records.get(&(model.name.clone(), l.local_id)))
                 .filter(|r| !r.deleted)
                 .cloned();
-            match decide(sync, model, p, &incoming[i], link, current) {
+            let incoming = resolved.get(&i).unwrap_or(&p.incoming);
+            match decide(sync, model, p, incoming, link, current) {
                 Ok(intent) => intents[i] = Some(intent),
                 Err(e) => results[i] = Some(Err(e)),
             }
@@ -422,7 +427,7 @@ impl Engine {
                     sync: t.code.to_string(),
                     local_id: rec.id,
                     action: action.to_string(),
-                    payload: json!({"version": rec.version, "values": rec.values}),
+                    payload: json!({"version": rec.version}),
                 });
             }
         }

@@ -16,6 +16,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/sync/{code}/{external_id}", web::delete().to(remove));
 }
 
+/// The success envelope, as serde_json writes it.
+const SUCCESS_BODY: &str =
+    r#"{"id":null,"jsonrpc":"2.0","result":{"error_message":"","status":"success"}}"#;
+
 /// The JSON-RPC envelope every answer uses.
 pub fn envelope(status: StatusCode, error: &str) -> HttpResponse {
     let body = json!({
@@ -174,10 +178,6 @@ async fn handle(
             }
         }
     };
-    let origin = match &op {
-        InboundOp::Upsert { payload, .. } => Some(payload.clone()),
-        InboundOp::Delete { .. } => None,
-    };
     let ctx = Ctx::actor(caller.name.clone());
     let result = engine.apply_inbound(&code, op, &ctx).await;
     let (status, message) = match &result {
@@ -195,14 +195,20 @@ async fn handle(
             status,
             message: message.clone(),
         };
+        // The body was read already; parse it again only for the failure's log row.
+        let origin = parse_values(&bytes).ok().map(Value::Object);
         log_refusal(&state, &code, &kind, &caller.name, &r, origin).await;
     }
-    let resp_body = json!({
-        "jsonrpc": "2.0",
-        "id": null,
-        "result": {"status": if status.is_success() { "success" } else { "failed" }, "error_message": message},
-    })
-    .to_string();
+    let resp_body = if status.is_success() {
+        SUCCESS_BODY.to_string()
+    } else {
+        json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "result": {"status": "failed", "error_message": message},
+        })
+        .to_string()
+    };
     if let Some((scope, key)) = idem
         && status.as_u16() < 500
         && let Ok(mut tx) = engine.store.begin().await
@@ -291,5 +297,16 @@ async fn log_refusal(
     };
     if let Err(e) = state.engine.log_alone(row).await {
         tracing::error!(error = %e, "Failed to write the change-control row of a refused request");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_success_body_is_the_envelope() {
+        let built = json!({"jsonrpc": "2.0", "id": null, "result": {"status": "success", "error_message": ""}});
+        assert_eq!(serde_json::from_str::<Value>(SUCCESS_BODY).unwrap(), built);
     }
 }

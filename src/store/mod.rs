@@ -280,7 +280,8 @@ impl Store {
     ) -> Result<Vec<OutboxEntry>> {
         let until =
             now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
-        let due = "(o.status = 'pending' AND o.next_attempt_at <= $3) OR (o.status = 'inflight' AND o.claimed_until < $3)";
+        // Pending entries in id order; the (status, id) index walks them without a sort.
+        let due = "o.status = 'pending' AND o.next_attempt_at <= $3";
         let earlier =
             "NOT EXISTS (SELECT 1 FROM outbox p WHERE p.sync = o.sync AND p.local_id = o.local_id
                         AND p.id < o.id AND p.status IN ('pending', 'inflight', 'dead'))";
@@ -296,6 +297,15 @@ impl Store {
              WHERE id IN (SELECT o.id FROM outbox o WHERE ({due}) AND {earlier} ORDER BY o.id LIMIT $4 {lock}) {ret}"
         );
         let mut c = self.writer().await?;
+        // Leases that ran out (a worker that died) put their entries back in line first.
+        on!(c.conn(), |c| sqlx::query(
+            "UPDATE outbox SET status = 'pending', claimed_by = NULL, claimed_until = NULL
+             WHERE status = 'inflight' AND claimed_until < $1"
+        )
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         let rows = on!(c.conn(), |c| sqlx::query_as::<_, OutboxRow>(&sql)
             .bind(worker)
             .bind(until)
