@@ -10,7 +10,6 @@ CREATE TABLE records (
     deleted_at  TIMESTAMPTZ
 );
 CREATE INDEX records_model_id ON records (model, id);
-CREATE INDEX records_model_updated ON records (model, updated_at);
 
 CREATE TABLE links (
     sync           TEXT    NOT NULL,
