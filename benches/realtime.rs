@@ -155,7 +155,6 @@ async fn run() {
     let mut tasks = Vec::new();
     for _ in 0..CONNECTIONS {
         let client = client.clone();
-        let base = base.clone();
         let next = next.clone();
         let requests = requests.clone();
         tasks.push(tokio::spawn(async move {
