@@ -964,3 +964,117 @@ async fn records_api_filters_pages_and_checks_scopes() {
     assert_eq!(unknown_model.status(), 404);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn relations_resolve_through_ref_field() {
+    let h = Harness::start().await;
+    let r = h
+        .client
+        .post(h.url("/api/v1/models/company/records"))
+        .header("X-Api-Key", ADMIN_KEY)
+        .json(&json!({"name": "Vatco", "vat": "ESB999"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let company = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let r = h
+        .client
+        .post(h.url("/sync/VAT/create"))
+        .header("api_key", ADMIN_KEY)
+        .json(&json!({"name": "By VAT", "unique_id": "V-1", "company_id": "ESB999"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = h
+        .engine
+        .store
+        .link_by_external("VAT", "V-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .local_id;
+    assert_eq!(
+        h.engine
+            .store
+            .get_record("contact", id)
+            .await
+            .unwrap()
+            .unwrap()
+            .values["company"],
+        json!(company)
+    );
+    let r = h
+        .client
+        .post(h.url("/sync/VAT/create"))
+        .header("api_key", ADMIN_KEY)
+        .json(&json!({"name": "Nobody", "unique_id": "V-2", "company_id": "XX000"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["result"]["error_message"],
+        "company: no `company` record with vat = `XX000`"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limits_and_malformed_answers_are_retried() {
+    let h = Harness::start().await;
+    // The first call gets 429 with Retry-After: 1, the next a 200 that is not JSON.
+    h.peer.set_faults(Faults {
+        rate_limit_next: 1,
+        retry_after: 1,
+        malformed_next: 1,
+        ..Default::default()
+    });
+    let started = std::time::Instant::now();
+    let r = h
+        .client
+        .post(h.url("/api/v1/models/contact/records"))
+        .header("X-Api-Key", ADMIN_KEY)
+        .json(&json!({"name": "Patient", "stage": "lead"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let local_id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    eventually(20, "the delivery", || async {
+        h.peer.received("crm").into_iter().find(|r| r.status == 200)
+    })
+    .await;
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
+    let rows = h.changes("CON").await;
+    let failures: Vec<&str> = rows
+        .iter()
+        .filter(|c| c.local_id == Some(local_id) && c.status == "failed")
+        .map(|c| c.error_message.as_str())
+        .collect();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(
+        failures.iter().any(|m| m.contains("HTTP 429")),
+        "{failures:?}"
+    );
+    assert!(
+        failures.iter().any(|m| m.contains("not JSON")),
+        "{failures:?}"
+    );
+    let creates = h
+        .peer
+        .received("crm")
+        .into_iter()
+        .filter(|r| r.action == "create" && r.status == 200)
+        .count();
+    assert_eq!(
+        creates, 1,
+        "the peer answered the 429 and the malformed call without storing anything"
+    );
+    h.stop().await;
+}

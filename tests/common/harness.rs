@@ -83,6 +83,15 @@ fields = [
   { local = "city",     external = "$.address.city" },
 ]
 
+[syncs.VAT]
+model = "contact"
+external_model = "crm_contact"
+web_service = "crm"
+direction = "to_local"
+mode = "realtime"
+external_ref = "unique_id"
+fields = [{ local = "name", external = "name" }, { local = "company", external = "company_id", ref_field = "vat" }]
+
 [syncs.ERP]
 model = "contact"
 external_model = "crm_contact"
