@@ -1078,3 +1078,54 @@ async fn rate_limits_and_malformed_answers_are_retried() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_create_after_a_local_delete_makes_a_new_record() {
+    let h = Harness::start().await;
+    let create = || {
+        h.client
+            .post(h.url("/sync/CON/create"))
+            .header("api_key", CRM_KEY)
+            .json(&json!({"name": "Phoenix", "unique_id": "R-1"}))
+            .send()
+    };
+    assert_eq!(create().await.unwrap().status(), 200);
+    let first = h
+        .engine
+        .store
+        .link_by_external("CON", "R-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .local_id;
+    let r = h
+        .client
+        .delete(h.url(&format!("/api/v1/models/contact/records/{first}")))
+        .header("X-Api-Key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let again = create().await.unwrap();
+    assert_eq!(again.status(), 200, "{}", again.text().await.unwrap());
+    let second = h
+        .engine
+        .store
+        .link_by_external("CON", "R-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .local_id;
+    assert_ne!(first, second);
+    assert_eq!(h.engine.store.count_records("contact").await.unwrap(), 1);
+    assert!(
+        h.engine
+            .store
+            .get_record("contact", first)
+            .await
+            .unwrap()
+            .unwrap()
+            .deleted
+    );
+    h.stop().await;
+}

@@ -48,8 +48,10 @@ enum Intent {
     NoOp(i64),
     /// Same values as stored: only the link's base moves.
     Rebase(i64, Link),
+    /// A new record; `stale` is a link left pointing at a deleted record, replaced here.
     Create {
         values: Map<String, Value>,
+        stale: Option<i64>,
     },
     Update {
         record: Record,
@@ -247,6 +249,7 @@ impl Engine {
         let mut written: Vec<(usize, Record, &'static str, Option<String>)> = Vec::new();
         let mut creates: HashMap<String, Vec<(usize, Values)>> = HashMap::new();
         let mut updates: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut stale_links: Vec<(String, i64)> = Vec::new();
         for (i, intent) in intents.iter().enumerate() {
             let Some(intent) = intent else { continue };
             let model = &plan.syncs[&round[i].job.code].model;
@@ -256,12 +259,20 @@ impl Engine {
                     new_links.push(link.clone());
                     results[i] = Some(Ok(Applied::NoOp(*id)));
                 }
-                Intent::Create { values } => creates
-                    .entry(model.clone())
-                    .or_default()
-                    .push((i, values.clone())),
+                Intent::Create { values, stale } => {
+                    if let Some(old) = stale {
+                        stale_links.push((round[i].job.code.clone(), *old));
+                    }
+                    creates
+                        .entry(model.clone())
+                        .or_default()
+                        .push((i, values.clone()))
+                }
                 Intent::Update { .. } => updates.entry(model.clone()).or_default().push(i),
             }
+        }
+        for (code, local_id) in &stale_links {
+            tx.delete_link(code, *local_id).await?;
         }
         for (model, items) in creates {
             let values: Vec<Map<String, Value>> = items.iter().map(|(_, v)| v.clone()).collect();
@@ -590,7 +601,10 @@ fn decide(
         if !sync.domain.matches(&values) {
             return Err(ApplyError::OutsideDomain(sync.code.to_string()));
         }
-        return Ok(Intent::Create { values });
+        return Ok(Intent::Create {
+            values,
+            stale: link.map(|l| l.local_id),
+        });
     };
     let link = link.expect("a current record has a link");
     // An echo of what was last synced is not a change.
