@@ -170,7 +170,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             listen,
             peer_listen,
         } => demo(&cli.global, &listen, &peer_listen).await,
-        Command::Run { .. } => not_yet("run", "the cron engine"),
+        Command::Run { code, full } => run_now(&cli.global, &code, full).await,
         Command::Log { .. } => not_yet("log", "the change-control tooling"),
         Command::Outbox { action } => outbox(&cli.global, action).await,
         Command::Peer {
@@ -670,4 +670,85 @@ async fn outbox(g: &GlobalArgs, action: Option<OutboxAction>) -> ExitCode {
         eprintln!("error: {e}");
         ExitCode::FAILURE
     })
+}
+
+/// `recsync run CODE`: one run now, in this process, against the configured database.
+async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode {
+    let loaded = match load(g, None) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    crate::telemetry::init(loaded.settings.log_format);
+    use secrecy::ExposeSecret;
+    let store =
+        match crate::store::Store::connect(loaded.settings.database_url.expose_secret()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot open {}: {e}",
+                    loaded.settings.database_display()
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+    if let Err(e) = store.migrate().await {
+        eprintln!("error: migrating the database failed: {e}");
+        return ExitCode::FAILURE;
+    }
+    if full {
+        eprintln!(
+            "note: REST pulls always ask the service for every pending change; --full changes nothing for them yet."
+        );
+    }
+    let opts = crate::engine::EngineOptions {
+        change_log: loaded.settings.change_log,
+        max_attempts: loaded.settings.outbox_max_attempts,
+        backoff: loaded.settings.outbox_backoff,
+        ..Default::default()
+    };
+    let engine = std::sync::Arc::new(crate::engine::Engine::new(store.clone(), loaded.plan, opts));
+    let writer = engine.spawn_writer();
+    let result = match engine.start_run(code, crate::engine::Trigger::Manual).await {
+        Ok(started) => match started.task.await {
+            Ok((status, c)) => {
+                println!(
+                    "Run {} of {code}: {status}. pulled {}, created {}, updated {}, deleted {}, unlinked {}, skipped {}, failed {}, conflicts {}, pushed {}.",
+                    started.run_id,
+                    c.pulled,
+                    c.created,
+                    c.updated,
+                    c.deleted,
+                    c.unlinked,
+                    c.skipped,
+                    c.failed,
+                    c.conflicts,
+                    c.pushed
+                );
+                if let Ok(Some(run)) = store
+                    .runs(Some(code), None, 1)
+                    .await
+                    .map(|r| r.into_iter().next())
+                    && let Some(err) = run.error
+                {
+                    println!("  {err}");
+                }
+                if status == "success" {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("error: the run stopped unexpectedly: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    writer.abort();
+    store.close().await;
+    result
 }

@@ -211,3 +211,141 @@ pub async fn send(
         }),
     }
 }
+
+/// One record of a pulled page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullItem {
+    /// `insert`, `update` or `delete`.
+    pub action: String,
+    pub values: Map<String, Value>,
+    /// A top-level `external_id`, when the service gives one.
+    pub external_id: Option<String>,
+}
+
+/// One record's outcome, for the confirmation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confirmation {
+    pub external_id: String,
+    /// `None` for success, else the reason it failed.
+    pub error: Option<String>,
+}
+
+async fn post_json(
+    client: &reqwest::Client,
+    service: &RestService,
+    url: &str,
+    body: &Value,
+) -> Result<Value, SendError> {
+    let resp = with_auth(client.post(url), &service.auth)
+        .timeout(service.timeout)
+        .json(body)
+        .send()
+        .await
+        .map_err(transport_error)?;
+    if !resp.status().is_success() {
+        return Err(status_error(&resp));
+    }
+    let text = resp.text().await.map_err(transport_error)?;
+    serde_json::from_str(&text).map_err(|_| SendError::Retry {
+        reason: "the service's answer is not JSON".into(),
+        after: None,
+    })
+}
+
+/// Pulls one page: `POST url {"limit": n}`.
+pub async fn pull(
+    client: &reqwest::Client,
+    service: &RestService,
+    limit: usize,
+) -> Result<Vec<PullItem>, SendError> {
+    let Some(url) = &service.url else {
+        return Err(SendError::Permanent(
+            "the web service has no `url` to pull from".into(),
+        ));
+    };
+    let reply = post_json(client, service, url.expose(), &json!({"limit": limit})).await?;
+    if reply.get("status").and_then(Value::as_str) != Some("success") {
+        let msg = reply
+            .get("error_message")
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given");
+        return Err(SendError::Permanent(format!(
+            "the service answered failed: {msg}"
+        )));
+    }
+    let Some(content) = reply.get("content").and_then(Value::as_array) else {
+        return Err(SendError::Permanent(
+            "the answer has no `content` list".into(),
+        ));
+    };
+    content
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let action = item.get("action").and_then(Value::as_str).unwrap_or("");
+            if !matches!(action, "insert" | "update" | "delete") {
+                return Err(SendError::Permanent(format!(
+                    "record {i} of the page has no valid `action` (insert, update or delete)"
+                )));
+            }
+            let values = match item.get("values") {
+                Some(Value::Object(m)) => m.clone(),
+                None if action == "delete" => Map::new(),
+                _ => {
+                    return Err(SendError::Permanent(format!(
+                        "record {i} of the page has no `values` object"
+                    )));
+                }
+            };
+            Ok(PullItem {
+                action: action.to_string(),
+                values,
+                external_id: item
+                    .get("external_id")
+                    .and_then(crate::domain::mapping::id_text),
+            })
+        })
+        .collect()
+}
+
+/// Confirms a page record by record.
+pub async fn confirm(
+    client: &reqwest::Client,
+    service: &RestService,
+    items: &[Confirmation],
+) -> Result<(), SendError> {
+    let Some(url) = &service.confirmation_url else {
+        return Ok(());
+    };
+    let content: Vec<Value> = items
+        .iter()
+        .map(|c| match &c.error {
+            None => {
+                json!({"status": "success", "error_message": false, "external_id": c.external_id})
+            }
+            Some(e) => {
+                json!({"status": "failed", "error_message": e, "external_id": c.external_id})
+            }
+        })
+        .collect();
+    let reply = post_json(
+        client,
+        service,
+        url.expose(),
+        &json!({"status": "success", "error_message": "", "content": content}),
+    )
+    .await?;
+    match reply.get("status").and_then(Value::as_str) {
+        Some("success") => Ok(()),
+        _ => Err(SendError::Retry {
+            reason: format!(
+                "the confirmation was refused: {}",
+                reply
+                    .get("error_message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given")
+            ),
+            after: None,
+        }),
+    }
+}

@@ -4,9 +4,11 @@
 mod apply;
 mod batch;
 mod outbox;
+mod run;
 
 pub use apply::{Applied, ApplyError, InboundOp, LocalOp};
 pub use outbox::Outcome;
+pub use run::{RunError, Started, Trigger};
 
 use crate::domain::Plan;
 use crate::store::{NewChange, Store, StoreError, Tx};

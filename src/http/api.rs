@@ -35,6 +35,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/api/v1/models/{model}/records/{id}",
         web::delete().to(delete_record),
     )
+    .route("/api/v1/syncs", web::get().to(list_syncs))
+    .route("/api/v1/syncs/{code}/run", web::post().to(run_sync))
+    .route("/api/v1/runs", web::get().to(list_runs))
     .route("/api/v1/outbox", web::get().to(list_outbox))
     .route("/api/v1/outbox/{id}/retry", web::post().to(retry_outbox))
     .route(
@@ -519,6 +522,104 @@ async fn discard_outbox(
                     format!("no pending or dead outbox entry {id}"),
                 ))
             }
+        }
+        .await,
+    )
+}
+
+async fn list_syncs(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Read)?;
+            let plan = state.engine.plan();
+            let store = &state.engine.store;
+            let mut out = Vec::new();
+            for s in plan.syncs.values() {
+                let last = store
+                    .runs(Some(s.code.as_str()), None, 1)
+                    .await?
+                    .into_iter()
+                    .next();
+                let st = store.sync_state(s.code.as_str()).await?;
+                out.push(json!({
+                    "code": s.code,
+                    "name": s.name,
+                    "model": s.model,
+                    "external_model": s.external_model,
+                    "web_service": s.web_service,
+                    "direction": s.direction,
+                    "mode": s.mode,
+                    "schedule": s.schedule.as_ref().map(|x| x.describe()),
+                    "timezone": s.timezone.to_string(),
+                    "active": s.active,
+                    "next_run_at": st.as_ref().and_then(|x| x.next_run_at),
+                    "running": st.as_ref().is_some_and(|x| x.running_by.is_some()),
+                    "last_run": last,
+                    "outbox_depth": store.outbox_depth(s.code.as_str()).await?,
+                }));
+            }
+            Ok(HttpResponse::Ok().json(json!({"syncs": out})))
+        }
+        .await,
+    )
+}
+
+async fn run_sync(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Operate)?;
+            let code = path.into_inner();
+            match state
+                .engine
+                .start_run(&code, crate::engine::Trigger::Manual)
+                .await
+            {
+                Ok(started) => Ok(HttpResponse::Accepted()
+                    .json(json!({"run_id": started.run_id, "status": "running"}))),
+                Err(crate::engine::RunError::UnknownSync(c)) => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("unknown sync `{c}`"),
+                )),
+                Err(e @ crate::engine::RunError::Busy { .. }) => {
+                    Err(ApiError::new(StatusCode::CONFLICT, "busy", e.to_string()))
+                }
+                Err(crate::engine::RunError::Store(e)) => Err(e.into()),
+            }
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    sync: Option<String>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_runs(
+    req: HttpRequest,
+    q: web::Query<RunsQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Read)?;
+            let runs = state
+                .engine
+                .store
+                .runs(
+                    q.sync.as_deref(),
+                    q.before,
+                    q.limit.unwrap_or(50).clamp(1, 1000),
+                )
+                .await?;
+            Ok(HttpResponse::Ok().json(json!({"runs": runs})))
         }
         .await,
     )

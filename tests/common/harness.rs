@@ -29,6 +29,7 @@ company  = { type = "many2one", model = "company" }
 stage    = { type = "selection", values = ["lead", "customer", "lost"] }
 visits   = "integer"
 city     = "char"
+manager  = { type = "many2one", model = "contact" }
 
 [web_services.crm]
 shipping_url = "@PEER@/api/crm/ship"
@@ -52,6 +53,7 @@ company_id = "char"
 status     = "char"
 visits     = "integer"
 address    = "json"
+manager_id = "char"
 
 [external_models.crm_company]
 fields = { unique_id = "char", name = "char", vat = "char" }
@@ -81,6 +83,26 @@ fields = [
   { local = "stage",    external = "status", map = { lead = "L", customer = "C", lost = "X" } },
   { local = "visits",   external = "visits" },
   { local = "city",     external = "$.address.city" },
+]
+
+[web_services.pullsrc]
+url = "@PEER@/api/pull/fetch"
+confirmation_url = "@PEER@/api/pull/confirm"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+
+[syncs.PULL]
+model = "contact"
+external_model = "crm_contact"
+web_service = "pullsrc"
+direction = "to_local"
+mode = "cron"
+every = "1h"
+limit = 2
+external_ref = "unique_id"
+fields = [
+  { local = "name", external = "name" },
+  { local = "email", external = "email" },
+  { local = "manager", external = "manager_id", ref_sync = "PULL" },
 ]
 
 [syncs.VAT]

@@ -1,0 +1,353 @@
+//! Runs of a sync: claimed so that runs of one sync never overlap (across instances too),
+//! recorded with their trigger, status and counts. A run pulls pages from the web service
+//! through the same apply path as real-time calls, and confirms each page when the service
+//! asks for confirmations.
+
+use super::{
+    Ctx, Engine, InboundOp,
+    apply::{Applied, ApplyError},
+};
+use crate::connectors::rest::{self, Confirmation, PullItem};
+use crate::domain::mapping::id_text;
+use crate::store::{LogAction, LogDirection, LogStatus, NewChange, RunCounts, StoreError};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Cron,
+    Manual,
+    Startup,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Cron => "cron",
+            Trigger::Manual => "manual",
+            Trigger::Startup => "startup",
+        }
+    }
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("unknown sync `{0}`")]
+    UnknownSync(String),
+    #[error(
+        "a run of sync `{sync}` is in progress; this request was recorded as run {run_id} and skipped"
+    )]
+    Busy { sync: String, run_id: i64 },
+    #[error("the store is unavailable")]
+    Store(#[from] StoreError),
+}
+
+/// A run that has started: its id, and the task doing it.
+pub struct Started {
+    pub run_id: i64,
+    pub task: tokio::task::JoinHandle<(String, RunCounts)>,
+}
+
+/// A claim older than this belongs to an instance that died mid-run.
+const STALE_CLAIM: Duration = Duration::from_secs(3600);
+
+impl Engine {
+    /// The change-control row of a pulled record that could not be applied.
+    async fn log_pull_failure(
+        &self,
+        code: &str,
+        item: &PullItem,
+        id: &str,
+        msg: &str,
+        ctx: &Ctx,
+    ) -> Result<(), StoreError> {
+        let action = match item.action.as_str() {
+            "delete" => LogAction::Delete,
+            "update" => LogAction::Update,
+            _ => LogAction::Create,
+        };
+        self.log_alone(NewChange {
+            sync: code.to_string(),
+            direction: LogDirection::ExternalToLocal,
+            action,
+            external_id: Some(id.to_string()),
+            local_id: None,
+            name: format!("Pulled {} refused", item.action),
+            title: String::new(),
+            origin_values: Value::Object(item.values.clone()),
+            destination_values: serde_json::json!({}),
+            modified_at: None,
+            synced_at: None,
+            status: LogStatus::Failed,
+            error_message: msg.to_string(),
+            run_id: ctx.run_id,
+            actor: ctx.actor.clone(),
+        })
+        .await
+    }
+
+    /// Claims the sync's run slot and starts a run in the background.
+    pub async fn start_run(
+        self: &Arc<Self>,
+        code: &str,
+        trigger: Trigger,
+    ) -> Result<Started, RunError> {
+        if self.plan().sync(code).is_none() {
+            return Err(RunError::UnknownSync(code.to_string()));
+        }
+        let instance = self.opts.instance.clone();
+        if !self
+            .store
+            .claim_run(code, &instance, chrono::Utc::now(), STALE_CLAIM)
+            .await?
+        {
+            let run_id = self
+                .store
+                .start_run(code, trigger.as_str(), &instance, "skipped")
+                .await?;
+            self.store
+                .finish_run(
+                    run_id,
+                    "skipped",
+                    &RunCounts::default(),
+                    Some("another run of this sync was in progress"),
+                )
+                .await?;
+            return Err(RunError::Busy {
+                sync: code.to_string(),
+                run_id,
+            });
+        }
+        let run_id = match self
+            .store
+            .start_run(code, trigger.as_str(), &instance, "running")
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = self.store.release_run(code, &instance).await;
+                return Err(e.into());
+            }
+        };
+        self.store.set_running_run(code, &instance, run_id).await?;
+        let engine = self.clone();
+        let code = code.to_string();
+        let task = tokio::spawn(async move {
+            let mut counts = RunCounts::default();
+            let outcome = engine.pull(&code, run_id, trigger, &mut counts).await;
+            let (status, error) = match &outcome {
+                Ok(()) if counts.failed == 0 => ("success", None),
+                Ok(()) => (
+                    "partial",
+                    Some(format!(
+                        "{} record(s) failed; see the change-control log",
+                        counts.failed
+                    )),
+                ),
+                Err(e) => ("failed", Some(e.clone())),
+            };
+            if let Some(e) = &error {
+                tracing::warn!(sync = %code, run_id, error = %e, "Run ended with errors");
+            }
+            if let Err(e) = engine
+                .store
+                .finish_run(run_id, status, &counts, error.as_deref())
+                .await
+            {
+                tracing::error!(sync = %code, run_id, error = %e, "Failed to record the end of a run");
+            }
+            if let Err(e) = engine.store.release_run(&code, &engine.opts.instance).await {
+                tracing::error!(sync = %code, run_id, error = %e, "Failed to release a run claim");
+            }
+            (status.to_string(), counts)
+        });
+        Ok(Started { run_id, task })
+    }
+
+    /// Pulls and applies pages. With a confirmation URL it loops until a page comes back
+    /// short; without one it makes a single pull. Errors are one sentence for the run record.
+    async fn pull(
+        &self,
+        code: &str,
+        run_id: i64,
+        trigger: Trigger,
+        counts: &mut RunCounts,
+    ) -> Result<(), String> {
+        let plan = self.plan();
+        let sync = plan
+            .sync(code)
+            .ok_or("the sync is no longer configured")?
+            .clone();
+        if !sync.direction.to_local() {
+            return Ok(());
+        }
+        let Some(service) = plan
+            .web_services
+            .get(&sync.web_service)
+            .and_then(|w| w.rest())
+            .cloned()
+        else {
+            return Err("this build runs REST web services only".into());
+        };
+        if service.url.is_none() {
+            return Ok(());
+        }
+        let actor = match trigger {
+            Trigger::Manual => "manual",
+            Trigger::Cron | Trigger::Startup => "cron",
+        };
+        let ctx = Ctx {
+            actor: actor.to_string(),
+            run_id: Some(run_id),
+            modified_at: None,
+        };
+        let mut retry_later: Vec<PullItem> = Vec::new();
+        loop {
+            let page = rest::pull(&self.http, &service, sync.limit)
+                .await
+                .map_err(|e| format!("pulling failed: {e}"))?;
+            counts.pulled += page.len() as i64;
+            let short = page.len() < sync.limit;
+            let outcomes = self
+                .apply_page(
+                    code,
+                    &sync.external_ref,
+                    &page,
+                    &ctx,
+                    counts,
+                    &mut retry_later,
+                )
+                .await?;
+            if service.confirmation_url.is_some() {
+                rest::confirm(&self.http, &service, &outcomes)
+                    .await
+                    .map_err(|e| format!("confirming failed: {e}"))?;
+            }
+            if short || service.confirmation_url.is_none() || page.is_empty() {
+                break;
+            }
+        }
+        // References to records that arrived later in the run get a second chance.
+        if !retry_later.is_empty() {
+            let items = std::mem::take(&mut retry_later);
+            let mut still = Vec::new();
+            counts.failed -= items.len() as i64;
+            let outcomes = self
+                .apply_page(code, &sync.external_ref, &items, &ctx, counts, &mut still)
+                .await?;
+            // Tell the service how the second attempt went.
+            if service.confirmation_url.is_some() {
+                rest::confirm(&self.http, &service, &outcomes)
+                    .await
+                    .map_err(|e| format!("confirming failed: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a page, concurrently where records differ (so they group-commit) and in order
+    /// where the same record appears twice.
+    async fn apply_page(
+        &self,
+        code: &str,
+        external_ref: &str,
+        page: &[PullItem],
+        ctx: &Ctx,
+        counts: &mut RunCounts,
+        unresolved: &mut Vec<PullItem>,
+    ) -> Result<Vec<Confirmation>, String> {
+        // Waves: the n-th occurrence of each external id goes in wave n.
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut waves: Vec<Vec<(usize, String)>> = Vec::new();
+        let mut confirmations: Vec<Option<Confirmation>> = vec![None; page.len()];
+        for (i, item) in page.iter().enumerate() {
+            let id = item
+                .values
+                .get(external_ref)
+                .and_then(id_text)
+                .or_else(|| item.external_id.clone());
+            let Some(id) = id else {
+                counts.failed += 1;
+                confirmations[i] = Some(Confirmation {
+                    external_id: String::new(),
+                    error: Some(format!("{external_ref}: missing")),
+                });
+                continue;
+            };
+            let n = seen.entry(id.clone()).or_insert(0);
+            if waves.len() <= *n {
+                waves.push(Vec::new());
+            }
+            waves[*n].push((i, id));
+            *n += 1;
+        }
+        for wave in waves {
+            let futures = wave.iter().map(|(i, id)| {
+                let item = &page[*i];
+                let op = if item.action == "delete" {
+                    InboundOp::Delete {
+                        external_id: id.clone(),
+                    }
+                } else {
+                    let mut values = item.values.clone();
+                    values
+                        .entry(external_ref.to_string())
+                        .or_insert_with(|| Value::String(id.clone()));
+                    InboundOp::Upsert {
+                        external_id: Some(id.clone()),
+                        payload: Value::Object(values),
+                        must_exist: false,
+                    }
+                };
+                self.apply_inbound(code, op, ctx)
+            });
+            let results = futures_util::future::join_all(futures).await;
+            for ((i, id), result) in wave.into_iter().zip(results) {
+                let error = match result {
+                    Ok(Applied::Created(_)) => {
+                        counts.created += 1;
+                        None
+                    }
+                    Ok(Applied::Updated(_)) => {
+                        counts.updated += 1;
+                        None
+                    }
+                    Ok(Applied::Deleted(_)) => {
+                        counts.deleted += 1;
+                        None
+                    }
+                    Ok(Applied::Unlinked(_)) => {
+                        counts.unlinked += 1;
+                        None
+                    }
+                    Ok(Applied::NoOp(_))
+                    | Err(ApplyError::UnknownExternalId(..))
+                    | Err(ApplyError::OutsideDomain(_)) => {
+                        counts.skipped += 1;
+                        None
+                    }
+                    Err(ApplyError::Store(e)) => return Err(format!("the store failed: {e}")),
+                    Err(e) => {
+                        counts.failed += 1;
+                        let msg = e.to_string();
+                        self.log_pull_failure(code, &page[i], &id, &msg, ctx)
+                            .await
+                            .map_err(|e| format!("the store failed: {e}"))?;
+                        if msg.contains(": no `") {
+                            unresolved.push(page[i].clone());
+                        }
+                        Some(msg)
+                    }
+                };
+                confirmations[i] = Some(Confirmation {
+                    external_id: id,
+                    error,
+                });
+            }
+        }
+        Ok(confirmations.into_iter().flatten().collect())
+    }
+}

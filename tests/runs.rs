@@ -1,0 +1,269 @@
+//! Runs: a manual run pulls pages from the peer through the apply path, confirms them, retries
+//! references to records that arrived later in the same run, and is recorded with its counts.
+
+mod common;
+
+use common::eventually;
+use common::harness::{ADMIN_KEY, Harness, READ_KEY};
+use serde_json::{Value, json};
+
+async fn wait_for_run(h: &Harness, run_id: i64) -> Value {
+    eventually(20, "the run to finish", || async {
+        let runs: Value = h
+            .client
+            .get(h.url("/api/v1/runs?sync=PULL"))
+            .header("X-Api-Key", READ_KEY)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        runs["runs"]
+            .as_array()?
+            .iter()
+            .find(|r| r["id"] == json!(run_id) && r["finished_at"] != Value::Null)
+            .cloned()
+    })
+    .await
+}
+
+fn obj(v: Value) -> serde_json::Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_manual_run_pulls_confirms_and_counts() {
+    let h = Harness::start().await;
+    // Five changes on the peer's side; the first refers to a record that comes later.
+    h.peer
+        .upsert(
+            "pull",
+            Some("P-A".into()),
+            obj(json!({"name": "Ann", "manager_id": "P-B"})),
+        )
+        .await;
+    h.peer
+        .upsert("pull", Some("P-B".into()), obj(json!({"name": "Boss"})))
+        .await;
+    h.peer
+        .upsert(
+            "pull",
+            Some("P-C".into()),
+            obj(json!({"name": "Cy", "email": "cy@example.com"})),
+        )
+        .await;
+    h.peer
+        .upsert(
+            "pull",
+            Some("P-C".into()),
+            obj(json!({"email": "cy@new.example"})),
+        )
+        .await;
+    h.peer
+        .upsert("pull", Some("P-D".into()), obj(json!({"name": "Dee"})))
+        .await;
+
+    let r = h
+        .client
+        .post(h.url("/api/v1/syncs/PULL/run"))
+        .header("X-Api-Key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let run_id = r.json::<Value>().await.unwrap()["run_id"].as_i64().unwrap();
+    let run = wait_for_run(&h, run_id).await;
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(run["trigger"], "manual");
+    assert_eq!(run["pulled"], 5, "pages of 2 until a short page: {run}");
+    assert_eq!(run["created"], 4, "{run}");
+    assert_eq!(
+        run["skipped"], 1,
+        "the peer sends P-C as it is now both times, so the second is a no-op: {run}"
+    );
+    assert_eq!(
+        run["failed"], 0,
+        "the forward reference was retried at the end: {run}"
+    );
+
+    let id_of = |ext: &'static str| {
+        let store = h.engine.store.clone();
+        async move {
+            store
+                .link_by_external("PULL", ext)
+                .await
+                .unwrap()
+                .unwrap()
+                .local_id
+        }
+    };
+    let ann = h
+        .engine
+        .store
+        .get_record("contact", id_of("P-A").await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ann.values["manager"], json!(id_of("P-B").await));
+    let cy = h
+        .engine
+        .store
+        .get_record("contact", id_of("P-C").await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cy.values["email"], json!("cy@new.example"));
+    // Every change was confirmed, so the peer has nothing left to give.
+    let left: Value = h
+        .client
+        .post(format!("{}/api/pull/fetch", h.peer_url))
+        .header("api_key", common::harness::PEER_KEY)
+        .json(&json!({"limit": 10}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(left["content"], json!([]), "{left}");
+    // The change-control rows carry the run id and the `manual` actor.
+    let rows = h
+        .engine
+        .store
+        .changes(&recsync::store::ChangeFilter {
+            run_id: Some(run_id),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().filter(|c| c.status == "success").count(),
+        4,
+        "{rows:?}"
+    );
+    let first_try: Vec<_> = rows.iter().filter(|c| c.status == "failed").collect();
+    assert_eq!(
+        first_try.len(),
+        1,
+        "P-A's first attempt is logged before its retry succeeds"
+    );
+    assert_eq!(
+        first_try[0].error_message,
+        "manager: no `contact` record linked to external id `P-B` in sync `PULL`"
+    );
+    assert!(rows.iter().all(|c| c.actor == "manual"));
+
+    // The sync list shows the last run.
+    let syncs: Value = h
+        .client
+        .get(h.url("/api/v1/syncs"))
+        .header("X-Api-Key", READ_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pull = syncs["syncs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["code"] == "PULL")
+        .unwrap()
+        .clone();
+    assert_eq!(pull["last_run"]["id"], json!(run_id));
+    assert_eq!(pull["schedule"], "every 1h");
+
+    // A second run finds nothing new; the CLI runs it against the same database.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
+        .args(["run", "PULL", "--database-url", &h.db.url, "--mappings"])
+        .arg(h.dir.path().join("mappings"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(": success. pulled 0, created 0"), "{text}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_record_is_confirmed_as_failed_and_does_not_stop_the_page() {
+    let h = Harness::start().await;
+    h.peer
+        .upsert("pull", Some("Q-1".into()), obj(json!({"name": "Good"})))
+        .await;
+    h.peer
+        .upsert(
+            "pull",
+            Some("Q-2".into()),
+            obj(json!({"email": "no-name@example.com"})),
+        )
+        .await;
+    h.peer
+        .upsert(
+            "pull",
+            Some("Q-3".into()),
+            obj(json!({"name": "Also good"})),
+        )
+        .await;
+    let r = h
+        .client
+        .post(h.url("/api/v1/syncs/PULL/run"))
+        .header("X-Api-Key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    let run_id = r.json::<Value>().await.unwrap()["run_id"].as_i64().unwrap();
+    let run = wait_for_run(&h, run_id).await;
+    assert_eq!(run["status"], "partial", "{run}");
+    assert_eq!(
+        (run["created"].as_i64(), run["failed"].as_i64()),
+        (Some(2), Some(1)),
+        "{run}"
+    );
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("1 record(s) failed")
+    );
+    let failed = h
+        .engine
+        .store
+        .changes(&recsync::store::ChangeFilter {
+            run_id: Some(run_id),
+            status: Some("failed".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0].error_message.contains("name: is required"),
+        "{failed:?}"
+    );
+    let unknown = h
+        .client
+        .post(h.url("/api/v1/syncs/NOPE/run"))
+        .header("X-Api-Key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let denied = h
+        .client
+        .post(h.url("/api/v1/syncs/PULL/run"))
+        .header("X-Api-Key", READ_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    h.stop().await;
+}
