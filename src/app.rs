@@ -74,6 +74,7 @@ pub struct App {
     stop: tokio::sync::watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<()>>,
     writer: tokio::task::JoinHandle<()>,
+    scheduler: tokio_cron_scheduler::JobScheduler,
 }
 
 /// How to build the app.
@@ -138,6 +139,10 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let writer = engine.spawn_writer();
+    let scheduler = engine
+        .start_scheduler()
+        .await
+        .context("Failed to start the scheduler")?;
     let workers = if opts.no_workers {
         Vec::new()
     } else {
@@ -157,6 +162,7 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
         stop,
         workers,
         writer,
+        scheduler,
     })
 }
 
@@ -222,6 +228,8 @@ impl App {
         if let Some(t) = self.reload_task {
             t.abort();
         }
+        let mut scheduler = self.scheduler;
+        let _ = scheduler.shutdown().await;
         let _ = self.stop.send(true);
         for w in self.workers {
             let _ = w.await;

@@ -267,3 +267,98 @@ async fn a_failing_record_is_confirmed_as_failed_and_does_not_stop_the_page() {
     assert_eq!(denied.status(), 403);
     h.stop().await;
 }
+
+async fn pull_runs(h: &Harness) -> Vec<recsync::store::Run> {
+    h.engine.store.runs(Some("PULL"), None, 100).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_due_time_starts_one_run_and_moves_on() {
+    let h = Harness::start().await;
+    // The start-up tick gave PULL its first due time, an hour from now.
+    let state = h
+        .engine
+        .store
+        .sync_state("PULL")
+        .await
+        .unwrap()
+        .expect("scheduled at start-up");
+    let due = state.next_run_at.unwrap();
+    assert!(due > chrono::Utc::now() + chrono::Duration::minutes(59));
+    assert_eq!(state.schedule.as_deref(), Some("every 1h @ UTC"));
+    assert!(pull_runs(&h).await.is_empty());
+    // Two hours later: one tick runs it, a second tick at the same moment does not.
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    h.engine.tick(later, false).await;
+    h.engine.tick(later, false).await;
+    eventually(20, "the run to finish", || async {
+        pull_runs(&h)
+            .await
+            .into_iter()
+            .find(|r| r.finished_at.is_some())
+    })
+    .await;
+    let runs = pull_runs(&h).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].trigger, "cron");
+    let next = h
+        .engine
+        .store
+        .sync_state("PULL")
+        .await
+        .unwrap()
+        .unwrap()
+        .next_run_at
+        .unwrap();
+    assert_eq!(
+        next.timestamp_micros(),
+        (later + chrono::Duration::hours(1)).timestamp_micros(),
+        "counted from the tick, not from the missed time"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_schedule_missed_while_down_runs_once_at_start_up() {
+    let h = Harness::start().await;
+    let sig = h
+        .engine
+        .store
+        .sync_state("PULL")
+        .await
+        .unwrap()
+        .unwrap()
+        .schedule;
+    // As if recsync had been down for a day: 24 due times missed.
+    let day_ago = chrono::Utc::now() - chrono::Duration::hours(24);
+    h.engine
+        .store
+        .set_next_run("PULL", Some(day_ago), sig.as_deref())
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    h.engine.tick(now, true).await;
+    h.engine.tick(now, false).await;
+    eventually(20, "the run to finish", || async {
+        pull_runs(&h)
+            .await
+            .into_iter()
+            .find(|r| r.finished_at.is_some())
+    })
+    .await;
+    let runs = pull_runs(&h).await;
+    assert_eq!(runs.len(), 1, "once, not 24 times: {runs:?}");
+    assert_eq!(runs[0].trigger, "startup");
+    // A changed schedule (hot reload) is taken at once, without a run.
+    h.engine
+        .store
+        .set_next_run("PULL", Some(day_ago), Some("every 5m @ UTC"))
+        .await
+        .unwrap();
+    h.engine.tick(chrono::Utc::now(), false).await;
+    let st = h.engine.store.sync_state("PULL").await.unwrap().unwrap();
+    assert_eq!(st.schedule.as_deref(), Some("every 1h @ UTC"));
+    assert!(st.next_run_at.unwrap() > chrono::Utc::now());
+    assert_eq!(pull_runs(&h).await.len(), 1);
+    h.stop().await;
+}

@@ -5,6 +5,7 @@ mod apply;
 mod batch;
 mod outbox;
 mod run;
+pub mod schedule;
 
 pub use apply::{Applied, ApplyError, InboundOp, LocalOp};
 pub use outbox::Outcome;

@@ -570,6 +570,30 @@ impl Store {
         Ok(())
     }
 
+    /// Moves a due time on, only if it is still `due`: of several instances ticking at once,
+    /// exactly one gets `true` and runs it.
+    pub async fn advance_next_run(
+        &self,
+        sync: &str,
+        due: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let mut c = self.writer().await?;
+        let n = on!(c.conn(), |c| {
+            sqlx::query(
+            "UPDATE sync_state SET next_run_at = $1, updated_at = $2 WHERE sync = $3 AND next_run_at = $4"
+        )
+        .bind(next)
+        .bind(Utc::now())
+        .bind(sync)
+        .bind(due)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
+        Ok(n == 1)
+    }
+
     /// Claims the sync's run slot with a conditional update: true for exactly one caller,
     /// across every instance sharing the database, until `release_run`. A claim older than
     /// `stale_after` (an instance that died mid-run) may be taken over.
