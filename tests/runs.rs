@@ -362,3 +362,118 @@ async fn a_schedule_missed_while_down_runs_once_at_start_up() {
     assert_eq!(pull_runs(&h).await.len(), 1);
     h.stop().await;
 }
+
+async fn run_push(h: &Harness) -> recsync::store::Run {
+    let r = h
+        .client
+        .post(h.url("/api/v1/syncs/PUSH/run"))
+        .header("X-Api-Key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let run_id = r.json::<Value>().await.unwrap()["run_id"].as_i64().unwrap();
+    eventually(20, "the push run to finish", || async {
+        h.engine
+            .store
+            .runs(Some("PUSH"), None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == run_id && r.finished_at.is_some())
+    })
+    .await
+}
+
+async fn create(h: &Harness, v: Value) -> i64 {
+    let r = h
+        .client
+        .post(h.url("/api/v1/models/contact/records"))
+        .header("X-Api-Key", ADMIN_KEY)
+        .json(&v)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn a_cron_run_pushes_what_changed_since_the_last_sync() {
+    let h = Harness::start().await;
+    let a = create(&h, json!({"name": "Lost A", "stage": "lost"})).await;
+    let b = create(&h, json!({"name": "Lost B", "stage": "lost"})).await;
+    create(&h, json!({"name": "Lead C", "stage": "lead"})).await;
+    // Cron syncs get nothing between runs.
+    assert!(
+        h.engine
+            .store
+            .list_outbox(None, Some("PUSH"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let run = run_push(&h).await;
+    assert_eq!((run.status.as_str(), run.pushed), ("success", 2), "{run:?}");
+    assert_eq!(h.peer.records("push").len(), 2);
+    // Nothing changed: nothing is sent.
+    let run = run_push(&h).await;
+    assert_eq!(run.pushed, 0, "{run:?}");
+    // An edit, a deletion and a record leaving the domain.
+    let patch = |id: i64, v: Value| {
+        h.client
+            .patch(h.url(&format!("/api/v1/models/contact/records/{id}")))
+            .header("X-Api-Key", ADMIN_KEY)
+            .json(&v)
+            .send()
+    };
+    assert_eq!(
+        patch(a, json!({"email": "a@example.com"}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        patch(b, json!({"stage": "customer"}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let run = run_push(&h).await;
+    assert_eq!((run.pushed, run.unlinked), (1, 1), "{run:?}");
+    assert!(
+        h.engine
+            .store
+            .link_by_local("PUSH", b)
+            .await
+            .unwrap()
+            .is_none(),
+        "B left the domain: unlinked"
+    );
+    assert_eq!(h.peer.records("push").len(), 2, "the external side keeps B");
+    let del = h
+        .client
+        .delete(h.url(&format!("/api/v1/models/contact/records/{a}")))
+        .header("X-Api-Key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    let run = run_push(&h).await;
+    assert_eq!(run.pushed, 1, "{run:?}");
+    assert_eq!(
+        h.peer.records("push").len(),
+        1,
+        "A's deletion was carried across"
+    );
+    let actions: Vec<String> = h
+        .peer
+        .received("push")
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(actions, vec!["create", "create", "update", "delete"]);
+    h.stop().await;
+}

@@ -55,6 +55,119 @@ pub struct Started {
 const STALE_CLAIM: Duration = Duration::from_secs(3600);
 
 impl Engine {
+    /// Push, for cron syncs that send: queue what changed since the last sync (new records in
+    /// the domain, records whose version passed the link's, tombstones of linked records),
+    /// unlink records that left the domain, then deliver through the outbox. What fails stays
+    /// in the outbox's retry path.
+    async fn push(
+        self: &Arc<Self>,
+        code: &str,
+        run_id: i64,
+        counts: &mut RunCounts,
+    ) -> Result<(), String> {
+        let plan = self.plan();
+        let Some(sync) = plan.sync(code).cloned() else {
+            return Ok(());
+        };
+        if !sync.direction.to_external() || sync.mode != crate::domain::plan::Mode::Cron {
+            return Ok(());
+        }
+        let model = &plan.models[&sync.model];
+        let store_err = |e: StoreError| format!("the store failed: {e}");
+        let waiting: std::collections::HashSet<i64> = self
+            .store
+            .undelivered_local_ids(code)
+            .await
+            .map_err(store_err)?;
+        let mut queued: Vec<i64> = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .store
+                .records_after(&sync.model, after, 500)
+                .await
+                .map_err(store_err)?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            let ids: Vec<i64> = page.iter().map(|r| r.id).collect();
+            let links: std::collections::HashMap<i64, crate::store::Link> = self
+                .store
+                .links_by_local(code, &ids)
+                .await
+                .map_err(store_err)?
+                .into_iter()
+                .map(|l| (l.local_id, l))
+                .collect();
+            let mut entries = Vec::new();
+            let mut unlinks = Vec::new();
+            for rec in &page {
+                if waiting.contains(&rec.id) {
+                    continue;
+                }
+                let link = links.get(&rec.id);
+                let action = if rec.deleted {
+                    match link {
+                        Some(l) if l.external_id.is_some() => "delete",
+                        _ => continue,
+                    }
+                } else if !sync.domain.matches(&rec.values) {
+                    if link.is_some() {
+                        unlinks.push(rec);
+                    }
+                    continue;
+                } else {
+                    match link {
+                        Some(l) if l.external_id.is_some() && l.synced_version >= rec.version => {
+                            continue;
+                        }
+                        Some(l) if l.external_id.is_some() => "update",
+                        _ => "create",
+                    }
+                };
+                entries.push(crate::store::NewOutbox {
+                    sync: code.to_string(),
+                    local_id: rec.id,
+                    action: action.to_string(),
+                    payload: serde_json::json!({"version": rec.version, "run_id": run_id}),
+                });
+            }
+            if entries.is_empty() && unlinks.is_empty() {
+                continue;
+            }
+            let mut tx = self.store.begin().await.map_err(store_err)?;
+            for rec in &unlinks {
+                tx.delete_link(code, rec.id).await.map_err(store_err)?;
+                let mut row = super::apply::log_row(
+                    &sync,
+                    model,
+                    LogDirection::LocalToExternal,
+                    LogAction::Unlink,
+                    Some(rec.id),
+                    &rec.values,
+                );
+                row.error_message = "the record no longer matches the sync's domain".into();
+                row.actor = "cron".into();
+                row.run_id = Some(run_id);
+                tx.log_change(&row).await.map_err(store_err)?;
+            }
+            tx.enqueue_many(&entries).await.map_err(store_err)?;
+            tx.commit().await.map_err(store_err)?;
+            counts.unlinked += unlinks.len() as i64;
+            queued.extend(entries.iter().map(|e| e.local_id));
+        }
+        if queued.is_empty() {
+            return Ok(());
+        }
+        // Deliver now; entries that fail wait for their retry in the outbox.
+        self.drain().await.map_err(store_err)?;
+        counts.pushed += self
+            .store
+            .delivered_in_run(code, run_id)
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
     /// The change-control row of a pulled record that could not be applied.
     async fn log_pull_failure(
         &self,
@@ -137,7 +250,10 @@ impl Engine {
         let code = code.to_string();
         let task = tokio::spawn(async move {
             let mut counts = RunCounts::default();
-            let outcome = engine.pull(&code, run_id, trigger, &mut counts).await;
+            let mut outcome = engine.pull(&code, run_id, trigger, &mut counts).await;
+            if outcome.is_ok() {
+                outcome = engine.push(&code, run_id, &mut counts).await;
+            }
             let (status, error) = match &outcome {
                 Ok(()) if counts.failed == 0 => ("success", None),
                 Ok(()) => (

@@ -268,6 +268,56 @@ impl Store {
 
     // ---- outbox ----
 
+    /// Local ids of a sync with an undelivered entry (pending, in flight or dead).
+    pub async fn undelivered_local_ids(
+        &self,
+        sync: &str,
+    ) -> Result<std::collections::HashSet<i64>> {
+        let mut c = self.reader().await?;
+        let ids = on!(c.conn(), |c| {
+            sqlx::query_scalar::<_, i64>(
+            "SELECT DISTINCT local_id FROM outbox WHERE sync = $1 AND status IN ('pending', 'inflight', 'dead')"
+        )
+        .bind(sync)
+        .fetch_all(c)
+        .await
+        })?;
+        Ok(ids.into_iter().collect())
+    }
+
+    /// How many entries a run queued for a sync were delivered.
+    pub async fn delivered_in_run(&self, sync: &str, run_id: i64) -> Result<i64> {
+        let mut c = self.reader().await?;
+        let sql = match self.backend {
+            Backend::Sqlite { .. } => {
+                "SELECT COUNT(*) FROM outbox WHERE sync = $1 AND status = 'done' AND json_extract(payload, '$.run_id') = $2"
+            }
+            Backend::Postgres(_) => {
+                "SELECT COUNT(*) FROM outbox WHERE sync = $1 AND status = 'done' AND (payload ->> 'run_id')::bigint = $2"
+            }
+        };
+        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(sql)
+            .bind(sync)
+            .bind(run_id)
+            .fetch_one(c)
+            .await)?)
+    }
+
+    /// Records of a model with `id > after`, tombstones included, in id order.
+    pub async fn records_after(&self, model: &str, after: i64, limit: i64) -> Result<Vec<Record>> {
+        let mut c = self.reader().await?;
+        let rows = on!(c.conn(), |c| sqlx::query_as::<_, RecordRow>(
+            "SELECT id, model, vals, version, created_at, updated_at, deleted_at FROM records
+             WHERE model = $1 AND id > $2 ORDER BY id LIMIT $3"
+        )
+        .bind(model)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(c)
+        .await)?;
+        Ok(rows.into_iter().map(Record::from).collect())
+    }
+
     /// Claims up to `limit` due entries for `worker`, leasing them until `now + lease`. An
     /// entry is due when pending and its time has come, or when its lease ran out; it is never
     /// claimed while an earlier entry for the same record is undelivered.

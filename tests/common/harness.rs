@@ -105,6 +105,22 @@ fields = [
   { local = "manager", external = "manager_id", ref_sync = "PULL" },
 ]
 
+[web_services.pushdst]
+shipping_url = "@PEER@/api/push/ship"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+
+[syncs.PUSH]
+model = "contact"
+external_model = "crm_contact"
+web_service = "pushdst"
+direction = "to_external"
+mode = "cron"
+every = "1h"
+propagate_deletes = true
+domain = [["stage", "=", "lost"]]
+external_ref = "unique_id"
+fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
+
 [syncs.VAT]
 model = "contact"
 external_model = "crm_contact"
