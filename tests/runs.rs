@@ -477,3 +477,28 @@ async fn a_cron_run_pushes_what_changed_since_the_last_sync() {
     assert_eq!(actions, vec!["create", "create", "update", "delete"]);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn two_instances_ticking_at_once_run_a_due_time_once() {
+    let h = Harness::start().await;
+    let other = std::sync::Arc::new(recsync::engine::Engine::new(
+        h.engine.store.clone(),
+        (*h.engine.plan()).clone(),
+        recsync::engine::EngineOptions {
+            instance: "second-instance".into(),
+            ..Default::default()
+        },
+    ));
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    tokio::join!(h.engine.tick(later, false), other.tick(later, false));
+    eventually(20, "the run to finish", || async {
+        pull_runs(&h)
+            .await
+            .into_iter()
+            .find(|r| r.finished_at.is_some())
+    })
+    .await;
+    let runs = pull_runs(&h).await;
+    assert_eq!(runs.len(), 1, "one instance takes the due time: {runs:?}");
+    h.stop().await;
+}

@@ -340,9 +340,15 @@ impl Engine {
                 let p = &round[i];
                 let sync = &plan.syncs[&p.job.code];
                 let m = &plan.models[&sync.model];
+                // When the local side won a conflict, this sync has not seen the result yet:
+                // its link stays behind the record's version, so the result goes out to it.
                 new_links.push(Link {
                     base: base.clone(),
-                    synced_version: rec.version,
+                    synced_version: if *local_won {
+                        link.synced_version
+                    } else {
+                        rec.version
+                    },
                     ..link.clone()
                 });
                 for c in conflicts {

@@ -121,6 +121,21 @@ domain = [["stage", "=", "lost"]]
 external_ref = "unique_id"
 fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
 
+[web_services.locsvc]
+shipping_url = "@PEER@/api/loc/ship"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+
+[syncs.LOC]
+model = "contact"
+external_model = "crm_contact"
+web_service = "locsvc"
+direction = "bidirectional"
+mode = "realtime"
+priority = "local"
+domain = [["email", "=", "conflict@example.com"]]
+external_ref = "unique_id"
+fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
+
 [syncs.VAT]
 model = "contact"
 external_model = "crm_contact"
