@@ -502,3 +502,156 @@ async fn two_instances_ticking_at_once_run_a_due_time_once() {
     assert_eq!(runs.len(), 1, "one instance takes the due time: {runs:?}");
     h.stop().await;
 }
+
+async fn run_pull(h: &Harness) -> recsync::store::Run {
+    let r = h
+        .client
+        .post(h.url("/api/v1/syncs/PULL/run"))
+        .header("X-Api-Key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let run_id = r.json::<Value>().await.unwrap()["run_id"].as_i64().unwrap();
+    wait_for_run(h, run_id).await;
+    h.engine
+        .store
+        .runs(Some("PULL"), None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == run_id)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_pull_of_two_and_a_half_pages_takes_three_with_protocol_confirmations() {
+    let h = Harness::start().await;
+    for i in 1..=5 {
+        h.peer
+            .upsert(
+                "pull",
+                Some(format!("K-{i}")),
+                obj(json!({"name": format!("K{i}")})),
+            )
+            .await;
+    }
+    let run = run_pull(&h).await;
+    assert_eq!(
+        (run.status.as_str(), run.pulled, run.created),
+        ("success", 5, 5),
+        "{run:?}"
+    );
+    let fetches = h.peer.calls("pull", "fetch");
+    assert_eq!(
+        fetches,
+        vec![json!({"limit": 2}); 3],
+        "limit 2, five records: three pages"
+    );
+    let confirms = h.peer.calls("pull", "confirm");
+    assert_eq!(confirms.len(), 3);
+    assert_eq!(
+        confirms[0],
+        json!({"status": "success", "error_message": "", "content": [
+            {"status": "success", "error_message": false, "external_id": "K-1"},
+            {"status": "success", "error_message": false, "external_id": "K-2"},
+        ]}),
+        "the confirmation body of protocol.md"
+    );
+    assert_eq!(confirms[2]["content"].as_array().unwrap().len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn pulled_deletes_only_unlink_when_deletes_do_not_propagate() {
+    let h = Harness::start().await;
+    h.peer
+        .upsert("pull", Some("U-1".into()), obj(json!({"name": "Kept"})))
+        .await;
+    assert_eq!(run_pull(&h).await.created, 1);
+    let id = h
+        .engine
+        .store
+        .link_by_external("PULL", "U-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .local_id;
+    assert!(h.peer.remove("pull", "U-1").await);
+    let run = run_pull(&h).await;
+    assert_eq!((run.unlinked, run.deleted), (1, 0), "{run:?}");
+    assert!(
+        h.engine
+            .store
+            .link_by_external("PULL", "U-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !h.engine
+            .store
+            .get_record("contact", id)
+            .await
+            .unwrap()
+            .unwrap()
+            .deleted,
+        "the record is kept"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_failing_mid_pull_fails_the_run_and_the_next_run_duplicates_nothing() {
+    let h = Harness::start().await;
+    for i in 1..=3 {
+        h.peer
+            .upsert(
+                "pull",
+                Some(format!("F-{i}")),
+                obj(json!({"name": format!("F{i}")})),
+            )
+            .await;
+    }
+    // The first confirmation fails: the page was applied but not confirmed.
+    h.peer.set_faults(recsync::peer::Faults {
+        fail_next: 1,
+        only: Some("confirm".into()),
+        ..Default::default()
+    });
+    let first = run_pull(&h).await;
+    assert_eq!(first.status, "failed", "{first:?}");
+    assert!(
+        first
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("confirming failed"),
+        "{first:?}"
+    );
+    let second = run_pull(&h).await;
+    assert_eq!(second.status, "success", "{second:?}");
+    assert_eq!(
+        h.engine.store.count_records("contact").await.unwrap(),
+        3,
+        "nothing duplicated"
+    );
+    assert_eq!(
+        second.skipped, 2,
+        "the unconfirmed page came again and changed nothing: {second:?}"
+    );
+    assert_eq!(second.created, 1, "{second:?}");
+    let left: Value = h
+        .client
+        .post(format!("{}/api/pull/fetch", h.peer_url))
+        .header("api_key", common::harness::PEER_KEY)
+        .json(&json!({"limit": 10}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(left["content"], json!([]));
+    h.stop().await;
+}

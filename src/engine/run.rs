@@ -158,8 +158,21 @@ impl Engine {
         if queued.is_empty() {
             return Ok(());
         }
-        // Deliver now; entries that fail wait for their retry in the outbox.
-        self.drain().await.map_err(store_err)?;
+        // Deliver now (alongside the background worker, which may take some); entries that fail
+        // wait for their retry in the outbox.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            self.drain().await.map_err(store_err)?;
+            let unsettled = self
+                .store
+                .unsettled_in_run(code, run_id, chrono::Utc::now())
+                .await
+                .map_err(store_err)?;
+            if unsettled == 0 || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         counts.pushed += self
             .store
             .delivered_in_run(code, run_id)

@@ -52,6 +52,8 @@ pub struct Faults {
     pub retry_after: u64,
     /// The next N calls get a 200 whose body is not JSON.
     pub malformed_next: u32,
+    /// Limit the faults to one kind of call: `fetch`, `confirm`, `ship` or `endpoint`.
+    pub only: Option<String>,
 }
 
 /// A delivery the peer received.
@@ -90,6 +92,8 @@ struct Inner {
     collections: HashMap<String, Collection>,
     faults: Faults,
     next_id: u64,
+    /// Protocol calls received: (kind, collection, request body).
+    calls: Vec<(String, String, Value)>,
 }
 
 /// A running peer.
@@ -320,7 +324,23 @@ impl PeerState {
     }
 
     /// Applies the fault switches; `Some` is the answer to give instead of the real one.
-    async fn fault(&self, req: &HttpRequest) -> Option<HttpResponse> {
+    /// Request bodies of the protocol calls of one kind (`fetch`, `confirm`) on a collection.
+    pub fn calls(&self, coll: &str, kind: &str) -> Vec<Value> {
+        self.with(|inner| {
+            inner
+                .calls
+                .iter()
+                .filter(|(k, c, _)| k == kind && c == coll)
+                .map(|(_, _, b)| b.clone())
+                .collect()
+        })
+    }
+
+    fn note_call(&self, kind: &str, coll: &str, body: Value) {
+        self.with(|inner| inner.calls.push((kind.to_string(), coll.to_string(), body)));
+    }
+
+    async fn fault(&self, req: &HttpRequest, kind: &str) -> Option<HttpResponse> {
         if !self.authorised(req) {
             return Some(
                 HttpResponse::Unauthorized()
@@ -329,6 +349,9 @@ impl PeerState {
         }
         let (latency, answer) = self.with(|inner| {
             let f = &mut inner.faults;
+            if f.only.as_deref().is_some_and(|o| o != kind) {
+                return (0, None);
+            }
             let latency = f.latency_ms;
             let answer = if f.rate_limit_next > 0 {
                 f.rate_limit_next -= 1;
@@ -496,9 +519,10 @@ async fn fetch(
     path: web::Path<String>,
     body: web::Json<FetchBody>,
 ) -> HttpResponse {
-    if let Some(r) = state.fault(&req).await {
+    if let Some(r) = state.fault(&req, "fetch").await {
         return r;
     }
+    state.note_call("fetch", &path, json!({"limit": body.limit}));
     let limit = body.limit.unwrap_or(100).max(1);
     let content: Vec<Value> = state.with(|inner| {
         let c = inner.collections.entry(path.to_string()).or_default();
@@ -517,31 +541,30 @@ async fn fetch(
     HttpResponse::Ok().json(json!({"status": "success", "error_message": "", "content": content}))
 }
 
-#[derive(Deserialize)]
-struct ConfirmBody {
-    #[serde(default)]
-    content: Vec<ConfirmItem>,
-}
-
-#[derive(Deserialize)]
-struct ConfirmItem {
-    external_id: Value,
-}
-
 async fn confirm(
     req: HttpRequest,
     state: web::Data<PeerState>,
     path: web::Path<String>,
-    body: web::Json<ConfirmBody>,
+    body: web::Json<Value>,
 ) -> HttpResponse {
-    if let Some(r) = state.fault(&req).await {
+    if let Some(r) = state.fault(&req, "confirm").await {
         return r;
     }
+    let body = body.into_inner();
     let ids: Vec<String> = body
-        .content
-        .iter()
-        .filter_map(|i| crate::domain::mapping::id_text(&i.external_id))
-        .collect();
+        .get("content")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| {
+                    i.get("external_id")
+                        .and_then(crate::domain::mapping::id_text)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    state.note_call("confirm", &path, body);
     state.with(|inner| {
         let c = inner.collections.entry(path.to_string()).or_default();
         // A confirmed change (success or failed) leaves the queue; the first match per id.
@@ -568,7 +591,7 @@ async fn ship(
     path: web::Path<String>,
     body: web::Json<ShipBody>,
 ) -> HttpResponse {
-    if let Some(r) = state.fault(&req).await {
+    if let Some(r) = state.fault(&req, "ship").await {
         return r;
     }
     let coll = path.into_inner();
@@ -643,7 +666,7 @@ async fn rt_create(
     path: web::Path<String>,
     body: web::Json<Map<String, Value>>,
 ) -> HttpResponse {
-    if let Some(r) = state.fault(&req).await {
+    if let Some(r) = state.fault(&req, "endpoint").await {
         return r;
     }
     let coll = path.into_inner();
@@ -670,7 +693,7 @@ async fn rt_update(
     path: web::Path<(String, String)>,
     body: web::Json<Map<String, Value>>,
 ) -> HttpResponse {
-    if let Some(r) = state.fault(&req).await {
+    if let Some(r) = state.fault(&req, "endpoint").await {
         return r;
     }
     let (coll, id) = path.into_inner();
@@ -699,7 +722,7 @@ async fn rt_delete(
     state: web::Data<PeerState>,
     path: web::Path<(String, String)>,
 ) -> HttpResponse {
-    if let Some(r) = state.fault(&req).await {
+    if let Some(r) = state.fault(&req, "endpoint").await {
         return r;
     }
     let (coll, id) = path.into_inner();

@@ -285,6 +285,30 @@ impl Store {
         Ok(ids.into_iter().collect())
     }
 
+    /// How many entries a run queued are in flight or due now (not yet settled).
+    pub async fn unsettled_in_run(
+        &self,
+        sync: &str,
+        run_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        let mut c = self.reader().await?;
+        let run_match = match self.backend {
+            Backend::Sqlite { .. } => "json_extract(payload, '$.run_id') = $2",
+            Backend::Postgres(_) => "(payload ->> 'run_id')::bigint = $2",
+        };
+        let sql = format!(
+            "SELECT COUNT(*) FROM outbox WHERE sync = $1 AND {run_match}
+             AND (status = 'inflight' OR (status = 'pending' AND next_attempt_at <= $3))"
+        );
+        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(&sql)
+            .bind(sync)
+            .bind(run_id)
+            .bind(now)
+            .fetch_one(c)
+            .await)?)
+    }
+
     /// How many entries a run queued for a sync were delivered.
     pub async fn delivered_in_run(&self, sync: &str, run_id: i64) -> Result<i64> {
         let mut c = self.reader().await?;
