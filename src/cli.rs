@@ -709,7 +709,7 @@ async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode {
     let engine = std::sync::Arc::new(crate::engine::Engine::new(store.clone(), loaded.plan, opts));
     let writer = engine.spawn_writer();
     let result = match engine.start_run(code, crate::engine::Trigger::Manual).await {
-        Ok(started) => match started.task.await {
+        Ok(started) => match with_progress(code, started.progress.clone(), started.task).await {
             Ok((status, c)) => {
                 println!(
                     "Run {} of {code}: {status}. pulled {}, created {}, updated {}, deleted {}, unlinked {}, skipped {}, failed {}, conflicts {}, pushed {}.",
@@ -750,5 +750,38 @@ async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode {
     };
     writer.abort();
     store.close().await;
+    result
+}
+
+/// On a terminal, a spinner with the counts so far while the run works; elsewhere nothing
+/// (the summary line follows either way).
+async fn with_progress(
+    code: &str,
+    mut progress: tokio::sync::watch::Receiver<crate::store::RunCounts>,
+    task: tokio::task::JoinHandle<(String, crate::store::RunCounts)>,
+) -> Result<(String, crate::store::RunCounts), tokio::task::JoinError> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return task.await;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar.set_message(format!("{code}: starting"));
+    let watcher = {
+        let bar = bar.clone();
+        let code = code.to_string();
+        tokio::spawn(async move {
+            while progress.changed().await.is_ok() {
+                let c = progress.borrow().clone();
+                bar.set_message(format!(
+                    "{code}: pulled {}, created {}, updated {}, skipped {}, failed {}",
+                    c.pulled, c.created, c.updated, c.skipped, c.failed
+                ));
+            }
+        })
+    };
+    let result = task.await;
+    watcher.abort();
+    bar.finish_and_clear();
     result
 }

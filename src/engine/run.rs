@@ -49,6 +49,8 @@ pub enum RunError {
 pub struct Started {
     pub run_id: i64,
     pub task: tokio::task::JoinHandle<(String, RunCounts)>,
+    /// The counts so far, updated after each page.
+    pub progress: tokio::sync::watch::Receiver<RunCounts>,
 }
 
 /// A claim older than this belongs to an instance that died mid-run.
@@ -261,12 +263,14 @@ impl Engine {
         self.store.set_running_run(code, &instance, run_id).await?;
         let engine = self.clone();
         let code = code.to_string();
+        let (progress_tx, progress) = tokio::sync::watch::channel(RunCounts::default());
         let task = tokio::spawn(async move {
             let mut counts = RunCounts::default();
-            let mut outcome = engine.pull(&code, run_id, trigger, &mut counts).await;
+            let mut outcome = engine.pull(&code, run_id, trigger, &mut counts, &progress_tx).await;
             if outcome.is_ok() {
                 outcome = engine.push(&code, run_id, &mut counts).await;
             }
+            progress_tx.send_replace(counts.clone());
             let (status, error) = match &outcome {
                 Ok(()) if counts.failed == 0 => ("success", None),
                 Ok(()) => (
@@ -293,7 +297,7 @@ impl Engine {
             }
             (status.to_string(), counts)
         });
-        Ok(Started { run_id, task })
+        Ok(Started { run_id, task, progress })
     }
 
     /// Pulls and applies pages. With a confirmation URL it loops until a page comes back
@@ -304,6 +308,7 @@ impl Engine {
         run_id: i64,
         trigger: Trigger,
         counts: &mut RunCounts,
+        progress: &tokio::sync::watch::Sender<RunCounts>,
     ) -> Result<(), String> {
         let plan = self.plan();
         let sync = plan
@@ -355,6 +360,7 @@ impl Engine {
                     .await
                     .map_err(|e| format!("confirming failed: {e}"))?;
             }
+            progress.send_replace(counts.clone());
             if short || service.confirmation_url.is_none() || page.is_empty() {
                 break;
             }
