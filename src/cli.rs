@@ -112,6 +112,9 @@ pub enum Command {
         /// Seed the demo's sample companies and contacts
         #[arg(long)]
         seed: bool,
+        /// collection=COUNT: serve COUNT generated records to pulls without storing them
+        #[arg(long, value_name = "COLLECTION=COUNT")]
+        synthetic: Vec<String>,
     },
 }
 
@@ -181,8 +184,10 @@ pub async fn run(cli: Cli) -> ExitCode {
             callback_key,
             syncs,
             seed,
+            synthetic,
         } => {
             peer(PeerArgs {
+                synthetic,
                 listen,
                 api_key,
                 id_field,
@@ -455,6 +460,7 @@ async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
             listen: peer_listen.to_string(),
             api_key: Some(peer_key),
             id_field: "unique_id".into(),
+            synthetic: Default::default(),
             callback: Some(crate::peer::Callback {
                 url: base.clone(),
                 key: callback_key,
@@ -535,6 +541,7 @@ struct PeerArgs {
     callback_key: Option<String>,
     syncs: Vec<String>,
     seed: bool,
+    synthetic: Vec<String>,
 }
 
 async fn peer(a: PeerArgs) -> ExitCode {
@@ -559,11 +566,29 @@ async fn peer(a: PeerArgs) -> ExitCode {
         }
         _ => None,
     };
+    let mut synthetic = std::collections::HashMap::new();
+    for s in &a.synthetic {
+        match s
+            .split_once('=')
+            .and_then(|(c, n)| Some((c, n.parse::<u64>().ok()?)))
+        {
+            Some((coll, n)) if !coll.is_empty() => {
+                synthetic.insert(coll.to_string(), n);
+            }
+            _ => {
+                eprintln!(
+                    "error: --synthetic expects COLLECTION=COUNT, such as contacts=1000000; got `{s}`"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
     let opts = crate::peer::PeerOptions {
         listen: a.listen.clone(),
         api_key: a.api_key,
         id_field: a.id_field,
         callback,
+        synthetic,
     };
     let peer = match crate::peer::Peer::bind(opts) {
         Ok(p) => p,

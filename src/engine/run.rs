@@ -266,7 +266,9 @@ impl Engine {
         let (progress_tx, progress) = tokio::sync::watch::channel(RunCounts::default());
         let task = tokio::spawn(async move {
             let mut counts = RunCounts::default();
-            let mut outcome = engine.pull(&code, run_id, trigger, &mut counts, &progress_tx).await;
+            let mut outcome = engine
+                .pull(&code, run_id, trigger, &mut counts, &progress_tx)
+                .await;
             if outcome.is_ok() {
                 outcome = engine.push(&code, run_id, &mut counts).await;
             }
@@ -297,7 +299,11 @@ impl Engine {
             }
             (status.to_string(), counts)
         });
-        Ok(Started { run_id, task, progress })
+        Ok(Started {
+            run_id,
+            task,
+            progress,
+        })
     }
 
     /// Pulls and applies pages. With a confirmation URL it loops until a page comes back

@@ -33,6 +33,9 @@ pub struct PeerOptions {
     /// The field holding a record's id in payloads (the syncs' `external_ref`).
     pub id_field: String,
     pub callback: Option<Callback>,
+    /// Synthetic collections: `count` generated records served to pulls without being stored,
+    /// and deliveries counted without being kept (for benchmarks of any size).
+    pub synthetic: HashMap<String, u64>,
 }
 
 /// Failure injection for the protocol endpoints (not the admin API).
@@ -74,6 +77,10 @@ struct Pending {
 
 #[derive(Default)]
 struct Collection {
+    /// For a synthetic collection: how many generated records were confirmed so far.
+    confirmed: u64,
+    /// For a synthetic collection: deliveries received.
+    shipped: u64,
     records: BTreeMap<String, Map<String, Value>>,
     /// Changes made on the peer's side, waiting to be pulled and confirmed.
     changes: VecDeque<Pending>,
@@ -163,6 +170,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     .route("/peer/{coll}/records/{id}", web::put().to(admin_update))
     .route("/peer/{coll}/records/{id}", web::delete().to(admin_delete))
     .route("/peer/{coll}/received", web::get().to(admin_received))
+    .route("/peer/{coll}/stats", web::get().to(admin_stats))
     .route("/api/{coll}/fetch", web::post().to(fetch))
     .route("/api/{coll}/confirm", web::post().to(confirm))
     .route("/api/{coll}/ship", web::post().to(ship))
@@ -248,6 +256,17 @@ impl PeerState {
                 .get(coll)
                 .map(|c| c.records.clone())
                 .unwrap_or_default()
+        })
+    }
+
+    /// For a synthetic collection: (records confirmed, deliveries received).
+    pub fn synthetic_counts(&self, coll: &str) -> (u64, u64) {
+        self.with(|inner| {
+            inner
+                .collections
+                .get(coll)
+                .map(|c| (c.confirmed, c.shipped))
+                .unwrap_or((0, 0))
         })
     }
 
@@ -504,6 +523,11 @@ async fn admin_delete(
     }
 }
 
+async fn admin_stats(state: web::Data<PeerState>, path: web::Path<String>) -> HttpResponse {
+    let (confirmed, shipped) = state.synthetic_counts(&path);
+    HttpResponse::Ok().json(json!({"confirmed": confirmed, "shipped": shipped}))
+}
+
 async fn admin_received(state: web::Data<PeerState>, path: web::Path<String>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"received": state.received(&path)}))
 }
@@ -522,8 +546,27 @@ async fn fetch(
     if let Some(r) = state.fault(&req, "fetch").await {
         return r;
     }
-    state.note_call("fetch", &path, json!({"limit": body.limit}));
     let limit = body.limit.unwrap_or(100).max(1);
+    if let Some(total) = state.opts.synthetic.get(path.as_str()).copied() {
+        let start = state.with(|inner| {
+            inner
+                .collections
+                .entry(path.to_string())
+                .or_default()
+                .confirmed
+        });
+        let id_field = state.opts.id_field.clone();
+        let content: Vec<Value> = (start..total.min(start + limit as u64))
+            .map(|n| {
+                json!({"action": "insert", "values": {
+                    id_field.clone(): format!("S{n}"), "name": format!("Synthetic {n}"), "email": format!("s{n}@example.com")
+                }})
+            })
+            .collect();
+        return HttpResponse::Ok()
+            .json(json!({"status": "success", "error_message": "", "content": content}));
+    }
+    state.note_call("fetch", &path, json!({"limit": body.limit}));
     let content: Vec<Value> = state.with(|inner| {
         let c = inner.collections.entry(path.to_string()).or_default();
         c.changes
@@ -551,6 +594,21 @@ async fn confirm(
         return r;
     }
     let body = body.into_inner();
+    if state.opts.synthetic.contains_key(path.as_str()) {
+        let n = body
+            .get("content")
+            .and_then(Value::as_array)
+            .map(|a| a.len() as u64)
+            .unwrap_or(0);
+        state.with(|inner| {
+            inner
+                .collections
+                .entry(path.to_string())
+                .or_default()
+                .confirmed += n
+        });
+        return HttpResponse::Ok().json(json!({"status": "success", "error_message": false}));
+    }
     let ids: Vec<String> = body
         .get("content")
         .and_then(Value::as_array)
@@ -600,6 +658,20 @@ async fn ship(
         .external_id
         .as_ref()
         .and_then(crate::domain::mapping::id_text);
+    if state.opts.synthetic.contains_key(&coll) {
+        let n = state.with(|inner| {
+            let c = inner.collections.entry(coll.clone()).or_default();
+            c.shipped += 1;
+            c.shipped
+        });
+        let id = if b.action == "create" {
+            Some(format!("X{n}"))
+        } else {
+            ext
+        };
+        return HttpResponse::Ok()
+            .json(json!({"status": "success", "error_message": false, "external_id": id}));
+    }
     let (answer, id) = match b.action.as_str() {
         "create" => {
             let id = state.store_sent(&coll, None, &b.values, true);

@@ -270,6 +270,7 @@ impl Harness {
                 listen: String::new(),
                 api_key: Some(PEER_KEY.into()),
                 id_field: "unique_id".into(),
+                synthetic: Default::default(),
                 callback: Some(Callback {
                     url: base.clone(),
                     key: CRM_KEY.into(),
