@@ -1129,3 +1129,82 @@ async fn a_create_after_a_local_delete_makes_a_new_record() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn many2many_values_resolve_every_reference_or_name_the_missing_one() {
+    let h = Harness::start().await;
+    let mut ids = Vec::new();
+    for ext in ["C-1", "C-2"] {
+        let r = h
+            .client
+            .post(h.url("/sync/COMP/create"))
+            .header("api_key", CRM_KEY)
+            .json(&json!({"name": ext, "unique_id": ext}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        ids.push(
+            h.engine
+                .store
+                .link_by_external("COMP", ext)
+                .await
+                .unwrap()
+                .unwrap()
+                .local_id,
+        );
+    }
+    let r = h
+        .client
+        .post(h.url("/sync/VAT/create"))
+        .header("api_key", ADMIN_KEY)
+        .json(&json!({"name": "Partnered", "unique_id": "M-1", "partner_ids": ["C-1", "C-2"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = h
+        .engine
+        .store
+        .link_by_external("VAT", "M-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .local_id;
+    assert_eq!(
+        h.engine
+            .store
+            .get_record("contact", id)
+            .await
+            .unwrap()
+            .unwrap()
+            .values["partners"],
+        json!(ids)
+    );
+    let r = h
+        .client
+        .put(h.url("/sync/VAT/M-1"))
+        .header("api_key", ADMIN_KEY)
+        .json(&json!({"partner_ids": ["C-2", "C-9"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["result"]["error_message"],
+        "partners: no `company` record linked to external id `C-9` in sync `COMP`"
+    );
+    assert_eq!(
+        h.engine
+            .store
+            .get_record("contact", id)
+            .await
+            .unwrap()
+            .unwrap()
+            .values["partners"],
+        json!(ids),
+        "nothing written"
+    );
+    h.stop().await;
+}

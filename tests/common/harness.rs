@@ -30,6 +30,7 @@ stage    = { type = "selection", values = ["lead", "customer", "lost"] }
 visits   = "integer"
 city     = "char"
 manager  = { type = "many2one", model = "contact" }
+partners = { type = "many2many", model = "company" }
 
 [web_services.crm]
 shipping_url = "@PEER@/api/crm/ship"
@@ -54,6 +55,7 @@ status     = "char"
 visits     = "integer"
 address    = "json"
 manager_id = "char"
+partner_ids = "json"
 
 [external_models.crm_company]
 fields = { unique_id = "char", name = "char", vat = "char" }
@@ -143,7 +145,11 @@ web_service = "crm"
 direction = "to_local"
 mode = "realtime"
 external_ref = "unique_id"
-fields = [{ local = "name", external = "name" }, { local = "company", external = "company_id", ref_field = "vat" }]
+fields = [
+  { local = "name", external = "name" },
+  { local = "company", external = "company_id", ref_field = "vat" },
+  { local = "partners", external = "partner_ids", ref_sync = "COMP" },
+]
 
 [syncs.ERP]
 model = "contact"
