@@ -2,6 +2,10 @@
 //! records onto local fields (coercion, JSONPath, map tables), and evaluating a sync's domain.
 //! Run with `cargo bench --bench domain`. Prints throughput, latency percentiles and peak RSS.
 
+mod support;
+
+use support::*;
+
 use recsync::config::compile_texts;
 use recsync::domain::mapping::to_local;
 use serde_json::{Value, json};
@@ -10,10 +14,6 @@ use std::time::{Duration, Instant};
 
 const DEMO: &str = include_str!("../mappings/demo.toml");
 const DROPBOX: &str = include_str!("../mappings/dropbox.toml");
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn report(name: &str, items: usize, total: Duration, mut lat: Vec<Duration>, unit: &str) {
     lat.sort();
@@ -25,12 +25,6 @@ fn report(name: &str, items: usize, total: Duration, mut lat: Vec<Duration>, uni
         percentile(&lat, 0.99),
         items / lat.len(),
     );
-}
-
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn main() {
@@ -120,11 +114,8 @@ fn main() {
             .count()
     );
 
-    match peak_rss_kib() {
-        Some(kib) => println!(
-            "peak RSS                     {:.1} MiB",
-            kib as f64 / 1024.0
-        ),
+    match peak_rss_mib() {
+        Some(mib) => println!("peak RSS                     {mib:.1} MiB"),
         None => println!("peak RSS                     (not available on this platform)"),
     }
 }

@@ -5,6 +5,10 @@
 //! Run with `cargo bench --bench pull` (RECSYNC_BENCH_RECORDS and RECSYNC_BENCH_PUSHES change
 //! the sizes).
 
+mod support;
+
+use support::*;
+
 use recsync::app::{self, BuildOptions};
 use recsync::config;
 use recsync::engine::Trigger;
@@ -50,18 +54,6 @@ domain = [["changed", "=", true]]
 external_ref = "unique_id"
 fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
 "#;
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -140,7 +132,7 @@ async fn run() {
     let (status, counts) = run.task.await.unwrap();
     let pull_time = started.elapsed();
     let pages = records.div_ceil(1000) + 1;
-    let rss_after_pull = peak_rss_mib();
+    let rss_after_pull = peak_rss_mib().unwrap_or(f64::NAN);
     println!(
         "pull benchmark: {records} records from the peer, limit 1000, confirmations, file-backed SQLite"
     );
@@ -202,7 +194,10 @@ async fn run() {
         "  push              {:>10.0} pushes/s ({push_time:.2?})",
         counts.pushed as f64 / push_time.as_secs_f64()
     );
-    println!("  peak RSS          {:.1} MiB overall", peak_rss_mib());
+    println!(
+        "  peak RSS          {:.1} MiB overall",
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
     let _ = peer.kill();
     let _ = peer.wait();
 }

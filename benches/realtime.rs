@@ -3,6 +3,10 @@
 //! percentiles, outbox deliveries/s to the peer, and peak RSS.
 //! Run with `cargo bench --bench realtime` (set RECSYNC_BENCH_REQUESTS to change the count).
 
+mod support;
+
+use support::*;
+
 use recsync::app::{self, BuildOptions};
 use recsync::config::{self, ApiKey, Scope, settings::hash_key};
 use recsync::peer::{Peer, PeerOptions};
@@ -50,22 +54,6 @@ mode = "realtime"
 external_ref = "uid"
 fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }, { local = "visits", external = "visits" }]
 "#;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -250,6 +238,6 @@ async fn run() {
     );
     println!(
         "  peak RSS           {:.1} MiB (recsync, the peer and the load generator in one process)",
-        peak_rss_mib()
+        peak_rss_mib().unwrap_or(f64::NAN)
     );
 }

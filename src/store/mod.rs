@@ -453,13 +453,6 @@ impl Store {
         Ok(row.map(OutboxEntry::from))
     }
 
-    /// Records a link from outside a transaction (after a delivery).
-    pub async fn save_link(&self, l: &Link) -> Result<()> {
-        let mut tx = self.begin().await?;
-        tx.upsert_link(l).await?;
-        tx.commit().await
-    }
-
     /// Gives up on an entry by hand.
     pub async fn outbox_discard(&self, id: i64) -> Result<bool> {
         let mut c = self.writer().await?;
@@ -1231,58 +1224,58 @@ impl Tx {
     }
 }
 
-async fn records_by_ids(
+/// `SELECT {columns} FROM {table} WHERE {key_col} = ? AND {id_col} IN (...)`, in pieces.
+/// Table and column names are the store's own constants, never configuration text.
+async fn select_by_ids<R>(
     mut c: Conn<'_>,
     pg: bool,
-    model: &str,
+    select: &str,
+    key_col: &str,
+    key: &str,
+    id_col: &str,
     ids: &[i64],
-) -> Result<Vec<Record>> {
+) -> Result<Vec<R>>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + Send
+        + Unpin,
+{
     let mut out = Vec::new();
     for chunk in pieces(ids) {
         let mut ph = Ph::new(pg);
         let sql = format!(
-            "SELECT id, model, vals, version, created_at, updated_at, deleted_at FROM records
-             WHERE model = {} AND id IN ({})",
+            "{select} WHERE {key_col} = {} AND {id_col} IN ({})",
             ph.next(),
             ph.list(chunk.len())
         );
         let rows = on!(&mut c, |c| {
-            let mut q = sqlx::query_as::<_, RecordRow>(&sql).bind(model);
+            let mut q = sqlx::query_as::<_, R>(&sql).bind(key);
             for id in chunk {
                 q = q.bind(id);
             }
             q.fetch_all(&mut **c).await
         })?;
-        out.extend(rows.into_iter().map(Record::from));
+        out.extend(rows);
     }
     Ok(out)
 }
 
-async fn links_by_local_many(
-    mut c: Conn<'_>,
-    pg: bool,
-    sync: &str,
-    ids: &[i64],
-) -> Result<Vec<Link>> {
-    let mut out = Vec::new();
-    for chunk in pieces(ids) {
-        let mut ph = Ph::new(pg);
-        let sql = format!(
-            "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links
-             WHERE sync = {} AND local_id IN ({})",
-            ph.next(),
-            ph.list(chunk.len())
-        );
-        let rows = on!(&mut c, |c| {
-            let mut q = sqlx::query_as::<_, LinkRow>(&sql).bind(sync);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            q.fetch_all(&mut **c).await
-        })?;
-        out.extend(rows.into_iter().map(Link::from));
-    }
-    Ok(out)
+const RECORD_SELECT: &str =
+    "SELECT id, model, vals, version, created_at, updated_at, deleted_at FROM records";
+const LINK_SELECT: &str =
+    "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links";
+
+async fn records_by_ids(c: Conn<'_>, pg: bool, model: &str, ids: &[i64]) -> Result<Vec<Record>> {
+    let rows: Vec<RecordRow> =
+        select_by_ids(c, pg, RECORD_SELECT, "model", model, "id", ids).await?;
+    Ok(rows.into_iter().map(Record::from).collect())
+}
+
+async fn links_by_local_many(c: Conn<'_>, pg: bool, sync: &str, ids: &[i64]) -> Result<Vec<Link>> {
+    let rows: Vec<LinkRow> =
+        select_by_ids(c, pg, LINK_SELECT, "sync", sync, "local_id", ids).await?;
+    Ok(rows.into_iter().map(Link::from).collect())
 }
 
 impl Store {
@@ -1456,22 +1449,6 @@ impl Tx {
         .fetch_one(c)
         .await
         })?)
-    }
-
-    /// Sets an outbox entry's status inside this transaction (a delivery's end).
-    pub async fn outbox_mark(&mut self, id: i64, status: &str) -> Result<()> {
-        on!(self.conn(), |c| {
-            sqlx::query(
-            "UPDATE outbox SET status = $1, claimed_by = NULL, claimed_until = NULL, updated_at = $2 WHERE id = $3"
-        )
-        .bind(status)
-        .bind(Utc::now())
-        .bind(id)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected())
-        })?;
-        Ok(())
     }
 
     pub async fn log_change(&mut self, row: &NewChange) -> Result<i64> {
