@@ -128,7 +128,10 @@ async fn run() {
 
     // Pull.
     let started = Instant::now();
-    let run = engine.start_run("BULK", Trigger::Manual).await.unwrap();
+    let run = engine
+        .start_run("BULK", Trigger::Manual, false)
+        .await
+        .unwrap();
     let (status, counts) = run.task.await.unwrap();
     let pull_time = started.elapsed();
     let pages = records.div_ceil(1000) + 1;
@@ -175,7 +178,10 @@ async fn run() {
         changed += rows.len();
     }
     let started = Instant::now();
-    let run = engine.start_run("BACK", Trigger::Manual).await.unwrap();
+    let run = engine
+        .start_run("BACK", Trigger::Manual, false)
+        .await
+        .unwrap();
     let (status, counts) = run.task.await.unwrap();
     let push_time = started.elapsed();
     let stats: Value = client

@@ -130,6 +130,7 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
         ActixApp::new()
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(data.settings.body_limit))
+            .app_data(crate::http::api::query_config())
             .configure(crate::http::routes)
     })
     .listen(listener)?

@@ -720,11 +720,6 @@ async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode {
         eprintln!("error: migrating the database failed: {e}");
         return ExitCode::FAILURE;
     }
-    if full {
-        eprintln!(
-            "note: REST pulls always ask the service for every pending change; --full changes nothing for them yet."
-        );
-    }
     let opts = crate::engine::EngineOptions {
         change_log: loaded.settings.change_log,
         max_attempts: loaded.settings.outbox_max_attempts,
@@ -733,7 +728,10 @@ async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode {
     };
     let engine = std::sync::Arc::new(crate::engine::Engine::new(store.clone(), loaded.plan, opts));
     let writer = engine.spawn_writer();
-    let result = match engine.start_run(code, crate::engine::Trigger::Manual).await {
+    let result = match engine
+        .start_run(code, crate::engine::Trigger::Manual, full)
+        .await
+    {
         Ok(started) => match with_progress(code, started.progress.clone(), started.task).await {
             Ok((status, c)) => {
                 println!(

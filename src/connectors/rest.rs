@@ -220,6 +220,9 @@ pub struct PullItem {
     pub values: Map<String, Value>,
     /// A top-level `external_id`, when the service gives one.
     pub external_id: Option<String>,
+    /// A top-level `modified_at` (RFC 3339), when the service says when the record changed;
+    /// `priority = "newest"` compares it with the local record's `updated_at`.
+    pub modified_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One record's outcome, for the confirmation.
@@ -303,6 +306,19 @@ pub async fn pull(
                 external_id: item
                     .get("external_id")
                     .and_then(crate::domain::mapping::id_text),
+                modified_at: match item.get("modified_at") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => Some(
+                        v.as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .map(|t| t.with_timezone(&chrono::Utc))
+                            .ok_or_else(|| {
+                                SendError::Permanent(format!(
+                                    "record {i} of the page has a `modified_at` that is not an RFC 3339 time: {v}"
+                                ))
+                            })?,
+                    ),
+                },
             })
         })
         .collect()

@@ -37,7 +37,8 @@ pub enum LocalOp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     Created(i64),
-    Updated(i64),
+    /// Updated; with the number of fields that were in conflict.
+    Updated(i64, usize),
     Deleted(i64),
     Unlinked(i64),
     /// Nothing changed (for instance an echo of what recsync last sent).
@@ -48,7 +49,7 @@ impl Applied {
     pub fn local_id(&self) -> i64 {
         match self {
             Applied::Created(i)
-            | Applied::Updated(i)
+            | Applied::Updated(i, _)
             | Applied::Deleted(i)
             | Applied::Unlinked(i)
             | Applied::NoOp(i) => *i,
@@ -174,7 +175,7 @@ impl Engine {
         if matches!(
             result,
             Ok(Applied::Created(_)
-                | Applied::Updated(_)
+                | Applied::Updated(..)
                 | Applied::Deleted(_)
                 | Applied::Unlinked(_))
         ) {

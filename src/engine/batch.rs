@@ -60,7 +60,10 @@ enum Intent {
         changed: Map<String, Value>,
         base: Map<String, Value>,
         conflicts: Vec<Conflict>,
-        local_won: bool,
+        /// The origin does not hold the merged result: send it back there too.
+        resend: bool,
+        /// The link stays behind the record's version (something is still to go out).
+        keep_behind: bool,
     },
 }
 
@@ -131,7 +134,7 @@ impl Engine {
             Ok(results) => {
                 let wrote = results
                     .iter()
-                    .any(|r| matches!(r, Ok(Applied::Created(_) | Applied::Updated(_))));
+                    .any(|r| matches!(r, Ok(Applied::Created(_) | Applied::Updated(..))));
                 for (p, r) in round.into_iter().zip(results) {
                     let _ = p.job.reply.send(r);
                 }
@@ -327,7 +330,8 @@ impl Engine {
                     changed,
                     base,
                     conflicts,
-                    local_won,
+                    resend,
+                    keep_behind,
                     ..
                 }) = &intents[i]
                 else {
@@ -340,11 +344,13 @@ impl Engine {
                 let p = &round[i];
                 let sync = &plan.syncs[&p.job.code];
                 let m = &plan.models[&sync.model];
-                // When the local side won a conflict, this sync has not seen the result yet:
-                // its link stays behind the record's version, so the result goes out to it.
+                // When the merge kept local values the origin has not seen (a conflict won
+                // locally, or a local change to another field), or a local change was still
+                // waiting to go out, the link stays behind the record's version so the result
+                // reaches the origin too.
                 new_links.push(Link {
                     base: base.clone(),
-                    synced_version: if *local_won {
+                    synced_version: if *keep_behind {
                         link.synced_version
                     } else {
                         rec.version
@@ -390,9 +396,9 @@ impl Engine {
                 row.destination_values = Value::Object(changed.clone());
                 fill(&mut row, &p.job.ctx);
                 rows.push(row);
-                results[i] = Some(Ok(Applied::Updated(rec.id)));
-                // A local value that won a conflict goes back to this sync as well.
-                let origin = if *local_won {
+                results[i] = Some(Ok(Applied::Updated(rec.id, conflicts.len())));
+                // Merged values the origin lacks go back to it as well.
+                let origin = if *resend {
                     None
                 } else {
                     Some(sync.code.to_string())
@@ -644,13 +650,20 @@ fn decide(
     for (k, v) in incoming {
         base.insert(k.clone(), v.clone());
     }
+    // A local change that has not gone out yet keeps the link behind, so a cron push still
+    // finds it (in real time its outbox entry is already queued).
+    let pending_local = link.synced_version < record.version;
     if changed.is_empty() && m.conflicts.is_empty() {
         let id = record.id;
         return Ok(Intent::Rebase(
             id,
             Link {
                 base,
-                synced_version: record.version,
+                synced_version: if pending_local {
+                    link.synced_version
+                } else {
+                    record.version
+                },
                 ..link
             },
         ));
@@ -659,7 +672,11 @@ fn decide(
     if !sync.domain.matches(&values) {
         return Err(ApplyError::OutsideDomain(sync.code.to_string()));
     }
-    let local_won = m.conflicts.iter().any(|c| c.winner == Side::Local);
+    let resend = m
+        .merged
+        .iter()
+        .any(|(k, v)| incoming.get(k).unwrap_or(&Value::Null) != v);
+    let keep_behind = resend || pending_local;
     Ok(Intent::Update {
         record,
         link,
@@ -667,6 +684,7 @@ fn decide(
         changed,
         base,
         conflicts: m.conflicts,
-        local_won,
+        resend,
+        keep_behind,
     })
 }

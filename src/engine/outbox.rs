@@ -211,11 +211,14 @@ impl Engine {
                 // Deleted since: the delete entry that follows carries it across.
                 return Ok(Step::Skip);
             };
+            let forced = entry.payload.get("force") == Some(&Value::Bool(true));
             if let Some(l) = &link
+                && !forced
                 && l.external_id.is_some()
                 && l.synced_version >= rec.version
             {
-                // Already delivered (for instance by an earlier entry of the same record).
+                // Already delivered (for instance by an earlier entry of the same record); a
+                // full run's entries are sent anyway.
                 return Ok(Step::Skip);
             }
             match link.as_ref().and_then(|l| l.external_id.clone()) {

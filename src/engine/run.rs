@@ -60,18 +60,21 @@ impl Engine {
     /// Push, for cron syncs that send: queue what changed since the last sync (new records in
     /// the domain, records whose version passed the link's, tombstones of linked records),
     /// unlink records that left the domain, then deliver through the outbox. What fails stays
-    /// in the outbox's retry path.
+    /// in the outbox's retry path. A `full` push sends every linked record in the domain
+    /// again, whatever its version.
     async fn push(
         self: &Arc<Self>,
         code: &str,
         run_id: i64,
+        full: bool,
         counts: &mut RunCounts,
     ) -> Result<(), String> {
         let plan = self.plan();
         let Some(sync) = plan.sync(code).cloned() else {
             return Ok(());
         };
-        if !sync.direction.to_external() || sync.mode != crate::domain::plan::Mode::Cron {
+        if !sync.direction.to_external() || (sync.mode != crate::domain::plan::Mode::Cron && !full)
+        {
             return Ok(());
         }
         let model = &plan.models[&sync.model];
@@ -119,7 +122,11 @@ impl Engine {
                     continue;
                 } else {
                     match link {
-                        Some(l) if l.external_id.is_some() && l.synced_version >= rec.version => {
+                        Some(l)
+                            if !full
+                                && l.external_id.is_some()
+                                && l.synced_version >= rec.version =>
+                        {
                             continue;
                         }
                         Some(l) if l.external_id.is_some() => "update",
@@ -130,7 +137,11 @@ impl Engine {
                     sync: code.to_string(),
                     local_id: rec.id,
                     action: action.to_string(),
-                    payload: serde_json::json!({"version": rec.version, "run_id": run_id}),
+                    payload: if full {
+                        serde_json::json!({"version": rec.version, "run_id": run_id, "force": true})
+                    } else {
+                        serde_json::json!({"version": rec.version, "run_id": run_id})
+                    },
                 });
             }
             if entries.is_empty() && unlinks.is_empty() {
@@ -218,10 +229,13 @@ impl Engine {
     }
 
     /// Claims the sync's run slot and starts a run in the background.
+    /// With `full`, the push re-sends every local record in the domain, not only what changed
+    /// since the last sync (and works for real-time syncs too: a re-sync by hand).
     pub async fn start_run(
         self: &Arc<Self>,
         code: &str,
         trigger: Trigger,
+        full: bool,
     ) -> Result<Started, RunError> {
         if self.plan().sync(code).is_none() {
             return Err(RunError::UnknownSync(code.to_string()));
@@ -270,7 +284,7 @@ impl Engine {
                 .pull(&code, run_id, trigger, &mut counts, &progress_tx)
                 .await;
             if outcome.is_ok() {
-                outcome = engine.push(&code, run_id, &mut counts).await;
+                outcome = engine.push(&code, run_id, full, &mut counts).await;
             }
             progress_tx.send_replace(counts.clone());
             let (status, error) = match &outcome {
@@ -443,7 +457,11 @@ impl Engine {
                         must_exist: false,
                     }
                 };
-                self.apply_inbound(code, op, ctx)
+                let ctx = Ctx {
+                    modified_at: item.modified_at.or(ctx.modified_at),
+                    ..ctx.clone()
+                };
+                async move { self.apply_inbound(code, op, &ctx).await }
             });
             let results = futures_util::future::join_all(futures).await;
             for ((i, id), result) in wave.into_iter().zip(results) {
@@ -452,8 +470,9 @@ impl Engine {
                         counts.created += 1;
                         None
                     }
-                    Ok(Applied::Updated(_)) => {
+                    Ok(Applied::Updated(_, conflicts)) => {
                         counts.updated += 1;
+                        counts.conflicts += conflicts as i64;
                         None
                     }
                     Ok(Applied::Deleted(_)) => {

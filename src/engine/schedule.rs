@@ -70,7 +70,7 @@ impl Engine {
                             } else {
                                 Trigger::Cron
                             };
-                            match self.start_run(code, trigger).await {
+                            match self.start_run(code, trigger, false).await {
                                 Ok(_) | Err(RunError::Busy { .. }) => {}
                                 Err(e) => {
                                     tracing::warn!(sync = code, error = %e, "A scheduled run could not start")

@@ -68,6 +68,40 @@ impl ApiError {
     }
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl actix_web::ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.response()
+    }
+}
+
+/// A query string that does not fit its route (`?limit=abc`) gets the API's error shape, with
+/// the parameter named.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, req| {
+        let query: String = req.query_string().chars().take(200).collect();
+        let why = match &err {
+            actix_web::error::QueryPayloadError::Deserialize(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the query string `{query}` does not fit this route: {why}"),
+        )
+        .into()
+    })
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "Store error while serving the API");
@@ -564,9 +598,16 @@ async fn list_syncs(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     )
 }
 
+#[derive(Deserialize)]
+struct RunQuery {
+    #[serde(default)]
+    full: bool,
+}
+
 async fn run_sync(
     req: HttpRequest,
     path: web::Path<String>,
+    q: web::Query<RunQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     respond(
@@ -575,7 +616,7 @@ async fn run_sync(
             let code = path.into_inner();
             match state
                 .engine
-                .start_run(&code, crate::engine::Trigger::Manual)
+                .start_run(&code, crate::engine::Trigger::Manual, q.full)
                 .await
             {
                 Ok(started) => Ok(HttpResponse::Accepted()

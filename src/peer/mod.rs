@@ -73,6 +73,8 @@ pub struct Received {
 struct Pending {
     action: &'static str,
     id: String,
+    /// When the change was made on the peer's side (sent as `modified_at`).
+    at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Default)]
@@ -206,6 +208,7 @@ impl PeerState {
             c.changes.push_back(Pending {
                 action: if created { "insert" } else { "update" },
                 id: id.clone(),
+                at: chrono::Utc::now(),
             });
             (id, created, snapshot)
         });
@@ -228,6 +231,7 @@ impl PeerState {
                 c.changes.push_back(Pending {
                     action: "delete",
                     id: id.to_string(),
+                    at: chrono::Utc::now(),
                 });
             }
             existed
@@ -577,7 +581,8 @@ async fn fetch(
                     "delete" => json!({ state.opts.id_field.clone(): p.id }),
                     _ => Value::Object(c.records.get(&p.id).cloned().unwrap_or_default()),
                 };
-                json!({"action": p.action, "values": values, "external_id": p.id})
+                json!({"action": p.action, "values": values, "external_id": p.id,
+                       "modified_at": p.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)})
             })
             .collect()
     });

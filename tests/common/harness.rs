@@ -209,6 +209,8 @@ pub struct Harness {
 pub struct Tweaks {
     pub body_limit: usize,
     pub max_attempts: u32,
+    /// More mapping text appended to [`MAPPING`] (`@PEER@` is replaced there too).
+    pub extra_mapping: String,
 }
 
 impl Default for Tweaks {
@@ -216,6 +218,7 @@ impl Default for Tweaks {
         Tweaks {
             body_limit: 64 * 1024,
             max_attempts: 4,
+            extra_mapping: String::new(),
         }
     }
 }
@@ -230,7 +233,7 @@ impl Harness {
         let peer_url = format!("http://{}", peer_listener.local_addr().unwrap());
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("mappings")).unwrap();
-        let mapping = MAPPING.replace("@PEER@", &peer_url);
+        let mapping = format!("{MAPPING}\n{}", t.extra_mapping).replace("@PEER@", &peer_url);
         std::fs::write(dir.path().join("mappings/test.toml"), &mapping).unwrap();
         let plan = config::compile_texts(
             &[("mappings/test.toml", &mapping)],
@@ -303,6 +306,36 @@ impl Harness {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Starts a run of `code` through the API and waits for it to finish.
+    pub async fn run(&self, code: &str) -> recsync::store::Run {
+        self.run_with(code, "").await
+    }
+
+    /// [`Harness::run`] with a query string (`?full=true`).
+    pub async fn run_with(&self, code: &str, query: &str) -> recsync::store::Run {
+        let r = self
+            .client
+            .post(self.url(&format!("/api/v1/syncs/{code}/run{query}")))
+            .header("X-Api-Key", ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{code}");
+        let run_id = r.json::<serde_json::Value>().await.unwrap()["run_id"]
+            .as_i64()
+            .unwrap();
+        super::eventually(30, "the run to finish", || async {
+            self.engine
+                .store
+                .runs(Some(code), None, 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|r| r.id == run_id && r.finished_at.is_some())
+        })
+        .await
     }
 
     /// Rows of the change-control log, newest first.
