@@ -9,6 +9,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use std::sync::Arc;
 
+/// The most a tick waits before claiming due runs (see `start_scheduler`).
+const TICK_JITTER_MS: u64 = 300;
+
 /// The first due time strictly after `after`.
 pub fn next_due(schedule: &Schedule, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     match schedule {
@@ -99,7 +102,14 @@ impl Engine {
             std::time::Duration::from_secs(1),
             move |_id, _lock| {
                 let engine = engine.clone();
-                Box::pin(async move { engine.tick(Utc::now(), false).await })
+                Box::pin(async move {
+                    // A random pause before claiming, so that instances sharing a database
+                    // share the due times instead of the one whose ticker runs first always
+                    // taking them.
+                    let jitter = rand::random_range(0..TICK_JITTER_MS);
+                    tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+                    engine.tick(Utc::now(), false).await
+                })
             },
         )?;
         sched.add(job).await?;
