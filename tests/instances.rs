@@ -140,7 +140,7 @@ async fn two_serve_processes_never_run_a_sync_at_once_and_pull_each_record_once(
                 )
                 .await;
         }
-        if total % 20 == 0 {
+        if total.is_multiple_of(20) {
             updated += 1;
             state
                 .upsert(
