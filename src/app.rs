@@ -144,11 +144,19 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
         .start_scheduler()
         .await
         .context("Failed to start the scheduler")?;
-    let workers = if opts.no_workers {
+    let mut workers = if opts.no_workers {
         Vec::new()
     } else {
-        vec![engine.spawn_worker(stop_rx)]
+        vec![engine.spawn_worker(stop_rx.clone())]
     };
+    if let Some(retention) = state.settings.change_log_retention {
+        workers.push(crate::audit::spawn_pruner(
+            engine.store.clone(),
+            retention,
+            Duration::from_secs(3600),
+            stop_rx,
+        ));
+    }
     let (watcher, reload_task) = if opts.watch {
         watch(mappings, state.clone())?
     } else {

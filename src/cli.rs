@@ -10,6 +10,8 @@ use std::process::ExitCode;
 pub const EXIT_CONFIG: u8 = 78;
 /// Exit status for a command this build does not have yet.
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code for a command line that does not make sense (sysexits EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,16 +69,43 @@ pub enum Command {
         #[arg(long)]
         full: bool,
     },
-    /// Query the change-control log
+    /// Query the change-control log (newest rows, printed oldest first)
     Log {
         #[arg(long)]
         sync: Option<String>,
+        /// external_to_local or local_to_external
+        #[arg(long)]
+        direction: Option<String>,
+        /// create, update, delete, unlink, rename, move or conflict
+        #[arg(long)]
+        action: Option<String>,
+        /// success, failed, conflict_resolved or skipped
         #[arg(long)]
         status: Option<String>,
         #[arg(long)]
+        external_id: Option<String>,
+        #[arg(long)]
+        local_id: Option<String>,
+        /// RFC 3339 time or date (UTC)
+        #[arg(long)]
         since: Option<String>,
-        #[arg(long, default_value = "table")]
+        /// RFC 3339 time or date (UTC), exclusive
+        #[arg(long)]
+        until: Option<String>,
+        /// Text searched in the title and the error message
+        #[arg(long, short)]
+        q: Option<String>,
+        #[arg(long)]
+        run_id: Option<String>,
+        /// How many of the newest rows (0: every matching row)
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// table (fits 80 columns), json (one object per line) or csv
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
         format: String,
+        /// Keep printing new rows as they are written
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Inspect and retry failed deliveries
     Outbox {
@@ -174,7 +203,36 @@ pub async fn run(cli: Cli) -> ExitCode {
             peer_listen,
         } => demo(&cli.global, &listen, &peer_listen).await,
         Command::Run { code, full } => run_now(&cli.global, &code, full).await,
-        Command::Log { .. } => not_yet("log", "the change-control tooling"),
+        Command::Log {
+            sync,
+            direction,
+            action,
+            status,
+            external_id,
+            local_id,
+            since,
+            until,
+            q,
+            run_id,
+            limit,
+            format,
+            follow,
+        } => {
+            let query = crate::audit::ChangeQuery {
+                sync,
+                direction,
+                action,
+                status,
+                external_id,
+                local_id,
+                since,
+                until,
+                q,
+                run_id,
+                ..Default::default()
+            };
+            log(&cli.global, query, limit, &format, follow).await
+        }
         Command::Outbox { action } => outbox(&cli.global, action).await,
         Command::Peer {
             listen,
@@ -199,16 +257,6 @@ pub async fn run(cli: Cli) -> ExitCode {
             .await
         }
     }
-}
-
-fn not_yet(cmd: &str, arrives_with: &str) -> ExitCode {
-    eprintln!(
-        "error: `recsync {cmd}` is not available in this build yet; it arrives with {arrives_with}."
-    );
-    eprintln!(
-        "Available now: validate, migrate, keys new, serve (health probes and config hot reload)."
-    );
-    ExitCode::from(EXIT_UNAVAILABLE)
 }
 
 fn load(g: &GlobalArgs, listen: Option<String>) -> Result<config::Loaded, ExitCode> {
@@ -616,6 +664,191 @@ async fn peer(a: PeerArgs) -> ExitCode {
     handle.stop(true).await;
     let _ = server.await;
     ExitCode::SUCCESS
+}
+
+/// `recsync log`: the change-control log from the configured database.
+async fn log(
+    g: &GlobalArgs,
+    query: crate::audit::ChangeQuery,
+    limit: u64,
+    format: &str,
+    follow: bool,
+) -> ExitCode {
+    use crate::audit;
+    use std::io::Write;
+    let mut filter = match query.to_filter(audit::MAX_PAGE) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let loaded = match load(g, None) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    use secrecy::ExposeSecret;
+    let store =
+        match crate::store::Store::connect(loaded.settings.database_url.expose_secret()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot open {}: {e}",
+                    loaded.settings.database_display()
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+    if let Err(e) = store.migrate().await {
+        eprintln!("error: migrating the database failed: {e}");
+        return ExitCode::FAILURE;
+    }
+    let masker = std::sync::Arc::new(loaded.plan.masker());
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let print = |out: &mut dyn Write, rows: &[crate::store::Change], header: bool| match format {
+        "json" => {
+            for r in rows {
+                let _ = writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default());
+            }
+        }
+        "csv" => {
+            let _ = out.write_all(&audit::csv_chunk(rows, header));
+        }
+        _ => {
+            if header {
+                let _ = writeln!(out, "{}", table_header());
+            }
+            for r in rows {
+                let _ = writeln!(out, "{}", table_line(r));
+            }
+        }
+    };
+    let result: Result<(), crate::store::StoreError> = async {
+        // The newest rows, shown oldest first.
+        let mut rows = Vec::new();
+        if limit == 0 {
+            let mut pages =
+                std::pin::pin!(audit::pages(store.clone(), filter.clone(), masker.clone()));
+            use futures_util::StreamExt;
+            let mut header = true;
+            // Every row: streamed newest first, page by page, in constant memory.
+            while let Some(page) = pages.next().await {
+                let page = page?;
+                print(&mut out, &page, header);
+                header = false;
+            }
+            if header {
+                print(&mut out, &[], true);
+            }
+        } else {
+            filter.limit = (limit as i64).min(audit::MAX_PAGE);
+            rows = store.changes(&filter).await?;
+            rows.reverse();
+            rows.iter_mut().for_each(|r| audit::mask_change(&masker, r));
+            print(&mut out, &rows, true);
+        }
+        let _ = out.flush();
+        if !follow {
+            return Ok(());
+        }
+        let mut last = rows.last().map(|r| r.id).unwrap_or(0);
+        if last == 0 {
+            last = store
+                .changes(&crate::store::ChangeFilter {
+                    limit: 1,
+                    ..Default::default()
+                })
+                .await?
+                .first()
+                .map(|r| r.id)
+                .unwrap_or(0);
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+            loop {
+                let f = crate::store::ChangeFilter {
+                    after_id: Some(last),
+                    before: None,
+                    limit: audit::MAX_PAGE,
+                    ..filter.clone()
+                };
+                let mut rows = store.changes(&f).await?;
+                let Some(l) = rows.last() else { break };
+                last = l.id;
+                rows.iter_mut().for_each(|r| audit::mask_change(&masker, r));
+                print(&mut out, &rows, false);
+                let _ = out.flush();
+                if (rows.len() as i64) < audit::MAX_PAGE {
+                    break;
+                }
+            }
+        }
+    }
+    .await;
+    store.close().await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: reading the change-control log failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Fits in 80 columns.
+fn table_header() -> String {
+    format!(
+        "{:>6} {:<14} {:<6} {:<3} {:<8} {:<8} {:<10} {}",
+        "ID", "WHEN (UTC)", "SYNC", "DIR", "ACTION", "STATUS", "RECORD", "DETAIL"
+    )
+}
+
+fn clip(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(width.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn table_line(c: &crate::store::Change) -> String {
+    let dir = if c.direction == "external_to_local" {
+        "in"
+    } else {
+        "out"
+    };
+    let status = if c.status == "conflict_resolved" {
+        "conflict"
+    } else {
+        c.status.as_str()
+    };
+    let record = match (&c.external_id, c.local_id) {
+        (Some(e), _) => e.clone(),
+        (None, Some(l)) => format!("#{l}"),
+        (None, None) => String::new(),
+    };
+    let detail = if c.error_message.is_empty() {
+        c.title.clone()
+    } else {
+        c.error_message.clone()
+    };
+    format!(
+        "{:>6} {:<14} {:<6} {:<3} {:<8} {:<8} {:<10} {}",
+        clip(&c.id.to_string(), 6),
+        c.synced_at.format("%m-%d %H:%M:%S"),
+        clip(&c.sync, 6),
+        dir,
+        clip(&c.action, 8),
+        clip(status, 8),
+        clip(&record, 10),
+        clip(&detail.replace(['\n', '\r'], " "), 18)
+    )
 }
 
 async fn outbox(g: &GlobalArgs, action: Option<OutboxAction>) -> ExitCode {

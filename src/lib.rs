@@ -5,6 +5,7 @@
 //! imports only from modules before it in that flow; `domain` imports nothing from the crate.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod connectors;

@@ -162,10 +162,10 @@ fn keys_new_prints_the_key_once_and_only_its_hash_for_the_config() {
 #[test]
 fn commands_not_built_yet_say_so() {
     let dir = tempfile::tempdir().unwrap();
-    let o = recsync(dir.path(), &["log", "--sync", "CON"]);
+    let o = recsync(dir.path(), &["validate", "--online"]);
     assert_eq!(o.status.code(), Some(69), "{}", text(&o));
     assert!(
-        text(&o).contains("`recsync log` is not available in this build yet"),
+        text(&o).contains("`recsync validate --online` is not available in this build yet"),
         "{}",
         text(&o)
     );

@@ -16,7 +16,14 @@ use std::time::Duration;
 
 pub const SECTIONS: [&str; 4] = ["models", "external_models", "web_services", "syncs"];
 pub const MODEL_KEYS: [&str; 3] = ["display", "description", "fields"];
-pub const FIELD_KEYS: [&str; 5] = ["type", "required", "model", "values", "description"];
+pub const FIELD_KEYS: [&str; 6] = [
+    "type",
+    "required",
+    "model",
+    "values",
+    "description",
+    "secret",
+];
 pub const EXT_MODEL_KEYS: [&str; 7] = [
     "name",
     "kind",
@@ -301,6 +308,7 @@ fn compile_field(k: &Key, item: &Item, models: &[&str], diags: &mut Diagnostics)
         }
     };
     let required = bool_of(t, "required", diags).unwrap_or(false);
+    let secret = bool_of(t, "secret", diags).unwrap_or(false);
     let related = str_of(t, "model", diags);
     let values = array_of(t, "values", diags);
     let needs_model = matches!(ty_str.value, "many2one" | "one2many" | "many2many");
@@ -406,6 +414,7 @@ fn compile_field(k: &Key, item: &Item, models: &[&str], diags: &mut Diagnostics)
         name: k.name.clone(),
         ty,
         required,
+        secret,
     })
 }
 

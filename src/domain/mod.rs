@@ -3,6 +3,7 @@
 
 pub mod filter;
 pub mod mapping;
+pub mod mask;
 pub mod merge;
 pub mod names;
 pub mod plan;

@@ -25,6 +25,8 @@ pub struct Field {
     pub name: String,
     pub ty: FieldType,
     pub required: bool,
+    /// Masked in the change-control log, API output and the CLI.
+    pub secret: bool,
 }
 
 /// Field names every record has, besides its declared fields.
@@ -623,6 +625,56 @@ impl Plan {
         self.syncs.get(code)
     }
 
+    /// What must never be shown: fields declared `secret` (under their local names and the
+    /// external names they are mapped to) and the credentials and other secret strings of the
+    /// web services.
+    pub fn masker(&self) -> crate::domain::mask::Masker {
+        use secrecy::ExposeSecret;
+        let mut fields = Vec::new();
+        for m in self.models.values() {
+            for f in m.fields.values().filter(|f| f.secret) {
+                fields.push(f.name.clone());
+                for s in self.syncs_of_model(&m.name) {
+                    for pair in s.fields.iter().filter(|p| p.local == f.name) {
+                        if let crate::domain::mapping::ExternalField::Name(n) = &pair.external {
+                            fields.push(n.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let mut values: Vec<String> = Vec::new();
+        for w in self.web_services.values() {
+            match &w.spec {
+                ServiceSpec::Rest(r) => {
+                    match &r.auth {
+                        Auth::None => {}
+                        Auth::ApiKey { key, .. } => values.push(key.expose_secret().to_string()),
+                        Auth::Basic { password, .. } => {
+                            values.push(password.expose_secret().to_string())
+                        }
+                        Auth::Bearer { token } => values.push(token.expose_secret().to_string()),
+                    }
+                    for u in [&r.url, &r.confirmation_url, &r.shipping_url]
+                        .into_iter()
+                        .flatten()
+                        .filter(|u| u.is_secret())
+                    {
+                        values.push(u.expose().to_string());
+                    }
+                }
+                ServiceSpec::Dropbox(d) => {
+                    values.push(d.app_key.expose_secret().to_string());
+                    values.push(d.app_secret.expose_secret().to_string());
+                    for t in [&d.refresh_token, &d.access_token].into_iter().flatten() {
+                        values.push(t.expose_secret().to_string());
+                    }
+                }
+            }
+        }
+        crate::domain::mask::Masker::new(fields, values)
+    }
+
     /// The syncs bound to a local model.
     pub fn syncs_of_model<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Sync> + 'a {
         self.syncs.values().filter(move |s| s.model == model)
@@ -702,6 +754,7 @@ mod tests {
                 name: "name".into(),
                 ty: FieldType::Char,
                 required: true,
+                secret: false,
             },
         );
         fields.insert(
@@ -710,6 +763,7 @@ mod tests {
                 name: "visits".into(),
                 ty: FieldType::Integer,
                 required: false,
+                secret: false,
             },
         );
         let m = Model {

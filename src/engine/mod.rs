@@ -7,6 +7,7 @@ mod outbox;
 mod run;
 pub mod schedule;
 
+use crate::domain::mask::Masker;
 pub use apply::{Applied, ApplyError, InboundOp, LocalOp};
 pub use outbox::Outcome;
 pub use run::{RunError, Started, Trigger};
@@ -66,6 +67,7 @@ impl Ctx {
 pub struct Engine {
     pub store: Store,
     plan: RwLock<Arc<Plan>>,
+    masker: RwLock<Arc<Masker>>,
     pub opts: EngineOptions,
     wake: Notify,
     http: reqwest::Client,
@@ -85,6 +87,7 @@ impl Engine {
         let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(4096);
         Engine {
             store,
+            masker: RwLock::new(Arc::new(plan.masker())),
             plan: RwLock::new(Arc::new(plan)),
             opts,
             wake: Notify::new(),
@@ -102,8 +105,30 @@ impl Engine {
 
     /// Replaces the plan (hot reload).
     pub fn set_plan(&self, plan: Plan) {
+        *self.masker.write().expect("masker lock") = Arc::new(plan.masker());
         *self.plan.write().expect("plan lock") = Arc::new(plan);
         self.limits.lock().expect("limits lock").clear();
+    }
+
+    /// The masker of the plan in force (secret fields and configuration secrets).
+    pub fn masker(&self) -> Arc<Masker> {
+        self.masker.read().expect("masker lock").clone()
+    }
+
+    /// Masks a change-control row before it is written, so secrets never reach the log.
+    pub(crate) fn mask_row(&self, row: &mut NewChange) {
+        let m = self.masker();
+        if m.is_empty() {
+            return;
+        }
+        m.mask_value(&mut row.origin_values);
+        m.mask_value(&mut row.destination_values);
+        if let std::borrow::Cow::Owned(t) = m.mask_text(&row.error_message) {
+            row.error_message = t;
+        }
+        if let std::borrow::Cow::Owned(t) = m.mask_text(&row.title) {
+            row.title = t;
+        }
     }
 
     /// Has `spawn_writer` taken the queue?
@@ -117,16 +142,18 @@ impl Engine {
     }
 
     /// Writes a change-control row, unless it is a success row and the log is off.
-    async fn log(&self, tx: &mut Tx, row: NewChange) -> Result<(), StoreError> {
+    async fn log(&self, tx: &mut Tx, mut row: NewChange) -> Result<(), StoreError> {
         if self.opts.change_log || row.status != crate::store::LogStatus::Success {
+            self.mask_row(&mut row);
             tx.log_change(&row).await?;
         }
         Ok(())
     }
 
     /// Writes a change-control row on its own (failed requests, delivery attempts).
-    pub async fn log_alone(&self, row: NewChange) -> Result<(), StoreError> {
+    pub async fn log_alone(&self, mut row: NewChange) -> Result<(), StoreError> {
         if self.opts.change_log || row.status != crate::store::LogStatus::Success {
+            self.mask_row(&mut row);
             self.store.log_change(&row).await?;
         }
         Ok(())

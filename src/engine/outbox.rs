@@ -396,6 +396,7 @@ impl Engine {
         if !self.opts.change_log {
             rows.retain(|r| r.status != LogStatus::Success);
         }
+        rows.iter_mut().for_each(|r| self.mask_row(r));
         tx.log_changes(&rows).await?;
         tx.outbox_done_many(&done.finished).await?;
         tx.commit().await?;

@@ -161,6 +161,7 @@ impl Engine {
                 row.error_message = "the record no longer matches the sync's domain".into();
                 row.actor = "cron".into();
                 row.run_id = Some(run_id);
+                self.mask_row(&mut row);
                 tx.log_change(&row).await.map_err(store_err)?;
             }
             tx.enqueue_many(&entries).await.map_err(store_err)?;

@@ -139,13 +139,17 @@ impl From<ApplyError> for ApiError {
     }
 }
 
-type ApiResult = Result<HttpResponse, ApiError>;
+pub(crate) type ApiResult = Result<HttpResponse, ApiError>;
 
-fn respond(r: ApiResult) -> HttpResponse {
+pub(crate) fn respond(r: ApiResult) -> HttpResponse {
     r.unwrap_or_else(|e| e.response())
 }
 
-fn caller(req: &HttpRequest, state: &AppState, need: &Scope) -> Result<Caller, ApiError> {
+pub(crate) fn caller(
+    req: &HttpRequest,
+    state: &AppState,
+    need: &Scope,
+) -> Result<Caller, ApiError> {
     let c = authenticate(req, &state.settings.api_keys)
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.message()))?;
     let ok = match need {

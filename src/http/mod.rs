@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod changes;
 pub mod sync;
 
 use crate::app::AppState;
@@ -14,6 +15,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(healthz).service(readyz);
     sync::routes(cfg);
     api::routes(cfg);
+    changes::routes(cfg);
 }
 
 /// Liveness: the process answers.

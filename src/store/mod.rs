@@ -117,6 +117,32 @@ impl Pooled {
     }
 }
 
+/// How often the background task checkpoints the SQLite WAL.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Checkpoints the WAL from its own connection, alongside the writer (a passive checkpoint
+/// neither blocks nor waits for writers and readers), until the writer's pool is closed.
+async fn spawn_checkpointer(write: SqlitePool, opts: SqliteConnectOptions) -> Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+            if write.is_closed() {
+                break;
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&mut conn)
+                .await
+            {
+                tracing::warn!(error = %e, "A WAL checkpoint failed; the next one will retry");
+            }
+        }
+        let _ = conn.close().await;
+    });
+    Ok(())
+}
+
 impl Store {
     /// Connects by URL scheme: `sqlite:` (file created if missing) or `postgres://`.
     pub async fn connect(url: &str) -> Result<Store> {
@@ -130,12 +156,21 @@ impl Store {
                 .foreign_keys(true);
             let memory = url.contains(":memory:") || url.contains("mode=memory");
             // One writer serialises writes in-process; readers use WAL snapshots alongside it.
+            // The writer never checkpoints the WAL itself (a checkpoint inside a commit stalls
+            // every write behind it for tens of milliseconds); a background task does it.
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(30))
                 .test_before_acquire(false)
-                .connect_with(opts.clone())
+                .connect_with(if memory {
+                    opts.clone()
+                } else {
+                    opts.clone().pragma("wal_autocheckpoint", "0")
+                })
                 .await?;
+            if !memory {
+                spawn_checkpointer(write.clone(), opts.clone()).await?;
+            }
             let read = if memory {
                 write.clone()
             } else {
@@ -534,45 +569,111 @@ impl Store {
         log_change(c.conn(), row).await
     }
 
-    /// Queries the log, newest first, keyset-paginated: rows with `id < before`.
+    /// Queries the log, newest first, keyset-paginated: rows with `id < before`. Only the
+    /// filters given go into the SQL, so each query can use the index that fits it.
     pub async fn changes(&self, f: &ChangeFilter) -> Result<Vec<Change>> {
-        let mut c = self.reader().await?;
-        let q = f.q.as_ref().map(|q| {
-            format!(
+        enum Arg {
+            Text(String),
+            Int(i64),
+            Time(DateTime<Utc>),
+        }
+        let mut conds: Vec<String> = Vec::new();
+        let mut args: Vec<Arg> = Vec::new();
+        let mut add = |cond: &str, arg: Arg| {
+            args.push(arg);
+            conds.push(cond.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(v) = &f.sync {
+            add("sync = ?", Arg::Text(v.clone()));
+        }
+        if let Some(v) = &f.direction {
+            add("direction = ?", Arg::Text(v.clone()));
+        }
+        if let Some(v) = &f.action {
+            add("action = ?", Arg::Text(v.clone()));
+        }
+        if let Some(v) = &f.status {
+            add("status = ?", Arg::Text(v.clone()));
+        }
+        if let Some(v) = &f.external_id {
+            add("external_id = ?", Arg::Text(v.clone()));
+        }
+        if let Some(v) = f.local_id {
+            add("local_id = ?", Arg::Int(v));
+        }
+        if let Some(v) = f.since {
+            add("synced_at >= ?", Arg::Time(v));
+        }
+        if let Some(v) = f.until {
+            add("synced_at < ?", Arg::Time(v));
+        }
+        if let Some(q) = &f.q {
+            let pattern = format!(
                 "%{}%",
                 q.to_lowercase()
                     .replace('\\', "\\\\")
                     .replace('%', "\\%")
                     .replace('_', "\\_")
-            )
-        });
-        let rows = on!(c.conn(), |c| {
-            sqlx::query_as::<_, ChangeRow>(
+            );
+            add(
+                "(LOWER(title) LIKE ? ESCAPE '\\' OR LOWER(error_message) LIKE ? ESCAPE '\\')",
+                Arg::Text(pattern),
+            );
+        }
+        if let Some(v) = f.before {
+            add("id < ?", Arg::Int(v));
+        }
+        if let Some(v) = f.run_id {
+            add("run_id = ?", Arg::Int(v));
+        }
+        if let Some(v) = f.after_id {
+            add("id > ?", Arg::Int(v));
+        }
+        if f.status.as_deref().is_some_and(|s| s != "success") {
+            // Lets the partial index of failures and conflicts serve the query.
+            conds.push("status <> 'success'".into());
+        }
+        let filter = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
+        let sql = format!(
             "SELECT id, sync, direction, action, external_id, local_id, name, title, origin_values, destination_values,
                     modified_at, synced_at, status, error_message, run_id, actor FROM change_log
-             WHERE ($1 IS NULL OR sync = $1) AND ($2 IS NULL OR direction = $2) AND ($3 IS NULL OR action = $3)
-               AND ($4 IS NULL OR status = $4) AND ($5 IS NULL OR external_id = $5) AND ($6 IS NULL OR local_id = $6)
-               AND ($7 IS NULL OR synced_at >= $7) AND ($8 IS NULL OR synced_at < $8)
-               AND ($9 IS NULL OR LOWER(title) LIKE $9 ESCAPE '\\' OR LOWER(error_message) LIKE $9 ESCAPE '\\')
-               AND ($10 IS NULL OR id < $10) AND ($11 IS NULL OR run_id = $11)
-             ORDER BY id DESC LIMIT $12"
-        )
-        .bind(f.sync.as_deref())
-        .bind(f.direction.as_deref())
-        .bind(f.action.as_deref())
-        .bind(f.status.as_deref())
-        .bind(f.external_id.as_deref())
-        .bind(f.local_id)
-        .bind(f.since)
-        .bind(f.until)
-        .bind(q)
-        .bind(f.before)
-        .bind(f.run_id)
-        .bind(f.limit.clamp(1, 10_000))
-        .fetch_all(c)
-        .await
+             {filter} ORDER BY id {} LIMIT {}",
+            if f.after_id.is_some() { "ASC" } else { "DESC" },
+            f.limit.clamp(1, 10_000)
+        );
+        let mut c = self.reader().await?;
+        let rows = on!(c.conn(), |c| {
+            let mut q = sqlx::query_as::<_, ChangeRow>(&sql);
+            for a in &args {
+                q = match a {
+                    Arg::Text(s) => q.bind(s.as_str()),
+                    Arg::Int(i) => q.bind(*i),
+                    Arg::Time(t) => q.bind(*t),
+                };
+            }
+            q.fetch_all(c).await
         })?;
         Ok(rows.into_iter().map(Change::from).collect())
+    }
+
+    /// Deletes up to `batch` of the oldest rows synced before `cutoff`; returns how many.
+    pub async fn prune_changes(&self, cutoff: DateTime<Utc>, batch: i64) -> Result<u64> {
+        let mut c = self.writer().await?;
+        Ok(on!(c.conn(), |c| {
+            sqlx::query(
+                "DELETE FROM change_log WHERE id IN
+                   (SELECT id FROM change_log WHERE synced_at < $1 ORDER BY synced_at, id LIMIT $2)",
+            )
+            .bind(cutoff)
+            .bind(batch)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+        })?)
     }
 
     // ---- sync state and runs ----

@@ -279,6 +279,8 @@ pub struct ChangeFilter {
     pub run_id: Option<i64>,
     /// Keyset cursor: only rows with a smaller id.
     pub before: Option<i64>,
+    /// Only rows with a larger id, oldest first (for following the log as it grows).
+    pub after_id: Option<i64>,
     pub limit: i64,
 }
 

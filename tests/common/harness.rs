@@ -31,6 +31,7 @@ visits   = "integer"
 city     = "char"
 manager  = { type = "many2one", model = "contact" }
 partners = { type = "many2many", model = "company" }
+pin      = { type = "char", secret = true }
 
 [web_services.crm]
 shipping_url = "@PEER@/api/crm/ship"
@@ -56,6 +57,7 @@ visits     = "integer"
 address    = "json"
 manager_id = "char"
 partner_ids = "json"
+pin        = "char"
 
 [external_models.crm_company]
 fields = { unique_id = "char", name = "char", vat = "char" }
@@ -85,6 +87,7 @@ fields = [
   { local = "stage",    external = "status", map = { lead = "L", customer = "C", lost = "X" } },
   { local = "visits",   external = "visits" },
   { local = "city",     external = "$.address.city" },
+  { local = "pin",      external = "pin" },
 ]
 
 [web_services.pullsrc]
