@@ -1,0 +1,236 @@
+//! `recsync log` as an operator runs it: filters, the three formats, an 80-column table, bad
+//! filters named, and `--follow` printing rows as they are written.
+
+mod common;
+
+use chrono::{Duration, Utc};
+use recsync::store::{LogAction, LogDirection, LogStatus, NewChange, Store};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+fn row(i: usize, status: LogStatus, age_min: i64) -> NewChange {
+    NewChange {
+        sync: if i % 2 == 0 { "CONTACTS" } else { "COMP" }.into(),
+        direction: if i % 3 == 0 {
+            LogDirection::LocalToExternal
+        } else {
+            LogDirection::ExternalToLocal
+        },
+        action: LogAction::Update,
+        external_id: Some(format!("EXT-{i}-with-a-long-identifier")),
+        local_id: Some(i as i64),
+        name: "Update contact".into(),
+        title: format!("Ñandú Müller-Lüdenscheidt the {i}th, of a very long company name"),
+        origin_values: json!({"i": i}),
+        destination_values: json!({"i": i}),
+        modified_at: None,
+        synced_at: Some(Utc::now() - Duration::minutes(age_min)),
+        status,
+        error_message: if status == LogStatus::Failed {
+            format!("email: not a valid address (row {i})\nsecond line")
+        } else {
+            String::new()
+        },
+        run_id: None,
+        actor: "test".into(),
+    }
+}
+
+async fn write(store: &Store, rows: &[NewChange]) {
+    let mut tx = store.begin().await.unwrap();
+    tx.log_changes(rows).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+fn log(dir: &std::path::Path, url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_recsync"))
+        .arg("log")
+        .args(args)
+        .args(["--database-url", url])
+        .current_dir(dir)
+        .output()
+        .expect("run recsync log")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[tokio::test]
+async fn filters_formats_and_an_80_column_table() {
+    let db = common::TestDb::new().await;
+    let store = db.store().await;
+    let rows: Vec<NewChange> = (0..30)
+        .map(|i| {
+            let status = if i % 5 == 0 {
+                LogStatus::Failed
+            } else {
+                LogStatus::Success
+            };
+            row(i, status, 60 - i as i64)
+        })
+        .collect();
+    write(&store, &rows).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    let url = db.url.clone();
+
+    // The table: a header, the newest 50 rows oldest first, nothing wider than 80 columns.
+    let o = log(dir.path(), &url, &[]);
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 31, "{text}");
+    assert!(lines[0].contains("ID") && lines[0].contains("STATUS"));
+    for l in &lines {
+        assert!(
+            l.chars().count() <= 80,
+            "{} columns: {l}",
+            l.chars().count()
+        );
+    }
+    let ids: Vec<i64> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "oldest first");
+    assert!(
+        lines[1].contains("failed") && lines[1].contains("email: not a val"),
+        "a failure shows its error: {}",
+        lines[1]
+    );
+
+    // JSON lines, filtered.
+    let o = log(
+        dir.path(),
+        &url,
+        &[
+            "--status", "failed", "--sync", "CONTACTS", "--format", "json",
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let got: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected = rows
+        .iter()
+        .filter(|r| r.status == LogStatus::Failed && r.sync == "CONTACTS")
+        .count();
+    assert_eq!(got.len(), expected);
+    assert!(
+        got.iter()
+            .all(|c| c["status"] == "failed" && c["sync"] == "CONTACTS")
+    );
+
+    // CSV of every row, and a time range, a text search, ids and direction.
+    let o = log(dir.path(), &url, &["--format", "csv", "--limit", "0"]);
+    let csv_text = stdout(&o);
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    assert_eq!(reader.records().count(), 30);
+    let since = (Utc::now() - Duration::minutes(40)).to_rfc3339();
+    let o = log(dir.path(), &url, &["--since", &since, "--format", "json"]);
+    assert_eq!(
+        stdout(&o).lines().count(),
+        9,
+        "rows 21 to 29: {}",
+        stdout(&o)
+    );
+    let o = log(dir.path(), &url, &["-q", "8TH, OF", "--format", "json"]);
+    let found: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(found.len(), 3, "8th, 18th and 28th: {found:?}");
+    let o = log(
+        dir.path(),
+        &url,
+        &[
+            "--local-id",
+            "7",
+            "--external-id",
+            "EXT-7-with-a-long-identifier",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(stdout(&o).lines().count(), 1);
+    let o = log(
+        dir.path(),
+        &url,
+        &["--direction", "local_to_external", "--format", "json"],
+    );
+    assert_eq!(stdout(&o).lines().count(), 10);
+    let o = log(dir.path(), &url, &["--since", "2999-01-01"]);
+    assert_eq!(stdout(&o).lines().count(), 1, "only the header");
+
+    // A bad filter is named, and nothing is printed.
+    let o = log(dir.path(), &url, &["--status", "nope"]);
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("`status` must be one of"), "{err}");
+    assert!(o.stdout.is_empty());
+    let o = log(dir.path(), &url, &["--since", "last tuesday"]);
+    assert_eq!(o.status.code(), Some(64));
+    db.cleanup(store).await;
+}
+
+#[tokio::test]
+async fn follow_prints_rows_as_they_are_written() {
+    let db = common::TestDb::new().await;
+    let store = db.store().await;
+    write(&store, &[row(1, LogStatus::Success, 5)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recsync"))
+        .args([
+            "log",
+            "--follow",
+            "--format",
+            "json",
+            "--database-url",
+            &db.url,
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+        .await
+        .expect("the existing row")
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&first).unwrap()["local_id"],
+        1
+    );
+    // Rows written now appear, in order, including a burst larger than one page.
+    let burst: Vec<NewChange> = (2..1503).map(|i| row(i, LogStatus::Success, 0)).collect();
+    write(&store, &burst).await;
+    let mut seen = Vec::new();
+    while seen.len() < burst.len() {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+            .await
+            .expect("followed rows")
+            .unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        seen.push(v["local_id"].as_i64().unwrap());
+    }
+    assert_eq!(seen, (2..1503).collect::<Vec<i64>>());
+    let _ = child.kill();
+    let _ = child.wait();
+    db.cleanup(store).await;
+}
