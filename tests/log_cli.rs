@@ -11,8 +11,13 @@ use std::process::{Command, Output, Stdio};
 
 fn row(i: usize, status: LogStatus, age_min: i64) -> NewChange {
     NewChange {
-        sync: if i % 2 == 0 { "CONTACTS" } else { "COMP" }.into(),
-        direction: if i % 3 == 0 {
+        sync: if i.is_multiple_of(2) {
+            "CONTACTS"
+        } else {
+            "COMP"
+        }
+        .into(),
+        direction: if i.is_multiple_of(3) {
             LogDirection::LocalToExternal
         } else {
             LogDirection::ExternalToLocal
@@ -63,7 +68,7 @@ async fn filters_formats_and_an_80_column_table() {
     let store = db.store().await;
     let rows: Vec<NewChange> = (0..30)
         .map(|i| {
-            let status = if i % 5 == 0 {
+            let status = if i.is_multiple_of(5) {
                 LogStatus::Failed
             } else {
                 LogStatus::Success
