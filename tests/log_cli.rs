@@ -66,7 +66,7 @@ fn stdout(o: &Output) -> String {
 async fn filters_formats_and_an_80_column_table() {
     let db = common::TestDb::new().await;
     let store = db.store().await;
-    let rows: Vec<NewChange> = (0..30)
+    let rows: Vec<NewChange> = (0..30usize)
         .map(|i| {
             let status = if i.is_multiple_of(5) {
                 LogStatus::Failed
