@@ -620,8 +620,19 @@ impl Store {
                 Arg::Text(pattern),
             );
         }
+        // With a time range the newest rows are found through the (synced_at, id) index, so the
+        // order (and the keyset cursor) follows it; ids grow with synced_at, so the order is the
+        // same as by id.
+        let by_time = (f.since.is_some() || f.until.is_some()) && f.after_id.is_none();
         if let Some(v) = f.before {
-            add("id < ?", Arg::Int(v));
+            if by_time {
+                add(
+                    "(synced_at, id) < (SELECT c.synced_at, c.id FROM change_log c WHERE c.id = ?)",
+                    Arg::Int(v),
+                );
+            } else {
+                add("id < ?", Arg::Int(v));
+            }
         }
         if let Some(v) = f.run_id {
             add("run_id = ?", Arg::Int(v));
@@ -641,8 +652,14 @@ impl Store {
         let sql = format!(
             "SELECT id, sync, direction, action, external_id, local_id, name, title, origin_values, destination_values,
                     modified_at, synced_at, status, error_message, run_id, actor FROM change_log
-             {filter} ORDER BY id {} LIMIT {}",
-            if f.after_id.is_some() { "ASC" } else { "DESC" },
+             {filter} ORDER BY {} LIMIT {}",
+            if f.after_id.is_some() {
+                "id ASC"
+            } else if by_time {
+                "synced_at DESC, id DESC"
+            } else {
+                "id DESC"
+            },
             f.limit.clamp(1, 10_000)
         );
         let mut c = self.reader().await?;
