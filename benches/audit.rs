@@ -183,8 +183,9 @@ async fn run() {
     // 1. First pages of filtered queries.
     let client = reqwest::Client::new();
     let now = Utc::now();
-    let day = |d: i64| (now - ChronoDuration::days(d)).to_rfc3339();
-    let kinds: Vec<(&str, Box<dyn Fn(&mut StdRng) -> String>)> = vec![
+    let day = move |d: i64| (now - ChronoDuration::days(d)).to_rfc3339();
+    type MakeQuery = Box<dyn Fn(&mut StdRng) -> String>;
+    let kinds: Vec<(&str, MakeQuery)> = vec![
         ("no filter", Box::new(|_| String::new())),
         (
             "sync",
@@ -216,7 +217,11 @@ async fn run() {
         (
             "since+until (a day, 30 days ago)",
             Box::new(move |_| {
-                format!("since={}&until={}", urlencode(&day(31)), urlencode(&day(30)))
+                format!(
+                    "since={}&until={}",
+                    urlencode(&day(31)),
+                    urlencode(&day(30))
+                )
             }),
         ),
         (
@@ -229,7 +234,12 @@ async fn run() {
         ),
         (
             "sync+status=failed",
-            Box::new(|r| format!("sync={}&status=failed", SYNCS[r.random_range(0..SYNCS.len())])),
+            Box::new(|r| {
+                format!(
+                    "sync={}&status=failed",
+                    SYNCS[r.random_range(0..SYNCS.len())]
+                )
+            }),
         ),
         (
             "sync+action+direction",
@@ -245,9 +255,7 @@ async fn run() {
             Box::new(|r| format!("status=failed&q={}", WORDS[r.random_range(0..WORDS.len())])),
         ),
     ];
-    println!(
-        "  first page (limit 50) of GET /api/v1/changes, 40 queries per filter, over HTTP:"
-    );
+    println!("  first page (limit 50) of GET /api/v1/changes, 40 queries per filter, over HTTP:");
     let mut all = Vec::new();
     for (name, make) in &kinds {
         let mut lat = Vec::new();
@@ -343,7 +351,10 @@ async fn run() {
         pruned as f64 / prune_time.as_secs_f64(),
         recsync::audit::PRUNE_BATCH
     );
-    for (name, lat) in [("inbound before pruning", &before), ("inbound during pruning", &during)] {
+    for (name, lat) in [
+        ("inbound before pruning", &before),
+        ("inbound during pruning", &during),
+    ] {
         println!(
             "    {name:<24} {:>6} requests  p50 {:>7.2?}  p99 {:>7.2?}  max {:>7.2?}",
             lat.len(),

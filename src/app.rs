@@ -88,6 +88,8 @@ pub struct BuildOptions {
 
 /// Connects the store, runs migrations, binds the listener and prepares the server.
 pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow::Result<App> {
+    // The metrics recorder first, so nothing recorded at start-up is lost.
+    crate::metrics::handle();
     use secrecy::ExposeSecret;
     let store = Store::connect(settings.database_url.expose_secret())
         .await
@@ -128,6 +130,27 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
     let data = state.clone();
     let server = HttpServer::new(move || {
         ActixApp::new()
+            .wrap_fn(|req, srv| {
+                let started = std::time::Instant::now();
+                let method = req.method().to_string();
+                let fut = actix_web::dev::Service::call(srv, req);
+                async move {
+                    let res = fut.await;
+                    if let Ok(r) = &res {
+                        let route = r
+                            .request()
+                            .match_pattern()
+                            .unwrap_or_else(|| "unmatched".into());
+                        crate::metrics::http_request(
+                            &method,
+                            &route,
+                            r.status().as_u16(),
+                            started.elapsed().as_secs_f64(),
+                        );
+                    }
+                    res
+                }
+            })
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(data.settings.body_limit))
             .app_data(crate::http::api::query_config())

@@ -219,20 +219,23 @@ pub fn pages(
 }
 
 /// Rows deleted per statement by the pruner; small, so a writer never waits long behind it.
-pub const PRUNE_BATCH: i64 = 1000;
+pub const PRUNE_BATCH: i64 = 500;
 
 /// Deletes rows older than `retention`, in small batches with a pause between them, so that
-/// writers interleave. Returns how many rows went.
+/// writers interleave (each pause is as long as the batch took, so pruning takes at most half
+/// of the writer's time). Returns how many rows went.
 pub async fn prune(store: &Store, retention: Duration) -> Result<u64, StoreError> {
     let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
     let mut total = 0;
     loop {
+        let started = std::time::Instant::now();
         let n = store.prune_changes(cutoff, PRUNE_BATCH).await?;
         total += n;
         if n < PRUNE_BATCH as u64 {
             return Ok(total);
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // At most half of the writer's time goes to pruning.
+        tokio::time::sleep(started.elapsed().max(Duration::from_millis(5))).await;
     }
 }
 

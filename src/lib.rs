@@ -12,6 +12,7 @@ pub mod connectors;
 pub mod domain;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod peer;
 pub mod store;
 pub mod telemetry;

@@ -457,10 +457,10 @@ impl Engine {
         for (code, id) in &unlinks {
             tx.delete_link(code, *id).await?;
         }
+        rows.iter_mut().for_each(|r| self.mask_row(r));
         if !self.opts.change_log {
             rows.retain(|r| r.status != LogStatus::Success);
         }
-        rows.iter_mut().for_each(|r| self.mask_row(r));
         tx.log_changes(&rows).await?;
         tx.enqueue_many(&outbox).await?;
         tx.commit().await?;

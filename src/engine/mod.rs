@@ -115,8 +115,10 @@ impl Engine {
         self.masker.read().expect("masker lock").clone()
     }
 
-    /// Masks a change-control row before it is written, so secrets never reach the log.
+    /// Counts a change-control row for `/metrics` and masks it before it is written, so secrets
+    /// never reach the log.
     pub(crate) fn mask_row(&self, row: &mut NewChange) {
+        crate::metrics::change(&row.sync, row.direction.as_str(), row.status.as_str());
         let m = self.masker();
         if m.is_empty() {
             return;
@@ -143,8 +145,8 @@ impl Engine {
 
     /// Writes a change-control row, unless it is a success row and the log is off.
     async fn log(&self, tx: &mut Tx, mut row: NewChange) -> Result<(), StoreError> {
+        self.mask_row(&mut row);
         if self.opts.change_log || row.status != crate::store::LogStatus::Success {
-            self.mask_row(&mut row);
             tx.log_change(&row).await?;
         }
         Ok(())
@@ -152,8 +154,8 @@ impl Engine {
 
     /// Writes a change-control row on its own (failed requests, delivery attempts).
     pub async fn log_alone(&self, mut row: NewChange) -> Result<(), StoreError> {
+        self.mask_row(&mut row);
         if self.opts.change_log || row.status != crate::store::LogStatus::Success {
-            self.mask_row(&mut row);
             self.store.log_change(&row).await?;
         }
         Ok(())

@@ -393,10 +393,10 @@ impl Engine {
             tx.delete_link(sync, *local_id).await?;
         }
         let mut rows = done.rows;
+        rows.iter_mut().for_each(|r| self.mask_row(r));
         if !self.opts.change_log {
             rows.retain(|r| r.status != LogStatus::Success);
         }
-        rows.iter_mut().for_each(|r| self.mask_row(r));
         tx.log_changes(&rows).await?;
         tx.outbox_done_many(&done.finished).await?;
         tx.commit().await?;

@@ -280,6 +280,7 @@ impl Engine {
         let code = code.to_string();
         let (progress_tx, progress) = tokio::sync::watch::channel(RunCounts::default());
         let task = tokio::spawn(async move {
+            let run_started = std::time::Instant::now();
             let mut counts = RunCounts::default();
             let mut outcome = engine
                 .pull(&code, run_id, trigger, &mut counts, &progress_tx)
@@ -302,6 +303,7 @@ impl Engine {
             if let Some(e) = &error {
                 tracing::warn!(sync = %code, run_id, error = %e, "Run ended with errors");
             }
+            crate::metrics::run_finished(&code, status, run_started.elapsed().as_secs_f64());
             if let Err(e) = engine
                 .store
                 .finish_run(run_id, status, &counts, error.as_deref())

@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod body;
 pub mod changes;
+pub mod metrics;
 pub mod sync;
 
 use crate::app::AppState;
@@ -16,6 +17,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     sync::routes(cfg);
     api::routes(cfg);
     changes::routes(cfg);
+    metrics::routes(cfg);
 }
 
 /// Liveness: the process answers.

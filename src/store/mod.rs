@@ -550,6 +550,21 @@ impl Store {
         Ok(rows.into_iter().map(OutboxEntry::from).collect())
     }
 
+    /// Outbox entries per sync and status (pending, inflight, dead), with the oldest entry's
+    /// creation time.
+    pub async fn outbox_stats(&self) -> Result<Vec<(String, String, i64, Option<DateTime<Utc>>)>> {
+        let mut c = self.reader().await?;
+        Ok(on!(c.conn(), |c| sqlx::query_as::<
+            _,
+            (String, String, i64, Option<DateTime<Utc>>),
+        >(
+            "SELECT sync, status, COUNT(*), MIN(created_at) FROM outbox
+             WHERE status IN ('pending', 'inflight', 'dead') GROUP BY sync, status"
+        )
+        .fetch_all(c)
+        .await)?)
+    }
+
     /// Undelivered entries (pending or in flight) for a sync.
     pub async fn outbox_depth(&self, sync: &str) -> Result<i64> {
         let mut c = self.reader().await?;

@@ -1,0 +1,36 @@
+//! `GET /metrics`: Prometheus text. Open to callers on the loopback interface; others need a
+//! key that can read.
+
+use super::api::{ApiResult, caller, respond};
+use crate::app::AppState;
+use crate::config::Scope;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(metrics));
+}
+
+async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    respond(render(&req, &state).await)
+}
+
+async fn render(req: &HttpRequest, state: &AppState) -> ApiResult {
+    let loopback = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
+    if !loopback {
+        caller(req, state, &Scope::Read)?;
+    }
+    let now = chrono::Utc::now();
+    let stats = state.engine.store.outbox_stats().await?;
+    let rows: Vec<(String, String, i64, Option<f64>)> = stats
+        .into_iter()
+        .map(|(sync, status, n, oldest)| {
+            let age = oldest.map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
+            (sync, status, n, age)
+        })
+        .collect();
+    let syncs: Vec<String> = state.plan().syncs.keys().cloned().collect();
+    crate::metrics::outbox(&rows, &syncs);
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(crate::metrics::handle().render()))
+}

@@ -1,0 +1,117 @@
+//! Prometheus metrics: one process-wide recorder (the `metrics` facade), rendered at
+//! `/metrics`. Counters and histograms are recorded where things happen; the outbox gauges are
+//! read from the store at scrape time, so every instance sharing a database reports the same
+//! depth.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
+];
+
+/// The process's recorder, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+            .expect("valid buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("Another metrics recorder is installed; /metrics will be empty");
+        }
+        metrics::describe_counter!(
+            "recsync_changes_total",
+            "Change-control rows by sync, direction and status"
+        );
+        metrics::describe_counter!(
+            "recsync_runs_total",
+            "Finished sync runs by sync and status"
+        );
+        metrics::describe_histogram!(
+            "recsync_run_duration_seconds",
+            metrics::Unit::Seconds,
+            "How long sync runs took"
+        );
+        metrics::describe_counter!(
+            "recsync_http_requests_total",
+            "HTTP requests by method, route template and status"
+        );
+        metrics::describe_histogram!(
+            "recsync_http_request_duration_seconds",
+            metrics::Unit::Seconds,
+            "HTTP request latency by method and route template"
+        );
+        metrics::describe_gauge!(
+            "recsync_outbox_entries",
+            "Outbox entries by sync and status (pending, inflight, dead)"
+        );
+        metrics::describe_gauge!(
+            "recsync_outbox_oldest_age_seconds",
+            metrics::Unit::Seconds,
+            "Age of the oldest undelivered outbox entry, by sync"
+        );
+        handle
+    })
+}
+
+/// Counts a change-control row.
+pub fn change(sync: &str, direction: &str, status: &str) {
+    metrics::counter!(
+        "recsync_changes_total",
+        "sync" => sync.to_string(),
+        "direction" => direction.to_string(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+}
+
+/// Records a finished run.
+pub fn run_finished(sync: &str, status: &str, seconds: f64) {
+    metrics::counter!("recsync_runs_total", "sync" => sync.to_string(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("recsync_run_duration_seconds", "sync" => sync.to_string(), "status" => status.to_string())
+        .record(seconds);
+}
+
+/// Records an answered HTTP request (`route` is the template, such as `/sync/{code}/create`).
+pub fn http_request(method: &str, route: &str, status: u16, seconds: f64) {
+    metrics::counter!(
+        "recsync_http_requests_total",
+        "method" => method.to_string(),
+        "route" => route.to_string(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!(
+        "recsync_http_request_duration_seconds",
+        "method" => method.to_string(),
+        "route" => route.to_string()
+    )
+    .record(seconds);
+}
+
+/// Sets the outbox gauges from the store's figures: `(sync, status, count, oldest age)`.
+pub fn outbox(rows: &[(String, String, i64, Option<f64>)], syncs: &[String]) {
+    for sync in syncs {
+        for status in ["pending", "inflight", "dead"] {
+            let n = rows
+                .iter()
+                .find(|r| &r.0 == sync && r.1 == status)
+                .map(|r| r.2)
+                .unwrap_or(0);
+            metrics::gauge!("recsync_outbox_entries", "sync" => sync.clone(), "status" => status)
+                .set(n as f64);
+        }
+        let oldest = rows
+            .iter()
+            .filter(|r| &r.0 == sync && r.1 != "dead")
+            .filter_map(|r| r.3)
+            .fold(0.0, f64::max);
+        metrics::gauge!("recsync_outbox_oldest_age_seconds", "sync" => sync.clone()).set(oldest);
+    }
+}
