@@ -3,6 +3,7 @@
 //!    combinations), over real HTTP;
 //! 2. retention pruning of the 1,000,000 oldest rows while an inbound load runs through
 //!    `/sync/IN/create`: the load's latency percentiles before and during the pruning.
+//!
 //! Prints percentiles, pruning rows/s and peak RSS. Run with `cargo bench --bench audit`
 //! (RECSYNC_BENCH_ROWS changes the table size).
 
