@@ -13,6 +13,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use utoipa_actix_web::AppExt;
 
 /// State shared by every request handler.
 pub struct AppState {
@@ -154,7 +155,9 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(data.settings.body_limit))
             .app_data(crate::http::api::query_config())
+            .into_utoipa_app()
             .configure(crate::http::routes)
+            .into_app()
     })
     .listen(listener)?
     .disable_signals()

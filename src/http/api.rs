@@ -10,40 +10,22 @@ use crate::domain::filter::domain_from_json;
 use crate::engine::{ApplyError, LocalOp};
 use crate::store::{Record, StoreError};
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/api/v1/models/{model}/records",
-        web::get().to(list_records),
-    )
-    .route(
-        "/api/v1/models/{model}/records",
-        web::post().to(create_record),
-    )
-    .route(
-        "/api/v1/models/{model}/records/{id}",
-        web::get().to(get_record),
-    )
-    .route(
-        "/api/v1/models/{model}/records/{id}",
-        web::patch().to(update_record),
-    )
-    .route(
-        "/api/v1/models/{model}/records/{id}",
-        web::delete().to(delete_record),
-    )
-    .route("/api/v1/syncs", web::get().to(list_syncs))
-    .route("/api/v1/syncs/{code}/run", web::post().to(run_sync))
-    .route("/api/v1/runs", web::get().to(list_runs))
-    .route("/api/v1/outbox", web::get().to(list_outbox))
-    .route("/api/v1/outbox/{id}/retry", web::post().to(retry_outbox))
-    .route(
-        "/api/v1/outbox/{id}/discard",
-        web::post().to(discard_outbox),
-    );
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(list_records)
+        .service(create_record)
+        .service(get_record)
+        .service(update_record)
+        .service(delete_record)
+        .service(list_syncs)
+        .service(run_sync)
+        .service(list_runs)
+        .service(list_outbox)
+        .service(retry_outbox)
+        .service(discard_outbox);
 }
 
 /// An API error.
@@ -194,6 +176,26 @@ struct ListQuery {
     expand: Option<String>,
 }
 
+/// Local records, filtered by an Odoo-style domain, in keyset pages.
+#[utoipa::path(
+    tag = "records",
+    params(
+        ("model" = String, Path, description = "A local model"),
+        ("domain" = Option<String>, Query, description = "A domain as JSON, for example [[\"stage\", \"=\", \"lead\"]]"),
+        ("limit" = Option<i64>, Query, description = "Page size (default 50, at most 1000)"),
+        ("after" = Option<i64>, Query, description = "Only records with a larger id (the previous page's `next`)"),
+        ("expand" = Option<String>, Query, description = "Relational fields to inline, comma-separated"),
+    ),
+    responses(
+        (status = 200, description = "A page of records and the cursor of the next", body = Object),
+        (status = 400, description = "A parameter or the body does not fit", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Unknown model, record, sync or entry", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/api/v1/models/{model}/records")]
 async fn list_records(
     req: HttpRequest,
     path: web::Path<String>,
@@ -319,6 +321,20 @@ async fn list_records(
     )
 }
 
+/// One local record.
+#[utoipa::path(
+    tag = "records",
+    params(("model" = String, Path, description = "A local model"), ("id" = i64, Path, description = "The record id")),
+    responses(
+        (status = 200, description = "The record", body = Object),
+        (status = 400, description = "A parameter or the body does not fit", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Unknown model, record, sync or entry", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/api/v1/models/{model}/records/{id}")]
 async fn get_record(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -401,6 +417,23 @@ async fn json_body(
     }
 }
 
+/// Creates a local record; it fans out to the model's syncs.
+#[utoipa::path(
+    tag = "records",
+    params(("model" = String, Path, description = "A local model")),
+    request_body(content = Object, description = "Field values"),
+    responses(
+        (status = 201, description = "The created record", body = Object),
+        (status = 400, description = "A parameter or the body does not fit", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Unknown model, record, sync or entry", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "A value does not fit its field", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[post("/api/v1/models/{model}/records")]
 async fn create_record(
     req: HttpRequest,
     path: web::Path<String>,
@@ -423,6 +456,23 @@ async fn create_record(
     )
 }
 
+/// Changes fields of a local record; it fans out to the model's syncs.
+#[utoipa::path(
+    tag = "records",
+    params(("model" = String, Path, description = "A local model"), ("id" = i64, Path, description = "The record id")),
+    request_body(content = Object, description = "The fields to change"),
+    responses(
+        (status = 200, description = "The record after the change", body = Object),
+        (status = 400, description = "A parameter or the body does not fit", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Unknown model, record, sync or entry", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "A value does not fit its field", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[patch("/api/v1/models/{model}/records/{id}")]
 async fn update_record(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -446,6 +496,20 @@ async fn update_record(
     )
 }
 
+/// Deletes a local record (a tombstone, carried to the syncs that propagate deletes).
+#[utoipa::path(
+    tag = "records",
+    params(("model" = String, Path, description = "A local model"), ("id" = i64, Path, description = "The record id")),
+    responses(
+        (status = 200, description = "Deleted", body = Object),
+        (status = 400, description = "A parameter or the body does not fit", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Unknown model, record, sync or entry", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[delete("/api/v1/models/{model}/records/{id}")]
 async fn delete_record(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -476,6 +540,24 @@ struct OutboxQuery {
     limit: Option<i64>,
 }
 
+/// Outbox entries by status (dead letters by default).
+#[utoipa::path(
+    tag = "outbox",
+    params(
+        ("status" = Option<String>, Query, description = "pending, inflight, done, dead (default) or all"),
+        ("sync" = Option<String>, Query, description = "Only this sync's entries"),
+        ("after" = Option<i64>, Query, description = "Only entries with a larger id"),
+        ("limit" = Option<i64>, Query, description = "Page size"),
+    ),
+    responses(
+        (status = 200, description = "The entries", body = Object),
+        (status = 400, description = "A parameter or the body does not fit", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/api/v1/outbox")]
 async fn list_outbox(
     req: HttpRequest,
     q: web::Query<OutboxQuery>,
@@ -518,6 +600,20 @@ async fn list_outbox(
     )
 }
 
+/// Puts a dead or failing entry back in the queue, with a fresh retry budget.
+#[utoipa::path(
+    tag = "outbox",
+    params(("id" = i64, Path, description = "The entry id")),
+    responses(
+        (status = 200, description = "Queued again", body = Object),
+        (status = 400, description = "A parameter or the body does not fit", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Unknown model, record, sync or entry", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[post("/api/v1/outbox/{id}/retry")]
 async fn retry_outbox(
     req: HttpRequest,
     path: web::Path<String>,
@@ -542,6 +638,20 @@ async fn retry_outbox(
     )
 }
 
+/// Gives up on an entry; the change-control log keeps its history.
+#[utoipa::path(
+    tag = "outbox",
+    params(("id" = i64, Path, description = "The entry id")),
+    responses(
+        (status = 200, description = "Discarded", body = Object),
+        (status = 400, description = "A parameter or the body does not fit", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Unknown model, record, sync or entry", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[post("/api/v1/outbox/{id}/discard")]
 async fn discard_outbox(
     req: HttpRequest,
     path: web::Path<String>,
@@ -565,6 +675,18 @@ async fn discard_outbox(
     )
 }
 
+/// Every sync: its configuration summary, last and next run, outbox depth and error counts.
+#[utoipa::path(
+    tag = "syncs",
+    
+    responses(
+        (status = 200, description = "The syncs", body = Object),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/api/v1/syncs")]
 async fn list_syncs(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     respond(
         async {
@@ -608,6 +730,24 @@ struct RunQuery {
     full: bool,
 }
 
+/// Starts a run of the sync now.
+#[utoipa::path(
+    tag = "syncs",
+    params(
+        ("code" = String, Path, description = "The sync's code"),
+        ("full" = Option<bool>, Query, description = "Re-send every linked record in the domain, whatever its version"),
+    ),
+    responses(
+        (status = 202, description = "The run started; its id", body = Object),
+        (status = 400, description = "A parameter or the body does not fit", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Unknown model, record, sync or entry", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "A run of this sync is in progress", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[post("/api/v1/syncs/{code}/run")]
 async fn run_sync(
     req: HttpRequest,
     path: web::Path<String>,
@@ -647,6 +787,23 @@ struct RunsQuery {
     limit: Option<i64>,
 }
 
+/// Run history with counts, newest first.
+#[utoipa::path(
+    tag = "syncs",
+    params(
+        ("sync" = Option<String>, Query, description = "Only this sync's runs"),
+        ("before" = Option<i64>, Query, description = "Only runs with a smaller id"),
+        ("limit" = Option<i64>, Query, description = "Page size (default 50, at most 1000)"),
+    ),
+    responses(
+        (status = 200, description = "The runs", body = Object),
+        (status = 400, description = "A parameter or the body does not fit", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/api/v1/runs")]
 async fn list_runs(
     req: HttpRequest,
     q: web::Query<RunsQuery>,

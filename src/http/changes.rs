@@ -6,18 +6,46 @@ use crate::app::AppState;
 use crate::audit::{self, ChangeQuery};
 use crate::config::Scope;
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, get, web};
 use futures_util::StreamExt;
 use serde_json::json;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/changes", web::get().to(list_changes));
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(list_changes);
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg)
 }
 
+/// The change-control log, newest first, filtered, in keyset pages; or every matching row as
+/// CSV.
+#[utoipa::path(
+    tag = "changes",
+    params(
+        ("sync" = Option<String>, Query, description = "A sync's code"),
+        ("direction" = Option<String>, Query, description = "external_to_local or local_to_external"),
+        ("action" = Option<String>, Query, description = "create, update, delete, unlink, rename, move or conflict"),
+        ("status" = Option<String>, Query, description = "success, failed, conflict_resolved or skipped"),
+        ("external_id" = Option<String>, Query, description = "The record's external id"),
+        ("local_id" = Option<i64>, Query, description = "The local record id"),
+        ("since" = Option<String>, Query, description = "RFC 3339 time or date, inclusive"),
+        ("until" = Option<String>, Query, description = "RFC 3339 time or date, exclusive"),
+        ("q" = Option<String>, Query, description = "Text searched, ignoring case, in the title and the error message"),
+        ("run_id" = Option<i64>, Query, description = "Rows written by this run"),
+        ("after" = Option<i64>, Query, description = "The previous page's `next`"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 50; for CSV, the export's page size)"),
+        ("format" = Option<String>, Query, description = "json (default) or csv"),
+    ),
+    responses(
+        (status = 200, description = "A page of rows and the cursor of the next (JSON), or every matching row (CSV)", body = Object),
+        (status = 400, description = "A parameter does not fit; it is named", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key cannot read", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/api/v1/changes")]
 async fn list_changes(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     respond(changes(&req, &state).await)
 }

@@ -4,12 +4,22 @@
 use super::api::{ApiResult, caller, respond};
 use crate::app::AppState;
 use crate::config::Scope;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, get, web};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(metrics));
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(metrics);
 }
 
+/// Prometheus metrics (text format). Open on loopback; other callers need a read key.
+#[utoipa::path(
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 401, description = "Missing or unknown key (callers not on loopback)", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/metrics")]
 async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     respond(render(&req, &state).await)
 }

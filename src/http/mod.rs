@@ -5,15 +5,19 @@ pub mod auth;
 pub mod body;
 pub mod changes;
 pub mod metrics;
+pub mod openapi;
 pub mod sync;
 
 use crate::app::AppState;
 use actix_web::{HttpResponse, get, web};
 use serde_json::json;
 
-/// Registers every route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(healthz).service(readyz);
+/// Registers every route. Each handler carries its OpenAPI description, and `service(...)`
+/// collects it, so `/openapi.json` always matches what is served.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(healthz)
+        .service(readyz)
+        .service(openapi::openapi_json);
     sync::routes(cfg);
     api::routes(cfg);
     changes::routes(cfg);
@@ -21,6 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Liveness: the process answers.
+#[utoipa::path(tag = "operations", security(()), responses((status = 200, description = "The process answers", body = Object)))]
 #[get("/healthz")]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
@@ -28,6 +33,14 @@ async fn healthz() -> HttpResponse {
 
 /// Readiness: the store answers and a valid configuration is loaded. When the files on disk
 /// hold errors, the last valid configuration keeps running and the count of errors is shown.
+#[utoipa::path(
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Ready: the store answers", body = Object),
+        (status = 503, description = "The store is unreachable", body = Object),
+    )
+)]
 #[get("/readyz")]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store_ok = state.engine.store.ping().await.is_ok();

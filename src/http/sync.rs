@@ -7,13 +7,11 @@ use crate::app::AppState;
 use crate::engine::{ApplyError, Ctx, InboundOp};
 use crate::store::{LogAction, LogDirection, LogStatus, NewChange};
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, delete, post, put, web};
 use serde_json::{Value, json};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/sync/{code}/create", web::post().to(create))
-        .route("/sync/{code}/{external_id}", web::put().to(update))
-        .route("/sync/{code}/{external_id}", web::delete().to(remove));
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create).service(update).service(remove);
 }
 
 /// The success envelope, as serde_json writes it.
@@ -38,6 +36,24 @@ enum Kind {
     Delete(String),
 }
 
+/// An external system created a record: upsert it by its external id.
+#[utoipa::path(
+    params(("code" = String, Path, description = "The sync's code")),
+    request_body(content = Object, description = "The record's external fields (JSON, JSON-RPC `params` or a form body)"),
+    tag = "sync",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Applied (or nothing to do)", body = crate::http::openapi::SyncEnvelope),
+        (status = 400, description = "Malformed body", body = crate::http::openapi::SyncEnvelope),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::SyncEnvelope),
+        (status = 403, description = "The key may not use this sync", body = crate::http::openapi::SyncEnvelope),
+        (status = 404, description = "Unknown sync or external id", body = crate::http::openapi::SyncEnvelope),
+        (status = 413, description = "Body too large", body = crate::http::openapi::SyncEnvelope),
+        (status = 422, description = "A value does not fit its field", body = crate::http::openapi::SyncEnvelope),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::SyncEnvelope),
+    )
+)]
+#[post("/sync/{code}/create")]
 async fn create(
     req: HttpRequest,
     path: web::Path<String>,
@@ -47,6 +63,27 @@ async fn create(
     handle(req, path.into_inner(), Kind::Create, body, state).await
 }
 
+/// An external system changed a record.
+#[utoipa::path(
+    params(
+        ("code" = String, Path, description = "The sync's code"),
+        ("external_id" = String, Path, description = "The record's id in the external system"),
+    ),
+    request_body(content = Object, description = "The changed external fields"),
+    tag = "sync",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Applied (or nothing to do)", body = crate::http::openapi::SyncEnvelope),
+        (status = 400, description = "Malformed body", body = crate::http::openapi::SyncEnvelope),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::SyncEnvelope),
+        (status = 403, description = "The key may not use this sync", body = crate::http::openapi::SyncEnvelope),
+        (status = 404, description = "Unknown sync or external id", body = crate::http::openapi::SyncEnvelope),
+        (status = 413, description = "Body too large", body = crate::http::openapi::SyncEnvelope),
+        (status = 422, description = "A value does not fit its field", body = crate::http::openapi::SyncEnvelope),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::SyncEnvelope),
+    )
+)]
+#[put("/sync/{code}/{external_id}")]
 async fn update(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -57,6 +94,26 @@ async fn update(
     handle(req, code, Kind::Update(id), body, state).await
 }
 
+/// An external system deleted a record.
+#[utoipa::path(
+    params(
+        ("code" = String, Path, description = "The sync's code"),
+        ("external_id" = String, Path, description = "The record's id in the external system"),
+    ),
+    tag = "sync",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Applied (or nothing to do)", body = crate::http::openapi::SyncEnvelope),
+        (status = 400, description = "Malformed body", body = crate::http::openapi::SyncEnvelope),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::SyncEnvelope),
+        (status = 403, description = "The key may not use this sync", body = crate::http::openapi::SyncEnvelope),
+        (status = 404, description = "Unknown sync or external id", body = crate::http::openapi::SyncEnvelope),
+        (status = 413, description = "Body too large", body = crate::http::openapi::SyncEnvelope),
+        (status = 422, description = "A value does not fit its field", body = crate::http::openapi::SyncEnvelope),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::SyncEnvelope),
+    )
+)]
+#[delete("/sync/{code}/{external_id}")]
 async fn remove(
     req: HttpRequest,
     path: web::Path<(String, String)>,
