@@ -678,7 +678,7 @@ async fn discard_outbox(
 /// Every sync: its configuration summary, last and next run, outbox depth and error counts.
 #[utoipa::path(
     tag = "syncs",
-    
+
     responses(
         (status = 200, description = "The syncs", body = Object),
         (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
