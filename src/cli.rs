@@ -466,7 +466,15 @@ async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
     };
     let callback_key = new_key();
     let user_key = new_key();
-    let mut settings = config::Settings::default();
+    let viewer_key = new_key();
+    // Defaults, with the RECSYNC_* variables honoured (the demo has no settings file).
+    let mut diags = config::Diagnostics::default();
+    let mut settings =
+        config::settings::compile(None, &ProcessEnv, &config::Overrides::default(), &mut diags);
+    if !diags.is_empty() {
+        eprintln!("{}", diags.render(&config::Sources::default()));
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let db = g
         .database_url
         .clone()
@@ -482,6 +490,11 @@ async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
             name: "demo".into(),
             sha256: config::settings::hash_key(&user_key),
             scopes: vec![Scope::Admin],
+        },
+        config::ApiKey {
+            name: "viewer".into(),
+            sha256: config::settings::hash_key(&viewer_key),
+            scopes: vec![Scope::Read],
         },
     ];
     match listen.parse() {
@@ -546,6 +559,7 @@ async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
         .and_then(|r| r.first().map(|r| r.id))
         .unwrap_or(1);
     println!("recsync demo is running (database {shown}, mapping mappings/demo.toml).");
+    println!("  Web UI:       {base}/   (key: {user_key}; read-only key: {viewer_key})");
     println!("  recsync API:  {base}/api/v1   (key: {user_key})");
     println!("  Health:       {base}/healthz");
     println!("  Readiness:    {base}/readyz");

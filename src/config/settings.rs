@@ -273,25 +273,34 @@ pub fn compile(
             None => {}
         },
     }
-    match int_of(t, "outbox_max_attempts", diags) {
-        Some((n, _)) if (1..=100).contains(&n) => s.outbox_max_attempts = n as u32,
-        Some((_, span)) => diags.push(Diagnostic::error(
-            "`outbox_max_attempts` must be between 1 and 100",
-            span,
-            "out of range",
-        )),
-        None => {}
+    match env.var("RECSYNC_OUTBOX_MAX_ATTEMPTS") {
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=100).contains(&n) => s.outbox_max_attempts = n,
+            _ => diags.push(env_error(
+                "outbox_max_attempts",
+                format!("invalid attempt count `{v}`"),
+                "use a number from 1 to 100",
+            )),
+        },
+        None => match int_of(t, "outbox_max_attempts", diags) {
+            Some((n, _)) if (1..=100).contains(&n) => s.outbox_max_attempts = n as u32,
+            Some((_, span)) => diags.push(Diagnostic::error(
+                "`outbox_max_attempts` must be between 1 and 100",
+                span,
+                "out of range",
+            )),
+            None => {}
+        },
     }
-    if let Some(v) = str_of(t, "outbox_backoff", diags) {
-        match crate::domain::plan::parse_duration(v.value) {
+    if let Some((v, span, _)) = pick("outbox_backoff", diags) {
+        match crate::domain::plan::parse_duration(&v) {
             Some(d) if !d.is_zero() => s.outbox_backoff = d,
-            _ => diags.push(
-                Diagnostic::error(
-                    format!("invalid duration `{}` for `outbox_backoff`", v.value),
-                    v.span,
-                    "not a duration",
-                )
-                .with_help("use a number and a unit, such as `500ms` or `1s`"),
+            _ => bad(
+                diags,
+                "outbox_backoff",
+                span,
+                format!("invalid duration `{v}` for `outbox_backoff`"),
+                "use a number and a unit, such as `500ms` or `1s`",
             ),
         }
     }

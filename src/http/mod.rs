@@ -7,6 +7,7 @@ pub mod changes;
 pub mod metrics;
 pub mod openapi;
 pub mod sync;
+pub mod ui;
 
 use crate::app::AppState;
 use actix_web::{HttpResponse, get, web};
@@ -20,6 +21,8 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(openapi::openapi_json);
     sync::routes(cfg);
     api::routes(cfg);
+    // The UI's calls first: `/api/v1/changes/stats` before `/api/v1/changes/{id}`.
+    ui::routes(cfg);
     changes::routes(cfg);
     metrics::routes(cfg);
 }

@@ -692,6 +692,45 @@ impl Store {
         Ok(rows.into_iter().map(Change::from).collect())
     }
 
+    /// One change-control row.
+    pub async fn change(&self, id: i64) -> Result<Option<Change>> {
+        let mut c = self.reader().await?;
+        let row = on!(c.conn(), |c| {
+            sqlx::query_as::<_, ChangeRow>(
+                "SELECT id, sync, direction, action, external_id, local_id, name, title, origin_values,
+                        destination_values, modified_at, synced_at, status, error_message, run_id, actor
+                 FROM change_log WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(c)
+            .await
+        })?;
+        Ok(row.map(Change::from))
+    }
+
+    /// Rows per sync and UTC hour (`YYYY-MM-DDTHH`) since `since`: (sync, hour, all, failed).
+    pub async fn change_stats(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, String, i64, i64)>> {
+        let hour = match &self.backend {
+            Backend::Sqlite { .. } => "substr(synced_at, 1, 13)",
+            Backend::Postgres(_) => "to_char(synced_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24')",
+        };
+        let sql = format!(
+            "SELECT sync, {hour} AS hour, COUNT(*) AS n,
+                    CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed
+             FROM change_log WHERE synced_at >= $1 GROUP BY sync, {hour} ORDER BY sync, hour"
+        );
+        let mut c = self.reader().await?;
+        Ok(on!(c.conn(), |c| {
+            sqlx::query_as::<_, (String, String, i64, i64)>(&sql)
+                .bind(since)
+                .fetch_all(c)
+                .await
+        })?)
+    }
+
     /// Deletes up to `batch` of the oldest rows synced before `cutoff`; returns how many.
     pub async fn prune_changes(&self, cutoff: DateTime<Utc>, batch: i64) -> Result<u64> {
         let mut c = self.writer().await?;

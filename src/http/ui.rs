@@ -1,0 +1,246 @@
+//! The web UI (`web/`, embedded in the binary) and the few JSON calls made for it: who the key
+//! is, the loaded configuration summarised without secrets, hourly change counts, and one
+//! change-control row.
+
+use super::api::{ApiError, caller, respond};
+use crate::app::AppState;
+use crate::config::Scope;
+use crate::domain::plan::ServiceSpec;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use serde_json::json;
+
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(index)
+        .service(asset)
+        .service(whoami)
+        .service(config_summary)
+        .service(change_stats)
+        .service(one_change);
+}
+
+const INDEX: &str = include_str!("../../web/index.html");
+const APP_JS: &str = include_str!("../../web/app.js");
+const APP_CSS: &str = include_str!("../../web/app.css");
+
+/// The web UI.
+#[utoipa::path(tag = "ui", security(()), responses((status = 200, description = "The UI's page", content_type = "text/html")))]
+#[get("/")]
+async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'self'; style-src 'self'; script-src 'self'; img-src 'self' data:",
+        ))
+        .body(INDEX)
+}
+
+/// The UI's script and style sheet.
+#[utoipa::path(
+    tag = "ui",
+    security(()),
+    params(("file" = String, Path, description = "app.js or app.css")),
+    responses(
+        (status = 200, description = "The file"),
+        (status = 404, description = "No such file", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/ui/{file}")]
+async fn asset(path: web::Path<String>) -> HttpResponse {
+    let (body, ty) = match path.as_str() {
+        "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        "app.css" => (APP_CSS, "text/css; charset=utf-8"),
+        _ => {
+            return HttpResponse::NotFound()
+                .json(json!({"error": "not_found", "message": "no such file"}));
+        }
+    };
+    HttpResponse::Ok()
+        .content_type(ty)
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .body(body)
+}
+
+/// The calling key: its name and what it may do.
+#[utoipa::path(
+    tag = "ui",
+    responses(
+        (status = 200, description = "The key's name and abilities", body = Object),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/api/v1/whoami")]
+async fn whoami(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    respond(
+        async {
+            let c = caller(&req, &state, &Scope::Read)?;
+            Ok(HttpResponse::Ok().json(json!({
+                "name": c.name,
+                "read": c.can_read(),
+                "write": c.can(&Scope::Write),
+                "operate": c.can(&Scope::Operate),
+            })))
+        }
+        .await,
+    )
+}
+
+/// The loaded configuration, summarised (no secrets), and the errors of the last rejected
+/// reload.
+#[utoipa::path(
+    tag = "ui",
+    responses(
+        (status = 200, description = "Models, web services, external models, syncs and the current errors", body = Object),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/api/v1/config")]
+async fn config_summary(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Read)?;
+            let plan = state.plan();
+            let models: Vec<_> = plan
+                .models
+                .values()
+                .map(|m| {
+                    json!({
+                        "name": m.name,
+                        "fields": m.fields.values().map(|f| json!({
+                            "name": f.name, "type": f.ty.to_string(), "required": f.required, "secret": f.secret,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let services: Vec<_> = plan
+                .web_services
+                .values()
+                .map(|w| match &w.spec {
+                    // ConfigStr prints secret values masked.
+                    ServiceSpec::Rest(r) => json!({
+                        "name": w.name, "kind": "rest", "active": w.active,
+                        "url": r.url.as_ref().map(|u| u.to_string()),
+                        "confirmation_url": r.confirmation_url.as_ref().map(|u| u.to_string()),
+                        "shipping_url": r.shipping_url.as_ref().map(|u| u.to_string()),
+                        "timeout_ms": r.timeout.as_millis() as u64,
+                    }),
+                    ServiceSpec::Dropbox(d) => json!({
+                        "name": w.name, "kind": "dropbox", "active": w.active,
+                        "api_url": d.api_url.as_ref().map(|u| u.to_string()),
+                    }),
+                })
+                .collect();
+            let syncs: Vec<_> = plan
+                .syncs
+                .values()
+                .map(|s| {
+                    json!({
+                        "code": s.code, "name": s.name, "model": s.model,
+                        "external_model": s.external_model, "web_service": s.web_service,
+                        "direction": s.direction, "mode": s.mode,
+                        "schedule": s.schedule.as_ref().map(|x| x.describe()),
+                        "timezone": s.timezone.to_string(), "priority": s.priority.as_str(),
+                        "propagate_deletes": s.propagate_deletes, "limit": s.limit,
+                        "external_ref": s.external_ref, "active": s.active,
+                        "fields": s.fields.iter().map(|f| json!({
+                            "local": f.local, "external": f.external.to_string(), "direction": f.direction,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            Ok(HttpResponse::Ok().json(json!({
+                "models": models,
+                "web_services": services,
+                "external_models": plan.external_models.keys().collect::<Vec<_>>(),
+                "syncs": syncs,
+                "errors": state.config_errors(),
+            })))
+        }
+        .await,
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct StatsQuery {
+    hours: Option<i64>,
+}
+
+/// Change-control rows per sync and hour (all and failed), for the dashboard's charts.
+#[utoipa::path(
+    tag = "changes",
+    params(("hours" = Option<i64>, Query, description = "How many hours back, 1 to 168 (default 24)")),
+    responses(
+        (status = 200, description = "Counts per sync and UTC hour", body = Object),
+        (status = 400, description = "`hours` out of range", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/api/v1/changes/stats")]
+async fn change_stats(
+    req: HttpRequest,
+    q: web::Query<StatsQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Read)?;
+            let hours = q.hours.unwrap_or(24);
+            if !(1..=168).contains(&hours) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("`hours` must be between 1 and 168, not {hours}"),
+                ));
+            }
+            let now = chrono::Utc::now();
+            let since = now - chrono::Duration::hours(hours);
+            let rows = state.engine.store.change_stats(since).await?;
+            let out: Vec<_> = rows
+                .into_iter()
+                .map(|(sync, hour, n, failed)| {
+                    json!({"sync": sync, "hour": format!("{hour}:00:00Z"), "changes": n, "failed": failed})
+                })
+                .collect();
+            Ok(HttpResponse::Ok().json(json!({"since": since, "until": now, "hours": out})))
+        }
+        .await,
+    )
+}
+
+/// One change-control row, masked.
+#[utoipa::path(
+    tag = "changes",
+    params(("id" = i64, Path, description = "The row id")),
+    responses(
+        (status = 200, description = "The row", body = Object),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such row", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/api/v1/changes/{id}")]
+async fn one_change(
+    req: HttpRequest,
+    path: web::Path<i64>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Read)?;
+            let id = path.into_inner();
+            let Some(mut row) = state.engine.store.change(id).await? else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no change-control row {id}"),
+                ));
+            };
+            crate::audit::mask_change(&state.engine.masker(), &mut row);
+            Ok(HttpResponse::Ok().json(row))
+        }
+        .await,
+    )
+}

@@ -1,0 +1,202 @@
+// Browser tests of the web UI: `recsync demo` in a temporary folder, driven by playwright-core
+// in Debian's Chromium (headless, --no-sandbox). Screenshots of every page go to $SCREENSHOTS.
+// Run by tests/browser.rs (cargo test), which passes RECSYNC_BIN.
+
+import { chromium } from "playwright-core";
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import assert from "node:assert/strict";
+
+const bin = process.env.RECSYNC_BIN;
+const shots = process.env.SCREENSHOTS || "target/ui-screenshots";
+const chromePath = process.env.CHROMIUM || "/usr/bin/chromium";
+assert.ok(bin, "RECSYNC_BIN names the recsync binary");
+mkdirSync(shots, { recursive: true });
+
+// ---- start the demo -------------------------------------------------------------------------
+const dir = mkdtempSync(join(tmpdir(), "recsync-ui-"));
+const demo = spawn(bin, ["demo", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"], {
+  cwd: dir,
+  env: { ...process.env, RECSYNC_OUTBOX_MAX_ATTEMPTS: "1", RECSYNC_OUTBOX_BACKOFF: "100ms", RUST_LOG: "warn" },
+  stdio: ["ignore", "pipe", "pipe"],
+});
+let out = "";
+demo.stdout.on("data", (d) => { out += d; });
+demo.stderr.on("data", (d) => { process.stderr.write(d); });
+const started = Date.now();
+while (!/Peer records:/.test(out)) {
+  if (Date.now() - started > 60_000) throw new Error(`the demo did not start:\n${out}`);
+  if (demo.exitCode !== null) throw new Error(`the demo exited:\n${out}`);
+  await new Promise((r) => setTimeout(r, 100));
+}
+const ui = out.match(/Web UI:\s+(http:\/\/\S+?)\/\s+\(key: (\S+); read-only key: (\S+)\)/);
+assert.ok(ui, `the demo prints the UI address and keys:\n${out}`);
+const [, base, adminKey, viewerKey] = ui;
+const peer = out.match(/Peer records:\s+(http:\/\/[^/\s]+)/)[1];
+console.log(`demo at ${base}, peer at ${peer}`);
+
+async function call(method, path, body, key = adminKey, headers = {}) {
+  const res = await fetch(path.startsWith("http") ? path : base + path, {
+    method,
+    headers: { "X-Api-Key": key, "Content-Type": "application/json", ...headers },
+    body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : null };
+}
+
+async function eventually(what, fn, ms = 20_000) {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+// ---- the browser ----------------------------------------------------------------------------
+const browser = await chromium.launch({ executablePath: chromePath, headless: true, args: ["--no-sandbox"] });
+const failures = [];
+const page = await browser.newPage({ viewport: { width: 1366, height: 900 }, timezoneId: "Europe/Madrid" });
+page.on("pageerror", (e) => failures.push(`page error: ${e.message}`));
+page.on("console", (m) => { if (m.type() === "error" && !/status of 4\d\d/.test(m.text())) failures.push(`console: ${m.text()}`); });
+const shot = (name) => page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+
+async function signIn(key) {
+  await page.goto(`${base}/`);
+  await page.evaluate(() => sessionStorage.clear());
+  await page.goto(`${base}/#/`);
+  await page.getByLabel("API key").fill(key);
+  await page.getByRole("button", { name: "Continue" }).click();
+  await page.locator("section.card[data-sync]").first().waitFor();
+}
+
+let step = "";
+try {
+  // 1. The key, once; then the dashboard.
+  step = "sign in";
+  await page.goto(`${base}/`);
+  await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  await shot("00-sign-in");
+  await page.getByLabel("API key").fill("not-a-key");
+  await page.getByRole("button", { name: "Continue" }).click();
+  await page.getByRole("alert").filter({ hasText: "not accepted" }).waitFor();
+  await signIn(adminKey);
+  step = "dashboard";
+  const cards = await page.locator("section.card[data-sync]").count();
+  assert.ok(cards >= 2, `one card per sync (${cards})`);
+  assert.equal(await page.locator("svg.chart").count(), cards, "a chart per sync");
+  const t = page.locator("time").first();
+  assert.match(await t.getAttribute("title"), /^UTC: \d{4}-\d\d-\d\dT/, "times show UTC on hover");
+  // The key is kept for the tab: a reload stays signed in.
+  await page.reload();
+  await page.locator("section.card[data-sync]").first().waitFor();
+  await shot("01-dashboard");
+
+  // 2. Run now, and the run's row appears.
+  step = "run now";
+  const card = page.locator("section.card[data-sync]").first();
+  await card.getByRole("button", { name: "Run now" }).click();
+  const msg = await card.getByRole("status").filter({ hasText: /Run \d+ started/ }).textContent();
+  const runId = msg.match(/Run (\d+)/)[1];
+  await page.locator("#runs tbody tr").filter({ has: page.locator(`td:text-is("${runId}")`) }).waitFor();
+  await shot("02-dashboard-after-run");
+
+  // 3. A failure, then the change log filtered to failures.
+  step = "change log";
+  const refused = await call("POST", "/sync/CON/create", { unique_id: "ui-1", full_name: "Ui Test", is_customer: "maybe" });
+  assert.equal(refused.status, 422, JSON.stringify(refused.body));
+  await page.getByRole("link", { name: "Change log" }).click();
+  await page.locator("#changes tbody tr").first().waitFor();
+  await page.getByLabel("Status").selectOption("failed");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await page.waitForURL(/status=failed/);
+  await page.locator('#changes tbody tr[data-status="failed"]').first().waitFor();
+  const statuses = await page.locator("#changes tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.status));
+  assert.ok(statuses.length >= 1 && statuses.every((s) => s === "failed"), `only failures: ${statuses}`);
+  await shot("03-change-log-failures");
+
+  // 4. A diff: keyboard to a row, Enter opens it.
+  step = "diff";
+  await page.getByRole("button", { name: "Clear" }).click();
+  await page.waitForURL(/#\/changes$/);
+  await page.locator('#changes tbody tr[data-status="success"]').first().focus();
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/#\/change\/\d+/);
+  await page.locator("table.diff").waitFor();
+  assert.ok(await page.locator("table.diff td.changed").count() >= 1, "changed fields are highlighted");
+  await shot("04-change-diff");
+  await page.goto(`${base}/#/change/${(await call("GET", "/api/v1/changes?status=failed&limit=1")).body.changes[0].id}`);
+  await page.getByRole("alert").waitFor();
+  await shot("05-change-failed");
+
+  // 5. A dead letter: the peer refuses deliveries while a local edit goes out.
+  step = "dead letter";
+  const put = await fetch(`${peer}/peer/faults`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ fail_next: 100, only: "ship" }) });
+  assert.equal(put.status, 200);
+  const contacts = (await call("GET", "/api/v1/models/contact/records?limit=50")).body;
+  const customer = contacts.records.find((r) => r.customer === true) || contacts.records[0];
+  const edit = await call("PATCH", `/api/v1/models/contact/records/${customer.id}`, { name: "Dead Letter Test", customer: true });
+  assert.equal(edit.status, 200, JSON.stringify(edit.body));
+  await eventually("a dead letter", async () => (await call("GET", "/api/v1/outbox?status=dead")).body.entries.length > 0);
+  await fetch(`${peer}/peer/faults`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({}) });
+
+  // 6. A read-only key sees everything but no operate buttons.
+  step = "read-only";
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await signIn(viewerKey);
+  assert.match(await page.locator("#who").textContent(), /read only/);
+  assert.equal(await page.getByRole("button", { name: "Run now" }).count(), 0, "no Run now for a read key");
+  await page.getByRole("link", { name: "Dead letters" }).click();
+  await page.locator("#dead tbody tr").first().waitFor();
+  assert.equal(await page.getByRole("button", { name: "Retry" }).count(), 0, "no Retry for a read key");
+  assert.equal(await page.getByRole("button", { name: "Discard" }).count(), 0, "no Discard for a read key");
+  await shot("06-dead-letters-read-only");
+
+  // 7. Retry the dead letter and see it delivered.
+  step = "retry";
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await signIn(adminKey);
+  await page.getByRole("link", { name: "Dead letters" }).click();
+  const row = page.locator("#dead tbody tr").first();
+  await row.waitFor();
+  const entry = await row.getAttribute("data-id");
+  await shot("07-dead-letters");
+  await row.getByRole("button", { name: "Retry" }).click();
+  await page.locator(".notice").filter({ hasText: `Entry ${entry} is queued again` }).waitFor();
+  await eventually("the retried entry delivered", async () => {
+    const all = (await call("GET", "/api/v1/outbox?status=done&limit=1000")).body.entries;
+    return all.some((e) => String(e.id) === entry);
+  });
+  await page.reload();
+  await page.locator(".empty").filter({ hasText: "No dead letters" }).waitFor();
+
+  // 8. The other pages.
+  step = "history";
+  await page.goto(`${base}/#/history?local_id=${customer.id}`);
+  await page.locator("ol.timeline li").first().waitFor();
+  await shot("08-record-history");
+  step = "configuration";
+  await page.getByRole("link", { name: "Configuration" }).click();
+  await page.getByRole("heading", { name: "Syncs", level: 2 }).waitFor();
+  const configText = await page.locator("main").textContent();
+  assert.ok(!configText.includes(adminKey) && !/rsk_/.test(configText), "no key is shown");
+  await shot("09-configuration");
+  step = "trees";
+  await page.getByRole("link", { name: "Dropbox trees" }).click();
+  await page.locator(".empty, section.card").first().waitFor();
+  await shot("10-dropbox-trees");
+
+  assert.deepEqual(failures, [], "no script errors");
+  console.log("browser tests passed; screenshots in", shots);
+} catch (e) {
+  await shot(`failed-${step.replace(/\W+/g, "-")}`).catch(() => {});
+  console.error(`browser test failed at step "${step}":`, e);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  demo.kill("SIGTERM");
+}
