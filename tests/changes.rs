@@ -5,7 +5,7 @@
 mod common;
 
 use chrono::{DateTime, Duration, Utc};
-use common::harness::{ADMIN_KEY, CRM_KEY, Harness, READ_KEY};
+use common::harness::{ADMIN_KEY, CRM_KEY, Harness, READ_KEY, Tweaks};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use recsync::store::{Change, ChangeFilter, LogAction, LogDirection, LogStatus, NewChange};
 use serde_json::{Value, json};
@@ -406,5 +406,46 @@ async fn pruning_deletes_only_rows_past_retention() {
     let left = h.changes("CON").await;
     assert_eq!(left.len(), recent);
     assert!(left.iter().all(|c| c.synced_at > now - Duration::days(2)));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_log_off_only_success_rows_are_left_out() {
+    let h = Harness::with(Tweaks {
+        change_log: false,
+        ..Default::default()
+    })
+    .await;
+    let ok = h
+        .client
+        .post(h.url("/sync/CON/create"))
+        .header("api_key", CRM_KEY)
+        .json(&json!({"unique_id": "Q-1", "name": "Quiet"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let bad = h
+        .client
+        .post(h.url("/sync/CON/create"))
+        .header("api_key", CRM_KEY)
+        .json(&json!({"unique_id": "Q-2", "name": "Loud", "visits": "many"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    // The record was written; only its success row was not.
+    assert!(
+        h.engine
+            .store
+            .link_by_external("CON", "Q-1")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let rows = h.changes("CON").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].status, "failed");
+    assert_eq!(rows[0].external_id.as_deref(), Some("Q-2"));
     h.stop().await;
 }

@@ -214,6 +214,8 @@ pub struct Tweaks {
     pub max_attempts: u32,
     /// More mapping text appended to [`MAPPING`] (`@PEER@` is replaced there too).
     pub extra_mapping: String,
+    /// The `change_log` setting (false: success rows are not written).
+    pub change_log: bool,
 }
 
 impl Default for Tweaks {
@@ -222,6 +224,7 @@ impl Default for Tweaks {
             body_limit: 64 * 1024,
             max_attempts: 4,
             extra_mapping: String::new(),
+            change_log: true,
         }
     }
 }
@@ -251,6 +254,7 @@ impl Harness {
             body_limit: t.body_limit,
             outbox_max_attempts: t.max_attempts,
             outbox_backoff: std::time::Duration::from_millis(50),
+            change_log: t.change_log,
             ..Default::default()
         };
         settings.api_keys = vec![
