@@ -129,6 +129,43 @@ pub(super) fn log_row(
 impl Engine {
     /// Applies one inbound change from sync `code`. On success the change is committed; on
     /// error nothing was written (the caller logs the failure).
+    /// Upserts of one sync as one bundle (a pulled page): `(external id, payload, context)`.
+    /// The results come back in order.
+    pub(crate) async fn apply_upserts(
+        &self,
+        code: &str,
+        items: Vec<(String, Value, Ctx)>,
+    ) -> Vec<Result<Applied, ApplyError>> {
+        let plan = self.plan();
+        let refused = || match plan.sync(code) {
+            None => Some(ApplyError::UnknownSync(code.to_string())),
+            Some(s) if !s.direction.to_local() => Some(ApplyError::NotInbound(code.to_string())),
+            Some(s) if !s.active => Some(ApplyError::Inactive(code.to_string())),
+            Some(s) if !plan.models.contains_key(&s.model) => {
+                Some(ApplyError::UnknownModel(s.model.clone()))
+            }
+            Some(_) => None,
+        };
+        if refused().is_some() {
+            return items
+                .iter()
+                .map(|_| Err(refused().expect("refused")))
+                .collect();
+        }
+        let jobs = items
+            .into_iter()
+            .map(|(external_id, payload, ctx)| super::batch::Job {
+                code: code.to_string(),
+                external_id: Some(external_id),
+                payload,
+                must_exist: false,
+                ctx,
+                reply: tokio::sync::oneshot::channel().0,
+            })
+            .collect();
+        self.submit_many(jobs).await
+    }
+
     pub async fn apply_inbound(
         &self,
         code: &str,

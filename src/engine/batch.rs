@@ -74,11 +74,11 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             let Some(mut rx) = rx else { return };
-            while let Some(first) = rx.recv().await {
-                let mut jobs = vec![first];
+            // A bundle is never split, so a pulled page goes in as one group.
+            while let Some(mut jobs) = rx.recv().await {
                 while jobs.len() < MAX_BATCH {
                     match rx.try_recv() {
-                        Ok(j) => jobs.push(j),
+                        Ok(more) => jobs.extend(more),
                         Err(_) => break,
                     }
                 }
@@ -89,21 +89,39 @@ impl Engine {
 
     /// Hands an upsert to the writer (or applies it here when no writer runs).
     pub(crate) async fn submit(&self, job: Job) -> Result<Applied, ApplyError> {
-        let (tx, rx) = oneshot::channel();
-        let job = Job { reply: tx, ..job };
-        if self.writer_started() {
-            if self.writer_tx.send(job).await.is_err() {
-                return Err(ApplyError::Store(StoreError::Database(
-                    sqlx::Error::PoolClosed,
-                )));
-            }
-        } else {
-            self.run_batch(vec![job]).await;
-        }
-        rx.await
+        self.submit_many(vec![job])
+            .await
+            .pop()
             .unwrap_or(Err(ApplyError::Store(StoreError::Database(
                 sqlx::Error::PoolClosed,
             ))))
+    }
+
+    /// Hands upserts to the writer as one bundle, which it applies in one group (one
+    /// transaction when they concern different records); the results come back in order.
+    pub(crate) async fn submit_many(&self, jobs: Vec<Job>) -> Vec<Result<Applied, ApplyError>> {
+        let closed = || ApplyError::Store(StoreError::Database(sqlx::Error::PoolClosed));
+        let mut waiting = Vec::with_capacity(jobs.len());
+        let jobs: Vec<Job> = jobs
+            .into_iter()
+            .map(|job| {
+                let (tx, rx) = oneshot::channel();
+                waiting.push(rx);
+                Job { reply: tx, ..job }
+            })
+            .collect();
+        if self.writer_started() {
+            if self.writer_tx.send(jobs).await.is_err() {
+                return waiting.iter().map(|_| Err(closed())).collect();
+            }
+        } else {
+            self.run_batch(jobs).await;
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            out.push(rx.await.unwrap_or_else(|_| Err(closed())));
+        }
+        out
     }
 
     async fn run_batch(&self, jobs: Vec<Job>) {

@@ -72,8 +72,9 @@ pub struct Engine {
     wake: Notify,
     http: reqwest::Client,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
-    writer_tx: tokio::sync::mpsc::Sender<batch::Job>,
-    writer_rx: Mutex<Option<tokio::sync::mpsc::Receiver<batch::Job>>>,
+    /// Bundles of upserts for the batch writer (one request, or a pulled page).
+    writer_tx: tokio::sync::mpsc::Sender<Vec<batch::Job>>,
+    writer_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Vec<batch::Job>>>>,
 }
 
 impl Engine {

@@ -443,30 +443,52 @@ impl Engine {
             *n += 1;
         }
         for wave in waves {
-            let futures = wave.iter().map(|(i, id)| {
+            // Upserts go to the writer as one bundle (one group, one transaction); deletes
+            // take their own path.
+            let mut upserts = Vec::new();
+            let mut deletes = Vec::new();
+            for (n, (i, id)) in wave.iter().enumerate() {
                 let item = &page[*i];
-                let op = if item.action == "delete" {
-                    InboundOp::Delete {
-                        external_id: id.clone(),
-                    }
+                let ctx = Ctx {
+                    modified_at: item.modified_at.or(ctx.modified_at),
+                    ..ctx.clone()
+                };
+                if item.action == "delete" {
+                    deletes.push((n, id.clone(), ctx));
                 } else {
                     let mut values = item.values.clone();
                     values
                         .entry(external_ref.to_string())
                         .or_insert_with(|| Value::String(id.clone()));
-                    InboundOp::Upsert {
-                        external_id: Some(id.clone()),
-                        payload: Value::Object(values),
-                        must_exist: false,
-                    }
-                };
-                let ctx = Ctx {
-                    modified_at: item.modified_at.or(ctx.modified_at),
-                    ..ctx.clone()
-                };
-                async move { self.apply_inbound(code, op, &ctx).await }
-            });
-            let results = futures_util::future::join_all(futures).await;
+                    upserts.push((n, id.clone(), Value::Object(values), ctx));
+                }
+            }
+            let mut results: Vec<Option<Result<Applied, ApplyError>>> =
+                (0..wave.len()).map(|_| None).collect();
+            let (slots, items): (Vec<usize>, Vec<_>) = upserts
+                .into_iter()
+                .map(|(n, id, payload, ctx)| (n, (id, payload, ctx)))
+                .unzip();
+            let deleted = futures_util::future::join_all(deletes.iter().map(|(_, id, ctx)| {
+                self.apply_inbound(
+                    code,
+                    InboundOp::Delete {
+                        external_id: id.clone(),
+                    },
+                    ctx,
+                )
+            }));
+            let (applied, deleted) =
+                futures_util::future::join(self.apply_upserts(code, items), deleted).await;
+            for (n, r) in slots.into_iter().zip(applied) {
+                results[n] = Some(r);
+            }
+            for ((n, _, _), r) in deletes.iter().zip(deleted) {
+                results[*n] = Some(r);
+            }
+            let results = results
+                .into_iter()
+                .map(|r| r.expect("every item has a result"));
             for ((i, id), result) in wave.into_iter().zip(results) {
                 let error = match result {
                     Ok(Applied::Created(_)) => {
