@@ -276,23 +276,25 @@ pub async fn pull(
             "the service answered failed: {msg}"
         )));
     }
-    let Some(content) = reply.get("content").and_then(Value::as_array) else {
+    let mut reply = reply;
+    let Some(Value::Array(content)) = reply.get_mut("content").map(Value::take) else {
         return Err(SendError::Permanent(
             "the answer has no `content` list".into(),
         ));
     };
     content
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, item)| {
+        .map(|(i, mut item)| {
             let action = item.get("action").and_then(Value::as_str).unwrap_or("");
             if !matches!(action, "insert" | "update" | "delete") {
                 return Err(SendError::Permanent(format!(
                     "record {i} of the page has no valid `action` (insert, update or delete)"
                 )));
             }
-            let values = match item.get("values") {
-                Some(Value::Object(m)) => m.clone(),
+            let action = action.to_string();
+            let values = match item.get_mut("values").map(Value::take) {
+                Some(Value::Object(m)) => m,
                 None if action == "delete" => Map::new(),
                 _ => {
                     return Err(SendError::Permanent(format!(
@@ -301,7 +303,7 @@ pub async fn pull(
                 }
             };
             Ok(PullItem {
-                action: action.to_string(),
+                action,
                 values,
                 external_id: item
                     .get("external_id")
