@@ -680,6 +680,27 @@ async fn peer(a: PeerArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Loads the configuration and opens (and migrates) its database, for the commands that work on
+/// the store directly; failures are printed and become the exit code.
+async fn open_store(g: &GlobalArgs) -> Result<(config::Loaded, crate::store::Store), ExitCode> {
+    let loaded = load(g, None)?;
+    use secrecy::ExposeSecret;
+    let store = crate::store::Store::connect(loaded.settings.database_url.expose_secret())
+        .await
+        .map_err(|e| {
+            eprintln!(
+                "error: cannot open {}: {e}",
+                loaded.settings.database_display()
+            );
+            ExitCode::FAILURE
+        })?;
+    if let Err(e) = store.migrate().await {
+        eprintln!("error: migrating the database failed: {e}");
+        return Err(ExitCode::FAILURE);
+    }
+    Ok((loaded, store))
+}
+
 /// `recsync log`: the change-control log from the configured database.
 async fn log(
     g: &GlobalArgs,
@@ -697,26 +718,10 @@ async fn log(
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let loaded = match load(g, None) {
-        Ok(l) => l,
+    let (loaded, store) = match open_store(g).await {
+        Ok(pair) => pair,
         Err(code) => return code,
     };
-    use secrecy::ExposeSecret;
-    let store =
-        match crate::store::Store::connect(loaded.settings.database_url.expose_secret()).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!(
-                    "error: cannot open {}: {e}",
-                    loaded.settings.database_display()
-                );
-                return ExitCode::FAILURE;
-            }
-        };
-    if let Err(e) = store.migrate().await {
-        eprintln!("error: migrating the database failed: {e}");
-        return ExitCode::FAILURE;
-    }
     let masker = std::sync::Arc::new(loaded.plan.masker());
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -866,26 +871,10 @@ fn table_line(c: &crate::store::Change) -> String {
 }
 
 async fn outbox(g: &GlobalArgs, action: Option<OutboxAction>) -> ExitCode {
-    let loaded = match load(g, None) {
-        Ok(l) => l,
+    let (_, store) = match open_store(g).await {
+        Ok(pair) => pair,
         Err(code) => return code,
     };
-    use secrecy::ExposeSecret;
-    let store =
-        match crate::store::Store::connect(loaded.settings.database_url.expose_secret()).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!(
-                    "error: cannot open {}: {e}",
-                    loaded.settings.database_display()
-                );
-                return ExitCode::FAILURE;
-            }
-        };
-    if let Err(e) = store.migrate().await {
-        eprintln!("error: migrating the database failed: {e}");
-        return ExitCode::FAILURE;
-    }
     let action = action.unwrap_or(OutboxAction::List {
         status: "dead".into(),
         sync: None,
