@@ -12,6 +12,8 @@ pub const CRM_KEY: &str = "MGNN4Q4JI6Z3I8J1ROT2F3QK7CESDP16";
 pub const READ_KEY: &str = "reader-key-0123456789";
 pub const ADMIN_KEY: &str = "admin-key-0123456789";
 pub const PEER_KEY: &str = "peer-protocol-key-0123";
+pub const WRITE_KEY: &str = "writer-key-0123456789";
+pub const OPERATE_KEY: &str = "operator-key-0123456789";
 
 /// The test mapping. `@PEER@` is replaced by the peer's URL.
 pub const MAPPING: &str = r#"
@@ -272,6 +274,16 @@ impl Harness {
                 name: "admin".into(),
                 sha256: hash_key(ADMIN_KEY),
                 scopes: vec![Scope::Admin],
+            },
+            ApiKey {
+                name: "writer".into(),
+                sha256: hash_key(WRITE_KEY),
+                scopes: vec![Scope::Write],
+            },
+            ApiKey {
+                name: "operator".into(),
+                sha256: hash_key(OPERATE_KEY),
+                scopes: vec![Scope::Operate],
             },
         ];
         let app = app::build(settings, plan, BuildOptions::default())
