@@ -20,14 +20,19 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub settings: Settings,
     config_errors: RwLock<Vec<String>>,
+    /// Per-key request budget on `/sync/*` (`rate_limit`), when set.
+    pub limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>, settings: Settings) -> Self {
+        let limiter = std::num::NonZeroU32::new(settings.rate_limit)
+            .map(|n| governor::RateLimiter::keyed(governor::Quota::per_second(n)));
         AppState {
             engine,
             settings,
             config_errors: RwLock::new(Vec::new()),
+            limiter,
         }
     }
 

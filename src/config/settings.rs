@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 11] = [
     "database_url",
     "listen",
     "mappings",
@@ -20,6 +20,7 @@ pub const KEYS: [&str; 10] = [
     "body_limit",
     "outbox_max_attempts",
     "outbox_backoff",
+    "rate_limit",
     "api_keys",
 ];
 pub const API_KEY_KEYS: [&str; 4] = ["name", "key", "key_sha256", "scopes"];
@@ -97,6 +98,8 @@ pub struct Settings {
     pub outbox_max_attempts: u32,
     /// First retry delay of a failed delivery (doubled per attempt, with jitter).
     pub outbox_backoff: Duration,
+    /// Requests per second each key may make on `/sync/*` (0: no limit).
+    pub rate_limit: u32,
     pub api_keys: Vec<ApiKey>,
 }
 
@@ -112,6 +115,7 @@ impl Default for Settings {
             body_limit: 1024 * 1024,
             outbox_max_attempts: 8,
             outbox_backoff: Duration::from_secs(1),
+            rate_limit: 0,
             api_keys: Vec::new(),
         }
     }
@@ -303,6 +307,25 @@ pub fn compile(
                 "use a number and a unit, such as `500ms` or `1s`",
             ),
         }
+    }
+    match env.var("RECSYNC_RATE_LIMIT") {
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) => s.rate_limit = n,
+            _ => diags.push(env_error(
+                "rate_limit",
+                format!("invalid rate `{v}`"),
+                "use a number of requests per second, or 0 for no limit",
+            )),
+        },
+        None => match int_of(t, "rate_limit", diags) {
+            Some((n, _)) if (0..=1_000_000).contains(&n) => s.rate_limit = n as u32,
+            Some((_, span)) => diags.push(Diagnostic::error(
+                "`rate_limit` must be between 0 (no limit) and 1000000 requests per second",
+                span,
+                "out of range",
+            )),
+            None => {}
+        },
     }
     if let Some((items, _)) = array_of(t, "api_keys", diags) {
         for it in items {

@@ -49,6 +49,7 @@ enum Kind {
         (status = 403, description = "The key may not use this sync", body = crate::http::openapi::SyncEnvelope),
         (status = 404, description = "Unknown sync or external id", body = crate::http::openapi::SyncEnvelope),
         (status = 413, description = "Body too large", body = crate::http::openapi::SyncEnvelope),
+        (status = 429, description = "The key is over its `rate_limit`; see Retry-After", body = crate::http::openapi::SyncEnvelope),
         (status = 422, description = "A value does not fit its field", body = crate::http::openapi::SyncEnvelope),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::SyncEnvelope),
     )
@@ -79,6 +80,7 @@ async fn create(
         (status = 403, description = "The key may not use this sync", body = crate::http::openapi::SyncEnvelope),
         (status = 404, description = "Unknown sync or external id", body = crate::http::openapi::SyncEnvelope),
         (status = 413, description = "Body too large", body = crate::http::openapi::SyncEnvelope),
+        (status = 429, description = "The key is over its `rate_limit`; see Retry-After", body = crate::http::openapi::SyncEnvelope),
         (status = 422, description = "A value does not fit its field", body = crate::http::openapi::SyncEnvelope),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::SyncEnvelope),
     )
@@ -109,6 +111,7 @@ async fn update(
         (status = 403, description = "The key may not use this sync", body = crate::http::openapi::SyncEnvelope),
         (status = 404, description = "Unknown sync or external id", body = crate::http::openapi::SyncEnvelope),
         (status = 413, description = "Body too large", body = crate::http::openapi::SyncEnvelope),
+        (status = 429, description = "The key is over its `rate_limit`; see Retry-After", body = crate::http::openapi::SyncEnvelope),
         (status = 422, description = "A value does not fit its field", body = crate::http::openapi::SyncEnvelope),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::SyncEnvelope),
     )
@@ -169,6 +172,30 @@ async fn handle(
         );
         log_refusal(&state, &code, &kind, &caller.name, &r, None).await;
         return envelope(r.status, &r.message);
+    }
+    // The key's request budget. Not written to the change-control log: a flood must not turn
+    // into a flood of writes.
+    if let Some(limiter) = &state.limiter
+        && let Err(wait) = limiter.check_key(&caller.name)
+    {
+        use governor::clock::Clock;
+        let after = wait
+            .wait_time_from(governor::clock::DefaultClock::default().now())
+            .as_secs_f64()
+            .ceil()
+            .max(1.0) as u64;
+        let mut r = envelope(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "the key `{}` is over its limit of {} requests per second; retry after {after} s",
+                caller.name, state.settings.rate_limit
+            ),
+        );
+        r.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from(after),
+        );
+        return r;
     }
     // Idempotency: replay the first answer to the same key for 24 hours.
     let idem = req

@@ -218,6 +218,8 @@ pub struct Tweaks {
     pub extra_mapping: String,
     /// The `change_log` setting (false: success rows are not written).
     pub change_log: bool,
+    /// The `rate_limit` setting (0: none).
+    pub rate_limit: u32,
 }
 
 impl Default for Tweaks {
@@ -227,6 +229,7 @@ impl Default for Tweaks {
             max_attempts: 4,
             extra_mapping: String::new(),
             change_log: true,
+            rate_limit: 0,
         }
     }
 }
@@ -257,6 +260,7 @@ impl Harness {
             outbox_max_attempts: t.max_attempts,
             outbox_backoff: std::time::Duration::from_millis(50),
             change_log: t.change_log,
+            rate_limit: t.rate_limit,
             ..Default::default()
         };
         settings.api_keys = vec![
