@@ -114,7 +114,12 @@ try {
   await page.getByLabel("Status").selectOption("failed");
   await page.getByRole("button", { name: "Filter" }).click();
   await page.waitForURL(/status=failed/);
-  await page.locator('#changes tbody tr[data-status="failed"]').first().waitFor();
+  // The filtered table has replaced the unfiltered one and finished loading.
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll("#changes tbody tr")];
+    return !document.querySelector(".loading") && document.querySelector('select[name="status"]').value === "failed"
+      && rows.length > 0 && rows.every((r) => r.dataset.status === "failed");
+  });
   const statuses = await page.locator("#changes tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.status));
   assert.ok(statuses.length >= 1 && statuses.every((s) => s === "failed"), `only failures: ${statuses}`);
   await shot("03-change-log-failures");
