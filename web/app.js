@@ -414,15 +414,12 @@ async function changeDetail(id) {
     show(h("h1", {}, `Change ${id}`), errorBox(e), h("p", {}, h("a", { href: "#/changes" }, "Back to the change log")));
     return;
   }
-  const meta = h("dl", { class: "card" },
+  const meta = h("dl", { class: "card meta" },
     ...[
       ["Operation", c.name], ["Sync", c.sync], ["Direction", c.direction.replace(/_/g, " ")], ["Action", c.action],
       ["Status", status(c.status)], ["External id", c.external_id || "—"], ["Local id", c.local_id ?? "—"],
       ["Synced", time(c.synced_at)], ["Modified at source", time(c.modified_at)], ["Actor", c.actor], ["Run", c.run_id ?? "—"],
     ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
-  meta.style.display = "grid";
-  meta.style.gridTemplateColumns = "auto 1fr";
-  meta.style.gap = "2px 14px";
   let diff;
   const o = c.origin_values || {}, d = c.destination_values || {};
   if (c.action === "conflict" && o.field !== undefined) {
