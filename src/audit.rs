@@ -114,17 +114,11 @@ impl ChangeQuery {
 
 /// Masks a row for display (rows written before a field was declared secret included).
 pub fn mask_change(m: &Masker, c: &mut Change) {
-    if m.is_empty() {
-        return;
-    }
-    m.mask_value(&mut c.origin_values);
-    m.mask_value(&mut c.destination_values);
-    if let std::borrow::Cow::Owned(t) = m.mask_text(&c.error_message) {
-        c.error_message = t;
-    }
-    if let std::borrow::Cow::Owned(t) = m.mask_text(&c.title) {
-        c.title = t;
-    }
+    m.mask_change_parts(
+        &mut c.origin_values,
+        &mut c.destination_values,
+        [&mut c.error_message, &mut c.title],
+    );
 }
 
 /// The CSV columns, in order.

@@ -9,15 +9,7 @@ use recsync::peer::Faults;
 use serde_json::{Value, json};
 
 async fn patch(h: &Harness, id: i64, v: Value) {
-    let r = h
-        .client
-        .patch(h.url(&format!("/api/v1/models/contact/records/{id}")))
-        .header("X-Api-Key", ADMIN_KEY)
-        .json(&v)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    h.patch_record("contact", id, v).await
 }
 
 #[tokio::test]

@@ -82,15 +82,7 @@ async fn local_values(h: &Harness, model: &str, id: i64) -> Option<Map<String, V
 }
 
 async fn edit(h: &Harness, model: &str, id: i64, v: Value) {
-    let r = h
-        .client
-        .patch(h.url(&format!("/api/v1/models/{model}/records/{id}")))
-        .header("X-Api-Key", ADMIN_KEY)
-        .json(&v)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    h.patch_record(model, id, v).await
 }
 
 #[tokio::test]
@@ -272,7 +264,6 @@ async fn the_conflict_table_under_each_priority() {
             let (h, code) = (&h, code.clone());
             async move { local_id(h, &code, ext).await }
         };
-        let pause = || tokio::time::sleep(std::time::Duration::from_millis(30));
 
         // A: one side changed (local).
         edit(&h, &model, id("A").await, json!({"name": "A-local"})).await;
@@ -286,8 +277,8 @@ async fn the_conflict_table_under_each_priority() {
             .upsert(&coll, Some("B".into()), obj(json!({"note": "B-ext"})))
             .await;
         // C: both sides changed the same field, the external side last.
+        // Each edit is committed before the next starts, so their times are in this order.
         edit(&h, &model, id("C").await, json!({"name": "C-local"})).await;
-        pause().await;
         h.peer
             .upsert(&coll, Some("C".into()), obj(json!({"name": "C-ext"})))
             .await;
@@ -295,7 +286,6 @@ async fn the_conflict_table_under_each_priority() {
         h.peer
             .upsert(&coll, Some("D".into()), obj(json!({"name": "D-ext"})))
             .await;
-        pause().await;
         edit(&h, &model, id("D").await, json!({"name": "D-local"})).await;
 
         let run = h.run(&code).await;

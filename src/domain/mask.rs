@@ -67,6 +67,25 @@ impl Masker {
         }
     }
 
+    /// Masks the parts of a change-control row: its two value maps and its texts.
+    pub fn mask_change_parts(
+        &self,
+        origin: &mut Value,
+        destination: &mut Value,
+        texts: [&mut String; 2],
+    ) {
+        if self.is_empty() {
+            return;
+        }
+        self.mask_value(origin);
+        self.mask_value(destination);
+        for t in texts {
+            if let Cow::Owned(masked) = self.mask_text(t) {
+                *t = masked;
+            }
+        }
+    }
+
     /// `text` with every secret string replaced.
     pub fn mask_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(text);

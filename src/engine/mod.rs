@@ -120,18 +120,11 @@ impl Engine {
     /// never reach the log.
     pub(crate) fn mask_row(&self, row: &mut NewChange) {
         crate::metrics::change(&row.sync, row.direction.as_str(), row.status.as_str());
-        let m = self.masker();
-        if m.is_empty() {
-            return;
-        }
-        m.mask_value(&mut row.origin_values);
-        m.mask_value(&mut row.destination_values);
-        if let std::borrow::Cow::Owned(t) = m.mask_text(&row.error_message) {
-            row.error_message = t;
-        }
-        if let std::borrow::Cow::Owned(t) = m.mask_text(&row.title) {
-            row.title = t;
-        }
+        self.masker().mask_change_parts(
+            &mut row.origin_values,
+            &mut row.destination_values,
+            [&mut row.error_message, &mut row.title],
+        );
     }
 
     /// Has `spawn_writer` taken the queue?

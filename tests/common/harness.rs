@@ -331,6 +331,19 @@ impl Harness {
         format!("{}{path}", self.base)
     }
 
+    /// Changes a local record through the records API (as an admin) and expects 200.
+    pub async fn patch_record(&self, model: &str, id: i64, values: serde_json::Value) {
+        let r = self
+            .client
+            .patch(self.url(&format!("/api/v1/models/{model}/records/{id}")))
+            .header("X-Api-Key", ADMIN_KEY)
+            .json(&values)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "PATCH {model} {id}");
+    }
+
     /// Starts a run of `code` through the API and waits for it to finish.
     pub async fn run(&self, code: &str) -> recsync::store::Run {
         self.run_with(code, "").await
