@@ -306,13 +306,18 @@ impl Engine {
             crate::metrics::run_finished(&code, status, run_started.elapsed().as_secs_f64());
             if let Err(e) = engine
                 .store
-                .finish_run(run_id, status, &counts, error.as_deref())
+                .end_run(
+                    run_id,
+                    status,
+                    &counts,
+                    error.as_deref(),
+                    &code,
+                    &engine.opts.instance,
+                )
                 .await
             {
+                // The claim then expires as a stale one.
                 tracing::error!(sync = %code, run_id, error = %e, "Failed to record the end of a run");
-            }
-            if let Err(e) = engine.store.release_run(&code, &engine.opts.instance).await {
-                tracing::error!(sync = %code, run_id, error = %e, "Failed to release a run claim");
             }
             (status.to_string(), counts)
         });

@@ -879,17 +879,7 @@ impl Store {
     /// Gives the run slot back (only if this instance holds it).
     pub async fn release_run(&self, sync: &str, instance: &str) -> Result<()> {
         let mut c = self.writer().await?;
-        on!(c.conn(), |c| {
-            sqlx::query(
-            "UPDATE sync_state SET running_by = NULL, running_since = NULL, running_run = NULL, updated_at = $1
-             WHERE sync = $2 AND running_by = $3"
-        )
-        .bind(Utc::now())
-        .bind(sync)
-        .bind(instance)
-        .execute(c).await.map(|r| r.rows_affected())
-        })?;
-        Ok(())
+        release_run(c.conn(), sync, instance).await
     }
 
     pub async fn start_run(
@@ -922,27 +912,24 @@ impl Store {
         error: Option<&str>,
     ) -> Result<()> {
         let mut c = self.writer().await?;
-        on!(c.conn(), |c| {
-            sqlx::query(
-            "UPDATE runs SET finished_at = $1, status = $2, error = $3, pulled = $4, created = $5, updated = $6, deleted = $7,
-             unlinked = $8, skipped = $9, failed = $10, conflicts = $11, pushed = $12 WHERE id = $13"
-        )
-        .bind(Utc::now())
-        .bind(status)
-        .bind(error)
-        .bind(counts.pulled)
-        .bind(counts.created)
-        .bind(counts.updated)
-        .bind(counts.deleted)
-        .bind(counts.unlinked)
-        .bind(counts.skipped)
-        .bind(counts.failed)
-        .bind(counts.conflicts)
-        .bind(counts.pushed)
-        .bind(id)
-        .execute(c).await.map(|r| r.rows_affected())
-        })?;
-        Ok(())
+        finish_run(c.conn(), id, status, counts, error).await
+    }
+
+    /// Records the end of a run and releases the sync's run slot in one transaction, so no
+    /// caller sees the run finished while its slot is still held (or the reverse).
+    pub async fn end_run(
+        &self,
+        id: i64,
+        status: &str,
+        counts: &RunCounts,
+        error: Option<&str>,
+        sync: &str,
+        instance: &str,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        finish_run(tx.conn(), id, status, counts, error).await?;
+        release_run(tx.conn(), sync, instance).await?;
+        tx.commit().await
     }
 
     /// Run history, newest first.
@@ -1038,6 +1025,50 @@ async fn link_by_external(c: Conn<'_>, sync: &str, external_id: &str) -> Result<
     .fetch_optional(c)
     .await)?
     .map(Link::from))
+}
+
+async fn release_run(c: Conn<'_>, sync: &str, instance: &str) -> Result<()> {
+    on!(c, |c| {
+        sqlx::query(
+            "UPDATE sync_state SET running_by = NULL, running_since = NULL, running_run = NULL, updated_at = $1
+             WHERE sync = $2 AND running_by = $3"
+        )
+        .bind(Utc::now())
+        .bind(sync)
+        .bind(instance)
+        .execute(c).await.map(|r| r.rows_affected())
+    })?;
+    Ok(())
+}
+
+async fn finish_run(
+    c: Conn<'_>,
+    id: i64,
+    status: &str,
+    counts: &RunCounts,
+    error: Option<&str>,
+) -> Result<()> {
+    on!(c, |c| {
+        sqlx::query(
+            "UPDATE runs SET finished_at = $1, status = $2, error = $3, pulled = $4, created = $5, updated = $6, deleted = $7,
+             unlinked = $8, skipped = $9, failed = $10, conflicts = $11, pushed = $12 WHERE id = $13"
+        )
+        .bind(Utc::now())
+        .bind(status)
+        .bind(error)
+        .bind(counts.pulled)
+        .bind(counts.created)
+        .bind(counts.updated)
+        .bind(counts.deleted)
+        .bind(counts.unlinked)
+        .bind(counts.skipped)
+        .bind(counts.failed)
+        .bind(counts.conflicts)
+        .bind(counts.pushed)
+        .bind(id)
+        .execute(c).await.map(|r| r.rows_affected())
+    })?;
+    Ok(())
 }
 
 async fn log_change(c: Conn<'_>, r: &NewChange) -> Result<i64> {
