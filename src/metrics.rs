@@ -55,6 +55,23 @@ pub fn handle() -> &'static PrometheusHandle {
             metrics::Unit::Seconds,
             "Age of the oldest undelivered outbox entry, by sync"
         );
+        metrics::describe_counter!(
+            "recsync_dropbox_notifications_total",
+            "Dropbox webhook notifications by web service and outcome"
+        );
+        metrics::describe_counter!(
+            "recsync_dropbox_loops_total",
+            "Dropbox listing loops (list_folder or continue until has_more is false) by sync"
+        );
+        metrics::describe_histogram!(
+            "recsync_dropbox_cursor_lag_seconds",
+            metrics::Unit::Seconds,
+            "From a Dropbox notification to the end of the loop that took its changes in"
+        );
+        metrics::describe_gauge!(
+            "recsync_dropbox_cursor_updated_timestamp_seconds",
+            "When each Dropbox sync's cursor last caught up with Dropbox (Unix time)"
+        );
         handle
     })
 }
@@ -114,4 +131,29 @@ pub fn outbox(rows: &[(String, String, i64, Option<f64>)], syncs: &[String]) {
             .fold(0.0, f64::max);
         metrics::gauge!("recsync_outbox_oldest_age_seconds", "sync" => sync.clone()).set(oldest);
     }
+}
+
+/// Counts a Dropbox webhook notification by what became of it (`started`, `coalesced`,
+/// `bad_signature`, `unknown_service`).
+pub fn dropbox_notification(web_service: &str, outcome: &'static str) {
+    metrics::counter!(
+        "recsync_dropbox_notifications_total",
+        "web_service" => web_service.to_string(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// Records a finished Dropbox listing loop: how many entries it read, and how far behind
+/// Dropbox the mirror was (from the first notification it answers to the end of the loop).
+pub fn dropbox_loop(sync: &str, entries: u64, lag_seconds: Option<f64>) {
+    metrics::counter!("recsync_dropbox_loops_total", "sync" => sync.to_string()).increment(1);
+    metrics::counter!("recsync_dropbox_entries_total", "sync" => sync.to_string())
+        .increment(entries);
+    if let Some(lag) = lag_seconds {
+        metrics::histogram!("recsync_dropbox_cursor_lag_seconds", "sync" => sync.to_string())
+            .record(lag);
+    }
+    metrics::gauge!("recsync_dropbox_cursor_updated_timestamp_seconds", "sync" => sync.to_string())
+        .set(chrono::Utc::now().timestamp() as f64);
 }

@@ -1,5 +1,7 @@
-//! Connectors to external systems. `rest` speaks the send protocol and real-time endpoints.
+//! Connectors to external systems. `rest` speaks the send protocol and real-time endpoints;
+//! `dropbox` reaches Dropbox through `dropbox-sdk`.
 
+pub mod dropbox;
 pub mod rest;
 
 use std::time::Duration;

@@ -405,7 +405,7 @@ impl Engine {
                     sync,
                     m,
                     LogDirection::ExternalToLocal,
-                    LogAction::Update,
+                    p.job.ctx.relabel.unwrap_or(LogAction::Update),
                     Some(rec.id),
                     &rec.values,
                 );

@@ -3,12 +3,14 @@
 
 mod apply;
 mod batch;
+mod dropbox;
 mod outbox;
 mod run;
 pub mod schedule;
 
 use crate::domain::mask::Masker;
 pub use apply::{Applied, ApplyError, InboundOp, LocalOp};
+pub use dropbox::WEBHOOK_DEBOUNCE;
 pub use outbox::Outcome;
 pub use run::{RunError, Started, Trigger};
 
@@ -51,6 +53,8 @@ pub struct Ctx {
     pub actor: String,
     pub run_id: Option<i64>,
     pub modified_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Log an inbound update under this action instead (a Dropbox rename or move).
+    pub relabel: Option<crate::store::LogAction>,
 }
 
 impl Ctx {
@@ -59,6 +63,7 @@ impl Ctx {
             actor: actor.into(),
             run_id: None,
             modified_at: None,
+            relabel: None,
         }
     }
 }
@@ -75,6 +80,14 @@ pub struct Engine {
     /// Bundles of upserts for the batch writer (one request, or a pulled page).
     writer_tx: tokio::sync::mpsc::Sender<Vec<batch::Job>>,
     writer_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Vec<batch::Job>>>>,
+    /// Dropbox clients by web service (they hold the OAuth tokens).
+    dropbox: Mutex<HashMap<String, Arc<crate::connectors::dropbox::Dropbox>>>,
+    /// Per Dropbox sync: listing pages and writes back take turns.
+    dropbox_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per Dropbox web service: is a loop already scheduled for the notifications?
+    dropbox_webhook_state: Mutex<HashMap<String, dropbox::WebhookState>>,
+    /// Per Dropbox sync: when the oldest notification not yet taken in arrived.
+    dropbox_lag: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Engine {
@@ -96,6 +109,10 @@ impl Engine {
             limits: Mutex::new(HashMap::new()),
             writer_tx,
             writer_rx: Mutex::new(Some(writer_rx)),
+            dropbox: Mutex::default(),
+            dropbox_gates: Mutex::default(),
+            dropbox_webhook_state: Mutex::default(),
+            dropbox_lag: Mutex::default(),
         }
     }
 
@@ -109,6 +126,7 @@ impl Engine {
         *self.masker.write().expect("masker lock") = Arc::new(plan.masker());
         *self.plan.write().expect("plan lock") = Arc::new(plan);
         self.limits.lock().expect("limits lock").clear();
+        self.dropbox.lock().expect("dropbox lock").clear();
     }
 
     /// The masker of the plan in force (secret fields and configuration secrets).

@@ -5,7 +5,7 @@ use super::Engine;
 use crate::connectors::SendError;
 use crate::connectors::rest::{self, SendAction};
 use crate::domain::mapping::{FieldPair, RefResolver, Reference, to_external};
-use crate::domain::plan::Sync;
+use crate::domain::plan::{ServiceSpec, Sync};
 use crate::store::{
     Link, LogAction, LogDirection, LogStatus, NewChange, OutboxEntry, Record, StoreError,
 };
@@ -176,12 +176,8 @@ impl Engine {
             .map(|r| r.values.clone())
             .unwrap_or_default();
         let title = model.title(entry.local_id, &values);
-        let Some(service) = plan
-            .web_services
-            .get(&sync.web_service)
-            .and_then(|w| w.rest())
-        else {
-            let why = "this build delivers to REST web services only";
+        let Some(web_service) = plan.web_services.get(&sync.web_service) else {
+            let why = "the sync's web service is no longer configured";
             return Ok(Step::Failed(
                 failure_row(entry, Some(sync), &title, None, &values),
                 Fate::Dead(why.into()),
@@ -253,26 +249,34 @@ impl Engine {
                 }
             }
         };
-        let permits = self.limit_for(&sync.web_service, service.max_concurrency);
-        let permit = permits.acquire().await.expect("semaphore open");
-        let result = rest::send(
-            &self.http,
-            service,
-            sync,
-            action,
-            external_id.as_deref(),
-            entry.local_id,
-            &mapped,
-        )
-        .await;
-        drop(permit);
+        let result = match &web_service.spec {
+            ServiceSpec::Rest(service) => {
+                let permits = self.limit_for(&sync.web_service, service.max_concurrency);
+                let _permit = permits.acquire().await.expect("semaphore open");
+                rest::send(
+                    &self.http,
+                    service,
+                    sync,
+                    action,
+                    external_id.as_deref(),
+                    entry.local_id,
+                    &mapped,
+                )
+                .await
+                .map(|s| (s, None))
+            }
+            ServiceSpec::Dropbox(_) => {
+                self.dropbox_send(sync, action, external_id.as_deref(), &mapped)
+                    .await
+            }
+        };
         Ok(match result {
-            Ok(sent) => {
-                let log_action = match action {
+            Ok((sent, relabel)) => {
+                let log_action = relabel.unwrap_or(match action {
                     SendAction::Create => LogAction::Create,
                     SendAction::Update => LogAction::Update,
                     SendAction::Delete => LogAction::Delete,
-                };
+                });
                 let ext = sent
                     .external_id
                     .or(external_id)

@@ -20,6 +20,8 @@ pub enum Trigger {
     Cron,
     Manual,
     Startup,
+    /// A Dropbox webhook notification.
+    Webhook,
 }
 
 impl Trigger {
@@ -28,6 +30,7 @@ impl Trigger {
             Trigger::Cron => "cron",
             Trigger::Manual => "manual",
             Trigger::Startup => "startup",
+            Trigger::Webhook => "webhook",
         }
     }
 }
@@ -343,29 +346,36 @@ impl Engine {
             .sync(code)
             .ok_or("the sync is no longer configured")?
             .clone();
-        if !sync.direction.to_local() {
-            return Ok(());
-        }
-        let Some(service) = plan
+        let is_dropbox = plan
             .web_services
             .get(&sync.web_service)
-            .and_then(|w| w.rest())
-            .cloned()
-        else {
-            return Err("this build runs REST web services only".into());
-        };
-        if service.url.is_none() {
+            .is_some_and(|w| w.kind() == crate::domain::plan::ServiceKind::Dropbox);
+        if !sync.direction.to_local() && !is_dropbox {
             return Ok(());
         }
         let actor = match trigger {
             Trigger::Manual => "manual",
             Trigger::Cron | Trigger::Startup => "cron",
+            Trigger::Webhook => "webhook",
         };
         let ctx = Ctx {
             actor: actor.to_string(),
             run_id: Some(run_id),
             modified_at: None,
+            relabel: None,
         };
+        let service = match plan.web_services.get(&sync.web_service).map(|w| &w.spec) {
+            Some(crate::domain::plan::ServiceSpec::Rest(r)) => r.clone(),
+            // A Dropbox folder is mirrored in both directions' interest: writes back need the
+            // mirror too.
+            Some(crate::domain::plan::ServiceSpec::Dropbox(_)) => {
+                return self.pull_dropbox(&sync, &ctx, counts, progress).await;
+            }
+            None => return Err("the web service is no longer configured".into()),
+        };
+        if service.url.is_none() {
+            return Ok(());
+        }
         let mut retry_later: Vec<PullItem> = Vec::new();
         loop {
             let page = rest::pull(&self.http, &service, sync.limit)

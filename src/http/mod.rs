@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod body;
 pub mod changes;
+pub mod dropbox;
 pub mod metrics;
 pub mod openapi;
 pub mod sync;
@@ -25,6 +26,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     ui::routes(cfg);
     changes::routes(cfg);
     metrics::routes(cfg);
+    dropbox::routes(cfg);
 }
 
 /// Liveness: the process answers.

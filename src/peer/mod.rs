@@ -4,6 +4,8 @@
 //! own records (`/peer/<collection>/records`), failure injection (`/peer/faults`), and can
 //! call recsync's `/sync/...` back when its records change. Records live in memory.
 
+pub mod dropbox;
+
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde::{Deserialize, Serialize};
