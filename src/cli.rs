@@ -145,6 +145,24 @@ pub enum Command {
         #[arg(long, value_name = "COLLECTION=COUNT")]
         synthetic: Vec<String>,
     },
+    /// Run the fake Dropbox (tests, demos, SDK conformance)
+    FakeDropbox {
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9911")]
+        listen: String,
+        #[arg(long, env = "DROPBOX_APP_KEY", default_value = "demo-app-key")]
+        app_key: String,
+        #[arg(long, env = "DROPBOX_APP_SECRET", default_value = "demo-app-secret")]
+        app_secret: String,
+        #[arg(
+            long,
+            env = "DROPBOX_REFRESH_TOKEN",
+            default_value = "demo-refresh-token"
+        )]
+        refresh_token: String,
+        /// Where to send signed change notifications (recsync's /webhooks/dropbox/<service>)
+        #[arg(long, value_name = "URL")]
+        webhook_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,6 +252,43 @@ pub async fn run(cli: Cli) -> ExitCode {
             log(&cli.global, query, limit, &format, follow).await
         }
         Command::Outbox { action } => outbox(&cli.global, action).await,
+        Command::FakeDropbox {
+            listen,
+            app_key,
+            app_secret,
+            refresh_token,
+            webhook_url,
+        } => {
+            crate::telemetry::init(config::LogFormat::Pretty);
+            let opts = crate::peer::dropbox::FakeOptions {
+                listen,
+                app_key,
+                app_secret,
+                refresh_token,
+                webhook_url,
+            };
+            match crate::peer::dropbox::FakeDropbox::bind(opts) {
+                Ok(fake) => {
+                    println!("Fake Dropbox listening on {}", fake.url());
+                    let handle = fake.handle();
+                    tokio::spawn(async move {
+                        let _ = tokio::signal::ctrl_c().await;
+                        handle.stop(true).await;
+                    });
+                    match fake.run().await {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("error: the fake Dropbox stopped: {e}");
+                            ExitCode::from(1)
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: cannot listen: {e}");
+                    ExitCode::from(69)
+                }
+            }
+        }
         Command::Peer {
             listen,
             api_key,

@@ -589,13 +589,11 @@ impl Inner {
         let entries: Vec<Value> = l.rest.drain(..take).collect();
         let has_more = !l.rest.is_empty();
         let cursor = if has_more {
+            self.next_id += 1;
             let c = format!(
                 "AAL{}",
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
-                    "{}:{}",
-                    self.seq,
-                    self.listings.len() + 1 + self.log.len()
-                ))
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(format!("{}:{}", self.seq, self.next_id))
             );
             self.listings.insert(c.clone(), l);
             c
@@ -800,7 +798,8 @@ async fn api(
         "files/list_folder/continue" => {
             let cursor = s("cursor").unwrap_or_default();
             state.with(|i| {
-                if let Some(l) = i.listings.remove(&cursor) {
+                // Cursors can be used again (a retried call gets the same page).
+                if let Some(l) = i.listings.get(&cursor).cloned() {
                     if l.epoch != i.epoch {
                         return route_error("reset/..", json!({".tag": "reset"}));
                     }
