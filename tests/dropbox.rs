@@ -418,6 +418,22 @@ async fn the_webhook_verifies_signatures_and_coalesces_a_burst_into_one_loop() {
     }
     assert_eq!(s.webhook_runs_now().await.len(), 1);
     assert_eq!(s.fake.calls("files/list_folder/continue"), continues + 1);
+    let metrics = c
+        .get(s.h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "recsync_dropbox_notifications_total{web_service=\"box\",outcome=\"coalesced\"}",
+        "recsync_dropbox_notifications_total{web_service=\"box\",outcome=\"bad_signature\"}",
+        "recsync_dropbox_cursor_lag_seconds_count{sync=\"BOX\"}",
+        "recsync_dropbox_loops_total{sync=\"BOX\"}",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in /metrics");
+    }
     s.stop().await;
 }
 
@@ -679,5 +695,101 @@ async fn expired_tokens_rate_limits_server_errors_and_cursor_resets_lose_and_dup
     let mut got = BTreeMap::new();
     flatten(&s.tree("BOX").await, &mut got);
     assert_eq!(got, s.fake_tree());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_upload_their_bytes_and_never_overwrite_a_change_recsync_has_not_seen() {
+    let s = Setup::new(
+        r#"
+[models.letter]
+display = "name"
+fields = { name = { type = "char", required = true }, body = "binary" }
+
+[external_models.letters]
+kind = "dropbox"
+root = "/Letters"
+pattern = "/{file}.txt"
+
+[syncs.LETTERS]
+model = "letter"
+external_model = "letters"
+web_service = "box"
+direction = "to_external"
+mode = "realtime"
+propagate_deletes = true
+fields = [
+  { local = "name", external = "file" },
+  { local = "body", external = "content" },
+]
+"#,
+    )
+    .await;
+    s.fake.set_webhook(None);
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let c = &s.h.client;
+    let r = c
+        .post(s.h.url("/api/v1/models/letter/records"))
+        .header("X-Api-Key", ADMIN_KEY)
+        .json(&json!({"name": "welcome", "body": b64(b"Dear customer")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    eventually(20, "the file to be uploaded", || async {
+        (s.fake.content("/Letters/welcome.txt").as_deref() == Some(b"Dear customer".as_slice()))
+            .then_some(())
+    })
+    .await;
+    let uploads = |s: &Setup| -> Vec<Value> {
+        s.fake
+            .all_calls()
+            .into_iter()
+            .filter(|(r, a)| r == "files/upload" && a.get("fault").is_none())
+            .map(|(_, a)| a)
+            .collect()
+    };
+    // `add` (the default, which the Rust SDK leaves out): never over an existing file.
+    let first = &uploads(&s)[0];
+    assert!(first.get("mode").is_none_or(|m| m == "add"), "{first}");
+
+    // New bytes go over the revision recsync knows.
+    let rev = s.fake.entries()["/Letters/welcome.txt"].2.clone().unwrap();
+    s.h.patch_record("letter", id, json!({"body": b64(b"Dear customer, v2")}))
+        .await;
+    eventually(20, "the new bytes", || async {
+        (s.fake.content("/Letters/welcome.txt").as_deref() == Some(b"Dear customer, v2".as_slice()))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        uploads(&s)[1]["mode"],
+        json!({".tag": "update", "update": rev})
+    );
+
+    // Someone edits the file in Dropbox; recsync has not seen it (no webhook here), so its
+    // next upload is refused rather than overwriting that edit.
+    s.fake
+        .put("/Letters/welcome.txt", b"edited by a person")
+        .unwrap();
+    s.h.patch_record("letter", id, json!({"body": b64(b"Dear customer, v3")}))
+        .await;
+    let failed = eventually(20, "the refused upload to be logged", || async {
+        s.h.changes("LETTERS")
+            .await
+            .into_iter()
+            .find(|c| c.status == "failed")
+    })
+    .await;
+    assert!(
+        failed.error_message.contains("changed in Dropbox"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        s.fake.content("/Letters/welcome.txt").as_deref(),
+        Some(b"edited by a person".as_slice())
+    );
     s.stop().await;
 }
