@@ -79,9 +79,16 @@ struct Setup {
 
 impl Setup {
     async fn new(syncs: &str) -> Setup {
+        Setup::prepared(syncs, |_| {}).await
+    }
+
+    /// Starts the fake, lets `prepare` fill it, then starts recsync, whose Dropbox sync takes
+    /// its initial mirror at start-up; returns once that first loop has finished.
+    async fn prepared(syncs: &str, prepare: impl FnOnce(&FakeState)) -> Setup {
         let fake = FakeDropbox::bind(FakeOptions::default()).unwrap();
         let url = fake.url();
         let state = fake.state.clone();
+        prepare(&state);
         let handle = fake.handle();
         tokio::spawn(fake.run());
         let h = Harness::with(Tweaks {
@@ -90,6 +97,13 @@ impl Setup {
         })
         .await;
         state.set_webhook(Some(h.url("/webhooks/dropbox/box")));
+        eventually(30, "the initial mirror at start-up", || async {
+            let runs = h.engine.store.runs(None, None, 10).await.unwrap();
+            runs.iter()
+                .any(|r| r.trigger == "startup" && r.finished_at.is_some())
+                .then_some(())
+        })
+        .await;
         Setup {
             h,
             fake: state,
@@ -195,21 +209,26 @@ fn actions(changes: &[recsync::store::Change], external_id: &str) -> Vec<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_initial_mirror_of_a_large_tree_matches_the_fake_exactly() {
-    let s = Setup::new(&mirror_sync(100)).await;
-    s.fake.mkdir("/Mirror").unwrap();
-    s.fake.put("/Outside/ignored.txt", b"not mirrored").unwrap();
-    for f in 0..20 {
-        s.fake.mkdir(&format!("/Mirror/Folder {f:02}")).unwrap();
-        for i in 0..25 {
-            s.fake
-                .put(
+    let s = Setup::prepared(&mirror_sync(100), |fake| {
+        fake.mkdir("/Mirror").unwrap();
+        fake.put("/Outside/ignored.txt", b"not mirrored").unwrap();
+        for f in 0..20 {
+            fake.mkdir(&format!("/Mirror/Folder {f:02}")).unwrap();
+            for i in 0..25 {
+                fake.put(
                     &format!("/Mirror/Folder {f:02}/File {i:02}.txt"),
                     format!("content {f} {i}").as_bytes(),
                 )
                 .unwrap();
+            }
         }
-    }
-    let run = s.h.run("BOX").await;
+    })
+    .await;
+    // The initial mirror was taken at start-up, without a notification or a schedule.
+    let runs = s.h.engine.store.runs(Some("BOX"), None, 10).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    let run = runs.into_iter().next().unwrap();
+    assert_eq!(run.trigger, "startup");
     assert_eq!(run.status, "success", "{run:?}");
     let expected = s.fake_tree();
     assert_eq!(expected.len(), 520);

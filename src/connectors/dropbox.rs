@@ -477,7 +477,10 @@ macro_rules! classify_route {
 }
 
 classify_route! {
-    files::ListFolderError => |e| DbxError::Permanent(format!("list_folder refused: {e}"));
+    files::ListFolderError => |e| match e {
+        files::ListFolderError::Path(files::LookupError::NotFound) => DbxError::NotFound("the folder to list".into()),
+        other => DbxError::Permanent(format!("list_folder refused: {other}")),
+    };
     files::ListFolderContinueError => |e| match e {
         files::ListFolderContinueError::Reset => DbxError::Reset,
         other => DbxError::Permanent(format!("list_folder/continue refused: {other}")),

@@ -222,10 +222,23 @@ impl Engine {
         loop {
             let _g = gate.lock().await;
             let page: Page = match &cursor {
-                None => dbx
+                None => match dbx
                     .list_folder(&folder.root, folder.recursive, sync.limit as u32)
                     .await
-                    .map_err(|e| format!("list_folder failed: {e}"))?,
+                {
+                    Ok(p) => p,
+                    // The folder does not exist (yet): the mirror is empty, and the next loop
+                    // lists again. Writes back create it.
+                    Err(DbxError::NotFound(_)) => {
+                        tracing::info!(sync = code, root = %folder.root, "The Dropbox folder does not exist yet");
+                        Page {
+                            entries: Vec::new(),
+                            cursor: String::new(),
+                            has_more: false,
+                        }
+                    }
+                    Err(e) => return Err(format!("list_folder failed: {e}")),
+                },
                 Some(c) => match dbx.list_folder_continue(c).await {
                     Ok(p) => p,
                     Err(DbxError::Reset) => {
@@ -376,8 +389,9 @@ impl Engine {
                 }
             }
             self.apply_record_ops(code, ops, ctx, counts).await?;
-            let cursor_now = (!page.has_more || (!listing && pending.is_empty()))
-                .then_some(page.cursor.as_str());
+            let cursor_now = (!page.cursor.is_empty()
+                && (!page.has_more || (!listing && pending.is_empty())))
+            .then_some(page.cursor.as_str());
             if page.has_more {
                 // The cursor is stored only where nothing is left waiting, so a crash replays
                 // from a point where the mirror and the records agree.
@@ -764,25 +778,51 @@ impl Engine {
                     .expect("lag lock")
                     .entry(code.clone())
                     .or_insert(first);
-                engine.run_when_free(&code).await;
+                engine.run_when_free(&code, Trigger::Webhook).await;
             }
         });
     }
 
-    /// Runs a sync for a webhook, waiting for a run in progress to end first.
-    async fn run_when_free(self: &Arc<Self>, code: &str) {
+    /// At start-up, every active Dropbox sync that has never listed its folder takes its
+    /// initial mirror, without waiting for a notification or its schedule.
+    pub fn start_dropbox_mirrors(self: &Arc<Self>) {
+        let plan = self.plan();
+        for sync in plan.syncs.values().filter(|s| s.active) {
+            let dropbox = plan
+                .web_services
+                .get(&sync.web_service)
+                .is_some_and(|w| matches!(w.spec, ServiceSpec::Dropbox(_)));
+            if !dropbox {
+                continue;
+            }
+            let engine = self.clone();
+            let code = sync.code.to_string();
+            tokio::spawn(async move {
+                match engine.store.sync_state(&code).await {
+                    Ok(Some(s)) if s.cursor.is_some() => {}
+                    Ok(_) => engine.run_when_free(&code, Trigger::Startup).await,
+                    Err(e) => {
+                        tracing::warn!(sync = %code, error = %e, "Could not read a Dropbox sync's state at start-up")
+                    }
+                }
+            });
+        }
+    }
+
+    /// Runs a sync, waiting for a run in progress to end first.
+    async fn run_when_free(self: &Arc<Self>, code: &str, trigger: Trigger) {
         for _ in 0..1200 {
             let busy =
                 matches!(self.store.sync_state(code).await, Ok(Some(s)) if s.running_by.is_some());
             if !busy {
-                match self.start_run(code, Trigger::Webhook, false).await {
+                match self.start_run(code, trigger, false).await {
                     Ok(s) => {
                         let _ = s.task.await;
                         return;
                     }
                     Err(super::RunError::Busy { .. }) => {}
                     Err(e) => {
-                        tracing::warn!(sync = code, error = %e, "A Dropbox notification could not start a run");
+                        tracing::warn!(sync = code, error = %e, "A Dropbox loop could not start");
                         return;
                     }
                 }
