@@ -128,20 +128,40 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
         change_log: settings.change_log,
         max_attempts: settings.outbox_max_attempts,
         backoff: settings.outbox_backoff,
+        claim_timeout: settings.claim_timeout,
         ..EngineOptions::default()
     };
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+        _ => None,
+    };
+    let shutdown_timeout = settings.shutdown_timeout;
     let engine = Arc::new(Engine::new(store, plan, engine_opts));
     let state = web::Data::new(AppState::new(engine.clone(), settings));
 
     let data = state.clone();
     let server = HttpServer::new(move || {
+        let engine = data.engine.clone();
         ActixApp::new()
-            .wrap_fn(|req, srv| {
+            .wrap_fn(move |req, srv| {
                 let started = std::time::Instant::now();
                 let method = req.method().to_string();
+                // Counted until answered, or dropped with its connection.
+                let counted = InFlight::new(engine.clone());
                 let fut = actix_web::dev::Service::call(srv, req);
+                let engine = engine.clone();
                 async move {
-                    let res = fut.await;
+                    let mut res = fut.await;
+                    drop(counted);
+                    // Once shutting down, every answer closes its connection, so keep-alive
+                    // clients cannot hold the server open with new requests.
+                    if let Ok(r) = &mut res
+                        && engine.is_stopping()
+                    {
+                        r.response_mut()
+                            .head_mut()
+                            .set_connection_type(actix_web::http::ConnectionType::Close);
+                    }
                     if let Ok(r) = &res {
                         let route = r
                             .request()
@@ -164,9 +184,12 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
             .configure(crate::http::routes)
             .into_app()
     })
-    .listen(listener)?
     .disable_signals()
-    .shutdown_timeout(10)
+    .shutdown_timeout(shutdown_timeout.as_secs().max(1));
+    let server = match &tls {
+        Some(config) => server.listen_rustls_0_23(listener, config.clone())?,
+        None => server.listen(listener)?,
+    }
     .run();
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -252,33 +275,131 @@ impl App {
         self.state.engine.clone()
     }
 
-    /// Serves until SIGINT or SIGTERM (or until the task is dropped), then stops the workers
-    /// and closes the store.
+    /// Serves until SIGINT or SIGTERM (or until the task is dropped), then shuts down
+    /// gracefully within `shutdown_timeout`: the listener closes at once, requests in flight
+    /// are answered, runs stop after the page they are on, outbox workers finish the batch they
+    /// hold (its results are recorded), and the store is closed. Past the timeout the process
+    /// exits anyway; what it still held is taken over when its claims expire.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = self.server;
         let state = self.state.clone();
+        let engine = state.engine.clone();
+        let timeout = state.settings.shutdown_timeout;
+        let mut server = std::pin::pin!(server);
         let result = tokio::select! {
-            r = server => r.map_err(anyhow::Error::from),
-            _ = shutdown_signal() => {
-                tracing::info!("Shutting down");
-                handle.stop(true).await;
-                Ok(())
-            }
+            r = &mut server => return r.map_err(anyhow::Error::from),
+            _ = shutdown_signal() => Ok::<(), anyhow::Error>(()),
         };
+        let started = std::time::Instant::now();
+        tracing::info!(
+            timeout_s = timeout.as_secs_f64(),
+            runs = engine.active_runs(),
+            requests = engine.in_flight.load(std::sync::atomic::Ordering::SeqCst),
+            "Shutting down: no new requests; finishing the work in hand"
+        );
+        engine.begin_shutdown();
         if let Some(t) = self.reload_task {
             t.abort();
         }
+        let stop = self.stop;
+        let workers = self.workers;
+        let writer = self.writer;
         let mut scheduler = self.scheduler;
-        let _ = scheduler.shutdown().await;
-        let _ = self.stop.send(true);
-        for w in self.workers {
-            let _ = w.await;
+        let graceful = async {
+            // The listener closes now; requests in flight are answered (actix waits for them
+            // up to the same timeout).
+            // The server future keeps being polled: it carries out the pause and the stop.
+            let (_, (), ()) = tokio::join!(
+                server.as_mut(),
+                async {
+                    // No new connection is taken; each answer from now on closes its
+                    // connection; once the requests in flight are answered, the listener and
+                    // what is left (idle connections, connections never accepted) are closed.
+                    handle.pause().await;
+                    tracing::debug!("Shutdown: no longer accepting connections");
+                    engine.requests_finished().await;
+                    handle.stop(false).await;
+                    tracing::info!("Shutdown: requests in flight answered, listener closed");
+                },
+                async {
+                    let _ = scheduler.shutdown().await;
+                    engine.runs_finished().await;
+                    tracing::info!("Shutdown: runs in progress ended");
+                }
+            );
+            let _ = stop.send(true);
+            for w in workers {
+                let _ = w.await;
+            }
+            tracing::info!("Shutdown: outbox workers stopped");
+        };
+        match tokio::time::timeout(timeout, graceful).await {
+            Ok(()) => tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "Stopped cleanly"
+            ),
+            Err(_) => {
+                tracing::error!(
+                    timeout_s = timeout.as_secs_f64(),
+                    "Shutdown took longer than shutdown_timeout; exiting with work in hand (its claims expire and are taken over)"
+                );
+                handle.stop(false).await;
+            }
         }
-        self.writer.abort();
-        state.engine.store.close().await;
+        writer.abort();
+        engine.store.close().await;
         result
     }
+}
+
+/// An HTTP request being answered, for the graceful shutdown's count.
+struct InFlight(Arc<Engine>);
+
+impl InFlight {
+    fn new(engine: Arc<Engine>) -> InFlight {
+        engine
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(engine)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The rustls configuration from PEM files: a certificate chain and a private key.
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            anyhow::anyhow!("Failed to read the TLS certificate {}: {e}", cert.display())
+        })?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "The TLS certificate file {} holds no certificate",
+            cert.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        anyhow::anyhow!("Failed to read the TLS private key {}: {e}", key.display())
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("Failed to set up TLS")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("The TLS certificate and key do not fit together")
 }
 
 async fn shutdown_signal() {

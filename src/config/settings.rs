@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const KEYS: [&str; 11] = [
+pub const KEYS: [&str; 15] = [
     "database_url",
     "listen",
     "mappings",
@@ -21,6 +21,10 @@ pub const KEYS: [&str; 11] = [
     "outbox_max_attempts",
     "outbox_backoff",
     "rate_limit",
+    "shutdown_timeout",
+    "claim_timeout",
+    "tls_cert",
+    "tls_key",
     "api_keys",
 ];
 pub const API_KEY_KEYS: [&str; 4] = ["name", "key", "key_sha256", "scopes"];
@@ -100,6 +104,14 @@ pub struct Settings {
     pub outbox_backoff: Duration,
     /// Requests per second each key may make on `/sync/*` (0: no limit).
     pub rate_limit: u32,
+    /// How long a graceful shutdown may take before the process exits anyway.
+    pub shutdown_timeout: Duration,
+    /// How long work an instance claimed (an outbox entry, a run) stays its own without being
+    /// renewed; after a crash, other instances (or the restarted one) take it over then.
+    pub claim_timeout: Duration,
+    /// PEM certificate chain and private key: with both, the server speaks HTTPS (rustls).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub api_keys: Vec<ApiKey>,
 }
 
@@ -116,6 +128,10 @@ impl Default for Settings {
             outbox_max_attempts: 8,
             outbox_backoff: Duration::from_secs(1),
             rate_limit: 0,
+            shutdown_timeout: Duration::from_secs(30),
+            claim_timeout: Duration::from_secs(120),
+            tls_cert: None,
+            tls_key: None,
             api_keys: Vec::new(),
         }
     }
@@ -307,6 +323,51 @@ pub fn compile(
                 "use a number and a unit, such as `500ms` or `1s`",
             ),
         }
+    }
+    for (key, slot) in [
+        ("shutdown_timeout", &mut s.shutdown_timeout),
+        ("claim_timeout", &mut s.claim_timeout),
+    ] {
+        if let Some((v, span, _)) = pick(key, diags) {
+            match crate::domain::plan::parse_duration(&v) {
+                Some(d) if !d.is_zero() => *slot = d,
+                _ => bad(
+                    diags,
+                    key,
+                    span,
+                    format!("invalid duration `{v}` for `{key}`"),
+                    "use a number and a unit, such as `30s` or `2m`",
+                ),
+            }
+        }
+    }
+    if let Some((v, _, _)) = pick("tls_cert", diags) {
+        s.tls_cert = Some(PathBuf::from(v));
+    }
+    if let Some((v, _, _)) = pick("tls_key", diags) {
+        s.tls_key = Some(PathBuf::from(v));
+    }
+    if s.tls_cert.is_some() != s.tls_key.is_some() {
+        diags.push(
+            Diagnostic::error(
+                format!(
+                    "`{}` is set without `{}`",
+                    if s.tls_cert.is_some() {
+                        "tls_cert"
+                    } else {
+                        "tls_key"
+                    },
+                    if s.tls_cert.is_some() {
+                        "tls_key"
+                    } else {
+                        "tls_cert"
+                    }
+                ),
+                Span::nowhere(),
+                "",
+            )
+            .with_help("set both (PEM files) to serve HTTPS, or neither"),
+        );
     }
     match env.var("RECSYNC_RATE_LIMIT") {
         Some(v) => match v.parse::<u32>() {

@@ -434,6 +434,9 @@ impl Engine {
             if !page.has_more {
                 break;
             }
+            if self.is_stopping() {
+                return Err(super::run::STOPPED.into());
+            }
         }
         let lag = self
             .dropbox_lag
@@ -754,7 +757,7 @@ impl Engine {
         let engine = self.clone();
         let ws = web_service.to_string();
         let first = Instant::now();
-        tokio::spawn(async move {
+        self.spawn(async move {
             tokio::time::sleep(WEBHOOK_DEBOUNCE).await;
             // From here on, a new notification schedules another loop.
             engine
@@ -797,7 +800,7 @@ impl Engine {
             }
             let engine = self.clone();
             let code = sync.code.to_string();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 match engine.store.sync_state(&code).await {
                     Ok(Some(s)) if s.cursor.is_some() => {}
                     Ok(_) => engine.run_when_free(&code, Trigger::Startup).await,

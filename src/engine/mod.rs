@@ -33,6 +33,8 @@ pub struct EngineOptions {
     pub max_backoff: Duration,
     /// This process's name in claims (several instances may share a database).
     pub instance: String,
+    /// Claims (outbox leases, run slots) not renewed for this long are taken over.
+    pub claim_timeout: Duration,
 }
 
 impl Default for EngineOptions {
@@ -43,6 +45,7 @@ impl Default for EngineOptions {
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
             instance: format!("recsync-{}", std::process::id()),
+            claim_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -88,6 +91,16 @@ pub struct Engine {
     dropbox_webhook_state: Mutex<HashMap<String, dropbox::WebhookState>>,
     /// Per Dropbox sync: when the oldest notification not yet taken in arrived.
     dropbox_lag: Mutex<HashMap<String, std::time::Instant>>,
+    /// Set when a graceful shutdown begins: runs stop after their current page, no new run
+    /// starts.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Runs of this process still going.
+    active_runs: std::sync::atomic::AtomicUsize,
+    /// HTTP requests being answered (counted by the server's middleware).
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    /// The runtime the engine was built on. Background work (runs, Dropbox loops, deliveries)
+    /// is spawned here, never on an HTTP worker's runtime, which ends with its worker.
+    rt: Option<tokio::runtime::Handle>,
 }
 
 impl Engine {
@@ -113,6 +126,53 @@ impl Engine {
             dropbox_gates: Mutex::default(),
             dropbox_webhook_state: Mutex::default(),
             dropbox_lag: Mutex::default(),
+            stopping: Default::default(),
+            active_runs: Default::default(),
+            in_flight: Default::default(),
+            rt: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    /// Begins a graceful shutdown: no run starts from now on, and runs in progress stop after
+    /// the page they are on.
+    pub fn begin_shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    /// Spawns background work on the engine's runtime.
+    pub(crate) fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.rt {
+            Some(rt) => rt.spawn(f),
+            None => tokio::spawn(f),
+        }
+    }
+
+    /// Runs of this process in progress.
+    pub fn active_runs(&self) -> usize {
+        self.active_runs.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until this process has no run in progress.
+    pub async fn runs_finished(&self) {
+        while self.active_runs.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until no HTTP request is being answered.
+    pub async fn requests_finished(&self) {
+        while self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -24,8 +24,6 @@ pub enum Outcome {
     Empty,
 }
 
-/// How long a claimed entry stays leased to this worker.
-const LEASE: Duration = Duration::from_secs(120);
 /// Entries claimed per round.
 const BATCH: i64 = 256;
 
@@ -45,7 +43,12 @@ impl Engine {
     pub async fn try_execute(self: &Arc<Self>) -> Result<Outcome, StoreError> {
         let batch = self
             .store
-            .claim_outbox(&self.opts.instance, Utc::now(), LEASE, BATCH)
+            .claim_outbox(
+                &self.opts.instance,
+                Utc::now(),
+                self.opts.claim_timeout,
+                BATCH,
+            )
             .await?;
         if batch.is_empty() {
             return Ok(Outcome::Empty);
@@ -87,7 +90,7 @@ impl Engine {
                 .sync(&entry.sync)
                 .and_then(|s| records.get(&(s.model.clone(), entry.local_id)).cloned());
             let link = links.get(&(entry.sync.clone(), entry.local_id)).cloned();
-            tasks.push(tokio::spawn(async move {
+            tasks.push(self.spawn(async move {
                 let result = engine.deliver(&plan, &entry, record, link).await;
                 (entry, result)
             }));
@@ -138,7 +141,8 @@ impl Engine {
                 tokio::select! {
                     _ = notified => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = stop.changed() => {}
+                    // A dropped sender means stop too (never spin on it).
+                    r = stop.changed() => if r.is_err() { break },
                 }
             }
         })

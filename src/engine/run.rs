@@ -44,6 +44,8 @@ pub enum RunError {
         "a run of sync `{sync}` is in progress; this request was recorded as run {run_id} and skipped"
     )]
     Busy { sync: String, run_id: i64 },
+    #[error("the server is shutting down; no run starts now")]
+    ShuttingDown,
     #[error("the store is unavailable")]
     Store(#[from] StoreError),
 }
@@ -56,8 +58,20 @@ pub struct Started {
     pub progress: tokio::sync::watch::Receiver<RunCounts>,
 }
 
-/// A claim older than this belongs to an instance that died mid-run.
-const STALE_CLAIM: Duration = Duration::from_secs(3600);
+/// Why a run stopped early when the server shuts down.
+pub(crate) const STOPPED: &str =
+    "stopped after the current page because the server is shutting down; the next run goes on";
+
+/// Counts a run of this process while it lives.
+struct ActiveRun(Arc<Engine>);
+
+impl Drop for ActiveRun {
+    fn drop(&mut self) {
+        self.0
+            .active_runs
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 impl Engine {
     /// Push, for cron syncs that send: queue what changed since the last sync (new records in
@@ -185,7 +199,7 @@ impl Engine {
                 .unsettled_in_run(code, run_id, chrono::Utc::now())
                 .await
                 .map_err(store_err)?;
-            if unsettled == 0 || std::time::Instant::now() > deadline {
+            if unsettled == 0 || std::time::Instant::now() > deadline || self.is_stopping() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -244,10 +258,13 @@ impl Engine {
         if self.plan().sync(code).is_none() {
             return Err(RunError::UnknownSync(code.to_string()));
         }
+        if self.is_stopping() {
+            return Err(RunError::ShuttingDown);
+        }
         let instance = self.opts.instance.clone();
         if !self
             .store
-            .claim_run(code, &instance, chrono::Utc::now(), STALE_CLAIM)
+            .claim_run(code, &instance, chrono::Utc::now(), self.opts.claim_timeout)
             .await?
         {
             let run_id = self
@@ -282,17 +299,41 @@ impl Engine {
         let engine = self.clone();
         let code = code.to_string();
         let (progress_tx, progress) = tokio::sync::watch::channel(RunCounts::default());
-        let task = tokio::spawn(async move {
+        self.active_runs
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let active = ActiveRun(self.clone());
+        // The claim is renewed while the run lives, so only a dead instance's claim expires.
+        let heartbeat = {
+            let engine = self.clone();
+            let code = code.clone();
+            self.spawn(async move {
+                let every = engine.opts.claim_timeout / 4;
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = engine
+                        .store
+                        .renew_run_claim(&code, &engine.opts.instance, chrono::Utc::now())
+                        .await
+                    {
+                        tracing::warn!(sync = %code, error = %e, "Could not renew a run's claim");
+                    }
+                }
+            })
+        };
+        let task = self.spawn(async move {
+            let _active = active;
             let run_started = std::time::Instant::now();
             let mut counts = RunCounts::default();
             let mut outcome = engine
                 .pull(&code, run_id, trigger, &mut counts, &progress_tx)
                 .await;
-            if outcome.is_ok() {
+            if outcome.is_ok() && !engine.is_stopping() {
                 outcome = engine.push(&code, run_id, full, &mut counts).await;
             }
+            heartbeat.abort();
             progress_tx.send_replace(counts.clone());
             let (status, error) = match &outcome {
+                Err(e) if e == STOPPED => ("partial", Some(e.clone())),
                 Ok(()) if counts.failed == 0 => ("success", None),
                 Ok(()) => (
                     "partial",
@@ -401,6 +442,9 @@ impl Engine {
             progress.send_replace(counts.clone());
             if short || service.confirmation_url.is_none() || page.is_empty() {
                 break;
+            }
+            if self.is_stopping() {
+                return Err(STOPPED.into());
             }
         }
         // References to records that arrived later in the run get a second chance.

@@ -773,6 +773,11 @@ async fn run_sync(
                 Err(e @ crate::engine::RunError::Busy { .. }) => {
                     Err(ApiError::new(StatusCode::CONFLICT, "busy", e.to_string()))
                 }
+                Err(e @ crate::engine::RunError::ShuttingDown) => Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                )),
                 Err(crate::engine::RunError::Store(e)) => Err(e.into()),
             }
         }

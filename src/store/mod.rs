@@ -936,8 +936,24 @@ impl Store {
     ) -> Result<bool> {
         let stale =
             now - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::hours(1));
-        let mut c = self.writer().await?;
+        let mut c = self.begin().await?;
         self.ensure_state(c.conn(), sync).await?;
+        // A claim left by an instance that died: its run ends as failed, so none stays
+        // `running` for ever.
+        on!(c.conn(), |c| {
+            sqlx::query(
+                "UPDATE runs SET status = 'failed', finished_at = $1,
+                 error = 'the instance running it stopped without finishing (its claim expired)'
+             WHERE finished_at IS NULL AND id = (SELECT running_run FROM sync_state
+                 WHERE sync = $2 AND running_by IS NOT NULL AND running_since < $3)",
+            )
+            .bind(now)
+            .bind(sync)
+            .bind(stale)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+        })?;
         let n = on!(c.conn(), |c| {
             sqlx::query(
             "UPDATE sync_state SET running_by = $1, running_since = $2, running_run = NULL, updated_at = $2
@@ -949,7 +965,28 @@ impl Store {
         .bind(stale)
         .execute(c).await.map(|r| r.rows_affected())
         })?;
+        c.commit().await?;
         Ok(n == 1)
+    }
+
+    /// Renews this instance's claim on a sync's run slot.
+    pub async fn renew_run_claim(
+        &self,
+        sync: &str,
+        instance: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut c = self.writer().await?;
+        on!(c.conn(), |c| sqlx::query(
+            "UPDATE sync_state SET running_since = $1 WHERE sync = $2 AND running_by = $3"
+        )
+        .bind(now)
+        .bind(sync)
+        .bind(instance)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
     }
 
     /// Notes which run holds the claim.
