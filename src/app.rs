@@ -51,6 +51,7 @@ impl AppState {
     pub fn reload(&self) {
         match config::load_mappings(&self.settings.mappings, &ProcessEnv) {
             Ok((plan, files)) => {
+                crate::crash::point("reload.before_swap");
                 tracing::info!(
                     syncs = plan.syncs.len(),
                     files = files.len(),

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod connectors;
+pub mod crash;
 pub mod domain;
 pub mod engine;
 pub mod http;

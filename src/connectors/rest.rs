@@ -98,6 +98,7 @@ pub async fn send(
     external_id: Option<&str>,
     local_id: i64,
     values: &Map<String, Value>,
+    idempotency_key: &str,
 ) -> Result<Sent, SendError> {
     let endpoint_action = match action {
         SendAction::Create => EndpointAction::Create,
@@ -117,8 +118,9 @@ pub async fn send(
         let method = reqwest::Method::from_bytes(ep.method.as_bytes())
             .map_err(|_| SendError::Permanent("bad method".into()))?;
         let body = Value::Object(values.clone());
-        let mut req =
-            with_auth(client.request(method, &url), &service.auth).timeout(service.timeout);
+        let mut req = with_auth(client.request(method, &url), &service.auth)
+            .timeout(service.timeout)
+            .header("Idempotency-Key", idempotency_key);
         if action != SendAction::Delete {
             req = req.json(&body);
         }
@@ -176,6 +178,7 @@ pub async fn send(
     };
     let resp = with_auth(client.post(url.expose()), &service.auth)
         .timeout(service.timeout)
+        .header("Idempotency-Key", idempotency_key)
         .json(&body)
         .send()
         .await

@@ -481,6 +481,7 @@ impl Engine {
         }
         tx.log_changes(&rows).await?;
         tx.enqueue_many(&outbox).await?;
+        crate::crash::point("inbound.before_commit");
         tx.commit().await?;
         Ok(results
             .into_iter()

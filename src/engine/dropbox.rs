@@ -389,6 +389,7 @@ impl Engine {
                 }
             }
             self.apply_record_ops(code, ops, ctx, counts).await?;
+            crate::crash::point("dropbox.before_mirror");
             let cursor_now = (!page.cursor.is_empty()
                 && (!page.has_more || (!listing && pending.is_empty())))
             .then_some(page.cursor.as_str());
@@ -417,10 +418,29 @@ impl Engine {
                 }
                 let gone: Vec<DbxEntry> = pending.drain().map(|(_, e)| e).collect();
                 if inbound {
-                    let ops = gone
+                    let mut ops: Vec<RecordOp> = gone
                         .iter()
                         .map(|e| RecordOp::Delete(e.id.clone()))
                         .collect();
+                    if listing {
+                        // A full listing is the truth: a record linked to an entry that is
+                        // neither listed nor mirrored (its mirror row was lost to a crash
+                        // between the record's write and the mirror's) goes too.
+                        let known: HashSet<&str> = gone.iter().map(|e| e.id.as_str()).collect();
+                        for id in self
+                            .store
+                            .linked_external_ids(code)
+                            .await
+                            .map_err(store_err)?
+                        {
+                            if !seen.contains(&id)
+                                && !known.contains(id.as_str())
+                                && !mirror.by_id.contains_key(&id)
+                            {
+                                ops.push(RecordOp::Delete(id));
+                            }
+                        }
+                    }
                     self.apply_record_ops(code, ops, ctx, counts).await?;
                 }
                 let deletes: Vec<String> = gone.into_iter().map(|e| e.id).collect();
@@ -814,12 +834,28 @@ impl Engine {
 
     /// Runs a sync, waiting for a run in progress to end first.
     async fn run_when_free(self: &Arc<Self>, code: &str, trigger: Trigger) {
+        // One waiter per sync is enough: the loop it starts reads every change made until then.
+        if !self
+            .dropbox_waiting
+            .lock()
+            .expect("waiting lock")
+            .insert(code.to_string())
+        {
+            return;
+        }
+        let _waiting = Waiting(self.clone(), code.to_string());
+        let stale = chrono::Duration::from_std(self.opts.claim_timeout)
+            .unwrap_or(chrono::Duration::minutes(2));
         for _ in 0..1200 {
-            let busy =
-                matches!(self.store.sync_state(code).await, Ok(Some(s)) if s.running_by.is_some());
+            // A claim that is no longer renewed belongs to a dead instance: start_run takes
+            // it over.
+            let busy = matches!(self.store.sync_state(code).await, Ok(Some(s))
+                if s.running_by.is_some()
+                    && s.running_since.is_some_and(|t| t > chrono::Utc::now() - stale));
             if !busy {
                 match self.start_run(code, trigger, false).await {
                     Ok(s) => {
+                        drop(_waiting);
                         let _ = s.task.await;
                         return;
                     }
@@ -836,6 +872,19 @@ impl Engine {
             sync = code,
             "A Dropbox notification gave up waiting for the run in progress"
         );
+    }
+}
+
+/// Marks a sync as having a loop waiting to start, until dropped.
+struct Waiting(Arc<Engine>, String);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0
+            .dropbox_waiting
+            .lock()
+            .expect("waiting lock")
+            .remove(&self.1);
     }
 }
 

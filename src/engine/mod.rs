@@ -89,6 +89,8 @@ pub struct Engine {
     dropbox_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per Dropbox web service: is a loop already scheduled for the notifications?
     dropbox_webhook_state: Mutex<HashMap<String, dropbox::WebhookState>>,
+    /// Dropbox syncs with a loop waiting for the run in progress to end.
+    dropbox_waiting: Mutex<std::collections::HashSet<String>>,
     /// Per Dropbox sync: when the oldest notification not yet taken in arrived.
     dropbox_lag: Mutex<HashMap<String, std::time::Instant>>,
     /// Set when a graceful shutdown begins: runs stop after their current page, no new run
@@ -126,6 +128,7 @@ impl Engine {
             dropbox_gates: Mutex::default(),
             dropbox_webhook_state: Mutex::default(),
             dropbox_lag: Mutex::default(),
+            dropbox_waiting: Mutex::default(),
             stopping: Default::default(),
             active_runs: Default::default(),
             in_flight: Default::default(),

@@ -265,6 +265,9 @@ impl Engine {
                     external_id.as_deref(),
                     entry.local_id,
                     &mapped,
+                    // The same for every attempt of this entry, so a receiver can tell a
+                    // redelivery (after a crash between sending and recording) from a change.
+                    &format!("recsync-{}-{}", entry.sync, entry.id),
                 )
                 .await
                 .map(|s| (s, None))
@@ -395,6 +398,7 @@ impl Engine {
     /// Writes a batch's results: links, rows and entry states in one transaction, then the
     /// retries and dead letters.
     async fn record(&self, done: Done) -> Result<(), StoreError> {
+        crate::crash::point("outbox.before_record");
         let mut tx = self.store.begin().await?;
         tx.upsert_links(&done.links).await?;
         for (sync, local_id) in &done.unlinks {

@@ -269,14 +269,11 @@ impl Engine {
         {
             let run_id = self
                 .store
-                .start_run(code, trigger.as_str(), &instance, "skipped")
-                .await?;
-            self.store
-                .finish_run(
-                    run_id,
-                    "skipped",
-                    &RunCounts::default(),
-                    Some("another run of this sync was in progress"),
+                .skipped_run(
+                    code,
+                    trigger.as_str(),
+                    &instance,
+                    "another run of this sync was in progress",
                 )
                 .await?;
             return Err(RunError::Busy {
@@ -435,6 +432,7 @@ impl Engine {
                 )
                 .await?;
             if service.confirmation_url.is_some() {
+                crate::crash::point("pull.before_confirm");
                 rest::confirm(&self.http, &service, &outcomes)
                     .await
                     .map_err(|e| format!("confirming failed: {e}"))?;
@@ -457,6 +455,7 @@ impl Engine {
                 .await?;
             // Tell the service how the second attempt went.
             if service.confirmation_url.is_some() {
+                crate::crash::point("pull.before_confirm");
                 rest::confirm(&self.http, &service, &outcomes)
                     .await
                     .map_err(|e| format!("confirming failed: {e}"))?;

@@ -264,6 +264,9 @@ async fn handle(
     };
     let ctx = Ctx::actor(caller.name.clone());
     let result = engine.apply_inbound(&code, op, &ctx).await;
+    if result.is_ok() {
+        crate::crash::point("inbound.before_reply");
+    }
     let (status, message) = match &result {
         Ok(_) => (StatusCode::OK, String::new()),
         Err(e) => {

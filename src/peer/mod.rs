@@ -105,6 +105,9 @@ struct Inner {
     next_id: u64,
     /// Protocol calls received: (kind, collection, request body).
     calls: Vec<(String, String, Value)>,
+    /// Answers already given, by `Idempotency-Key`: a repeated key gets the same answer and
+    /// changes nothing (as a careful external system does).
+    idempotent: HashMap<String, (u16, Value)>,
 }
 
 /// A running peer.
@@ -184,6 +187,30 @@ fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 impl PeerState {
+    fn idempotency_key(req: &HttpRequest, coll: &str) -> Option<String> {
+        req.headers()
+            .get("Idempotency-Key")
+            .and_then(|v| v.to_str().ok())
+            .map(|k| format!("{coll}\u{0}{k}"))
+    }
+
+    /// The answer already given to this `Idempotency-Key`, if any.
+    fn replay(&self, req: &HttpRequest, coll: &str) -> Option<HttpResponse> {
+        let key = Self::idempotency_key(req, coll)?;
+        let (status, body) = self.with(|i| i.idempotent.get(&key).cloned())?;
+        self.with(|i| {
+            i.calls
+                .push(("replayed".into(), coll.to_string(), body.clone()))
+        });
+        Some(HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK)).json(body))
+    }
+
+    fn remember(&self, req: &HttpRequest, coll: &str, status: u16, body: &Value) {
+        if let Some(key) = Self::idempotency_key(req, coll) {
+            self.with(|i| i.idempotent.insert(key, (status, body.clone())));
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         f(&mut self.inner.lock().expect("peer lock"))
     }
@@ -349,6 +376,11 @@ impl PeerState {
     }
 
     /// Applies the fault switches; `Some` is the answer to give instead of the real one.
+    /// Changes on the peer's side still waiting to be pulled and confirmed.
+    pub fn pending(&self, coll: &str) -> usize {
+        self.with(|i| i.collections.get(coll).map_or(0, |c| c.changes.len()))
+    }
+
     /// Request bodies of the protocol calls of one kind (`fetch`, `confirm`) on a collection.
     pub fn calls(&self, coll: &str, kind: &str) -> Vec<Value> {
         self.with(|inner| {
@@ -660,6 +692,9 @@ async fn ship(
         return r;
     }
     let coll = path.into_inner();
+    if let Some(r) = state.replay(&req, &coll) {
+        return r;
+    }
     let b = body.into_inner();
     let ext = b
         .external_id
@@ -736,6 +771,7 @@ async fn ship(
             status: if ok { 200 } else { 422 },
         },
     );
+    state.remember(&req, &coll, 200, &answer);
     HttpResponse::Ok().json(answer)
 }
 
@@ -749,6 +785,9 @@ async fn rt_create(
         return r;
     }
     let coll = path.into_inner();
+    if let Some(r) = state.replay(&req, &coll) {
+        return r;
+    }
     let values = body.into_inner();
     let id = state
         .store_sent(&coll, None, &values, true)
@@ -763,7 +802,9 @@ async fn rt_create(
             status: 201,
         },
     );
-    HttpResponse::Created().json(json!({"id": id}))
+    let answer = json!({"id": id});
+    state.remember(&req, &coll, 201, &answer);
+    HttpResponse::Created().json(answer)
 }
 
 async fn rt_update(

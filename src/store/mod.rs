@@ -763,6 +763,17 @@ impl Store {
         })?)
     }
 
+    /// Every external id linked in a sync.
+    pub async fn linked_external_ids(&self, sync: &str) -> Result<Vec<String>> {
+        let mut c = self.reader().await?;
+        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, String>(
+            "SELECT external_id FROM links WHERE sync = $1 AND external_id IS NOT NULL"
+        )
+        .bind(sync)
+        .fetch_all(c)
+        .await)?)
+    }
+
     /// One entry of a Dropbox sync's mirror, by id.
     pub async fn dbx_entry(&self, sync: &str, id: &str) -> Result<Option<DbxEntry>> {
         let mut c = self.reader().await?;
@@ -944,7 +955,7 @@ impl Store {
             sqlx::query(
                 "UPDATE runs SET status = 'failed', finished_at = $1,
                  error = 'the instance running it stopped without finishing (its claim expired)'
-             WHERE finished_at IS NULL AND id = (SELECT running_run FROM sync_state
+             WHERE sync = $2 AND finished_at IS NULL AND instance = (SELECT running_by FROM sync_state
                  WHERE sync = $2 AND running_by IS NOT NULL AND running_since < $3)",
             )
             .bind(now)
@@ -1029,6 +1040,32 @@ impl Store {
         .bind(instance)
         .fetch_one(c)
         .await
+        })?)
+    }
+
+    /// Records a run that was skipped, started and finished in one statement (so a crash
+    /// cannot leave it open).
+    pub async fn skipped_run(
+        &self,
+        sync: &str,
+        trigger: &str,
+        instance: &str,
+        why: &str,
+    ) -> Result<i64> {
+        let mut c = self.writer().await?;
+        let now = Utc::now();
+        Ok(on!(c.conn(), |c| {
+            sqlx::query_scalar::<_, i64>(
+                "INSERT INTO runs (sync, trigger, started_at, finished_at, status, error, instance)
+             VALUES ($1, $2, $3, $3, 'skipped', $4, $5) RETURNING id",
+            )
+            .bind(sync)
+            .bind(trigger)
+            .bind(now)
+            .bind(why)
+            .bind(instance)
+            .fetch_one(c)
+            .await
         })?)
     }
 

@@ -1,0 +1,63 @@
+//! Crash points for the crash-matrix tests. With `RECSYNC_CRASH_POINT=<name>:<n>` in the
+//! environment, the `n`-th time the code passes the point `name`, the process kills itself with
+//! SIGKILL, there and then: no destructor runs, nothing is flushed, nothing is answered. Without
+//! the variable (production), a point costs one relaxed load of a flag that is never set.
+//!
+//! The points: `inbound.before_commit` (a group of inbound changes is written but not
+//! committed), `inbound.before_reply` (committed, not yet answered), `pull.before_confirm` (a
+//! pulled page is applied, not yet confirmed), `outbox.before_record` (a delivery was made, its
+//! result not yet recorded), `dropbox.before_mirror` (a Dropbox page's records are applied,
+//! the mirror and cursor not yet stored), `reload.before_swap` (a new configuration is
+//! compiled, not yet in force).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct Armed {
+    name: String,
+    at: u64,
+    seen: AtomicU64,
+}
+
+fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let v = std::env::var("RECSYNC_CRASH_POINT").ok()?;
+            let (name, n) = v.rsplit_once(':')?;
+            Some(Armed {
+                name: name.to_string(),
+                at: n.parse().ok().filter(|n| *n > 0)?,
+                seen: AtomicU64::new(0),
+            })
+        })
+        .as_ref()
+}
+
+/// Passes the crash point `name`.
+#[inline]
+pub fn point(name: &str) {
+    if let Some(a) = armed()
+        && a.name == name
+        && a.seen.fetch_add(1, Ordering::SeqCst) + 1 == a.at
+    {
+        eprintln!("CRASH POINT {name} reached; killing the process");
+        kill_self();
+    }
+}
+
+#[cfg(unix)]
+fn kill_self() -> ! {
+    // SAFETY: kill(2) on our own pid with SIGKILL; it does not return.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+#[cfg(not(unix))]
+fn kill_self() -> ! {
+    std::process::abort()
+}
