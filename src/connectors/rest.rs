@@ -88,18 +88,32 @@ fn status_error(resp: &reqwest::Response) -> SendError {
     }
 }
 
-/// Sends one change. `external_id` is the linked id (update, delete); `local_id` stands in for
-/// it on a create through `shipping_url`, as the protocol says.
+/// Which record a send is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The linked id (update, delete).
+    pub external_id: Option<&'a str>,
+    /// Stands in for the external id on a create through `shipping_url`, as the protocol says.
+    pub local_id: i64,
+    /// The same for every attempt of one delivery, so the receiver can tell a redelivery from
+    /// a new change.
+    pub idempotency_key: &'a str,
+}
+
+/// Sends one change.
 pub async fn send(
     client: &reqwest::Client,
     service: &RestService,
     sync: &Sync,
     action: SendAction,
-    external_id: Option<&str>,
-    local_id: i64,
+    target: Target<'_>,
     values: &Map<String, Value>,
-    idempotency_key: &str,
 ) -> Result<Sent, SendError> {
+    let Target {
+        external_id,
+        local_id,
+        idempotency_key,
+    } = target;
     let endpoint_action = match action {
         SendAction::Create => EndpointAction::Create,
         SendAction::Update => EndpointAction::Write,

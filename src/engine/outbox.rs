@@ -262,12 +262,14 @@ impl Engine {
                     service,
                     sync,
                     action,
-                    external_id.as_deref(),
-                    entry.local_id,
+                    rest::Target {
+                        external_id: external_id.as_deref(),
+                        local_id: entry.local_id,
+                        // The same for every attempt of this entry: a redelivery after a crash
+                        // between sending and recording is recognisable.
+                        idempotency_key: &format!("recsync-{}-{}", entry.sync, entry.id),
+                    },
                     &mapped,
-                    // The same for every attempt of this entry, so a receiver can tell a
-                    // redelivery (after a crash between sending and recording) from a change.
-                    &format!("recsync-{}-{}", entry.sync, entry.id),
                 )
                 .await
                 .map(|s| (s, None))
