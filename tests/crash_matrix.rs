@@ -77,7 +77,7 @@ struct Env {
 }
 
 /// What the load was told, so it can be checked.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Acked {
     /// Inbound changes answered 200 (external ids on CON).
     inbound: Vec<String>,
@@ -182,7 +182,7 @@ async fn load_step(env: &Env, k: usize, step: usize, acked: &Mutex<Acked>) {
             &format!("/Mirror/d{}/f{k}.txt", k % 4),
             format!("{k}").as_bytes(),
         );
-        if k % 5 == 0 {
+        if k.is_multiple_of(5) {
             let _ = env.fake.rm(&format!("/Mirror/d{}/f{}.txt", k % 4, k - 4));
         }
         env.fake.notify().await;
@@ -363,7 +363,7 @@ async fn killed_at_randomized_points_nothing_acknowledged_is_lost_or_doubled() {
             !text.contains("panicked"),
             "iteration {i} ({crash}) panicked:\n{text}"
         );
-        let a = acked.lock().unwrap();
+        let a = acked.lock().unwrap().clone();
         confirmed = check_after_kill(&env, &a, confirmed).await;
     }
     println!(
@@ -460,7 +460,7 @@ async fn killed_at_randomized_points_nothing_acknowledged_is_lost_or_doubled() {
         "dead letters: {stats:?}"
     );
 
-    let acked = acked.lock().unwrap();
+    let acked = acked.lock().unwrap().clone();
     let rows = store
         .changes(&ChangeFilter {
             limit: 1_000_000,
