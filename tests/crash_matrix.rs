@@ -461,13 +461,23 @@ async fn killed_at_randomized_points_nothing_acknowledged_is_lost_or_doubled() {
     );
 
     let acked = acked.lock().unwrap().clone();
-    let rows = store
-        .changes(&ChangeFilter {
-            limit: 1_000_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // Every row, page by page (newest first, `before` the last id seen).
+    let mut rows = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .changes(&ChangeFilter {
+                before,
+                action: Some("create".into()),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        rows.extend(page);
+    }
     // Inbound: every acknowledged change present, each external id created once.
     let con: Vec<_> = rows.iter().filter(|r| r.sync == "CON").cloned().collect();
     let creates = creates_by_external(&con);

@@ -77,12 +77,13 @@ fn transport_error(e: reqwest::Error) -> SendError {
 /// Classifies a non-2xx status.
 fn status_error(resp: &reqwest::Response) -> SendError {
     let s = resp.status();
-    let reason = format!("the service answered HTTP {}", s.as_u16());
+    let mut reason = format!("the service answered HTTP {}", s.as_u16());
     if s.as_u16() == 429 || s.is_server_error() || s.as_u16() == 408 {
-        SendError::Retry {
-            reason,
-            after: retry_after(resp),
+        let after = retry_after(resp);
+        if let Some(a) = after {
+            reason.push_str(&format!(" and asked to retry after {} s", a.as_secs()));
         }
+        SendError::Retry { reason, after }
     } else {
         SendError::Permanent(reason)
     }
@@ -142,7 +143,7 @@ pub async fn send(
         if !resp.status().is_success() {
             return Err(status_error(&resp));
         }
-        let text = resp.text().await.map_err(transport_error)?;
+        let text = read_capped(resp).await?;
         let reply: Value = if text.trim().is_empty() {
             Value::Null
         } else {
@@ -200,7 +201,7 @@ pub async fn send(
     if !resp.status().is_success() {
         return Err(status_error(&resp));
     }
-    let text = resp.text().await.map_err(transport_error)?;
+    let text = read_capped(resp).await?;
     let reply: Value = serde_json::from_str(&text).map_err(|_| SendError::Retry {
         reason: "the service's answer is not JSON".into(),
         after: None,
@@ -250,6 +251,37 @@ pub struct Confirmation {
     pub error: Option<String>,
 }
 
+/// The largest answer read from a web service; a page bigger than this is refused (lower the
+/// sync's `limit`), so a broken or hostile service cannot make recsync's memory grow.
+pub const MAX_RESPONSE: usize = 8 * 1024 * 1024;
+
+/// Reads an answer's text, up to [`MAX_RESPONSE`].
+async fn read_capped(mut resp: reqwest::Response) -> Result<String, SendError> {
+    let too_big = || {
+        SendError::Permanent(format!(
+            "the service's answer is larger than {} MiB; lower the sync's `limit`",
+            MAX_RESPONSE / (1024 * 1024)
+        ))
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE as u64)
+    {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > MAX_RESPONSE {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| SendError::Retry {
+        reason: "the service's answer is not UTF-8 text".into(),
+        after: None,
+    })
+}
+
 async fn post_json(
     client: &reqwest::Client,
     service: &RestService,
@@ -265,7 +297,7 @@ async fn post_json(
     if !resp.status().is_success() {
         return Err(status_error(&resp));
     }
-    let text = resp.text().await.map_err(transport_error)?;
+    let text = read_capped(resp).await?;
     serde_json::from_str(&text).map_err(|_| SendError::Retry {
         reason: "the service's answer is not JSON".into(),
         after: None,

@@ -344,6 +344,36 @@ impl Engine {
             if let Some(e) = &error {
                 tracing::warn!(sync = %code, run_id, error = %e, "Run ended with errors");
             }
+            if status == "failed" {
+                // One row per failed run, whatever retries happened inside it.
+                let actor = match trigger {
+                    Trigger::Manual => "manual",
+                    Trigger::Webhook => "webhook",
+                    Trigger::Cron | Trigger::Startup => "cron",
+                };
+                if let Err(e) = engine
+                    .log_alone(NewChange {
+                        sync: code.clone(),
+                        direction: LogDirection::ExternalToLocal,
+                        action: LogAction::Update,
+                        external_id: None,
+                        local_id: None,
+                        name: "Run failed".into(),
+                        title: String::new(),
+                        origin_values: serde_json::json!({}),
+                        destination_values: serde_json::json!({}),
+                        modified_at: None,
+                        synced_at: None,
+                        status: LogStatus::Failed,
+                        error_message: error.clone().unwrap_or_default(),
+                        run_id: Some(run_id),
+                        actor: actor.into(),
+                    })
+                    .await
+                {
+                    tracing::error!(sync = %code, run_id, error = %e, "Failed to log a failed run");
+                }
+            }
             crate::metrics::run_finished(&code, status, run_started.elapsed().as_secs_f64());
             if let Err(e) = engine
                 .store
@@ -415,10 +445,21 @@ impl Engine {
             return Ok(());
         }
         let mut retry_later: Vec<PullItem> = Vec::new();
+        let mut previous: Option<Vec<PullItem>> = None;
         loop {
             let page = rest::pull(&self.http, &service, sync.limit)
                 .await
                 .map_err(|e| format!("pulling failed: {e}"))?;
+            if service.confirmation_url.is_some()
+                && !page.is_empty()
+                && previous.as_ref() == Some(&page)
+            {
+                // Applying it again changes nothing; looping on it would never end.
+                return Err(
+                    "the service served the same page again after it was confirmed; the run stops (does the service remove confirmed records from its queue?)"
+                        .into(),
+                );
+            }
             counts.pulled += page.len() as i64;
             let short = page.len() < sync.limit;
             let outcomes = self
@@ -441,6 +482,7 @@ impl Engine {
             if short || service.confirmation_url.is_none() || page.is_empty() {
                 break;
             }
+            previous = Some(page);
             if self.is_stopping() {
                 return Err(STOPPED.into());
             }

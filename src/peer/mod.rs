@@ -57,6 +57,16 @@ pub struct Faults {
     pub retry_after: u64,
     /// The next N calls get a 200 whose body is not JSON.
     pub malformed_next: u32,
+    /// The next N calls get JSON of the wrong shape (no `content`, then `content` a string).
+    pub wrong_shape_next: u32,
+    /// The next N calls get a 200 of about 10 MB.
+    pub huge_next: u32,
+    /// The next N calls answer one byte every 100 ms (slow loris).
+    pub trickle_next: u32,
+    /// Pulled pages carry each record twice.
+    pub duplicate_records: bool,
+    /// Confirmations are ignored: the same page is served for ever.
+    pub repeat_page: bool,
     /// Limit the faults to one kind of call: `fetch`, `confirm`, `ship` or `endpoint`.
     pub only: Option<String>,
 }
@@ -438,6 +448,42 @@ impl PeerState {
                         .content_type("text/html")
                         .body("<html>not json"),
                 )
+            } else if f.wrong_shape_next > 0 {
+                f.wrong_shape_next -= 1;
+                Some(HttpResponse::Ok().json(if f.wrong_shape_next % 2 == 1 {
+                    json!({"status": "success", "error_message": ""})
+                } else {
+                    json!({"status": "success", "error_message": "", "content": "not a list"})
+                }))
+            } else if f.huge_next > 0 {
+                f.huge_next -= 1;
+                let pad = "x".repeat(10 * 1024 * 1024);
+                Some(HttpResponse::Ok().json(
+                    json!({"status": "success", "error_message": "", "content": [], "pad": pad}),
+                ))
+            } else if f.trickle_next > 0 {
+                f.trickle_next -= 1;
+                let body = json!({"status": "success", "error_message": "", "content": []})
+                    .to_string()
+                    .into_bytes();
+                let stream = futures_util::stream::unfold(0usize, move |i| {
+                    let body = body.clone();
+                    async move {
+                        if i >= body.len() {
+                            return None;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Some((
+                            Ok::<_, std::io::Error>(web::Bytes::copy_from_slice(&body[i..i + 1])),
+                            i + 1,
+                        ))
+                    }
+                });
+                Some(
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .streaming(stream),
+                )
             } else {
                 None
             };
@@ -620,6 +666,11 @@ async fn fetch(
             })
             .collect()
     });
+    let content = if state.with(|i| i.faults.duplicate_records) {
+        content.iter().chain(content.iter()).cloned().collect()
+    } else {
+        content
+    };
     HttpResponse::Ok().json(json!({"status": "success", "error_message": "", "content": content}))
 }
 
@@ -663,6 +714,9 @@ async fn confirm(
         .unwrap_or_default();
     state.note_call("confirm", &path, body);
     state.with(|inner| {
+        if inner.faults.repeat_page {
+            return;
+        }
         let c = inner.collections.entry(path.to_string()).or_default();
         // A confirmed change (success or failed) leaves the queue; the first match per id.
         for id in &ids {
