@@ -77,6 +77,15 @@ fn time(name: &str, v: &Option<String>) -> Result<Option<DateTime<Utc>>, String>
 impl ChangeQuery {
     /// The store filter; an error names the parameter and what it accepts.
     pub fn to_filter(&self, default_limit: i64) -> Result<ChangeFilter, String> {
+        for (name, v) in [
+            ("sync", &self.sync),
+            ("external_id", &self.external_id),
+            ("q", &self.q),
+        ] {
+            if v.as_deref().is_some_and(|s| s.contains('\0')) {
+                return Err(format!("`{name}` contains a NUL character (U+0000)"));
+            }
+        }
         let text = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
         let limit = int("limit", &self.limit)?.unwrap_or(default_limit);
         if !(1..=MAX_PAGE).contains(&limit) {

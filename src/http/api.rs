@@ -403,6 +403,11 @@ async fn json_body(
             BodyError::Unreadable(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
         })?;
     match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) if super::body::contains_nul(&v) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            super::body::NUL_REFUSED,
+        )),
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,

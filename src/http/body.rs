@@ -40,7 +40,32 @@ pub async fn read_limited(
 }
 
 /// Parses field values from a JSON object, a JSON-RPC envelope, or a form-encoded body.
+/// Does a value hold a NUL character (U+0000) in a string or a key? Such text cannot be stored
+/// (PostgreSQL refuses it in text and JSON), so it is refused at the door on every backend.
+pub fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(contains_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
+/// The refusal of a NUL character.
+pub const NUL_REFUSED: &str = "the body contains a NUL character (U+0000), which recsync does not store";
+
 pub fn parse_values(bytes: &[u8]) -> Result<Map<String, Value>, BodyError> {
+    let values = parse_values_inner(bytes)?;
+    if values
+        .iter()
+        .any(|(k, v)| k.contains('\0') || contains_nul(v))
+    {
+        return Err(BodyError::Unreadable(NUL_REFUSED.into()));
+    }
+    Ok(values)
+}
+
+fn parse_values_inner(bytes: &[u8]) -> Result<Map<String, Value>, BodyError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| BodyError::Unreadable("the body is not UTF-8 text".into()))?;
     let trimmed = text.trim();

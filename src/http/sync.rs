@@ -154,6 +154,14 @@ async fn handle(
     if plan.sync(&code).is_none() {
         return envelope(StatusCode::NOT_FOUND, &format!("unknown sync `{code}`"));
     }
+    if let Kind::Update(id) | Kind::Delete(id) = &kind
+        && id.contains('\0')
+    {
+        return envelope(
+            StatusCode::BAD_REQUEST,
+            "the external id contains a NUL character (U+0000)",
+        );
+    }
     let caller = match authenticate(&req, &state.settings.api_keys) {
         Ok(c) => c,
         Err(e) => {
