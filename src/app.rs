@@ -181,6 +181,7 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(data.settings.body_limit))
             .app_data(crate::http::api::query_config())
+            .app_data(crate::http::api::path_config())
             .into_utoipa_app()
             .configure(crate::http::routes)
             .into_app()

@@ -28,7 +28,8 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|i| json!(i)),
         any::<u64>().prop_map(|i| json!(i)),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         ".{0,12}".prop_map(Value::String),
         prop_oneof![
             Just("2024-02-30".to_string()),
@@ -121,7 +122,9 @@ fn the_body_reader_never_panics_on_any_bytes() {
     let bodies = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..256),
         json_value().prop_map(|v| v.to_string().into_bytes()),
-        json_value().prop_map(|v| json!({"jsonrpc": "2.0", "params": v}).to_string().into_bytes()),
+        json_value().prop_map(|v| json!({"jsonrpc": "2.0", "params": v})
+            .to_string()
+            .into_bytes()),
         prop::collection::vec(("[a-z&=%]{0,6}", ".{0,8}"), 0..6).prop_map(|pairs| {
             pairs
                 .iter()
@@ -166,22 +169,60 @@ fn the_domain_compiler_and_evaluator_never_panic() {
         })
     };
     let op = prop_oneof![
-        Just("="), Just("!="), Just("<"), Just(">"), Just("<="), Just(">="), Just("in"),
-        Just("not in"), Just("like"), Just("ilike"), Just("=like"), Just("=ilike"), Just("bogus")
+        Just("="),
+        Just("!="),
+        Just("<"),
+        Just(">"),
+        Just("<="),
+        Just(">="),
+        Just("in"),
+        Just("not in"),
+        Just("like"),
+        Just("ilike"),
+        Just("=like"),
+        Just("=ilike"),
+        Just("bogus")
     ];
-    let field = prop_oneof![Just("n"), Just("s"), Just("b"), Just("d"), Just("x"), Just("sel"), Just("m"), Just("zz")];
+    let field = prop_oneof![
+        Just("n"),
+        Just("s"),
+        Just("b"),
+        Just("d"),
+        Just("x"),
+        Just("sel"),
+        Just("m"),
+        Just("zz")
+    ];
     let leaf = (field, op, json_value()).prop_map(|(f, o, v)| json!([f, o, v]));
-    let item = prop_oneof![leaf, Just(json!("&")), Just(json!("|")), Just(json!("!")), json_value()];
+    let item = prop_oneof![
+        leaf,
+        Just(json!("&")),
+        Just(json!("|")),
+        Just(json!("!")),
+        json_value()
+    ];
     let domain = prop_oneof![
         prop::collection::vec(item, 0..6).prop_map(Value::Array),
         json_value(),
     ];
     let record = prop::collection::btree_map(
-        prop_oneof![Just("n"), Just("s"), Just("b"), Just("d"), Just("x"), Just("sel"), Just("m")],
+        prop_oneof![
+            Just("n"),
+            Just("s"),
+            Just("b"),
+            Just("d"),
+            Just("x"),
+            Just("sel"),
+            Just("m")
+        ],
         json_value(),
         0..7,
     )
-    .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Map<String, Value>>());
+    .prop_map(|m| {
+        m.into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<Map<String, Value>>()
+    });
     fuzz("domain", (domain, record), |(d, r)| {
         if let Ok(compiled) = domain_from_json(&d, ty) {
             let _ = compiled.matches(&r);

@@ -84,6 +84,20 @@ pub fn query_config() -> web::QueryConfig {
     })
 }
 
+/// A path segment that does not parse (an id past i64) is a resource that cannot exist: 404,
+/// in the API's error shape.
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|err, req| {
+        let path: String = req.path().chars().take(200).collect();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("nothing at `{path}`: {err}"),
+        )
+        .into()
+    })
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "Store error while serving the API");

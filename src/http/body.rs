@@ -52,7 +52,8 @@ pub fn contains_nul(v: &Value) -> bool {
 }
 
 /// The refusal of a NUL character.
-pub const NUL_REFUSED: &str = "the body contains a NUL character (U+0000), which recsync does not store";
+pub const NUL_REFUSED: &str =
+    "the body contains a NUL character (U+0000), which recsync does not store";
 
 pub fn parse_values(bytes: &[u8]) -> Result<Map<String, Value>, BodyError> {
     let values = parse_values_inner(bytes)?;
