@@ -15,6 +15,19 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
+/// An external id as one URL path segment: percent-encoded (so `/`, `?`, `#`, spaces and line
+/// breaks cannot change the URL or inject a header), and `.` and `..` refused, because URL
+/// parsing resolves them (and their encoded forms) as dot segments.
+pub fn path_segment(external_id: &str) -> Result<String, SendError> {
+    let encoded = utf8_percent_encode(external_id, PATH_SEGMENT).to_string();
+    if encoded == "." || encoded == ".." {
+        return Err(SendError::Permanent(format!(
+            "the external id `{external_id}` cannot be put in a URL path"
+        )));
+    }
+    Ok(encoded)
+}
+
 /// What a change does on the external side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendAction {
@@ -121,14 +134,15 @@ pub async fn send(
         SendAction::Delete => EndpointAction::Unlink,
     };
     if let Some(ep) = sync.endpoint(endpoint_action) {
-        let ext = external_id
-            .map(|e| utf8_percent_encode(e, PATH_SEGMENT).to_string())
-            .unwrap_or_default();
         if ep.url.expose().contains("{external_id}") && external_id.is_none() {
             return Err(SendError::Permanent(
                 "the endpoint URL needs an external id, and the record has none yet".into(),
             ));
         }
+        let ext = match external_id {
+            Some(e) => path_segment(e)?,
+            None => String::new(),
+        };
         let url = ep.url.expose().replace("{external_id}", &ext);
         let method = reqwest::Method::from_bytes(ep.method.as_bytes())
             .map_err(|_| SendError::Permanent("bad method".into()))?;
@@ -414,5 +428,32 @@ pub async fn confirm(
             ),
             after: None,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_ids_stay_one_harmless_path_segment() {
+        let e = path_segment("a\r\nX-Injected: 1").unwrap();
+        assert!(
+            !e.contains('\r') && !e.contains('\n') && !e.contains(' '),
+            "{e}"
+        );
+        assert_eq!(
+            path_segment("../../etc/passwd").unwrap(),
+            "..%2F..%2Fetc%2Fpasswd"
+        );
+        assert_eq!(path_segment("a?b#c%d").unwrap(), "a%3Fb%23c%25d");
+        assert!(path_segment("..").is_err());
+        assert!(path_segment(".").is_err());
+        let url = url::Url::parse(&format!(
+            "http://127.0.0.1/api/shop/{}",
+            path_segment("../../admin").unwrap()
+        ))
+        .unwrap();
+        assert_eq!(url.path(), "/api/shop/..%2F..%2Fadmin");
     }
 }
