@@ -40,7 +40,33 @@ impl StoreError {
                     | sqlx::Error::Io(_)
                     | sqlx::Error::Tls(_)
             )
-        )
+        ) || self.refuses_writes()
+            || self.is_restarting()
+    }
+
+    /// Does the database refuse writes: read-only, or full (SQLite), or read-only or out of
+    /// disk (PostgreSQL)? Nothing was written; the caller answers 503.
+    pub fn refuses_writes(&self) -> bool {
+        let StoreError::Database(sqlx::Error::Database(e)) = self else {
+            return false;
+        };
+        let code = e.code().unwrap_or_default();
+        let msg = e.message().to_ascii_lowercase();
+        matches!(code.as_ref(), "25006" | "53100" | "53200")
+            || msg.contains("readonly database")
+            || msg.contains("read-only")
+            || msg.contains("database or disk is full")
+    }
+
+    /// Is PostgreSQL restarting or shutting down (the connection was terminated)?
+    fn is_restarting(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => matches!(
+                e.code().unwrap_or_default().as_ref(),
+                "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006"
+            ),
+            _ => false,
+        }
     }
 
     /// Did a unique constraint refuse the write?
@@ -126,16 +152,27 @@ async fn spawn_checkpointer(write: SqlitePool, opts: SqliteConnectOptions) -> Re
     use sqlx::Connection;
     let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
     tokio::spawn(async move {
+        // Reported once when checkpoints start failing, and once when they work again.
+        let mut failing = false;
         loop {
             tokio::time::sleep(CHECKPOINT_EVERY).await;
             if write.is_closed() {
                 break;
             }
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                 .execute(&mut conn)
                 .await
             {
-                tracing::warn!(error = %e, "A WAL checkpoint failed; the next one will retry");
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "WAL checkpoints fail; retrying every 200 ms, quietly until they work again");
+                }
+                Err(_) => {}
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("WAL checkpoints work again");
+                }
+                Ok(_) => {}
             }
         }
         let _ = conn.close().await;
@@ -147,13 +184,20 @@ impl Store {
     /// Connects by URL scheme: `sqlite:` (file created if missing) or `postgres://`.
     pub async fn connect(url: &str) -> Result<Store> {
         if url.starts_with("sqlite:") {
-            let opts = SqliteConnectOptions::from_str(url)?
+            let mut opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .pragma("temp_store", "memory")
                 .foreign_keys(true);
+            // A cap on the database's size in pages: past it, writes fail as "full" (tests use
+            // it to rehearse a full disk).
+            if let Ok(pages) = std::env::var("RECSYNC_SQLITE_MAX_PAGE_COUNT")
+                && pages.parse::<u64>().is_ok()
+            {
+                opts = opts.pragma("max_page_count", pages);
+            }
             let memory = url.contains(":memory:") || url.contains("mode=memory");
             // One writer serialises writes in-process; readers use WAL snapshots alongside it.
             // The writer never checkpoints the WAL itself (a checkpoint inside a commit stalls
