@@ -812,3 +812,67 @@ fields = [
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_flood_is_absorbed_without_piling_up_work() {
+    let s = Setup::new(&mirror_sync(100)).await;
+    s.fake.mkdir("/Mirror/F").unwrap();
+    s.h.run("BOX").await;
+    let body = r#"{"list_folder":{"accounts":["dbid:AAfakeaccount"]},"delta":{"users":[12345]}}"#;
+    let sig = recsync::peer::dropbox::sign(b"fake-app-secret", body.as_bytes());
+    let url = s.h.url("/webhooks/dropbox/box");
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = rss();
+    let started = std::time::Instant::now();
+    // 2,000 notifications over about two seconds, with changes arriving meanwhile.
+    for round in 0..20 {
+        s.fake
+            .put(&format!("/Mirror/F/{round}.txt"), b"flood")
+            .unwrap();
+        let sends = (0..100).map(|_| {
+            s.h.client
+                .post(&url)
+                .header("X-Dropbox-Signature", &sig)
+                .body(body)
+                .send()
+        });
+        for r in futures_util::future::join_all(sends).await {
+            assert_eq!(r.unwrap().status(), 200);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let flood = started.elapsed();
+    // Everything arrives...
+    eventually(30, "the flood's changes to arrive", || async {
+        let docs = s.docs().await;
+        (0..20)
+            .all(|r| docs.contains_key(&format!("/Mirror/F/{r}.txt")))
+            .then_some(())
+    })
+    .await;
+    // ...through a handful of loops (one per debounce window at most), not thousands.
+    let quiet = std::time::Instant::now() + recsync::engine::WEBHOOK_DEBOUNCE * 3;
+    while std::time::Instant::now() < quiet {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let runs = s.webhook_runs_now().await;
+    let windows =
+        (flood.as_secs_f64() / recsync::engine::WEBHOOK_DEBOUNCE.as_secs_f64()).ceil() as usize + 2;
+    assert!(
+        !runs.is_empty() && runs.len() <= windows,
+        "{} loops for {flood:?}",
+        runs.len()
+    );
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    let ready = s.h.client.get(s.h.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    s.stop().await;
+}
