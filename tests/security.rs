@@ -18,7 +18,10 @@ fn without_keys_the_server_listens_on_loopback_only() {
     std::fs::create_dir(dir.path().join("mappings")).unwrap();
     std::fs::write(
         dir.path().join("recsync.toml"),
-        format!("database_url = \"sqlite://{}/t.db\"\n", dir.path().display()),
+        format!(
+            "database_url = \"sqlite://{}/t.db\"\n",
+            dir.path().display()
+        ),
     )
     .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -27,7 +30,13 @@ fn without_keys_the_server_listens_on_loopback_only() {
         .unwrap()
         .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_recsync"))
-        .args(["serve", "--config", "recsync.toml", "--listen", &format!("0.0.0.0:{port}")])
+        .args([
+            "serve",
+            "--config",
+            "recsync.toml",
+            "--listen",
+            &format!("0.0.0.0:{port}"),
+        ])
         .current_dir(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -39,7 +48,8 @@ fn without_keys_the_server_listens_on_loopback_only() {
         assert!(Instant::now() < deadline, "the server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let outside = outside_ip().map(|ip| std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(2)));
+    let outside = outside_ip()
+        .map(|ip| std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(2)));
     child.kill().unwrap();
     child.wait().unwrap();
     let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
