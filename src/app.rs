@@ -149,9 +149,24 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
                 let method = req.method().to_string();
                 // Counted until answered, or dropped with its connection.
                 let counted = InFlight::new(engine.clone());
-                let fut = actix_web::dev::Service::call(srv, req);
+                // A NUL character (%00) in an API URL cannot be stored or compared by every
+                // backend (PostgreSQL refuses it): refused here once for every `/api/` route.
+                let uri = req.uri();
+                let nul = uri.path().starts_with("/api/")
+                    && (uri.path().contains("%00")
+                        || uri.query().is_some_and(|q| q.contains("%00")));
+                let fut = (!nul).then(|| actix_web::dev::Service::call(srv, req));
                 let engine = engine.clone();
                 async move {
+                    let Some(fut) = fut else {
+                        drop(counted);
+                        return Err(crate::http::api::ApiError::new(
+                            actix_web::http::StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            "the URL contains a NUL character (%00)",
+                        )
+                        .into());
+                    };
                     let mut res = fut.await;
                     drop(counted);
                     // Once shutting down, every answer closes its connection, so keep-alive

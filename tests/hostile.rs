@@ -98,6 +98,25 @@ async fn malformed_and_hostile_bodies_get_clear_client_errors_and_write_nothing(
         .unwrap();
     assert_eq!(r.status(), 400);
 
+    // A NUL in an API URL, path or query (PostgreSQL cannot compare it): 400, for every route.
+    for path in [
+        "/api/v1/runs?sync=a%00b",
+        "/api/v1/changes?q=%00",
+        "/api/v1/models/contact%00/records",
+        "/api/v1/syncs?x=%00",
+    ] {
+        let r = h
+            .client
+            .get(h.url(path))
+            .header("X-Api-Key", ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "bad_request", "{path}");
+    }
+
     // Duplicate keys: the last one wins (serde_json's rule), stated in docs/security.md.
     let (got, _) = post_raw(
         &h,

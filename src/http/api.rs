@@ -700,6 +700,7 @@ async fn discard_outbox(
 
     responses(
         (status = 200, description = "The syncs", body = Object),
+        (status = 400, description = "A parameter does not fit (such as a NUL character in the URL)", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
         (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),

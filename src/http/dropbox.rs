@@ -140,6 +140,7 @@ async fn notification(
     params(("code" = String, Path, description = "A Dropbox sync's code")),
     responses(
         (status = 200, description = "The tree: id, name, tag, path, size, rev and children of each entry", body = Object),
+        (status = 400, description = "A parameter does not fit (such as a NUL character in the URL)", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
         (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "Unknown sync, or not a Dropbox sync", body = crate::http::openapi::ErrorBody),

@@ -73,6 +73,7 @@ async fn asset(path: web::Path<String>) -> HttpResponse {
     tag = "ui",
     responses(
         (status = 200, description = "The key's name and abilities", body = Object),
+        (status = 400, description = "A parameter does not fit (such as a NUL character in the URL)", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
     )
 )]
@@ -98,6 +99,7 @@ async fn whoami(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     tag = "ui",
     responses(
         (status = 200, description = "Models, web services, external models, syncs and the current errors", body = Object),
+        (status = 400, description = "A parameter does not fit (such as a NUL character in the URL)", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
     )
 )]
@@ -220,6 +222,7 @@ async fn change_stats(
     params(("id" = i64, Path, description = "The row id")),
     responses(
         (status = 200, description = "The row", body = Object),
+        (status = 400, description = "A parameter does not fit (such as a NUL character in the URL)", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "No such row", body = crate::http::openapi::ErrorBody),
     )
