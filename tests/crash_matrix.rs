@@ -389,49 +389,14 @@ async fn killed_at_randomized_points_nothing_acknowledged_is_lost_or_doubled() {
     // Stale claims of killed runs expire (claim_timeout = 1 s); then the pulls and the mirror
     // catch up.
     common::eventually(120, "the pull queue to empty", || async {
-        let r = env
-            .client
-            .post(format!("{}/api/v1/syncs/PULL/run", env.base))
-            .header("X-Api-Key", KEY)
-            .send()
-            .await
-            .ok()?;
-        if r.status() != 202 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let queue = env.peer.pending("pull");
-        (queue == 0).then_some(())
+        run_to_end(&env, "PULL").await?;
+        (env.peer.pending("pull") == 0).then_some(())
     })
     .await;
     // Two successful BOX runs in a row: the second finds nothing new.
-    let mut ok_runs = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ok_runs < 2 && Instant::now() < deadline {
-        let r = env
-            .client
-            .post(format!("{}/api/v1/syncs/BOX/run", env.base))
-            .header("X-Api-Key", KEY)
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 202 {
-            let id = r.json::<Value>().await.unwrap()["run_id"].as_i64().unwrap();
-            let run = common::eventually(30, "the BOX run", || async {
-                store
-                    .runs(Some("BOX"), None, 50)
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .find(|r| r.id == id && r.finished_at.is_some())
-            })
-            .await;
-            assert_eq!(run.status, "success", "{run:?}");
-            ok_runs += 1;
-        } else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    for _ in 0..2 {
+        let run = common::eventually(60, "a BOX run", || run_to_end(&env, "BOX")).await;
+        assert_eq!(run.status, "success", "{run:?}");
     }
     let (local, remote) = (docs(store).await, mirror(&env.fake));
     let missing: Vec<_> = remote
@@ -566,6 +531,33 @@ async fn killed_at_randomized_points_nothing_acknowledged_is_lost_or_doubled() {
     child.wait().unwrap();
     let store = env.store.clone();
     db.cleanup(store).await;
+}
+
+/// Starts a run of `code` and waits for its end; `None` when one is already going (or a stale
+/// claim has not expired yet).
+async fn run_to_end(env: &Env, code: &str) -> Option<recsync::store::Run> {
+    let r = env
+        .client
+        .post(format!("{}/api/v1/syncs/{code}/run", env.base))
+        .header("X-Api-Key", KEY)
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 202 {
+        return None;
+    }
+    let id = r.json::<Value>().await.ok()?["run_id"].as_i64()?;
+    Some(
+        common::eventually(30, "the run to end", || async {
+            env.store
+                .runs(Some(code), None, 50)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|r| r.id == id && r.finished_at.is_some())
+        })
+        .await,
+    )
 }
 
 async fn docs(store: &Store) -> BTreeMap<String, String> {

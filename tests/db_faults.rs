@@ -211,10 +211,16 @@ async fn postgres_restarted_under_load_loses_nothing_and_service_resumes() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // Acknowledgements so far, and since PostgreSQL came back.
+    let acks = std::sync::Arc::new(AtomicUsize::new(0));
+    let restarted = std::sync::Arc::new(AtomicBool::new(false));
+    let acks_after = std::sync::Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for c in 0..4 {
         let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
+        let (acks, restarted, acks_after) = (acks.clone(), restarted.clone(), acks_after.clone());
         tasks.push(tokio::spawn(async move {
             let mut results = Vec::new();
             let mut i = 0;
@@ -222,13 +228,22 @@ async fn postgres_restarted_under_load_loses_nothing_and_service_resumes() {
                 i += 1;
                 let id = format!("PG-{c}-{i}");
                 let status = create(&client, &base, &id, "under restart").await;
+                if status == 200 {
+                    acks.fetch_add(1, Ordering::SeqCst);
+                    if restarted.load(Ordering::SeqCst) {
+                        acks_after.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
                 results.push((id, status));
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             results
         }));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Under way: a few hundred changes acknowledged before the restart.
+    common::eventually(30, "the load to get going", || async {
+        (acks.load(Ordering::SeqCst) >= 300).then_some(())
+    })
+    .await;
     let out = Command::new("pg_ctlcluster")
         .args([
             "--skip-systemctl-redirect",
@@ -245,8 +260,13 @@ async fn postgres_restarted_under_load_loses_nothing_and_service_resumes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Back by itself: every client acknowledged again, a few hundred times in all.
+    restarted.store(true, Ordering::SeqCst);
+    common::eventually(60, "service to resume", || async {
+        (acks_after.load(Ordering::SeqCst) >= 300).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
     let mut results = Vec::new();
     for t in tasks {
         results.extend(t.await.unwrap());

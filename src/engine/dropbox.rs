@@ -129,10 +129,24 @@ enum RecordOp {
     Delete(String),
 }
 
-/// Per-web-service webhook state.
-#[derive(Default)]
-pub(crate) struct WebhookState {
-    scheduled: bool,
+/// A round of webhook work (debounce, then the loops), counted while it lives.
+struct Round(Arc<Engine>);
+
+impl Round {
+    fn new(engine: Arc<Engine>) -> Round {
+        engine
+            .dropbox_rounds
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Round(engine)
+    }
+}
+
+impl Drop for Round {
+    fn drop(&mut self) {
+        self.0
+            .dropbox_rounds
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Engine {
@@ -764,29 +778,29 @@ impl Engine {
     /// A valid webhook notification for a web service: every sync on it runs one listing
     /// loop. Notifications that arrive while a loop is scheduled join it.
     pub fn dropbox_notified(self: &Arc<Self>, web_service: &str) {
+        if !self
+            .dropbox_scheduled
+            .lock()
+            .expect("webhook lock")
+            .insert(web_service.to_string())
         {
-            let mut st = self.dropbox_webhook_state.lock().expect("webhook lock");
-            let s = st.entry(web_service.to_string()).or_default();
-            if s.scheduled {
-                crate::metrics::dropbox_notification(web_service, "coalesced");
-                return;
-            }
-            s.scheduled = true;
+            crate::metrics::dropbox_notification(web_service, "coalesced");
+            return;
         }
         crate::metrics::dropbox_notification(web_service, "started");
         let engine = self.clone();
         let ws = web_service.to_string();
         let first = Instant::now();
+        let round = Round::new(self.clone());
         self.spawn(async move {
+            let _round = round;
             tokio::time::sleep(WEBHOOK_DEBOUNCE).await;
             // From here on, a new notification schedules another loop.
             engine
-                .dropbox_webhook_state
+                .dropbox_scheduled
                 .lock()
                 .expect("webhook lock")
-                .entry(ws.clone())
-                .or_default()
-                .scheduled = false;
+                .remove(&ws);
             let plan = engine.plan();
             let codes: Vec<String> = plan
                 .syncs
@@ -804,6 +818,13 @@ impl Engine {
                 engine.run_when_free(&code, Trigger::Webhook).await;
             }
         });
+    }
+
+    /// Is every webhook notification taken in (no round debouncing, waiting or running)?
+    pub fn dropbox_settled(&self) -> bool {
+        self.dropbox_rounds
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
     }
 
     /// At start-up, every active Dropbox sync that has never listed its folder takes its

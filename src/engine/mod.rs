@@ -87,8 +87,10 @@ pub struct Engine {
     dropbox: Mutex<HashMap<String, Arc<crate::connectors::dropbox::Dropbox>>>,
     /// Per Dropbox sync: listing pages and writes back take turns.
     dropbox_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Per Dropbox web service: is a loop already scheduled for the notifications?
-    dropbox_webhook_state: Mutex<HashMap<String, dropbox::WebhookState>>,
+    /// Dropbox web services with a round of notifications being debounced.
+    dropbox_scheduled: Mutex<std::collections::HashSet<String>>,
+    /// Rounds of webhook work not finished yet.
+    dropbox_rounds: std::sync::atomic::AtomicUsize,
     /// Dropbox syncs with a loop waiting for the run in progress to end.
     dropbox_waiting: Mutex<std::collections::HashSet<String>>,
     /// Per Dropbox sync: when the oldest notification not yet taken in arrived.
@@ -126,7 +128,8 @@ impl Engine {
             writer_rx: Mutex::new(Some(writer_rx)),
             dropbox: Mutex::default(),
             dropbox_gates: Mutex::default(),
-            dropbox_webhook_state: Mutex::default(),
+            dropbox_scheduled: Mutex::default(),
+            dropbox_rounds: Default::default(),
             dropbox_lag: Mutex::default(),
             dropbox_waiting: Mutex::default(),
             stopping: Default::default(),

@@ -33,6 +33,15 @@ impl Trigger {
             Trigger::Webhook => "webhook",
         }
     }
+
+    /// Who the change-control log names as the actor of this run's changes.
+    pub fn actor(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Webhook => "webhook",
+            Trigger::Cron | Trigger::Startup => "cron",
+        }
+    }
 }
 
 /// Why a run could not start.
@@ -346,11 +355,6 @@ impl Engine {
             }
             if status == "failed" {
                 // One row per failed run, whatever retries happened inside it.
-                let actor = match trigger {
-                    Trigger::Manual => "manual",
-                    Trigger::Webhook => "webhook",
-                    Trigger::Cron | Trigger::Startup => "cron",
-                };
                 if let Err(e) = engine
                     .log_alone(NewChange {
                         sync: code.clone(),
@@ -367,7 +371,7 @@ impl Engine {
                         status: LogStatus::Failed,
                         error_message: error.clone().unwrap_or_default(),
                         run_id: Some(run_id),
-                        actor: actor.into(),
+                        actor: trigger.actor().into(),
                     })
                     .await
                 {
@@ -421,13 +425,8 @@ impl Engine {
         if !sync.direction.to_local() && !is_dropbox {
             return Ok(());
         }
-        let actor = match trigger {
-            Trigger::Manual => "manual",
-            Trigger::Cron | Trigger::Startup => "cron",
-            Trigger::Webhook => "webhook",
-        };
         let ctx = Ctx {
-            actor: actor.to_string(),
+            actor: trigger.actor().to_string(),
             run_id: Some(run_id),
             modified_at: None,
             relabel: None,

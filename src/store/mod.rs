@@ -180,6 +180,10 @@ async fn spawn_checkpointer(write: SqlitePool, opts: SqliteConnectOptions) -> Re
     Ok(())
 }
 
+/// The columns of a Dropbox mirror entry, in `DbxEntry`'s order.
+const DBX_COLUMNS: &str =
+    "id, tag, name, path_lower, path_display, rev, size, content_hash, server_modified";
+
 impl Store {
     /// Connects by URL scheme: `sqlite:` (file created if missing) or `postgres://`.
     pub async fn connect(url: &str) -> Result<Store> {
@@ -797,13 +801,12 @@ impl Store {
     pub async fn dbx_entries(&self, sync: &str) -> Result<Vec<DbxEntry>> {
         let mut c = self.reader().await?;
         Ok(on!(c.conn(), |c| {
-            sqlx::query_as::<_, DbxEntry>(
-            "SELECT id, tag, name, path_lower, path_display, rev, size, content_hash, server_modified
-             FROM dropbox_entries WHERE sync = $1 ORDER BY path_lower"
-        )
-        .bind(sync)
-        .fetch_all(c)
-        .await
+            sqlx::query_as::<_, DbxEntry>(&format!(
+                "SELECT {DBX_COLUMNS} FROM dropbox_entries WHERE sync = $1 ORDER BY path_lower"
+            ))
+            .bind(sync)
+            .fetch_all(c)
+            .await
         })?)
     }
 
@@ -822,14 +825,13 @@ impl Store {
     pub async fn dbx_entry(&self, sync: &str, id: &str) -> Result<Option<DbxEntry>> {
         let mut c = self.reader().await?;
         Ok(on!(c.conn(), |c| {
-            sqlx::query_as::<_, DbxEntry>(
-            "SELECT id, tag, name, path_lower, path_display, rev, size, content_hash, server_modified
-             FROM dropbox_entries WHERE sync = $1 AND id = $2"
-        )
-        .bind(sync)
-        .bind(id)
-        .fetch_optional(c)
-        .await
+            sqlx::query_as::<_, DbxEntry>(&format!(
+                "SELECT {DBX_COLUMNS} FROM dropbox_entries WHERE sync = $1 AND id = $2"
+            ))
+            .bind(sync)
+            .bind(id)
+            .fetch_optional(c)
+            .await
         })?)
     }
 
