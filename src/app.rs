@@ -58,6 +58,12 @@ impl AppState {
                     "Reloaded the mapping files"
                 );
                 self.engine.set_plan(plan);
+                let engine = self.engine.clone();
+                self.engine.spawn(async move {
+                    if let Err(e) = engine.register_bindings().await {
+                        tracing::error!(error = %e, "Failed to record the bindings of the reloaded syncs");
+                    }
+                });
                 self.config_errors.write().expect("errors lock").clear();
             }
             Err(e) => {
@@ -80,6 +86,7 @@ pub struct App {
     reload_task: Option<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<()>>,
+    heartbeat: tokio::task::JoinHandle<()>,
     writer: tokio::task::JoinHandle<()>,
     scheduler: tokio_cron_scheduler::JobScheduler,
 }
@@ -138,6 +145,37 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
     };
     let shutdown_timeout = settings.shutdown_timeout;
     let engine = Arc::new(Engine::new(store, plan, engine_opts));
+    // Start-up writes that a database refusing writes (read-only, full) must not turn into a
+    // refusal to start: the server then answers reads, and 503 for writes.
+    if let Err(e) = engine.register_bindings().await {
+        tracing::warn!(error = %e, "Failed to record the syncs' bindings in the database; retried at the next reload");
+    }
+    if let Err(e) = engine
+        .store
+        .heartbeat(&engine.opts.instance, chrono::Utc::now())
+        .await
+    {
+        tracing::warn!(error = %e, "Failed to register this instance in the database");
+    }
+    // On SQLite this server owns the database: what another process had in flight belonged to
+    // one that is gone (a crash), so it is taken back at once.
+    if engine.store.backend_name() == "sqlite" {
+        match engine
+            .store
+            .release_claims_of_others(&engine.opts.instance)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deliveries = n,
+                "Took back the deliveries a previous process had in flight"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "Failed to take back the deliveries of the previous process")
+            }
+        }
+    }
+    let heartbeat = engine.spawn_heartbeat();
     let state = web::Data::new(AppState::new(engine.clone(), settings));
 
     let data = state.clone();
@@ -242,6 +280,7 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
         reload_task,
         stop,
         workers,
+        heartbeat,
         writer,
         scheduler,
     })
@@ -321,6 +360,7 @@ impl App {
         }
         let stop = self.stop;
         let workers = self.workers;
+        let heartbeat = self.heartbeat;
         let writer = self.writer;
         let mut scheduler = self.scheduler;
         let graceful = async {
@@ -365,6 +405,7 @@ impl App {
             }
         }
         writer.abort();
+        heartbeat.abort();
         engine.store.close().await;
         result
     }

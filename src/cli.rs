@@ -1018,6 +1018,12 @@ async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode {
         ..Default::default()
     };
     let engine = std::sync::Arc::new(crate::engine::Engine::new(store.clone(), loaded.plan, opts));
+    if let Err(e) = engine.register_bindings().await {
+        eprintln!("error: recording the syncs' bindings failed: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Deliveries this command claims are in hand while it lives.
+    let heartbeat = engine.spawn_heartbeat();
     let writer = engine.spawn_writer();
     let result = match engine
         .start_run(code, crate::engine::Trigger::Manual, full)
@@ -1063,6 +1069,7 @@ async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode {
         }
     };
     writer.abort();
+    heartbeat.abort();
     store.close().await;
     result
 }

@@ -56,6 +56,10 @@ pub fn handle() -> &'static PrometheusHandle {
             "Age of the oldest undelivered outbox entry, by sync"
         );
         metrics::describe_counter!(
+            "recsync_refused_keys_total",
+            "Requests refused for a missing or unknown key, by route group and reason"
+        );
+        metrics::describe_counter!(
             "recsync_dropbox_notifications_total",
             "Dropbox webhook notifications by web service and outcome"
         );
@@ -85,6 +89,13 @@ pub fn change(sync: &str, direction: &str, status: &str) {
         "status" => status.to_string()
     )
     .increment(1);
+}
+
+/// Counts a request refused for its key (`missing` or `unknown`). Such requests write no
+/// change-control row, so anonymous traffic cannot grow the log.
+pub fn refused_key(route: &'static str, reason: &'static str) {
+    metrics::counter!("recsync_refused_keys_total", "route" => route, "reason" => reason)
+        .increment(1);
 }
 
 /// Records a finished run.

@@ -443,15 +443,16 @@ async fn a_cron_run_pushes_what_changed_since_the_last_sync() {
     );
     let run = run_push(&h).await;
     assert_eq!((run.pushed, run.unlinked), (1, 1), "{run:?}");
-    assert!(
-        h.engine
-            .store
-            .link_by_local("PUSH", b)
-            .await
-            .unwrap()
-            .is_none(),
-        "B left the domain: unlinked"
-    );
+    // B left the domain: PUSH no longer carries it, while the binding keeps its identity (so
+    // coming back is an update of the same external record, never a copy).
+    let link = h
+        .engine
+        .store
+        .link_by_local("PUSH", b)
+        .await
+        .unwrap()
+        .expect("the binding keeps B's identity");
+    assert!(!link.carried_by("PUSH"), "B left the domain: unlinked");
     assert_eq!(h.peer.records("push").len(), 2, "the external side keeps B");
     let del = h
         .client

@@ -147,21 +147,22 @@ async fn a_transaction_without_commit_writes_nothing() {
 }
 
 #[tokio::test]
-async fn links_are_unique_per_sync_and_external_id() {
+async fn links_are_unique_per_binding_and_external_id() {
     let db = TestDb::new().await;
     let store = db.store().await;
     let mut tx = store.begin().await.unwrap();
     let link = Link {
-        sync: "CON".into(),
+        binding: "contact|crm_contact|crm".into(),
         local_id: 1,
         external_id: Some("748600007347569543".into()),
         base: vals(json!({"name": "Ana"})),
         synced_version: 1,
         external_hash: Some("h1".into()),
+        left: vec!["CON".into()],
     };
     tx.upsert_link(&link).await.unwrap();
     tx.upsert_link(&Link {
-        sync: "OTHER".into(),
+        binding: "contact|crm_contact|other".into(),
         ..link.clone()
     })
     .await
@@ -184,16 +185,26 @@ async fn links_are_unique_per_sync_and_external_id() {
 
     assert_eq!(
         store
-            .link_by_external("CON", "748600007347569543")
+            .link_by_external("contact|crm_contact|crm", "748600007347569543")
             .await
             .unwrap()
             .unwrap()
             .local_id,
         1
     );
+    // The syncs a record left travel with the link.
     assert_eq!(
         store
-            .link_by_local("OTHER", 1)
+            .link_by_local("contact|crm_contact|crm", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .left,
+        vec!["CON".to_string()]
+    );
+    assert_eq!(
+        store
+            .link_by_local("contact|crm_contact|other", 1)
             .await
             .unwrap()
             .unwrap()
@@ -222,19 +233,19 @@ async fn links_are_unique_per_sync_and_external_id() {
     .await
     .unwrap();
     assert_eq!(
-        tx.link_by_local("CON", 1)
+        tx.link_by_local("contact|crm_contact|crm", 1)
             .await
             .unwrap()
             .unwrap()
             .synced_version,
         2
     );
-    assert!(tx.delete_link("CON", 1).await.unwrap());
-    assert!(!tx.delete_link("CON", 1).await.unwrap());
+    assert!(tx.delete_link("contact|crm_contact|crm", 1).await.unwrap());
+    assert!(!tx.delete_link("contact|crm_contact|crm", 1).await.unwrap());
     tx.commit().await.unwrap();
     assert!(
         store
-            .link_by_external("CON", "748600007347569543")
+            .link_by_external("contact|crm_contact|crm", "748600007347569543")
             .await
             .unwrap()
             .is_none()
@@ -748,12 +759,14 @@ async fn idempotency_keys_replay_within_their_window() {
     let db = TestDb::new().await;
     let store = db.store().await;
     let mut tx = store.begin().await.unwrap();
-    tx.put_idempotent("crm", "req-1", 200, r#"{"ok":true}"#)
+    tx.put_idempotent("crm", "req-1", "print-1", 200, r#"{"ok":true}"#)
         .await
         .unwrap();
     tx.commit().await.unwrap();
     let mut tx = store.begin().await.unwrap();
-    tx.put_idempotent("crm", "req-1", 500, "{}").await.unwrap();
+    tx.put_idempotent("crm", "req-1", "print-2", 500, "{}")
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let day_ago = Utc::now() - ChronoDuration::hours(24);
     assert_eq!(
@@ -761,8 +774,12 @@ async fn idempotency_keys_replay_within_their_window() {
             .idempotent_response("crm", "req-1", day_ago)
             .await
             .unwrap(),
-        Some((200, r#"{"ok":true}"#.to_string())),
-        "the first response is the one replayed"
+        Some(recsync::store::Idempotent {
+            status: 200,
+            body: r#"{"ok":true}"#.to_string(),
+            fingerprint: Some("print-1".into()),
+        }),
+        "the first response is the one replayed, with its request's fingerprint"
     );
     assert_eq!(
         store

@@ -318,6 +318,9 @@ async fn post_json(
     })
 }
 
+/// What a pull answer looks like, for messages about one that does not.
+const PULL_SHAPE: &str = r#"{"status": "success", "error_message": "", "content": [{"action": "insert", "values": {...}}, ...]}"#;
+
 /// Pulls one page: `POST url {"limit": n}`.
 pub async fn pull(
     client: &reqwest::Client,
@@ -330,20 +333,33 @@ pub async fn pull(
         ));
     };
     let reply = post_json(client, service, url.expose(), &json!({"limit": limit})).await?;
-    if reply.get("status").and_then(Value::as_str) != Some("success") {
-        let msg = reply
-            .get("error_message")
-            .and_then(Value::as_str)
-            .unwrap_or("no reason given");
-        return Err(SendError::Permanent(format!(
-            "the service answered failed: {msg}"
-        )));
+    match reply.get("status") {
+        None => {
+            return Err(SendError::Permanent(format!(
+                "the answer has no `status` field; expected {PULL_SHAPE}"
+            )));
+        }
+        Some(Value::String(s)) if s == "success" => {}
+        Some(Value::String(s)) => {
+            let msg = match reply.get("error_message") {
+                Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
+                _ => "no reason given".into(),
+            };
+            return Err(SendError::Permanent(format!(
+                "the service answered `{s}`: {msg}"
+            )));
+        }
+        Some(other) => {
+            return Err(SendError::Permanent(format!(
+                "the answer's `status` is {other}, not a string; expected {PULL_SHAPE}"
+            )));
+        }
     }
     let mut reply = reply;
     let Some(Value::Array(content)) = reply.get_mut("content").map(Value::take) else {
-        return Err(SendError::Permanent(
-            "the answer has no `content` list".into(),
-        ));
+        return Err(SendError::Permanent(format!(
+            "the answer has no `content` list; expected {PULL_SHAPE}"
+        )));
     };
     content
         .into_iter()

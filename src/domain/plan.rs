@@ -604,6 +604,23 @@ pub struct Sync {
 }
 
 impl Sync {
+    /// The key of the sync's binding (local model, external model, web service): the links
+    /// between local records and external ids belong to it, shared by every sync of the same
+    /// binding. `|` never occurs in names, so the key cannot be mistaken for a sync code.
+    pub fn binding(&self) -> String {
+        format!(
+            "{}|{}|{}",
+            self.model, self.external_model, self.web_service
+        )
+    }
+
+    /// Whether `other` shares this sync's binding.
+    pub fn same_binding(&self, other: &Sync) -> bool {
+        self.model == other.model
+            && self.external_model == other.external_model
+            && self.web_service == other.web_service
+    }
+
     pub fn endpoint(&self, action: EndpointAction) -> Option<&Endpoint> {
         self.endpoints
             .iter()

@@ -43,16 +43,19 @@ pub enum Applied {
     Unlinked(i64),
     /// Nothing changed (for instance an echo of what recsync last sent).
     NoOp(i64),
+    /// Not applied: the record is outside the sync's domain (a `skipped` row says so).
+    Skipped(Option<i64>),
 }
 
 impl Applied {
-    pub fn local_id(&self) -> i64 {
+    pub fn local_id(&self) -> Option<i64> {
         match self {
             Applied::Created(i)
             | Applied::Updated(i, _)
             | Applied::Deleted(i)
             | Applied::Unlinked(i)
-            | Applied::NoOp(i) => *i,
+            | Applied::NoOp(i) => Some(*i),
+            Applied::Skipped(i) => *i,
         }
     }
 }
@@ -74,8 +77,6 @@ pub enum ApplyError {
     UnknownRecord(String, i64),
     #[error("{0}")]
     Invalid(String),
-    #[error("the record does not match the domain of sync `{0}`, so nothing was written")]
-    OutsideDomain(String),
     #[error("the store is unavailable")]
     Store(#[from] StoreError),
 }
@@ -230,8 +231,9 @@ impl Engine {
         ctx: &Ctx,
     ) -> Result<Applied, ApplyError> {
         let mut tx = self.store.begin().await?;
+        let binding = sync.binding();
         let link = tx
-            .link_by_external(sync.code.as_str(), external_id)
+            .link_by_external(&binding, external_id)
             .await?
             .ok_or_else(|| {
                 ApplyError::UnknownExternalId(external_id.to_string(), sync.code.to_string())
@@ -241,10 +243,10 @@ impl Engine {
             .as_ref()
             .map(|r| r.values.clone())
             .unwrap_or_default();
-        tx.delete_link(sync.code.as_str(), link.local_id).await?;
+        tx.delete_link(&binding, link.local_id).await?;
         let applied = if sync.propagate_deletes {
             if let Some(rec) = tx.delete_record(&model.name, link.local_id).await? {
-                self.fan_out(&mut tx, plan, Some(sync.code.as_str()), &rec, "delete")
+                self.fan_out(&mut tx, plan, Some(sync), &rec, "delete")
                     .await?;
             }
             Applied::Deleted(link.local_id)
@@ -283,6 +285,7 @@ impl Engine {
     pub(super) async fn resolve_refs(
         &self,
         tx: &mut Tx,
+        plan: &Plan,
         refs: &[PendingRef],
         out: &mut Map<String, Value>,
     ) -> Result<(), ApplyError> {
@@ -290,10 +293,15 @@ impl Engine {
             let mut ids = Vec::new();
             for key in &r.keys {
                 let id = match &r.reference {
-                    Reference::Sync(code) => tx
-                        .link_by_external(code.as_str(), key)
-                        .await?
-                        .map(|l| l.local_id),
+                    Reference::Sync(code) => {
+                        let binding = plan
+                            .sync(code.as_str())
+                            .map(|s| s.binding())
+                            .unwrap_or_else(|| code.to_string());
+                        tx.link_by_external(&binding, key)
+                            .await?
+                            .map(|l| l.local_id)
+                    }
                     Reference::Field(f) => {
                         let found = tx.find_by_field(&r.related_model, f, key).await?;
                         if found.len() > 1 {
@@ -334,47 +342,48 @@ impl Engine {
     }
 
     /// Queues the record's change for every realtime sync of its model that sends, except
-    /// `origin` (echo suppression). A record that left a sync's domain is unlinked from it.
+    /// the syncs of `origin`'s binding (echo suppression). A record that left a sync's domain
+    /// stops being carried by it (logged `unlink`; the binding keeps the identity), and one
+    /// that came back is carried again.
     pub(crate) async fn fan_out(
         &self,
         tx: &mut Tx,
         plan: &Plan,
-        origin: Option<&str>,
+        origin: Option<&Sync>,
         rec: &Record,
         action: &str,
     ) -> Result<usize, StoreError> {
         let mut n = 0;
         let model = &plan.models[&rec.model];
         for t in plan.syncs_of_model(&rec.model) {
-            if Some(t.code.as_str()) == origin
+            if origin.is_some_and(|o| o.same_binding(t))
                 || !t.active
                 || !t.direction.to_external()
                 || t.mode != Mode::Realtime
             {
                 continue;
             }
-            let link = tx.link_by_local(t.code.as_str(), rec.id).await?;
+            let binding = t.binding();
+            let link = tx.link_by_local(&binding, rec.id).await?;
             if action == "delete" {
-                if link.is_none() {
+                if !link.is_some_and(|l| l.carried_by(t.code.as_str())) {
                     continue;
                 }
             } else if !t.domain.matches(&rec.values) {
-                if let Some(l) = link {
-                    tx.delete_link(t.code.as_str(), rec.id).await?;
-                    let mut row = log_row(
-                        t,
-                        model,
-                        LogDirection::LocalToExternal,
-                        LogAction::Unlink,
-                        Some(rec.id),
-                        &rec.values,
-                    );
-                    row.external_id = l.external_id;
-                    row.error_message = "the record no longer matches the sync's domain".into();
-                    row.actor = "engine".into();
+                if let Some(mut l) = link
+                    && l.carried_by(t.code.as_str())
+                {
+                    l.left.push(t.code.to_string());
+                    tx.upsert_link(&l).await?;
+                    let row = super::batch::domain_exit_row(t, model, rec, &l, "engine");
                     self.log(tx, row).await?;
                 }
                 continue;
+            } else if let Some(mut l) = link
+                && !l.carried_by(t.code.as_str())
+            {
+                l.left.retain(|c| c != t.code.as_str());
+                tx.upsert_link(&l).await?;
             }
             tx.enqueue(&NewOutbox {
                 sync: t.code.to_string(),

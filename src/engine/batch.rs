@@ -21,6 +21,9 @@ use tokio::sync::oneshot;
 /// Requests applied in one transaction at most.
 const MAX_BATCH: usize = 256;
 
+/// How often a round that lost a race with a concurrent writer is applied again.
+const RACE_RETRIES: u32 = 8;
+
 /// One inbound upsert waiting for the writer.
 pub(crate) struct Job {
     pub code: String,
@@ -37,6 +40,8 @@ type Values = Map<String, Value>;
 /// A job checked and mapped, before any database work.
 struct Prepared {
     job: Job,
+    /// The binding of the job's sync: links are looked up there.
+    binding: String,
     external_id: String,
     origin: Value,
     incoming: Map<String, Value>,
@@ -46,6 +51,9 @@ struct Prepared {
 /// What a prepared job will write.
 enum Intent {
     NoOp(i64),
+    /// The record is outside the sync's domain and the sync does not carry it: nothing is
+    /// written but a `skipped` row with the reason.
+    Skip(Option<i64>, String),
     /// Same values as stored: only the link's base moves.
     Rebase(i64, Link),
     /// A new record; `stale` is a link left pointing at a deleted record, replaced here.
@@ -64,6 +72,9 @@ enum Intent {
         resend: bool,
         /// The link stays behind the record's version (something is still to go out).
         keep_behind: bool,
+        /// The update takes the record out of the sync's domain: the sync no longer carries
+        /// it (logged `unlink`), while the binding keeps the identity.
+        leaves: bool,
     },
 }
 
@@ -140,7 +151,7 @@ impl Engine {
             let mut seen = HashSet::new();
             let (round, later): (Vec<Prepared>, Vec<Prepared>) = ready
                 .into_iter()
-                .partition(|p| seen.insert((p.job.code.clone(), p.external_id.clone())));
+                .partition(|p| seen.insert((p.binding.clone(), p.external_id.clone())));
             ready = later;
             self.run_round(&plan, round).await;
         }
@@ -148,7 +159,24 @@ impl Engine {
 
     async fn run_round(&self, plan: &Plan, round: Vec<Prepared>) {
         let n = round.len();
-        match self.execute(plan, &round).await {
+        // Another instance sharing the database may have written the same record at the same
+        // moment (the same create retried through a load balancer): the round is rolled back
+        // and run again, and then finds that record, so it becomes an update.
+        let mut races = 0;
+        let outcome = loop {
+            match self.execute(plan, &round).await {
+                Err(e) if e.is_race() && races < RACE_RETRIES => {
+                    races += 1;
+                    tracing::debug!(error = %e, attempt = races, "A concurrent writer got there first; applying the round again");
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        rand::random::<u64>() % (5 * races as u64) + 1,
+                    ))
+                    .await;
+                }
+                other => break other,
+            }
+        };
+        match outcome {
             Ok(results) => {
                 let wrote = results
                     .iter()
@@ -200,7 +228,7 @@ impl Engine {
                 continue;
             }
             let mut values = p.incoming.clone();
-            let outcome = self.resolve_refs(&mut tx, &p.refs, &mut values).await;
+            let outcome = self.resolve_refs(&mut tx, plan, &p.refs, &mut values).await;
             resolved.insert(i, values);
             if let Err(e) = outcome {
                 match e {
@@ -209,25 +237,25 @@ impl Engine {
                 }
             }
         }
-        // Current links and records, a query per sync and per model.
-        let mut by_sync: HashMap<&str, Vec<String>> = HashMap::new();
+        // Current links and records, a query per binding and per model.
+        let mut by_binding: HashMap<&str, Vec<String>> = HashMap::new();
         for p in round {
-            by_sync
-                .entry(p.job.code.as_str())
+            by_binding
+                .entry(p.binding.as_str())
                 .or_default()
                 .push(p.external_id.clone());
         }
         let mut links: HashMap<(String, String), Link> = HashMap::new();
-        for (code, ids) in by_sync {
-            for l in tx.links_by_external(code, &ids).await? {
+        for (binding, ids) in by_binding {
+            for l in tx.links_by_external(binding, &ids).await? {
                 if let Some(ext) = l.external_id.clone() {
-                    links.insert((code.to_string(), ext), l);
+                    links.insert((binding.to_string(), ext), l);
                 }
             }
         }
         let mut by_model: HashMap<String, Vec<i64>> = HashMap::new();
         for p in round {
-            if let Some(l) = links.get(&(p.job.code.clone(), p.external_id.clone())) {
+            if let Some(l) = links.get(&(p.binding.clone(), p.external_id.clone())) {
                 by_model
                     .entry(plan.syncs[&p.job.code].model.clone())
                     .or_default()
@@ -250,7 +278,7 @@ impl Engine {
             let sync = &plan.syncs[&p.job.code];
             let model = &plan.models[&sync.model];
             let link = links
-                .get(&(p.job.code.clone(), p.external_id.clone()))
+                .get(&(p.binding.clone(), p.external_id.clone()))
                 .cloned();
             let current = link
                 .as_ref()
@@ -258,7 +286,8 @@ impl Engine {
                 .filter(|r| !r.deleted)
                 .cloned();
             let incoming = resolved.get(&i).unwrap_or(&p.incoming);
-            match decide(sync, model, p, incoming, link, current) {
+            let sent = sent_fields(plan, sync);
+            match decide(sync, model, p, incoming, link, current, &sent) {
                 Ok(intent) => intents[i] = Some(intent),
                 Err(e) => results[i] = Some(Err(e)),
             }
@@ -267,7 +296,9 @@ impl Engine {
         // Write: new records and updates per model, in as few statements as possible.
         let mut new_links: Vec<Link> = Vec::new();
         let mut rows: Vec<NewChange> = Vec::new();
-        let mut written: Vec<(usize, Record, &'static str, Option<String>)> = Vec::new();
+        // (request, record, action, the sync it came through, whether the origin must get the
+        // merged result back)
+        let mut written: Vec<(usize, Record, &'static str, &Sync, bool)> = Vec::new();
         let mut creates: HashMap<String, Vec<(usize, Values)>> = HashMap::new();
         let mut updates: HashMap<String, Vec<usize>> = HashMap::new();
         let mut stale_links: Vec<(String, i64)> = Vec::new();
@@ -276,13 +307,37 @@ impl Engine {
             let model = &plan.syncs[&round[i].job.code].model;
             match intent {
                 Intent::NoOp(id) => results[i] = Some(Ok(Applied::NoOp(*id))),
+                Intent::Skip(id, why) => {
+                    let p = &round[i];
+                    let sync = &plan.syncs[&p.job.code];
+                    let m = &plan.models[&sync.model];
+                    let action = match id {
+                        Some(_) => p.job.ctx.relabel.unwrap_or(LogAction::Update),
+                        None => LogAction::Create,
+                    };
+                    let mut row = log_row(
+                        sync,
+                        m,
+                        LogDirection::ExternalToLocal,
+                        action,
+                        *id,
+                        p.incoming_values(),
+                    );
+                    row.external_id = Some(p.external_id.clone());
+                    row.origin_values = p.origin.clone();
+                    row.status = LogStatus::Skipped;
+                    row.error_message = why.clone();
+                    fill(&mut row, &p.job.ctx);
+                    rows.push(row);
+                    results[i] = Some(Ok(Applied::Skipped(*id)));
+                }
                 Intent::Rebase(id, link) => {
                     new_links.push(link.clone());
                     results[i] = Some(Ok(Applied::NoOp(*id)));
                 }
                 Intent::Create { values, stale } => {
                     if let Some(old) = stale {
-                        stale_links.push((round[i].job.code.clone(), *old));
+                        stale_links.push((round[i].binding.clone(), *old));
                     }
                     creates
                         .entry(model.clone())
@@ -292,8 +347,8 @@ impl Engine {
                 Intent::Update { .. } => updates.entry(model.clone()).or_default().push(i),
             }
         }
-        for (code, local_id) in &stale_links {
-            tx.delete_link(code, *local_id).await?;
+        for (binding, local_id) in &stale_links {
+            tx.delete_link(binding, *local_id).await?;
         }
         for (model, items) in creates {
             let values: Vec<Map<String, Value>> = items.iter().map(|(_, v)| v.clone()).collect();
@@ -303,12 +358,13 @@ impl Engine {
                 let sync = &plan.syncs[&p.job.code];
                 let m = &plan.models[&sync.model];
                 new_links.push(Link {
-                    sync: sync.code.to_string(),
+                    binding: p.binding.clone(),
                     local_id: rec.id,
                     external_id: Some(p.external_id.clone()),
                     base: values.clone(),
                     synced_version: rec.version,
                     external_hash: None,
+                    left: Vec::new(),
                 });
                 let mut row = log_row(
                     sync,
@@ -324,7 +380,7 @@ impl Engine {
                 fill(&mut row, &p.job.ctx);
                 rows.push(row);
                 results[i] = Some(Ok(Applied::Created(rec.id)));
-                written.push((i, rec, "create", Some(sync.code.to_string())));
+                written.push((i, rec, "create", sync, false));
             }
         }
         for (model, idx) in updates {
@@ -350,6 +406,7 @@ impl Engine {
                     conflicts,
                     resend,
                     keep_behind,
+                    leaves,
                     ..
                 }) = &intents[i]
                 else {
@@ -366,6 +423,11 @@ impl Engine {
                 // locally, or a local change to another field), or a local change was still
                 // waiting to go out, the link stays behind the record's version so the result
                 // reaches the origin too.
+                let mut left = link.left.clone();
+                left.retain(|c| c != sync.code.as_str());
+                if *leaves {
+                    left.push(sync.code.to_string());
+                }
                 new_links.push(Link {
                     base: base.clone(),
                     synced_version: if *keep_behind {
@@ -373,6 +435,7 @@ impl Engine {
                     } else {
                         rec.version
                     },
+                    left,
                     ..link.clone()
                 });
                 for c in conflicts {
@@ -414,55 +477,67 @@ impl Engine {
                 row.destination_values = Value::Object(changed.clone());
                 fill(&mut row, &p.job.ctx);
                 rows.push(row);
+                if *leaves {
+                    let mut row = log_row(
+                        sync,
+                        m,
+                        LogDirection::ExternalToLocal,
+                        LogAction::Unlink,
+                        Some(rec.id),
+                        &rec.values,
+                    );
+                    row.external_id = Some(p.external_id.clone());
+                    row.error_message = format!(
+                        "the record no longer matches the domain of sync `{}`; the sync stops carrying it",
+                        sync.code
+                    );
+                    fill(&mut row, &p.job.ctx);
+                    rows.push(row);
+                }
                 results[i] = Some(Ok(Applied::Updated(rec.id, conflicts.len())));
                 // Merged values the origin lacks go back to it as well.
-                let origin = if *resend {
-                    None
-                } else {
-                    Some(sync.code.to_string())
-                };
-                written.push((i, rec, "update", origin));
+                written.push((i, rec, "update", sync, *resend));
             }
         }
         tx.upsert_links(&new_links).await?;
 
-        // Fan-out to the other syncs of each model, with the domain-exit unlinks.
+        // Fan-out to the other syncs of each model, with the domain exits and returns.
         let mut outbox: Vec<NewOutbox> = Vec::new();
-        let mut unlinks: Vec<(String, i64)> = Vec::new();
         let mut targets: HashMap<String, Vec<i64>> = HashMap::new();
-        for (_, rec, action, origin) in &written {
-            for t in receivers(plan, &rec.model, origin.as_deref()) {
+        for (_, rec, action, origin, resend) in &written {
+            for t in receivers(plan, &rec.model, origin, *resend) {
                 if *action == "update" {
-                    targets.entry(t.code.to_string()).or_default().push(rec.id);
+                    targets.entry(t.binding()).or_default().push(rec.id);
                 }
             }
         }
-        let mut linked: HashSet<(String, i64)> = HashSet::new();
-        for (code, ids) in targets {
-            for l in tx.links_by_local(&code, &ids).await? {
-                linked.insert((code.clone(), l.local_id));
+        let mut linked: HashMap<(String, i64), Link> = HashMap::new();
+        for (binding, ids) in targets {
+            for l in tx.links_by_local(&binding, &ids).await? {
+                linked.insert((binding.clone(), l.local_id), l);
             }
         }
-        for (_, rec, action, origin) in &written {
+        let mut touched: HashSet<(String, i64)> = HashSet::new();
+        for (_, rec, action, origin, resend) in &written {
             let model = &plan.models[&rec.model];
-            for t in receivers(plan, &rec.model, origin.as_deref()) {
-                let key = (t.code.to_string(), rec.id);
+            for t in receivers(plan, &rec.model, origin, *resend) {
+                let key = (t.binding(), rec.id);
+                let link = linked.get_mut(&key);
                 if !t.domain.matches(&rec.values) {
-                    if linked.contains(&key) {
-                        unlinks.push(key);
-                        let mut row = log_row(
-                            t,
-                            model,
-                            LogDirection::LocalToExternal,
-                            LogAction::Unlink,
-                            Some(rec.id),
-                            &rec.values,
-                        );
-                        row.error_message = "the record no longer matches the sync's domain".into();
-                        row.actor = "engine".into();
-                        rows.push(row);
+                    if let Some(l) = link
+                        && l.carried_by(t.code.as_str())
+                    {
+                        l.left.push(t.code.to_string());
+                        touched.insert(key);
+                        rows.push(domain_exit_row(t, model, rec, l, "engine"));
                     }
                     continue;
+                }
+                if let Some(l) = link
+                    && !l.carried_by(t.code.as_str())
+                {
+                    l.left.retain(|c| c != t.code.as_str());
+                    touched.insert(key);
                 }
                 outbox.push(NewOutbox {
                     sync: t.code.to_string(),
@@ -472,9 +547,11 @@ impl Engine {
                 });
             }
         }
-        for (code, id) in &unlinks {
-            tx.delete_link(code, *id).await?;
-        }
+        let changed_links: Vec<Link> = touched
+            .iter()
+            .filter_map(|k| linked.get(k).cloned())
+            .collect();
+        tx.upsert_links(&changed_links).await?;
         rows.iter_mut().for_each(|r| self.mask_row(r));
         if !self.opts.change_log {
             rows.retain(|r| r.status != LogStatus::Success);
@@ -494,18 +571,50 @@ impl Engine {
     }
 }
 
-/// Realtime syncs of `model` that send, other than `origin`.
-fn receivers<'a>(
+/// The change-control row of a record that left sync `t`'s domain: the sync stops carrying
+/// it, while the binding keeps the identity.
+pub(super) fn domain_exit_row(
+    t: &Sync,
+    model: &Model,
+    rec: &Record,
+    link: &Link,
+    actor: &str,
+) -> NewChange {
+    let mut row = log_row(
+        t,
+        model,
+        LogDirection::LocalToExternal,
+        LogAction::Unlink,
+        Some(rec.id),
+        &rec.values,
+    );
+    row.external_id = link.external_id.clone();
+    row.error_message = "the record no longer matches the sync's domain".into();
+    row.actor = actor.into();
+    row
+}
+
+/// Realtime syncs of `model` that send a change which came in through `origin`. Syncs of the
+/// origin's binding talk to the system the change came from, so they get nothing, unless the
+/// origin lacks the merged result (`resend`): then exactly one of them sends it back, the
+/// origin itself when it sends.
+pub(super) fn receivers<'a>(
     plan: &'a Plan,
     model: &'a str,
-    origin: Option<&'a str>,
+    origin: &'a Sync,
+    resend: bool,
 ) -> impl Iterator<Item = &'a Sync> + 'a {
-    plan.syncs_of_model(model).filter(move |t| {
-        Some(t.code.as_str()) != origin
-            && t.active
-            && t.direction.to_external()
-            && t.mode == Mode::Realtime
-    })
+    let sends = |t: &Sync| t.active && t.direction.to_external() && t.mode == Mode::Realtime;
+    let back = resend
+        .then(|| {
+            plan.syncs_of_model(model)
+                .filter(|t| sends(t) && t.same_binding(origin))
+                .min_by_key(|t| t.code != origin.code)
+        })
+        .flatten()
+        .map(|t| t.code.as_str());
+    plan.syncs_of_model(model)
+        .filter(move |t| sends(t) && (!t.same_binding(origin) || Some(t.code.as_str()) == back))
 }
 
 fn fill(row: &mut NewChange, ctx: &Ctx) {
@@ -519,6 +628,7 @@ fn fill(row: &mut NewChange, ctx: &Ctx) {
 fn prepare(plan: &Plan, job: Job) -> Result<Prepared, (Job, ApplyError)> {
     match check(plan, &job) {
         Ok((external_id, origin, incoming, refs)) => Ok(Prepared {
+            binding: plan.syncs[&job.code].binding(),
             external_id,
             origin,
             incoming,
@@ -621,6 +731,7 @@ fn decide(
     incoming: &Map<String, Value>,
     link: Option<Link>,
     current: Option<Record>,
+    sent: &[&str],
 ) -> Result<Intent, ApplyError> {
     if p.job.must_exist && current.is_none() {
         return Err(ApplyError::UnknownExternalId(
@@ -631,7 +742,7 @@ fn decide(
     let Some(record) = current else {
         let values = model.coerce_values(incoming, true).map_err(invalid)?;
         if !sync.domain.matches(&values) {
-            return Err(ApplyError::OutsideDomain(sync.code.to_string()));
+            return Ok(Intent::Skip(None, outside(sync)));
         }
         return Ok(Intent::Create {
             values,
@@ -671,8 +782,12 @@ fn decide(
         base.insert(k.clone(), v.clone());
     }
     // A local change that has not gone out yet keeps the link behind, so a cron push still
-    // finds it (in real time its outbox entry is already queued).
-    let pending_local = link.synced_version < record.version;
+    // finds it (in real time its outbox entry is already queued), unless the external side
+    // now holds the merged result in every field the binding sends (an external win).
+    let lacks = sent
+        .iter()
+        .any(|f| values.get(*f).unwrap_or(&Value::Null) != base.get(*f).unwrap_or(&Value::Null));
+    let pending_local = link.synced_version < record.version && lacks;
     if changed.is_empty() && m.conflicts.is_empty() {
         let id = record.id;
         return Ok(Intent::Rebase(
@@ -689,8 +804,11 @@ fn decide(
         ));
     }
     let values = model.coerce_values(&values, false).map_err(invalid)?;
-    if !sync.domain.matches(&values) {
-        return Err(ApplyError::OutsideDomain(sync.code.to_string()));
+    // Leaving the domain is applied and ends this sync's carriage of the record; a record the
+    // sync no longer carries that stays outside is not this sync's to change.
+    let leaves = !sync.domain.matches(&values);
+    if leaves && !link.carried_by(sync.code.as_str()) {
+        return Ok(Intent::Skip(Some(record.id), outside(sync)));
     }
     let resend = m
         .merged
@@ -706,5 +824,34 @@ fn decide(
         conflicts: m.conflicts,
         resend,
         keep_behind,
+        leaves,
     })
+}
+
+/// Local fields that some sync of `sync`'s binding sends to the external side.
+fn sent_fields<'a>(plan: &'a Plan, sync: &'a Sync) -> Vec<&'a str> {
+    let mut out: Vec<&str> = plan
+        .syncs_of_model(&sync.model)
+        .filter(|s| s.same_binding(sync) && s.direction.to_external())
+        .flat_map(|s| s.fields.iter())
+        .filter(|p| p.direction.to_external())
+        .map(|p| p.local.as_str())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn outside(sync: &Sync) -> String {
+    format!(
+        "the record does not match the domain of sync `{}`, so nothing was written",
+        sync.code
+    )
+}
+
+impl Prepared {
+    /// The mapped incoming values, for a row's title.
+    fn incoming_values(&self) -> &Map<String, Value> {
+        &self.incoming
+    }
 }

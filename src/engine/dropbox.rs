@@ -569,7 +569,7 @@ impl Engine {
             Ok(Applied::Unlinked(_)) => counts.unlinked += 1,
             Ok(Applied::NoOp(_))
             | Err(ApplyError::UnknownExternalId(..))
-            | Err(ApplyError::OutsideDomain(_)) => counts.skipped += 1,
+            | Ok(Applied::Skipped(_)) => counts.skipped += 1,
             Err(ApplyError::Store(e)) => return Err(format!("the store failed: {e}")),
             Err(e) => {
                 counts.failed += 1;

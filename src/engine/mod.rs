@@ -44,7 +44,12 @@ impl Default for EngineOptions {
             max_attempts: 8,
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
-            instance: format!("recsync-{}", std::process::id()),
+            // The process id alone could come back after a restart (pid 1 in a container).
+            instance: format!(
+                "recsync-{}-{:04x}",
+                std::process::id(),
+                rand::random::<u16>()
+            ),
             claim_timeout: Duration::from_secs(120),
         }
     }
@@ -193,6 +198,51 @@ impl Engine {
         *self.plan.write().expect("plan lock") = Arc::new(plan);
         self.limits.lock().expect("limits lock").clear();
         self.dropbox.lock().expect("dropbox lock").clear();
+    }
+
+    /// Keeps this instance's heartbeat fresh while the engine lives, so other instances know
+    /// its in-flight deliveries are in hand.
+    pub fn spawn_heartbeat(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let engine = Arc::downgrade(self);
+        self.spawn(async move {
+            loop {
+                let Some(e) = engine.upgrade() else { return };
+                if let Err(err) = e
+                    .store
+                    .heartbeat(&e.opts.instance, chrono::Utc::now())
+                    .await
+                {
+                    tracing::warn!(error = %err, "Failed to renew this instance's heartbeat");
+                }
+                drop(e);
+                tokio::time::sleep(crate::store::INSTANCE_HEARTBEAT).await;
+            }
+        })
+    }
+
+    /// Records each sync's binding in the store and merges links that an earlier release kept
+    /// per sync into their binding (see `Store::register_bindings`).
+    pub async fn register_bindings(&self) -> Result<(), StoreError> {
+        let plan = self.plan();
+        let syncs: Vec<(String, String)> = plan
+            .syncs
+            .values()
+            .map(|s| (s.code.to_string(), s.binding()))
+            .collect();
+        let dropped = self.store.register_bindings(&syncs).await?;
+        if !dropped.is_empty() {
+            let listed = dropped
+                .iter()
+                .map(|(code, id)| format!("{code}:{id}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::warn!(
+                count = dropped.len(),
+                links = %listed,
+                "Links kept per sync by an earlier release named a record another sync of the same binding had linked; the other sync's link was kept, and these local records may be copies to review"
+            );
+        }
+        Ok(())
     }
 
     /// The masker of the plan in force (secret fields and configuration secrets).

@@ -78,7 +78,11 @@ impl Engine {
         }
         let mut links = HashMap::new();
         for (sync, ids) in ids_by_sync {
-            for l in self.store.links_by_local(&sync, &ids).await? {
+            let binding = plan
+                .sync(&sync)
+                .map(|s| s.binding())
+                .unwrap_or_else(|| sync.clone());
+            for l in self.store.links_by_local(&binding, &ids).await? {
                 links.insert((sync.clone(), l.local_id), l);
             }
         }
@@ -203,7 +207,11 @@ impl Engine {
                     json!({}),
                     json!({"unlinked": true}),
                 );
-                return Ok(Step::Delivered { row, link: None });
+                return Ok(Step::Delivered {
+                    row,
+                    link: None,
+                    binding: sync.binding(),
+                });
             }
             (SendAction::Delete, Some(ext))
         } else {
@@ -290,17 +298,22 @@ impl Engine {
                     .external_id
                     .or(external_id)
                     .unwrap_or_else(|| entry.local_id.to_string());
-                let link_after = (action != SendAction::Delete).then(|| Link {
-                    sync: sync.code.to_string(),
-                    local_id: entry.local_id,
-                    external_id: Some(ext.clone()),
-                    base: sync
-                        .fields
-                        .iter()
-                        .filter_map(|p| values.get(&p.local).map(|v| (p.local.clone(), v.clone())))
-                        .collect(),
-                    synced_version: record.as_ref().map(|r| r.version).unwrap_or(0),
-                    external_hash: None,
+                // The base is the binding's: what this sync sent joins what the other syncs of
+                // the binding last synced.
+                let link_after = (action != SendAction::Delete).then(|| {
+                    let mut base = link.as_ref().map(|l| l.base.clone()).unwrap_or_default();
+                    base.extend(sync.fields.iter().filter_map(|p| {
+                        values.get(&p.local).map(|v| (p.local.clone(), v.clone()))
+                    }));
+                    Link {
+                        binding: sync.binding(),
+                        local_id: entry.local_id,
+                        external_id: Some(ext.clone()),
+                        base,
+                        synced_version: record.as_ref().map(|r| r.version).unwrap_or(0),
+                        external_hash: None,
+                        left: link.as_ref().map(|l| l.left.clone()).unwrap_or_default(),
+                    }
                 });
                 let row = success_row(
                     entry,
@@ -314,6 +327,7 @@ impl Engine {
                 Step::Delivered {
                     row,
                     link: link_after,
+                    binding: sync.binding(),
                 }
             }
             Err(e) => self.failed(entry, sync, &title, action, &values, e),
@@ -341,7 +355,7 @@ impl Engine {
                 let found = match &p.reference {
                     Reference::Sync(code) => self
                         .store
-                        .link_by_local(code.as_str(), id)
+                        .link_by_local(&plan_binding(&self.plan(), code.as_str()), id)
                         .await?
                         .and_then(|l| l.external_id)
                         .map(Value::String),
@@ -403,8 +417,8 @@ impl Engine {
         crate::crash::point("outbox.before_record");
         let mut tx = self.store.begin().await?;
         tx.upsert_links(&done.links).await?;
-        for (sync, local_id) in &done.unlinks {
-            tx.delete_link(sync, *local_id).await?;
+        for (binding, local_id) in &done.unlinks {
+            tx.delete_link(binding, *local_id).await?;
         }
         let mut rows = done.rows;
         rows.iter_mut().for_each(|r| self.mask_row(r));
@@ -431,9 +445,11 @@ impl Engine {
 enum Step {
     /// Nothing to send (already delivered, or carried by a later entry).
     Skip,
+    /// Sent; `link` is the binding's link afterwards (`None`: the pair is gone).
     Delivered {
         row: NewChange,
         link: Option<Link>,
+        binding: String,
     },
     Failed(NewChange, Fate),
 }
@@ -457,10 +473,10 @@ impl Done {
     fn add(&mut self, entry: OutboxEntry, step: Step) {
         match step {
             Step::Skip => self.finished.push(entry.id),
-            Step::Delivered { row, link } => {
+            Step::Delivered { row, link, binding } => {
                 match link {
                     Some(l) => self.links.push(l),
-                    None => self.unlinks.push((entry.sync.clone(), entry.local_id)),
+                    None => self.unlinks.push((binding, entry.local_id)),
                 }
                 self.rows.push(row);
                 self.finished.push(entry.id);
@@ -499,7 +515,7 @@ fn success_row(
         synced_at: None,
         status: LogStatus::Success,
         error_message: String::new(),
-        run_id: None,
+        run_id: run_of(entry),
         actor: "outbox".into(),
     }
 }
@@ -535,9 +551,14 @@ fn failure_row(
         synced_at: None,
         status: LogStatus::Failed,
         error_message: String::new(),
-        run_id: None,
+        run_id: run_of(entry),
         actor: "outbox".into(),
     }
+}
+
+/// The run that queued an entry (a cron push), if any: its rows carry that run's id.
+fn run_of(entry: &OutboxEntry) -> Option<i64> {
+    entry.payload.get("run_id").and_then(Value::as_i64)
 }
 
 fn verb(a: LogAction) -> &'static str {
@@ -550,4 +571,11 @@ fn verb(a: LogAction) -> &'static str {
         LogAction::Move => "Move",
         LogAction::Conflict => "Resolve conflict on",
     }
+}
+
+/// The binding of sync `code`, or the code itself for a sync no longer configured.
+fn plan_binding(plan: &crate::domain::Plan, code: &str) -> String {
+    plan.sync(code)
+        .map(|s| s.binding())
+        .unwrap_or_else(|| code.to_string())
 }

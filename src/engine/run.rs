@@ -105,11 +105,17 @@ impl Engine {
         }
         let model = &plan.models[&sync.model];
         let store_err = |e: StoreError| format!("the store failed: {e}");
-        let waiting: std::collections::HashSet<i64> = self
-            .store
-            .undelivered_local_ids(code)
-            .await
-            .map_err(store_err)?;
+        // A record still on its way through any sync of the binding is not queued again.
+        let binding = sync.binding();
+        let mut waiting: std::collections::HashSet<i64> = std::collections::HashSet::new();
+        for s in plan.syncs.values().filter(|s| s.same_binding(&sync)) {
+            waiting.extend(
+                self.store
+                    .undelivered_local_ids(s.code.as_str())
+                    .await
+                    .map_err(store_err)?,
+            );
+        }
         let mut queued: Vec<i64> = Vec::new();
         let mut after = 0;
         loop {
@@ -123,7 +129,7 @@ impl Engine {
             let ids: Vec<i64> = page.iter().map(|r| r.id).collect();
             let links: std::collections::HashMap<i64, crate::store::Link> = self
                 .store
-                .links_by_local(code, &ids)
+                .links_by_local(&binding, &ids)
                 .await
                 .map_err(store_err)?
                 .into_iter()
@@ -131,25 +137,36 @@ impl Engine {
                 .collect();
             let mut entries = Vec::new();
             let mut unlinks = Vec::new();
+            let mut returns = Vec::new();
             for rec in &page {
                 if waiting.contains(&rec.id) {
                     continue;
                 }
                 let link = links.get(&rec.id);
+                let carried = link.is_some_and(|l| l.carried_by(code));
                 let action = if rec.deleted {
                     match link {
-                        Some(l) if l.external_id.is_some() => "delete",
+                        Some(l) if l.external_id.is_some() && carried => "delete",
                         _ => continue,
                     }
                 } else if !sync.domain.matches(&rec.values) {
-                    if link.is_some() {
-                        unlinks.push(rec);
+                    if let Some(l) = link
+                        && carried
+                    {
+                        unlinks.push((rec, l));
                     }
                     continue;
                 } else {
+                    if let Some(l) = link
+                        && !carried
+                    {
+                        // Back in the domain: carried again, and sent as an update.
+                        returns.push(l);
+                    }
                     match link {
                         Some(l)
                             if !full
+                                && carried
                                 && l.external_id.is_some()
                                 && l.synced_version >= rec.version =>
                         {
@@ -174,21 +191,19 @@ impl Engine {
                 continue;
             }
             let mut tx = self.store.begin().await.map_err(store_err)?;
-            for rec in &unlinks {
-                tx.delete_link(code, rec.id).await.map_err(store_err)?;
-                let mut row = super::apply::log_row(
-                    &sync,
-                    model,
-                    LogDirection::LocalToExternal,
-                    LogAction::Unlink,
-                    Some(rec.id),
-                    &rec.values,
-                );
-                row.error_message = "the record no longer matches the sync's domain".into();
-                row.actor = "cron".into();
+            for (rec, link) in &unlinks {
+                let mut l = (*link).clone();
+                l.left.push(code.to_string());
+                tx.upsert_link(&l).await.map_err(store_err)?;
+                let mut row = super::batch::domain_exit_row(&sync, model, rec, &l, "cron");
                 row.run_id = Some(run_id);
                 self.mask_row(&mut row);
                 tx.log_change(&row).await.map_err(store_err)?;
+            }
+            for link in &returns {
+                let mut l = (*link).clone();
+                l.left.retain(|c| c != code);
+                tx.upsert_link(&l).await.map_err(store_err)?;
             }
             tx.enqueue_many(&entries).await.map_err(store_err)?;
             tx.commit().await.map_err(store_err)?;
@@ -609,7 +624,7 @@ impl Engine {
                     }
                     Ok(Applied::NoOp(_))
                     | Err(ApplyError::UnknownExternalId(..))
-                    | Err(ApplyError::OutsideDomain(_)) => {
+                    | Ok(Applied::Skipped(_)) => {
                         counts.skipped += 1;
                         None
                     }

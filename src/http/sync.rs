@@ -12,22 +12,86 @@ use serde_json::{Value, json};
 
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(create).service(update).service(remove);
+    // Anything else under /sync/ answers in the envelope too: 405 with `Allow` for a wrong
+    // method on a route, 404 for a path that is not one.
+    cfg.route("/sync/{tail:.*}", web::route().to(not_a_route));
+    cfg.route("/sync", web::route().to(not_a_route));
 }
 
-/// The success envelope, as serde_json writes it.
-const SUCCESS_BODY: &str =
-    r#"{"id":null,"jsonrpc":"2.0","result":{"error_message":"","status":"success"}}"#;
+/// The JSON-RPC envelope, with its keys in the documented order (a struct serializes its
+/// fields in declaration order; a JSON map would sort them).
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    jsonrpc: &'static str,
+    id: &'a Value,
+    result: Outcome<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Outcome<'a> {
+    status: &'static str,
+    error_message: &'a str,
+}
+
+/// The envelope's text for an answer with this status, echoing the request's JSON-RPC `id`.
+pub fn envelope_body(status: StatusCode, error: &str, id: &Value) -> String {
+    serde_json::to_string(&Envelope {
+        jsonrpc: "2.0",
+        id,
+        result: Outcome {
+            status: if status.is_success() {
+                "success"
+            } else {
+                "failed"
+            },
+            error_message: error,
+        },
+    })
+    .expect("the envelope serializes")
+}
 
 /// The JSON-RPC envelope every answer uses.
 pub fn envelope(status: StatusCode, error: &str) -> HttpResponse {
-    let body = json!({
-        "jsonrpc": "2.0",
-        "id": null,
-        "result": {"status": if status.is_success() { "success" } else { "failed" }, "error_message": error},
-    });
+    envelope_with_id(status, error, &Value::Null)
+}
+
+fn envelope_with_id(status: StatusCode, error: &str, id: &Value) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("application/json")
-        .body(body.to_string())
+        .body(envelope_body(status, error, id))
+}
+
+/// A request under /sync/ that no route takes.
+async fn not_a_route(req: HttpRequest) -> HttpResponse {
+    let segments: Vec<&str> = req.path().trim_start_matches('/').split('/').collect();
+    let allow = match segments.as_slice() {
+        ["sync", code, "create"] if !code.is_empty() => Some("POST, PUT, DELETE"),
+        ["sync", code, id] if !code.is_empty() && !id.is_empty() => Some("PUT, DELETE"),
+        _ => None,
+    };
+    match allow {
+        Some(allow) => {
+            let mut r = envelope(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!(
+                    "{} is not taken here; this route takes {allow}",
+                    req.method()
+                ),
+            );
+            r.headers_mut().insert(
+                actix_web::http::header::ALLOW,
+                actix_web::http::header::HeaderValue::from_static(allow),
+            );
+            r
+        }
+        None => envelope(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no route at {}; the routes are POST /sync/<CODE>/create, PUT and DELETE /sync/<CODE>/<external_id>",
+                req.path()
+            ),
+        ),
+    }
 }
 
 enum Kind {
@@ -165,9 +229,15 @@ async fn handle(
     let caller = match authenticate(&req, &state.settings.api_keys) {
         Ok(c) => c,
         Err(e) => {
-            let r = Refusal::new(StatusCode::UNAUTHORIZED, e.message());
-            log_refusal(&state, &code, &kind, "anonymous", &r, None).await;
-            return envelope(r.status, &r.message);
+            // Counted and logged in bounded form, never written to the change-control log:
+            // anonymous traffic must not grow it, nor count as a failure of the sync.
+            let reason = match e {
+                super::auth::AuthError::Missing => "missing",
+                super::auth::AuthError::Unknown => "unknown",
+            };
+            crate::metrics::refused_key("sync", reason);
+            refused_key_logged(&code, reason);
+            return envelope(StatusCode::UNAUTHORIZED, e.message());
         }
     };
     if !caller.can_sync(&code) {
@@ -205,36 +275,6 @@ async fn handle(
         );
         return r;
     }
-    // Idempotency: replay the first answer to the same key for 24 hours.
-    let idem = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|k| {
-            (
-                format!("{}:{code}", caller.name),
-                format!("{} {} {}", req.method(), req.path(), k.trim()),
-            )
-        });
-    if let Some((scope, key)) = &idem {
-        let since = chrono::Utc::now() - chrono::Duration::hours(24);
-        match engine.store.idempotent_response(scope, key, since).await {
-            Ok(Some((status, body))) => {
-                return HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
-                    .content_type("application/json")
-                    .insert_header(("Idempotent-Replay", "true"))
-                    .body(body);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "Failed to read an idempotency key");
-                return envelope(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the store is unavailable; try again",
-                );
-            }
-        }
-    }
     let bytes = match read_limited(&req, body, state.settings.body_limit).await {
         Ok(b) => b,
         Err(e) => {
@@ -243,6 +283,52 @@ async fn handle(
             return envelope(r.status, &r.message);
         }
     };
+    let rpc_id = request_id(&bytes);
+    // Idempotency: replay the first answer to the same key for 24 hours; the same key with
+    // another method, path or body is refused, and nothing is written.
+    let idem = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|k| {
+            (
+                caller.name.clone(),
+                k.trim().to_string(),
+                fingerprint(req.method().as_str(), req.path(), &bytes),
+            )
+        });
+    if let Some((scope, key, print)) = &idem {
+        let since = chrono::Utc::now() - chrono::Duration::hours(24);
+        match engine.store.idempotent_response(scope, key, since).await {
+            Ok(Some(first)) if first.fingerprint.as_deref() == Some(print.as_str()) => {
+                return HttpResponse::build(
+                    StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK),
+                )
+                .content_type("application/json")
+                .insert_header(("Idempotent-Replay", "true"))
+                .body(first.body);
+            }
+            Ok(Some(_)) => {
+                let r = Refusal::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "Idempotency-Key `{key}` was already used for another request (a different method, path or body); use a new key for a new request"
+                    ),
+                );
+                log_refusal(&state, &code, &kind, &caller.name, &r, None).await;
+                return envelope_with_id(r.status, &r.message, &rpc_id);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "Failed to read an idempotency key");
+                return envelope_with_id(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store is unavailable; try again",
+                    &rpc_id,
+                );
+            }
+        }
+    }
     let op = match &kind {
         Kind::Delete(id) => InboundOp::Delete {
             external_id: id.clone(),
@@ -253,7 +339,7 @@ async fn handle(
                 Err(e) => {
                     let r = body_refusal(e);
                     log_refusal(&state, &code, &kind, &caller.name, &r, None).await;
-                    return envelope(r.status, &r.message);
+                    return envelope_with_id(r.status, &r.message, &rpc_id);
                 }
             };
             match &kind {
@@ -294,21 +380,12 @@ async fn handle(
         let origin = parse_values(&bytes).ok().map(Value::Object);
         log_refusal(&state, &code, &kind, &caller.name, &r, origin).await;
     }
-    let resp_body = if status.is_success() {
-        SUCCESS_BODY.to_string()
-    } else {
-        json!({
-            "jsonrpc": "2.0",
-            "id": null,
-            "result": {"status": "failed", "error_message": message},
-        })
-        .to_string()
-    };
-    if let Some((scope, key)) = idem
+    let resp_body = envelope_body(status, &message, &rpc_id);
+    if let Some((scope, key, print)) = idem
         && status.as_u16() < 500
         && let Ok(mut tx) = engine.store.begin().await
         && tx
-            .put_idempotent(&scope, &key, status.as_u16(), &resp_body)
+            .put_idempotent(&scope, &key, &print, status.as_u16(), &resp_body)
             .await
             .is_ok()
     {
@@ -317,6 +394,52 @@ async fn handle(
     HttpResponse::build(status)
         .content_type("application/json")
         .body(resp_body)
+}
+
+/// The `id` of a JSON-RPC request (a string or a number), to echo; otherwise null.
+fn request_id(bytes: &[u8]) -> Value {
+    let trimmed = bytes.trim_ascii_start();
+    if !trimmed.starts_with(b"{") {
+        return Value::Null;
+    }
+    match serde_json::from_slice::<serde_json::Map<String, Value>>(trimmed) {
+        Ok(obj) if obj.contains_key("jsonrpc") => match obj.get("id") {
+            Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
+            _ => Value::Null,
+        },
+        _ => Value::Null,
+    }
+}
+
+/// What makes two requests the same for an `Idempotency-Key`: method, path and body.
+fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(method.as_bytes());
+    h.update([0]);
+    h.update(path.as_bytes());
+    h.update([0]);
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
+/// Logs refused keys in bounded form: the first one, then at most one line every ten seconds
+/// with how many were refused since.
+fn refused_key_logged(code: &str, reason: &'static str) {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    static SINCE: AtomicU64 = AtomicU64::new(0);
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let n = SINCE.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = chrono::Utc::now().timestamp();
+    let last = LAST.load(Ordering::Relaxed);
+    if now - last >= 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        SINCE.fetch_sub(n, Ordering::Relaxed);
+        tracing::warn!(sync = %code, reason, refused = n, "Requests refused for their API key (counted in recsync_refused_keys_total)");
+    }
 }
 
 fn body_refusal(e: BodyError) -> Refusal {
@@ -338,7 +461,7 @@ pub fn apply_status(e: &ApplyError) -> StatusCode {
         | ApplyError::UnknownModel(_) => StatusCode::NOT_FOUND,
         ApplyError::NotInbound(_) => StatusCode::FORBIDDEN,
         ApplyError::Inactive(_) => StatusCode::CONFLICT,
-        ApplyError::Invalid(_) | ApplyError::OutsideDomain(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ApplyError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ApplyError::Store(s) if s.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
         ApplyError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -400,8 +523,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_success_body_is_the_envelope() {
-        let built = json!({"jsonrpc": "2.0", "id": null, "result": {"status": "success", "error_message": ""}});
-        assert_eq!(serde_json::from_str::<Value>(SUCCESS_BODY).unwrap(), built);
+    fn the_envelope_keeps_the_documented_key_order() {
+        assert_eq!(
+            envelope_body(StatusCode::OK, "", &Value::Null),
+            r#"{"jsonrpc":"2.0","id":null,"result":{"status":"success","error_message":""}}"#
+        );
+        assert_eq!(
+            envelope_body(StatusCode::NOT_FOUND, "unknown sync `X`", &json!(7)),
+            r#"{"jsonrpc":"2.0","id":7,"result":{"status":"failed","error_message":"unknown sync `X`"}}"#
+        );
+    }
+
+    #[test]
+    fn json_rpc_ids_are_echoed_and_nothing_else_is() {
+        assert_eq!(
+            request_id(br#"{"jsonrpc":"2.0","id":"r-1","params":{}}"#),
+            json!("r-1")
+        );
+        assert_eq!(
+            request_id(br#"{"jsonrpc":"2.0","id":3,"params":{}}"#),
+            json!(3)
+        );
+        assert_eq!(request_id(br#"{"id":3,"name":"x"}"#), Value::Null);
+        assert_eq!(
+            request_id(br#"{"jsonrpc":"2.0","id":{"a":1}}"#),
+            Value::Null
+        );
+        assert_eq!(request_id(b"name=x&id=3"), Value::Null);
     }
 }

@@ -73,6 +73,15 @@ impl StoreError {
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation())
     }
+
+    /// A concurrent writer got there first (a unique violation, a serialization failure or a
+    /// deadlock): the transaction was rolled back and running it again sees the other
+    /// writer's result.
+    pub fn is_race(&self) -> bool {
+        self.is_unique_violation()
+            || matches!(self, StoreError::Database(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("40001" | "40P01")))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -340,13 +349,110 @@ impl Store {
     }
 
     // ---- links ----
+    //
+    // Links belong to a binding (local model, external model, web service). The readers below
+    // take a `scope`: a binding key, or the code of a sync, which is looked up in
+    // `sync_bindings` (a code nobody registered is its own binding, as rows written by an
+    // earlier release are until the engine merges them).
 
-    pub async fn link_by_local(&self, sync: &str, local_id: i64) -> Result<Option<Link>> {
-        link_by_local(self.reader().await?.conn(), sync, local_id).await
+    /// The binding a scope names.
+    pub async fn binding_of(&self, scope: &str) -> Result<String> {
+        if is_binding_key(scope) {
+            return Ok(scope.to_string());
+        }
+        let mut c = self.reader().await?;
+        let found = on!(c.conn(), |c| sqlx::query_scalar::<_, String>(
+            "SELECT binding FROM sync_bindings WHERE sync = $1"
+        )
+        .bind(scope)
+        .fetch_optional(c)
+        .await)?;
+        Ok(found.unwrap_or_else(|| scope.to_string()))
     }
 
-    pub async fn link_by_external(&self, sync: &str, external_id: &str) -> Result<Option<Link>> {
-        link_by_external(self.reader().await?.conn(), sync, external_id).await
+    pub async fn link_by_local(&self, scope: &str, local_id: i64) -> Result<Option<Link>> {
+        let binding = self.binding_of(scope).await?;
+        link_by_local(self.reader().await?.conn(), &binding, local_id).await
+    }
+
+    pub async fn link_by_external(&self, scope: &str, external_id: &str) -> Result<Option<Link>> {
+        let binding = self.binding_of(scope).await?;
+        link_by_external(self.reader().await?.conn(), &binding, external_id).await
+    }
+
+    /// Records which binding each sync belongs to, and merges the links that an earlier
+    /// release kept per sync into their binding. Where two syncs of one binding had linked the
+    /// same local record or the same external id, the link of the sync first in code order is
+    /// kept; the local ids whose link was dropped are returned, so they can be reported (they
+    /// are the copies that per-sync links made).
+    pub async fn register_bindings(
+        &self,
+        syncs: &[(String, String)],
+    ) -> Result<Vec<(String, i64)>> {
+        let mut sorted = syncs.to_vec();
+        sorted.sort();
+        let mut tx = self.begin().await?;
+        let now = Utc::now();
+        let mut dropped = Vec::new();
+        for (code, binding) in &sorted {
+            on!(tx.conn(), |c| {
+                sqlx::query(
+                "INSERT INTO sync_bindings (sync, binding, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (sync) DO UPDATE SET binding = excluded.binding, updated_at = excluded.updated_at"
+            )
+            .bind(code)
+            .bind(binding)
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|_| ())
+            })?;
+            // Rows under the sync's own code are the earlier release's per-sync links. A pair
+            // the binding holds already goes quietly; one that clashes with it is reported.
+            on!(tx.conn(), |c| sqlx::query(
+                "DELETE FROM links WHERE binding = $1 AND EXISTS (
+                   SELECT 1 FROM links o WHERE o.binding = $2 AND o.local_id = links.local_id
+                     AND o.external_id IS NOT DISTINCT FROM links.external_id)"
+            )
+            .bind(code)
+            .bind(binding)
+            .execute(c)
+            .await
+            .map(|_| ()))?;
+            let clash = on!(tx.conn(), |c| {
+                sqlx::query_scalar::<_, i64>(
+                "SELECT l.local_id FROM links l WHERE l.binding = $1 AND EXISTS (
+                   SELECT 1 FROM links o WHERE o.binding = $2
+                     AND (o.local_id = l.local_id OR (l.external_id IS NOT NULL AND o.external_id = l.external_id)))
+                 ORDER BY l.local_id"
+            )
+            .bind(code)
+            .bind(binding)
+            .fetch_all(c)
+            .await
+            })?;
+            for id in &clash {
+                on!(tx.conn(), |c| sqlx::query(
+                    "DELETE FROM links WHERE binding = $1 AND local_id = $2"
+                )
+                .bind(code)
+                .bind(*id)
+                .execute(c)
+                .await
+                .map(|_| ()))?;
+            }
+            dropped.extend(clash.into_iter().map(|id| (code.clone(), id)));
+            on!(tx.conn(), |c| sqlx::query(
+                "UPDATE links SET binding = $1 WHERE binding = $2"
+            )
+            .bind(binding)
+            .bind(code)
+            .execute(c)
+            .await
+            .map(|_| ()))?;
+        }
+        tx.commit().await?;
+        Ok(dropped)
     }
 
     // ---- outbox ----
@@ -454,12 +560,27 @@ impl Store {
              WHERE id IN (SELECT o.id FROM outbox o WHERE ({due}) AND {earlier} ORDER BY o.id LIMIT $4 {lock}) {ret}"
         );
         let mut c = self.writer().await?;
-        // Leases that ran out (a worker that died) put their entries back in line first.
+        // Leases that ran out, and claims of instances that stopped renewing their heartbeat
+        // (a process that died), put their entries back in line first.
+        let alive_since = now - chrono::Duration::from_std(INSTANCE_DEAD_AFTER).expect("short");
+        // A claimer is alive by definition: its heartbeat is renewed with every claim too.
+        on!(c.conn(), |c| sqlx::query(
+            "INSERT INTO instances (name, started_at, heartbeat_at) VALUES ($1, $2, $2)
+             ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+        )
+        .bind(worker)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
         on!(c.conn(), |c| sqlx::query(
             "UPDATE outbox SET status = 'pending', claimed_by = NULL, claimed_until = NULL
-             WHERE status = 'inflight' AND claimed_until < $1"
+             WHERE status = 'inflight' AND (claimed_until < $1 OR (claimed_by <> $2
+               AND claimed_by NOT IN (SELECT name FROM instances WHERE heartbeat_at >= $3)))"
         )
         .bind(now)
+        .bind(worker)
+        .bind(alive_since)
         .execute(c)
         .await
         .map(|r| r.rows_affected()))?;
@@ -473,6 +594,44 @@ impl Store {
         let mut out: Vec<OutboxEntry> = rows.into_iter().map(OutboxEntry::from).collect();
         out.sort_by_key(|e| e.id);
         Ok(out)
+    }
+
+    /// Renews this instance's heartbeat (and registers it on first use).
+    pub async fn heartbeat(&self, instance: &str, now: DateTime<Utc>) -> Result<()> {
+        let mut c = self.writer().await?;
+        on!(c.conn(), |c| sqlx::query(
+            "INSERT INTO instances (name, started_at, heartbeat_at) VALUES ($1, $2, $2)
+             ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+        )
+        .bind(instance)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+        // Rows of instances long gone are of no use to anyone.
+        on!(c.conn(), |c| sqlx::query(
+            "DELETE FROM instances WHERE heartbeat_at < $1"
+        )
+        .bind(now - chrono::Duration::days(1))
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Puts back in line every in-flight delivery claimed by another process. Only for the
+    /// process that owns the database (SQLite's server): at its start, whatever another
+    /// process held belonged to one that is gone, so nothing waits for a lease to run out.
+    pub async fn release_claims_of_others(&self, instance: &str) -> Result<u64> {
+        let mut c = self.writer().await?;
+        Ok(on!(c.conn(), |c| sqlx::query(
+            "UPDATE outbox SET status = 'pending', claimed_by = NULL, claimed_until = NULL
+             WHERE status = 'inflight' AND claimed_by <> $1"
+        )
+        .bind(instance)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?)
     }
 
     /// Marks a delivered entry done.
@@ -810,11 +969,12 @@ impl Store {
         })?)
     }
 
-    /// Every external id linked in a sync.
-    pub async fn linked_external_ids(&self, sync: &str) -> Result<Vec<String>> {
+    /// Every external id linked in a binding (or the binding of a sync).
+    pub async fn linked_external_ids(&self, scope: &str) -> Result<Vec<String>> {
+        let sync = self.binding_of(scope).await?;
         let mut c = self.reader().await?;
         Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, String>(
-            "SELECT external_id FROM links WHERE sync = $1 AND external_id IS NOT NULL"
+            "SELECT external_id FROM links WHERE binding = $1 AND external_id IS NOT NULL"
         )
         .bind(sync)
         .fetch_all(c)
@@ -1168,16 +1328,18 @@ impl Store {
     // ---- idempotency keys ----
 
     /// The stored response for `(scope, key)` if it is newer than `since`.
+    /// The first answer given to an idempotency key since `since`, with the fingerprint of
+    /// the request it answered.
     pub async fn idempotent_response(
         &self,
         scope: &str,
         key: &str,
         since: DateTime<Utc>,
-    ) -> Result<Option<(u16, String)>> {
+    ) -> Result<Option<Idempotent>> {
         let mut c = self.reader().await?;
         let row = on!(c.conn(), |c| {
-            sqlx::query_as::<_, (i64, String)>(
-            "SELECT status_code, body FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at >= $3"
+            sqlx::query_as::<_, (i64, String, Option<String>)>(
+            "SELECT status_code, body, fingerprint FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at >= $3"
         )
         .bind(scope)
         .bind(key)
@@ -1185,7 +1347,11 @@ impl Store {
         .fetch_optional(c)
         .await
         })?;
-        Ok(row.map(|(s, b)| (s as u16, b)))
+        Ok(row.map(|(s, body, fingerprint)| Idempotent {
+            status: s as u16,
+            body,
+            fingerprint,
+        }))
     }
 
     /// Deletes idempotency keys stored before `before`.
@@ -1216,22 +1382,22 @@ async fn get_record(c: Conn<'_>, model: &str, id: i64) -> Result<Option<Record>>
     Ok(row.map(Record::from))
 }
 
-async fn link_by_local(c: Conn<'_>, sync: &str, local_id: i64) -> Result<Option<Link>> {
+async fn link_by_local(c: Conn<'_>, binding: &str, local_id: i64) -> Result<Option<Link>> {
     Ok(on!(c, |c| sqlx::query_as::<_, LinkRow>(
-        "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links WHERE sync = $1 AND local_id = $2"
+        "SELECT binding, local_id, external_id, base, synced_version, external_hash, left_syncs FROM links WHERE binding = $1 AND local_id = $2"
     )
-    .bind(sync)
+    .bind(binding)
     .bind(local_id)
     .fetch_optional(c)
     .await)?
     .map(Link::from))
 }
 
-async fn link_by_external(c: Conn<'_>, sync: &str, external_id: &str) -> Result<Option<Link>> {
+async fn link_by_external(c: Conn<'_>, binding: &str, external_id: &str) -> Result<Option<Link>> {
     Ok(on!(c, |c| sqlx::query_as::<_, LinkRow>(
-        "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links WHERE sync = $1 AND external_id = $2"
+        "SELECT binding, local_id, external_id, base, synced_version, external_hash, left_syncs FROM links WHERE binding = $1 AND external_id = $2"
     )
-    .bind(sync)
+    .bind(binding)
     .bind(external_id)
     .fetch_optional(c)
     .await)?
@@ -1382,8 +1548,8 @@ impl Tx {
         for chunk in pieces(ids) {
             let mut ph = Ph::new(self.is_pg());
             let sql = format!(
-                "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links
-                 WHERE sync = {} AND external_id IN ({})",
+                "SELECT binding, local_id, external_id, base, synced_version, external_hash, left_syncs FROM links
+                 WHERE binding = {} AND external_id IN ({})",
                 ph.next(),
                 ph.list(chunk.len())
             );
@@ -1507,26 +1673,27 @@ impl Tx {
         for chunk in pieces(links) {
             let mut ph = Ph::new(self.is_pg());
             let values = (0..chunk.len())
-                .map(|_| ph.tuple(7))
+                .map(|_| ph.tuple(8))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
-                "INSERT INTO links (sync, local_id, external_id, base, synced_version, external_hash, updated_at)
+                "INSERT INTO links (binding, local_id, external_id, base, synced_version, external_hash, left_syncs, updated_at)
                  VALUES {values}
-                 ON CONFLICT (sync, local_id) DO UPDATE SET external_id = excluded.external_id, base = excluded.base,
+                 ON CONFLICT (binding, local_id) DO UPDATE SET external_id = excluded.external_id, base = excluded.base,
                    synced_version = excluded.synced_version, external_hash = excluded.external_hash,
-                   updated_at = excluded.updated_at"
+                   left_syncs = excluded.left_syncs, updated_at = excluded.updated_at"
             );
             on!(self.conn(), |c| {
                 let mut q = sqlx::query(&sql);
                 for l in chunk {
                     q = q
-                        .bind(&l.sync)
+                        .bind(&l.binding)
                         .bind(l.local_id)
                         .bind(l.external_id.as_deref())
                         .bind(Json(&l.base))
                         .bind(l.synced_version)
                         .bind(l.external_hash.as_deref())
+                        .bind(Json(&l.left))
                         .bind(now);
                 }
                 q.execute(c).await.map(|r| r.rows_affected())
@@ -1675,10 +1842,21 @@ where
     Ok(out)
 }
 
+/// How long an instance may go without renewing its heartbeat before its in-flight
+/// deliveries pass to another (it renews every [`INSTANCE_HEARTBEAT`]).
+pub const INSTANCE_DEAD_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often a running instance renews its heartbeat.
+pub const INSTANCE_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Binding keys join the model names with `|`, which no sync code may hold.
+pub fn is_binding_key(scope: &str) -> bool {
+    scope.contains('|')
+}
+
 const RECORD_SELECT: &str =
     "SELECT id, model, vals, version, created_at, updated_at, deleted_at FROM records";
-const LINK_SELECT: &str =
-    "SELECT sync, local_id, external_id, base, synced_version, external_hash FROM links";
+const LINK_SELECT: &str = "SELECT binding, local_id, external_id, base, synced_version, external_hash, left_syncs FROM links";
 
 async fn records_by_ids(c: Conn<'_>, pg: bool, model: &str, ids: &[i64]) -> Result<Vec<Record>> {
     let rows: Vec<RecordRow> =
@@ -1686,9 +1864,14 @@ async fn records_by_ids(c: Conn<'_>, pg: bool, model: &str, ids: &[i64]) -> Resu
     Ok(rows.into_iter().map(Record::from).collect())
 }
 
-async fn links_by_local_many(c: Conn<'_>, pg: bool, sync: &str, ids: &[i64]) -> Result<Vec<Link>> {
+async fn links_by_local_many(
+    c: Conn<'_>,
+    pg: bool,
+    binding: &str,
+    ids: &[i64],
+) -> Result<Vec<Link>> {
     let rows: Vec<LinkRow> =
-        select_by_ids(c, pg, LINK_SELECT, "sync", sync, "local_id", ids).await?;
+        select_by_ids(c, pg, LINK_SELECT, "binding", binding, "local_id", ids).await?;
     Ok(rows.into_iter().map(Link::from).collect())
 }
 
@@ -1702,9 +1885,11 @@ impl Store {
         records_by_ids(self.reader().await?.conn(), self.is_pg(), model, ids).await
     }
 
-    /// Links of `sync` for these local ids, read outside a transaction.
-    pub async fn links_by_local(&self, sync: &str, ids: &[i64]) -> Result<Vec<Link>> {
-        links_by_local_many(self.reader().await?.conn(), self.is_pg(), sync, ids).await
+    /// Links of a binding (or of a sync's binding) for these local ids, read outside a
+    /// transaction.
+    pub async fn links_by_local(&self, scope: &str, ids: &[i64]) -> Result<Vec<Link>> {
+        let binding = self.binding_of(scope).await?;
+        links_by_local_many(self.reader().await?.conn(), self.is_pg(), &binding, ids).await
     }
 }
 
@@ -1818,17 +2003,19 @@ impl Tx {
     pub async fn upsert_link(&mut self, l: &Link) -> Result<()> {
         on!(self.conn(), |c| {
             sqlx::query(
-            "INSERT INTO links (sync, local_id, external_id, base, synced_version, external_hash, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (sync, local_id) DO UPDATE SET external_id = excluded.external_id, base = excluded.base,
-               synced_version = excluded.synced_version, external_hash = excluded.external_hash, updated_at = excluded.updated_at"
+            "INSERT INTO links (binding, local_id, external_id, base, synced_version, external_hash, left_syncs, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (binding, local_id) DO UPDATE SET external_id = excluded.external_id, base = excluded.base,
+               synced_version = excluded.synced_version, external_hash = excluded.external_hash,
+               left_syncs = excluded.left_syncs, updated_at = excluded.updated_at"
         )
-        .bind(&l.sync)
+        .bind(&l.binding)
         .bind(l.local_id)
         .bind(l.external_id.as_deref())
         .bind(Json(&l.base))
         .bind(l.synced_version)
         .bind(l.external_hash.as_deref())
+        .bind(Json(&l.left))
         .bind(Utc::now())
         .execute(c).await.map(|r| r.rows_affected())
         })?;
@@ -1837,7 +2024,7 @@ impl Tx {
 
     pub async fn delete_link(&mut self, sync: &str, local_id: i64) -> Result<bool> {
         let n = on!(self.conn(), |c| sqlx::query(
-            "DELETE FROM links WHERE sync = $1 AND local_id = $2"
+            "DELETE FROM links WHERE binding = $1 AND local_id = $2"
         )
         .bind(sync)
         .bind(local_id)
@@ -1874,12 +2061,13 @@ impl Tx {
         &mut self,
         scope: &str,
         key: &str,
+        fingerprint: &str,
         status: u16,
         body: &str,
     ) -> Result<()> {
         on!(self.conn(), |c| {
             sqlx::query(
-            "INSERT INTO idempotency_keys (scope, key, status_code, body, created_at) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO idempotency_keys (scope, key, status_code, body, created_at, fingerprint) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (scope, key) DO NOTHING"
         )
         .bind(scope)
@@ -1887,6 +2075,7 @@ impl Tx {
         .bind(status as i64)
         .bind(body)
         .bind(Utc::now())
+        .bind(fingerprint)
         .execute(c).await.map(|r| r.rows_affected())
         })?;
         Ok(())

@@ -42,10 +42,12 @@ impl From<RecordRow> for Record {
     }
 }
 
-/// The pairing of a local record with its external counterpart in one sync.
+/// The pairing of a local record with its external counterpart. It belongs to the binding
+/// (local model, external model, web service) and is shared by every sync of that binding.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Link {
-    pub sync: String,
+    /// The binding's key (`model|external_model|web_service`).
+    pub binding: String,
     pub local_id: i64,
     /// `None` until the external side has answered a create with its id.
     pub external_id: Option<String>,
@@ -54,27 +56,39 @@ pub struct Link {
     /// The local record version that was last synced.
     pub synced_version: i64,
     pub external_hash: Option<String>,
+    /// Syncs of the binding whose domain the record left: they no longer carry it (each was
+    /// logged as an `unlink`), while the identity stays.
+    pub left: Vec<String>,
+}
+
+impl Link {
+    /// Whether sync `code` still carries the record.
+    pub fn carried_by(&self, code: &str) -> bool {
+        !self.left.iter().any(|c| c == code)
+    }
 }
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct LinkRow {
-    sync: String,
+    binding: String,
     local_id: i64,
     external_id: Option<String>,
     base: Json<Map<String, Value>>,
     synced_version: i64,
     external_hash: Option<String>,
+    left_syncs: Json<Vec<String>>,
 }
 
 impl From<LinkRow> for Link {
     fn from(r: LinkRow) -> Self {
         Link {
-            sync: r.sync,
+            binding: r.binding,
             local_id: r.local_id,
             external_id: r.external_id,
             base: r.base.0,
             synced_version: r.synced_version,
             external_hash: r.external_hash,
+            left: r.left_syncs.0,
         }
     }
 }
@@ -346,4 +360,13 @@ pub struct DbxEntry {
     pub content_hash: Option<String>,
     /// As Dropbox writes it, `%Y-%m-%dT%H:%M:%SZ`.
     pub server_modified: Option<String>,
+}
+
+/// The first answer given to an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotent {
+    pub status: u16,
+    pub body: String,
+    /// What identifies the request it answered (method, path and body), when recorded.
+    pub fingerprint: Option<String>,
 }
