@@ -130,19 +130,11 @@ async fn a_cron_sync_and_a_realtime_code_of_one_binding_copy_nothing() {
     assert_eq!(local(&h).await, remote(&h));
     assert_eq!(local(&h).await.len(), 2);
     let a = h
-        .engine
-        .store
-        .link_by_external("PCRON", "A")
+        .link("PCRON", "A")
         .await
-        .unwrap()
         .expect("the cron sync sees the realtime code's link");
     assert_eq!(
-        h.engine
-            .store
-            .link_by_external("PRT", "A")
-            .await
-            .unwrap()
-            .map(|l| l.local_id),
+        h.link("PRT", "A").await.map(|l| l.local_id),
         Some(a.local_id),
         "one link, whichever sync asks"
     );
@@ -196,13 +188,7 @@ async fn a_cron_sync_and_a_realtime_code_of_one_binding_copy_nothing() {
     // already holds the result, so nothing is shipped back.
     h.patch_record(
         "contact",
-        h.engine
-            .store
-            .link_by_external("PRT", "B")
-            .await
-            .unwrap()
-            .unwrap()
-            .local_id,
+        h.link("PRT", "B").await.unwrap().local_id,
         json!({"email": "bo@local"}),
     )
     .await;
@@ -297,21 +283,20 @@ async fn links_kept_per_sync_by_the_previous_release_merge_into_their_binding() 
         ("PULL", 5, "P5"),
         ("GONE", 6, "G6"),
     ];
-    let insert = "INSERT INTO links (sync, local_id, external_id, base, synced_version, updated_at)
-                  VALUES ($1, $2, $3, '{}', 1, $4)";
+    // One statement of literal test values, run by either backend's pool.
+    let insert = format!(
+        "INSERT INTO links (sync, local_id, external_id, base, synced_version, updated_at) VALUES {}",
+        rows.iter()
+            .map(|(sync, id, ext)| format!(
+                "('{sync}', {id}, '{ext}', '{{}}', 1, '2026-01-01T00:00:00Z')"
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     if db.is_postgres() {
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
         old.run(&pool).await.unwrap();
-        for (sync, id, ext) in rows {
-            sqlx::query(insert)
-                .bind(sync)
-                .bind(id)
-                .bind(ext)
-                .bind(chrono::Utc::now())
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
+        sqlx::raw_sql(&insert).execute(&pool).await.unwrap();
         pool.close().await;
     } else {
         use std::str::FromStr;
@@ -320,16 +305,7 @@ async fn links_kept_per_sync_by_the_previous_release_merge_into_their_binding() 
             .create_if_missing(true);
         let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
         old.run(&pool).await.unwrap();
-        for (sync, id, ext) in rows {
-            sqlx::query(insert)
-                .bind(sync)
-                .bind(id)
-                .bind(ext)
-                .bind(chrono::Utc::now())
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
+        sqlx::raw_sql(&insert).execute(&pool).await.unwrap();
         pool.close().await;
     }
 

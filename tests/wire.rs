@@ -123,12 +123,7 @@ async fn an_idempotency_key_reused_for_another_request_is_refused() {
     let msg = body["result"]["error_message"].as_str().unwrap();
     assert!(msg.contains("`key-1`"), "{msg}");
     assert!(
-        h.engine
-            .store
-            .link_by_external("CON", "I-2")
-            .await
-            .unwrap()
-            .is_none(),
+        h.link("CON", "I-2").await.is_none(),
         "nothing was written for the second request"
     );
     // Another path with the same key is refused too.
@@ -204,14 +199,7 @@ async fn leaving_the_domain_unlinks_and_outside_it_is_skipped() {
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
-    let id = h
-        .engine
-        .store
-        .link_by_external("LOC", "L-9")
-        .await
-        .unwrap()
-        .unwrap()
-        .local_id;
+    let id = h.link("LOC", "L-9").await.unwrap().local_id;
     // The external system says "no longer one of yours": applied, and LOC lets it go.
     let r = call("PUT", "/sync/LOC/L-9", json!({"email": "lu@elsewhere"}))
         .await
@@ -226,11 +214,8 @@ async fn leaving_the_domain_unlinks_and_outside_it_is_skipped() {
         .unwrap();
     assert_eq!(rec.values["email"], json!("lu@elsewhere"));
     let link = h
-        .engine
-        .store
-        .link_by_external("LOC", "L-9")
+        .link("LOC", "L-9")
         .await
-        .unwrap()
         .expect("the binding keeps the identity");
     assert!(!link.carried_by("LOC"));
     let rows = h.changes("LOC").await;
@@ -261,14 +246,7 @@ async fn leaving_the_domain_unlinks_and_outside_it_is_skipped() {
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(
-        h.engine
-            .store
-            .link_by_external("LOC", "L-10")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(h.link("LOC", "L-10").await.is_none());
     let rows = h.changes("LOC").await;
     let skipped: Vec<_> = rows.iter().filter(|c| c.status == "skipped").collect();
     assert_eq!(skipped.len(), 2, "{rows:?}");
@@ -290,13 +268,7 @@ async fn leaving_the_domain_unlinks_and_outside_it_is_skipped() {
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
-    let link = h
-        .engine
-        .store
-        .link_by_external("LOC", "L-9")
-        .await
-        .unwrap()
-        .unwrap();
+    let link = h.link("LOC", "L-9").await.unwrap();
     assert_eq!(link.local_id, id);
     assert!(link.carried_by("LOC"));
     h.stop().await;

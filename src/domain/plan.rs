@@ -642,6 +642,14 @@ impl Plan {
         self.syncs.get(code)
     }
 
+    /// The binding of sync `code`; a code no longer configured stands for itself (as links
+    /// kept per sync by an earlier release do).
+    pub fn binding_of(&self, code: &str) -> String {
+        self.sync(code)
+            .map(Sync::binding)
+            .unwrap_or_else(|| code.to_string())
+    }
+
     /// What must never be shown: fields declared `secret` (under their local names and the
     /// external names they are mapped to) and the credentials and other secret strings of the
     /// web services.

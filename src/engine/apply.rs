@@ -293,15 +293,10 @@ impl Engine {
             let mut ids = Vec::new();
             for key in &r.keys {
                 let id = match &r.reference {
-                    Reference::Sync(code) => {
-                        let binding = plan
-                            .sync(code.as_str())
-                            .map(|s| s.binding())
-                            .unwrap_or_else(|| code.to_string());
-                        tx.link_by_external(&binding, key)
-                            .await?
-                            .map(|l| l.local_id)
-                    }
+                    Reference::Sync(code) => tx
+                        .link_by_external(&plan.binding_of(code.as_str()), key)
+                        .await?
+                        .map(|l| l.local_id),
                     Reference::Field(f) => {
                         let found = tx.find_by_field(&r.related_model, f, key).await?;
                         if found.len() > 1 {

@@ -270,6 +270,7 @@ impl Engine {
         }
 
         // Decide each request.
+        let mut sent_by_sync: HashMap<&str, Vec<&str>> = HashMap::new();
         let mut intents: Vec<Option<Intent>> = (0..round.len()).map(|_| None).collect();
         for (i, p) in round.iter().enumerate() {
             if results[i].is_some() {
@@ -286,8 +287,10 @@ impl Engine {
                 .filter(|r| !r.deleted)
                 .cloned();
             let incoming = resolved.get(&i).unwrap_or(&p.incoming);
-            let sent = sent_fields(plan, sync);
-            match decide(sync, model, p, incoming, link, current, &sent) {
+            let sent = sent_by_sync
+                .entry(sync.code.as_str())
+                .or_insert_with(|| sent_fields(plan, sync));
+            match decide(sync, model, p, incoming, link, current, sent) {
                 Ok(intent) => intents[i] = Some(intent),
                 Err(e) => results[i] = Some(Err(e)),
             }
@@ -321,7 +324,7 @@ impl Engine {
                         LogDirection::ExternalToLocal,
                         action,
                         *id,
-                        p.incoming_values(),
+                        &p.incoming,
                     );
                     row.external_id = Some(p.external_id.clone());
                     row.origin_values = p.origin.clone();
@@ -847,11 +850,4 @@ fn outside(sync: &Sync) -> String {
         "the record does not match the domain of sync `{}`, so nothing was written",
         sync.code
     )
-}
-
-impl Prepared {
-    /// The mapped incoming values, for a row's title.
-    fn incoming_values(&self) -> &Map<String, Value> {
-        &self.incoming
-    }
 }

@@ -78,11 +78,11 @@ impl Engine {
         }
         let mut links = HashMap::new();
         for (sync, ids) in ids_by_sync {
-            let binding = plan
-                .sync(&sync)
-                .map(|s| s.binding())
-                .unwrap_or_else(|| sync.clone());
-            for l in self.store.links_by_local(&binding, &ids).await? {
+            for l in self
+                .store
+                .links_by_local(&plan.binding_of(&sync), &ids)
+                .await?
+            {
                 links.insert((sync.clone(), l.local_id), l);
             }
         }
@@ -340,6 +340,7 @@ impl Engine {
         sync: &Sync,
         values: &Map<String, Value>,
     ) -> Result<Prefetched, StoreError> {
+        let plan = self.plan();
         let mut out = HashMap::new();
         for p in sync
             .fields
@@ -355,7 +356,7 @@ impl Engine {
                 let found = match &p.reference {
                     Reference::Sync(code) => self
                         .store
-                        .link_by_local(&plan_binding(&self.plan(), code.as_str()), id)
+                        .link_by_local(&plan.binding_of(code.as_str()), id)
                         .await?
                         .and_then(|l| l.external_id)
                         .map(Value::String),
@@ -571,11 +572,4 @@ fn verb(a: LogAction) -> &'static str {
         LogAction::Move => "Move",
         LogAction::Conflict => "Resolve conflict on",
     }
-}
-
-/// The binding of sync `code`, or the code itself for a sync no longer configured.
-fn plan_binding(plan: &crate::domain::Plan, code: &str) -> String {
-    plan.sync(code)
-        .map(|s| s.binding())
-        .unwrap_or_else(|| code.to_string())
 }

@@ -421,26 +421,19 @@ impl Store {
             .map(|_| ()))?;
             let clash = on!(tx.conn(), |c| {
                 sqlx::query_scalar::<_, i64>(
-                "SELECT l.local_id FROM links l WHERE l.binding = $1 AND EXISTS (
+                    "DELETE FROM links WHERE binding = $1 AND EXISTS (
                    SELECT 1 FROM links o WHERE o.binding = $2
-                     AND (o.local_id = l.local_id OR (l.external_id IS NOT NULL AND o.external_id = l.external_id)))
-                 ORDER BY l.local_id"
-            )
-            .bind(code)
-            .bind(binding)
-            .fetch_all(c)
-            .await
-            })?;
-            for id in &clash {
-                on!(tx.conn(), |c| sqlx::query(
-                    "DELETE FROM links WHERE binding = $1 AND local_id = $2"
+                     AND (o.local_id = links.local_id
+                          OR (links.external_id IS NOT NULL AND o.external_id = links.external_id)))
+                 RETURNING local_id",
                 )
                 .bind(code)
-                .bind(*id)
-                .execute(c)
+                .bind(binding)
+                .fetch_all(c)
                 .await
-                .map(|_| ()))?;
-            }
+            })?;
+            let mut clash = clash;
+            clash.sort_unstable();
             dropped.extend(clash.into_iter().map(|id| (code.clone(), id)));
             on!(tx.conn(), |c| sqlx::query(
                 "UPDATE links SET binding = $1 WHERE binding = $2"
@@ -564,15 +557,7 @@ impl Store {
         // (a process that died), put their entries back in line first.
         let alive_since = now - chrono::Duration::from_std(INSTANCE_DEAD_AFTER).expect("short");
         // A claimer is alive by definition: its heartbeat is renewed with every claim too.
-        on!(c.conn(), |c| sqlx::query(
-            "INSERT INTO instances (name, started_at, heartbeat_at) VALUES ($1, $2, $2)
-             ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
-        )
-        .bind(worker)
-        .bind(now)
-        .execute(c)
-        .await
-        .map(|_| ()))?;
+        renew_heartbeat(c.conn(), worker, now).await?;
         on!(c.conn(), |c| sqlx::query(
             "UPDATE outbox SET status = 'pending', claimed_by = NULL, claimed_until = NULL
              WHERE status = 'inflight' AND (claimed_until < $1 OR (claimed_by <> $2
@@ -599,15 +584,7 @@ impl Store {
     /// Renews this instance's heartbeat (and registers it on first use).
     pub async fn heartbeat(&self, instance: &str, now: DateTime<Utc>) -> Result<()> {
         let mut c = self.writer().await?;
-        on!(c.conn(), |c| sqlx::query(
-            "INSERT INTO instances (name, started_at, heartbeat_at) VALUES ($1, $2, $2)
-             ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
-        )
-        .bind(instance)
-        .bind(now)
-        .execute(c)
-        .await
-        .map(|_| ()))?;
+        renew_heartbeat(c.conn(), instance, now).await?;
         // Rows of instances long gone are of no use to anyone.
         on!(c.conn(), |c| sqlx::query(
             "DELETE FROM instances WHERE heartbeat_at < $1"
@@ -1327,7 +1304,6 @@ impl Store {
 
     // ---- idempotency keys ----
 
-    /// The stored response for `(scope, key)` if it is newer than `since`.
     /// The first answer given to an idempotency key since `since`, with the fingerprint of
     /// the request it answered.
     pub async fn idempotent_response(
@@ -1383,9 +1359,9 @@ async fn get_record(c: Conn<'_>, model: &str, id: i64) -> Result<Option<Record>>
 }
 
 async fn link_by_local(c: Conn<'_>, binding: &str, local_id: i64) -> Result<Option<Link>> {
-    Ok(on!(c, |c| sqlx::query_as::<_, LinkRow>(
-        "SELECT binding, local_id, external_id, base, synced_version, external_hash, left_syncs FROM links WHERE binding = $1 AND local_id = $2"
-    )
+    Ok(on!(c, |c| sqlx::query_as::<_, LinkRow>(&format!(
+        "{LINK_SELECT} WHERE binding = $1 AND local_id = $2"
+    ))
     .bind(binding)
     .bind(local_id)
     .fetch_optional(c)
@@ -1394,14 +1370,27 @@ async fn link_by_local(c: Conn<'_>, binding: &str, local_id: i64) -> Result<Opti
 }
 
 async fn link_by_external(c: Conn<'_>, binding: &str, external_id: &str) -> Result<Option<Link>> {
-    Ok(on!(c, |c| sqlx::query_as::<_, LinkRow>(
-        "SELECT binding, local_id, external_id, base, synced_version, external_hash, left_syncs FROM links WHERE binding = $1 AND external_id = $2"
-    )
+    Ok(on!(c, |c| sqlx::query_as::<_, LinkRow>(&format!(
+        "{LINK_SELECT} WHERE binding = $1 AND external_id = $2"
+    ))
     .bind(binding)
     .bind(external_id)
     .fetch_optional(c)
     .await)?
     .map(Link::from))
+}
+
+async fn renew_heartbeat(c: Conn<'_>, instance: &str, now: DateTime<Utc>) -> Result<()> {
+    on!(c, |c| sqlx::query(
+        "INSERT INTO instances (name, started_at, heartbeat_at) VALUES ($1, $2, $2)
+         ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+    )
+    .bind(instance)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|_| ()))?;
+    Ok(())
 }
 
 async fn release_run(c: Conn<'_>, sync: &str, instance: &str) -> Result<()> {
@@ -1548,8 +1537,7 @@ impl Tx {
         for chunk in pieces(ids) {
             let mut ph = Ph::new(self.is_pg());
             let sql = format!(
-                "SELECT binding, local_id, external_id, base, synced_version, external_hash, left_syncs FROM links
-                 WHERE binding = {} AND external_id IN ({})",
+                "{LINK_SELECT} WHERE binding = {} AND external_id IN ({})",
                 ph.next(),
                 ph.list(chunk.len())
             );

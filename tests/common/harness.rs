@@ -344,6 +344,15 @@ impl Harness {
         assert_eq!(r.status(), 200, "PATCH {model} {id}");
     }
 
+    /// The link of an external id, looked up by a sync's code (which names its binding).
+    pub async fn link(&self, sync: &str, external_id: &str) -> Option<recsync::store::Link> {
+        self.engine
+            .store
+            .link_by_external(sync, external_id)
+            .await
+            .unwrap()
+    }
+
     /// Starts a run of `code` through the API and waits for it to finish.
     pub async fn run(&self, code: &str) -> recsync::store::Run {
         self.run_with(code, "").await
