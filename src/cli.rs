@@ -210,7 +210,7 @@ fn paths(g: &GlobalArgs, listen: Option<String>) -> ConfigPaths {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Validate { online } => validate(&cli.global, online),
+        Command::Validate { online } => validate(&cli.global, online).await,
         Command::Keys {
             action: KeysAction::New { name, scopes },
         } => keys_new(&name, &scopes),
@@ -321,13 +321,7 @@ fn load(g: &GlobalArgs, listen: Option<String>) -> Result<config::Loaded, ExitCo
     })
 }
 
-fn validate(g: &GlobalArgs, online: bool) -> ExitCode {
-    if online {
-        eprintln!(
-            "error: `recsync validate --online` is not available in this build yet; it arrives with the web-service connectors."
-        );
-        return ExitCode::from(EXIT_UNAVAILABLE);
-    }
+async fn validate(g: &GlobalArgs, online: bool) -> ExitCode {
     let loaded = match load(g, None) {
         Ok(l) => l,
         Err(code) => return code,
@@ -363,14 +357,98 @@ fn validate(g: &GlobalArgs, online: bool) -> ExitCode {
             (m, None) => m.as_str().to_string(),
         };
         println!(
-            "  {:<10} {} <-> {} via {}: {}, {}",
+            "  {:<10} {} {} {} via {}: {}, {}",
             s.code,
             s.model,
+            s.direction.arrow(),
             s.external_model,
             s.web_service,
             s.direction.as_str(),
             when
         );
+    }
+    if online {
+        return check_services(p).await;
+    }
+    ExitCode::SUCCESS
+}
+
+/// `validate --online`: does each web service answer? One line per service; any that does
+/// not, or that refuses its credentials, makes the exit code 69.
+async fn check_services(plan: &crate::domain::Plan) -> ExitCode {
+    use crate::connectors::rest::{Probe, origin, probe};
+    use crate::domain::plan::ServiceSpec;
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .expect("HTTP client");
+    println!("Web services:");
+    let mut failed = 0;
+    for (name, ws) in &plan.web_services {
+        let (auth, timeout, urls): (_, _, Vec<String>) = match &ws.spec {
+            ServiceSpec::Rest(r) => {
+                let mut urls: Vec<String> = [&r.url, &r.confirmation_url, &r.shipping_url]
+                    .into_iter()
+                    .flatten()
+                    .map(|u| u.expose().to_string())
+                    .collect();
+                // A service reached only through configured endpoints: probe their hosts.
+                if urls.is_empty() {
+                    urls = plan
+                        .syncs
+                        .values()
+                        .filter(|s| &s.web_service == name)
+                        .flat_map(|s| s.endpoints.iter())
+                        .map(|e| origin(e.url.expose()))
+                        .collect();
+                }
+                (r.auth.clone(), r.timeout, urls)
+            }
+            ServiceSpec::Dropbox(d) => (
+                crate::domain::plan::Auth::None,
+                std::time::Duration::from_secs(10),
+                vec![origin(
+                    d.api_url
+                        .as_ref()
+                        .map(|u| u.expose())
+                        .unwrap_or("https://api.dropboxapi.com"),
+                )],
+            ),
+        };
+        let mut urls = urls;
+        urls.dedup();
+        if urls.is_empty() {
+            println!("  ok    {name}: nothing to reach (no URL is configured)");
+            continue;
+        }
+        let mut problems = Vec::new();
+        let started = std::time::Instant::now();
+        let mut answered = Vec::new();
+        for u in &urls {
+            match probe(&client, &auth, timeout, u).await {
+                Probe::Answered(code) => answered.push(format!("{} (HTTP {code})", origin(u))),
+                Probe::Refused(code) => problems.push(format!(
+                    "{} refused the credentials (HTTP {code})",
+                    origin(u)
+                )),
+                Probe::Unreachable(why) => problems.push(format!("{}: {why}", origin(u))),
+            }
+        }
+        if problems.is_empty() {
+            answered.dedup();
+            println!(
+                "  ok    {name}: {} answered in {} ms",
+                answered.join(", "),
+                started.elapsed().as_millis()
+            );
+        } else {
+            failed += 1;
+            println!("  FAIL  {name}: {}", problems.join("; "));
+        }
+    }
+    if failed > 0 {
+        eprintln!("error: {failed} web service(s) did not answer as expected");
+        return ExitCode::from(EXIT_UNAVAILABLE);
     }
     ExitCode::SUCCESS
 }
@@ -735,25 +813,50 @@ async fn peer(a: PeerArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Loads the configuration and opens (and migrates) its database, for the commands that work on
-/// the store directly; failures are printed and become the exit code.
-async fn open_store(g: &GlobalArgs) -> Result<(config::Loaded, crate::store::Store), ExitCode> {
-    let loaded = load(g, None)?;
+/// Opens (and migrates) the database for the commands that only read the store or work on it
+/// alone (`log`, `outbox`): they need nothing but the database's URL, so an invalid mapping or
+/// an unset secret elsewhere does not lock an operator out of the audit trail. The plan comes
+/// too when the configuration loads (for masking by field name); rows were masked when
+/// written either way.
+async fn open_store_for_reading(
+    g: &GlobalArgs,
+) -> Result<(Option<crate::domain::Plan>, crate::store::Store), ExitCode> {
+    let only = config::load_database(&paths(g, None), &ProcessEnv).map_err(|e| {
+        eprintln!("{}", e.render());
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    let plan = match config::load(&paths(g, None), &ProcessEnv) {
+        Ok(loaded) => Some(loaded.plan),
+        Err(e) => {
+            eprintln!(
+                "warning: the configuration does not load ({} error(s); `recsync validate` shows them); reading {} anyway",
+                e.diagnostics.len(),
+                only.settings.database_display()
+            );
+            None
+        }
+    };
+    if only.demo {
+        eprintln!(
+            "note: no recsync.db here; reading the demo's database, sqlite://recsync-demo.db"
+        );
+    }
+    open_url(&only.settings).await.map(|s| (plan, s))
+}
+
+async fn open_url(settings: &config::Settings) -> Result<crate::store::Store, ExitCode> {
     use secrecy::ExposeSecret;
-    let store = crate::store::Store::connect(loaded.settings.database_url.expose_secret())
+    let store = crate::store::Store::connect(settings.database_url.expose_secret())
         .await
         .map_err(|e| {
-            eprintln!(
-                "error: cannot open {}: {e}",
-                loaded.settings.database_display()
-            );
+            eprintln!("error: cannot open {}: {e}", settings.database_display());
             ExitCode::FAILURE
         })?;
     if let Err(e) = store.migrate().await {
         eprintln!("error: migrating the database failed: {e}");
         return Err(ExitCode::FAILURE);
     }
-    Ok((loaded, store))
+    Ok(store)
 }
 
 /// `recsync log`: the change-control log from the configured database.
@@ -773,11 +876,11 @@ async fn log(
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let (loaded, store) = match open_store(g).await {
+    let (plan, store) = match open_store_for_reading(g).await {
         Ok(pair) => pair,
         Err(code) => return code,
     };
-    let masker = std::sync::Arc::new(loaded.plan.masker());
+    let masker = std::sync::Arc::new(plan.map(|p| p.masker()).unwrap_or_default());
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let print = |out: &mut dyn Write, rows: &[crate::store::Change], header: bool| match format {
@@ -926,7 +1029,7 @@ fn table_line(c: &crate::store::Change) -> String {
 }
 
 async fn outbox(g: &GlobalArgs, action: Option<OutboxAction>) -> ExitCode {
-    let (_, store) = match open_store(g).await {
+    let (_, store) = match open_store_for_reading(g).await {
         Ok(pair) => pair,
         Err(code) => return code,
     };

@@ -159,16 +159,83 @@ fn keys_new_prints_the_key_once_and_only_its_hash_for_the_config() {
     assert!(text(&bad).contains("unknown scope `root`"));
 }
 
+/// A server that answers every request with `status`, for as many connections as come.
+fn answering(status: u16) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    url
+}
+
 #[test]
-fn commands_not_built_yet_say_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = recsync(dir.path(), &["validate", "--online"]);
-    assert_eq!(o.status.code(), Some(69), "{}", text(&o));
-    assert!(
-        text(&o).contains("`recsync validate --online` is not available in this build yet"),
-        "{}",
-        text(&o)
+fn validate_online_checks_that_each_web_service_answers() {
+    let up = answering(405); // a protocol URL refusing GET still answers
+    let locked = answering(401);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    }; // the listener is gone: nothing answers there
+    let mapping = format!(
+        r#"
+[models.contact]
+fields = {{ name = "char" }}
+
+[external_models.ext]
+fields = {{ unique_id = "char", name = "char" }}
+
+[web_services.up]
+url = "{up}/fetch"
+shipping_url = "{up}/ship"
+auth = {{ mode = "bearer", token = "${{CRM_TOKEN}}" }}
+
+[web_services.locked]
+shipping_url = "{locked}/ship"
+
+[web_services.down]
+shipping_url = "{closed}/ship"
+"#
     );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    std::fs::write(dir.path().join("mappings/m.toml"), mapping).unwrap();
+    let o = recsync(dir.path(), &["validate", "--online"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(69), "{out}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.contains(&format!(" {name}: ")))
+            .unwrap_or_else(|| panic!("no line for {name}: {out}"))
+            .to_string()
+    };
+    assert!(line("up").trim_start().starts_with("ok"), "{out}");
+    assert!(line("up").contains("HTTP 405"), "{out}");
+    assert!(line("locked").trim_start().starts_with("FAIL"), "{out}");
+    assert!(
+        line("locked").contains("refused the credentials (HTTP 401)"),
+        "{out}"
+    );
+    assert!(line("down").trim_start().starts_with("FAIL"), "{out}");
+    assert!(line("down").contains("could not be reached"), "{out}");
+    assert!(!out.contains(SECRET), "{out}");
+
+    // With every service answering, the exit code is 0.
+    std::fs::write(
+        dir.path().join("mappings/m.toml"),
+        format!("[web_services.up]\nshipping_url = \"{up}/ship\"\n"),
+    )
+    .unwrap();
+    let o = recsync(dir.path(), &["validate", "--online"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(!text(&o).contains("panicked"));
 }
 
@@ -288,6 +355,10 @@ async fn serve_keeps_secrets_out_of_logs_at_every_level() {
     assert!(
         !logs.contains(SECRET),
         "a secret leaked into the logs:\n{logs}"
+    );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "a log written to a file carries no ANSI colour codes:\n{logs}"
     );
 }
 

@@ -1209,3 +1209,70 @@ shipping_url = "https://erp.example.com/ship?x=$$1"
         "https://erp.example.com/ship?x=$1"
     );
 }
+
+#[test]
+fn a_misspelt_field_type_gives_one_error_not_a_cascade() {
+    check(
+        "misspelt type, no follow-on errors",
+        r#"[models.lead]
+display = "name"
+fields = { name = "chr", email = "char" }
+
+[syncs.LEAD]
+model = "lead"
+external_model = "crm_contact"
+web_service = "crm"
+direction = "to_local"
+mode = "realtime"
+external_ref = "unique_id"
+domain = [["name", "!=", false]]
+fields = [{ local = "name", external = "full_name" }]
+"#,
+        "
+error: unknown field type `chr`
+ --> mappings/crm.toml:3:19
+  |
+3 | fields = { name = \"chr\", email = \"char\" }
+  |                   ^^^^^ unknown field type
+  |
+  = help: did you mean `char`?
+
+error: configuration has 1 error",
+    );
+}
+
+#[test]
+fn an_auth_key_is_suggested_from_the_chosen_mode() {
+    // `tokn` is close to `token`, which mode `api_key` does not take: no such suggestion.
+    check(
+        "auth key did-you-mean by mode",
+        r#"[web_services.other]
+shipping_url = "http://crm.example/ship"
+auth = { mode = "api_key", kye = "k", tokn = "t" }
+"#,
+        "
+error: missing field `key` in `auth` with mode `api_key`
+ --> mappings/crm.toml:3:8
+  |
+3 | auth = { mode = \"api_key\", kye = \"k\", tokn = \"t\" }
+  |        ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^ `key` is required
+
+error: unknown field `kye`
+ --> mappings/crm.toml:3:28
+  |
+3 | auth = { mode = \"api_key\", kye = \"k\", tokn = \"t\" }
+  |                            ^^^ unknown field
+  |
+  = help: did you mean `key`?
+
+error: unknown field `tokn`
+ --> mappings/crm.toml:3:39
+  |
+3 | auth = { mode = \"api_key\", kye = \"k\", tokn = \"t\" }
+  |                                       ^^^^ unknown field
+  |
+  = help: expected one of `mode`, `header`, `key`, `description`
+
+error: configuration has 3 errors",
+    );
+}

@@ -239,3 +239,96 @@ async fn follow_prints_rows_as_they_are_written() {
     let _ = child.wait();
     db.cleanup(store).await;
 }
+
+/// The audit trail stays readable when the configuration does not load: only the database's
+/// URL is needed, and an unset `${VAR}` or a broken mapping elsewhere does not matter.
+#[tokio::test]
+async fn readers_need_only_the_database_url() {
+    let db = common::TestDb::new().await;
+    let store = db.store().await;
+    write(&store, &[row(0, LogStatus::Failed, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("mappings/broken.toml"),
+        "[syncs.X]\nmodel = \"nope\"\nschedul = 1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("recsync.toml"),
+        format!(
+            "database_url = \"{}\"\n[[api_keys]]\nname = \"crm\"\nkey = \"${{UNSET_KEY_HASH}}\"\nscopes = [\"read\"]\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_recsync"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("RECSYNC_DATABASE_URL")
+            .env_remove("UNSET_KEY_HASH")
+            .output()
+            .expect("run recsync")
+    };
+    let o = run(&["log", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("the configuration does not load"), "{err}");
+    assert!(stdout(&o).contains("EXT-0-with-a-long-identifier"), "{o:?}");
+    let o = run(&["outbox", "list", "--status", "all"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(stdout(&o).contains("No outbox entries match."), "{o:?}");
+    // A mistake in `database_url` itself still stops them, naming it.
+    std::fs::write(
+        dir.path().join("recsync.toml"),
+        "database_url = \"${UNSET_DB_URL}\"\n",
+    )
+    .unwrap();
+    let o = run(&["log"]);
+    assert_eq!(o.status.code(), Some(78), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("UNSET_DB_URL"),
+        "{o:?}"
+    );
+    db.cleanup(store).await;
+}
+
+/// Run from the demo's folder with nothing configured, `recsync log` reads the demo's data.
+#[tokio::test]
+async fn log_in_the_demo_folder_reads_the_demo_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("recsync-demo.db").display());
+    let store = {
+        use std::str::FromStr;
+        let opts = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        sqlx::SqlitePool::connect_with(opts)
+            .await
+            .unwrap()
+            .close()
+            .await;
+        let s = Store::connect(&url).await.unwrap();
+        s.migrate().await.unwrap();
+        s
+    };
+    write(&store, &[row(4, LogStatus::Success, 1)]).await;
+    store.close().await;
+    let o = Command::new(env!("CARGO_BIN_EXE_recsync"))
+        .args(["log", "--format", "json"])
+        .current_dir(dir.path())
+        .env_remove("RECSYNC_DATABASE_URL")
+        .output()
+        .expect("run recsync log");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(stdout(&o).contains("EXT-4-with-a-long-identifier"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("demo's database"),
+        "{o:?}"
+    );
+    assert!(
+        !dir.path().join("recsync.db").exists(),
+        "nothing else created"
+    );
+}

@@ -69,9 +69,23 @@ impl Diagnostic {
 pub struct Diagnostics {
     pub items: Vec<Diagnostic>,
     secrets: Vec<String>,
+    /// Fields (model, field) whose declaration was already reported: a reference to one is
+    /// not reported again as an unknown field, so one mistake gives one error.
+    broken: std::collections::HashSet<(String, String)>,
 }
 
 impl Diagnostics {
+    /// Notes a field whose declaration failed (its error is already pushed).
+    pub fn mark_broken(&mut self, model: &str, field: &str) {
+        self.broken.insert((model.to_string(), field.to_string()));
+    }
+
+    /// Was this field declared, though wrongly? Then references to it are not errors too.
+    pub fn is_broken(&self, model: &str, field: &str) -> bool {
+        self.broken
+            .contains(&(model.to_string(), field.to_string()))
+    }
+
     pub fn push(&mut self, d: Diagnostic) {
         self.items.push(d);
     }

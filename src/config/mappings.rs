@@ -244,8 +244,11 @@ fn compile_model(d: &Decl<'_>, models: &[&str], diags: &mut Diagnostics) -> Opti
     match table_of(t, "fields", diags) {
         Some((ft, _)) => {
             for (k, item) in ft {
-                if let Some(f) = compile_field(k, item, models, diags) {
-                    fields.insert(f.name.clone(), f);
+                match compile_field(k, item, models, diags) {
+                    Some(f) => {
+                        fields.insert(f.name.clone(), f);
+                    }
+                    None => diags.mark_broken(&name, &k.name),
                 }
             }
         }
@@ -259,6 +262,8 @@ fn compile_model(d: &Decl<'_>, models: &[&str], diags: &mut Diagnostics) -> Opti
     let display = str_of(t, "display", diags).and_then(|s| {
         if fields.contains_key(s.value) || s.value == "id" {
             Some(s.value.to_string())
+        } else if diags.is_broken(&name, s.value) {
+            None
         } else {
             let names: Vec<&str> = fields.keys().map(String::as_str).collect();
             diags.push(with_choices(
@@ -550,8 +555,28 @@ fn compile_web_service(d: &Decl<'_>, diags: &mut Diagnostics) -> Option<WebServi
 }
 
 fn compile_auth(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<Auth> {
-    check_keys(t, &AUTH_KEYS, diags);
-    let mode = required_str(t, "mode", span, "`auth`", diags)?;
+    let Some(mode) = required_str(t, "mode", span, "`auth`", diags) else {
+        check_keys(t, &AUTH_KEYS, diags);
+        return None;
+    };
+    let allowed: &[&str] = match mode.value {
+        "none" => &["mode"],
+        "api_key" => &["mode", "header", "key"],
+        "basic" => &["mode", "user", "password"],
+        "bearer" => &["mode", "token"],
+        _ => &[],
+    };
+    // A key no mode knows is suggested from the keys of the mode chosen.
+    let choices: Vec<&str> = if allowed.is_empty() {
+        AUTH_KEYS.to_vec()
+    } else {
+        allowed.iter().copied().chain(["description"]).collect()
+    };
+    for (k, _) in t {
+        if !AUTH_KEYS.contains(&k.name.as_str()) {
+            diags.push(unknown_name("field", &k.name, k.span.clone(), &choices));
+        }
+    }
     let mut need = |key: &str| {
         required_str(
             t,
@@ -561,13 +586,6 @@ fn compile_auth(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<Auth>
             diags,
         )
         .map(|s| secret(&s))
-    };
-    let allowed: &[&str] = match mode.value {
-        "none" => &["mode"],
-        "api_key" => &["mode", "header", "key"],
-        "basic" => &["mode", "user", "password"],
-        "bearer" => &["mode", "token"],
-        _ => &[],
     };
     let auth = match mode.value {
         "none" => Some(Auth::None),
@@ -1089,6 +1107,9 @@ fn compile_domain(item: &Item, model: &Model, diags: &mut Diagnostics) -> Domain
                     continue;
                 };
                 let Some(ty) = model.field_type(field.value) else {
+                    if diags.is_broken(&model.name, field.value) {
+                        continue;
+                    }
                     diags.push(with_choices(
                         Diagnostic::error(
                             format!("unknown field `{}` on model `{}`", field.value, model.name),
@@ -1176,7 +1197,7 @@ fn compile_pair(
     let local_names: Vec<&str> = model.fields.keys().map(String::as_str).collect();
     let local = local_s.as_ref().and_then(|s| {
         let f = model.fields.get(s.value);
-        if f.is_none() {
+        if f.is_none() && !diags.is_broken(&model.name, s.value) {
             diags.push(with_choices(
                 Diagnostic::error(
                     format!("unknown field `{}` on model `{}`", s.value, model.name),

@@ -95,6 +95,92 @@ pub fn load(paths: &ConfigPaths, env: &dyn Env) -> Result<Loaded, LoadError> {
     })
 }
 
+/// What the read-only commands need: the database to read, found as `serve` would find it
+/// (flag, `RECSYNC_DATABASE_URL`, `recsync.toml`, default), whatever else the configuration
+/// holds. Errors elsewhere (an invalid mapping, an unset `${VAR}` of another key) do not stop
+/// it; an error in `database_url` itself does.
+pub struct DatabaseOnly {
+    pub settings: Settings,
+    /// Whether the default database was absent and the demo's was taken instead.
+    pub demo: bool,
+}
+
+pub fn load_database(paths: &ConfigPaths, env: &dyn Env) -> Result<DatabaseOnly, LoadError> {
+    let mut sources = Sources::default();
+    let mut parse_diags = Diagnostics::default();
+    let config_path = paths.config.clone().or_else(|| {
+        let default = PathBuf::from("recsync.toml");
+        default.exists().then_some(default)
+    });
+    let table = match &config_path {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(text) => {
+                let id = sources.add(p.display().to_string(), text.clone());
+                match source::parse_file(id, &text, env, &mut parse_diags) {
+                    Some(t) => Some((id, t)),
+                    None => {
+                        return Err(LoadError {
+                            sources,
+                            diagnostics: parse_diags,
+                        });
+                    }
+                }
+            }
+            Err(e) => return Err(io_error(sources, p, &e)),
+        },
+    };
+    // Only the `database_url` entry is compiled, and only the diagnostics about it count.
+    let entry: Option<(usize, source::Table)> = table.map(|(id, t)| {
+        (
+            id,
+            t.into_iter()
+                .filter(|(k, _)| k.name == "database_url")
+                .collect(),
+        )
+    });
+    let mut diags = Diagnostics::default();
+    for d in parse_diags.items {
+        let inside = entry.as_ref().is_some_and(|(_, t)| {
+            t.iter().any(|(_, item)| {
+                item.span.file == d.span.file
+                    && item.span.range.start <= d.span.range.start
+                    && d.span.range.end <= item.span.range.end
+            })
+        });
+        if inside {
+            diags.push(d);
+        }
+    }
+    let mut settings = settings::compile(
+        entry.as_ref().map(|(i, t)| (*i, t)),
+        env,
+        &paths.overrides,
+        &mut diags,
+    );
+    if !diags.is_empty() {
+        diags.sort();
+        return Err(LoadError {
+            sources,
+            diagnostics: diags,
+        });
+    }
+    // `recsync demo` keeps its data in recsync-demo.db; run from the demo's folder with nothing
+    // configured, the readers find it there.
+    use secrecy::ExposeSecret;
+    let configured = config_path.is_some()
+        || paths.overrides.database_url.is_some()
+        || env.var("RECSYNC_DATABASE_URL").is_some();
+    let demo = !configured
+        && settings.database_url.expose_secret() == "sqlite://recsync.db"
+        && !Path::new("recsync.db").exists()
+        && Path::new("recsync-demo.db").exists();
+    if demo {
+        settings.database_url = secrecy::SecretString::from("sqlite://recsync-demo.db");
+    }
+    Ok(DatabaseOnly { settings, demo })
+}
+
 /// Reads and compiles just the mapping folder (hot reload uses this).
 pub fn load_mappings(dir: &Path, env: &dyn Env) -> Result<(Plan, Vec<PathBuf>), LoadError> {
     let mut sources = Sources::default();

@@ -64,6 +64,48 @@ fn with_auth(req: reqwest::RequestBuilder, auth: &Auth) -> reqwest::RequestBuild
     }
 }
 
+/// What a reachability probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// The service answered (any HTTP status but a refusal of the credentials).
+    Answered(u16),
+    /// It answered 401 or 403: reachable, but the credentials are refused.
+    Refused(u16),
+    /// No answer: connection refused, a timeout, a TLS or DNS failure.
+    Unreachable(String),
+}
+
+/// Asks `url` whether it answers: a `GET` with the service's credentials and timeout. Any
+/// HTTP answer counts, since protocol URLs take `POST` and may well refuse a `GET`; nothing
+/// is sent that the service could apply.
+pub async fn probe(client: &reqwest::Client, auth: &Auth, timeout: Duration, url: &str) -> Probe {
+    match with_auth(client.get(url), auth)
+        .timeout(timeout)
+        .send()
+        .await
+    {
+        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => Probe::Refused(r.status().as_u16()),
+        Ok(r) => Probe::Answered(r.status().as_u16()),
+        Err(e) => Probe::Unreachable(match transport_error(e) {
+            SendError::Retry { reason, .. } | SendError::Permanent(reason) => reason,
+        }),
+    }
+}
+
+/// A URL as it may be shown: scheme, host and port, with no credentials or path.
+pub fn origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or("?");
+            match u.port() {
+                Some(p) => format!("{}://{host}:{p}", u.scheme()),
+                None => format!("{}://{host}", u.scheme()),
+            }
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let v = resp
         .headers()

@@ -35,6 +35,15 @@ impl Direction {
         }
     }
 
+    /// The arrow from the local side to the external side: `→`, `←` or `↔`.
+    pub fn arrow(self) -> &'static str {
+        match self {
+            Direction::ToExternal => "→",
+            Direction::ToLocal => "←",
+            Direction::Bidirectional => "↔",
+        }
+    }
+
     pub fn to_local(self) -> bool {
         matches!(self, Direction::ToLocal | Direction::Bidirectional)
     }

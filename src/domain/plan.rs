@@ -638,6 +638,24 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The type of a field path of `model`: a field name, or a dotted path through many2one
+    /// fields (`company.country`), as Odoo domains allow.
+    pub fn path_type(&self, model: &Model, path: &str) -> Option<FieldType> {
+        let mut current = model;
+        let mut segments = path.split('.').peekable();
+        while let Some(seg) = segments.next() {
+            let ty = current.field_type(seg)?;
+            if segments.peek().is_none() {
+                return Some(ty);
+            }
+            match ty {
+                FieldType::Many2one(related) => current = self.models.get(&related)?,
+                _ => return None,
+            }
+        }
+        None
+    }
+
     pub fn sync(&self, code: &str) -> Option<&Sync> {
         self.syncs.get(code)
     }

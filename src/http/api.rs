@@ -190,6 +190,60 @@ struct ListQuery {
     expand: Option<String>,
 }
 
+/// The records' values, with each dotted path (`company.country`) added under its own name,
+/// read through the related records hop by hop (one query per hop and page).
+async fn with_paths(
+    store: &crate::store::Store,
+    plan: &crate::domain::Plan,
+    model: &crate::domain::plan::Model,
+    page: &[crate::store::Record],
+    paths: &[String],
+) -> Result<Vec<serde_json::Map<String, Value>>, crate::store::StoreError> {
+    let mut out: Vec<serde_json::Map<String, Value>> =
+        page.iter().map(|r| r.values.clone()).collect();
+    for path in paths {
+        let segments: Vec<&str> = path.split('.').collect();
+        // Where each record stands on the path: the values of the record reached so far.
+        let mut at: Vec<Option<serde_json::Map<String, Value>>> =
+            page.iter().map(|r| Some(r.values.clone())).collect();
+        let mut current = model;
+        for seg in &segments[..segments.len() - 1] {
+            let Some(FieldType::Many2one(related)) = current.field_type(seg) else {
+                break;
+            };
+            let Some(next) = plan.models.get(&related) else {
+                break;
+            };
+            let ids: Vec<i64> = at
+                .iter()
+                .filter_map(|v| v.as_ref()?.get(*seg)?.as_i64())
+                .collect();
+            let found: std::collections::HashMap<i64, serde_json::Map<String, Value>> = store
+                .records_by_ids(&next.name, &ids)
+                .await?
+                .into_iter()
+                .filter(|r| !r.deleted)
+                .map(|r| (r.id, r.values))
+                .collect();
+            for v in &mut at {
+                *v = v
+                    .as_ref()
+                    .and_then(|m| m.get(*seg)?.as_i64())
+                    .and_then(|id| found.get(&id).cloned());
+            }
+            current = next;
+        }
+        let last = segments[segments.len() - 1];
+        for (values, reached) in out.iter_mut().zip(at) {
+            let v = reached
+                .and_then(|m| m.get(last).cloned())
+                .unwrap_or(Value::Null);
+            values.insert(path.clone(), v);
+        }
+    }
+    Ok(out)
+}
+
 /// Local records, filtered by an Odoo-style domain, in keyset pages.
 #[utoipa::path(
     tag = "records",
@@ -238,7 +292,7 @@ async fn list_records(
                             "`domain` is not valid JSON",
                         )
                     })?;
-                    domain_from_json(&v, |f| model.field_type(f)).map_err(|e| {
+                    domain_from_json(&v, |f| plan.path_type(model, f)).map_err(|e| {
                         ApiError::new(
                             StatusCode::BAD_REQUEST,
                             "bad_request",
@@ -247,6 +301,18 @@ async fn list_records(
                     })?
                 }
             };
+            // Dotted paths through many2one fields (`company.country`) are read from the
+            // related records, a query per hop and page.
+            let paths: Vec<String> = q
+                .domain
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| c.as_array()?.first()?.as_str().map(str::to_string))
+                .filter(|f| f.contains('.'))
+                .collect();
             let limit = q.limit.unwrap_or(100).clamp(1, 1000) as usize;
             let mut after = q.after.unwrap_or(0);
             let mut out = Vec::new();
@@ -260,9 +326,10 @@ async fn list_records(
                 if page.is_empty() {
                     break;
                 }
-                for r in &page {
+                let seen = with_paths(&state.engine.store, &plan, model, &page, &paths).await?;
+                for (r, values) in page.iter().zip(&seen) {
                     after = r.id;
-                    if domain.matches(&r.values) {
+                    if domain.matches(values) {
                         if out.len() == limit {
                             more = true;
                             break 'scan;
