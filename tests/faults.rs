@@ -153,6 +153,15 @@ async fn each_pull_fault_fails_its_run_once_with_a_clear_message_and_recovery_fo
             "no `content` list",
         ),
         (
+            "JSON without `status`",
+            "SLOW",
+            Faults {
+                no_status_next: 1,
+                ..Default::default()
+            },
+            "the answer has no `status` field; expected {\"status\": \"success\"",
+        ),
+        (
             "`content` a string",
             "SLOW",
             Faults {

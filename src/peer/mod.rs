@@ -61,6 +61,8 @@ pub struct Faults {
     pub wrong_shape_next: u32,
     /// The next N calls get a 200 of about 10 MB.
     pub huge_next: u32,
+    /// The next N calls get JSON without `status` (only `content`).
+    pub no_status_next: u32,
     /// The next N calls answer one byte every 100 ms (slow loris).
     pub trickle_next: u32,
     /// Pulled pages carry each record twice.
@@ -455,6 +457,9 @@ impl PeerState {
                 } else {
                     json!({"status": "success", "error_message": "", "content": "not a list"})
                 }))
+            } else if f.no_status_next > 0 {
+                f.no_status_next -= 1;
+                Some(HttpResponse::Ok().json(json!({"content": []})))
             } else if f.huge_next > 0 {
                 f.huge_next -= 1;
                 let pad = "x".repeat(10 * 1024 * 1024);
