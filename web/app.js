@@ -233,7 +233,7 @@ async function dashboard() {
       h("h2", { id: `sync-${s.code}` }, s.code, " ", h("span", { class: "muted" }, s.name !== s.code ? s.name : "")),
       h("div", { class: "muted" }, `${s.model} ⇄ ${s.external_model} via ${s.web_service}`),
       h("dl", {},
-        h("dt", {}, "Direction"), h("dd", {}, s.direction.replace(/_/g, " ")),
+        h("dt", {}, "Direction"), h("dd", {}, directionLabel(s.direction)),
         h("dt", {}, "Mode"), h("dd", {}, s.mode, s.schedule ? ` (${s.schedule})` : ""),
         h("dt", {}, "Last run"), h("dd", {}, last ? [time(last.started_at), " ", status(last.status)] : h("span", { class: "muted" }, "never")),
         h("dt", {}, "Next run"), h("dd", {}, time(s.next_run_at)),
@@ -334,7 +334,7 @@ async function changes() {
           onclick: open, onkeydown: (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); open(); } },
         },
           h("td", {}, time(c.synced_at)), h("td", {}, c.sync),
-          h("td", {}, c.direction === "external_to_local" ? "in" : "out"),
+          h("td", {}, c.direction === "external_to_local" ? "← in" : "→ out"),
           h("td", {}, c.action), h("td", {}, status(c.status)),
           h("td", {}, c.external_id || (c.local_id ? `#${c.local_id}` : "")),
           h("td", { class: "wrap" }, c.error_message || c.title)));
@@ -380,14 +380,24 @@ async function pairedDiff(c, o, d) {
   const sync = configCache.syncs.find((s) => s.code === c.sync);
   if (!sync) return null;
   const inbound = c.direction === "external_to_local";
+  // What went out through the shipping protocol is the whole request
+  // ({action, external_id, values}); its `values` are the external fields.
+  if (!inbound && d && typeof d.values === "object" && d.values !== null && "action" in d) {
+    d = d.values;
+  }
   const used = new Set();
-  const rows = sync.fields.map((f) => {
+  // Only the pairs that carry values this way.
+  const carried = sync.fields.filter((f) => f.direction === "bidirectional" || f.direction === (inbound ? "to_local" : "to_external"));
+  const rows = carried.map((f) => {
     const [from, to] = inbound ? [f.external, f.local] : [f.local, f.external];
     const ov = pick(o, from), dv = pick(d, to);
     used.add(from.replace(/^\$\.([^.]+).*/, "$1"));
     used.add(to.replace(/^\$\.([^.]+).*/, "$1"));
-    return { label: `${f.local} ↔ ${f.external}`, ov, dv };
+    return { label: `${f.local} ${arrow(f.direction)} ${f.external}`, ov, dv };
   });
+  // An outbound row's origin holds the whole local record: fields this sync does not map
+  // were not sent, so they are not listed as if they had been.
+  if (!inbound) Object.keys(o).forEach((k) => used.add(k));
   for (const k of [...new Set([...Object.keys(o), ...Object.keys(d)])].sort()) {
     if (!used.has(k)) rows.push({ label: k, ov: o[k], dv: d[k] });
   }
@@ -399,6 +409,15 @@ async function pairedDiff(c, o, d) {
         .map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, rows.map((r) => h("tr", { "data-field": r.label, class: r.changed ? "changed" : "" },
       h("th", { scope: "row" }, r.label), cell(r.ov, r.changed), cell(r.dv, r.changed)))));
+}
+
+// Arrows read from the local side to the external side.
+const ARROWS = { to_external: "→", to_local: "←", bidirectional: "↔", local_to_external: "→", external_to_local: "←" };
+function arrow(direction) {
+  return ARROWS[direction] || "";
+}
+function directionLabel(direction) {
+  return `${arrow(direction)} ${direction.replace(/_/g, " ")}`;
 }
 
 function pretty(v) {
@@ -416,7 +435,7 @@ async function changeDetail(id) {
   }
   const meta = h("dl", { class: "card meta" },
     ...[
-      ["Operation", c.name], ["Sync", c.sync], ["Direction", c.direction.replace(/_/g, " ")], ["Action", c.action],
+      ["Operation", c.name], ["Sync", c.sync], ["Direction", directionLabel(c.direction)], ["Action", c.action],
       ["Status", status(c.status)], ["External id", c.external_id || "—"], ["Local id", c.local_id ?? "—"],
       ["Synced", time(c.synced_at)], ["Modified at source", time(c.modified_at)], ["Actor", c.actor], ["Run", c.run_id ?? "—"],
     ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
@@ -485,7 +504,9 @@ async function history() {
     const rows = [...seen.values()].sort((a, b) => a.id - b.id);
     const list = h("ol", { class: "timeline", "aria-label": "Changes, oldest first" },
       rows.map((c) => h("li", { class: c.status },
-        h("div", {}, time(c.synced_at), " · ", h("strong", {}, c.sync), " · ", c.action, " · ", status(c.status)),
+        h("div", {}, time(c.synced_at), " · ", h("strong", {}, c.sync), " · ",
+          h("span", { class: "direction", title: c.direction.replace(/_/g, " ") }, c.direction === "external_to_local" ? "← in" : "→ out"),
+          " · ", c.action, " · ", status(c.status)),
         h("div", {}, h("a", { href: `#/change/${c.id}` }, c.name), c.title ? ` — ${c.title}` : ""),
         c.error_message ? h("div", { class: "status-failed" }, c.error_message) : null)));
     show(h("h1", {}, "Record history"), form,
@@ -554,9 +575,9 @@ async function configPage() {
     h("thead", {}, h("tr", {}, ["Sync", "Local model", "External model", "Web service", "Direction", "Mode", "Priority", "Fields"].map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, c.syncs.map((s) => h("tr", {},
       h("td", {}, s.code), h("td", {}, s.model), h("td", {}, s.external_model), h("td", {}, s.web_service),
-      h("td", {}, s.direction.replace(/_/g, " ")), h("td", {}, s.mode, s.schedule ? ` (${s.schedule}, ${s.timezone})` : ""),
+      h("td", {}, directionLabel(s.direction)), h("td", {}, s.mode, s.schedule ? ` (${s.schedule}, ${s.timezone})` : ""),
       h("td", {}, s.priority),
-      h("td", { class: "wrap" }, s.fields.map((f) => `${f.local} ↔ ${f.external}`).join(", "))))));
+      h("td", { class: "wrap" }, s.fields.map((f) => `${f.local} ${arrow(f.direction)} ${f.external}`).join(", "))))));
   const models = h("table", {},
     h("thead", {}, h("tr", {}, ["Model", "Fields"].map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, c.models.map((m) => h("tr", {}, h("td", {}, m.name),
@@ -564,10 +585,10 @@ async function configPage() {
   const services = h("table", {},
     h("thead", {}, h("tr", {}, ["Web service", "Kind", "Addresses"].map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, c.web_services.map((w) => h("tr", {}, h("td", {}, w.name), h("td", {}, w.kind),
-      h("td", { class: "wrap" }, [w.url, w.confirmation_url, w.shipping_url, w.api_url].filter(Boolean).join(" · ") || "—")))));
+      h("td", { class: "wrap" }, [...new Set([w.url, w.confirmation_url, w.shipping_url, w.api_url].filter(Boolean))].join(" · ") || "—")))));
   show(h("h1", {}, "Configuration"), errors, h("h2", {}, "Syncs"), syncs, h("h2", {}, "Models"), models,
     h("h2", {}, "Web services"), services,
-    h("p", { class: "muted" }, "Secrets (keys, tokens, values read from the environment) are never shown."));
+    h("p", { class: "muted" }, "Secrets (keys, tokens, values read from the environment) are never shown; an address written with ${…} shows its scheme and host, and /… for the rest."));
 }
 
 function treeNode(n) {

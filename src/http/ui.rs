@@ -125,17 +125,17 @@ async fn config_summary(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
                 .web_services
                 .values()
                 .map(|w| match &w.spec {
-                    // ConfigStr prints secret values masked.
                     ServiceSpec::Rest(r) => json!({
                         "name": w.name, "kind": "rest", "active": w.active,
-                        "url": r.url.as_ref().map(|u| u.to_string()),
-                        "confirmation_url": r.confirmation_url.as_ref().map(|u| u.to_string()),
-                        "shipping_url": r.shipping_url.as_ref().map(|u| u.to_string()),
+                        "url": r.url.as_ref().map(location),
+                        "confirmation_url": r.confirmation_url.as_ref().map(location),
+                        "shipping_url": r.shipping_url.as_ref().map(location),
                         "timeout_ms": r.timeout.as_millis() as u64,
                     }),
                     ServiceSpec::Dropbox(d) => json!({
                         "name": w.name, "kind": "dropbox", "active": w.active,
-                        "api_url": d.api_url.as_ref().map(|u| u.to_string()),
+                        "api_url": Some(d.api_url.as_ref().map(location)
+                            .unwrap_or_else(|| "https://api.dropboxapi.com".into())),
                     }),
                 })
                 .collect();
@@ -249,4 +249,16 @@ async fn one_change(
         }
         .await,
     )
+}
+
+/// Where a URL points, for people: scheme, host and port always; the rest only when it was
+/// written in the mapping as it is (a value built with `${VAR}` may hold a secret: its path is
+/// shown as `/…`), and never a password.
+fn location(url: &crate::domain::plan::ConfigStr) -> String {
+    let origin = crate::connectors::rest::origin(url.expose());
+    if url.is_secret() {
+        format!("{origin}/…")
+    } else {
+        crate::config::settings::mask_url(url.expose())
+    }
 }

@@ -52,6 +52,8 @@ pub struct Faults {
     pub fail_status: Option<u16>,
     /// Added to every call.
     pub latency_ms: u64,
+    /// A random extra delay of up to this many milliseconds, per call.
+    pub jitter_ms: u64,
     /// The next N calls get 429 with `Retry-After: retry_after`.
     pub rate_limit_next: u32,
     pub retry_after: u64,
@@ -421,7 +423,12 @@ impl PeerState {
             if f.only.as_deref().is_some_and(|o| o != kind) {
                 return (0, None);
             }
-            let latency = f.latency_ms;
+            let latency = f.latency_ms
+                + if f.jitter_ms > 0 {
+                    rand::random::<u64>() % f.jitter_ms
+                } else {
+                    0
+                };
             let answer = if f.rate_limit_next > 0 {
                 f.rate_limit_next -= 1;
                 Some(

@@ -179,16 +179,36 @@ try {
   await page.reload();
   await page.locator(".empty").filter({ hasText: "No dead letters" }).waitFor();
 
+  // 7b. The delivery's row, field by field: the sent value of each mapped field.
+  step = "outbound diff";
+  const sent = (await call("GET", `/api/v1/changes?direction=local_to_external&status=success&local_id=${customer.id}&limit=1`)).body.changes[0];
+  assert.ok(sent, "the delivery wrote a row");
+  await page.goto(`${base}/#/change/${sent.id}`);
+  await page.locator("table.diff tbody tr").first().waitFor();
+  const cells = await page.locator("table.diff tbody tr").evaluateAll((rows) =>
+    rows.map((r) => ({ field: r.dataset.field, from: r.querySelectorAll("td")[0].textContent, to: r.querySelectorAll("td")[1].textContent })));
+  assert.ok(cells.length >= 1, "mapped fields are listed");
+  assert.ok(cells.filter((c) => c.from !== "—").every((c) => c.to !== "—"), `every field with a value shows what was sent: ${JSON.stringify(cells)}`);
+  assert.ok(cells.some((c) => c.to === "Dead Letter Test"), `the sent name is shown: ${JSON.stringify(cells)}`);
+  assert.ok(!cells.some((c) => ["action", "external_id", "values"].includes(c.field)), `no raw request keys: ${JSON.stringify(cells)}`);
+  assert.match(await page.locator("dl.meta").textContent(), /→ local to external/, "the direction has its arrow");
+
   // 8. The other pages.
   step = "history";
   await page.goto(`${base}/#/history?local_id=${customer.id}`);
   await page.locator("ol.timeline li").first().waitFor();
+  const directions = await page.locator("ol.timeline li .direction").allTextContents();
+  assert.ok(directions.length === await page.locator("ol.timeline li").count(), "each history row shows its direction");
+  assert.ok(directions.includes("→ out"), `the delivery shows as outbound: ${directions}`);
   await shot("08-record-history");
   step = "configuration";
   await page.getByRole("link", { name: "Configuration" }).click();
   await page.getByRole("heading", { name: "Syncs", level: 2 }).waitFor();
   const configText = await page.locator("main").textContent();
   assert.ok(!configText.includes(adminKey) && !/rsk_/.test(configText), "no key is shown");
+  assert.ok(!configText.includes("[from environment]"), "services say where they are");
+  assert.match(configText, /http:\/\/127\.0\.0\.1:\d+/, "each service's scheme and host are shown");
+  assert.match(configText, /[→←↔] (to external|to local|bidirectional)/, "directions have their arrows");
   await shot("09-configuration");
   step = "trees";
   await page.getByRole("link", { name: "Dropbox trees" }).click();
