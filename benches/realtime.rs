@@ -2,6 +2,9 @@
 //! `/sync/<CODE>/...` with 64 keep-alive connections. Prints acknowledged requests/s, latency
 //! percentiles, outbox deliveries/s to the peer, and peak RSS.
 //! Run with `cargo bench --bench realtime` (set RECSYNC_BENCH_REQUESTS to change the count).
+//! `RECSYNC_BENCH_DATABASE_URL=postgres://...` runs on a fresh PostgreSQL database made on that
+//! server (and dropped after), and `RECSYNC_BENCH_INSTANCES=2` starts that many instances
+//! sharing it, with the connections spread across them as a load balancer would.
 
 mod support;
 
@@ -79,11 +82,41 @@ async fn run() {
         &std::collections::HashMap::<String, String>::new(),
     )
     .unwrap();
+    let instances: usize = std::env::var("RECSYNC_BENCH_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let pg_admin = std::env::var("RECSYNC_BENCH_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let (database_url, pg_db) = match &pg_admin {
+        Some(admin) => {
+            let name = format!("recsync_bench_{}", std::process::id());
+            let pool = sqlx::PgPool::connect(admin).await.unwrap();
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            let mut url = url::Url::parse(admin).unwrap();
+            url.set_path(&format!("/{name}"));
+            (url.to_string(), Some(name))
+        }
+        None => (
+            format!("sqlite://{}", dir.path().join("bench.db").display()),
+            None,
+        ),
+    };
+    if instances > 1 && pg_db.is_none() {
+        panic!("several instances share a PostgreSQL database: set RECSYNC_BENCH_DATABASE_URL");
+    }
     let settings = config::Settings {
-        database_url: secrecy::SecretString::from(format!(
-            "sqlite://{}",
-            dir.path().join("bench.db").display()
-        )),
+        database_url: secrecy::SecretString::from(database_url),
         listen: "127.0.0.1:0".parse().unwrap(),
         api_keys: vec![ApiKey {
             name: "bench".into(),
@@ -96,19 +129,24 @@ async fn run() {
     // deliveries alone. RECSYNC_BENCH_MIXED=1 runs both at once instead.
     let mixed = std::env::var_os("RECSYNC_BENCH_MIXED").is_some();
     let no_workers = !mixed;
-    let app = app::build(
-        settings,
-        plan,
-        BuildOptions {
-            no_workers,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let engine = app.engine();
-    tokio::spawn(app.run_until_stopped());
+    let mut bases = Vec::new();
+    let mut engines = Vec::new();
+    for _ in 0..instances {
+        let app = app::build(
+            settings.clone(),
+            plan.clone(),
+            BuildOptions {
+                no_workers,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        bases.push(format!("http://127.0.0.1:{}", app.port()));
+        engines.push(app.engine());
+        tokio::spawn(app.run_until_stopped());
+    }
+    let engine = engines[0].clone();
     let peer = Peer::from_listener(
         peer_listener,
         PeerOptions {
@@ -124,6 +162,7 @@ async fn run() {
     let requests: Arc<Vec<(reqwest::Method, String, bytes::Bytes)>> = Arc::new(
         (0..total)
             .map(|i| {
+                let base = &bases[i % instances];
                 if i < creates {
                     let body = json!({"uid": format!("u{i}"), "name": format!("Contact {i}"), "email": format!("c{i}@example.com"), "visits": i});
                     (reqwest::Method::POST, format!("{base}/sync/IN/create"), bytes::Bytes::from(body.to_string()))
@@ -185,7 +224,9 @@ async fn run() {
     let delivery_start = if mixed {
         started
     } else {
-        engine.spawn_worker(stop_rx);
+        for e in &engines {
+            e.spawn_worker(stop_rx.clone());
+        }
         Instant::now()
     };
     // Deliveries: wait until the outbox has no undelivered entry left.
@@ -205,8 +246,13 @@ async fn run() {
         .count();
     lat.sort();
     println!(
-        "realtime benchmark: {total} requests ({creates} creates, {} updates), {CONNECTIONS} keep-alive connections, file-backed SQLite, {}",
+        "realtime benchmark: {total} requests ({creates} creates, {} updates), {CONNECTIONS} keep-alive connections, {}, {}",
         total - creates,
+        match instances {
+            1 if pg_db.is_some() => "PostgreSQL, one instance".to_string(),
+            1 => "file-backed SQLite".to_string(),
+            n => format!("PostgreSQL, {n} instances sharing it (requests spread round-robin)"),
+        },
         if mixed {
             "ingest and delivery at once"
         } else {
@@ -240,4 +286,14 @@ async fn run() {
         "  peak RSS           {:.1} MiB (recsync, the peer and the load generator in one process)",
         peak_rss_mib().unwrap_or(f64::NAN)
     );
+    if let (Some(admin), Some(name)) = (&pg_admin, &pg_db) {
+        for e in &engines {
+            e.store.close().await;
+        }
+        if let Ok(pool) = sqlx::PgPool::connect(admin).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&pool)
+                .await;
+        }
+    }
 }
