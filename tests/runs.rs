@@ -656,3 +656,74 @@ async fn a_peer_failing_mid_pull_fails_the_run_and_the_next_run_duplicates_nothi
     assert_eq!(left["content"], json!([]));
     h.stop().await;
 }
+
+/// A pulled record outside the sync's domain is skipped with a row giving the reason, as on the
+/// real-time path, and confirmed (it is not an error of the service's).
+#[tokio::test]
+async fn a_pulled_record_outside_the_domain_is_skipped_with_a_row() {
+    let h = Harness::with(common::harness::Tweaks {
+        extra_mapping: r#"
+[web_services.dpullsrc]
+url = "@PEER@/api/dpull/fetch"
+confirmation_url = "@PEER@/api/dpull/confirm"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+
+[syncs.DPULL]
+model = "contact"
+external_model = "crm_contact"
+web_service = "dpullsrc"
+direction = "to_local"
+mode = "cron"
+every = "1h"
+domain = [["email", "ilike", "@keep."]]
+external_ref = "unique_id"
+fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
+"#
+        .into(),
+        ..Default::default()
+    })
+    .await;
+    h.peer
+        .upsert(
+            "dpull",
+            Some("D-1".into()),
+            obj(json!({"name": "Kept", "email": "k@keep.example"})),
+        )
+        .await;
+    h.peer
+        .upsert(
+            "dpull",
+            Some("D-2".into()),
+            obj(json!({"name": "Other", "email": "o@other.example"})),
+        )
+        .await;
+    let run = h.run("DPULL").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    assert_eq!((run.created, run.skipped, run.failed), (1, 1, 0), "{run:?}");
+    assert!(h.link("DPULL", "D-2").await.is_none(), "nothing written");
+    let rows = h.changes("DPULL").await;
+    let skipped: Vec<_> = rows.iter().filter(|c| c.status == "skipped").collect();
+    assert_eq!(skipped.len(), 1, "{rows:?}");
+    assert_eq!(skipped[0].external_id.as_deref(), Some("D-2"));
+    assert_eq!(skipped[0].run_id, Some(run.id));
+    assert!(
+        skipped[0]
+            .error_message
+            .contains("does not match the domain of sync `DPULL`"),
+        "{:?}",
+        skipped[0]
+    );
+    // Both were confirmed as received, so the service offers nothing more.
+    let confirmed: Vec<Value> = h
+        .peer
+        .calls("dpull", "confirm")
+        .iter()
+        .flat_map(|c| c["content"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(confirmed.len(), 2, "{confirmed:?}");
+    assert!(
+        confirmed.iter().all(|c| c["status"] == "success"),
+        "{confirmed:?}"
+    );
+    h.stop().await;
+}
