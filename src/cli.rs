@@ -443,6 +443,7 @@ async fn check_services(plan: &crate::domain::Plan) -> ExitCode {
             );
         } else {
             failed += 1;
+            problems.dedup();
             println!("  FAIL  {name}: {}", problems.join("; "));
         }
     }
@@ -827,6 +828,9 @@ async fn open_store_for_reading(
     })?;
     let plan = match config::load(&paths(g, None), &ProcessEnv) {
         Ok(loaded) => Some(loaded.plan),
+        // In the demo's folder there is no configuration to speak of: the note below says
+        // what is read.
+        Err(_) if only.demo => None,
         Err(e) => {
             eprintln!(
                 "warning: the configuration does not load ({} error(s); `recsync validate` shows them); reading {} anyway",
