@@ -2,80 +2,18 @@
 //! settings and a plan, watch the mapping folder for hot reload, and run until a signal.
 //! Tests use the same entry point.
 
-use crate::config::{self, ProcessEnv, Settings};
+use crate::config::Settings;
 use crate::domain::Plan;
 use crate::engine::{Engine, EngineOptions};
+pub use crate::http::AppState;
 use crate::store::Store;
-use actix_web::{App as ActixApp, HttpServer, web};
+use actix_web::{HttpServer, web};
 use anyhow::Context;
 use notify::{RecursiveMode, Watcher};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
-use utoipa_actix_web::AppExt;
-
-/// State shared by every request handler.
-pub struct AppState {
-    pub engine: Arc<Engine>,
-    pub settings: Settings,
-    config_errors: RwLock<Vec<String>>,
-    /// Per-key request budget on `/sync/*` (`rate_limit`), when set.
-    pub limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
-}
-
-impl AppState {
-    pub fn new(engine: Arc<Engine>, settings: Settings) -> Self {
-        let limiter = std::num::NonZeroU32::new(settings.rate_limit)
-            .map(|n| governor::RateLimiter::keyed(governor::Quota::per_second(n)));
-        AppState {
-            engine,
-            settings,
-            config_errors: RwLock::new(Vec::new()),
-            limiter,
-        }
-    }
-
-    /// The plan in force.
-    pub fn plan(&self) -> Arc<Plan> {
-        self.engine.plan()
-    }
-
-    /// Errors of the last reload attempt (empty when the files on disk are valid).
-    pub fn config_errors(&self) -> Vec<String> {
-        self.config_errors.read().expect("errors lock").clone()
-    }
-
-    /// Re-reads the mapping folder: a valid result replaces the plan, an invalid one is
-    /// logged and kept for display while the last valid plan goes on running.
-    pub fn reload(&self) {
-        match config::load_mappings(&self.settings.mappings, &ProcessEnv) {
-            Ok((plan, files)) => {
-                crate::crash::point("reload.before_swap");
-                tracing::info!(
-                    syncs = plan.syncs.len(),
-                    files = files.len(),
-                    "Reloaded the mapping files"
-                );
-                self.engine.set_plan(plan);
-                let engine = self.engine.clone();
-                self.engine.spawn(async move {
-                    if let Err(e) = engine.register_bindings().await {
-                        tracing::error!(error = %e, "Failed to record the bindings of the reloaded syncs");
-                    }
-                });
-                self.config_errors.write().expect("errors lock").clear();
-            }
-            Err(e) => {
-                let summary = e.summary();
-                for line in &summary {
-                    tracing::warn!(error = %line, "Invalid mapping edit; keeping the last valid configuration");
-                }
-                *self.config_errors.write().expect("errors lock") = summary;
-            }
-        }
-    }
-}
 
 /// A built application, bound to its port but not yet serving.
 pub struct App {
@@ -132,13 +70,7 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
         TcpListener::bind(listen).with_context(|| format!("Failed to listen on {listen}"))?;
     let port = listener.local_addr()?.port();
     let mappings = settings.mappings.clone();
-    let engine_opts = EngineOptions {
-        change_log: settings.change_log,
-        max_attempts: settings.outbox_max_attempts,
-        backoff: settings.outbox_backoff,
-        claim_timeout: settings.claim_timeout,
-        ..EngineOptions::default()
-    };
+    let engine_opts = EngineOptions::from_settings(&settings);
     let tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
         _ => None,
@@ -179,68 +111,9 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
     let state = web::Data::new(AppState::new(engine.clone(), settings));
 
     let data = state.clone();
-    let server = HttpServer::new(move || {
-        let engine = data.engine.clone();
-        ActixApp::new()
-            .wrap_fn(move |req, srv| {
-                let started = std::time::Instant::now();
-                let method = req.method().to_string();
-                // Counted until answered, or dropped with its connection.
-                let counted = InFlight::new(engine.clone());
-                // A NUL character (%00) in an API URL cannot be stored or compared by every
-                // backend (PostgreSQL refuses it): refused here once for every `/api/` route.
-                let uri = req.uri();
-                let nul = uri.path().starts_with("/api/")
-                    && (uri.path().contains("%00")
-                        || uri.query().is_some_and(|q| q.contains("%00")));
-                let fut = (!nul).then(|| actix_web::dev::Service::call(srv, req));
-                let engine = engine.clone();
-                async move {
-                    let Some(fut) = fut else {
-                        drop(counted);
-                        return Err(crate::http::api::ApiError::new(
-                            actix_web::http::StatusCode::BAD_REQUEST,
-                            "bad_request",
-                            "the URL contains a NUL character (%00)",
-                        )
-                        .into());
-                    };
-                    let mut res = fut.await;
-                    drop(counted);
-                    // Once shutting down, every answer closes its connection, so keep-alive
-                    // clients cannot hold the server open with new requests.
-                    if let Ok(r) = &mut res
-                        && engine.is_stopping()
-                    {
-                        r.response_mut()
-                            .head_mut()
-                            .set_connection_type(actix_web::http::ConnectionType::Close);
-                    }
-                    if let Ok(r) = &res {
-                        let route = r
-                            .request()
-                            .match_pattern()
-                            .unwrap_or_else(|| "unmatched".into());
-                        crate::metrics::http_request(
-                            &method,
-                            &route,
-                            r.status().as_u16(),
-                            started.elapsed().as_secs_f64(),
-                        );
-                    }
-                    res
-                }
-            })
-            .app_data(data.clone())
-            .app_data(web::PayloadConfig::new(data.settings.body_limit))
-            .app_data(crate::http::api::query_config())
-            .app_data(crate::http::api::path_config())
-            .into_utoipa_app()
-            .configure(crate::http::routes)
-            .into_app()
-    })
-    .disable_signals()
-    .shutdown_timeout(shutdown_timeout.as_secs().max(1));
+    let server = HttpServer::new(move || crate::http::app(data.clone()))
+        .disable_signals()
+        .shutdown_timeout(shutdown_timeout.as_secs().max(1));
     let server = match &tls {
         Some(config) => server.listen_rustls_0_23(listener, config.clone())?,
         None => server.listen(listener)?,
@@ -351,7 +224,7 @@ impl App {
         tracing::info!(
             timeout_s = timeout.as_secs_f64(),
             runs = engine.active_runs(),
-            requests = engine.in_flight.load(std::sync::atomic::Ordering::SeqCst),
+            requests = state.requests_in_flight(),
             "Shutting down: no new requests; finishing the work in hand"
         );
         engine.begin_shutdown();
@@ -375,7 +248,7 @@ impl App {
                     // what is left (idle connections, connections never accepted) are closed.
                     handle.pause().await;
                     tracing::debug!("Shutdown: no longer accepting connections");
-                    engine.requests_finished().await;
+                    state.requests_finished().await;
                     handle.stop(false).await;
                     tracing::info!("Shutdown: requests in flight answered, listener closed");
                 },
@@ -412,25 +285,6 @@ impl App {
 }
 
 /// An HTTP request being answered, for the graceful shutdown's count.
-struct InFlight(Arc<Engine>);
-
-impl InFlight {
-    fn new(engine: Arc<Engine>) -> InFlight {
-        engine
-            .in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        InFlight(engine)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// The rustls configuration from PEM files: a certificate chain and a private key.
 fn tls_config(
     cert: &std::path::Path,

@@ -1118,12 +1118,8 @@ async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode {
         eprintln!("error: migrating the database failed: {e}");
         return ExitCode::FAILURE;
     }
-    let opts = crate::engine::EngineOptions {
-        change_log: loaded.settings.change_log,
-        max_attempts: loaded.settings.outbox_max_attempts,
-        backoff: loaded.settings.outbox_backoff,
-        ..Default::default()
-    };
+    // The same options as `serve` (claim timeout included).
+    let opts = crate::engine::EngineOptions::from_settings(&loaded.settings);
     let engine = std::sync::Arc::new(crate::engine::Engine::new(store.clone(), loaded.plan, opts));
     if let Err(e) = engine.register_bindings().await {
         eprintln!("error: recording the syncs' bindings failed: {e}");

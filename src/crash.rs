@@ -1,3 +1,5 @@
+//! The test knobs, read here and nowhere else: crash points and the SQLite size cap.
+//!
 //! Crash points for the crash-matrix tests. With `RECSYNC_CRASH_POINT=<name>:<n>` in the
 //! environment, the `n`-th time the code passes the point `name`, the process kills itself with
 //! SIGKILL, there and then: no destructor runs, nothing is flushed, nothing is answered. Without
@@ -11,6 +13,15 @@
 //! compiled, not yet in force).
 
 use std::sync::OnceLock;
+
+/// `RECSYNC_SQLITE_MAX_PAGE_COUNT`: a cap on a SQLite database's size in pages; past it, writes
+/// fail as "full" (tests use it to rehearse a full disk).
+pub fn sqlite_max_page_count() -> Option<u64> {
+    std::env::var("RECSYNC_SQLITE_MAX_PAGE_COUNT")
+        .ok()?
+        .parse()
+        .ok()
+}
 use std::sync::atomic::{AtomicU64, Ordering};
 
 struct Armed {

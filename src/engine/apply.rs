@@ -77,6 +77,10 @@ pub enum ApplyError {
     UnknownRecord(String, i64),
     #[error("{0}")]
     Invalid(String),
+    /// A relational value names a record that is not there (yet): a pull retries it once the
+    /// rest of the run has arrived.
+    #[error("{0}")]
+    MissingReference(String),
     #[error("the store is unavailable")]
     Store(#[from] StoreError),
 }
@@ -319,7 +323,7 @@ impl Engine {
                             Reference::Field(f) => format!("with {f} = `{key}`"),
                             Reference::None => format!("with id `{key}`"),
                         };
-                        return Err(ApplyError::Invalid(format!(
+                        return Err(ApplyError::MissingReference(format!(
                             "{}: no `{}` record {how}",
                             r.field, r.related_model
                         )));

@@ -37,6 +37,19 @@ pub struct EngineOptions {
     pub claim_timeout: Duration,
 }
 
+impl EngineOptions {
+    /// The options `recsync.toml` (and its environment overrides) set.
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        EngineOptions {
+            change_log: settings.change_log,
+            max_attempts: settings.outbox_max_attempts,
+            backoff: settings.outbox_backoff,
+            claim_timeout: settings.claim_timeout,
+            ..EngineOptions::default()
+        }
+    }
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
@@ -105,8 +118,6 @@ pub struct Engine {
     stopping: std::sync::atomic::AtomicBool,
     /// Runs of this process still going.
     active_runs: std::sync::atomic::AtomicUsize,
-    /// HTTP requests being answered (counted by the server's middleware).
-    pub in_flight: std::sync::atomic::AtomicUsize,
     /// The runtime the engine was built on. Background work (runs, Dropbox loops, deliveries)
     /// is spawned here, never on an HTTP worker's runtime, which ends with its worker.
     rt: Option<tokio::runtime::Handle>,
@@ -139,7 +150,6 @@ impl Engine {
             dropbox_waiting: Mutex::default(),
             stopping: Default::default(),
             active_runs: Default::default(),
-            in_flight: Default::default(),
             rt: tokio::runtime::Handle::try_current().ok(),
         }
     }
@@ -177,13 +187,6 @@ impl Engine {
     pub async fn runs_finished(&self) {
         while self.active_runs.load(std::sync::atomic::Ordering::SeqCst) > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until no HTTP request is being answered.
-    pub async fn requests_finished(&self) {
-        while self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -278,6 +281,23 @@ impl Engine {
             tx.log_change(&row).await?;
         }
         Ok(())
+    }
+
+    /// Keeps the first answer given to an `Idempotency-Key` (with the fingerprint of the request
+    /// it answered), so that a retry of the same request gets it again. A key already kept
+    /// keeps its first answer.
+    pub async fn remember_answer(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        tx.put_idempotent(scope, key, fingerprint, status, body)
+            .await?;
+        tx.commit().await
     }
 
     /// Writes a change-control row on its own (failed requests, delivery attempts).

@@ -37,6 +37,20 @@ impl RefResolver for Prefetched {
 }
 
 impl Engine {
+    /// Queues a dead or discarded entry again (an operator's retry); false if there is none.
+    pub async fn retry_delivery(&self, id: i64) -> Result<bool, StoreError> {
+        let queued = self.store.outbox_requeue(id).await?;
+        if queued {
+            self.wake();
+        }
+        Ok(queued)
+    }
+
+    /// Gives up on a pending or dead entry (an operator's discard); false if there is none.
+    pub async fn discard_delivery(&self, id: i64) -> Result<bool, StoreError> {
+        self.store.outbox_discard(id).await
+    }
+
     /// Claims and delivers one batch of due entries: records and links are read in a few
     /// queries, the sends run concurrently (bounded per web service), and the results are
     /// written back in one transaction.

@@ -635,7 +635,7 @@ impl Engine {
                         self.log_pull_failure(code, &page[i], &id, &msg, ctx)
                             .await
                             .map_err(|e| format!("the store failed: {e}"))?;
-                        if msg.contains(": no `") {
+                        if matches!(e, ApplyError::MissingReference(_)) {
                             unresolved.push(page[i].clone());
                         }
                         Some(msg)

@@ -1,9 +1,9 @@
 //! The JSON API under `/api/v1`: local records (read and write) and the outbox. Errors are
 //! `{"error": code, "message": sentence}`; a 5xx never carries database text.
 
+use super::AppState;
 use super::auth::{Caller, authenticate};
 use super::body::{BodyError, read_limited};
-use crate::app::AppState;
 use crate::config::Scope;
 use crate::domain::FieldType;
 use crate::domain::filter::domain_from_json;
@@ -30,35 +30,90 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 
 /// An API error.
 #[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+pub enum ApiError {
+    /// 400: the request cannot be read (query, body, parameters).
+    BadRequest(String),
+    /// 401: no key, or an unknown one.
+    Unauthorized(String),
+    /// 403: the key lacks the scope, or the sync does not take this.
+    Forbidden(String),
+    /// 404: no such model, record, sync, entry or path.
+    NotFound(String),
+    /// 409: the state does not allow it (an inactive sync).
+    Conflict(String),
+    /// 409: something is already in progress (a run of the sync).
+    Busy(String),
+    /// 413: the body is over the limit.
+    PayloadTooLarge(String),
+    /// 422: a value does not fit its field.
+    Invalid(String),
+    /// 503: the store is unavailable; retry.
+    Unavailable(String),
+    /// 500: anything else, with nothing internal in the message.
+    Internal(String),
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) | ApiError::Busy(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `error` field of the answer.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Busy(_) => "busy",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Invalid(_) => "invalid",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::Busy(m)
+            | ApiError::PayloadTooLarge(m)
+            | ApiError::Invalid(m)
+            | ApiError::Unavailable(m)
+            | ApiError::Internal(m) => m,
         }
     }
 
     fn response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({"error": self.code, "message": self.message}))
+        HttpResponse::build(self.status())
+            .json(json!({"error": self.code(), "message": self.message()}))
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(self.message())
     }
 }
 
 impl actix_web::ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        self.status
+        self.status()
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -75,11 +130,9 @@ pub fn query_config() -> web::QueryConfig {
             actix_web::error::QueryPayloadError::Deserialize(e) => e.to_string(),
             other => other.to_string(),
         };
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the query string `{query}` does not fit this route: {why}"),
-        )
+        ApiError::BadRequest(format!(
+            "the query string `{query}` does not fit this route: {why}"
+        ))
         .into()
     })
 }
@@ -89,12 +142,7 @@ pub fn query_config() -> web::QueryConfig {
 pub fn path_config() -> web::PathConfig {
     web::PathConfig::default().error_handler(|err, req| {
         let path: String = req.path().chars().take(200).collect();
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("nothing at `{path}`: {err}"),
-        )
-        .into()
+        ApiError::NotFound(format!("nothing at `{path}`: {err}")).into()
     })
 }
 
@@ -102,35 +150,25 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "Store error while serving the API");
         if e.is_unavailable() {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the store is unavailable; try again",
-            )
+            ApiError::Unavailable("the store is unavailable; try again".into())
         } else {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the request could not be completed",
-            )
+            ApiError::Internal("the request could not be completed".into())
         }
     }
 }
 
 impl From<ApplyError> for ApiError {
     fn from(e: ApplyError) -> Self {
-        let status = super::sync::apply_status(&e);
-        let code = match status.as_u16() {
-            404 => "not_found",
-            422 => "invalid",
-            403 => "forbidden",
-            409 => "conflict",
-            503 => "unavailable",
-            _ => "internal",
-        };
+        let message = e.to_string();
         match e {
+            ApplyError::UnknownSync(_)
+            | ApplyError::UnknownExternalId(..)
+            | ApplyError::UnknownRecord(..)
+            | ApplyError::UnknownModel(_) => ApiError::NotFound(message),
+            ApplyError::NotInbound(_) => ApiError::Forbidden(message),
+            ApplyError::Inactive(_) => ApiError::Conflict(message),
+            ApplyError::Invalid(_) | ApplyError::MissingReference(_) => ApiError::Invalid(message),
             ApplyError::Store(s) => s.into(),
-            other => ApiError::new(status, code, other.to_string()),
         }
     }
 }
@@ -147,7 +185,7 @@ pub(crate) fn caller(
     need: &Scope,
 ) -> Result<Caller, ApiError> {
     let c = authenticate(req, &state.settings.api_keys)
-        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.message()))?;
+        .map_err(|e| ApiError::Unauthorized(e.message().into()))?;
     let ok = match need {
         Scope::Read => c.can_read(),
         other => c.can(other),
@@ -161,11 +199,10 @@ pub(crate) fn caller(
             Scope::Operate => "operate",
             _ => "admin",
         };
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("the key `{}` does not have scope `{name}`", c.name),
-        ))
+        Err(ApiError::Forbidden(format!(
+            "the key `{}` does not have scope `{name}`",
+            c.name
+        )))
     }
 }
 
@@ -275,30 +312,17 @@ async fn list_records(
             caller(&req, &state, &Scope::Read)?;
             let plan = state.engine.plan();
             let model_name = path.into_inner();
-            let model = plan.models.get(&model_name).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("unknown model `{model_name}`"),
-                )
-            })?;
+            let model = plan
+                .models
+                .get(&model_name)
+                .ok_or_else(|| ApiError::NotFound(format!("unknown model `{model_name}`")))?;
             let domain = match &q.domain {
                 None => crate::domain::Domain::All,
                 Some(text) => {
-                    let v: Value = serde_json::from_str(text).map_err(|_| {
-                        ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "bad_request",
-                            "`domain` is not valid JSON",
-                        )
-                    })?;
-                    domain_from_json(&v, |f| plan.path_type(model, f)).map_err(|e| {
-                        ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "bad_request",
-                            format!("invalid `domain`: {e}"),
-                        )
-                    })?
+                    let v: Value = serde_json::from_str(text)
+                        .map_err(|_| ApiError::BadRequest("`domain` is not valid JSON".into()))?;
+                    domain_from_json(&v, |f| plan.path_type(model, f))
+                        .map_err(|e| ApiError::BadRequest(format!("invalid `domain`: {e}")))?
                 }
             };
             // Dotted paths through many2one fields (`company.country`) are read from the
@@ -353,18 +377,15 @@ async fn list_records(
                 let mut j = record_json(r);
                 for f in &expand {
                     let Some(ty) = model.fields.get(*f).map(|f| f.ty.clone()) else {
-                        return Err(ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "bad_request",
-                            format!("cannot expand `{f}`: not a field of `{}`", model.name),
-                        ));
+                        return Err(ApiError::BadRequest(format!(
+                            "cannot expand `{f}`: not a field of `{}`",
+                            model.name
+                        )));
                     };
                     let Some(related) = ty.related_model() else {
-                        return Err(ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "bad_request",
-                            format!("cannot expand `{f}`: not a relational field"),
-                        ));
+                        return Err(ApiError::BadRequest(format!(
+                            "cannot expand `{f}`: not a relational field"
+                        )));
                     };
                     let ids: Vec<i64> = match r.values.get(*f) {
                         Some(Value::Array(a)) => a.iter().filter_map(Value::as_i64).collect(),
@@ -433,13 +454,8 @@ async fn get_record(
                 .get_record(&model, id)
                 .await?
                 .filter(|r| !r.deleted);
-            let r = r.ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no `{model}` record with id {id}"),
-                )
-            })?;
+            let r =
+                r.ok_or_else(|| ApiError::NotFound(format!("no `{model}` record with id {id}")))?;
             Ok(HttpResponse::Ok().json(record_json(&r)))
         }
         .await,
@@ -447,24 +463,15 @@ async fn get_record(
 }
 
 fn parse_id(s: &str) -> Result<i64, ApiError> {
-    s.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("`{s}` is not a record id"),
-        )
-    })
+    s.parse()
+        .map_err(|_| ApiError::BadRequest(format!("`{s}` is not a record id")))
 }
 
 fn known_model(state: &AppState, model: &str) -> Result<(), ApiError> {
     if state.engine.plan().models.contains_key(model) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("unknown model `{model}`"),
-        ))
+        Err(ApiError::NotFound(format!("unknown model `{model}`")))
     }
 }
 
@@ -476,30 +483,22 @@ async fn json_body(
     let bytes = read_limited(req, body, state.settings.body_limit)
         .await
         .map_err(|e| match e {
-            BodyError::TooLarge(l) => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the body is larger than {l} bytes"),
-            ),
-            BodyError::Unreadable(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
+            BodyError::TooLarge(l) => {
+                ApiError::PayloadTooLarge(format!("the body is larger than {l} bytes"))
+            }
+            BodyError::Unreadable(m) => ApiError::BadRequest(m),
         })?;
     match serde_json::from_slice::<Value>(&bytes) {
-        Ok(v) if super::body::contains_nul(&v) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            super::body::NUL_REFUSED,
-        )),
+        Ok(v) if super::body::contains_nul(&v) => {
+            Err(ApiError::BadRequest(super::body::NUL_REFUSED.into()))
+        }
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the body must be a JSON object of field values",
+        Ok(_) => Err(ApiError::BadRequest(
+            "the body must be a JSON object of field values".into(),
         )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the body is not valid JSON: {e}"),
-        )),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "the body is not valid JSON: {e}"
+        ))),
     }
 }
 
@@ -656,13 +655,9 @@ async fn list_outbox(
                 && !["pending", "inflight", "done", "dead", "discarded", "all"]
                     .contains(&s.as_str())
             {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!(
-                        "unknown status `{s}`: use pending, inflight, done, dead, discarded or all"
-                    ),
-                ));
+                return Err(ApiError::BadRequest(format!(
+                    "unknown status `{s}`: use pending, inflight, done, dead, discarded or all"
+                )));
             }
             let limit = q.limit.unwrap_or(100).clamp(1, 1000);
             let entries = state
@@ -709,15 +704,12 @@ async fn retry_outbox(
         async {
             caller(&req, &state, &Scope::Operate)?;
             let id = parse_id(&path.into_inner())?;
-            if state.engine.store.outbox_requeue(id).await? {
-                state.engine.wake();
+            if state.engine.retry_delivery(id).await? {
                 Ok(HttpResponse::Ok().json(json!({"id": id, "status": "pending"})))
             } else {
-                Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no dead or discarded outbox entry {id}"),
-                ))
+                Err(ApiError::NotFound(format!(
+                    "no dead or discarded outbox entry {id}"
+                )))
             }
         }
         .await,
@@ -747,14 +739,12 @@ async fn discard_outbox(
         async {
             caller(&req, &state, &Scope::Operate)?;
             let id = parse_id(&path.into_inner())?;
-            if state.engine.store.outbox_discard(id).await? {
+            if state.engine.discard_delivery(id).await? {
                 Ok(HttpResponse::Ok().json(json!({"id": id, "status": "discarded"})))
             } else {
-                Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no pending or dead outbox entry {id}"),
-                ))
+                Err(ApiError::NotFound(format!(
+                    "no pending or dead outbox entry {id}"
+                )))
             }
         }
         .await,
@@ -852,19 +842,13 @@ async fn run_sync(
             {
                 Ok(started) => Ok(HttpResponse::Accepted()
                     .json(json!({"run_id": started.run_id, "status": "running"}))),
-                Err(crate::engine::RunError::UnknownSync(c)) => Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("unknown sync `{c}`"),
-                )),
-                Err(e @ crate::engine::RunError::Busy { .. }) => {
-                    Err(ApiError::new(StatusCode::CONFLICT, "busy", e.to_string()))
+                Err(crate::engine::RunError::UnknownSync(c)) => {
+                    Err(ApiError::NotFound(format!("unknown sync `{c}`")))
                 }
-                Err(e @ crate::engine::RunError::ShuttingDown) => Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    e.to_string(),
-                )),
+                Err(e @ crate::engine::RunError::Busy { .. }) => Err(ApiError::Busy(e.to_string())),
+                Err(e @ crate::engine::RunError::ShuttingDown) => {
+                    Err(ApiError::Unavailable(e.to_string()))
+                }
                 Err(crate::engine::RunError::Store(e)) => Err(e.into()),
             }
         }

@@ -1,11 +1,10 @@
 //! `GET /api/v1/changes`: the change-control log with every filter, keyset pages, and a CSV
 //! export streamed page by page (constant memory, whatever its size).
 
+use super::AppState;
 use super::api::{ApiError, ApiResult, caller, respond};
-use crate::app::AppState;
 use crate::audit::{self, ChangeQuery};
 use crate::config::Scope;
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -15,7 +14,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg)
+    ApiError::BadRequest(msg.into())
 }
 
 /// The change-control log, newest first, filtered, in keyset pages; or every matching row as

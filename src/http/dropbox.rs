@@ -1,9 +1,9 @@
 //! Dropbox: the webhook (`/webhooks/dropbox/<web_service>`: challenge echo, signature check,
 //! 200 at once with the work in the background) and the mirrored tree of a Dropbox sync.
 
+use super::AppState;
 use super::api::{ApiError, caller, respond};
 use super::body::read_limited;
-use crate::app::AppState;
 use crate::config::Scope;
 use crate::domain::plan::ServiceSpec;
 use actix_web::http::StatusCode;
@@ -158,19 +158,13 @@ async fn tree(
             caller(&req, &state, &Scope::Read)?;
             let code = path.into_inner();
             if state.engine.plan().sync(&code).is_none() {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("unknown sync `{code}`"),
-                ));
+                return Err(ApiError::NotFound(format!("unknown sync `{code}`")));
             }
             match state.engine.dropbox_tree(&code).await? {
                 Some(t) => Ok(HttpResponse::Ok().json(t)),
-                None => Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("sync `{code}` is not a Dropbox sync, so it has no tree"),
-                )),
+                None => Err(ApiError::NotFound(format!(
+                    "sync `{code}` is not a Dropbox sync, so it has no tree"
+                ))),
             }
         }
         .await,

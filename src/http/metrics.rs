@@ -1,8 +1,8 @@
 //! `GET /metrics`: Prometheus text. Open to callers on the loopback interface; others need a
 //! key that can read.
 
+use super::AppState;
 use super::api::{ApiResult, caller, respond};
-use crate::app::AppState;
 use crate::config::Scope;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 

@@ -7,12 +7,85 @@ pub mod changes;
 pub mod dropbox;
 pub mod metrics;
 pub mod openapi;
+pub mod state;
 pub mod sync;
 pub mod ui;
 
-use crate::app::AppState;
 use actix_web::{HttpResponse, get, web};
 use serde_json::json;
+pub use state::AppState;
+
+/// The actix application: the middleware every request passes (requests in flight, NUL
+/// characters in `/api/` URLs, closing connections while stopping, the per-route metrics),
+/// the extractor settings, and every route.
+pub fn app(
+    data: web::Data<AppState>,
+) -> actix_web::App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    use utoipa_actix_web::AppExt;
+    let shared = data.clone();
+    actix_web::App::new()
+        .wrap_fn(move |req, srv| {
+            let started = std::time::Instant::now();
+            let method = req.method().to_string();
+            // Counted until answered, or dropped with its connection.
+            let counted = state::InFlight::new(shared.clone());
+            // A NUL character (%00) in an API URL cannot be stored or compared by every
+            // backend (PostgreSQL refuses it): refused here once for every `/api/` route.
+            let uri = req.uri();
+            let nul = uri.path().starts_with("/api/")
+                && (uri.path().contains("%00") || uri.query().is_some_and(|q| q.contains("%00")));
+            let fut = (!nul).then(|| actix_web::dev::Service::call(srv, req));
+            let engine = shared.engine.clone();
+            async move {
+                let Some(fut) = fut else {
+                    drop(counted);
+                    return Err(api::ApiError::BadRequest(
+                        "the URL contains a NUL character (%00)".into(),
+                    )
+                    .into());
+                };
+                let mut res = fut.await;
+                drop(counted);
+                // Once shutting down, every answer closes its connection, so keep-alive
+                // clients cannot hold the server open with new requests.
+                if let Ok(r) = &mut res
+                    && engine.is_stopping()
+                {
+                    r.response_mut()
+                        .head_mut()
+                        .set_connection_type(actix_web::http::ConnectionType::Close);
+                }
+                if let Ok(r) = &res {
+                    let route = r
+                        .request()
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".into());
+                    crate::metrics::http_request(
+                        &method,
+                        &route,
+                        r.status().as_u16(),
+                        started.elapsed().as_secs_f64(),
+                    );
+                }
+                res
+            }
+        })
+        .app_data(data.clone())
+        .app_data(web::PayloadConfig::new(data.settings.body_limit))
+        .app_data(api::query_config())
+        .app_data(api::path_config())
+        .into_utoipa_app()
+        .configure(routes)
+        .into_app()
+}
 
 /// Registers every route. Each handler carries its OpenAPI description, and `service(...)`
 /// collects it, so `/openapi.json` always matches what is served.

@@ -1,9 +1,9 @@
 //! Real-time inbound: `POST /sync/<CODE>/create`, `PUT` and `DELETE /sync/<CODE>/<id>`.
 //! Every answer is the JSON-RPC envelope; every request that reaches a sync is logged.
 
+use super::AppState;
 use super::auth::authenticate;
 use super::body::{BodyError, parse_values, read_limited};
-use crate::app::AppState;
 use crate::engine::{ApplyError, Ctx, InboundOp};
 use crate::store::{LogAction, LogDirection, LogStatus, NewChange};
 use actix_web::http::StatusCode;
@@ -383,13 +383,11 @@ async fn handle(
     let resp_body = envelope_body(status, &message, &rpc_id);
     if let Some((scope, key, print)) = idem
         && status.as_u16() < 500
-        && let Ok(mut tx) = engine.store.begin().await
-        && tx
-            .put_idempotent(&scope, &key, &print, status.as_u16(), &resp_body)
+        && let Err(e) = engine
+            .remember_answer(&scope, &key, &print, status.as_u16(), &resp_body)
             .await
-            .is_ok()
     {
-        let _ = tx.commit().await;
+        tracing::warn!(error = %e, "Failed to keep the answer of an idempotency key");
     }
     HttpResponse::build(status)
         .content_type("application/json")
@@ -461,7 +459,9 @@ pub fn apply_status(e: &ApplyError) -> StatusCode {
         | ApplyError::UnknownModel(_) => StatusCode::NOT_FOUND,
         ApplyError::NotInbound(_) => StatusCode::FORBIDDEN,
         ApplyError::Inactive(_) => StatusCode::CONFLICT,
-        ApplyError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ApplyError::Invalid(_) | ApplyError::MissingReference(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         ApplyError::Store(s) if s.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
         ApplyError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -2,11 +2,10 @@
 //! is, the loaded configuration summarised without secrets, hourly change counts, and one
 //! change-control row.
 
+use super::AppState;
 use super::api::{ApiError, caller, respond};
-use crate::app::AppState;
 use crate::config::Scope;
 use crate::domain::plan::ServiceSpec;
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use serde_json::json;
 
@@ -195,11 +194,7 @@ async fn change_stats(
             caller(&req, &state, &Scope::Read)?;
             let hours = q.hours.unwrap_or(24);
             if !(1..=168).contains(&hours) {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("`hours` must be between 1 and 168, not {hours}"),
-                ));
+                return Err(ApiError::BadRequest(format!("`hours` must be between 1 and 168, not {hours}")));
             }
             let now = chrono::Utc::now();
             let since = now - chrono::Duration::hours(hours);
@@ -238,11 +233,7 @@ async fn one_change(
             caller(&req, &state, &Scope::Read)?;
             let id = path.into_inner();
             let Some(mut row) = state.engine.store.change(id).await? else {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no change-control row {id}"),
-                ));
+                return Err(ApiError::NotFound(format!("no change-control row {id}")));
             };
             crate::audit::mask_change(&state.engine.masker(), &mut row);
             Ok(HttpResponse::Ok().json(row))

@@ -204,12 +204,10 @@ impl Store {
                 .busy_timeout(Duration::from_secs(10))
                 .pragma("temp_store", "memory")
                 .foreign_keys(true);
-            // A cap on the database's size in pages: past it, writes fail as "full" (tests use
-            // it to rehearse a full disk).
-            if let Ok(pages) = std::env::var("RECSYNC_SQLITE_MAX_PAGE_COUNT")
-                && pages.parse::<u64>().is_ok()
-            {
-                opts = opts.pragma("max_page_count", pages);
+            // A cap on the database's size in pages (a test knob): past it, writes fail as
+            // "full".
+            if let Some(pages) = crate::crash::sqlite_max_page_count() {
+                opts = opts.pragma("max_page_count", pages.to_string());
             }
             let memory = url.contains(":memory:") || url.contains("mode=memory");
             // One writer serialises writes in-process; readers use WAL snapshots alongside it.
