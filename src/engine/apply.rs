@@ -4,7 +4,7 @@
 use super::{Ctx, Engine};
 use crate::domain::Plan;
 use crate::domain::mapping::{PendingRef, Reference};
-use crate::domain::plan::{Mode, Model, Sync};
+use crate::domain::plan::{Model, Sync};
 use crate::store::{
     LogAction, LogDirection, LogStatus, NewChange, NewOutbox, Record, StoreError, Tx,
 };
@@ -354,14 +354,7 @@ impl Engine {
     ) -> Result<usize, StoreError> {
         let mut n = 0;
         let model = &plan.models[&rec.model];
-        for t in plan.syncs_of_model(&rec.model) {
-            if origin.is_some_and(|o| o.same_binding(t))
-                || !t.active
-                || !t.direction.to_external()
-                || t.mode != Mode::Realtime
-            {
-                continue;
-            }
+        for t in super::fanout::receivers(plan, &rec.model, origin, false) {
             let binding = t.binding();
             let link = tx.link_by_local(&binding, rec.id).await?;
             if action == "delete" {
@@ -374,7 +367,7 @@ impl Engine {
                 {
                     l.left.push(t.code.to_string());
                     tx.upsert_link(&l).await?;
-                    let row = super::batch::domain_exit_row(t, model, rec, &l, "engine");
+                    let row = super::fanout::domain_exit_row(t, model, rec, &l, "engine");
                     self.log(tx, row).await?;
                 }
                 continue;

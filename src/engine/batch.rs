@@ -4,11 +4,12 @@
 //! whole is retried request by request.
 
 use super::apply::{Applied, ApplyError, invalid, log_row};
+use super::fanout::{domain_exit_row, receivers};
 use super::{Ctx, Engine};
 use crate::domain::Plan;
 use crate::domain::mapping::{PendingRef, id_text, to_local};
 use crate::domain::merge::{Conflict, Modified, Side, merge};
-use crate::domain::plan::{Mode, Model, Sync};
+use crate::domain::plan::{Model, Sync};
 use crate::domain::value::coerce;
 use crate::store::{
     Link, LogAction, LogDirection, LogStatus, NewChange, NewOutbox, Record, StoreError,
@@ -508,7 +509,7 @@ impl Engine {
         let mut outbox: Vec<NewOutbox> = Vec::new();
         let mut targets: HashMap<String, Vec<i64>> = HashMap::new();
         for (_, rec, action, origin, resend) in &written {
-            for t in receivers(plan, &rec.model, origin, *resend) {
+            for t in receivers(plan, &rec.model, Some(origin), *resend) {
                 if *action == "update" {
                     targets.entry(t.binding()).or_default().push(rec.id);
                 }
@@ -523,7 +524,7 @@ impl Engine {
         let mut touched: HashSet<(String, i64)> = HashSet::new();
         for (_, rec, action, origin, resend) in &written {
             let model = &plan.models[&rec.model];
-            for t in receivers(plan, &rec.model, origin, *resend) {
+            for t in receivers(plan, &rec.model, Some(origin), *resend) {
                 let key = (t.binding(), rec.id);
                 let link = linked.get_mut(&key);
                 if !t.domain.matches(&rec.values) {
@@ -572,52 +573,6 @@ impl Engine {
             })
             .collect())
     }
-}
-
-/// The change-control row of a record that left sync `t`'s domain: the sync stops carrying
-/// it, while the binding keeps the identity.
-pub(super) fn domain_exit_row(
-    t: &Sync,
-    model: &Model,
-    rec: &Record,
-    link: &Link,
-    actor: &str,
-) -> NewChange {
-    let mut row = log_row(
-        t,
-        model,
-        LogDirection::LocalToExternal,
-        LogAction::Unlink,
-        Some(rec.id),
-        &rec.values,
-    );
-    row.external_id = link.external_id.clone();
-    row.error_message = "the record no longer matches the sync's domain".into();
-    row.actor = actor.into();
-    row
-}
-
-/// Realtime syncs of `model` that send a change which came in through `origin`. Syncs of the
-/// origin's binding talk to the system the change came from, so they get nothing, unless the
-/// origin lacks the merged result (`resend`): then exactly one of them sends it back, the
-/// origin itself when it sends.
-pub(super) fn receivers<'a>(
-    plan: &'a Plan,
-    model: &'a str,
-    origin: &'a Sync,
-    resend: bool,
-) -> impl Iterator<Item = &'a Sync> + 'a {
-    let sends = |t: &Sync| t.active && t.direction.to_external() && t.mode == Mode::Realtime;
-    let back = resend
-        .then(|| {
-            plan.syncs_of_model(model)
-                .filter(|t| sends(t) && t.same_binding(origin))
-                .min_by_key(|t| t.code != origin.code)
-        })
-        .flatten()
-        .map(|t| t.code.as_str());
-    plan.syncs_of_model(model)
-        .filter(move |t| sends(t) && (!t.same_binding(origin) || Some(t.code.as_str()) == back))
 }
 
 fn fill(row: &mut NewChange, ctx: &Ctx) {

@@ -4,6 +4,7 @@
 mod apply;
 mod batch;
 mod dropbox;
+mod fanout;
 mod outbox;
 mod run;
 pub mod schedule;

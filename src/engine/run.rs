@@ -195,7 +195,7 @@ impl Engine {
                 let mut l = (*link).clone();
                 l.left.push(code.to_string());
                 tx.upsert_link(&l).await.map_err(store_err)?;
-                let mut row = super::batch::domain_exit_row(&sync, model, rec, &l, "cron");
+                let mut row = super::fanout::domain_exit_row(&sync, model, rec, &l, "cron");
                 row.run_id = Some(run_id);
                 self.mask_row(&mut row);
                 tx.log_change(&row).await.map_err(store_err)?;

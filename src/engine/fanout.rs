@@ -1,0 +1,54 @@
+//! Fan-out: which syncs a change goes out through, and the row of a record that left a sync's
+//! domain. The batch writer, local edits and the cron push all use these.
+
+use super::apply::log_row;
+use crate::domain::Plan;
+use crate::domain::plan::{Mode, Model, Sync};
+use crate::store::{Link, LogAction, LogDirection, NewChange, Record};
+
+/// The change-control row of a record that left sync `t`'s domain: the sync stops carrying
+/// it, while the binding keeps the identity.
+pub(crate) fn domain_exit_row(
+    t: &Sync,
+    model: &Model,
+    rec: &Record,
+    link: &Link,
+    actor: &str,
+) -> NewChange {
+    let mut row = log_row(
+        t,
+        model,
+        LogDirection::LocalToExternal,
+        LogAction::Unlink,
+        Some(rec.id),
+        &rec.values,
+    );
+    row.external_id = link.external_id.clone();
+    row.error_message = "the record no longer matches the sync's domain".into();
+    row.actor = actor.into();
+    row
+}
+
+/// Realtime syncs of `model` that send a change which came in through `origin` (`None`: a
+/// local edit, which every sender gets). Syncs of the origin's binding talk to the system the
+/// change came from, so they get nothing, unless the origin lacks the merged result
+/// (`resend`): then exactly one of them sends it back, the origin itself when it sends.
+pub(crate) fn receivers<'a>(
+    plan: &'a Plan,
+    model: &'a str,
+    origin: Option<&'a Sync>,
+    resend: bool,
+) -> impl Iterator<Item = &'a Sync> + 'a {
+    let sends = |t: &Sync| t.active && t.direction.to_external() && t.mode == Mode::Realtime;
+    let back = origin
+        .filter(|_| resend)
+        .and_then(|o| {
+            plan.syncs_of_model(model)
+                .filter(|t| sends(t) && t.same_binding(o))
+                .min_by_key(|t| t.code != o.code)
+        })
+        .map(|t| t.code.as_str());
+    plan.syncs_of_model(model).filter(move |t| {
+        sends(t) && (origin.is_none_or(|o| !t.same_binding(o)) || Some(t.code.as_str()) == back)
+    })
+}
