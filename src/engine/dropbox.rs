@@ -201,7 +201,7 @@ impl Engine {
         ctx: &Ctx,
         counts: &mut RunCounts,
         progress: &tokio::sync::watch::Sender<RunCounts>,
-    ) -> Result<(), String> {
+    ) -> Result<(), super::run::RunStop> {
         let code = sync.code.as_str();
         let plan = self.plan();
         let folder = plan
@@ -251,7 +251,7 @@ impl Engine {
                             has_more: false,
                         }
                     }
-                    Err(e) => return Err(format!("list_folder failed: {e}")),
+                    Err(e) => return Err(format!("list_folder failed: {e}").into()),
                 },
                 Some(c) => match dbx.list_folder_continue(c).await {
                     Ok(p) => p,
@@ -288,7 +288,7 @@ impl Engine {
                         }
                         continue;
                     }
-                    Err(e) => return Err(format!("list_folder/continue failed: {e}")),
+                    Err(e) => return Err(format!("list_folder/continue failed: {e}").into()),
                 },
             };
             read += page.entries.len() as u64;
@@ -380,7 +380,8 @@ impl Engine {
                                     return Err(format!(
                                         "download of {} failed: {err}",
                                         e.path_display
-                                    ));
+                                    )
+                                    .into());
                                 }
                             }
                         }
@@ -469,7 +470,7 @@ impl Engine {
                 break;
             }
             if self.is_stopping() {
-                return Err(super::run::STOPPED.into());
+                return Err(super::run::RunStop::ShuttingDown);
             }
         }
         let lag = self

@@ -67,9 +67,30 @@ pub struct Started {
     pub progress: tokio::sync::watch::Receiver<RunCounts>,
 }
 
-/// Why a run stopped early when the server shuts down.
-pub(crate) const STOPPED: &str =
-    "stopped after the current page because the server is shutting down; the next run goes on";
+/// Why a run's pull or push ended before it was done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RunStop {
+    /// The server is shutting down: the run ends after the page in hand.
+    #[error(
+        "stopped after the current page because the server is shutting down; the next run goes on"
+    )]
+    ShuttingDown,
+    /// The run failed: the service, the store or the configuration, with the reason.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for RunStop {
+    fn from(reason: String) -> Self {
+        RunStop::Failed(reason)
+    }
+}
+
+impl From<&str> for RunStop {
+    fn from(reason: &str) -> Self {
+        RunStop::Failed(reason.to_string())
+    }
+}
 
 /// Counts a run of this process while it lives.
 struct ActiveRun(Arc<Engine>);
@@ -94,7 +115,7 @@ impl Engine {
         run_id: i64,
         full: bool,
         counts: &mut RunCounts,
-    ) -> Result<(), String> {
+    ) -> Result<(), RunStop> {
         let plan = self.plan();
         let Some(sync) = plan.sync(code).cloned() else {
             return Ok(());
@@ -354,7 +375,7 @@ impl Engine {
             heartbeat.abort();
             progress_tx.send_replace(counts.clone());
             let (status, error) = match &outcome {
-                Err(e) if e == STOPPED => ("partial", Some(e.clone())),
+                Err(e @ RunStop::ShuttingDown) => ("partial", Some(e.to_string())),
                 Ok(()) if counts.failed == 0 => ("success", None),
                 Ok(()) => (
                     "partial",
@@ -363,7 +384,7 @@ impl Engine {
                         counts.failed
                     )),
                 ),
-                Err(e) => ("failed", Some(e.clone())),
+                Err(RunStop::Failed(e)) => ("failed", Some(e.clone())),
             };
             if let Some(e) = &error {
                 tracing::warn!(sync = %code, run_id, error = %e, "Run ended with errors");
@@ -427,7 +448,7 @@ impl Engine {
         trigger: Trigger,
         counts: &mut RunCounts,
         progress: &tokio::sync::watch::Sender<RunCounts>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RunStop> {
         let plan = self.plan();
         let sync = plan
             .sync(code)
@@ -498,7 +519,7 @@ impl Engine {
             }
             previous = Some(page);
             if self.is_stopping() {
-                return Err(STOPPED.into());
+                return Err(RunStop::ShuttingDown);
             }
         }
         // References to records that arrived later in the run get a second chance.
