@@ -6,12 +6,13 @@
 //! the fake Dropbox's.
 //!
 //! 200 kill points on SQLite, 30 on PostgreSQL (`RECSYNC_CRASH_ITERATIONS` overrides; the seed
-//! is printed, and `RECSYNC_CRASH_SEED` replays one).
+//! is printed, and `RECSYNC_CRASH_SEED` replays one). Every block of six kill points arms each
+//! point once, in a seeded shuffled order, so each point is always tried.
 
 mod common;
 
 use common::harness::{MAPPING, PEER_KEY};
-use rand::{Rng, SeedableRng};
+use rand::{Rng, SeedableRng, seq::SliceRandom};
 use recsync::peer::dropbox::{FakeDropbox, FakeOptions, FakeState};
 use recsync::peer::{Peer, PeerOptions, PeerState};
 use recsync::store::{ChangeFilter, Store};
@@ -312,8 +313,15 @@ async fn killed_at_randomized_points_nothing_acknowledged_is_lost_or_doubled() {
     let mut external_kills = 0;
     let mut confirmed = 0;
     let mut k = 0;
+    // Each block of POINTS.len() iterations tries every point once, in a
+    // shuffled order, so every point is armed whenever iterations >= 6.
+    let mut order: Vec<&str> = Vec::new();
     for i in 0..iterations {
-        let point = POINTS[rng.random_range(0..POINTS.len())];
+        if order.is_empty() {
+            order = POINTS.to_vec();
+            order.shuffle(&mut rng);
+        }
+        let point = order.pop().unwrap();
         let n = if point == "reload.before_swap" {
             1
         } else {
