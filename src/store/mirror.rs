@@ -1,0 +1,92 @@
+//! Dropbox mirrors: the entries of each Dropbox sync's folder, written together with its cursor.
+
+use super::*;
+
+impl Store {
+    /// Every entry of a Dropbox sync's mirror.
+    pub async fn dbx_entries(&self, sync: &str) -> Result<Vec<DbxEntry>> {
+        let mut c = self.reader().await?;
+        Ok(on!(c.conn(), |c| {
+            sqlx::query_as::<_, DbxEntry>(&format!(
+                "SELECT {DBX_COLUMNS} FROM dropbox_entries WHERE sync = $1 ORDER BY path_lower"
+            ))
+            .bind(sync)
+            .fetch_all(c)
+            .await
+        })?)
+    }
+
+    /// One entry of a Dropbox sync's mirror, by id.
+    pub async fn dbx_entry(&self, sync: &str, id: &str) -> Result<Option<DbxEntry>> {
+        let mut c = self.reader().await?;
+        Ok(on!(c.conn(), |c| {
+            sqlx::query_as::<_, DbxEntry>(&format!(
+                "SELECT {DBX_COLUMNS} FROM dropbox_entries WHERE sync = $1 AND id = $2"
+            ))
+            .bind(sync)
+            .bind(id)
+            .fetch_optional(c)
+            .await
+        })?)
+    }
+
+    /// Writes changes to a Dropbox mirror, and the sync's cursor when one is given, in one
+    /// transaction: the cursor never moves past entries the mirror has not taken in.
+    pub async fn dbx_apply(
+        &self,
+        sync: &str,
+        upserts: &[DbxEntry],
+        deletes: &[String],
+        cursor: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for id in deletes {
+            on!(tx.conn(), |c| sqlx::query(
+                "DELETE FROM dropbox_entries WHERE sync = $1 AND id = $2"
+            )
+            .bind(sync)
+            .bind(id)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
+        }
+        for e in upserts {
+            on!(tx.conn(), |c| {
+                sqlx::query(
+                "INSERT INTO dropbox_entries
+                    (sync, id, tag, name, path_lower, path_display, rev, size, content_hash, server_modified)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (sync, id) DO UPDATE SET tag = $3, name = $4, path_lower = $5,
+                    path_display = $6, rev = $7, size = $8, content_hash = $9, server_modified = $10"
+            )
+            .bind(sync)
+            .bind(&e.id)
+            .bind(&e.tag)
+            .bind(&e.name)
+            .bind(&e.path_lower)
+            .bind(&e.path_display)
+            .bind(&e.rev)
+            .bind(e.size)
+            .bind(&e.content_hash)
+            .bind(&e.server_modified)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+            })?;
+        }
+        if let Some(cursor) = cursor {
+            let now = Utc::now();
+            on!(tx.conn(), |c| sqlx::query(
+                "INSERT INTO sync_state (sync, cursor, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (sync) DO UPDATE SET cursor = $2, updated_at = $3"
+            )
+            .bind(sync)
+            .bind(cursor)
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
+        }
+        tx.commit().await
+    }
+}
