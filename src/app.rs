@@ -139,7 +139,7 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
             stop_rx,
         ));
     }
-    engine.start_dropbox_mirrors();
+    engine.start_mirrors();
     let (watcher, reload_task) = if opts.watch {
         watch(mappings, state.clone())?
     } else {

@@ -455,7 +455,7 @@ impl Setup {
     /// for a run or running.
     async fn settled(&self) {
         eventually(30, "the notifications to be taken in", || async {
-            self.h.engine.dropbox_settled().then_some(())
+            self.h.engine.notifications_settled().then_some(())
         })
         .await;
     }

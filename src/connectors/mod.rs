@@ -1,12 +1,23 @@
-//! Connectors to external systems. `rest` speaks the send protocol and real-time endpoints;
-//! `dropbox` reaches Dropbox through `dropbox-sdk`.
+//! The connector interface: the questions the engine asks every external system, and nothing
+//! else (`connectors.md` §1). `rest` speaks the TELEMATEL-style protocol, `dropbox` reaches a
+//! Dropbox folder. [`build`] is the one place that knows which kinds exist; the engine drives
+//! whatever it returns.
+//!
+//! A connector never imports the store. What it must remember between calls beyond the cursor
+//! (Dropbox's mirror of the folder) it keeps through [`Memory`], which the engine implements
+//! over the store for one sync.
 
 pub mod dropbox;
 pub mod rest;
 
-use std::time::Duration;
+use crate::domain::mirror::MirrorEntry;
+use crate::domain::plan::{Plan, ServiceSpec, Sync, WebService};
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Why a delivery failed, as the retry logic needs to know it.
+/// Why a call to the external system failed, as the retry logic needs to know it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SendError {
     /// Worth trying again later (5xx, timeout, `failed` answer, 429), perhaps after a delay.
@@ -18,4 +29,272 @@ pub enum SendError {
     /// Trying again would not help (a 4xx other than 408/429, a configuration gap).
     #[error("{0}")]
     Permanent(String),
+}
+
+/// What a change does on the external side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendAction {
+    Create,
+    Update,
+    Delete,
+}
+
+impl SendAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendAction::Create => "create",
+            SendAction::Update => "update",
+            SendAction::Delete => "delete",
+        }
+    }
+}
+
+/// How an update moved a record in a tree-shaped system, for the change-control log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    /// Same parent, new name.
+    Rename,
+    /// New parent.
+    Move,
+}
+
+/// Which record a send is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The linked id (update, delete).
+    pub external_id: Option<&'a str>,
+    /// Stands in for the external id on a create through `shipping_url`, as the protocol says.
+    pub local_id: i64,
+    /// The same for every attempt of one delivery, so the receiver can tell a redelivery from
+    /// a new change.
+    pub idempotency_key: &'a str,
+}
+
+/// A successful delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    /// The external id the service reported, if any.
+    pub external_id: Option<String>,
+    /// What was sent, for the change-control log.
+    pub request: Value,
+    /// A rename or move, when the update was one.
+    pub label: Option<Label>,
+}
+
+/// What a pulled record says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullAction {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl PullAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullAction::Insert => "insert",
+            PullAction::Update => "update",
+            PullAction::Delete => "delete",
+        }
+    }
+}
+
+/// One record of a pulled page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pulled {
+    pub action: PullAction,
+    /// The external values (the sync's `external_ref` field among them, usually).
+    pub values: Map<String, Value>,
+    /// The record's id when the service gives it beside the values.
+    pub external_id: Option<String>,
+    /// When the record changed, if the service says; `priority = "newest"` compares it with
+    /// the local record's `updated_at`.
+    pub modified_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// A rename or move, for the change-control log.
+    pub label: Option<Label>,
+}
+
+/// One page of a pull.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Page {
+    /// The records to apply, in order.
+    pub records: Vec<Pulled>,
+    /// How many entries the service returned (records, and entries the sync does not take).
+    pub read: usize,
+    /// Entries read that this sync does not take (outside its folder or pattern).
+    pub skipped: usize,
+    /// Whether another page follows in this run.
+    pub more: bool,
+}
+
+/// One record's outcome, for the confirmation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confirmation {
+    pub external_id: String,
+    /// `None` for success, else the reason it failed.
+    pub error: Option<String>,
+}
+
+/// Why a pull stopped. The text is one sentence for the run record.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PullError {
+    /// The service failed or answered something unusable.
+    #[error("{0}")]
+    Service(String),
+    /// What the engine keeps for the connector could not be read or written.
+    #[error("the store failed: {0}")]
+    Memory(String),
+}
+
+impl From<MemoryError> for PullError {
+    fn from(e: MemoryError) -> Self {
+        PullError::Memory(e.0)
+    }
+}
+
+/// The engine's store failed under a connector.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct MemoryError(pub String);
+
+/// Held while a sync's turn is taken.
+pub type Turn = tokio::sync::OwnedMutexGuard<()>;
+
+/// What the engine keeps for a connector, for one sync. The cursor is the engine's; a
+/// connector that mirrors the external side (Dropbox) keeps its mirror here, written with the
+/// cursor in one transaction, so the cursor never passes what the mirror has taken in.
+#[async_trait]
+pub trait Memory: Send + std::marker::Sync {
+    /// The sync's turn: a connector takes it around work on one sync that must not
+    /// interleave (Dropbox: a listing page and a write back), held until the guard drops.
+    async fn turn(&self) -> Turn;
+    /// The sync's cursor, as last saved.
+    async fn cursor(&self) -> Result<Option<String>, MemoryError>;
+    /// Every mirrored entry of the sync.
+    async fn mirror(&self) -> Result<Vec<MirrorEntry>, MemoryError>;
+    /// One mirrored entry, by id.
+    async fn mirror_entry(&self, id: &str) -> Result<Option<MirrorEntry>, MemoryError>;
+    /// Writes mirror changes and, when given, the cursor, together.
+    async fn save(
+        &self,
+        upserts: &[MirrorEntry],
+        deletes: &[String],
+        cursor: Option<&str>,
+    ) -> Result<(), MemoryError>;
+    /// Every external id linked to a local record through the sync's binding.
+    async fn linked_ids(&self) -> Result<Vec<String>, MemoryError>;
+    /// Records an event of the sync that is nobody's error (a cursor reset) as a `skipped`
+    /// change-control row.
+    async fn note(&self, name: &str, title: &str, message: &str) -> Result<(), MemoryError>;
+}
+
+/// One pull in progress: pages until one says no more follow, each confirmed after the engine
+/// applied it.
+#[async_trait]
+pub trait Puller: Send {
+    /// The next page.
+    async fn next_page(&mut self, memory: &dyn Memory) -> Result<Page, PullError>;
+    /// Tells the service (or the connector's memory) what became of the last page's records.
+    /// Called again, with the outcomes of a second attempt, for records retried at the end of
+    /// a run.
+    async fn confirm(
+        &mut self,
+        memory: &dyn Memory,
+        outcomes: &[Confirmation],
+    ) -> Result<(), PullError>;
+}
+
+/// Where a pull starts.
+#[derive(Debug, Clone, Default)]
+pub struct PullStart {
+    /// When the oldest notification not yet taken in arrived (for the lag metric).
+    pub notified_at: Option<Instant>,
+}
+
+/// What a webhook call to `/webhooks/<kind>/<web_service>` is, once the connector checked it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Genuine: every active sync of the web service reads what changed.
+    Changed,
+    /// Not from the service (missing or wrong signature or token); nothing runs.
+    Refused(String),
+    /// This kind of web service takes no webhook.
+    Unsupported,
+}
+
+/// A webhook call as the connector sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Webhook<'a> {
+    /// Header names in lower case.
+    pub headers: &'a [(String, String)],
+    pub query: &'a str,
+    pub body: &'a [u8],
+}
+
+/// A connector does not offer this question.
+pub fn unsupported(what: &str, kind: &str) -> PullError {
+    PullError::Service(format!("{kind} web services do not support {what}"))
+}
+
+/// The questions the engine asks an external system (one connector per web service).
+#[async_trait]
+pub trait Connector: Send + std::marker::Sync {
+    /// The web service kind, as configured (`rest`, `dropbox`).
+    fn kind(&self) -> &'static str;
+
+    /// Whether the connector mirrors the external side: it pulls even for a sync that only
+    /// sends (its writes need the mirror), and takes its first listing at start-up.
+    fn keeps_mirror(&self) -> bool {
+        false
+    }
+
+    /// Starts a pull for `sync`.
+    async fn open_pull(
+        &self,
+        sync: &Sync,
+        plan: &Plan,
+        start: PullStart,
+        memory: &dyn Memory,
+    ) -> Result<Box<dyn Puller>, PullError>;
+
+    /// Creates, updates or deletes one record; the values are the sync's mapped external
+    /// values.
+    async fn send(
+        &self,
+        sync: &Sync,
+        plan: &Plan,
+        memory: &dyn Memory,
+        action: SendAction,
+        target: Target<'_>,
+        values: &Map<String, Value>,
+    ) -> Result<Sent, SendError>;
+
+    /// Every external id that exists now, a page at a time from `after` (delete detection
+    /// and reconciliation). The answer is the ids and where the next page starts.
+    async fn list_ids(
+        &self,
+        _sync: &Sync,
+        _plan: &Plan,
+        _after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), PullError> {
+        Err(unsupported("listing ids", self.kind()))
+    }
+
+    /// The external schema of a resource, as an `external_models` block (`recsync discover`).
+    async fn describe(&self, _resource: Option<&str>) -> Result<String, PullError> {
+        Err(unsupported("discovery", self.kind()))
+    }
+
+    /// What a webhook call means.
+    fn notification(&self, _call: Webhook<'_>) -> Notice {
+        Notice::Unsupported
+    }
+}
+
+/// The connector of a web service.
+pub fn build(service: &WebService, http: &reqwest::Client) -> Arc<dyn Connector> {
+    match &service.spec {
+        ServiceSpec::Rest(r) => Arc::new(rest::Rest::new(r.clone(), http.clone())),
+        ServiceSpec::Dropbox(d) => Arc::new(dropbox::DropboxConnector::new(d)),
+    }
 }

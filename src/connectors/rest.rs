@@ -1,12 +1,21 @@
-//! The REST send side: one call per local change, either to the sync's configured endpoints
-//! (method, URL template, `response_id`) or to the web service's `shipping_url`.
+//! The TELEMATEL-style protocol (`kind = "rest"`): pulls are `POST url {"limit": n}` pages,
+//! confirmed record by record at `confirmation_url`; sends are one call per local change, either
+//! to the sync's configured endpoints (method, URL template, `response_id`) or to the web
+//! service's `shipping_url`.
 
-use super::SendError;
+use super::{
+    Confirmation, Connector, Memory, Page, PullAction, PullError, PullStart, Pulled, Puller,
+    SendAction, SendError, Sent, Target,
+};
+use crate::domain::Plan;
 use crate::domain::plan::{Auth, EndpointAction, RestService, Sync};
+use async_trait::async_trait;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// Characters left as they are in an external id placed in a URL path segment.
 const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -26,33 +35,6 @@ pub fn path_segment(external_id: &str) -> Result<String, SendError> {
         )));
     }
     Ok(encoded)
-}
-
-/// What a change does on the external side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendAction {
-    Create,
-    Update,
-    Delete,
-}
-
-impl SendAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SendAction::Create => "create",
-            SendAction::Update => "update",
-            SendAction::Delete => "delete",
-        }
-    }
-}
-
-/// A successful delivery.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sent {
-    /// The external id the service reported, if any.
-    pub external_id: Option<String>,
-    /// What was sent, for the change-control log.
-    pub request: Value,
 }
 
 fn with_auth(req: reqwest::RequestBuilder, auth: &Auth) -> reqwest::RequestBuilder {
@@ -144,18 +126,6 @@ fn status_error(resp: &reqwest::Response) -> SendError {
     }
 }
 
-/// Which record a send is about.
-#[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
-    /// The linked id (update, delete).
-    pub external_id: Option<&'a str>,
-    /// Stands in for the external id on a create through `shipping_url`, as the protocol says.
-    pub local_id: i64,
-    /// The same for every attempt of one delivery, so the receiver can tell a redelivery from
-    /// a new change.
-    pub idempotency_key: &'a str,
-}
-
 /// Sends one change.
 pub async fn send(
     client: &reqwest::Client,
@@ -226,6 +196,7 @@ pub async fn send(
         return Ok(Sent {
             external_id,
             request: body,
+            label: None,
         });
     }
     let Some(url) = &service.shipping_url else {
@@ -268,6 +239,7 @@ pub async fn send(
                 .get("external_id")
                 .and_then(crate::domain::mapping::id_text),
             request: body,
+            label: None,
         }),
         Some("failed") => {
             let msg = reply
@@ -284,27 +256,6 @@ pub async fn send(
             after: None,
         }),
     }
-}
-
-/// One record of a pulled page.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PullItem {
-    /// `insert`, `update` or `delete`.
-    pub action: String,
-    pub values: Map<String, Value>,
-    /// A top-level `external_id`, when the service gives one.
-    pub external_id: Option<String>,
-    /// A top-level `modified_at` (RFC 3339), when the service says when the record changed;
-    /// `priority = "newest"` compares it with the local record's `updated_at`.
-    pub modified_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// One record's outcome, for the confirmation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Confirmation {
-    pub external_id: String,
-    /// `None` for success, else the reason it failed.
-    pub error: Option<String>,
 }
 
 /// The largest answer read from a web service; a page bigger than this is refused (lower the
@@ -368,7 +319,7 @@ pub async fn pull(
     client: &reqwest::Client,
     service: &RestService,
     limit: usize,
-) -> Result<Vec<PullItem>, SendError> {
+) -> Result<Vec<Pulled>, SendError> {
     let Some(url) = &service.url else {
         return Err(SendError::Permanent(
             "the web service has no `url` to pull from".into(),
@@ -413,18 +364,23 @@ pub async fn pull(
                     "record {i} of the page has no valid `action` (insert, update or delete)"
                 )));
             }
-            let action = action.to_string();
+            let action = match action {
+                "insert" => PullAction::Insert,
+                "update" => PullAction::Update,
+                _ => PullAction::Delete,
+            };
             let values = match item.get_mut("values").map(Value::take) {
                 Some(Value::Object(m)) => m,
-                None if action == "delete" => Map::new(),
+                None if action == PullAction::Delete => Map::new(),
                 _ => {
                     return Err(SendError::Permanent(format!(
                         "record {i} of the page has no `values` object"
                     )));
                 }
             };
-            Ok(PullItem {
+            Ok(Pulled {
                 action,
+                label: None,
                 values,
                 external_id: item
                     .get("external_id")
@@ -486,6 +442,125 @@ pub async fn confirm(
             ),
             after: None,
         }),
+    }
+}
+
+/// The connector of a `rest` web service.
+pub struct Rest {
+    service: RestService,
+    http: reqwest::Client,
+    /// `max_concurrency`: sends in flight to this service, all syncs together.
+    permits: Arc<Semaphore>,
+}
+
+impl Rest {
+    pub fn new(service: RestService, http: reqwest::Client) -> Rest {
+        let permits = Arc::new(Semaphore::new(service.max_concurrency.max(1)));
+        Rest {
+            service,
+            http,
+            permits,
+        }
+    }
+}
+
+/// A pull of a `rest` service: with a confirmation URL, pages until one comes back short;
+/// without one, a single page.
+struct RestPull {
+    service: RestService,
+    http: reqwest::Client,
+    limit: usize,
+    external_ref: String,
+    /// The last page, to stop on a service that serves the same page again after it was
+    /// confirmed (applying it again changes nothing; looping on it would never end).
+    previous: Option<Vec<Pulled>>,
+}
+
+#[async_trait]
+impl Puller for RestPull {
+    async fn next_page(&mut self, _memory: &dyn Memory) -> Result<Page, PullError> {
+        if self.service.url.is_none() {
+            return Ok(Page::default());
+        }
+        let mut records = pull(&self.http, &self.service, self.limit)
+            .await
+            .map_err(|e| PullError::Service(format!("pulling failed: {e}")))?;
+        let confirms = self.service.confirmation_url.is_some();
+        if confirms && !records.is_empty() && self.previous.as_ref() == Some(&records) {
+            return Err(PullError::Service(
+                "the service served the same page again after it was confirmed; the run stops (does the service remove confirmed records from its queue?)"
+                    .into(),
+            ));
+        }
+        self.previous = Some(records.clone());
+        let read = records.len();
+        let more = confirms && read >= self.limit && read > 0;
+        // The record's id: the configured field, else the top-level `external_id`.
+        for r in &mut records {
+            if let Some(id) = r
+                .values
+                .get(&self.external_ref)
+                .and_then(crate::domain::mapping::id_text)
+            {
+                r.external_id = Some(id);
+            }
+        }
+        Ok(Page {
+            records,
+            read,
+            skipped: 0,
+            more,
+        })
+    }
+
+    async fn confirm(
+        &mut self,
+        _memory: &dyn Memory,
+        outcomes: &[Confirmation],
+    ) -> Result<(), PullError> {
+        if self.service.confirmation_url.is_none() {
+            return Ok(());
+        }
+        crate::crash::point("pull.before_confirm");
+        confirm(&self.http, &self.service, outcomes)
+            .await
+            .map_err(|e| PullError::Service(format!("confirming failed: {e}")))
+    }
+}
+
+#[async_trait]
+impl Connector for Rest {
+    fn kind(&self) -> &'static str {
+        "rest"
+    }
+
+    async fn open_pull(
+        &self,
+        sync: &Sync,
+        _plan: &Plan,
+        _start: PullStart,
+        _memory: &dyn Memory,
+    ) -> Result<Box<dyn Puller>, PullError> {
+        Ok(Box::new(RestPull {
+            service: self.service.clone(),
+            http: self.http.clone(),
+            limit: sync.limit,
+            external_ref: sync.external_ref.clone(),
+            previous: None,
+        }))
+    }
+
+    async fn send(
+        &self,
+        sync: &Sync,
+        _plan: &Plan,
+        _memory: &dyn Memory,
+        action: SendAction,
+        target: Target<'_>,
+        values: &Map<String, Value>,
+    ) -> Result<Sent, SendError> {
+        let _permit = self.permits.acquire().await.expect("semaphore open");
+        send(&self.http, &self.service, sync, action, target, values).await
     }
 }
 

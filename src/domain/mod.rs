@@ -5,6 +5,7 @@ pub mod filter;
 pub mod mapping;
 pub mod mask;
 pub mod merge;
+pub mod mirror;
 pub mod names;
 pub mod plan;
 pub mod value;

@@ -3,24 +3,26 @@
 
 mod apply;
 mod batch;
-mod dropbox;
 mod fanout;
+mod memory;
+mod notify;
 mod outbox;
 mod run;
 pub mod schedule;
 
 use crate::domain::mask::Masker;
 pub use apply::{Applied, ApplyError, InboundOp, LocalOp};
-pub use dropbox::WEBHOOK_DEBOUNCE;
+pub use notify::WEBHOOK_DEBOUNCE;
 pub use outbox::Outcome;
 pub use run::{RunError, Started, Trigger};
 
+use crate::connectors::Connector;
 use crate::domain::Plan;
 use crate::store::{NewChange, Store, StoreError, Tx};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 /// Tunables of the engine (from the server settings).
 #[derive(Debug, Clone)]
@@ -98,22 +100,22 @@ pub struct Engine {
     pub opts: EngineOptions,
     wake: Notify,
     http: reqwest::Client,
-    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Bundles of upserts for the batch writer (one request, or a pulled page).
     writer_tx: tokio::sync::mpsc::Sender<Vec<batch::Job>>,
     writer_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Vec<batch::Job>>>>,
-    /// Dropbox clients by web service (they hold the OAuth tokens).
-    dropbox: Mutex<HashMap<String, Arc<crate::connectors::dropbox::Dropbox>>>,
-    /// Per Dropbox sync: listing pages and writes back take turns.
-    dropbox_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Dropbox web services with a round of notifications being debounced.
-    dropbox_scheduled: Mutex<std::collections::HashSet<String>>,
+    /// Connectors by web service, built when first needed and dropped when the plan changes
+    /// (they hold clients, tokens and concurrency bounds).
+    connectors: Mutex<HashMap<String, Arc<dyn Connector>>>,
+    /// Per sync: the turn a connector takes around work that must not interleave.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Web services with a round of notifications being debounced.
+    notify_scheduled: Mutex<std::collections::HashSet<String>>,
     /// Rounds of webhook work not finished yet.
-    dropbox_rounds: std::sync::atomic::AtomicUsize,
-    /// Dropbox syncs with a loop waiting for the run in progress to end.
-    dropbox_waiting: Mutex<std::collections::HashSet<String>>,
-    /// Per Dropbox sync: when the oldest notification not yet taken in arrived.
-    dropbox_lag: Mutex<HashMap<String, std::time::Instant>>,
+    notify_rounds: std::sync::atomic::AtomicUsize,
+    /// Syncs with a run waiting for the run in progress to end.
+    notify_waiting: Mutex<std::collections::HashSet<String>>,
+    /// Per sync: when the oldest notification not yet taken in arrived.
+    notify_lag: Mutex<HashMap<String, std::time::Instant>>,
     /// Set when a graceful shutdown begins: runs stop after their current page, no new run
     /// starts.
     stopping: std::sync::atomic::AtomicBool,
@@ -140,15 +142,14 @@ impl Engine {
             opts,
             wake: Notify::new(),
             http,
-            limits: Mutex::new(HashMap::new()),
             writer_tx,
             writer_rx: Mutex::new(Some(writer_rx)),
-            dropbox: Mutex::default(),
-            dropbox_gates: Mutex::default(),
-            dropbox_scheduled: Mutex::default(),
-            dropbox_rounds: Default::default(),
-            dropbox_lag: Mutex::default(),
-            dropbox_waiting: Mutex::default(),
+            connectors: Mutex::default(),
+            turns: Mutex::default(),
+            notify_scheduled: Mutex::default(),
+            notify_rounds: Default::default(),
+            notify_lag: Mutex::default(),
+            notify_waiting: Mutex::default(),
             stopping: Default::default(),
             active_runs: Default::default(),
             rt: tokio::runtime::Handle::try_current().ok(),
@@ -200,8 +201,7 @@ impl Engine {
     pub fn set_plan(&self, plan: Plan) {
         *self.masker.write().expect("masker lock") = Arc::new(plan.masker());
         *self.plan.write().expect("plan lock") = Arc::new(plan);
-        self.limits.lock().expect("limits lock").clear();
-        self.dropbox.lock().expect("dropbox lock").clear();
+        self.connectors.lock().expect("connectors lock").clear();
     }
 
     /// Keeps this instance's heartbeat fresh while the engine lives, so other instances know
@@ -310,13 +310,34 @@ impl Engine {
         Ok(())
     }
 
-    /// The concurrency bound of a web service.
-    fn limit_for(&self, service: &str, permits: usize) -> Arc<Semaphore> {
-        self.limits
+    /// The connector of a web service of the plan in force.
+    pub(crate) fn connector(&self, web_service: &str) -> Option<Arc<dyn Connector>> {
+        let plan = self.plan();
+        let service = plan.web_services.get(web_service)?;
+        let mut connectors = self.connectors.lock().expect("connectors lock");
+        Some(
+            connectors
+                .entry(web_service.to_string())
+                .or_insert_with(|| crate::connectors::build(service, &self.http))
+                .clone(),
+        )
+    }
+
+    /// A sync's turn lock.
+    fn turn_of(&self, code: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.turns
             .lock()
-            .expect("limits lock")
-            .entry(service.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(permits.max(1))))
+            .expect("turns lock")
+            .entry(code.to_string())
+            .or_default()
             .clone()
+    }
+}
+
+/// The change-control action of a rename or move.
+pub(crate) fn label_action(label: crate::connectors::Label) -> crate::store::LogAction {
+    match label {
+        crate::connectors::Label::Rename => crate::store::LogAction::Rename,
+        crate::connectors::Label::Move => crate::store::LogAction::Move,
     }
 }

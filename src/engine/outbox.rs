@@ -1,11 +1,13 @@
 //! Outbox workers: claim due entries, deliver them through the sync's connector, record every
 //! attempt, retry with backoff and jitter, and dead-letter after the retry budget.
 
+use super::Ctx;
 use super::Engine;
+use super::memory::SyncMemory;
 use crate::connectors::SendError;
-use crate::connectors::rest::{self, SendAction};
+use crate::connectors::{SendAction, Target};
 use crate::domain::mapping::{FieldPair, RefResolver, Reference, to_external};
-use crate::domain::plan::{ServiceSpec, Sync};
+use crate::domain::plan::Sync;
 use crate::store::{
     Link, LogAction, LogDirection, LogStatus, NewChange, OutboxEntry, Record, StoreError,
 };
@@ -198,7 +200,7 @@ impl Engine {
             .map(|r| r.values.clone())
             .unwrap_or_default();
         let title = model.title(entry.local_id, &values);
-        let Some(web_service) = plan.web_services.get(&sync.web_service) else {
+        let Some(connector) = self.connector(&sync.web_service) else {
             let why = "the sync's web service is no longer configured";
             return Ok(Step::Failed(
                 failure_row(entry, Some(sync), &title, None, &values),
@@ -275,35 +277,30 @@ impl Engine {
                 }
             }
         };
-        let result = match &web_service.spec {
-            ServiceSpec::Rest(service) => {
-                let permits = self.limit_for(&sync.web_service, service.max_concurrency);
-                let _permit = permits.acquire().await.expect("semaphore open");
-                rest::send(
-                    &self.http,
-                    service,
-                    sync,
-                    action,
-                    rest::Target {
-                        external_id: external_id.as_deref(),
-                        local_id: entry.local_id,
-                        // The same for every attempt of this entry: a redelivery after a crash
-                        // between sending and recording is recognisable.
-                        idempotency_key: &format!("recsync-{}-{}", entry.sync, entry.id),
-                    },
-                    &mapped,
-                )
-                .await
-                .map(|s| (s, None))
-            }
-            ServiceSpec::Dropbox(_) => {
-                self.dropbox_send(sync, action, external_id.as_deref(), &mapped)
-                    .await
-            }
+        let memory = SyncMemory {
+            engine: self,
+            code: sync.code.as_str(),
+            ctx: Ctx::actor("outbox"),
         };
+        let result = connector
+            .send(
+                sync,
+                plan,
+                &memory,
+                action,
+                Target {
+                    external_id: external_id.as_deref(),
+                    local_id: entry.local_id,
+                    // The same for every attempt of this entry: a redelivery after a crash
+                    // between sending and recording is recognisable.
+                    idempotency_key: &format!("recsync-{}-{}", entry.sync, entry.id),
+                },
+                &mapped,
+            )
+            .await;
         Ok(match result {
-            Ok((sent, relabel)) => {
-                let log_action = relabel.unwrap_or(match action {
+            Ok(sent) => {
+                let log_action = sent.label.map(super::label_action).unwrap_or(match action {
                     SendAction::Create => LogAction::Create,
                     SendAction::Update => LogAction::Update,
                     SendAction::Delete => LogAction::Delete,

@@ -3,11 +3,12 @@
 //! through the same apply path as real-time calls, and confirms each page when the service
 //! asks for confirmations.
 
+use super::memory::SyncMemory;
 use super::{
     Ctx, Engine, InboundOp,
     apply::{Applied, ApplyError},
 };
-use crate::connectors::rest::{self, Confirmation, PullItem};
+use crate::connectors::{Confirmation, PullAction, PullError, PullStart, Pulled};
 use crate::domain::mapping::id_text;
 use crate::store::{LogAction, LogDirection, LogStatus, NewChange, RunCounts, StoreError};
 use serde_json::Value;
@@ -261,15 +262,16 @@ impl Engine {
     async fn log_pull_failure(
         &self,
         code: &str,
-        item: &PullItem,
+        item: &Pulled,
         id: &str,
         msg: &str,
         ctx: &Ctx,
     ) -> Result<(), StoreError> {
-        let action = match item.action.as_str() {
-            "delete" => LogAction::Delete,
-            "update" => LogAction::Update,
-            _ => LogAction::Create,
+        let action = match (item.label, item.action) {
+            (Some(label), _) => super::label_action(label),
+            (None, PullAction::Delete) => LogAction::Delete,
+            (None, PullAction::Update) => LogAction::Update,
+            (None, PullAction::Insert) => LogAction::Create,
         };
         self.log_alone(NewChange {
             sync: code.to_string(),
@@ -277,7 +279,7 @@ impl Engine {
             action,
             external_id: Some(id.to_string()),
             local_id: None,
-            name: format!("Pulled {} refused", item.action),
+            name: format!("Pulled {} refused", action.as_str()),
             title: String::new(),
             origin_values: Value::Object(item.values.clone()),
             destination_values: serde_json::json!({}),
@@ -439,8 +441,9 @@ impl Engine {
         })
     }
 
-    /// Pulls and applies pages. With a confirmation URL it loops until a page comes back
-    /// short; without one it makes a single pull. Errors are one sentence for the run record.
+    /// Pulls pages through the sync's connector and applies them, each confirmed once
+    /// applied, until a page says no more follow. Records whose reference arrived later in
+    /// the run get a second attempt at the end.
     async fn pull(
         &self,
         code: &str,
@@ -454,11 +457,10 @@ impl Engine {
             .sync(code)
             .ok_or("the sync is no longer configured")?
             .clone();
-        let is_dropbox = plan
-            .web_services
-            .get(&sync.web_service)
-            .is_some_and(|w| w.kind() == crate::domain::plan::ServiceKind::Dropbox);
-        if !sync.direction.to_local() && !is_dropbox {
+        let connector = self
+            .connector(&sync.web_service)
+            .ok_or("the web service is no longer configured")?;
+        if !sync.direction.to_local() && !connector.keeps_mirror() {
             return Ok(());
         }
         let ctx = Ctx {
@@ -467,62 +469,45 @@ impl Engine {
             modified_at: None,
             relabel: None,
         };
-        let service = match plan.web_services.get(&sync.web_service).map(|w| &w.spec) {
-            Some(crate::domain::plan::ServiceSpec::Rest(r)) => r.clone(),
-            // A Dropbox folder is mirrored in both directions' interest: writes back need the
-            // mirror too.
-            Some(crate::domain::plan::ServiceSpec::Dropbox(_)) => {
-                return self.pull_dropbox(&sync, &ctx, counts, progress).await;
-            }
-            None => return Err("the web service is no longer configured".into()),
+        let memory = SyncMemory {
+            engine: self,
+            code,
+            ctx: ctx.clone(),
         };
-        if service.url.is_none() {
-            return Ok(());
-        }
-        let mut retry_later: Vec<PullItem> = Vec::new();
-        let mut previous: Option<Vec<PullItem>> = None;
+        let start = PullStart {
+            notified_at: self.notify_lag.lock().expect("lag lock").remove(code),
+        };
+        let failed = |e: PullError| RunStop::Failed(e.to_string());
+        let mut puller = connector
+            .open_pull(&sync, &plan, start, &memory)
+            .await
+            .map_err(failed)?;
+        let mut retry_later: Vec<Pulled> = Vec::new();
         loop {
-            let page = rest::pull(&self.http, &service, sync.limit)
-                .await
-                .map_err(|e| format!("pulling failed: {e}"))?;
-            if service.confirmation_url.is_some()
-                && !page.is_empty()
-                && previous.as_ref() == Some(&page)
-            {
-                // Applying it again changes nothing; looping on it would never end.
-                return Err(
-                    "the service served the same page again after it was confirmed; the run stops (does the service remove confirmed records from its queue?)"
-                        .into(),
-                );
-            }
-            counts.pulled += page.len() as i64;
-            let short = page.len() < sync.limit;
+            let page = puller.next_page(&memory).await.map_err(failed)?;
+            counts.pulled += page.read as i64;
+            counts.skipped += page.skipped as i64;
             let outcomes = self
                 .apply_page(
                     code,
                     &sync.external_ref,
-                    &page,
+                    &page.records,
                     &ctx,
                     counts,
                     &mut retry_later,
                 )
                 .await?;
-            if service.confirmation_url.is_some() {
-                crate::crash::point("pull.before_confirm");
-                rest::confirm(&self.http, &service, &outcomes)
-                    .await
-                    .map_err(|e| format!("confirming failed: {e}"))?;
-            }
+            puller.confirm(&memory, &outcomes).await.map_err(failed)?;
             progress.send_replace(counts.clone());
-            if short || service.confirmation_url.is_none() || page.is_empty() {
+            if !page.more {
                 break;
             }
-            previous = Some(page);
             if self.is_stopping() {
                 return Err(RunStop::ShuttingDown);
             }
         }
-        // References to records that arrived later in the run get a second chance.
+        // References to records that arrived later in the run get a second chance, and the
+        // service hears how it went.
         if !retry_later.is_empty() {
             let items = std::mem::take(&mut retry_later);
             let mut still = Vec::new();
@@ -530,13 +515,7 @@ impl Engine {
             let outcomes = self
                 .apply_page(code, &sync.external_ref, &items, &ctx, counts, &mut still)
                 .await?;
-            // Tell the service how the second attempt went.
-            if service.confirmation_url.is_some() {
-                crate::crash::point("pull.before_confirm");
-                rest::confirm(&self.http, &service, &outcomes)
-                    .await
-                    .map_err(|e| format!("confirming failed: {e}"))?;
-            }
+            puller.confirm(&memory, &outcomes).await.map_err(failed)?;
         }
         Ok(())
     }
@@ -547,10 +526,10 @@ impl Engine {
         &self,
         code: &str,
         external_ref: &str,
-        page: &[PullItem],
+        page: &[Pulled],
         ctx: &Ctx,
         counts: &mut RunCounts,
-        unresolved: &mut Vec<PullItem>,
+        unresolved: &mut Vec<Pulled>,
     ) -> Result<Vec<Confirmation>, String> {
         // Waves: the n-th occurrence of each external id goes in wave n.
         let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
@@ -558,10 +537,9 @@ impl Engine {
         let mut confirmations: Vec<Option<Confirmation>> = vec![None; page.len()];
         for (i, item) in page.iter().enumerate() {
             let id = item
-                .values
-                .get(external_ref)
-                .and_then(id_text)
-                .or_else(|| item.external_id.clone());
+                .external_id
+                .clone()
+                .or_else(|| item.values.get(external_ref).and_then(id_text));
             let Some(id) = id else {
                 counts.failed += 1;
                 confirmations[i] = Some(Confirmation {
@@ -586,9 +564,10 @@ impl Engine {
                 let item = &page[*i];
                 let ctx = Ctx {
                     modified_at: item.modified_at.or(ctx.modified_at),
+                    relabel: item.label.map(super::label_action),
                     ..ctx.clone()
                 };
-                if item.action == "delete" {
+                if item.action == PullAction::Delete {
                     deletes.push((n, id.clone(), ctx));
                 } else {
                     let mut values = item.values.clone();

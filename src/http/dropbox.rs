@@ -5,13 +5,11 @@ use super::AppState;
 use super::api::{ApiError, caller, respond};
 use super::body::read_limited;
 use crate::config::Scope;
-use crate::domain::plan::ServiceSpec;
+use crate::connectors::{Notice, Webhook};
+use crate::domain::plan::ServiceKind;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use hmac::{Hmac, Mac};
-use secrecy::ExposeSecret;
 use serde::Deserialize;
-use sha2::Sha256;
 
 /// Notification bodies are tiny; anything bigger is not from Dropbox.
 const NOTIFICATION_LIMIT: usize = 64 * 1024;
@@ -25,11 +23,14 @@ struct Challenge {
     challenge: Option<String>,
 }
 
-fn dropbox_secret(state: &AppState, name: &str) -> Option<secrecy::SecretString> {
-    match &state.engine.plan().web_services.get(name)?.spec {
-        ServiceSpec::Dropbox(d) => Some(d.app_secret.clone()),
-        ServiceSpec::Rest(_) => None,
-    }
+/// Is `name` a Dropbox web service of the plan in force?
+fn is_dropbox(state: &AppState, name: &str) -> bool {
+    state
+        .engine
+        .plan()
+        .web_services
+        .get(name)
+        .is_some_and(|w| w.kind() == ServiceKind::Dropbox)
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> HttpResponse {
@@ -60,7 +61,7 @@ async fn challenge(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let name = path.into_inner();
-    if dropbox_secret(&state, &name).is_none() {
+    if !is_dropbox(&state, &name) {
         return text(StatusCode::NOT_FOUND, "no Dropbox web service by that name");
     }
     match &q.challenge {
@@ -70,17 +71,6 @@ async fn challenge(
             "the `challenge` parameter is missing",
         ),
     }
-}
-
-/// Is `signature` (lowercase hex) the HMAC-SHA256 of `body` keyed with `secret`? Compared in
-/// constant time.
-pub fn signature_ok(secret: &[u8], body: &[u8], signature: &str) -> bool {
-    let Ok(given) = hex::decode(signature.trim()) else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
-    mac.update(body);
-    mac.verify_slice(&given).is_ok()
 }
 
 /// A change notification: checked against `X-Dropbox-Signature`, answered at once; every sync
@@ -106,10 +96,10 @@ async fn notification(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let name = path.into_inner();
-    let Some(secret) = dropbox_secret(&state, &name) else {
+    if !is_dropbox(&state, &name) {
         crate::metrics::dropbox_notification(&name, "unknown_service");
         return text(StatusCode::NOT_FOUND, "no Dropbox web service by that name");
-    };
+    }
     let bytes = match read_limited(&req, body, NOTIFICATION_LIMIT).await {
         Ok(b) => b,
         Err(_) => {
@@ -119,18 +109,27 @@ async fn notification(
             );
         }
     };
-    let signature = req
+    let headers: Vec<(String, String)> = req
         .headers()
-        .get("X-Dropbox-Signature")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !signature_ok(secret.expose_secret().as_bytes(), &bytes, signature) {
-        crate::metrics::dropbox_notification(&name, "bad_signature");
-        tracing::warn!(web_service = %name, "Refused a Dropbox notification with a missing or wrong signature");
-        return text(StatusCode::FORBIDDEN, "bad signature");
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_lowercase(), v.to_str().ok()?.to_string())))
+        .collect();
+    let call = Webhook {
+        headers: &headers,
+        query: req.query_string(),
+        body: &bytes,
+    };
+    match state.engine.notified(&name, call) {
+        Some(Notice::Changed) => text(StatusCode::OK, ""),
+        Some(Notice::Refused(why)) => {
+            crate::metrics::dropbox_notification(&name, "bad_signature");
+            tracing::warn!(web_service = %name, "Refused a Dropbox notification with a missing or wrong signature");
+            text(StatusCode::FORBIDDEN, why)
+        }
+        Some(Notice::Unsupported) | None => {
+            text(StatusCode::NOT_FOUND, "no Dropbox web service by that name")
+        }
     }
-    state.engine.dropbox_notified(&name);
-    text(StatusCode::OK, "")
 }
 
 /// The mirrored folder of a Dropbox sync as a nested tree (from the store; Dropbox is not
@@ -160,7 +159,7 @@ async fn tree(
             if state.engine.plan().sync(&code).is_none() {
                 return Err(ApiError::NotFound(format!("unknown sync `{code}`")));
             }
-            match state.engine.dropbox_tree(&code).await? {
+            match state.engine.mirror_tree(&code).await? {
                 Some(t) => Ok(HttpResponse::Ok().json(t)),
                 None => Err(ApiError::NotFound(format!(
                     "sync `{code}` is not a Dropbox sync, so it has no tree"
@@ -169,20 +168,4 @@ async fn tree(
         }
         .await,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_documented_signature_vector_verifies() {
-        let body = br#"{"delta": {"users": [12345]}}"#;
-        let sig = "0a8c16b085420b960dc78664279fe09e936a2a01b1f91064869d9e77dfd64529";
-        assert!(signature_ok(b"the_secret", body, sig));
-        assert!(!signature_ok(b"other_secret", body, sig));
-        assert!(!signature_ok(b"the_secret", b"{}", sig));
-        assert!(!signature_ok(b"the_secret", body, "not hex"));
-        assert!(!signature_ok(b"the_secret", body, ""));
-    }
 }

@@ -1,33 +1,66 @@
 //! Dropbox mirrors: the entries of each Dropbox sync's folder, written together with its cursor.
 
 use super::*;
+use crate::domain::mirror::MirrorEntry;
+
+/// A mirror row, in `DBX_COLUMNS`' order.
+#[derive(sqlx::FromRow)]
+struct MirrorRow {
+    id: String,
+    tag: String,
+    name: String,
+    path_lower: String,
+    path_display: String,
+    rev: Option<String>,
+    size: Option<i64>,
+    content_hash: Option<String>,
+    server_modified: Option<String>,
+}
+
+impl From<MirrorRow> for MirrorEntry {
+    fn from(r: MirrorRow) -> Self {
+        MirrorEntry {
+            id: r.id,
+            tag: r.tag,
+            name: r.name,
+            path_lower: r.path_lower,
+            path_display: r.path_display,
+            rev: r.rev,
+            size: r.size,
+            content_hash: r.content_hash,
+            server_modified: r.server_modified,
+        }
+    }
+}
 
 impl Store {
     /// Every entry of a Dropbox sync's mirror.
-    pub async fn dbx_entries(&self, sync: &str) -> Result<Vec<DbxEntry>> {
+    pub async fn dbx_entries(&self, sync: &str) -> Result<Vec<MirrorEntry>> {
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| {
-            sqlx::query_as::<_, DbxEntry>(&format!(
+        let rows = on!(c.conn(), |c| {
+            sqlx::query_as::<_, MirrorRow>(&format!(
                 "SELECT {DBX_COLUMNS} FROM dropbox_entries WHERE sync = $1 ORDER BY path_lower"
             ))
             .bind(sync)
             .fetch_all(c)
             .await
-        })?)
+        })?;
+        Ok(rows.into_iter().map(MirrorEntry::from).collect())
     }
 
     /// One entry of a Dropbox sync's mirror, by id.
-    pub async fn dbx_entry(&self, sync: &str, id: &str) -> Result<Option<DbxEntry>> {
+    pub async fn dbx_entry(&self, sync: &str, id: &str) -> Result<Option<MirrorEntry>> {
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| {
-            sqlx::query_as::<_, DbxEntry>(&format!(
+        let row = on!(c.conn(), |c| {
+            sqlx::query_as::<_, MirrorRow>(&format!(
                 "SELECT {DBX_COLUMNS} FROM dropbox_entries WHERE sync = $1 AND id = $2"
             ))
             .bind(sync)
             .bind(id)
             .fetch_optional(c)
             .await
-        })?)
+        })?;
+        Ok(row.map(MirrorEntry::from))
     }
 
     /// Writes changes to a Dropbox mirror, and the sync's cursor when one is given, in one
@@ -35,7 +68,7 @@ impl Store {
     pub async fn dbx_apply(
         &self,
         sync: &str,
-        upserts: &[DbxEntry],
+        upserts: &[MirrorEntry],
         deletes: &[String],
         cursor: Option<&str>,
     ) -> Result<()> {

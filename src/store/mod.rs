@@ -198,7 +198,7 @@ async fn spawn_checkpointer(write: SqlitePool, opts: SqliteConnectOptions) -> Re
     Ok(())
 }
 
-/// The columns of a Dropbox mirror entry, in `DbxEntry`'s order.
+/// The columns of a Dropbox mirror entry, in `MirrorEntry`'s order.
 const DBX_COLUMNS: &str =
     "id, tag, name, path_lower, path_display, rev, size, content_hash, server_modified";
 

@@ -346,22 +346,6 @@ pub struct Run {
     pub pushed: i64,
 }
 
-/// One entry of a Dropbox sync's mirror (file or folder).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
-pub struct DbxEntry {
-    pub id: String,
-    /// `file` or `folder`.
-    pub tag: String,
-    pub name: String,
-    pub path_lower: String,
-    pub path_display: String,
-    pub rev: Option<String>,
-    pub size: Option<i64>,
-    pub content_hash: Option<String>,
-    /// As Dropbox writes it, `%Y-%m-%dT%H:%M:%SZ`.
-    pub server_modified: Option<String>,
-}
-
 /// The first answer given to an `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Idempotent {

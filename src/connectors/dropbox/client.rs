@@ -3,8 +3,8 @@
 //! crate understands, and refreshes the OAuth token from the refresh token. On top of the
 //! crate, calls are retried on 429 (after `Retry-After`) and 5xx (with backoff).
 
+use crate::domain::mirror::MirrorEntry;
 use crate::domain::plan::DropboxService;
-use crate::store::DbxEntry;
 use bytes::Bytes;
 use dropbox_sdk::async_client_trait::{
     HttpClient, HttpRequest, HttpRequestResultRaw, NoauthClient, UserAuthClient,
@@ -64,7 +64,7 @@ pub struct Page {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// A file or folder now at its path.
-    Upsert(DbxEntry),
+    Upsert(MirrorEntry),
     /// Whatever was at this path (and below) is gone. Deleted entries carry no id.
     Deleted {
         path_lower: String,
@@ -337,7 +337,7 @@ impl Dropbox {
         }
     }
 
-    pub async fn create_folder(&self, path: &str) -> Result<DbxEntry, DbxError> {
+    pub async fn create_folder(&self, path: &str) -> Result<MirrorEntry, DbxError> {
         let arg = files::CreateFolderArg::new(path.to_string());
         let r = self
             .call("create_folder_v2", || {
@@ -354,7 +354,7 @@ impl Dropbox {
         path: &str,
         bytes: Vec<u8>,
         rev: Option<&str>,
-    ) -> Result<DbxEntry, DbxError> {
+    ) -> Result<MirrorEntry, DbxError> {
         let mode = match rev {
             Some(r) => files::WriteMode::Update(r.to_string()),
             None => files::WriteMode::Add,
@@ -368,7 +368,7 @@ impl Dropbox {
     }
 
     /// Moves or renames; returns the entry at its new path.
-    pub async fn move_entry(&self, from: &str, to: &str) -> Result<Option<DbxEntry>, DbxError> {
+    pub async fn move_entry(&self, from: &str, to: &str) -> Result<Option<MirrorEntry>, DbxError> {
         let arg = files::RelocationArg::new(from.to_string(), to.to_string());
         let r = self
             .call("move_v2", || files::move_v2(&self.client, &arg))
@@ -428,9 +428,9 @@ fn convert(m: files::Metadata) -> Option<Change> {
     })
 }
 
-fn file_entry(f: files::FileMetadata) -> DbxEntry {
+fn file_entry(f: files::FileMetadata) -> MirrorEntry {
     let path_lower = f.path_lower.unwrap_or_default();
-    DbxEntry {
+    MirrorEntry {
         id: f.id,
         tag: "file".into(),
         path_display: f.path_display.unwrap_or_else(|| path_lower.clone()),
@@ -443,9 +443,9 @@ fn file_entry(f: files::FileMetadata) -> DbxEntry {
     }
 }
 
-fn folder_entry(f: files::FolderMetadata) -> DbxEntry {
+fn folder_entry(f: files::FolderMetadata) -> MirrorEntry {
     let path_lower = f.path_lower.unwrap_or_default();
-    DbxEntry {
+    MirrorEntry {
         id: f.id,
         tag: "folder".into(),
         path_display: f.path_display.unwrap_or_else(|| path_lower.clone()),
