@@ -3,7 +3,9 @@
 //! retention pruner.
 
 use crate::domain::mask::Masker;
-use crate::store::{Change, ChangeFilter, LogAction, LogDirection, LogStatus, Store, StoreError};
+use crate::store::{
+    Change, ChangeFilter, LogAction, LogDirection, LogStatus, ReadView, Store, StoreError,
+};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use std::time::Duration;
@@ -191,7 +193,7 @@ pub fn csv_chunk(rows: &[Change], header: bool) -> Vec<u8> {
 /// Every row matching `filter`, page by page (keyset on id, newest first), masked; for
 /// exports, which then hold one page in memory at a time.
 pub fn pages(
-    store: Store,
+    store: ReadView,
     filter: ChangeFilter,
     masker: std::sync::Arc<Masker>,
 ) -> impl futures_util::Stream<Item = Result<Vec<Change>, StoreError>> {

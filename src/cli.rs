@@ -910,7 +910,7 @@ async fn log(
         let mut rows = Vec::new();
         if limit == 0 {
             let mut pages =
-                std::pin::pin!(audit::pages(store.clone(), filter.clone(), masker.clone()));
+                std::pin::pin!(audit::pages(store.view(), filter.clone(), masker.clone()));
             use futures_util::StreamExt;
             let mut header = true;
             // Every row: streamed newest first, page by page, in constant memory.

@@ -6,6 +6,7 @@
 //! the variable (production), a point costs one relaxed load of a flag that is never set.
 //!
 //! The points: `inbound.before_commit` (a group of inbound changes is written but not
+//! committed), `single.before_commit` (an inbound delete or a local edit is written but not
 //! committed), `inbound.before_reply` (committed, not yet answered), `pull.before_confirm` (a
 //! pulled page is applied, not yet confirmed), `outbox.before_record` (a delivery was made, its
 //! result not yet recorded), `dropbox.before_mirror` (a Dropbox page's records are applied,

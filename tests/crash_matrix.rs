@@ -6,8 +6,10 @@
 //! the fake Dropbox's.
 //!
 //! 200 kill points on SQLite, 30 on PostgreSQL (`RECSYNC_CRASH_ITERATIONS` overrides; the seed
-//! is printed, and `RECSYNC_CRASH_SEED` replays one). Every block of six kill points arms each
+//! is printed, and `RECSYNC_CRASH_SEED` replays one). Every block of seven kill points arms each
 //! point once, in a seeded shuffled order, so each point is always tried.
+//! Local records are created and deleted through the records API, so the writer's own
+//! transactions (`single.before_commit`: deletes and local edits) are killed too.
 
 mod common;
 
@@ -24,8 +26,9 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "crash-matrix-admin-key-0123456789";
 
-const POINTS: [&str; 6] = [
+const POINTS: [&str; 7] = [
     "inbound.before_commit",
+    "single.before_commit",
     "inbound.before_reply",
     "pull.before_confirm",
     "outbox.before_record",
@@ -84,6 +87,12 @@ struct Acked {
     inbound: Vec<String>,
     /// Local records created through the API (201): their names, to find them at the peer.
     local: Vec<String>,
+    /// The same, with their ids, for deletes to pick from.
+    local_ids: Vec<(i64, String)>,
+    /// Names of local records whose delete was sent (answered or not).
+    delete_tried: HashSet<String>,
+    /// Local records whose delete was answered 2xx.
+    deleted: Vec<(i64, String)>,
 }
 
 fn serve(env: &Env, crash: Option<&str>, log: &str) -> Child {
@@ -158,8 +167,39 @@ async fn load_step(env: &Env, k: usize, step: usize, acked: &Mutex<Acked>) {
             .await;
         if let Ok(r) = r
             && r.status() == 201
+            && let Ok(body) = r.json::<Value>().await
         {
-            acked.lock().unwrap().local.push(name);
+            let mut a = acked.lock().unwrap();
+            a.local.push(name.clone());
+            a.local_ids
+                .push((body["id"].as_i64().expect("the record's id"), name));
+        }
+        // Every third step deletes the oldest local record not deleted yet.
+        if k.is_multiple_of(3) {
+            let victim = {
+                let mut a = acked.lock().unwrap();
+                let v = a
+                    .local_ids
+                    .iter()
+                    .find(|(_, n)| !a.delete_tried.contains(n))
+                    .cloned();
+                if let Some((_, n)) = &v {
+                    a.delete_tried.insert(n.clone());
+                }
+                v
+            };
+            if let Some((id, name)) = victim {
+                let r = c
+                    .delete(format!("{base}/api/v1/models/contact/records/{id}"))
+                    .header("X-Api-Key", KEY)
+                    .send()
+                    .await;
+                if let Ok(r) = r
+                    && r.status().is_success()
+                {
+                    acked.lock().unwrap().deleted.push((id, name));
+                }
+            }
         }
     };
     let pull = async {
@@ -208,6 +248,17 @@ async fn check_after_kill(env: &Env, acked: &Acked, confirmed_before: usize) -> 
         assert!(
             store.link_by_external("CON", id).await.unwrap().is_some(),
             "acknowledged {id} lost"
+        );
+    }
+    // Every acknowledged local delete holds.
+    for (id, name) in &acked.deleted {
+        assert!(
+            store
+                .get_record("contact", *id)
+                .await
+                .unwrap()
+                .is_none_or(|r| r.deleted),
+            "the acknowledged delete of {name} (record {id}) was lost"
         );
     }
     // No pulled record was confirmed without being applied.
@@ -491,11 +542,23 @@ async fn killed_at_randomized_points_nothing_acknowledged_is_lost_or_doubled() {
             )
             .or_default() += 1;
     }
-    for name in &acked.local {
+    for name in acked
+        .local
+        .iter()
+        .filter(|n| !acked.delete_tried.contains(*n))
+    {
         assert_eq!(
             by_name.get(name).copied().unwrap_or(0),
             1,
             "{name} at the peer"
+        );
+    }
+    // Every acknowledged local delete reached the peer too.
+    for (id, name) in &acked.deleted {
+        assert_eq!(
+            by_name.get(name).copied().unwrap_or(0),
+            0,
+            "{name} (record {id}) deleted locally but still at the peer"
         );
     }
     // No run is left running; links are one per external id (the unique index) and point at

@@ -131,9 +131,26 @@ pub(super) fn log_row(
     }
 }
 
+/// The admission check of inbound changes: the sync exists, takes changes in, is active, and
+/// its model is configured.
+fn admit<'p>(plan: &'p Plan, code: &str) -> Result<(&'p Sync, &'p Model), ApplyError> {
+    let sync = plan
+        .sync(code)
+        .ok_or_else(|| ApplyError::UnknownSync(code.to_string()))?;
+    if !sync.direction.to_local() {
+        return Err(ApplyError::NotInbound(code.to_string()));
+    }
+    if !sync.active {
+        return Err(ApplyError::Inactive(code.to_string()));
+    }
+    let model = plan
+        .models
+        .get(&sync.model)
+        .ok_or_else(|| ApplyError::UnknownModel(sync.model.clone()))?;
+    Ok((sync, model))
+}
+
 impl Engine {
-    /// Applies one inbound change from sync `code`. On success the change is committed; on
-    /// error nothing was written (the caller logs the failure).
     /// Upserts of one sync as one bundle (a pulled page): `(external id, payload, context)`.
     /// The results come back in order.
     pub(crate) async fn apply_upserts(
@@ -142,19 +159,10 @@ impl Engine {
         items: Vec<(String, Value, Ctx)>,
     ) -> Vec<Result<Applied, ApplyError>> {
         let plan = self.plan();
-        let refused = || match plan.sync(code) {
-            None => Some(ApplyError::UnknownSync(code.to_string())),
-            Some(s) if !s.direction.to_local() => Some(ApplyError::NotInbound(code.to_string())),
-            Some(s) if !s.active => Some(ApplyError::Inactive(code.to_string())),
-            Some(s) if !plan.models.contains_key(&s.model) => {
-                Some(ApplyError::UnknownModel(s.model.clone()))
-            }
-            Some(_) => None,
-        };
-        if refused().is_some() {
+        if admit(&plan, code).is_err() {
             return items
                 .iter()
-                .map(|_| Err(refused().expect("refused")))
+                .map(|_| Err(admit(&plan, code).expect_err("refused")))
                 .collect();
         }
         let jobs = items
@@ -171,69 +179,54 @@ impl Engine {
         self.submit_many(jobs).await
     }
 
+    /// Applies one inbound change from sync `code` through the writer. On success the change
+    /// is committed; on error nothing was written (the caller logs the failure).
     pub async fn apply_inbound(
         &self,
         code: &str,
         op: InboundOp,
         ctx: &Ctx,
     ) -> Result<Applied, ApplyError> {
-        let plan = self.plan();
-        let sync = plan
-            .sync(code)
-            .ok_or_else(|| ApplyError::UnknownSync(code.to_string()))?;
-        if !sync.direction.to_local() {
-            return Err(ApplyError::NotInbound(code.to_string()));
-        }
-        if !sync.active {
-            return Err(ApplyError::Inactive(code.to_string()));
-        }
-        let model = plan
-            .models
-            .get(&sync.model)
-            .ok_or_else(|| ApplyError::UnknownModel(sync.model.clone()))?;
-        let result = match op {
+        admit(&self.plan(), code)?;
+        match op {
             InboundOp::Upsert {
                 external_id,
                 payload,
                 must_exist,
             } => {
                 let (reply, _) = tokio::sync::oneshot::channel();
-                return self
-                    .submit(super::batch::Job {
-                        code: code.to_string(),
-                        external_id,
-                        payload,
-                        must_exist,
-                        ctx: ctx.clone(),
-                        reply,
-                    })
-                    .await;
+                self.submit(super::batch::Job {
+                    code: code.to_string(),
+                    external_id,
+                    payload,
+                    must_exist,
+                    ctx: ctx.clone(),
+                    reply,
+                })
+                .await
             }
             InboundOp::Delete { external_id } => {
-                self.delete_inbound(&plan, sync, model, &external_id, ctx)
-                    .await
+                self.submit_single(|reply| super::batch::Work::Delete {
+                    code: code.to_string(),
+                    external_id,
+                    ctx: ctx.clone(),
+                    reply,
+                })
+                .await
             }
-        };
-        if matches!(
-            result,
-            Ok(Applied::Created(_)
-                | Applied::Updated(..)
-                | Applied::Deleted(_)
-                | Applied::Unlinked(_))
-        ) {
-            self.wake();
         }
-        result
     }
 
-    async fn delete_inbound(
+    /// An inbound or pulled delete, in the writer: unlink, tombstone the record when the sync
+    /// propagates deletes (and fan the delete out), one change-control row, one commit.
+    pub(super) async fn delete_inbound(
         &self,
-        plan: &Plan,
-        sync: &Sync,
-        model: &Model,
+        code: &str,
         external_id: &str,
         ctx: &Ctx,
     ) -> Result<Applied, ApplyError> {
+        let plan = self.plan();
+        let (sync, model) = admit(&plan, code)?;
         let mut tx = self.store.begin().await?;
         let binding = sync.binding();
         let link = tx
@@ -250,7 +243,7 @@ impl Engine {
         tx.delete_link(&binding, link.local_id).await?;
         let applied = if sync.propagate_deletes {
             if let Some(rec) = tx.delete_record(&model.name, link.local_id).await? {
-                self.fan_out(&mut tx, plan, Some(sync), &rec, "delete")
+                self.fan_out(&mut tx, &plan, Some(sync), &rec, "delete")
                     .await?;
             }
             Applied::Deleted(link.local_id)
@@ -281,7 +274,9 @@ impl Engine {
         row.actor = ctx.actor.clone();
         row.run_id = ctx.run_id;
         self.log(&mut tx, row).await?;
+        crate::crash::point("single.before_commit");
         tx.commit().await?;
+        self.wake();
         Ok(applied)
     }
 
@@ -389,8 +384,23 @@ impl Engine {
         Ok(n)
     }
 
-    /// Applies a local edit (records API) and fans it out to every sync of the model.
+    /// Applies a local edit (records API) through the writer and fans it out to every sync
+    /// of the model.
     pub async fn apply_local(&self, model_name: &str, op: LocalOp) -> Result<Record, ApplyError> {
+        self.submit_single(|reply| super::batch::Work::Local {
+            model: model_name.to_string(),
+            op,
+            reply,
+        })
+        .await
+    }
+
+    /// A local edit, in the writer.
+    pub(super) async fn local_edit(
+        &self,
+        model_name: &str,
+        op: LocalOp,
+    ) -> Result<Record, ApplyError> {
         let plan = self.plan();
         let model = plan
             .models
@@ -429,6 +439,7 @@ impl Engine {
             }
         };
         let n = self.fan_out(&mut tx, &plan, None, &rec, action).await?;
+        crate::crash::point("single.before_commit");
         tx.commit().await?;
         if n > 0 {
             self.wake();

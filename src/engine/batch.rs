@@ -25,6 +25,27 @@ const MAX_BATCH: usize = 256;
 /// How often a round that lost a race with a concurrent writer is applied again.
 const RACE_RETRIES: u32 = 8;
 
+/// A change waiting for the writer. Everything that writes records goes through this one
+/// queue, in arrival order: inbound upserts (grouped into shared transactions), inbound and
+/// pulled deletes, and local edits.
+pub(crate) enum Work {
+    /// A bundle of upserts, applied in one group (never split).
+    Upserts(Vec<Job>),
+    /// An inbound or pulled delete.
+    Delete {
+        code: String,
+        external_id: String,
+        ctx: Ctx,
+        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+    },
+    /// A local edit (records API).
+    Local {
+        model: String,
+        op: super::LocalOp,
+        reply: oneshot::Sender<Result<Record, ApplyError>>,
+    },
+}
+
 /// One inbound upsert waiting for the writer.
 pub(crate) struct Job {
     pub code: String,
@@ -80,23 +101,81 @@ enum Intent {
 }
 
 impl Engine {
-    /// Starts the writer that applies inbound upserts in batches.
+    /// Starts the writer: the one task that applies every change, in arrival order.
+    /// Consecutive upserts are grouped into batches; a delete or a local edit is applied on
+    /// its own, after what arrived before it.
     pub fn spawn_writer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let rx = self.writer_rx.lock().expect("writer lock").take();
         let engine = self.clone();
         tokio::spawn(async move {
             let Some(mut rx) = rx else { return };
-            // A bundle is never split, so a pulled page goes in as one group.
-            while let Some(mut jobs) = rx.recv().await {
-                while jobs.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => jobs.extend(more),
-                        Err(_) => break,
+            let mut next: Option<Work> = None;
+            loop {
+                let work = match next.take() {
+                    Some(w) => w,
+                    None => match rx.recv().await {
+                        Some(w) => w,
+                        None => break,
+                    },
+                };
+                match work {
+                    Work::Upserts(mut jobs) => {
+                        // A bundle is never split, so a pulled page goes in as one group.
+                        while jobs.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(Work::Upserts(more)) => jobs.extend(more),
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        engine.run_batch(jobs).await;
                     }
+                    other => engine.run_single(other).await,
                 }
-                engine.run_batch(jobs).await;
             }
         })
+    }
+
+    /// Applies a delete or a local edit in its own transaction.
+    async fn run_single(&self, work: Work) {
+        match work {
+            Work::Upserts(jobs) => self.run_batch(jobs).await,
+            Work::Delete {
+                code,
+                external_id,
+                ctx,
+                reply,
+            } => {
+                let r = self.delete_inbound(&code, &external_id, &ctx).await;
+                let _ = reply.send(r);
+            }
+            Work::Local { model, op, reply } => {
+                let r = self.local_edit(&model, op).await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// Hands a delete or a local edit to the writer (or applies it here when no writer runs)
+    /// and waits for its result.
+    pub(crate) async fn submit_single<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ApplyError>>) -> Work,
+    ) -> Result<T, ApplyError> {
+        let closed = || ApplyError::Store(StoreError::Database(sqlx::Error::PoolClosed));
+        let (tx, rx) = oneshot::channel();
+        let work = make(tx);
+        if self.writer_started() {
+            if self.writer_tx.send(work).await.is_err() {
+                return Err(closed());
+            }
+        } else {
+            self.run_single(work).await;
+        }
+        rx.await.unwrap_or_else(|_| Err(closed()))
     }
 
     /// Hands an upsert to the writer (or applies it here when no writer runs).
@@ -123,7 +202,7 @@ impl Engine {
             })
             .collect();
         if self.writer_started() {
-            if self.writer_tx.send(jobs).await.is_err() {
+            if self.writer_tx.send(Work::Upserts(jobs)).await.is_err() {
                 return waiting.iter().map(|_| Err(closed())).collect();
             }
         } else {

@@ -101,8 +101,8 @@ pub struct Engine {
     wake: Notify,
     http: reqwest::Client,
     /// Bundles of upserts for the batch writer (one request, or a pulled page).
-    writer_tx: tokio::sync::mpsc::Sender<Vec<batch::Job>>,
-    writer_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Vec<batch::Job>>>>,
+    writer_tx: tokio::sync::mpsc::Sender<batch::Work>,
+    writer_rx: Mutex<Option<tokio::sync::mpsc::Receiver<batch::Work>>>,
     /// Connectors by web service, built when first needed and dropped when the plan changes
     /// (they hold clients, tokens and concurrency bounds).
     connectors: Mutex<HashMap<String, Arc<dyn Connector>>>,
@@ -190,6 +190,11 @@ impl Engine {
         while self.active_runs.load(std::sync::atomic::Ordering::SeqCst) > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The store, for reading only (HTTP and other readers).
+    pub fn reads(&self) -> crate::store::ReadView {
+        self.store.view()
     }
 
     /// The plan in force.

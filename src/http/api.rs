@@ -230,7 +230,7 @@ struct ListQuery {
 /// The records' values, with each dotted path (`company.country`) added under its own name,
 /// read through the related records hop by hop (one query per hop and page).
 async fn with_paths(
-    store: &crate::store::Store,
+    store: &crate::store::ReadView,
     plan: &crate::domain::Plan,
     model: &crate::domain::plan::Model,
     page: &[crate::store::Record],
@@ -344,13 +344,13 @@ async fn list_records(
             'scan: loop {
                 let page = state
                     .engine
-                    .store
+                    .reads()
                     .list_records(&model.name, after, 500)
                     .await?;
                 if page.is_empty() {
                     break;
                 }
-                let seen = with_paths(&state.engine.store, &plan, model, &page, &paths).await?;
+                let seen = with_paths(&state.engine.reads(), &plan, model, &page, &paths).await?;
                 for (r, values) in page.iter().zip(&seen) {
                     after = r.id;
                     if domain.matches(values) {
@@ -396,7 +396,7 @@ async fn list_records(
                     for id in ids {
                         if let Some(rr) = state
                             .engine
-                            .store
+                            .reads()
                             .get_record(related, id)
                             .await?
                             .filter(|x| !x.deleted)
@@ -450,7 +450,7 @@ async fn get_record(
             known_model(&state, &model)?;
             let r = state
                 .engine
-                .store
+                .reads()
                 .get_record(&model, id)
                 .await?
                 .filter(|r| !r.deleted);
@@ -662,7 +662,7 @@ async fn list_outbox(
             let limit = q.limit.unwrap_or(100).clamp(1, 1000);
             let entries = state
                 .engine
-                .store
+                .reads()
                 .list_outbox(
                     q.status.as_deref().filter(|s| *s != "all"),
                     q.sync.as_deref(),
@@ -769,7 +769,7 @@ async fn list_syncs(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         async {
             caller(&req, &state, &Scope::Read)?;
             let plan = state.engine.plan();
-            let store = &state.engine.store;
+            let store = state.engine.reads();
             let mut out = Vec::new();
             for s in plan.syncs.values() {
                 let last = store
@@ -890,7 +890,7 @@ async fn list_runs(
             caller(&req, &state, &Scope::Read)?;
             let runs = state
                 .engine
-                .store
+                .reads()
                 .runs(
                     q.sync.as_deref(),
                     q.before,

@@ -68,7 +68,7 @@ async fn changes(req: &HttpRequest, state: &AppState) -> ApiResult {
         let header = futures_util::stream::once(async {
             Ok::<_, actix_web::Error>(web::Bytes::from(audit::csv_chunk(&[], true)))
         });
-        let body = audit::pages(engine.store.clone(), filter, engine.masker()).map(|page| {
+        let body = audit::pages(engine.reads(), filter, engine.masker()).map(|page| {
             page.map(|rows| web::Bytes::from(audit::csv_chunk(&rows, false)))
                 .map_err(|e| {
                     tracing::error!(error = %e, "The change-control export stopped early");
@@ -84,7 +84,7 @@ async fn changes(req: &HttpRequest, state: &AppState) -> ApiResult {
             .streaming(header.chain(body)));
     }
     let filter = q.to_filter(50).map_err(bad)?;
-    let mut rows = engine.store.changes(&filter).await?;
+    let mut rows = engine.reads().changes(&filter).await?;
     let masker = engine.masker();
     rows.iter_mut().for_each(|r| audit::mask_change(&masker, r));
     let next = if rows.len() as i64 == filter.limit {

@@ -30,7 +30,7 @@ async fn render(req: &HttpRequest, state: &AppState) -> ApiResult {
         caller(req, state, &Scope::Read)?;
     }
     let now = chrono::Utc::now();
-    let stats = state.engine.store.outbox_stats().await?;
+    let stats = state.engine.reads().outbox_stats().await?;
     let rows: Vec<(String, String, i64, Option<f64>)> = stats
         .into_iter()
         .map(|(sync, status, n, oldest)| {

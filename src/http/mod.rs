@@ -121,13 +121,13 @@ async fn healthz() -> HttpResponse {
 )]
 #[get("/readyz")]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let store_ok = state.engine.store.ping().await.is_ok();
+    let store_ok = state.engine.reads().ping().await.is_ok();
     let errors = state.config_errors().len();
     let plan = state.plan();
     let body = json!({
         "status": if store_ok { "ready" } else { "unavailable" },
         "store": if store_ok { "ok" } else { "unreachable" },
-        "database": state.engine.store.backend_name(),
+        "database": state.engine.reads().backend_name(),
         "config": {
             "valid": errors == 0,
             "errors": errors,

@@ -299,7 +299,7 @@ async fn handle(
         });
     if let Some((scope, key, print)) = &idem {
         let since = chrono::Utc::now() - chrono::Duration::hours(24);
-        match engine.store.idempotent_response(scope, key, since).await {
+        match engine.reads().idempotent_response(scope, key, since).await {
             Ok(Some(first)) if first.fingerprint.as_deref() == Some(print.as_str()) => {
                 return HttpResponse::build(
                     StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK),

@@ -198,7 +198,7 @@ async fn change_stats(
             }
             let now = chrono::Utc::now();
             let since = now - chrono::Duration::hours(hours);
-            let rows = state.engine.store.change_stats(since).await?;
+            let rows = state.engine.reads().change_stats(since).await?;
             let out: Vec<_> = rows
                 .into_iter()
                 .map(|(sync, hour, n, failed)| {
@@ -232,7 +232,7 @@ async fn one_change(
         async {
             caller(&req, &state, &Scope::Read)?;
             let id = path.into_inner();
-            let Some(mut row) = state.engine.store.change(id).await? else {
+            let Some(mut row) = state.engine.reads().change(id).await? else {
                 return Err(ApiError::NotFound(format!("no change-control row {id}")));
             };
             crate::audit::mask_change(&state.engine.masker(), &mut row);

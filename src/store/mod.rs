@@ -5,6 +5,7 @@
 mod types;
 
 pub use types::*;
+pub use view::ReadView;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -122,6 +123,7 @@ mod mirror;
 mod outbox;
 mod records;
 mod runs;
+mod view;
 
 /// A write transaction. Dropped without `commit`, it rolls back.
 pub enum Tx {
