@@ -24,9 +24,67 @@ pub struct App {
     reload_task: Option<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<()>>,
+    core: Core,
+    scheduler: tokio_cron_scheduler::JobScheduler,
+}
+
+/// The engine with the tasks every command that syncs needs (the writer and the instance
+/// heartbeat), built the same way for `serve` and `recsync run`.
+pub struct Core {
+    pub engine: Arc<Engine>,
     heartbeat: tokio::task::JoinHandle<()>,
     writer: tokio::task::JoinHandle<()>,
-    scheduler: tokio_cron_scheduler::JobScheduler,
+}
+
+impl Core {
+    /// Opens and migrates the database, builds the engine with the settings' options, records
+    /// the plan's bindings, registers this instance and starts the writer and the heartbeat.
+    pub async fn start(settings: &Settings, plan: Plan) -> anyhow::Result<Core> {
+        use secrecy::ExposeSecret;
+        let store = Store::connect(settings.database_url.expose_secret())
+            .await
+            .with_context(|| {
+                format!(
+                    "Failed to open the database {}",
+                    settings.database_display()
+                )
+            })?;
+        store
+            .migrate()
+            .await
+            .context("Failed to apply the database migrations")?;
+        let engine = Arc::new(Engine::new(
+            store,
+            plan,
+            EngineOptions::from_settings(settings),
+        ));
+        // Start-up writes that a database refusing writes (read-only, full) must not turn into
+        // a refusal to start: the server then answers reads, and 503 for writes.
+        if let Err(e) = engine.register_bindings().await {
+            tracing::warn!(error = %e, "Failed to record the syncs' bindings in the database; retried at the next reload");
+        }
+        if let Err(e) = engine
+            .store
+            .heartbeat(&engine.opts.instance, chrono::Utc::now())
+            .await
+        {
+            tracing::warn!(error = %e, "Failed to register this instance in the database");
+        }
+        let heartbeat = engine.spawn_heartbeat();
+        let writer = engine.spawn_writer();
+        Ok(Core {
+            engine,
+            heartbeat,
+            writer,
+        })
+    }
+
+    /// Stops the writer and the heartbeat and closes the database.
+    pub async fn stop(self) {
+        self.writer.abort();
+        self.heartbeat.abort();
+        self.engine.store.close().await;
+    }
 }
 
 /// How to build the app.
@@ -42,20 +100,6 @@ pub struct BuildOptions {
 pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow::Result<App> {
     // The metrics recorder first, so nothing recorded at start-up is lost.
     crate::metrics::handle();
-    use secrecy::ExposeSecret;
-    let store = Store::connect(settings.database_url.expose_secret())
-        .await
-        .with_context(|| {
-            format!(
-                "Failed to open the database {}",
-                settings.database_display()
-            )
-        })?;
-    store
-        .migrate()
-        .await
-        .context("Failed to apply the database migrations")?;
-
     let mut listen = settings.listen;
     if settings.api_keys.is_empty() && !listen.ip().is_loopback() {
         tracing::warn!(requested = %listen, "No API key is configured, so recsync binds to loopback only");
@@ -70,25 +114,13 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
         TcpListener::bind(listen).with_context(|| format!("Failed to listen on {listen}"))?;
     let port = listener.local_addr()?.port();
     let mappings = settings.mappings.clone();
-    let engine_opts = EngineOptions::from_settings(&settings);
     let tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
         _ => None,
     };
     let shutdown_timeout = settings.shutdown_timeout;
-    let engine = Arc::new(Engine::new(store, plan, engine_opts));
-    // Start-up writes that a database refusing writes (read-only, full) must not turn into a
-    // refusal to start: the server then answers reads, and 503 for writes.
-    if let Err(e) = engine.register_bindings().await {
-        tracing::warn!(error = %e, "Failed to record the syncs' bindings in the database; retried at the next reload");
-    }
-    if let Err(e) = engine
-        .store
-        .heartbeat(&engine.opts.instance, chrono::Utc::now())
-        .await
-    {
-        tracing::warn!(error = %e, "Failed to register this instance in the database");
-    }
+    let core = Core::start(&settings, plan).await?;
+    let engine = core.engine.clone();
     // On SQLite this server owns the database: what another process had in flight belonged to
     // one that is gone (a crash), so it is taken back at once.
     if engine.store.backend_name() == "sqlite" {
@@ -107,7 +139,6 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
             }
         }
     }
-    let heartbeat = engine.spawn_heartbeat();
     let state = web::Data::new(AppState::new(engine.clone(), settings));
 
     let data = state.clone();
@@ -121,7 +152,6 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
     .run();
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let writer = engine.spawn_writer();
     let scheduler = engine
         .start_scheduler()
         .await
@@ -153,8 +183,7 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
         reload_task,
         stop,
         workers,
-        heartbeat,
-        writer,
+        core,
         scheduler,
     })
 }
@@ -233,8 +262,7 @@ impl App {
         }
         let stop = self.stop;
         let workers = self.workers;
-        let heartbeat = self.heartbeat;
-        let writer = self.writer;
+        let core = self.core;
         let mut scheduler = self.scheduler;
         let graceful = async {
             // The listener closes now; requests in flight are answered (actix waits for them
@@ -277,9 +305,7 @@ impl App {
                 handle.stop(false).await;
             }
         }
-        writer.abort();
-        heartbeat.abort();
-        engine.store.close().await;
+        core.stop().await;
         result
     }
 }

@@ -592,9 +592,10 @@ async fn killed_at_randomized_points_nothing_acknowledged_is_lost_or_doubled() {
         );
     }
     println!(
-        "final: {} inbound acknowledged, {} local records delivered, {} pulled, {} Dropbox entries",
+        "final: {} inbound acknowledged, {} local records delivered, {} of them deleted, {} pulled, {} Dropbox entries",
         acked.inbound.len(),
         acked.local.len(),
+        acked.deleted.len(),
         env.peer.records("pull").len(),
         mirror(&env.fake).len()
     );

@@ -1,0 +1,337 @@
+use crate::config::{self, ConfigPaths, Overrides, ProcessEnv, Scope};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+mod demo;
+mod keys;
+mod log;
+mod outbox;
+mod peer;
+mod run;
+mod serve;
+mod validate;
+
+use demo::demo;
+use keys::keys_new;
+use log::{log, open_store_for_reading};
+use outbox::outbox;
+use peer::{PeerArgs, peer};
+use run::run_now;
+use serve::{migrate, serve};
+use validate::validate;
+
+/// Exit status for configuration errors (EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+/// Exit status for a command this build does not have yet.
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code for a command line that does not make sense (sysexits EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "recsync",
+    version,
+    about = "Bidirectional record synchronizer",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct GlobalArgs {
+    /// Server settings file (default: ./recsync.toml when present)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Database URL: sqlite://FILE or postgres://USER:PASS@HOST/DB (or RECSYNC_DATABASE_URL)
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Folder of mapping files (or RECSYNC_MAPPINGS)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub mappings: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: HTTP API, engine and config hot reload
+    Serve {
+        /// Address to listen on (or RECSYNC_LISTEN)
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Run the embedded demo: SQLite, mappings/demo.toml and an in-process reference peer
+    Demo {
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8071")]
+        listen: String,
+        /// Where the in-process peer listens
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8072")]
+        peer_listen: String,
+    },
+    /// Check the configuration (exit 0 when valid, 78 when not)
+    Validate {
+        /// Also check that each web service answers
+        #[arg(long)]
+        online: bool,
+    },
+    /// Run one sync now
+    Run {
+        code: String,
+        /// Re-read everything instead of only changes
+        #[arg(long)]
+        full: bool,
+    },
+    /// Query the change-control log (newest rows, printed oldest first)
+    Log {
+        #[arg(long)]
+        sync: Option<String>,
+        /// external_to_local or local_to_external
+        #[arg(long)]
+        direction: Option<String>,
+        /// create, update, delete, unlink, rename, move or conflict
+        #[arg(long)]
+        action: Option<String>,
+        /// success, failed, conflict_resolved or skipped
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        external_id: Option<String>,
+        #[arg(long)]
+        local_id: Option<String>,
+        /// RFC 3339 time or date (UTC)
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 time or date (UTC), exclusive
+        #[arg(long)]
+        until: Option<String>,
+        /// Text searched in the title and the error message
+        #[arg(long, short)]
+        q: Option<String>,
+        #[arg(long)]
+        run_id: Option<String>,
+        /// How many of the newest rows (0: every matching row)
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// table (fits 80 columns), json (one object per line) or csv
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+        format: String,
+        /// Keep printing new rows as they are written
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Inspect and retry failed deliveries
+    Outbox {
+        #[command(subcommand)]
+        action: Option<OutboxAction>,
+    },
+    /// Manage API keys
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Apply database migrations
+    Migrate,
+    /// Run the reference external system
+    Peer {
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8072")]
+        listen: String,
+        /// Require this key on protocol calls (header api_key, X-Api-Key or Bearer)
+        #[arg(long, env = "PEER_API_KEY")]
+        api_key: Option<String>,
+        /// The field holding a record's id in payloads
+        #[arg(long, default_value = "unique_id")]
+        id_field: String,
+        /// recsync's base URL, to call /sync/... back when the peer's records change
+        #[arg(long, value_name = "URL")]
+        callback_url: Option<String>,
+        /// The key the peer sends to recsync
+        #[arg(long, env = "PEER_CALLBACK_KEY")]
+        callback_key: Option<String>,
+        /// collection=SYNC_CODE pairs for call backs, e.g. contacts=CON
+        #[arg(long = "sync", value_name = "COLLECTION=CODE")]
+        syncs: Vec<String>,
+        /// Seed the demo's sample companies and contacts
+        #[arg(long)]
+        seed: bool,
+        /// collection=COUNT: serve COUNT generated records to pulls without storing them
+        #[arg(long, value_name = "COLLECTION=COUNT")]
+        synthetic: Vec<String>,
+    },
+    /// Run the fake Dropbox (tests, demos, SDK conformance)
+    FakeDropbox {
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9911")]
+        listen: String,
+        #[arg(long, env = "DROPBOX_APP_KEY", default_value = "demo-app-key")]
+        app_key: String,
+        #[arg(long, env = "DROPBOX_APP_SECRET", default_value = "demo-app-secret")]
+        app_secret: String,
+        #[arg(
+            long,
+            env = "DROPBOX_REFRESH_TOKEN",
+            default_value = "demo-refresh-token"
+        )]
+        refresh_token: String,
+        /// Where to send signed change notifications (recsync's /webhooks/dropbox/<service>)
+        #[arg(long, value_name = "URL")]
+        webhook_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// List entries (default: dead letters)
+    List {
+        /// pending, inflight, done, dead, discarded or all
+        #[arg(long, default_value = "dead")]
+        status: String,
+        #[arg(long)]
+        sync: Option<String>,
+    },
+    /// Send a dead-lettered entry again
+    Retry { id: i64 },
+    /// Send every dead-lettered entry of a sync again
+    RetryAll {
+        #[arg(long)]
+        sync: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Make a new key: print it once, with the `[[api_keys]]` entry holding only its hash
+    New {
+        #[arg(long)]
+        name: String,
+        /// Scopes: read, write, operate, admin, sync:*, sync:<CODE> (comma- or space-separated)
+        #[arg(long, num_args = 1.., value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+}
+
+fn paths(g: &GlobalArgs, listen: Option<String>) -> ConfigPaths {
+    ConfigPaths {
+        config: g.config.clone(),
+        overrides: Overrides {
+            database_url: g.database_url.clone(),
+            listen,
+            mappings: g.mappings.clone(),
+        },
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Validate { online } => validate(&cli.global, online).await,
+        Command::Keys {
+            action: KeysAction::New { name, scopes },
+        } => keys_new(&name, &scopes),
+        Command::Migrate => migrate(&cli.global).await,
+        Command::Serve { listen } => serve(&cli.global, listen).await,
+        Command::Demo {
+            listen,
+            peer_listen,
+        } => demo(&cli.global, &listen, &peer_listen).await,
+        Command::Run { code, full } => run_now(&cli.global, &code, full).await,
+        Command::Log {
+            sync,
+            direction,
+            action,
+            status,
+            external_id,
+            local_id,
+            since,
+            until,
+            q,
+            run_id,
+            limit,
+            format,
+            follow,
+        } => {
+            let query = crate::audit::ChangeQuery {
+                sync,
+                direction,
+                action,
+                status,
+                external_id,
+                local_id,
+                since,
+                until,
+                q,
+                run_id,
+                ..Default::default()
+            };
+            log(&cli.global, query, limit, &format, follow).await
+        }
+        Command::Outbox { action } => outbox(&cli.global, action).await,
+        Command::FakeDropbox {
+            listen,
+            app_key,
+            app_secret,
+            refresh_token,
+            webhook_url,
+        } => {
+            crate::telemetry::init(config::LogFormat::Pretty);
+            let opts = crate::peer::dropbox::FakeOptions {
+                listen,
+                app_key,
+                app_secret,
+                refresh_token,
+                webhook_url,
+            };
+            match crate::peer::dropbox::FakeDropbox::bind(opts) {
+                Ok(fake) => {
+                    println!("Fake Dropbox listening on {}", fake.url());
+                    let handle = fake.handle();
+                    tokio::spawn(async move {
+                        let _ = tokio::signal::ctrl_c().await;
+                        handle.stop(true).await;
+                    });
+                    match fake.run().await {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("error: the fake Dropbox stopped: {e}");
+                            ExitCode::from(1)
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: cannot listen: {e}");
+                    ExitCode::from(69)
+                }
+            }
+        }
+        Command::Peer {
+            listen,
+            api_key,
+            id_field,
+            callback_url,
+            callback_key,
+            syncs,
+            seed,
+            synthetic,
+        } => {
+            peer(PeerArgs {
+                synthetic,
+                listen,
+                api_key,
+                id_field,
+                callback_url,
+                callback_key,
+                syncs,
+                seed,
+            })
+            .await
+        }
+    }
+}
+
+fn load(g: &GlobalArgs, listen: Option<String>) -> Result<config::Loaded, ExitCode> {
+    config::load(&paths(g, listen), &ProcessEnv).map_err(|e| {
+        eprintln!("{}", e.render());
+        ExitCode::from(EXIT_CONFIG)
+    })
+}

@@ -1,0 +1,101 @@
+//! `recsync run CODE`: one run now, through the same wiring as `serve`, with a progress line on a terminal.
+
+use super::*;
+
+/// `recsync run CODE`: one run now, in this process, against the configured database.
+pub(super) async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode {
+    let loaded = match load(g, None) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    crate::telemetry::init(loaded.settings.log_format);
+    // The same wiring and options as `serve` (claim timeout included); deliveries this command
+    // claims are in hand while it lives.
+    let core = match crate::app::Core::start(&loaded.settings, loaded.plan).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let engine = core.engine.clone();
+    let store = engine.reads();
+    let result = match engine
+        .start_run(code, crate::engine::Trigger::Manual, full)
+        .await
+    {
+        Ok(started) => match with_progress(code, started.progress.clone(), started.task).await {
+            Ok((status, c)) => {
+                println!(
+                    "Run {} of {code}: {status}. pulled {}, created {}, updated {}, deleted {}, unlinked {}, skipped {}, failed {}, conflicts {}, pushed {}.",
+                    started.run_id,
+                    c.pulled,
+                    c.created,
+                    c.updated,
+                    c.deleted,
+                    c.unlinked,
+                    c.skipped,
+                    c.failed,
+                    c.conflicts,
+                    c.pushed
+                );
+                if let Ok(Some(run)) = store
+                    .runs(Some(code), None, 1)
+                    .await
+                    .map(|r| r.into_iter().next())
+                    && let Some(err) = run.error
+                {
+                    println!("  {err}");
+                }
+                if status == "success" {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("error: the run stopped unexpectedly: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    core.stop().await;
+    result
+}
+
+/// On a terminal, a spinner with the counts so far while the run works; elsewhere nothing
+/// (the summary line follows either way).
+pub(super) async fn with_progress(
+    code: &str,
+    mut progress: tokio::sync::watch::Receiver<crate::store::RunCounts>,
+    task: tokio::task::JoinHandle<(String, crate::store::RunCounts)>,
+) -> Result<(String, crate::store::RunCounts), tokio::task::JoinError> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return task.await;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar.set_message(format!("{code}: starting"));
+    let watcher = {
+        let bar = bar.clone();
+        let code = code.to_string();
+        tokio::spawn(async move {
+            while progress.changed().await.is_ok() {
+                let c = progress.borrow().clone();
+                bar.set_message(format!(
+                    "{code}: pulled {}, created {}, updated {}, skipped {}, failed {}",
+                    c.pulled, c.created, c.updated, c.skipped, c.failed
+                ));
+            }
+        })
+    };
+    let result = task.await;
+    watcher.abort();
+    bar.finish_and_clear();
+    result
+}

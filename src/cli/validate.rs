@@ -1,0 +1,136 @@
+//! `recsync validate`: compile the configuration, and with `--online` probe every web service.
+
+use super::*;
+
+pub(super) async fn validate(g: &GlobalArgs, online: bool) -> ExitCode {
+    let loaded = match load(g, None) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let p = &loaded.plan;
+    let files: Vec<String> = loaded
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    println!(
+        "Configuration is valid: {} model(s), {} external model(s), {} web service(s), {} sync(s), {} API key(s).",
+        p.models.len(),
+        p.external_models.len(),
+        p.web_services.len(),
+        p.syncs.len(),
+        loaded.settings.api_keys.len()
+    );
+    println!(
+        "Mapping files: {}",
+        if files.is_empty() {
+            "(none)".to_string()
+        } else {
+            files.join(", ")
+        }
+    );
+    for s in p.syncs.values() {
+        let when = match (&s.mode, &s.schedule) {
+            (crate::domain::plan::Mode::Cron, Some(sch)) => {
+                format!("cron, {} ({})", sch.describe(), s.timezone)
+            }
+            (m, Some(sch)) => format!("{}, reconciles {}", m.as_str(), sch.describe()),
+            (m, None) => m.as_str().to_string(),
+        };
+        println!(
+            "  {:<10} {} {} {} via {}: {}, {}",
+            s.code,
+            s.model,
+            s.direction.arrow(),
+            s.external_model,
+            s.web_service,
+            s.direction.as_str(),
+            when
+        );
+    }
+    if online {
+        return check_services(p).await;
+    }
+    ExitCode::SUCCESS
+}
+
+/// `validate --online`: does each web service answer? One line per service; any that does
+/// not, or that refuses its credentials, makes the exit code 69.
+pub(super) async fn check_services(plan: &crate::domain::Plan) -> ExitCode {
+    use crate::connectors::rest::{Probe, origin, probe};
+    use crate::domain::plan::ServiceSpec;
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .expect("HTTP client");
+    println!("Web services:");
+    let mut failed = 0;
+    for (name, ws) in &plan.web_services {
+        let (auth, timeout, urls): (_, _, Vec<String>) = match &ws.spec {
+            ServiceSpec::Rest(r) => {
+                let mut urls: Vec<String> = [&r.url, &r.confirmation_url, &r.shipping_url]
+                    .into_iter()
+                    .flatten()
+                    .map(|u| u.expose().to_string())
+                    .collect();
+                // A service reached only through configured endpoints: probe their hosts.
+                if urls.is_empty() {
+                    urls = plan
+                        .syncs
+                        .values()
+                        .filter(|s| &s.web_service == name)
+                        .flat_map(|s| s.endpoints.iter())
+                        .map(|e| origin(e.url.expose()))
+                        .collect();
+                }
+                (r.auth.clone(), r.timeout, urls)
+            }
+            ServiceSpec::Dropbox(d) => (
+                crate::domain::plan::Auth::None,
+                std::time::Duration::from_secs(10),
+                vec![origin(
+                    d.api_url
+                        .as_ref()
+                        .map(|u| u.expose())
+                        .unwrap_or("https://api.dropboxapi.com"),
+                )],
+            ),
+        };
+        let mut urls = urls;
+        urls.dedup();
+        if urls.is_empty() {
+            println!("  ok    {name}: nothing to reach (no URL is configured)");
+            continue;
+        }
+        let mut problems = Vec::new();
+        let started = std::time::Instant::now();
+        let mut answered = Vec::new();
+        for u in &urls {
+            match probe(&client, &auth, timeout, u).await {
+                Probe::Answered(code) => answered.push(format!("{} (HTTP {code})", origin(u))),
+                Probe::Refused(code) => problems.push(format!(
+                    "{} refused the credentials (HTTP {code})",
+                    origin(u)
+                )),
+                Probe::Unreachable(why) => problems.push(format!("{}: {why}", origin(u))),
+            }
+        }
+        if problems.is_empty() {
+            answered.dedup();
+            println!(
+                "  ok    {name}: {} answered in {} ms",
+                answered.join(", "),
+                started.elapsed().as_millis()
+            );
+        } else {
+            failed += 1;
+            problems.dedup();
+            println!("  FAIL  {name}: {}", problems.join("; "));
+        }
+    }
+    if failed > 0 {
+        eprintln!("error: {failed} web service(s) did not answer as expected");
+        return ExitCode::from(EXIT_UNAVAILABLE);
+    }
+    ExitCode::SUCCESS
+}
