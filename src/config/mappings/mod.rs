@@ -1,0 +1,331 @@
+use super::diag::{Diagnostic, Diagnostics, Span};
+use super::reader::*;
+use super::source::{Item, Key, Node, Table};
+use crate::domain::filter::{Condition, Domain, OPERATORS, Op, Token};
+use crate::domain::mapping::{Direction, ExternalField, FieldPair, JsonPath, Reference, ValueMap};
+use crate::domain::merge::Priority;
+use crate::domain::names::{Ident, SyncCode};
+use crate::domain::plan::*;
+use crate::domain::value::{FIELD_TYPE_NAMES, FieldType, coerce};
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+mod domains;
+mod external;
+mod models;
+mod pairs;
+mod services;
+mod syncs;
+
+use domains::compile_domain;
+use external::compile_external_model;
+use models::{compile_field, compile_model};
+use pairs::{compile_endpoints, compile_pair};
+use services::compile_web_service;
+use syncs::compile_sync;
+
+pub const SECTIONS: [&str; 4] = ["models", "external_models", "web_services", "syncs"];
+pub const MODEL_KEYS: [&str; 3] = ["display", "description", "fields"];
+pub const FIELD_KEYS: [&str; 6] = [
+    "type",
+    "required",
+    "model",
+    "values",
+    "description",
+    "secret",
+];
+pub const EXT_MODEL_KEYS: [&str; 7] = [
+    "name",
+    "kind",
+    "description",
+    "fields",
+    "root",
+    "recursive",
+    "pattern",
+];
+pub const REST_KEYS: [&str; 9] = [
+    "kind",
+    "description",
+    "url",
+    "confirmation_url",
+    "shipping_url",
+    "auth",
+    "timeout",
+    "max_concurrency",
+    "active",
+];
+pub const DROPBOX_KEYS: [&str; 8] = [
+    "kind",
+    "description",
+    "app_key",
+    "app_secret",
+    "refresh_token",
+    "access_token",
+    "api_url",
+    "active",
+];
+pub const AUTH_KEYS: [&str; 7] = [
+    "mode",
+    "header",
+    "key",
+    "user",
+    "password",
+    "token",
+    "description",
+];
+pub const SYNC_KEYS: [&str; 18] = [
+    "name",
+    "description",
+    "model",
+    "external_model",
+    "web_service",
+    "direction",
+    "mode",
+    "schedule",
+    "every",
+    "timezone",
+    "priority",
+    "propagate_deletes",
+    "domain",
+    "limit",
+    "external_ref",
+    "active",
+    "fields",
+    "endpoints",
+];
+pub const PAIR_KEYS: [&str; 6] = [
+    "local",
+    "external",
+    "direction",
+    "ref_field",
+    "ref_sync",
+    "map",
+];
+pub const ENDPOINT_KEYS: [&str; 6] = [
+    "action",
+    "method",
+    "url",
+    "response_id",
+    "active",
+    "description",
+];
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+/// The largest page or batch a sync may ask for.
+pub const MAX_LIMIT: i64 = 10_000;
+
+/// One declaration: its name key and its table.
+struct Decl<'t> {
+    key: &'t Key,
+    item: &'t Item,
+}
+
+/// Compiles the parsed mapping files. Returns `None` if any error was found.
+pub fn compile(files: &[Table], diags: &mut Diagnostics) -> Option<Plan> {
+    let before = diags.len();
+    let mut decls: BTreeMap<&str, Vec<Decl<'_>>> =
+        SECTIONS.iter().map(|s| (*s, Vec::new())).collect();
+    for file in files {
+        check_keys(file, &SECTIONS, diags);
+        for (k, item) in file {
+            let Some(list) = decls.get_mut(k.name.as_str()) else {
+                continue;
+            };
+            let Some(table) = as_table(&k.name, item, diags) else {
+                continue;
+            };
+            for (name, body) in table {
+                list.push(Decl {
+                    key: name,
+                    item: body,
+                });
+            }
+        }
+    }
+    // Names are global across files: a second declaration is an error pointing at both.
+    let singular = |s: &str| match s {
+        "models" => "model",
+        "external_models" => "external model",
+        "web_services" => "web service",
+        _ => "sync",
+    };
+    for (section, list) in &decls {
+        let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
+        // Duplicates are reported and still compiled, so their own mistakes show up too;
+        // a load with any error yields no plan.
+        list.iter()
+            .for_each(|d| match seen.get(d.key.name.as_str()) {
+                Some(first) => {
+                    diags.push(
+                        Diagnostic::error(
+                            format!("duplicate {} `{}`", singular(section), d.key.name),
+                            d.key.span.clone(),
+                            "declared again here",
+                        )
+                        .with_related(first.clone(), "first declared here"),
+                    );
+                }
+                None => {
+                    seen.insert(d.key.name.as_str(), d.key.span.clone());
+                }
+            });
+    }
+
+    let model_names: Vec<&str> = decls["models"]
+        .iter()
+        .map(|d| d.key.name.as_str())
+        .collect();
+    let mut plan = Plan::default();
+    for d in &decls["models"] {
+        if let Some(m) = compile_model(d, &model_names, diags) {
+            plan.models.insert(m.name.clone(), m);
+        }
+    }
+    for d in &decls["web_services"] {
+        if let Some(ws) = compile_web_service(d, diags) {
+            plan.web_services.insert(ws.name.clone(), ws);
+        }
+    }
+    for d in &decls["external_models"] {
+        if let Some(em) = compile_external_model(d, diags) {
+            plan.external_models.insert(em.name.clone(), em);
+        }
+    }
+    // Sync codes and models first, for `ref_sync` checks.
+    let sync_models: BTreeMap<&str, Option<&str>> = decls["syncs"]
+        .iter()
+        .map(|d| {
+            let model = match &d.item.node {
+                Node::Table(t) => entry(t, "model").and_then(|(_, i)| match &i.node {
+                    Node::Str { value, .. } => Some(value.as_str()),
+                    _ => None,
+                }),
+                _ => None,
+            };
+            (d.key.name.as_str(), model)
+        })
+        .collect();
+    let all = Names {
+        models: &model_names,
+        syncs: &sync_models,
+        ext_models: decls["external_models"]
+            .iter()
+            .map(|d| d.key.name.as_str())
+            .collect(),
+        services: decls["web_services"]
+            .iter()
+            .map(|d| d.key.name.as_str())
+            .collect(),
+    };
+    for d in &decls["syncs"] {
+        if let Some(s) = compile_sync(d, &plan, &all, diags) {
+            plan.syncs.insert(s.code.to_string(), s);
+        }
+    }
+    (diags.len() == before).then_some(plan)
+}
+
+struct Names<'a> {
+    models: &'a [&'a str],
+    syncs: &'a BTreeMap<&'a str, Option<&'a str>>,
+    ext_models: Vec<&'a str>,
+    services: Vec<&'a str>,
+}
+
+fn check_ident(key: &Key, what: &str, diags: &mut Diagnostics) -> bool {
+    match Ident::parse(&key.name) {
+        Ok(_) => true,
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                format!("invalid {what} name `{}`: {e}", key.name),
+                key.span.clone(),
+                "invalid name",
+            ));
+            false
+        }
+    }
+}
+
+fn secret(s: &Str<'_>) -> SecretString {
+    SecretString::from(s.value.to_string())
+}
+
+fn cfg_str(s: &Str<'_>) -> ConfigStr {
+    ConfigStr::new(s.value.to_string(), s.secret)
+}
+
+fn check_url(key: &str, s: &Str<'_>, diags: &mut Diagnostics) -> Option<ConfigStr> {
+    match url::Url::parse(s.value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Some(cfg_str(s)),
+        _ => {
+            diags.push(Diagnostic::error(
+                format!(
+                    "invalid URL for `{key}`: {} is not an http(s) URL",
+                    s.shown()
+                ),
+                s.span.clone(),
+                "expected http:// or https://",
+            ));
+            None
+        }
+    }
+}
+
+fn duration_of(t: &Table, key: &str, diags: &mut Diagnostics) -> Option<Duration> {
+    let s = str_of(t, key, diags)?;
+    match parse_duration(s.value) {
+        Some(d) if !d.is_zero() => Some(d),
+        _ => {
+            diags.push(
+                Diagnostic::error(
+                    format!("invalid duration {} for `{key}`", s.shown()),
+                    s.span,
+                    "not a duration",
+                )
+                .with_help("use a number and a unit, such as `500ms`, `30s`, `15m`, `2h` or `1d`"),
+            );
+            None
+        }
+    }
+}
+
+fn kind_of(t: &Table, diags: &mut Diagnostics) -> Option<ServiceKind> {
+    match str_of(t, "kind", diags) {
+        None => Some(ServiceKind::Rest),
+        Some(s) => match s.value {
+            "rest" => Some(ServiceKind::Rest),
+            "dropbox" => Some(ServiceKind::Dropbox),
+            other => {
+                diags.push(unknown_name("kind", other, s.span, &["rest", "dropbox"]));
+                None
+            }
+        },
+    }
+}
+
+fn enum_of<T>(
+    t: &Table,
+    key: &str,
+    parse: fn(&str) -> Option<T>,
+    choices: &[&str],
+    diags: &mut Diagnostics,
+) -> Option<Option<T>> {
+    match str_of(t, key, diags) {
+        None => Some(None).filter(|_| entry(t, key).is_none()),
+        Some(s) => match parse(s.value) {
+            Some(v) => Some(Some(v)),
+            None => {
+                diags.push(with_choices(
+                    Diagnostic::error(
+                        format!("invalid `{key}` value `{}`", s.value),
+                        s.span.clone(),
+                        format!("not a {key}"),
+                    ),
+                    s.value,
+                    choices,
+                ));
+                None
+            }
+        },
+    }
+}

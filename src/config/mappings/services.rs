@@ -1,0 +1,154 @@
+//! Web services (REST and Dropbox) and their authentication.
+
+use super::*;
+
+pub(super) fn compile_web_service(d: &Decl<'_>, diags: &mut Diagnostics) -> Option<WebService> {
+    let name = d.key.name.clone();
+    let ok_name = check_ident(d.key, "web service", diags);
+    let t = as_table(&name, d.item, diags)?;
+    let kind = kind_of(t, diags)?;
+    let active = bool_of(t, "active", diags).unwrap_or(true);
+    let what = format!("web service `{name}`");
+    let spec = match kind {
+        ServiceKind::Rest => {
+            check_keys(t, &REST_KEYS, diags);
+            let url = str_of(t, "url", diags).and_then(|s| check_url("url", &s, diags));
+            let confirmation_url = str_of(t, "confirmation_url", diags)
+                .and_then(|s| check_url("confirmation_url", &s, diags));
+            let shipping_url =
+                str_of(t, "shipping_url", diags).and_then(|s| check_url("shipping_url", &s, diags));
+            if let (Some((k, _)), None) = (entry(t, "confirmation_url"), entry(t, "url")) {
+                diags.push(Diagnostic::error(
+                    "`confirmation_url` is set but `url` is not",
+                    k.span.clone(),
+                    "confirmations follow pulls from `url`",
+                ));
+            }
+            let auth = match table_of(t, "auth", diags) {
+                None => Auth::None,
+                Some((at, span)) => compile_auth(at, &span, diags)?,
+            };
+            let timeout = duration_of(t, "timeout", diags).unwrap_or(Duration::from_secs(30));
+            let max_concurrency = match int_of(t, "max_concurrency", diags) {
+                None => 8,
+                Some((n, _)) if (1..=1024).contains(&n) => n as usize,
+                Some((_, span)) => {
+                    diags.push(Diagnostic::error(
+                        "`max_concurrency` must be between 1 and 1024",
+                        span,
+                        "out of range",
+                    ));
+                    8
+                }
+            };
+            ServiceSpec::Rest(RestService {
+                url,
+                confirmation_url,
+                shipping_url,
+                auth,
+                timeout,
+                max_concurrency,
+            })
+        }
+        ServiceKind::Dropbox => {
+            check_keys(t, &DROPBOX_KEYS, diags);
+            let app_key = required_str(t, "app_key", &d.key.span, &what, diags);
+            let app_secret = required_str(t, "app_secret", &d.key.span, &what, diags);
+            let refresh_token = str_of(t, "refresh_token", diags).map(|s| secret(&s));
+            let access_token = str_of(t, "access_token", diags).map(|s| secret(&s));
+            if entry(t, "refresh_token").is_none() && entry(t, "access_token").is_none() {
+                diags.push(Diagnostic::error(
+                    format!("{what} needs `refresh_token` (or `access_token`)"),
+                    d.key.span.clone(),
+                    "no credentials",
+                ));
+            }
+            let api_url = str_of(t, "api_url", diags).and_then(|s| check_url("api_url", &s, diags));
+            ServiceSpec::Dropbox(DropboxService {
+                app_key: secret(&app_key?),
+                app_secret: secret(&app_secret?),
+                refresh_token,
+                access_token,
+                api_url,
+            })
+        }
+    };
+    ok_name.then_some(WebService { name, spec, active })
+}
+
+pub(super) fn compile_auth(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<Auth> {
+    let Some(mode) = required_str(t, "mode", span, "`auth`", diags) else {
+        check_keys(t, &AUTH_KEYS, diags);
+        return None;
+    };
+    let allowed: &[&str] = match mode.value {
+        "none" => &["mode"],
+        "api_key" => &["mode", "header", "key"],
+        "basic" => &["mode", "user", "password"],
+        "bearer" => &["mode", "token"],
+        _ => &[],
+    };
+    // A key no mode knows is suggested from the keys of the mode chosen.
+    let choices: Vec<&str> = if allowed.is_empty() {
+        AUTH_KEYS.to_vec()
+    } else {
+        allowed.iter().copied().chain(["description"]).collect()
+    };
+    for (k, _) in t {
+        if !AUTH_KEYS.contains(&k.name.as_str()) {
+            diags.push(unknown_name("field", &k.name, k.span.clone(), &choices));
+        }
+    }
+    let mut need = |key: &str| {
+        required_str(
+            t,
+            key,
+            span,
+            &format!("`auth` with mode `{}`", mode.value),
+            diags,
+        )
+        .map(|s| secret(&s))
+    };
+    let auth = match mode.value {
+        "none" => Some(Auth::None),
+        "api_key" => {
+            let key = need("key");
+            let header = str_of(t, "header", diags)
+                .map(|s| s.value.to_string())
+                .unwrap_or_else(|| "api_key".into());
+            key.map(|key| Auth::ApiKey { header, key })
+        }
+        "basic" => {
+            let password = need("password");
+            let user = required_str(t, "user", span, "`auth` with mode `basic`", diags)
+                .map(|s| s.value.to_string());
+            Some(Auth::Basic {
+                user: user?,
+                password: password?,
+            })
+        }
+        "bearer" => need("token").map(|token| Auth::Bearer { token }),
+        other => {
+            diags.push(unknown_name(
+                "auth mode",
+                other,
+                mode.span.clone(),
+                &["none", "api_key", "basic", "bearer"],
+            ));
+            return None;
+        }
+    };
+    for (k, _) in t {
+        if AUTH_KEYS.contains(&k.name.as_str())
+            && !allowed.contains(&k.name.as_str())
+            && k.name != "description"
+        {
+            diags.push(Diagnostic::error(
+                format!("`{}` does not apply to auth mode `{}`", k.name, mode.value),
+                k.span.clone(),
+                "not used by this mode",
+            ));
+        }
+    }
+    auth
+}

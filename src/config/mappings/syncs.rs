@@ -1,0 +1,527 @@
+//! Syncs: what they pair, when they run, who wins, and whether their web service can do what they ask.
+
+use super::*;
+
+pub(super) fn compile_sync(
+    d: &Decl<'_>,
+    plan: &Plan,
+    names: &Names<'_>,
+    diags: &mut Diagnostics,
+) -> Option<Sync> {
+    let before = diags.len();
+    let code = match SyncCode::parse(&d.key.name) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                format!("invalid sync code `{}`: {e}", d.key.name),
+                d.key.span.clone(),
+                "invalid code",
+            ));
+            None
+        }
+    };
+    let t = as_table(&d.key.name, d.item, diags)?;
+    check_keys(t, &SYNC_KEYS, diags);
+    let what = format!("sync `{}`", d.key.name);
+    let owner = &d.key.span;
+
+    let (model, ext, ws) = references(t, plan, names, owner, &what, diags);
+    let direction_item = entry(t, "direction");
+    let direction = match enum_of(
+        t,
+        "direction",
+        Direction::parse,
+        &["to_external", "to_local", "bidirectional"],
+        diags,
+    ) {
+        Some(Some(d)) => Some(d),
+        Some(None) => {
+            diags.push(
+                Diagnostic::error(
+                    format!("missing field `direction` in {what}"),
+                    owner.clone(),
+                    "`direction` is required",
+                )
+                .with_help("use \"to_external\", \"to_local\" or \"bidirectional\""),
+            );
+            None
+        }
+        None => None,
+    };
+    let mode = enum_of(t, "mode", Mode::parse, &["cron", "realtime"], diags)
+        .map(|m| m.unwrap_or(Mode::Cron));
+    let priority = enum_of(
+        t,
+        "priority",
+        Priority::parse,
+        &["local", "external", "newest"],
+        diags,
+    )
+    .map(|p| p.unwrap_or(Priority::External));
+    let (schedule, timezone) = schedule_of(t, mode, owner, &what, diags);
+    let propagate_deletes = bool_of(t, "propagate_deletes", diags).unwrap_or(false);
+    let active = bool_of(t, "active", diags).unwrap_or(true);
+    let limit = limit_of(t, diags);
+    let name = str_of(t, "name", diags)
+        .map(|s| s.value.to_string())
+        .unwrap_or_else(|| d.key.name.clone());
+
+    let external_ref = external_ref_of(t, ext, owner, &what, diags);
+
+    let domain = match (entry(t, "domain"), model) {
+        (Some((_, item)), Some(m)) => compile_domain(item, m, diags),
+        _ => Domain::All,
+    };
+
+    let fields = match (model, ext, direction) {
+        (Some(m), Some(e), Some(dir)) => pairs_of(t, m, e, dir, plan, names, diags),
+        _ => {
+            // The pairs cannot be compiled without their model, external model and direction;
+            // their keys are still checked.
+            if let Some((items, _)) = array_of(t, "fields", diags) {
+                for it in items {
+                    if let Node::Table(pt) = &it.node {
+                        check_keys(pt, &PAIR_KEYS, diags);
+                    } else {
+                        diags.push(wrong_type("fields", it, "a table"));
+                    }
+                }
+            }
+            Vec::new()
+        }
+    };
+    let endpoints = match array_of(t, "endpoints", diags) {
+        None => Vec::new(),
+        Some((items, span)) => {
+            if ext.is_some_and(|e| e.kind == ServiceKind::Dropbox) {
+                diags.push(Diagnostic::error(
+                    "`endpoints` only apply to REST web services",
+                    span,
+                    "Dropbox syncs write through the Dropbox API",
+                ));
+                Vec::new()
+            } else {
+                compile_endpoints(items, diags)
+            }
+        }
+    };
+
+    if let (Some(dir), Some(mode), Some(w)) = (direction, mode, ws) {
+        let dir_span = direction_item
+            .map(|(_, i)| i.span.clone())
+            .unwrap_or_else(|| owner.clone());
+        check_feasible(&what, dir, mode, w, &endpoints, dir_span, diags);
+    }
+
+    if diags.len() != before {
+        return None;
+    }
+    Some(Sync {
+        code: code?,
+        name,
+        model: model?.name.clone(),
+        external_model: ext?.name.clone(),
+        web_service: ws?.name.clone(),
+        direction: direction?,
+        mode: mode?,
+        schedule,
+        timezone,
+        priority: priority?,
+        propagate_deletes,
+        domain,
+        limit,
+        external_ref: external_ref?,
+        active,
+        fields,
+        endpoints,
+    })
+}
+
+/// The model, external model and web service a sync names, each checked to exist, and the
+/// external model's kind against the web service's.
+fn references<'p>(
+    t: &Table,
+    plan: &'p Plan,
+    names: &Names<'_>,
+    owner: &Span,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> (
+    Option<&'p Model>,
+    Option<&'p ExternalModel>,
+    Option<&'p WebService>,
+) {
+    let model_s = required_str(t, "model", owner, what, diags);
+    let ext_s = required_str(t, "external_model", owner, what, diags);
+    let ws_s = required_str(t, "web_service", owner, what, diags);
+    let model = model_s.as_ref().and_then(|s| {
+        let m = plan.models.get(s.value);
+        if m.is_none() && !names.models.contains(&s.value) {
+            diags.push(unknown_name("model", s.value, s.span.clone(), names.models));
+        }
+        m
+    });
+    let ext = ext_s.as_ref().and_then(|s| {
+        let m = plan.external_models.get(s.value);
+        if m.is_none() && !names.ext_models.contains(&s.value) {
+            diags.push(unknown_name(
+                "external model",
+                s.value,
+                s.span.clone(),
+                &names.ext_models,
+            ));
+        }
+        m
+    });
+    let ws = ws_s.as_ref().and_then(|s| {
+        let w = plan.web_services.get(s.value);
+        if w.is_none() && !names.services.contains(&s.value) {
+            diags.push(unknown_name(
+                "web service",
+                s.value,
+                s.span.clone(),
+                &names.services,
+            ));
+        }
+        w
+    });
+    if let (Some(e), Some(w), Some(s)) = (ext, ws, &ws_s)
+        && e.kind != w.kind()
+    {
+        diags.push(Diagnostic::error(
+            format!(
+                "web service `{}` is {} but external model `{}` is {}",
+                w.name,
+                w.kind().as_str(),
+                e.name,
+                e.kind.as_str()
+            ),
+            s.span.clone(),
+            "kinds differ",
+        ));
+    }
+
+    (model, ext, ws)
+}
+
+/// When a cron sync runs: `schedule` (cron, six fields) or `every`, never both, in `timezone`
+/// (UTC by default). A cron sync needs one of the two.
+fn schedule_of(
+    t: &Table,
+    mode: Option<Mode>,
+    owner: &Span,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> (Option<Schedule>, chrono_tz::Tz) {
+    let timezone = match str_of(t, "timezone", diags) {
+        None => chrono_tz::UTC,
+        Some(s) => s.value.parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+            diags.push(
+                Diagnostic::error(
+                    format!("unknown time zone `{}`", s.value),
+                    s.span.clone(),
+                    "not an IANA time zone",
+                )
+                .with_help("use a name such as `UTC` or `Europe/Madrid`"),
+            );
+            chrono_tz::UTC
+        }),
+    };
+    let cron = str_of(t, "schedule", diags).and_then(|s| match CronSpec::parse(s.value) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            diags.push(
+                Diagnostic::error(
+                    format!("invalid cron expression {}: {e}", s.shown()),
+                    s.span.clone(),
+                    "bad schedule",
+                )
+                .with_help("use six fields with seconds, such as \"0 */15 * * * *\""),
+            );
+            None
+        }
+    });
+    let every = duration_of(t, "every", diags);
+    let schedule = match (cron, every) {
+        (Some(c), None) => Some(Schedule::Cron(Box::new(c))),
+        (None, Some(e)) => Some(Schedule::Every(e)),
+        (Some(_), Some(_)) => {
+            let (k, _) = entry(t, "every").expect("read above");
+            diags.push(Diagnostic::error(
+                "`schedule` and `every` are mutually exclusive",
+                k.span.clone(),
+                "remove one of the two",
+            ));
+            None
+        }
+        (None, None) => None,
+    };
+    if mode == Some(Mode::Cron) && entry(t, "schedule").is_none() && entry(t, "every").is_none() {
+        let span = entry(t, "mode")
+            .map(|(_, i)| i.span.clone())
+            .unwrap_or_else(|| owner.clone());
+        diags.push(
+            Diagnostic::error(
+                format!("cron {what} needs `schedule` or `every`"),
+                span,
+                "no schedule",
+            )
+            .with_help(
+                "add schedule = \"0 */15 * * * *\" or every = \"15m\", or use mode = \"realtime\"",
+            ),
+        );
+    }
+    (schedule, timezone)
+}
+
+/// Records per page, 1 to `MAX_LIMIT` (100 by default).
+fn limit_of(t: &Table, diags: &mut Diagnostics) -> usize {
+    match int_of(t, "limit", diags) {
+        None => 100,
+        Some((n, _)) if (1..=MAX_LIMIT).contains(&n) => n as usize,
+        Some((_, span)) => {
+            diags.push(Diagnostic::error(
+                format!("`limit` must be between 1 and {MAX_LIMIT}"),
+                span,
+                "out of range",
+            ));
+            100
+        }
+    }
+}
+
+/// The external field holding the record's id: required, and a field of the external model;
+/// Dropbox syncs default to `id`.
+fn external_ref_of(
+    t: &Table,
+    ext: Option<&ExternalModel>,
+    owner: &Span,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> Option<String> {
+    match (str_of(t, "external_ref", diags), ext) {
+        (Some(s), Some(e)) => {
+            if !e.fields.contains_key(s.value) {
+                let names: Vec<&str> = e.fields.keys().map(String::as_str).collect();
+                diags.push(with_choices(
+                    Diagnostic::error(
+                        format!("unknown field `{}` on external model `{}`", s.value, e.name),
+                        s.span.clone(),
+                        "not an external field",
+                    ),
+                    s.value,
+                    &names,
+                ));
+            }
+            Some(s.value.to_string())
+        }
+        (None, Some(e)) if e.kind == ServiceKind::Dropbox => Some("id".to_string()),
+        (None, _) if entry(t, "external_ref").is_none() => {
+            diags.push(
+                Diagnostic::error(
+                    format!("missing field `external_ref` in {what}"),
+                    owner.clone(),
+                    "`external_ref` is required",
+                )
+                .with_help("name the external field that holds the record's id"),
+            );
+            None
+        }
+        (s, _) => s.map(|s| s.value.to_string()),
+    }
+}
+
+/// The sync's field pairs.
+fn pairs_of(
+    t: &Table,
+    model: &Model,
+    ext: &ExternalModel,
+    direction: Direction,
+    plan: &Plan,
+    names: &Names<'_>,
+    diags: &mut Diagnostics,
+) -> Vec<FieldPair> {
+    let mut fields = Vec::new();
+    if let Some((items, _)) = array_of(t, "fields", diags) {
+        for it in items {
+            if let Some(p) = compile_pair(it, model, ext, direction, plan, names, diags) {
+                fields.push(p);
+            }
+        }
+    }
+    fields
+}
+
+/// What a sync has to do must be possible with what its web service offers: a REST sync that
+/// sends needs `shipping_url` or endpoints, and a cron sync that only receives needs a `url`.
+fn check_feasible(
+    what: &str,
+    dir: Direction,
+    mode: Mode,
+    w: &WebService,
+    endpoints: &[Endpoint],
+    dir_span: Span,
+    diags: &mut Diagnostics,
+) {
+    let Some(rest) = w.rest() else { return };
+    if dir.to_external() && rest.shipping_url.is_none() && endpoints.iter().all(|e| !e.active) {
+        diags.push(
+            Diagnostic::error(
+                format!("{what} sends changes, but web service `{}` has no `shipping_url` and the sync has no `endpoints`", w.name),
+                dir_span.clone(),
+                "direction includes to_external",
+            )
+            .with_help("set `shipping_url` on the web service, add `[[syncs.<CODE>.endpoints]]`, or use direction = \"to_local\""),
+        );
+    }
+    if mode == Mode::Cron && dir == Direction::ToLocal && rest.url.is_none() {
+        diags.push(
+            Diagnostic::error(
+                format!("cron {what} has nothing to do: it only receives, and web service `{}` has no `url` to pull from", w.name),
+                dir_span,
+                "nothing to pull",
+            )
+            .with_help("set `url` on the web service, or use mode = \"realtime\" for a sync that only receives /sync calls"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sync's table from TOML text, and the diagnostics so far.
+    fn table(text: &str) -> (Table, Diagnostics) {
+        let mut diags = Diagnostics::default();
+        let env: std::collections::HashMap<String, String> = Default::default();
+        let t = crate::config::source::parse_file(0, text, &env, &mut diags).expect("valid TOML");
+        assert!(diags.is_empty());
+        (t, diags)
+    }
+
+    fn messages(diags: &Diagnostics) -> Vec<String> {
+        diags.items.iter().map(|d| d.message.clone()).collect()
+    }
+
+    fn external(kind: ServiceKind) -> ExternalModel {
+        ExternalModel {
+            name: "ext".into(),
+            label: None,
+            kind,
+            fields: [("uid".to_string(), FieldType::Char)].into_iter().collect(),
+            dropbox: None,
+        }
+    }
+
+    #[test]
+    fn a_schedule_is_every_or_cron_never_both_and_a_cron_sync_needs_one() {
+        let (t, mut diags) = table("every = \"15m\"\ntimezone = \"Europe/Madrid\"");
+        let (schedule, tz) = schedule_of(
+            &t,
+            Some(Mode::Cron),
+            &Span::nowhere(),
+            "sync `A`",
+            &mut diags,
+        );
+        assert!(matches!(schedule, Some(Schedule::Every(d)) if d == Duration::from_secs(900)));
+        assert_eq!(tz, chrono_tz::Europe::Madrid);
+        assert!(diags.is_empty());
+
+        let (t, mut diags) = table("every = \"15m\"\nschedule = \"0 * * * * *\"");
+        let (schedule, _) = schedule_of(
+            &t,
+            Some(Mode::Cron),
+            &Span::nowhere(),
+            "sync `A`",
+            &mut diags,
+        );
+        assert!(schedule.is_none());
+        assert_eq!(
+            messages(&diags),
+            ["`schedule` and `every` are mutually exclusive"]
+        );
+
+        let (t, mut diags) = table("");
+        let (_, tz) = schedule_of(
+            &t,
+            Some(Mode::Cron),
+            &Span::nowhere(),
+            "sync `A`",
+            &mut diags,
+        );
+        assert_eq!(tz, chrono_tz::UTC);
+        assert_eq!(
+            messages(&diags),
+            ["cron sync `A` needs `schedule` or `every`"]
+        );
+        let (t, mut diags) = table("");
+        schedule_of(
+            &t,
+            Some(Mode::Realtime),
+            &Span::nowhere(),
+            "sync `A`",
+            &mut diags,
+        );
+        assert!(diags.is_empty(), "a real-time sync needs no schedule");
+
+        let (t, mut diags) = table("every = \"1m\"\ntimezone = \"Mars/Olympus\"");
+        schedule_of(
+            &t,
+            Some(Mode::Cron),
+            &Span::nowhere(),
+            "sync `A`",
+            &mut diags,
+        );
+        assert_eq!(messages(&diags), ["unknown time zone `Mars/Olympus`"]);
+    }
+
+    #[test]
+    fn the_limit_is_between_one_and_the_maximum_and_defaults_to_100() {
+        let (t, mut diags) = table("");
+        assert_eq!(limit_of(&t, &mut diags), 100);
+        let (t, mut diags) = table("limit = 50");
+        assert_eq!(limit_of(&t, &mut diags), 50);
+        assert!(diags.is_empty());
+        for bad in ["limit = 0", "limit = 10001"] {
+            let (t, mut diags) = table(bad);
+            limit_of(&t, &mut diags);
+            assert_eq!(
+                messages(&diags),
+                [format!("`limit` must be between 1 and {MAX_LIMIT}")],
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_external_ref_names_an_external_field_and_dropbox_defaults_to_id() {
+        let rest = external(ServiceKind::Rest);
+        let (t, mut diags) = table("external_ref = \"uid\"");
+        let r = external_ref_of(&t, Some(&rest), &Span::nowhere(), "sync `A`", &mut diags);
+        assert_eq!(r.as_deref(), Some("uid"));
+        assert!(diags.is_empty());
+
+        let (t, mut diags) = table("external_ref = \"uuid\"");
+        external_ref_of(&t, Some(&rest), &Span::nowhere(), "sync `A`", &mut diags);
+        assert_eq!(
+            messages(&diags),
+            ["unknown field `uuid` on external model `ext`"]
+        );
+
+        let (t, mut diags) = table("");
+        assert_eq!(
+            external_ref_of(&t, Some(&rest), &Span::nowhere(), "sync `A`", &mut diags),
+            None
+        );
+        assert_eq!(
+            messages(&diags),
+            ["missing field `external_ref` in sync `A`"]
+        );
+
+        let dbx = external(ServiceKind::Dropbox);
+        let (t, mut diags) = table("");
+        let r = external_ref_of(&t, Some(&dbx), &Span::nowhere(), "sync `A`", &mut diags);
+        assert_eq!(r.as_deref(), Some("id"));
+        assert!(diags.is_empty());
+    }
+}
