@@ -174,6 +174,7 @@ impl Engine {
                 must_exist: false,
                 ctx,
                 reply: tokio::sync::oneshot::channel().0,
+                span: tracing::Span::none(),
             })
             .collect();
         self.submit_many(jobs).await
@@ -202,6 +203,7 @@ impl Engine {
                     must_exist,
                     ctx: ctx.clone(),
                     reply,
+                    span: tracing::Span::none(),
                 })
                 .await
             }
@@ -211,6 +213,7 @@ impl Engine {
                     external_id,
                     ctx: ctx.clone(),
                     reply,
+                    span: tracing::Span::current(),
                 })
                 .await
             }
@@ -276,6 +279,7 @@ impl Engine {
         self.log(&mut tx, row).await?;
         crate::crash::point("single.before_commit");
         tx.commit().await?;
+        tracing::debug!(sync = %code, external_id, applied = ?applied, "Committed");
         self.wake();
         Ok(applied)
     }
@@ -391,6 +395,7 @@ impl Engine {
             model: model_name.to_string(),
             op,
             reply,
+            span: tracing::Span::current(),
         })
         .await
     }
@@ -441,6 +446,7 @@ impl Engine {
         let n = self.fan_out(&mut tx, &plan, None, &rec, action).await?;
         crate::crash::point("single.before_commit");
         tx.commit().await?;
+        tracing::debug!(model = model_name, local_id = rec.id, action, "Committed");
         if n > 0 {
             self.wake();
         }

@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 /// Requests applied in one transaction at most.
 const MAX_BATCH: usize = 256;
@@ -37,12 +38,14 @@ pub(crate) enum Work {
         external_id: String,
         ctx: Ctx,
         reply: oneshot::Sender<Result<Applied, ApplyError>>,
+        span: tracing::Span,
     },
     /// A local edit (records API).
     Local {
         model: String,
         op: super::LocalOp,
         reply: oneshot::Sender<Result<Record, ApplyError>>,
+        span: tracing::Span,
     },
 }
 
@@ -54,6 +57,9 @@ pub(crate) struct Job {
     pub must_exist: bool,
     pub ctx: Ctx,
     pub reply: oneshot::Sender<Result<Applied, ApplyError>>,
+    /// The span the change was submitted in (the HTTP request, the run): the writer's events
+    /// about it are logged inside it.
+    pub span: tracing::Span,
 }
 
 /// A record's field values.
@@ -148,12 +154,21 @@ impl Engine {
                 external_id,
                 ctx,
                 reply,
+                span,
             } => {
-                let r = self.delete_inbound(&code, &external_id, &ctx).await;
+                let r = self
+                    .delete_inbound(&code, &external_id, &ctx)
+                    .instrument(span)
+                    .await;
                 let _ = reply.send(r);
             }
-            Work::Local { model, op, reply } => {
-                let r = self.local_edit(&model, op).await;
+            Work::Local {
+                model,
+                op,
+                reply,
+                span,
+            } => {
+                let r = self.local_edit(&model, op).instrument(span).await;
                 let _ = reply.send(r);
             }
         }
@@ -198,7 +213,11 @@ impl Engine {
             .map(|job| {
                 let (tx, rx) = oneshot::channel();
                 waiting.push(rx);
-                Job { reply: tx, ..job }
+                Job {
+                    reply: tx,
+                    span: tracing::Span::current(),
+                    ..job
+                }
             })
             .collect();
         if self.writer_started() {
@@ -262,6 +281,25 @@ impl Engine {
                     .iter()
                     .any(|r| matches!(r, Ok(Applied::Created(_) | Applied::Updated(..))));
                 for (p, r) in round.into_iter().zip(results) {
+                    // Logged inside the span the change came in (the request, the run); the
+                    // guard is dropped before any await.
+                    let entered = p.job.span.enter();
+                    match &r {
+                        Ok(applied) => tracing::debug!(
+                            sync = %p.job.code,
+                            external_id = %p.external_id,
+                            local_id = applied.local_id(),
+                            applied = ?applied,
+                            "Committed"
+                        ),
+                        Err(e) => tracing::debug!(
+                            sync = %p.job.code,
+                            external_id = %p.external_id,
+                            error = %e,
+                            "Refused"
+                        ),
+                    }
+                    drop(entered);
                     let _ = p.job.reply.send(r);
                 }
                 if wrote {
@@ -601,8 +639,9 @@ impl Engine {
             }
         }
         let mut touched: HashSet<(String, i64)> = HashSet::new();
-        for (_, rec, action, origin, resend) in &written {
+        for (i, rec, action, origin, resend) in &written {
             let model = &plan.models[&rec.model];
+            let ctx = &round[*i].job.ctx;
             for t in receivers(plan, &rec.model, Some(origin), *resend) {
                 let key = (t.binding(), rec.id);
                 let link = linked.get_mut(&key);
@@ -626,7 +665,7 @@ impl Engine {
                     sync: t.code.to_string(),
                     local_id: rec.id,
                     action: action.to_string(),
-                    payload: json!({"version": rec.version}),
+                    payload: super::fanout::payload(rec.version, ctx),
                 });
             }
         }

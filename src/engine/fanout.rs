@@ -52,3 +52,13 @@ pub(crate) fn receivers<'a>(
         sends(t) && (origin.is_none_or(|o| !t.same_binding(o)) || Some(t.code.as_str()) == back)
     })
 }
+
+/// The payload of a fanned-out outbox entry: the record's version, and the HTTP request the
+/// change came with, so its delivery can be followed back to it.
+pub(crate) fn payload(version: i64, ctx: &super::Ctx) -> serde_json::Value {
+    let mut p = serde_json::json!({ "version": version });
+    if let Some(r) = &ctx.request_id {
+        p["request_id"] = serde_json::json!(r);
+    }
+    p
+}

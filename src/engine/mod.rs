@@ -79,6 +79,9 @@ pub struct Ctx {
     pub modified_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Log an inbound update under this action instead (a Dropbox rename or move).
     pub relabel: Option<crate::store::LogAction>,
+    /// The HTTP request the change came in with, carried to its deliveries so one change
+    /// can be followed through the log.
+    pub request_id: Option<String>,
 }
 
 impl Ctx {
@@ -88,6 +91,7 @@ impl Ctx {
             run_id: None,
             modified_at: None,
             relabel: None,
+            request_id: None,
         }
     }
 }

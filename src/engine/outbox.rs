@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// What one round of the worker found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,10 +111,36 @@ impl Engine {
                 .sync(&entry.sync)
                 .and_then(|s| records.get(&(s.model.clone(), entry.local_id)).cloned());
             let link = links.get(&(entry.sync.clone(), entry.local_id)).cloned();
-            tasks.push(self.spawn(async move {
-                let result = engine.deliver(&plan, &entry, record, link).await;
-                (entry, result)
-            }));
+            let span = tracing::info_span!(
+                "delivery",
+                sync = %entry.sync,
+                outbox_id = entry.id,
+                local_id = entry.local_id,
+                action = %entry.action,
+                attempt = entry.attempts + 1,
+                request_id = entry.payload.get("request_id").and_then(serde_json::Value::as_str),
+                run_id = run_of(&entry),
+            );
+            tasks.push(self.spawn(
+                async move {
+                    let result = engine.deliver(&plan, &entry, record, link).await;
+                    match &result {
+                        Ok(Step::Delivered { row, .. }) => {
+                            tracing::debug!(external_id = row.external_id.as_deref(), "Delivered")
+                        }
+                        Ok(Step::Failed(row, Fate::Retry(_, at))) => {
+                            tracing::debug!(error = %row.error_message, retry_at = %at, "Delivery failed; retried later")
+                        }
+                        Ok(Step::Failed(row, Fate::Dead(_))) => {
+                            tracing::debug!(error = %row.error_message, "Delivery failed for good")
+                        }
+                        Ok(Step::Skip) => tracing::debug!("Nothing to deliver"),
+                        Err(_) => {}
+                    }
+                    (entry, result)
+                }
+                .instrument(span),
+            ));
         }
         let mut done = Done::default();
         for t in tasks {

@@ -14,6 +14,7 @@ use crate::store::{LogAction, LogDirection, LogStatus, NewChange, RunCounts, Sto
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// What started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,7 +365,10 @@ impl Engine {
                 }
             })
         };
-        let task = self.spawn(async move {
+        let span =
+            tracing::info_span!("run", sync = %code, run_id, trigger = trigger.as_str(), full);
+        let task = self.spawn(
+            async move {
             let _active = active;
             let run_started = std::time::Instant::now();
             let mut counts = RunCounts::default();
@@ -433,7 +437,9 @@ impl Engine {
                 tracing::error!(sync = %code, run_id, error = %e, "Failed to record the end of a run");
             }
             (status.to_string(), counts)
-        });
+        }
+            .instrument(span),
+        );
         Ok(Started {
             run_id,
             task,
@@ -468,6 +474,7 @@ impl Engine {
             run_id: Some(run_id),
             modified_at: None,
             relabel: None,
+            request_id: None,
         };
         let memory = SyncMemory {
             engine: self,
@@ -483,8 +490,10 @@ impl Engine {
             .await
             .map_err(failed)?;
         let mut retry_later: Vec<Pulled> = Vec::new();
+        let mut n = 0;
         loop {
             let page = puller.next_page(&memory).await.map_err(failed)?;
+            n += 1;
             counts.pulled += page.read as i64;
             counts.skipped += page.skipped as i64;
             let outcomes = self
@@ -498,6 +507,14 @@ impl Engine {
                 )
                 .await?;
             puller.confirm(&memory, &outcomes).await.map_err(failed)?;
+            tracing::debug!(
+                page = n,
+                read = page.read,
+                records = page.records.len(),
+                skipped = page.skipped,
+                more = page.more,
+                "Page applied and confirmed"
+            );
             progress.send_replace(counts.clone());
             if !page.more {
                 break;

@@ -15,6 +15,17 @@ use actix_web::{HttpResponse, get, web};
 use serde_json::json;
 pub use state::AppState;
 
+/// The id of one HTTP request (16 hex digits), in its span, its `X-Request-Id` answer
+/// header, and the deliveries of the changes it brought in.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    fn new() -> RequestId {
+        RequestId(format!("{:016x}", rand::random::<u64>()))
+    }
+}
+
 /// The actix application: the middleware every request passes (requests in flight, NUL
 /// characters in `/api/` URLs, closing connections while stopping, the per-route metrics),
 /// the extractor settings, and every route.
@@ -33,8 +44,22 @@ pub fn app(
     let shared = data.clone();
     actix_web::App::new()
         .wrap_fn(move |req, srv| {
+            use actix_web::HttpMessage;
+            use tracing::Instrument;
             let started = std::time::Instant::now();
             let method = req.method().to_string();
+            // Every request gets an id, answered in `X-Request-Id` and carried to the
+            // deliveries of the changes it brought in.
+            let request_id = RequestId::new();
+            let span = tracing::info_span!(
+                "request",
+                method = %method,
+                path = %req.path(),
+                request_id = %request_id.0,
+                route = tracing::field::Empty,
+                status = tracing::field::Empty,
+            );
+            req.extensions_mut().insert(request_id.clone());
             // Counted until answered, or dropped with its connection.
             let counted = state::InFlight::new(shared.clone());
             // A NUL character (%00) in an API URL cannot be stored or compared by every
@@ -42,8 +67,9 @@ pub fn app(
             let uri = req.uri();
             let nul = uri.path().starts_with("/api/")
                 && (uri.path().contains("%00") || uri.query().is_some_and(|q| q.contains("%00")));
-            let fut = (!nul).then(|| actix_web::dev::Service::call(srv, req));
+            let fut = (!nul).then(|| span.in_scope(|| actix_web::dev::Service::call(srv, req)));
             let engine = shared.engine.clone();
+            let in_span = span.clone();
             async move {
                 let Some(fut) = fut else {
                     drop(counted);
@@ -63,7 +89,7 @@ pub fn app(
                         .head_mut()
                         .set_connection_type(actix_web::http::ConnectionType::Close);
                 }
-                if let Ok(r) = &res {
+                if let Ok(r) = &mut res {
                     let route = r
                         .request()
                         .match_pattern()
@@ -74,9 +100,22 @@ pub fn app(
                         r.status().as_u16(),
                         started.elapsed().as_secs_f64(),
                     );
+                    in_span.record("route", route.as_str());
+                    in_span.record("status", r.status().as_u16());
+                    tracing::debug!(
+                        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "Answered"
+                    );
+                    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&request_id.0) {
+                        r.headers_mut().insert(
+                            actix_web::http::header::HeaderName::from_static("x-request-id"),
+                            v,
+                        );
+                    }
                 }
                 res
             }
+            .instrument(span)
         })
         .app_data(data.clone())
         .app_data(web::PayloadConfig::new(data.settings.body_limit))

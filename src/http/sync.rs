@@ -100,6 +100,23 @@ enum Kind {
     Delete(String),
 }
 
+impl Kind {
+    /// The route template, for the request's span.
+    fn route(&self) -> &'static str {
+        match self {
+            Kind::Create => "/sync/{code}/create",
+            Kind::Update(_) | Kind::Delete(_) => "/sync/{code}/{external_id}",
+        }
+    }
+
+    fn external_id(&self) -> Option<&str> {
+        match self {
+            Kind::Create => None,
+            Kind::Update(id) | Kind::Delete(id) => Some(id),
+        }
+    }
+}
+
 /// An external system created a record: upsert it by its external id.
 #[utoipa::path(
     params(("code" = String, Path, description = "The sync's code")),
@@ -206,6 +223,11 @@ impl Refusal {
     }
 }
 
+#[tracing::instrument(
+    name = "inbound",
+    skip_all,
+    fields(route = kind.route(), sync = %code, external_id = kind.external_id())
+)]
 async fn handle(
     req: HttpRequest,
     code: String,
@@ -356,7 +378,15 @@ async fn handle(
             }
         }
     };
-    let ctx = Ctx::actor(caller.name.clone());
+    let ctx = Ctx {
+        request_id: {
+            use actix_web::HttpMessage;
+            req.extensions()
+                .get::<super::RequestId>()
+                .map(|r| r.0.clone())
+        },
+        ..Ctx::actor(caller.name.clone())
+    };
     let result = engine.apply_inbound(&code, op, &ctx).await;
     if result.is_ok() {
         crate::crash::point("inbound.before_reply");
