@@ -4,7 +4,7 @@
 use super::{Ctx, Engine};
 use crate::connectors::{Memory, MemoryError, Turn};
 use crate::domain::mirror::MirrorEntry;
-use crate::store::{LogAction, LogDirection, LogStatus, NewChange, StoreError};
+use crate::store::{LogAction, LogStatus, NewChange, StoreError};
 use async_trait::async_trait;
 
 /// One sync's memory, with the context of the run or delivery that uses it.
@@ -70,21 +70,16 @@ impl Memory for SyncMemory<'_> {
     async fn note(&self, name: &str, title: &str, message: &str) -> Result<(), MemoryError> {
         self.engine
             .log_alone(NewChange {
-                sync: self.code.to_string(),
-                direction: LogDirection::ExternalToLocal,
-                action: LogAction::Update,
-                external_id: None,
-                local_id: None,
-                name: name.into(),
                 title: title.into(),
-                origin_values: serde_json::json!({}),
-                destination_values: serde_json::json!({}),
-                modified_at: None,
-                synced_at: None,
-                status: LogStatus::Skipped,
-                error_message: message.into(),
                 run_id: self.ctx.run_id,
                 actor: self.ctx.actor.clone(),
+                ..NewChange::unapplied(
+                    self.code,
+                    LogAction::Update,
+                    name,
+                    LogStatus::Skipped,
+                    message,
+                )
             })
             .await
             .map_err(lost)

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::connectors::{Confirmation, PullAction, PullError, PullStart, Pulled};
 use crate::domain::mapping::id_text;
-use crate::store::{LogAction, LogDirection, LogStatus, NewChange, RunCounts, StoreError};
+use crate::store::{LogAction, LogStatus, NewChange, RunCounts, StoreError};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -275,21 +275,17 @@ impl Engine {
             (None, PullAction::Insert) => LogAction::Create,
         };
         self.log_alone(NewChange {
-            sync: code.to_string(),
-            direction: LogDirection::ExternalToLocal,
-            action,
             external_id: Some(id.to_string()),
-            local_id: None,
-            name: format!("Pulled {} refused", action.as_str()),
-            title: String::new(),
             origin_values: Value::Object(item.values.clone()),
-            destination_values: serde_json::json!({}),
-            modified_at: None,
-            synced_at: None,
-            status: LogStatus::Failed,
-            error_message: msg.to_string(),
             run_id: ctx.run_id,
             actor: ctx.actor.clone(),
+            ..NewChange::unapplied(
+                code,
+                action,
+                format!("Pulled {} refused", action.as_str()),
+                LogStatus::Failed,
+                msg,
+            )
         })
         .await
     }
@@ -399,21 +395,15 @@ impl Engine {
                 // One row per failed run, whatever retries happened inside it.
                 if let Err(e) = engine
                     .log_alone(NewChange {
-                        sync: code.clone(),
-                        direction: LogDirection::ExternalToLocal,
-                        action: LogAction::Update,
-                        external_id: None,
-                        local_id: None,
-                        name: "Run failed".into(),
-                        title: String::new(),
-                        origin_values: serde_json::json!({}),
-                        destination_values: serde_json::json!({}),
-                        modified_at: None,
-                        synced_at: None,
-                        status: LogStatus::Failed,
-                        error_message: error.clone().unwrap_or_default(),
                         run_id: Some(run_id),
                         actor: trigger.actor().into(),
+                        ..NewChange::unapplied(
+                            &code,
+                            LogAction::Update,
+                            "Run failed",
+                            LogStatus::Failed,
+                            error.clone().unwrap_or_default(),
+                        )
                     })
                     .await
                 {

@@ -5,7 +5,7 @@ use super::AppState;
 use super::auth::authenticate;
 use super::body::{BodyError, parse_values, read_limited};
 use crate::engine::{ApplyError, Ctx, InboundOp};
-use crate::store::{LogAction, LogDirection, LogStatus, NewChange};
+use crate::store::{LogAction, LogStatus, NewChange};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, delete, post, put, web};
 use serde_json::{Value, json};
@@ -527,21 +527,16 @@ async fn log_refusal(
         r.message.clone()
     };
     let row = NewChange {
-        sync: code.to_string(),
-        direction: LogDirection::ExternalToLocal,
-        action,
         external_id,
-        local_id: None,
-        name: format!("Refused {} call", action.as_str()),
-        title: String::new(),
         origin_values: origin.unwrap_or(json!({})),
-        destination_values: json!({}),
-        modified_at: None,
-        synced_at: None,
-        status: LogStatus::Failed,
-        error_message: format!("HTTP {}: {message}", r.status.as_u16()),
-        run_id: None,
         actor: actor.to_string(),
+        ..NewChange::unapplied(
+            code,
+            action,
+            format!("Refused {} call", action.as_str()),
+            LogStatus::Failed,
+            format!("HTTP {}: {message}", r.status.as_u16()),
+        )
     };
     if let Err(e) = state.engine.log_alone(row).await {
         tracing::error!(error = %e, "Failed to write the change-control row of a refused request");

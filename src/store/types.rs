@@ -213,6 +213,36 @@ pub struct NewChange {
     pub actor: String,
 }
 
+impl NewChange {
+    /// The row of something that was not applied, or of an event of a sync: no values, no
+    /// record; the caller adds what it knows (ids, values, run, actor).
+    pub fn unapplied(
+        sync: &str,
+        action: LogAction,
+        name: impl Into<String>,
+        status: LogStatus,
+        error: impl Into<String>,
+    ) -> NewChange {
+        NewChange {
+            sync: sync.to_string(),
+            direction: LogDirection::ExternalToLocal,
+            action,
+            external_id: None,
+            local_id: None,
+            name: name.into(),
+            title: String::new(),
+            origin_values: Value::Object(Map::new()),
+            destination_values: Value::Object(Map::new()),
+            modified_at: None,
+            synced_at: None,
+            status,
+            error_message: error.into(),
+            run_id: None,
+            actor: String::new(),
+        }
+    }
+}
+
 /// A change-control row.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Change {
