@@ -5,6 +5,9 @@
 //! `RECSYNC_BENCH_DATABASE_URL=postgres://...` runs on a fresh PostgreSQL database made on that
 //! server (and dropped after), and `RECSYNC_BENCH_INSTANCES=2` starts that many instances
 //! sharing it, with the connections spread across them as a load balancer would.
+//! With `RUST_LOG` set (for instance `RUST_LOG=info`, the production default), the log
+//! subscriber is installed as `serve` installs it, so the cost of the spans is measured too;
+//! without it no subscriber runs.
 
 mod support;
 
@@ -128,6 +131,9 @@ async fn run() {
     // Default: ingest first with the outbox workers held back (entries pile up, durably), then
     // deliveries alone. RECSYNC_BENCH_MIXED=1 runs both at once instead.
     let mixed = std::env::var_os("RECSYNC_BENCH_MIXED").is_some();
+    if std::env::var_os("RUST_LOG").is_some() {
+        recsync::telemetry::init(config::LogFormat::Pretty);
+    }
     let no_workers = !mixed;
     let mut bases = Vec::new();
     let mut engines = Vec::new();

@@ -1,6 +1,7 @@
 //! The apply path: inbound external changes and local edits become record writes, link
 //! updates, change-control rows and outbox entries, all in one transaction.
 
+use super::fanout::Route;
 use super::{Ctx, Engine};
 use crate::domain::Plan;
 use crate::domain::mapping::{PendingRef, Reference};
@@ -354,27 +355,21 @@ impl Engine {
         let mut n = 0;
         let model = &plan.models[&rec.model];
         for t in super::fanout::receivers(plan, &rec.model, origin, false) {
-            let binding = t.binding();
-            let link = tx.link_by_local(&binding, rec.id).await?;
-            if action == "delete" {
-                if !link.is_some_and(|l| l.carried_by(t.code.as_str())) {
+            let mut link = tx.link_by_local(&t.binding(), rec.id).await?;
+            match super::fanout::route(t, model, rec, link.as_mut(), action, "engine") {
+                Route::Nothing => continue,
+                Route::Exit(row) => {
+                    tx.upsert_link(link.as_ref().expect("an exit has a link"))
+                        .await?;
+                    self.log(tx, row).await?;
                     continue;
                 }
-            } else if !t.domain.matches(&rec.values) {
-                if let Some(mut l) = link
-                    && l.carried_by(t.code.as_str())
-                {
-                    l.left.push(t.code.to_string());
-                    tx.upsert_link(&l).await?;
-                    let row = super::fanout::domain_exit_row(t, model, rec, &l, "engine");
-                    self.log(tx, row).await?;
+                Route::Send { relinked } => {
+                    if relinked {
+                        tx.upsert_link(link.as_ref().expect("a return has a link"))
+                            .await?;
+                    }
                 }
-                continue;
-            } else if let Some(mut l) = link
-                && !l.carried_by(t.code.as_str())
-            {
-                l.left.retain(|c| c != t.code.as_str());
-                tx.upsert_link(&l).await?;
             }
             tx.enqueue(&NewOutbox {
                 sync: t.code.to_string(),

@@ -4,7 +4,7 @@
 //! whole is retried request by request.
 
 use super::apply::{Applied, ApplyError, invalid, log_row};
-use super::fanout::{domain_exit_row, receivers};
+use super::fanout::{Route, receivers, route};
 use super::{Ctx, Engine};
 use crate::domain::Plan;
 use crate::domain::mapping::{PendingRef, id_text, to_local};
@@ -644,22 +644,18 @@ impl Engine {
             let ctx = &round[*i].job.ctx;
             for t in receivers(plan, &rec.model, Some(origin), *resend) {
                 let key = (t.binding(), rec.id);
-                let link = linked.get_mut(&key);
-                if !t.domain.matches(&rec.values) {
-                    if let Some(l) = link
-                        && l.carried_by(t.code.as_str())
-                    {
-                        l.left.push(t.code.to_string());
+                match route(t, model, rec, linked.get_mut(&key), action, "engine") {
+                    Route::Nothing => continue,
+                    Route::Exit(row) => {
                         touched.insert(key);
-                        rows.push(domain_exit_row(t, model, rec, l, "engine"));
+                        rows.push(row);
+                        continue;
                     }
-                    continue;
-                }
-                if let Some(l) = link
-                    && !l.carried_by(t.code.as_str())
-                {
-                    l.left.retain(|c| c != t.code.as_str());
-                    touched.insert(key);
+                    Route::Send { relinked } => {
+                        if relinked {
+                            touched.insert(key);
+                        }
+                    }
                 }
                 outbox.push(NewOutbox {
                     sync: t.code.to_string(),

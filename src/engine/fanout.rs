@@ -1,5 +1,6 @@
-//! Fan-out: which syncs a change goes out through, and the row of a record that left a sync's
-//! domain. The batch writer, local edits and the cron push all use these.
+//! Fan-out: which syncs a change goes out through, what it does to each of them (queued,
+//! carried again, or the record left the sync's domain), and the row of a domain exit. The
+//! batch writer, deletes and local edits, and the cron push all use these.
 
 use super::apply::log_row;
 use crate::domain::Plan;
@@ -27,6 +28,55 @@ pub(crate) fn domain_exit_row(
     row.error_message = "the record no longer matches the sync's domain".into();
     row.actor = actor.into();
     row
+}
+
+/// What a change does to one receiving sync.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// Nothing: a delete of a record the sync does not carry, or a record outside the
+    /// domain of a sync that does not carry it.
+    Nothing,
+    /// The record left the sync's domain: the sync stops carrying it (the link given was
+    /// updated; write it back) and this row says so.
+    Exit(NewChange),
+    /// Queue the change. With `relinked`, the record came back into the domain and the link
+    /// given carries it again (write it back).
+    Send { relinked: bool },
+}
+
+/// Routes a change of `rec` (`action`: create, update or delete) to the receiving sync `t`,
+/// given the record's link in `t`'s binding.
+pub(crate) fn route(
+    t: &Sync,
+    model: &Model,
+    rec: &Record,
+    link: Option<&mut Link>,
+    action: &str,
+    actor: &str,
+) -> Route {
+    let code = t.code.as_str();
+    if action == "delete" {
+        return match link {
+            Some(l) if l.carried_by(code) => Route::Send { relinked: false },
+            _ => Route::Nothing,
+        };
+    }
+    if !t.domain.matches(&rec.values) {
+        return match link {
+            Some(l) if l.carried_by(code) => {
+                l.left.push(code.to_string());
+                Route::Exit(domain_exit_row(t, model, rec, l, actor))
+            }
+            _ => Route::Nothing,
+        };
+    }
+    match link {
+        Some(l) if !l.carried_by(code) => {
+            l.left.retain(|c| c != code);
+            Route::Send { relinked: true }
+        }
+        _ => Route::Send { relinked: false },
+    }
 }
 
 /// Realtime syncs of `model` that send a change which came in through `origin` (`None`: a

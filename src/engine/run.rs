@@ -165,28 +165,34 @@ impl Engine {
                 if waiting.contains(&rec.id) {
                     continue;
                 }
-                let link = links.get(&rec.id);
-                let carried = link.is_some_and(|l| l.carried_by(code));
+                let mut link = links.get(&rec.id).cloned();
+                let carried = link.as_ref().is_some_and(|l| l.carried_by(code));
                 let action = if rec.deleted {
-                    match link {
+                    match &link {
                         Some(l) if l.external_id.is_some() && carried => "delete",
                         _ => continue,
                     }
-                } else if !sync.domain.matches(&rec.values) {
-                    if let Some(l) = link
-                        && carried
-                    {
-                        unlinks.push((rec, l));
-                    }
-                    continue;
                 } else {
-                    if let Some(l) = link
-                        && !carried
-                    {
-                        // Back in the domain: carried again, and sent as an update.
-                        returns.push(l);
+                    let guess = match &link {
+                        Some(l) if l.external_id.is_some() => "update",
+                        _ => "create",
+                    };
+                    match super::fanout::route(&sync, model, rec, link.as_mut(), guess, "cron") {
+                        super::fanout::Route::Nothing => continue,
+                        super::fanout::Route::Exit(mut row) => {
+                            row.run_id = Some(run_id);
+                            self.mask_row(&mut row);
+                            unlinks.push((row, link.expect("an exit has a link")));
+                            continue;
+                        }
+                        super::fanout::Route::Send { relinked } => {
+                            if relinked {
+                                // Back in the domain: carried again, and sent as an update.
+                                returns.push(link.clone().expect("a return has a link"));
+                            }
+                        }
                     }
-                    match link {
+                    match &link {
                         Some(l)
                             if !full
                                 && carried
@@ -195,8 +201,7 @@ impl Engine {
                         {
                             continue;
                         }
-                        Some(l) if l.external_id.is_some() => "update",
-                        _ => "create",
+                        _ => guess,
                     }
                 };
                 entries.push(crate::store::NewOutbox {
@@ -214,19 +219,12 @@ impl Engine {
                 continue;
             }
             let mut tx = self.store.begin().await.map_err(store_err)?;
-            for (rec, link) in &unlinks {
-                let mut l = (*link).clone();
-                l.left.push(code.to_string());
-                tx.upsert_link(&l).await.map_err(store_err)?;
-                let mut row = super::fanout::domain_exit_row(&sync, model, rec, &l, "cron");
-                row.run_id = Some(run_id);
-                self.mask_row(&mut row);
-                tx.log_change(&row).await.map_err(store_err)?;
+            for (row, link) in &unlinks {
+                tx.upsert_link(link).await.map_err(store_err)?;
+                tx.log_change(row).await.map_err(store_err)?;
             }
             for link in &returns {
-                let mut l = (*link).clone();
-                l.left.retain(|c| c != code);
-                tx.upsert_link(&l).await.map_err(store_err)?;
+                tx.upsert_link(link).await.map_err(store_err)?;
             }
             tx.enqueue_many(&entries).await.map_err(store_err)?;
             tx.commit().await.map_err(store_err)?;
@@ -537,7 +535,7 @@ impl Engine {
         ctx: &Ctx,
         counts: &mut RunCounts,
         unresolved: &mut Vec<Pulled>,
-    ) -> Result<Vec<Confirmation>, String> {
+    ) -> Result<Vec<Confirmation>, RunStop> {
         // Waves: the n-th occurrence of each external id goes in wave n.
         let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         let mut waves: Vec<Vec<(usize, String)>> = Vec::new();
@@ -635,13 +633,15 @@ impl Engine {
                         counts.skipped += 1;
                         None
                     }
-                    Err(ApplyError::Store(e)) => return Err(format!("the store failed: {e}")),
+                    Err(ApplyError::Store(e)) => {
+                        return Err(format!("the store failed: {e}").into());
+                    }
                     Err(e) => {
                         counts.failed += 1;
                         let msg = e.to_string();
                         self.log_pull_failure(code, &page[i], &id, &msg, ctx)
                             .await
-                            .map_err(|e| format!("the store failed: {e}"))?;
+                            .map_err(|e| RunStop::from(format!("the store failed: {e}")))?;
                         if matches!(e, ApplyError::MissingReference(_)) {
                             unresolved.push(page[i].clone());
                         }
