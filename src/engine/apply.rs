@@ -361,7 +361,7 @@ impl Engine {
                 Route::Exit(row) => {
                     tx.upsert_link(link.as_ref().expect("an exit has a link"))
                         .await?;
-                    self.log(tx, row).await?;
+                    self.log(tx, *row).await?;
                     continue;
                 }
                 Route::Send { relinked } => {

@@ -648,7 +648,7 @@ impl Engine {
                     Route::Nothing => continue,
                     Route::Exit(row) => {
                         touched.insert(key);
-                        rows.push(row);
+                        rows.push(*row);
                         continue;
                     }
                     Route::Send { relinked } => {

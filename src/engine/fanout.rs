@@ -38,7 +38,7 @@ pub(crate) enum Route {
     Nothing,
     /// The record left the sync's domain: the sync stops carrying it (the link given was
     /// updated; write it back) and this row says so.
-    Exit(NewChange),
+    Exit(Box<NewChange>),
     /// Queue the change. With `relinked`, the record came back into the domain and the link
     /// given carries it again (write it back).
     Send { relinked: bool },
@@ -65,7 +65,7 @@ pub(crate) fn route(
         return match link {
             Some(l) if l.carried_by(code) => {
                 l.left.push(code.to_string());
-                Route::Exit(domain_exit_row(t, model, rec, l, actor))
+                Route::Exit(Box::new(domain_exit_row(t, model, rec, l, actor)))
             }
             _ => Route::Nothing,
         };

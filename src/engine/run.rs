@@ -182,7 +182,7 @@ impl Engine {
                         super::fanout::Route::Exit(mut row) => {
                             row.run_id = Some(run_id);
                             self.mask_row(&mut row);
-                            unlinks.push((row, link.expect("an exit has a link")));
+                            unlinks.push((*row, link.expect("an exit has a link")));
                             continue;
                         }
                         super::fanout::Route::Send { relinked } => {
