@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod demo;
+mod fake_odoo;
 mod keys;
 mod log;
 mod outbox;
@@ -178,6 +179,26 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         webhook_url: Option<String>,
     },
+    /// Run the fake Odoo (tests, demos, client conformance): JSON-RPC and JSON-2
+    FakeOdoo {
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9912")]
+        listen: String,
+        #[arg(long, default_value = "fake")]
+        database: String,
+        #[arg(long, default_value = "admin")]
+        login: String,
+        #[arg(long, env = "ODOO_PASSWORD", default_value = "admin")]
+        password: String,
+        #[arg(
+            long,
+            env = "ODOO_API_KEY",
+            default_value = "fake-odoo-api-key-0123456789"
+        )]
+        api_key: String,
+        /// The server version answered (19.0 and later speak JSON-2)
+        #[arg(long, default_value = "19.0")]
+        version: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +288,24 @@ pub async fn run(cli: Cli) -> ExitCode {
             log(&cli.global, query, limit, &format, follow).await
         }
         Command::Outbox { action } => outbox(&cli.global, action).await,
+        Command::FakeOdoo {
+            listen,
+            database,
+            login,
+            password,
+            api_key,
+            version,
+        } => {
+            fake_odoo::fake_odoo(crate::peer::odoo::OdooOptions {
+                listen,
+                database,
+                login,
+                password,
+                api_key,
+                version,
+            })
+            .await
+        }
         Command::FakeDropbox {
             listen,
             app_key,
