@@ -448,6 +448,51 @@ impl Connector for DropboxConnector {
         }))
     }
 
+    /// Every entry id of the sync's folder that the sync takes (under the root, matching the
+    /// pattern), a listing page at a time: `after` is the listing cursor of the previous page.
+    async fn list_ids(
+        &self,
+        sync: &Sync,
+        plan: &Plan,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), PullError> {
+        let folder = folder_of(sync, plan).ok_or_else(|| {
+            PullError::Service("the external model is not a Dropbox folder".into())
+        })?;
+        let page = match &after {
+            None => match self
+                .client
+                .list_folder(&folder.root, folder.recursive, sync.limit as u32)
+                .await
+            {
+                Ok(p) => p,
+                Err(DbxError::NotFound(_)) => return Ok((Vec::new(), None)),
+                Err(e) => return Err(PullError::Service(format!("list_folder failed: {e}"))),
+            },
+            Some(c) => self
+                .client
+                .list_folder_continue(c)
+                .await
+                .map_err(|e| PullError::Service(format!("list_folder/continue failed: {e}")))?,
+        };
+        let ids = page
+            .entries
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Upsert(e) => relative(&folder.root, &e.path_display)
+                    .filter(|rel| {
+                        folder
+                            .pattern
+                            .as_ref()
+                            .is_none_or(|p| p.matches(rel).is_some())
+                    })
+                    .map(|_| e.id.clone()),
+                Change::Deleted { .. } => None,
+            })
+            .collect();
+        Ok((ids, page.has_more.then_some(page.cursor)))
+    }
+
     /// Delivers one change: create the folder or upload the file, move or rename it when its
     /// path changed, upload new bytes over the known revision, delete it. The mirror is
     /// updated in the sync's turn, so the webhook echo of this write is recognised and
