@@ -8,6 +8,7 @@
 //! over the store for one sync.
 
 pub mod dropbox;
+pub mod odoo;
 pub mod rest;
 
 use crate::domain::mirror::MirrorEntry;

@@ -1,0 +1,602 @@
+//! Odoo's external API, as the Odoo connector will use it: one client over JSON-2
+//! (`POST /json/2/<model>/<method>`, bearer key, `X-Odoo-Database`, named arguments; Odoo 19 and
+//! later) and JSON-RPC (`POST /jsonrpc`, `common.authenticate` then `object.execute_kw`; Odoo 14
+//! to 18), chosen by `GET /web/version` when the protocol is `auto`. Transient failures (network,
+//! 429 after its `Retry-After`, 5xx, an HTML page from a proxy, PostgreSQL serialization
+//! failures) are retried with backoff; Odoo's access, validation, user and missing-record errors
+//! come back as record errors carrying Odoo's message; a refused key is an authentication error
+//! naming the web service, never the key. Values convert between Odoo's shapes and recsync's.
+
+use super::SendError;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+/// Attempts of one call before a transient failure is given up.
+const ATTEMPTS: u32 = 5;
+/// The first wait between attempts; it doubles each time.
+const FIRST_WAIT: Duration = Duration::from_millis(200);
+/// The longest wait, whatever `Retry-After` says.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// The largest answer read.
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
+
+/// Which external protocol to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Ask `GET /web/version` once: JSON-2 from Odoo 19 on, JSON-RPC before.
+    Auto,
+    Json2,
+    JsonRpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Auto => "auto",
+            Protocol::Json2 => "json2",
+            Protocol::JsonRpc => "jsonrpc",
+        }
+    }
+}
+
+/// Where and how to reach one Odoo database.
+#[derive(Debug, Clone)]
+pub struct OdooEndpoint {
+    /// The web service's name, for messages.
+    pub name: String,
+    /// The server's base URL (`https://erp.example.com`).
+    pub url: String,
+    /// Required when the server hosts several databases.
+    pub database: Option<String>,
+    /// The login, for JSON-RPC (JSON-2 needs only the key).
+    pub login: Option<String>,
+    /// An API key (a password also works on JSON-RPC).
+    pub api_key: SecretString,
+    pub protocol: Protocol,
+    pub timeout: Duration,
+}
+
+/// Why an Odoo call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OdooError {
+    /// The key or login was refused, or the database does not exist: nothing will work until
+    /// the configuration changes.
+    #[error("{0}")]
+    Auth(String),
+    /// Odoo refused this record (access, validation, user or missing-record error): its
+    /// message.
+    #[error("{0}")]
+    Record(String),
+    /// Still failing after the retries; worth trying again later.
+    #[error("{reason}")]
+    Transient {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// The answer is not what Odoo answers (not JSON, no result).
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl OdooError {
+    /// As the outbox's retry logic sees it.
+    pub fn into_send_error(self) -> SendError {
+        match self {
+            OdooError::Transient { reason, after } => SendError::Retry { reason, after },
+            other => SendError::Permanent(other.to_string()),
+        }
+    }
+}
+
+/// The protocol in use once known, and the JSON-RPC user id.
+#[derive(Debug, Clone)]
+struct Session {
+    protocol: Protocol,
+    uid: Option<i64>,
+}
+
+/// A client of one Odoo database.
+pub struct OdooClient {
+    http: reqwest::Client,
+    endpoint: OdooEndpoint,
+    session: tokio::sync::Mutex<Option<Session>>,
+}
+
+/// An attempt's failure, before retries are decided.
+enum Failure {
+    /// Retry after this long (or the backoff).
+    Retry(String, Option<Duration>),
+    /// Do not retry.
+    Final(OdooError),
+}
+
+impl OdooClient {
+    pub fn new(endpoint: OdooEndpoint, http: reqwest::Client) -> OdooClient {
+        OdooClient {
+            http,
+            endpoint,
+            session: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn endpoint(&self) -> &OdooEndpoint {
+        &self.endpoint
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.endpoint.url.trim_end_matches('/'))
+    }
+
+    /// The protocol this client speaks (asking the server once when `auto`).
+    pub async fn protocol(&self) -> Result<Protocol, OdooError> {
+        Ok(self.session().await?.protocol)
+    }
+
+    async fn session(&self) -> Result<Session, OdooError> {
+        let mut s = self.session.lock().await;
+        if let Some(s) = s.as_ref() {
+            return Ok(s.clone());
+        }
+        let protocol = match self.endpoint.protocol {
+            Protocol::Auto => self.detect().await?,
+            p => p,
+        };
+        let uid = match protocol {
+            Protocol::JsonRpc => Some(self.authenticate().await?),
+            _ => None,
+        };
+        let session = Session { protocol, uid };
+        *s = Some(session.clone());
+        Ok(session)
+    }
+
+    /// The server's major version, from `GET /web/version` (JSON-RPC `common.version` when
+    /// that route is missing, as on older servers).
+    pub async fn major_version(&self) -> Result<u32, OdooError> {
+        let url = self.url("/web/version");
+        let via_get = self
+            .retrying(|| async {
+                let resp = self
+                    .http
+                    .get(&url)
+                    .timeout(self.endpoint.timeout)
+                    .send()
+                    .await
+                    .map_err(|e| Failure::Retry(transport(&e), None))?;
+                if resp.status() == 404 {
+                    return Ok(None);
+                }
+                let v = self.body(resp).await?;
+                Ok(Some(v))
+            })
+            .await?;
+        let info = match via_get {
+            Some(v) => v.get("version_info").cloned(),
+            None => self
+                .rpc("common", "version", json!([]))
+                .await?
+                .get("server_version_info")
+                .cloned(),
+        };
+        info.as_ref()
+            .and_then(|i| i.get(0))
+            .and_then(Value::as_u64)
+            .map(|m| m as u32)
+            .ok_or_else(|| {
+                OdooError::Protocol(format!(
+                    "web service `{}`: the server did not say its version",
+                    self.endpoint.name
+                ))
+            })
+    }
+
+    async fn detect(&self) -> Result<Protocol, OdooError> {
+        Ok(if self.major_version().await? >= 19 {
+            Protocol::Json2
+        } else {
+            Protocol::JsonRpc
+        })
+    }
+
+    fn database(&self) -> Result<&str, OdooError> {
+        self.endpoint.database.as_deref().ok_or_else(|| {
+            OdooError::Auth(format!(
+                "web service `{}`: JSON-RPC needs `database`",
+                self.endpoint.name
+            ))
+        })
+    }
+
+    async fn authenticate(&self) -> Result<i64, OdooError> {
+        let db = self.database()?.to_string();
+        let login = self.endpoint.login.clone().ok_or_else(|| {
+            OdooError::Auth(format!(
+                "web service `{}`: JSON-RPC needs `login`",
+                self.endpoint.name
+            ))
+        })?;
+        let uid = self
+            .rpc(
+                "common",
+                "authenticate",
+                json!([db, login, self.endpoint.api_key.expose_secret(), {}]),
+            )
+            .await?;
+        uid.as_i64().ok_or_else(|| {
+            OdooError::Auth(format!(
+                "web service `{}`: Odoo refused the login `{login}` with the configured key",
+                self.endpoint.name
+            ))
+        })
+    }
+
+    /// Calls `method` of `model` with named arguments (and the record ids, for methods on
+    /// records), over whichever protocol the server speaks.
+    pub async fn call(
+        &self,
+        model: &str,
+        method: &str,
+        ids: Option<&[i64]>,
+        kwargs: Map<String, Value>,
+    ) -> Result<Value, OdooError> {
+        let session = self.session().await?;
+        match session.protocol {
+            Protocol::Json2 => self.json2(model, method, ids, kwargs).await,
+            _ => {
+                let db = self.database()?;
+                let args = match ids {
+                    Some(ids) => json!([ids]),
+                    None => json!([]),
+                };
+                self.rpc(
+                    "object",
+                    "execute_kw",
+                    json!([
+                        db,
+                        session.uid,
+                        self.endpoint.api_key.expose_secret(),
+                        model,
+                        method,
+                        args,
+                        kwargs
+                    ]),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn json2(
+        &self,
+        model: &str,
+        method: &str,
+        ids: Option<&[i64]>,
+        mut kwargs: Map<String, Value>,
+    ) -> Result<Value, OdooError> {
+        if let Some(ids) = ids {
+            kwargs.insert("ids".into(), json!(ids));
+        }
+        let body = Value::Object(kwargs);
+        let url = self.url(&format!("/json/2/{model}/{method}"));
+        self.retrying(|| async {
+            let mut req = self
+                .http
+                .post(&url)
+                .timeout(self.endpoint.timeout)
+                .bearer_auth(self.endpoint.api_key.expose_secret())
+                .json(&body);
+            if let Some(db) = &self.endpoint.database {
+                req = req.header("X-Odoo-Database", db);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| Failure::Retry(transport(&e), None))?;
+            let status = resp.status().as_u16();
+            if status == 200 {
+                return self.body(resp).await;
+            }
+            let after = retry_after(&resp);
+            let html = is_html(&resp);
+            let text = read_text(resp).await.unwrap_or_default();
+            let error: Option<Value> = serde_json::from_str(&text).ok();
+            let name = error
+                .as_ref()
+                .and_then(|e| e.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let message = error
+                .as_ref()
+                .and_then(|e| e.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            Err(match status {
+                401 => Failure::Final(OdooError::Auth(format!(
+                    "web service `{}`: Odoo refused the API key",
+                    self.endpoint.name
+                ))),
+                429 => Failure::Retry(format!("{model}.{method}: rate limited (429)"), after),
+                _ if html => Failure::Retry(
+                    format!("{model}.{method}: the server answered an HTML page (HTTP {status}), not Odoo's JSON; is a proxy in front of it failing?"),
+                    after,
+                ),
+                _ if serialization(name, &message) => {
+                    Failure::Retry(format!("{model}.{method}: {message}"), None)
+                }
+                500..=599 => Failure::Retry(
+                    format!(
+                        "{model}.{method}: HTTP {status}{}",
+                        if message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {message}")
+                        }
+                    ),
+                    after,
+                ),
+                404 if name == "werkzeug.exceptions.NotFound" || message.is_empty() => {
+                    Failure::Final(OdooError::Record(format!(
+                        "{model}.{method}: not found in web service `{}`{}",
+                        self.endpoint.name,
+                        if message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({message})")
+                        }
+                    )))
+                }
+                _ => Failure::Final(OdooError::Record(if message.is_empty() {
+                    format!("{model}.{method}: HTTP {status}")
+                } else {
+                    message
+                })),
+            })
+        })
+        .await
+    }
+
+    /// One JSON-RPC call to a service.
+    async fn rpc(&self, service: &str, method: &str, args: Value) -> Result<Value, OdooError> {
+        let url = self.url("/jsonrpc");
+        let body = json!({
+            "jsonrpc": "2.0",
+            "method": "call",
+            "params": {"service": service, "method": method, "args": args},
+            "id": rand::random::<u32>(),
+        });
+        self.retrying(|| async {
+            let resp = self
+                .http
+                .post(&url)
+                .timeout(self.endpoint.timeout)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| Failure::Retry(transport(&e), None))?;
+            let status = resp.status().as_u16();
+            if status != 200 {
+                let after = retry_after(&resp);
+                let html = is_html(&resp);
+                return Err(if status == 429 || status >= 500 {
+                    Failure::Retry(
+                        format!(
+                            "{service}.{method}: HTTP {status}{}",
+                            if html { " (an HTML page)" } else { "" }
+                        ),
+                        after,
+                    )
+                } else {
+                    Failure::Final(OdooError::Protocol(format!(
+                        "web service `{}`: HTTP {status} from /jsonrpc",
+                        self.endpoint.name
+                    )))
+                });
+            }
+            let v = self.body(resp).await?;
+            if let Some(err) = v.get("error") {
+                let data = err.get("data").cloned().unwrap_or(Value::Null);
+                let name = data.get("name").and_then(Value::as_str).unwrap_or("");
+                let message = data
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .or_else(|| err.get("message").and_then(Value::as_str))
+                    .unwrap_or("Odoo Server Error")
+                    .to_string();
+                return Err(if serialization(name, &message) {
+                    Failure::Retry(message, None)
+                } else if name == "odoo.exceptions.AccessDenied" {
+                    Failure::Final(OdooError::Auth(format!(
+                        "web service `{}`: Odoo refused the configured key",
+                        self.endpoint.name
+                    )))
+                } else if name.starts_with("psycopg2.OperationalError")
+                    && message.contains("does not exist")
+                {
+                    Failure::Final(OdooError::Auth(format!(
+                        "web service `{}`: the database `{}` does not exist on the server",
+                        self.endpoint.name,
+                        self.endpoint.database.as_deref().unwrap_or("")
+                    )))
+                } else {
+                    Failure::Final(OdooError::Record(message))
+                });
+            }
+            v.get("result").cloned().ok_or_else(|| {
+                Failure::Final(OdooError::Protocol(format!(
+                    "web service `{}`: a JSON-RPC answer with neither `result` nor `error`",
+                    self.endpoint.name
+                )))
+            })
+        })
+        .await
+    }
+
+    /// Reads a 200 answer as JSON.
+    async fn body(&self, resp: reqwest::Response) -> Result<Value, Failure> {
+        let html = is_html(&resp);
+        let text = read_text(resp).await.map_err(|e| Failure::Retry(e, None))?;
+        serde_json::from_str(&text).map_err(|_| {
+            if html {
+                Failure::Retry(
+                    "the server answered an HTML page, not Odoo's JSON; is a proxy in front of it failing?".into(),
+                    None,
+                )
+            } else {
+                Failure::Final(OdooError::Protocol(format!(
+                    "web service `{}`: the answer is not JSON",
+                    self.endpoint.name
+                )))
+            }
+        })
+    }
+
+    /// Runs an attempt until it succeeds, fails for good, or the attempts are spent.
+    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, OdooError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let mut wait = FIRST_WAIT;
+        let mut n = 0;
+        loop {
+            n += 1;
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Retry(reason, after)) if n >= ATTEMPTS => {
+                    return Err(OdooError::Transient {
+                        reason: format!("web service `{}`: {reason}", self.endpoint.name),
+                        after,
+                    });
+                }
+                Err(Failure::Retry(reason, after)) => {
+                    let pause = after.unwrap_or(wait).min(MAX_WAIT);
+                    tracing::debug!(web_service = %self.endpoint.name, attempt = n, reason = %reason, wait_ms = pause.as_millis() as u64, "An Odoo call failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    wait = (wait * 2).min(MAX_WAIT);
+                }
+            }
+        }
+    }
+}
+
+fn transport(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "the request timed out".into()
+    } else if e.is_connect() {
+        "the server could not be reached".into()
+    } else {
+        "the request failed".into()
+    }
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+fn is_html(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/html"))
+}
+
+async fn read_text(resp: reqwest::Response) -> Result<String, String> {
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|_| "the answer was cut off".to_string())?;
+    if bytes.len() > MAX_ANSWER {
+        return Err(format!(
+            "the answer is larger than {} MiB",
+            MAX_ANSWER / 1024 / 1024
+        ));
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// PostgreSQL's serialization failure, which Odoo retries itself and so do we.
+fn serialization(name: &str, message: &str) -> bool {
+    name.contains("SerializationFailure")
+        || name.contains("TransactionRollbackError")
+        || message.contains("could not serialize access")
+}
+
+/// An Odoo value as recsync holds it: `false` for an empty non-boolean field is null, a
+/// many2one `[id, name]` is its id, x2many values stay id lists, and a datetime
+/// (`YYYY-MM-DD HH:MM:SS`, UTC) becomes RFC 3339.
+pub fn from_odoo(ttype: &str, v: &Value) -> Value {
+    match (ttype, v) {
+        ("boolean", Value::Bool(b)) => Value::Bool(*b),
+        (_, Value::Bool(false)) | (_, Value::Null) => Value::Null,
+        ("many2one", Value::Array(pair)) => pair.first().cloned().unwrap_or(Value::Null),
+        ("datetime", Value::String(s)) => {
+            match chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S") {
+                Ok(t) => Value::String(
+                    t.and_utc()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ),
+                Err(_) => v.clone(),
+            }
+        }
+        _ => v.clone(),
+    }
+}
+
+/// A recsync value as Odoo takes it: null is `false`, a many2many is a replace command
+/// (`[[6, 0, ids]]`), an RFC 3339 datetime becomes `YYYY-MM-DD HH:MM:SS` in UTC.
+pub fn to_odoo(ttype: &str, v: &Value) -> Value {
+    match (ttype, v) {
+        (_, Value::Null) if ttype == "many2many" => json!([[6, 0, []]]),
+        (_, Value::Null) => Value::Bool(false),
+        ("many2many", Value::Array(ids)) => json!([[6, 0, ids]]),
+        ("datetime", Value::String(s)) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => Value::String(
+                t.with_timezone(&chrono::Utc)
+                    .format("%Y-%m-%d %H:%M:%S")
+                    .to_string(),
+            ),
+            Err(_) => v.clone(),
+        },
+        _ => v.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_convert_between_odoo_shapes_and_recsync_shapes() {
+        assert_eq!(from_odoo("char", &json!(false)), Value::Null);
+        assert_eq!(from_odoo("boolean", &json!(false)), json!(false));
+        assert_eq!(from_odoo("many2one", &json!([7, "Belgium"])), json!(7));
+        assert_eq!(from_odoo("many2one", &json!(false)), Value::Null);
+        assert_eq!(from_odoo("many2many", &json!([1, 3])), json!([1, 3]));
+        assert_eq!(
+            from_odoo("datetime", &json!("2026-12-01 10:15:00")),
+            json!("2026-12-01T10:15:00Z")
+        );
+        assert_eq!(from_odoo("date", &json!("2026-12-01")), json!("2026-12-01"));
+        assert_eq!(to_odoo("char", &Value::Null), json!(false));
+        assert_eq!(
+            to_odoo("many2many", &json!([1, 3])),
+            json!([[6, 0, [1, 3]]])
+        );
+        assert_eq!(to_odoo("many2many", &Value::Null), json!([[6, 0, []]]));
+        assert_eq!(
+            to_odoo("datetime", &json!("2026-12-01T11:15:00+01:00")),
+            json!("2026-12-01 10:15:00")
+        );
+        assert_eq!(to_odoo("integer", &json!(4)), json!(4));
+    }
+}
