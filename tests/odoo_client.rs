@@ -241,3 +241,119 @@ async fn transient_failures_are_retried_and_odoo_errors_carry_odoos_message() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_runs_in_its_own_process_seeded_and_driven_over_http() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
+        .args(["fake-odoo", "--listen", "127.0.0.1:0", "--partners", "25"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the fake prints its URL")
+        .to_string();
+    let http = reqwest::Client::new();
+    let partners: Vec<Value> = http
+        .get(format!("{url}/_fake/records/res.partner"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(partners.len(), 26, "25 seeded and the admin's partner");
+
+    // A person edits in Odoo: create, write, archive, delete.
+    let r = http
+        .post(format!("{url}/_fake/records/res.partner"))
+        .json(&json!({"name": "Typed In Odoo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let r = http
+        .patch(format!("{url}/_fake/records/res.partner/{id}"))
+        .json(&json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let opts = OdooOptions::default();
+    let c = client(&url, &opts, Protocol::Auto, &opts.api_key);
+    let visible = c
+        .call(
+            "res.partner",
+            "search",
+            None,
+            kw(json!({"domain": [["id", "=", id]]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(visible, json!([]), "archived");
+    let all = c
+        .call(
+            "res.partner",
+            "search",
+            None,
+            kw(json!({"domain": [["id", "=", id]], "context": {"active_test": false}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all, json!([id]));
+    let r = http
+        .delete(format!("{url}/_fake/records/res.partner/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = http
+        .post(format!("{url}/_fake/records/res.partner"))
+        .json(&json!({"email": "no-name@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "a required field is still required");
+
+    // Faults are switched over HTTP too.
+    let r = http
+        .put(format!("{url}/_fake/faults"))
+        .json(&json!({"key_expired": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let e = c
+        .call(
+            "res.partner",
+            "search_count",
+            None,
+            kw(json!({"domain": []})),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OdooError::Auth(_)), "{e:?}");
+    let calls: Vec<Value> = http
+        .get(format!("{url}/_fake/calls"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["protocol"] == "json2" && c["method"] == "search")
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -2,11 +2,12 @@
 
 use super::*;
 
-pub(super) async fn fake_odoo(opts: crate::peer::odoo::OdooOptions) -> ExitCode {
+pub(super) async fn fake_odoo(opts: crate::peer::odoo::OdooOptions, partners: usize) -> ExitCode {
     crate::telemetry::init(config::LogFormat::Pretty);
     let (database, login) = (opts.database.clone(), opts.login.clone());
     match crate::peer::odoo::FakeOdoo::bind(opts) {
         Ok(fake) => {
+            fake.state.seed_partners(partners);
             println!(
                 "Fake Odoo listening on {} (database `{database}`, login `{login}`)",
                 fake.url()

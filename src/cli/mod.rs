@@ -197,7 +197,10 @@ pub enum Command {
         api_key: String,
         /// The server version answered (19.0 and later speak JSON-2)
         #[arg(long, default_value = "19.0")]
-        version: String,
+        server_version: String,
+        /// Start with this many partners (for benchmarks and demos)
+        #[arg(long, default_value_t = 0)]
+        partners: usize,
     },
 }
 
@@ -294,16 +297,20 @@ pub async fn run(cli: Cli) -> ExitCode {
             login,
             password,
             api_key,
-            version,
+            server_version,
+            partners,
         } => {
-            fake_odoo::fake_odoo(crate::peer::odoo::OdooOptions {
-                listen,
-                database,
-                login,
-                password,
-                api_key,
-                version,
-            })
+            fake_odoo::fake_odoo(
+                crate::peer::odoo::OdooOptions {
+                    listen,
+                    database,
+                    login,
+                    password,
+                    api_key,
+                    version: server_version,
+                },
+                partners,
+            )
             .await
         }
         Command::FakeDropbox {
@@ -373,4 +380,17 @@ fn load(g: &GlobalArgs, listen: Option<String>) -> Result<config::Loaded, ExitCo
         eprintln!("{}", e.render());
         ExitCode::from(EXIT_CONFIG)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap checks a command's definition only when that command is parsed; this checks every
+    /// command at once (a duplicate argument name panics otherwise at first use).
+    #[test]
+    fn every_command_line_definition_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

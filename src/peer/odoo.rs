@@ -18,6 +18,11 @@
 //! `write_date` is stamped by the fake's clock; `backdate_next` stamps the next write earlier,
 //! as a long Odoo transaction that commits late does. Faults: 429 with `Retry-After`, 5xx, an
 //! HTML error page (a proxy in front of Odoo), serialization failures, an expired key.
+//!
+//! Tests in the same process use [`OdooState`]; from another process, `/_fake/faults` (PUT the
+//! switches), `/_fake/calls`, and `/_fake/records/<model>` (GET every record, POST one, PATCH and
+//! DELETE `/<id>`) do the same, as a person editing in Odoo would. `seed_partners` fills the
+//! database for benchmarks.
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde::{Deserialize, Serialize};
@@ -327,6 +332,15 @@ impl FakeOdoo {
                 .route("/jsonrpc", web::post().to(jsonrpc))
                 .route("/json/2/{model}/{method}", web::post().to(json2))
                 .route("/doc-bearer/{model}.json", web::get().to(doc_bearer))
+                .route("/_fake/faults", web::put().to(put_faults))
+                .route("/_fake/calls", web::get().to(get_calls))
+                .route("/_fake/records/{model}", web::get().to(get_records))
+                .route("/_fake/records/{model}", web::post().to(post_record))
+                .route("/_fake/records/{model}/{id}", web::patch().to(patch_record))
+                .route(
+                    "/_fake/records/{model}/{id}",
+                    web::delete().to(delete_record),
+                )
         })
         .listen(listener)?
         .disable_signals()
@@ -397,6 +411,24 @@ impl OdooState {
                 .or_default()
                 .insert(UID, user);
             i.next_id.insert("res.users".into(), UID + 1);
+        });
+    }
+
+    /// Adds `n` partners (`Partner 1` …), spread over the seeded countries and tags.
+    pub fn seed_partners(&self, n: usize) {
+        self.with(|i| {
+            let countries: Vec<i64> = i.records.get("res.country").map(|r| r.keys().copied().collect()).unwrap_or_default();
+            let tags: Vec<i64> = i.records.get("res.partner.category").map(|r| r.keys().copied().collect()).unwrap_or_default();
+            for k in 1..=n {
+                let vals = json!({
+                    "name": format!("Partner {k}"),
+                    "email": format!("partner{k}@example.com"),
+                    "is_company": k % 5 == 0,
+                    "country_id": countries.get(k % countries.len().max(1)).copied().map(Value::from).unwrap_or(Value::Bool(false)),
+                    "category_id": [[6, 0, tags.get(k % tags.len().max(1)).map(|t| vec![*t]).unwrap_or_default()]],
+                });
+                create(i, "res.partner", &vals).expect("a valid partner");
+            }
         });
     }
 
@@ -1454,6 +1486,71 @@ async fn json2(
     match result {
         Ok(v) => HttpResponse::Ok().json(v),
         Err(e) => json2_error(&e),
+    }
+}
+
+async fn put_faults(state: web::Data<OdooState>, body: web::Json<OdooFaults>) -> HttpResponse {
+    state.set_faults(body.into_inner());
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn get_calls(state: web::Data<OdooState>) -> HttpResponse {
+    let calls: Vec<Value> = state
+        .calls()
+        .into_iter()
+        .map(|(p, m, f)| json!({"protocol": p, "model": m, "method": f}))
+        .collect();
+    HttpResponse::Ok().json(calls)
+}
+
+fn admin_error(e: String) -> HttpResponse {
+    HttpResponse::UnprocessableEntity().json(json!({"error": e}))
+}
+
+async fn get_records(state: web::Data<OdooState>, path: web::Path<String>) -> HttpResponse {
+    let model = path.into_inner();
+    if model_fields(&model).is_none() {
+        return HttpResponse::NotFound().json(json!({"error": format!("no model {model}")}));
+    }
+    let records: Vec<Value> = state
+        .records(&model)
+        .into_values()
+        .map(Value::Object)
+        .collect();
+    HttpResponse::Ok().json(records)
+}
+
+async fn post_record(
+    state: web::Data<OdooState>,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    match state.create(&path.into_inner(), body.into_inner()) {
+        Ok(id) => HttpResponse::Created().json(json!({"id": id})),
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn patch_record(
+    state: web::Data<OdooState>,
+    path: web::Path<(String, i64)>,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    let (model, id) = path.into_inner();
+    match state.write(&model, id, body.into_inner()) {
+        Ok(()) => HttpResponse::Ok().json(json!({"id": id})),
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn delete_record(
+    state: web::Data<OdooState>,
+    path: web::Path<(String, i64)>,
+) -> HttpResponse {
+    let (model, id) = path.into_inner();
+    match state.unlink(&model, id) {
+        Ok(()) => HttpResponse::NoContent().finish(),
+        Err(e) => admin_error(e),
     }
 }
 
