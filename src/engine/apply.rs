@@ -356,7 +356,15 @@ impl Engine {
         let model = &plan.models[&rec.model];
         for t in super::fanout::receivers(plan, &rec.model, origin, false) {
             let mut link = tx.link_by_local(&t.binding(), rec.id).await?;
+            // A delete of a record whose create (or update) has not been recorded as delivered
+            // yet goes out too: that delivery may be in flight, or may have reached the service
+            // just before a crash. The delete entry waits behind it, and is skipped at delivery
+            // if the record never got an external id.
+            let in_flight = action == "delete"
+                && link.as_ref().is_none_or(|l| l.external_id.is_none())
+                && tx.has_undelivered(t.code.as_str(), rec.id).await?;
             match super::fanout::route(t, model, rec, link.as_mut(), action, "engine") {
+                Route::Nothing if in_flight => {}
                 Route::Nothing => continue,
                 Route::Exit(row) => {
                     tx.upsert_link(link.as_ref().expect("an exit has a link"))

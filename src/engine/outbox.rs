@@ -258,9 +258,20 @@ impl Engine {
             }
             (SendAction::Delete, Some(ext))
         } else {
-            let Some(rec) = record.as_ref().filter(|r| !r.deleted) else {
-                // Deleted since: the delete entry that follows carries it across.
-                return Ok(Step::Skip);
+            let rec = match record.as_ref() {
+                Some(r) if !r.deleted => r,
+                // Deleted since, but an earlier attempt of this entry may have reached the
+                // service without being recorded (a crash between the two): it is sent again,
+                // which the service recognises by its idempotency key, so the link learns the
+                // external id and the delete entry that follows reaches the record.
+                Some(r)
+                    if entry.attempts > 1
+                        && link.as_ref().is_none_or(|l| l.external_id.is_none()) =>
+                {
+                    r
+                }
+                // Deleted since, never sent: the delete entry that follows has nothing to do.
+                _ => return Ok(Step::Skip),
             };
             let forced = entry.payload.get("force") == Some(&Value::Bool(true));
             if let Some(l) = &link

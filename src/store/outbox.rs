@@ -377,6 +377,21 @@ impl Tx {
         Ok(())
     }
 
+    /// Does `sync` still have a change of this record waiting, in flight or dead-lettered (and
+    /// so possibly delivered later)?
+    pub async fn has_undelivered(&mut self, sync: &str, local_id: i64) -> Result<bool> {
+        let n = on!(self.conn(), |c| {
+            sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM outbox WHERE sync = $1 AND local_id = $2 AND status IN ('pending', 'inflight', 'dead')"
+        )
+        .bind(sync)
+        .bind(local_id)
+        .fetch_one(c)
+        .await
+        })?;
+        Ok(n > 0)
+    }
+
     /// Queues a change for delivery.
     pub async fn enqueue(&mut self, e: &NewOutbox) -> Result<i64> {
         let now = Utc::now();
