@@ -13,10 +13,10 @@
 
 mod common;
 
-use common::harness::{MAPPING, PEER_KEY};
+use common::harness::MAPPING;
 use rand::{Rng, SeedableRng, seq::SliceRandom};
+use recsync::peer::PeerState;
 use recsync::peer::dropbox::{FakeDropbox, FakeOptions, FakeState};
-use recsync::peer::{Peer, PeerOptions, PeerState};
 use recsync::store::{ChangeFilter, Store};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -302,20 +302,7 @@ async fn killed_at_randomized_points_nothing_acknowledged_is_lost_or_doubled() {
     println!("crash matrix: {iterations} kill points, seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
-    let peer = Peer::from_listener(
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-        PeerOptions {
-            listen: String::new(),
-            api_key: Some(PEER_KEY.into()),
-            id_field: "unique_id".into(),
-            synthetic: Default::default(),
-            callback: None,
-        },
-    )
-    .unwrap();
-    let peer_url = peer.url();
-    let peer_state = peer.state.clone();
-    tokio::spawn(peer.run());
+    let (peer_url, peer_state) = common::spawn_peer();
     let fake = FakeDropbox::bind(FakeOptions::default()).unwrap();
     let fake_url = fake.url();
     let fake_state = fake.state.clone();

@@ -4,11 +4,9 @@
 
 mod common;
 
-use common::harness::{MAPPING, PEER_KEY};
-use recsync::peer::{Peer, PeerOptions};
+use common::harness::MAPPING;
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 const KEY: &str = "follow-test-admin-key-0123456789";
 
@@ -32,20 +30,7 @@ fn span<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_inbound_change_is_followed_from_its_request_to_its_commit_and_delivery() {
     let db = common::TestDb::new().await;
-    let peer = Peer::from_listener(
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-        PeerOptions {
-            listen: String::new(),
-            api_key: Some(PEER_KEY.into()),
-            id_field: "unique_id".into(),
-            synthetic: Default::default(),
-            callback: None,
-        },
-    )
-    .unwrap();
-    let peer_url = peer.url();
-    let peer_state = peer.state.clone();
-    tokio::spawn(peer.run());
+    let (peer_url, peer_state) = common::spawn_peer();
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("mappings")).unwrap();
@@ -84,17 +69,7 @@ async fn one_inbound_change_is_followed_from_its_request_to_its_commit_and_deliv
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(child.try_wait().unwrap().is_none(), "the server exited");
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the server did not become ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_ready(&client, &base, &mut child).await;
 
     let r = client
         .post(format!("{base}/sync/IN/create"))

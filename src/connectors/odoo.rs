@@ -7,7 +7,6 @@
 //! come back as record errors carrying Odoo's message; a refused key is an authentication error
 //! naming the web service, never the key. Values convert between Odoo's shapes and recsync's.
 
-use super::SendError;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -77,16 +76,6 @@ pub enum OdooError {
     /// The answer is not what Odoo answers (not JSON, no result).
     #[error("{0}")]
     Protocol(String),
-}
-
-impl OdooError {
-    /// As the outbox's retry logic sees it.
-    pub fn into_send_error(self) -> SendError {
-        match self {
-            OdooError::Transient { reason, after } => SendError::Retry { reason, after },
-            other => SendError::Permanent(other.to_string()),
-        }
-    }
 }
 
 /// The protocol in use once known, and the JSON-RPC user id.

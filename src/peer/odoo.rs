@@ -140,7 +140,27 @@ fn common_fields() -> Vec<(&'static str, FieldDef)> {
     ]
 }
 
-fn model_fields(model: &str) -> Option<Vec<(&'static str, FieldDef)>> {
+/// A model's fields, built once per model.
+fn model_fields(model: &str) -> Option<&'static [(&'static str, FieldDef)]> {
+    static TABLES: std::sync::OnceLock<HashMap<&'static str, Vec<(&'static str, FieldDef)>>> =
+        std::sync::OnceLock::new();
+    TABLES
+        .get_or_init(|| {
+            [
+                "res.partner",
+                "res.country",
+                "res.partner.category",
+                "res.users",
+            ]
+            .into_iter()
+            .filter_map(|m| Some((m, build_fields(m)?)))
+            .collect()
+        })
+        .get(model)
+        .map(Vec::as_slice)
+}
+
+fn build_fields(model: &str) -> Option<Vec<(&'static str, FieldDef)>> {
     let mut f = common_fields();
     match model {
         "res.partner" => f.extend([
@@ -489,7 +509,7 @@ fn stamp(i: &mut Inner) -> String {
         .to_string()
 }
 
-fn defs(model: &str) -> Result<Vec<(&'static str, FieldDef)>, OdooError> {
+fn defs(model: &str) -> Result<&'static [(&'static str, FieldDef)], OdooError> {
     model_fields(model)
         .ok_or_else(|| OdooError::new("builtins.KeyError", format!("Object {model} doesn't exist")))
 }
@@ -519,7 +539,7 @@ fn store_vals(
     };
     let mut out = Map::new();
     for (k, v) in vals {
-        let d = def_of(&defs, model, k)?;
+        let d = def_of(defs, model, k)?;
         if d.readonly && k != "id" {
             continue;
         }
@@ -609,7 +629,7 @@ fn store_vals(
 fn create(i: &mut Inner, model: &str, vals: &Value) -> Result<i64, OdooError> {
     let defs = defs(model)?;
     let mut rec = store_vals(i, model, vals, None)?;
-    for (name, d) in &defs {
+    for (name, d) in defs {
         if d.required
             && rec
                 .get(*name)
@@ -701,10 +721,10 @@ fn read_one(
     fields: &[String],
     classic: bool,
 ) -> Value {
-    let defs = model_fields(model).unwrap_or_default();
+    let defs = model_fields(model).unwrap_or(&[]);
     let mut out = Map::new();
     out.insert("id".into(), rec["id"].clone());
-    for (name, d) in &defs {
+    for (name, d) in defs {
         if *name == "id" || (!fields.is_empty() && !fields.iter().any(|f| f == name)) {
             continue;
         }
@@ -717,34 +737,35 @@ fn read_one(
             }
             ("many2one", _) => Value::Bool(false),
             ("many2many" | "one2many", Value::Array(_)) => v,
-            ("one2many", _) if *name == "child_ids" => {
-                let id = rec["id"].as_i64().unwrap_or(0);
-                json!(
-                    i.records
-                        .get(model)
-                        .map(|r| r
-                            .values()
-                            .filter(|c| c.get("parent_id").and_then(Value::as_i64) == Some(id))
-                            .map(|c| c["id"].clone())
-                            .collect::<Vec<_>>())
-                        .unwrap_or_default()
-                )
-            }
+            ("one2many", _) if *name == "child_ids" => children(i, model, rec),
             ("many2many" | "one2many", _) => json!([]),
-            ("display_name", _) => rec.get("name").cloned().unwrap_or(Value::Bool(false)),
             ("boolean", Value::Null) => Value::Bool(false),
             (_, Value::Null) => Value::Bool(false),
             (_, Value::String(s)) if s.is_empty() && d.ttype != "char" => Value::Bool(false),
             _ => v,
         };
         let shown = if *name == "display_name" {
-            rec.get("name").cloned().unwrap_or(Value::Bool(false))
+            display_name(i, model, rec["id"].as_i64().unwrap_or(0))
         } else {
             shown
         };
         out.insert(name.to_string(), shown);
     }
     Value::Object(out)
+}
+
+/// The records whose `parent_id` is `rec` (the `child_ids` one2many), by id.
+fn children(i: &Inner, model: &str, rec: &Map<String, Value>) -> Value {
+    let id = rec["id"].as_i64();
+    Value::Array(
+        i.records
+            .get(model)
+            .into_iter()
+            .flat_map(|r| r.values())
+            .filter(|c| c.get("parent_id").and_then(Value::as_i64) == id)
+            .map(|c| c["id"].clone())
+            .collect(),
+    )
 }
 
 /// A field's value for comparisons, following dotted paths through many2one fields.
@@ -759,22 +780,10 @@ fn value_at(
         Some((h, r)) => (h, Some(r)),
         None => (path, None),
     };
-    let d = def_of(&defs, model, head)?;
+    let d = def_of(defs, model, head)?;
     let v = match head {
         "display_name" => rec.get("name").cloned().unwrap_or(Value::Bool(false)),
-        "child_ids" => {
-            let id = rec["id"].as_i64().unwrap_or(0);
-            json!(
-                i.records
-                    .get(model)
-                    .map(|r| r
-                        .values()
-                        .filter(|c| c.get("parent_id").and_then(Value::as_i64) == Some(id))
-                        .map(|c| c["id"].clone())
-                        .collect::<Vec<_>>())
-                    .unwrap_or_default()
-            )
-        }
+        "child_ids" => children(i, model, rec),
         _ => rec.get(head).cloned().unwrap_or(Value::Bool(false)),
     };
     match rest {
@@ -1025,7 +1034,7 @@ fn search(
         })
         .collect();
     for (f, _) in &keys {
-        def_of(&defs, model, f)?;
+        def_of(defs, model, f)?;
     }
     found.sort_by(|a, b| {
         for (f, desc) in &keys {
@@ -1120,7 +1129,7 @@ fn call(
             let wanted = strings(kw.get("allfields"));
             let attrs = strings(kw.get("attributes"));
             let mut out = Map::new();
-            for (name, d) in &defs {
+            for (name, d) in defs {
                 if !wanted.is_empty() && !wanted.iter().any(|w| w == name) {
                     continue;
                 }

@@ -90,3 +90,41 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Starts the reference peer on a free port with the harness's protocol key; answers its URL
+/// and its state.
+pub fn spawn_peer() -> (String, std::sync::Arc<recsync::peer::PeerState>) {
+    let peer = recsync::peer::Peer::from_listener(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        recsync::peer::PeerOptions {
+            listen: String::new(),
+            api_key: Some(harness::PEER_KEY.into()),
+            id_field: "unique_id".into(),
+            synthetic: Default::default(),
+            callback: None,
+        },
+    )
+    .unwrap();
+    let url = peer.url();
+    let state = peer.state.clone();
+    tokio::spawn(peer.run());
+    (url, state)
+}
+
+/// Waits until `base/readyz` answers 2xx, failing at once if `child` exits first.
+pub async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "the server exited");
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not become ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
