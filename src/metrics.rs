@@ -144,15 +144,25 @@ pub fn outbox(rows: &[(String, String, i64, Option<f64>)], syncs: &[String]) {
     }
 }
 
-/// Counts a Dropbox webhook notification by what became of it (`started`, `coalesced`,
-/// `bad_signature`, `unknown_service`).
-pub fn dropbox_notification(web_service: &str, outcome: &'static str) {
+/// Counts a webhook notification by the web service's kind and what became of it
+/// (`started`, `coalesced`, `bad_signature`, `bad_token`, `unknown_service`). Dropbox's are
+/// also counted under their original name.
+pub fn notification(kind: &str, web_service: &str, outcome: &'static str) {
     metrics::counter!(
-        "recsync_dropbox_notifications_total",
+        "recsync_webhook_notifications_total",
+        "kind" => kind.to_string(),
         "web_service" => web_service.to_string(),
         "outcome" => outcome
     )
     .increment(1);
+    if kind == "dropbox" {
+        metrics::counter!(
+            "recsync_dropbox_notifications_total",
+            "web_service" => web_service.to_string(),
+            "outcome" => outcome
+        )
+        .increment(1);
+    }
 }
 
 /// Records a finished Dropbox listing loop: how many entries it read, and how far behind

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod demo;
+mod discover;
 mod fake_odoo;
 mod keys;
 mod log;
@@ -135,6 +136,13 @@ pub enum Command {
     },
     /// Apply database migrations
     Migrate,
+    /// Print the external_models block of what a web service describes (Odoo: fields_get)
+    Discover {
+        /// A configured web service
+        web_service: String,
+        /// The resource to describe (Odoo: a model such as res.partner)
+        resource: Option<String>,
+    },
     /// Run the reference external system
     Peer {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8072")]
@@ -254,6 +262,10 @@ pub async fn run(cli: Cli) -> ExitCode {
             action: KeysAction::New { name, scopes },
         } => keys_new(&name, &scopes),
         Command::Migrate => migrate(&cli.global).await,
+        Command::Discover {
+            web_service,
+            resource,
+        } => discover::discover(&cli.global, &web_service, resource.as_deref()).await,
         Command::Serve { listen } => serve(&cli.global, listen).await,
         Command::Demo {
             listen,

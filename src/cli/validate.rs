@@ -66,7 +66,26 @@ pub(super) async fn check_services(plan: &crate::domain::Plan) -> ExitCode {
     println!("Web services:");
     let mut failed = 0;
     for (name, ws) in &plan.web_services {
+        if let ServiceSpec::Odoo(o) = &ws.spec {
+            // Odoo is asked for real: the protocol, the login and one harmless call.
+            let started = std::time::Instant::now();
+            let connector = crate::connectors::odoo::OdooConnector::new(name, o, client.clone());
+            match connector.client().check().await {
+                Ok(protocol) => println!(
+                    "  ok    {name}: {} answered ({}, logged in) in {} ms",
+                    origin(o.url.expose()),
+                    protocol.as_str(),
+                    started.elapsed().as_millis()
+                ),
+                Err(e) => {
+                    failed += 1;
+                    println!("  FAIL  {name}: {e}");
+                }
+            }
+            continue;
+        }
         let (auth, timeout, urls): (_, _, Vec<String>) = match &ws.spec {
+            ServiceSpec::Odoo(_) => continue,
             ServiceSpec::Rest(r) => {
                 let mut urls: Vec<String> = [&r.url, &r.confirmation_url, &r.shipping_url]
                     .into_iter()

@@ -1,6 +1,6 @@
 //! The connector interface: the questions the engine asks every external system, and nothing
 //! else (`connectors.md` §1). `rest` speaks the TELEMATEL-style protocol, `dropbox` reaches a
-//! Dropbox folder. [`build`] is the one place that knows which kinds exist; the engine drives
+//! Dropbox folder, `odoo` an Odoo database through its external API. [`build`] is the one place that knows which kinds exist; the engine drives
 //! whatever it returns.
 //!
 //! A connector never imports the store. What it must remember between calls beyond the cursor
@@ -69,6 +69,9 @@ pub struct Target<'a> {
     /// The same for every attempt of one delivery, so the receiver can tell a redelivery from
     /// a new change.
     pub idempotency_key: &'a str,
+    /// On an update, the external fields whose values changed since the record was last
+    /// synced (`None`: send everything).
+    pub changed: Option<&'a [String]>,
 }
 
 /// A successful delivery.
@@ -88,6 +91,9 @@ pub enum PullAction {
     Insert,
     Update,
     Delete,
+    /// The record left the sync's view (archived, out of the service's domain): the link
+    /// ends and the local record stays, whatever `propagate_deletes` says.
+    Unlink,
 }
 
 impl PullAction {
@@ -96,6 +102,7 @@ impl PullAction {
             PullAction::Insert => "insert",
             PullAction::Update => "update",
             PullAction::Delete => "delete",
+            PullAction::Unlink => "unlink",
         }
     }
 }
@@ -210,6 +217,9 @@ pub trait Puller: Send {
 pub struct PullStart {
     /// When the oldest notification not yet taken in arrived (for the lag metric).
     pub notified_at: Option<Instant>,
+    /// A full run (`recsync run --full`): read everything, and find hard deletes by listing
+    /// ids where the service does not report them.
+    pub full: bool,
 }
 
 /// What a webhook call to `/webhooks/<kind>/<web_service>` is, once the connector checked it.
@@ -240,7 +250,7 @@ pub fn unsupported(what: &str, kind: &str) -> PullError {
 /// The questions the engine asks an external system (one connector per web service).
 #[async_trait]
 pub trait Connector: Send + std::marker::Sync {
-    /// The web service kind, as configured (`rest`, `dropbox`).
+    /// The web service kind, as configured (`rest`, `dropbox`, `odoo`).
     fn kind(&self) -> &'static str;
 
     /// Whether the connector mirrors the external side: it pulls even for a sync that only
@@ -297,5 +307,10 @@ pub fn build(service: &WebService, http: &reqwest::Client) -> Arc<dyn Connector>
     match &service.spec {
         ServiceSpec::Rest(r) => Arc::new(rest::Rest::new(r.clone(), http.clone())),
         ServiceSpec::Dropbox(d) => Arc::new(dropbox::DropboxConnector::new(d)),
+        ServiceSpec::Odoo(o) => Arc::new(odoo::OdooConnector::new(
+            &service.name,
+            o,
+            http.clone(),
+        )),
     }
 }

@@ -139,6 +139,7 @@ pub async fn send(
         external_id,
         local_id,
         idempotency_key,
+        changed: _,
     } = target;
     let endpoint_action = match action {
         SendAction::Create => EndpointAction::Create,

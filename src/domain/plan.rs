@@ -103,6 +103,7 @@ fn describe(e: CoerceError) -> String {
 pub enum ServiceKind {
     Rest,
     Dropbox,
+    Odoo,
 }
 
 impl ServiceKind {
@@ -110,6 +111,7 @@ impl ServiceKind {
         match self {
             ServiceKind::Rest => "rest",
             ServiceKind::Dropbox => "dropbox",
+            ServiceKind::Odoo => "odoo",
         }
     }
 }
@@ -122,6 +124,57 @@ pub struct ExternalModel {
     pub kind: ServiceKind,
     pub fields: BTreeMap<String, FieldType>,
     pub dropbox: Option<DropboxFolder>,
+    pub odoo: Option<OdooModel>,
+}
+
+/// What an archived Odoo record means to a sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Archived {
+    /// The link ends; the local record stays.
+    Unlink,
+    /// A delete, carried across as `propagate_deletes` says.
+    Delete,
+    /// An ordinary update (map `active` to see it).
+    Keep,
+}
+
+impl Archived {
+    pub fn parse(s: &str) -> Option<Archived> {
+        match s {
+            "unlink" => Some(Archived::Unlink),
+            "delete" => Some(Archived::Delete),
+            "keep" => Some(Archived::Keep),
+            _ => None,
+        }
+    }
+}
+
+/// One declared field of an Odoo model: its Odoo type and, for relational fields, the Odoo
+/// model it points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OdooField {
+    pub ttype: String,
+    pub relation: Option<String>,
+}
+
+/// The Odoo side of an external model.
+#[derive(Debug, Clone)]
+pub struct OdooModel {
+    /// The Odoo model's technical name (`res.partner`).
+    pub model: String,
+    /// An Odoo domain, sent with every search, as JSON.
+    pub domain: Vec<Value>,
+    pub archived: Archived,
+    /// The declared fields, by name, in Odoo's types.
+    pub fields: BTreeMap<String, OdooField>,
+}
+
+impl OdooModel {
+    /// Splits a pair's external name into the relational field and the related field
+    /// (`country_id.code`), when it has a dot.
+    pub fn related(name: &str) -> Option<(&str, &str)> {
+        name.split_once('.')
+    }
 }
 
 /// Fields every Dropbox entry has.
@@ -393,6 +446,51 @@ pub struct RestService {
     pub max_concurrency: usize,
 }
 
+/// Which of Odoo's external protocols to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OdooProtocol {
+    /// Ask `GET /web/version` once: JSON-2 from Odoo 19 on, JSON-RPC before.
+    Auto,
+    Json2,
+    JsonRpc,
+}
+
+impl OdooProtocol {
+    pub fn parse(s: &str) -> Option<OdooProtocol> {
+        match s {
+            "auto" => Some(OdooProtocol::Auto),
+            "json2" => Some(OdooProtocol::Json2),
+            "jsonrpc" => Some(OdooProtocol::JsonRpc),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OdooProtocol::Auto => "auto",
+            OdooProtocol::Json2 => "json2",
+            OdooProtocol::JsonRpc => "jsonrpc",
+        }
+    }
+}
+
+/// An Odoo database, reached through its external API.
+#[derive(Debug, Clone)]
+pub struct OdooService {
+    pub url: ConfigStr,
+    pub database: Option<String>,
+    pub login: Option<String>,
+    pub api_key: SecretString,
+    pub protocol: OdooProtocol,
+    /// Accepts automation-rule webhooks carrying this token, when set.
+    pub webhook_token: Option<SecretString>,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+    /// How far before the cursor each pull reads again (Odoo stamps `write_date` when a
+    /// transaction starts, and it may commit later).
+    pub overlap: Duration,
+}
+
 /// A Dropbox account.
 #[derive(Debug, Clone)]
 pub struct DropboxService {
@@ -407,6 +505,7 @@ pub struct DropboxService {
 pub enum ServiceSpec {
     Rest(RestService),
     Dropbox(DropboxService),
+    Odoo(OdooService),
 }
 
 /// A web service: one external endpoint set.
@@ -422,13 +521,14 @@ impl WebService {
         match self.spec {
             ServiceSpec::Rest(_) => ServiceKind::Rest,
             ServiceSpec::Dropbox(_) => ServiceKind::Dropbox,
+            ServiceSpec::Odoo(_) => ServiceKind::Odoo,
         }
     }
 
     pub fn rest(&self) -> Option<&RestService> {
         match &self.spec {
             ServiceSpec::Rest(r) => Some(r),
-            ServiceSpec::Dropbox(_) => None,
+            ServiceSpec::Dropbox(_) | ServiceSpec::Odoo(_) => None,
         }
     }
 }
@@ -601,6 +701,15 @@ pub struct Sync {
     pub active: bool,
     pub fields: Vec<FieldPair>,
     pub endpoints: Vec<Endpoint>,
+    pub delete_mode: DeleteMode,
+}
+
+/// How a sync deletes on the external side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteMode {
+    Delete,
+    /// Archive instead (Odoo: `active = false`).
+    Archive,
 }
 
 impl Sync {
@@ -711,6 +820,15 @@ impl Plan {
                     values.push(d.app_secret.expose_secret().to_string());
                     for t in [&d.refresh_token, &d.access_token].into_iter().flatten() {
                         values.push(t.expose_secret().to_string());
+                    }
+                }
+                ServiceSpec::Odoo(o) => {
+                    values.push(o.api_key.expose_secret().to_string());
+                    if let Some(t) = &o.webhook_token {
+                        values.push(t.expose_secret().to_string());
+                    }
+                    if o.url.is_secret() {
+                        values.push(o.url.expose().to_string());
                     }
                 }
             }

@@ -23,6 +23,8 @@ pub enum InboundOp {
     },
     Delete {
         external_id: String,
+        /// Only end the link, whatever `propagate_deletes` says.
+        unlink_only: bool,
     },
 }
 
@@ -208,10 +210,14 @@ impl Engine {
                 })
                 .await
             }
-            InboundOp::Delete { external_id } => {
+            InboundOp::Delete {
+                external_id,
+                unlink_only,
+            } => {
                 self.submit_single(|reply| super::batch::Work::Delete {
                     code: code.to_string(),
                     external_id,
+                    unlink_only,
                     ctx: ctx.clone(),
                     reply,
                     span: tracing::Span::current(),
@@ -227,10 +233,12 @@ impl Engine {
         &self,
         code: &str,
         external_id: &str,
+        unlink_only: bool,
         ctx: &Ctx,
     ) -> Result<Applied, ApplyError> {
         let plan = self.plan();
         let (sync, model) = admit(&plan, code)?;
+        let propagate = sync.propagate_deletes && !unlink_only;
         let mut tx = self.store.begin().await?;
         let binding = sync.binding();
         let link = tx
@@ -245,7 +253,7 @@ impl Engine {
             .map(|r| r.values.clone())
             .unwrap_or_default();
         tx.delete_link(&binding, link.local_id).await?;
-        let applied = if sync.propagate_deletes {
+        let applied = if propagate {
             if let Some(rec) = tx.delete_record(&model.name, link.local_id).await? {
                 self.fan_out(&mut tx, &plan, Some(sync), &rec, "delete")
                     .await?;
@@ -254,7 +262,7 @@ impl Engine {
         } else {
             Applied::Unlinked(link.local_id)
         };
-        let action = if sync.propagate_deletes {
+        let action = if propagate {
             LogAction::Delete
         } else {
             LogAction::Unlink
@@ -269,7 +277,7 @@ impl Engine {
         );
         row.external_id = Some(external_id.to_string());
         row.origin_values = json!({ sync.external_ref.clone(): external_id });
-        row.destination_values = if sync.propagate_deletes {
+        row.destination_values = if propagate {
             json!({"deleted": true})
         } else {
             json!({"unlinked": true})

@@ -36,6 +36,8 @@ pub(crate) enum Work {
     Delete {
         code: String,
         external_id: String,
+        /// Only end the link, whatever `propagate_deletes` says (an archived Odoo record).
+        unlink_only: bool,
         ctx: Ctx,
         reply: oneshot::Sender<Result<Applied, ApplyError>>,
         span: tracing::Span,
@@ -152,12 +154,13 @@ impl Engine {
             Work::Delete {
                 code,
                 external_id,
+                unlink_only,
                 ctx,
                 reply,
                 span,
             } => {
                 let r = self
-                    .delete_inbound(&code, &external_id, &ctx)
+                    .delete_inbound(&code, &external_id, unlink_only, &ctx)
                     .instrument(span)
                     .await;
                 let _ = reply.send(r);

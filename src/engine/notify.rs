@@ -54,26 +54,27 @@ impl Engine {
     /// A webhook call for a web service, checked by its connector: when genuine, every
     /// active sync on the service runs once. `None` when there is no such web service.
     pub fn notified(self: &Arc<Self>, web_service: &str, call: Webhook<'_>) -> Option<Notice> {
-        let notice = self.connector(web_service)?.notification(call);
+        let connector = self.connector(web_service)?;
+        let notice = connector.notification(call);
         if notice == Notice::Changed {
-            self.schedule_round(web_service);
+            self.schedule_round(connector.kind(), web_service);
         }
         Some(notice)
     }
 
     /// Every sync on the web service runs once; notifications that arrive while a round is
     /// scheduled join it.
-    fn schedule_round(self: &Arc<Self>, web_service: &str) {
+    fn schedule_round(self: &Arc<Self>, kind: &str, web_service: &str) {
         if !self
             .notify_scheduled
             .lock()
             .expect("webhook lock")
             .insert(web_service.to_string())
         {
-            crate::metrics::dropbox_notification(web_service, "coalesced");
+            crate::metrics::notification(kind, web_service, "coalesced");
             return;
         }
-        crate::metrics::dropbox_notification(web_service, "started");
+        crate::metrics::notification(kind, web_service, "started");
         let engine = self.clone();
         let ws = web_service.to_string();
         let first = Instant::now();

@@ -315,6 +315,19 @@ impl Engine {
                 }
             }
         };
+        // What changed since the record was last synced, for connectors that write only that.
+        let forced = entry.payload.get("force") == Some(&Value::Bool(true));
+        let changed: Option<Vec<String>> = match (&link, action) {
+            (Some(l), SendAction::Update) if !forced => Some(
+                sync.fields
+                    .iter()
+                    .filter(|p| p.direction.to_external())
+                    .filter(|p| values.get(&p.local) != l.base.get(&p.local))
+                    .map(|p| p.external.to_string())
+                    .collect(),
+            ),
+            _ => None,
+        };
         let memory = SyncMemory {
             engine: self,
             code: sync.code.as_str(),
@@ -332,6 +345,7 @@ impl Engine {
                     // The same for every attempt of this entry: a redelivery after a crash
                     // between sending and recording is recognisable.
                     idempotency_key: &format!("recsync-{}-{}", entry.sync, entry.id),
+                    changed: changed.as_deref(),
                 },
                 &mapped,
             )

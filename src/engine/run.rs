@@ -269,6 +269,7 @@ impl Engine {
         let action = match (item.label, item.action) {
             (Some(label), _) => super::label_action(label),
             (None, PullAction::Delete) => LogAction::Delete,
+            (None, PullAction::Unlink) => LogAction::Unlink,
             (None, PullAction::Update) => LogAction::Update,
             (None, PullAction::Insert) => LogAction::Create,
         };
@@ -367,7 +368,7 @@ impl Engine {
             let run_started = std::time::Instant::now();
             let mut counts = RunCounts::default();
             let mut outcome = engine
-                .pull(&code, run_id, trigger, &mut counts, &progress_tx)
+                .pull(&code, run_id, trigger, full, &mut counts, &progress_tx)
                 .await;
             if outcome.is_ok() && !engine.is_stopping() {
                 outcome = engine.push(&code, run_id, full, &mut counts).await;
@@ -443,6 +444,7 @@ impl Engine {
         code: &str,
         run_id: i64,
         trigger: Trigger,
+        full: bool,
         counts: &mut RunCounts,
         progress: &tokio::sync::watch::Sender<RunCounts>,
     ) -> Result<(), RunStop> {
@@ -471,6 +473,7 @@ impl Engine {
         };
         let start = PullStart {
             notified_at: self.notify_lag.lock().expect("lag lock").remove(code),
+            full,
         };
         let failed = |e: PullError| RunStop::Failed(e.to_string());
         let mut puller = connector
@@ -572,8 +575,8 @@ impl Engine {
                     relabel: item.label.map(super::label_action),
                     ..ctx.clone()
                 };
-                if item.action == PullAction::Delete {
-                    deletes.push((n, id.clone(), ctx));
+                if matches!(item.action, PullAction::Delete | PullAction::Unlink) {
+                    deletes.push((n, id.clone(), item.action == PullAction::Unlink, ctx));
                 } else {
                     let mut values = item.values.clone();
                     values
@@ -588,11 +591,13 @@ impl Engine {
                 .into_iter()
                 .map(|(n, id, payload, ctx)| (n, (id, payload, ctx)))
                 .unzip();
-            let deleted = futures_util::future::join_all(deletes.iter().map(|(_, id, ctx)| {
+            let deleted =
+                futures_util::future::join_all(deletes.iter().map(|(_, id, unlink_only, ctx)| {
                 self.apply_inbound(
                     code,
                     InboundOp::Delete {
                         external_id: id.clone(),
+                        unlink_only: *unlink_only,
                     },
                     ctx,
                 )
@@ -602,7 +607,7 @@ impl Engine {
             for (n, r) in slots.into_iter().zip(applied) {
                 results[n] = Some(r);
             }
-            for ((n, _, _), r) in deletes.iter().zip(deleted) {
+            for ((n, _, _, _), r) in deletes.iter().zip(deleted) {
                 results[*n] = Some(r);
             }
             let results = results

@@ -97,7 +97,7 @@ async fn notification(
 ) -> HttpResponse {
     let name = path.into_inner();
     if !is_dropbox(&state, &name) {
-        crate::metrics::dropbox_notification(&name, "unknown_service");
+        crate::metrics::notification("dropbox", &name, "unknown_service");
         return text(StatusCode::NOT_FOUND, "no Dropbox web service by that name");
     }
     let bytes = match read_limited(&req, body, NOTIFICATION_LIMIT).await {
@@ -122,7 +122,7 @@ async fn notification(
     match state.engine.notified(&name, call) {
         Some(Notice::Changed) => text(StatusCode::OK, ""),
         Some(Notice::Refused(why)) => {
-            crate::metrics::dropbox_notification(&name, "bad_signature");
+            crate::metrics::notification("dropbox", &name, "bad_signature");
             tracing::warn!(web_service = %name, "Refused a Dropbox notification with a missing or wrong signature");
             text(StatusCode::FORBIDDEN, why)
         }

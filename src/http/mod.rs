@@ -6,6 +6,7 @@ pub mod body;
 pub mod changes;
 pub mod dropbox;
 pub mod metrics;
+pub mod odoo;
 pub mod openapi;
 pub mod state;
 pub mod sync;
@@ -139,6 +140,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     changes::routes(cfg);
     metrics::routes(cfg);
     dropbox::routes(cfg);
+    odoo::routes(cfg);
 }
 
 /// Liveness: the process answers.

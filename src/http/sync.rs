@@ -354,6 +354,7 @@ async fn handle(
     let op = match &kind {
         Kind::Delete(id) => InboundOp::Delete {
             external_id: id.clone(),
+            unlink_only: false,
         },
         Kind::Create | Kind::Update(_) => {
             let values = match parse_values(&bytes) {

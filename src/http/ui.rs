@@ -136,6 +136,13 @@ async fn config_summary(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
                         "api_url": Some(d.api_url.as_ref().map(location)
                             .unwrap_or_else(|| "https://api.dropboxapi.com".into())),
                     }),
+                    ServiceSpec::Odoo(o) => json!({
+                        "name": w.name, "kind": "odoo", "active": w.active,
+                        "url": location(&o.url),
+                        "database": o.database,
+                        "protocol": o.protocol.as_str(),
+                        "timeout_ms": o.timeout.as_millis() as u64,
+                    }),
                 })
                 .collect();
             let syncs: Vec<_> = plan

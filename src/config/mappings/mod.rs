@@ -35,7 +35,7 @@ pub const FIELD_KEYS: [&str; 6] = [
     "description",
     "secret",
 ];
-pub const EXT_MODEL_KEYS: [&str; 7] = [
+pub const EXT_MODEL_KEYS: [&str; 10] = [
     "name",
     "kind",
     "description",
@@ -43,6 +43,44 @@ pub const EXT_MODEL_KEYS: [&str; 7] = [
     "root",
     "recursive",
     "pattern",
+    "odoo_model",
+    "domain",
+    "archived",
+];
+/// The keys of an Odoo external model's field.
+pub const ODOO_FIELD_KEYS: [&str; 5] = ["type", "relation", "required", "readonly", "description"];
+/// Odoo's field types, as `fields_get` names them.
+pub const ODOO_TYPES: [&str; 16] = [
+    "char",
+    "text",
+    "html",
+    "integer",
+    "float",
+    "monetary",
+    "boolean",
+    "date",
+    "datetime",
+    "selection",
+    "many2one",
+    "one2many",
+    "many2many",
+    "binary",
+    "json",
+    "properties",
+];
+pub const ODOO_KEYS: [&str; 12] = [
+    "kind",
+    "description",
+    "url",
+    "database",
+    "login",
+    "api_key",
+    "protocol",
+    "webhook_token",
+    "timeout",
+    "max_concurrency",
+    "overlap",
+    "active",
 ];
 pub const REST_KEYS: [&str; 9] = [
     "kind",
@@ -74,7 +112,7 @@ pub const AUTH_KEYS: [&str; 7] = [
     "token",
     "description",
 ];
-pub const SYNC_KEYS: [&str; 18] = [
+pub const SYNC_KEYS: [&str; 19] = [
     "name",
     "description",
     "model",
@@ -93,6 +131,7 @@ pub const SYNC_KEYS: [&str; 18] = [
     "active",
     "fields",
     "endpoints",
+    "delete_mode",
 ];
 pub const PAIR_KEYS: [&str; 6] = [
     "local",
@@ -295,8 +334,14 @@ fn kind_of(t: &Table, diags: &mut Diagnostics) -> Option<ServiceKind> {
         Some(s) => match s.value {
             "rest" => Some(ServiceKind::Rest),
             "dropbox" => Some(ServiceKind::Dropbox),
+            "odoo" => Some(ServiceKind::Odoo),
             other => {
-                diags.push(unknown_name("kind", other, s.span, &["rest", "dropbox"]));
+                diags.push(unknown_name(
+                    "kind",
+                    other,
+                    s.span,
+                    &["rest", "dropbox", "odoo"],
+                ));
                 None
             }
         },

@@ -82,6 +82,42 @@ pub(super) fn compile_pair(
                 (None, None)
             }
         },
+        Some(s) if ext.odoo.is_some() && s.value.contains('.') => {
+            let odoo = ext.odoo.as_ref().expect("checked");
+            let (rel, sub) = OdooModel::related(s.value).expect("has a dot");
+            match odoo.fields.get(rel) {
+                Some(f) if f.relation.is_some() && !sub.is_empty() && !sub.contains('.') => {
+                    (Some(ExternalField::Name(s.value.to_string())), None)
+                }
+                Some(_) => {
+                    diags.push(
+                        Diagnostic::error(
+                            format!(
+                                "`{}` is not a relational field of `{}` with one related field after the dot",
+                                rel, odoo.model
+                            ),
+                            s.span.clone(),
+                            "not a related field",
+                        )
+                        .with_help("a related field names a many2one or many2many field and one field of the model it points to, such as `country_id.code`"),
+                    );
+                    (None, None)
+                }
+                None => {
+                    let names: Vec<&str> = odoo.fields.keys().map(String::as_str).collect();
+                    diags.push(with_choices(
+                        Diagnostic::error(
+                            format!("unknown field `{rel}` on external model `{}`", ext.name),
+                            s.span.clone(),
+                            "not an external field",
+                        ),
+                        rel,
+                        &names,
+                    ));
+                    (None, None)
+                }
+            }
+        }
         Some(s) => match ext.fields.get(s.value) {
             Some(ty) => (
                 Some(ExternalField::Name(s.value.to_string())),

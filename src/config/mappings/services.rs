@@ -29,18 +29,7 @@ pub(super) fn compile_web_service(d: &Decl<'_>, diags: &mut Diagnostics) -> Opti
                 Some((at, span)) => compile_auth(at, &span, diags)?,
             };
             let timeout = duration_of(t, "timeout", diags).unwrap_or(Duration::from_secs(30));
-            let max_concurrency = match int_of(t, "max_concurrency", diags) {
-                None => 8,
-                Some((n, _)) if (1..=1024).contains(&n) => n as usize,
-                Some((_, span)) => {
-                    diags.push(Diagnostic::error(
-                        "`max_concurrency` must be between 1 and 1024",
-                        span,
-                        "out of range",
-                    ));
-                    8
-                }
-            };
+            let max_concurrency = max_concurrency_of(t, 8, diags);
             ServiceSpec::Rest(RestService {
                 url,
                 confirmation_url,
@@ -72,8 +61,70 @@ pub(super) fn compile_web_service(d: &Decl<'_>, diags: &mut Diagnostics) -> Opti
                 api_url,
             })
         }
+        ServiceKind::Odoo => {
+            check_keys(t, &ODOO_KEYS, diags);
+            let url = required_str(t, "url", &d.key.span, &what, diags)
+                .and_then(|s| check_url("url", &s, diags));
+            let api_key = required_str(t, "api_key", &d.key.span, &what, diags).map(|s| secret(&s));
+            let database = str_of(t, "database", diags).map(|s| s.value.to_string());
+            let login = str_of(t, "login", diags).map(|s| s.value.to_string());
+            let protocol = enum_of(
+                t,
+                "protocol",
+                OdooProtocol::parse,
+                &["auto", "json2", "jsonrpc"],
+                diags,
+            )
+            .flatten()
+            .unwrap_or(OdooProtocol::Auto);
+            if protocol == OdooProtocol::JsonRpc {
+                for key in ["database", "login"] {
+                    if entry(t, key).is_none() {
+                        diags.push(
+                            Diagnostic::error(
+                                format!("{what} speaks JSON-RPC and needs `{key}`"),
+                                d.key.span.clone(),
+                                format!("no `{key}`"),
+                            )
+                            .with_help("JSON-RPC logs in with the database, the login and the key"),
+                        );
+                    }
+                }
+            }
+            let webhook_token = str_of(t, "webhook_token", diags).map(|s| secret(&s));
+            let timeout = duration_of(t, "timeout", diags).unwrap_or(Duration::from_secs(30));
+            let max_concurrency = max_concurrency_of(t, 4, diags);
+            let overlap = duration_of(t, "overlap", diags).unwrap_or(Duration::from_secs(300));
+            ServiceSpec::Odoo(OdooService {
+                url: url?,
+                database,
+                login,
+                api_key: api_key?,
+                protocol,
+                webhook_token,
+                timeout,
+                max_concurrency,
+                overlap,
+            })
+        }
     };
     ok_name.then_some(WebService { name, spec, active })
+}
+
+/// Calls in flight to the service, all syncs together: 1 to 1024.
+fn max_concurrency_of(t: &Table, default: usize, diags: &mut Diagnostics) -> usize {
+    match int_of(t, "max_concurrency", diags) {
+        None => default,
+        Some((n, _)) if (1..=1024).contains(&n) => n as usize,
+        Some((_, span)) => {
+            diags.push(Diagnostic::error(
+                "`max_concurrency` must be between 1 and 1024",
+                span,
+                "out of range",
+            ));
+            default
+        }
+    }
 }
 
 pub(super) fn compile_auth(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<Auth> {

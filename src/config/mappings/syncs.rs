@@ -93,11 +93,11 @@ pub(super) fn compile_sync(
     let endpoints = match array_of(t, "endpoints", diags) {
         None => Vec::new(),
         Some((items, span)) => {
-            if ext.is_some_and(|e| e.kind == ServiceKind::Dropbox) {
+            if let Some(e) = ext.filter(|e| e.kind != ServiceKind::Rest) {
                 diags.push(Diagnostic::error(
                     "`endpoints` only apply to REST web services",
                     span,
-                    "Dropbox syncs write through the Dropbox API",
+                    format!("{} syncs write through their own API", e.kind.as_str()),
                 ));
                 Vec::new()
             } else {
@@ -105,6 +105,8 @@ pub(super) fn compile_sync(
             }
         }
     };
+
+    let delete_mode = delete_mode_of(t, ext, diags);
 
     if let (Some(dir), Some(mode), Some(w)) = (direction, mode, ws) {
         let dir_span = direction_item
@@ -134,7 +136,31 @@ pub(super) fn compile_sync(
         active,
         fields,
         endpoints,
+        delete_mode,
     })
+}
+
+/// `delete_mode`: `delete` (the default) or `archive`, which only Odoo can do.
+fn delete_mode_of(t: &Table, ext: Option<&ExternalModel>, diags: &mut Diagnostics) -> DeleteMode {
+    let parse = |s: &str| match s {
+        "delete" => Some(DeleteMode::Delete),
+        "archive" => Some(DeleteMode::Archive),
+        _ => None,
+    };
+    let mode = enum_of(t, "delete_mode", parse, &["delete", "archive"], diags)
+        .flatten()
+        .unwrap_or(DeleteMode::Delete);
+    if let (DeleteMode::Archive, Some(e)) = (mode, ext)
+        && e.kind != ServiceKind::Odoo
+    {
+        let (_, item) = entry(t, "delete_mode").expect("read above");
+        diags.push(Diagnostic::error(
+            format!("{} external models cannot archive records", e.kind.as_str()),
+            item.span.clone(),
+            "only Odoo syncs can use delete_mode = \"archive\"",
+        ));
+    }
+    mode
 }
 
 /// The model, external model and web service a sync names, each checked to exist, and the
@@ -300,6 +326,14 @@ fn external_ref_of(
     diags: &mut Diagnostics,
 ) -> Option<String> {
     match (str_of(t, "external_ref", diags), ext) {
+        (Some(s), Some(e)) if e.kind == ServiceKind::Odoo && s.value != "id" => {
+            diags.push(Diagnostic::error(
+                format!("Odoo records are identified by `id`, not `{}`", s.value),
+                s.span.clone(),
+                "use external_ref = \"id\" (the default)",
+            ));
+            None
+        }
         (Some(s), Some(e)) => {
             if !e.fields.contains_key(s.value) {
                 let names: Vec<&str> = e.fields.keys().map(String::as_str).collect();
@@ -315,7 +349,9 @@ fn external_ref_of(
             }
             Some(s.value.to_string())
         }
-        (None, Some(e)) if e.kind == ServiceKind::Dropbox => Some("id".to_string()),
+        (None, Some(e)) if matches!(e.kind, ServiceKind::Dropbox | ServiceKind::Odoo) => {
+            Some("id".to_string())
+        }
         (None, _) if entry(t, "external_ref").is_none() => {
             diags.push(
                 Diagnostic::error(
@@ -410,6 +446,7 @@ mod tests {
             kind,
             fields: [("uid".to_string(), FieldType::Char)].into_iter().collect(),
             dropbox: None,
+            odoo: None,
         }
     }
 

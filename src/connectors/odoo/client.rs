@@ -1,4 +1,4 @@
-//! Odoo's external API, as the Odoo connector will use it: one client over JSON-2
+//! Odoo's external API, as the Odoo connector uses it: one client over JSON-2
 //! (`POST /json/2/<model>/<method>`, bearer key, `X-Odoo-Database`, named arguments; Odoo 19 and
 //! later) and JSON-RPC (`POST /jsonrpc`, `common.authenticate` then `object.execute_kw`; Odoo 14
 //! to 18), chosen by `GET /web/version` when the protocol is `auto`. Transient failures (network,
@@ -20,24 +20,7 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// The largest answer read.
 const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
-/// Which external protocol to speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// Ask `GET /web/version` once: JSON-2 from Odoo 19 on, JSON-RPC before.
-    Auto,
-    Json2,
-    JsonRpc,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Auto => "auto",
-            Protocol::Json2 => "json2",
-            Protocol::JsonRpc => "jsonrpc",
-        }
-    }
-}
+pub use crate::domain::plan::OdooProtocol as Protocol;
 
 /// Where and how to reach one Odoo database.
 #[derive(Debug, Clone)]
@@ -138,6 +121,15 @@ impl OdooClient {
         let session = Session { protocol, uid };
         *s = Some(session.clone());
         Ok(session)
+    }
+
+    /// Logs in and makes one harmless call (`res.users.context_get`), to prove the
+    /// configuration works; answers the protocol spoken.
+    pub async fn check(&self) -> Result<Protocol, OdooError> {
+        let protocol = self.protocol().await?;
+        self.call("res.users", "context_get", None, Map::new())
+            .await?;
+        Ok(protocol)
     }
 
     /// The server's major version, from `GET /web/version` (JSON-RPC `common.version` when

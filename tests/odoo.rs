@@ -1,0 +1,496 @@
+//! Odoo end to end, over real HTTP, through the fake Odoo and the real app (SQLite, or
+//! PostgreSQL when `RECSYNC_TEST_DATABASE_URL` is set): a bidirectional sync of `res.partner`
+//! with its country by code and its tags by name, pulled in pages; edits on both sides; a
+//! conflict; an archive; a hard delete found by a full run; a record committed late by a long
+//! transaction, picked up by the overlap; an update brought by an automation-rule webhook; and
+//! the hub fan-out of what comes from Odoo to a `rest` peer sync of the same local model.
+
+mod common;
+
+use common::eventually;
+use common::harness::{ADMIN_KEY, Harness, Tweaks};
+use recsync::peer::odoo::{FakeOdoo, OdooFaults, OdooOptions, OdooState};
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+const HOOK_TOKEN: &str = "odoo-hook-token-0123456789";
+
+/// Local partners, countries and tags; an Odoo web service (`@ODOO@`); the Odoo sync, and a
+/// `rest` sync that sends the same partners to the reference peer.
+const MAPPING: &str = r#"
+[models.country]
+display = "name"
+fields = { name = "char", code = { type = "char", required = true } }
+
+[models.tag]
+display = "name"
+fields = { name = { type = "char", required = true } }
+
+[models.partner]
+display = "name"
+[models.partner.fields]
+name    = { type = "char", required = true }
+email   = "char"
+phone   = "char"
+country = { type = "many2one", model = "country" }
+tags    = { type = "many2many", model = "tag" }
+
+[web_services.odoo]
+kind = "odoo"
+url = "@ODOO@"
+database = "fake"
+login = "admin"
+api_key = "fake-odoo-api-key-0123456789"
+protocol = "@PROTOCOL@"
+webhook_token = "odoo-hook-token-0123456789"
+overlap = "15m"
+
+[external_models.odoo_partner]
+kind = "odoo"
+odoo_model = "res.partner"
+domain = [["is_company", "=", false]]
+archived = "unlink"
+[external_models.odoo_partner.fields]
+name        = "char"
+email       = "char"
+phone       = "char"
+country_id  = { type = "many2one", relation = "res.country" }
+category_id = { type = "many2many", relation = "res.partner.category" }
+write_date  = "datetime"
+
+[syncs.ODP]
+model = "partner"
+external_model = "odoo_partner"
+web_service = "odoo"
+direction = "bidirectional"
+mode = "cron"
+every = "1h"
+priority = "external"
+propagate_deletes = true
+limit = 2
+fields = [
+  { local = "name",    external = "name" },
+  { local = "email",   external = "email" },
+  { local = "phone",   external = "phone" },
+  { local = "country", external = "country_id.code", ref_field = "code" },
+  { local = "tags",    external = "category_id.name", ref_field = "name" },
+]
+
+[web_services.partners_peer]
+shipping_url = "@PEER@/api/partners/ship"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+
+[external_models.peer_partner]
+fields = { unique_id = "char", name = "char", email = "char" }
+
+[syncs.PPR]
+model = "partner"
+external_model = "peer_partner"
+web_service = "partners_peer"
+direction = "to_external"
+mode = "realtime"
+external_ref = "unique_id"
+fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
+"#;
+
+struct Env {
+    h: Harness,
+    odoo: Arc<OdooState>,
+    odoo_url: String,
+    /// Local ids of the seeded countries and tags, by code and name.
+    countries: std::collections::BTreeMap<String, i64>,
+    tags: std::collections::BTreeMap<String, i64>,
+}
+
+async fn start(version: &str, protocol: &str) -> Env {
+    let fake = FakeOdoo::bind(OdooOptions {
+        version: version.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let odoo_url = fake.url();
+    let odoo = fake.state.clone();
+    tokio::spawn(fake.run());
+    let h = Harness::with(Tweaks {
+        extra_mapping: MAPPING
+            .replace("@ODOO@", &odoo_url)
+            .replace("@PROTOCOL@", protocol),
+        ..Default::default()
+    })
+    .await;
+    let mut countries = std::collections::BTreeMap::new();
+    for (name, code) in [("Belgium", "BE"), ("France", "FR"), ("Spain", "ES")] {
+        countries.insert(
+            code.to_string(),
+            create_local(&h, "country", json!({"name": name, "code": code})).await,
+        );
+    }
+    let mut tags = std::collections::BTreeMap::new();
+    for name in ["Customer", "Supplier", "VIP"] {
+        tags.insert(
+            name.to_string(),
+            create_local(&h, "tag", json!({ "name": name })).await,
+        );
+    }
+    Env {
+        h,
+        odoo,
+        odoo_url,
+        countries,
+        tags,
+    }
+}
+
+async fn create_local(h: &Harness, model: &str, values: Value) -> i64 {
+    let r = h
+        .client
+        .post(h.url(&format!("/api/v1/models/{model}/records")))
+        .header("X-Api-Key", ADMIN_KEY)
+        .json(&values)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "create {model}: {}", r.text().await.unwrap());
+    r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+}
+
+/// Odoo's id of a country by code, and of a tag by name.
+fn odoo_id(odoo: &OdooState, model: &str, field: &str, value: &str) -> i64 {
+    *odoo
+        .records(model)
+        .iter()
+        .find(|(_, r)| r.get(field) == Some(&json!(value)))
+        .unwrap_or_else(|| panic!("{model} {field} = {value}"))
+        .0
+}
+
+/// The local partner linked to an Odoo id.
+async fn local_of(e: &Env, odoo_id: i64) -> Option<Map<String, Value>> {
+    let link = e.h.link("ODP", &odoo_id.to_string()).await?;
+    let rec = e
+        .h
+        .engine
+        .store
+        .get_record("partner", link.local_id)
+        .await
+        .unwrap()?;
+    (!rec.deleted).then_some(rec.values)
+}
+
+fn local_partners(e: &Env) -> impl std::future::Future<Output = Vec<recsync::store::Record>> + '_ {
+    async move {
+        e.h.engine
+            .store
+            .records_after("partner", 0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| !r.deleted)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_partner_sync_with_odoo_keeps_both_sides_in_step() {
+    let e = start("19.0", "auto").await;
+    let (be, fr) = (
+        odoo_id(&e.odoo, "res.country", "code", "BE"),
+        odoo_id(&e.odoo, "res.country", "code", "FR"),
+    );
+    let (customer, vip) = (
+        odoo_id(&e.odoo, "res.partner.category", "name", "Customer"),
+        odoo_id(&e.odoo, "res.partner.category", "name", "VIP"),
+    );
+    let mut ids = Vec::new();
+    for k in 1..=5 {
+        ids.push(
+            e.odoo
+                .create(
+                    "res.partner",
+                    json!({
+                        "name": format!("Client {k}"),
+                        "email": format!("client{k}@example.com"),
+                        "country_id": if k % 2 == 0 { be } else { fr },
+                        "category_id": [[6, 0, if k == 1 { vec![customer, vip] } else { vec![customer] }]],
+                    }),
+                )
+                .unwrap(),
+        );
+    }
+    // A company: outside the Odoo-side domain.
+    let company = e
+        .odoo
+        .create("res.partner", json!({"name": "Acme SA", "is_company": true}))
+        .unwrap();
+
+    // First run: every contact (the fake's admin partner too), in pages of two.
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.status, "success", "{:?}", run.error);
+    assert_eq!(run.created, 6, "{run:?}");
+    assert!(local_of(&e, company).await.is_none(), "the company is outside the domain");
+    let c1 = local_of(&e, ids[0]).await.expect("Client 1 pulled");
+    assert_eq!(c1["name"], "Client 1");
+    assert_eq!(c1["country"], json!(e.countries["FR"]), "the country found by code");
+    let mut tags: Vec<i64> = serde_json::from_value(c1["tags"].clone()).unwrap();
+    tags.sort();
+    let mut want = vec![e.tags["Customer"], e.tags["VIP"]];
+    want.sort();
+    assert_eq!(tags, want, "the tags found by name");
+    assert_eq!(
+        local_of(&e, ids[1]).await.unwrap()["country"],
+        json!(e.countries["BE"])
+    );
+    let pages = e
+        .odoo
+        .calls()
+        .iter()
+        .filter(|(p, m, meth)| p == "json2" && m == "res.partner" && meth == "search_read")
+        .count();
+    assert!(pages >= 4, "six contacts in pages of two: {pages} reads");
+
+    // Fan-out: what came from Odoo went on to the peer's partners.
+    eventually(10, "the partners to reach the peer", || async {
+        (e.h.peer.records("partners").len() == 6).then_some(())
+    })
+    .await;
+
+    // A second run reads the overlap again and changes nothing: no row, no write.
+    let rows = e.h.changes("ODP").await.len();
+    let run = e.h.run("ODP").await;
+    assert!(run.pulled >= 6, "the overlap is read again: {run:?}");
+    assert_eq!((run.created, run.updated, run.failed), (0, 0, 0), "{run:?}");
+    assert_eq!(e.h.changes("ODP").await.len(), rows, "no row for unchanged records");
+
+    // An edit in Odoo comes in.
+    e.odoo
+        .write("res.partner", ids[1], json!({"email": "new2@example.com"}))
+        .unwrap();
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.updated, 1, "{run:?}");
+    assert_eq!(
+        local_of(&e, ids[1]).await.unwrap()["email"],
+        "new2@example.com"
+    );
+
+    // A local edit goes out with the changed fields only, the country as Odoo's id.
+    let l3 = e.h.link("ODP", &ids[2].to_string()).await.unwrap().local_id;
+    e.h.patch_record(
+        "partner",
+        l3,
+        json!({"phone": "+32 2 555 01 03", "country": e.countries["BE"]}),
+    )
+    .await;
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.pushed, 1, "{run:?}");
+    let r3 = &e.odoo.records("res.partner")[&ids[2]];
+    assert_eq!(r3["phone"], "+32 2 555 01 03");
+    assert_eq!(r3["country_id"], json!(be));
+    let sent = e
+        .h
+        .changes("ODP")
+        .await
+        .into_iter()
+        .find(|c| c.direction == "local_to_external" && c.local_id == Some(l3))
+        .expect("the write is logged");
+    assert_eq!(
+        sent.destination_values,
+        json!({"phone": "+32 2 555 01 03", "country_id": be}),
+        "only what changed is written"
+    );
+
+    // A conflict: both sides change the email; Odoo wins (priority external), logged.
+    let l4 = e.h.link("ODP", &ids[3].to_string()).await.unwrap().local_id;
+    e.odoo
+        .write("res.partner", ids[3], json!({"email": "odoo@example.com"}))
+        .unwrap();
+    e.h.patch_record("partner", l4, json!({"email": "local@example.com"}))
+        .await;
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.conflicts, 1, "{run:?}");
+    assert_eq!(
+        local_of(&e, ids[3]).await.unwrap()["email"],
+        "odoo@example.com"
+    );
+    assert_eq!(
+        e.odoo.records("res.partner")[&ids[3]]["email"],
+        "odoo@example.com"
+    );
+    assert!(
+        e.h.changes("ODP")
+            .await
+            .iter()
+            .any(|c| c.action == "conflict" && c.local_id == Some(l4)),
+        "the conflict is logged"
+    );
+
+    // A record committed late by a long transaction: its write_date is older than the
+    // cursor, and the overlap still finds it.
+    let cursor = e
+        .h
+        .engine
+        .store
+        .sync_state("ODP")
+        .await
+        .unwrap()
+        .and_then(|s| s.cursor)
+        .expect("a cursor");
+    e.odoo.set_faults(OdooFaults {
+        backdate_next: 600,
+        ..Default::default()
+    });
+    e.odoo
+        .write("res.partner", ids[4], json!({"phone": "late"}))
+        .unwrap();
+    let late = e.odoo.records("res.partner")[&ids[4]]["write_date"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        late < cursor,
+        "the late record ({late}) is older than the cursor ({cursor})"
+    );
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.updated, 1, "{run:?}");
+    assert_eq!(local_of(&e, ids[4]).await.unwrap()["phone"], "late");
+
+    // Archived in Odoo: the link ends and the local record stays.
+    let l2 = e.h.link("ODP", &ids[1].to_string()).await.unwrap().local_id;
+    e.odoo.set_active("res.partner", ids[1], false).unwrap();
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.unlinked, 1, "{run:?}");
+    assert!(e.h.link("ODP", &ids[1].to_string()).await.is_none());
+    let kept = e.h.engine.store.get_record("partner", l2).await.unwrap().unwrap();
+    assert!(!kept.deleted, "an archive only unlinks");
+    let rows = e.h.changes("ODP").await.len();
+    let run = e.h.run("ODP").await;
+    assert_eq!((run.unlinked, run.failed), (0, 0), "{run:?}");
+    assert_eq!(e.h.changes("ODP").await.len(), rows, "the archive is seen once");
+
+    // Deleted for good in Odoo: nothing reports it, a full run finds it.
+    let l1 = e.h.link("ODP", &ids[0].to_string()).await.unwrap().local_id;
+    e.odoo.unlink("res.partner", ids[0]).unwrap();
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.deleted, 0, "an incremental run cannot see a hard delete");
+    let run = e.h.run_with("ODP", "?full=true").await;
+    assert_eq!(run.deleted, 1, "{run:?}");
+    assert!(
+        e.h.engine.store.get_record("partner", l1).await.unwrap().is_none_or(|r| r.deleted),
+        "the local partner is deleted (propagate_deletes)"
+    );
+    assert!(
+        e.h.changes("ODP")
+            .await
+            .iter()
+            .any(|c| c.action == "delete" && c.local_id == Some(l1) && c.direction == "external_to_local")
+    );
+
+    // A local partner is created in Odoo, linked to the id Odoo gives it.
+    let new = create_local(
+        &e.h,
+        "partner",
+        json!({"name": "Local Only", "email": "local-only@example.com",
+               "country": e.countries["ES"], "tags": [e.tags["Supplier"]]}),
+    )
+    .await;
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.pushed, 1, "{run:?}");
+    let (oid, rec) = e
+        .odoo
+        .records("res.partner")
+        .into_iter()
+        .find(|(_, r)| r["name"] == "Local Only")
+        .expect("created in Odoo");
+    assert_eq!(rec["country_id"], json!(odoo_id(&e.odoo, "res.country", "code", "ES")));
+    assert_eq!(
+        rec["category_id"],
+        json!([odoo_id(&e.odoo, "res.partner.category", "name", "Supplier")])
+    );
+    assert_eq!(e.h.link("ODP", &oid.to_string()).await.unwrap().local_id, new);
+    let rows = e.h.changes("ODP").await.len();
+    let run = e.h.run("ODP").await;
+    assert_eq!((run.created, run.updated), (0, 0), "the echo of the create is not a change");
+    assert_eq!(e.h.changes("ODP").await.len(), rows);
+
+    // A local delete deletes in Odoo.
+    let r = e
+        .h
+        .client
+        .delete(e.h.url(&format!("/api/v1/models/partner/records/{new}")))
+        .header("X-Api-Key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    e.h.run("ODP").await;
+    assert!(!e.odoo.records("res.partner").contains_key(&oid), "unlinked in Odoo");
+
+    // Real time from Odoo: the webhook, checked by token, re-reads the record.
+    e.odoo
+        .write("res.partner", ids[2], json!({"name": "Client 3 (hooked)"}))
+        .unwrap();
+    let hook = |token: &str| {
+        e.h.client
+            .post(e.h.url(&format!("/webhooks/odoo/odoo?token={token}")))
+            .json(&json!({"_model": "res.partner", "_id": ids[2], "_action": "Send Webhook Notification(#7)"}))
+            .send()
+    };
+    let before = e.h.engine.store.runs(Some("ODP"), None, 1000).await.unwrap().len();
+    let r = hook("wrong-token").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = e
+        .h
+        .client
+        .post(e.h.url("/webhooks/odoo/odoo"))
+        .json(&json!({"_model": "res.partner", "_id": ids[2]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "no token");
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(
+        e.h.engine.store.runs(Some("ODP"), None, 1000).await.unwrap().len(),
+        before,
+        "a refused call runs nothing"
+    );
+    assert_eq!(local_of(&e, ids[2]).await.unwrap()["name"], "Client 3");
+    for _ in 0..5 {
+        let r = hook(HOOK_TOKEN).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    eventually(10, "the webhook's update to arrive", || async {
+        (local_of(&e, ids[2]).await?["name"] == "Client 3 (hooked)").then_some(())
+    })
+    .await;
+    eventually(10, "the webhook round to settle", || async {
+        e.h.engine.notifications_settled().then_some(())
+    })
+    .await;
+    let runs = e.h.engine.store.runs(Some("ODP"), None, 1000).await.unwrap();
+    let hooked = runs.iter().filter(|r| r.trigger == "webhook").count();
+    assert!(
+        (1..=2).contains(&hooked),
+        "five calls in a burst share their run: {hooked} runs"
+    );
+    // And the peer heard of the rename through the fan-out.
+    eventually(10, "the rename to reach the peer", || async {
+        e.h.peer
+            .records("partners")
+            .values()
+            .any(|r| r["name"] == "Client 3 (hooked)")
+            .then_some(())
+    })
+    .await;
+
+    // No local copy was ever made.
+    let names: Vec<String> = local_partners(&e)
+        .await
+        .iter()
+        .map(|r| r.values["name"].as_str().unwrap().to_string())
+        .collect();
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "{names:?}");
+    let _ = &e.odoo_url;
+    e.h.stop().await;
+}
