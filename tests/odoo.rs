@@ -150,7 +150,12 @@ async fn create_local(h: &Harness, model: &str, values: Value) -> i64 {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 201, "create {model}: {}", r.text().await.unwrap());
+    assert_eq!(
+        r.status(),
+        201,
+        "create {model}: {}",
+        r.text().await.unwrap()
+    );
     r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
 }
 
@@ -167,13 +172,12 @@ fn odoo_id(odoo: &OdooState, model: &str, field: &str, value: &str) -> i64 {
 /// The local partner linked to an Odoo id.
 async fn local_of(e: &Env, odoo_id: i64) -> Option<Map<String, Value>> {
     let link = e.h.link("ODP", &odoo_id.to_string()).await?;
-    let rec = e
-        .h
-        .engine
-        .store
-        .get_record("partner", link.local_id)
-        .await
-        .unwrap()?;
+    let rec =
+        e.h.engine
+            .store
+            .get_record("partner", link.local_id)
+            .await
+            .unwrap()?;
     (!rec.deleted).then_some(rec.values)
 }
 
@@ -220,17 +224,34 @@ async fn a_partner_sync_with_odoo_keeps_both_sides_in_step() {
     // A company: outside the Odoo-side domain.
     let company = e
         .odoo
-        .create("res.partner", json!({"name": "Acme SA", "is_company": true}))
+        .create(
+            "res.partner",
+            json!({"name": "Acme SA", "is_company": true}),
+        )
         .unwrap();
 
     // First run: every contact (the fake's admin partner too), in pages of two.
     let run = e.h.run("ODP").await;
-    assert_eq!(run.status, "success", "{:?}", run.error);
+    let errors: Vec<String> =
+        e.h.changes("ODP")
+            .await
+            .into_iter()
+            .filter(|c| c.status == "failed")
+            .map(|c| c.error_message)
+            .collect();
+    assert_eq!(run.status, "success", "{:?}: {errors:?}", run.error);
     assert_eq!(run.created, 6, "{run:?}");
-    assert!(local_of(&e, company).await.is_none(), "the company is outside the domain");
+    assert!(
+        local_of(&e, company).await.is_none(),
+        "the company is outside the domain"
+    );
     let c1 = local_of(&e, ids[0]).await.expect("Client 1 pulled");
     assert_eq!(c1["name"], "Client 1");
-    assert_eq!(c1["country"], json!(e.countries["FR"]), "the country found by code");
+    assert_eq!(
+        c1["country"],
+        json!(e.countries["FR"]),
+        "the country found by code"
+    );
     let mut tags: Vec<i64> = serde_json::from_value(c1["tags"].clone()).unwrap();
     tags.sort();
     let mut want = vec![e.tags["Customer"], e.tags["VIP"]];
@@ -259,7 +280,11 @@ async fn a_partner_sync_with_odoo_keeps_both_sides_in_step() {
     let run = e.h.run("ODP").await;
     assert!(run.pulled >= 6, "the overlap is read again: {run:?}");
     assert_eq!((run.created, run.updated, run.failed), (0, 0, 0), "{run:?}");
-    assert_eq!(e.h.changes("ODP").await.len(), rows, "no row for unchanged records");
+    assert_eq!(
+        e.h.changes("ODP").await.len(),
+        rows,
+        "no row for unchanged records"
+    );
 
     // An edit in Odoo comes in.
     e.odoo
@@ -285,13 +310,12 @@ async fn a_partner_sync_with_odoo_keeps_both_sides_in_step() {
     let r3 = &e.odoo.records("res.partner")[&ids[2]];
     assert_eq!(r3["phone"], "+32 2 555 01 03");
     assert_eq!(r3["country_id"], json!(be));
-    let sent = e
-        .h
-        .changes("ODP")
-        .await
-        .into_iter()
-        .find(|c| c.direction == "local_to_external" && c.local_id == Some(l3))
-        .expect("the write is logged");
+    let sent =
+        e.h.changes("ODP")
+            .await
+            .into_iter()
+            .find(|c| c.direction == "local_to_external" && c.local_id == Some(l3))
+            .expect("the write is logged");
     assert_eq!(
         sent.destination_values,
         json!({"phone": "+32 2 555 01 03", "country_id": be}),
@@ -325,15 +349,14 @@ async fn a_partner_sync_with_odoo_keeps_both_sides_in_step() {
 
     // A record committed late by a long transaction: its write_date is older than the
     // cursor, and the overlap still finds it.
-    let cursor = e
-        .h
-        .engine
-        .store
-        .sync_state("ODP")
-        .await
-        .unwrap()
-        .and_then(|s| s.cursor)
-        .expect("a cursor");
+    let cursor =
+        e.h.engine
+            .store
+            .sync_state("ODP")
+            .await
+            .unwrap()
+            .and_then(|s| s.cursor)
+            .expect("a cursor");
     e.odoo.set_faults(OdooFaults {
         backdate_next: 600,
         ..Default::default()
@@ -359,30 +382,45 @@ async fn a_partner_sync_with_odoo_keeps_both_sides_in_step() {
     let run = e.h.run("ODP").await;
     assert_eq!(run.unlinked, 1, "{run:?}");
     assert!(e.h.link("ODP", &ids[1].to_string()).await.is_none());
-    let kept = e.h.engine.store.get_record("partner", l2).await.unwrap().unwrap();
+    let kept =
+        e.h.engine
+            .store
+            .get_record("partner", l2)
+            .await
+            .unwrap()
+            .unwrap();
     assert!(!kept.deleted, "an archive only unlinks");
     let rows = e.h.changes("ODP").await.len();
     let run = e.h.run("ODP").await;
     assert_eq!((run.unlinked, run.failed), (0, 0), "{run:?}");
-    assert_eq!(e.h.changes("ODP").await.len(), rows, "the archive is seen once");
+    assert_eq!(
+        e.h.changes("ODP").await.len(),
+        rows,
+        "the archive is seen once"
+    );
 
     // Deleted for good in Odoo: nothing reports it, a full run finds it.
     let l1 = e.h.link("ODP", &ids[0].to_string()).await.unwrap().local_id;
     e.odoo.unlink("res.partner", ids[0]).unwrap();
     let run = e.h.run("ODP").await;
-    assert_eq!(run.deleted, 0, "an incremental run cannot see a hard delete");
+    assert_eq!(
+        run.deleted, 0,
+        "an incremental run cannot see a hard delete"
+    );
     let run = e.h.run_with("ODP", "?full=true").await;
     assert_eq!(run.deleted, 1, "{run:?}");
     assert!(
-        e.h.engine.store.get_record("partner", l1).await.unwrap().is_none_or(|r| r.deleted),
+        e.h.engine
+            .store
+            .get_record("partner", l1)
+            .await
+            .unwrap()
+            .is_none_or(|r| r.deleted),
         "the local partner is deleted (propagate_deletes)"
     );
-    assert!(
-        e.h.changes("ODP")
-            .await
-            .iter()
-            .any(|c| c.action == "delete" && c.local_id == Some(l1) && c.direction == "external_to_local")
-    );
+    assert!(e.h.changes("ODP").await.iter().any(|c| c.action == "delete"
+        && c.local_id == Some(l1)
+        && c.direction == "external_to_local"));
 
     // A local partner is created in Odoo, linked to the id Odoo gives it.
     let new = create_local(
@@ -400,29 +438,48 @@ async fn a_partner_sync_with_odoo_keeps_both_sides_in_step() {
         .into_iter()
         .find(|(_, r)| r["name"] == "Local Only")
         .expect("created in Odoo");
-    assert_eq!(rec["country_id"], json!(odoo_id(&e.odoo, "res.country", "code", "ES")));
+    assert_eq!(
+        rec["country_id"],
+        json!(odoo_id(&e.odoo, "res.country", "code", "ES"))
+    );
     assert_eq!(
         rec["category_id"],
         json!([odoo_id(&e.odoo, "res.partner.category", "name", "Supplier")])
     );
-    assert_eq!(e.h.link("ODP", &oid.to_string()).await.unwrap().local_id, new);
+    assert_eq!(
+        e.h.link("ODP", &oid.to_string()).await.unwrap().local_id,
+        new
+    );
     let rows = e.h.changes("ODP").await.len();
     let run = e.h.run("ODP").await;
-    assert_eq!((run.created, run.updated), (0, 0), "the echo of the create is not a change");
+    assert_eq!(
+        (run.created, run.updated),
+        (0, 0),
+        "the echo of the create is not a change"
+    );
     assert_eq!(e.h.changes("ODP").await.len(), rows);
 
     // A local delete deletes in Odoo.
-    let r = e
-        .h
-        .client
-        .delete(e.h.url(&format!("/api/v1/models/partner/records/{new}")))
-        .header("X-Api-Key", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r =
+        e.h.client
+            .delete(e.h.url(&format!("/api/v1/models/partner/records/{new}")))
+            .header("X-Api-Key", ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
-    e.h.run("ODP").await;
-    assert!(!e.odoo.records("res.partner").contains_key(&oid), "unlinked in Odoo");
+    let run = e.h.run("ODP").await;
+    let last: Vec<_> =
+        e.h.changes("ODP")
+            .await
+            .into_iter()
+            .take(3)
+            .map(|c| (c.action, c.status, c.error_message, c.destination_values))
+            .collect();
+    assert!(
+        !e.odoo.records("res.partner").contains_key(&oid),
+        "unlinked in Odoo: {run:?} {last:?}"
+    );
 
     // Real time from Odoo: the webhook, checked by token, re-reads the record.
     e.odoo
@@ -434,21 +491,31 @@ async fn a_partner_sync_with_odoo_keeps_both_sides_in_step() {
             .json(&json!({"_model": "res.partner", "_id": ids[2], "_action": "Send Webhook Notification(#7)"}))
             .send()
     };
-    let before = e.h.engine.store.runs(Some("ODP"), None, 1000).await.unwrap().len();
+    let before =
+        e.h.engine
+            .store
+            .runs(Some("ODP"), None, 1000)
+            .await
+            .unwrap()
+            .len();
     let r = hook("wrong-token").await.unwrap();
     assert_eq!(r.status(), 403);
-    let r = e
-        .h
-        .client
-        .post(e.h.url("/webhooks/odoo/odoo"))
-        .json(&json!({"_model": "res.partner", "_id": ids[2]}))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        e.h.client
+            .post(e.h.url("/webhooks/odoo/odoo"))
+            .json(&json!({"_model": "res.partner", "_id": ids[2]}))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(r.status(), 403, "no token");
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     assert_eq!(
-        e.h.engine.store.runs(Some("ODP"), None, 1000).await.unwrap().len(),
+        e.h.engine
+            .store
+            .runs(Some("ODP"), None, 1000)
+            .await
+            .unwrap()
+            .len(),
         before,
         "a refused call runs nothing"
     );
@@ -465,7 +532,12 @@ async fn a_partner_sync_with_odoo_keeps_both_sides_in_step() {
         e.h.engine.notifications_settled().then_some(())
     })
     .await;
-    let runs = e.h.engine.store.runs(Some("ODP"), None, 1000).await.unwrap();
+    let runs =
+        e.h.engine
+            .store
+            .runs(Some("ODP"), None, 1000)
+            .await
+            .unwrap();
     let hooked = runs.iter().filter(|r| r.trigger == "webhook").count();
     assert!(
         (1..=2).contains(&hooked),

@@ -3,13 +3,22 @@
 
 use super::*;
 
-pub(super) async fn discover(g: &GlobalArgs, web_service: &str, resource: Option<&str>) -> ExitCode {
+pub(super) async fn discover(
+    g: &GlobalArgs,
+    web_service: &str,
+    resource: Option<&str>,
+) -> ExitCode {
     let loaded = match load(g, None) {
         Ok(l) => l,
         Err(code) => return code,
     };
     let Some(ws) = loaded.plan.web_services.get(web_service) else {
-        let names: Vec<&str> = loaded.plan.web_services.keys().map(String::as_str).collect();
+        let names: Vec<&str> = loaded
+            .plan
+            .web_services
+            .keys()
+            .map(String::as_str)
+            .collect();
         eprintln!(
             "error: no web service `{web_service}`; configured: {}",
             if names.is_empty() {

@@ -307,10 +307,6 @@ pub fn build(service: &WebService, http: &reqwest::Client) -> Arc<dyn Connector>
     match &service.spec {
         ServiceSpec::Rest(r) => Arc::new(rest::Rest::new(r.clone(), http.clone())),
         ServiceSpec::Dropbox(d) => Arc::new(dropbox::DropboxConnector::new(d)),
-        ServiceSpec::Odoo(o) => Arc::new(odoo::OdooConnector::new(
-            &service.name,
-            o,
-            http.clone(),
-        )),
+        ServiceSpec::Odoo(o) => Arc::new(odoo::OdooConnector::new(&service.name, o, http.clone())),
     }
 }

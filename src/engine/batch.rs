@@ -732,7 +732,8 @@ fn check(plan: &Plan, job: &Job) -> Result<Checked, ApplyError> {
         ));
     };
     let ext_model = &plan.external_models[&sync.external_model];
-    // Unknown external fields are refused, unless a JSONPath pair reads below them.
+    // Unknown external fields are refused, unless a JSONPath pair reads below them or a pair
+    // names them (an Odoo related field, `country_id.code`).
     let path_roots: Vec<&str> = sync
         .fields
         .iter()
@@ -741,7 +742,9 @@ fn check(plan: &Plan, job: &Job) -> Result<Checked, ApplyError> {
                 .as_str()
                 .strip_prefix("$.")
                 .and_then(|r| r.split(['.', '[']).next()),
-            crate::domain::ExternalField::Name(_) => None,
+            crate::domain::ExternalField::Name(n) => {
+                (!ext_model.fields.contains_key(n)).then_some(n.as_str())
+            }
         })
         .collect();
     let unknown: Vec<(String, String)> = fields
@@ -815,6 +818,16 @@ fn decide(
         ));
     }
     let Some(record) = current else {
+        // Deleted here, its delete not yet sent: the external side repeating what was last
+        // synced (an overlap read) does not bring the record back.
+        if let Some(l) = &link
+            && l.external_id.is_some()
+            && incoming
+                .iter()
+                .all(|(k, v)| l.base.get(k).unwrap_or(&Value::Null) == v)
+        {
+            return Ok(Intent::NoOp(l.local_id));
+        }
         let values = model.coerce_values(incoming, true).map_err(invalid)?;
         if !sync.domain.matches(&values) {
             return Ok(Intent::Skip(None, outside(sync)));

@@ -593,15 +593,15 @@ impl Engine {
                 .unzip();
             let deleted =
                 futures_util::future::join_all(deletes.iter().map(|(_, id, unlink_only, ctx)| {
-                self.apply_inbound(
-                    code,
-                    InboundOp::Delete {
-                        external_id: id.clone(),
-                        unlink_only: *unlink_only,
-                    },
-                    ctx,
-                )
-            }));
+                    self.apply_inbound(
+                        code,
+                        InboundOp::Delete {
+                            external_id: id.clone(),
+                            unlink_only: *unlink_only,
+                        },
+                        ctx,
+                    )
+                }));
             let (applied, deleted) =
                 futures_util::future::join(self.apply_upserts(code, items), deleted).await;
             for (n, r) in slots.into_iter().zip(applied) {

@@ -221,7 +221,9 @@ fn compile_odoo_field(k: &Key, item: &Item, diags: &mut Diagnostics) -> Option<O
                     ty.span.clone(),
                     "relational type",
                 )
-                .with_help("name the Odoo model it points to, such as `relation = \"res.country\"`"),
+                .with_help(
+                    "name the Odoo model it points to, such as `relation = \"res.country\"`",
+                ),
             );
             return None;
         }
@@ -263,8 +265,24 @@ fn recsync_type(ttype: &str) -> FieldType {
 
 /// Odoo's domain operators.
 const ODOO_OPERATORS: [&str; 18] = [
-    "=", "!=", "<>", "<", "<=", ">", ">=", "in", "not in", "like", "not like", "ilike",
-    "not ilike", "=like", "=ilike", "=?", "child_of", "parent_of",
+    "=",
+    "!=",
+    "<>",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "in",
+    "not in",
+    "like",
+    "not like",
+    "ilike",
+    "not ilike",
+    "=like",
+    "=ilike",
+    "=?",
+    "child_of",
+    "parent_of",
 ];
 
 /// An Odoo domain in prefix notation, checked for shape (terms are `[field, operator, value]`,
@@ -285,7 +303,12 @@ fn odoo_domain(item: &Item, diags: &mut Diagnostics) -> Vec<Value> {
                     "!" => 1,
                     "&" | "|" => 2,
                     other => {
-                        diags.push(unknown_name("domain operator", other, it.span.clone(), &["&", "|", "!"]));
+                        diags.push(unknown_name(
+                            "domain operator",
+                            other,
+                            it.span.clone(),
+                            &["&", "|", "!"],
+                        ));
                         ok = false;
                         continue;
                     }
@@ -304,9 +327,15 @@ fn odoo_domain(item: &Item, diags: &mut Diagnostics) -> Vec<Value> {
                 let op = term.get(1).map(|o| &o.node);
                 let field_ok = matches!(term.first().map(|f| &f.node), Some(Node::Str { .. }));
                 match (term.len(), op) {
-                    (3, Some(Node::Str { value, .. })) if field_ok && ODOO_OPERATORS.contains(&value.as_str()) => {}
+                    (3, Some(Node::Str { value, .. }))
+                        if field_ok && ODOO_OPERATORS.contains(&value.as_str()) => {}
                     (3, Some(Node::Str { value, .. })) if field_ok => {
-                        diags.push(unknown_name("Odoo operator", value, term[1].span.clone(), &ODOO_OPERATORS));
+                        diags.push(unknown_name(
+                            "Odoo operator",
+                            value,
+                            term[1].span.clone(),
+                            &ODOO_OPERATORS,
+                        ));
                         ok = false;
                     }
                     _ => {
@@ -324,7 +353,11 @@ fn odoo_domain(item: &Item, diags: &mut Diagnostics) -> Vec<Value> {
                 operands += 1;
             }
             _ => {
-                diags.push(wrong_type("domain", it, "a condition or \"&\", \"|\", \"!\""));
+                diags.push(wrong_type(
+                    "domain",
+                    it,
+                    "a condition or \"&\", \"|\", \"!\"",
+                ));
                 ok = false;
             }
         }

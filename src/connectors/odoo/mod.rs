@@ -308,8 +308,9 @@ impl Connector for OdooConnector {
         target: Target<'_>,
         values: &Map<String, Value>,
     ) -> Result<Sent, SendError> {
-        let odoo = model_of(sync, plan)
-            .ok_or_else(|| SendError::Permanent("the external model is not an Odoo model".into()))?;
+        let odoo = model_of(sync, plan).ok_or_else(|| {
+            SendError::Permanent("the external model is not an Odoo model".into())
+        })?;
         let _permit = self.permits.acquire().await.expect("semaphore open");
         let model = odoo.model.as_str();
         match action {
@@ -418,7 +419,9 @@ impl Connector for OdooConnector {
                 model,
                 "fields_get",
                 None,
-                kwargs(json!({"attributes": ["type", "string", "relation", "required", "readonly"]})),
+                kwargs(
+                    json!({"attributes": ["type", "string", "relation", "required", "readonly"]}),
+                ),
             )
             .await
             .map_err(|e| pull::service_error(self.name(), model, e))?;
@@ -522,7 +525,11 @@ mod tests {
         assert_eq!(ids, [3, 7]);
         h.taken.insert("A".into(), seq);
         assert!(h.since("A", "res.partner").0.is_empty());
-        assert_eq!(h.since("B", "res.partner").0, [3, 7], "another sync still sees them");
+        assert_eq!(
+            h.since("B", "res.partner").0,
+            [3, 7],
+            "another sync still sees them"
+        );
     }
 
     #[test]
@@ -533,7 +540,12 @@ mod tests {
             "country_id": {"type": "many2one", "string": "Country", "relation": "res.country"},
         });
         let block = describe_block("res.partner", &fields);
-        assert!(block.starts_with("[external_models.res_partner]\nkind = \"odoo\"\nodoo_model = \"res.partner\"\n"), "{block}");
+        assert!(
+            block.starts_with(
+                "[external_models.res_partner]\nkind = \"odoo\"\nodoo_model = \"res.partner\"\n"
+            ),
+            "{block}"
+        );
         let lines: Vec<&str> = block.lines().skip(5).collect();
         assert_eq!(
             lines,
@@ -545,8 +557,7 @@ mod tests {
         );
         let parsed: toml::Value = toml::from_str(&block).expect("valid TOML");
         assert_eq!(
-            parsed["external_models"]["res_partner"]["fields"]["country_id"]["relation"]
-                .as_str(),
+            parsed["external_models"]["res_partner"]["fields"]["country_id"]["relation"].as_str(),
             Some("res.country")
         );
     }

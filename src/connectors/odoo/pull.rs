@@ -8,9 +8,7 @@
 //! and reporting linked records that are gone.
 
 use super::{Hints, OdooClient, OdooError, from_odoo, kwargs};
-use crate::connectors::{
-    Confirmation, Memory, Page, PullAction, PullError, Pulled, Puller,
-};
+use crate::connectors::{Confirmation, Memory, Page, PullAction, PullError, Pulled, Puller};
 use crate::domain::mapping::ExternalField;
 use crate::domain::plan::{Archived, OdooModel, Sync};
 use async_trait::async_trait;
@@ -504,7 +502,13 @@ impl OdooPull {
                 )
                 .await
                 .map_err(|e| self.reading.error(e))?;
-            still.extend(found.as_array().into_iter().flatten().filter_map(Value::as_i64));
+            still.extend(
+                found
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_i64),
+            );
         }
         Ok(missing
             .into_iter()
@@ -547,11 +551,7 @@ impl Puller for OdooPull {
             Phase::Changes => {
                 let rows = self
                     .reading
-                    .read(
-                        &self.client,
-                        self.changes_domain(),
-                        Some(self.start.limit),
-                    )
+                    .read(&self.client, self.changes_domain(), Some(self.start.limit))
                     .await?;
                 let read = rows.len();
                 if let Some(last) = rows.last().and_then(Position::of) {
@@ -627,8 +627,14 @@ mod tests {
 
     #[test]
     fn relational_values_give_their_ids() {
-        assert_eq!(ids_in(Some(&json!([7, "Belgium"]))).collect::<Vec<_>>(), [7]);
-        assert_eq!(ids_in(Some(&json!([1, 2, 3]))).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            ids_in(Some(&json!([7, "Belgium"]))).collect::<Vec<_>>(),
+            [7]
+        );
+        assert_eq!(
+            ids_in(Some(&json!([1, 2, 3]))).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
         assert_eq!(ids_in(Some(&json!(false))).count(), 0);
     }
 }
