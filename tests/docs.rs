@@ -6,7 +6,7 @@ use recsync::config::{mappings, settings};
 fn every_accepted_key_is_documented() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mapping.md")).unwrap();
-    let groups: [(&str, &[&str]); 12] = [
+    let groups: [(&str, &[&str]); 14] = [
         ("recsync.toml", &settings::KEYS),
         ("api_keys", &settings::API_KEY_KEYS),
         ("mapping file", &mappings::SECTIONS),
@@ -15,6 +15,8 @@ fn every_accepted_key_is_documented() {
         ("external model", &mappings::EXT_MODEL_KEYS),
         ("rest web service", &mappings::REST_KEYS),
         ("dropbox web service", &mappings::DROPBOX_KEYS),
+        ("odoo web service", &mappings::ODOO_KEYS),
+        ("odoo field", &mappings::ODOO_FIELD_KEYS),
         ("auth", &mappings::AUTH_KEYS),
         ("sync", &mappings::SYNC_KEYS),
         ("field pair", &mappings::PAIR_KEYS),
