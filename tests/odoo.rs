@@ -103,6 +103,11 @@ struct Env {
 }
 
 async fn start(version: &str, protocol: &str) -> Env {
+    start_with(version, protocol, &[]).await
+}
+
+/// [`start`], with the mapping edited: each `(from, to)` replaced once.
+async fn start_with(version: &str, protocol: &str, edits: &[(&str, &str)]) -> Env {
     let fake = FakeOdoo::bind(OdooOptions {
         version: version.into(),
         ..Default::default()
@@ -111,10 +116,16 @@ async fn start(version: &str, protocol: &str) -> Env {
     let odoo_url = fake.url();
     let odoo = fake.state.clone();
     tokio::spawn(fake.run());
+    let mut mapping = MAPPING
+        .replace("@ODOO@", &odoo_url)
+        .replace("@PROTOCOL@", protocol);
+    for (from, to) in edits {
+        assert!(mapping.contains(from), "{from}");
+        mapping = mapping.replacen(from, to, 1);
+    }
     let h = Harness::with(Tweaks {
-        extra_mapping: MAPPING
-            .replace("@ODOO@", &odoo_url)
-            .replace("@PROTOCOL@", protocol),
+        extra_mapping: mapping,
+        max_attempts: 2,
         ..Default::default()
     })
     .await;
@@ -564,5 +575,241 @@ async fn a_partner_sync_with_odoo_keeps_both_sides_in_step() {
     unique.dedup();
     assert_eq!(unique.len(), names.len(), "{names:?}");
     let _ = &e.odoo_url;
+    e.h.stop().await;
+}
+
+#[tokio::test]
+async fn over_json_rpc_an_odoo_17_sync_reads_writes_and_archives_instead_of_deleting() {
+    let e = start_with(
+        "17.0",
+        "auto",
+        &[(
+            "propagate_deletes = true\n",
+            "propagate_deletes = true\ndelete_mode = \"archive\"\n",
+        )],
+    )
+    .await;
+    let id = e
+        .odoo
+        .create(
+            "res.partner",
+            json!({"name": "Old Odoo", "email": "old@example.com"}),
+        )
+        .unwrap();
+    let run = e.h.run("ODP").await;
+    assert_eq!(
+        (run.status.as_str(), run.created),
+        ("success", 2),
+        "{run:?}"
+    );
+    assert_eq!(local_of(&e, id).await.unwrap()["email"], "old@example.com");
+    let calls = e.odoo.calls();
+    assert!(
+        calls.iter().all(|(p, _, _)| p == "jsonrpc"),
+        "Odoo 17 is spoken to over JSON-RPC: {calls:?}"
+    );
+    let local = create_local(
+        &e.h,
+        "partner",
+        json!({"name": "From recsync", "country": e.countries["BE"], "tags": [e.tags["VIP"], e.tags["Customer"]]}),
+    )
+    .await;
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.pushed, 1, "{run:?}");
+    let (oid, rec) = e
+        .odoo
+        .records("res.partner")
+        .into_iter()
+        .find(|(_, r)| r["name"] == "From recsync")
+        .expect("created over JSON-RPC");
+    let mut tags: Vec<i64> = serde_json::from_value(rec["category_id"].clone()).unwrap();
+    tags.sort();
+    let mut want = vec![
+        odoo_id(&e.odoo, "res.partner.category", "name", "VIP"),
+        odoo_id(&e.odoo, "res.partner.category", "name", "Customer"),
+    ];
+    want.sort();
+    assert_eq!(tags, want);
+    // Deleted here, archived there (delete_mode = "archive").
+    let r =
+        e.h.client
+            .delete(e.h.url(&format!("/api/v1/models/partner/records/{local}")))
+            .header("X-Api-Key", ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+    assert!(r.status().is_success());
+    e.h.run("ODP").await;
+    let rec = &e.odoo.records("res.partner")[&oid];
+    assert_eq!(
+        rec["active"],
+        json!(false),
+        "archived, not deleted: {rec:?}"
+    );
+    e.h.stop().await;
+}
+
+/// The change-control rows of one run that say it failed.
+async fn failed_run_rows(e: &Env, run_id: i64) -> Vec<String> {
+    e.h.changes("ODP")
+        .await
+        .into_iter()
+        .filter(|c| c.run_id == Some(run_id) && c.status == "failed" && c.name == "Run failed")
+        .map(|c| c.error_message)
+        .collect()
+}
+
+#[tokio::test]
+async fn odoo_failures_are_clear_errors_and_apply_nothing() {
+    // A model that does not exist, over JSON-RPC (Odoo's `error` object).
+    let e = start_with(
+        "17.0",
+        "auto",
+        &[(
+            "odoo_model = \"res.partner\"",
+            "odoo_model = \"res.nothing\"",
+        )],
+    )
+    .await;
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.status, "failed");
+    let err = run.error.clone().unwrap();
+    assert!(
+        err.contains("web service `odoo`") && err.contains("res.nothing"),
+        "{err}"
+    );
+    assert_eq!(
+        failed_run_rows(&e, run.id).await,
+        [err],
+        "one row for the failed run"
+    );
+    assert!(local_partners(&e).await.is_empty());
+    e.h.stop().await;
+
+    // A field the user may not read (or that does not exist).
+    let e = start_with(
+        "19.0",
+        "auto",
+        &[(
+            "phone       = \"char\"",
+            "phone = \"char\"\nmobile = \"char\"",
+        )],
+    )
+    .await;
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.status, "failed");
+    let err = run.error.clone().unwrap();
+    assert!(
+        err.contains("field `mobile`") && err.contains("res.partner"),
+        "{err}"
+    );
+    assert!(local_partners(&e).await.is_empty(), "nothing is applied");
+    e.h.stop().await;
+
+    // A database that does not exist.
+    let e = start_with(
+        "17.0",
+        "jsonrpc",
+        &[("database = \"fake\"", "database = \"nope\"")],
+    )
+    .await;
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.status, "failed");
+    let err = run.error.clone().unwrap();
+    assert!(
+        err.contains("`nope` does not exist") && err.contains("`odoo`"),
+        "{err}"
+    );
+    e.h.stop().await;
+
+    let e = start("19.0", "auto").await;
+    // A proxy answering HTML pages, again and again: retried, then the run fails saying so.
+    e.odoo.set_faults(OdooFaults {
+        html_errors: 100,
+        ..Default::default()
+    });
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.status, "failed");
+    let err = run.error.clone().unwrap();
+    assert!(err.contains("HTML") && err.contains("`odoo`"), "{err}");
+    assert!(local_partners(&e).await.is_empty());
+    assert_eq!(failed_run_rows(&e, run.id).await.len(), 1);
+
+    // Rate limits and serialization failures are retried: the run succeeds.
+    e.odoo.set_faults(OdooFaults {
+        rate_limit: 1,
+        serialization_failures: 2,
+        ..Default::default()
+    });
+    let run = e.h.run("ODP").await;
+    assert_eq!(
+        (run.status.as_str(), run.created),
+        ("success", 1),
+        "{run:?}"
+    );
+
+    // An expired key: an authentication error naming the web service, never the key.
+    e.odoo.set_faults(OdooFaults {
+        key_expired: true,
+        ..Default::default()
+    });
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.status, "failed");
+    let err = run.error.clone().unwrap();
+    assert!(err.contains("`odoo`") && err.contains("refused"), "{err}");
+    assert!(!err.contains("fake-odoo-api-key"), "{err}");
+    e.odoo.set_faults(OdooFaults::default());
+
+    // Per-record failures carry Odoo's message (or say which related record is missing),
+    // and the rest goes on.
+    let admin = *e
+        .odoo
+        .records("res.partner")
+        .keys()
+        .find(|k| **k != 2)
+        .unwrap();
+    let linked =
+        e.h.link("ODP", &admin.to_string())
+            .await
+            .expect("pulled")
+            .local_id;
+    e.odoo.unlink("res.partner", admin).unwrap();
+    e.h.patch_record("partner", linked, json!({"phone": "+1 555"}))
+        .await;
+    let nowhere = create_local(&e.h, "country", json!({"name": "Atlantis", "code": "XX"})).await;
+    create_local(
+        &e.h,
+        "partner",
+        json!({"name": "Nowhere", "country": nowhere}),
+    )
+    .await;
+    create_local(&e.h, "partner", json!({"name": "Fine"})).await;
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.pushed, 1, "{run:?}");
+    let errors: Vec<String> =
+        e.h.changes("ODP")
+            .await
+            .into_iter()
+            .filter(|c| c.run_id == Some(run.id) && c.status == "failed")
+            .map(|c| c.error_message)
+            .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|m| m.contains("Record does not exist or has been deleted")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|m| m.contains("no res.country record has code = \"XX\"")),
+        "{errors:?}"
+    );
+    assert!(
+        e.odoo
+            .records("res.partner")
+            .values()
+            .any(|r| r["name"] == "Fine")
+    );
     e.h.stop().await;
 }

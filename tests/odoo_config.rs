@@ -44,7 +44,10 @@ fields = [
 fn env() -> HashMap<String, String> {
     HashMap::from([
         ("CRM_KEY".to_string(), "s3cr3t-crm-key-value".to_string()),
-        ("ODOO_API_KEY".to_string(), "odoo-secret-api-key-42".to_string()),
+        (
+            "ODOO_API_KEY".to_string(),
+            "odoo-secret-api-key-42".to_string(),
+        ),
         ("ODOO_HOOK".to_string(), "odoo-hook-secret-17".to_string()),
     ])
 }
@@ -81,7 +84,10 @@ fn an_odoo_sync_compiles_with_its_defaults() {
     assert_eq!(odoo.model, "res.partner");
     assert_eq!(odoo.archived, Archived::Unlink);
     assert_eq!(odoo.domain.len(), 3);
-    assert_eq!(odoo.fields["country_id"].relation.as_deref(), Some("res.country"));
+    assert_eq!(
+        odoo.fields["country_id"].relation.as_deref(),
+        Some("res.country")
+    );
     assert!(em.fields.contains_key("id") && em.fields.contains_key("write_date"));
     let sync = &plan.syncs["ODP"];
     assert_eq!(sync.external_ref, "id", "Odoo syncs identify records by id");
@@ -109,14 +115,26 @@ fn each_odoo_mistake_names_its_key() {
             "protocol = \"jsonrpc\"\n",
             "speaks JSON-RPC and needs `database`",
         ),
-        ("database = \"prod\"\n", "protocol = \"xmlrpc\"\n", "invalid `protocol` value `xmlrpc`"),
-        ("kind = \"odoo\"\nurl", "kind = \"odoo\"\noverlap = \"soon\"\nurl", "invalid duration `soon` for `overlap`"),
+        (
+            "database = \"prod\"\n",
+            "protocol = \"xmlrpc\"\n",
+            "invalid `protocol` value `xmlrpc`",
+        ),
+        (
+            "kind = \"odoo\"\nurl",
+            "kind = \"odoo\"\noverlap = \"soon\"\nurl",
+            "invalid duration `soon` for `overlap`",
+        ),
         (
             "{ type = \"many2one\", relation = \"res.country\" }",
             "\"many2one\"",
             "many2one field `country_id` needs `relation`",
         ),
-        ("email       = \"char\"", "email = \"varchar\"", "unknown Odoo field type `varchar`"),
+        (
+            "email       = \"char\"",
+            "email = \"varchar\"",
+            "unknown Odoo field type `varchar`",
+        ),
         (
             "[\"type\", \"=\", \"contact\"]",
             "[\"type\", \"equals\", \"contact\"]",
@@ -127,7 +145,11 @@ fn each_odoo_mistake_names_its_key() {
             "domain = [\"|\", \"&\", ",
             "`|` needs 2 condition(s) after it",
         ),
-        ("odoo_model = \"res.partner\"\n", "", "missing field `odoo_model` in external model `odoo_partner`"),
+        (
+            "odoo_model = \"res.partner\"\n",
+            "",
+            "missing field `odoo_model` in external model `odoo_partner`",
+        ),
         (
             "propagate_deletes = true\n",
             "external_ref = \"email\"\n",
@@ -173,10 +195,16 @@ fn only_odoo_models_take_odoo_keys_and_only_odoo_syncs_archive() {
         "{ODOO}\n[external_models.other]\nodoo_model = \"res.partner\"\nfields = {{ unique_id = \"char\" }}\n"
     );
     let e = compile(&rest_with_odoo_key).unwrap_err();
-    assert!(e.contains("`odoo_model` only applies to Odoo external models"), "{e}");
+    assert!(
+        e.contains("`odoo_model` only applies to Odoo external models"),
+        "{e}"
+    );
     let rest_archive = format!(
         "{ODOO}\n[syncs.CRMX]\nmodel = \"company\"\nexternal_model = \"crm_company\"\nweb_service = \"crm\"\ndirection = \"to_external\"\nevery = \"1h\"\nexternal_ref = \"unique_id\"\ndelete_mode = \"archive\"\n"
     );
     let e = compile(&rest_archive).unwrap_err();
-    assert!(e.contains("rest external models cannot archive records"), "{e}");
+    assert!(
+        e.contains("rest external models cannot archive records"),
+        "{e}"
+    );
 }
