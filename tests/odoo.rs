@@ -813,3 +813,57 @@ async fn odoo_failures_are_clear_errors_and_apply_nothing() {
     );
     e.h.stop().await;
 }
+
+#[tokio::test]
+async fn a_record_that_failed_to_apply_is_read_again_after_the_cursor_passed_it() {
+    let e = start_with("19.0", "auto", &[("overlap = \"15m\"", "overlap = \"1s\"")]).await;
+    // Portugal is in Odoo but not here yet: the partner cannot be applied.
+    let pt = e
+        .odoo
+        .create("res.country", json!({"name": "Portugal", "code": "PT"}))
+        .unwrap();
+    let p = e
+        .odoo
+        .create(
+            "res.partner",
+            json!({"name": "Lisbon Client", "country_id": pt}),
+        )
+        .unwrap();
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.failed, 1, "{run:?}");
+    assert!(local_of(&e, p).await.is_none());
+    // Later changes move the cursor well past it.
+    e.odoo.advance_clock(120);
+    e.odoo
+        .create("res.partner", json!({"name": "Later Client"}))
+        .unwrap();
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.created, 1, "{run:?}");
+    let cursor =
+        e.h.engine
+            .store
+            .sync_state("ODP")
+            .await
+            .unwrap()
+            .unwrap()
+            .cursor
+            .unwrap();
+    assert!(cursor.contains(&format!("|retry:{p}")), "{cursor}");
+    // Once the country exists here, the next run applies the partner, though it did not
+    // change in Odoo and the overlap no longer reaches it.
+    create_local(&e.h, "country", json!({"name": "Portugal", "code": "PT"})).await;
+    let run = e.h.run("ODP").await;
+    assert_eq!((run.created, run.failed), (1, 0), "{run:?}");
+    assert_eq!(local_of(&e, p).await.unwrap()["name"], "Lisbon Client");
+    let cursor =
+        e.h.engine
+            .store
+            .sync_state("ODP")
+            .await
+            .unwrap()
+            .unwrap()
+            .cursor
+            .unwrap();
+    assert!(!cursor.contains("retry"), "{cursor}");
+    e.h.stop().await;
+}

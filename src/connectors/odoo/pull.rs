@@ -1,5 +1,7 @@
 //! Pulls from Odoo. The cursor is the pair (`write_date`, `id`) of the last record taken,
-//! saved as `YYYY-MM-DD HH:MM:SS|id`. A run first reads again from the cursor's `write_date`
+//! saved as `YYYY-MM-DD HH:MM:SS|id`, followed by `|retry:1,2,3` when records failed to apply
+//! (a reference not there yet): those are read again by id at the next run, until they apply,
+//! so the cursor can move past them without losing them. A run first reads again from the cursor's `write_date`
 //! minus the overlap (Odoo stamps `write_date` when a transaction starts, and a long one
 //! commits records older than what was already read), then pages by keyset: `write_date`
 //! after the last one, or equal with a greater `id`, so records sharing one timestamp are
@@ -383,6 +385,52 @@ impl Position {
     }
 }
 
+/// Records re-read by id at most, per sync; beyond, the lowest ids wait for the next full run.
+const RETRY_CAP: usize = 1_000;
+
+/// What the sync's cursor holds: the position reached, and records to read again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Cursor {
+    position: Option<Position>,
+    retry: BTreeSet<i64>,
+}
+
+impl Cursor {
+    fn parse(text: &str) -> Cursor {
+        let (head, retry) = match text.split_once("|retry:") {
+            Some((h, r)) => (
+                h,
+                r.split(',').filter_map(|i| i.trim().parse().ok()).collect(),
+            ),
+            None => (text, BTreeSet::new()),
+        };
+        Cursor {
+            position: Position::parse(head),
+            retry,
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut t = self
+            .position
+            .as_ref()
+            .map(Position::text)
+            .unwrap_or_else(|| "1970-01-01 00:00:00|0".into());
+        if !self.retry.is_empty() {
+            t.push_str("|retry:");
+            t.push_str(
+                &self
+                    .retry
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+        t
+    }
+}
+
 /// Where a run starts.
 pub(super) struct Start {
     pub code: String,
@@ -396,7 +444,7 @@ pub(super) struct Start {
 }
 
 enum Phase {
-    /// Ids named by webhooks.
+    /// Ids named by webhooks, and records that failed to apply before.
     Hinted,
     /// Changed records, by the cursor.
     Changes,
@@ -412,22 +460,28 @@ pub(super) struct OdooPull {
     start: Start,
     phase: Phase,
     /// The saved cursor, as the run found it and as it advanced.
-    saved: Option<Position>,
+    saved: Cursor,
     /// The keyset position within this run (after the last record read).
     after: Option<Position>,
     /// The greatest position of the page waiting for its confirmation.
     pending: Option<Position>,
     /// Whether the webhook hints were read and wait to be marked taken.
     hints_read: bool,
+    /// Whether the records to retry changed since the cursor was saved.
+    retry_changed: bool,
 }
 
 impl OdooPull {
     pub(super) fn new(client: Arc<OdooClient>, reading: Reading, start: Start) -> OdooPull {
-        let saved = start.cursor.as_deref().and_then(Position::parse);
+        let saved = start
+            .cursor
+            .as_deref()
+            .map(Cursor::parse)
+            .unwrap_or_default();
         OdooPull {
             client,
             reading,
-            phase: if start.hinted.is_empty() {
+            phase: if start.hinted.is_empty() && saved.retry.is_empty() {
                 Phase::Changes
             } else {
                 Phase::Hinted
@@ -437,6 +491,7 @@ impl OdooPull {
             after: None,
             pending: None,
             hints_read: false,
+            retry_changed: false,
         }
     }
 
@@ -451,7 +506,7 @@ impl OdooPull {
                 json!(["id", ">", a.id]),
             ];
         }
-        match (&self.saved, self.start.full) {
+        match (&self.saved.position, self.start.full) {
             (Some(s), false) => {
                 let lower = chrono::NaiveDateTime::parse_from_str(&s.write_date, DATETIME)
                     .map(|t| {
@@ -532,11 +587,22 @@ impl Puller for OdooPull {
     async fn next_page(&mut self, memory: &dyn Memory) -> Result<Page, PullError> {
         match self.phase {
             Phase::Hinted => {
-                let ids = std::mem::take(&mut self.start.hinted);
+                let mut ids: BTreeSet<i64> =
+                    std::mem::take(&mut self.start.hinted).into_iter().collect();
+                ids.extend(self.saved.retry.iter().copied());
                 let rows = self
                     .reading
                     .read(&self.client, vec![json!(["id", "in", ids])], None)
                     .await?;
+                // A record to retry that is gone or left the domain is not retried again
+                // (a full run settles it).
+                let found: BTreeSet<i64> = rows
+                    .iter()
+                    .filter_map(|r| r.get("id").and_then(Value::as_i64))
+                    .collect();
+                let before = self.saved.retry.len();
+                self.saved.retry.retain(|id| found.contains(id));
+                self.retry_changed |= self.saved.retry.len() != before;
                 let read = rows.len();
                 let records = self.reading.convert(&self.client, rows).await?;
                 self.hints_read = true;
@@ -589,7 +655,7 @@ impl Puller for OdooPull {
     async fn confirm(
         &mut self,
         memory: &dyn Memory,
-        _outcomes: &[Confirmation],
+        outcomes: &[Confirmation],
     ) -> Result<(), PullError> {
         if std::mem::take(&mut self.hints_read) {
             self.start
@@ -599,12 +665,30 @@ impl Puller for OdooPull {
                 .taken
                 .insert(self.start.code.clone(), self.start.hint_seq);
         }
+        // Records that did not apply are read again at the next run; those that did, not.
+        for o in outcomes {
+            let Ok(id) = o.external_id.parse::<i64>() else {
+                continue;
+            };
+            let changed = match &o.error {
+                Some(_) => self.saved.retry.insert(id),
+                None => self.saved.retry.remove(&id),
+            };
+            self.retry_changed |= changed;
+        }
+        while self.saved.retry.len() > RETRY_CAP {
+            self.saved.retry.pop_first();
+        }
         // The cursor only moves forward: pages re-read through the overlap end before it.
+        let mut moved = false;
         if let Some(p) = self.pending.take()
-            && self.saved.as_ref().is_none_or(|s| p > *s)
+            && self.saved.position.as_ref().is_none_or(|s| p > *s)
         {
-            memory.save(&[], &[], Some(&p.text())).await?;
-            self.saved = Some(p);
+            self.saved.position = Some(p);
+            moved = true;
+        }
+        if moved || std::mem::take(&mut self.retry_changed) {
+            memory.save(&[], &[], Some(&self.saved.text())).await?;
         }
         Ok(())
     }
@@ -623,6 +707,17 @@ mod tests {
         assert_eq!(Position::parse(&a.text()), Some(a));
         assert_eq!(Position::parse("yesterday|4"), None);
         assert_eq!(Position::parse("2026-12-01 10:00:00"), None);
+    }
+
+    #[test]
+    fn a_cursor_carries_the_records_to_read_again() {
+        let c = Cursor::parse("2026-12-01 10:00:00|42|retry:7,3");
+        assert_eq!(c.position, Position::parse("2026-12-01 10:00:00|42"));
+        assert_eq!(c.retry.iter().copied().collect::<Vec<_>>(), [3, 7]);
+        assert_eq!(Cursor::parse(&c.text()), c);
+        let plain = Cursor::parse("2026-12-01 10:00:00|42");
+        assert!(plain.retry.is_empty());
+        assert_eq!(plain.text(), "2026-12-01 10:00:00|42");
     }
 
     #[test]
