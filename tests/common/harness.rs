@@ -220,6 +220,10 @@ pub struct Tweaks {
     pub change_log: bool,
     /// The `rate_limit` setting (0: none).
     pub rate_limit: u32,
+    /// A mapping used instead of [`MAPPING`] (`extra_mapping` is still appended).
+    pub mapping: Option<String>,
+    /// Environment variables the mapping's `${VAR}` references see.
+    pub env: std::collections::HashMap<String, String>,
 }
 
 impl Default for Tweaks {
@@ -230,6 +234,8 @@ impl Default for Tweaks {
             extra_mapping: String::new(),
             change_log: true,
             rate_limit: 0,
+            mapping: None,
+            env: Default::default(),
         }
     }
 }
@@ -244,13 +250,15 @@ impl Harness {
         let peer_url = format!("http://{}", peer_listener.local_addr().unwrap());
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("mappings")).unwrap();
-        let mapping = format!("{MAPPING}\n{}", t.extra_mapping).replace("@PEER@", &peer_url);
+        let base = t.mapping.as_deref().unwrap_or(MAPPING);
+        let mapping = format!("{base}\n{}", t.extra_mapping).replace("@PEER@", &peer_url);
+        let mut env = t.env.clone();
+        env.insert("RECSYNC_PEER_URL".into(), peer_url.clone());
+        env.entry("PEER_API_KEY".into())
+            .or_insert_with(|| PEER_KEY.into());
         std::fs::write(dir.path().join("mappings/test.toml"), &mapping).unwrap();
-        let plan = config::compile_texts(
-            &[("mappings/test.toml", &mapping)],
-            &std::collections::HashMap::<String, String>::new(),
-        )
-        .unwrap_or_else(|e| panic!("{}", e.render()));
+        let plan = config::compile_texts(&[("mappings/test.toml", &mapping)], &env)
+            .unwrap_or_else(|e| panic!("{}", e.render()));
         let db = TestDb::new().await;
         let mut settings = config::Settings {
             database_url: secrecy::SecretString::from(db.url.clone()),
