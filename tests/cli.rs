@@ -362,11 +362,10 @@ async fn serve_keeps_secrets_out_of_logs_at_every_level() {
     );
 }
 
-/// `demo` starts on the embedded default from any folder and prints addresses that work.
-#[tokio::test]
-async fn demo_starts_and_prints_working_addresses() {
+/// Starts `recsync demo` (every address on a free port) in `dir`, and collects what it prints
+/// up to the end of its curl examples.
+fn start_demo(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, Vec<String>) {
     use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_recsync"))
         .args([
             "demo",
@@ -375,7 +374,8 @@ async fn demo_starts_and_prints_working_addresses() {
             "--peer-listen",
             "127.0.0.1:0",
         ])
-        .current_dir(dir.path())
+        .args(extra)
+        .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -392,7 +392,6 @@ async fn demo_starts_and_prints_working_addresses() {
             }
         }
     });
-    // Collect the printed lines up to the end of the curl examples.
     let mut lines = Vec::new();
     while !lines.iter().any(|l: &String| l.contains("Ctrl-C stops")) {
         let line = rx
@@ -400,6 +399,95 @@ async fn demo_starts_and_prints_working_addresses() {
             .expect("demo prints its addresses");
         lines.push(line);
     }
+    (child, lines)
+}
+
+/// `demo --odoo` also runs a fake Odoo: its partners arrive with their countries, and the
+/// printed Odoo edit and webhook commands work as printed.
+#[tokio::test]
+async fn demo_with_odoo_brings_the_fake_odoos_partners() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, lines) = start_demo(dir.path(), &["--odoo", "--odoo-listen", "127.0.0.1:0"]);
+    let api = lines
+        .iter()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("recsync API:")
+                .map(|r| r.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let key = api
+        .split("key: ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+    let base = api.split_whitespace().next().unwrap().to_string();
+    let client = reqwest::Client::new();
+    let partners = || {
+        let (c, url, key) = (
+            client.clone(),
+            format!("{base}/models/partner/records?expand=country&limit=100"),
+            key.clone(),
+        );
+        async move {
+            let v: serde_json::Value = c
+                .get(url)
+                .header("X-Api-Key", key)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            v["records"].as_array().cloned()
+        }
+    };
+    let records = partners().await.expect("partners");
+    assert_eq!(records.len(), 21, "the fake's 20 partners and its admin");
+    assert!(
+        records.iter().any(|r| r["country"]["code"].is_string()),
+        "countries by code"
+    );
+    let run = |needle: &str| {
+        let cmd = lines
+            .iter()
+            .find(|l| l.contains(needle) && l.contains("curl"))
+            .unwrap_or_else(|| panic!("no {needle} command in {lines:#?}"))
+            .trim()
+            .to_string();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    run("_fake/records/res.partner");
+    let answer = run("webhooks/odoo/erp");
+    assert!(answer.contains("accepted"), "{answer}");
+    common::eventually(
+        20,
+        "the Odoo edit to arrive through the webhook",
+        || async {
+            partners()
+                .await?
+                .iter()
+                .any(|r| r["email"] == "changed@example.com")
+                .then_some(())
+        },
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// `demo` starts on the embedded default from any folder and prints addresses that work.
+#[tokio::test]
+async fn demo_starts_and_prints_working_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, lines) = start_demo(dir.path(), &[]);
     let find = |prefix: &str| {
         lines
             .iter()
@@ -465,4 +553,74 @@ async fn demo_starts_and_prints_working_addresses() {
     assert_eq!(body["status"], "ready");
     assert_eq!(body["config"]["syncs"], 2, "{body}");
     assert!(dir.path().join("recsync-demo.db").exists());
+}
+
+/// `discover` prints an Odoo model's `external_models` block from `fields_get`, ready to paste
+/// (it compiles), never the key; an unknown model or web service is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_prints_an_odoo_model_block_ready_to_paste() {
+    let fake = recsync::peer::odoo::FakeOdoo::bind(Default::default()).unwrap();
+    let url = fake.url();
+    tokio::spawn(fake.run());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    let service = format!(
+        "[web_services.erp]\nkind = \"odoo\"\nurl = \"{url}\"\ndatabase = \"fake\"\napi_key = \"${{CRM_TOKEN}}\"\n"
+    );
+    std::fs::write(dir.path().join("mappings/erp.toml"), &service).unwrap();
+    let path = dir.path().to_path_buf();
+    let run = move |args: Vec<&'static str>| {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || recsync(&path, &args))
+    };
+    // The fake accepts its own key only; the configured one is refused, and not shown.
+    let o = run(vec!["discover", "erp", "res.partner"]).await.unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(69), "{out}");
+    assert!(
+        out.contains("web service `erp`") && out.contains("refused"),
+        "{out}"
+    );
+    assert!(!out.contains(SECRET), "{out}");
+
+    let service = service.replace("${CRM_TOKEN}", "fake-odoo-api-key-0123456789");
+    std::fs::write(dir.path().join("mappings/erp.toml"), &service).unwrap();
+    let o = run(vec!["discover", "erp", "res.partner"]).await.unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        out.contains(
+            "[external_models.res_partner]\nkind = \"odoo\"\nodoo_model = \"res.partner\""
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("country_id = { type = \"many2one\", relation = \"res.country\" }"),
+        "{out}"
+    );
+    assert!(
+        out.contains("name = { type = \"char\", required = true }"),
+        "{out}"
+    );
+    assert!(!out.contains("fake-odoo-api-key"), "{out}");
+    // Pasted next to the web service, the block compiles.
+    std::fs::write(dir.path().join("mappings/partner.toml"), &out).unwrap();
+    let o = run(vec!["validate"]).await.unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    std::fs::remove_file(dir.path().join("mappings/partner.toml")).unwrap();
+
+    let o = run(vec!["discover", "erp", "res.nothing"]).await.unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(69), "{out}");
+    assert!(
+        out.contains("`erp`") && out.contains("res.nothing"),
+        "{out}"
+    );
+    let o = run(vec!["discover", "nope"]).await.unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(64), "{out}");
+    assert!(
+        out.contains("no web service `nope`; configured: erp"),
+        "{out}"
+    );
 }

@@ -4,6 +4,10 @@ use super::*;
 
 /// The embedded demo mapping, so `demo` works from any folder.
 pub(super) const DEMO_MAPPING: &str = include_str!("../../mappings/demo.toml");
+/// The Odoo example, for `demo --odoo`.
+const ODOO_MAPPING: &str = include_str!("../../mappings/odoo.toml");
+/// Partners the demo's fake Odoo starts with.
+const ODOO_PARTNERS: usize = 20;
 
 /// Environment variables set by the program, over the process environment.
 pub(super) struct Layered(std::collections::HashMap<String, String>);
@@ -25,7 +29,12 @@ pub(super) fn new_key() -> String {
     )
 }
 
-pub(super) async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> ExitCode {
+pub(super) async fn demo(
+    g: &GlobalArgs,
+    listen: &str,
+    peer_listen: &str,
+    odoo_listen: Option<&str>,
+) -> ExitCode {
     crate::telemetry::init(config::LogFormat::Pretty);
     let peer_listener = match std::net::TcpListener::bind(peer_listen) {
         Ok(l) => l,
@@ -38,11 +47,37 @@ pub(super) async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> Exi
     };
     let peer_url = format!("http://{}", peer_listener.local_addr().expect("bound"));
     let peer_key = new_key();
-    let env = Layered(std::collections::HashMap::from([
+    let mut vars = std::collections::HashMap::from([
         ("RECSYNC_PEER_URL".to_string(), peer_url.clone()),
         ("PEER_API_KEY".to_string(), peer_key.clone()),
-    ]));
-    let plan = match config::compile_texts(&[("mappings/demo.toml", DEMO_MAPPING)], &env) {
+    ]);
+    let mut files = vec![("mappings/demo.toml", DEMO_MAPPING)];
+    // With --odoo, a fake Odoo in-process, and the Odoo example pointed at it.
+    let odoo = match odoo_listen.map(|addr| {
+        crate::peer::odoo::FakeOdoo::bind(crate::peer::odoo::OdooOptions {
+            listen: addr.to_string(),
+            ..Default::default()
+        })
+        .map_err(|e| (addr, e))
+    }) {
+        None => None,
+        Some(Ok(fake)) => {
+            fake.state.seed_partners(ODOO_PARTNERS);
+            let hook = new_key();
+            vars.insert("ODOO_URL".into(), fake.url());
+            vars.insert("ODOO_HOOK_TOKEN".into(), hook.clone());
+            files.push(("mappings/odoo.toml", ODOO_MAPPING));
+            Some((fake, hook))
+        }
+        Some(Err((addr, e))) => {
+            eprintln!(
+                "error: the demo's fake Odoo cannot listen on {addr}: {e} (choose another with --odoo-listen)"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let env = Layered(vars);
+    let plan = match config::compile_texts(&files, &env) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{}", e.render());
@@ -143,12 +178,42 @@ pub(super) async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> Exi
         .ok()
         .and_then(|r| r.first().map(|r| r.id))
         .unwrap_or(1);
-    println!("recsync demo is running (database {shown}, mapping mappings/demo.toml).");
+    let odoo_url = odoo.as_ref().map(|(fake, _)| fake.url());
+    let odoo_hook = odoo.as_ref().map(|(_, hook)| hook.clone());
+    let odoo_handle = odoo.map(|(fake, _)| {
+        let handle = fake.handle();
+        tokio::spawn(fake.run());
+        handle
+    });
+    if odoo_handle.is_some() {
+        // Countries and tags first, then the partners that refer to them.
+        for code in ["ODOO_COUNTRIES", "ODOO_TAGS", "ODOO_PARTNERS"] {
+            match engine
+                .start_run(code, crate::engine::Trigger::Startup, false)
+                .await
+            {
+                Ok(started) => {
+                    let _ = started.task.await;
+                }
+                Err(e) => eprintln!("warning: the first run of {code} did not start: {e}"),
+            }
+        }
+    }
+    let mapping = if odoo_handle.is_some() {
+        "mappings/demo.toml and mappings/odoo.toml"
+    } else {
+        "mapping mappings/demo.toml"
+    };
+    println!("recsync demo is running (database {shown}, {mapping}).");
     println!("  Web UI:       {base}/   (key: {user_key}; read-only key: {viewer_key})");
     println!("  recsync API:  {base}/api/v1   (key: {user_key})");
     println!("  Health:       {base}/healthz");
     println!("  Readiness:    {base}/readyz");
     println!("  Peer records: {peer_url}/peer/contacts/records");
+    if let (Some(url), Some(hook)) = (&odoo_url, &odoo_hook) {
+        println!("  Fake Odoo:    {url}   (database fake, login admin; {ODOO_PARTNERS} partners)");
+        println!("  Odoo webhook: {base}/webhooks/odoo/erp?token={hook}");
+    }
     println!();
     println!("Try these (they work as printed):");
     println!(
@@ -161,12 +226,26 @@ pub(super) async fn demo(g: &GlobalArgs, listen: &str, peer_listen: &str) -> Exi
     println!(
         "  curl -s -X POST -H 'Content-Type: application/json' -d '{{\"full_name\": \"Eva Núñez\", \"is_customer\": true, \"company_id\": \"501\"}}' {peer_url}/peer/contacts/records"
     );
+    if let (Some(url), Some(hook)) = (&odoo_url, &odoo_hook) {
+        println!(
+            "  curl -s -H 'X-Api-Key: {user_key}' '{base}/api/v1/models/partner/records?expand=country'"
+        );
+        println!(
+            "  curl -s -X PATCH -H 'Content-Type: application/json' -d '{{\"email\": \"changed@example.com\"}}' {url}/_fake/records/res.partner/5"
+        );
+        println!(
+            "  curl -s -X POST -H 'Content-Type: application/json' -d '{{\"_model\": \"res.partner\", \"_id\": 5}}' '{base}/webhooks/odoo/erp?token={hook}'"
+        );
+    }
     println!();
     println!(
         "Edits through the records API reach the peer; edits in the peer reach recsync. Ctrl-C stops."
     );
     let result = serving.await;
     peer_handle.stop(true).await;
+    if let Some(h) = odoo_handle {
+        h.stop(true).await;
+    }
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {

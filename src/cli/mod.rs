@@ -72,6 +72,12 @@ pub enum Command {
         /// Where the in-process peer listens
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8072")]
         peer_listen: String,
+        /// Also sync partners with an in-process fake Odoo (mappings/odoo.toml)
+        #[arg(long)]
+        odoo: bool,
+        /// Where the in-process fake Odoo listens (with --odoo)
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9912")]
+        odoo_listen: String,
     },
     /// Check the configuration (exit 0 when valid, 78 when not)
     Validate {
@@ -270,7 +276,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Demo {
             listen,
             peer_listen,
-        } => demo(&cli.global, &listen, &peer_listen).await,
+            odoo,
+            odoo_listen,
+        } => {
+            let odoo = odoo.then_some(odoo_listen.as_str());
+            demo(&cli.global, &listen, &peer_listen, odoo).await
+        }
         Command::Run { code, full } => run_now(&cli.global, &code, full).await,
         Command::Log {
             sync,
