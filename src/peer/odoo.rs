@@ -312,6 +312,9 @@ impl OdooError {
 #[derive(Default)]
 struct Inner {
     records: BTreeMap<String, BTreeMap<i64, Map<String, Value>>>,
+    /// Every record by (`write_date`, `id`), per model: the index PostgreSQL would use for
+    /// searches ordered that way, so keyset pages do not scan the whole table.
+    by_write: HashMap<String, std::collections::BTreeSet<(String, i64)>>,
     next_id: HashMap<String, i64>,
     faults: OdooFaults,
     /// Model calls: (protocol, model, method).
@@ -430,6 +433,7 @@ impl OdooState {
                 .entry("res.users".into())
                 .or_default()
                 .insert(UID, user);
+            reindex(i, "res.users", UID, None, Some(&now));
             i.next_id.insert("res.users".into(), UID + 1);
         });
     }
@@ -655,6 +659,7 @@ fn create(i: &mut Inner, model: &str, vals: &Value) -> Result<i64, OdooError> {
         .entry(model.to_string())
         .or_default()
         .insert(id, rec);
+    reindex(i, model, id, None, Some(&at));
     Ok(id)
 }
 
@@ -679,8 +684,10 @@ fn write(i: &mut Inner, model: &str, ids: &[i64], vals: &Value) -> Result<(), Od
             .get_mut(model)
             .and_then(|r| r.get_mut(&id))
             .expect("checked");
+        let old = rec.get("write_date").and_then(Value::as_str).map(String::from);
         rec.extend(vals);
         rec.insert("write_date".into(), json!(at));
+        reindex(i, model, id, old.as_deref(), Some(&at));
     }
     Ok(())
 }
@@ -695,12 +702,71 @@ fn unlink(i: &mut Inner, model: &str, ids: &[i64]) -> Result<(), OdooError> {
     if !missing.is_empty() {
         return Err(OdooError::missing(model, &missing));
     }
-    if let Some(r) = i.records.get_mut(model) {
-        for id in ids {
-            r.remove(id);
-        }
+    for id in ids {
+        let old = i
+            .records
+            .get_mut(model)
+            .and_then(|r| r.remove(id))
+            .and_then(|r| r.get("write_date").and_then(Value::as_str).map(String::from));
+        reindex(i, model, *id, old.as_deref(), None);
     }
     Ok(())
+}
+
+/// Moves a record in the (`write_date`, `id`) index.
+fn reindex(i: &mut Inner, model: &str, id: i64, old: Option<&str>, new: Option<&str>) {
+    let index = i.by_write.entry(model.to_string()).or_default();
+    if let Some(o) = old {
+        index.remove(&(o.to_string(), id));
+    }
+    if let Some(n) = new {
+        index.insert((n.to_string(), id));
+    }
+}
+
+/// The length of the domain expression starting at `at` (prefix notation), if well formed.
+fn expression_len(d: &[Value], at: usize) -> Option<usize> {
+    match d.get(at)?.as_str() {
+        Some("&") | Some("|") => {
+            let a = expression_len(d, at + 1)?;
+            let b = expression_len(d, at + 1 + a)?;
+            Some(1 + a + b)
+        }
+        Some("!") => Some(1 + expression_len(d, at + 1)?),
+        _ => Some(1),
+    }
+}
+
+/// The smallest `write_date` a record can have to match `domain`, when its conjunction says so:
+/// a term `write_date >= v` or `> v`, or the keyset `| (write_date > v) & (write_date = v) (…)`.
+fn write_date_floor(domain: &[Value]) -> Option<String> {
+    let leaf = |v: &Value, ops: &[&str]| -> Option<String> {
+        let t = v.as_array()?;
+        (t.len() == 3 && t[0] == "write_date" && ops.contains(&t[1].as_str()?))
+            .then(|| t[2].as_str().map(String::from))
+            .flatten()
+    };
+    let mut floor: Option<String> = None;
+    let mut at = 0;
+    while at < domain.len() {
+        let len = expression_len(domain, at)?;
+        let e = &domain[at..at + len];
+        let found = match e {
+            [one] => leaf(one, &[">=", ">"]),
+            [or, a, and, b, _] if or == "|" && and == "&" => {
+                let v = leaf(a, &[">"])?;
+                (leaf(b, &["="]).as_ref() == Some(&v)).then_some(v)
+            }
+            _ => None,
+        };
+        if let Some(v) = found
+            && floor.as_ref().is_none_or(|f| v > *f)
+        {
+            floor = Some(v);
+        }
+        at += len;
+    }
+    floor
 }
 
 /// A record's display name: its `name` (Odoo's default `_rec_name`).
@@ -1008,6 +1074,35 @@ fn search(
     let active_test = context.get("active_test") != Some(&json!(false));
     let hides_archived =
         active_test && defs.iter().any(|(n, _)| *n == "active") && !mentions_active(domain);
+    // Ordered by (write_date, id) with a limit: walk the index from the domain's floor and
+    // stop at the limit, as a database would.
+    let by_write = order.map(|o| {
+        o.split(',')
+            .map(|p| p.split_whitespace().collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    });
+    let indexed = matches!(by_write.as_deref(), Some([a, b])
+        if matches!(a.as_slice(), ["write_date"] | ["write_date", "asc"])
+            && matches!(b.as_slice(), ["id"] | ["id", "asc"]));
+    if let (true, Some(limit), Some(index), Some(table)) =
+        (indexed, limit, i.by_write.get(model), i.records.get(model))
+    {
+        let floor = write_date_floor(domain).unwrap_or_default();
+        let mut out = Vec::new();
+        for (_, id) in index.range((floor, i64::MIN)..) {
+            let rec = &table[id];
+            if hides_archived && rec.get("active") == Some(&json!(false)) {
+                continue;
+            }
+            if matches(i, model, rec, domain)? {
+                out.push(*id);
+                if out.len() >= offset + limit {
+                    break;
+                }
+            }
+        }
+        return Ok(out.into_iter().skip(offset).collect());
+    }
     let mut found = Vec::new();
     for rec in i
         .records
@@ -1795,5 +1890,74 @@ mod tests {
             .unwrap()
             .and_utc();
         assert!(chrono::Utc::now() - at2 < chrono::Duration::seconds(60));
+    }
+
+    #[test]
+    fn keyset_pages_through_the_index_match_a_full_sort() {
+        let s = state();
+        s.seed_partners(300);
+        // Many records share a write date; some move later, some are deleted or archived.
+        s.advance_clock(5);
+        for id in [10, 20, 30] {
+            s.write("res.partner", id, json!({"email": "later@example.com"}))
+                .unwrap();
+        }
+        s.unlink("res.partner", 40).unwrap();
+        s.set_active("res.partner", 50, false).unwrap();
+        let page = |domain: Value, order: &str, active: bool| {
+            s.with(|i| {
+                search(
+                    i,
+                    "res.partner",
+                    domain.as_array().unwrap(),
+                    0,
+                    Some(7),
+                    Some(order),
+                    &json!({ "active_test": active }),
+                )
+                .unwrap()
+            })
+        };
+        for active in [true, false] {
+            let mut after: Option<(String, i64)> = None;
+            let mut seen = Vec::new();
+            loop {
+                let mut domain = vec![json!(["is_company", "=", false])];
+                if let Some((wd, id)) = &after {
+                    domain.extend([
+                        json!("|"),
+                        json!(["write_date", ">", wd]),
+                        json!("&"),
+                        json!(["write_date", "=", wd]),
+                        json!(["id", ">", id]),
+                    ]);
+                }
+                let fast = page(json!(domain), "write_date asc, id asc", active);
+                // Three sort keys: the scan-and-sort path, as a reference.
+                let slow = page(json!(domain), "write_date asc, id asc, name", active);
+                assert_eq!(fast, slow, "after {after:?}");
+                let Some(last) = fast.last() else { break };
+                let wd = s.records("res.partner")[last]["write_date"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                after = Some((wd, *last));
+                seen.extend(fast);
+            }
+            let mut unique = seen.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), seen.len(), "no record read twice");
+            assert!(!seen.contains(&40), "deleted");
+            assert_eq!(seen.contains(&50), !active, "archived only without active_test");
+            assert_eq!(
+                seen.len(),
+                s.records("res.partner")
+                    .values()
+                    .filter(|r| r.get("is_company") != Some(&json!(true)))
+                    .filter(|r| !active || r.get("active") != Some(&json!(false)))
+                    .count()
+            );
+        }
     }
 }
