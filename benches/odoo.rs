@@ -133,7 +133,19 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let mapping = MAPPING.replace("@ODOO@", &odoo_url);
+    let mut mapping = MAPPING.replace("@ODOO@", &odoo_url);
+    // RECSYNC_BENCH_PLAIN=1: without the related fields (country and tags), for comparison.
+    if std::env::var("RECSYNC_BENCH_PLAIN").is_ok_and(|v| v == "1") {
+        mapping = mapping
+            .replace(
+                "  { local = \"country\", external = \"country_id.code\", ref_field = \"code\" },\n",
+                "",
+            )
+            .replace(
+                "  { local = \"tags\",    external = \"category_id.name\", ref_field = \"name\" },\n",
+                "",
+            );
+    }
     let plan = config::compile_texts(
         &[("bench.toml", &mapping)],
         &std::collections::HashMap::<String, String>::new(),
@@ -153,7 +165,10 @@ async fn run() {
     let engine = app.engine();
     tokio::spawn(app.run_until_stopped());
     for code in ["COUNTRIES", "TAGS"] {
-        let run = engine.start_run(code, Trigger::Manual, false).await.unwrap();
+        let run = engine
+            .start_run(code, Trigger::Manual, false)
+            .await
+            .unwrap();
         let (status, _) = run.task.await.unwrap();
         assert_eq!(status, "success", "{code}");
     }

@@ -582,6 +582,10 @@ async fn discover_prints_an_odoo_model_block_ready_to_paste() {
         "{out}"
     );
     assert!(!out.contains(SECRET), "{out}");
+    let o = run(vec!["validate", "--online"]).await.unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(69), "{out}");
+    assert!(out.contains("FAIL  erp:") && !out.contains(SECRET), "{out}");
 
     let service = service.replace("${CRM_TOKEN}", "fake-odoo-api-key-0123456789");
     std::fs::write(dir.path().join("mappings/erp.toml"), &service).unwrap();
@@ -608,6 +612,15 @@ async fn discover_prints_an_odoo_model_block_ready_to_paste() {
     let o = run(vec!["validate"]).await.unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     std::fs::remove_file(dir.path().join("mappings/partner.toml")).unwrap();
+
+    // `validate --online` logs in for real.
+    let o = run(vec!["validate", "--online"]).await.unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("ok    erp:") && out.contains("json2, logged in"),
+        "{out}"
+    );
 
     let o = run(vec!["discover", "erp", "res.nothing"]).await.unwrap();
     let out = text(&o);

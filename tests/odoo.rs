@@ -192,17 +192,15 @@ async fn local_of(e: &Env, odoo_id: i64) -> Option<Map<String, Value>> {
     (!rec.deleted).then_some(rec.values)
 }
 
-fn local_partners(e: &Env) -> impl std::future::Future<Output = Vec<recsync::store::Record>> + '_ {
-    async move {
-        e.h.engine
-            .store
-            .records_after("partner", 0, 10_000)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|r| !r.deleted)
-            .collect()
-    }
+async fn local_partners(e: &Env) -> Vec<recsync::store::Record> {
+    e.h.engine
+        .store
+        .records_after("partner", 0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| !r.deleted)
+        .collect()
 }
 
 #[tokio::test]
@@ -574,7 +572,6 @@ async fn a_partner_sync_with_odoo_keeps_both_sides_in_step() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), names.len(), "{names:?}");
-    let _ = &e.odoo_url;
     e.h.stop().await;
 }
 
@@ -865,5 +862,41 @@ async fn a_record_that_failed_to_apply_is_read_again_after_the_cursor_passed_it(
             .cursor
             .unwrap();
     assert!(!cursor.contains("retry"), "{cursor}");
+    e.h.stop().await;
+}
+
+#[tokio::test]
+async fn records_sharing_one_write_date_are_paged_without_skips_or_repeats() {
+    let e = start("19.0", "auto").await;
+    e.odoo.seed_partners(60);
+    // One write of them all stamps one write_date, as one import transaction does.
+    let ids: Vec<i64> = e.odoo.records("res.partner").keys().copied().collect();
+    let r =
+        e.h.client
+            .post(format!("{}/json/2/res.partner/write", e.odoo_url))
+            .bearer_auth(e.odoo.options().api_key.clone())
+            .header("X-Odoo-Database", "fake")
+            .json(&json!({"ids": ids, "vals": {"phone": "same second"}}))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    let stamps: std::collections::BTreeSet<String> = e
+        .odoo
+        .records("res.partner")
+        .values()
+        .map(|r| r["write_date"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stamps.len(), 1, "one write_date for all: {stamps:?}");
+    let contacts = e
+        .odoo
+        .records("res.partner")
+        .values()
+        .filter(|r| r.get("is_company") != Some(&json!(true)))
+        .count();
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    assert_eq!(run.created as usize, contacts, "none skipped: {run:?}");
+    assert_eq!(run.pulled as usize, contacts, "none read twice: {run:?}");
     e.h.stop().await;
 }

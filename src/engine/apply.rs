@@ -28,6 +28,40 @@ pub enum InboundOp {
     },
 }
 
+/// A reference lookup's scope: (related model or binding, field).
+type RefScope = (String, String);
+
+/// Reference lookups of one transaction: per (related model or binding, field), key to the
+/// ids found. The pairs are few, so they are searched in order and a hit allocates nothing.
+#[derive(Default)]
+pub(super) struct RefCache(Vec<(RefScope, std::collections::HashMap<String, Vec<i64>>)>);
+
+impl RefCache {
+    pub(super) fn get(&self, scope: &str, field: &str, key: &str) -> Option<&[i64]> {
+        self.0
+            .iter()
+            .find(|((s, f), _)| s == scope && f == field)
+            .and_then(|(_, m)| m.get(key))
+            .map(Vec::as_slice)
+    }
+
+    pub(super) fn put(&mut self, scope: &str, field: &str, key: &str, ids: Vec<i64>) {
+        let at = match self
+            .0
+            .iter()
+            .position(|((s, f), _)| s == scope && f == field)
+        {
+            Some(at) => at,
+            None => {
+                self.0
+                    .push(((scope.to_string(), field.to_string()), Default::default()));
+                self.0.len() - 1
+            }
+        };
+        self.0[at].1.insert(key.to_string(), ids);
+    }
+}
+
 /// A local edit (records API).
 #[derive(Debug, Clone)]
 pub enum LocalOp {
@@ -294,23 +328,46 @@ impl Engine {
     }
 
     /// Resolves relational references to local ids, or fails naming the missing record.
+    /// `cache` remembers lookups made in the same transaction before anything is written in
+    /// it (a page of partners names the same few countries again and again).
     pub(super) async fn resolve_refs(
         &self,
         tx: &mut Tx,
         plan: &Plan,
         refs: &[PendingRef],
         out: &mut Map<String, Value>,
+        cache: &mut RefCache,
     ) -> Result<(), ApplyError> {
         for r in refs {
             let mut ids = Vec::new();
             for key in &r.keys {
                 let id = match &r.reference {
-                    Reference::Sync(code) => tx
-                        .link_by_external(&plan.binding_of(code.as_str()), key)
-                        .await?
-                        .map(|l| l.local_id),
+                    Reference::Sync(code) => {
+                        let binding = plan.binding_of(code.as_str());
+                        match cache.get(&binding, "", key) {
+                            Some(found) => found.first().copied(),
+                            None => {
+                                let found: Vec<i64> = tx
+                                    .link_by_external(&binding, key)
+                                    .await?
+                                    .map(|l| l.local_id)
+                                    .into_iter()
+                                    .collect();
+                                let first = found.first().copied();
+                                cache.put(&binding, "", key, found);
+                                first
+                            }
+                        }
+                    }
                     Reference::Field(f) => {
-                        let found = tx.find_by_field(&r.related_model, f, key).await?;
+                        let found = match cache.get(&r.related_model, f, key) {
+                            Some(found) => found.to_vec(),
+                            None => {
+                                let found = tx.find_by_field(&r.related_model, f, key).await?;
+                                cache.put(&r.related_model, f, key, found.clone());
+                                found
+                            }
+                        };
                         if found.len() > 1 {
                             return Err(ApplyError::Invalid(format!(
                                 "{}: several `{}` records have {f} = `{key}`",

@@ -344,12 +344,16 @@ impl Engine {
             (0..round.len()).map(|_| None).collect();
         // Requests with references get a copy completed with the resolved ids.
         let mut resolved: HashMap<usize, Map<String, Value>> = HashMap::new();
+        // Nothing is written before every reference is resolved, so lookups can be shared.
+        let mut cache = super::apply::RefCache::default();
         for (i, p) in round.iter().enumerate() {
             if p.refs.is_empty() {
                 continue;
             }
             let mut values = p.incoming.clone();
-            let outcome = self.resolve_refs(&mut tx, plan, &p.refs, &mut values).await;
+            let outcome = self
+                .resolve_refs(&mut tx, plan, &p.refs, &mut values, &mut cache)
+                .await;
             resolved.insert(i, values);
             if let Err(e) = outcome {
                 match e {

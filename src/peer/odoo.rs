@@ -684,7 +684,10 @@ fn write(i: &mut Inner, model: &str, ids: &[i64], vals: &Value) -> Result<(), Od
             .get_mut(model)
             .and_then(|r| r.get_mut(&id))
             .expect("checked");
-        let old = rec.get("write_date").and_then(Value::as_str).map(String::from);
+        let old = rec
+            .get("write_date")
+            .and_then(Value::as_str)
+            .map(String::from);
         rec.extend(vals);
         rec.insert("write_date".into(), json!(at));
         reindex(i, model, id, old.as_deref(), Some(&at));
@@ -707,7 +710,11 @@ fn unlink(i: &mut Inner, model: &str, ids: &[i64]) -> Result<(), OdooError> {
             .records
             .get_mut(model)
             .and_then(|r| r.remove(id))
-            .and_then(|r| r.get("write_date").and_then(Value::as_str).map(String::from));
+            .and_then(|r| {
+                r.get("write_date")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            });
         reindex(i, model, *id, old.as_deref(), None);
     }
     Ok(())
@@ -737,25 +744,37 @@ fn expression_len(d: &[Value], at: usize) -> Option<usize> {
     }
 }
 
-/// The smallest `write_date` a record can have to match `domain`, when its conjunction says so:
-/// a term `write_date >= v` or `> v`, or the keyset `| (write_date > v) & (write_date = v) (…)`.
-fn write_date_floor(domain: &[Value]) -> Option<String> {
-    let leaf = |v: &Value, ops: &[&str]| -> Option<String> {
+/// The smallest (`write_date`, `id`) a record can have to match `domain`, when its conjunction
+/// says so: a term `write_date >= v` or `> v`, or the keyset
+/// `| (write_date > v) & (write_date = v) (id > n)`.
+fn write_date_floor(domain: &[Value]) -> Option<(String, i64)> {
+    let term = |v: &Value, field: &str, op: &str| -> Option<Value> {
         let t = v.as_array()?;
-        (t.len() == 3 && t[0] == "write_date" && ops.contains(&t[1].as_str()?))
-            .then(|| t[2].as_str().map(String::from))
-            .flatten()
+        (t.len() == 3 && t[0] == field && t[1] == op).then(|| t[2].clone())
     };
-    let mut floor: Option<String> = None;
+    let text = |v: Value| v.as_str().map(String::from);
+    let mut floor: Option<(String, i64)> = None;
     let mut at = 0;
     while at < domain.len() {
         let len = expression_len(domain, at)?;
         let e = &domain[at..at + len];
         let found = match e {
-            [one] => leaf(one, &[">=", ">"]),
-            [or, a, and, b, _] if or == "|" && and == "&" => {
-                let v = leaf(a, &[">"])?;
-                (leaf(b, &["="]).as_ref() == Some(&v)).then_some(v)
+            [one] => term(one, "write_date", ">=")
+                .and_then(text)
+                .map(|v| (v, i64::MIN))
+                .or_else(|| {
+                    term(one, "write_date", ">")
+                        .and_then(text)
+                        .map(|v| (v, i64::MAX))
+                }),
+            [or, a, and, b, c] if or == "|" && and == "&" => {
+                let v = term(a, "write_date", ">").and_then(text);
+                let same = term(b, "write_date", "=").and_then(text);
+                let after = term(c, "id", ">").and_then(|n| n.as_i64());
+                match (v, same, after) {
+                    (Some(v), Some(same), Some(n)) if v == same => Some((v, n.saturating_add(1))),
+                    _ => None,
+                }
             }
             _ => None,
         };
@@ -1087,9 +1106,9 @@ fn search(
     if let (true, Some(limit), Some(index), Some(table)) =
         (indexed, limit, i.by_write.get(model), i.records.get(model))
     {
-        let floor = write_date_floor(domain).unwrap_or_default();
+        let floor = write_date_floor(domain).unwrap_or((String::new(), i64::MIN));
         let mut out = Vec::new();
-        for (_, id) in index.range((floor, i64::MIN)..) {
+        for (_, id) in index.range(floor..) {
             let rec = &table[id];
             if hides_archived && rec.get("active") == Some(&json!(false)) {
                 continue;
@@ -1949,7 +1968,11 @@ mod tests {
             unique.dedup();
             assert_eq!(unique.len(), seen.len(), "no record read twice");
             assert!(!seen.contains(&40), "deleted");
-            assert_eq!(seen.contains(&50), !active, "archived only without active_test");
+            assert_eq!(
+                seen.contains(&50),
+                !active,
+                "archived only without active_test"
+            );
             assert_eq!(
                 seen.len(),
                 s.records("res.partner")

@@ -70,6 +70,9 @@ impl Hints {
     }
 }
 
+/// A related record by field value: (related model, field, value).
+type RelatedKey = (String, String, String);
+
 /// The connector of an Odoo web service.
 pub struct OdooConnector {
     service: OdooService,
@@ -78,7 +81,7 @@ pub struct OdooConnector {
     permits: Arc<Semaphore>,
     hints: Arc<Mutex<Hints>>,
     /// (related model, field, value) → id, with when it was found.
-    related: Mutex<HashMap<(String, String, String), (i64, Instant)>>,
+    related: Mutex<HashMap<RelatedKey, (i64, Instant)>>,
 }
 
 impl OdooConnector {

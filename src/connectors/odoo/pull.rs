@@ -229,34 +229,39 @@ impl Reading {
             };
             let archived = self.has_active && row.get("active") == Some(&Value::Bool(false));
             let mut values = Map::new();
-            for (name, raw) in &row {
+            let modified_at = row
+                .get("write_date")
+                .and_then(Value::as_str)
+                .and_then(|s| chrono::NaiveDateTime::parse_from_str(s, DATETIME).ok())
+                .map(|t| t.and_utc());
+            let mut related = Vec::with_capacity(self.related.len());
+            for r in &self.related {
+                related.push(row.get(&r.base).cloned());
+            }
+            for (name, raw) in row {
                 if name == "active" && !self.keeps_active {
                     continue;
                 }
-                let ttype = self.types.get(name).map(String::as_str).unwrap_or("char");
-                values.insert(name.clone(), from_odoo(ttype, raw));
+                let ttype = self.types.get(&name).map(String::as_str).unwrap_or("char");
+                let v = from_odoo(ttype, &raw);
+                values.insert(name, v);
             }
-            for r in &self.related {
+            for (r, base) in self.related.iter().zip(related) {
                 let slot = &lookups[&(r.relation.clone(), r.sub.clone())];
                 let v = if r.many {
                     Value::Array(
-                        ids_in(row.get(&r.base))
+                        ids_in(base.as_ref())
                             .filter_map(|i| slot.get(&i).cloned())
                             .collect(),
                     )
                 } else {
-                    ids_in(row.get(&r.base))
+                    ids_in(base.as_ref())
                         .next()
                         .and_then(|i| slot.get(&i).cloned())
                         .unwrap_or(Value::Null)
                 };
                 values.insert(r.key.clone(), v);
             }
-            let modified_at = row
-                .get("write_date")
-                .and_then(Value::as_str)
-                .and_then(|s| chrono::NaiveDateTime::parse_from_str(s, DATETIME).ok())
-                .map(|t| t.and_utc());
             let action = match (archived, self.model.archived) {
                 (true, Archived::Unlink) => PullAction::Unlink,
                 (true, Archived::Delete) => PullAction::Delete,
@@ -431,6 +436,54 @@ impl Cursor {
     }
 }
 
+/// A page of changes as read: its records, how many rows, and the last row's position.
+struct Fetched {
+    records: Vec<Pulled>,
+    read: usize,
+    last: Option<Position>,
+}
+
+async fn fetch(
+    client: Arc<OdooClient>,
+    reading: Arc<Reading>,
+    domain: Vec<Value>,
+    limit: usize,
+) -> Result<Fetched, PullError> {
+    let rows = reading.read(&client, domain, Some(limit)).await?;
+    let read = rows.len();
+    let last = rows.last().and_then(Position::of);
+    let records = reading.convert(&client, rows).await?;
+    Ok(Fetched {
+        records,
+        read,
+        last,
+    })
+}
+
+/// A page read in the background; dropping it stops the read.
+struct Ahead(tokio::task::JoinHandle<Result<Fetched, PullError>>);
+
+impl Ahead {
+    fn start(
+        read: impl std::future::Future<Output = Result<Fetched, PullError>> + Send + 'static,
+    ) -> Ahead {
+        Ahead(tokio::spawn(read))
+    }
+
+    async fn page(mut self) -> Result<Fetched, PullError> {
+        match (&mut self.0).await {
+            Ok(r) => r,
+            Err(e) => Err(PullError::Service(format!("reading a page failed: {e}"))),
+        }
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Where a run starts.
 pub(super) struct Start {
     pub code: String,
@@ -456,8 +509,10 @@ enum Phase {
 /// One pull of an Odoo sync.
 pub(super) struct OdooPull {
     client: Arc<OdooClient>,
-    reading: Reading,
+    reading: Arc<Reading>,
     start: Start,
+    /// The next page of changes, being read.
+    ahead: Option<Ahead>,
     phase: Phase,
     /// The saved cursor, as the run found it and as it advanced.
     saved: Cursor,
@@ -473,6 +528,7 @@ pub(super) struct OdooPull {
 
 impl OdooPull {
     pub(super) fn new(client: Arc<OdooClient>, reading: Reading, start: Start) -> OdooPull {
+        let reading = Arc::new(reading);
         let saved = start
             .cursor
             .as_deref()
@@ -488,6 +544,7 @@ impl OdooPull {
             },
             saved,
             start,
+            ahead: None,
             after: None,
             pending: None,
             hints_read: false,
@@ -615,17 +672,35 @@ impl Puller for OdooPull {
                 })
             }
             Phase::Changes => {
-                let rows = self
-                    .reading
-                    .read(&self.client, self.changes_domain(), Some(self.start.limit))
-                    .await?;
-                let read = rows.len();
-                if let Some(last) = rows.last().and_then(Position::of) {
+                let fetched = match self.ahead.take() {
+                    Some(ahead) => ahead.page().await,
+                    None => {
+                        fetch(
+                            self.client.clone(),
+                            self.reading.clone(),
+                            self.changes_domain(),
+                            self.start.limit,
+                        )
+                        .await
+                    }
+                }?;
+                let read = fetched.read;
+                if let Some(last) = fetched.last {
                     self.after = Some(last.clone());
                     self.pending = Some(last);
                 }
                 let last_page = read < self.start.limit;
-                let records = self.reading.convert(&self.client, rows).await?;
+                let records = fetched.records;
+                // The next page is read while the engine applies this one: its keyset position
+                // is known already, and reading ahead changes nothing in Odoo.
+                if !last_page {
+                    self.ahead = Some(Ahead::start(fetch(
+                        self.client.clone(),
+                        self.reading.clone(),
+                        self.changes_domain(),
+                        self.start.limit,
+                    )));
+                }
                 self.phase = match (last_page, self.start.full) {
                     (false, _) => Phase::Changes,
                     (true, true) => Phase::Deletes,
