@@ -26,6 +26,9 @@ fn need(method: &str, path: &str) -> Need {
         // Dropbox calls these without a key; the POST's signature is checked instead
         // (tests/dropbox.rs), and this harness has no Dropbox service (404 for any key).
         ("get" | "post", "/webhooks/dropbox/{web_service}") => Need::Nothing,
+        // Odoo's automation rules call this with the web service's token instead of a key
+        // (tests/odoo.rs); this harness has no Odoo service (404 for any key).
+        ("post", "/webhooks/odoo/{web_service}") => Need::Nothing,
         ("get", p) if p.starts_with("/api/v1/") => Need::Read,
         ("post" | "patch" | "delete", p) if p.starts_with("/api/v1/models/") => Need::Write,
         ("post", "/api/v1/syncs/{code}/run")

@@ -822,9 +822,10 @@ fn decide(
         ));
     }
     let Some(record) = current else {
-        // Deleted here, its delete not yet sent: the external side repeating what was last
-        // synced (an overlap read) does not bring the record back.
+        // Deleted here, its delete not yet sent: a pull repeating what was last synced (an
+        // overlap read) does not bring the record back. (An explicit create does.)
         if let Some(l) = &link
+            && p.job.ctx.run_id.is_some()
             && l.external_id.is_some()
             && incoming
                 .iter()
