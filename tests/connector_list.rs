@@ -1,6 +1,9 @@
 //! Listing ids through the connector interface (`Connector::list_ids`): a Dropbox sync lists
-//! every entry it takes, page by page, against the fake Dropbox; a connector that cannot list
-//! says so, naming its kind.
+//! every entry it takes, page by page, against the fake Dropbox; a `rest` service with a
+//! `list_url` lists its records page by page against the reference peer; a connector that
+//! cannot list says so, naming its kind.
+
+mod common;
 
 use recsync::peer::dropbox::{FakeDropbox, FakeOptions};
 use std::collections::{BTreeSet, HashMap};
@@ -118,4 +121,78 @@ async fn a_dropbox_sync_lists_every_entry_it_takes_page_by_page() {
         e.to_string(),
         "rest web services do not support listing ids"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_service_with_a_list_url_lists_every_record_page_by_page() {
+    let (peer_url, peer) = common::spawn_peer();
+    let mut expected = BTreeSet::new();
+    for n in 0..25 {
+        let id = format!("C-{n:03}");
+        let values = serde_json::json!({"name": format!("Contact {n}")});
+        peer.upsert(
+            "contacts",
+            Some(id.clone()),
+            values.as_object().unwrap().clone(),
+        )
+        .await;
+        expected.insert(id);
+    }
+    let mapping = format!(
+        r#"
+[models.doc]
+fields = {{ name = "char" }}
+
+[web_services.crm]
+url = "{peer_url}/api/contacts/fetch"
+list_url = "{peer_url}/api/contacts/list"
+auth = {{ mode = "api_key", header = "api_key", key = "{key}" }}
+
+[web_services.wrong_key]
+url = "{peer_url}/api/contacts/fetch"
+list_url = "{peer_url}/api/contacts/list"
+auth = {{ mode = "api_key", header = "api_key", key = "not-the-key" }}
+
+[external_models.contact]
+fields = {{ unique_id = "char", name = "char" }}
+
+[syncs.CON]
+model = "doc"
+external_model = "contact"
+web_service = "crm"
+direction = "to_local"
+every = "1h"
+limit = 10
+external_ref = "unique_id"
+fields = [{{ local = "name", external = "name" }}]
+
+[syncs.BAD]
+model = "doc"
+external_model = "contact"
+web_service = "wrong_key"
+direction = "to_local"
+every = "1h"
+external_ref = "unique_id"
+fields = [{{ local = "name", external = "name" }}]
+"#,
+        key = common::harness::PEER_KEY
+    );
+    let plan = recsync::config::compile_texts(&[("m.toml", &mapping)], &HashMap::new())
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    let http = reqwest::Client::new();
+    let connector = recsync::connectors::build(&plan.web_services["crm"], &http);
+    let (ids, pages) = all_ids(connector.as_ref(), plan.sync("CON").unwrap(), &plan).await;
+    assert_eq!(ids, expected);
+    assert_eq!(pages, 3, "25 records, 10 a page");
+    peer.remove("contacts", "C-007").await;
+    let (ids, _) = all_ids(connector.as_ref(), plan.sync("CON").unwrap(), &plan).await;
+    assert_eq!(ids.len(), 24, "a deleted record is not listed");
+    assert!(!ids.contains("C-007"));
+    // A refused key is an error of the listing, not an empty list.
+    let bad = recsync::connectors::build(&plan.web_services["wrong_key"], &http);
+    let e = bad
+        .list_ids(plan.sync("BAD").unwrap(), &plan, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("listing failed"), "{e}");
 }

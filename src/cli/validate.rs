@@ -87,11 +87,12 @@ pub(super) async fn check_services(plan: &crate::domain::Plan) -> ExitCode {
         let (auth, timeout, urls): (_, _, Vec<String>) = match &ws.spec {
             ServiceSpec::Odoo(_) => continue,
             ServiceSpec::Rest(r) => {
-                let mut urls: Vec<String> = [&r.url, &r.confirmation_url, &r.shipping_url]
-                    .into_iter()
-                    .flatten()
-                    .map(|u| u.expose().to_string())
-                    .collect();
+                let mut urls: Vec<String> =
+                    [&r.url, &r.confirmation_url, &r.shipping_url, &r.list_url]
+                        .into_iter()
+                        .flatten()
+                        .map(|u| u.expose().to_string())
+                        .collect();
                 // A service reached only through configured endpoints: probe their hosts.
                 if urls.is_empty() {
                     urls = plan

@@ -563,6 +563,78 @@ impl Connector for Rest {
         let _permit = self.permits.acquire().await.expect("semaphore open");
         send(&self.http, &self.service, sync, action, target, values).await
     }
+
+    /// `POST list_url {"limit": n, "after": token}`, answered with a page of records and the
+    /// `next` token (`protocol.md` §2, List).
+    async fn list_ids(
+        &self,
+        sync: &Sync,
+        _plan: &Plan,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), PullError> {
+        let Some(url) = &self.service.list_url else {
+            return Err(super::unsupported("listing ids", "rest"));
+        };
+        let failed = |e: SendError| PullError::Service(format!("listing failed: {e}"));
+        let reply = post_json(
+            &self.http,
+            &self.service,
+            url.expose(),
+            &json!({"limit": sync.limit, "after": after}),
+        )
+        .await
+        .map_err(failed)?;
+        if reply.get("status").and_then(Value::as_str) != Some("success") {
+            let msg = reply
+                .get("error_message")
+                .and_then(Value::as_str)
+                .filter(|m| !m.trim().is_empty())
+                .unwrap_or("no reason given");
+            return Err(PullError::Service(format!(
+                "listing failed: the service answered: {msg}"
+            )));
+        }
+        let Some(content) = reply.get("content").and_then(Value::as_array) else {
+            return Err(PullError::Service(
+                "listing failed: the answer has no `content` list".into(),
+            ));
+        };
+        let mut ids = Vec::with_capacity(content.len());
+        for (i, item) in content.iter().enumerate() {
+            let id = item
+                .get("external_id")
+                .and_then(crate::domain::mapping::id_text)
+                .or_else(|| {
+                    item.get("values")
+                        .and_then(|v| v.get(&sync.external_ref))
+                        .and_then(crate::domain::mapping::id_text)
+                })
+                .ok_or_else(|| {
+                    PullError::Service(format!(
+                        "listing failed: record {i} of the page has no `external_id` (nor `{}` in its values)",
+                        sync.external_ref
+                    ))
+                })?;
+            ids.push(id);
+        }
+        let next = match reply.get("next") {
+            None | Some(Value::Null) => None,
+            Some(v) => match crate::domain::mapping::id_text(v) {
+                Some(t) if after.as_deref() == Some(t.as_str()) => {
+                    return Err(PullError::Service(
+                        "listing failed: the service answered the same `next` again".into(),
+                    ));
+                }
+                Some(t) => Some(t),
+                None => {
+                    return Err(PullError::Service(
+                        "listing failed: `next` is neither null nor a token".into(),
+                    ));
+                }
+            },
+        };
+        Ok((ids, next))
+    }
 }
 
 #[cfg(test)]

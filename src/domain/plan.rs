@@ -441,6 +441,8 @@ pub struct RestService {
     pub url: Option<ConfigStr>,
     pub confirmation_url: Option<ConfigStr>,
     pub shipping_url: Option<ConfigStr>,
+    /// Lists every record that exists (reconciliation, delete detection), when set.
+    pub list_url: Option<ConfigStr>,
     pub auth: Auth,
     pub timeout: Duration,
     pub max_concurrency: usize,
@@ -807,7 +809,7 @@ impl Plan {
                         }
                         Auth::Bearer { token } => values.push(token.expose_secret().to_string()),
                     }
-                    for u in [&r.url, &r.confirmation_url, &r.shipping_url]
+                    for u in [&r.url, &r.confirmation_url, &r.shipping_url, &r.list_url]
                         .into_iter()
                         .flatten()
                         .filter(|u| u.is_secret())

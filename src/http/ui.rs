@@ -129,6 +129,7 @@ async fn config_summary(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
                         "url": r.url.as_ref().map(location),
                         "confirmation_url": r.confirmation_url.as_ref().map(location),
                         "shipping_url": r.shipping_url.as_ref().map(location),
+                        "list_url": r.list_url.as_ref().map(location),
                         "timeout_ms": r.timeout.as_millis() as u64,
                     }),
                     ServiceSpec::Dropbox(d) => json!({

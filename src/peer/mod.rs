@@ -196,6 +196,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     .route("/api/{coll}/fetch", web::post().to(fetch))
     .route("/api/{coll}/confirm", web::post().to(confirm))
     .route("/api/{coll}/ship", web::post().to(ship))
+    .route("/api/{coll}/list", web::post().to(list))
     .route("/api/{coll}", web::post().to(rt_create))
     .route("/api/{coll}/{id}", web::put().to(rt_update))
     .route("/api/{coll}/{id}", web::delete().to(rt_delete));
@@ -632,6 +633,55 @@ async fn admin_received(state: web::Data<PeerState>, path: web::Path<String>) ->
 #[derive(Deserialize)]
 struct FetchBody {
     limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct ListBody {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// `POST /api/<coll>/list`: every record that exists, by id, a page at a time from `after`
+/// (protocol.md §2, List).
+async fn list(
+    req: HttpRequest,
+    state: web::Data<PeerState>,
+    path: web::Path<String>,
+    body: web::Json<ListBody>,
+) -> HttpResponse {
+    if let Some(r) = state.fault(&req, "list").await {
+        return r;
+    }
+    let limit = body.limit.unwrap_or(1000).clamp(1, 10_000);
+    state.note_call(
+        "list",
+        &path,
+        json!({"limit": body.limit, "after": body.after}),
+    );
+    let (content, next) = state.with(|inner| {
+        let c = inner.collections.entry(path.to_string()).or_default();
+        let range: Box<dyn Iterator<Item = (&String, &Map<String, Value>)>> = match &body.after {
+            Some(a) => Box::new(
+                c.records
+                    .range::<String, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            ),
+            None => Box::new(c.records.iter()),
+        };
+        let page: Vec<(&String, &Map<String, Value>)> = range.take(limit + 1).collect();
+        let more = page.len() > limit;
+        let page = &page[..page.len().min(limit)];
+        let content: Vec<Value> = page
+            .iter()
+            .map(|(id, values)| json!({"external_id": id, "values": values}))
+            .collect();
+        let next = more
+            .then(|| page.last().map(|(id, _)| (*id).clone()))
+            .flatten();
+        (content, next)
+    });
+    HttpResponse::Ok().json(json!({
+        "status": "success", "error_message": "", "content": content, "next": next
+    }))
 }
 
 async fn fetch(

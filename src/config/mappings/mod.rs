@@ -82,12 +82,13 @@ pub const ODOO_KEYS: [&str; 12] = [
     "overlap",
     "active",
 ];
-pub const REST_KEYS: [&str; 9] = [
+pub const REST_KEYS: [&str; 10] = [
     "kind",
     "description",
     "url",
     "confirmation_url",
     "shipping_url",
+    "list_url",
     "auth",
     "timeout",
     "max_concurrency",

@@ -17,6 +17,8 @@ pub(super) fn compile_web_service(d: &Decl<'_>, diags: &mut Diagnostics) -> Opti
                 .and_then(|s| check_url("confirmation_url", &s, diags));
             let shipping_url =
                 str_of(t, "shipping_url", diags).and_then(|s| check_url("shipping_url", &s, diags));
+            let list_url =
+                str_of(t, "list_url", diags).and_then(|s| check_url("list_url", &s, diags));
             if let (Some((k, _)), None) = (entry(t, "confirmation_url"), entry(t, "url")) {
                 diags.push(Diagnostic::error(
                     "`confirmation_url` is set but `url` is not",
@@ -34,6 +36,7 @@ pub(super) fn compile_web_service(d: &Decl<'_>, diags: &mut Diagnostics) -> Opti
                 url,
                 confirmation_url,
                 shipping_url,
+                list_url,
                 auth,
                 timeout,
                 max_concurrency,
