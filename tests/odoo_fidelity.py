@@ -97,6 +97,25 @@ check(
 )
 check(Partner.search([("active", "=", False)]) == [child], "searching on active shows it")
 
+# Keyset pages by (write_date, id), as recsync reads them: every record once, in order.
+everything = [
+    (r["write_date"], r["id"])
+    for r in Partner.search_read([], ["write_date"], order="write_date asc, id asc, name",
+                                 context={"active_test": False})
+]
+seen, after = [], None
+while True:
+    dom = [] if after is None else [
+        "|", ("write_date", ">", after[0]), "&", ("write_date", "=", after[0]), ("id", ">", after[1])
+    ]
+    page = Partner.search_read(dom, ["write_date"], order="write_date asc, id asc", limit=2,
+                               context={"active_test": False})
+    if not page:
+        break
+    seen += [(r["write_date"], r["id"]) for r in page]
+    after = seen[-1]
+check(len(everything) >= 3 and seen == everything, f"keyset pages by write_date, id: {seen} vs {everything}")
+
 raises(lambda: Partner.create({"email": "nobody@example.com"}), odoorpc.error.RPCError,
        "a missing required field", "mandatory")
 Partner.unlink([child])

@@ -227,10 +227,16 @@ fn kwargs(v: Value) -> Map<String, Value> {
 }
 
 /// The Odoo side of a sync's external model.
-fn model_of<'p>(sync: &Sync, plan: &'p Plan) -> Option<&'p OdooModel> {
+fn model_of<'p>(sync: &Sync, plan: &'p Plan) -> Result<&'p OdooModel, PullError> {
     plan.external_models
         .get(&sync.external_model)
         .and_then(|m| m.odoo.as_ref())
+        .ok_or_else(|| {
+            PullError::Service(format!(
+                "external model `{}` is not an Odoo model",
+                sync.external_model
+            ))
+        })
 }
 
 /// An Odoo failure as the outbox's retry logic needs it.
@@ -273,12 +279,7 @@ impl Connector for OdooConnector {
         start: PullStart,
         memory: &dyn Memory,
     ) -> Result<Box<dyn Puller>, PullError> {
-        let odoo = model_of(sync, plan).ok_or_else(|| {
-            PullError::Service(format!(
-                "external model `{}` is not an Odoo model",
-                sync.external_model
-            ))
-        })?;
+        let odoo = model_of(sync, plan)?;
         let reading = pull::Reading::prepare(&self.client, sync, odoo).await?;
         let cursor = memory.cursor().await?;
         let (hinted, seq) = self
@@ -311,9 +312,7 @@ impl Connector for OdooConnector {
         target: Target<'_>,
         values: &Map<String, Value>,
     ) -> Result<Sent, SendError> {
-        let odoo = model_of(sync, plan).ok_or_else(|| {
-            SendError::Permanent("the external model is not an Odoo model".into())
-        })?;
+        let odoo = model_of(sync, plan).map_err(|e| SendError::Permanent(e.to_string()))?;
         let _permit = self.permits.acquire().await.expect("semaphore open");
         let model = odoo.model.as_str();
         match action {
@@ -395,12 +394,7 @@ impl Connector for OdooConnector {
         plan: &Plan,
         after: Option<String>,
     ) -> Result<(Vec<String>, Option<String>), PullError> {
-        let odoo = model_of(sync, plan).ok_or_else(|| {
-            PullError::Service(format!(
-                "external model `{}` is not an Odoo model",
-                sync.external_model
-            ))
-        })?;
+        let odoo = model_of(sync, plan)?;
         let after = after.and_then(|a| a.parse::<i64>().ok()).unwrap_or(0);
         let page = pull::LIST_PAGE;
         let ids = pull::list_page(&self.client, odoo, after, page).await?;
