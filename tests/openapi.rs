@@ -9,7 +9,7 @@ use common::harness::{ADMIN_KEY, Harness};
 use serde_json::Value;
 
 /// The routes of `protocol.md` (§1 and §4), as the document must name them.
-const EXPECTED: [(&str, &str); 20] = [
+const EXPECTED: [(&str, &str); 24] = [
     ("post", "/sync/{code}/create"),
     ("put", "/sync/{code}/{external_id}"),
     ("delete", "/sync/{code}/{external_id}"),
@@ -25,6 +25,10 @@ const EXPECTED: [(&str, &str); 20] = [
     ("get", "/api/v1/outbox"),
     ("post", "/api/v1/outbox/{id}/retry"),
     ("post", "/api/v1/outbox/{id}/discard"),
+    ("get", "/api/v1/holds"),
+    ("get", "/api/v1/holds/{id}"),
+    ("post", "/api/v1/holds/{id}/approve"),
+    ("post", "/api/v1/holds/{id}/discard"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

@@ -33,7 +33,9 @@ fn need(method: &str, path: &str) -> Need {
         ("post" | "patch" | "delete", p) if p.starts_with("/api/v1/models/") => Need::Write,
         ("post", "/api/v1/syncs/{code}/run")
         | ("post", "/api/v1/outbox/{id}/retry")
-        | ("post", "/api/v1/outbox/{id}/discard") => Need::Operate,
+        | ("post", "/api/v1/outbox/{id}/discard")
+        | ("post", "/api/v1/holds/{id}/approve")
+        | ("post", "/api/v1/holds/{id}/discard") => Need::Operate,
         _ => panic!("classify the scope {method} {path} needs in tests/scopes.rs"),
     }
 }

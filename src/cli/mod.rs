@@ -6,6 +6,7 @@ use std::process::ExitCode;
 mod demo;
 mod discover;
 mod fake_odoo;
+mod holds;
 mod keys;
 mod log;
 mod outbox;
@@ -135,6 +136,11 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<OutboxAction>,
     },
+    /// Deletes held by a delete guard: list, approve or discard
+    Holds {
+        #[command(subcommand)]
+        action: Option<HoldsAction>,
+    },
     /// Manage API keys
     Keys {
         #[command(subcommand)]
@@ -238,6 +244,22 @@ pub enum OutboxAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum HoldsAction {
+    /// List holds and their deletes (default: those waiting for a decision)
+    List {
+        /// held, approved, discarded, applied, collecting or all
+        #[arg(long, default_value = "held")]
+        status: String,
+        #[arg(long)]
+        sync: Option<String>,
+    },
+    /// Apply the deletes of a hold (exactly those)
+    Approve { id: i64 },
+    /// Keep the records of a hold: nothing is deleted
+    Discard { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum KeysAction {
     /// Make a new key: print it once, with the `[[api_keys]]` entry holding only its hash
     New {
@@ -314,6 +336,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             log(&cli.global, query, limit, &format, follow).await
         }
         Command::Outbox { action } => outbox(&cli.global, action).await,
+        Command::Holds { action } => holds::holds(&cli.global, action).await,
         Command::FakeOdoo {
             listen,
             database,

@@ -39,6 +39,18 @@ pub(super) async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode 
                     c.conflicts,
                     c.pushed
                 );
+                if full {
+                    println!(
+                        "  reconciliation: {} missing, {} extra, {} different.",
+                        c.missing, c.extra, c.different
+                    );
+                }
+                if c.held > 0 {
+                    println!(
+                        "  {} deletes held by the delete guard: `recsync holds` lists them.",
+                        c.held
+                    );
+                }
                 if let Ok(Some(run)) = store
                     .runs(Some(code), None, 1)
                     .await

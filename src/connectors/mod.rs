@@ -122,6 +122,14 @@ pub struct Pulled {
     pub label: Option<Label>,
 }
 
+/// One record of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub external_id: String,
+    /// The record's external values, when the listing carries them.
+    pub values: Option<Map<String, Value>>,
+}
+
 /// One page of a pull.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Page {
@@ -289,6 +297,33 @@ pub trait Connector: Send + std::marker::Sync {
         _after: Option<String>,
     ) -> Result<(Vec<String>, Option<String>), PullError> {
         Err(unsupported("listing ids", self.kind()))
+    }
+
+    /// Every record that exists now, a page at a time from `after` (reconciliation): its id
+    /// and, where the service gives them with the listing, its values. By default the ids of
+    /// `list_ids`, without values.
+    async fn list_records(
+        &self,
+        sync: &Sync,
+        plan: &Plan,
+        after: Option<String>,
+    ) -> Result<(Vec<Listed>, Option<String>), PullError> {
+        let (ids, next) = self.list_ids(sync, plan, after).await?;
+        let listed = ids
+            .into_iter()
+            .map(|external_id| Listed {
+                external_id,
+                values: None,
+            })
+            .collect();
+        Ok((listed, next))
+    }
+
+    /// Whether a full pull (`recsync run --full`, `reconcile`) of this connector reads every
+    /// record and ends with the ones that are gone, so the engine need not list them itself
+    /// (Odoo).
+    fn full_pull_lists(&self) -> bool {
+        false
     }
 
     /// The external schema of a resource, as an `external_models` block (`recsync discover`).

@@ -569,9 +569,19 @@ impl Connector for Rest {
     async fn list_ids(
         &self,
         sync: &Sync,
-        _plan: &Plan,
+        plan: &Plan,
         after: Option<String>,
     ) -> Result<(Vec<String>, Option<String>), PullError> {
+        let (listed, next) = self.list_records(sync, plan, after).await?;
+        Ok((listed.into_iter().map(|l| l.external_id).collect(), next))
+    }
+
+    async fn list_records(
+        &self,
+        sync: &Sync,
+        _plan: &Plan,
+        after: Option<String>,
+    ) -> Result<(Vec<super::Listed>, Option<String>), PullError> {
         let Some(url) = &self.service.list_url else {
             return Err(super::unsupported("listing ids", "rest"));
         };
@@ -615,7 +625,19 @@ impl Connector for Rest {
                         sync.external_ref
                     ))
                 })?;
-            ids.push(id);
+            let values = match item.get("values") {
+                Some(Value::Object(v)) => Some(v.clone()),
+                None | Some(Value::Null) => None,
+                Some(_) => {
+                    return Err(PullError::Service(format!(
+                        "listing failed: the `values` of record {i} of the page are not an object"
+                    )));
+                }
+            };
+            ids.push(super::Listed {
+                external_id: id,
+                values,
+            });
         }
         let next = match reply.get("next") {
             None | Some(Value::Null) => None,

@@ -704,6 +704,52 @@ pub struct Sync {
     pub fields: Vec<FieldPair>,
     pub endpoints: Vec<Endpoint>,
     pub delete_mode: DeleteMode,
+    /// How often the sync compares both sides in full (`reconcile`).
+    pub reconcile: Option<std::time::Duration>,
+    /// The limit on deletes per run before they are held (`delete_guard`); `None` where no
+    /// delete is guarded.
+    pub delete_guard: Option<DeleteGuard>,
+}
+
+/// How many deletes a run may apply before they are held for a person (`delete_guard`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeleteGuard {
+    /// More deletes than this are held.
+    pub max: Option<u64>,
+    /// More deletes than this share of the sync's linked records are held...
+    pub max_ratio: Option<f64>,
+    /// ... when there are more than this many (deleting 2 of 5 records is not a mass delete).
+    pub min: u64,
+}
+
+impl Default for DeleteGuard {
+    fn default() -> Self {
+        DeleteGuard {
+            max: None,
+            max_ratio: Some(0.2),
+            min: 10,
+        }
+    }
+}
+
+impl DeleteGuard {
+    /// Whether `deletes` out of `linked` linked records must be held, and why.
+    pub fn holds(&self, deletes: u64, linked: u64) -> Option<String> {
+        if let Some(max) = self.max
+            && deletes > max
+        {
+            return Some(format!("{deletes} deletes in one run, more than delete_guard.max = {max}"));
+        }
+        if let Some(r) = self.max_ratio
+            && deletes > self.min
+            && deletes as f64 > r * linked as f64
+        {
+            return Some(format!(
+                "{deletes} deletes in one run out of {linked} linked records, more than delete_guard.max_ratio = {r}"
+            ));
+        }
+        None
+    }
 }
 
 /// How a sync deletes on the external side.

@@ -82,6 +82,8 @@ pub enum Applied {
     NoOp(i64),
     /// Not applied: the record is outside the sync's domain (a `skipped` row says so).
     Skipped(Option<i64>),
+    /// A pulled delete the delete guard collected: applied or held at the end of the run.
+    Collected,
 }
 
 impl Applied {
@@ -93,6 +95,7 @@ impl Applied {
             | Applied::Unlinked(i)
             | Applied::NoOp(i) => Some(*i),
             Applied::Skipped(i) => *i,
+            Applied::Collected => None,
         }
     }
 }

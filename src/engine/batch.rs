@@ -721,16 +721,49 @@ fn prepare(plan: &Plan, job: Job) -> Result<Prepared, (Job, ApplyError)> {
 type Checked = (String, Value, Map<String, Value>, Vec<PendingRef>);
 
 fn check(plan: &Plan, job: &Job) -> Result<Checked, ApplyError> {
+    map_inbound(plan, &job.code, job.external_id.as_deref(), &job.payload)
+}
+
+/// Whether a listed record's values, mapped as an inbound change would be, equal what was
+/// last synced (`base`): such a record needs nothing. A record whose mapping needs references
+/// resolved, or that does not map, is not known to be equal.
+pub(super) fn echoes(
+    plan: &Plan,
+    sync: &Sync,
+    external_id: &str,
+    values: &Map<String, Value>,
+    base: &Map<String, Value>,
+) -> bool {
+    // The payload is built without copying when it has its id already.
+    let payload = Value::Object(values.clone());
+    match map_inbound(plan, sync.code.as_str(), Some(external_id), &payload) {
+        Ok((_, _, mapped, refs)) => {
+            refs.is_empty()
+                && mapped
+                    .iter()
+                    .all(|(k, v)| base.get(k).unwrap_or(&Value::Null) == v)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Checks and maps one inbound change (the body of a `/sync` call or a pulled record).
+fn map_inbound(
+    plan: &Plan,
+    code: &str,
+    given_id: Option<&str>,
+    payload: &Value,
+) -> Result<Checked, ApplyError> {
     let sync = plan
-        .sync(&job.code)
-        .ok_or_else(|| ApplyError::UnknownSync(job.code.clone()))?;
+        .sync(code)
+        .ok_or_else(|| ApplyError::UnknownSync(code.to_string()))?;
     if !sync.direction.to_local() {
-        return Err(ApplyError::NotInbound(job.code.clone()));
+        return Err(ApplyError::NotInbound(code.to_string()));
     }
     if !sync.active {
-        return Err(ApplyError::Inactive(job.code.clone()));
+        return Err(ApplyError::Inactive(code.to_string()));
     }
-    let Value::Object(fields) = &job.payload else {
+    let Value::Object(fields) = payload else {
         return Err(ApplyError::Invalid(
             "the body must be an object of field values".into(),
         ));
@@ -764,8 +797,8 @@ fn check(plan: &Plan, job: &Job) -> Result<Checked, ApplyError> {
     if !unknown.is_empty() {
         return Err(invalid(unknown));
     }
-    let external_id = match &job.external_id {
-        Some(id) => id.clone(),
+    let external_id = match given_id {
+        Some(id) => id.to_string(),
         None => match fields.get(&sync.external_ref) {
             Some(v) => id_text(v).ok_or_else(|| {
                 ApplyError::Invalid(format!(

@@ -4,6 +4,7 @@
 mod apply;
 mod batch;
 mod fanout;
+mod guard;
 mod memory;
 mod notify;
 mod outbox;
@@ -12,6 +13,7 @@ pub mod schedule;
 
 use crate::domain::mask::Masker;
 pub use apply::{Applied, ApplyError, InboundOp, LocalOp};
+pub use guard::{Decided, HoldError};
 pub use notify::WEBHOOK_DEBOUNCE;
 pub use outbox::Outcome;
 pub use run::{RunError, Started, Trigger};

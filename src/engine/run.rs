@@ -3,6 +3,7 @@
 //! through the same apply path as real-time calls, and confirms each page when the service
 //! asks for confirmations.
 
+use super::guard::Collecting;
 use super::memory::SyncMemory;
 use super::{
     Ctx, Engine, InboundOp,
@@ -24,6 +25,8 @@ pub enum Trigger {
     Startup,
     /// A Dropbox webhook notification.
     Webhook,
+    /// The sync's `reconcile` interval: a full run.
+    Reconcile,
 }
 
 impl Trigger {
@@ -33,6 +36,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Startup => "startup",
             Trigger::Webhook => "webhook",
+            Trigger::Reconcile => "reconcile",
         }
     }
 
@@ -42,6 +46,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Webhook => "webhook",
             Trigger::Cron | Trigger::Startup => "cron",
+            Trigger::Reconcile => "reconcile",
         }
     }
 }
@@ -480,6 +485,10 @@ impl Engine {
             .open_pull(&sync, &plan, start, &memory)
             .await
             .map_err(failed)?;
+        self.hold_orphans(code, run_id)
+            .await
+            .map_err(|e| RunStop::from(format!("the store failed: {e}")))?;
+        let mut guard = Collecting::new(&sync, run_id);
         let mut retry_later: Vec<Pulled> = Vec::new();
         let mut n = 0;
         loop {
@@ -490,11 +499,11 @@ impl Engine {
             let outcomes = self
                 .apply_page(
                     code,
-                    &sync.external_ref,
                     &page.records,
                     &ctx,
                     counts,
                     &mut retry_later,
+                    &mut guard,
                 )
                 .await?;
             puller.confirm(&memory, &outcomes).await.map_err(failed)?;
@@ -514,6 +523,21 @@ impl Engine {
                 return Err(RunStop::ShuttingDown);
             }
         }
+        // A full run of a connector that does not read everything itself lists every record
+        // (reconciliation).
+        let listing = full && !connector.full_pull_lists() && sync.direction.to_local();
+        if listing {
+            self.reconcile_listing(
+                &sync,
+                &plan,
+                connector.as_ref(),
+                &ctx,
+                counts,
+                &mut guard,
+                &mut retry_later,
+            )
+            .await?;
+        }
         // References to records that arrived later in the run get a second chance, and the
         // service hears how it went.
         if !retry_later.is_empty() {
@@ -521,24 +545,53 @@ impl Engine {
             let mut still = Vec::new();
             counts.failed -= items.len() as i64;
             let outcomes = self
-                .apply_page(code, &sync.external_ref, &items, &ctx, counts, &mut still)
+                .apply_page(
+                    code,
+                    &items,
+                    &ctx,
+                    counts,
+                    &mut still,
+                    &mut guard,
+                )
                 .await?;
             puller.confirm(&memory, &outcomes).await.map_err(failed)?;
+        }
+        if let Some(g) = guard {
+            self.settle_deletes(&sync, g, &ctx, counts).await?;
+        }
+        if full {
+            if connector.full_pull_lists() {
+                // The connector read every record: what it created was not linked, what it
+                // updated differed, and what it deleted or unlinked (or the guard held) was
+                // gone.
+                counts.extra = counts.created;
+                counts.different = counts.updated;
+                counts.missing = counts.deleted + counts.unlinked + counts.held;
+            }
+            if listing || connector.full_pull_lists() {
+                self.log_alone(super::guard::reconcile_row(&sync, counts, &ctx))
+                    .await
+                    .map_err(|e| RunStop::from(format!("the store failed: {e}")))?;
+            }
         }
         Ok(())
     }
 
     /// Applies a page, concurrently where records differ (so they group-commit) and in order
     /// where the same record appears twice.
-    async fn apply_page(
+    pub(super) async fn apply_page(
         &self,
         code: &str,
-        external_ref: &str,
         page: &[Pulled],
         ctx: &Ctx,
         counts: &mut RunCounts,
         unresolved: &mut Vec<Pulled>,
+        guard: &mut Option<Collecting>,
     ) -> Result<Vec<Confirmation>, RunStop> {
+        let plan = self.plan();
+        let sync = plan.sync(code).ok_or("the sync is no longer configured")?;
+        let store_failed = |e: StoreError| RunStop::from(format!("the store failed: {e}"));
+        let external_ref = sync.external_ref.as_str();
         // Waves: the n-th occurrence of each external id goes in wave n.
         let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         let mut waves: Vec<Vec<(usize, String)>> = Vec::new();
@@ -568,6 +621,7 @@ impl Engine {
             // take their own path.
             let mut upserts = Vec::new();
             let mut deletes = Vec::new();
+            let mut collected = Vec::new();
             for (n, (i, id)) in wave.iter().enumerate() {
                 let item = &page[*i];
                 let ctx = Ctx {
@@ -575,6 +629,20 @@ impl Engine {
                     relabel: item.label.map(super::label_action),
                     ..ctx.clone()
                 };
+                if let Some(g) = guard.as_mut() {
+                    if item.action == PullAction::Delete {
+                        if self
+                            .collect_delete(sync, g, id)
+                            .await
+                            .map_err(store_failed)?
+                        {
+                            collected.push(n);
+                            continue;
+                        }
+                    } else if item.action != PullAction::Unlink {
+                        self.uncollect(g, id).await.map_err(store_failed)?;
+                    }
+                }
                 if matches!(item.action, PullAction::Delete | PullAction::Unlink) {
                     deletes.push((n, id.clone(), item.action == PullAction::Unlink, ctx));
                 } else {
@@ -610,6 +678,10 @@ impl Engine {
             for ((n, _, _, _), r) in deletes.iter().zip(deleted) {
                 results[*n] = Some(r);
             }
+            // Collected by the delete guard: settled at the end of the run.
+            for n in collected {
+                results[n] = Some(Ok(Applied::Collected));
+            }
             let results = results
                 .into_iter()
                 .map(|r| r.expect("every item has a result"));
@@ -632,6 +704,7 @@ impl Engine {
                         counts.unlinked += 1;
                         None
                     }
+                    Ok(Applied::Collected) => None,
                     Ok(Applied::NoOp(_))
                     | Err(ApplyError::UnknownExternalId(..))
                     | Ok(Applied::Skipped(_)) => {

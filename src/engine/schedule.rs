@@ -39,6 +39,9 @@ impl Engine {
     pub async fn tick(self: &Arc<Self>, now: DateTime<Utc>, startup: bool) {
         let plan = self.plan();
         for sync in plan.syncs.values().filter(|s| s.active) {
+            if let Some(every) = sync.reconcile {
+                self.reconcile_tick(sync.code.as_str(), every, now).await;
+            }
             let (Some(schedule), Some(sig)) = (&sync.schedule, signature(sync)) else {
                 continue;
             };
@@ -87,6 +90,45 @@ impl Engine {
                     }
                 }
                 Some(_) => {}
+            }
+        }
+    }
+
+    /// Starts the sync's reconciliation (a full run) when its `reconcile` interval is due. The
+    /// first one is due one interval after the sync first runs here; one instance takes each
+    /// due time, and a reconciliation that finds a run in progress is tried again next tick.
+    async fn reconcile_tick(self: &Arc<Self>, code: &str, every: std::time::Duration, now: DateTime<Utc>) {
+        let next = now + chrono::Duration::from_std(every).unwrap_or(chrono::Duration::days(1));
+        let due = match self.store.next_reconcile(code).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(sync = code, error = %e, "The scheduler could not read a sync's reconciliation time");
+                return;
+            }
+        };
+        let Some(due) = due else {
+            let _ = self.store.set_next_reconcile(code, None, next).await;
+            return;
+        };
+        if due > now {
+            return;
+        }
+        // Another run holds the sync: reconcile as soon as it is free.
+        if let Ok(Some(state)) = self.store.sync_state(code).await
+            && state.running_run.is_some()
+        {
+            return;
+        }
+        match self.store.set_next_reconcile(code, Some(due), next).await {
+            Ok(true) => match self.start_run(code, Trigger::Reconcile, true).await {
+                Ok(_) | Err(RunError::Busy { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(sync = code, error = %e, "A reconciliation could not start")
+                }
+            },
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(sync = code, error = %e, "The scheduler could not claim a reconciliation")
             }
         }
     }

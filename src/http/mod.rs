@@ -5,6 +5,7 @@ pub mod auth;
 pub mod body;
 pub mod changes;
 pub mod dropbox;
+pub mod holds;
 pub mod metrics;
 pub mod odoo;
 pub mod openapi;
@@ -141,6 +142,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     metrics::routes(cfg);
     dropbox::routes(cfg);
     odoo::routes(cfg);
+    holds::routes(cfg);
 }
 
 /// Liveness: the process answers.

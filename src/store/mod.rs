@@ -4,6 +4,7 @@
 
 mod types;
 
+pub use holds::{Hold, HoldItem};
 pub use types::*;
 pub use view::ReadView;
 
@@ -117,6 +118,7 @@ macro_rules! on {
 
 // The table families; `on!` is defined above so that they can use it.
 mod changes;
+mod holds;
 mod idempotency;
 mod links;
 mod mirror;
@@ -407,7 +409,8 @@ async fn finish_run(
     on!(c, |c| {
         sqlx::query(
             "UPDATE runs SET finished_at = $1, status = $2, error = $3, pulled = $4, created = $5, updated = $6, deleted = $7,
-             unlinked = $8, skipped = $9, failed = $10, conflicts = $11, pushed = $12 WHERE id = $13"
+             unlinked = $8, skipped = $9, failed = $10, conflicts = $11, pushed = $12,
+             held = $13, missing = $14, extra = $15, different = $16 WHERE id = $17"
         )
         .bind(Utc::now())
         .bind(status)
@@ -421,6 +424,10 @@ async fn finish_run(
         .bind(counts.failed)
         .bind(counts.conflicts)
         .bind(counts.pushed)
+        .bind(counts.held)
+        .bind(counts.missing)
+        .bind(counts.extra)
+        .bind(counts.different)
         .bind(id)
         .execute(c).await.map(|r| r.rows_affected())
     })?;

@@ -16,7 +16,7 @@ impl Store {
         Ok(row)
     }
 
-    async fn ensure_state(&self, c: Conn<'_>, sync: &str) -> Result<()> {
+    pub(super) async fn ensure_state(&self, c: Conn<'_>, sync: &str) -> Result<()> {
         on!(c, |c| {
             sqlx::query("INSERT INTO sync_state (sync, updated_at) VALUES ($1, $2) ON CONFLICT (sync) DO NOTHING")
             .bind(sync)
@@ -260,7 +260,7 @@ impl Store {
         Ok(on!(c.conn(), |c| {
             sqlx::query_as::<_, Run>(
             "SELECT id, sync, trigger, started_at, finished_at, status, error, instance, pulled, created, updated, deleted,
-                    unlinked, skipped, failed, conflicts, pushed FROM runs
+                    unlinked, skipped, failed, conflicts, pushed, held, missing, extra, different FROM runs
              WHERE ($1 IS NULL OR sync = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
         )
         .bind(sync)

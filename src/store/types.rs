@@ -352,6 +352,14 @@ pub struct RunCounts {
     pub failed: i64,
     pub conflicts: i64,
     pub pushed: i64,
+    /// Deletes the delete guard held for a person to approve.
+    pub held: i64,
+    /// Found by reconciliation: linked records whose external side is gone.
+    pub missing: i64,
+    /// Found by reconciliation: external records nothing was linked to.
+    pub extra: i64,
+    /// Found by reconciliation: linked records whose values differed.
+    pub different: i64,
 }
 
 /// A recorded run.
@@ -374,6 +382,14 @@ pub struct Run {
     pub failed: i64,
     pub conflicts: i64,
     pub pushed: i64,
+    /// Deletes the delete guard held for a person to approve.
+    pub held: i64,
+    /// Found by reconciliation: linked records whose external side is gone.
+    pub missing: i64,
+    /// Found by reconciliation: external records nothing was linked to.
+    pub extra: i64,
+    /// Found by reconciliation: linked records whose values differed.
+    pub different: i64,
 }
 
 /// The first answer given to an `Idempotency-Key`.

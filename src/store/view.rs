@@ -33,6 +33,23 @@ impl ReadView {
         self.0.list_records(model, after, limit).await
     }
 
+    pub async fn holds(
+        &self,
+        status: Option<&str>,
+        sync: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Hold>> {
+        self.0.holds(status, sync, limit).await
+    }
+
+    pub async fn hold(&self, id: i64) -> Result<Option<Hold>> {
+        self.0.hold(id).await
+    }
+
+    pub async fn hold_items(&self, hold: i64, after: &str, limit: i64) -> Result<Vec<HoldItem>> {
+        self.0.hold_items(hold, after, limit).await
+    }
+
     pub async fn count_records(&self, model: &str) -> Result<i64> {
         self.0.count_records(model).await
     }

@@ -113,7 +113,7 @@ pub const AUTH_KEYS: [&str; 7] = [
     "token",
     "description",
 ];
-pub const SYNC_KEYS: [&str; 19] = [
+pub const SYNC_KEYS: [&str; 21] = [
     "name",
     "description",
     "model",
@@ -133,7 +133,10 @@ pub const SYNC_KEYS: [&str; 19] = [
     "fields",
     "endpoints",
     "delete_mode",
+    "reconcile",
+    "delete_guard",
 ];
+pub const DELETE_GUARD_KEYS: [&str; 3] = ["max", "max_ratio", "min"];
 pub const PAIR_KEYS: [&str; 6] = [
     "local",
     "external",

@@ -107,6 +107,8 @@ pub(super) fn compile_sync(
     };
 
     let delete_mode = delete_mode_of(t, ext, diags);
+    let reconcile = reconcile_of(t, ws, diags);
+    let delete_guard = delete_guard_of(t, propagate_deletes, diags);
 
     if let (Some(dir), Some(mode), Some(w)) = (direction, mode, ws) {
         let dir_span = direction_item
@@ -137,7 +139,99 @@ pub(super) fn compile_sync(
         fields,
         endpoints,
         delete_mode,
+        reconcile,
+        delete_guard,
     })
+}
+
+/// `reconcile`: how often to compare both sides in full. Only a web service that can list
+/// every id can: Odoo, Dropbox, and `rest` with a `list_url`.
+fn reconcile_of(t: &Table, ws: Option<&WebService>, diags: &mut Diagnostics) -> Option<Duration> {
+    let every = duration_of(t, "reconcile", diags)?;
+    if let Some(w) = ws
+        && w.rest().is_some_and(|r| r.list_url.is_none())
+    {
+        let (_, item) = entry(t, "reconcile").expect("read above");
+        diags.push(
+            Diagnostic::error(
+                format!(
+                    "web service `{}` cannot list every id, so this sync cannot reconcile",
+                    w.name
+                ),
+                item.span.clone(),
+                "needs a listing",
+            )
+            .with_help("set `list_url` on the web service (protocol.md section 2, List), or remove `reconcile`"),
+        );
+        return None;
+    }
+    Some(every)
+}
+
+/// `delete_guard`: `{ max = N, max_ratio = R, min = M }`. Where deletes propagate and no guard
+/// is given, `{ max_ratio = 0.2 }` applies.
+fn delete_guard_of(
+    t: &Table,
+    propagate_deletes: bool,
+    diags: &mut Diagnostics,
+) -> Option<DeleteGuard> {
+    let Some((g, _)) = table_of(t, "delete_guard", diags) else {
+        return propagate_deletes.then(DeleteGuard::default);
+    };
+    check_keys(g, &DELETE_GUARD_KEYS, diags);
+    let mut guard = DeleteGuard {
+        max: None,
+        max_ratio: None,
+        min: DeleteGuard::default().min,
+    };
+    let count = |key: &str, diags: &mut Diagnostics| match int_of(g, key, diags) {
+        Some((n, _)) if n >= 0 => Some(n as u64),
+        Some((_, span)) => {
+            diags.push(Diagnostic::error(
+                format!("`delete_guard.{key}` must be zero or more"),
+                span,
+                "negative",
+            ));
+            None
+        }
+        None => None,
+    };
+    guard.max = count("max", diags);
+    if let Some(m) = count("min", diags) {
+        guard.min = m;
+    }
+    if let Some((_, item)) = entry(g, "max_ratio") {
+        let ratio = match &item.node {
+            Node::Float(f) => Some(*f),
+            Node::Int(i) => Some(*i as f64),
+            _ => {
+                diags.push(wrong_type("max_ratio", item, "a number between 0 and 1"));
+                None
+            }
+        };
+        match ratio {
+            Some(r) if (0.0..=1.0).contains(&r) => guard.max_ratio = Some(r),
+            Some(r) => diags.push(Diagnostic::error(
+                format!("`delete_guard.max_ratio` must be between 0 and 1, not {r}"),
+                item.span.clone(),
+                "out of range",
+            )),
+            None => {}
+        }
+    }
+    if guard.max.is_none() && guard.max_ratio.is_none() {
+        let (_, item) = entry(t, "delete_guard").expect("read above");
+        diags.push(
+            Diagnostic::error(
+                "`delete_guard` needs `max`, `max_ratio` or both",
+                item.span.clone(),
+                "no limit",
+            )
+            .with_help("for example `delete_guard = { max = 50, max_ratio = 0.05 }`"),
+        );
+        return None;
+    }
+    Some(guard)
 }
 
 /// `delete_mode`: `delete` (the default) or `archive`, which only Odoo can do.

@@ -388,6 +388,10 @@ impl Connector for OdooConnector {
         }
     }
 
+    fn full_pull_lists(&self) -> bool {
+        true
+    }
+
     async fn list_ids(
         &self,
         sync: &Sync,

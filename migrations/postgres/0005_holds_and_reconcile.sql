@@ -1,0 +1,40 @@
+-- Deletes held by a sync's delete guard: a run (or an hour of real-time traffic) that would
+-- delete more than the guard allows collects its deletes here instead of applying them, and an
+-- operator approves (the listed deletes are applied, no others) or discards them.
+-- status: collecting (a run still gathering its deletes) | held | approved | discarded | applied
+-- (under the guard's limit: applied at the end of the run).
+CREATE TABLE holds (
+    id          BIGSERIAL PRIMARY KEY,
+    sync        TEXT    NOT NULL,
+    run_id      BIGINT,
+    status      TEXT    NOT NULL,
+    reason      TEXT    NOT NULL DEFAULT '',
+    items       BIGINT NOT NULL DEFAULT 0,
+    created_at  TIMESTAMPTZ NOT NULL,
+    decided_at  TIMESTAMPTZ,
+    decided_by  TEXT
+);
+CREATE INDEX holds_sync ON holds (sync, status);
+
+CREATE TABLE hold_items (
+    hold_id     BIGINT NOT NULL,
+    external_id TEXT    NOT NULL,
+    local_id    BIGINT,
+    name        TEXT    NOT NULL DEFAULT '',
+    PRIMARY KEY (hold_id, external_id)
+);
+
+-- The external ids a reconciliation has listed so far, so that what it did not see is found
+-- in the store, not in memory; the rows of a run are removed when its reconciliation ends.
+CREATE TABLE reconcile_seen (
+    run_id      BIGINT NOT NULL,
+    external_id TEXT    NOT NULL,
+    PRIMARY KEY (run_id, external_id)
+);
+
+ALTER TABLE sync_state ADD COLUMN next_reconcile_at TIMESTAMPTZ;
+
+ALTER TABLE runs ADD COLUMN held      BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN missing   BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN extra     BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN different BIGINT NOT NULL DEFAULT 0;

@@ -1,0 +1,116 @@
+//! `recsync holds`: deletes held by a delete guard: list them, approve or discard one.
+
+use super::*;
+
+pub(super) async fn holds(g: &GlobalArgs, action: Option<HoldsAction>) -> ExitCode {
+    match action.unwrap_or(HoldsAction::List {
+        status: "held".into(),
+        sync: None,
+    }) {
+        HoldsAction::List { status, sync } => list(g, &status, sync.as_deref()).await,
+        HoldsAction::Approve { id } => decide(g, id, true).await,
+        HoldsAction::Discard { id } => decide(g, id, false).await,
+    }
+}
+
+/// Lists holds with their first deletes; needs only the database.
+async fn list(g: &GlobalArgs, status: &str, sync: Option<&str>) -> ExitCode {
+    let (_, store) = match open_store_for_reading(g).await {
+        Ok(pair) => pair,
+        Err(code) => return code,
+    };
+    let status = (status != "all").then_some(status);
+    let result: Result<(), crate::store::StoreError> = async {
+        let holds = store.holds(status, sync, 100).await?;
+        if holds.is_empty() {
+            println!("No holds match.");
+            return Ok(());
+        }
+        for h in holds {
+            println!(
+                "Hold {} of {}: {} deletes, {} (created {}{})",
+                h.id,
+                h.sync,
+                h.items,
+                h.status,
+                h.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                h.run_id.map(|r| format!(", run {r}")).unwrap_or_default()
+            );
+            if !h.reason.is_empty() {
+                println!("  {}", h.reason);
+            }
+            let items = store.hold_items(h.id, "", 10).await?;
+            for it in &items {
+                println!(
+                    "  - external {} -> local {} {}",
+                    it.external_id,
+                    it.local_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    it.name
+                );
+            }
+            if h.items > items.len() as i64 {
+                println!("  ... and {} more", h.items - items.len() as i64);
+            }
+            if h.status == "held" {
+                println!(
+                    "  recsync holds approve {0}   (applies these deletes)   recsync holds discard {0}   (keeps the records)",
+                    h.id
+                );
+            }
+        }
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Approves or discards a hold, through the engine (approving applies deletes).
+async fn decide(g: &GlobalArgs, id: i64, approve: bool) -> ExitCode {
+    let loaded = match load(g, None) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    crate::telemetry::init(loaded.settings.log_format);
+    let core = match crate::app::Core::start(&loaded.settings, loaded.plan).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let engine = core.engine.clone();
+    let result = if approve {
+        engine.approve_hold(id, "cli").await
+    } else {
+        engine.discard_hold(id, "cli").await
+    };
+    let code = match result {
+        Ok(d) if approve => {
+            println!(
+                "Hold {id} approved: {} deleted, {} had nothing left to delete.",
+                d.deleted, d.skipped
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(d) => {
+            println!(
+                "Hold {id} discarded: nothing deleted; the {} records stay linked.",
+                d.skipped
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    };
+    core.stop().await;
+    code
+}

@@ -1,0 +1,455 @@
+//! The delete guard and reconciliation.
+//!
+//! During a run of a sync whose deletes propagate, pulled deletes are not applied at once: they
+//! are collected in a hold in the store (so a crash loses none of them). At the end of the run
+//! the guard compares their number with `delete_guard`: under the limit they are applied; over
+//! it the hold waits for a person, who approves (exactly those deletes are applied) or
+//! discards it (nothing is deleted, nothing is relinked).
+//!
+//! Reconciliation (`reconcile`, `recsync run --full`) lists every external record through the
+//! connector, page by page, notes the ids it saw in the store, sends what is new or different
+//! through the usual apply path, and then finds in the store the links whose external record
+//! was not listed: those are deletes, through the guard.
+
+use super::apply::{Applied, ApplyError};
+use super::run::RunStop;
+use super::{Ctx, Engine, InboundOp};
+use crate::connectors::{Connector, PullAction, PullError, Pulled};
+use crate::domain::Plan;
+use crate::domain::plan::Sync;
+use crate::store::{
+    Hold, HoldItem, LogAction, LogDirection, LogStatus, NewChange, RunCounts, StoreError,
+};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+
+/// Hold items read at a time.
+const ITEMS_PAGE: i64 = 500;
+
+/// The deletes of one run, collected while the run goes on.
+pub(super) struct Collecting {
+    code: String,
+    run_id: i64,
+    hold: Option<i64>,
+    ids: HashSet<String>,
+}
+
+impl Collecting {
+    pub(super) fn new(sync: &Sync, run_id: i64) -> Option<Collecting> {
+        (sync.propagate_deletes && sync.delete_guard.is_some()).then(|| Collecting {
+            code: sync.code.to_string(),
+            run_id,
+            hold: None,
+            ids: HashSet::new(),
+        })
+    }
+}
+
+/// What became of a hold an operator decided.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Decided {
+    pub hold: i64,
+    pub status: String,
+    /// Deletes applied (approve).
+    pub deleted: i64,
+    /// Deletes with nothing left to delete: the link had ended or the record was gone.
+    pub skipped: i64,
+}
+
+/// Why a hold could not be decided.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("no hold {0}")]
+    Unknown(i64),
+    #[error("hold {id} is {status}; only a held hold can be approved or discarded")]
+    NotHeld { id: i64, status: String },
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl Engine {
+    /// Whether this pulled delete is collected instead of applied: it is when the record is
+    /// linked (a delete of nothing needs no guard). The collected delete is confirmed to the
+    /// service as taken: the hold owns it from now on.
+    pub(super) async fn collect_delete(
+        &self,
+        sync: &Sync,
+        guard: &mut Collecting,
+        external_id: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(link) = self
+            .store
+            .link_by_external(&sync.binding(), external_id)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let hold = match guard.hold {
+            Some(h) => h,
+            None => {
+                let h = self
+                    .store
+                    .open_hold(&guard.code, Some(guard.run_id))
+                    .await?;
+                guard.hold = Some(h);
+                h
+            }
+        };
+        let plan = self.plan();
+        let name = match plan.models.get(&sync.model) {
+            Some(model) => self
+                .store
+                .get_record(&model.name, link.local_id)
+                .await?
+                .map(|r| model.title(r.id, &r.values))
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        self.store
+            .add_hold_items(
+                hold,
+                &[HoldItem {
+                    external_id: external_id.to_string(),
+                    local_id: Some(link.local_id),
+                    name,
+                }],
+            )
+            .await?;
+        guard.ids.insert(external_id.to_string());
+        Ok(true)
+    }
+
+    /// A record collected for deletion came back later in the run: its delete is dropped.
+    pub(super) async fn uncollect(
+        &self,
+        guard: &mut Collecting,
+        external_id: &str,
+    ) -> Result<(), StoreError> {
+        if let Some(hold) = guard.hold
+            && guard.ids.remove(external_id)
+        {
+            self.store.remove_hold_item(hold, external_id).await?;
+        }
+        Ok(())
+    }
+
+    /// The end of a run: the collected deletes are applied, or held when they are more than
+    /// the guard allows.
+    pub(super) async fn settle_deletes(
+        &self,
+        sync: &Sync,
+        guard: Collecting,
+        ctx: &Ctx,
+        counts: &mut RunCounts,
+    ) -> Result<(), String> {
+        let Some(hold) = guard.hold else {
+            return Ok(());
+        };
+        let failed = |e: StoreError| format!("the store failed: {e}");
+        let n = guard.ids.len() as u64;
+        let linked = self
+            .store
+            .count_links(&sync.binding())
+            .await
+            .map_err(failed)? as u64;
+        let limit = sync.delete_guard.unwrap_or_default();
+        match limit.holds(n, linked) {
+            Some(reason) => {
+                self.store
+                    .decide_hold(hold, "collecting", "held", Some(&reason), None)
+                    .await
+                    .map_err(failed)?;
+                counts.held += n as i64;
+                metrics::counter!("recsync_deletes_held_total", "sync" => sync.code.to_string())
+                    .increment(n);
+                tracing::warn!(sync = %sync.code, hold, deletes = n, linked, reason = %reason, "Deletes held for approval: `recsync holds approve {hold}` applies them, `recsync holds discard {hold}` keeps the records");
+                let mut row = NewChange::unapplied(
+                    sync.code.as_str(),
+                    LogAction::Delete,
+                    format!("Hold {hold}: {n} deletes held"),
+                    LogStatus::Skipped,
+                    format!("{reason}; nothing was deleted. Approve or discard hold {hold}."),
+                );
+                row.origin_values = json!({"hold": hold, "deletes": n, "linked": linked});
+                row.run_id = ctx.run_id;
+                row.actor = ctx.actor.clone();
+                self.log_alone(row).await.map_err(failed)?;
+            }
+            None => {
+                let (deleted, skipped) = self
+                    .apply_hold(sync, hold, ctx)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                counts.deleted += deleted;
+                counts.skipped += skipped;
+                self.store
+                    .decide_hold(hold, "collecting", "applied", None, None)
+                    .await
+                    .map_err(failed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies every delete of a hold; answers how many deleted and how many had nothing left
+    /// to delete.
+    async fn apply_hold(
+        &self,
+        sync: &Sync,
+        hold: i64,
+        ctx: &Ctx,
+    ) -> Result<(i64, i64), ApplyError> {
+        let (mut deleted, mut skipped) = (0, 0);
+        let mut after = String::new();
+        loop {
+            let items = self.store.hold_items(hold, &after, ITEMS_PAGE).await?;
+            let Some(last) = items.last() else { break };
+            after = last.external_id.clone();
+            for it in &items {
+                let op = InboundOp::Delete {
+                    external_id: it.external_id.clone(),
+                    unlink_only: false,
+                };
+                match self.apply_inbound(sync.code.as_str(), op, ctx).await {
+                    Ok(Applied::Deleted(_) | Applied::Unlinked(_)) => deleted += 1,
+                    Ok(_) | Err(ApplyError::UnknownExternalId(..)) => skipped += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok((deleted, skipped))
+    }
+
+    /// Holds left `collecting` by a run of this sync that stopped before it ended are held
+    /// for a person: nobody decided whether they were too many.
+    pub(super) async fn hold_orphans(&self, code: &str, run_id: i64) -> Result<(), StoreError> {
+        for h in self.store.holds(Some("collecting"), Some(code), 100).await? {
+            if h.run_id != Some(run_id) {
+                self.store
+                    .decide_hold(
+                        h.id,
+                        "collecting",
+                        "held",
+                        Some("the run that collected these deletes stopped before it ended"),
+                        None,
+                    )
+                    .await?;
+                tracing::warn!(sync = code, hold = h.id, "Deletes of an interrupted run held for approval");
+            }
+        }
+        Ok(())
+    }
+
+    /// Approves a hold: exactly its deletes are applied, as `by`.
+    pub async fn approve_hold(&self, id: i64, by: &str) -> Result<Decided, HoldError> {
+        let hold = self.held(id).await?;
+        if !self
+            .store
+            .decide_hold(id, "held", "approved", None, Some(by))
+            .await?
+        {
+            return Err(self.not_held(id).await);
+        }
+        let plan = self.plan();
+        let Some(sync) = plan.sync(&hold.sync) else {
+            return Ok(Decided {
+                hold: id,
+                status: "approved".into(),
+                deleted: 0,
+                skipped: hold.items,
+            });
+        };
+        let ctx = Ctx::actor(format!("{by} (hold {id})"));
+        let (deleted, skipped) = self.apply_hold(sync, id, &ctx).await.map_err(|e| match e {
+            ApplyError::Store(s) => HoldError::Store(s),
+            other => HoldError::Store(StoreError::Database(sqlx::Error::Protocol(
+                other.to_string(),
+            ))),
+        })?;
+        tracing::info!(sync = %hold.sync, hold = id, deleted, skipped, by, "Held deletes approved and applied");
+        Ok(Decided {
+            hold: id,
+            status: "approved".into(),
+            deleted,
+            skipped,
+        })
+    }
+
+    /// Discards a hold: nothing is deleted, and the links stay as they are.
+    pub async fn discard_hold(&self, id: i64, by: &str) -> Result<Decided, HoldError> {
+        let hold = self.held(id).await?;
+        if !self
+            .store
+            .decide_hold(id, "held", "discarded", None, Some(by))
+            .await?
+        {
+            return Err(self.not_held(id).await);
+        }
+        tracing::info!(sync = %hold.sync, hold = id, by, "Held deletes discarded; the records stay");
+        Ok(Decided {
+            hold: id,
+            status: "discarded".into(),
+            deleted: 0,
+            skipped: hold.items,
+        })
+    }
+
+    async fn held(&self, id: i64) -> Result<Hold, HoldError> {
+        let hold = self.store.hold(id).await?.ok_or(HoldError::Unknown(id))?;
+        if hold.status != "held" {
+            return Err(HoldError::NotHeld {
+                id,
+                status: hold.status,
+            });
+        }
+        Ok(hold)
+    }
+
+    async fn not_held(&self, id: i64) -> HoldError {
+        match self.store.hold(id).await {
+            Ok(Some(h)) => HoldError::NotHeld {
+                id,
+                status: h.status,
+            },
+            Ok(None) => HoldError::Unknown(id),
+            Err(e) => HoldError::Store(e),
+        }
+    }
+
+    /// Reconciliation by listing: every external record is listed; what is not linked or
+    /// differs from what was last synced goes through the apply path, and the links whose
+    /// record was not listed come back as deletes (through the guard). Memory holds one page
+    /// at a time: the ids seen are noted in the store.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn reconcile_listing(
+        &self,
+        sync: &Sync,
+        plan: &Plan,
+        connector: &dyn Connector,
+        ctx: &Ctx,
+        counts: &mut RunCounts,
+        guard: &mut Option<Collecting>,
+        unresolved: &mut Vec<Pulled>,
+    ) -> Result<(), RunStop> {
+        let run_id = ctx.run_id.unwrap_or_default();
+        let failed = |e: StoreError| RunStop::from(format!("the store failed: {e}"));
+        let binding = sync.binding();
+        let code = sync.code.as_str();
+        let mut after = None;
+        let outcome: Result<(), RunStop> = async {
+            loop {
+                let (listed, next) = connector
+                    .list_records(sync, plan, after.clone())
+                    .await
+                    .map_err(|e: PullError| RunStop::Failed(format!("reconciliation: {e}")))?;
+                let ids: Vec<String> = listed.iter().map(|l| l.external_id.clone()).collect();
+                self.store
+                    .reconcile_seen(run_id, &ids)
+                    .await
+                    .map_err(failed)?;
+                let links = self
+                    .store
+                    .links_by_external_ids(&binding, &ids)
+                    .await
+                    .map_err(failed)?;
+                let mut candidates = Vec::new();
+                for l in listed {
+                    let Some(values) = l.values else { continue };
+                    if let Some(link) = links.get(&l.external_id)
+                        && super::batch::echoes(plan, sync, &l.external_id, &values, &link.base)
+                    {
+                        continue;
+                    }
+                    candidates.push(Pulled {
+                        action: PullAction::Update,
+                        values,
+                        external_id: Some(l.external_id),
+                        modified_at: None,
+                        label: None,
+                    });
+                }
+                if !candidates.is_empty() {
+                    let (created, updated) = (counts.created, counts.updated);
+                    self.apply_page(
+                        code,
+                        &candidates,
+                        ctx,
+                        counts,
+                        unresolved,
+                        guard,
+                    )
+                    .await?;
+                    counts.extra += counts.created - created;
+                    counts.different += counts.updated - updated;
+                }
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+                if self.is_stopping() {
+                    return Err(RunStop::ShuttingDown);
+                }
+            }
+            // What was linked and not listed is gone on the external side.
+            let mut from = 0;
+            loop {
+                let gone = self
+                    .store
+                    .reconcile_unseen(&binding, run_id, from, ITEMS_PAGE)
+                    .await
+                    .map_err(failed)?;
+                let Some(last) = gone.last() else { break };
+                from = last.local_id;
+                counts.missing += gone.len() as i64;
+                let deletes: Vec<Pulled> = gone
+                    .into_iter()
+                    .filter_map(|l| l.external_id)
+                    .map(|id| Pulled {
+                        action: PullAction::Delete,
+                        values: Default::default(),
+                        external_id: Some(id),
+                        modified_at: None,
+                        label: None,
+                    })
+                    .collect();
+                self.apply_page(
+                    code,
+                    &deletes,
+                    ctx,
+                    counts,
+                    unresolved,
+                    guard,
+                )
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        self.store.reconcile_done(run_id).await.map_err(failed)?;
+        outcome
+    }
+}
+
+/// A row for the change-control log saying what a reconciliation found.
+pub(super) fn reconcile_row(sync: &Sync, counts: &RunCounts, ctx: &Ctx) -> NewChange {
+    let mut row = NewChange::unapplied(
+        sync.code.as_str(),
+        LogAction::Update,
+        "Reconciliation",
+        LogStatus::Success,
+        format!(
+            "{} missing, {} extra, {} different",
+            counts.missing, counts.extra, counts.different
+        ),
+    );
+    row.direction = LogDirection::ExternalToLocal;
+    row.origin_values = json!({
+        "missing": counts.missing,
+        "extra": counts.extra,
+        "different": counts.different,
+    });
+    row.destination_values = Value::Object(Default::default());
+    row.run_id = ctx.run_id;
+    row.actor = ctx.actor.clone();
+    row
+}

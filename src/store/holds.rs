@@ -1,0 +1,304 @@
+//! Deletes held by a delete guard, and the scratch list of ids a reconciliation has seen.
+
+use super::*;
+use serde::Serialize;
+
+/// A group of deletes the delete guard held (or is still collecting, during a run).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct Hold {
+    pub id: i64,
+    pub sync: String,
+    pub run_id: Option<i64>,
+    /// `collecting`, `held`, `approved`, `discarded` or `applied`.
+    pub status: String,
+    pub reason: String,
+    pub items: i64,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub decided_by: Option<String>,
+}
+
+/// One delete of a hold: the external record that is gone and the local record it would
+/// delete.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct HoldItem {
+    pub external_id: String,
+    pub local_id: Option<i64>,
+    pub name: String,
+}
+
+const HOLD_SELECT: &str = "SELECT id, sync, run_id, status, reason, items, created_at, decided_at, decided_by FROM holds";
+
+impl Store {
+    /// Opens a hold that collects a run's deletes.
+    pub async fn open_hold(&self, sync: &str, run_id: Option<i64>) -> Result<i64> {
+        let mut c = self.writer().await?;
+        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(
+            "INSERT INTO holds (sync, run_id, status, created_at) VALUES ($1, $2, 'collecting', $3) RETURNING id"
+        )
+        .bind(sync)
+        .bind(run_id)
+        .bind(Utc::now())
+        .fetch_one(c)
+        .await)?)
+    }
+
+    /// Adds deletes to a hold (an id already there is kept once).
+    pub async fn add_hold_items(&self, hold: i64, items: &[HoldItem]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for chunk in pieces(items) {
+            let mut ph = Ph::new(tx.is_pg());
+            let values: Vec<String> = chunk.iter().map(|_| ph.tuple(4)).collect();
+            let sql = format!(
+                "INSERT INTO hold_items (hold_id, external_id, local_id, name) VALUES {} ON CONFLICT (hold_id, external_id) DO NOTHING",
+                values.join(", ")
+            );
+            on!(tx.conn(), |c| {
+                let mut q = sqlx::query(&sql);
+                for it in chunk {
+                    q = q
+                        .bind(hold)
+                        .bind(&it.external_id)
+                        .bind(it.local_id)
+                        .bind(&it.name);
+                }
+                q.execute(c).await.map(|r| r.rows_affected())
+            })?;
+        }
+        count_items(tx.conn(), hold).await?;
+        tx.commit().await
+    }
+
+    /// Takes a delete out of a hold still collecting (the record came back in the same run).
+    pub async fn remove_hold_item(&self, hold: i64, external_id: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        on!(tx.conn(), |c| sqlx::query(
+            "DELETE FROM hold_items WHERE hold_id = $1 AND external_id = $2"
+        )
+        .bind(hold)
+        .bind(external_id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        count_items(tx.conn(), hold).await?;
+        tx.commit().await
+    }
+
+    /// A page of a hold's deletes, in external id order after `after`.
+    pub async fn hold_items(&self, hold: i64, after: &str, limit: i64) -> Result<Vec<HoldItem>> {
+        let mut c = self.reader().await?;
+        Ok(on!(c.conn(), |c| sqlx::query_as::<_, HoldItem>(
+            "SELECT external_id, local_id, name FROM hold_items WHERE hold_id = $1 AND external_id > $2 ORDER BY external_id LIMIT $3"
+        )
+        .bind(hold)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(c)
+        .await)?)
+    }
+
+    pub async fn hold(&self, id: i64) -> Result<Option<Hold>> {
+        let mut c = self.reader().await?;
+        let sql = format!("{HOLD_SELECT} WHERE id = $1");
+        Ok(on!(c.conn(), |c| sqlx::query_as::<_, Hold>(&sql)
+            .bind(id)
+            .fetch_optional(c)
+            .await)?)
+    }
+
+    /// Holds, newest first, by status and sync when given.
+    pub async fn holds(
+        &self,
+        status: Option<&str>,
+        sync: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Hold>> {
+        let mut c = self.reader().await?;
+        let sql = format!(
+            "{HOLD_SELECT} WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR sync = $2) ORDER BY id DESC LIMIT $3"
+        );
+        Ok(on!(c.conn(), |c| sqlx::query_as::<_, Hold>(&sql)
+            .bind(status)
+            .bind(sync)
+            .bind(limit)
+            .fetch_all(c)
+            .await)?)
+    }
+
+    /// Moves a hold from one status to another, only if it is still in `from`: of two
+    /// operators (or instances) deciding at once, exactly one gets `true`.
+    pub async fn decide_hold(
+        &self,
+        id: i64,
+        from: &str,
+        to: &str,
+        reason: Option<&str>,
+        by: Option<&str>,
+    ) -> Result<bool> {
+        let mut c = self.writer().await?;
+        let n = on!(c.conn(), |c| sqlx::query(
+            "UPDATE holds SET status = $1, reason = COALESCE($2, reason), decided_at = $3, decided_by = COALESCE($4, decided_by)
+             WHERE id = $5 AND status = $6"
+        )
+        .bind(to)
+        .bind(reason)
+        .bind(Utc::now())
+        .bind(by)
+        .bind(id)
+        .bind(from)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+
+    /// How many records the binding links.
+    pub async fn count_links(&self, binding: &str) -> Result<i64> {
+        let mut c = self.reader().await?;
+        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM links WHERE binding = $1 AND external_id IS NOT NULL"
+        )
+        .bind(binding)
+        .fetch_one(c)
+        .await)?)
+    }
+
+    /// The binding's links of these external ids, by external id (a read outside any
+    /// transaction).
+    pub async fn links_by_external_ids(
+        &self,
+        binding: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Link>> {
+        let mut c = self.reader().await?;
+        let pg = matches!(c, Pooled::Postgres(_));
+        let mut out = std::collections::HashMap::with_capacity(ids.len());
+        for chunk in pieces(ids) {
+            let mut ph = Ph::new(pg);
+            let sql = format!(
+                "{LINK_SELECT} WHERE binding = {} AND external_id IN ({})",
+                ph.next(),
+                ph.list(chunk.len())
+            );
+            let rows = on!(c.conn(), |c| {
+                let mut q = sqlx::query_as::<_, LinkRow>(&sql).bind(binding);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(c).await
+            })?;
+            for l in rows.into_iter().map(Link::from) {
+                if let Some(e) = l.external_id.clone() {
+                    out.insert(e, l);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Notes external ids a reconciliation listed.
+    pub async fn reconcile_seen(&self, run_id: i64, ids: &[String]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for chunk in pieces(ids) {
+            let mut ph = Ph::new(tx.is_pg());
+            let values: Vec<String> = chunk.iter().map(|_| ph.tuple(2)).collect();
+            let sql = format!(
+                "INSERT INTO reconcile_seen (run_id, external_id) VALUES {} ON CONFLICT (run_id, external_id) DO NOTHING",
+                values.join(", ")
+            );
+            on!(tx.conn(), |c| {
+                let mut q = sqlx::query(&sql);
+                for id in chunk {
+                    q = q.bind(run_id).bind(id);
+                }
+                q.execute(c).await.map(|r| r.rows_affected())
+            })?;
+        }
+        tx.commit().await
+    }
+
+    /// A page of the binding's links (by local id after `after`) whose external id the
+    /// reconciliation of `run_id` did not list.
+    pub async fn reconcile_unseen(
+        &self,
+        binding: &str,
+        run_id: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Link>> {
+        let mut c = self.reader().await?;
+        let sql = format!(
+            "{LINK_SELECT} WHERE binding = $1 AND external_id IS NOT NULL AND local_id > $2
+               AND NOT EXISTS (SELECT 1 FROM reconcile_seen s WHERE s.run_id = $3 AND s.external_id = links.external_id)
+             ORDER BY local_id LIMIT $4"
+        );
+        let rows = on!(c.conn(), |c| sqlx::query_as::<_, LinkRow>(&sql)
+            .bind(binding)
+            .bind(after)
+            .bind(run_id)
+            .bind(limit)
+            .fetch_all(c)
+            .await)?;
+        Ok(rows.into_iter().map(Link::from).collect())
+    }
+
+    /// Forgets what the reconciliation of `run_id` listed.
+    pub async fn reconcile_done(&self, run_id: i64) -> Result<()> {
+        let mut c = self.writer().await?;
+        on!(c.conn(), |c| sqlx::query(
+            "DELETE FROM reconcile_seen WHERE run_id = $1"
+        )
+        .bind(run_id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// The next reconciliation of a sync, as stored.
+    pub async fn next_reconcile(&self, sync: &str) -> Result<Option<DateTime<Utc>>> {
+        let mut c = self.reader().await?;
+        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+            "SELECT next_reconcile_at FROM sync_state WHERE sync = $1"
+        )
+        .bind(sync)
+        .fetch_optional(c)
+        .await)?
+        .flatten())
+    }
+
+    /// Sets the next reconciliation; with `due`, only if it is still `due` (of several
+    /// instances ticking at once, exactly one gets `true`).
+    pub async fn set_next_reconcile(
+        &self,
+        sync: &str,
+        due: Option<DateTime<Utc>>,
+        next: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut c = self.writer().await?;
+        self.ensure_state(c.conn(), sync).await?;
+        let n = on!(c.conn(), |c| sqlx::query(
+            "UPDATE sync_state SET next_reconcile_at = $1, updated_at = $2
+             WHERE sync = $3 AND ($4 IS NULL OR next_reconcile_at = $4)"
+        )
+        .bind(next)
+        .bind(Utc::now())
+        .bind(sync)
+        .bind(due)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+}
+
+async fn count_items(c: Conn<'_>, hold: i64) -> Result<()> {
+    on!(c, |c| sqlx::query(
+        "UPDATE holds SET items = (SELECT COUNT(*) FROM hold_items WHERE hold_id = $1) WHERE id = $1"
+    )
+    .bind(hold)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
