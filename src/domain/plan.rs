@@ -738,7 +738,9 @@ impl DeleteGuard {
         if let Some(max) = self.max
             && deletes > max
         {
-            return Some(format!("{deletes} deletes in one run, more than delete_guard.max = {max}"));
+            return Some(format!(
+                "{deletes} deletes in one run, more than delete_guard.max = {max}"
+            ));
         }
         if let Some(r) = self.max_ratio
             && deletes > self.min

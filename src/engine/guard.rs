@@ -223,7 +223,11 @@ impl Engine {
     /// Holds left `collecting` by a run of this sync that stopped before it ended are held
     /// for a person: nobody decided whether they were too many.
     pub(super) async fn hold_orphans(&self, code: &str, run_id: i64) -> Result<(), StoreError> {
-        for h in self.store.holds(Some("collecting"), Some(code), 100).await? {
+        for h in self
+            .store
+            .holds(Some("collecting"), Some(code), 100)
+            .await?
+        {
             if h.run_id != Some(run_id) {
                 self.store
                     .decide_hold(
@@ -234,7 +238,11 @@ impl Engine {
                         None,
                     )
                     .await?;
-                tracing::warn!(sync = code, hold = h.id, "Deletes of an interrupted run held for approval");
+                tracing::warn!(
+                    sync = code,
+                    hold = h.id,
+                    "Deletes of an interrupted run held for approval"
+                );
             }
         }
         Ok(())
@@ -370,15 +378,8 @@ impl Engine {
                 }
                 if !candidates.is_empty() {
                     let (created, updated) = (counts.created, counts.updated);
-                    self.apply_page(
-                        code,
-                        &candidates,
-                        ctx,
-                        counts,
-                        unresolved,
-                        guard,
-                    )
-                    .await?;
+                    self.apply_page(code, &candidates, ctx, counts, unresolved, guard)
+                        .await?;
                     counts.extra += counts.created - created;
                     counts.different += counts.updated - updated;
                 }
@@ -412,15 +413,8 @@ impl Engine {
                         label: None,
                     })
                     .collect();
-                self.apply_page(
-                    code,
-                    &deletes,
-                    ctx,
-                    counts,
-                    unresolved,
-                    guard,
-                )
-                .await?;
+                self.apply_page(code, &deletes, ctx, counts, unresolved, guard)
+                    .await?;
             }
             Ok(())
         }

@@ -545,14 +545,7 @@ impl Engine {
             let mut still = Vec::new();
             counts.failed -= items.len() as i64;
             let outcomes = self
-                .apply_page(
-                    code,
-                    &items,
-                    &ctx,
-                    counts,
-                    &mut still,
-                    &mut guard,
-                )
+                .apply_page(code, &items, &ctx, counts, &mut still, &mut guard)
                 .await?;
             puller.confirm(&memory, &outcomes).await.map_err(failed)?;
         }

@@ -97,7 +97,12 @@ impl Engine {
     /// Starts the sync's reconciliation (a full run) when its `reconcile` interval is due. The
     /// first one is due one interval after the sync first runs here; one instance takes each
     /// due time, and a reconciliation that finds a run in progress is tried again next tick.
-    async fn reconcile_tick(self: &Arc<Self>, code: &str, every: std::time::Duration, now: DateTime<Utc>) {
+    async fn reconcile_tick(
+        self: &Arc<Self>,
+        code: &str,
+        every: std::time::Duration,
+        now: DateTime<Utc>,
+    ) {
         let next = now + chrono::Duration::from_std(every).unwrap_or(chrono::Duration::days(1));
         let due = match self.store.next_reconcile(code).await {
             Ok(d) => d,

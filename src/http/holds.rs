@@ -16,7 +16,14 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(discard_hold);
 }
 
-const STATUSES: [&str; 6] = ["held", "approved", "discarded", "applied", "collecting", "all"];
+const STATUSES: [&str; 6] = [
+    "held",
+    "approved",
+    "discarded",
+    "applied",
+    "collecting",
+    "all",
+];
 
 #[derive(Deserialize)]
 struct HoldsQuery {
@@ -127,7 +134,10 @@ async fn get_hold(
             let next = (items.len() as i64 == limit)
                 .then(|| items.last().map(|i| i.external_id.clone()))
                 .flatten();
-            Ok(HttpResponse::Ok().json(json!({"hold": hold, "deletes": items, "next_after": next})))
+            Ok(
+                HttpResponse::Ok()
+                    .json(json!({"hold": hold, "deletes": items, "next_after": next})),
+            )
         }
         .await,
     )

@@ -70,6 +70,9 @@ pub struct Faults {
     pub trickle_next: u32,
     /// Pulled pages carry each record twice.
     pub duplicate_records: bool,
+    /// The listing (`list_url`) answers only this share of the records, every n-th one, as a
+    /// service answering a partial list on a bad day would (1.0 or unset: all of them).
+    pub list_share: Option<f64>,
     /// Confirmations are ignored: the same page is served for ever.
     pub repeat_page: bool,
     /// Limit the faults to one kind of call: `fetch`, `confirm`, `ship` or `endpoint`.
@@ -285,6 +288,25 @@ impl PeerState {
             self.call_back(coll, "delete", id, None).await;
         }
         existed
+    }
+
+    /// Changes, adds (`Some`) or removes (`None`) a record without queuing the change for
+    /// pulls or calling back: an event the service failed to report, which only a listing
+    /// (reconciliation) finds.
+    pub fn set_quietly(&self, coll: &str, id: &str, values: Option<Map<String, Value>>) {
+        self.with(|inner| {
+            let c = inner.collections.entry(coll.to_string()).or_default();
+            match values {
+                Some(v) => {
+                    let rec = c.records.entry(id.to_string()).or_default();
+                    rec.extend(v);
+                    rec.insert(self.opts.id_field.clone(), Value::String(id.to_string()));
+                }
+                None => {
+                    c.records.remove(id);
+                }
+            }
+        });
     }
 
     /// A record's values.
@@ -659,12 +681,25 @@ async fn list(
         json!({"limit": body.limit, "after": body.after}),
     );
     let (content, next) = state.with(|inner| {
+        let step = match inner.faults.list_share {
+            Some(share) if share > 0.0 && share < 1.0 => (1.0 / share).round() as usize,
+            _ => 1,
+        };
         let c = inner.collections.entry(path.to_string()).or_default();
+        // Every `step`-th record, by id order (all of them when the share is whole).
+        let shown = c
+            .records
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| i % step == 0)
+            .map(|(_, kv)| kv);
         let range: Box<dyn Iterator<Item = (&String, &Map<String, Value>)>> = match &body.after {
+            Some(a) if step > 1 => Box::new(shown.filter(move |(id, _)| id.as_str() > a.as_str())),
             Some(a) => Box::new(
                 c.records
                     .range::<String, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
             ),
+            None if step > 1 => Box::new(shown),
             None => Box::new(c.records.iter()),
         };
         let page: Vec<(&String, &Map<String, Value>)> = range.take(limit + 1).collect();

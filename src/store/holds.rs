@@ -27,20 +27,23 @@ pub struct HoldItem {
     pub name: String,
 }
 
-const HOLD_SELECT: &str = "SELECT id, sync, run_id, status, reason, items, created_at, decided_at, decided_by FROM holds";
+const HOLD_SELECT: &str =
+    "SELECT id, sync, run_id, status, reason, items, created_at, decided_at, decided_by FROM holds";
 
 impl Store {
     /// Opens a hold that collects a run's deletes.
     pub async fn open_hold(&self, sync: &str, run_id: Option<i64>) -> Result<i64> {
         let mut c = self.writer().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(
+        Ok(on!(c.conn(), |c| {
+            sqlx::query_scalar::<_, i64>(
             "INSERT INTO holds (sync, run_id, status, created_at) VALUES ($1, $2, 'collecting', $3) RETURNING id"
         )
         .bind(sync)
         .bind(run_id)
         .bind(Utc::now())
         .fetch_one(c)
-        .await)?)
+        .await
+        })?)
     }
 
     /// Adds deletes to a hold (an id already there is kept once).
@@ -87,14 +90,16 @@ impl Store {
     /// A page of a hold's deletes, in external id order after `after`.
     pub async fn hold_items(&self, hold: i64, after: &str, limit: i64) -> Result<Vec<HoldItem>> {
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_as::<_, HoldItem>(
+        Ok(on!(c.conn(), |c| {
+            sqlx::query_as::<_, HoldItem>(
             "SELECT external_id, local_id, name FROM hold_items WHERE hold_id = $1 AND external_id > $2 ORDER BY external_id LIMIT $3"
         )
         .bind(hold)
         .bind(after)
         .bind(limit)
         .fetch_all(c)
-        .await)?)
+        .await
+        })?)
     }
 
     pub async fn hold(&self, id: i64) -> Result<Option<Hold>> {
@@ -136,7 +141,8 @@ impl Store {
         by: Option<&str>,
     ) -> Result<bool> {
         let mut c = self.writer().await?;
-        let n = on!(c.conn(), |c| sqlx::query(
+        let n = on!(c.conn(), |c| {
+            sqlx::query(
             "UPDATE holds SET status = $1, reason = COALESCE($2, reason), decided_at = $3, decided_by = COALESCE($4, decided_by)
              WHERE id = $5 AND status = $6"
         )
@@ -148,7 +154,8 @@ impl Store {
         .bind(from)
         .execute(c)
         .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+        })?;
         Ok(n == 1)
     }
 
@@ -258,12 +265,14 @@ impl Store {
     /// The next reconciliation of a sync, as stored.
     pub async fn next_reconcile(&self, sync: &str) -> Result<Option<DateTime<Utc>>> {
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
-            "SELECT next_reconcile_at FROM sync_state WHERE sync = $1"
-        )
-        .bind(sync)
-        .fetch_optional(c)
-        .await)?
+        Ok(on!(c.conn(), |c| {
+            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+                "SELECT next_reconcile_at FROM sync_state WHERE sync = $1",
+            )
+            .bind(sync)
+            .fetch_optional(c)
+            .await
+        })?
         .flatten())
     }
 
@@ -293,12 +302,14 @@ impl Store {
 }
 
 async fn count_items(c: Conn<'_>, hold: i64) -> Result<()> {
-    on!(c, |c| sqlx::query(
+    on!(c, |c| {
+        sqlx::query(
         "UPDATE holds SET items = (SELECT COUNT(*) FROM hold_items WHERE hold_id = $1) WHERE id = $1"
     )
     .bind(hold)
     .execute(c)
     .await
-    .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
