@@ -6,7 +6,7 @@ use recsync::config::{mappings, settings};
 fn every_accepted_key_is_documented() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mapping.md")).unwrap();
-    let groups: [(&str, &[&str]); 14] = [
+    let groups: [(&str, &[&str]); 15] = [
         ("recsync.toml", &settings::KEYS),
         ("api_keys", &settings::API_KEY_KEYS),
         ("mapping file", &mappings::SECTIONS),
@@ -19,6 +19,7 @@ fn every_accepted_key_is_documented() {
         ("odoo field", &mappings::ODOO_FIELD_KEYS),
         ("auth", &mappings::AUTH_KEYS),
         ("sync", &mappings::SYNC_KEYS),
+        ("delete guard", &mappings::DELETE_GUARD_KEYS),
         ("field pair", &mappings::PAIR_KEYS),
         ("endpoint", &mappings::ENDPOINT_KEYS),
     ];

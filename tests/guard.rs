@@ -459,3 +459,47 @@ fields = [{{ local = "name", external = "name" }}]
         assert!(err.contains(says), "{bad}: {err}");
     }
 }
+
+#[tokio::test]
+async fn the_reconcile_interval_runs_reconciliation_on_its_own() {
+    let h = Harness::with(Tweaks {
+        extra_mapping: ACC.replace("reconcile = \"1d\"", "reconcile = \"1s\""),
+        ..Default::default()
+    })
+    .await;
+    for i in 0..20 {
+        h.peer
+            .upsert(
+                "acc",
+                Some(id(i)),
+                obj(json!({"name": format!("Account {i}")})),
+            )
+            .await;
+    }
+    assert_eq!(h.run("ACC").await.created, 20);
+    h.peer.set_quietly("acc", &id(4), None);
+    let run = eventually(30, "a reconciliation to find the quiet delete", || async {
+        h.engine
+            .store
+            .runs(Some("ACC"), None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.trigger == "reconcile" && r.finished_at.is_some() && r.missing == 1)
+    })
+    .await;
+    assert_eq!(
+        (run.status.as_str(), run.deleted),
+        ("success", 1),
+        "{run:?}"
+    );
+    assert!(local_of(&h, &id(4)).await.is_none());
+    let row = h
+        .changes("ACC")
+        .await
+        .into_iter()
+        .find(|c| c.action == "delete" && c.external_id.as_deref() == Some(id(4).as_str()))
+        .expect("the delete's row");
+    assert_eq!(row.actor, "reconcile");
+    h.stop().await;
+}

@@ -319,6 +319,11 @@ pub trait Connector: Send + std::marker::Sync {
         Ok((listed, next))
     }
 
+    /// Whether `list_ids` and `list_records` work for this sync.
+    fn can_list(&self, _sync: &Sync) -> bool {
+        false
+    }
+
     /// Whether a full pull (`recsync run --full`, `reconcile`) of this connector reads every
     /// record and ends with the ones that are gone, so the engine need not list them itself
     /// (Odoo).

@@ -566,6 +566,10 @@ impl Connector for Rest {
 
     /// `POST list_url {"limit": n, "after": token}`, answered with a page of records and the
     /// `next` token (`protocol.md` §2, List).
+    fn can_list(&self, _sync: &Sync) -> bool {
+        self.service.list_url.is_some()
+    }
+
     async fn list_ids(
         &self,
         sync: &Sync,

@@ -525,7 +525,10 @@ impl Engine {
         }
         // A full run of a connector that does not read everything itself lists every record
         // (reconciliation).
-        let listing = full && !connector.full_pull_lists() && sync.direction.to_local();
+        let listing = full
+            && !connector.full_pull_lists()
+            && connector.can_list(&sync)
+            && sync.direction.to_local();
         if listing {
             self.reconcile_listing(
                 &sync,

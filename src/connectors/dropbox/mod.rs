@@ -450,6 +450,10 @@ impl Connector for DropboxConnector {
 
     /// Every entry id of the sync's folder that the sync takes (under the root, matching the
     /// pattern), a listing page at a time: `after` is the listing cursor of the previous page.
+    fn can_list(&self, _sync: &Sync) -> bool {
+        true
+    }
+
     async fn list_ids(
         &self,
         sync: &Sync,

@@ -392,6 +392,10 @@ impl Connector for OdooConnector {
         true
     }
 
+    fn can_list(&self, _sync: &Sync) -> bool {
+        true
+    }
+
     async fn list_ids(
         &self,
         sync: &Sync,
