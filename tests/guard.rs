@@ -362,9 +362,39 @@ async fn a_run_whose_pages_delete_most_records_holds_them() {
         .unwrap();
     assert_eq!(hold.len(), 1);
     assert_eq!(hold[0].items, 59);
-    let done = h.engine.approve_hold(hold[0].id, "test").await.unwrap();
-    assert_eq!(done.deleted, 59);
+    // From the command line: the list needs only the database; approving runs the engine.
+    let cli = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
+            .args(args)
+            .args(["--database-url", &h.db.url])
+            .arg("--mappings")
+            .arg(h.dir.path().join("mappings"))
+            .current_dir(h.dir.path())
+            .env_remove("RECSYNC_DATABASE_URL")
+            .output()
+            .expect("run recsync");
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let listed = cli(&["holds"]);
+    let id_text = hold[0].id.to_string();
+    assert!(
+        listed.contains(&format!("Hold {id_text} of ACC: 59 deletes, held")),
+        "{listed}"
+    );
+    assert!(listed.contains("external A-0000 -> local"), "{listed}");
+    assert!(listed.contains("... and 49 more"), "{listed}");
+    assert!(
+        listed.contains(&format!("recsync holds approve {id_text}")),
+        "{listed}"
+    );
+    let approved = cli(&["holds", "approve", &id_text]);
+    assert!(
+        approved.contains(&format!("Hold {id_text} approved: 59 deleted")),
+        "{approved}"
+    );
     assert_eq!(live_contacts(&h).await, 41);
+    assert!(cli(&["holds"]).contains("No holds match."));
 
     // Few deletes are applied at once: under the guard's limits nothing is held.
     for i in 60..63 {
