@@ -73,17 +73,9 @@ async fn list(g: &GlobalArgs, status: &str, sync: Option<&str>) -> ExitCode {
 
 /// Approves or discards a hold, through the engine (approving applies deletes).
 async fn decide(g: &GlobalArgs, id: i64, approve: bool) -> ExitCode {
-    let loaded = match load(g, None) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    crate::telemetry::init(loaded.settings.log_format);
-    let core = match crate::app::Core::start(&loaded.settings, loaded.plan).await {
+    let core = match super::run::start_core(g).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let engine = core.engine.clone();
     let result = if approve {

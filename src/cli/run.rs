@@ -4,19 +4,9 @@ use super::*;
 
 /// `recsync run CODE`: one run now, in this process, against the configured database.
 pub(super) async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode {
-    let loaded = match load(g, None) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    crate::telemetry::init(loaded.settings.log_format);
-    // The same wiring and options as `serve` (claim timeout included); deliveries this command
-    // claims are in hand while it lives.
-    let core = match crate::app::Core::start(&loaded.settings, loaded.plan).await {
+    let core = match start_core(g).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let engine = core.engine.clone();
     let store = engine.reads();
@@ -77,6 +67,20 @@ pub(super) async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode 
     };
     core.stop().await;
     result
+}
+
+/// Loads the configuration and starts the engine with the same wiring and options as `serve`
+/// (claim timeout included), for a command that acts through it; deliveries it claims are in
+/// hand while it lives.
+pub(super) async fn start_core(g: &GlobalArgs) -> Result<crate::app::Core, ExitCode> {
+    let loaded = load(g, None)?;
+    crate::telemetry::init(loaded.settings.log_format);
+    crate::app::Core::start(&loaded.settings, loaded.plan)
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        })
 }
 
 /// On a terminal, a spinner with the counts so far while the run works; elsewhere nothing

@@ -721,7 +721,12 @@ fn prepare(plan: &Plan, job: Job) -> Result<Prepared, (Job, ApplyError)> {
 type Checked = (String, Value, Map<String, Value>, Vec<PendingRef>);
 
 fn check(plan: &Plan, job: &Job) -> Result<Checked, ApplyError> {
-    map_inbound(plan, &job.code, job.external_id.as_deref(), &job.payload)
+    map_inbound(
+        plan,
+        &job.code,
+        job.external_id.as_deref(),
+        job.payload.as_object(),
+    )
 }
 
 /// Whether a listed record's values, mapped as an inbound change would be, equal what was
@@ -734,9 +739,7 @@ pub(super) fn echoes(
     values: &Map<String, Value>,
     base: &Map<String, Value>,
 ) -> bool {
-    // The payload is built without copying when it has its id already.
-    let payload = Value::Object(values.clone());
-    match map_inbound(plan, sync.code.as_str(), Some(external_id), &payload) {
+    match map_inbound(plan, sync.code.as_str(), Some(external_id), Some(values)) {
         Ok((_, _, mapped, refs)) => {
             refs.is_empty()
                 && mapped
@@ -752,7 +755,7 @@ fn map_inbound(
     plan: &Plan,
     code: &str,
     given_id: Option<&str>,
-    payload: &Value,
+    fields: Option<&Map<String, Value>>,
 ) -> Result<Checked, ApplyError> {
     let sync = plan
         .sync(code)
@@ -763,7 +766,7 @@ fn map_inbound(
     if !sync.active {
         return Err(ApplyError::Inactive(code.to_string()));
     }
-    let Value::Object(fields) = payload else {
+    let Some(fields) = fields else {
         return Err(ApplyError::Invalid(
             "the body must be an object of field values".into(),
         ));

@@ -618,6 +618,20 @@ impl Engine {
             let mut upserts = Vec::new();
             let mut deletes = Vec::new();
             let mut collected = Vec::new();
+            // The wave's deletes of linked records go to the guard's hold, in one batch.
+            let held = match guard.as_mut() {
+                Some(g) => {
+                    let ids: Vec<String> = wave
+                        .iter()
+                        .filter(|(i, _)| page[*i].action == PullAction::Delete)
+                        .map(|(_, id)| id.clone())
+                        .collect();
+                    self.collect_deletes(sync, g, &ids)
+                        .await
+                        .map_err(store_failed)?
+                }
+                None => Default::default(),
+            };
             for (n, (i, id)) in wave.iter().enumerate() {
                 let item = &page[*i];
                 let ctx = Ctx {
@@ -627,11 +641,7 @@ impl Engine {
                 };
                 if let Some(g) = guard.as_mut() {
                     if item.action == PullAction::Delete {
-                        if self
-                            .collect_delete(sync, g, id)
-                            .await
-                            .map_err(store_failed)?
-                        {
+                        if held.contains(id) {
                             collected.push(n);
                             continue;
                         }
