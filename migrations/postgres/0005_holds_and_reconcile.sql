@@ -38,3 +38,15 @@ ALTER TABLE runs ADD COLUMN held      BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN missing   BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN extra     BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN different BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN ambiguous BIGINT NOT NULL DEFAULT 0;
+
+-- match_on: local records that several external records (or one external record with several
+-- local candidates) matched ambiguously; a run's push does not create them on the external
+-- side, where their match already is.
+CREATE TABLE match_ambiguous (
+    binding     TEXT    NOT NULL,
+    local_id    BIGINT  NOT NULL,
+    external_id TEXT    NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (binding, local_id, external_id)
+);

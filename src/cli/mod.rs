@@ -100,7 +100,7 @@ pub enum Command {
         /// external_to_local or local_to_external
         #[arg(long)]
         direction: Option<String>,
-        /// create, update, delete, unlink, rename, move or conflict
+        /// create, update, delete, unlink, rename, move, conflict or link
         #[arg(long)]
         action: Option<String>,
         /// success, failed, conflict_resolved or skipped

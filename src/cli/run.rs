@@ -35,6 +35,12 @@ pub(super) async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode 
                         c.missing, c.extra, c.different
                     );
                 }
+                if c.ambiguous > 0 {
+                    println!(
+                        "  {} records matched several records on the other side (match_on): nothing linked or created for them; `recsync log --sync {code} --action link --status skipped` names them.",
+                        c.ambiguous
+                    );
+                }
                 if c.held > 0 {
                     println!(
                         "  {} deletes held by the delete guard: `recsync holds` lists them.",

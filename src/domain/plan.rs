@@ -709,6 +709,9 @@ pub struct Sync {
     /// The limit on deletes per run before they are held (`delete_guard`); `None` where no
     /// delete is guarded.
     pub delete_guard: Option<DeleteGuard>,
+    /// Groups of local fields that identify a record on both sides (`match_on`), tried in
+    /// order; empty when unlinked records are never matched.
+    pub match_on: Vec<Vec<String>>,
 }
 
 /// How many deletes a run may apply before they are held for a person (`delete_guard`).

@@ -84,6 +84,9 @@ pub enum Applied {
     Skipped(Option<i64>),
     /// A pulled delete the delete guard collected: applied or held at the end of the run.
     Collected,
+    /// Not applied: the record's `match_on` fields matched several local records (a `skipped`
+    /// row names them).
+    Ambiguous,
 }
 
 impl Applied {
@@ -95,7 +98,7 @@ impl Applied {
             | Applied::Unlinked(i)
             | Applied::NoOp(i) => Some(*i),
             Applied::Skipped(i) => *i,
-            Applied::Collected => None,
+            Applied::Collected | Applied::Ambiguous => None,
         }
     }
 }
@@ -143,15 +146,7 @@ pub(super) fn log_row(
     rec_id: Option<i64>,
     values: &Map<String, Value>,
 ) -> NewChange {
-    let verb = match action {
-        LogAction::Create => "Create",
-        LogAction::Update => "Update",
-        LogAction::Delete => "Delete",
-        LogAction::Unlink => "Unlink",
-        LogAction::Rename => "Rename",
-        LogAction::Move => "Move",
-        LogAction::Conflict => "Resolve conflict on",
-    };
+    let verb = super::outbox::verb(action);
     NewChange {
         sync: sync.code.to_string(),
         direction,

@@ -81,6 +81,9 @@ struct Prepared {
 /// What a prepared job will write.
 enum Intent {
     NoOp(i64),
+    /// Several local records match the record's `match_on` fields: nothing is linked or
+    /// created; the reason names them.
+    Ambiguous(String),
     /// The record is outside the sync's domain and the sync does not carry it: nothing is
     /// written but a `skipped` row with the reason.
     Skip(Option<i64>, String),
@@ -394,6 +397,19 @@ impl Engine {
             }
         }
 
+        // match_on: an unlinked record is first looked for among the unlinked local records.
+        let (matched, ambiguous) = self
+            .match_unlinked(
+                &mut tx,
+                plan,
+                round,
+                &results,
+                &resolved,
+                &links,
+                &mut records,
+            )
+            .await?;
+
         // Decide each request.
         let mut sent_by_sync: HashMap<&str, Vec<&str>> = HashMap::new();
         let mut intents: Vec<Option<Intent>> = (0..round.len()).map(|_| None).collect();
@@ -403,9 +419,26 @@ impl Engine {
             }
             let sync = &plan.syncs[&p.job.code];
             let model = &plan.models[&sync.model];
+            if let Some(why) = ambiguous.get(&i) {
+                intents[i] = Some(Intent::Ambiguous(why.clone()));
+                continue;
+            }
             let link = links
                 .get(&(p.binding.clone(), p.external_id.clone()))
-                .cloned();
+                .cloned()
+                .or_else(|| {
+                    matched.get(&i).map(|(local_id, _)| Link {
+                        binding: p.binding.clone(),
+                        local_id: *local_id,
+                        external_id: Some(p.external_id.clone()),
+                        // Nothing was synced yet: every field that differs is a conflict,
+                        // settled by `priority`.
+                        base: Map::new(),
+                        synced_version: 0,
+                        external_hash: None,
+                        left: Vec::new(),
+                    })
+                });
             let current = link
                 .as_ref()
                 .and_then(|l| records.get(&(model.name.clone(), l.local_id)))
@@ -433,8 +466,53 @@ impl Engine {
         for (i, intent) in intents.iter().enumerate() {
             let Some(intent) = intent else { continue };
             let model = &plan.syncs[&round[i].job.code].model;
+            if let Some((local_id, on)) = matched.get(&i) {
+                let p = &round[i];
+                let sync = &plan.syncs[&p.job.code];
+                let m = &plan.models[&sync.model];
+                let mut row = log_row(
+                    sync,
+                    m,
+                    LogDirection::ExternalToLocal,
+                    LogAction::Link,
+                    Some(*local_id),
+                    records
+                        .get(&(m.name.clone(), *local_id))
+                        .map(|r| &r.values)
+                        .unwrap_or(&p.incoming),
+                );
+                row.external_id = Some(p.external_id.clone());
+                row.origin_values = p.origin.clone();
+                row.destination_values = json!({ "match_on": on });
+                row.error_message = format!(
+                    "linked to the existing local record {local_id}: equal {}",
+                    on.join(", ")
+                );
+                fill(&mut row, &p.job.ctx);
+                rows.push(row);
+            }
             match intent {
                 Intent::NoOp(id) => results[i] = Some(Ok(Applied::NoOp(*id))),
+                Intent::Ambiguous(why) => {
+                    let p = &round[i];
+                    let sync = &plan.syncs[&p.job.code];
+                    let m = &plan.models[&sync.model];
+                    let mut row = log_row(
+                        sync,
+                        m,
+                        LogDirection::ExternalToLocal,
+                        LogAction::Link,
+                        None,
+                        &p.incoming,
+                    );
+                    row.external_id = Some(p.external_id.clone());
+                    row.origin_values = p.origin.clone();
+                    row.status = LogStatus::Skipped;
+                    row.error_message = why.clone();
+                    fill(&mut row, &p.job.ctx);
+                    rows.push(row);
+                    results[i] = Some(Ok(Applied::Ambiguous));
+                }
                 Intent::Skip(id, why) => {
                     let p = &round[i];
                     let sync = &plan.syncs[&p.job.code];
@@ -693,6 +771,87 @@ impl Engine {
                 )))
             })
             .collect())
+    }
+}
+
+/// Requests of a round matched by `match_on`: by position, the local record and the fields
+/// it matched on; and the ambiguous ones, with the reason.
+type Matches = (HashMap<usize, (i64, Vec<String>)>, HashMap<usize, String>);
+
+impl Engine {
+    /// `match_on`: each unlinked request of a sync with `match_on` is looked for among the
+    /// local records its binding does not link, group by group (a group whose values are
+    /// empty is passed over). One match links it (the record is added to `records`); several
+    /// are an ambiguity, noted with its candidates so a push does not copy them over.
+    #[allow(clippy::too_many_arguments)]
+    async fn match_unlinked(
+        &self,
+        tx: &mut crate::store::Tx,
+        plan: &Plan,
+        round: &[Prepared],
+        results: &[Option<Result<Applied, ApplyError>>],
+        resolved: &HashMap<usize, Map<String, Value>>,
+        links: &HashMap<(String, String), Link>,
+        records: &mut HashMap<(String, i64), Record>,
+    ) -> Result<Matches, StoreError> {
+        let mut matched = HashMap::new();
+        let mut ambiguous = HashMap::new();
+        // A local record matched earlier in the round is taken.
+        let mut taken: HashSet<(String, i64)> = HashSet::new();
+        for (i, p) in round.iter().enumerate() {
+            let sync = &plan.syncs[&p.job.code];
+            if results[i].is_some()
+                || sync.match_on.is_empty()
+                || links.contains_key(&(p.binding.clone(), p.external_id.clone()))
+            {
+                continue;
+            }
+            let incoming = resolved.get(&i).unwrap_or(&p.incoming);
+            for group in &sync.match_on {
+                let values: Option<Vec<(&str, String)>> = group
+                    .iter()
+                    .map(|f| match incoming.get(f) {
+                        Some(Value::String(s)) if !s.trim().is_empty() => {
+                            Some((f.as_str(), s.clone()))
+                        }
+                        Some(Value::Number(n)) => Some((f.as_str(), n.to_string())),
+                        _ => None,
+                    })
+                    .collect();
+                let Some(values) = values else { continue };
+                let found: Vec<i64> = tx
+                    .match_candidates(&sync.model, &p.binding, &values, 10)
+                    .await?
+                    .into_iter()
+                    .filter(|id| !taken.contains(&(p.binding.clone(), *id)))
+                    .collect();
+                match found.as_slice() {
+                    [] => continue,
+                    [id] => {
+                        taken.insert((p.binding.clone(), *id));
+                        for r in tx.records_by_ids(&sync.model, &[*id]).await? {
+                            records.insert((sync.model.clone(), r.id), r);
+                        }
+                        matched.insert(i, (*id, group.clone()));
+                    }
+                    several => {
+                        tx.note_ambiguous(&p.binding, several, &p.external_id)
+                            .await?;
+                        let ids: Vec<String> = several.iter().map(i64::to_string).collect();
+                        ambiguous.insert(
+                            i,
+                            format!(
+                                "several local records match on {}: {}; nothing was linked or created",
+                                group.join(", "),
+                                ids.join(", ")
+                            ),
+                        );
+                    }
+                }
+                break;
+            }
+        }
+        Ok((matched, ambiguous))
     }
 }
 

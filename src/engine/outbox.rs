@@ -625,7 +625,8 @@ fn run_of(entry: &OutboxEntry) -> Option<i64> {
     entry.payload.get("run_id").and_then(Value::as_i64)
 }
 
-fn verb(a: LogAction) -> &'static str {
+/// The verb of a change-control row's name ("Update contact").
+pub(super) fn verb(a: LogAction) -> &'static str {
     match a {
         LogAction::Create => "Create",
         LogAction::Update => "Update",
@@ -634,5 +635,6 @@ fn verb(a: LogAction) -> &'static str {
         LogAction::Rename => "Rename",
         LogAction::Move => "Move",
         LogAction::Conflict => "Resolve conflict on",
+        LogAction::Link => "Link",
     }
 }

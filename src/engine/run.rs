@@ -144,6 +144,12 @@ impl Engine {
                     .map_err(store_err)?,
             );
         }
+        // Local records an ambiguous match left unlinked already have their match there.
+        let ambiguous = self
+            .store
+            .ambiguous_local_ids(&binding)
+            .await
+            .map_err(store_err)?;
         let mut queued: Vec<i64> = Vec::new();
         let mut after = 0;
         loop {
@@ -180,6 +186,7 @@ impl Engine {
                 } else {
                     let guess = match &link {
                         Some(l) if l.external_id.is_some() => "update",
+                        _ if ambiguous.contains(&rec.id) => continue,
                         _ => "create",
                     };
                     match super::fanout::route(&sync, model, rec, link.as_mut(), guess, "cron") {
@@ -476,6 +483,16 @@ impl Engine {
             code,
             ctx: ctx.clone(),
         };
+        // The first run of a sync with `match_on` reads the other side in full, so that every
+        // record already there is matched before anything is copied.
+        let full = full
+            || (!sync.match_on.is_empty()
+                && self
+                    .store
+                    .count_links(&sync.binding())
+                    .await
+                    .map_err(|e| RunStop::from(format!("the store failed: {e}")))?
+                    == 0);
         let start = PullStart {
             notified_at: self.notify_lag.lock().expect("lag lock").remove(code),
             full,
@@ -711,6 +728,10 @@ impl Engine {
                         None
                     }
                     Ok(Applied::Collected) => None,
+                    Ok(Applied::Ambiguous) => {
+                        counts.ambiguous += 1;
+                        None
+                    }
                     Ok(Applied::NoOp(_))
                     | Err(ApplyError::UnknownExternalId(..))
                     | Ok(Applied::Skipped(_)) => {

@@ -1,4 +1,5 @@
-//! Deletes held by a delete guard, and the scratch list of ids a reconciliation has seen.
+//! Deletes held by a delete guard, the scratch list of ids a reconciliation has seen, and
+//! the candidates of ambiguous `match_on` matches.
 
 use super::*;
 use serde::Serialize;
@@ -312,4 +313,94 @@ async fn count_items(c: Conn<'_>, hold: i64) -> Result<()> {
     .map(|r| r.rows_affected())
     })?;
     Ok(())
+}
+
+impl Tx {
+    /// Live local records of `model` not linked through `binding` whose fields equal the given
+    /// values, each compared trimmed and without letter case (the database folds both sides
+    /// alike). At most `limit`, by id.
+    pub async fn match_candidates(
+        &mut self,
+        model: &str,
+        binding: &str,
+        fields: &[(&str, String)],
+        limit: i64,
+    ) -> Result<Vec<i64>> {
+        let pg = self.is_pg();
+        let mut ph = Ph::new(pg);
+        // Placeholders in the order they appear (SQLite's `?` bind by position).
+        let m = ph.next();
+        let mut conds = Vec::new();
+        for _ in fields {
+            let (path, value) = (ph.next(), ph.next());
+            conds.push(if pg {
+                format!("lower(btrim(vals ->> {path})) = lower(btrim({value}))")
+            } else {
+                format!("lower(trim(json_extract(vals, {path}))) = lower(trim({value}))")
+            });
+        }
+        let (b, lim) = (ph.next(), ph.next());
+        let sql = format!(
+            "SELECT id FROM records WHERE model = {m} AND deleted_at IS NULL AND {}
+               AND NOT EXISTS (SELECT 1 FROM links l WHERE l.binding = {b} AND l.local_id = records.id)
+             ORDER BY id LIMIT {lim}",
+            conds.join(" AND ")
+        );
+        Ok(on!(self.conn(), |c| {
+            let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(model);
+            for (field, value) in fields {
+                q = if pg {
+                    q.bind(field.to_string())
+                } else {
+                    q.bind(format!("$.{field}"))
+                }
+                .bind(value);
+            }
+            q.bind(binding).bind(limit).fetch_all(c).await
+        })?)
+    }
+
+    /// Notes the local candidates of an ambiguous match of `external_id`.
+    pub async fn note_ambiguous(
+        &mut self,
+        binding: &str,
+        local_ids: &[i64],
+        external_id: &str,
+    ) -> Result<()> {
+        let now = Utc::now();
+        for id in local_ids {
+            on!(self.conn(), |c| {
+                sqlx::query(
+                "INSERT INTO match_ambiguous (binding, local_id, external_id, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (binding, local_id, external_id) DO NOTHING"
+            )
+            .bind(binding)
+            .bind(id)
+            .bind(external_id)
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Local records of `binding` left unlinked by an ambiguous match.
+    pub async fn ambiguous_local_ids(
+        &self,
+        binding: &str,
+    ) -> Result<std::collections::HashSet<i64>> {
+        let mut c = self.reader().await?;
+        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(
+            "SELECT local_id FROM match_ambiguous WHERE binding = $1"
+        )
+        .bind(binding)
+        .fetch_all(c)
+        .await)?
+        .into_iter()
+        .collect())
+    }
 }

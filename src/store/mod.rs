@@ -410,7 +410,7 @@ async fn finish_run(
         sqlx::query(
             "UPDATE runs SET finished_at = $1, status = $2, error = $3, pulled = $4, created = $5, updated = $6, deleted = $7,
              unlinked = $8, skipped = $9, failed = $10, conflicts = $11, pushed = $12,
-             held = $13, missing = $14, extra = $15, different = $16 WHERE id = $17"
+             held = $13, missing = $14, extra = $15, different = $16, ambiguous = $17 WHERE id = $18"
         )
         .bind(Utc::now())
         .bind(status)
@@ -428,6 +428,7 @@ async fn finish_run(
         .bind(counts.missing)
         .bind(counts.extra)
         .bind(counts.different)
+        .bind(counts.ambiguous)
         .bind(id)
         .execute(c).await.map(|r| r.rows_affected())
     })?;

@@ -260,7 +260,7 @@ impl Store {
         Ok(on!(c.conn(), |c| {
             sqlx::query_as::<_, Run>(
             "SELECT id, sync, trigger, started_at, finished_at, status, error, instance, pulled, created, updated, deleted,
-                    unlinked, skipped, failed, conflicts, pushed, held, missing, extra, different FROM runs
+                    unlinked, skipped, failed, conflicts, pushed, held, missing, extra, different, ambiguous FROM runs
              WHERE ($1 IS NULL OR sync = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
         )
         .bind(sync)

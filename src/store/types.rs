@@ -185,6 +185,7 @@ text_enum!(
         Rename = "rename",
         Move = "move",
         Conflict = "conflict",
+        Link = "link",
     }
 );
 text_enum!(
@@ -360,6 +361,8 @@ pub struct RunCounts {
     pub extra: i64,
     /// Found by reconciliation: linked records whose values differed.
     pub different: i64,
+    /// Unlinked records whose `match_on` fields matched several records on the other side.
+    pub ambiguous: i64,
 }
 
 /// A recorded run.
@@ -390,6 +393,8 @@ pub struct Run {
     pub extra: i64,
     /// Found by reconciliation: linked records whose values differed.
     pub different: i64,
+    /// Unlinked records whose `match_on` fields matched several records on the other side.
+    pub ambiguous: i64,
 }
 
 /// The first answer given to an `Idempotency-Key`.

@@ -113,7 +113,7 @@ pub const AUTH_KEYS: [&str; 7] = [
     "token",
     "description",
 ];
-pub const SYNC_KEYS: [&str; 21] = [
+pub const SYNC_KEYS: [&str; 22] = [
     "name",
     "description",
     "model",
@@ -135,6 +135,7 @@ pub const SYNC_KEYS: [&str; 21] = [
     "delete_mode",
     "reconcile",
     "delete_guard",
+    "match_on",
 ];
 pub const DELETE_GUARD_KEYS: [&str; 3] = ["max", "max_ratio", "min"];
 pub const PAIR_KEYS: [&str; 6] = [

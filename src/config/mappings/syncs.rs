@@ -109,6 +109,7 @@ pub(super) fn compile_sync(
     let delete_mode = delete_mode_of(t, ext, diags);
     let reconcile = reconcile_of(t, ws, diags);
     let delete_guard = delete_guard_of(t, propagate_deletes, diags);
+    let match_on = match_on_of(t, &fields, diags);
 
     if let (Some(dir), Some(mode), Some(w)) = (direction, mode, ws) {
         let dir_span = direction_item
@@ -141,7 +142,72 @@ pub(super) fn compile_sync(
         delete_mode,
         reconcile,
         delete_guard,
+        match_on,
     })
+}
+
+/// `match_on`: local fields that identify a record on both sides, as one list (`["email"]`) or
+/// a list of lists tried in order (`[["vat"], ["email"]]`). Each must be a field the sync
+/// brings in from the external side.
+fn match_on_of(t: &Table, pairs: &[FieldPair], diags: &mut Diagnostics) -> Vec<Vec<String>> {
+    let Some((items, span)) = array_of(t, "match_on", diags) else {
+        return Vec::new();
+    };
+    let field = |it: &Item, diags: &mut Diagnostics| -> Option<String> {
+        let s = as_str("match_on", it, diags)?;
+        if pairs
+            .iter()
+            .any(|p| p.local == s.value && p.direction.to_local())
+        {
+            Some(s.value.to_string())
+        } else {
+            let known: Vec<&str> = pairs
+                .iter()
+                .filter(|p| p.direction.to_local())
+                .map(|p| p.local.as_str())
+                .collect();
+            diags.push(with_choices(
+                Diagnostic::error(
+                    format!(
+                        "`match_on` names `{}`, which this sync does not bring in",
+                        s.value
+                    ),
+                    s.span,
+                    "not a local field of the sync's `fields` read from the external side",
+                ),
+                s.value,
+                &known,
+            ));
+            None
+        }
+    };
+    let mut groups = Vec::new();
+    let nested = items.iter().any(|i| matches!(i.node, Node::Array(_)));
+    if nested {
+        for it in items {
+            let Node::Array(inner) = &it.node else {
+                diags.push(wrong_type("match_on", it, "a list of field names"));
+                continue;
+            };
+            let group: Vec<String> = inner.iter().filter_map(|f| field(f, diags)).collect();
+            if group.len() == inner.len() && !group.is_empty() {
+                groups.push(group);
+            }
+        }
+    } else {
+        let group: Vec<String> = items.iter().filter_map(|f| field(f, diags)).collect();
+        if group.len() == items.len() && !group.is_empty() {
+            groups.push(group);
+        }
+    }
+    if items.is_empty() {
+        diags.push(Diagnostic::error(
+            "`match_on` is empty",
+            span,
+            "name at least one field",
+        ));
+    }
+    groups
 }
 
 /// `reconcile`: how often to compare both sides in full. Only a web service that can list
