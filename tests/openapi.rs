@@ -9,7 +9,7 @@ use common::harness::{ADMIN_KEY, Harness};
 use serde_json::Value;
 
 /// The routes of `protocol.md` (§1 and §4), as the document must name them.
-const EXPECTED: [(&str, &str); 24] = [
+const EXPECTED: [(&str, &str); 25] = [
     ("post", "/sync/{code}/create"),
     ("put", "/sync/{code}/{external_id}"),
     ("delete", "/sync/{code}/{external_id}"),
@@ -29,6 +29,7 @@ const EXPECTED: [(&str, &str); 24] = [
     ("get", "/api/v1/holds/{id}"),
     ("post", "/api/v1/holds/{id}/approve"),
     ("post", "/api/v1/holds/{id}/discard"),
+    ("post", "/api/v1/syncs/{code}/records/{local_id}/{op}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

@@ -35,7 +35,8 @@ fn need(method: &str, path: &str) -> Need {
         | ("post", "/api/v1/outbox/{id}/retry")
         | ("post", "/api/v1/outbox/{id}/discard")
         | ("post", "/api/v1/holds/{id}/approve")
-        | ("post", "/api/v1/holds/{id}/discard") => Need::Operate,
+        | ("post", "/api/v1/holds/{id}/discard")
+        | ("post", "/api/v1/syncs/{code}/records/{local_id}/{op}") => Need::Operate,
         _ => panic!("classify the scope {method} {path} needs in tests/scopes.rs"),
     }
 }

@@ -50,3 +50,13 @@ CREATE TABLE match_ambiguous (
     created_at  TEXT    NOT NULL,
     PRIMARY KEY (binding, local_id, external_id)
 );
+
+-- Records paused for one sync by an operator: neither sent by it nor overwritten by its pulls
+-- (their incoming changes are logged `skipped`) until resumed.
+CREATE TABLE paused_records (
+    sync      TEXT    NOT NULL,
+    local_id  INTEGER  NOT NULL,
+    paused_at TEXT NOT NULL,
+    paused_by TEXT    NOT NULL,
+    PRIMARY KEY (sync, local_id)
+);

@@ -1,4 +1,5 @@
-//! `recsync holds`: deletes held by a delete guard: list them, approve or discard one.
+//! Operators' commands on what the engine keeps: `recsync holds` (deletes held by a delete
+//! guard: list them, approve or discard one) and `recsync record` (one record of one sync).
 
 use super::*;
 
@@ -105,4 +106,71 @@ async fn decide(g: &GlobalArgs, id: i64, approve: bool) -> ExitCode {
     };
     core.stop().await;
     code
+}
+
+/// `recsync record <CODE> <local id> <op>`: one record of one sync, through the engine.
+pub(super) async fn record(
+    g: &GlobalArgs,
+    code: &str,
+    local_id: i64,
+    op: &str,
+    external_id: Option<String>,
+) -> ExitCode {
+    use crate::engine::RecordOp;
+    let op = match (op, external_id) {
+        ("pause", _) => RecordOp::Pause,
+        ("resume", _) => RecordOp::Resume,
+        ("unlink", _) => RecordOp::Unlink,
+        ("resync", _) => RecordOp::Resync,
+        ("relink", Some(ext)) => RecordOp::Relink(ext),
+        ("relink", None) => {
+            eprintln!("error: relink needs --external-id <ID>");
+            return ExitCode::from(2);
+        }
+        (other, _) => {
+            eprintln!("error: unknown operation `{other}`");
+            return ExitCode::from(2);
+        }
+    };
+    let core = match super::run::start_core(g).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = core.engine.record_op(code, local_id, op, "cli").await;
+    let exit = match result {
+        Ok(done) => {
+            println!("Record {local_id} of {code}: {}.", done.message);
+            if let Some(run) = done.run_id {
+                // The re-read happens in that run: wait for it, as `recsync run` does.
+                if let Some(r) = wait_run(&core.engine, code, run).await {
+                    println!("Run {run}: {}.", r.status);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    };
+    core.stop().await;
+    exit
+}
+
+async fn wait_run(
+    engine: &std::sync::Arc<crate::engine::Engine>,
+    code: &str,
+    run: i64,
+) -> Option<crate::store::Run> {
+    for _ in 0..600 {
+        if let Ok(runs) = engine.reads().runs(Some(code), None, 20).await
+            && let Some(r) = runs
+                .into_iter()
+                .find(|r| r.id == run && r.finished_at.is_some())
+        {
+            return Some(r);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    None
 }

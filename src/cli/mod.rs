@@ -136,6 +136,19 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<OutboxAction>,
     },
+    /// One record of one sync: pause, resume, unlink, relink or resync
+    Record {
+        /// The sync's code
+        code: String,
+        /// The local record's id
+        local_id: i64,
+        /// pause, resume, unlink, relink (with --external-id) or resync
+        #[arg(value_parser = ["pause", "resume", "unlink", "relink", "resync"])]
+        op: String,
+        /// For relink: the external id to link the record to
+        #[arg(long)]
+        external_id: Option<String>,
+    },
     /// Deletes held by a delete guard: list, approve or discard
     Holds {
         #[command(subcommand)]
@@ -337,6 +350,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Outbox { action } => outbox(&cli.global, action).await,
         Command::Holds { action } => holds::holds(&cli.global, action).await,
+        Command::Record {
+            code,
+            local_id,
+            op,
+            external_id,
+        } => holds::record(&cli.global, &code, local_id, &op, external_id).await,
         Command::FakeOdoo {
             listen,
             database,

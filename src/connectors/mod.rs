@@ -319,6 +319,12 @@ pub trait Connector: Send + std::marker::Sync {
         Ok((listed, next))
     }
 
+    /// Asks the sync's next pull to read these records again by id (`resync`); false when the
+    /// connector cannot read one record on its own.
+    fn reread(&self, _sync: &Sync, _plan: &Plan, _external_ids: &[String]) -> bool {
+        false
+    }
+
     /// Whether `list_ids` and `list_records` work for this sync.
     fn can_list(&self, _sync: &Sync) -> bool {
         false

@@ -284,6 +284,32 @@ impl Engine {
             .as_ref()
             .map(|r| r.values.clone())
             .unwrap_or_default();
+        if !tx
+            .paused_among(sync.code.as_str(), &[link.local_id])
+            .await?
+            .is_empty()
+        {
+            let mut row = log_row(
+                sync,
+                model,
+                LogDirection::ExternalToLocal,
+                if propagate {
+                    LogAction::Delete
+                } else {
+                    LogAction::Unlink
+                },
+                Some(link.local_id),
+                &values,
+            );
+            row.external_id = Some(external_id.to_string());
+            row.status = crate::store::LogStatus::Skipped;
+            row.error_message = super::batch::paused_reason(sync);
+            row.actor = ctx.actor.clone();
+            row.run_id = ctx.run_id;
+            self.log(&mut tx, row).await?;
+            tx.commit().await?;
+            return Ok(Applied::Skipped(Some(link.local_id)));
+        }
         tx.delete_link(&binding, link.local_id).await?;
         let applied = if propagate {
             if let Some(rec) = tx.delete_record(&model.name, link.local_id).await? {

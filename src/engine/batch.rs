@@ -397,6 +397,26 @@ impl Engine {
             }
         }
 
+        // Records an operator paused for the request's sync are not overwritten.
+        let mut linked_by_sync: HashMap<&str, Vec<i64>> = HashMap::new();
+        for p in round {
+            if let Some(l) = links.get(&(p.binding.clone(), p.external_id.clone())) {
+                linked_by_sync
+                    .entry(p.job.code.as_str())
+                    .or_default()
+                    .push(l.local_id);
+            }
+        }
+        let mut paused: HashSet<(&str, i64)> = HashSet::new();
+        for (code, ids) in linked_by_sync {
+            paused.extend(
+                tx.paused_among(code, &ids)
+                    .await?
+                    .into_iter()
+                    .map(|id| (code, id)),
+            );
+        }
+
         // match_on: an unlinked record is first looked for among the unlinked local records.
         let (matched, ambiguous) = self
             .match_unlinked(
@@ -421,6 +441,12 @@ impl Engine {
             let model = &plan.models[&sync.model];
             if let Some(why) = ambiguous.get(&i) {
                 intents[i] = Some(Intent::Ambiguous(why.clone()));
+                continue;
+            }
+            if let Some(l) = links.get(&(p.binding.clone(), p.external_id.clone()))
+                && paused.contains(&(p.job.code.as_str(), l.local_id))
+            {
+                intents[i] = Some(Intent::Skip(Some(l.local_id), paused_reason(sync)));
                 continue;
             }
             let link = links
@@ -1128,6 +1154,14 @@ fn sent_fields<'a>(plan: &'a Plan, sync: &'a Sync) -> Vec<&'a str> {
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// Why a change of a paused record was not applied.
+pub(super) fn paused_reason(sync: &Sync) -> String {
+    format!(
+        "the record is paused for sync `{}`, so nothing was written; `resume` it to sync it again",
+        sync.code
+    )
 }
 
 fn outside(sync: &Sync) -> String {

@@ -94,7 +94,11 @@ impl Engine {
             }
         }
         let mut links = HashMap::new();
+        let mut paused: std::collections::HashSet<(String, i64)> = Default::default();
         for (sync, ids) in ids_by_sync {
+            for id in self.store.paused_among(&sync, &ids).await? {
+                paused.insert((sync.clone(), id));
+            }
             for l in self
                 .store
                 .links_by_local(&plan.binding_of(&sync), &ids)
@@ -111,6 +115,7 @@ impl Engine {
                 .sync(&entry.sync)
                 .and_then(|s| records.get(&(s.model.clone(), entry.local_id)).cloned());
             let link = links.get(&(entry.sync.clone(), entry.local_id)).cloned();
+            let is_paused = paused.contains(&(entry.sync.clone(), entry.local_id));
             let span = tracing::info_span!(
                 "delivery",
                 sync = %entry.sync,
@@ -123,7 +128,9 @@ impl Engine {
             );
             tasks.push(self.spawn(
                 async move {
-                    let result = engine.deliver(&plan, &entry, record, link).await;
+                    let result = engine
+                        .deliver(&plan, &entry, record, link, is_paused)
+                        .await;
                     match &result {
                         Ok(Step::Delivered { row, .. }) => {
                             tracing::debug!(external_id = row.external_id.as_deref(), "Delivered")
@@ -214,6 +221,7 @@ impl Engine {
         entry: &OutboxEntry,
         record: Option<Record>,
         link: Option<Link>,
+        paused: bool,
     ) -> Result<Step, StoreError> {
         let Some(sync) = plan.sync(&entry.sync) else {
             return Ok(Step::Failed(
@@ -227,6 +235,30 @@ impl Engine {
             .map(|r| r.values.clone())
             .unwrap_or_default();
         let title = model.title(entry.local_id, &values);
+        if paused {
+            // Not sent: the link stays behind the record, so a resume (or a push) sends it.
+            let mut row = success_row(
+                entry,
+                sync,
+                if entry.action == "delete" {
+                    LogAction::Delete
+                } else {
+                    LogAction::Update
+                },
+                link.as_ref().and_then(|l| l.external_id.clone()),
+                &title,
+                Value::Object(values.clone()),
+                json!({}),
+            );
+            row.status = crate::store::LogStatus::Skipped;
+            row.error_message = super::batch::paused_reason(sync);
+            // The link is kept as it is (none means an unlink here).
+            return Ok(Step::Delivered {
+                row,
+                link,
+                binding: sync.binding(),
+            });
+        }
         let Some(connector) = self.connector(&sync.web_service) else {
             let why = "the sync's web service is no longer configured";
             return Ok(Step::Failed(

@@ -150,6 +150,7 @@ impl Engine {
             .ambiguous_local_ids(&binding)
             .await
             .map_err(store_err)?;
+        let paused = self.store.paused_ids(code).await.map_err(store_err)?;
         let mut queued: Vec<i64> = Vec::new();
         let mut after = 0;
         loop {
@@ -173,7 +174,7 @@ impl Engine {
             let mut unlinks = Vec::new();
             let mut returns = Vec::new();
             for rec in &page {
-                if waiting.contains(&rec.id) {
+                if waiting.contains(&rec.id) || paused.contains(&rec.id) {
                     continue;
                 }
                 let mut link = links.get(&rec.id).cloned();

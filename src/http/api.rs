@@ -475,7 +475,7 @@ fn known_model(state: &AppState, model: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn json_body(
+pub(crate) async fn json_body(
     req: &HttpRequest,
     body: web::Payload,
     state: &AppState,

@@ -9,6 +9,7 @@ pub mod holds;
 pub mod metrics;
 pub mod odoo;
 pub mod openapi;
+pub mod record_ops;
 pub mod state;
 pub mod sync;
 pub mod ui;
@@ -143,6 +144,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     dropbox::routes(cfg);
     odoo::routes(cfg);
     holds::routes(cfg);
+    record_ops::routes(cfg);
 }
 
 /// Liveness: the process answers.

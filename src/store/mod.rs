@@ -123,6 +123,7 @@ mod idempotency;
 mod links;
 mod mirror;
 mod outbox;
+mod paused;
 mod records;
 mod runs;
 mod view;

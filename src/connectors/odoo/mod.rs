@@ -392,6 +392,18 @@ impl Connector for OdooConnector {
         true
     }
 
+    /// The ids join the webhook hints: the next pull reads them by id first.
+    fn reread(&self, sync: &Sync, plan: &Plan, external_ids: &[String]) -> bool {
+        let Ok(odoo) = model_of(sync, plan) else {
+            return false;
+        };
+        let mut hints = self.hints.lock().expect("hints lock");
+        for id in external_ids.iter().filter_map(|e| e.parse::<i64>().ok()) {
+            hints.add(odoo.model.clone(), id);
+        }
+        true
+    }
+
     fn can_list(&self, _sync: &Sync) -> bool {
         true
     }

@@ -1,0 +1,256 @@
+//! One record at a time, for operators: pause and resume a record's syncing, drop or set its
+//! link, and re-read it from the external side. Each operation writes a change-control row.
+
+use super::{Ctx, Engine, Trigger};
+use crate::store::{Link, LogAction, LogDirection, LogStatus, NewOutbox, StoreError};
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+/// An operation on one record of one sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOp {
+    /// Neither sent by the sync nor overwritten by its pulls, until resumed.
+    Pause,
+    Resume,
+    /// The link ends; both records stay.
+    Unlink,
+    /// The record is linked to this external id (replacing its link, if any).
+    Relink(String),
+    /// The record is read again from the external side, whose values then win.
+    Resync,
+}
+
+impl RecordOp {
+    pub const NAMES: [&'static str; 5] = ["pause", "resume", "unlink", "relink", "resync"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            RecordOp::Pause => "pause",
+            RecordOp::Resume => "resume",
+            RecordOp::Unlink => "unlink",
+            RecordOp::Relink(_) => "relink",
+            RecordOp::Resync => "resync",
+        }
+    }
+}
+
+/// What an operation did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OpDone {
+    pub sync: String,
+    pub local_id: i64,
+    pub op: &'static str,
+    pub external_id: Option<String>,
+    pub message: String,
+    /// The run that re-reads the record (`resync`).
+    pub run_id: Option<i64>,
+}
+
+/// Why an operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordOpError {
+    #[error("unknown sync `{0}`")]
+    UnknownSync(String),
+    #[error("no live record {1} of model `{0}`")]
+    UnknownRecord(String, i64),
+    #[error("record {0} is not linked through sync `{1}`")]
+    NotLinked(i64, String),
+    #[error("external id `{external_id}` is linked to record {local_id} already; unlink it first")]
+    Taken { external_id: String, local_id: i64 },
+    #[error("the external id must not be empty")]
+    EmptyId,
+    #[error(
+        "sync `{0}`'s web service ({1}) cannot re-read one record; `recsync run {0} --full` reconciles every record"
+    )]
+    CannotReread(String, &'static str),
+    #[error("{0}")]
+    Run(String),
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl Engine {
+    /// Performs `op` on local record `local_id` of sync `code`, as `by`.
+    pub async fn record_op(
+        self: &Arc<Self>,
+        code: &str,
+        local_id: i64,
+        op: RecordOp,
+        by: &str,
+    ) -> Result<OpDone, RecordOpError> {
+        let plan = self.plan();
+        let sync = plan
+            .sync(code)
+            .ok_or_else(|| RecordOpError::UnknownSync(code.to_string()))?;
+        let model = &plan.models[&sync.model];
+        let record = self
+            .store
+            .get_record(&model.name, local_id)
+            .await?
+            .filter(|r| !r.deleted)
+            .ok_or_else(|| RecordOpError::UnknownRecord(model.name.clone(), local_id))?;
+        let binding = sync.binding();
+        let link = self.store.link_by_local(&binding, local_id).await?;
+        let linked_id = link.as_ref().and_then(|l| l.external_id.clone());
+        let not_linked = || RecordOpError::NotLinked(local_id, code.to_string());
+        // The values last synced, as the binding keeps them: the record's own values for the
+        // sync's fields (the external side's differences then win).
+        let as_synced: Map<String, Value> = sync
+            .fields
+            .iter()
+            .filter_map(|p| {
+                record
+                    .values
+                    .get(&p.local)
+                    .map(|v| (p.local.clone(), v.clone()))
+            })
+            .collect();
+        let mut run_id = None;
+        let (action, external_id, message) = match &op {
+            RecordOp::Pause => {
+                let fresh = self.store.pause_record(code, local_id, by).await?;
+                let message = if fresh {
+                    format!("paused for sync `{code}`: nothing is sent or applied until resumed")
+                } else {
+                    format!("was paused for sync `{code}` already")
+                };
+                (LogAction::Update, linked_id, message)
+            }
+            RecordOp::Resume => {
+                let was = self.store.resume_record(code, local_id).await?;
+                // What changed here while paused goes out now (a cron sync's next push finds it
+                // behind its link anyway).
+                let behind = link
+                    .as_ref()
+                    .is_none_or(|l| l.synced_version < record.version);
+                if was
+                    && behind
+                    && sync.direction.to_external()
+                    && sync.mode == crate::domain::plan::Mode::Realtime
+                {
+                    let mut tx = self.store.begin().await?;
+                    tx.enqueue_many(&[NewOutbox {
+                        sync: code.to_string(),
+                        local_id,
+                        action: if linked_id.is_some() {
+                            "update"
+                        } else {
+                            "create"
+                        }
+                        .into(),
+                        payload: super::fanout::payload(record.version, &Ctx::actor(by)),
+                    }])
+                    .await?;
+                    tx.commit().await?;
+                    self.wake();
+                }
+                let message = if was {
+                    format!("resumed for sync `{code}`")
+                } else {
+                    format!("was not paused for sync `{code}`")
+                };
+                (LogAction::Update, linked_id, message)
+            }
+            RecordOp::Unlink => {
+                let ext = linked_id.ok_or_else(not_linked)?;
+                let mut tx = self.store.begin().await?;
+                tx.delete_link(&binding, local_id).await?;
+                tx.commit().await?;
+                (
+                    LogAction::Unlink,
+                    Some(ext.clone()),
+                    format!("unlinked from external `{ext}` by an operator; both records stay"),
+                )
+            }
+            RecordOp::Relink(ext) => {
+                let ext = ext.trim().to_string();
+                if ext.is_empty() {
+                    return Err(RecordOpError::EmptyId);
+                }
+                if let Some(other) = self.store.link_by_external(&binding, &ext).await?
+                    && other.local_id != local_id
+                {
+                    return Err(RecordOpError::Taken {
+                        external_id: ext,
+                        local_id: other.local_id,
+                    });
+                }
+                let mut tx = self.store.begin().await?;
+                tx.upsert_links(&[Link {
+                    binding: binding.clone(),
+                    local_id,
+                    external_id: Some(ext.clone()),
+                    base: as_synced.clone(),
+                    synced_version: record.version,
+                    external_hash: None,
+                    left: Vec::new(),
+                }])
+                .await?;
+                tx.commit().await?;
+                let before = linked_id
+                    .map(|e| format!(" (was `{e}`)"))
+                    .unwrap_or_default();
+                (
+                    LogAction::Link,
+                    Some(ext.clone()),
+                    format!("linked to external `{ext}` by an operator{before}"),
+                )
+            }
+            RecordOp::Resync => {
+                let (Some(mut link), Some(ext)) = (link.clone(), linked_id) else {
+                    return Err(not_linked());
+                };
+                let connector = self.connector(&sync.web_service).ok_or_else(|| {
+                    RecordOpError::Run("the web service is not configured".into())
+                })?;
+                if !connector.reread(sync, &plan, std::slice::from_ref(&ext)) {
+                    return Err(RecordOpError::CannotReread(
+                        code.to_string(),
+                        connector.kind(),
+                    ));
+                }
+                link.base = as_synced.clone();
+                let mut tx = self.store.begin().await?;
+                tx.upsert_links(&[link]).await?;
+                tx.commit().await?;
+                let started = self
+                    .start_run(code, Trigger::Manual, false)
+                    .await
+                    .map_err(|e| RecordOpError::Run(e.to_string()))?;
+                run_id = Some(started.run_id);
+                (
+                    LogAction::Update,
+                    Some(ext.clone()),
+                    format!(
+                        "re-read from external `{ext}` in run {}; its values win where they differ",
+                        started.run_id
+                    ),
+                )
+            }
+        };
+        let mut row = super::apply::log_row(
+            sync,
+            model,
+            LogDirection::LocalToExternal,
+            action,
+            Some(local_id),
+            &record.values,
+        );
+        row.name = format!("Operator: {} {}", op.name(), model.name);
+        row.external_id = external_id.clone();
+        row.status = LogStatus::Success;
+        row.error_message = message.clone();
+        row.destination_values = json!({ "op": op.name() });
+        row.actor = by.to_string();
+        self.log_alone(row).await?;
+        tracing::info!(sync = code, local_id, op = op.name(), by, "{message}");
+        Ok(OpDone {
+            sync: code.to_string(),
+            local_id,
+            op: op.name(),
+            external_id,
+            message,
+            run_id,
+        })
+    }
+}

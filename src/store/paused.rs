@@ -1,0 +1,84 @@
+//! Records an operator paused for one sync.
+
+use super::*;
+use std::collections::HashSet;
+
+impl Store {
+    /// Pauses a record for a sync; false when it was paused already.
+    pub async fn pause_record(&self, sync: &str, local_id: i64, by: &str) -> Result<bool> {
+        let mut c = self.writer().await?;
+        let n = on!(c.conn(), |c| {
+            sqlx::query(
+            "INSERT INTO paused_records (sync, local_id, paused_at, paused_by) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (sync, local_id) DO NOTHING"
+        )
+        .bind(sync)
+        .bind(local_id)
+        .bind(Utc::now())
+        .bind(by)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
+        Ok(n == 1)
+    }
+
+    /// Resumes a paused record; false when it was not paused.
+    pub async fn resume_record(&self, sync: &str, local_id: i64) -> Result<bool> {
+        let mut c = self.writer().await?;
+        let n = on!(c.conn(), |c| sqlx::query(
+            "DELETE FROM paused_records WHERE sync = $1 AND local_id = $2"
+        )
+        .bind(sync)
+        .bind(local_id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+
+    /// Which of these records are paused for the sync.
+    pub async fn paused_among(&self, sync: &str, ids: &[i64]) -> Result<HashSet<i64>> {
+        paused_among(self.reader().await?.conn(), self.is_pg(), sync, ids).await
+    }
+
+    /// Every record paused for the sync.
+    pub async fn paused_ids(&self, sync: &str) -> Result<HashSet<i64>> {
+        let mut c = self.reader().await?;
+        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(
+            "SELECT local_id FROM paused_records WHERE sync = $1"
+        )
+        .bind(sync)
+        .fetch_all(c)
+        .await)?
+        .into_iter()
+        .collect())
+    }
+}
+
+impl Tx {
+    /// Which of these records are paused for the sync, inside the transaction.
+    pub async fn paused_among(&mut self, sync: &str, ids: &[i64]) -> Result<HashSet<i64>> {
+        let pg = self.is_pg();
+        paused_among(self.conn(), pg, sync, ids).await
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct PausedRow {
+    local_id: i64,
+}
+
+async fn paused_among(c: Conn<'_>, pg: bool, sync: &str, ids: &[i64]) -> Result<HashSet<i64>> {
+    let rows: Vec<PausedRow> = select_by_ids(
+        c,
+        pg,
+        "SELECT local_id FROM paused_records",
+        "sync",
+        sync,
+        "local_id",
+        ids,
+    )
+    .await?;
+    Ok(rows.into_iter().map(|r| r.local_id).collect())
+}

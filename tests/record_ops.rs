@@ -1,0 +1,211 @@
+//! One record at a time: an operator pauses a record of a sync (nothing is sent, nothing
+//! incoming is applied, each logged `skipped`), resumes it (what changed meanwhile goes out),
+//! unlinks and relinks it, and asks for a re-read, which a `rest` service cannot do. Real HTTP
+//! against the reference peer, on SQLite and PostgreSQL.
+
+mod common;
+
+use common::eventually;
+use common::harness::{CRM_KEY, Harness, OPERATE_KEY};
+use serde_json::{Value, json};
+
+async fn op(h: &Harness, local: i64, op: &str, body: Option<Value>) -> (u16, Value) {
+    let mut r = h
+        .client
+        .post(h.url(&format!("/api/v1/syncs/CON/records/{local}/{op}")))
+        .header("X-Api-Key", OPERATE_KEY);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn crm(h: &Harness, method: reqwest::Method, path: &str, body: Value) -> u16 {
+    h.client
+        .request(method, h.url(path))
+        .header("api_key", CRM_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn name_of(h: &Harness, local: i64) -> Value {
+    h.engine
+        .store
+        .get_record("contact", local)
+        .await
+        .unwrap()
+        .unwrap()
+        .values["name"]
+        .clone()
+}
+
+async fn settled(h: &Harness) {
+    eventually(15, "the outbox to settle", || async {
+        (h.engine.store.outbox_depth("CON").await.unwrap() == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_paused_record_is_neither_sent_nor_overwritten_until_resumed() {
+    let h = Harness::start().await;
+    let create = json!({"unique_id": "P-1", "name": "Pat", "email": "pat@example.com"});
+    assert_eq!(
+        crm(&h, reqwest::Method::POST, "/sync/CON/create", create).await,
+        200
+    );
+    let local = h.link("CON", "P-1").await.unwrap().local_id;
+
+    let (status, body) = op(&h, local, "pause", None).await;
+    assert_eq!(
+        (status, body["op"].as_str()),
+        (200, Some("pause")),
+        "{body}"
+    );
+    assert_eq!(body["external_id"], "P-1");
+
+    // Incoming: an update and a delete, each answered and logged, neither applied.
+    let upd = json!({"name": "Changed outside"});
+    assert_eq!(
+        crm(&h, reqwest::Method::PUT, "/sync/CON/P-1", upd).await,
+        200
+    );
+    assert_eq!(name_of(&h, local).await, "Pat");
+    assert_eq!(
+        crm(&h, reqwest::Method::DELETE, "/sync/CON/P-1", json!({})).await,
+        200
+    );
+    assert!(h.link("CON", "P-1").await.is_some(), "still linked");
+    assert!(
+        !h.engine
+            .store
+            .get_record("contact", local)
+            .await
+            .unwrap()
+            .unwrap()
+            .deleted
+    );
+
+    // Outgoing: a local edit is not sent.
+    let sent_before = h.peer.received("crm").len();
+    h.patch_record("contact", local, json!({"name": "Changed here"}))
+        .await;
+    settled(&h).await;
+    assert_eq!(
+        h.peer.received("crm").len(),
+        sent_before,
+        "nothing sent while paused"
+    );
+    let skipped: Vec<_> = h
+        .changes("CON")
+        .await
+        .into_iter()
+        .filter(|c| c.status == "skipped" && c.error_message.contains("paused"))
+        .collect();
+    assert_eq!(
+        skipped.len(),
+        3,
+        "the update, the delete and the send: {skipped:#?}"
+    );
+
+    // Resumed: what changed here goes out.
+    let (status, body) = op(&h, local, "resume", None).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(15, "the local change to reach the peer", || async {
+        h.peer
+            .received("crm")
+            .iter()
+            .any(|r| {
+                r.values["name"] == "Changed here"
+                    && r.action == "update"
+                    && r.id.as_deref() == Some("P-1")
+            })
+            .then_some(())
+    })
+    .await;
+    let upd = json!({"name": "Changed outside again"});
+    assert_eq!(
+        crm(&h, reqwest::Method::PUT, "/sync/CON/P-1", upd).await,
+        200
+    );
+    assert_eq!(name_of(&h, local).await, "Changed outside again");
+    let ops: Vec<String> = h
+        .changes("CON")
+        .await
+        .into_iter()
+        .filter(|c| c.name.starts_with("Operator:"))
+        .map(|c| format!("{} by {}", c.name, c.actor))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "Operator: resume contact by operator",
+            "Operator: pause contact by operator"
+        ]
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn unlink_relink_and_resync_one_record() {
+    let h = Harness::start().await;
+    for (id, name) in [("R-1", "Rita"), ("R-2", "Rob")] {
+        let body = json!({"unique_id": id, "name": name});
+        assert_eq!(
+            crm(&h, reqwest::Method::POST, "/sync/CON/create", body).await,
+            200
+        );
+    }
+    let rita = h.link("CON", "R-1").await.unwrap().local_id;
+
+    let (status, body) = op(&h, rita, "unlink", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(h.link("CON", "R-1").await.is_none());
+    assert_eq!(name_of(&h, rita).await, "Rita", "the record stays");
+    let (status, body) = op(&h, rita, "unlink", None).await;
+    assert_eq!(status, 404, "not linked any more: {body}");
+
+    let (status, body) = op(&h, rita, "relink", Some(json!({"external_id": "R-9"}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(h.link("CON", "R-9").await.unwrap().local_id, rita);
+    // An update of R-9 now reaches Rita.
+    let upd = json!({"name": "Rita B."});
+    assert_eq!(
+        crm(&h, reqwest::Method::PUT, "/sync/CON/R-9", upd).await,
+        200
+    );
+    assert_eq!(name_of(&h, rita).await, "Rita B.");
+
+    let (status, body) = op(&h, rita, "relink", Some(json!({"external_id": "R-2"}))).await;
+    assert_eq!(status, 409, "R-2 is Rob's: {body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("linked to record"),
+        "{body}"
+    );
+    let (status, _) = op(&h, rita, "relink", Some(json!({}))).await;
+    assert_eq!(status, 400);
+
+    let (status, body) = op(&h, rita, "resync", None).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot re-read one record"),
+        "{body}"
+    );
+    let (status, _) = op(&h, rita, "explode", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = op(&h, 999_999, "pause", None).await;
+    assert_eq!(status, 404);
+    h.stop().await;
+}
