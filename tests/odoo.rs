@@ -910,3 +910,74 @@ async fn records_sharing_one_write_date_are_paged_without_skips_or_repeats() {
     assert_eq!(run.pulled as usize, contacts, "none read twice: {run:?}");
     e.h.stop().await;
 }
+
+#[tokio::test]
+async fn resync_reads_one_record_again_from_odoo() {
+    let e = start_with("19.0", "auto", &[("overlap = \"15m\"", "overlap = \"1s\"")]).await;
+    let p = e
+        .odoo
+        .create(
+            "res.partner",
+            json!({"name": "Resync Me", "email": "r@example.com"}),
+        )
+        .unwrap();
+    assert_eq!(e.h.run("ODP").await.status, "success");
+    assert!(local_of(&e, p).await.is_some());
+    e.odoo.advance_clock(120);
+    // The local copy drifted without recsync noticing (edited in the database by hand): the
+    // link says it is in step, so neither a pull nor a push touches it.
+    let link = e.h.link("ODP", &p.to_string()).await.unwrap();
+    let mut values = local_of(&e, p).await.unwrap();
+    values.insert("name".into(), json!("Drifted"));
+    let mut tx = e.h.engine.store.begin().await.unwrap();
+    let rec = tx
+        .update_records("partner", &[(link.local_id, values)])
+        .await
+        .unwrap()
+        .remove(0);
+    tx.upsert_links(&[recsync::store::Link {
+        synced_version: rec.version,
+        ..link.clone()
+    }])
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    e.h.run("ODP").await;
+    assert_eq!(local_of(&e, p).await.unwrap()["name"], "Drifted");
+
+    let r =
+        e.h.client
+            .post(e.h.url(&format!(
+                "/api/v1/syncs/ODP/records/{}/resync",
+                link.local_id
+            )))
+            .header("X-Api-Key", ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let run_id = body["run_id"].as_i64().expect("the run that re-reads it");
+    let run = eventually(15, "the re-read run", || async {
+        e.h.engine
+            .store
+            .runs(Some("ODP"), None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == run_id && r.finished_at.is_some())
+    })
+    .await;
+    assert_eq!(
+        (run.status.as_str(), run.updated),
+        ("success", 1),
+        "{run:?}"
+    );
+    assert_eq!(local_of(&e, p).await.unwrap()["name"], "Resync Me");
+    assert_eq!(
+        e.odoo.records("res.partner")[&p]["name"],
+        "Resync Me",
+        "Odoo is not written"
+    );
+    e.h.stop().await;
+}
