@@ -675,6 +675,14 @@ async fn list(
         return r;
     }
     let limit = body.limit.unwrap_or(1000).clamp(1, 10_000);
+    if let Some(total) = state.opts.synthetic.get(path.as_str()).copied() {
+        return HttpResponse::Ok().json(synthetic_listing(
+            &state.opts.id_field,
+            total,
+            body.after.as_deref(),
+            limit as u64,
+        ));
+    }
     state.note_call(
         "list",
         &path,
@@ -717,6 +725,30 @@ async fn list(
     HttpResponse::Ok().json(json!({
         "status": "success", "error_message": "", "content": content, "next": next
     }))
+}
+
+/// The listing of a synthetic collection, as it stands after changes its fetches never
+/// reported (for reconciliation benchmarks): every 100th record edited (1 %), every 200th gone
+/// (0.5 %), and 0.5 % more records than were ever fetched. `after` is the position reached.
+fn synthetic_listing(id_field: &str, total: u64, after: Option<&str>, limit: u64) -> Value {
+    let start: u64 = after.and_then(|a| a.parse().ok()).unwrap_or(0);
+    let end_all = total + total / 200;
+    let end = end_all.min(start + limit);
+    let content: Vec<Value> = (start..end)
+        .filter(|n| *n >= total || n % 200 != 1)
+        .map(|n| {
+            let name = if n < total && n % 100 == 2 {
+                format!("Synthetic {n} (edited)")
+            } else {
+                format!("Synthetic {n}")
+            };
+            json!({"external_id": format!("S{n}"), "values": {
+                id_field: format!("S{n}"), "name": name, "email": format!("s{n}@example.com")
+            }})
+        })
+        .collect();
+    let next = (end < end_all).then(|| end.to_string());
+    json!({"status": "success", "error_message": "", "content": content, "next": next})
 }
 
 async fn fetch(
