@@ -53,6 +53,7 @@ fn the_web_ui_works_in_a_browser() {
         "08-record-history",
         "09-configuration",
         "10-dropbox-trees",
+        "11-held-deletes",
     ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),

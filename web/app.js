@@ -557,6 +557,55 @@ async function deadLetters() {
   );
 }
 
+async function holds() {
+  const title = () => h("h1", {}, "Held deletes");
+  show(title(), loading("the held deletes"));
+  let r;
+  try {
+    r = await api("/api/v1/holds?status=held");
+  } catch (e) {
+    show(title(), errorBox(e));
+    return;
+  }
+  if (!r.holds.length) {
+    show(title(), empty("No held deletes. When a run would delete more records than a sync's delete_guard allows, its deletes wait here for a person to approve or discard them."));
+    return;
+  }
+  const note = h("div", { role: "status" });
+  const act = (hold, verb) => async (ev) => {
+    const row = ev.target.closest("tr");
+    row.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+    try {
+      const done = await api(`/api/v1/holds/${hold.id}/${verb}`, { method: "POST" });
+      note.replaceChildren(h("div", { class: "notice" }, verb === "approve"
+        ? `Hold ${hold.id} approved: ${done.deleted} records deleted.`
+        : `Hold ${hold.id} discarded: nothing was deleted.`));
+      row.remove();
+    } catch (err) {
+      note.replaceChildren(errorBox(err));
+      row.querySelectorAll("button").forEach((b) => { b.disabled = false; });
+    }
+  };
+  // The first deletes of each hold, so a person sees what would go.
+  const items = await Promise.all(r.holds.map((hold) =>
+    api(`/api/v1/holds/${hold.id}?limit=20`).then((d) => d.deletes).catch(() => [])));
+  show(
+    title(), note,
+    h("table", { id: "holds" },
+      h("thead", {}, h("tr", {}, ["Hold", "Sync", "Deletes", "Why", "Records", "Held", me.operate ? "" : null].filter((t) => t !== null).map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, r.holds.map((hold, i) => h("tr", { "data-id": hold.id },
+        h("td", { class: "num" }, hold.id), h("td", {}, hold.sync), h("td", { class: "num" }, hold.items),
+        h("td", { class: "wrap" }, hold.reason),
+        h("td", { class: "wrap" }, items[i].map((d, n) => [n ? ", " : "",
+          d.local_id ? h("a", { href: `#/history${query({ local_id: d.local_id })}` }, d.name || `#${d.local_id}`) : d.external_id]),
+          hold.items > items[i].length ? ` and ${hold.items - items[i].length} more` : ""),
+        h("td", {}, time(hold.created_at)),
+        me.operate ? h("td", {},
+          h("button", { type: "button", class: "danger", onclick: act(hold, "approve") }, "Approve deletes"), " ",
+          h("button", { type: "button", onclick: act(hold, "discard") }, "Discard")) : null)))),
+  );
+}
+
 async function configPage() {
   show(h("h1", {}, "Configuration"), loading("the configuration"));
   let c;
@@ -631,7 +680,7 @@ async function trees() {
 
 // ---- routing -------------------------------------------------------------------------------
 
-const PAGES = { dashboard, changes, history, dead: deadLetters, config: configPage, trees };
+const PAGES = { dashboard, changes, history, dead: deadLetters, holds, config: configPage, trees };
 
 function route() {
   if (!sessionStorage.getItem(KEY)) {

@@ -122,6 +122,31 @@ pub struct Pulled {
     pub label: Option<Label>,
 }
 
+/// A read running in the background (the next page, while the engine applies this one);
+/// dropping it stops the read.
+pub struct Ahead<T>(tokio::task::JoinHandle<Result<T, PullError>>);
+
+impl<T: Send + 'static> Ahead<T> {
+    pub fn start(
+        read: impl std::future::Future<Output = Result<T, PullError>> + Send + 'static,
+    ) -> Ahead<T> {
+        Ahead(tokio::spawn(read))
+    }
+
+    pub async fn result(mut self) -> Result<T, PullError> {
+        match (&mut self.0).await {
+            Ok(r) => r,
+            Err(e) => Err(PullError::Service(format!("reading a page failed: {e}"))),
+        }
+    }
+}
+
+impl<T> Drop for Ahead<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One record of a listing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listed {

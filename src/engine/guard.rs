@@ -14,7 +14,7 @@
 use super::apply::{Applied, ApplyError};
 use super::run::RunStop;
 use super::{Ctx, Engine, InboundOp};
-use crate::connectors::{Connector, PullAction, PullError, Pulled};
+use crate::connectors::{Ahead, Connector, PullAction, PullError, Pulled};
 use crate::domain::Plan;
 use crate::domain::plan::Sync;
 use crate::store::{
@@ -22,6 +22,7 @@ use crate::store::{
 };
 use serde_json::{Value, json};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Hold items read at a time.
 const ITEMS_PAGE: i64 = 500;
@@ -334,8 +335,8 @@ impl Engine {
     pub(super) async fn reconcile_listing(
         &self,
         sync: &Sync,
-        plan: &Plan,
-        connector: &dyn Connector,
+        plan: &Arc<Plan>,
+        connector: &Arc<dyn Connector>,
         ctx: &Ctx,
         counts: &mut RunCounts,
         guard: &mut Option<Collecting>,
@@ -345,13 +346,19 @@ impl Engine {
         let failed = |e: StoreError| RunStop::from(format!("the store failed: {e}"));
         let binding = sync.binding();
         let code = sync.code.as_str();
-        let mut after = None;
+        // The next page is read while this one is compared and applied.
+        let read = |after: Option<String>| {
+            let (connector, sync, plan) = (connector.clone(), sync.clone(), plan.clone());
+            Ahead::start(async move { connector.list_records(&sync, &plan, after).await })
+        };
+        let mut ahead = Some(read(None));
         let outcome: Result<(), RunStop> = async {
-            loop {
-                let (listed, next) = connector
-                    .list_records(sync, plan, after.clone())
+            while let Some(page) = ahead.take() {
+                let (listed, next) = page
+                    .result()
                     .await
                     .map_err(|e: PullError| RunStop::Failed(format!("reconciliation: {e}")))?;
+                ahead = next.map(|n| read(Some(n)));
                 let ids: Vec<String> = listed.iter().map(|l| l.external_id.clone()).collect();
                 self.store
                     .reconcile_seen(run_id, &ids)
@@ -384,10 +391,6 @@ impl Engine {
                         .await?;
                     counts.extra += counts.created - created;
                     counts.different += counts.updated - updated;
-                }
-                match next {
-                    Some(n) => after = Some(n),
-                    None => break,
                 }
                 if self.is_stopping() {
                     return Err(RunStop::ShuttingDown);

@@ -551,7 +551,7 @@ impl Engine {
             self.reconcile_listing(
                 &sync,
                 &plan,
-                connector.as_ref(),
+                &connector,
                 &ctx,
                 counts,
                 &mut guard,

@@ -193,6 +193,27 @@ try {
   assert.ok(!cells.some((c) => ["action", "external_id", "values"].includes(c.field)), `no raw request keys: ${JSON.stringify(cells)}`);
   assert.match(await page.locator("dl.meta").textContent(), /→ local to external/, "the direction has its arrow");
 
+  // 7c. A partial listing: a reconciliation would delete most contacts, and the guard holds
+  // the deletes for a person, who discards them here.
+  step = "held deletes";
+  const share = await fetch(`${peer}/peer/faults`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ list_share: 0.25 }) });
+  assert.equal(share.status, 200);
+  const kept = (await call("GET", "/api/v1/models/contact/records?limit=100")).body.records.length;
+  const full = await call("POST", "/api/v1/syncs/CON/run?full=true");
+  assert.equal(full.status, 202, JSON.stringify(full.body));
+  await eventually("a hold", async () => (await call("GET", "/api/v1/holds")).body.holds.length > 0);
+  await fetch(`${peer}/peer/faults`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({}) });
+  await page.getByRole("link", { name: "Held deletes" }).click();
+  const held = page.locator("#holds tbody tr").first();
+  await held.waitFor();
+  assert.match(await held.textContent(), /delete_guard\.max/, "the hold says why");
+  await shot("11-held-deletes");
+  await held.getByRole("button", { name: "Discard" }).click();
+  await page.locator(".notice").filter({ hasText: "nothing was deleted" }).waitFor();
+  assert.equal((await call("GET", "/api/v1/models/contact/records?limit=100")).body.records.length, kept, "nothing deleted");
+  await page.reload();
+  await page.locator(".empty").filter({ hasText: "No held deletes" }).waitFor();
+
   // 8. The other pages.
   step = "history";
   await page.goto(`${base}/#/history?local_id=${customer.id}`);

@@ -10,7 +10,7 @@
 //! and reporting linked records that are gone.
 
 use super::{Hints, OdooClient, OdooError, from_odoo, kwargs};
-use crate::connectors::{Confirmation, Memory, Page, PullAction, PullError, Pulled, Puller};
+use crate::connectors::{Ahead, Confirmation, Memory, Page, PullAction, PullError, Pulled, Puller};
 use crate::domain::mapping::ExternalField;
 use crate::domain::plan::{Archived, OdooModel, Sync};
 use async_trait::async_trait;
@@ -460,30 +460,6 @@ async fn fetch(
     })
 }
 
-/// A page read in the background; dropping it stops the read.
-struct Ahead(tokio::task::JoinHandle<Result<Fetched, PullError>>);
-
-impl Ahead {
-    fn start(
-        read: impl std::future::Future<Output = Result<Fetched, PullError>> + Send + 'static,
-    ) -> Ahead {
-        Ahead(tokio::spawn(read))
-    }
-
-    async fn page(mut self) -> Result<Fetched, PullError> {
-        match (&mut self.0).await {
-            Ok(r) => r,
-            Err(e) => Err(PullError::Service(format!("reading a page failed: {e}"))),
-        }
-    }
-}
-
-impl Drop for Ahead {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Where a run starts.
 pub(super) struct Start {
     pub code: String,
@@ -512,7 +488,7 @@ pub(super) struct OdooPull {
     reading: Arc<Reading>,
     start: Start,
     /// The next page of changes, being read.
-    ahead: Option<Ahead>,
+    ahead: Option<Ahead<Fetched>>,
     phase: Phase,
     /// The saved cursor, as the run found it and as it advanced.
     saved: Cursor,
@@ -673,7 +649,7 @@ impl Puller for OdooPull {
             }
             Phase::Changes => {
                 let fetched = match self.ahead.take() {
-                    Some(ahead) => ahead.page().await,
+                    Some(ahead) => ahead.result().await,
                     None => {
                         fetch(
                             self.client.clone(),
