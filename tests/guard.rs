@@ -533,3 +533,38 @@ async fn the_reconcile_interval_runs_reconciliation_on_its_own() {
     assert_eq!(row.actor, "reconcile");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn deletes_collected_by_an_interrupted_run_are_decided_by_the_next() {
+    let h = seeded(40).await;
+    // A run that stopped before its end (a crash) had collected three deletes whose
+    // confirmations the service already took.
+    let hold = h
+        .engine
+        .store
+        .open_hold("ACC", Some(999_999))
+        .await
+        .unwrap();
+    let mut items = Vec::new();
+    for i in 0..3 {
+        h.peer.set_quietly("acc", &id(i), None);
+        items.push(recsync::store::HoldItem {
+            external_id: id(i),
+            local_id: h.link("ACC", &id(i)).await.map(|l| l.local_id),
+            name: String::new(),
+        });
+    }
+    h.engine.store.add_hold_items(hold, &items).await.unwrap();
+    // The next run decides them with its own: three of forty are under the guard.
+    let run = h.run("ACC").await;
+    assert_eq!((run.deleted, run.held), (3, 0), "{run:?}");
+    for i in 0..3 {
+        assert!(local_of(&h, &id(i)).await.is_none());
+    }
+    let adopted = h.engine.store.hold(hold).await.unwrap().unwrap();
+    assert_eq!(
+        (adopted.status.as_str(), adopted.run_id),
+        ("applied", Some(run.id))
+    );
+    h.stop().await;
+}

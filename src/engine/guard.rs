@@ -223,15 +223,25 @@ impl Engine {
         Ok((deleted, skipped))
     }
 
-    /// Holds left `collecting` by a run of this sync that stopped before it ended are held
-    /// for a person: nobody decided whether they were too many.
-    pub(super) async fn hold_orphans(&self, code: &str, run_id: i64) -> Result<(), StoreError> {
-        for h in self
+    /// Deletes collected by a run of this sync that stopped before it ended (a crash) join
+    /// this run's: nobody decided yet whether they were too many, and this run decides at its
+    /// end, as for its own. Without a guard now (the sync stopped propagating deletes), they
+    /// are held for a person instead.
+    pub(super) async fn adopt_orphans(
+        &self,
+        code: &str,
+        run_id: i64,
+        guard: &mut Option<Collecting>,
+    ) -> Result<(), StoreError> {
+        let orphans: Vec<Hold> = self
             .store
             .holds(Some("collecting"), Some(code), 100)
             .await?
-        {
-            if h.run_id != Some(run_id) {
+            .into_iter()
+            .filter(|h| h.run_id != Some(run_id))
+            .collect();
+        for h in orphans {
+            let Some(g) = guard.as_mut() else {
                 self.store
                     .decide_hold(
                         h.id,
@@ -246,7 +256,45 @@ impl Engine {
                     hold = h.id,
                     "Deletes of an interrupted run held for approval"
                 );
+                continue;
+            };
+            let mut items = Vec::new();
+            loop {
+                let after = items
+                    .last()
+                    .map(|i: &HoldItem| i.external_id.clone())
+                    .unwrap_or_default();
+                let page = self.store.hold_items(h.id, &after, ITEMS_PAGE).await?;
+                if page.is_empty() {
+                    break;
+                }
+                items.extend(page);
             }
+            match g.hold {
+                None => {
+                    self.store.adopt_hold(h.id, run_id).await?;
+                    g.hold = Some(h.id);
+                }
+                Some(mine) => {
+                    self.store.add_hold_items(mine, &items).await?;
+                    self.store
+                        .decide_hold(
+                            h.id,
+                            "collecting",
+                            "discarded",
+                            Some(&format!("its deletes joined hold {mine}")),
+                            None,
+                        )
+                        .await?;
+                }
+            }
+            tracing::info!(
+                sync = code,
+                hold = h.id,
+                deletes = items.len(),
+                "Deletes of an interrupted run join this run's"
+            );
+            g.ids.extend(items.into_iter().map(|i| i.external_id));
         }
         Ok(())
     }

@@ -503,10 +503,10 @@ impl Engine {
             .open_pull(&sync, &plan, start, &memory)
             .await
             .map_err(failed)?;
-        self.hold_orphans(code, run_id)
+        let mut guard = Collecting::new(&sync, run_id);
+        self.adopt_orphans(code, run_id, &mut guard)
             .await
             .map_err(|e| RunStop::from(format!("the store failed: {e}")))?;
-        let mut guard = Collecting::new(&sync, run_id);
         let mut retry_later: Vec<Pulled> = Vec::new();
         let mut n = 0;
         loop {

@@ -73,6 +73,20 @@ impl Store {
         tx.commit().await
     }
 
+    /// Gives a hold still collecting to another run (the one that collected it stopped).
+    pub async fn adopt_hold(&self, hold: i64, run_id: i64) -> Result<()> {
+        let mut c = self.writer().await?;
+        on!(c.conn(), |c| sqlx::query(
+            "UPDATE holds SET run_id = $1 WHERE id = $2 AND status = 'collecting'"
+        )
+        .bind(run_id)
+        .bind(hold)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
     /// Takes a delete out of a hold still collecting (the record came back in the same run).
     pub async fn remove_hold_item(&self, hold: i64, external_id: &str) -> Result<()> {
         let mut tx = self.begin().await?;
