@@ -30,6 +30,8 @@ fn need(method: &str, path: &str) -> Need {
         // (tests/odoo.rs); this harness has no Odoo service (404 for any key).
         ("post", "/webhooks/odoo/{web_service}") => Need::Nothing,
         ("get", p) if p.starts_with("/api/v1/") => Need::Read,
+        // A plan reads only.
+        ("post", "/api/v1/syncs/{code}/plan") => Need::Read,
         ("post" | "patch" | "delete", p) if p.starts_with("/api/v1/models/") => Need::Write,
         ("post", "/api/v1/syncs/{code}/run")
         | ("post", "/api/v1/outbox/{id}/retry")

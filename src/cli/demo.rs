@@ -139,7 +139,7 @@ pub(super) async fn demo(
         peer_listener,
         crate::peer::PeerOptions {
             listen: peer_listen.to_string(),
-            api_key: Some(peer_key),
+            api_key: Some(peer_key.clone()),
             id_field: "unique_id".into(),
             synthetic: Default::default(),
             callback: Some(crate::peer::Callback {
@@ -225,6 +225,12 @@ pub(super) async fn demo(
     println!("  curl -s {peer_url}/peer/contacts/records");
     println!(
         "  curl -s -X POST -H 'Content-Type: application/json' -d '{{\"full_name\": \"Eva Núñez\", \"is_customer\": true, \"company_id\": \"501\"}}' {peer_url}/peer/contacts/records"
+    );
+    println!(
+        "  curl -s -X POST -H 'X-Api-Key: {viewer_key}' {base}/api/v1/syncs/CON/plan   # what a run would do; writes nothing"
+    );
+    println!(
+        "  PEER_API_KEY={peer_key} cargo run --release -- plan CON --full   # the same, from this folder"
     );
     if let (Some(url), Some(hook)) = (&odoo_url, &odoo_hook) {
         println!(

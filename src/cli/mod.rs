@@ -11,6 +11,7 @@ mod keys;
 mod log;
 mod outbox;
 mod peer;
+mod plan;
 mod run;
 mod serve;
 mod validate;
@@ -148,6 +149,17 @@ pub enum Command {
         /// For relink: the external id to link the record to
         #[arg(long)]
         external_id: Option<String>,
+    },
+    /// What a run of one sync would do, on each side; writes nothing, confirms nothing.
+    /// With --mappings DIR, under the configuration in that folder, against the current data.
+    Plan {
+        code: String,
+        /// Plan a full run (everything read, listed and sent again)
+        #[arg(long)]
+        full: bool,
+        /// Print the plan as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Deletes held by a delete guard: list, approve or discard
     Holds {
@@ -350,6 +362,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Outbox { action } => outbox(&cli.global, action).await,
         Command::Holds { action } => holds::holds(&cli.global, action).await,
+        Command::Plan { code, full, json } => plan::plan(&cli.global, &code, full, json).await,
         Command::Record {
             code,
             local_id,

@@ -253,6 +253,9 @@ pub struct PullStart {
     /// A full run (`recsync run --full`): read everything, and find hard deletes by listing
     /// ids where the service does not report them.
     pub full: bool,
+    /// A plan (`recsync plan`): pages are read to be shown, not applied. Nothing the service
+    /// or another run depends on may be taken (webhook hints stay for the next run).
+    pub preview: bool,
 }
 
 /// What a webhook call to `/webhooks/<kind>/<web_service>` is, once the connector checked it.
@@ -348,6 +351,12 @@ pub trait Connector: Send + std::marker::Sync {
     /// connector cannot read one record on its own.
     fn reread(&self, _sync: &Sync, _plan: &Plan, _external_ids: &[String]) -> bool {
         false
+    }
+
+    /// Why a plan cannot read this sync's changes without taking them from the service, if
+    /// it cannot (a `rest` service without `confirmation_url` drops what it served).
+    fn preview_refusal(&self, _sync: &Sync) -> Option<String> {
+        None
     }
 
     /// Whether `list_ids` and `list_records` work for this sync.

@@ -475,11 +475,13 @@ struct RestPull {
     /// The last page, to stop on a service that serves the same page again after it was
     /// confirmed (applying it again changes nothing; looping on it would never end).
     previous: Option<Vec<Pulled>>,
+    /// A plan: one page only, since the next comes only once this one is confirmed.
+    preview: bool,
 }
 
 #[async_trait]
 impl Puller for RestPull {
-    async fn next_page(&mut self, _memory: &dyn Memory) -> Result<Page, PullError> {
+    async fn next_page(&mut self, memory: &dyn Memory) -> Result<Page, PullError> {
         if self.service.url.is_none() {
             return Ok(Page::default());
         }
@@ -495,7 +497,20 @@ impl Puller for RestPull {
         }
         self.previous = Some(records.clone());
         let read = records.len();
-        let more = confirms && read >= self.limit && read > 0;
+        let mut more = confirms && read >= self.limit && read > 0;
+        if self.preview && more {
+            more = false;
+            memory
+                .note(
+                    "Plan",
+                    "",
+                    &format!(
+                        "the service serves its next page only once this one is confirmed, so the plan shows its first {read} changes"
+                    ),
+                )
+                .await
+                .map_err(|e| PullError::Memory(e.to_string()))?;
+        }
         // The record's id: the configured field, else the top-level `external_id`.
         for r in &mut records {
             if let Some(id) = r
@@ -519,7 +534,8 @@ impl Puller for RestPull {
         _memory: &dyn Memory,
         outcomes: &[Confirmation],
     ) -> Result<(), PullError> {
-        if self.service.confirmation_url.is_none() {
+        // A plan confirms nothing: the service keeps serving what it served.
+        if self.service.confirmation_url.is_none() || self.preview {
             return Ok(());
         }
         crate::crash::point("pull.before_confirm");
@@ -539,16 +555,34 @@ impl Connector for Rest {
         &self,
         sync: &Sync,
         _plan: &Plan,
-        _start: PullStart,
+        start: PullStart,
         _memory: &dyn Memory,
     ) -> Result<Box<dyn Puller>, PullError> {
+        if start.preview
+            && let Some(why) = self.preview_refusal(sync)
+        {
+            return Err(PullError::Service(why));
+        }
         Ok(Box::new(RestPull {
             service: self.service.clone(),
             http: self.http.clone(),
             limit: sync.limit,
             external_ref: sync.external_ref.clone(),
             previous: None,
+            preview: start.preview,
         }))
+    }
+
+    fn preview_refusal(&self, sync: &Sync) -> Option<String> {
+        (sync.direction.to_local()
+            && self.service.url.is_some()
+            && self.service.confirmation_url.is_none())
+        .then(|| {
+            format!(
+                "sync `{}` cannot be planned: its web service `{}` has no `confirmation_url`, so every fetch of `url` takes the changes it serves off the service's queue, and a plan would lose them",
+                sync.code, sync.web_service
+            )
+        })
     }
 
     async fn send(

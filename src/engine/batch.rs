@@ -68,7 +68,7 @@ pub(crate) struct Job {
 type Values = Map<String, Value>;
 
 /// A job checked and mapped, before any database work.
-struct Prepared {
+pub(super) struct Prepared {
     job: Job,
     /// The binding of the job's sync: links are looked up there.
     binding: String,
@@ -343,141 +343,18 @@ impl Engine {
         round: &[Prepared],
     ) -> Result<Vec<Result<Applied, ApplyError>>, StoreError> {
         let mut tx = self.store.begin().await?;
-        let mut results: Vec<Option<Result<Applied, ApplyError>>> =
-            (0..round.len()).map(|_| None).collect();
-        // Requests with references get a copy completed with the resolved ids.
-        let mut resolved: HashMap<usize, Map<String, Value>> = HashMap::new();
-        // Nothing is written before every reference is resolved, so lookups can be shared.
-        let mut cache = super::apply::RefCache::default();
-        for (i, p) in round.iter().enumerate() {
-            if p.refs.is_empty() {
-                continue;
-            }
-            let mut values = p.incoming.clone();
-            let outcome = self
-                .resolve_refs(&mut tx, plan, &p.refs, &mut values, &mut cache)
-                .await;
-            resolved.insert(i, values);
-            if let Err(e) = outcome {
-                match e {
-                    ApplyError::Store(s) => return Err(s),
-                    other => results[i] = Some(Err(other)),
-                }
-            }
-        }
-        // Current links and records, a query per binding and per model.
-        let mut by_binding: HashMap<&str, Vec<String>> = HashMap::new();
-        for p in round {
-            by_binding
-                .entry(p.binding.as_str())
-                .or_default()
-                .push(p.external_id.clone());
-        }
-        let mut links: HashMap<(String, String), Link> = HashMap::new();
-        for (binding, ids) in by_binding {
-            for l in tx.links_by_external(binding, &ids).await? {
-                if let Some(ext) = l.external_id.clone() {
-                    links.insert((binding.to_string(), ext), l);
-                }
-            }
-        }
-        let mut by_model: HashMap<String, Vec<i64>> = HashMap::new();
-        for p in round {
-            if let Some(l) = links.get(&(p.binding.clone(), p.external_id.clone())) {
-                by_model
-                    .entry(plan.syncs[&p.job.code].model.clone())
-                    .or_default()
-                    .push(l.local_id);
-            }
-        }
-        let mut records: HashMap<(String, i64), Record> = HashMap::new();
-        for (model, ids) in by_model {
-            for r in tx.records_by_ids(&model, &ids).await? {
-                records.insert((model.clone(), r.id), r);
-            }
-        }
-
-        // Records an operator paused for the request's sync are not overwritten.
-        let mut linked_by_sync: HashMap<&str, Vec<i64>> = HashMap::new();
-        for p in round {
-            if let Some(l) = links.get(&(p.binding.clone(), p.external_id.clone())) {
-                linked_by_sync
-                    .entry(p.job.code.as_str())
-                    .or_default()
-                    .push(l.local_id);
-            }
-        }
-        let mut paused: HashSet<(&str, i64)> = HashSet::new();
-        for (code, ids) in linked_by_sync {
-            paused.extend(
-                tx.paused_among(code, &ids)
-                    .await?
-                    .into_iter()
-                    .map(|id| (code, id)),
-            );
-        }
-
-        // match_on: an unlinked record is first looked for among the unlinked local records.
-        let (matched, ambiguous) = self
-            .match_unlinked(
-                &mut tx,
-                plan,
-                round,
-                &results,
-                &resolved,
-                &links,
-                &mut records,
-            )
+        let Round {
+            mut results,
+            records,
+            matched,
+            ambiguous,
+            intents,
+        } = self
+            .decide_round(&mut tx, plan, round, &HashSet::new())
             .await?;
-
-        // Decide each request.
-        let mut sent_by_sync: HashMap<&str, Vec<&str>> = HashMap::new();
-        let mut intents: Vec<Option<Intent>> = (0..round.len()).map(|_| None).collect();
-        for (i, p) in round.iter().enumerate() {
-            if results[i].is_some() {
-                continue;
-            }
-            let sync = &plan.syncs[&p.job.code];
-            let model = &plan.models[&sync.model];
-            if let Some(why) = ambiguous.get(&i) {
-                intents[i] = Some(Intent::Ambiguous(why.clone()));
-                continue;
-            }
-            if let Some(l) = links.get(&(p.binding.clone(), p.external_id.clone()))
-                && paused.contains(&(p.job.code.as_str(), l.local_id))
-            {
-                intents[i] = Some(Intent::Skip(Some(l.local_id), paused_reason(sync)));
-                continue;
-            }
-            let link = links
-                .get(&(p.binding.clone(), p.external_id.clone()))
-                .cloned()
-                .or_else(|| {
-                    matched.get(&i).map(|(local_id, _)| Link {
-                        binding: p.binding.clone(),
-                        local_id: *local_id,
-                        external_id: Some(p.external_id.clone()),
-                        // Nothing was synced yet: every field that differs is a conflict,
-                        // settled by `priority`.
-                        base: Map::new(),
-                        synced_version: 0,
-                        external_hash: None,
-                        left: Vec::new(),
-                    })
-                });
-            let current = link
-                .as_ref()
-                .and_then(|l| records.get(&(model.name.clone(), l.local_id)))
-                .filter(|r| !r.deleted)
-                .cloned();
-            let incoming = resolved.get(&i).unwrap_or(&p.incoming);
-            let sent = sent_by_sync
-                .entry(sync.code.as_str())
-                .or_insert_with(|| sent_fields(plan, sync));
-            match decide(sync, model, p, incoming, link, current, sent) {
-                Ok(intent) => intents[i] = Some(intent),
-                Err(e) => results[i] = Some(Err(e)),
-            }
+        for (i, (_, candidates)) in &ambiguous {
+            tx.note_ambiguous(&round[*i].binding, candidates, &round[*i].external_id)
+                .await?;
         }
 
         // Write: new records and updates per model, in as few statements as possible.
@@ -798,11 +675,180 @@ impl Engine {
             })
             .collect())
     }
+
+    /// Decides each request of a round against the store as it is, reading only: `taken`
+    /// local records are not matched again (a plan's earlier pages matched them).
+    pub(super) async fn decide_round(
+        &self,
+        tx: &mut crate::store::Tx,
+        plan: &Plan,
+        round: &[Prepared],
+        taken: &HashSet<(String, i64)>,
+    ) -> Result<Round, StoreError> {
+        let mut results: Vec<Option<Result<Applied, ApplyError>>> =
+            (0..round.len()).map(|_| None).collect();
+        // Requests with references get a copy completed with the resolved ids.
+        let mut resolved: HashMap<usize, Map<String, Value>> = HashMap::new();
+        // Nothing is written before every reference is resolved, so lookups can be shared.
+        let mut cache = super::apply::RefCache::default();
+        for (i, p) in round.iter().enumerate() {
+            if p.refs.is_empty() {
+                continue;
+            }
+            let mut values = p.incoming.clone();
+            let outcome = self
+                .resolve_refs(tx, plan, &p.refs, &mut values, &mut cache)
+                .await;
+            resolved.insert(i, values);
+            if let Err(e) = outcome {
+                match e {
+                    ApplyError::Store(s) => return Err(s),
+                    other => results[i] = Some(Err(other)),
+                }
+            }
+        }
+        // Current links and records, a query per binding and per model.
+        let mut by_binding: HashMap<&str, Vec<String>> = HashMap::new();
+        for p in round {
+            by_binding
+                .entry(p.binding.as_str())
+                .or_default()
+                .push(p.external_id.clone());
+        }
+        let mut links: HashMap<(String, String), Link> = HashMap::new();
+        for (binding, ids) in by_binding {
+            for l in tx.links_by_external(binding, &ids).await? {
+                if let Some(ext) = l.external_id.clone() {
+                    links.insert((binding.to_string(), ext), l);
+                }
+            }
+        }
+        let mut by_model: HashMap<String, Vec<i64>> = HashMap::new();
+        for p in round {
+            if let Some(l) = links.get(&(p.binding.clone(), p.external_id.clone())) {
+                by_model
+                    .entry(plan.syncs[&p.job.code].model.clone())
+                    .or_default()
+                    .push(l.local_id);
+            }
+        }
+        let mut records: HashMap<(String, i64), Record> = HashMap::new();
+        for (model, ids) in by_model {
+            for r in tx.records_by_ids(&model, &ids).await? {
+                records.insert((model.clone(), r.id), r);
+            }
+        }
+
+        // Records an operator paused for the request's sync are not overwritten.
+        let mut linked_by_sync: HashMap<&str, Vec<i64>> = HashMap::new();
+        for p in round {
+            if let Some(l) = links.get(&(p.binding.clone(), p.external_id.clone())) {
+                linked_by_sync
+                    .entry(p.job.code.as_str())
+                    .or_default()
+                    .push(l.local_id);
+            }
+        }
+        let mut paused: HashSet<(&str, i64)> = HashSet::new();
+        for (code, ids) in linked_by_sync {
+            paused.extend(
+                tx.paused_among(code, &ids)
+                    .await?
+                    .into_iter()
+                    .map(|id| (code, id)),
+            );
+        }
+
+        // match_on: an unlinked record is first looked for among the unlinked local records.
+        let (matched, ambiguous) = self
+            .match_unlinked(
+                tx,
+                plan,
+                round,
+                &results,
+                &resolved,
+                &links,
+                &mut records,
+                taken,
+            )
+            .await?;
+
+        // Decide each request.
+        let mut sent_by_sync: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut intents: Vec<Option<Intent>> = (0..round.len()).map(|_| None).collect();
+        for (i, p) in round.iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            let sync = &plan.syncs[&p.job.code];
+            let model = &plan.models[&sync.model];
+            if let Some((why, _)) = ambiguous.get(&i) {
+                intents[i] = Some(Intent::Ambiguous(why.clone()));
+                continue;
+            }
+            if let Some(l) = links.get(&(p.binding.clone(), p.external_id.clone()))
+                && paused.contains(&(p.job.code.as_str(), l.local_id))
+            {
+                intents[i] = Some(Intent::Skip(Some(l.local_id), paused_reason(sync)));
+                continue;
+            }
+            let link = links
+                .get(&(p.binding.clone(), p.external_id.clone()))
+                .cloned()
+                .or_else(|| {
+                    matched.get(&i).map(|(local_id, _)| Link {
+                        binding: p.binding.clone(),
+                        local_id: *local_id,
+                        external_id: Some(p.external_id.clone()),
+                        // Nothing was synced yet: every field that differs is a conflict,
+                        // settled by `priority`.
+                        base: Map::new(),
+                        synced_version: 0,
+                        external_hash: None,
+                        left: Vec::new(),
+                    })
+                });
+            let current = link
+                .as_ref()
+                .and_then(|l| records.get(&(model.name.clone(), l.local_id)))
+                .filter(|r| !r.deleted)
+                .cloned();
+            let incoming = resolved.get(&i).unwrap_or(&p.incoming);
+            let sent = sent_by_sync
+                .entry(sync.code.as_str())
+                .or_insert_with(|| sent_fields(plan, sync));
+            match decide(sync, model, p, incoming, link, current, sent) {
+                Ok(intent) => intents[i] = Some(intent),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+
+        Ok(Round {
+            results,
+            records,
+            matched,
+            ambiguous,
+            intents,
+        })
+    }
 }
 
 /// Requests of a round matched by `match_on`: by position, the local record and the fields
 /// it matched on; and the ambiguous ones, with the reason.
-type Matches = (HashMap<usize, (i64, Vec<String>)>, HashMap<usize, String>);
+type Matches = (
+    HashMap<usize, (i64, Vec<String>)>,
+    HashMap<usize, (String, Vec<i64>)>,
+);
+
+/// A round decided: per request, a result already known (a refusal) or the intent, with the
+/// records read and the `match_on` outcomes.
+pub(super) struct Round {
+    results: Vec<Option<Result<Applied, ApplyError>>>,
+    records: HashMap<(String, i64), Record>,
+    matched: HashMap<usize, (i64, Vec<String>)>,
+    ambiguous: HashMap<usize, (String, Vec<i64>)>,
+    intents: Vec<Option<Intent>>,
+}
 
 impl Engine {
     /// `match_on`: each unlinked request of a sync with `match_on` is looked for among the
@@ -819,11 +865,12 @@ impl Engine {
         resolved: &HashMap<usize, Map<String, Value>>,
         links: &HashMap<(String, String), Link>,
         records: &mut HashMap<(String, i64), Record>,
+        taken: &HashSet<(String, i64)>,
     ) -> Result<Matches, StoreError> {
         let mut matched = HashMap::new();
         let mut ambiguous = HashMap::new();
-        // A local record matched earlier in the round is taken.
-        let mut taken: HashSet<(String, i64)> = HashSet::new();
+        // A local record matched earlier in the round (or the plan) is taken.
+        let mut taken: HashSet<(String, i64)> = taken.clone();
         for (i, p) in round.iter().enumerate() {
             let sync = &plan.syncs[&p.job.code];
             if results[i].is_some()
@@ -861,15 +908,16 @@ impl Engine {
                         matched.insert(i, (*id, group.clone()));
                     }
                     several => {
-                        tx.note_ambiguous(&p.binding, several, &p.external_id)
-                            .await?;
                         let ids: Vec<String> = several.iter().map(i64::to_string).collect();
                         ambiguous.insert(
                             i,
-                            format!(
-                                "several local records match on {}: {}; nothing was linked or created",
-                                group.join(", "),
-                                ids.join(", ")
+                            (
+                                format!(
+                                    "several local records match on {}: {}; nothing was linked or created",
+                                    group.join(", "),
+                                    ids.join(", ")
+                                ),
+                                several.to_vec(),
                             ),
                         );
                     }
@@ -1169,4 +1217,138 @@ fn outside(sync: &Sync) -> String {
         "the record does not match the domain of sync `{}`, so nothing was written",
         sync.code
     )
+}
+
+/// What an upsert would do, as a plan shows it (nothing written).
+#[derive(Debug, Clone)]
+pub(super) enum Previewed {
+    /// Refused (a wrong value, a missing reference): the reason, and whether it is a missing
+    /// reference (which a run tries again at its end).
+    Failed(String, bool),
+    /// Nothing to change.
+    Unchanged,
+    /// Several local records match on `match_on`.
+    Ambiguous(Vec<i64>),
+    /// Not written, with the reason (outside the domain, paused).
+    Skipped(Option<i64>, String),
+    Create(Map<String, Value>),
+    Update {
+        local_id: i64,
+        /// Field by field: the local value now and the value after.
+        changes: Vec<(String, Value, Value)>,
+        conflicts: Vec<Conflict>,
+        /// The update takes the record out of the sync's domain.
+        leaves: bool,
+    },
+}
+
+/// One previewed upsert: its external id, the local record `match_on` would link it to (and
+/// on which fields), and what it would do.
+#[derive(Debug, Clone)]
+pub(super) struct PreviewItem {
+    pub external_id: String,
+    pub matched: Option<(i64, Vec<String>)>,
+    pub outcome: Previewed,
+}
+
+impl Engine {
+    /// Decides these pulled upserts of sync `code` as the writer would, under `plan` (the
+    /// current configuration or an edited one), and writes nothing: the transaction only
+    /// reads and is rolled back. `taken` local records are not matched again.
+    pub(super) async fn preview_upserts(
+        &self,
+        plan: &Plan,
+        code: &str,
+        items: Vec<(String, Value, Ctx)>,
+        taken: &HashSet<(String, i64)>,
+    ) -> Result<Vec<PreviewItem>, StoreError> {
+        let mut out: Vec<Option<PreviewItem>> = (0..items.len()).map(|_| None).collect();
+        let mut round = Vec::new();
+        let mut slots = Vec::new();
+        for (n, (external_id, payload, ctx)) in items.into_iter().enumerate() {
+            let (reply, _) = oneshot::channel();
+            let job = Job {
+                code: code.to_string(),
+                external_id: Some(external_id.clone()),
+                payload,
+                must_exist: false,
+                ctx,
+                reply,
+                span: tracing::Span::current(),
+            };
+            match prepare(plan, job) {
+                Ok(p) => {
+                    round.push(p);
+                    slots.push(n);
+                }
+                Err((_, e)) => {
+                    out[n] = Some(PreviewItem {
+                        external_id,
+                        matched: None,
+                        outcome: Previewed::Failed(e.to_string(), false),
+                    })
+                }
+            }
+        }
+        if !round.is_empty() {
+            let mut tx = self.store.begin().await?;
+            let decided = self.decide_round(&mut tx, plan, &round, taken).await?;
+            // Nothing was written: the transaction ends here.
+            tx.rollback().await?;
+            let Round {
+                results,
+                records,
+                mut matched,
+                mut ambiguous,
+                intents,
+            } = decided;
+            for (i, ((p, result), intent)) in round.iter().zip(results).zip(intents).enumerate() {
+                let outcome = match (result, intent) {
+                    (Some(Err(e)), _) => {
+                        let missing = matches!(e, ApplyError::MissingReference(_));
+                        Previewed::Failed(e.to_string(), missing)
+                    }
+                    (Some(Ok(_)), _) | (None, None) => Previewed::Unchanged,
+                    (None, Some(intent)) => match intent {
+                        Intent::NoOp(_) | Intent::Rebase(..) => Previewed::Unchanged,
+                        Intent::Ambiguous(_) => Previewed::Ambiguous(
+                            ambiguous.remove(&i).map(|(_, c)| c).unwrap_or_default(),
+                        ),
+                        Intent::Skip(id, why) => Previewed::Skipped(id, why),
+                        Intent::Create { values, .. } => Previewed::Create(values),
+                        Intent::Update {
+                            record,
+                            changed,
+                            conflicts,
+                            leaves,
+                            ..
+                        } => {
+                            let before = records
+                                .get(&(record.model.clone(), record.id))
+                                .map(|r| &r.values)
+                                .unwrap_or(&record.values);
+                            Previewed::Update {
+                                local_id: record.id,
+                                changes: changed
+                                    .into_iter()
+                                    .map(|(k, v)| {
+                                        let was = before.get(&k).cloned().unwrap_or(Value::Null);
+                                        (k, was, v)
+                                    })
+                                    .collect(),
+                                conflicts,
+                                leaves,
+                            }
+                        }
+                    },
+                };
+                out[slots[i]] = Some(PreviewItem {
+                    external_id: p.external_id.clone(),
+                    matched: matched.remove(&i),
+                    outcome,
+                });
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
 }

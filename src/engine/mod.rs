@@ -8,6 +8,7 @@ mod guard;
 mod memory;
 mod notify;
 mod outbox;
+mod preview;
 mod record_ops;
 mod run;
 pub mod schedule;
@@ -17,6 +18,7 @@ pub use apply::{Applied, ApplyError, InboundOp, LocalOp};
 pub use guard::{Decided, HoldError};
 pub use notify::WEBHOOK_DEBOUNCE;
 pub use outbox::Outcome;
+pub use preview::{HoldPlan, PlanError, SidePlan, SyncPlan};
 pub use record_ops::{OpDone, RecordOp, RecordOpError};
 pub use run::{RunError, Started, Trigger};
 

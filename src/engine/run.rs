@@ -170,64 +170,12 @@ impl Engine {
                 .into_iter()
                 .map(|l| (l.local_id, l))
                 .collect();
-            let mut entries = Vec::new();
-            let mut unlinks = Vec::new();
-            let mut returns = Vec::new();
-            for rec in &page {
-                if waiting.contains(&rec.id) || paused.contains(&rec.id) {
-                    continue;
-                }
-                let mut link = links.get(&rec.id).cloned();
-                let carried = link.as_ref().is_some_and(|l| l.carried_by(code));
-                let action = if rec.deleted {
-                    match &link {
-                        Some(l) if l.external_id.is_some() && carried => "delete",
-                        _ => continue,
-                    }
-                } else {
-                    let guess = match &link {
-                        Some(l) if l.external_id.is_some() => "update",
-                        _ if ambiguous.contains(&rec.id) => continue,
-                        _ => "create",
-                    };
-                    match super::fanout::route(&sync, model, rec, link.as_mut(), guess, "cron") {
-                        super::fanout::Route::Nothing => continue,
-                        super::fanout::Route::Exit(mut row) => {
-                            row.run_id = Some(run_id);
-                            self.mask_row(&mut row);
-                            unlinks.push((*row, link.expect("an exit has a link")));
-                            continue;
-                        }
-                        super::fanout::Route::Send { relinked } => {
-                            if relinked {
-                                // Back in the domain: carried again, and sent as an update.
-                                returns.push(link.clone().expect("a return has a link"));
-                            }
-                        }
-                    }
-                    match &link {
-                        Some(l)
-                            if !full
-                                && carried
-                                && l.external_id.is_some()
-                                && l.synced_version >= rec.version =>
-                        {
-                            continue;
-                        }
-                        _ => guess,
-                    }
-                };
-                entries.push(crate::store::NewOutbox {
-                    sync: code.to_string(),
-                    local_id: rec.id,
-                    action: action.to_string(),
-                    payload: if full {
-                        serde_json::json!({"version": rec.version, "run_id": run_id, "force": true})
-                    } else {
-                        serde_json::json!({"version": rec.version, "run_id": run_id})
-                    },
-                });
-            }
+            let skip = |id: i64| waiting.contains(&id) || paused.contains(&id);
+            let Selected {
+                entries,
+                unlinks,
+                returns,
+            } = self.select_for_push(&sync, model, &page, links, skip, &ambiguous, full, run_id);
             if entries.is_empty() && unlinks.is_empty() {
                 continue;
             }
@@ -497,6 +445,7 @@ impl Engine {
         let start = PullStart {
             notified_at: self.notify_lag.lock().expect("lag lock").remove(code),
             full,
+            preview: false,
         };
         let failed = |e: PullError| RunStop::Failed(e.to_string());
         let mut puller = connector
@@ -761,5 +710,99 @@ impl Engine {
             }
         }
         Ok(confirmations.into_iter().flatten().collect())
+    }
+}
+
+/// What a push takes from one page of local records.
+pub(super) struct Selected {
+    /// The deliveries to queue.
+    pub entries: Vec<crate::store::NewOutbox>,
+    /// Records that left the sync's domain: the row and the link that no longer carries them.
+    pub unlinks: Vec<(crate::store::NewChange, crate::store::Link)>,
+    /// Links of records back in the domain, carried again.
+    pub returns: Vec<crate::store::Link>,
+}
+
+impl Engine {
+    /// Chooses what a push sends of one page of local records (`links` by local id): new
+    /// records in the domain (not those an ambiguous match left unlinked), records whose
+    /// version passed the link's (every linked one with `full`), tombstones of linked
+    /// records; records for which `skip` holds are left alone.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn select_for_push(
+        &self,
+        sync: &crate::domain::plan::Sync,
+        model: &crate::domain::plan::Model,
+        page: &[crate::store::Record],
+        mut links: std::collections::HashMap<i64, crate::store::Link>,
+        skip: impl Fn(i64) -> bool,
+        ambiguous: &std::collections::HashSet<i64>,
+        full: bool,
+        run_id: i64,
+    ) -> Selected {
+        let code = sync.code.as_str();
+        let mut entries = Vec::new();
+        let mut unlinks = Vec::new();
+        let mut returns = Vec::new();
+        for rec in page {
+            if skip(rec.id) {
+                continue;
+            }
+            let mut link = links.remove(&rec.id);
+            let carried = link.as_ref().is_some_and(|l| l.carried_by(code));
+            let action = if rec.deleted {
+                match &link {
+                    Some(l) if l.external_id.is_some() && carried => "delete",
+                    _ => continue,
+                }
+            } else {
+                let guess = match &link {
+                    Some(l) if l.external_id.is_some() => "update",
+                    _ if ambiguous.contains(&rec.id) => continue,
+                    _ => "create",
+                };
+                match super::fanout::route(sync, model, rec, link.as_mut(), guess, "cron") {
+                    super::fanout::Route::Nothing => continue,
+                    super::fanout::Route::Exit(mut row) => {
+                        row.run_id = Some(run_id);
+                        self.mask_row(&mut row);
+                        unlinks.push((*row, link.expect("an exit has a link")));
+                        continue;
+                    }
+                    super::fanout::Route::Send { relinked } => {
+                        if relinked {
+                            // Back in the domain: carried again, and sent as an update.
+                            returns.push(link.clone().expect("a return has a link"));
+                        }
+                    }
+                }
+                match &link {
+                    Some(l)
+                        if !full
+                            && carried
+                            && l.external_id.is_some()
+                            && l.synced_version >= rec.version =>
+                    {
+                        continue;
+                    }
+                    _ => guess,
+                }
+            };
+            entries.push(crate::store::NewOutbox {
+                sync: code.to_string(),
+                local_id: rec.id,
+                action: action.to_string(),
+                payload: if full {
+                    serde_json::json!({"version": rec.version, "run_id": run_id, "force": true})
+                } else {
+                    serde_json::json!({"version": rec.version, "run_id": run_id})
+                },
+            });
+        }
+        Selected {
+            entries,
+            unlinks,
+            returns,
+        }
     }
 }

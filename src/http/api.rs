@@ -47,6 +47,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     /// 422: a value does not fit its field.
     Invalid(String),
+    /// 502: an external service failed or could not be reached.
+    Upstream(String),
     /// 503: the store is unavailable; retry.
     Unavailable(String),
     /// 500: anything else, with nothing internal in the message.
@@ -63,6 +65,7 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::Busy(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,6 +82,7 @@ impl ApiError {
             ApiError::Busy(_) => "busy",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Invalid(_) => "invalid",
+            ApiError::Upstream(_) => "upstream",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -94,6 +98,7 @@ impl ApiError {
             | ApiError::Busy(m)
             | ApiError::PayloadTooLarge(m)
             | ApiError::Invalid(m)
+            | ApiError::Upstream(m)
             | ApiError::Unavailable(m)
             | ApiError::Internal(m) => m,
         }

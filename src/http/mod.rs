@@ -9,6 +9,7 @@ pub mod holds;
 pub mod metrics;
 pub mod odoo;
 pub mod openapi;
+pub mod plan;
 pub mod record_ops;
 pub mod state;
 pub mod sync;
@@ -145,6 +146,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     odoo::routes(cfg);
     holds::routes(cfg);
     record_ops::routes(cfg);
+    plan::routes(cfg);
 }
 
 /// Liveness: the process answers.

@@ -149,6 +149,15 @@ impl Tx {
         }
         Ok(())
     }
+
+    /// Ends the transaction without writing anything of it.
+    pub async fn rollback(self) -> Result<()> {
+        match self {
+            Tx::Sqlite(t) => t.rollback().await?,
+            Tx::Postgres(t) => t.rollback().await?,
+        }
+        Ok(())
+    }
 }
 
 /// A pooled connection for reads.

@@ -128,3 +128,76 @@ pub async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut std::p
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Every row of every table of the database at `url` (and, on PostgreSQL, every sequence's
+/// position), as text: two dumps are equal only if nothing was written in between. The
+/// `instances` table is left out (each process's heartbeat renews its row on its own).
+#[allow(dead_code)]
+pub async fn dump(url: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    use sqlx::Row;
+    let mut out = std::collections::BTreeMap::new();
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.expect("connect");
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for t in tables.into_iter().filter(|t| t != "instances") {
+            let mut rows: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM \"{t}\" t"))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            rows.sort();
+            out.insert(t, rows);
+        }
+        let seqs: Vec<String> = sqlx::query_scalar(
+            "SELECT sequence_name::text FROM information_schema.sequences WHERE sequence_schema = 'public'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for s in seqs {
+            let row = sqlx::query(&format!("SELECT last_value, is_called FROM \"{s}\""))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            let (v, called): (i64, bool) = (row.get(0), row.get(1));
+            out.insert(format!("sequence {s}"), vec![format!("{v} {called}")]);
+        }
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("connect");
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        for t in tables.into_iter().filter(|t| t != "instances") {
+            let cols: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{t}')"))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            let list: Vec<String> = cols
+                .iter()
+                .map(|c| {
+                    format!("CASE WHEN typeof(\"{c}\") = 'blob' THEN hex(\"{c}\") ELSE \"{c}\" END")
+                })
+                .collect();
+            let mut rows: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT json_array({}) FROM \"{t}\"",
+                list.join(", ")
+            ))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            rows.sort();
+            out.insert(t, rows);
+        }
+        pool.close().await;
+    }
+    out
+}

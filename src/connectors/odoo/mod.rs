@@ -295,6 +295,7 @@ impl Connector for OdooConnector {
                 limit: sync.limit,
                 overlap: self.service.overlap,
                 full: start.full,
+                preview: start.preview,
                 cursor,
                 hinted,
                 hint_seq: seq,

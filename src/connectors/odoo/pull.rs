@@ -466,6 +466,8 @@ pub(super) struct Start {
     pub limit: usize,
     pub overlap: std::time::Duration,
     pub full: bool,
+    /// A plan: the webhook hints are read but stay for the next run.
+    pub preview: bool,
     pub cursor: Option<String>,
     pub hinted: Vec<i64>,
     pub hint_seq: u64,
@@ -638,7 +640,7 @@ impl Puller for OdooPull {
                 self.retry_changed |= self.saved.retry.len() != before;
                 let read = rows.len();
                 let records = self.reading.convert(&self.client, rows).await?;
-                self.hints_read = true;
+                self.hints_read = !self.start.preview;
                 self.phase = Phase::Changes;
                 Ok(Page {
                     records,
