@@ -15,7 +15,7 @@ function h(tag, attrs = {}, ...children) {
     else if (k === "class") el.className = v;
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -245,7 +245,8 @@ async function dashboard() {
       ),
       c.svg,
       h("div", { class: "legend" }, "changes and failures per hour, last 24 h"),
-      h("div", { class: "actions" }, run, msg),
+      h("div", { class: "actions" }, run,
+        h("a", { class: "button secondary", href: `#/plan${query({ sync: s.code })}`, "data-plan": s.code }, "Plan"), msg),
     );
   });
   const runRows = runs.runs.map((r) =>
@@ -509,11 +510,112 @@ async function history() {
           " · ", c.action, " · ", status(c.status)),
         h("div", {}, h("a", { href: `#/change/${c.id}` }, c.name), c.title ? ` — ${c.title}` : ""),
         c.error_message ? h("div", { class: "status-failed" }, c.error_message) : null)));
+    // The syncs that carried this local record, for the per-record operations.
+    const codes = local && me.operate ? [...new Set(rows.filter((c) => String(c.local_id) === local && c.sync).map((c) => c.sync))] : [];
     show(h("h1", {}, "Record history"), form,
+      codes.length ? recordOps(local, codes) : null,
       rows.length ? list : empty("No change-control row mentions this record yet."));
   } catch (e) {
     show(h("h1", {}, "Record history"), form, errorBox(e));
   }
+}
+
+// A plan: what a run of one sync would do on each side. Nothing is written.
+const PLAN_KINDS = ["create", "update", "delete", "unlink", "link", "conflict", "ambiguous", "held", "skipped", "failed", "unchanged"];
+
+function planSample(kind, s) {
+  const parts = [];
+  if (s.local_id != null) parts.push(h("a", { href: `#/history${query({ local_id: s.local_id })}` }, `#${s.local_id}`));
+  if (s.external_id != null) parts.push(h("code", {}, s.external_id));
+  if (s.title) parts.push(s.title);
+  if (s.changes) {
+    for (const [f, c] of Object.entries(s.changes)) parts.push(h("span", { class: "change" }, `${f}: ${pretty(c.from)} → ${pretty(c.to)}`));
+  }
+  if (s.values) parts.push(Object.entries(s.values).map(([f, v]) => `${f} = ${pretty(v)}`).join(", "));
+  if (s.field) parts.push(`${s.field}: local ${pretty(s.local)} / external ${pretty(s.external)}, ${s.winner} wins`);
+  if (s.match_on) parts.push(`equal ${s.match_on.join(", ")}`);
+  if (s.candidates) parts.push(`candidates ${s.candidates.map((c) => `#${c}`).join(", ")}`);
+  if (s.reason) parts.push(s.reason);
+  if (s.error) parts.push(h("span", { class: "status-failed" }, s.error));
+  return h("li", {}, h("strong", {}, kind), " ", parts.map((p, i) => [i ? " · " : "", p]));
+}
+
+function planSide(title, side) {
+  const kinds = PLAN_KINDS.filter((k) => side.counts[k]);
+  const samples = kinds.filter((k) => k !== "unchanged").flatMap((k) => {
+    const list = side.samples[k] || [];
+    const more = side.counts[k] - list.length;
+    return [...list.map((s) => planSample(k, s)), more > 0 ? h("li", { class: "muted" }, `… and ${more} more ${k}`) : null];
+  });
+  return h("section", { class: "card", "aria-label": title },
+    h("h2", {}, title),
+    kinds.length
+      ? h("table", { class: "counts" }, h("tbody", {}, kinds.map((k) => h("tr", { "data-kind": k }, h("th", { scope: "row" }, k), h("td", { class: "num" }, side.counts[k])))))
+      : h("p", { class: "muted" }, "Nothing to do."),
+    samples.length ? h("ul", { class: "samples" }, samples) : null);
+}
+
+async function planPage() {
+  const p = hashParams();
+  const code = p.get("sync") || "";
+  const full = p.get("full") === "true";
+  const title = () => h("h1", {}, `Plan of ${code}`);
+  const toggle = h("p", {},
+    h("a", { href: `#/plan${query({ sync: code, full: full ? "" : "true" })}` }, full ? "Plan an ordinary run instead" : "Plan a full run (everything read, listed and sent again)"),
+    " · ", h("a", { href: "#/" }, "Back to the syncs"));
+  if (!code) {
+    show(h("h1", {}, "Plan"), empty("Choose “Plan” on a sync to see what its next run would do."));
+    return;
+  }
+  show(title(), loading("the plan (the external system is read, nothing is written)"));
+  let r;
+  try {
+    r = await api(`/api/v1/syncs/${encodeURIComponent(code)}/plan${full ? "?full=true" : ""}`, { method: "POST" });
+  } catch (e) {
+    show(title(), errorBox(e), toggle);
+    return;
+  }
+  show(
+    title(),
+    h("div", { class: "notice", role: "status" }, `What ${r.full ? "a full" : "the next"} run of ${r.sync} would do. Nothing was written and nothing was confirmed.`),
+    toggle,
+    r.holds.map((hold) => h("div", { class: "error", role: "alert" },
+      `${hold.deletes} deletes ${hold.side === "local" ? "here" : "on the external side"} would be held for approval: ${hold.reason}.`)),
+    r.reconcile ? h("p", {}, `Reconciliation would find ${r.reconcile.missing} missing, ${r.reconcile.extra} extra and ${r.reconcile.different} different records.`) : null,
+    h("div", { class: "cards", id: "plan" },
+      planSide("Here: local records", r.local),
+      planSide("There: the external system", r.external)),
+    r.notes.length ? h("ul", { class: "notes" }, r.notes.map((n) => h("li", { class: "muted" }, n))) : null,
+  );
+}
+
+// One record, one sync: pause, resume, unlink, relink or re-read it (operate keys).
+function recordOps(local, codes) {
+  const note = h("div", { role: "status" });
+  const act = (code, op, body) => async (ev) => {
+    ev.target.disabled = true;
+    try {
+      const r = await api(`/api/v1/syncs/${encodeURIComponent(code)}/records/${encodeURIComponent(local)}/${op}`,
+        { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body ? body() : {}) });
+      note.replaceChildren(h("div", { class: "notice" }, `${code}: ${r.message}.`));
+    } catch (err) {
+      note.replaceChildren(errorBox(err));
+    }
+    ev.target.disabled = false;
+  };
+  const rows = codes.map((code) => {
+    const ext = h("input", { name: "external_id", "aria-label": `External id to link #${local} to in ${code}`, placeholder: "external id", size: 12 });
+    return h("tr", { "data-sync": code },
+      h("th", { scope: "row" }, code),
+      h("td", {},
+        ["pause", "resume", "unlink", "resync"].map((op) => [h("button", { type: "button", class: op === "unlink" ? "danger" : "secondary", "data-op": op, onclick: act(code, op) }, op), " "]),
+        ext, " ",
+        h("button", { type: "button", class: "secondary", "data-op": "relink", onclick: act(code, "relink", () => ({ external_id: ext.value.trim() })) }, "relink")));
+  });
+  return h("section", { class: "card", "aria-label": "This record in each sync" },
+    h("h2", {}, `Record #${local} in each sync`),
+    h("p", { class: "muted" }, "Pause stops a sync from sending or overwriting the record until resumed; unlink ends its link; relink links it to another external id; resync reads it again from the external side."),
+    h("table", { id: "record-ops" }, h("tbody", {}, rows)), note);
 }
 
 async function deadLetters() {
@@ -594,7 +696,8 @@ async function holds() {
     h("table", { id: "holds" },
       h("thead", {}, h("tr", {}, ["Hold", "Sync", "Deletes", "Why", "Records", "Held", me.operate ? "" : null].filter((t) => t !== null).map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, r.holds.map((hold, i) => h("tr", { "data-id": hold.id },
-        h("td", { class: "num" }, hold.id), h("td", {}, hold.sync), h("td", { class: "num" }, hold.items),
+        h("td", { class: "num" }, hold.id), h("td", {}, hold.sync),
+        h("td", { class: "num" }, hold.items, h("div", { class: "muted" }, hold.direction === "local_to_external" ? "→ there" : "← here")),
         h("td", { class: "wrap" }, hold.reason),
         h("td", { class: "wrap" }, items[i].map((d, n) => [n ? ", " : "",
           d.local_id ? h("a", { href: `#/history${query({ local_id: d.local_id })}` }, d.name || `#${d.local_id}`) : d.external_id]),
@@ -680,7 +783,7 @@ async function trees() {
 
 // ---- routing -------------------------------------------------------------------------------
 
-const PAGES = { dashboard, changes, history, dead: deadLetters, holds, config: configPage, trees };
+const PAGES = { dashboard, changes, history, dead: deadLetters, holds, plan: planPage, config: configPage, trees };
 
 function route() {
   if (!sessionStorage.getItem(KEY)) {

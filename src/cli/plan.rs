@@ -203,10 +203,10 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// Run from the demo's folder (its database there, no mapping folder, nothing configured):
-/// the demo's own configuration, as `recsync demo` runs it.
+/// Run from the demo's folder (its database there, nothing configured): the demo's own
+/// configuration, as `recsync demo` runs it.
 fn demo(g: &GlobalArgs) -> Option<config::Loaded> {
-    if g.mappings.is_some() || std::path::Path::new("mappings").exists() {
+    if g.mappings.is_some() || std::env::var_os("RECSYNC_MAPPINGS").is_some() {
         return None;
     }
     let only = config::load_database(&paths(g, None), &ProcessEnv).ok()?;

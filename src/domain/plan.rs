@@ -736,13 +736,19 @@ impl Default for DeleteGuard {
 }
 
 impl DeleteGuard {
-    /// Whether `deletes` out of `linked` linked records must be held, and why.
+    /// Whether `deletes` of one run out of `linked` linked records must be held, and why.
     pub fn holds(&self, deletes: u64, linked: u64) -> Option<String> {
+        self.holds_within(deletes, linked, "in one run")
+    }
+
+    /// The same for `deletes` made `within` some span ("within an hour" of real-time
+    /// traffic).
+    pub fn holds_within(&self, deletes: u64, linked: u64, within: &str) -> Option<String> {
         if let Some(max) = self.max
             && deletes > max
         {
             return Some(format!(
-                "{deletes} deletes in one run, more than delete_guard.max = {max}"
+                "{deletes} deletes {within}, more than delete_guard.max = {max}"
             ));
         }
         if let Some(r) = self.max_ratio
@@ -750,7 +756,7 @@ impl DeleteGuard {
             && deletes as f64 > r * linked as f64
         {
             return Some(format!(
-                "{deletes} deletes in one run out of {linked} linked records, more than delete_guard.max_ratio = {r}"
+                "{deletes} deletes {within} out of {linked} linked records, more than delete_guard.max_ratio = {r}"
             ));
         }
         None

@@ -87,6 +87,8 @@ pub enum Applied {
     /// Not applied: the record's `match_on` fields matched several local records (a `skipped`
     /// row names them).
     Ambiguous,
+    /// A real-time delete the delete guard held: it waits in this hold for a person.
+    Held(i64),
 }
 
 impl Applied {
@@ -98,7 +100,7 @@ impl Applied {
             | Applied::Unlinked(i)
             | Applied::NoOp(i) => Some(*i),
             Applied::Skipped(i) => *i,
-            Applied::Collected | Applied::Ambiguous => None,
+            Applied::Collected | Applied::Ambiguous | Applied::Held(_) => None,
         }
     }
 }
@@ -310,6 +312,28 @@ impl Engine {
             tx.commit().await?;
             return Ok(Applied::Skipped(Some(link.local_id)));
         }
+        // Real-time traffic (not a run, which has its own guard, nor an approved hold) goes
+        // through the guard's hour.
+        if propagate
+            && ctx.run_id.is_none()
+            && ctx.hold.is_none()
+            && let Some(hold) = self
+                .guard_realtime(
+                    &mut tx,
+                    sync,
+                    LogDirection::ExternalToLocal,
+                    crate::store::HoldItem {
+                        external_id: external_id.to_string(),
+                        local_id: Some(link.local_id),
+                        name: model.title(link.local_id, &values),
+                    },
+                    ctx,
+                )
+                .await?
+        {
+            tx.commit().await?;
+            return Ok(Applied::Held(hold));
+        }
         tx.delete_link(&binding, link.local_id).await?;
         let applied = if propagate {
             if let Some(rec) = tx.delete_record(&model.name, link.local_id).await? {
@@ -467,6 +491,27 @@ impl Engine {
                             .await?;
                     }
                 }
+            }
+            // A local delete of a linked record goes through the guard's hour.
+            if action == "delete"
+                && t.propagate_deletes
+                && let Some(external_id) = link.as_ref().and_then(|l| l.external_id.clone())
+                && self
+                    .guard_realtime(
+                        tx,
+                        t,
+                        LogDirection::LocalToExternal,
+                        crate::store::HoldItem {
+                            external_id,
+                            local_id: Some(rec.id),
+                            name: model.title(rec.id, &rec.values),
+                        },
+                        &super::Ctx::actor("engine"),
+                    )
+                    .await?
+                    .is_some()
+            {
+                continue;
             }
             tx.enqueue(&NewOutbox {
                 sync: t.code.to_string(),

@@ -299,6 +299,72 @@ impl Engine {
         Ok(())
     }
 
+    /// The guard over an hour of real-time traffic (`DELETE /sync`, local deletes of a
+    /// real-time sync): answers the hold that takes this delete instead of it being applied or
+    /// sent. While a real-time hold waits for a person, every further delete joins it; without
+    /// one, a delete that brings the hour's count over the guard opens it. In the caller's
+    /// transaction.
+    pub(super) async fn guard_realtime(
+        &self,
+        tx: &mut crate::store::Tx,
+        sync: &Sync,
+        direction: LogDirection,
+        item: HoldItem,
+        ctx: &Ctx,
+    ) -> Result<Option<i64>, StoreError> {
+        let Some(limit) = sync.delete_guard else {
+            return Ok(None);
+        };
+        let code = sync.code.as_str();
+        let dir = direction.as_str();
+        let held = match tx.realtime_hold(code, dir).await? {
+            Some(h) => Some((h, None)),
+            None => {
+                let now = chrono::Utc::now();
+                let n = tx
+                    .note_guard_delete(code, dir, now, now - chrono::Duration::hours(1))
+                    .await? as u64;
+                let linked = tx.count_links(&sync.binding()).await? as u64;
+                match limit.holds_within(n, linked, "within an hour") {
+                    Some(reason) => Some((
+                        tx.create_hold(code, None, dir, "held", &reason).await?,
+                        Some((reason, n, linked)),
+                    )),
+                    None => None,
+                }
+            }
+        };
+        let Some((hold, opened)) = held else {
+            return Ok(None);
+        };
+        tx.add_hold_items(hold, std::slice::from_ref(&item)).await?;
+        metrics::counter!("recsync_deletes_held_total", "sync" => code.to_string()).increment(1);
+        let mut row = NewChange::unapplied(
+            code,
+            LogAction::Delete,
+            format!("Delete held in hold {hold}"),
+            LogStatus::Skipped,
+            format!(
+                "held by the delete guard in hold {hold}; nothing was deleted{}. Approve or discard hold {hold}.",
+                match &opened {
+                    Some((reason, _, _)) => format!(" ({reason})"),
+                    None => String::new(),
+                }
+            ),
+        );
+        row.direction = direction;
+        row.external_id = Some(item.external_id.clone());
+        row.local_id = item.local_id;
+        row.title = item.name.clone();
+        row.origin_values = json!({"hold": hold});
+        row.actor = ctx.actor.clone();
+        self.log(tx, row).await?;
+        if let Some((reason, n, linked)) = opened {
+            tracing::warn!(sync = code, hold, direction = dir, deletes = n, linked, reason = %reason, "Real-time deletes held for approval: `recsync holds approve {hold}` applies them, `recsync holds discard {hold}` keeps the records");
+        }
+        Ok(Some(hold))
+    }
+
     /// Approves a hold: exactly its deletes are applied, as `by`.
     pub async fn approve_hold(&self, id: i64, by: &str) -> Result<Decided, HoldError> {
         let hold = self.held(id).await?;
@@ -318,7 +384,20 @@ impl Engine {
                 skipped: hold.items,
             });
         };
-        let ctx = Ctx::actor(format!("{by} (hold {id})"));
+        let ctx = Ctx {
+            hold: Some(id),
+            ..Ctx::actor(format!("{by} (hold {id})"))
+        };
+        if hold.direction == LogDirection::LocalToExternal.as_str() {
+            let (deleted, skipped) = self.send_held(sync, id).await?;
+            tracing::info!(sync = %hold.sync, hold = id, deleted, skipped, by, "Held local deletes approved and queued");
+            return Ok(Decided {
+                hold: id,
+                status: "approved".into(),
+                deleted,
+                skipped,
+            });
+        }
         let (deleted, skipped) = self.apply_hold(sync, id, &ctx).await.map_err(|e| match e {
             ApplyError::Store(s) => HoldError::Store(s),
             other => HoldError::Store(StoreError::Database(sqlx::Error::Protocol(
@@ -344,13 +423,108 @@ impl Engine {
         {
             return Err(self.not_held(id).await);
         }
-        tracing::info!(sync = %hold.sync, hold = id, by, "Held deletes discarded; the records stay");
+        if hold.direction == LogDirection::LocalToExternal.as_str()
+            && let Some(sync) = self.plan().sync(&hold.sync)
+        {
+            // The external records stay; their links end, so the deletes are not sent again.
+            let ended = self.unlink_held(sync, id, by).await?;
+            tracing::info!(sync = %hold.sync, hold = id, by, ended, "Held local deletes discarded; the external records stay, unlinked");
+        } else {
+            tracing::info!(sync = %hold.sync, hold = id, by, "Held deletes discarded; the records stay");
+        }
         Ok(Decided {
             hold: id,
             status: "discarded".into(),
             deleted: 0,
             skipped: hold.items,
         })
+    }
+
+    /// The local records of a hold that are still deleted here and still linked: the links,
+    /// with the record's version.
+    async fn held_tombstones(
+        &self,
+        sync: &Sync,
+        hold: i64,
+    ) -> Result<(Vec<(crate::store::Link, i64)>, i64), StoreError> {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        let mut after = String::new();
+        loop {
+            let items = self.store.hold_items(hold, &after, ITEMS_PAGE).await?;
+            let Some(last) = items.last() else { break };
+            after = last.external_id.clone();
+            let ids: Vec<i64> = items.iter().filter_map(|i| i.local_id).collect();
+            let links: std::collections::HashMap<i64, crate::store::Link> = self
+                .store
+                .links_by_local(&sync.binding(), &ids)
+                .await?
+                .into_iter()
+                .map(|l| (l.local_id, l))
+                .collect();
+            let records: std::collections::HashMap<i64, crate::store::Record> = self
+                .store
+                .records_by_ids(&sync.model, &ids)
+                .await?
+                .into_iter()
+                .map(|r| (r.id, r))
+                .collect();
+            for it in &items {
+                let found = it.local_id.and_then(|id| {
+                    let l = links.get(&id)?;
+                    let r = records.get(&id).filter(|r| r.deleted)?;
+                    (l.external_id.as_deref() == Some(it.external_id.as_str()))
+                        .then(|| (l.clone(), r.version))
+                });
+                match found {
+                    Some(f) => out.push(f),
+                    None => skipped += 1,
+                }
+            }
+        }
+        Ok((out, skipped))
+    }
+
+    /// Queues the deletes of an approved hold of local deletes.
+    async fn send_held(&self, sync: &Sync, hold: i64) -> Result<(i64, i64), StoreError> {
+        let (found, skipped) = self.held_tombstones(sync, hold).await?;
+        let entries: Vec<crate::store::NewOutbox> = found
+            .iter()
+            .map(|(l, version)| crate::store::NewOutbox {
+                sync: sync.code.to_string(),
+                local_id: l.local_id,
+                action: "delete".into(),
+                payload: json!({"version": version, "hold": hold}),
+            })
+            .collect();
+        let mut tx = self.store.begin().await?;
+        tx.enqueue_many(&entries).await?;
+        tx.commit().await?;
+        self.wake();
+        Ok((entries.len() as i64, skipped))
+    }
+
+    /// Ends the links of a discarded hold of local deletes, one `unlink` row each.
+    async fn unlink_held(&self, sync: &Sync, hold: i64, by: &str) -> Result<i64, StoreError> {
+        let (found, _) = self.held_tombstones(sync, hold).await?;
+        let mut tx = self.store.begin().await?;
+        for (l, _) in &found {
+            tx.delete_link(&l.binding, l.local_id).await?;
+            let mut row = NewChange::unapplied(
+                sync.code.as_str(),
+                LogAction::Unlink,
+                "Held delete discarded",
+                LogStatus::Success,
+                format!("hold {hold} was discarded: the external record stays, no longer linked"),
+            );
+            row.direction = LogDirection::LocalToExternal;
+            row.external_id = l.external_id.clone();
+            row.local_id = Some(l.local_id);
+            row.actor = by.to_string();
+            self.log(&mut tx, row).await?;
+        }
+        tx.commit().await?;
+        Ok(found.len() as i64)
     }
 
     async fn held(&self, id: i64) -> Result<Hold, HoldError> {

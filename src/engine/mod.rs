@@ -88,6 +88,9 @@ pub struct Ctx {
     /// The HTTP request the change came in with, carried to its deliveries so one change
     /// can be followed through the log.
     pub request_id: Option<String>,
+    /// The hold whose approved deletes this applies: the real-time delete guard lets them
+    /// through.
+    pub hold: Option<i64>,
 }
 
 impl Ctx {
@@ -98,6 +101,7 @@ impl Ctx {
             modified_at: None,
             relabel: None,
             request_id: None,
+            hold: None,
         }
     }
 }

@@ -664,7 +664,12 @@ impl Engine {
             return Ok(());
         }
         let ambiguous = self.store.ambiguous_local_ids(&binding).await?;
-        let paused = self.store.paused_ids(code).await?;
+        let mut paused = self.store.paused_ids(code).await?;
+        paused.extend(
+            self.store
+                .held_local_ids(code, crate::store::LogDirection::LocalToExternal.as_str())
+                .await?,
+        );
         let sent: Vec<&str> = sync
             .fields
             .iter()

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::connectors::{Confirmation, PullAction, PullError, PullStart, Pulled};
 use crate::domain::mapping::id_text;
-use crate::store::{LogAction, LogStatus, NewChange, RunCounts, StoreError};
+use crate::store::{LogAction, LogDirection, LogStatus, NewChange, RunCounts, StoreError};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,7 +150,16 @@ impl Engine {
             .ambiguous_local_ids(&binding)
             .await
             .map_err(store_err)?;
-        let paused = self.store.paused_ids(code).await.map_err(store_err)?;
+        let mut paused = self.store.paused_ids(code).await.map_err(store_err)?;
+        // Deletes a person is deciding on are neither sent nor held again.
+        paused.extend(
+            self.store
+                .held_local_ids(code, LogDirection::LocalToExternal.as_str())
+                .await
+                .map_err(store_err)?,
+        );
+        let guarded = sync.propagate_deletes && sync.delete_guard.is_some();
+        let mut deletes: Vec<(crate::store::NewOutbox, crate::store::HoldItem)> = Vec::new();
         let mut queued: Vec<i64> = Vec::new();
         let mut after = 0;
         loop {
@@ -171,11 +180,32 @@ impl Engine {
                 .map(|l| (l.local_id, l))
                 .collect();
             let skip = |id: i64| waiting.contains(&id) || paused.contains(&id);
+            let external: std::collections::HashMap<i64, String> = links
+                .values()
+                .filter_map(|l| l.external_id.clone().map(|e| (l.local_id, e)))
+                .collect();
             let Selected {
-                entries,
+                mut entries,
                 unlinks,
                 returns,
             } = self.select_for_push(&sync, model, &page, links, skip, &ambiguous, full, run_id);
+            // The run's deletes wait for the guard's decision at the end of the push.
+            if guarded {
+                let (del, rest): (Vec<_>, Vec<_>) =
+                    entries.into_iter().partition(|e| e.action == "delete");
+                entries = rest;
+                for e in del {
+                    let rec = page.iter().find(|r| r.id == e.local_id);
+                    let item = crate::store::HoldItem {
+                        external_id: external.get(&e.local_id).cloned().unwrap_or_default(),
+                        local_id: Some(e.local_id),
+                        name: rec
+                            .map(|r| model.title(r.id, &r.values))
+                            .unwrap_or_default(),
+                    };
+                    deletes.push((e, item));
+                }
+            }
             if entries.is_empty() && unlinks.is_empty() {
                 continue;
             }
@@ -191,6 +221,52 @@ impl Engine {
             tx.commit().await.map_err(store_err)?;
             counts.unlinked += unlinks.len() as i64;
             queued.extend(entries.iter().map(|e| e.local_id));
+        }
+        if !deletes.is_empty() {
+            let n = deletes.len() as u64;
+            let linked = self.store.count_links(&binding).await.map_err(store_err)? as u64;
+            let limit = sync.delete_guard.unwrap_or_default();
+            let mut tx = self.store.begin().await.map_err(store_err)?;
+            match limit.holds(n, linked) {
+                Some(reason) => {
+                    let dir = LogDirection::LocalToExternal;
+                    let hold = tx
+                        .create_hold(code, Some(run_id), dir.as_str(), "held", &reason)
+                        .await
+                        .map_err(store_err)?;
+                    let items: Vec<crate::store::HoldItem> =
+                        deletes.iter().map(|(_, i)| i.clone()).collect();
+                    tx.add_hold_items(hold, &items).await.map_err(store_err)?;
+                    let mut row = NewChange::unapplied(
+                        code,
+                        LogAction::Delete,
+                        format!("Hold {hold}: {n} deletes held"),
+                        LogStatus::Skipped,
+                        format!(
+                            "{reason}; nothing was deleted on the external side. Approve or discard hold {hold}."
+                        ),
+                    );
+                    row.direction = dir;
+                    row.origin_values =
+                        serde_json::json!({"hold": hold, "deletes": n, "linked": linked});
+                    row.run_id = Some(run_id);
+                    row.actor = "engine".into();
+                    self.mask_row(&mut row);
+                    tx.log_change(&row).await.map_err(store_err)?;
+                    tx.commit().await.map_err(store_err)?;
+                    counts.held += n as i64;
+                    metrics::counter!("recsync_deletes_held_total", "sync" => code.to_string())
+                        .increment(n);
+                    tracing::warn!(sync = code, hold, deletes = n, linked, reason = %reason, "Local deletes held for approval: `recsync holds approve {hold}` sends them, `recsync holds discard {hold}` keeps the external records");
+                }
+                None => {
+                    let entries: Vec<crate::store::NewOutbox> =
+                        deletes.into_iter().map(|(e, _)| e).collect();
+                    tx.enqueue_many(&entries).await.map_err(store_err)?;
+                    tx.commit().await.map_err(store_err)?;
+                    queued.extend(entries.iter().map(|e| e.local_id));
+                }
+            }
         }
         if queued.is_empty() {
             return Ok(());
@@ -426,6 +502,7 @@ impl Engine {
             modified_at: None,
             relabel: None,
             request_id: None,
+            hold: None,
         };
         let memory = SyncMemory {
             engine: self,
@@ -678,6 +755,10 @@ impl Engine {
                         None
                     }
                     Ok(Applied::Collected) => None,
+                    Ok(Applied::Held(_)) => {
+                        counts.held += 1;
+                        None
+                    }
                     Ok(Applied::Ambiguous) => {
                         counts.ambiguous += 1;
                         None

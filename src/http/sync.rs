@@ -393,6 +393,12 @@ async fn handle(
         crate::crash::point("inbound.before_reply");
     }
     let (status, message) = match &result {
+        Ok(crate::engine::Applied::Held(hold)) => (
+            StatusCode::OK,
+            format!(
+                "the delete is held by the delete guard in hold {hold}; nothing is deleted unless an operator approves it"
+            ),
+        ),
         Ok(_) => (StatusCode::OK, String::new()),
         Err(e) => {
             let status = apply_status(e);

@@ -17,6 +17,9 @@ pub struct Hold {
     pub created_at: DateTime<Utc>,
     pub decided_at: Option<DateTime<Utc>>,
     pub decided_by: Option<String>,
+    /// `external_to_local` (deletes reported by the external side, to apply here) or
+    /// `local_to_external` (local deletes, to send).
+    pub direction: String,
 }
 
 /// One delete of a hold: the external record that is gone and the local record it would
@@ -28,8 +31,7 @@ pub struct HoldItem {
     pub name: String,
 }
 
-const HOLD_SELECT: &str =
-    "SELECT id, sync, run_id, status, reason, items, created_at, decided_at, decided_by FROM holds";
+const HOLD_SELECT: &str = "SELECT id, sync, run_id, status, reason, items, created_at, decided_at, decided_by, direction FROM holds";
 
 impl Store {
     /// Opens a hold that collects a run's deletes.
@@ -50,26 +52,7 @@ impl Store {
     /// Adds deletes to a hold (an id already there is kept once).
     pub async fn add_hold_items(&self, hold: i64, items: &[HoldItem]) -> Result<()> {
         let mut tx = self.begin().await?;
-        for chunk in pieces(items) {
-            let mut ph = Ph::new(tx.is_pg());
-            let values: Vec<String> = chunk.iter().map(|_| ph.tuple(4)).collect();
-            let sql = format!(
-                "INSERT INTO hold_items (hold_id, external_id, local_id, name) VALUES {} ON CONFLICT (hold_id, external_id) DO NOTHING",
-                values.join(", ")
-            );
-            on!(tx.conn(), |c| {
-                let mut q = sqlx::query(&sql);
-                for it in chunk {
-                    q = q
-                        .bind(hold)
-                        .bind(&it.external_id)
-                        .bind(it.local_id)
-                        .bind(&it.name);
-                }
-                q.execute(c).await.map(|r| r.rows_affected())
-            })?;
-        }
-        count_items(tx.conn(), hold).await?;
+        tx.add_hold_items(hold, items).await?;
         tx.commit().await
     }
 
@@ -329,7 +312,137 @@ async fn count_items(c: Conn<'_>, hold: i64) -> Result<()> {
     Ok(())
 }
 
+impl Store {
+    /// Local records in held holds of this sync and direction: a push does not send (or hold)
+    /// their deletes again while a person decides.
+    pub async fn held_local_ids(
+        &self,
+        sync: &str,
+        direction: &str,
+    ) -> Result<std::collections::HashSet<i64>> {
+        let mut c = self.reader().await?;
+        let ids = on!(c.conn(), |c| {
+            sqlx::query_scalar::<_, i64>(
+            "SELECT i.local_id FROM hold_items i JOIN holds h ON h.id = i.hold_id
+             WHERE h.sync = $1 AND h.direction = $2 AND h.status = 'held' AND i.local_id IS NOT NULL"
+        )
+        .bind(sync)
+        .bind(direction)
+        .fetch_all(c)
+        .await
+        })?;
+        Ok(ids.into_iter().collect())
+    }
+}
+
 impl Tx {
+    /// Notes one real-time delete of `sync` in `direction` at `now`, forgets those before
+    /// `since`, and answers how many remain (this one included).
+    pub async fn note_guard_delete(
+        &mut self,
+        sync: &str,
+        direction: &str,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> Result<i64> {
+        on!(self.conn(), |c| sqlx::query(
+            "DELETE FROM guard_deletes WHERE sync = $1 AND direction = $2 AND at < $3"
+        )
+        .bind(sync)
+        .bind(direction)
+        .bind(since)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        on!(self.conn(), |c| sqlx::query(
+            "INSERT INTO guard_deletes (sync, direction, at) VALUES ($1, $2, $3)"
+        )
+        .bind(sync)
+        .bind(direction)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(on!(self.conn(), |c| sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM guard_deletes WHERE sync = $1 AND direction = $2"
+        )
+        .bind(sync)
+        .bind(direction)
+        .fetch_one(c)
+        .await)?)
+    }
+
+    /// The real-time hold (no run) of a sync and direction that waits for a decision.
+    pub async fn realtime_hold(&mut self, sync: &str, direction: &str) -> Result<Option<i64>> {
+        Ok(on!(self.conn(), |c| {
+            sqlx::query_scalar::<_, i64>(
+            "SELECT id FROM holds WHERE sync = $1 AND direction = $2 AND run_id IS NULL AND status = 'held' ORDER BY id LIMIT 1"
+        )
+        .bind(sync)
+        .bind(direction)
+        .fetch_optional(c)
+        .await
+        })?)
+    }
+
+    /// A new hold, in `status`, with its reason.
+    pub async fn create_hold(
+        &mut self,
+        sync: &str,
+        run_id: Option<i64>,
+        direction: &str,
+        status: &str,
+        reason: &str,
+    ) -> Result<i64> {
+        Ok(on!(self.conn(), |c| {
+            sqlx::query_scalar::<_, i64>(
+            "INSERT INTO holds (sync, run_id, status, reason, created_at, direction) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id"
+        )
+        .bind(sync)
+        .bind(run_id)
+        .bind(status)
+        .bind(reason)
+        .bind(Utc::now())
+        .bind(direction)
+        .fetch_one(c)
+        .await
+        })?)
+    }
+
+    /// Adds deletes to a hold, in this transaction.
+    pub async fn add_hold_items(&mut self, hold: i64, items: &[HoldItem]) -> Result<()> {
+        for chunk in pieces(items) {
+            let mut ph = Ph::new(self.is_pg());
+            let values: Vec<String> = chunk.iter().map(|_| ph.tuple(4)).collect();
+            let sql = format!(
+                "INSERT INTO hold_items (hold_id, external_id, local_id, name) VALUES {} ON CONFLICT (hold_id, external_id) DO NOTHING",
+                values.join(", ")
+            );
+            on!(self.conn(), |c| {
+                let mut q = sqlx::query(&sql);
+                for it in chunk {
+                    q = q
+                        .bind(hold)
+                        .bind(&it.external_id)
+                        .bind(it.local_id)
+                        .bind(&it.name);
+                }
+                q.execute(c).await.map(|r| r.rows_affected())
+            })?;
+        }
+        count_items(self.conn(), hold).await
+    }
+
+    /// How many records the binding links, in this transaction.
+    pub async fn count_links(&mut self, binding: &str) -> Result<i64> {
+        Ok(on!(self.conn(), |c| sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM links WHERE binding = $1 AND external_id IS NOT NULL"
+        )
+        .bind(binding)
+        .fetch_one(c)
+        .await)?)
+    }
+
     /// Live local records of `model` not linked through `binding` whose fields equal the given
     /// values, each compared trimmed and without letter case (the database folds both sides
     /// alike). At most `limit`, by id.

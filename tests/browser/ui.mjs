@@ -214,7 +214,33 @@ try {
   await page.reload();
   await page.locator(".empty").filter({ hasText: "No held deletes" }).waitFor();
 
-  // 8. The other pages.
+  // 7d. A plan: the same partial listing, planned from the sync's card. The page says the
+  // deletes would be held, and nothing is written (no hold, no change-control row).
+  step = "plan";
+  await fetch(`${peer}/peer/faults`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ list_share: 0.25 }) });
+  // The full run of 7c has ended (its last row written) before the rows are counted.
+  await eventually("the full run ended", async () => (await call("GET", "/api/v1/runs?sync=CON&limit=1")).body.runs[0].status !== "running");
+  const lastRow = async () => (await call("GET", "/api/v1/changes?limit=1")).body.changes[0]?.id ?? 0;
+  const rowsBefore = await lastRow();
+  await page.getByRole("link", { name: "Syncs" }).first().click();
+  await page.locator('a[data-plan="CON"]').click();
+  await page.waitForURL(/#\/plan\?sync=CON/);
+  await page.locator("#plan").waitFor();
+  await page.getByRole("link", { name: /Plan a full run/ }).click();
+  await page.waitForURL(/full=true/);
+  await page.locator(".notice").filter({ hasText: "What a full run of CON would do" }).waitFor();
+  assert.match(await page.locator("main").textContent(), /Nothing was written/, "the plan says it wrote nothing");
+  assert.match(await page.getByRole("alert").first().textContent(), /would be held for approval: .*delete_guard\.max/, "the plan shows the hold");
+  assert.ok(Number(await page.locator('#plan tr[data-kind="held"] td').first().textContent()) >= 3, "held deletes are counted");
+  await shot("12-plan");
+  await fetch(`${peer}/peer/faults`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({}) });
+  assert.equal((await call("GET", "/api/v1/holds?status=held")).body.holds.length, 0, "the plan held nothing");
+  const newRows = (await call("GET", "/api/v1/changes?limit=50")).body.changes.filter((c) => c.id > rowsBefore);
+  assert.deepEqual(newRows, [], "the plan wrote no row");
+  assert.equal((await call("GET", "/api/v1/models/contact/records?limit=100")).body.records.length, kept, "the plan deleted nothing");
+
+  // 8. The other pages. The record history offers the per-record operations: paused, the
+  // record's edit does not go out; resumed, it does.
   step = "history";
   await page.goto(`${base}/#/history?local_id=${customer.id}`);
   await page.locator("ol.timeline li").first().waitFor();
@@ -222,6 +248,20 @@ try {
   assert.ok(directions.length === await page.locator("ol.timeline li").count(), "each history row shows its direction");
   assert.ok(directions.includes("→ out"), `the delivery shows as outbound: ${directions}`);
   await shot("08-record-history");
+  step = "record operations";
+  const ops = page.locator('#record-ops tr[data-sync="CON"]');
+  await ops.getByRole("button", { name: "pause" }).click();
+  await page.locator(".notice").filter({ hasText: "CON:" }).waitFor();
+  const ext = (await call("GET", `/api/v1/changes?sync=CON&local_id=${customer.id}&limit=1000`)).body.changes.find((c) => c.external_id).external_id;
+  const paused = await call("PATCH", `/api/v1/models/contact/records/${customer.id}`, { name: "Edited while paused" });
+  assert.equal(paused.status, 200, JSON.stringify(paused.body));
+  await new Promise((r) => setTimeout(r, 1500));
+  const there = async () => (await (await fetch(`${peer}/peer/contacts/records`)).json()).records.find((r) => r.unique_id === ext || r.id === ext);
+  assert.notEqual((await there()).full_name, "Edited while paused", "a paused record is not sent");
+  await shot("13-record-paused");
+  await ops.getByRole("button", { name: "resume" }).click();
+  await page.locator(".notice").filter({ hasText: /CON: .*resumed/i }).waitFor();
+  await eventually("the resumed record sent", async () => (await there()).full_name === "Edited while paused");
   step = "configuration";
   await page.getByRole("link", { name: "Configuration" }).click();
   await page.getByRole("heading", { name: "Syncs", level: 2 }).waitFor();
