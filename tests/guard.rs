@@ -568,3 +568,52 @@ async fn deletes_collected_by_an_interrupted_run_are_decided_by_the_next() {
     );
     h.stop().await;
 }
+
+/// `resync` on a `rest` service with a `list_url`: the record is found in the listing and its
+/// values win where they differ, even a change the service never reported.
+#[tokio::test]
+async fn resync_reads_one_record_from_the_listing() {
+    let h = seeded(30).await;
+    h.peer.set_quietly(
+        "acc",
+        &id(7),
+        Some(obj(
+            json!({"name": "Quietly renamed", "email": "a7@example.com"}),
+        )),
+    );
+    let local = local_of(&h, &id(7)).await.unwrap().id;
+    let (status, body) = api(
+        &h,
+        reqwest::Method::POST,
+        &format!("/api/v1/syncs/ACC/records/{local}/resync"),
+        OPERATE_KEY,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("listing"),
+        "{body}"
+    );
+    let rec = local_of(&h, &id(7)).await.unwrap();
+    assert_eq!(rec.values["name"], "Quietly renamed");
+    // One gone from the service: said so, nothing changes.
+    h.peer.set_quietly("acc", &id(8), None);
+    let other = local_of(&h, &id(8)).await.unwrap().id;
+    let (status, body) = api(
+        &h,
+        reqwest::Method::POST,
+        &format!("/api/v1/syncs/ACC/records/{other}/resync"),
+        OPERATE_KEY,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer lists"),
+        "{body}"
+    );
+    assert!(local_of(&h, &id(8)).await.is_some());
+    h.stop().await;
+}

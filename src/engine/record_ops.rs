@@ -203,16 +203,65 @@ impl Engine {
                 let connector = self.connector(&sync.web_service).ok_or_else(|| {
                     RecordOpError::Run("the web service is not configured".into())
                 })?;
-                if !connector.reread(sync, &plan, std::slice::from_ref(&ext)) {
+                let by_id = connector.reread(sync, &plan, std::slice::from_ref(&ext));
+                // Without a read by id, the service's listing is searched for the record.
+                let listed = if by_id {
+                    None
+                } else if connector.can_list(sync) && sync.direction.to_local() {
+                    Some(self.find_listed(&connector, sync, &plan, &ext).await?)
+                } else {
                     return Err(RecordOpError::CannotReread(
                         code.to_string(),
                         connector.kind(),
                     ));
-                }
+                };
                 link.base = as_synced.clone();
                 let mut tx = self.store.begin().await?;
                 tx.upsert_links(&[link]).await?;
                 tx.commit().await?;
+                if let Some(values) = listed {
+                    let ctx = super::Ctx::actor(by);
+                    let mut payload = values;
+                    payload
+                        .entry(sync.external_ref.clone())
+                        .or_insert_with(|| serde_json::Value::String(ext.clone()));
+                    let applied = self
+                        .apply_upserts(
+                            code,
+                            vec![(ext.clone(), serde_json::Value::Object(payload), ctx)],
+                        )
+                        .await
+                        .pop()
+                        .expect("one result");
+                    let message = match applied {
+                        Ok(_) => format!(
+                            "re-read from external `{ext}` in the service's listing; its values win where they differ"
+                        ),
+                        Err(e) => return Err(RecordOpError::Run(e.to_string())),
+                    };
+                    let mut row = super::apply::log_row(
+                        sync,
+                        model,
+                        LogDirection::ExternalToLocal,
+                        LogAction::Update,
+                        Some(local_id),
+                        &record.values,
+                    );
+                    row.name = format!("Operator: resync {}", model.name);
+                    row.external_id = Some(ext.clone());
+                    row.error_message = message.clone();
+                    row.actor = by.to_string();
+                    self.log_alone(row).await?;
+                    tracing::info!(sync = code, local_id, op = "resync", by, "{message}");
+                    return Ok(OpDone {
+                        sync: code.to_string(),
+                        local_id,
+                        op: "resync",
+                        external_id: Some(ext),
+                        message,
+                        run_id: None,
+                    });
+                }
                 let started = self
                     .start_run(code, Trigger::Manual, false)
                     .await
@@ -252,5 +301,38 @@ impl Engine {
             message,
             run_id,
         })
+    }
+}
+
+impl Engine {
+    /// One record's values, found in the service's listing (page by page, stopping at it).
+    async fn find_listed(
+        &self,
+        connector: &Arc<dyn crate::connectors::Connector>,
+        sync: &crate::domain::plan::Sync,
+        plan: &crate::domain::Plan,
+        ext: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, RecordOpError> {
+        let mut after = None;
+        loop {
+            let (page, next) = connector
+                .list_records(sync, plan, after)
+                .await
+                .map_err(|e| RecordOpError::Run(format!("listing failed: {e}")))?;
+            if let Some(found) = page.into_iter().find(|l| l.external_id == ext) {
+                return found.values.ok_or_else(|| {
+                    RecordOpError::CannotReread(sync.code.to_string(), connector.kind())
+                });
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => {
+                    return Err(RecordOpError::Run(format!(
+                        "the service no longer lists external `{ext}`; `recsync run {} --full` reconciles it (through the delete guard)",
+                        sync.code
+                    )));
+                }
+            }
+        }
     }
 }
