@@ -394,7 +394,9 @@ async fn a_run_whose_pages_delete_most_records_holds_them() {
         "{approved}"
     );
     assert_eq!(live_contacts(&h).await, 41);
-    assert!(cli(&["holds"]).contains("No holds match."));
+    // (The applied deletes go on to the real-time syncs of the contacts, where CON's own
+    // guard may hold what would reach the CRM: a decision of its own.)
+    assert!(cli(&["holds", "list", "--sync", "ACC"]).contains("No holds match."));
 
     // Few deletes are applied at once: under the guard's limits nothing is held.
     for i in 60..63 {
