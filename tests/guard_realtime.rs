@@ -85,6 +85,19 @@ async fn call(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Deletes a local record through the records API.
+async fn delete_local(h: &Harness, id: i64) {
+    let (status, body) = call(
+        h,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/models/contact/records/{id}"),
+        ADMIN_KEY,
+        None,
+    )
+    .await;
+    assert!(status < 300, "{status} {body}");
+}
+
 async fn live(h: &Harness, id: i64) -> bool {
     h.engine
         .store
@@ -227,15 +240,7 @@ async fn local_deletes_of_a_real_time_sync_over_the_guard_are_held_and_sent_on_a
     })
     .await;
     for id in &ids[..5] {
-        let (status, body) = call(
-            &h,
-            reqwest::Method::DELETE,
-            &format!("/api/v1/models/contact/records/{id}"),
-            ADMIN_KEY,
-            None,
-        )
-        .await;
-        assert!(status < 300, "{status} {body}");
+        delete_local(&h, *id).await;
     }
     // Three deletes go out; two wait in a hold.
     eventually(20, "three deletes delivered", || async {
@@ -248,7 +253,11 @@ async fn local_deletes_of_a_real_time_sync_over_the_guard_are_held_and_sent_on_a
         (&held[0]["items"], &held[0]["direction"]),
         (&json!(2), &json!("local_to_external"))
     );
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Every delivery of RTO settled: the held two were never queued.
+    eventually(20, "RTO's outbox to settle", || async {
+        (h.engine.store.outbox_depth("RTO").await.unwrap() == 0).then_some(())
+    })
+    .await;
     assert_eq!(h.peer.records("rto").len(), 5, "nothing more was sent");
     let hid = held[0]["id"].as_i64().unwrap();
     let (status, done) = call(
@@ -287,14 +296,7 @@ async fn a_cron_push_holds_mass_local_deletes_and_a_discard_keeps_the_external_r
     assert_eq!(run.pushed, 20, "{run:?}");
     assert_eq!(h.peer.records("cpush").len(), 20);
     for id in &ids[..6] {
-        call(
-            &h,
-            reqwest::Method::DELETE,
-            &format!("/api/v1/models/contact/records/{id}"),
-            ADMIN_KEY,
-            None,
-        )
-        .await;
+        delete_local(&h, *id).await;
     }
     // Six deletes in one push: more than the guard's 5, so none is sent.
     let run = h.run("CPUSH").await;
@@ -335,14 +337,7 @@ async fn a_cron_push_holds_mass_local_deletes_and_a_discard_keeps_the_external_r
     assert_eq!(h.peer.records("cpush").len(), 20);
     // The plan of such a push shows the hold before it happens.
     for id in &ids[6..12] {
-        call(
-            &h,
-            reqwest::Method::DELETE,
-            &format!("/api/v1/models/contact/records/{id}"),
-            ADMIN_KEY,
-            None,
-        )
-        .await;
+        delete_local(&h, *id).await;
     }
     let (status, plan) = call(
         &h,

@@ -647,10 +647,11 @@ impl Engine {
         let code = sync.code.as_str();
         let binding = sync.binding();
         let model = &plan.models[&sync.model];
-        let mut waiting: HashSet<i64> = HashSet::new();
-        for s in plan.syncs.values().filter(|s| s.same_binding(sync)) {
-            waiting.extend(self.store.undelivered_local_ids(s.code.as_str()).await?);
-        }
+        let super::run::Left {
+            waiting,
+            ambiguous,
+            paused,
+        } = self.left_by_push(plan, sync).await?;
         if !waiting.is_empty() {
             out.notes.push(format!(
                 "{} record(s) of this binding are waiting in the outbox; they are delivered whether or not a run happens (`recsync outbox list`)",
@@ -663,13 +664,6 @@ impl Engine {
             ));
             return Ok(());
         }
-        let ambiguous = self.store.ambiguous_local_ids(&binding).await?;
-        let mut paused = self.store.paused_ids(code).await?;
-        paused.extend(
-            self.store
-                .held_local_ids(code, crate::store::LogDirection::LocalToExternal.as_str())
-                .await?,
-        );
         let sent: Vec<&str> = sync
             .fields
             .iter()

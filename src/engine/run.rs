@@ -133,31 +133,12 @@ impl Engine {
         }
         let model = &plan.models[&sync.model];
         let store_err = |e: StoreError| format!("the store failed: {e}");
-        // A record still on its way through any sync of the binding is not queued again.
         let binding = sync.binding();
-        let mut waiting: std::collections::HashSet<i64> = std::collections::HashSet::new();
-        for s in plan.syncs.values().filter(|s| s.same_binding(&sync)) {
-            waiting.extend(
-                self.store
-                    .undelivered_local_ids(s.code.as_str())
-                    .await
-                    .map_err(store_err)?,
-            );
-        }
-        // Local records an ambiguous match left unlinked already have their match there.
-        let ambiguous = self
-            .store
-            .ambiguous_local_ids(&binding)
-            .await
-            .map_err(store_err)?;
-        let mut paused = self.store.paused_ids(code).await.map_err(store_err)?;
-        // Deletes a person is deciding on are neither sent nor held again.
-        paused.extend(
-            self.store
-                .held_local_ids(code, LogDirection::LocalToExternal.as_str())
-                .await
-                .map_err(store_err)?,
-        );
+        let Left {
+            waiting,
+            ambiguous,
+            paused,
+        } = self.left_by_push(&plan, &sync).await.map_err(store_err)?;
         let guarded = sync.propagate_deletes && sync.delete_guard.is_some();
         let mut deletes: Vec<(crate::store::NewOutbox, crate::store::HoldItem)> = Vec::new();
         let mut queued: Vec<i64> = Vec::new();
@@ -791,6 +772,43 @@ impl Engine {
             }
         }
         Ok(confirmations.into_iter().flatten().collect())
+    }
+}
+
+/// Local records a push leaves alone.
+pub(super) struct Left {
+    /// Still on their way through some sync of the binding: not queued again.
+    pub waiting: std::collections::HashSet<i64>,
+    /// Left unlinked by an ambiguous match: their match is already there.
+    pub ambiguous: std::collections::HashSet<i64>,
+    /// Paused for the sync, or with a delete a person is deciding on.
+    pub paused: std::collections::HashSet<i64>,
+}
+
+impl Engine {
+    /// The local records a push of `sync` leaves alone (a run's and a plan's alike).
+    pub(super) async fn left_by_push(
+        &self,
+        plan: &crate::domain::Plan,
+        sync: &crate::domain::plan::Sync,
+    ) -> Result<Left, StoreError> {
+        let code = sync.code.as_str();
+        let mut waiting = std::collections::HashSet::new();
+        for s in plan.syncs.values().filter(|s| s.same_binding(sync)) {
+            waiting.extend(self.store.undelivered_local_ids(s.code.as_str()).await?);
+        }
+        let ambiguous = self.store.ambiguous_local_ids(&sync.binding()).await?;
+        let mut paused = self.store.paused_ids(code).await?;
+        paused.extend(
+            self.store
+                .held_local_ids(code, LogDirection::LocalToExternal.as_str())
+                .await?,
+        );
+        Ok(Left {
+            waiting,
+            ambiguous,
+            paused,
+        })
     }
 }
 

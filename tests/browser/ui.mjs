@@ -255,7 +255,9 @@ try {
   const ext = (await call("GET", `/api/v1/changes?sync=CON&local_id=${customer.id}&limit=1000`)).body.changes.find((c) => c.external_id).external_id;
   const paused = await call("PATCH", `/api/v1/models/contact/records/${customer.id}`, { name: "Edited while paused" });
   assert.equal(paused.status, 200, JSON.stringify(paused.body));
-  await new Promise((r) => setTimeout(r, 1500));
+  // The delivery of the paused record's edit is settled as `skipped`, and nothing is sent.
+  await eventually("the paused delivery skipped", async () =>
+    (await call("GET", `/api/v1/changes?sync=CON&local_id=${customer.id}&status=skipped&limit=10`)).body.changes.length > 0);
   const there = async () => (await (await fetch(`${peer}/peer/contacts/records`)).json()).records.find((r) => r.unique_id === ext || r.id === ext);
   assert.notEqual((await there()).full_name, "Edited while paused", "a paused record is not sent");
   await shot("13-record-paused");
