@@ -34,7 +34,7 @@ pub(super) async fn discover(
         .build()
         .expect("HTTP client");
     let connector = crate::connectors::build(ws, &http);
-    match connector.describe(resource).await {
+    match connector.describe(&loaded.plan, resource).await {
         Ok(block) => {
             println!(
                 "# {} of web service `{web_service}`, as it describes itself",

@@ -1,4 +1,5 @@
-//! `recsync fake-odoo`: the fake Odoo, until Ctrl-C.
+//! `recsync fake-odoo` and `recsync fake-http`: the fake Odoo and the fake HTTP JSON API,
+//! until Ctrl-C.
 
 use super::*;
 
@@ -27,6 +28,60 @@ pub(super) async fn fake_odoo(opts: crate::peer::odoo::OdooOptions, partners: us
         }
         Err(e) => {
             eprintln!("error: the fake Odoo cannot listen: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub(super) async fn fake_http(
+    listen: String,
+    auth: &str,
+    rate_limit: Option<u32>,
+    seed: &[String],
+) -> ExitCode {
+    use crate::peer::http::{FakeAuth, FakeHttp, HttpOptions};
+    crate::telemetry::init(config::LogFormat::Pretty);
+    let auth = match FakeAuth::parse(auth) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: --auth: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut seeds = Vec::new();
+    for s in seed {
+        match s.split_once('=').map(|(r, n)| (r, n.parse::<usize>())) {
+            Some((r @ ("contacts" | "tickets" | "items"), Ok(n))) => seeds.push((r.to_string(), n)),
+            _ => {
+                eprintln!("error: --seed `{s}`: write contacts=N, tickets=N or items=N");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    let fake = match FakeHttp::bind(HttpOptions {
+        listen,
+        auth,
+        rate_limit,
+    }) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: the fake HTTP API cannot listen: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for (r, n) in &seeds {
+        fake.state.seed(r, *n);
+    }
+    println!("Fake HTTP API listening on {}", fake.url());
+    let handle = fake.handle();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        handle.stop(true).await;
+    });
+    match fake.run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: the fake HTTP API stopped: {e}");
             ExitCode::from(1)
         }
     }

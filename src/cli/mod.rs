@@ -247,6 +247,22 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         partners: usize,
     },
+    /// Run the fake HTTP JSON API (tests, examples, benchmarks): HubSpot-style contacts,
+    /// Zendesk-style tickets, items in every pagination style, an OAuth 2.0 token endpoint
+    FakeHttp {
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9913")]
+        listen: String,
+        /// none, bearer:TOKEN, basic:USER:PASSWORD, api_key:HEADER:KEY or
+        /// oauth2:CLIENT_ID:CLIENT_SECRET[:TOKEN_SECONDS]
+        #[arg(long, env = "FAKE_HTTP_AUTH", default_value = "none")]
+        auth: String,
+        /// Calls per second answered before 429s
+        #[arg(long, value_name = "N")]
+        rate_limit: Option<u32>,
+        /// Start with records: contacts=N, tickets=N or items=N (repeatable)
+        #[arg(long, value_name = "RESOURCE=N")]
+        seed: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -391,6 +407,12 @@ pub async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
+        Command::FakeHttp {
+            listen,
+            auth,
+            rate_limit,
+            seed,
+        } => fake_odoo::fake_http(listen, &auth, rate_limit, &seed).await,
         Command::FakeDropbox {
             listen,
             app_key,

@@ -84,8 +84,19 @@ pub(super) async fn check_services(plan: &crate::domain::Plan) -> ExitCode {
             }
             continue;
         }
+        if let ServiceSpec::Http(h) = &ws.spec {
+            let connector = crate::connectors::http::HttpConnector::new(name, h, client.clone());
+            match connector.check().await {
+                Ok(what) => println!("  ok    {name}: {what}"),
+                Err(e) => {
+                    failed += 1;
+                    println!("  FAIL  {name}: {e}");
+                }
+            }
+            continue;
+        }
         let (auth, timeout, urls): (_, _, Vec<String>) = match &ws.spec {
-            ServiceSpec::Odoo(_) => continue,
+            ServiceSpec::Odoo(_) | ServiceSpec::Http(_) => continue,
             ServiceSpec::Rest(r) => {
                 let mut urls: Vec<String> =
                     [&r.url, &r.confirmation_url, &r.shipping_url, &r.list_url]

@@ -1,6 +1,7 @@
 //! The connector interface: the questions the engine asks every external system, and nothing
 //! else (`connectors.md` §1). `rest` speaks the TELEMATEL-style protocol, `dropbox` reaches a
-//! Dropbox folder, `odoo` an Odoo database through its external API. [`build`] is the one place that knows which kinds exist; the engine drives
+//! Dropbox folder, `odoo` an Odoo database through its external API, `http` any JSON API
+//! described in the configuration. [`build`] is the one place that knows which kinds exist; the engine drives
 //! whatever it returns.
 //!
 //! A connector never imports the store. What it must remember between calls beyond the cursor
@@ -8,6 +9,7 @@
 //! over the store for one sync.
 
 pub mod dropbox;
+pub mod http;
 pub mod odoo;
 pub mod rest;
 
@@ -372,7 +374,7 @@ pub trait Connector: Send + std::marker::Sync {
     }
 
     /// The external schema of a resource, as an `external_models` block (`recsync discover`).
-    async fn describe(&self, _resource: Option<&str>) -> Result<String, PullError> {
+    async fn describe(&self, _plan: &Plan, _resource: Option<&str>) -> Result<String, PullError> {
         Err(unsupported("discovery", self.kind()))
     }
 
@@ -388,5 +390,6 @@ pub fn build(service: &WebService, http: &reqwest::Client) -> Arc<dyn Connector>
         ServiceSpec::Rest(r) => Arc::new(rest::Rest::new(r.clone(), http.clone())),
         ServiceSpec::Dropbox(d) => Arc::new(dropbox::DropboxConnector::new(d)),
         ServiceSpec::Odoo(o) => Arc::new(odoo::OdooConnector::new(&service.name, o, http.clone())),
+        ServiceSpec::Http(h) => Arc::new(http::HttpConnector::new(&service.name, h, http.clone())),
     }
 }

@@ -43,6 +43,8 @@ fn with_auth(req: reqwest::RequestBuilder, auth: &Auth) -> reqwest::RequestBuild
         Auth::ApiKey { header, key } => req.header(header.as_str(), key.expose_secret()),
         Auth::Basic { user, password } => req.basic_auth(user, Some(password.expose_secret())),
         Auth::Bearer { token } => req.bearer_auth(token.expose_secret()),
+        // Refused by the configuration: OAuth 2.0 is for `http` web services.
+        Auth::OAuth2 { .. } => req,
     }
 }
 

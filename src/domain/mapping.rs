@@ -106,6 +106,24 @@ impl JsonPath {
         self.simple.is_some()
     }
 
+    /// Is the path `$` or a chain of member names (`$.a.b`)?
+    pub fn is_member_chain(&self) -> bool {
+        self.simple.is_some() || self.text.trim() == "$"
+    }
+
+    /// The value a member chain names in `doc`, to change or take; `None` for a path that is
+    /// not one or a value that is not there.
+    pub fn select_mut<'a>(&self, doc: &'a mut Value) -> Option<&'a mut Value> {
+        if self.text.trim() == "$" {
+            return Some(doc);
+        }
+        let mut cur = doc;
+        for n in self.simple.as_ref()? {
+            cur = cur.get_mut(n)?;
+        }
+        Some(cur)
+    }
+
     /// The values the path selects in `doc`.
     pub fn select<'a>(&self, doc: &'a Value) -> Vec<&'a Value> {
         if let Some(names) = &self.simple {

@@ -2,6 +2,7 @@
 //! the three-way merge and the compiled `Plan`.
 
 pub mod filter;
+pub mod http;
 pub mod mapping;
 pub mod mask;
 pub mod merge;

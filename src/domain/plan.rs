@@ -104,6 +104,7 @@ pub enum ServiceKind {
     Rest,
     Dropbox,
     Odoo,
+    Http,
 }
 
 impl ServiceKind {
@@ -112,6 +113,7 @@ impl ServiceKind {
             ServiceKind::Rest => "rest",
             ServiceKind::Dropbox => "dropbox",
             ServiceKind::Odoo => "odoo",
+            ServiceKind::Http => "http",
         }
     }
 }
@@ -125,6 +127,8 @@ pub struct ExternalModel {
     pub fields: BTreeMap<String, FieldType>,
     pub dropbox: Option<DropboxFolder>,
     pub odoo: Option<OdooModel>,
+    /// The operations of an `http` resource.
+    pub http: Option<super::http::HttpResource>,
 }
 
 /// What an archived Odoo record means to a sync.
@@ -379,6 +383,16 @@ pub enum Auth {
     Bearer {
         token: SecretString,
     },
+    /// OAuth 2.0 client credentials (RFC 6749 §4.4): a token asked of `token_url`, kept until
+    /// it expires (`http` web services only).
+    OAuth2 {
+        token_url: ConfigStr,
+        client_id: SecretString,
+        client_secret: SecretString,
+        scopes: Vec<String>,
+        /// Send the client's credentials in the form body instead of HTTP Basic.
+        in_body: bool,
+    },
 }
 
 impl Auth {
@@ -388,6 +402,26 @@ impl Auth {
             Auth::ApiKey { .. } => "api_key",
             Auth::Basic { .. } => "basic",
             Auth::Bearer { .. } => "bearer",
+            Auth::OAuth2 { .. } => "oauth2",
+        }
+    }
+
+    /// The secret values, for masking.
+    pub fn secrets(&self) -> Vec<String> {
+        use secrecy::ExposeSecret;
+        match self {
+            Auth::None => vec![],
+            Auth::ApiKey { key, .. } => vec![key.expose_secret().to_string()],
+            Auth::Basic { password, .. } => vec![password.expose_secret().to_string()],
+            Auth::Bearer { token } => vec![token.expose_secret().to_string()],
+            Auth::OAuth2 {
+                client_id,
+                client_secret,
+                ..
+            } => vec![
+                client_id.expose_secret().to_string(),
+                client_secret.expose_secret().to_string(),
+            ],
         }
     }
 }
@@ -508,6 +542,7 @@ pub enum ServiceSpec {
     Rest(RestService),
     Dropbox(DropboxService),
     Odoo(OdooService),
+    Http(super::http::HttpService),
 }
 
 /// A web service: one external endpoint set.
@@ -524,13 +559,14 @@ impl WebService {
             ServiceSpec::Rest(_) => ServiceKind::Rest,
             ServiceSpec::Dropbox(_) => ServiceKind::Dropbox,
             ServiceSpec::Odoo(_) => ServiceKind::Odoo,
+            ServiceSpec::Http(_) => ServiceKind::Http,
         }
     }
 
     pub fn rest(&self) -> Option<&RestService> {
         match &self.spec {
             ServiceSpec::Rest(r) => Some(r),
-            ServiceSpec::Dropbox(_) | ServiceSpec::Odoo(_) => None,
+            _ => None,
         }
     }
 }
@@ -857,15 +893,19 @@ impl Plan {
         let mut values: Vec<String> = Vec::new();
         for w in self.web_services.values() {
             match &w.spec {
-                ServiceSpec::Rest(r) => {
-                    match &r.auth {
-                        Auth::None => {}
-                        Auth::ApiKey { key, .. } => values.push(key.expose_secret().to_string()),
-                        Auth::Basic { password, .. } => {
-                            values.push(password.expose_secret().to_string())
-                        }
-                        Auth::Bearer { token } => values.push(token.expose_secret().to_string()),
+                ServiceSpec::Http(h) => {
+                    values.extend(h.auth.secrets());
+                    let mut strs = vec![&h.base_url];
+                    strs.extend(h.headers.iter().map(|(_, v)| v));
+                    if let Auth::OAuth2 { token_url, .. } = &h.auth {
+                        strs.push(token_url);
                     }
+                    for u in strs.into_iter().filter(|u| u.is_secret()) {
+                        values.push(u.expose().to_string());
+                    }
+                }
+                ServiceSpec::Rest(r) => {
+                    values.extend(r.auth.secrets());
                     for u in [&r.url, &r.confirmation_url, &r.shipping_url, &r.list_url]
                         .into_iter()
                         .flatten()

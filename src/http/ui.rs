@@ -144,6 +144,13 @@ async fn config_summary(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
                         "protocol": o.protocol.as_str(),
                         "timeout_ms": o.timeout.as_millis() as u64,
                     }),
+                    ServiceSpec::Http(h) => json!({
+                        "name": w.name, "kind": "http", "active": w.active,
+                        "url": location(&h.base_url),
+                        "auth": h.auth.mode(),
+                        "rate_limit": h.rate_limit.map(|r| r.to_string()),
+                        "timeout_ms": h.timeout.as_millis() as u64,
+                    }),
                 })
                 .collect();
             let syncs: Vec<_> = plan

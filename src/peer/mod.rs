@@ -5,6 +5,7 @@
 //! call recsync's `/sync/...` back when its records change. Records live in memory.
 
 pub mod dropbox;
+pub mod http;
 pub mod odoo;
 
 use actix_web::http::StatusCode;

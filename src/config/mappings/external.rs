@@ -43,6 +43,18 @@ pub(super) fn compile_external_model(
     }
     let mut dropbox = None;
     let mut odoo = None;
+    let mut http = None;
+    if kind != ServiceKind::Http {
+        for key in ["list", "create", "update", "delete"] {
+            if let Some((k, _)) = entry(t, key) {
+                diags.push(Diagnostic::error(
+                    format!("`{key}` only applies to external models of kind `http`"),
+                    k.span.clone(),
+                    format!("this external model is {}", kind.as_str()),
+                ));
+            }
+        }
+    }
     if kind != ServiceKind::Odoo {
         for key in ["odoo_model", "domain", "archived"] {
             if let Some((k, _)) = entry(t, key) {
@@ -107,6 +119,46 @@ pub(super) fn compile_external_model(
                 domain,
                 archived,
                 fields: odoo_fields,
+            });
+        }
+        ServiceKind::Http => {
+            if entry(t, "fields").is_none() {
+                diags.push(
+                    Diagnostic::error(
+                        format!("external model `{name}` has no `fields`"),
+                        d.key.span.clone(),
+                        "declare the resource's fields",
+                    )
+                    .with_help(
+                        "`recsync discover <web_service> <path>` prints them from a sample page",
+                    ),
+                );
+            }
+            let list =
+                table_of(t, "list", diags).and_then(|(lt, span)| http_list(lt, &span, diags));
+            let op = |key: &str, diags: &mut Diagnostics| {
+                table_of(t, key, diags).and_then(|(ot, span)| http_op(key, ot, &span, diags))
+            };
+            let create = op("create", diags);
+            let update = op("update", diags);
+            let delete = op("delete", diags);
+            if let Some(l) = &list
+                && let Some(f) = &l.cursor_field
+                && !fields.is_empty()
+                && !fields.contains_key(f)
+            {
+                let (k, _) = entry(t, "list").expect("read above");
+                diags.push(Diagnostic::error(
+                    format!("`cursor_field` names `{f}`, which is not one of the fields of external model `{name}`"),
+                    k.span.clone(),
+                    "unknown cursor field",
+                ));
+            }
+            http = Some(HttpResource {
+                list,
+                create,
+                update,
+                delete,
             });
         }
         ServiceKind::Rest => {
@@ -182,6 +234,298 @@ pub(super) fn compile_external_model(
         fields,
         dropbox,
         odoo,
+        http,
+    })
+}
+
+/// `[external_models.X.list]`: how an `http` resource is read, a page at a time.
+fn http_list(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<HttpList> {
+    check_keys(t, &HTTP_LIST_KEYS, diags);
+    let path = required_str(t, "path", span, "`list`", diags).and_then(|s| http_path(&s, diags));
+    let records = match entry(t, "records") {
+        None => {
+            diags.push(
+                Diagnostic::error(
+                    "missing field `records` in `list`",
+                    span.clone(),
+                    "where are the records of a page?",
+                )
+                .with_help(
+                    "a JSONPath such as `$.tickets[*]`, or `$[*]` for a page that is a list",
+                ),
+            );
+            None
+        }
+        Some(_) => jsonpath_of(t, "records", diags),
+    };
+    let mut query = Vec::new();
+    if let Some((qt, _)) = table_of(t, "query", diags) {
+        for (k, item) in qt {
+            let value = match &item.node {
+                Node::Str { value, .. } => value.clone(),
+                Node::Int(n) => n.to_string(),
+                Node::Bool(b) => b.to_string(),
+                _ => {
+                    diags.push(wrong_type(&k.name, item, "a string or a number"));
+                    continue;
+                }
+            };
+            query.push((k.name.clone(), value));
+        }
+    }
+    let cursor_field = str_of(t, "cursor_field", diags).map(|s| s.value.to_string());
+    let cursor_start = match entry(t, "cursor_start") {
+        None => None,
+        Some((k, item)) => match &item.node {
+            Node::Str { value, .. } => Some(value.clone()),
+            Node::Int(n) => Some(n.to_string()),
+            _ => {
+                diags.push(wrong_type(&k.name, item, "a string or a number"));
+                None
+            }
+        },
+    };
+    let names_cursor = query.iter().any(|(_, v)| v.contains("{cursor}"));
+    match (&cursor_field, names_cursor) {
+        (Some(_), false) => {
+            let (k, _) = entry(t, "cursor_field").expect("read above");
+            diags.push(
+                Diagnostic::error(
+                    "`cursor_field` is set but no `query` parameter uses `{cursor}`",
+                    k.span.clone(),
+                    "the cursor would never be sent",
+                )
+                .with_help("add one, such as `query = { updated_since = \"{cursor}\" }`"),
+            );
+        }
+        (None, true) => {
+            let (k, _) = entry(t, "query").expect("read above");
+            diags.push(Diagnostic::error(
+                "a `query` parameter uses `{cursor}` but `cursor_field` is not set",
+                k.span.clone(),
+                "nothing fills the cursor",
+            ));
+        }
+        _ => {}
+    }
+    let paginate = match table_of(t, "paginate", diags) {
+        None => Paginate::None,
+        Some((pt, pspan)) => paginate(pt, &pspan, diags)?,
+    };
+    let deleted = table_of(t, "deleted", diags).and_then(|(dt, dspan)| {
+        check_keys(dt, &["field", "equals"], diags);
+        let field = required_str(dt, "field", &dspan, "`deleted`", diags).and_then(|s| {
+            let text = if s.value.starts_with('$') {
+                s.value.to_string()
+            } else {
+                format!("$.{}", s.value)
+            };
+            match JsonPath::parse(&text) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    diags.push(Diagnostic::error(
+                        format!("invalid field `{}`: {e}", s.value),
+                        s.span.clone(),
+                        "not a field name or JSONPath",
+                    ));
+                    None
+                }
+            }
+        });
+        let Some((_, item)) = entry(dt, "equals") else {
+            diags.push(Diagnostic::error(
+                "missing field `equals` in `deleted`",
+                dspan.clone(),
+                "which value marks a deleted record?",
+            ));
+            return None;
+        };
+        Some(Deleted {
+            field: field?,
+            equals: to_json(item),
+        })
+    });
+    let max_pages = match int_of(t, "max_pages", diags) {
+        None => 100_000,
+        Some((n, _)) if n >= 1 => n as usize,
+        Some((_, span)) => {
+            diags.push(Diagnostic::error(
+                "`max_pages` must be at least 1",
+                span,
+                "out of range",
+            ));
+            100_000
+        }
+    };
+    Some(HttpList {
+        path: path?,
+        records: records?,
+        query,
+        cursor_field,
+        cursor_start,
+        paginate,
+        deleted,
+        max_pages,
+    })
+}
+
+/// `paginate = { style = ... }`.
+fn paginate(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<Paginate> {
+    check_keys(t, &PAGINATE_KEYS, diags);
+    const STYLES: [&str; 6] = [
+        "next_url",
+        "cursor",
+        "offset",
+        "page",
+        "link_header",
+        "none",
+    ];
+    let style = required_str(t, "style", span, "`paginate`", diags)?;
+    let allowed: &[&str] = match style.value {
+        "next_url" => &["style", "next", "done"],
+        "cursor" => &["style", "param", "next", "done"],
+        "offset" | "page" => &["style", "param", "start"],
+        "link_header" | "none" => &["style"],
+        other => {
+            diags.push(unknown_name(
+                "pagination style",
+                other,
+                style.span.clone(),
+                &STYLES,
+            ));
+            return None;
+        }
+    };
+    for (k, _) in t {
+        if PAGINATE_KEYS.contains(&k.name.as_str()) && !allowed.contains(&k.name.as_str()) {
+            diags.push(Diagnostic::error(
+                format!(
+                    "`{}` does not apply to pagination style `{}`",
+                    k.name, style.value
+                ),
+                k.span.clone(),
+                "not used by this style",
+            ));
+        }
+    }
+    let what = format!("`paginate` with style `{}`", style.value);
+    let need_path = |key: &str, diags: &mut Diagnostics| {
+        if entry(t, key).is_none() {
+            diags.push(Diagnostic::error(
+                format!("missing field `{key}` in {what}"),
+                span.clone(),
+                format!("`{key}` is required"),
+            ));
+            return None;
+        }
+        jsonpath_of(t, key, diags)
+    };
+    let param = |diags: &mut Diagnostics| {
+        required_str(t, "param", span, &what, diags).map(|s| s.value.to_string())
+    };
+    let start = |default: u64, diags: &mut Diagnostics| match int_of(t, "start", diags) {
+        None => default,
+        Some((n, _)) if n >= 0 => n as u64,
+        Some((_, span)) => {
+            diags.push(Diagnostic::error(
+                "`start` cannot be negative",
+                span,
+                "out of range",
+            ));
+            default
+        }
+    };
+    Some(match style.value {
+        "next_url" => {
+            let next = need_path("next", diags);
+            let done = jsonpath_of(t, "done", diags);
+            Paginate::NextUrl { next: next?, done }
+        }
+        "cursor" => {
+            let p = param(diags);
+            let next = need_path("next", diags);
+            let done = jsonpath_of(t, "done", diags);
+            Paginate::Cursor {
+                param: p?,
+                next: next?,
+                done,
+            }
+        }
+        "offset" => {
+            let p = param(diags);
+            Paginate::Offset {
+                param: p?,
+                start: start(0, diags),
+            }
+        }
+        "page" => {
+            let p = param(diags);
+            Paginate::Page {
+                param: p?,
+                start: start(1, diags),
+            }
+        }
+        "link_header" => Paginate::LinkHeader,
+        _ => Paginate::None,
+    })
+}
+
+/// A path joined to `base_url`: it starts with `/`, and `{id}` is the only placeholder.
+fn http_path(s: &Str<'_>, diags: &mut Diagnostics) -> Option<String> {
+    if !s.value.starts_with('/') || s.value.contains("://") {
+        diags.push(
+            Diagnostic::error(
+                format!("invalid path {}: it must start with `/`", s.shown()),
+                s.span.clone(),
+                "not a path",
+            )
+            .with_help("paths are joined to the web service's `base_url`"),
+        );
+        return None;
+    }
+    Some(s.value.to_string())
+}
+
+/// `create`, `update` or `delete` of an `http` resource.
+fn http_op(key: &str, t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<HttpOp> {
+    check_keys(t, &HTTP_OP_KEYS, diags);
+    let default = match key {
+        "create" => "POST",
+        "update" => "PUT",
+        _ => "DELETE",
+    };
+    let method = match str_of(t, "method", diags) {
+        None => default.to_string(),
+        Some(s) if METHODS.contains(&s.value.to_ascii_uppercase().as_str()) => {
+            s.value.to_ascii_uppercase()
+        }
+        Some(s) => {
+            diags.push(unknown_name("method", s.value, s.span.clone(), &METHODS));
+            return None;
+        }
+    };
+    let path = required_str(t, "path", span, &format!("`{key}`"), diags).and_then(|s| {
+        let p = http_path(&s, diags)?;
+        if key != "create" && !p.contains("{id}") {
+            diags.push(
+                Diagnostic::error(
+                    format!("the `{key}` path {} does not name `{{id}}`", s.shown()),
+                    s.span.clone(),
+                    "which record?",
+                )
+                .with_help("write it like `/tickets/{id}`"),
+            );
+            return None;
+        }
+        Some(p)
+    });
+    let body = str_of(t, "body", diags).map(|s| s.value.to_string());
+    let response_id = jsonpath_of(t, "response_id", diags);
+    Some(HttpOp {
+        method,
+        path: path?,
+        body,
+        response_id,
     })
 }
 

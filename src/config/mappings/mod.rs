@@ -2,6 +2,7 @@ use super::diag::{Diagnostic, Diagnostics, Span};
 use super::reader::*;
 use super::source::{Item, Key, Node, Table};
 use crate::domain::filter::{Condition, Domain, OPERATORS, Op, Token};
+use crate::domain::http::*;
 use crate::domain::mapping::{Direction, ExternalField, FieldPair, JsonPath, Reference, ValueMap};
 use crate::domain::merge::Priority;
 use crate::domain::names::{Ident, SyncCode};
@@ -35,7 +36,7 @@ pub const FIELD_KEYS: [&str; 6] = [
     "description",
     "secret",
 ];
-pub const EXT_MODEL_KEYS: [&str; 10] = [
+pub const EXT_MODEL_KEYS: [&str; 14] = [
     "name",
     "kind",
     "description",
@@ -46,7 +47,27 @@ pub const EXT_MODEL_KEYS: [&str; 10] = [
     "odoo_model",
     "domain",
     "archived",
+    "list",
+    "create",
+    "update",
+    "delete",
 ];
+/// The keys of an `http` resource's `list`.
+pub const HTTP_LIST_KEYS: [&str; 9] = [
+    "path",
+    "records",
+    "query",
+    "cursor_field",
+    "cursor_start",
+    "paginate",
+    "deleted",
+    "max_pages",
+    "description",
+];
+/// The keys of `paginate`.
+pub const PAGINATE_KEYS: [&str; 5] = ["style", "next", "param", "start", "done"];
+/// The keys of an `http` resource's `create`, `update` and `delete`.
+pub const HTTP_OP_KEYS: [&str; 5] = ["method", "path", "body", "response_id", "description"];
 /// The keys of an Odoo external model's field.
 pub const ODOO_FIELD_KEYS: [&str; 5] = ["type", "relation", "required", "readonly", "description"];
 /// Odoo's field types, as `fields_get` names them.
@@ -104,13 +125,30 @@ pub const DROPBOX_KEYS: [&str; 8] = [
     "api_url",
     "active",
 ];
-pub const AUTH_KEYS: [&str; 7] = [
+pub const HTTP_KEYS: [&str; 10] = [
+    "kind",
+    "description",
+    "base_url",
+    "auth",
+    "rate_limit",
+    "timeout",
+    "max_concurrency",
+    "retries",
+    "headers",
+    "active",
+];
+pub const AUTH_KEYS: [&str; 12] = [
     "mode",
     "header",
     "key",
     "user",
     "password",
     "token",
+    "token_url",
+    "client_id",
+    "client_secret",
+    "scopes",
+    "client_auth",
     "description",
 ];
 pub const SYNC_KEYS: [&str; 22] = [
@@ -315,6 +353,22 @@ fn check_url(key: &str, s: &Str<'_>, diags: &mut Diagnostics) -> Option<ConfigSt
     }
 }
 
+/// A JSONPath (`$...`), compiled.
+fn jsonpath_of(t: &Table, key: &str, diags: &mut Diagnostics) -> Option<JsonPath> {
+    let s = str_of(t, key, diags)?;
+    match JsonPath::parse(s.value) {
+        Ok(p) if s.value.starts_with('$') => Some(p),
+        Ok(_) | Err(_) => {
+            diags.push(Diagnostic::error(
+                format!("invalid JSONPath `{}`", s.value),
+                s.span.clone(),
+                "not a JSONPath",
+            ));
+            None
+        }
+    }
+}
+
 fn duration_of(t: &Table, key: &str, diags: &mut Diagnostics) -> Option<Duration> {
     let s = str_of(t, key, diags)?;
     match parse_duration(s.value) {
@@ -340,12 +394,13 @@ fn kind_of(t: &Table, diags: &mut Diagnostics) -> Option<ServiceKind> {
             "rest" => Some(ServiceKind::Rest),
             "dropbox" => Some(ServiceKind::Dropbox),
             "odoo" => Some(ServiceKind::Odoo),
+            "http" => Some(ServiceKind::Http),
             other => {
                 diags.push(unknown_name(
                     "kind",
                     other,
                     s.span,
-                    &["rest", "dropbox", "odoo"],
+                    &["rest", "dropbox", "odoo", "http"],
                 ));
                 None
             }

@@ -65,7 +65,9 @@ pub(super) fn compile_field(
     if !check_ident(k, "field", diags) {
         return None;
     }
-    if RECORD_META_FIELDS.contains(&k.name.as_str()) {
+    // A local model's records carry these already; an external system's fields (an
+    // external model has no model names to relate to) may be called anything.
+    if !models.is_empty() && RECORD_META_FIELDS.contains(&k.name.as_str()) {
         diags.push(Diagnostic::error(
             format!("field name `{}` is reserved", k.name),
             k.span.clone(),

@@ -344,18 +344,7 @@ pub(super) fn compile_endpoints(items: &[Item], diags: &mut Diagnostics) -> Vec<
             )
             .map(|_| cfg_str(&s))
         });
-        let response_id =
-            str_of(t, "response_id", diags).and_then(|s| match JsonPath::parse(s.value) {
-                Ok(p) if s.value.starts_with('$') => Some(p),
-                Ok(_) | Err(_) => {
-                    diags.push(Diagnostic::error(
-                        format!("invalid JSONPath `{}`", s.value),
-                        s.span.clone(),
-                        "not a JSONPath",
-                    ));
-                    None
-                }
-            });
+        let response_id = jsonpath_of(t, "response_id", diags);
         let active = bool_of(t, "active", diags).unwrap_or(true);
         let (Some((action, span)), Some(method), Some(url)) = (action, method, url) else {
             continue;

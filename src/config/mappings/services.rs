@@ -1,4 +1,4 @@
-//! Web services (REST and Dropbox) and their authentication.
+//! Web services (`rest`, `dropbox`, `odoo` and `http`) and their authentication.
 
 use super::*;
 
@@ -28,7 +28,7 @@ pub(super) fn compile_web_service(d: &Decl<'_>, diags: &mut Diagnostics) -> Opti
             }
             let auth = match table_of(t, "auth", diags) {
                 None => Auth::None,
-                Some((at, span)) => compile_auth(at, &span, diags)?,
+                Some((at, span)) => compile_auth(at, &span, false, diags)?,
             };
             let timeout = duration_of(t, "timeout", diags).unwrap_or(Duration::from_secs(30));
             let max_concurrency = max_concurrency_of(t, 8, diags);
@@ -110,6 +110,70 @@ pub(super) fn compile_web_service(d: &Decl<'_>, diags: &mut Diagnostics) -> Opti
                 overlap,
             })
         }
+        ServiceKind::Http => {
+            check_keys(t, &HTTP_KEYS, diags);
+            let base_url = required_str(t, "base_url", &d.key.span, &what, diags)
+                .and_then(|s| check_url("base_url", &s, diags));
+            let auth = match table_of(t, "auth", diags) {
+                None => Auth::None,
+                Some((at, span)) => compile_auth(at, &span, true, diags)?,
+            };
+            let rate_limit = str_of(t, "rate_limit", diags).and_then(|s| {
+                let parsed = RateLimit::parse(s.value);
+                if parsed.is_none() {
+                    diags.push(
+                        Diagnostic::error(
+                            format!("invalid `rate_limit` {}", s.shown()),
+                            s.span.clone(),
+                            "not a rate",
+                        )
+                        .with_help(
+                            "write requests per unit, such as `10/s`, `600/min` or `5000/h`",
+                        ),
+                    );
+                }
+                parsed
+            });
+            let timeout = duration_of(t, "timeout", diags).unwrap_or(Duration::from_secs(30));
+            let max_concurrency = max_concurrency_of(t, 8, diags);
+            let retries = match int_of(t, "retries", diags) {
+                None => 3,
+                Some((n, _)) if (0..=20).contains(&n) => n as u32,
+                Some((_, span)) => {
+                    diags.push(Diagnostic::error(
+                        "`retries` must be between 0 and 20",
+                        span,
+                        "out of range",
+                    ));
+                    3
+                }
+            };
+            let mut headers = Vec::new();
+            if let Some((ht, _)) = table_of(t, "headers", diags) {
+                for (k, item) in ht {
+                    if reqwest::header::HeaderName::from_bytes(k.name.as_bytes()).is_err() {
+                        diags.push(Diagnostic::error(
+                            format!("`{}` is not a valid HTTP header name", k.name),
+                            k.span.clone(),
+                            "invalid header name",
+                        ));
+                        continue;
+                    }
+                    if let Some(v) = as_str(&k.name, item, diags) {
+                        headers.push((k.name.clone(), cfg_str(&v)));
+                    }
+                }
+            }
+            ServiceSpec::Http(HttpService {
+                base_url: base_url?,
+                auth,
+                rate_limit,
+                timeout,
+                max_concurrency,
+                retries,
+                headers,
+            })
+        }
     };
     ok_name.then_some(WebService { name, spec, active })
 }
@@ -130,7 +194,13 @@ fn max_concurrency_of(t: &Table, default: usize, diags: &mut Diagnostics) -> usi
     }
 }
 
-pub(super) fn compile_auth(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<Auth> {
+/// `auth = { mode = ... }`; `oauth2` only where `oauth2` is true (`http` web services).
+pub(super) fn compile_auth(
+    t: &Table,
+    span: &Span,
+    oauth2: bool,
+    diags: &mut Diagnostics,
+) -> Option<Auth> {
     let Some(mode) = required_str(t, "mode", span, "`auth`", diags) else {
         check_keys(t, &AUTH_KEYS, diags);
         return None;
@@ -140,7 +210,20 @@ pub(super) fn compile_auth(t: &Table, span: &Span, diags: &mut Diagnostics) -> O
         "api_key" => &["mode", "header", "key"],
         "basic" => &["mode", "user", "password"],
         "bearer" => &["mode", "token"],
+        "oauth2" if oauth2 => &[
+            "mode",
+            "token_url",
+            "client_id",
+            "client_secret",
+            "scopes",
+            "client_auth",
+        ],
         _ => &[],
+    };
+    let modes: &[&str] = if oauth2 {
+        &["none", "api_key", "basic", "bearer", "oauth2"]
+    } else {
+        &["none", "api_key", "basic", "bearer"]
     };
     // A key no mode knows is suggested from the keys of the mode chosen.
     let choices: Vec<&str> = if allowed.is_empty() {
@@ -153,7 +236,7 @@ pub(super) fn compile_auth(t: &Table, span: &Span, diags: &mut Diagnostics) -> O
             diags.push(unknown_name("field", &k.name, k.span.clone(), &choices));
         }
     }
-    let mut need = |key: &str| {
+    let need = |key: &str, diags: &mut Diagnostics| {
         required_str(
             t,
             key,
@@ -166,14 +249,14 @@ pub(super) fn compile_auth(t: &Table, span: &Span, diags: &mut Diagnostics) -> O
     let auth = match mode.value {
         "none" => Some(Auth::None),
         "api_key" => {
-            let key = need("key");
+            let key = need("key", diags);
             let header = str_of(t, "header", diags)
                 .map(|s| s.value.to_string())
                 .unwrap_or_else(|| "api_key".into());
             key.map(|key| Auth::ApiKey { header, key })
         }
         "basic" => {
-            let password = need("password");
+            let password = need("password", diags);
             let user = required_str(t, "user", span, "`auth` with mode `basic`", diags)
                 .map(|s| s.value.to_string());
             Some(Auth::Basic {
@@ -181,14 +264,53 @@ pub(super) fn compile_auth(t: &Table, span: &Span, diags: &mut Diagnostics) -> O
                 password: password?,
             })
         }
-        "bearer" => need("token").map(|token| Auth::Bearer { token }),
+        "bearer" => need("token", diags).map(|token| Auth::Bearer { token }),
+        "oauth2" if oauth2 => {
+            let what = "`auth` with mode `oauth2`";
+            let token_url = required_str(t, "token_url", span, what, diags)
+                .and_then(|s| check_url("token_url", &s, diags));
+            let client_id = need("client_id", diags);
+            let client_secret = need("client_secret", diags);
+            let scopes = match entry(t, "scopes") {
+                None => Vec::new(),
+                Some((k, item)) => match &item.node {
+                    Node::Array(items) => items
+                        .iter()
+                        .filter_map(|i| as_str(&k.name, i, diags).map(|s| s.value.to_string()))
+                        .collect(),
+                    _ => {
+                        diags.push(wrong_type(&k.name, item, "a list of scope names"));
+                        Vec::new()
+                    }
+                },
+            };
+            let in_body = enum_of(
+                t,
+                "client_auth",
+                |s| match s {
+                    "basic" => Some(false),
+                    "body" => Some(true),
+                    _ => None,
+                },
+                &["basic", "body"],
+                diags,
+            )
+            .flatten()
+            .unwrap_or(false);
+            Some(Auth::OAuth2 {
+                token_url: token_url?,
+                client_id: client_id?,
+                client_secret: client_secret?,
+                scopes,
+                in_body,
+            })
+        }
         other => {
-            diags.push(unknown_name(
-                "auth mode",
-                other,
-                mode.span.clone(),
-                &["none", "api_key", "basic", "bearer"],
-            ));
+            let mut d = unknown_name("auth mode", other, mode.span.clone(), modes);
+            if other == "oauth2" {
+                d = d.with_help("OAuth 2.0 is for web services of kind `http`");
+            }
+            diags.push(d);
             return None;
         }
     };

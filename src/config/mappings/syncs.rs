@@ -107,7 +107,7 @@ pub(super) fn compile_sync(
     };
 
     let delete_mode = delete_mode_of(t, ext, diags);
-    let reconcile = reconcile_of(t, ws, diags);
+    let reconcile = reconcile_of(t, ws, ext, diags);
     let delete_guard = delete_guard_of(t, propagate_deletes, diags);
     let match_on = match_on_of(t, &fields, diags);
 
@@ -115,7 +115,10 @@ pub(super) fn compile_sync(
         let dir_span = direction_item
             .map(|(_, i)| i.span.clone())
             .unwrap_or_else(|| owner.clone());
-        check_feasible(&what, dir, mode, w, &endpoints, dir_span, diags);
+        check_feasible(&what, dir, mode, w, &endpoints, dir_span.clone(), diags);
+        if let Some(e) = ext {
+            check_http_operations(&what, dir, propagate_deletes, e, dir_span, diags);
+        }
     }
 
     if diags.len() != before {
@@ -211,9 +214,31 @@ fn match_on_of(t: &Table, pairs: &[FieldPair], diags: &mut Diagnostics) -> Vec<V
 }
 
 /// `reconcile`: how often to compare both sides in full. Only a web service that can list
-/// every id can: Odoo, Dropbox, and `rest` with a `list_url`.
-fn reconcile_of(t: &Table, ws: Option<&WebService>, diags: &mut Diagnostics) -> Option<Duration> {
+/// every id can: Odoo, Dropbox, `rest` with a `list_url` and `http` with a `list`.
+fn reconcile_of(
+    t: &Table,
+    ws: Option<&WebService>,
+    ext: Option<&ExternalModel>,
+    diags: &mut Diagnostics,
+) -> Option<Duration> {
     let every = duration_of(t, "reconcile", diags)?;
+    if let Some(e) = ext
+        && e.http.as_ref().is_some_and(|r| r.list.is_none())
+    {
+        let (_, item) = entry(t, "reconcile").expect("read above");
+        diags.push(
+            Diagnostic::error(
+                format!(
+                    "resource `{}` has no `list`, so this sync cannot reconcile",
+                    e.name
+                ),
+                item.span.clone(),
+                "needs a listing",
+            )
+            .with_help("add `[external_models.<name>.list]`, or remove `reconcile`"),
+        );
+        return None;
+    }
     if let Some(w) = ws
         && w.rest().is_some_and(|r| r.list_url.is_none())
     {
@@ -512,6 +537,10 @@ fn external_ref_of(
         (None, Some(e)) if matches!(e.kind, ServiceKind::Dropbox | ServiceKind::Odoo) => {
             Some("id".to_string())
         }
+        // Most HTTP APIs name it `id`.
+        (None, Some(e)) if e.kind == ServiceKind::Http && e.fields.contains_key("id") => {
+            Some("id".to_string())
+        }
         (None, _) if entry(t, "external_ref").is_none() => {
             diags.push(
                 Diagnostic::error(
@@ -582,6 +611,55 @@ fn check_feasible(
     }
 }
 
+/// An `http` resource must offer what the sync's direction asks of it: `list` to receive,
+/// `create` and `update` to send, `delete` to send deletes.
+fn check_http_operations(
+    what: &str,
+    dir: Direction,
+    propagate_deletes: bool,
+    e: &ExternalModel,
+    dir_span: Span,
+    diags: &mut Diagnostics,
+) {
+    let Some(r) = &e.http else { return };
+    let mut missing = Vec::new();
+    if dir.to_local() && r.list.is_none() {
+        missing.push(("list", "receives"));
+    }
+    if dir.to_external() {
+        if r.create.is_none() {
+            missing.push(("create", "sends new records"));
+        }
+        if r.update.is_none() {
+            missing.push(("update", "sends changes"));
+        }
+        if propagate_deletes && r.delete.is_none() {
+            missing.push(("delete", "sends deletes (propagate_deletes = true)"));
+        }
+    }
+    for (op, why) in missing {
+        diags.push(
+            Diagnostic::error(
+                format!(
+                    "{what} {why}, but resource `{}` has no `{op}` operation",
+                    e.name
+                ),
+                dir_span.clone(),
+                format!("needs `[external_models.{}.{op}]`", e.name),
+            )
+            .with_help(match op {
+                "list" => {
+                    "add a `list` with `path` and `records`, or use direction = \"to_external\""
+                }
+                "delete" => {
+                    "add a `delete` with `method` and `path`, or set propagate_deletes = false"
+                }
+                _ => "add the operation with `method` and `path`, or use direction = \"to_local\"",
+            }),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,6 +685,7 @@ mod tests {
             fields: [("uid".to_string(), FieldType::Char)].into_iter().collect(),
             dropbox: None,
             odoo: None,
+            http: None,
         }
     }
 

@@ -425,7 +425,7 @@ impl Connector for OdooConnector {
         Ok((ids.iter().map(i64::to_string).collect(), next))
     }
 
-    async fn describe(&self, resource: Option<&str>) -> Result<String, PullError> {
+    async fn describe(&self, _plan: &Plan, resource: Option<&str>) -> Result<String, PullError> {
         let Some(model) = resource else {
             return Err(PullError::Service(
                 "name the Odoo model to describe, such as `res.partner`".into(),

@@ -1,0 +1,480 @@
+//! One call to an HTTP JSON API, as every `http` sync of a web service shares it: the
+//! credentials (an OAuth 2.0 token fetched once and kept until it expires, asked again once on
+//! a 401), the web service's `rate_limit` and `max_concurrency`, and retries with backoff for
+//! 429 (after `Retry-After`), 5xx and network errors. Other 4xx answers fail at once with the
+//! service's own message.
+
+use crate::connectors::SendError;
+use crate::domain::http::HttpService;
+use crate::domain::plan::Auth;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, Semaphore};
+use url::Url;
+
+/// The largest answer read (a page or a reply); more is refused.
+pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
+/// The longest `Retry-After` waited for inside one call; a longer one fails the call, asking
+/// to retry that much later.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// A successful answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub link: Option<String>,
+    pub text: String,
+    pub json: bool,
+}
+
+/// An OAuth 2.0 token, and when it stops working.
+struct Token {
+    value: SecretString,
+    until: Option<Instant>,
+}
+
+/// What all the syncs of one `http` web service share.
+pub struct Caller {
+    pub name: String,
+    pub service: HttpService,
+    client: reqwest::Client,
+    limiter: Option<DefaultDirectRateLimiter>,
+    permits: Semaphore,
+    token: Mutex<Option<Token>>,
+    /// Calls made and tokens fetched, for tests and the bench.
+    pub token_fetches: std::sync::atomic::AtomicU64,
+}
+
+impl Caller {
+    pub fn new(name: &str, service: HttpService, client: reqwest::Client) -> Arc<Caller> {
+        let limiter = service.rate_limit.map(|r| {
+            let quota = Quota::with_period(r.interval().max(Duration::from_nanos(1)))
+                .expect("a positive period")
+                .allow_burst(std::num::NonZeroU32::MIN);
+            RateLimiter::direct(quota)
+        });
+        Arc::new(Caller {
+            name: name.to_string(),
+            permits: Semaphore::new(service.max_concurrency.max(1)),
+            service,
+            client,
+            limiter,
+            token: Mutex::new(None),
+            token_fetches: Default::default(),
+        })
+    }
+
+    /// Calls `url` and reads the answer, retrying what can be retried.
+    pub async fn call(
+        &self,
+        method: &reqwest::Method,
+        url: &Url,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, SendError> {
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        loop {
+            match self.once(method, url, body, idempotency_key).await {
+                Err(Failure::Unauthorized(e)) if !refreshed && self.is_oauth2() => {
+                    // The token may have been revoked or expired early: ask for a new one, once.
+                    refreshed = true;
+                    *self.token.lock().await = None;
+                    tracing::info!(web_service = %self.name, "401 with a cached token; asking the token endpoint again");
+                    let _ = e;
+                }
+                Err(Failure::Unauthorized(e)) => return Err(SendError::Permanent(e)),
+                Err(Failure::Send(SendError::Retry { reason, after }))
+                    if attempt < self.service.retries =>
+                {
+                    attempt += 1;
+                    let backoff = Duration::from_millis(250 * 2u64.pow(attempt.min(7)));
+                    let wait = after.unwrap_or(backoff);
+                    if wait > MAX_WAIT {
+                        return Err(SendError::Retry { reason, after });
+                    }
+                    tracing::debug!(web_service = %self.name, %reason, attempt, wait_ms = wait.as_millis() as u64, "retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(Failure::Send(e)) => return Err(e),
+                Ok(a) => return Ok(a),
+            }
+        }
+    }
+
+    /// `validate --online`: a token where the service uses OAuth 2.0, then one `GET` of
+    /// `base_url` (any answer but 401 or 403 counts, since the base URL itself may well be a
+    /// 404).
+    pub async fn check(&self) -> Result<String, String> {
+        let started = Instant::now();
+        let mut said = Vec::new();
+        if self.is_oauth2() {
+            self.token().await.map_err(|e| e.to_string())?;
+            said.push("a token was issued".to_string());
+        }
+        let url = Url::parse(self.service.base_url.expose()).map_err(|e| e.to_string())?;
+        let shown = crate::connectors::rest::origin(url.as_str());
+        match self.once(&reqwest::Method::GET, &url, None, None).await {
+            Ok(a) => said.push(format!("{shown} answered HTTP {}", a.status)),
+            Err(Failure::Unauthorized(e)) => return Err(format!("{shown}: {e}")),
+            Err(Failure::Send(SendError::Permanent(e))) if e.starts_with("HTTP 403") => {
+                return Err(format!("{shown} refused the credentials ({e})"));
+            }
+            Err(Failure::Send(SendError::Permanent(e))) => said.push(format!(
+                "{shown} answered {}",
+                e.split(':').next().unwrap_or(&e)
+            )),
+            Err(Failure::Send(SendError::Retry { reason, .. })) => {
+                return Err(format!("{shown}: {reason}"));
+            }
+        }
+        Ok(format!(
+            "{} in {} ms",
+            said.join(", "),
+            started.elapsed().as_millis()
+        ))
+    }
+
+    fn is_oauth2(&self) -> bool {
+        matches!(self.service.auth, Auth::OAuth2 { .. })
+    }
+
+    async fn once(
+        &self,
+        method: &reqwest::Method,
+        url: &Url,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, Failure> {
+        let _permit = self.permits.acquire().await.expect("semaphore open");
+        let mut req = self
+            .client
+            .request(method.clone(), url.clone())
+            .timeout(self.service.timeout)
+            .header(reqwest::header::ACCEPT, "application/json");
+        for (k, v) in &self.service.headers {
+            req = req.header(k.as_str(), v.expose());
+        }
+        req = match &self.service.auth {
+            Auth::None => req,
+            Auth::ApiKey { header, key } => req.header(header.as_str(), key.expose_secret()),
+            Auth::Basic { user, password } => req.basic_auth(user, Some(password.expose_secret())),
+            Auth::Bearer { token } => req.bearer_auth(token.expose_secret()),
+            Auth::OAuth2 { .. } => {
+                let token = self.token().await.map_err(Failure::Send)?;
+                req.bearer_auth(token.expose_secret())
+            }
+        };
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if let Some(l) = &self.limiter {
+            l.until_ready().await;
+        }
+        let resp = req.send().await.map_err(|e| Failure::Send(transport(e)))?;
+        let status = resp.status().as_u16();
+        let link = resp
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let after = retry_after(&resp);
+        let json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.contains("json"));
+        let text = read_capped(resp).await.map_err(Failure::Send)?;
+        if (200..300).contains(&status) {
+            return Ok(Answer {
+                status,
+                link,
+                text,
+                json,
+            });
+        }
+        let message = service_message(&text);
+        let mut reason = format!("HTTP {status}");
+        if !message.is_empty() {
+            reason.push_str(&format!(": {message}"));
+        }
+        Err(match status {
+            401 => Failure::Unauthorized(format!("{reason} (the credentials were refused)")),
+            408 | 429 | 500..=599 => {
+                if let Some(a) = after {
+                    reason.push_str(&format!(" (asked to retry after {} s)", a.as_secs()));
+                }
+                Failure::Send(SendError::Retry { reason, after })
+            }
+            _ => Failure::Send(SendError::Permanent(reason)),
+        })
+    }
+
+    /// The OAuth 2.0 access token: the cached one while it lasts, else a new one from the token
+    /// endpoint (client credentials grant, RFC 6749 §4.4).
+    async fn token(&self) -> Result<SecretString, SendError> {
+        let mut slot = self.token.lock().await;
+        if let Some(t) = slot.as_ref()
+            && t.until.is_none_or(|u| Instant::now() < u)
+        {
+            return Ok(t.value.clone());
+        }
+        let Auth::OAuth2 {
+            token_url,
+            client_id,
+            client_secret,
+            scopes,
+            in_body,
+        } = &self.service.auth
+        else {
+            unreachable!("only asked for oauth2");
+        };
+        let shown = crate::connectors::rest::origin(token_url.expose());
+        let form = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials");
+            if !scopes.is_empty() {
+                form.append_pair("scope", &scopes.join(" "));
+            }
+            if *in_body {
+                form.append_pair("client_id", client_id.expose_secret());
+                form.append_pair("client_secret", client_secret.expose_secret());
+            }
+            form.finish()
+        };
+        let mut req = self
+            .client
+            .post(token_url.expose())
+            .timeout(self.service.timeout)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+        if !*in_body {
+            // RFC 6749 §2.3.1: the client's id and secret, form-encoded, as HTTP Basic.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            req = req.basic_auth(
+                enc(client_id.expose_secret()),
+                Some(enc(client_secret.expose_secret())),
+            );
+        }
+        self.token_fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let failed = |why: String| SendError::Retry {
+            reason: format!("the token endpoint {shown} {why}"),
+            after: None,
+        };
+        let resp = req.body(form).send().await.map_err(|e| {
+            failed(format!(
+                "could not be reached ({})",
+                reason_of(&transport(e))
+            ))
+        })?;
+        let status = resp.status().as_u16();
+        let text = read_capped(resp).await?;
+        let body: Option<Value> = serde_json::from_str(&text).ok();
+        if !(200..300).contains(&status) {
+            // RFC 6749 §5.2: `error` and `error_description`.
+            let code = body
+                .as_ref()
+                .and_then(|b| b.get("error"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let desc = body
+                .as_ref()
+                .and_then(|b| b.get("error_description"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let what = match (code, desc) {
+                ("", "") => String::new(),
+                (c, "") => format!(" `{c}`"),
+                ("", d) => format!(": {d}"),
+                (c, d) => format!(" `{c}`: {d}"),
+            };
+            return Err(failed(format!(
+                "refused the client credentials with HTTP {status}{what}"
+            )));
+        }
+        let Some(access) = body
+            .as_ref()
+            .and_then(|b| b.get("access_token"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        else {
+            return Err(failed(
+                "answered without an `access_token` (is `token_url` the OAuth 2.0 token endpoint?)"
+                    .into(),
+            ));
+        };
+        // Asked again a little before it expires, so no call carries a token about to lapse.
+        let until = body
+            .as_ref()
+            .and_then(|b| b.get("expires_in"))
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
+            .map(|secs| {
+                let secs = Duration::from_secs(secs);
+                Instant::now() + secs.saturating_sub(secs.min(Duration::from_secs(30)) / 2)
+            });
+        let value = SecretString::from(access.to_string());
+        *slot = Some(Token {
+            value: value.clone(),
+            until,
+        });
+        Ok(value)
+    }
+}
+
+enum Failure {
+    Unauthorized(String),
+    Send(SendError),
+}
+
+fn reason_of(e: &SendError) -> &str {
+    match e {
+        SendError::Retry { reason, .. } | SendError::Permanent(reason) => reason,
+    }
+}
+
+fn transport(e: reqwest::Error) -> SendError {
+    let what = if e.is_timeout() {
+        "the request timed out"
+    } else if e.is_connect() {
+        "the service could not be reached"
+    } else {
+        "the request failed"
+    };
+    SendError::Retry {
+        reason: what.into(),
+        after: None,
+    }
+}
+
+/// `Retry-After`: seconds, or an HTTP date.
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let secs = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds();
+    Some(Duration::from_secs(secs.max(0) as u64))
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<String, SendError> {
+    let too_big = || {
+        SendError::Permanent(format!(
+            "the answer is larger than {} MiB",
+            MAX_ANSWER / (1024 * 1024)
+        ))
+    };
+    if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| SendError::Permanent("the answer is not UTF-8 text".into()))
+}
+
+/// The service's own words about a failure: the usual JSON fields, else the start of the text
+/// (an HTML page is said to be one).
+pub fn service_message(text: &str) -> String {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return String::new();
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(trimmed) {
+        for key in [
+            "message",
+            "error_description",
+            "description",
+            "detail",
+            "error",
+            "errors",
+            "title",
+        ] {
+            match v.get(key) {
+                Some(Value::String(s)) if !s.is_empty() => return clip(s),
+                Some(Value::Null) | None => continue,
+                Some(Value::Object(o)) => {
+                    if let Some(Value::String(s)) = o.get("message").or_else(|| o.get("title")) {
+                        return clip(s);
+                    }
+                    return clip(&Value::Object(o.clone()).to_string());
+                }
+                Some(other) => return clip(&other.to_string()),
+            }
+        }
+        return clip(trimmed);
+    }
+    if looks_like_html(trimmed) {
+        return "an HTML page, not JSON".into();
+    }
+    clip(trimmed)
+}
+
+pub fn looks_like_html(text: &str) -> bool {
+    let start: String = text
+        .trim_start()
+        .chars()
+        .take(15)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    start.starts_with("<!doctype") || start.starts_with("<html") || start.starts_with('<')
+}
+
+fn clip(s: &str) -> String {
+    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 300 {
+        format!("{}…", one_line.chars().take(300).collect::<String>())
+    } else {
+        one_line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_services_own_message_is_kept_and_html_is_named() {
+        assert_eq!(
+            service_message(
+                r#"{"message": "Property values were not valid", "category": "VALIDATION_ERROR"}"#
+            ),
+            "Property values were not valid"
+        );
+        assert_eq!(
+            service_message(
+                r#"{"error": {"title": "RecordInvalid", "message": "Subject is too long"}}"#
+            ),
+            "Subject is too long"
+        );
+        assert_eq!(service_message(r#"{"errors": ["a", "b"]}"#), r#"["a","b"]"#);
+        assert_eq!(
+            service_message("<!DOCTYPE html><html><body>502 Bad Gateway</body></html>"),
+            "an HTML page, not JSON"
+        );
+        assert_eq!(service_message(""), "");
+    }
+}

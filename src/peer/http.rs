@@ -1,0 +1,1342 @@
+//! A fake HTTP JSON API for tests, examples and benchmarks (`recsync fake-http`). It serves
+//! three resources in the shapes of the APIs they are modelled on (from those APIs' public
+//! documentation), and a generic one in every pagination style:
+//!
+//! - **CRM contacts**, as HubSpot's CRM v3 objects API: `GET /crm/v3/objects/contacts?limit=
+//!   &after=` answers `{"results": [...], "paging": {"next": {"after", "link"}}}` (no `paging`
+//!   on the last page, `limit` at most 100), each contact `{"id": "<string>", "properties":
+//!   {...}, "createdAt", "updatedAt", "archived"}`; `POST` with `{"properties": {...}}` answers
+//!   201 and the contact, `PATCH /{id}` updates, `DELETE /{id}` archives (204). Errors are
+//!   `{"status": "error", "message", "correlationId", "category"}`: 400 `VALIDATION_ERROR` for
+//!   an email without `@`, 409 `CONFLICT` for an email another contact has, 404
+//!   `OBJECT_NOT_FOUND`.
+//! - **Help desk tickets**, as Zendesk's Support API: the time-based incremental export `GET
+//!   /api/v2/incremental/tickets.json?start_time=<unix>&per_page=` answers `{"tickets", "count",
+//!   "end_time", "next_page", "end_of_stream"}` in `generated_timestamp` order, inclusive of
+//!   `start_time` (so the next page repeats the records stamped `end_time`), deleted tickets
+//!   with `status = "deleted"`; `GET /api/v2/tickets.json?page=&per_page=` answers
+//!   `{"tickets", "next_page", "previous_page", "count"}`; `POST /api/v2/tickets.json` and `PUT
+//!   /api/v2/tickets/{id}.json` take and answer `{"ticket": {...}}` (422 `RecordInvalid` without
+//!   a subject), `DELETE` answers 204. `.json` is optional, as with Zendesk.
+//! - **Items** at `/v1/{style}/items` in each style recsync follows: `next_url` (`{"items",
+//!   "next"}`), `cursor` (`{"data", "meta": {"next_cursor"}}`), `offset` (`{"items", "total"}`),
+//!   `page` (`{"items", "page"}`) and `link_header` (a bare list and `Link: <...>; rel="next"`,
+//!   as GitHub sends). `updated_since` (RFC 3339, inclusive) orders by `updated_at`. Writes go
+//!   to `/v1/items` (`POST`, `PUT /{id}`, `DELETE /{id}`, which marks `status = "deleted"`).
+//!
+//! Credentials, as configured: none, an API key header, HTTP Basic, a static bearer token, or
+//! OAuth 2.0 client credentials at `POST /oauth/token` (RFC 6749 §4.4: HTTP Basic or form
+//! credentials, `{"access_token", "token_type": "Bearer", "expires_in"}`, §5.2 errors), whose
+//! tokens expire and can be revoked. A `rate_limit` answers 429 with `Retry-After` past that
+//! many calls per second.
+//!
+//! Tests in the same process use [`HttpState`]; from another process `PUT /_fake/faults`,
+//! `GET /_fake/calls`, `POST /_fake/seed`, `POST /_fake/revoke` and `/_fake/records/<resource>`
+//! do the same.
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The credentials the fake asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum FakeAuth {
+    #[default]
+    None,
+    ApiKey {
+        header: String,
+        key: String,
+    },
+    Basic {
+        user: String,
+        password: String,
+    },
+    Bearer(String),
+    OAuth2 {
+        client_id: String,
+        client_secret: String,
+        /// How long a token lasts.
+        ttl: Duration,
+    },
+}
+
+impl FakeAuth {
+    /// `none`, `bearer:TOKEN`, `basic:USER:PASSWORD`, `api_key:HEADER:KEY` or
+    /// `oauth2:CLIENT_ID:CLIENT_SECRET[:TOKEN_SECONDS]`.
+    pub fn parse(text: &str) -> Result<FakeAuth, String> {
+        let parts: Vec<&str> = text.splitn(4, ':').collect();
+        Ok(match parts.as_slice() {
+            ["none"] => FakeAuth::None,
+            ["bearer", t] => FakeAuth::Bearer(t.to_string()),
+            ["basic", u, p] => FakeAuth::Basic {
+                user: u.to_string(),
+                password: p.to_string(),
+            },
+            ["api_key", h, k] => FakeAuth::ApiKey {
+                header: h.to_string(),
+                key: k.to_string(),
+            },
+            ["oauth2", id, secret] => FakeAuth::OAuth2 {
+                client_id: id.to_string(),
+                client_secret: secret.to_string(),
+                ttl: Duration::from_secs(3600),
+            },
+            ["oauth2", id, secret, secs] => FakeAuth::OAuth2 {
+                client_id: id.to_string(),
+                client_secret: secret.to_string(),
+                ttl: Duration::from_secs(
+                    secs.parse()
+                        .map_err(|_| format!("`{secs}` is not a number of seconds"))?,
+                ),
+            },
+            _ => {
+                return Err(format!(
+                    "`{text}` is not none, bearer:TOKEN, basic:USER:PASSWORD, api_key:HEADER:KEY or oauth2:ID:SECRET[:SECONDS]"
+                ));
+            }
+        })
+    }
+}
+
+/// How the fake is set up.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    pub listen: String,
+    pub auth: FakeAuth,
+    /// Calls per second answered before 429s.
+    pub rate_limit: Option<u32>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            listen: "127.0.0.1:0".into(),
+            auth: FakeAuth::None,
+            rate_limit: None,
+        }
+    }
+}
+
+/// Fault switches. Counters apply to that many of the next API calls.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Answer this status (500 unless `fail_status`) to the next N calls.
+    pub fail_next: u32,
+    pub fail_status: Option<u16>,
+    /// Answer 429 with `Retry-After: 1` to the next N calls.
+    pub throttle_next: u32,
+    /// Answer an HTML page (200, `text/html`) to the next N calls.
+    pub html_next: u32,
+    /// Every call whose path and query contain this text is answered `fail_on_status`.
+    pub fail_on: Option<String>,
+    pub fail_on_status: Option<u16>,
+    /// Next-page links point at this origin instead (`https://elsewhere.example`).
+    pub next_host: Option<String>,
+    /// Next-page links name the page just served.
+    pub repeat_pages: bool,
+    /// Records are served without their id.
+    pub drop_ids: bool,
+    /// The token endpoint refuses every client.
+    pub token_fail: bool,
+    /// Every call waits this long first.
+    pub delay_ms: u64,
+}
+
+/// One call, as the fake saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    /// Milliseconds since the fake started.
+    pub at_ms: f64,
+    pub status: u16,
+    pub body: Option<Value>,
+}
+
+/// A generic item or ticket: values, and the stamp the incremental reads follow.
+#[derive(Debug, Clone)]
+struct Stamped {
+    values: Map<String, Value>,
+    stamp: i64,
+}
+
+/// One resource's records by id, with an index by (stamp, id).
+#[derive(Debug, Default)]
+struct Collection {
+    records: BTreeMap<u64, Stamped>,
+    by_stamp: BTreeSet<(i64, u64)>,
+    next_id: u64,
+}
+
+impl Collection {
+    fn put(&mut self, id: u64, values: Map<String, Value>, stamp: i64) {
+        if let Some(old) = self.records.get(&id) {
+            self.by_stamp.remove(&(old.stamp, id));
+        }
+        self.by_stamp.insert((stamp, id));
+        self.records.insert(id, Stamped { values, stamp });
+        self.next_id = self.next_id.max(id + 1);
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id = self.next_id.max(1);
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    contacts: Collection,
+    tickets: Collection,
+    items: Collection,
+    /// The fake's clock, in Unix seconds: each write advances it by one.
+    clock: i64,
+    faults: Faults,
+    calls: Vec<Call>,
+    /// Issued tokens and when they expire.
+    tokens: HashMap<String, Instant>,
+    token_requests: u64,
+    /// When recent calls arrived, for the rate limit.
+    recent: VecDeque<Instant>,
+}
+
+/// The fake's state, shared by its handlers and by tests in the same process.
+pub struct HttpState {
+    opts: HttpOptions,
+    started: Instant,
+    inner: Mutex<Inner>,
+}
+
+/// The largest number of calls remembered.
+const CALLS_KEPT: usize = 200_000;
+/// Where the fake's clock starts: 2024-01-01T00:00:00Z.
+const EPOCH: i64 = 1_704_067_200;
+
+fn rfc3339(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .expect("in range")
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn rfc3339_ms(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .expect("in range")
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+impl HttpState {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.inner.lock().expect("fake http lock"))
+    }
+
+    /// Sets the fault switches.
+    pub fn set_faults(&self, faults: Faults) {
+        self.with(|i| i.faults = faults);
+    }
+
+    /// Changes some fault switches.
+    pub fn faults(&self, f: impl FnOnce(&mut Faults)) {
+        self.with(|i| f(&mut i.faults));
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.with(|i| i.calls.clone())
+    }
+
+    pub fn clear_calls(&self) {
+        self.with(|i| i.calls.clear());
+    }
+
+    /// How many times the token endpoint was asked.
+    pub fn token_requests(&self) -> u64 {
+        self.with(|i| i.token_requests)
+    }
+
+    /// Makes every issued token invalid (a revocation, or the server forgetting them).
+    pub fn revoke_tokens(&self) {
+        self.with(|i| i.tokens.clear());
+    }
+
+    /// Every record of a resource (`contacts`, `tickets`, `items`), in the API's own shape,
+    /// archived and deleted ones too.
+    pub fn records(&self, resource: &str) -> Vec<Value> {
+        self.with(|i| {
+            let c = match resource {
+                "contacts" => &i.contacts,
+                "tickets" => &i.tickets,
+                _ => &i.items,
+            };
+            c.records
+                .values()
+                .map(|r| Value::Object(r.values.clone()))
+                .collect()
+        })
+    }
+
+    /// Adds `n` records to a resource, three to each second of the fake's clock (so that
+    /// incremental reads meet records sharing one stamp).
+    pub fn seed(&self, resource: &str, n: usize) {
+        self.with(|i| {
+            let start = i.clock.max(EPOCH);
+            for k in 0..n {
+                let stamp = start + (k / 3) as i64;
+                match resource {
+                    "contacts" => {
+                        let id = i.contacts.new_id();
+                        let v = contact_values(
+                            id,
+                            &json!({
+                                "email": format!("person{id}@example.com"),
+                                "firstname": format!("First{id}"),
+                                "lastname": format!("Last{id}"),
+                                "phone": format!("+34 600 {id:06}"),
+                                "company": format!("Company {}", id % 50),
+                            }),
+                            stamp,
+                            None,
+                        );
+                        i.contacts.put(id, v, stamp);
+                    }
+                    "tickets" => {
+                        let id = i.tickets.new_id();
+                        let v = ticket_values(
+                            id,
+                            &json!({
+                                "subject": format!("Ticket {id}"),
+                                "description": format!("Something about {id}"),
+                                "status": "open",
+                                "priority": "normal",
+                                "requester_email": format!("person{}@example.com", id % 100 + 1),
+                            }),
+                            stamp,
+                            None,
+                        );
+                        i.tickets.put(id, v, stamp);
+                    }
+                    _ => {
+                        let id = i.items.new_id();
+                        let v = item_values(
+                            id,
+                            &json!({
+                                "name": format!("Item {id}"),
+                                "email": format!("item{id}@example.com"),
+                                "status": "active",
+                                "score": (id % 10) as i64,
+                            }),
+                            stamp,
+                            None,
+                        );
+                        i.items.put(id, v, stamp);
+                    }
+                }
+            }
+            i.clock = start + (n / 3) as i64 + 1;
+        });
+    }
+
+    /// Writes a record as a person editing in the system would: `values` merged into the
+    /// record `id` (created when absent), stamped now. Answers the record.
+    pub fn upsert(&self, resource: &str, id: Option<u64>, values: Value) -> Value {
+        self.with(|i| {
+            let stamp = i.tick();
+            let c = i.collection(resource);
+            let id = id.unwrap_or_else(|| c.new_id());
+            let old = c.records.get(&id).map(|r| r.values.clone());
+            let v = match resource {
+                "contacts" => contact_values(id, &values, stamp, old.as_ref()),
+                "tickets" => ticket_values(id, &values, stamp, old.as_ref()),
+                _ => item_values(id, &values, stamp, old.as_ref()),
+            };
+            c.put(id, v.clone(), stamp);
+            Value::Object(v)
+        })
+    }
+
+    /// Deletes a record as the API's `DELETE` does: archived (contacts), `status = "deleted"`
+    /// (tickets, items).
+    pub fn remove(&self, resource: &str, id: u64) -> bool {
+        self.with(|i| i.delete(resource, id))
+    }
+
+    /// Removes a record for good, leaving no trace (a delete the API never reports).
+    pub fn purge(&self, resource: &str, id: u64) -> bool {
+        self.with(|i| {
+            let c = i.collection(resource);
+            match c.records.remove(&id) {
+                Some(r) => {
+                    c.by_stamp.remove(&(r.stamp, id));
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+}
+
+impl Inner {
+    fn tick(&mut self) -> i64 {
+        self.clock = self.clock.max(EPOCH) + 1;
+        self.clock
+    }
+
+    fn collection(&mut self, resource: &str) -> &mut Collection {
+        match resource {
+            "contacts" => &mut self.contacts,
+            "tickets" => &mut self.tickets,
+            _ => &mut self.items,
+        }
+    }
+
+    fn delete(&mut self, resource: &str, id: u64) -> bool {
+        let stamp = self.tick();
+        let c = self.collection(resource);
+        let Some(r) = c.records.get(&id) else {
+            return false;
+        };
+        let mut v = r.values.clone();
+        match resource {
+            "contacts" => {
+                v.insert("archived".into(), json!(true));
+                v.insert("archivedAt".into(), json!(rfc3339_ms(stamp)));
+                v.insert("updatedAt".into(), json!(rfc3339_ms(stamp)));
+            }
+            "tickets" => {
+                v.insert("status".into(), json!("deleted"));
+                v.insert("updated_at".into(), json!(rfc3339(stamp)));
+                v.insert("generated_timestamp".into(), json!(stamp));
+            }
+            _ => {
+                v.insert("status".into(), json!("deleted"));
+                v.insert("updated_at".into(), json!(rfc3339(stamp)));
+            }
+        }
+        c.put(id, v, stamp);
+        true
+    }
+}
+
+/// A HubSpot contact: `properties` (strings, as HubSpot keeps them) with `hs_object_id`,
+/// `createdate` and `lastmodifieddate`.
+fn contact_values(
+    id: u64,
+    properties: &Value,
+    stamp: i64,
+    old: Option<&Map<String, Value>>,
+) -> Map<String, Value> {
+    let mut props: Map<String, Value> = old
+        .and_then(|o| o.get("properties"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(p) = properties.as_object() {
+        for (k, v) in p {
+            let text = match v {
+                Value::Null => Value::Null,
+                Value::String(s) => Value::String(s.clone()),
+                other => Value::String(other.to_string()),
+            };
+            props.insert(k.clone(), text);
+        }
+    }
+    let created = old
+        .and_then(|o| o.get("createdAt").cloned())
+        .unwrap_or_else(|| json!(rfc3339_ms(stamp)));
+    props.insert("hs_object_id".into(), json!(id.to_string()));
+    props.insert(
+        "createdate".into(),
+        props.get("createdate").cloned().unwrap_or(created.clone()),
+    );
+    props.insert("lastmodifieddate".into(), json!(rfc3339_ms(stamp)));
+    let mut v = Map::new();
+    v.insert("id".into(), json!(id.to_string()));
+    v.insert("properties".into(), Value::Object(props));
+    v.insert("createdAt".into(), created);
+    v.insert("updatedAt".into(), json!(rfc3339_ms(stamp)));
+    v.insert(
+        "archived".into(),
+        old.and_then(|o| o.get("archived").cloned())
+            .unwrap_or(json!(false)),
+    );
+    v
+}
+
+/// A Zendesk ticket.
+fn ticket_values(
+    id: u64,
+    fields: &Value,
+    stamp: i64,
+    old: Option<&Map<String, Value>>,
+) -> Map<String, Value> {
+    let mut v: Map<String, Value> = old.cloned().unwrap_or_else(|| {
+        let mut m = Map::new();
+        for k in ["subject", "description", "requester_email", "type"] {
+            m.insert(k.into(), Value::Null);
+        }
+        m.insert("status".into(), json!("new"));
+        m.insert("priority".into(), Value::Null);
+        m.insert("tags".into(), json!([]));
+        m.insert("created_at".into(), json!(rfc3339(stamp)));
+        m
+    });
+    if let Some(f) = fields.as_object() {
+        for (k, val) in f {
+            if !matches!(
+                k.as_str(),
+                "id" | "url" | "created_at" | "updated_at" | "generated_timestamp"
+            ) {
+                v.insert(k.clone(), val.clone());
+            }
+        }
+    }
+    v.insert("id".into(), json!(id));
+    v.insert(
+        "url".into(),
+        json!(format!("https://fake.zendesk.com/api/v2/tickets/{id}.json")),
+    );
+    v.insert("updated_at".into(), json!(rfc3339(stamp)));
+    v.insert("generated_timestamp".into(), json!(stamp));
+    v
+}
+
+/// A generic item.
+fn item_values(
+    id: u64,
+    fields: &Value,
+    stamp: i64,
+    old: Option<&Map<String, Value>>,
+) -> Map<String, Value> {
+    let mut v = old.cloned().unwrap_or_default();
+    if let Some(f) = fields.as_object() {
+        for (k, val) in f {
+            if !matches!(k.as_str(), "id" | "updated_at") {
+                v.insert(k.clone(), val.clone());
+            }
+        }
+    }
+    v.entry("status").or_insert(json!("active"));
+    v.insert("id".into(), json!(id));
+    v.insert("updated_at".into(), json!(rfc3339(stamp)));
+    v
+}
+
+/// The running fake.
+pub struct FakeHttp {
+    pub port: u16,
+    pub state: Arc<HttpState>,
+    server: actix_web::dev::Server,
+}
+
+impl FakeHttp {
+    pub fn bind(opts: HttpOptions) -> std::io::Result<FakeHttp> {
+        let listener = TcpListener::bind(&opts.listen)?;
+        let port = listener.local_addr()?.port();
+        let state = Arc::new(HttpState {
+            opts,
+            started: Instant::now(),
+            inner: Mutex::new(Inner {
+                clock: EPOCH,
+                ..Default::default()
+            }),
+        });
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                .route("/oauth/token", web::post().to(token))
+                .route("/_fake/faults", web::put().to(put_faults))
+                .route("/_fake/calls", web::get().to(get_calls))
+                .route("/_fake/seed", web::post().to(post_seed))
+                .route("/_fake/revoke", web::post().to(post_revoke))
+                .route("/_fake/records/{resource}", web::get().to(get_records))
+                .route("/_fake/records/{resource}", web::post().to(post_record))
+                .route(
+                    "/_fake/records/{resource}/{id}",
+                    web::patch().to(patch_record),
+                )
+                .route(
+                    "/_fake/records/{resource}/{id}",
+                    web::delete().to(delete_record),
+                )
+                .default_service(web::to(api))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .workers(2)
+        .run();
+        Ok(FakeHttp {
+            port,
+            state,
+            server,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn run(self) -> std::io::Result<()> {
+        self.server.await
+    }
+
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+}
+
+async fn put_faults(state: web::Data<HttpState>, body: web::Json<Faults>) -> HttpResponse {
+    state.set_faults(body.into_inner());
+    HttpResponse::NoContent().finish()
+}
+
+async fn get_calls(state: web::Data<HttpState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "calls": state.calls(),
+        "token_requests": state.token_requests(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct Seed {
+    resource: String,
+    count: usize,
+}
+
+async fn post_seed(state: web::Data<HttpState>, body: web::Json<Seed>) -> HttpResponse {
+    state.seed(&body.resource, body.count);
+    HttpResponse::NoContent().finish()
+}
+
+async fn post_revoke(state: web::Data<HttpState>) -> HttpResponse {
+    state.revoke_tokens();
+    HttpResponse::NoContent().finish()
+}
+
+async fn get_records(state: web::Data<HttpState>, path: web::Path<String>) -> HttpResponse {
+    HttpResponse::Ok().json(state.records(&path))
+}
+
+async fn post_record(
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    HttpResponse::Created().json(state.upsert(&path, None, body.into_inner()))
+}
+
+async fn patch_record(
+    state: web::Data<HttpState>,
+    path: web::Path<(String, u64)>,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    let (resource, id) = path.into_inner();
+    HttpResponse::Ok().json(state.upsert(&resource, Some(id), body.into_inner()))
+}
+
+async fn delete_record(
+    state: web::Data<HttpState>,
+    path: web::Path<(String, u64)>,
+) -> HttpResponse {
+    let (resource, id) = path.into_inner();
+    if state.remove(&resource, id) {
+        HttpResponse::NoContent().finish()
+    } else {
+        HttpResponse::NotFound().finish()
+    }
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The client's id and secret: HTTP Basic (form-decoded, RFC 6749 §2.3.1) or form fields.
+fn client_of(req: &HttpRequest, form: &HashMap<String, String>) -> Option<(String, String)> {
+    if let Some(b) = header(req, "authorization").and_then(|a| a.strip_prefix("Basic ")) {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (id, secret) = text.split_once(':')?;
+        let dec = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        return Some((dec(id), dec(secret)));
+    }
+    Some((
+        form.get("client_id")?.clone(),
+        form.get("client_secret")?.clone(),
+    ))
+}
+
+/// `POST /oauth/token`: the client credentials grant.
+async fn token(state: web::Data<HttpState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let oauth_error = |status: u16, code: &str, desc: &str| {
+        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("status"))
+            .insert_header(("Cache-Control", "no-store"))
+            .json(json!({"error": code, "error_description": desc}))
+    };
+    let (fail, ttl, expected) = state.with(|i| {
+        i.token_requests += 1;
+        let expected = match &state.opts.auth {
+            FakeAuth::OAuth2 {
+                client_id,
+                client_secret,
+                ttl,
+            } => Some((client_id.clone(), client_secret.clone(), *ttl)),
+            _ => None,
+        };
+        (
+            i.faults.token_fail,
+            expected.as_ref().map(|e| e.2),
+            expected,
+        )
+    });
+    let Some((id, secret, _)) = expected else {
+        return oauth_error(
+            400,
+            "unsupported_grant_type",
+            "this server issues no tokens",
+        );
+    };
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return oauth_error(
+            400,
+            "unsupported_grant_type",
+            "only client_credentials is supported",
+        );
+    }
+    match client_of(&req, &form) {
+        Some((i, s)) if !fail && i == id && s == secret => {}
+        _ => return oauth_error(401, "invalid_client", "Client authentication failed"),
+    }
+    let ttl = ttl.unwrap_or(Duration::from_secs(3600));
+    let value = format!("tok-{}", rand::random::<u64>());
+    state.with(|i| i.tokens.insert(value.clone(), Instant::now() + ttl));
+    HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({
+            "access_token": value,
+            "token_type": "Bearer",
+            "expires_in": ttl.as_secs(),
+            "scope": form.get("scope").cloned().unwrap_or_default(),
+        }))
+}
+
+/// Whether a call carries the configured credentials.
+fn authorized(state: &HttpState, req: &HttpRequest) -> bool {
+    match &state.opts.auth {
+        FakeAuth::None => true,
+        FakeAuth::ApiKey { header: h, key } => header(req, h) == Some(key.as_str()),
+        FakeAuth::Basic { user, password } => {
+            let expected =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            header(req, "authorization") == Some(format!("Basic {expected}").as_str())
+        }
+        FakeAuth::Bearer(t) => header(req, "authorization") == Some(format!("Bearer {t}").as_str()),
+        FakeAuth::OAuth2 { .. } => {
+            let Some(t) = header(req, "authorization").and_then(|a| a.strip_prefix("Bearer "))
+            else {
+                return false;
+            };
+            state.with(|i| i.tokens.get(t).is_some_and(|until| Instant::now() < *until))
+        }
+    }
+}
+
+fn status(code: u16) -> actix_web::HttpResponseBuilder {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(code).expect("status"))
+}
+
+fn hubspot_error(code: u16, category: &str, message: &str) -> HttpResponse {
+    status(code).json(json!({
+        "status": "error",
+        "message": message,
+        "correlationId": format!("{:08x}-0000-4000-8000-000000000000", rand::random::<u32>()),
+        "category": category,
+    }))
+}
+
+fn query_of(req: &HttpRequest) -> HashMap<String, String> {
+    url::form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// Every API call: credentials, the rate limit and faults first, then the resource.
+async fn api(state: web::Data<HttpState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let delay = state.with(|i| i.faults.delay_ms);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let parsed: Option<Value> = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                return status(400)
+                    .json(json!({"status": "error", "message": format!("Invalid JSON: {e}")}));
+            }
+        }
+    };
+    let resp = answer(&state, &req, parsed.as_ref());
+    let at_ms = state.started.elapsed().as_secs_f64() * 1000.0;
+    state.with(|i| {
+        if i.calls.len() < CALLS_KEPT {
+            i.calls.push(Call {
+                method: req.method().to_string(),
+                path: req.path().to_string(),
+                query: req.query_string().to_string(),
+                at_ms,
+                status: resp.status().as_u16(),
+                body: parsed,
+            });
+        }
+    });
+    resp
+}
+
+fn answer(state: &HttpState, req: &HttpRequest, body: Option<&Value>) -> HttpResponse {
+    if !authorized(state, req) {
+        return status(401)
+            .insert_header(("WWW-Authenticate", "Bearer error=\"invalid_token\""))
+            .json(json!({"status": "error", "message": "Authentication credentials not found or invalid", "category": "INVALID_AUTHENTICATION"}));
+    }
+    // The rate limit: calls in the last second.
+    if let Some(limit) = state.opts.rate_limit {
+        let now = Instant::now();
+        let over = state.with(|i| {
+            while i
+                .recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+            {
+                i.recent.pop_front();
+            }
+            if i.recent.len() >= limit as usize {
+                true
+            } else {
+                i.recent.push_back(now);
+                false
+            }
+        });
+        if over {
+            return status(429)
+                .insert_header(("Retry-After", "1"))
+                .json(json!({"status": "error", "message": "You have reached your secondly limit.", "category": "RATE_LIMITS"}));
+        }
+    }
+    let target = format!("{}?{}", req.path(), req.query_string());
+    let fault = state.with(|i| {
+        let f = &mut i.faults;
+        if f.throttle_next > 0 {
+            f.throttle_next -= 1;
+            return Some(status(429).insert_header(("Retry-After", "1")).json(json!({"message": "Too many requests"})));
+        }
+        if f.fail_next > 0 {
+            f.fail_next -= 1;
+            return Some(status(f.fail_status.unwrap_or(500)).json(json!({"message": "Internal server error"})));
+        }
+        if f.html_next > 0 {
+            f.html_next -= 1;
+            return Some(
+                HttpResponse::Ok()
+                    .content_type("text/html; charset=utf-8")
+                    .body("<!DOCTYPE html><html><head><title>Sign in</title></head><body>Please sign in</body></html>"),
+            );
+        }
+        if let Some(t) = &f.fail_on
+            && target.contains(t.as_str())
+        {
+            return Some(status(f.fail_on_status.unwrap_or(500)).json(json!({"message": "failing on purpose"})));
+        }
+        None
+    });
+    if let Some(r) = fault {
+        return r;
+    }
+    let path = req.path().trim_end_matches(".json");
+    let method = req.method().as_str();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let host = format!(
+        "{}://{}",
+        req.connection_info().scheme(),
+        req.connection_info().host()
+    );
+    let q = query_of(req);
+    match (method, segments.as_slice()) {
+        ("GET", ["crm", "v3", "objects", "contacts"]) => list_contacts(state, &host, &q),
+        ("POST", ["crm", "v3", "objects", "contacts"]) => write_contact(state, None, body),
+        ("GET", ["crm", "v3", "objects", "contacts", id]) => read_one(state, "contacts", id),
+        ("PATCH", ["crm", "v3", "objects", "contacts", id]) => match id.parse() {
+            Ok(n) => write_contact(state, Some(n), body),
+            Err(_) => hubspot_error(404, "OBJECT_NOT_FOUND", "resource not found"),
+        },
+        ("DELETE", ["crm", "v3", "objects", "contacts", id]) => delete_one(state, "contacts", id),
+        ("GET", ["api", "v2", "incremental", "tickets"]) => export_tickets(state, &host, &q),
+        ("GET", ["api", "v2", "tickets"]) => list_tickets(state, &host, &q),
+        ("POST", ["api", "v2", "tickets"]) => write_ticket(state, None, body),
+        ("GET", ["api", "v2", "tickets", id]) => read_one(state, "tickets", id),
+        ("PUT", ["api", "v2", "tickets", id]) => match id.parse() {
+            Ok(n) => write_ticket(state, Some(n), body),
+            Err(_) => {
+                status(404).json(json!({"error": "RecordNotFound", "description": "Not found"}))
+            }
+        },
+        ("DELETE", ["api", "v2", "tickets", id]) => delete_one(state, "tickets", id),
+        ("GET", ["v1", style, "items"]) => list_items(state, &host, style, &q),
+        ("POST", ["v1", "items"]) => write_item(state, None, body),
+        ("GET", ["v1", "items", id]) => read_one(state, "items", id),
+        ("PUT" | "PATCH", ["v1", "items", id]) => match id.parse() {
+            Ok(n) => write_item(state, Some(n), body),
+            Err(_) => status(404).json(json!({"message": "no such item"})),
+        },
+        ("DELETE", ["v1", "items", id]) => delete_one(state, "items", id),
+        _ => status(404).json(json!({"message": format!("no route for {method} {}", req.path())})),
+    }
+}
+
+/// The origin next-page links use: the fake's own, or the one a fault names.
+fn link_origin(state: &HttpState, host: &str) -> String {
+    state
+        .with(|i| i.faults.next_host.clone())
+        .unwrap_or_else(|| host.to_string())
+}
+
+fn maybe_without_id(state: &HttpState, mut v: Value, key: &str) -> Value {
+    if state.with(|i| i.faults.drop_ids)
+        && let Some(o) = v.as_object_mut()
+    {
+        o.remove(key);
+    }
+    v
+}
+
+fn number(q: &HashMap<String, String>, key: &str, default: u64) -> Result<u64, HttpResponse> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| {
+            status(400).json(json!({"message": format!("`{key}` must be a number, not `{v}`")}))
+        }),
+    }
+}
+
+fn list_contacts(state: &HttpState, host: &str, q: &HashMap<String, String>) -> HttpResponse {
+    let limit = match number(q, "limit", 10) {
+        Ok(n) => n.clamp(1, 100) as usize,
+        Err(r) => return r,
+    };
+    let after: u64 = match q.get("after") {
+        None => 0,
+        Some(a) => match base64::engine::general_purpose::STANDARD
+            .decode(a)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok())
+        {
+            Some(n) => n,
+            None => {
+                return hubspot_error(
+                    400,
+                    "VALIDATION_ERROR",
+                    "Invalid input: `after` is not a valid paging cursor",
+                );
+            }
+        },
+    };
+    let archived = q.get("archived").map(String::as_str) == Some("true");
+    let repeat = state.with(|i| i.faults.repeat_pages);
+    let (page, more) = state.with(|i| {
+        let mut it = i
+            .contacts
+            .records
+            .range(after..)
+            .filter(|(_, r)| r.values.get("archived") == Some(&json!(archived)));
+        let page: Vec<(u64, Value)> = it
+            .by_ref()
+            .take(limit)
+            .map(|(id, r)| (*id, Value::Object(r.values.clone())))
+            .collect();
+        let more = it.next().map(|(id, _)| *id);
+        (page, more)
+    });
+    let results: Vec<Value> = page
+        .iter()
+        .map(|(_, v)| maybe_without_id(state, v.clone(), "id"))
+        .collect();
+    let mut out = json!({"results": results});
+    if let Some(next) = more {
+        let token_of = if repeat { after } else { next };
+        let token = base64::engine::general_purpose::STANDARD.encode(token_of.to_string());
+        let origin = link_origin(state, host);
+        out["paging"] = json!({"next": {
+            "after": token,
+            "link": format!("{origin}/crm/v3/objects/contacts?after={}&limit={limit}", urlencode(&token)),
+        }});
+    }
+    HttpResponse::Ok().json(out)
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn read_one(state: &HttpState, resource: &str, id: &str) -> HttpResponse {
+    let found = id.parse::<u64>().ok().and_then(|n| {
+        state.with(|i| {
+            i.collection(resource)
+                .records
+                .get(&n)
+                .map(|r| Value::Object(r.values.clone()))
+        })
+    });
+    match (found, resource) {
+        (Some(v), "tickets") => HttpResponse::Ok().json(json!({"ticket": v})),
+        (Some(v), _) => HttpResponse::Ok().json(v),
+        (None, "contacts") => hubspot_error(404, "OBJECT_NOT_FOUND", "resource not found"),
+        (None, "tickets") => {
+            status(404).json(json!({"error": "RecordNotFound", "description": "Not found"}))
+        }
+        (None, _) => status(404).json(json!({"message": "no such item"})),
+    }
+}
+
+fn delete_one(state: &HttpState, resource: &str, id: &str) -> HttpResponse {
+    match id.parse::<u64>() {
+        Ok(n) if state.remove(resource, n) => HttpResponse::NoContent().finish(),
+        _ => read_one(state, resource, id),
+    }
+}
+
+fn write_contact(state: &HttpState, id: Option<u64>, body: Option<&Value>) -> HttpResponse {
+    let Some(props) = body
+        .and_then(|b| b.get("properties"))
+        .and_then(Value::as_object)
+    else {
+        return hubspot_error(
+            400,
+            "VALIDATION_ERROR",
+            "Invalid input JSON: `properties` is required",
+        );
+    };
+    if let Some(email) = props.get("email").and_then(Value::as_str) {
+        if !email.contains('@') {
+            return hubspot_error(
+                400,
+                "VALIDATION_ERROR",
+                &format!(
+                    "Property values were not valid: [{{\"isValid\":false,\"message\":\"Email address {email} is invalid\",\"error\":\"INVALID_EMAIL\",\"name\":\"email\"}}]"
+                ),
+            );
+        }
+        let taken = state.with(|i| {
+            i.contacts.records.iter().find_map(|(other, r)| {
+                (Some(*other) != id
+                    && r.values.get("archived") != Some(&json!(true))
+                    && r.values["properties"].get("email").and_then(Value::as_str) == Some(email))
+                .then_some(*other)
+            })
+        });
+        if let Some(other) = taken {
+            return hubspot_error(
+                409,
+                "CONFLICT",
+                &format!("Contact already exists. Existing ID: {other}"),
+            );
+        }
+    }
+    if let Some(n) = id
+        && !state.with(|i| i.contacts.records.contains_key(&n))
+    {
+        return hubspot_error(404, "OBJECT_NOT_FOUND", "resource not found");
+    }
+    let v = state.upsert("contacts", id, Value::Object(props.clone()));
+    if id.is_some() {
+        HttpResponse::Ok().json(v)
+    } else {
+        HttpResponse::Created().json(v)
+    }
+}
+
+fn write_ticket(state: &HttpState, id: Option<u64>, body: Option<&Value>) -> HttpResponse {
+    let Some(t) = body
+        .and_then(|b| b.get("ticket"))
+        .and_then(Value::as_object)
+    else {
+        return status(400).json(
+            json!({"error": "InvalidEndpoint", "description": "Expected a `ticket` object"}),
+        );
+    };
+    let blank = |k: &str| {
+        t.get(k)
+            .and_then(Value::as_str)
+            .is_none_or(|s| s.trim().is_empty())
+    };
+    if id.is_none() && blank("subject") {
+        return status(422).json(json!({
+            "error": "RecordInvalid",
+            "description": "Record validation errors",
+            "details": {"subject": [{"description": "Subject: cannot be blank", "error": "BlankValue"}]}
+        }));
+    }
+    if let Some(n) = id
+        && !state.with(|i| i.tickets.records.contains_key(&n))
+    {
+        return status(404).json(json!({"error": "RecordNotFound", "description": "Not found"}));
+    }
+    let v = state.upsert("tickets", id, Value::Object(t.clone()));
+    let out = json!({"ticket": v});
+    if id.is_some() {
+        HttpResponse::Ok().json(out)
+    } else {
+        HttpResponse::Created().json(out)
+    }
+}
+
+fn write_item(state: &HttpState, id: Option<u64>, body: Option<&Value>) -> HttpResponse {
+    let Some(v) = body.filter(|b| b.is_object()) else {
+        return status(400).json(json!({"message": "expected a JSON object"}));
+    };
+    if let Some(n) = id
+        && !state.with(|i| i.items.records.contains_key(&n))
+    {
+        return status(404).json(json!({"message": "no such item"}));
+    }
+    let out = state.upsert("items", id, v.clone());
+    if id.is_some() {
+        HttpResponse::Ok().json(out)
+    } else {
+        HttpResponse::Created().json(out)
+    }
+}
+
+/// Zendesk's time-based incremental export.
+fn export_tickets(state: &HttpState, host: &str, q: &HashMap<String, String>) -> HttpResponse {
+    let Some(start) = q.get("start_time") else {
+        return status(400)
+            .json(json!({"error": "InvalidValue", "description": "start_time is required"}));
+    };
+    let Ok(start) = start.parse::<i64>() else {
+        return status(400).json(
+            json!({"error": "InvalidValue", "description": "start_time must be a Unix epoch time"}),
+        );
+    };
+    let per_page = match number(q, "per_page", 1000) {
+        Ok(n) => n.clamp(1, 1000) as usize,
+        Err(r) => return r,
+    };
+    let repeat = state.with(|i| i.faults.repeat_pages);
+    let (tickets, more) = state.with(|i| {
+        let mut it = i.tickets.by_stamp.range((start, 0)..);
+        let ids: Vec<(i64, u64)> = it.by_ref().take(per_page).copied().collect();
+        let more = it.next().is_some();
+        let tickets: Vec<(i64, Value)> = ids
+            .iter()
+            .map(|(s, id)| (*s, Value::Object(i.tickets.records[id].values.clone())))
+            .collect();
+        (tickets, more)
+    });
+    let end_time = if repeat {
+        start
+    } else {
+        tickets.last().map(|(s, _)| *s).unwrap_or(start)
+    };
+    let origin = link_origin(state, host);
+    let count = tickets.len();
+    let tickets: Vec<Value> = tickets
+        .into_iter()
+        .map(|(_, v)| maybe_without_id(state, v, "id"))
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "tickets": tickets,
+        "count": count,
+        "end_time": end_time,
+        "next_page": format!("{origin}/api/v2/incremental/tickets.json?per_page={per_page}&start_time={end_time}"),
+        "end_of_stream": !more,
+    }))
+}
+
+/// Zendesk's offset pagination of `/api/v2/tickets`.
+fn list_tickets(state: &HttpState, host: &str, q: &HashMap<String, String>) -> HttpResponse {
+    let (page, per_page) = match (number(q, "page", 1), number(q, "per_page", 100)) {
+        (Ok(p), Ok(n)) => (p.max(1), n.clamp(1, 100)),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let (tickets, total) = state.with(|i| {
+        let live: Vec<Value> = i
+            .tickets
+            .records
+            .values()
+            .filter(|r| r.values.get("status") != Some(&json!("deleted")))
+            .skip(((page - 1) * per_page) as usize)
+            .take(per_page as usize)
+            .map(|r| Value::Object(r.values.clone()))
+            .collect();
+        let total = i
+            .tickets
+            .records
+            .values()
+            .filter(|r| r.values.get("status") != Some(&json!("deleted")))
+            .count();
+        (live, total)
+    });
+    let origin = link_origin(state, host);
+    let at = |p: u64| format!("{origin}/api/v2/tickets.json?page={p}&per_page={per_page}");
+    let next = ((page * per_page) < total as u64).then(|| at(page + 1));
+    let tickets: Vec<Value> = tickets
+        .into_iter()
+        .map(|v| maybe_without_id(state, v, "id"))
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "tickets": tickets,
+        "next_page": next,
+        "previous_page": (page > 1).then(|| at(page - 1)),
+        "count": total,
+    }))
+}
+
+/// The generic items, in one of five pagination styles.
+fn list_items(
+    state: &HttpState,
+    host: &str,
+    style: &str,
+    q: &HashMap<String, String>,
+) -> HttpResponse {
+    let limit_key = if matches!(style, "page" | "link_header") {
+        "per_page"
+    } else {
+        "limit"
+    };
+    let limit = match number(q, limit_key, 50) {
+        Ok(n) => n.clamp(1, 1000) as usize,
+        Err(r) => return r,
+    };
+    let since: Option<i64> = match q.get("updated_since") {
+        None => None,
+        Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => Some(t.timestamp()),
+            Err(_) => {
+                return status(400).json(
+                    json!({"message": format!("`updated_since` is not an RFC 3339 time: {s}")}),
+                );
+            }
+        },
+    };
+    // Where this page starts: a keyset position (after (stamp, id)) or a count to skip.
+    let (position, skip): (Option<(i64, u64)>, usize) = match style {
+        "next_url" => (q.get("page_token").and_then(|t| parse_position(t)), 0),
+        "cursor" => (q.get("cursor").and_then(|t| parse_position(t)), 0),
+        "offset" => match number(q, "offset", 0) {
+            Ok(n) => (None, n as usize),
+            Err(r) => return r,
+        },
+        "page" | "link_header" => match number(q, "page", 1) {
+            Ok(p) => (None, (p.max(1) as usize - 1) * limit),
+            Err(r) => return r,
+        },
+        _ => return status(404).json(json!({"message": format!("no pagination style `{style}`")})),
+    };
+    let repeat = state.with(|i| i.faults.repeat_pages);
+    let (page, more, total) = state.with(|i| {
+        let c = &i.items;
+        // Ordered by (updated_at, id) when reading since a time, else by id; a keyset
+        // position starts just after itself.
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let mut keys: Box<dyn Iterator<Item = (i64, u64)> + '_> = match (since, position) {
+            (Some(_), Some(p)) => Box::new(c.by_stamp.range((Excluded(p), Unbounded)).copied()),
+            (Some(t), None) => Box::new(c.by_stamp.range((Included((t, 0)), Unbounded)).copied()),
+            (None, Some(p)) => Box::new(
+                c.records
+                    .range((Excluded(p.1), Unbounded))
+                    .map(|(id, _)| (0, *id)),
+            ),
+            (None, None) => Box::new(c.records.keys().map(|id| (0, *id))),
+        };
+        let page: Vec<((i64, u64), Value)> = keys
+            .by_ref()
+            .skip(skip)
+            .take(limit)
+            .map(|k| (k, Value::Object(c.records[&k.1].values.clone())))
+            .collect();
+        let more = keys.next().is_some();
+        (page, more, c.records.len())
+    });
+    let origin = link_origin(state, host);
+    let last = page.last().map(|(k, _)| *k);
+    let position_text = |k: (i64, u64)| format!("{}.{}", k.0, k.1);
+    let keep = |extra: &[(&str, String)]| {
+        let mut pairs: Vec<(String, String)> = q
+            .iter()
+            .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        pairs.sort();
+        pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        format!("{origin}/v1/{style}/items?{query}")
+    };
+    let items: Vec<Value> = page
+        .into_iter()
+        .map(|(_, v)| maybe_without_id(state, v, "id"))
+        .collect();
+    match style {
+        "next_url" => {
+            let next = if repeat {
+                Some(keep(&[]))
+            } else {
+                more.then(|| last.map(|k| keep(&[("page_token", position_text(k))])))
+                    .flatten()
+            };
+            HttpResponse::Ok().json(json!({"items": items, "next": next}))
+        }
+        "cursor" => {
+            let next = if repeat {
+                q.get("cursor").cloned().or(Some("0.0".into()))
+            } else {
+                more.then(|| last.map(position_text)).flatten()
+            };
+            HttpResponse::Ok()
+                .json(json!({"data": items, "meta": {"next_cursor": next, "count": items.len()}}))
+        }
+        "offset" => HttpResponse::Ok().json(json!({"items": items, "total": total})),
+        "page" => HttpResponse::Ok()
+            .json(json!({"items": items, "page": q.get("page").cloned().unwrap_or("1".into())})),
+        _ => {
+            let p = number(q, "page", 1).unwrap_or(1).max(1);
+            let mut r = HttpResponse::Ok();
+            if more || repeat {
+                let next = if repeat { p } else { p + 1 };
+                let link = format!(
+                    "<{}>; rel=\"next\", <{}>; rel=\"first\"",
+                    keep(&[("page", next.to_string())]),
+                    keep(&[("page", "1".into())])
+                );
+                r.insert_header(("Link", link));
+            }
+            r.json(items)
+        }
+    }
+}
+
+fn parse_position(t: &str) -> Option<(i64, u64)> {
+    let (s, id) = t.split_once('.')?;
+    Some((s.parse().ok()?, id.parse().ok()?))
+}
