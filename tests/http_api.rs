@@ -244,3 +244,239 @@ async fn every_pagination_style_reads_every_record_once_and_then_only_what_chang
         h.stop().await;
     }
 }
+
+/// The next_url items resource with its sync `S_NEXT_URL`, and `extra` for the service.
+fn next_url_mapping(service_extra: &str, list_extra: &str, direction: &str) -> String {
+    let block = style_block(
+        "next_url",
+        r#"{ style = "next_url", next = "$.next" }"#,
+        "$.items[*]",
+        r#"{ limit = "{limit}", updated_since = "{cursor}" }"#,
+        direction,
+        "",
+    )
+    .replace(
+        "deleted = { field = \"status\", equals = \"deleted\" }",
+        &format!("deleted = {{ field = \"status\", equals = \"deleted\" }}\n{list_extra}"),
+    );
+    format!("{MODEL}{}{block}", service(service_extra))
+}
+
+#[tokio::test]
+async fn a_failed_page_stops_the_run_nothing_of_it_is_applied_and_the_next_run_goes_on_from_the_last_applied()
+ {
+    let (url, api) = fake(HttpOptions::default());
+    api.seed("items", 20);
+    let h = harness(&url, next_url_mapping("", "", "to_local")).await;
+    // Page 2 is answered 400 (not retried): page 1's 7 records are applied and the cursor
+    // saved; nothing of page 2.
+    api.faults(|f| {
+        f.fail_on = Some("page_token=".into());
+        f.fail_on_status = Some(400);
+    });
+    let run = h.run("S_NEXT_URL").await;
+    assert_eq!((run.status.as_str(), run.created), ("failed", 7), "{run:?}");
+    let err = run.error.clone().unwrap();
+    assert!(
+        err.contains("web service `api`, resource `items_next_url`: page 2 (/v1/next_url/items)")
+            && err.contains("HTTP 400"),
+        "{err}"
+    );
+    assert_eq!(live(&h, "item").await.len(), 7);
+    api.faults(|f| f.fail_on = None);
+    api.clear_calls();
+    let run = h.run("S_NEXT_URL").await;
+    assert_eq!(
+        (run.status.as_str(), run.created),
+        ("success", 13),
+        "{run:?}"
+    );
+    // It asked from page 1's last updated_at (records 7 to 9 share 00:00:02; 7 was taken).
+    assert!(
+        list_calls(&api)[0].contains("updated_since=2024-01-01T00%3A00%3A02Z"),
+        "{:?}",
+        list_calls(&api)
+    );
+    assert_eq!(live(&h, "item").await.len(), 20);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_page_named_again_or_past_max_pages_stops_the_run_naming_the_page() {
+    let (url, api) = fake(HttpOptions::default());
+    api.seed("items", 20);
+    let h = harness(&url, next_url_mapping("", "max_pages = 2", "to_local")).await;
+    let run = h.run("S_NEXT_URL").await;
+    assert_eq!(
+        (run.status.as_str(), run.created),
+        ("failed", 14),
+        "{run:?}"
+    );
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap()
+            .contains("page 3 passes `max_pages` = 2"),
+        "{run:?}"
+    );
+    h.stop().await;
+
+    let (url, api) = fake(HttpOptions::default());
+    api.seed("items", 20);
+    api.faults(|f| f.repeat_pages = true);
+    let h = harness(&url, next_url_mapping("", "", "to_local")).await;
+    let run = h.run("S_NEXT_URL").await;
+    assert_eq!(run.status, "failed", "{run:?}");
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap()
+            .contains("page 2 repeats page 1"),
+        "{run:?}"
+    );
+    // The page before the repeat was applied; the loop was not followed.
+    assert_eq!(run.created, 7, "{run:?}");
+    assert!(list_calls(&api).len() <= 2, "{:?}", list_calls(&api));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_answers_are_clear_errors_naming_the_service_and_resource_and_nothing_is_applied() {
+    type Setup = fn(&HttpState);
+    let cases: [(&str, &str, Setup, &str); 4] = [
+        (
+            "html",
+            "",
+            |a| a.faults(|f| f.html_next = 1),
+            "answered an HTML page, not JSON",
+        ),
+        (
+            "no id",
+            "",
+            |a| a.faults(|f| f.drop_ids = true),
+            "record 1 of page 1 has no `id`",
+        ),
+        (
+            "another host",
+            "",
+            |a| a.faults(|f| f.next_host = Some("http://127.0.0.2:9".into())),
+            "the next page is at http://127.0.0.2:9, another host than the web service's",
+        ),
+        (
+            "path matches nothing",
+            "records",
+            |_| {},
+            "the JSONPath `$.records[*]` matches nothing in the page",
+        ),
+    ];
+    for (what, records, setup, expected) in cases {
+        let (url, api) = fake(HttpOptions::default());
+        api.seed("items", 20);
+        let mut mapping = next_url_mapping("", "", "to_local");
+        if !records.is_empty() {
+            mapping = mapping.replace("records = \"$.items[*]\"", "records = \"$.records[*]\"");
+        }
+        let h = harness(&url, mapping).await;
+        setup(&api);
+        let run = h.run("S_NEXT_URL").await;
+        let err = run.error.clone().unwrap_or_default();
+        assert_eq!(run.status, "failed", "{what}: {run:?}");
+        assert!(
+            err.contains("web service `api`, resource `items_next_url`"),
+            "{what}: {err}"
+        );
+        assert!(err.contains(expected), "{what}: {err}");
+        // Another host is refused after page 1 (applied); otherwise page 1 itself failed.
+        let applied = if what == "another host" { 7 } else { 0 };
+        assert_eq!(run.created, applied, "{what}: {run:?}");
+        assert_eq!(live(&h, "item").await.len(), applied as usize, "{what}");
+        assert!(
+            api.calls().iter().all(|c| !c.path.contains("127.0.0.2")),
+            "{what}: nothing was asked of the other host"
+        );
+        h.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn sends_create_update_and_delete_through_the_resource_and_retry_what_can_be_retried() {
+    let (url, api) = fake(HttpOptions::default());
+    let h = harness(&url, next_url_mapping("", "", "bidirectional")).await;
+    let r = h
+        .client
+        .post(h.url("/api/v1/models/item/records"))
+        .header("X-Api-Key", common::harness::ADMIN_KEY)
+        .json(&json!({"name": "Made here", "email": "here@example.com", "score": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let local = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    // The first POST meets two 503s: retried with backoff inside the call, one record made.
+    api.faults(|f| {
+        f.fail_next = 2;
+        f.fail_status = Some(503);
+        f.only_method = Some("POST".into());
+    });
+    let run = h.run("S_NEXT_URL").await;
+    assert_eq!((run.status.as_str(), run.pushed), ("success", 1), "{run:?}");
+    let posts: Vec<_> = api
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 3, "{posts:?}");
+    assert_eq!(posts[2].status, 201);
+    assert_eq!(
+        posts[2].body.as_ref().unwrap()["name"],
+        "Made here",
+        "a bare body"
+    );
+    let items = api.records("items");
+    assert_eq!(items.len(), 1);
+    let ext = items[0]["id"].to_string();
+    assert_eq!(
+        h.link("S_NEXT_URL", &ext).await.unwrap().local_id,
+        local,
+        "the id came from the answer"
+    );
+
+    // An update is a PUT to /v1/items/{id}; a 429 first is waited out as Retry-After says.
+    api.clear_calls();
+    api.faults(|f| {
+        f.throttle_next = 1;
+        f.only_method = Some("PUT".into());
+    });
+    h.patch_record("item", local, json!({"score": 5})).await;
+    let run = h.run("S_NEXT_URL").await;
+    assert_eq!((run.status.as_str(), run.pushed), ("success", 1), "{run:?}");
+    let puts: Vec<_> = api
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "PUT")
+        .collect();
+    assert_eq!(puts.len(), 2, "{puts:?}");
+    assert_eq!((puts[0].status, puts[1].status), (429, 200));
+    assert_eq!(puts[1].path, format!("/v1/items/{ext}"));
+    assert!(
+        puts[1].at_ms - puts[0].at_ms >= 950.0,
+        "Retry-After: 1 was honoured: {puts:?}"
+    );
+    assert_eq!(api.records("items")[0]["score"], 5);
+
+    // A delete is a DELETE.
+    let r = h
+        .client
+        .delete(h.url(&format!("/api/v1/models/item/records/{local}")))
+        .header("X-Api-Key", common::harness::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let run = h.run("S_NEXT_URL").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    assert_eq!(api.records("items")[0]["status"], "deleted");
+    h.stop().await;
+}

@@ -146,6 +146,8 @@ pub struct Faults {
     pub token_fail: bool,
     /// Every call waits this long first.
     pub delay_ms: u64,
+    /// `fail_next`, `throttle_next` and `html_next` count only calls of this method.
+    pub only_method: Option<String>,
 }
 
 /// One call, as the fake saw it.
@@ -843,8 +845,16 @@ fn answer(state: &HttpState, req: &HttpRequest, body: Option<&Value>) -> HttpRes
         }
     }
     let target = format!("{}?{}", req.path(), req.query_string());
+    let method_matches = |f: &Faults| {
+        f.only_method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(req.method().as_str()))
+    };
     let fault = state.with(|i| {
         let f = &mut i.faults;
+        if !method_matches(f) {
+            return None;
+        }
         if f.throttle_next > 0 {
             f.throttle_next -= 1;
             return Some(status(429).insert_header(("Retry-After", "1")).json(json!({"message": "Too many requests"})));

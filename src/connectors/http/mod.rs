@@ -248,6 +248,9 @@ struct HttpPull {
     /// Records that failed to apply, with their cursor values: the cursor stays at or before
     /// the lowest.
     failed: HashMap<String, Value>,
+    /// What is wrong with the page after the last one served (it repeats, passes
+    /// `max_pages`, is on another host): the run stops there, once the page before is applied.
+    broken: Option<PullError>,
 }
 
 impl HttpPull {
@@ -290,6 +293,9 @@ impl HttpPull {
 #[async_trait]
 impl Puller for HttpPull {
     async fn next_page(&mut self, _memory: &dyn Memory) -> Result<Page, PullError> {
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
         let Some(ahead) = self.ahead.take() else {
             return Ok(Page::default());
         };
@@ -302,10 +308,7 @@ impl Puller for HttpPull {
         let items = paging::records(&self.list, &mut body).map_err(&fail)?;
         let count = items.len();
         fetched.body = body;
-        self.next = self
-            .paging
-            .next(&self.list, self.limit, &fetched, count)
-            .map_err(&fail)?;
+        let next = self.paging.next(&self.list, self.limit, &fetched, count);
         let decoded = decode(
             &self.list,
             &self.external_ref,
@@ -315,9 +318,16 @@ impl Puller for HttpPull {
         )
         .map_err(&fail)?;
         self.last = decoded.cursors;
-        let more = self.next.is_some();
-        // The next page is read while the engine applies this one.
-        self.start_read()?;
+        // The next page is read while the engine applies this one; a next page that cannot
+        // be read stops the run after this one.
+        match next {
+            Ok(n) => self.next = n,
+            Err(e) => self.broken = Some(fail(e)),
+        }
+        if let Err(e) = self.start_read() {
+            self.broken = Some(e);
+        }
+        let more = self.ahead.is_some() || self.broken.is_some();
         Ok(Page {
             records: decoded.records,
             read: count,
@@ -432,6 +442,7 @@ impl Connector for HttpConnector {
             reached: saved,
             last: Vec::new(),
             failed: HashMap::new(),
+            broken: None,
             list,
         };
         pull.start_read()?;
