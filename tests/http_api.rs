@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::eventually;
 use common::harness::{Harness, Tweaks};
-use recsync::peer::http::{FakeHttp, HttpOptions, HttpState};
+use recsync::peer::http::{FakeAuth, FakeHttp, HttpOptions, HttpState};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -478,5 +479,234 @@ async fn sends_create_update_and_delete_through_the_resource_and_retry_what_can_
     let run = h.run("S_NEXT_URL").await;
     assert_eq!(run.status, "success", "{run:?}");
     assert_eq!(api.records("items")[0]["status"], "deleted");
+    h.stop().await;
+}
+
+/// Fetches what an admin can read of the configuration, runs and changes, as text.
+async fn everything_shown(h: &Harness) -> String {
+    let mut out = String::new();
+    for path in [
+        "/api/v1/config",
+        "/api/v1/syncs",
+        "/api/v1/runs",
+        "/api/v1/changes?limit=500",
+        "/metrics",
+    ] {
+        let r = h
+            .client
+            .get(h.url(path))
+            .header("X-Api-Key", common::harness::ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        out.push_str(&r.text().await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn api_key_basic_and_bearer_credentials_are_sent_and_a_refusal_names_the_resource() {
+    let cases = [
+        (
+            FakeAuth::ApiKey {
+                header: "X-Desk-Key".into(),
+                key: "k-0123456789".into(),
+            },
+            r#"auth = { mode = "api_key", header = "X-Desk-Key", key = "${SECRET}" }"#,
+            "k-0123456789",
+        ),
+        (
+            FakeAuth::Basic {
+                user: "agent@example.com/token".into(),
+                password: "p-0123456789".into(),
+            },
+            r#"auth = { mode = "basic", user = "agent@example.com/token", password = "${SECRET}" }"#,
+            "p-0123456789",
+        ),
+        (
+            FakeAuth::Bearer("t-0123456789".into()),
+            r#"auth = { mode = "bearer", token = "${SECRET}" }"#,
+            "t-0123456789",
+        ),
+    ];
+    for (auth, line, secret) in cases {
+        for right in [true, false] {
+            let (url, api) = fake(HttpOptions {
+                auth: auth.clone(),
+                ..Default::default()
+            });
+            api.seed("items", 3);
+            let h = Harness::with(Tweaks {
+                mapping: Some(next_url_mapping(line, "", "to_local")),
+                env: HashMap::from([
+                    ("API_URL".to_string(), url.clone()),
+                    (
+                        "SECRET".to_string(),
+                        if right {
+                            secret.to_string()
+                        } else {
+                            "wrong-0123456789".into()
+                        },
+                    ),
+                ]),
+                ..Default::default()
+            })
+            .await;
+            let run = h.run("S_NEXT_URL").await;
+            if right {
+                assert_eq!(
+                    (run.status.as_str(), run.created),
+                    ("success", 3),
+                    "{line}: {run:?}"
+                );
+            } else {
+                let err = run.error.clone().unwrap_or_default();
+                assert_eq!(run.status, "failed", "{line}: {run:?}");
+                assert!(
+                    err.contains("web service `api`, resource `items_next_url`")
+                        && err.contains("HTTP 401")
+                        && err.contains("credentials were refused"),
+                    "{line}: {err}"
+                );
+            }
+            let shown = everything_shown(&h).await;
+            assert!(
+                !shown.contains(secret) && !shown.contains("wrong-0123456789"),
+                "{line}: a secret was shown"
+            );
+            h.stop().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn oauth2_tokens_are_fetched_once_kept_asked_again_once_on_401_and_never_shown() {
+    let (url, api) = fake(HttpOptions {
+        auth: FakeAuth::OAuth2 {
+            client_id: "desk-client".into(),
+            client_secret: "desk-secret-0123456789".into(),
+            ttl: std::time::Duration::from_secs(3600),
+        },
+        ..Default::default()
+    });
+    api.seed("items", 20);
+    let line = r#"auth = { mode = "oauth2", token_url = "${API_URL}/oauth/token", client_id = "${CLIENT_ID}", client_secret = "${CLIENT_SECRET}", scopes = ["items:read", "items:write"] }"#;
+    let h = Harness::with(Tweaks {
+        mapping: Some(next_url_mapping(line, "", "to_local")),
+        env: HashMap::from([
+            ("API_URL".to_string(), url.clone()),
+            ("CLIENT_ID".to_string(), "desk-client".into()),
+            ("CLIENT_SECRET".to_string(), "desk-secret-0123456789".into()),
+        ]),
+        ..Default::default()
+    })
+    .await;
+    let run = h.run("S_NEXT_URL").await;
+    assert_eq!(
+        (run.status.as_str(), run.created),
+        ("success", 20),
+        "{run:?}"
+    );
+    assert_eq!(api.token_requests(), 1, "one token for three pages");
+    let run = h.run("S_NEXT_URL").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    assert_eq!(
+        api.token_requests(),
+        1,
+        "the token is kept until it expires"
+    );
+    // The server forgets its tokens: the 401 makes recsync ask once more, and the run goes on.
+    api.revoke_tokens();
+    api.upsert("items", Some(4), json!({"name": "after the revocation"}));
+    let run = h.run("S_NEXT_URL").await;
+    assert_eq!(
+        (run.status.as_str(), run.updated),
+        ("success", 1),
+        "{run:?}"
+    );
+    assert_eq!(api.token_requests(), 2);
+    // The token endpoint then refuses the client: a clear error, nothing applied, and a 401
+    // is not asked about more than once per call.
+    api.revoke_tokens();
+    api.faults(|f| f.token_fail = true);
+    api.upsert("items", Some(5), json!({"name": "never seen"}));
+    let run = h.run("S_NEXT_URL").await;
+    let err = run.error.clone().unwrap_or_default();
+    assert_eq!((run.status.as_str(), run.updated), ("failed", 0), "{run:?}");
+    assert!(
+        err.contains("web service `api`, resource `items_next_url`")
+            && err.contains(&format!("the token endpoint {url} refused the client credentials with HTTP 401 `invalid_client`")),
+        "{err}"
+    );
+    assert!(
+        api.token_requests() <= 6,
+        "bounded: {}",
+        api.token_requests()
+    );
+    let shown = everything_shown(&h).await;
+    assert!(
+        !shown.contains("desk-secret-0123456789") && !shown.contains("desk-client"),
+        "secrets shown"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_is_replaced_before_it_is_used() {
+    let (url, api) = fake(HttpOptions {
+        auth: FakeAuth::OAuth2 {
+            client_id: "c".into(),
+            client_secret: "s-0123456789".into(),
+            ttl: std::time::Duration::from_secs(1),
+        },
+        ..Default::default()
+    });
+    api.seed("items", 3);
+    let line = r#"auth = { mode = "oauth2", token_url = "${API_URL}/oauth/token", client_id = "c", client_secret = "s-0123456789", client_auth = "body" }"#;
+    let h = harness(&url, next_url_mapping(line, "", "to_local")).await;
+    assert_eq!(h.run("S_NEXT_URL").await.status, "success");
+    assert_eq!(api.token_requests(), 1);
+    // Runs until the one-second token has lapsed: each asks with a token still valid (no 401).
+    eventually(10, "a second token", || async {
+        assert_eq!(h.run("S_NEXT_URL").await.status, "success");
+        (api.token_requests() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        api.calls().iter().all(|c| c.status != 401),
+        "no call went out with a lapsed token"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_shared_by_every_sync_of_a_web_service() {
+    let (url, api) = fake(HttpOptions::default());
+    api.seed("items", 60);
+    let both = format!(
+        "{MODEL}{}{}{}",
+        service(r#"rate_limit = "20/s""#),
+        styles()[0].1,
+        styles()[1].1
+    );
+    let h = harness(&url, both).await;
+    let (a, b) = tokio::join!(h.run("S_NEXT_URL"), h.run("S_CURSOR"));
+    assert_eq!(
+        (a.status.as_str(), b.status.as_str()),
+        ("success", "success"),
+        "{a:?} {b:?}"
+    );
+    let mut at: Vec<f64> = api.calls().iter().map(|c| c.at_ms).collect();
+    at.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    assert_eq!(at.len(), 18, "9 pages each");
+    // 20 a second, both syncs together: calls at least 50 ms apart (a little less for the
+    // time between leaving recsync and reaching the fake).
+    let closest = at.windows(2).map(|w| w[1] - w[0]).fold(f64::MAX, f64::min);
+    assert!(closest >= 40.0, "two calls {closest} ms apart");
+    assert!(
+        at[17] - at[0] >= 17.0 * 48.0,
+        "{} ms for 18 calls",
+        at[17] - at[0]
+    );
     h.stop().await;
 }
