@@ -571,6 +571,17 @@ impl WebService {
     }
 }
 
+/// The top-level external names a sync's pairs read: a JSONPath's first member, or a name.
+fn pair_roots(sync: &Sync) -> impl Iterator<Item = &str> {
+    sync.fields.iter().filter_map(|p| match &p.external {
+        super::mapping::ExternalField::Path(path) => path
+            .as_str()
+            .strip_prefix("$.")
+            .and_then(|r| r.split(['.', '[']).next()),
+        super::mapping::ExternalField::Name(n) => Some(n.as_str()),
+    })
+}
+
 /// When local changes are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -933,6 +944,26 @@ impl Plan {
             }
         }
         crate::domain::mask::Masker::new(fields, values)
+    }
+
+    /// Whether a sync takes this top-level external field: a field of its external model, the
+    /// root of a JSONPath pair (`properties` for `$.properties.email`), or a name a pair gives
+    /// that the model does not declare (an Odoo related field, `country_id.code`).
+    pub fn takes_external_field(&self, sync: &Sync, key: &str) -> bool {
+        self.external_models
+            .get(&sync.external_model)
+            .is_some_and(|ext| ext.fields.contains_key(key))
+            || pair_roots(sync).any(|r| r == key)
+    }
+
+    /// Every top-level external field a sync takes ([`Plan::takes_external_field`]).
+    pub fn external_fields_taken(&self, sync: &Sync) -> std::collections::HashSet<String> {
+        let mut out: std::collections::HashSet<String> =
+            pair_roots(sync).map(str::to_string).collect();
+        if let Some(ext) = self.external_models.get(&sync.external_model) {
+            out.extend(ext.fields.keys().cloned());
+        }
+        out
     }
 
     /// The syncs bound to a local model.

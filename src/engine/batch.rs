@@ -1005,24 +1005,10 @@ fn map_inbound(
         ));
     };
     let ext_model = &plan.external_models[&sync.external_model];
-    // Unknown external fields are refused, unless a JSONPath pair reads below them or a pair
-    // names them (an Odoo related field, `country_id.code`).
-    let path_roots: Vec<&str> = sync
-        .fields
-        .iter()
-        .filter_map(|p| match &p.external {
-            crate::domain::ExternalField::Path(path) => path
-                .as_str()
-                .strip_prefix("$.")
-                .and_then(|r| r.split(['.', '[']).next()),
-            crate::domain::ExternalField::Name(n) => {
-                (!ext_model.fields.contains_key(n)).then_some(n.as_str())
-            }
-        })
-        .collect();
+    // Unknown external fields are refused (`Plan::takes_external_field`).
     let unknown: Vec<(String, String)> = fields
         .keys()
-        .filter(|k| !ext_model.fields.contains_key(*k) && !path_roots.contains(&k.as_str()))
+        .filter(|k| !plan.takes_external_field(sync, k))
         .map(|k| {
             (
                 k.clone(),

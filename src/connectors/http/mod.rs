@@ -160,6 +160,7 @@ struct Decoded {
 fn decode(
     list: &HttpList,
     external_ref: &str,
+    takes: &dyn Fn(&str) -> bool,
     items: Vec<Value>,
     saved: Option<&Cursor>,
     page: usize,
@@ -170,7 +171,7 @@ fn decode(
         duplicates: 0,
     };
     for (i, item) in items.into_iter().enumerate() {
-        let Value::Object(values) = item else {
+        let Value::Object(mut values) = item else {
             return Err(format!(
                 "record {} of page {page} is not a JSON object",
                 i + 1
@@ -213,6 +214,8 @@ fn decode(
         if let Some(v) = cursor_value {
             out.cursors.push((id.clone(), v));
         }
+        // An API's records carry much more than a sync reads: only what it reads is kept.
+        values.retain(|k, _| takes(k));
         out.records.push(Pulled {
             action: if deleted {
                 PullAction::Delete
@@ -231,6 +234,8 @@ fn decode(
 /// One pull of an `http` resource.
 struct HttpPull {
     caller: Arc<Caller>,
+    /// The top-level fields the sync takes; the rest of each record is dropped.
+    takes: std::collections::HashSet<String>,
     list: HttpList,
     external_ref: String,
     limit: usize,
@@ -309,9 +314,11 @@ impl Puller for HttpPull {
         let count = items.len();
         fetched.body = body;
         let next = self.paging.next(&self.list, self.limit, &fetched, count);
+        let takes = |k: &str| self.takes.contains(k);
         let decoded = decode(
             &self.list,
             &self.external_ref,
+            &takes,
             items,
             self.saved.as_ref(),
             page,
@@ -432,6 +439,7 @@ impl Connector for HttpConnector {
             Paging::new(base, &list).map_err(|e| PullError::Service(format!("{who}: {e}")))?;
         let mut pull = HttpPull {
             caller: self.caller.clone(),
+            takes: plan.external_fields_taken(sync),
             external_ref: sync.external_ref.clone(),
             limit: sync.limit,
             who,
@@ -595,7 +603,9 @@ impl Connector for HttpConnector {
                 "the service named this same page as the next one".into(),
             ));
         }
-        let decoded = decode(list, &sync.external_ref, items, None, page).map_err(fail_page)?;
+        let takes = |k: &str| plan.takes_external_field(sync, k);
+        let decoded =
+            decode(list, &sync.external_ref, &takes, items, None, page).map_err(fail_page)?;
         let listed = decoded
             .records
             .into_iter()

@@ -1,0 +1,281 @@
+//! The shipped HTTP JSON API examples, run as they are against the project's fake over real
+//! HTTP: `mappings/crm_http.toml` (a CRM paging with an `after` cursor, HubSpot's shapes) and
+//! `mappings/helpdesk_http.toml` (a help desk's incremental export following `next_page`
+//! URLs from a `start_time`, Zendesk's shapes, with OAuth 2.0 client credentials).
+
+mod common;
+
+use common::harness::{ADMIN_KEY, Harness, Tweaks};
+use recsync::peer::http::{FakeAuth, FakeHttp, HttpOptions, HttpState};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/mappings/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn fake(auth: FakeAuth) -> (String, Arc<HttpState>) {
+    let fake = FakeHttp::bind(HttpOptions {
+        auth,
+        ..Default::default()
+    })
+    .unwrap();
+    let (url, state) = (fake.url(), fake.state.clone());
+    tokio::spawn(fake.run());
+    (url, state)
+}
+
+async fn live(h: &Harness, model: &str) -> Vec<recsync::store::Record> {
+    h.engine
+        .store
+        .records_after(model, 0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| !r.deleted)
+        .collect()
+}
+
+async fn create(h: &Harness, model: &str, values: Value) -> i64 {
+    let r = h
+        .client
+        .post(h.url(&format!("/api/v1/models/{model}/records")))
+        .header("X-Api-Key", ADMIN_KEY)
+        .json(&values)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn the_crm_example_matches_existing_contacts_pages_by_after_and_sends_edits_back() {
+    let (url, crm) = fake(FakeAuth::Bearer("demo-crm-token".into()));
+    crm.seed("contacts", 30);
+    let h = Harness::with(Tweaks {
+        mapping: Some(example("crm_http.toml")),
+        env: HashMap::from([("CRM_URL".to_string(), url)]),
+        ..Default::default()
+    })
+    .await;
+    // Two customers exist here already: one the CRM has too (another letter case), one not.
+    let known = create(
+        &h,
+        "customer",
+        json!({"email": "Person5@Example.com", "first_name": "Known"}),
+    )
+    .await;
+    let mine = create(
+        &h,
+        "customer",
+        json!({"email": "only.here@example.com", "first_name": "Mine"}),
+    )
+    .await;
+    let run = h.run("CRM_CONTACTS").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    assert_eq!((run.created, run.pushed), (29, 1), "{run:?}");
+    assert_eq!(live(&h, "customer").await.len(), 31, "no duplicate here");
+    assert_eq!(crm.records("contacts").len(), 31, "no duplicate in the CRM");
+    assert!(
+        h.link("CRM_CONTACTS", "5")
+            .await
+            .is_some_and(|l| l.local_id == known)
+    );
+    // The CRM's `after` cursor was followed, 100 a page (one page for 30).
+    let gets: Vec<_> = crm
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "GET")
+        .collect();
+    assert!(gets[0].query.contains("limit=100"), "{gets:?}");
+    let created = crm
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "POST")
+        .unwrap();
+    assert_eq!(
+        created.body.unwrap()["properties"]["email"],
+        "only.here@example.com"
+    );
+    let mine_ext = crm
+        .records("contacts")
+        .into_iter()
+        .find(|c| c["properties"]["email"] == "only.here@example.com")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        h.link("CRM_CONTACTS", &mine_ext).await.unwrap().local_id,
+        mine
+    );
+
+    // An edit in the CRM comes in; a local edit goes out as a PATCH of `properties`.
+    crm.upsert(
+        "contacts",
+        Some(7),
+        json!({"firstname": "Edited in the CRM"}),
+    );
+    let seven = h.link("CRM_CONTACTS", "7").await.unwrap().local_id;
+    h.patch_record("customer", known, json!({"phone": "+34 911 000 000"}))
+        .await;
+    crm.clear_calls();
+    let run = h.run("CRM_CONTACTS").await;
+    assert_eq!(
+        (run.status.as_str(), run.updated, run.pushed),
+        ("success", 1, 1),
+        "{run:?}"
+    );
+    let rec = h
+        .engine
+        .store
+        .get_record("customer", seven)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.values["first_name"], "Edited in the CRM");
+    let patch = crm
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "PATCH")
+        .unwrap();
+    assert_eq!(patch.path, "/crm/v3/objects/contacts/5");
+    assert_eq!(
+        crm.records("contacts")[4]["properties"]["phone"],
+        "+34 911 000 000"
+    );
+
+    // The CRM refuses a bad email: that record fails with the CRM's own words; others go.
+    h.patch_record("customer", mine, json!({"email": "not-an-email"}))
+        .await;
+    h.patch_record("customer", known, json!({"last_name": "Still sent"}))
+        .await;
+    let run = h.run("CRM_CONTACTS").await;
+    assert_eq!(run.pushed, 1, "{run:?}");
+    let refused = h
+        .changes("CRM_CONTACTS")
+        .await
+        .into_iter()
+        .find(|c| c.status == "failed")
+        .unwrap();
+    assert!(
+        refused.local_id == Some(mine)
+            && refused.error_message.contains("will not be retried")
+            && refused
+                .error_message
+                .contains("Email address not-an-email is invalid")
+            && refused
+                .error_message
+                .contains("web service `crm_api`, resource `crm_contact`"),
+        "{}",
+        refused.error_message
+    );
+    assert_eq!(
+        crm.records("contacts")[4]["properties"]["lastname"],
+        "Still sent"
+    );
+
+    // A contact archived in the CRM leaves the list without a word: reconciliation finds it.
+    crm.remove("contacts", 9);
+    let run = h.run_with("CRM_CONTACTS", "?full=true").await;
+    assert_eq!(
+        (run.status.as_str(), run.missing),
+        ("success", 1),
+        "{run:?}"
+    );
+    assert_eq!(live(&h, "customer").await.len(), 30);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_help_desk_example_exports_incrementally_from_start_time_and_writes_tickets_back() {
+    let (url, desk) = fake(FakeAuth::OAuth2 {
+        client_id: "recsync".into(),
+        client_secret: "demo-desk-secret".into(),
+        ttl: std::time::Duration::from_secs(7200),
+    });
+    desk.seed("tickets", 2500);
+    let h = Harness::with(Tweaks {
+        mapping: Some(example("helpdesk_http.toml")),
+        env: HashMap::from([
+            ("DESK_URL".to_string(), url.clone()),
+            ("DESK_TOKEN_URL".to_string(), format!("{url}/oauth/token")),
+        ]),
+        ..Default::default()
+    })
+    .await;
+    let run = h.run("DESK_TICKETS").await;
+    assert_eq!(
+        (run.status.as_str(), run.created),
+        ("success", 2500),
+        "{run:?}"
+    );
+    // From start_time=0, 1000 a page, following next_page until end_of_stream.
+    let gets: Vec<String> = desk
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "GET")
+        .map(|c| c.query)
+        .collect();
+    assert_eq!(gets.len(), 3, "{gets:?}");
+    assert_eq!(gets[0], "per_page=1000&start_time=0");
+    assert_eq!(desk.token_requests(), 1);
+
+    // The next export starts at the last generated_timestamp taken; the tickets stamped then
+    // come again and are dropped. Edits in the desk and a deleted ticket come in.
+    desk.clear_calls();
+    desk.upsert("tickets", Some(12), json!({"status": "solved"}));
+    desk.remove("tickets", 40);
+    let run = h.run("DESK_TICKETS").await;
+    assert_eq!(
+        (run.status.as_str(), run.created, run.updated, run.deleted),
+        ("success", 0, 1, 1),
+        "{run:?}"
+    );
+    let first = desk
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "GET")
+        .unwrap();
+    assert_eq!(
+        first.query,
+        format!("per_page=1000&start_time={}", 1_704_067_200 + 2499 / 3)
+    );
+    assert_eq!(live(&h, "ticket").await.len(), 2499);
+
+    // A ticket made here goes out wrapped as {"ticket": ...}, its id read from $.ticket.id.
+    let local = create(
+        &h,
+        "ticket",
+        json!({"subject": "Printer on fire", "priority": "high", "status": "open"}),
+    )
+    .await;
+    let run = h.run("DESK_TICKETS").await;
+    assert_eq!((run.status.as_str(), run.pushed), ("success", 1), "{run:?}");
+    let post = desk
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "POST")
+        .unwrap();
+    assert_eq!(post.body.unwrap()["ticket"]["subject"], "Printer on fire");
+    let id = desk.records("tickets").last().unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        h.link("DESK_TICKETS", &id.to_string())
+            .await
+            .unwrap()
+            .local_id,
+        local
+    );
+    // Its echo in the next export changes nothing.
+    let run = h.run("DESK_TICKETS").await;
+    assert_eq!(
+        (run.status.as_str(), run.created, run.updated),
+        ("success", 0, 0),
+        "{run:?}"
+    );
+    h.stop().await;
+}
