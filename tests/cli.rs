@@ -637,3 +637,95 @@ async fn discover_prints_an_odoo_model_block_ready_to_paste() {
         "{out}"
     );
 }
+
+/// `discover` reads a sample page of an HTTP JSON API and prints an `external_models` block
+/// with the fields, their types, where the records are and how pages follow; pasted, it
+/// compiles. `validate --online` asks the service with the credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_prints_an_http_resource_block_from_a_sample_page() {
+    use recsync::peer::http::{FakeAuth, FakeHttp, HttpOptions};
+    let fake = FakeHttp::bind(HttpOptions {
+        auth: FakeAuth::Bearer("crm-token-0123456789".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    fake.state.seed("contacts", 5);
+    fake.state.seed("items", 5);
+    let url = fake.url();
+    tokio::spawn(fake.run());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    let service = format!(
+        "[web_services.crm_api]\nkind = \"http\"\nbase_url = \"{url}\"\nauth = {{ mode = \"bearer\", token = \"${{CRM_TOKEN}}\" }}\n"
+    );
+    std::fs::write(dir.path().join("mappings/crm.toml"), &service).unwrap();
+    let path = dir.path().to_path_buf();
+    let run = move |args: Vec<&'static str>| {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || recsync(&path, &args))
+    };
+    // The configured token (CRM_TOKEN is the test's secret) is refused, and not shown.
+    let o = run(vec!["discover", "crm_api", "/crm/v3/objects/contacts"])
+        .await
+        .unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(69), "{out}");
+    assert!(
+        out.contains("web service `crm_api`") && out.contains("HTTP 401"),
+        "{out}"
+    );
+    assert!(!out.contains(SECRET), "{out}");
+    let o = run(vec!["validate", "--online"]).await.unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(69), "{out}");
+    assert!(
+        out.contains("FAIL  crm_api:") && !out.contains(SECRET),
+        "{out}"
+    );
+
+    let service = service.replace("${CRM_TOKEN}", "crm-token-0123456789");
+    std::fs::write(dir.path().join("mappings/crm.toml"), &service).unwrap();
+    let o = run(vec!["validate", "--online"]).await.unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("ok    crm_api:"), "{out}");
+    let o = run(vec!["discover", "crm_api", "/crm/v3/objects/contacts"])
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for expected in [
+        "[external_models.contacts]\nkind = \"http\"\n[external_models.contacts.list]\npath = \"/crm/v3/objects/contacts\"\nrecords = \"$.results[*]\"",
+        "archived  = \"boolean\"",
+        "createdAt = \"datetime\"",
+        "id        = \"char\"",
+        "#   external = \"$.properties.email\"   (char)",
+    ] {
+        assert!(out.contains(expected), "{expected:?} in\n{out}");
+    }
+    assert!(!out.contains("crm-token-0123456789"), "{out}");
+    let o = run(vec!["discover", "crm_api", "/v1/link_header/items"])
+        .await
+        .unwrap();
+    let items = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        items.contains("records = \"$[*]\"") && items.contains("score      = \"integer\""),
+        "{items}"
+    );
+    // Pasted next to the web service, both blocks compile.
+    std::fs::write(dir.path().join("mappings/contacts.toml"), &out).unwrap();
+    std::fs::write(dir.path().join("mappings/items.toml"), &items).unwrap();
+    let o = run(vec!["validate"]).await.unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(vec!["discover", "crm_api", "contacts"]).await.unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "a configured resource is read through its list: {}",
+        text(&o)
+    );
+    let o = run(vec!["discover", "crm_api", "nothing"]).await.unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(69), "{out}");
+    assert!(out.contains("neither a path"), "{out}");
+}
