@@ -6,7 +6,7 @@ use recsync::config::{mappings, settings};
 fn every_accepted_key_is_documented() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mapping.md")).unwrap();
-    let groups: [(&str, &[&str]); 15] = [
+    let groups: [(&str, &[&str]); 19] = [
         ("recsync.toml", &settings::KEYS),
         ("api_keys", &settings::API_KEY_KEYS),
         ("mapping file", &mappings::SECTIONS),
@@ -22,6 +22,10 @@ fn every_accepted_key_is_documented() {
         ("delete guard", &mappings::DELETE_GUARD_KEYS),
         ("field pair", &mappings::PAIR_KEYS),
         ("endpoint", &mappings::ENDPOINT_KEYS),
+        ("http web service", &mappings::HTTP_KEYS),
+        ("http list", &mappings::HTTP_LIST_KEYS),
+        ("paginate", &mappings::PAGINATE_KEYS),
+        ("http operation", &mappings::HTTP_OP_KEYS),
     ];
     let mut missing = Vec::new();
     for (group, keys) in groups {

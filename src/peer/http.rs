@@ -893,7 +893,17 @@ fn answer(state: &HttpState, req: &HttpRequest, body: Option<&Value>) -> HttpRes
     match (method, segments.as_slice()) {
         ("GET", ["crm", "v3", "objects", "contacts"]) => list_contacts(state, &host, &q),
         ("POST", ["crm", "v3", "objects", "contacts"]) => write_contact(state, None, body),
-        ("GET", ["crm", "v3", "objects", "contacts", id]) => read_one(state, "contacts", id),
+        ("GET", ["crm", "v3", "objects", "contacts", id]) => {
+            // Archived contacts are only read with `archived=true`, as HubSpot does.
+            let archived = q.get("archived").map(String::as_str) == Some("true");
+            let found = id.parse::<u64>().ok().and_then(|n| {
+                state.with(|i| i.contacts.records.get(&n).map(|r| r.values.get("archived") == Some(&json!(true))))
+            });
+            match found {
+                Some(a) if a == archived => read_one(state, "contacts", id),
+                _ => hubspot_error(404, "OBJECT_NOT_FOUND", "resource not found"),
+            }
+        }
         ("PATCH", ["crm", "v3", "objects", "contacts", id]) => match id.parse() {
             Ok(n) => write_contact(state, Some(n), body),
             Err(_) => hubspot_error(404, "OBJECT_NOT_FOUND", "resource not found"),

@@ -171,13 +171,13 @@ fn decode(
         duplicates: 0,
     };
     for (i, item) in items.into_iter().enumerate() {
-        let Value::Object(mut values) = item else {
+        if !item.is_object() {
             return Err(format!(
                 "record {} of page {page} is not a JSON object",
                 i + 1
             ));
-        };
-        let Some(id) = values.get(external_ref).and_then(id_text) else {
+        }
+        let Some(id) = item.get(external_ref).and_then(id_text) else {
             return Err(format!(
                 "record {} of page {page} has no `{external_ref}` (the id field; set `external_ref` on the sync if the id is elsewhere)",
                 i + 1
@@ -186,7 +186,7 @@ fn decode(
         let cursor_value = list
             .cursor_field
             .as_ref()
-            .and_then(|f| values.get(f))
+            .and_then(|f| item.get(f))
             .filter(|v| !v.is_null())
             .cloned();
         if let (Some(v), Some(s)) = (&cursor_value, saved)
@@ -198,10 +198,13 @@ fn decode(
         }
         let deleted = list.deleted.as_ref().is_some_and(|d| {
             d.field
-                .select(&Value::Object(values.clone()))
+                .select(&item)
                 .first()
                 .is_some_and(|v| **v == d.equals)
         });
+        let Value::Object(mut values) = item else {
+            unreachable!("checked above");
+        };
         let modified_at = cursor_value.as_ref().and_then(|v| match v {
             Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
                 .ok()
@@ -320,7 +323,7 @@ impl Puller for HttpPull {
             &self.external_ref,
             &takes,
             items,
-            self.saved.as_ref(),
+            self.reached.as_ref(),
             page,
         )
         .map_err(&fail)?;
