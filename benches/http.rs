@@ -277,7 +277,11 @@ async fn run() {
         "  delivered         {ok} answered 200 of {} PUTs; {arrived} of {} edits are in the API ({})",
         puts.len(),
         ids.len(),
-        if arrived == ids.len() { "nothing lost" } else { "LOST SOME" }
+        if arrived == ids.len() {
+            "nothing lost"
+        } else {
+            "LOST SOME"
+        }
     );
     println!("  peak RSS          {push_rss:.1} MiB after the push (recsync only)");
     let _ = fake.kill();

@@ -58,7 +58,14 @@ async fn hubspots_sdk_and_oauthlib_accept_the_fake() {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(script)
-            .args([&url, "crm-token-0123", "7", &oauth_url, "the-client", "the-secret"])
+            .args([
+                &url,
+                "crm-token-0123",
+                "7",
+                &oauth_url,
+                "the-client",
+                "the-secret",
+            ])
             .output()
     })
     .await
@@ -68,7 +75,10 @@ async fn hubspots_sdk_and_oauthlib_accept_the_fake() {
     handles.1.stop(false).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the client scenario failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the client scenario failed:\n{stdout}\n{stderr}"
+    );
     let n: usize = stdout
         .trim()
         .strip_prefix("OK ")

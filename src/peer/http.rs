@@ -895,9 +895,16 @@ fn answer(state: &HttpState, req: &HttpRequest, body: Option<&Value>) -> HttpRes
         ("POST", ["crm", "v3", "objects", "contacts"]) => write_contact(state, None, body),
         ("GET", ["crm", "v3", "objects", "contacts", id]) => {
             // Archived contacts are only read with `archived=true`, as HubSpot does.
-            let archived = q.get("archived").map(String::as_str) == Some("true");
+            let archived = q
+                .get("archived")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
             let found = id.parse::<u64>().ok().and_then(|n| {
-                state.with(|i| i.contacts.records.get(&n).map(|r| r.values.get("archived") == Some(&json!(true))))
+                state.with(|i| {
+                    i.contacts
+                        .records
+                        .get(&n)
+                        .map(|r| r.values.get("archived") == Some(&json!(true)))
+                })
             });
             match found {
                 Some(a) if a == archived => read_one(state, "contacts", id),
@@ -980,7 +987,9 @@ fn list_contacts(state: &HttpState, host: &str, q: &HashMap<String, String>) -> 
             }
         },
     };
-    let archived = q.get("archived").map(String::as_str) == Some("true");
+    let archived = q
+        .get("archived")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let repeat = state.with(|i| i.faults.repeat_pages);
     let (page, more) = state.with(|i| {
         let mut it = i
