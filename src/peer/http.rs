@@ -955,19 +955,24 @@ fn maybe_without_id(state: &HttpState, mut v: Value, key: &str) -> Value {
     v
 }
 
-fn number(q: &HashMap<String, String>, key: &str, default: u64) -> Result<u64, HttpResponse> {
+/// A numeric query parameter; the error is the 400 answer's message.
+fn number(q: &HashMap<String, String>, key: &str, default: u64) -> Result<u64, String> {
     match q.get(key) {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|_| {
-            status(400).json(json!({"message": format!("`{key}` must be a number, not `{v}`")}))
-        }),
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("`{key}` must be a number, not `{v}`")),
     }
+}
+
+fn bad_request(message: String) -> HttpResponse {
+    status(400).json(json!({"message": message}))
 }
 
 fn list_contacts(state: &HttpState, host: &str, q: &HashMap<String, String>) -> HttpResponse {
     let limit = match number(q, "limit", 10) {
         Ok(n) => n.clamp(1, 100) as usize,
-        Err(r) => return r,
+        Err(m) => return bad_request(m),
     };
     let after: u64 = match q.get("after") {
         None => 0,
@@ -1168,7 +1173,7 @@ fn export_tickets(state: &HttpState, host: &str, q: &HashMap<String, String>) ->
     };
     let per_page = match number(q, "per_page", 1000) {
         Ok(n) => n.clamp(1, 1000) as usize,
-        Err(r) => return r,
+        Err(m) => return bad_request(m),
     };
     let repeat = state.with(|i| i.faults.repeat_pages);
     let (tickets, more) = state.with(|i| {
@@ -1205,7 +1210,7 @@ fn export_tickets(state: &HttpState, host: &str, q: &HashMap<String, String>) ->
 fn list_tickets(state: &HttpState, host: &str, q: &HashMap<String, String>) -> HttpResponse {
     let (page, per_page) = match (number(q, "page", 1), number(q, "per_page", 100)) {
         (Ok(p), Ok(n)) => (p.max(1), n.clamp(1, 100)),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(m), _) | (_, Err(m)) => return bad_request(m),
     };
     let (tickets, total) = state.with(|i| {
         let live: Vec<Value> = i
@@ -1254,7 +1259,7 @@ fn list_items(
     };
     let limit = match number(q, limit_key, 50) {
         Ok(n) => n.clamp(1, 1000) as usize,
-        Err(r) => return r,
+        Err(m) => return bad_request(m),
     };
     let since: Option<i64> = match q.get("updated_since") {
         None => None,
@@ -1273,11 +1278,11 @@ fn list_items(
         "cursor" => (q.get("cursor").and_then(|t| parse_position(t)), 0),
         "offset" => match number(q, "offset", 0) {
             Ok(n) => (None, n as usize),
-            Err(r) => return r,
+            Err(m) => return bad_request(m),
         },
         "page" | "link_header" => match number(q, "page", 1) {
             Ok(p) => (None, (p.max(1) as usize - 1) * limit),
-            Err(r) => return r,
+            Err(m) => return bad_request(m),
         },
         _ => return status(404).json(json!({"message": format!("no pagination style `{style}`")})),
     };
