@@ -13,9 +13,8 @@ use support::*;
 
 use recsync::app::{self, BuildOptions};
 use recsync::config;
-use recsync::engine::Trigger;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -80,35 +79,13 @@ async fn run() {
     let records = env_usize("RECSYNC_BENCH_RECORDS", 200_000);
     let updates = env_usize("RECSYNC_BENCH_UPDATES", 20_000).min(records);
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let api_url = format!("http://127.0.0.1:{port}");
-    let mut fake = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
-        .args([
-            "fake-http",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--seed",
-            &format!("items={records}"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the fake HTTP API");
+    let seed = format!("items={records}");
+    let (mut fake, api_url) = spawn_fake(
+        &["fake-http", "--listen", "127.0.0.1:{port}", "--seed", &seed],
+        "/_fake/calls",
+    )
+    .await;
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while client
-        .get(format!("{api_url}/_fake/calls"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the fake HTTP API did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     // The pull runs a receiving sync; the push the same sync (same links) sending too.
     let plan_for = |direction: &str| {
@@ -139,26 +116,7 @@ async fn run() {
     tokio::spawn(app.run_until_stopped());
 
     // The pull: every item, page times from the run's progress.
-    let started = Instant::now();
-    let run = engine
-        .start_run("ITEMS", Trigger::Manual, false)
-        .await
-        .unwrap();
-    let mut progress = run.progress.clone();
-    let watcher = tokio::spawn(async move {
-        let mut times = Vec::new();
-        let mut last = Instant::now();
-        while progress.changed().await.is_ok() {
-            let now = Instant::now();
-            times.push(now - last);
-            last = now;
-        }
-        times
-    });
-    let (status, counts) = run.task.await.unwrap();
-    let pull_time = started.elapsed();
-    let mut pages = watcher.await.unwrap();
-    pages.sort();
+    let (status, counts, pull_time, pages) = timed_run(&engine, "ITEMS").await;
     println!(
         "http benchmark: {records} items from the fake HTTP API (own process), cursor pagination, 100 a page, updated_since cursor, file-backed SQLite"
     );
@@ -206,13 +164,7 @@ async fn run() {
         tx.commit().await.unwrap();
     }
     let edit_time = edit_started.elapsed();
-    let started = Instant::now();
-    let run = engine
-        .start_run("ITEMS", Trigger::Manual, false)
-        .await
-        .unwrap();
-    let (status, counts) = run.task.await.unwrap();
-    let push_time = started.elapsed();
+    let (status, counts, push_time, _) = timed_run(&engine, "ITEMS").await;
     let push_rss = peak_rss_mib().unwrap_or(f64::NAN);
     let calls: Value = client
         .get(format!("{api_url}/_fake/calls"))

@@ -13,7 +13,7 @@ use support::*;
 use recsync::app::{self, BuildOptions};
 use recsync::config;
 use recsync::engine::Trigger;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -103,35 +103,18 @@ async fn run() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let odoo_url = format!("http://127.0.0.1:{port}");
-    let mut odoo = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
-        .args([
+    let partners = records.to_string();
+    let (mut odoo, odoo_url) = spawn_fake(
+        &[
             "fake-odoo",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:{port}",
             "--partners",
-            &records.to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the fake Odoo");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while client
-        .get(format!("{odoo_url}/web/version"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the fake Odoo did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            &partners,
+        ],
+        "/web/version",
+    )
+    .await;
 
     let mut mapping = MAPPING.replace("@ODOO@", &odoo_url);
     // RECSYNC_BENCH_PLAIN=1: without the related fields (country and tags), for comparison.
@@ -174,26 +157,7 @@ async fn run() {
     }
 
     // The first pull, every partner; page times from the run's progress.
-    let started = Instant::now();
-    let run = engine
-        .start_run("PARTNERS", Trigger::Manual, false)
-        .await
-        .unwrap();
-    let mut progress = run.progress.clone();
-    let watcher = tokio::spawn(async move {
-        let mut times = Vec::new();
-        let mut last = Instant::now();
-        while progress.changed().await.is_ok() {
-            let now = Instant::now();
-            times.push(now - last);
-            last = now;
-        }
-        times
-    });
-    let (status, counts) = run.task.await.unwrap();
-    let pull_time = started.elapsed();
-    let mut pages = watcher.await.unwrap();
-    pages.sort();
+    let (status, counts, pull_time, pages) = timed_run(&engine, "PARTNERS").await;
     let rss = peak_rss_mib().unwrap_or(f64::NAN);
     println!(
         "odoo benchmark: {records} res.partner records from the fake Odoo (own process), JSON-2, limit 1000, country by code and tags by name, file-backed SQLite"

@@ -13,18 +13,7 @@ pub(super) async fn fake_odoo(opts: crate::peer::odoo::OdooOptions, partners: us
                 "Fake Odoo listening on {} (database `{database}`, login `{login}`)",
                 fake.url()
             );
-            let handle = fake.handle();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                handle.stop(true).await;
-            });
-            match fake.run().await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: the fake Odoo stopped: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            serve_until_ctrl_c("the fake Odoo", fake.handle(), fake.run()).await
         }
         Err(e) => {
             eprintln!("error: the fake Odoo cannot listen: {e}");
@@ -73,15 +62,23 @@ pub(super) async fn fake_http(
         fake.state.seed(r, *n);
     }
     println!("Fake HTTP API listening on {}", fake.url());
-    let handle = fake.handle();
+    serve_until_ctrl_c("the fake HTTP API", fake.handle(), fake.run()).await
+}
+
+/// Runs a fake's server until it stops or Ctrl-C stops it.
+pub(super) async fn serve_until_ctrl_c(
+    what: &str,
+    handle: actix_web::dev::ServerHandle,
+    run: impl std::future::Future<Output = std::io::Result<()>>,
+) -> ExitCode {
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         handle.stop(true).await;
     });
-    match fake.run().await {
+    match run.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: the fake HTTP API stopped: {e}");
+            eprintln!("error: {what} stopped: {e}");
             ExitCode::from(1)
         }
     }

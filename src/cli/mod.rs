@@ -431,18 +431,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             match crate::peer::dropbox::FakeDropbox::bind(opts) {
                 Ok(fake) => {
                     println!("Fake Dropbox listening on {}", fake.url());
-                    let handle = fake.handle();
-                    tokio::spawn(async move {
-                        let _ = tokio::signal::ctrl_c().await;
-                        handle.stop(true).await;
-                    });
-                    match fake.run().await {
-                        Ok(()) => ExitCode::SUCCESS,
-                        Err(e) => {
-                            eprintln!("error: the fake Dropbox stopped: {e}");
-                            ExitCode::from(1)
-                        }
-                    }
+                    fake_odoo::serve_until_ctrl_c("the fake Dropbox", fake.handle(), fake.run())
+                        .await
                 }
                 Err(e) => {
                     eprintln!("error: cannot listen: {e}");

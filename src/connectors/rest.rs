@@ -99,7 +99,8 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-fn transport_error(e: reqwest::Error) -> SendError {
+/// What a failed request means for a retry (every failure to get an answer is worth one).
+pub(crate) fn transport_error(e: reqwest::Error) -> SendError {
     let what = if e.is_timeout() {
         "the request timed out"
     } else if e.is_connect() {

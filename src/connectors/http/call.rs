@@ -5,6 +5,7 @@
 //! service's own message.
 
 use crate::connectors::SendError;
+use crate::connectors::rest::transport_error as transport;
 use crate::domain::http::HttpService;
 use crate::domain::plan::Auth;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -347,20 +348,6 @@ enum Failure {
 fn reason_of(e: &SendError) -> &str {
     match e {
         SendError::Retry { reason, .. } | SendError::Permanent(reason) => reason,
-    }
-}
-
-fn transport(e: reqwest::Error) -> SendError {
-    let what = if e.is_timeout() {
-        "the request timed out"
-    } else if e.is_connect() {
-        "the service could not be reached"
-    } else {
-        "the request failed"
-    };
-    SendError::Retry {
-        reason: what.into(),
-        after: None,
     }
 }
 
