@@ -649,7 +649,7 @@ async fn discover_prints_an_http_resource_block_from_a_sample_page() {
         ..Default::default()
     })
     .unwrap();
-    fake.state.seed("contacts", 5);
+    fake.state.seed("contacts", 12);
     fake.state.seed("items", 5);
     let url = fake.url();
     tokio::spawn(fake.run());
@@ -696,6 +696,7 @@ async fn discover_prints_an_http_resource_block_from_a_sample_page() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     for expected in [
         "[external_models.contacts]\nkind = \"http\"\n[external_models.contacts.list]\npath = \"/crm/v3/objects/contacts\"\nrecords = \"$.results[*]\"",
+        "paginate = { style = \"cursor\", param = \"after\", next = \"$.paging.next.after\" }",
         "archived  = \"boolean\"",
         "createdAt = \"datetime\"",
         "id        = \"char\"",

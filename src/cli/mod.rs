@@ -173,7 +173,7 @@ pub enum Command {
     },
     /// Apply database migrations
     Migrate,
-    /// Print the external_models block of what a web service describes (Odoo: fields_get)
+    /// Print the external_models block of what a web service describes (Odoo: fields_get; http: a sample page of a path)
     Discover {
         /// A configured web service
         web_service: String,

@@ -174,13 +174,7 @@ fn guess_paginate(body: &Value, link: Option<&str>) -> Option<String> {
         v.as_str()
             .is_some_and(|s| s.starts_with("http") || s.starts_with('/'))
     };
-    for path in [
-        "next_page",
-        "next",
-        "links.next",
-        "paging.next.link",
-        "_links.next.href",
-    ] {
+    for path in ["next_page", "next", "links.next", "_links.next.href"] {
         let v = path.split('.').try_fold(body, |cur, k| cur.get(k));
         if v.is_some_and(is_url) {
             return Some(format!(
