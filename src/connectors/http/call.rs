@@ -287,7 +287,8 @@ impl Caller {
         let text = read_capped(resp).await?;
         let body: Option<Value> = serde_json::from_str(&text).ok();
         if !(200..300).contains(&status) {
-            // RFC 6749 §5.2: `error` and `error_description`.
+            // RFC 6749 §5.2: `error` and `error_description`. A refusal (4xx) is not asked
+            // again within the call; a failing endpoint (5xx) is.
             let code = body
                 .as_ref()
                 .and_then(|b| b.get("error"))
@@ -304,9 +305,12 @@ impl Caller {
                 ("", d) => format!(": {d}"),
                 (c, d) => format!(" `{c}`: {d}"),
             };
-            return Err(failed(format!(
-                "refused the client credentials with HTTP {status}{what}"
-            )));
+            let why = format!("refused the client credentials with HTTP {status}{what}");
+            return Err(if status >= 500 {
+                failed(why)
+            } else {
+                SendError::Permanent(format!("the token endpoint {shown} {why}"))
+            });
         }
         let Some(access) = body
             .as_ref()

@@ -259,6 +259,9 @@ struct HttpPull {
     /// What is wrong with the page after the last one served (it repeats, passes
     /// `max_pages`, is on another host): the run stops there, once the page before is applied.
     broken: Option<PullError>,
+    /// Pages applied since the cursor was last saved, and when that was.
+    unsaved: usize,
+    saved_at: std::time::Instant,
 }
 
 impl HttpPull {
@@ -300,14 +303,83 @@ impl HttpPull {
 
 #[async_trait]
 impl Puller for HttpPull {
-    async fn next_page(&mut self, _memory: &dyn Memory) -> Result<Page, PullError> {
+    async fn next_page(&mut self, memory: &dyn Memory) -> Result<Page, PullError> {
         if let Some(e) = self.broken.take() {
+            self.flush(memory).await?;
             return Err(e);
         }
         let Some(ahead) = self.ahead.take() else {
             return Ok(Page::default());
         };
-        let mut fetched = ahead.result().await?;
+        let fetched = match ahead.result().await {
+            Ok(f) => f,
+            Err(e) => {
+                self.flush(memory).await?;
+                return Err(e);
+            }
+        };
+        match self.take(fetched) {
+            Ok(page) => Ok(page),
+            Err(e) => {
+                self.flush(memory).await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn confirm(
+        &mut self,
+        memory: &dyn Memory,
+        outcomes: &[Confirmation],
+    ) -> Result<(), PullError> {
+        if self.list.cursor_field.is_none() {
+            return Ok(());
+        }
+        let values: HashMap<&str, &Value> =
+            self.last.iter().map(|(id, v)| (id.as_str(), v)).collect();
+        for o in outcomes {
+            match &o.error {
+                Some(_) => {
+                    if let Some(v) = values.get(o.external_id.as_str()) {
+                        self.failed.insert(o.external_id.clone(), (*v).clone());
+                    }
+                }
+                None => {
+                    self.failed.remove(&o.external_id);
+                }
+            }
+        }
+        for (id, v) in std::mem::take(&mut self.last) {
+            match &mut self.reached {
+                Some(c) => c.take(&id, &v),
+                None => {
+                    self.reached = Some(Cursor {
+                        at: v,
+                        ids: BTreeSet::from([id]),
+                    })
+                }
+            }
+        }
+        // Saved every few pages, at the end, and before the run stops on an error (see
+        // `next_page`): a cursor saved later is only ever behind what was applied, so at worst
+        // a crash makes the next run read a few pages again, whose records change nothing.
+        self.unsaved += 1;
+        let last_page = self.ahead.is_none() && self.broken.is_none();
+        if last_page || self.unsaved >= SAVE_EVERY || self.saved_at.elapsed() >= SAVE_AFTER {
+            self.flush(memory).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The cursor is saved after at most this many applied pages...
+const SAVE_EVERY: usize = 10;
+/// ...or this long.
+const SAVE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl HttpPull {
+    /// A page as it came back, made into the engine's page; the next page is started.
+    fn take(&mut self, mut fetched: Fetched) -> Result<Page, PullError> {
         let page = self.paging.pages + 1;
         let path = fetched.url.path().to_string();
         let fail =
@@ -346,39 +418,10 @@ impl Puller for HttpPull {
         })
     }
 
-    async fn confirm(
-        &mut self,
-        memory: &dyn Memory,
-        outcomes: &[Confirmation],
-    ) -> Result<(), PullError> {
-        if self.list.cursor_field.is_none() {
-            return Ok(());
-        }
-        let values: HashMap<&str, &Value> =
-            self.last.iter().map(|(id, v)| (id.as_str(), v)).collect();
-        for o in outcomes {
-            match &o.error {
-                Some(_) => {
-                    if let Some(v) = values.get(o.external_id.as_str()) {
-                        self.failed.insert(o.external_id.clone(), (*v).clone());
-                    }
-                }
-                None => {
-                    self.failed.remove(&o.external_id);
-                }
-            }
-        }
-        for (id, v) in std::mem::take(&mut self.last) {
-            match &mut self.reached {
-                Some(c) => c.take(&id, &v),
-                None => {
-                    self.reached = Some(Cursor {
-                        at: v,
-                        ids: BTreeSet::from([id]),
-                    })
-                }
-            }
-        }
+    /// Saves the cursor of what was applied, if it moved.
+    async fn flush(&mut self, memory: &dyn Memory) -> Result<(), PullError> {
+        self.unsaved = 0;
+        self.saved_at = std::time::Instant::now();
         let Some(save) = self.to_save() else {
             return Ok(());
         };
@@ -454,6 +497,8 @@ impl Connector for HttpConnector {
             last: Vec::new(),
             failed: HashMap::new(),
             broken: None,
+            unsaved: 0,
+            saved_at: std::time::Instant::now(),
             list,
         };
         pull.start_read()?;
