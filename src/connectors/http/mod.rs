@@ -5,8 +5,10 @@
 //! **The incremental cursor.** With `cursor_field`, the cursor is the greatest value of that
 //! field among the records applied, with the ids of the records that have exactly that value:
 //! `{"at": <value>, "ids": [...]}`. The next run asks from that value again (inclusive), and
-//! drops the records it already took at that value. It is saved after each page is applied,
-//! so the list must come in ascending order of `cursor_field`, as incremental exports do. A
+//! drops the records it already took at that value. It moves as pages are applied and is
+//! saved every few pages, at the end and before the run stops on an error (never ahead of what
+//! was applied), so the list must come in ascending order of `cursor_field`, as incremental
+//! exports do. A
 //! record that failed to apply holds the cursor at its value until it applies. Without
 //! `cursor_field` every run reads the whole list, and the engine leaves alone what did not
 //! change.
