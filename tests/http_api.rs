@@ -710,3 +710,61 @@ async fn the_rate_limit_is_shared_by_every_sync_of_a_web_service() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn an_unreachable_service_is_retried_then_named_and_nothing_is_written() {
+    // A port nobody listens on: connection refused, retried twice with backoff, then a clear
+    // error.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let h = harness(
+        &format!("http://127.0.0.1:{port}"),
+        next_url_mapping("", "", "to_local"),
+    )
+    .await;
+    let run = h.run("S_NEXT_URL").await;
+    let err = run.error.clone().unwrap_or_default();
+    assert_eq!((run.status.as_str(), run.created), ("failed", 0), "{run:?}");
+    assert!(
+        err.contains("web service `api`, resource `items_next_url`: page 1 (/v1/next_url/items)")
+            && err.contains("the service could not be reached"),
+        "{err}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_plan_of_an_http_sync_reads_pages_and_saves_no_cursor() {
+    let (url, api) = fake(HttpOptions::default());
+    api.seed("items", 20);
+    let h = harness(&url, next_url_mapping("", "", "to_local")).await;
+    let r = h
+        .client
+        .post(h.url("/api/v1/syncs/S_NEXT_URL/plan"))
+        .header("X-Api-Key", common::harness::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let plan: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(plan["local"]["counts"]["create"], 20, "{plan}");
+    assert_eq!(list_calls(&api).len(), 3, "the plan read every page");
+    assert!(live(&h, "item").await.is_empty(), "nothing written");
+    // The cursor did not move: the run reads from the start and creates everything.
+    api.clear_calls();
+    let run = h.run("S_NEXT_URL").await;
+    assert_eq!(
+        (run.status.as_str(), run.created),
+        ("success", 20),
+        "{run:?}"
+    );
+    assert!(
+        !list_calls(&api)[0].contains("updated_since"),
+        "{:?}",
+        list_calls(&api)
+    );
+    h.stop().await;
+}
