@@ -61,6 +61,10 @@ direction = "to_local"
 mode = "realtime"
 limit = 3
 propagate_deletes = true
+# The matrix removes files while instances are killed, so one run after a restart may meet
+# a fifth of the folder gone at once, which the default guard rightly holds for a person. The
+# matrix is about durability (the guard has its own tests): let every delete through.
+delete_guard = { max_ratio = 1.0 }
 fields = [
   { local = "name",   external = "name" },
   { local = "path",   external = "path" },
@@ -453,10 +457,31 @@ async fn killed_at_randomized_points_nothing_acknowledged_is_lost_or_doubled() {
         .iter()
         .filter(|(p, id)| remote.get(*p) != Some(id))
         .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "the mirror differs: missing or different locally {missing:?}; extra locally {extra:?}"
-    );
+    if !(missing.is_empty() && extra.is_empty()) {
+        // What the BOX sync did, to tell a lost delete from one held or failed.
+        let holds = store.holds(None, Some("BOX"), 20).await.unwrap();
+        let changes = store
+            .changes(&recsync::store::ChangeFilter {
+                sync: Some("BOX".into()),
+                limit: 30,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let rows: Vec<String> = changes
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {} {:?} {}",
+                    c.id, c.action, c.status, c.external_id, c.error_message
+                )
+            })
+            .collect();
+        panic!(
+            "the mirror differs: missing or different locally {missing:?}; extra locally {extra:?}\nBOX holds: {holds:?}\nBOX's newest rows:\n{}",
+            rows.join("\n")
+        );
+    }
     common::eventually(120, "the outbox to settle", || async {
         let stats = store.outbox_stats().await.unwrap();
         (!stats
