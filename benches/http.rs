@@ -11,8 +11,6 @@ mod support;
 
 use support::*;
 
-use recsync::app::{self, BuildOptions};
-use recsync::config;
 use serde_json::{Value, json};
 use std::time::Instant;
 
@@ -89,31 +87,14 @@ async fn run() {
 
     // The pull runs a receiving sync; the push the same sync (same links) sending too.
     let plan_for = |direction: &str| {
-        config::compile_texts(
-            &[(
-                "bench.toml",
-                &MAPPING
-                    .replace("@API@", &api_url)
-                    .replace("@DIRECTION@", direction),
-            )],
-            &std::collections::HashMap::<String, String>::new(),
+        compile(
+            &MAPPING
+                .replace("@API@", &api_url)
+                .replace("@DIRECTION@", direction),
         )
-        .unwrap()
     };
     let plan = plan_for("to_local");
-    let settings = config::Settings {
-        database_url: secrecy::SecretString::from(format!(
-            "sqlite://{}",
-            dir.path().join("http.db").display()
-        )),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    let app = app::build(settings, plan, BuildOptions::default())
-        .await
-        .unwrap();
-    let engine = app.engine();
-    tokio::spawn(app.run_until_stopped());
+    let engine = start_app(&dir.path().join("http.db"), plan).await;
 
     // The pull: every item, page times from the run's progress.
     let (status, counts, pull_time, pages) = timed_run(&engine, "ITEMS").await;

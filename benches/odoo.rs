@@ -10,8 +10,6 @@ mod support;
 
 use support::*;
 
-use recsync::app::{self, BuildOptions};
-use recsync::config;
 use recsync::engine::Trigger;
 use std::time::Instant;
 
@@ -129,24 +127,8 @@ async fn run() {
                 "",
             );
     }
-    let plan = config::compile_texts(
-        &[("bench.toml", &mapping)],
-        &std::collections::HashMap::<String, String>::new(),
-    )
-    .unwrap();
-    let settings = config::Settings {
-        database_url: secrecy::SecretString::from(format!(
-            "sqlite://{}",
-            dir.path().join("odoo.db").display()
-        )),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    let app = app::build(settings, plan, BuildOptions::default())
-        .await
-        .unwrap();
-    let engine = app.engine();
-    tokio::spawn(app.run_until_stopped());
+    let plan = compile(&mapping);
+    let engine = start_app(&dir.path().join("odoo.db"), plan).await;
     for code in ["COUNTRIES", "TAGS"] {
         let run = engine
             .start_run(code, Trigger::Manual, false)

@@ -9,8 +9,6 @@ mod support;
 
 use support::*;
 
-use recsync::app::{self, BuildOptions};
-use recsync::config;
 use recsync::engine::Trigger;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -107,24 +105,8 @@ async fn run() {
     }
 
     let mapping = MAPPING.replace("@PEER@", &peer_url);
-    let plan = config::compile_texts(
-        &[("bench.toml", &mapping)],
-        &std::collections::HashMap::<String, String>::new(),
-    )
-    .unwrap();
-    let settings = config::Settings {
-        database_url: secrecy::SecretString::from(format!(
-            "sqlite://{}",
-            dir.path().join("pull.db").display()
-        )),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    let app = app::build(settings, plan, BuildOptions::default())
-        .await
-        .unwrap();
-    let engine = app.engine();
-    tokio::spawn(app.run_until_stopped());
+    let plan = compile(&mapping);
+    let engine = start_app(&dir.path().join("pull.db"), plan).await;
 
     // Pull.
     let started = Instant::now();

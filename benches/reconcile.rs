@@ -9,8 +9,6 @@ mod support;
 
 use support::*;
 
-use recsync::app::{self, BuildOptions};
-use recsync::config;
 use recsync::engine::Trigger;
 use std::time::{Duration, Instant};
 
@@ -87,24 +85,8 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mapping = MAPPING.replace("@PEER@", &peer_url);
-    let plan = config::compile_texts(
-        &[("bench.toml", &mapping)],
-        &std::collections::HashMap::<String, String>::new(),
-    )
-    .unwrap();
-    let settings = config::Settings {
-        database_url: secrecy::SecretString::from(format!(
-            "sqlite://{}",
-            dir.path().join("reconcile.db").display()
-        )),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    let app = app::build(settings, plan, BuildOptions::default())
-        .await
-        .unwrap();
-    let engine = app.engine();
-    tokio::spawn(app.run_until_stopped());
+    let plan = compile(&mapping);
+    let engine = start_app(&dir.path().join("reconcile.db"), plan).await;
 
     // Set-up, not timed: every record pulled and linked.
     let started = Instant::now();

@@ -7,61 +7,25 @@
 //! `.ci/run` creates with `dropbox` 12.x). Without it the test is skipped, except under
 //! `CI=true`, where a missing prerequisite fails.
 
-use recsync::peer::dropbox::{FakeDropbox, FakeOptions};
-use std::path::PathBuf;
+mod common;
 
-fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("RECSYNC_DROPBOX_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dropbox-venv/bin/python")
-        });
-    let ok = std::process::Command::new(&p)
-        .args([
-            "-c",
-            "import dropbox, sys; sys.exit(0 if dropbox.__version__.startswith('12.') else 1)",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(p)
-}
+use recsync::peer::dropbox::{FakeDropbox, FakeOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_python_sdk_accepts_every_answer_of_the_fake() {
-    let Some(python) = python() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and no Python with dropbox 12.x: run .ci/run, or set RECSYNC_DROPBOX_PYTHON"
-        );
-        eprintln!("skipped: no Python with dropbox 12.x (see .ci/run)");
+    let Some(python) = common::fidelity::python(
+        "RECSYNC_DROPBOX_PYTHON",
+        "dropbox-venv",
+        "import dropbox, sys; sys.exit(0 if dropbox.__version__.startswith('12.') else 1)",
+        "dropbox 12.x",
+    ) else {
         return;
     };
     let fake = FakeDropbox::bind(FakeOptions::default()).unwrap();
     let url = fake.url();
     let handle = fake.handle();
     tokio::spawn(fake.run());
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/dropbox_fidelity.py");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(&url)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let n = common::fidelity::run_checks(python, "dropbox_fidelity.py", vec![url]).await;
     handle.stop(false).await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the SDK scenario failed:\n{stdout}\n{stderr}"
-    );
-    let n: usize = stdout
-        .trim()
-        .strip_prefix("OK ")
-        .and_then(|s| s.strip_suffix(" checks"))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
     assert!(n >= 50, "only {n} checks ran");
 }

@@ -7,30 +7,18 @@
 //! `.ci/run` creates). Without it the test is skipped, except under `CI=true`, where a missing
 //! prerequisite fails.
 
-use recsync::peer::http::{FakeAuth, FakeHttp, HttpOptions};
-use std::path::PathBuf;
+mod common;
 
-fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("RECSYNC_HTTP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/http-venv/bin/python")
-        });
-    let ok = std::process::Command::new(&p)
-        .args(["-c", "import hubspot, requests_oauthlib"])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(p)
-}
+use recsync::peer::http::{FakeAuth, FakeHttp, HttpOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubspots_sdk_and_oauthlib_accept_the_fake() {
-    let Some(python) = python() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and no Python with hubspot-api-client and requests-oauthlib: run .ci/run, or set RECSYNC_HTTP_PYTHON"
-        );
-        eprintln!("skipped: no Python with hubspot-api-client and requests-oauthlib (see .ci/run)");
+    let Some(python) = common::fidelity::python(
+        "RECSYNC_HTTP_PYTHON",
+        "http-venv",
+        "import hubspot, requests_oauthlib",
+        "hubspot-api-client and requests-oauthlib",
+    ) else {
         return;
     };
     let bearer = FakeHttp::bind(HttpOptions {
@@ -50,40 +38,22 @@ async fn hubspots_sdk_and_oauthlib_accept_the_fake() {
     })
     .unwrap();
     oauth.state.seed("items", 3);
-    let (url, oauth_url) = (bearer.url(), oauth.url());
+    let args: Vec<String> = [
+        &bearer.url(),
+        "crm-token-0123",
+        "7",
+        &oauth.url(),
+        "the-client",
+        "the-secret",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
     let handles = (bearer.handle(), oauth.handle());
     tokio::spawn(bearer.run());
     tokio::spawn(oauth.run());
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/http_fidelity.py");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .args([
-                &url,
-                "crm-token-0123",
-                "7",
-                &oauth_url,
-                "the-client",
-                "the-secret",
-            ])
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let n = common::fidelity::run_checks(python, "http_fidelity.py", args).await;
     handles.0.stop(false).await;
     handles.1.stop(false).await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the client scenario failed:\n{stdout}\n{stderr}"
-    );
-    let n: usize = stdout
-        .trim()
-        .strip_prefix("OK ")
-        .and_then(|s| s.strip_suffix(" checks"))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
     assert!(n >= 30, "only {n} checks ran");
 }

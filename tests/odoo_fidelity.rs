@@ -6,30 +6,18 @@
 //! `.ci/run` creates with both packages). Without it the test is skipped, except under
 //! `CI=true`, where a missing prerequisite fails.
 
-use recsync::peer::odoo::{FakeOdoo, OdooOptions};
-use std::path::PathBuf;
+mod common;
 
-fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("RECSYNC_ODOO_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/odoo-venv/bin/python")
-        });
-    let ok = std::process::Command::new(&p)
-        .args(["-c", "import odoorpc, odoolib"])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(p)
-}
+use recsync::peer::odoo::{FakeOdoo, OdooOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odoorpc_and_odoo_client_lib_accept_the_fake_over_both_protocols() {
-    let Some(python) = python() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and no Python with odoorpc and odoo-client-lib: run .ci/run, or set RECSYNC_ODOO_PYTHON"
-        );
-        eprintln!("skipped: no Python with odoorpc and odoo-client-lib (see .ci/run)");
+    let Some(python) = common::fidelity::python(
+        "RECSYNC_ODOO_PYTHON",
+        "odoo-venv",
+        "import odoorpc, odoolib",
+        "odoorpc and odoo-client-lib",
+    ) else {
         return;
     };
     let opts = OdooOptions::default();
@@ -38,35 +26,9 @@ async fn odoorpc_and_odoo_client_lib_accept_the_fake_over_both_protocols() {
     let handle = fake.handle();
     let state = fake.state.clone();
     tokio::spawn(fake.run());
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/odoo_fidelity.py");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .args([
-                &url,
-                &opts.database,
-                &opts.login,
-                &opts.password,
-                &opts.api_key,
-            ])
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let args = vec![url, opts.database, opts.login, opts.password, opts.api_key];
+    let n = common::fidelity::run_checks(python, "odoo_fidelity.py", args).await;
     handle.stop(false).await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the client scenario failed:\n{stdout}\n{stderr}"
-    );
-    let n: usize = stdout
-        .trim()
-        .strip_prefix("OK ")
-        .and_then(|s| s.strip_suffix(" checks"))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
     assert!(n >= 50, "only {n} checks ran");
     // Both protocols were used.
     let calls = state.calls();

@@ -76,3 +76,30 @@ pub fn peak_rss_mib() -> Option<f64> {
         .ok()
         .map(|kib| kib / 1024.0)
 }
+
+/// The configuration of a bench, from one mapping text.
+pub fn compile(mapping: &str) -> recsync::domain::Plan {
+    recsync::config::compile_texts(
+        &[("bench.toml", mapping)],
+        &std::collections::HashMap::<String, String>::new(),
+    )
+    .unwrap()
+}
+
+/// The app on a file-backed SQLite at `db`, serving in the background; answers its engine.
+pub async fn start_app(
+    db: &std::path::Path,
+    plan: recsync::domain::Plan,
+) -> std::sync::Arc<recsync::engine::Engine> {
+    let settings = recsync::config::Settings {
+        database_url: secrecy::SecretString::from(format!("sqlite://{}", db.display())),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let app = recsync::app::build(settings, plan, recsync::app::BuildOptions::default())
+        .await
+        .unwrap();
+    let engine = app.engine();
+    tokio::spawn(app.run_until_stopped());
+    engine
+}

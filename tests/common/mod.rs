@@ -2,6 +2,7 @@
 //! `RECSYNC_TEST_DATABASE_URL` points at a server (each test gets its own database).
 #![allow(dead_code)]
 
+pub mod fidelity;
 pub mod harness;
 
 use recsync::store::Store;

@@ -45,8 +45,6 @@ pub struct Caller {
     limiter: Option<DefaultDirectRateLimiter>,
     permits: Semaphore,
     token: Mutex<Option<Token>>,
-    /// Calls made and tokens fetched, for tests and the bench.
-    pub token_fetches: std::sync::atomic::AtomicU64,
 }
 
 impl Caller {
@@ -68,7 +66,6 @@ impl Caller {
             client,
             limiter,
             token: Mutex::new(None),
-            token_fetches: Default::default(),
         })
     }
 
@@ -84,12 +81,11 @@ impl Caller {
         let mut refreshed = false;
         loop {
             match self.once(method, url, body, idempotency_key).await {
-                Err(Failure::Unauthorized(e)) if !refreshed && self.is_oauth2() => {
+                Err(Failure::Unauthorized(_)) if !refreshed && self.is_oauth2() => {
                     // The token may have been revoked or expired early: ask for a new one, once.
                     refreshed = true;
                     *self.token.lock().await = None;
                     tracing::info!(web_service = %self.name, "401 with a cached token; asking the token endpoint again");
-                    let _ = e;
                 }
                 Err(Failure::Unauthorized(e)) => return Err(SendError::Permanent(e)),
                 Err(Failure::Send(SendError::Retry { reason, after }))
@@ -271,8 +267,6 @@ impl Caller {
                 Some(enc(client_secret.expose_secret())),
             );
         }
-        self.token_fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let failed = |why: String| SendError::Retry {
             reason: format!("the token endpoint {shown} {why}"),
             after: None,

@@ -50,13 +50,6 @@ impl HttpConnector {
     pub async fn check(&self) -> Result<String, String> {
         self.caller.check().await
     }
-
-    /// How many OAuth 2.0 tokens were asked for.
-    pub fn token_fetches(&self) -> u64 {
-        self.caller
-            .token_fetches
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
 }
 
 /// The resource of a sync's external model.
