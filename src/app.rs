@@ -25,7 +25,7 @@ pub struct App {
     stop: tokio::sync::watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<()>>,
     core: Core,
-    scheduler: tokio_cron_scheduler::JobScheduler,
+    scheduler: Option<crate::engine::schedule::Scheduler>,
 }
 
 /// The engine with the tasks every command that syncs needs (the writer and the instance
@@ -94,6 +94,8 @@ pub struct BuildOptions {
     pub watch: bool,
     /// Do not start the outbox workers (tests then drain the outbox themselves).
     pub no_workers: bool,
+    /// Do not start the scheduler (tests that stand for one that stopped).
+    pub no_scheduler: bool,
 }
 
 /// Connects the store, runs migrations, binds the listener and prepares the server.
@@ -152,10 +154,16 @@ pub async fn build(settings: Settings, plan: Plan, opts: BuildOptions) -> anyhow
     .run();
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let scheduler = engine
-        .start_scheduler()
-        .await
-        .context("Failed to start the scheduler")?;
+    let scheduler = if opts.no_scheduler {
+        None
+    } else {
+        Some(
+            engine
+                .start_scheduler()
+                .await
+                .context("Failed to start the scheduler")?,
+        )
+    };
     let mut workers = if opts.no_workers {
         Vec::new()
     } else {
@@ -263,7 +271,7 @@ impl App {
         let stop = self.stop;
         let workers = self.workers;
         let core = self.core;
-        let mut scheduler = self.scheduler;
+        let scheduler = self.scheduler;
         let graceful = async {
             // The listener closes now; requests in flight are answered (actix waits for them
             // up to the same timeout).
@@ -281,7 +289,9 @@ impl App {
                     tracing::info!("Shutdown: requests in flight answered, listener closed");
                 },
                 async {
-                    let _ = scheduler.shutdown().await;
+                    if let Some(s) = scheduler {
+                        s.shutdown().await;
+                    }
                     engine.runs_finished().await;
                     tracing::info!("Shutdown: runs in progress ended");
                 }

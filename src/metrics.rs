@@ -76,8 +76,34 @@ pub fn handle() -> &'static PrometheusHandle {
             "recsync_dropbox_cursor_updated_timestamp_seconds",
             "When each Dropbox sync's cursor last caught up with Dropbox (Unix time)"
         );
+        metrics::describe_counter!(
+            "recsync_scheduler_restarts_total",
+            "Times the scheduler's watchdog stepped in, by cause (stalled_ticker, hung_tick, panic)"
+        );
+        metrics::describe_gauge!(
+            "recsync_sync_overdue_seconds",
+            metrics::Unit::Seconds,
+            "How far past its due time each scheduled sync is (0 when on time)"
+        );
         handle
     })
+}
+
+/// Counts a step of the scheduler's watchdog.
+pub fn scheduler_restart(cause: &'static str) {
+    metrics::counter!("recsync_scheduler_restarts_total", "cause" => cause).increment(1);
+}
+
+/// Sets each scheduled sync's overdue gauge: its seconds past due in `overdue`, else 0.
+pub fn overdue(overdue: &[(String, f64)], scheduled: &[String]) {
+    for sync in scheduled {
+        let late = overdue
+            .iter()
+            .find(|(s, _)| s == sync)
+            .map(|(_, l)| *l)
+            .unwrap_or(0.0);
+        metrics::gauge!("recsync_sync_overdue_seconds", "sync" => sync.clone()).set(late);
+    }
 }
 
 /// Counts a change-control row.

@@ -598,12 +598,49 @@ async fn bad_input_is_refused_and_writes_only_its_log_row() {
             "external id `404404`",
         ),
         (
-            "unknown id delete",
+            "a fraction as the id",
             h.client
-                .delete(h.url("/sync/CON/404404"))
-                .header("api_key", CRM_KEY),
-            404,
-            "external id `404404`",
+                .post(h.url("/sync/CON/create"))
+                .header("api_key", CRM_KEY)
+                .body(r#"{"name": "X", "unique_id": 7004.0}"#),
+            422,
+            "unique_id: the external id must be a non-empty string or an integer, not `7004.0`",
+        ),
+        (
+            "an exponent as the id",
+            h.client
+                .post(h.url("/sync/CON/create"))
+                .header("api_key", CRM_KEY)
+                .body(r#"{"name": "X", "unique_id": 1e3}"#),
+            422,
+            "not `1000.0`",
+        ),
+        (
+            "an id too long",
+            h.client
+                .post(h.url("/sync/CON/create"))
+                .header("api_key", CRM_KEY)
+                .json(&json!({"name": "X", "unique_id": "i".repeat(256)})),
+            422,
+            "256 characters long; at most 255",
+        ),
+        (
+            "a control character in the path's id",
+            h.client
+                .put(h.url("/sync/CON/K%071"))
+                .header("api_key", CRM_KEY)
+                .json(&json!({"name": "X"})),
+            422,
+            "control character",
+        ),
+        (
+            "a PUT whose body names another id",
+            h.client
+                .put(h.url("/sync/CON/K1"))
+                .header("api_key", CRM_KEY)
+                .json(&json!({"name": "X", "unique_id": "K2"})),
+            422,
+            "unique_id: the body names external id `K2` but the path names `K1`",
         ),
         (
             "not JSON or form",
@@ -734,11 +771,79 @@ async fn bad_input_is_refused_and_writes_only_its_log_row() {
         .filter(|c| c.status == "failed")
         .count();
     // The bad and the missing key write no row (they are counted in /metrics instead, so
-    // anonymous traffic cannot grow the log); the other thirteen did.
+    // anonymous traffic cannot grow the log); the other seventeen did.
     assert_eq!(
-        failed, 13,
+        failed, 17,
         "every request with a valid key that reached a known sync left one failed row (the unknown code did not)"
     );
+    h.stop().await;
+}
+
+/// A DELETE of an external id this binding does not link (never created, or already deleted)
+/// is a success with a `skipped` row, so that a caller retrying after a lost answer is never
+/// told it failed (protocol.md §1).
+#[tokio::test]
+async fn a_delete_of_nothing_linked_succeeds_and_says_so() {
+    let h = Harness::start().await;
+    let created = h
+        .client
+        .post(h.url("/sync/CON/create"))
+        .header("api_key", CRM_KEY)
+        .json(&json!({"name": "Gone Soon", "unique_id": "D1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    for attempt in ["first", "retried"] {
+        let r = h
+            .client
+            .delete(h.url("/sync/CON/D1"))
+            .header("api_key", CRM_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{attempt}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["result"]["status"], "success", "{attempt}: {body}");
+    }
+    let never = h
+        .client
+        .delete(h.url("/sync/CON/404404"))
+        .header("api_key", CRM_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(never.status(), 200);
+    let body: Value = never.json().await.unwrap();
+    assert_eq!(body["result"]["status"], "success", "{body}");
+    let rows = h.changes("CON").await;
+    let deleted: Vec<_> = rows
+        .iter()
+        .filter(|c| c.action == "delete" && c.status == "success")
+        .collect();
+    assert_eq!(deleted.len(), 1, "one delete applied: {rows:#?}");
+    let skipped: Vec<_> = rows
+        .iter()
+        .filter(|c| c.action == "delete" && c.status == "skipped")
+        .collect();
+    assert_eq!(
+        skipped.len(),
+        2,
+        "the retry and the never-created: {rows:#?}"
+    );
+    assert!(
+        skipped
+            .iter()
+            .all(|c| c.error_message.contains("nothing to delete")),
+        "{skipped:#?}"
+    );
+    assert!(
+        skipped
+            .iter()
+            .any(|c| c.external_id.as_deref() == Some("404404")),
+        "{skipped:#?}"
+    );
+    assert_eq!(h.engine.store.count_records("contact").await.unwrap(), 0);
     h.stop().await;
 }
 

@@ -29,6 +29,13 @@ function time(iso) {
   return h("time", { datetime: iso, title: `UTC: ${utc}` }, d.toLocaleString());
 }
 
+// "95 s", "4 min", "3 h" for a number of seconds.
+function seconds(n) {
+  if (n < 120) return `${Math.round(n)} s`;
+  if (n < 7200) return `${Math.round(n / 60)} min`;
+  return `${Math.round(n / 3600)} h`;
+}
+
 function status(s) {
   const label = s === "conflict_resolved" ? "conflict resolved" : s;
   return h("span", { class: `status-${s}` }, label || "—");
@@ -236,7 +243,8 @@ async function dashboard() {
         h("dt", {}, "Direction"), h("dd", {}, directionLabel(s.direction)),
         h("dt", {}, "Mode"), h("dd", {}, s.mode, s.schedule ? ` (${s.schedule})` : ""),
         h("dt", {}, "Last run"), h("dd", {}, last ? [time(last.started_at), " ", status(last.status)] : h("span", { class: "muted" }, "never")),
-        h("dt", {}, "Next run"), h("dd", {}, time(s.next_run_at)),
+        h("dt", {}, "Next run"), h("dd", {}, time(s.next_run_at),
+          s.overdue_seconds ? [" ", h("span", { class: "badge status-failed", "data-overdue": s.code }, `overdue by ${seconds(s.overdue_seconds)}`)] : ""),
         h("dt", {}, "Outbox"), h("dd", {}, `${s.outbox_depth} waiting`),
         h("dt", {}, "Last 24 h"),
         h("dd", {},
@@ -254,8 +262,14 @@ async function dashboard() {
       h("td", { class: "num" }, r.id), h("td", {}, r.sync), h("td", {}, r.trigger), h("td", {}, time(r.started_at)),
       h("td", {}, status(r.status)), h("td", { class: "num" }, r.pulled), h("td", { class: "num" }, r.created + r.updated + r.deleted),
       h("td", { class: "num" }, r.pushed), h("td", { class: "num" }, r.failed), h("td", { class: "wrap" }, r.error || "")));
+  const overdue = syncs.syncs.filter((s) => s.overdue_seconds);
   show(
     h("h1", {}, "Syncs"),
+    overdue.length
+      ? h("div", { class: "error", role: "alert", id: "overdue" },
+          `Overdue: ${overdue.map((s) => `${s.code} (by ${seconds(s.overdue_seconds)})`).join(", ")}. `,
+          "A scheduled run should have started and did not: the scheduler is stalled or every instance is down. /readyz answers 503 until it catches up; check the server's log for ERROR lines from the scheduler.")
+      : "",
     h("div", { class: "cards" }, cards),
     h("h2", {}, "Recent runs"),
     runRows.length

@@ -41,7 +41,7 @@ pub(super) async fn serve(g: &GlobalArgs, listen: Option<String>) -> ExitCode {
         loaded.plan,
         crate::app::BuildOptions {
             watch: true,
-            no_workers: false,
+            ..Default::default()
         },
     )
     .await

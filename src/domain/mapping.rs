@@ -443,12 +443,30 @@ fn inbound_value(p: &FieldPair, raw: &Value) -> Result<Incoming, FieldError> {
         .map_err(|e| FieldError::coerce(&p.local, e))
 }
 
-/// The text of an external id: a non-empty string as it is, a number digit for digit.
+/// The text of an external id: a non-empty string as it is, an integer digit for digit. A
+/// number with a fraction or an exponent (`7004.0`, `1e3`) is no id: its text is ambiguous.
 pub fn id_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::Number(n) if !n.is_f64() => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// The longest external id taken.
+pub const MAX_ID_LEN: usize = 255;
+
+/// Why a text cannot be an external id (too long, control characters), or None.
+pub fn id_problem(id: &str) -> Option<String> {
+    if id.chars().count() > MAX_ID_LEN {
+        Some(format!(
+            "the external id is {} characters long; at most {MAX_ID_LEN} are taken",
+            id.chars().count()
+        ))
+    } else if id.chars().any(char::is_control) {
+        Some("the external id holds a control character".to_string())
+    } else {
+        None
     }
 }
 

@@ -1024,7 +1024,7 @@ fn map_inbound(
         None => match fields.get(&sync.external_ref) {
             Some(v) => id_text(v).ok_or_else(|| {
                 ApplyError::Invalid(format!(
-                    "{}: the external id must be a non-empty string or a number",
+                    "{}: the external id must be a non-empty string or an integer, not `{v}`",
                     sync.external_ref
                 ))
             })?,
@@ -1036,6 +1036,12 @@ fn map_inbound(
             }
         },
     };
+    if let Some(problem) = crate::domain::mapping::id_problem(&external_id) {
+        return Err(ApplyError::Invalid(format!(
+            "{}: {problem}",
+            sync.external_ref
+        )));
+    }
     let mut typed = Map::new();
     let mut errors = Vec::new();
     for (k, v) in fields {

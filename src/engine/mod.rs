@@ -138,6 +138,8 @@ pub struct Engine {
     /// The runtime the engine was built on. Background work (runs, Dropbox loops, deliveries)
     /// is spawned here, never on an HTTP worker's runtime, which ends with its worker.
     rt: Option<tokio::runtime::Handle>,
+    /// The scheduler's pulse (`schedule::Ticks`), read by its watchdog.
+    ticks: schedule::Ticks,
 }
 
 impl Engine {
@@ -167,6 +169,7 @@ impl Engine {
             stopping: Default::default(),
             active_runs: Default::default(),
             rt: tokio::runtime::Handle::try_current().ok(),
+            ticks: Default::default(),
         }
     }
 

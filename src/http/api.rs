@@ -783,6 +783,12 @@ async fn list_syncs(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
                     .into_iter()
                     .next();
                 let st = store.sync_state(s.code.as_str()).await?;
+                let late = st
+                    .as_ref()
+                    .and_then(|x| x.next_run_at)
+                    .filter(|_| s.active && s.schedule.is_some())
+                    .map(|due| (chrono::Utc::now() - due).num_seconds())
+                    .filter(|l| *l > crate::engine::schedule::OVERDUE_AFTER.as_secs() as i64);
                 out.push(json!({
                     "code": s.code,
                     "name": s.name,
@@ -795,6 +801,7 @@ async fn list_syncs(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
                     "timezone": s.timezone.to_string(),
                     "active": s.active,
                     "next_run_at": st.as_ref().and_then(|x| x.next_run_at),
+                    "overdue_seconds": late,
                     "running": st.as_ref().is_some_and(|x| x.running_by.is_some()),
                     "last_run": last,
                     "outbox_depth": store.outbox_depth(s.code.as_str()).await?,

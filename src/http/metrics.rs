@@ -40,6 +40,15 @@ async fn render(req: &HttpRequest, state: &AppState) -> ApiResult {
         .collect();
     let syncs: Vec<String> = state.plan().syncs.keys().cloned().collect();
     crate::metrics::outbox(&rows, &syncs);
+    let overdue = state.engine.overdue(now).await?;
+    let scheduled: Vec<String> = state
+        .plan()
+        .syncs
+        .values()
+        .filter(|s| s.schedule.is_some())
+        .map(|s| s.code.to_string())
+        .collect();
+    crate::metrics::overdue(&overdue, &scheduled);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(crate::metrics::handle().render()))

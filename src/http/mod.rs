@@ -163,16 +163,27 @@ async fn healthz() -> HttpResponse {
     security(()),
     responses(
         (status = 200, description = "Ready: the store answers", body = Object),
-        (status = 503, description = "The store is unreachable", body = Object),
+        (status = 503, description = "The store is unreachable, or a scheduled sync is overdue (`overdue` lists them)", body = Object),
     )
 )]
 #[get("/readyz")]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store_ok = state.engine.reads().ping().await.is_ok();
+    // A sync past its due time means the scheduler is not doing its work.
+    let overdue = if store_ok {
+        state
+            .engine
+            .overdue(chrono::Utc::now())
+            .await
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let ready = store_ok && overdue.is_empty();
     let errors = state.config_errors().len();
     let plan = state.plan();
     let body = json!({
-        "status": if store_ok { "ready" } else { "unavailable" },
+        "status": if ready { "ready" } else if store_ok { "overdue" } else { "unavailable" },
         "store": if store_ok { "ok" } else { "unreachable" },
         "database": state.engine.reads().backend_name(),
         "config": {
@@ -181,8 +192,12 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "syncs": plan.syncs.len(),
             "models": plan.models.len(),
         },
+        "overdue": overdue
+            .iter()
+            .map(|(sync, s)| json!({"sync": sync, "seconds": s.round()}))
+            .collect::<Vec<_>>(),
     });
-    if store_ok {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

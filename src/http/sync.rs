@@ -351,6 +351,13 @@ async fn handle(
             }
         }
     }
+    if let Kind::Update(id) | Kind::Delete(id) = &kind
+        && let Some(problem) = crate::domain::mapping::id_problem(id)
+    {
+        let r = Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, problem);
+        log_refusal(&state, &code, &kind, &caller.name, &r, None).await;
+        return envelope_with_id(r.status, &r.message, &rpc_id);
+    }
     let op = match &kind {
         Kind::Delete(id) => InboundOp::Delete {
             external_id: id.clone(),
@@ -365,6 +372,30 @@ async fn handle(
                     return envelope_with_id(r.status, &r.message, &rpc_id);
                 }
             };
+            // A body naming another record than the path is refused, never resolved one way.
+            if let Kind::Update(id) = &kind
+                && let Some(ext_ref) = plan.sync(&code).map(|s| s.external_ref.clone())
+                && let Some(named) = values.get(&ext_ref)
+                && crate::domain::mapping::id_text(named).as_deref() != Some(id.as_str())
+            {
+                let r = Refusal::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "{ext_ref}: the body names external id `{}` but the path names `{id}`; send the change to the record it is for",
+                        crate::domain::mapping::id_text(named).unwrap_or_else(|| named.to_string())
+                    ),
+                );
+                log_refusal(
+                    &state,
+                    &code,
+                    &kind,
+                    &caller.name,
+                    &r,
+                    Some(Value::Object(values)),
+                )
+                .await;
+                return envelope_with_id(r.status, &r.message, &rpc_id);
+            }
             match &kind {
                 Kind::Update(id) => InboundOp::Upsert {
                     external_id: Some(id.clone()),
@@ -388,7 +419,27 @@ async fn handle(
         },
         ..Ctx::actor(caller.name.clone())
     };
-    let result = engine.apply_inbound(&code, op, &ctx).await;
+    let mut result = engine.apply_inbound(&code, op, &ctx).await;
+    // A DELETE is idempotent: nothing linked to delete is a success, with a `skipped` row.
+    if let (Kind::Delete(id), Err(ApplyError::UnknownExternalId(..))) = (&kind, &result) {
+        let row = NewChange {
+            external_id: Some(id.clone()),
+            actor: caller.name.clone(),
+            ..NewChange::unapplied(
+                &code,
+                LogAction::Delete,
+                "Nothing to delete",
+                LogStatus::Skipped,
+                format!(
+                    "no record is linked to external id `{id}` in sync `{code}` (never created here, or already deleted); nothing to delete"
+                ),
+            )
+        };
+        result = match engine.log_alone(row).await {
+            Ok(()) => Ok(crate::engine::Applied::Skipped(None)),
+            Err(e) => Err(ApplyError::Store(e)),
+        };
+    }
     if result.is_ok() {
         crate::crash::point("inbound.before_reply");
     }

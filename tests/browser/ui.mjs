@@ -96,6 +96,26 @@ try {
   await page.locator("section.card[data-sync]").first().waitFor();
   await shot("01-dashboard");
 
+  // 1b. An overdue sync, as a stalled scheduler leaves it (the server's side is tested in
+  // tests/scheduler.rs): a badge on its card and an alert above the cards.
+  step = "overdue";
+  await page.route("**/api/v1/syncs", async (route) => {
+    const res = await route.fetch();
+    const json = await res.json();
+    json.syncs[0].overdue_seconds = 95;
+    await route.fulfill({ response: res, json });
+  });
+  await page.reload();
+  await page.locator("[data-overdue]").first().waitFor();
+  assert.equal(await page.locator("[data-overdue]").count(), 1, "one overdue badge");
+  assert.match(await page.locator("[data-overdue]").textContent(), /overdue by 95 s/);
+  assert.match(await page.locator("#overdue").textContent(), /Overdue: \S+ \(by 95 s\)/);
+  await shot("01b-dashboard-overdue");
+  await page.unroute("**/api/v1/syncs");
+  await page.reload();
+  await page.locator("section.card[data-sync]").first().waitFor();
+  assert.equal(await page.locator("#overdue").count(), 0, "no alert when nothing is overdue");
+
   // 2. Run now, and the run's row appears.
   step = "run now";
   const card = page.locator("section.card[data-sync]").first();

@@ -224,6 +224,8 @@ pub struct Tweaks {
     pub mapping: Option<String>,
     /// Environment variables the mapping's `${VAR}` references see.
     pub env: std::collections::HashMap<String, String>,
+    /// Start without the scheduler (a scheduler that stopped).
+    pub no_scheduler: bool,
 }
 
 impl Default for Tweaks {
@@ -236,6 +238,7 @@ impl Default for Tweaks {
             rate_limit: 0,
             mapping: None,
             env: Default::default(),
+            no_scheduler: false,
         }
     }
 }
@@ -298,9 +301,11 @@ impl Harness {
                 scopes: vec![Scope::Operate],
             },
         ];
-        let app = app::build(settings, plan, BuildOptions::default())
-            .await
-            .unwrap();
+        let opts = BuildOptions {
+            no_scheduler: t.no_scheduler,
+            ..BuildOptions::default()
+        };
+        let app = app::build(settings, plan, opts).await.unwrap();
         let base = format!("http://127.0.0.1:{}", app.port());
         let engine = app.engine();
         let server = tokio::spawn(app.run_until_stopped());
