@@ -251,15 +251,131 @@ impl Engine {
                 }
             }
         }
-        // Two changes to the same record go in separate rounds, in arrival order.
-        while !ready.is_empty() {
-            let mut seen = HashSet::new();
-            let (round, later): (Vec<Prepared>, Vec<Prepared>) = ready
-                .into_iter()
-                .partition(|p| seen.insert((p.binding.clone(), p.external_id.clone())));
-            ready = later;
+        // Two changes that may touch the same local record go in separate rounds, in arrival
+        // order, whichever syncs they come from: each is decided against what the one before
+        // it wrote (a conflict between two systems is then seen as one, and a second create
+        // with the same `match_on` key finds the first instead of copying it).
+        let mut keyed: Vec<(Prepared, Vec<String>)> = {
+            let keys = self.touch_keys(&plan, &ready).await;
+            ready.into_iter().zip(keys).collect()
+        };
+        while !keyed.is_empty() {
+            let mut seen: HashSet<String> = HashSet::new();
+            let mut round = Vec::new();
+            let mut later = Vec::new();
+            for (p, keys) in keyed {
+                let clash = keys.iter().any(|k| seen.contains(k));
+                // A deferred change's keys block the changes after it too, so order holds.
+                seen.extend(keys.iter().cloned());
+                if clash {
+                    later.push((p, keys));
+                } else {
+                    round.push(p);
+                }
+            }
+            keyed = later;
             self.run_round(&plan, round).await;
         }
+        if self.woke.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    /// What each change may touch, as keys: its link (binding and external id), the local
+    /// record that link names (read when the batch holds several bindings), and the
+    /// normalized value of each `match_on` group of any sync of its model (trimmed, lower
+    /// case, as `match_on` compares). Changes sharing a key go in separate rounds.
+    async fn touch_keys(&self, plan: &Plan, ready: &[Prepared]) -> Vec<Vec<String>> {
+        let mut groups: HashMap<&str, Vec<&Vec<String>>> = HashMap::new();
+        for s in plan.syncs.values() {
+            let g = groups.entry(s.model.as_str()).or_default();
+            for group in &s.match_on {
+                if !g.contains(&group) {
+                    g.push(group);
+                }
+            }
+        }
+        let mut keys: Vec<Vec<String>> = ready
+            .iter()
+            .map(|p| {
+                let model = plan.syncs[&p.job.code].model.as_str();
+                let mut k = vec![format!("link\u{1}{}\u{1}{}", p.binding, p.external_id)];
+                for group in groups.get(model).into_iter().flatten() {
+                    let values: Option<Vec<String>> = group
+                        .iter()
+                        .map(|f| match p.incoming.get(f) {
+                            Some(Value::String(s)) if !s.trim().is_empty() => {
+                                Some(s.trim().to_lowercase())
+                            }
+                            Some(Value::Number(n)) => Some(n.to_string()),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Some(values) = values {
+                        k.push(format!(
+                            "match\u{1}{model}\u{1}{}\u{1}{}",
+                            group.join(","),
+                            values.join("\u{1}")
+                        ));
+                    }
+                }
+                k
+            })
+            .collect();
+        let mut by_binding: HashMap<&str, Vec<String>> = HashMap::new();
+        for p in ready {
+            by_binding
+                .entry(p.binding.as_str())
+                .or_default()
+                .push(p.external_id.clone());
+        }
+        // One binding links each local record once: its link keys say it all.
+        if by_binding.len() < 2 {
+            return keys;
+        }
+        for (binding, ids) in by_binding {
+            let found = self.store.links_by_external_ids(binding, &ids).await;
+            for (i, p) in ready.iter().enumerate() {
+                if p.binding != binding {
+                    continue;
+                }
+                let model = &plan.syncs[&p.job.code].model;
+                match &found {
+                    Ok(links) => {
+                        if let Some(l) = links.get(&p.external_id) {
+                            keys[i].push(format!("record\u{1}{model}\u{1}{}", l.local_id));
+                        }
+                    }
+                    // Unknown: the model's changes go one round each.
+                    Err(_) => keys[i].push(format!("record\u{1}{model}\u{1}*")),
+                }
+            }
+        }
+        keys
+    }
+
+    /// Applies upserts of several syncs handed to the writer together, as pages of two runs
+    /// queued at the same moment are: `(sync, payload)`, each payload holding its sync's
+    /// `external_ref`. Each change is decided against what the ones before it wrote; the
+    /// results come back in order.
+    pub async fn apply_inbound_bundle(
+        &self,
+        items: Vec<(String, Value)>,
+        ctx: &Ctx,
+    ) -> Vec<Result<Applied, ApplyError>> {
+        let jobs = items
+            .into_iter()
+            .map(|(code, payload)| Job {
+                code,
+                external_id: None,
+                payload,
+                must_exist: false,
+                ctx: ctx.clone(),
+                reply: oneshot::channel().0,
+                span: tracing::Span::current(),
+            })
+            .collect();
+        self.submit_many(jobs).await
     }
 
     async fn run_round(&self, plan: &Plan, round: Vec<Prepared>) {
@@ -308,8 +424,11 @@ impl Engine {
                     drop(entered);
                     let _ = p.job.reply.send(r);
                 }
+                // The outbox workers are woken once the whole batch is in (`run_batch`), so
+                // that a delivery queued by one round is not claimed before a later round of
+                // the same batch links its record (a second system's copy of the person).
                 if wrote {
-                    self.wake();
+                    self.woke.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
             }
             Err(e) if n > 1 && !e.is_unavailable() => {

@@ -140,6 +140,8 @@ pub struct Engine {
     rt: Option<tokio::runtime::Handle>,
     /// The scheduler's pulse (`schedule::Ticks`), read by its watchdog.
     ticks: schedule::Ticks,
+    /// A round of the batch in hand wrote something: wake the workers when it ends.
+    woke: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -170,6 +172,7 @@ impl Engine {
             active_runs: Default::default(),
             rt: tokio::runtime::Handle::try_current().ok(),
             ticks: Default::default(),
+            woke: Default::default(),
         }
     }
 

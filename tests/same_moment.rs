@@ -1,0 +1,197 @@
+//! Two syncs at the same moment, one record: changes from different syncs that the writer
+//! takes together are decided in order, each against what the one before it wrote, when they
+//! touch the same local record or carry the same `match_on` key.
+
+mod common;
+
+use common::eventually;
+use common::harness::{Harness, Tweaks};
+use recsync::engine::{Applied, Ctx};
+use serde_json::json;
+
+/// Two more systems holding contacts, both two-way, both matching on email.
+const TWO_SYSTEMS: &str = r#"
+[web_services.sys_a]
+shipping_url = "@PEER@/api/wa/ship"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+
+[web_services.sys_b]
+shipping_url = "@PEER@/api/wb/ship"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+
+[syncs.SA]
+model = "contact"
+external_model = "crm_contact"
+web_service = "sys_a"
+direction = "bidirectional"
+mode = "realtime"
+external_ref = "unique_id"
+match_on = ["email"]
+fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
+
+[syncs.SB]
+model = "contact"
+external_model = "crm_contact"
+web_service = "sys_b"
+direction = "bidirectional"
+mode = "realtime"
+external_ref = "unique_id"
+match_on = ["email"]
+fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
+"#;
+
+async fn start() -> Harness {
+    Harness::with(Tweaks {
+        extra_mapping: TWO_SYSTEMS.into(),
+        ..Default::default()
+    })
+    .await
+}
+
+/// A record as the system holds it, without telling recsync.
+fn seed(h: &Harness, coll: &str, id: &str, name: &str, email: &str) {
+    let values = json!({"unique_id": id, "name": name, "email": email});
+    h.peer
+        .set_quietly(coll, id, values.as_object().cloned());
+}
+
+async fn settled(h: &Harness) {
+    eventually(15, "the outbox to settle", || async {
+        let mut depth = 0;
+        for s in ["SA", "SB", "CON", "ERP", "SHOP", "LOC"] {
+            depth += h.engine.store.outbox_depth(s).await.unwrap();
+        }
+        (depth == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_person_entered_in_two_systems_at_once_is_one_hub_record() {
+    let h = start().await;
+    // Each system holds the person it reports.
+    seed(&h, "wa", "a1", "Race Person", "race@example.com");
+    seed(&h, "wb", "b1", "Race Person", " Race@Example.com");
+    let results = h
+        .engine
+        .apply_inbound_bundle(
+            vec![
+                (
+                    "SA".into(),
+                    json!({"unique_id": "a1", "name": "Race Person", "email": "race@example.com"}),
+                ),
+                (
+                    "SB".into(),
+                    json!({"unique_id": "b1", "name": "Race Person", "email": " Race@Example.com"}),
+                ),
+            ],
+            &Ctx::actor("test"),
+        )
+        .await;
+    assert!(
+        matches!(results[0], Ok(Applied::Created(_))),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[1], Ok(Applied::Updated(..) | Applied::NoOp(_))),
+        "the second is matched to the first, not created: {results:?}"
+    );
+    assert_eq!(h.engine.store.count_records("contact").await.unwrap(), 1);
+    let a = h.link("SA", "a1").await.unwrap();
+    let b = h.link("SB", "b1").await.unwrap();
+    assert_eq!(a.local_id, b.local_id, "both systems link the one hub record");
+    settled(&h).await;
+    // Neither system was sent a copy of the person.
+    assert_eq!(
+        (h.peer.records("wa").len(), h.peer.records("wb").len()),
+        (1, 1),
+        "wa: {:?}, wb: {:?}",
+        h.peer.records("wa"),
+        h.peer.records("wb")
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn two_systems_renaming_one_record_at_once_is_a_conflict_and_both_end_equal() {
+    let h = start().await;
+    // The person is in A, and reaches B through recsync (B's id is whatever B gave it).
+    seed(&h, "wa", "a1", "Orig", "same@example.com");
+    let r = h
+        .engine
+        .apply_inbound_bundle(
+            vec![(
+                "SA".into(),
+                json!({"unique_id": "a1", "name": "Orig", "email": "same@example.com"}),
+            )],
+            &Ctx::actor("test"),
+        )
+        .await;
+    assert!(r[0].is_ok(), "{r:?}");
+    settled(&h).await;
+    let local = h.link("SA", "a1").await.unwrap().local_id;
+    let b1 = h
+        .engine
+        .store
+        .link_by_local("SB", local)
+        .await
+        .unwrap()
+        .and_then(|l| l.external_id)
+        .expect("B was sent the person");
+    let b1 = b1.as_str();
+
+    // Each system renames the person; both changes reach the writer together.
+    seed(&h, "wa", "a1", "From A", "same@example.com");
+    seed(&h, "wb", b1, "From B", "same@example.com");
+    let results = h
+        .engine
+        .apply_inbound_bundle(
+            vec![
+                (
+                    "SA".into(),
+                    json!({"unique_id": "a1", "name": "From A", "email": "same@example.com"}),
+                ),
+                (
+                    "SB".into(),
+                    json!({"unique_id": b1, "name": "From B", "email": "same@example.com"}),
+                ),
+            ],
+            &Ctx::actor("test"),
+        )
+        .await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    // priority = "external" (the default): the later change wins, as a conflict.
+    let record = h
+        .engine
+        .store
+        .get_record("contact", local)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.values["name"], "From B");
+    let conflicts: Vec<_> = h
+        .changes("SB")
+        .await
+        .into_iter()
+        .filter(|c| c.action == "conflict")
+        .collect();
+    assert_eq!(conflicts.len(), 1, "the second rename is a conflict, logged");
+    settled(&h).await;
+    // Both systems end with the winning value.
+    let name_in = |coll: &str, id: &str| {
+        h.peer
+            .record(coll, id)
+            .and_then(|r| r.get("name").cloned())
+    };
+    assert_eq!(
+        name_in("wa", "a1"),
+        Some(json!("From B")),
+        "A lost and was sent the result"
+    );
+    assert_eq!(
+        name_in("wb", b1),
+        Some(json!("From B")),
+        "B won and keeps its value"
+    );
+    h.stop().await;
+}
