@@ -240,23 +240,25 @@ async fn a_partial_listing_deletes_nothing_until_a_person_approves() {
     )
     .await;
     assert_eq!(status, 403, "a read key cannot approve");
-    // A later reconciliation of the same partial list holds again, deleting nothing.
+    // A later reconciliation of the same partial list deletes nothing and opens no second
+    // hold for the deletes already held.
     let run = h.run_with("ACC", "?full=true").await;
-    assert_eq!((run.held, run.deleted), (190, 0), "{run:?}");
-    let second = h
+    assert_eq!((run.held, run.deleted), (0, 0), "{run:?}");
+    let open = h
         .engine
         .store
         .holds(Some("held"), Some("ACC"), 10)
         .await
-        .unwrap()[0]
-        .id;
-    assert_ne!(second, hold);
+        .unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].id, hold);
+    assert_eq!(open[0].items, 190);
 
     // Discarding keeps every record, and every link as it was.
     let (status, body) = api(
         &h,
         reqwest::Method::POST,
-        &format!("/api/v1/holds/{second}/discard"),
+        &format!("/api/v1/holds/{hold}/discard"),
         OPERATE_KEY,
     )
     .await;
@@ -266,14 +268,25 @@ async fn a_partial_listing_deletes_nothing_until_a_person_approves() {
         "{body}"
     );
     assert_eq!(live_contacts(&h).await, 200);
+    assert_eq!(h.engine.store.count_links(&binding).await.unwrap(), 200);
     let (status, _) = api(
         &h,
         reqwest::Method::POST,
-        &format!("/api/v1/holds/{second}/approve"),
+        &format!("/api/v1/holds/{hold}/approve"),
         OPERATE_KEY,
     )
     .await;
     assert_eq!(status, 409, "a discarded hold cannot be approved");
+    // Once discarded, the same partial list holds its deletes again, in a new hold.
+    let run = h.run_with("ACC", "?full=true").await;
+    assert_eq!((run.held, run.deleted), (190, 0), "{run:?}");
+    let hold = h
+        .engine
+        .store
+        .holds(Some("held"), Some("ACC"), 10)
+        .await
+        .unwrap()[0]
+        .id;
 
     // Really gone after the hold was made, but not in it: approving does not delete it.
     h.peer.set_quietly("acc", &id(0), None);

@@ -44,6 +44,26 @@ domain = [["stage", "=", "customer"]]
 external_ref = "unique_id"
 fields = [{ local = "name", external = "name" }]
 
+[web_services.cbi]
+url = "@PEER@/api/cbi/fetch"
+confirmation_url = "@PEER@/api/cbi/confirm"
+shipping_url = "@PEER@/api/cbi/ship"
+list_url = "@PEER@/api/cbi/list"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+
+[syncs.CBI]
+model = "contact"
+external_model = "crm_contact"
+web_service = "cbi"
+direction = "bidirectional"
+mode = "cron"
+every = "1h"
+propagate_deletes = true
+delete_guard = { max = 2 }
+domain = [["stage", "=", "lost"]]
+external_ref = "unique_id"
+fields = [{ local = "name", external = "name" }, { local = "stage", external = "status" }]
+
 [syncs.CPUSH]
 model = "contact"
 external_model = "crm_contact"
@@ -311,7 +331,8 @@ async fn a_cron_push_holds_mass_local_deletes_and_a_discard_keeps_the_external_r
         (&held[0]["items"], &held[0]["direction"]),
         (&json!(6), &json!("local_to_external"))
     );
-    // Discarded: the external records stay, their links end, and no later push sends them.
+    // Discarded: the external records stay, their links are kept detached, and no later push
+    // sends them.
     let hid = held[0]["id"].as_i64().unwrap();
     let (status, done) = call(
         &h,
@@ -329,7 +350,13 @@ async fn a_cron_push_holds_mass_local_deletes_and_a_discard_keeps_the_external_r
                 .link_by_local("CPUSH", *id)
                 .await
                 .unwrap()
-                .is_none()
+                .is_some_and(|l| l.external_id.is_some()),
+            "the link of {id} is kept"
+        );
+        assert_eq!(
+            h.engine.store.detached_hold("CPUSH", *id).await.unwrap(),
+            Some(hid),
+            "{id} is detached by the discarded hold"
         );
     }
     let run = h.run("CPUSH").await;
@@ -352,5 +379,87 @@ async fn a_cron_push_holds_mass_local_deletes_and_a_discard_keeps_the_external_r
     assert_eq!(plan["holds"][0]["side"], "external");
     let run = h.run("CPUSH").await;
     assert_eq!(run.held, 6, "{run:?}");
+    h.stop().await;
+}
+
+/// Discarding a hold of local deletes leaves the external records where they are, detached:
+/// a full run of a two-way sync neither imports them again nor holds their deletes again;
+/// `resync` brings one back as a new local record.
+#[tokio::test]
+async fn a_discarded_hold_of_local_deletes_resurrects_nothing() {
+    let h = start().await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let (status, body) = call(
+            &h,
+            reqwest::Method::POST,
+            "/api/v1/models/contact/records",
+            ADMIN_KEY,
+            Some(json!({"name": format!("Lost {i}"), "stage": "lost"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["id"].as_i64().unwrap());
+    }
+    let run = h.run("CBI").await;
+    assert_eq!(run.pushed, 6, "{run:?}");
+    assert_eq!(h.peer.records("cbi").len(), 6);
+    for id in &ids[..3] {
+        delete_local(&h, *id).await;
+    }
+    let run = h.run("CBI").await;
+    assert_eq!((run.held, run.pushed), (3, 0), "{run:?}");
+    let held = holds(&h, "CBI").await;
+    let hid = held[0]["id"].as_i64().unwrap();
+    let (status, done) = call(
+        &h,
+        reqwest::Method::POST,
+        &format!("/api/v1/holds/{hid}/discard"),
+        OPERATE_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    let live = |h: &Harness| {
+        let store = h.engine.store.clone();
+        async move { store.count_records("contact").await.unwrap() }
+    };
+    assert_eq!(live(&h).await, 3);
+    // A full run lists the three external records: detached, they are neither imported nor
+    // deleted, and no second hold is opened.
+    for _ in 0..2 {
+        let run = h.run_with("CBI", "?full=true").await;
+        assert_eq!(run.status, "success", "{run:?}");
+        assert_eq!((run.created, run.held), (0, 0), "{run:?}");
+        assert_eq!(live(&h).await, 3, "nothing imported again");
+        assert_eq!(h.peer.records("cbi").len(), 6, "nothing deleted there");
+        assert_eq!(holds(&h, "CBI").await.len(), 0, "no new hold");
+    }
+    // The history says detached.
+    let rows = h.changes("CBI").await;
+    let detached: Vec<_> = rows.iter().filter(|c| c.action == "detach").collect();
+    assert_eq!(detached.len(), 3, "{rows:#?}");
+    assert!(detached[0].error_message.contains("detached"));
+    // An operator's resync brings one back, as a new local record.
+    let (status, body) = call(
+        &h,
+        reqwest::Method::POST,
+        &format!("/api/v1/syncs/CBI/records/{}/resync", ids[0]),
+        OPERATE_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer detached"),
+        "{body}"
+    );
+    eventually(20, "the record imported again", || async {
+        (live(&h).await == 4).then_some(())
+    })
+    .await;
     h.stop().await;
 }

@@ -51,8 +51,7 @@ async fn start() -> Harness {
 /// A record as the system holds it, without telling recsync.
 fn seed(h: &Harness, coll: &str, id: &str, name: &str, email: &str) {
     let values = json!({"unique_id": id, "name": name, "email": email});
-    h.peer
-        .set_quietly(coll, id, values.as_object().cloned());
+    h.peer.set_quietly(coll, id, values.as_object().cloned());
 }
 
 async fn settled(h: &Harness) {
@@ -88,10 +87,7 @@ async fn one_person_entered_in_two_systems_at_once_is_one_hub_record() {
             &Ctx::actor("test"),
         )
         .await;
-    assert!(
-        matches!(results[0], Ok(Applied::Created(_))),
-        "{results:?}"
-    );
+    assert!(matches!(results[0], Ok(Applied::Created(_))), "{results:?}");
     assert!(
         matches!(results[1], Ok(Applied::Updated(..) | Applied::NoOp(_))),
         "the second is matched to the first, not created: {results:?}"
@@ -99,7 +95,10 @@ async fn one_person_entered_in_two_systems_at_once_is_one_hub_record() {
     assert_eq!(h.engine.store.count_records("contact").await.unwrap(), 1);
     let a = h.link("SA", "a1").await.unwrap();
     let b = h.link("SB", "b1").await.unwrap();
-    assert_eq!(a.local_id, b.local_id, "both systems link the one hub record");
+    assert_eq!(
+        a.local_id, b.local_id,
+        "both systems link the one hub record"
+    );
     settled(&h).await;
     // Neither system was sent a copy of the person.
     assert_eq!(
@@ -175,14 +174,15 @@ async fn two_systems_renaming_one_record_at_once_is_a_conflict_and_both_end_equa
         .into_iter()
         .filter(|c| c.action == "conflict")
         .collect();
-    assert_eq!(conflicts.len(), 1, "the second rename is a conflict, logged");
+    assert_eq!(
+        conflicts.len(),
+        1,
+        "the second rename is a conflict, logged"
+    );
     settled(&h).await;
     // Both systems end with the winning value.
-    let name_in = |coll: &str, id: &str| {
-        h.peer
-            .record(coll, id)
-            .and_then(|r| r.get("name").cloned())
-    };
+    let name_in =
+        |coll: &str, id: &str| h.peer.record(coll, id).and_then(|r| r.get("name").cloned());
     assert_eq!(
         name_in("wa", "a1"),
         Some(json!("From B")),
@@ -193,5 +193,33 @@ async fn two_systems_renaming_one_record_at_once_is_a_conflict_and_both_end_equa
         Some(json!("From B")),
         "B won and keeps its value"
     );
+    h.stop().await;
+}
+
+/// A run whose pushes fail says so: `failed` counts the records whose send failed (waiting for
+/// their retry in the outbox, or dead letters), instead of reporting `failed 0`.
+#[tokio::test]
+async fn a_run_whose_pushes_fail_counts_them_as_failed() {
+    let h = start().await;
+    for i in 0..3 {
+        let r = h
+            .client
+            .post(h.url("/api/v1/models/contact/records"))
+            .header("X-Api-Key", common::harness::ADMIN_KEY)
+            .json(&json!({"name": format!("Lost {i}"), "stage": "lost"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    // The service refuses every send (a permanent refusal: the entries are dead letters).
+    h.peer.set_faults(recsync::peer::Faults {
+        fail_next: 1000,
+        fail_status: Some(400),
+        only: Some("ship".into()),
+        ..Default::default()
+    });
+    let run = h.run("PUSH").await;
+    assert_eq!((run.pushed, run.failed), (0, 3), "{run:?}");
     h.stop().await;
 }

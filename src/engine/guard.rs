@@ -89,6 +89,22 @@ impl Engine {
         if links.is_empty() {
             return Ok(HashSet::new());
         }
+        // Deletes a held hold has already taken wait for its decision: they are not collected
+        // again, so a later run never opens a second hold for them.
+        let held = self
+            .store
+            .held_local_ids(sync.code.as_str(), LogDirection::ExternalToLocal.as_str())
+            .await?;
+        let (already, links): (
+            std::collections::HashMap<String, crate::store::Link>,
+            std::collections::HashMap<String, crate::store::Link>,
+        ) = links
+            .into_iter()
+            .partition(|(_, l)| held.contains(&l.local_id));
+        let already: HashSet<String> = already.into_keys().collect();
+        if links.is_empty() {
+            return Ok(already);
+        }
         let hold = match guard.hold {
             Some(h) => h,
             None => {
@@ -119,7 +135,7 @@ impl Engine {
         self.store.add_hold_items(hold, &items).await?;
         let ids: HashSet<String> = links.into_keys().collect();
         guard.ids.extend(ids.iter().cloned());
-        Ok(ids)
+        Ok(ids.into_iter().chain(already).collect())
     }
 
     /// A record collected for deletion came back later in the run: its delete is dropped.
@@ -426,9 +442,10 @@ impl Engine {
         if hold.direction == LogDirection::LocalToExternal.as_str()
             && let Some(sync) = self.plan().sync(&hold.sync)
         {
-            // The external records stay; their links end, so the deletes are not sent again.
-            let ended = self.unlink_held(sync, id, by).await?;
-            tracing::info!(sync = %hold.sync, hold = id, by, ended, "Held local deletes discarded; the external records stay, unlinked");
+            // The external records stay where they are, detached: neither deleted there nor
+            // imported here again (their links are kept, so nothing looks new).
+            let detached = self.detach_held(sync, id, by).await?;
+            tracing::info!(sync = %hold.sync, hold = id, by, detached, "Held local deletes discarded; the external records stay, detached (`recsync record {} <id> resync` brings one back)", hold.sync);
         } else {
             tracing::info!(sync = %hold.sync, hold = id, by, "Held deletes discarded; the records stay");
         }
@@ -504,18 +521,22 @@ impl Engine {
         Ok((entries.len() as i64, skipped))
     }
 
-    /// Ends the links of a discarded hold of local deletes, one `unlink` row each.
-    async fn unlink_held(&self, sync: &Sync, hold: i64, by: &str) -> Result<i64, StoreError> {
+    /// Detaches the links of a discarded hold of local deletes, one `detach` row each.
+    async fn detach_held(&self, sync: &Sync, hold: i64, by: &str) -> Result<i64, StoreError> {
         let (found, _) = self.held_tombstones(sync, hold).await?;
         let mut tx = self.store.begin().await?;
         for (l, _) in &found {
-            tx.delete_link(&l.binding, l.local_id).await?;
+            tx.detach_record(sync.code.as_str(), l.local_id, by, hold)
+                .await?;
             let mut row = NewChange::unapplied(
                 sync.code.as_str(),
-                LogAction::Unlink,
+                LogAction::Detach,
                 "Held delete discarded",
                 LogStatus::Success,
-                format!("hold {hold} was discarded: the external record stays, no longer linked"),
+                format!(
+                    "hold {hold} was discarded: the external record stays where it is, detached (neither deleted there nor imported here again); `recsync record {} {} resync` brings it back",
+                    sync.code, l.local_id
+                ),
             );
             row.direction = LogDirection::LocalToExternal;
             row.external_id = l.external_id.clone();

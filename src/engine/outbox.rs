@@ -668,5 +668,6 @@ pub(super) fn verb(a: LogAction) -> &'static str {
         LogAction::Move => "Move",
         LogAction::Conflict => "Resolve conflict on",
         LogAction::Link => "Link",
+        LogAction::Detach => "Detach",
     }
 }

@@ -690,8 +690,17 @@ impl Engine {
             let skip = |id: i64| {
                 waiting.contains(&id) || paused.contains(&id) || linked_by_pull.contains(&id)
             };
-            let selected =
-                self.select_for_push(sync, model, &page, links.clone(), skip, &ambiguous, full, 0);
+            let resend = self.push_resends_all(sync, full);
+            let selected = self.select_for_push(
+                sync,
+                model,
+                &page,
+                links.clone(),
+                skip,
+                &ambiguous,
+                resend,
+                0,
+            );
             for (row, _) in &selected.unlinks {
                 side.add(
                     "unlink",

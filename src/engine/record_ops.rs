@@ -83,6 +83,11 @@ impl Engine {
             .sync(code)
             .ok_or_else(|| RecordOpError::UnknownSync(code.to_string()))?;
         let model = &plan.models[&sync.model];
+        if matches!(op, RecordOp::Resync | RecordOp::Relink(_))
+            && let Some(hold) = self.store.detached_hold(code, local_id).await?
+        {
+            return self.bring_back(sync, local_id, hold, &op, by).await;
+        }
         let record = self
             .store
             .get_record(&model.name, local_id)
@@ -305,6 +310,69 @@ impl Engine {
 }
 
 impl Engine {
+    /// Ends the detachment a discarded hold left on a deleted record: the link ends with it,
+    /// so the external record is imported here again (at once by a full run where the
+    /// service can list, else at its next change or reconciliation) as a new local record.
+    async fn bring_back(
+        self: &Arc<Self>,
+        sync: &crate::domain::plan::Sync,
+        local_id: i64,
+        hold: i64,
+        op: &RecordOp,
+        by: &str,
+    ) -> Result<OpDone, RecordOpError> {
+        let code = sync.code.as_str();
+        let binding = sync.binding();
+        let link = self.store.link_by_local(&binding, local_id).await?;
+        let external_id = link.and_then(|l| l.external_id);
+        let mut tx = self.store.begin().await?;
+        tx.end_detachment(code, local_id).await?;
+        tx.delete_link(&binding, local_id).await?;
+        tx.commit().await?;
+        let lists = self
+            .connector(&sync.web_service)
+            .is_some_and(|c| c.can_list(sync))
+            && sync.direction.to_local();
+        let run_id = if lists {
+            match self.start_run(code, Trigger::Manual, true).await {
+                Ok(started) => Some(started.run_id),
+                Err(e) => return Err(RecordOpError::Run(e.to_string())),
+            }
+        } else {
+            None
+        };
+        let ext = external_id.clone().unwrap_or_default();
+        let message = match run_id {
+            Some(run) => format!(
+                "no longer detached (hold {hold}): external `{ext}` is imported again as a new record by run {run}"
+            ),
+            None => format!(
+                "no longer detached (hold {hold}): external `{ext}` is imported again as a new record at its next change or reconciliation"
+            ),
+        };
+        let mut row = crate::store::NewChange::unapplied(
+            code,
+            LogAction::Link,
+            format!("Operator: {} {}", op.name(), sync.model),
+            LogStatus::Success,
+            message.clone(),
+        );
+        row.external_id = external_id.clone();
+        row.local_id = Some(local_id);
+        row.actor = by.to_string();
+        row.destination_values = json!({ "op": op.name() });
+        self.log_alone(row).await?;
+        tracing::info!(sync = code, local_id, op = op.name(), by, "{message}");
+        Ok(OpDone {
+            sync: code.to_string(),
+            local_id,
+            op: op.name(),
+            external_id,
+            message,
+            run_id,
+        })
+    }
+
     /// One record's values, found in the service's listing (page by page, stopping at it).
     async fn find_listed(
         &self,

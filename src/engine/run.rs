@@ -139,6 +139,7 @@ impl Engine {
             ambiguous,
             paused,
         } = self.left_by_push(&plan, &sync).await.map_err(store_err)?;
+        let full = self.push_resends_all(&sync, full);
         let guarded = sync.propagate_deletes && sync.delete_guard.is_some();
         let mut deletes: Vec<(crate::store::NewOutbox, crate::store::HoldItem)> = Vec::new();
         let mut queued: Vec<i64> = Vec::new();
@@ -272,6 +273,13 @@ impl Engine {
             .delivered_in_run(code, run_id)
             .await
             .map_err(store_err)?;
+        // Sends that failed count as failed records of the run (they wait for their retry in
+        // the outbox, or are dead letters).
+        counts.failed += self
+            .store
+            .failed_in_run(code, run_id)
+            .await
+            .map_err(store_err)?;
         Ok(())
     }
 
@@ -308,7 +316,8 @@ impl Engine {
     }
 
     /// Claims the sync's run slot and starts a run in the background.
-    /// With `full`, the push re-sends every local record in the domain, not only what changed
+    /// With `full`, the run reconciles: it reads or lists every external record and repairs what
+    /// differs; a push that could not compare re-sends every local record in the domain, not only what changed
     /// since the last sync (and works for real-time syncs too: a re-sync by hand).
     pub async fn start_run(
         self: &Arc<Self>,
@@ -786,6 +795,17 @@ pub(super) struct Left {
 }
 
 impl Engine {
+    /// Whether a full run's push re-sends every linked record: only where the run could not
+    /// compare them. A sync whose pull read (or listed) every external record already repaired
+    /// what differed, and a record that matches is written nothing.
+    pub(super) fn push_resends_all(&self, sync: &crate::domain::plan::Sync, full: bool) -> bool {
+        let compared = sync.direction.to_local()
+            && self
+                .connector(&sync.web_service)
+                .is_some_and(|c| c.full_pull_lists() || c.can_list(sync));
+        full && !compared
+    }
+
     /// The local records a push of `sync` leaves alone (a run's and a plan's alike).
     pub(super) async fn left_by_push(
         &self,

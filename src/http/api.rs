@@ -824,7 +824,7 @@ struct RunQuery {
     tag = "syncs",
     params(
         ("code" = String, Path, description = "The sync's code"),
-        ("full" = Option<bool>, Query, description = "Re-send every linked record in the domain, whatever its version"),
+        ("full" = Option<bool>, Query, description = "Reconcile: read or list every external record and repair what differs; a sync that cannot compare re-sends every linked record in the domain"),
     ),
     responses(
         (status = 202, description = "The run started; its id", body = Object),

@@ -62,6 +62,27 @@ impl Store {
             .await)?)
     }
 
+    /// How many entries a run queued for a sync failed: dead-lettered, or waiting for a retry
+    /// after a failed attempt.
+    pub async fn failed_in_run(&self, sync: &str, run_id: i64) -> Result<i64> {
+        let mut c = self.reader().await?;
+        let sql = match self.backend {
+            Backend::Sqlite { .. } => {
+                "SELECT COUNT(*) FROM outbox WHERE sync = $1 AND json_extract(payload, '$.run_id') = $2
+                 AND (status = 'dead' OR (status = 'pending' AND attempts > 0))"
+            }
+            Backend::Postgres(_) => {
+                "SELECT COUNT(*) FROM outbox WHERE sync = $1 AND (payload ->> 'run_id')::bigint = $2
+                 AND (status = 'dead' OR (status = 'pending' AND attempts > 0))"
+            }
+        };
+        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(sql)
+            .bind(sync)
+            .bind(run_id)
+            .fetch_one(c)
+            .await)?)
+    }
+
     /// Records of a model with `id > after`, tombstones included, in id order.
     pub async fn records_after(&self, model: &str, after: i64, limit: i64) -> Result<Vec<Record>> {
         let mut c = self.reader().await?;

@@ -26,15 +26,30 @@ impl Store {
     /// Resumes a paused record; false when it was not paused.
     pub async fn resume_record(&self, sync: &str, local_id: i64) -> Result<bool> {
         let mut c = self.writer().await?;
-        let n = on!(c.conn(), |c| sqlx::query(
-            "DELETE FROM paused_records WHERE sync = $1 AND local_id = $2"
+        let n = on!(c.conn(), |c| {
+            sqlx::query(
+            "DELETE FROM paused_records WHERE sync = $1 AND local_id = $2 AND detached_hold IS NULL"
         )
         .bind(sync)
         .bind(local_id)
         .execute(c)
         .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+        })?;
         Ok(n == 1)
+    }
+
+    /// The discarded hold that left this record detached for the sync, if it is.
+    pub async fn detached_hold(&self, sync: &str, local_id: i64) -> Result<Option<i64>> {
+        let mut c = self.reader().await?;
+        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT detached_hold FROM paused_records WHERE sync = $1 AND local_id = $2"
+        )
+        .bind(sync)
+        .bind(local_id)
+        .fetch_optional(c)
+        .await)?
+        .flatten())
     }
 
     /// Which of these records are paused for the sync.
@@ -57,6 +72,45 @@ impl Store {
 }
 
 impl Tx {
+    /// Leaves a record detached for the sync by a discarded hold (see migration 0007).
+    pub async fn detach_record(
+        &mut self,
+        sync: &str,
+        local_id: i64,
+        by: &str,
+        hold: i64,
+    ) -> Result<()> {
+        on!(self.conn(), |c| sqlx::query(
+            "INSERT INTO paused_records (sync, local_id, paused_at, paused_by, detached_hold)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (sync, local_id) DO UPDATE SET detached_hold = excluded.detached_hold"
+        )
+        .bind(sync)
+        .bind(local_id)
+        .bind(Utc::now())
+        .bind(by)
+        .bind(hold)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Ends a record's detachment (and any pause) for the sync; false when it was not detached.
+    pub async fn end_detachment(&mut self, sync: &str, local_id: i64) -> Result<bool> {
+        let n = on!(self.conn(), |c| {
+            sqlx::query(
+            "DELETE FROM paused_records WHERE sync = $1 AND local_id = $2 AND detached_hold IS NOT NULL"
+        )
+        .bind(sync)
+        .bind(local_id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
+        Ok(n == 1)
+    }
+
     /// Which of these records are paused for the sync, inside the transaction.
     pub async fn paused_among(&mut self, sync: &str, ids: &[i64]) -> Result<HashSet<i64>> {
         let pg = self.is_pg();

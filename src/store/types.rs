@@ -186,6 +186,7 @@ text_enum!(
         Move = "move",
         Conflict = "conflict",
         Link = "link",
+        Detach = "detach",
     }
 );
 text_enum!(
