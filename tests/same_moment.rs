@@ -223,3 +223,52 @@ async fn a_run_whose_pushes_fail_counts_them_as_failed() {
     assert_eq!((run.pushed, run.failed), (0, 3), "{run:?}");
     h.stop().await;
 }
+
+/// A local edit of a field a sync does not map sends nothing through that sync and writes no
+/// row for it; an edit of a mapped field sends only that field's change.
+#[tokio::test]
+async fn an_edit_of_an_unmapped_field_sends_nothing() {
+    let h = start().await;
+    for (id, name) in [("U1", "Una"), ("U2", "Boss")] {
+        let r = h
+            .client
+            .post(h.url("/sync/CON/create"))
+            .header("api_key", common::harness::CRM_KEY)
+            .json(&json!({"unique_id": id, "name": name, "email": format!("{id}@example.com")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let una = h.link("CON", "U1").await.unwrap().local_id;
+    let boss = h.link("CON", "U2").await.unwrap().local_id;
+    settled(&h).await;
+    let shipped = h.peer.received("crm").len();
+    let rows = h.changes("CON").await.len();
+    // `manager` is not one of CON's fields.
+    h.patch_record("contact", una, json!({"manager": boss}))
+        .await;
+    settled(&h).await;
+    assert_eq!(
+        h.peer.received("crm").len(),
+        shipped,
+        "nothing sent to the CRM"
+    );
+    let after = h.changes("CON").await;
+    assert_eq!(
+        after.len(),
+        rows,
+        "no row for CON: {:#?}",
+        &after[..after.len() - rows]
+    );
+    let link = h.link("CON", "U1").await.unwrap();
+    let record = h
+        .engine
+        .store
+        .get_record("contact", una)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(link.synced_version, record.version, "the link caught up");
+    h.stop().await;
+}

@@ -132,9 +132,10 @@ impl Engine {
                         .deliver(&plan, &entry, record, link, is_paused)
                         .await;
                     match &result {
-                        Ok(Step::Delivered { row, .. }) => {
-                            tracing::debug!(external_id = row.external_id.as_deref(), "Delivered")
-                        }
+                        Ok(Step::Delivered { row, .. }) => tracing::debug!(
+                            external_id = row.as_ref().and_then(|r| r.external_id.as_deref()),
+                            "Delivered"
+                        ),
                         Ok(Step::Failed(row, Fate::Retry(_, at))) => {
                             tracing::debug!(error = %row.error_message, retry_at = %at, "Delivery failed; retried later")
                         }
@@ -254,7 +255,7 @@ impl Engine {
             row.error_message = super::batch::paused_reason(sync);
             // The link is kept as it is (none means an unlink here).
             return Ok(Step::Delivered {
-                row,
+                row: Some(row),
                 link,
                 binding: sync.binding(),
             });
@@ -283,7 +284,7 @@ impl Engine {
                     json!({"unlinked": true}),
                 );
                 return Ok(Step::Delivered {
-                    row,
+                    row: Some(row),
                     link: None,
                     binding: sync.binding(),
                 });
@@ -360,6 +361,19 @@ impl Engine {
             ),
             _ => None,
         };
+        // Nothing this sync maps changed (an edit of a field it does not carry): nothing is
+        // sent and no row is written for it; the link catches up with the record.
+        if let (Some(c), Some(l), Some(r)) = (&changed, &link, &record)
+            && c.is_empty()
+        {
+            let mut caught_up = l.clone();
+            caught_up.synced_version = r.version;
+            return Ok(Step::Delivered {
+                row: None,
+                link: Some(caught_up),
+                binding: sync.binding(),
+            });
+        }
         let memory = SyncMemory {
             engine: self,
             code: sync.code.as_str(),
@@ -420,7 +434,7 @@ impl Engine {
                     sent.request,
                 );
                 Step::Delivered {
-                    row,
+                    row: Some(row),
                     link: link_after,
                     binding: sync.binding(),
                 }
@@ -543,7 +557,8 @@ enum Step {
     Skip,
     /// Sent; `link` is the binding's link afterwards (`None`: the pair is gone).
     Delivered {
-        row: NewChange,
+        /// The change-control row (none when nothing needed sending).
+        row: Option<NewChange>,
         link: Option<Link>,
         binding: String,
     },
@@ -574,7 +589,7 @@ impl Done {
                     Some(l) => self.links.push(l),
                     None => self.unlinks.push((binding, entry.local_id)),
                 }
-                self.rows.push(row);
+                self.rows.extend(row);
                 self.finished.push(entry.id);
             }
             Step::Failed(mut row, fate) => {
