@@ -1207,11 +1207,24 @@ fn decide(
         if let Some(l) = &link
             && p.job.ctx.run_id.is_some()
             && l.external_id.is_some()
-            && incoming
+        {
+            if incoming
                 .iter()
                 .all(|(k, v)| l.base.get(k).unwrap_or(&Value::Null) == v)
-        {
-            return Ok(Intent::NoOp(l.local_id));
+            {
+                return Ok(Intent::NoOp(l.local_id));
+            }
+            // Nor does an edit made there meanwhile: the delete wins, and goes out with the
+            // sync's next push (nothing deleted comes back).
+            if sync.propagate_deletes {
+                return Ok(Intent::Skip(
+                    Some(l.local_id),
+                    format!(
+                        "the record was deleted here; its delete goes out to sync `{}` at its next push, so this change made there meanwhile is not applied",
+                        sync.code
+                    ),
+                ));
+            }
         }
         let values = model.coerce_values(incoming, true).map_err(invalid)?;
         if !sync.domain.matches(&values) {

@@ -142,6 +142,8 @@ pub struct Engine {
     ticks: schedule::Ticks,
     /// A round of the batch in hand wrote something: wake the workers when it ends.
     woke: std::sync::atomic::AtomicBool,
+    /// Syncs known to have finished a first run (creates through them no longer wait).
+    first_runs: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Engine {
@@ -173,6 +175,7 @@ impl Engine {
             rt: tokio::runtime::Handle::try_current().ok(),
             ticks: Default::default(),
             woke: Default::default(),
+            first_runs: Mutex::default(),
         }
     }
 

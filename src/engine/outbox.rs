@@ -143,6 +143,9 @@ impl Engine {
                             tracing::debug!(error = %row.error_message, "Delivery failed for good")
                         }
                         Ok(Step::Skip) => tracing::debug!("Nothing to deliver"),
+                        Ok(Step::Wait(_)) => {
+                            tracing::debug!("A create waits for the sync's first run")
+                        }
                         Err(_) => {}
                     }
                     (entry, result)
@@ -299,6 +302,7 @@ impl Engine {
                 // external id and the delete entry that follows reaches the record.
                 Some(r)
                     if entry.attempts > 1
+                        && entry.action == "create"
                         && link.as_ref().is_none_or(|l| l.external_id.is_none()) =>
                 {
                     r
@@ -318,7 +322,15 @@ impl Engine {
             }
             match link.as_ref().and_then(|l| l.external_id.clone()) {
                 Some(ext) => (SendAction::Update, Some(ext)),
-                None => (SendAction::Create, None),
+                None => {
+                    // Go-live: a sync that matches records on `match_on` sends no create until
+                    // its first run has read the other side; the record waits and is then
+                    // matched, not copied.
+                    if self.awaits_first_run(sync).await? {
+                        return Ok(Step::Wait(Utc::now() + chrono::Duration::seconds(5)));
+                    }
+                    (SendAction::Create, None)
+                }
             }
         };
 
@@ -547,7 +559,35 @@ impl Engine {
                 Fate::Retry(msg, at) => self.store.outbox_retry_at(id, at, &msg).await?,
             }
         }
+        for (id, at) in done.waits {
+            self.store.outbox_wait(id, at).await?;
+        }
         Ok(())
+    }
+
+    /// Whether creates through `sync` wait for its first run: a scheduled sync that receives
+    /// and matches on `match_on`, which has not finished a run yet.
+    async fn awaits_first_run(&self, sync: &Sync) -> Result<bool, StoreError> {
+        if sync.match_on.is_empty() || !sync.direction.to_local() || sync.schedule.is_none() {
+            return Ok(false);
+        }
+        let code = sync.code.as_str();
+        if self
+            .first_runs
+            .lock()
+            .expect("first runs lock")
+            .contains(code)
+        {
+            return Ok(false);
+        }
+        if self.store.has_finished_run(code).await? {
+            self.first_runs
+                .lock()
+                .expect("first runs lock")
+                .insert(code.to_string());
+            return Ok(false);
+        }
+        Ok(true)
     }
 }
 
@@ -563,6 +603,8 @@ enum Step {
         binding: String,
     },
     Failed(NewChange, Fate),
+    /// Not tried: waits until then without spending an attempt.
+    Wait(chrono::DateTime<Utc>),
 }
 
 enum Fate {
@@ -578,12 +620,14 @@ struct Done {
     rows: Vec<NewChange>,
     finished: Vec<i64>,
     fates: Vec<(i64, Fate)>,
+    waits: Vec<(i64, chrono::DateTime<Utc>)>,
 }
 
 impl Done {
     fn add(&mut self, entry: OutboxEntry, step: Step) {
         match step {
             Step::Skip => self.finished.push(entry.id),
+            Step::Wait(at) => self.waits.push((entry.id, at)),
             Step::Delivered { row, link, binding } => {
                 match link {
                     Some(l) => self.links.push(l),

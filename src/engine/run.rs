@@ -398,6 +398,13 @@ impl Engine {
                 .pull(&code, run_id, trigger, full, &mut counts, &progress_tx)
                 .await;
             if outcome.is_ok() && !engine.is_stopping() {
+                // The other side has been read (matched on `match_on`): creates go out from
+                // now on (`outbox::awaits_first_run`).
+                engine
+                    .first_runs
+                    .lock()
+                    .expect("first runs lock")
+                    .insert(code.clone());
                 outcome = engine.push(&code, run_id, full, &mut counts).await;
             }
             heartbeat.abort();

@@ -420,7 +420,8 @@ impl PeerState {
         self.with(|i| i.collections.get(coll).map_or(0, |c| c.changes.len()))
     }
 
-    /// Request bodies of the protocol calls of one kind (`fetch`, `confirm`) on a collection.
+    /// Request bodies of the protocol calls of one kind (`fetch`, `confirm`; `ship` notes the
+    /// action and external id on arrival) on a collection.
     pub fn calls(&self, coll: &str, kind: &str) -> Vec<Value> {
         self.with(|inner| {
             inner
@@ -873,6 +874,12 @@ async fn ship(
     path: web::Path<String>,
     body: web::Json<ShipBody>,
 ) -> HttpResponse {
+    // Noted on arrival, before any injected latency: a test can tell a send is in flight.
+    state.note_call(
+        "ship",
+        path.as_str(),
+        json!({"action": body.action, "external_id": body.external_id}),
+    );
     if let Some(r) = state.fault(&req, "ship").await {
         return r;
     }

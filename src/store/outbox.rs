@@ -195,6 +195,24 @@ impl Store {
         self.set_outbox(id, "pending", Some(at), Some(error)).await
     }
 
+    /// Puts an entry back to wait until `at` without spending an attempt (the claim counted
+    /// one): it was not tried, only deferred.
+    pub async fn outbox_wait(&self, id: i64, at: DateTime<Utc>) -> Result<()> {
+        let now = Utc::now();
+        let mut c = self.writer().await?;
+        on!(c.conn(), |c| {
+            sqlx::query(
+            "UPDATE outbox SET status = 'pending', next_attempt_at = $1, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,
+             claimed_by = NULL, claimed_until = NULL, updated_at = $2 WHERE id = $3"
+        )
+        .bind(at)
+        .bind(now)
+        .bind(id)
+        .execute(c).await.map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
     /// Dead-letters an entry after its retry budget.
     pub async fn outbox_dead(&self, id: i64, error: &str) -> Result<()> {
         self.set_outbox(id, "dead", None, Some(error)).await

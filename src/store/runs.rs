@@ -249,6 +249,19 @@ impl Store {
         tx.commit().await
     }
 
+    /// Whether the sync has finished a run that read the other side (`success` or `partial`).
+    pub async fn has_finished_run(&self, sync: &str) -> Result<bool> {
+        let mut c = self.reader().await?;
+        Ok(on!(c.conn(), |c| {
+            sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE sync = $1 AND status IN ('success', 'partial') LIMIT 1) t"
+        )
+        .bind(sync)
+        .fetch_one(c)
+        .await
+        })? > 0)
+    }
+
     /// Run history, newest first.
     pub async fn runs(
         &self,

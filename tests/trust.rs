@@ -1,6 +1,8 @@
-//! Two syncs at the same moment, one record: changes from different syncs that the writer
-//! takes together are decided in order, each against what the one before it wrote, when they
-//! touch the same local record or carry the same `match_on` key.
+//! Trust across several systems at once: changes from different syncs that the writer takes
+//! together are decided in order, each against what the one before it wrote, when they touch
+//! the same local record or carry the same `match_on` key; a sync that matches on `match_on`
+//! copies nothing before its first run; a run says when its pushes failed; an edit of a field a
+//! sync does not map sends nothing.
 
 mod common;
 
@@ -25,6 +27,23 @@ external_model = "crm_contact"
 web_service = "sys_a"
 direction = "bidirectional"
 mode = "realtime"
+external_ref = "unique_id"
+match_on = ["email"]
+fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
+
+[web_services.golive]
+url = "@PEER@/api/golive/fetch"
+confirmation_url = "@PEER@/api/golive/confirm"
+shipping_url = "@PEER@/api/golive/ship"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+
+[syncs.GOLIVE]
+model = "contact"
+external_model = "crm_contact"
+web_service = "golive"
+direction = "bidirectional"
+mode = "realtime"
+every = "1h"
 external_ref = "unique_id"
 match_on = ["email"]
 fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
@@ -270,5 +289,76 @@ async fn an_edit_of_an_unmapped_field_sends_nothing() {
         .unwrap()
         .unwrap();
     assert_eq!(link.synced_version, record.version, "the link caught up");
+    h.stop().await;
+}
+
+/// Go-live: a real-time sync with `match_on` whose first run has not happened yet sends no
+/// create. A contact that reaches the hub first (here through another system's real-time call)
+/// waits in the outbox, and the first run matches it to the record the system already holds,
+/// instead of copying it there and importing the original as a second hub contact.
+#[tokio::test]
+async fn a_sync_matching_on_email_copies_nothing_before_its_first_run() {
+    let h = start().await;
+    let values = json!({"name": "Race Person", "email": "race@example.com"});
+    let held = h
+        .peer
+        .upsert(
+            "golive",
+            Some("G-1".into()),
+            values.as_object().cloned().unwrap(),
+        )
+        .await;
+    assert_eq!(held, "G-1");
+    let r = h
+        .client
+        .post(h.url("/sync/CON/create"))
+        .header("api_key", common::harness::CRM_KEY)
+        .json(&json!({"unique_id": "C-1", "name": "Race Person", "email": "race@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let local = h.link("CON", "C-1").await.unwrap().local_id;
+    // The create for GOLIVE is queued and waits: nothing reaches the system.
+    eventually(10, "the create to be tried and deferred", || async {
+        let entries = h
+            .engine
+            .store
+            .list_outbox(None, Some("GOLIVE"), 0, 10)
+            .await
+            .unwrap();
+        (entries.len() == 1
+            && entries[0].status == "pending"
+            && entries[0].next_attempt_at > chrono::Utc::now())
+        .then_some(())
+    })
+    .await;
+    let entry = &h
+        .engine
+        .store
+        .list_outbox(None, Some("GOLIVE"), 0, 10)
+        .await
+        .unwrap()[0];
+    assert_eq!(entry.attempts, 0, "waiting spends no attempt");
+    assert_eq!(
+        h.peer.records("golive").len(),
+        1,
+        "no copy sent before the first run"
+    );
+    let run = h.run("GOLIVE").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    assert_eq!(
+        run.created, 0,
+        "the person is matched, not imported again: {run:?}"
+    );
+    let link = h.link("GOLIVE", "G-1").await.expect("matched");
+    assert_eq!(link.local_id, local);
+    settled(&h).await;
+    eventually(15, "GOLIVE's outbox to settle", || async {
+        (h.engine.store.outbox_depth("GOLIVE").await.unwrap() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(h.peer.records("golive").len(), 1, "still one person there");
+    assert_eq!(h.engine.store.count_records("contact").await.unwrap(), 1);
     h.stop().await;
 }
