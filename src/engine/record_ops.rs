@@ -88,6 +88,16 @@ impl Engine {
         {
             return self.bring_back(sync, local_id, hold, &op, by).await;
         }
+        // A record deleted while paused can still be resumed: its delete then goes out.
+        if op == RecordOp::Resume
+            && self
+                .store
+                .get_record(&model.name, local_id)
+                .await?
+                .is_some_and(|r| r.deleted)
+        {
+            return self.resume_deleted(sync, local_id, by).await;
+        }
         let record = self
             .store
             .get_record(&model.name, local_id)
@@ -370,6 +380,71 @@ impl Engine {
             external_id,
             message,
             run_id,
+        })
+    }
+
+    /// Resumes a record deleted here while it was paused: the delete goes out (at once for a
+    /// real-time sync, with the next push for a cron one).
+    async fn resume_deleted(
+        self: &Arc<Self>,
+        sync: &crate::domain::plan::Sync,
+        local_id: i64,
+        by: &str,
+    ) -> Result<OpDone, RecordOpError> {
+        let code = sync.code.as_str();
+        let was = self.store.resume_record(code, local_id).await?;
+        let version = self
+            .store
+            .get_record(&sync.model, local_id)
+            .await?
+            .map(|r| r.version)
+            .unwrap_or(0);
+        let link = self.store.link_by_local(&sync.binding(), local_id).await?;
+        let external_id = link.and_then(|l| l.external_id);
+        if was
+            && external_id.is_some()
+            && sync.direction.to_external()
+            && sync.mode == crate::domain::plan::Mode::Realtime
+        {
+            let mut tx = self.store.begin().await?;
+            tx.enqueue_many(&[NewOutbox {
+                sync: code.to_string(),
+                local_id,
+                action: "delete".into(),
+                payload: super::fanout::payload(version, &Ctx::actor(by)),
+            }])
+            .await?;
+            tx.commit().await?;
+            self.wake();
+        }
+        let message = if was {
+            format!(
+                "resumed for sync `{code}`; the record was deleted here meanwhile, so its delete goes out"
+            )
+        } else {
+            format!("was not paused for sync `{code}`")
+        };
+        let mut row = crate::store::NewChange::unapplied(
+            code,
+            LogAction::Update,
+            format!("Operator: resume {}", sync.model),
+            LogStatus::Success,
+            message.clone(),
+        );
+        row.direction = LogDirection::LocalToExternal;
+        row.external_id = external_id.clone();
+        row.local_id = Some(local_id);
+        row.actor = by.to_string();
+        row.destination_values = json!({ "op": "resume" });
+        self.log_alone(row).await?;
+        tracing::info!(sync = code, local_id, op = "resume", by, "{message}");
+        Ok(OpDone {
+            sync: code.to_string(),
+            local_id,
+            op: "resume",
+            external_id,
+            message,
+            run_id: None,
         })
     }
 
