@@ -292,7 +292,7 @@ impl Engine {
                 )
             }
         };
-        let mut row = super::apply::log_row(
+        let row = super::apply::log_row(
             sync,
             model,
             LogDirection::LocalToExternal,
@@ -300,22 +300,36 @@ impl Engine {
             Some(local_id),
             &record.values,
         );
-        row.name = format!("Operator: {} {}", op.name(), model.name);
-        row.external_id = external_id.clone();
-        row.status = LogStatus::Success;
-        row.error_message = message.clone();
-        row.destination_values = json!({ "op": op.name() });
-        row.actor = by.to_string();
-        self.log_alone(row).await?;
-        tracing::info!(sync = code, local_id, op = op.name(), by, "{message}");
-        Ok(OpDone {
+        let done = OpDone {
             sync: code.to_string(),
             local_id,
             op: op.name(),
             external_id,
             message,
             run_id,
-        })
+        };
+        self.finish_op(row, done, &model.name, by).await
+    }
+
+    /// Writes an operation's change-control row (its common fields filled from `done`),
+    /// logs it, and answers `done`.
+    async fn finish_op(
+        &self,
+        mut row: crate::store::NewChange,
+        done: OpDone,
+        model: &str,
+        by: &str,
+    ) -> Result<OpDone, RecordOpError> {
+        row.name = format!("Operator: {} {model}", done.op);
+        row.external_id = done.external_id.clone();
+        row.local_id = Some(done.local_id);
+        row.status = LogStatus::Success;
+        row.error_message = done.message.clone();
+        row.destination_values = json!({ "op": done.op });
+        row.actor = by.to_string();
+        self.log_alone(row).await?;
+        tracing::info!(sync = %done.sync, local_id = done.local_id, op = done.op, by, "{}", done.message);
+        Ok(done)
     }
 }
 
@@ -360,27 +374,22 @@ impl Engine {
                 "no longer detached (hold {hold}): external `{ext}` is imported again as a new record at its next change or reconciliation"
             ),
         };
-        let mut row = crate::store::NewChange::unapplied(
+        let row = crate::store::NewChange::unapplied(
             code,
             LogAction::Link,
-            format!("Operator: {} {}", op.name(), sync.model),
+            String::new(),
             LogStatus::Success,
-            message.clone(),
+            String::new(),
         );
-        row.external_id = external_id.clone();
-        row.local_id = Some(local_id);
-        row.actor = by.to_string();
-        row.destination_values = json!({ "op": op.name() });
-        self.log_alone(row).await?;
-        tracing::info!(sync = code, local_id, op = op.name(), by, "{message}");
-        Ok(OpDone {
+        let done = OpDone {
             sync: code.to_string(),
             local_id,
             op: op.name(),
             external_id,
             message,
             run_id,
-        })
+        };
+        self.finish_op(row, done, &sync.model, by).await
     }
 
     /// Resumes a record deleted here while it was paused: the delete goes out (at once for a
@@ -427,25 +436,20 @@ impl Engine {
         let mut row = crate::store::NewChange::unapplied(
             code,
             LogAction::Update,
-            format!("Operator: resume {}", sync.model),
+            String::new(),
             LogStatus::Success,
-            message.clone(),
+            String::new(),
         );
         row.direction = LogDirection::LocalToExternal;
-        row.external_id = external_id.clone();
-        row.local_id = Some(local_id);
-        row.actor = by.to_string();
-        row.destination_values = json!({ "op": "resume" });
-        self.log_alone(row).await?;
-        tracing::info!(sync = code, local_id, op = "resume", by, "{message}");
-        Ok(OpDone {
+        let done = OpDone {
             sync: code.to_string(),
             local_id,
             op: "resume",
             external_id,
             message,
             run_id: None,
-        })
+        };
+        self.finish_op(row, done, &sync.model, by).await
     }
 
     /// One record's values, found in the service's listing (page by page, stopping at it).

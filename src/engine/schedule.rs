@@ -195,8 +195,7 @@ impl Engine {
             else {
                 continue;
             };
-            let late = (now - due).num_milliseconds() as f64 / 1000.0;
-            if late > OVERDUE_AFTER.as_secs_f64() {
+            if let Some(late) = overdue_by(due, now) {
                 out.push((code.to_string(), late));
             }
         }
@@ -207,6 +206,12 @@ impl Engine {
 /// A due time this long in the past means the scheduler is not doing its work: `/readyz`
 /// answers 503 and the dashboard shows the sync as overdue.
 pub const OVERDUE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+/// How many seconds past `due` it is at `now`, when that is more than `OVERDUE_AFTER`.
+pub fn overdue_by(due: DateTime<Utc>, now: DateTime<Utc>) -> Option<f64> {
+    let late = (now - due).num_milliseconds() as f64 / 1000.0;
+    (late > OVERDUE_AFTER.as_secs_f64()).then_some(late)
+}
+
 /// No tick started for this long: the ticker is restarted.
 const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 /// A tick in progress for this long is aborted (it waits on something that never answers).

@@ -787,8 +787,8 @@ async fn list_syncs(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
                     .as_ref()
                     .and_then(|x| x.next_run_at)
                     .filter(|_| s.active && s.schedule.is_some())
-                    .map(|due| (chrono::Utc::now() - due).num_seconds())
-                    .filter(|l| *l > crate::engine::schedule::OVERDUE_AFTER.as_secs() as i64);
+                    .and_then(|due| crate::engine::schedule::overdue_by(due, chrono::Utc::now()))
+                    .map(|l| l as i64);
                 out.push(json!({
                     "code": s.code,
                     "name": s.name,
