@@ -981,3 +981,156 @@ async fn resync_reads_one_record_again_from_odoo() {
     );
     e.h.stop().await;
 }
+
+/// Conflicts on send: a partner linked to Odoo is edited there (recsync has not pulled it)
+/// and then here, in the same field and in another one; the real-time update reads the
+/// partner first. Returns the env, the Odoo id and the local id.
+async fn edited_on_both_sides(priority: &str) -> (Env, i64, i64) {
+    let e = start_with(
+        "19.0",
+        "auto",
+        &[
+            (
+                "mode = \"cron\"\nevery = \"1h\"",
+                "mode = \"realtime\"\nevery = \"1h\"",
+            ),
+            (
+                "priority = \"external\"",
+                &format!("priority = \"{priority}\""),
+            ),
+        ],
+    )
+    .await;
+    let p = e
+        .odoo
+        .create(
+            "res.partner",
+            json!({"name": "Phone Person", "email": "phone@example.com", "phone": "111"}),
+        )
+        .unwrap();
+    assert_eq!(e.h.run("ODP").await.status, "success");
+    let local = e.h.link("ODP", &p.to_string()).await.unwrap().local_id;
+    e.odoo.advance_clock(5);
+    // In Odoo: the phone, and the name.
+    e.odoo
+        .write(
+            "res.partner",
+            p,
+            json!({"phone": "222", "name": "Odoo Name"}),
+        )
+        .unwrap();
+    // Here, 3 s later: the phone too, and the email.
+    e.h.patch_record(
+        "partner",
+        local,
+        json!({"phone": "333", "email": "hub@example.com"}),
+    )
+    .await;
+    eventually(15, "the outbox to settle", || async {
+        (e.h.engine.store.outbox_depth("ODP").await.unwrap() == 0
+            && e.odoo.records("res.partner")[&p]["email"] == "hub@example.com")
+            .then_some(())
+    })
+    .await;
+    (e, p, local)
+}
+
+/// The one `conflict` row of a field, as (local, external, winner's value).
+async fn conflict_on(e: &Env, field: &str) -> (Value, Value, Value) {
+    let rows: Vec<_> =
+        e.h.changes("ODP")
+            .await
+            .into_iter()
+            .filter(|c| c.action == "conflict")
+            .collect();
+    assert_eq!(rows.len(), 1, "one conflict row: {rows:?}");
+    let o = &rows[0].origin_values;
+    assert_eq!(o["field"], field, "{o}");
+    (
+        o["local"].clone(),
+        o["external"].clone(),
+        rows[0].destination_values[field].clone(),
+    )
+}
+
+#[tokio::test]
+async fn an_update_never_overwrites_an_odoo_edit_it_has_not_pulled() {
+    let (e, p, local) = edited_on_both_sides("external").await;
+    let odoo = &e.odoo.records("res.partner")[&p];
+    assert_eq!(
+        odoo["phone"], "222",
+        "Odoo's phone wins by priority: {odoo:?}"
+    );
+    assert_eq!(odoo["name"], "Odoo Name", "Odoo's own edit stays: {odoo:?}");
+    assert_eq!(
+        odoo["email"], "hub@example.com",
+        "the hub's other edit is merged"
+    );
+    let here =
+        e.h.engine
+            .store
+            .get_record("partner", local)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        (
+            &here.values["phone"],
+            &here.values["name"],
+            &here.values["email"]
+        ),
+        (
+            &json!("222"),
+            &json!("Odoo Name"),
+            &json!("hub@example.com")
+        ),
+        "the hub takes Odoo's edits"
+    );
+    assert_eq!(
+        conflict_on(&e, "phone").await,
+        (json!("333"), json!("222"), json!("222"))
+    );
+    // The reference peer (name and email) has the merged result too.
+    let peer = eventually(15, "the peer to have the merge", || async {
+        e.h.peer
+            .records("partners")
+            .into_values()
+            .find(|r| r["email"] == "hub@example.com" && r["name"] == "Odoo Name")
+    })
+    .await;
+    assert_eq!(peer["name"], "Odoo Name");
+    // Nothing left to do: another run writes nothing anywhere.
+    let run = e.h.run("ODP").await;
+    assert_eq!((run.created, run.updated), (0, 0), "{run:?}");
+    e.h.stop().await;
+}
+
+#[tokio::test]
+async fn with_local_priority_the_hub_value_goes_out_after_the_merge() {
+    let (e, p, local) = edited_on_both_sides("local").await;
+    let odoo = eventually(15, "the hub's phone to reach Odoo", || async {
+        let r = e.odoo.records("res.partner")[&p].clone();
+        (r["phone"] == "333").then_some(r)
+    })
+    .await;
+    assert_eq!(
+        odoo["name"], "Odoo Name",
+        "Odoo's other edit stays: {odoo:?}"
+    );
+    let here =
+        e.h.engine
+            .store
+            .get_record("partner", local)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        (&here.values["phone"], &here.values["name"]),
+        (&json!("333"), &json!("Odoo Name"))
+    );
+    assert_eq!(
+        conflict_on(&e, "phone").await,
+        (json!("333"), json!("222"), json!("333"))
+    );
+    e.h.stop().await;
+}

@@ -349,6 +349,31 @@ pub trait Connector: Send + std::marker::Sync {
         Ok((listed, next))
     }
 
+    /// The records with these external ids as they are now, read in as few calls as the
+    /// service allows (conflicts on send). `None`: the connector cannot read a record by id,
+    /// and the engine falls back (the next pull settles it). An id missing from the answer is
+    /// not there (deleted, or outside the sync's view).
+    async fn read_records(
+        &self,
+        _sync: &Sync,
+        _plan: &Plan,
+        _external_ids: &[String],
+    ) -> Result<Option<Vec<Pulled>>, PullError> {
+        Ok(None)
+    }
+
+    /// The external records whose fields equal these external values, compared as the
+    /// service compares (the engine checks each candidate again with `match_on`'s own
+    /// normalisation): `match_on` before a create. `None`: the connector cannot search.
+    async fn search(
+        &self,
+        _sync: &Sync,
+        _plan: &Plan,
+        _criteria: &Map<String, Value>,
+    ) -> Result<Option<Vec<Pulled>>, PullError> {
+        Ok(None)
+    }
+
     /// Asks the sync's next pull to read these records again by id (`resync`); false when the
     /// connector cannot read one record on its own.
     fn reread(&self, _sync: &Sync, _plan: &Plan, _external_ids: &[String]) -> bool {

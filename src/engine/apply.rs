@@ -189,11 +189,13 @@ fn admit<'p>(plan: &'p Plan, code: &str) -> Result<(&'p Sync, &'p Model), ApplyE
 
 impl Engine {
     /// Upserts of one sync as one bundle (a pulled page): `(external id, payload, context)`.
-    /// The results come back in order.
+    /// The results come back in order. `must_exist` refuses an id no longer linked instead of
+    /// creating a record for it.
     pub(crate) async fn apply_upserts(
         &self,
         code: &str,
         items: Vec<(String, Value, Ctx)>,
+        must_exist: bool,
     ) -> Vec<Result<Applied, ApplyError>> {
         let plan = self.plan();
         if admit(&plan, code).is_err() {
@@ -208,7 +210,7 @@ impl Engine {
                 code: code.to_string(),
                 external_id: Some(external_id),
                 payload,
-                must_exist: false,
+                must_exist,
                 ctx,
                 reply: tokio::sync::oneshot::channel().0,
                 span: tracing::Span::none(),

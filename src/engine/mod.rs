@@ -7,6 +7,7 @@ mod fanout;
 mod guard;
 mod memory;
 mod notify;
+mod on_send;
 mod outbox;
 mod preview;
 mod record_ops;

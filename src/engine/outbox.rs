@@ -4,6 +4,7 @@
 use super::Ctx;
 use super::Engine;
 use super::memory::SyncMemory;
+use super::on_send::Verdict;
 use crate::connectors::SendError;
 use crate::connectors::{SendAction, Target};
 use crate::domain::mapping::{FieldPair, RefResolver, Reference, to_external};
@@ -107,8 +108,13 @@ impl Engine {
                 links.insert((sync.clone(), l.local_id), l);
             }
         }
+        // Conflicts on send: updates whose records changed there are applied here first.
+        let mut verdicts = self
+            .check_before_send(&plan, &batch, &records, &mut links, &paused)
+            .await?;
         let mut tasks = Vec::with_capacity(n);
         for entry in batch {
+            let verdict = verdicts.remove(&entry.id);
             let engine = self.clone();
             let plan = plan.clone();
             let record = plan
@@ -129,7 +135,7 @@ impl Engine {
             tasks.push(self.spawn(
                 async move {
                     let result = engine
-                        .deliver(&plan, &entry, record, link, is_paused)
+                        .deliver(&plan, &entry, record, link, is_paused, verdict)
                         .await;
                     match &result {
                         Ok(Step::Delivered { row, .. }) => tracing::debug!(
@@ -226,6 +232,7 @@ impl Engine {
         record: Option<Record>,
         link: Option<Link>,
         paused: bool,
+        verdict: Option<Verdict>,
     ) -> Result<Step, StoreError> {
         let Some(sync) = plan.sync(&entry.sync) else {
             return Ok(Step::Failed(
@@ -334,6 +341,24 @@ impl Engine {
             }
         };
 
+        match verdict {
+            // The external change was applied first; what is left to send was queued anew.
+            Some(Verdict::Superseded) => return Ok(Step::Skip),
+            Some(Verdict::Failed(reason)) => {
+                return Ok(self.failed(
+                    entry,
+                    sync,
+                    &title,
+                    action,
+                    &values,
+                    SendError::Retry {
+                        reason,
+                        after: None,
+                    },
+                ));
+            }
+            None => {}
+        }
         let mapped = if action == SendAction::Delete {
             Map::new()
         } else {

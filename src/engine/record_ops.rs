@@ -244,6 +244,7 @@ impl Engine {
                         .apply_upserts(
                             code,
                             vec![(ext.clone(), serde_json::Value::Object(payload), ctx)],
+                            false,
                         )
                         .await
                         .pop()

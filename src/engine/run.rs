@@ -718,7 +718,7 @@ impl Engine {
                     )
                 }));
             let (applied, deleted) =
-                futures_util::future::join(self.apply_upserts(code, items), deleted).await;
+                futures_util::future::join(self.apply_upserts(code, items, false), deleted).await;
             for (n, r) in slots.into_iter().zip(applied) {
                 results[n] = Some(r);
             }

@@ -14,8 +14,8 @@ mod pull;
 pub use client::{OdooClient, OdooEndpoint, OdooError, Protocol, from_odoo, to_odoo};
 
 use super::{
-    Connector, Memory, Notice, PullError, PullStart, Puller, SendAction, SendError, Sent, Target,
-    Webhook,
+    Connector, Memory, Notice, PullError, PullStart, Pulled, Puller, SendAction, SendError, Sent,
+    Target, Webhook,
 };
 use crate::domain::plan::{DeleteMode, OdooModel, OdooService, Plan, Sync};
 use async_trait::async_trait;
@@ -33,6 +33,8 @@ const RELATED_CAP: usize = 10_000;
 /// Record ids named by webhooks, kept at most (the oldest go first; the cursor pull still
 /// reads what they named).
 const HINTS_CAP: usize = 10_000;
+/// Candidates read at most by one search before a create.
+const SEARCH_LIMIT: usize = 20;
 /// Fields Odoo computes itself: read, never written.
 const READ_ONLY: [&str; 5] = ["id", "write_date", "create_date", "write_uid", "create_uid"];
 
@@ -403,6 +405,57 @@ impl Connector for OdooConnector {
             hints.add(odoo.model.clone(), id);
         }
         true
+    }
+
+    /// One `search_read` by ids for the whole batch (related values read once for it).
+    async fn read_records(
+        &self,
+        sync: &Sync,
+        plan: &Plan,
+        external_ids: &[String],
+    ) -> Result<Option<Vec<Pulled>>, PullError> {
+        let odoo = model_of(sync, plan)?;
+        let ids: Vec<i64> = external_ids
+            .iter()
+            .filter_map(|e| e.parse::<i64>().ok())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let _permit = self.permits.acquire().await.expect("semaphore open");
+        let reading = pull::Reading::prepare(&self.client, sync, odoo).await?;
+        let rows = reading
+            .read(&self.client, vec![json!(["id", "in", ids])], None)
+            .await?;
+        Ok(Some(reading.convert(&self.client, rows).await?))
+    }
+
+    /// Text compared with `ilike` (broader than `match_on`'s trimmed, case-blind equality;
+    /// the engine narrows the candidates), anything else with `=`.
+    async fn search(
+        &self,
+        sync: &Sync,
+        plan: &Plan,
+        criteria: &Map<String, Value>,
+    ) -> Result<Option<Vec<Pulled>>, PullError> {
+        let odoo = model_of(sync, plan)?;
+        let mut extra = Vec::new();
+        for (field, v) in criteria {
+            if OdooModel::related(field).is_some() {
+                // A related field (`country_id.code`) is not searched here.
+                return Ok(None);
+            }
+            extra.push(match v {
+                Value::String(s) => json!([field, "ilike", s.trim()]),
+                other => json!([field, "=", other]),
+            });
+        }
+        let _permit = self.permits.acquire().await.expect("semaphore open");
+        let reading = pull::Reading::prepare(&self.client, sync, odoo).await?;
+        let rows = reading
+            .read(&self.client, extra, Some(SEARCH_LIMIT))
+            .await?;
+        Ok(Some(reading.convert(&self.client, rows).await?))
     }
 
     fn can_list(&self, _sync: &Sync) -> bool {

@@ -146,7 +146,7 @@ impl Reading {
     }
 
     /// Reads the records matching `extra` (and the model's domain), archived ones included.
-    async fn read(
+    pub(super) async fn read(
         &self,
         client: &OdooClient,
         extra: Vec<Value>,
@@ -183,7 +183,7 @@ impl Reading {
     }
 
     /// The rows as pulled records, related fields read once for the whole page.
-    async fn convert(
+    pub(super) async fn convert(
         &self,
         client: &OdooClient,
         rows: Vec<Map<String, Value>>,
