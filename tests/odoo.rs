@@ -1134,3 +1134,97 @@ async fn with_local_priority_the_hub_value_goes_out_after_the_merge() {
     );
     e.h.stop().await;
 }
+
+#[tokio::test]
+async fn a_create_finds_its_record_in_odoo_by_match_on_and_links_it() {
+    let e = start_with(
+        "19.0",
+        "auto",
+        &[
+            (
+                "mode = \"cron\"\nevery = \"1h\"",
+                "mode = \"realtime\"\nevery = \"1h\"",
+            ),
+            (
+                "propagate_deletes = true\nlimit = 2",
+                "propagate_deletes = true\nlimit = 2\nmatch_on = [\"email\"]",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(e.h.run("ODP").await.status, "success", "the first run");
+    // Entered in Odoo after the first run; recsync has not pulled them.
+    let late = e
+        .odoo
+        .create(
+            "res.partner",
+            json!({"name": "Late Person", "email": "late@example.com", "phone": "555"}),
+        )
+        .unwrap();
+    for _ in 0..2 {
+        e.odoo
+            .create(
+                "res.partner",
+                json!({"name": "Twin", "email": "twin@example.com"}),
+            )
+            .unwrap();
+    }
+    let before = e.odoo.records("res.partner").len();
+    let here = create_local(
+        &e.h,
+        "partner",
+        json!({"name": "Late Person (hub)", "email": " Late@Example.com "}),
+    )
+    .await;
+    let twin = create_local(
+        &e.h,
+        "partner",
+        json!({"name": "Twin", "email": "twin@example.com"}),
+    )
+    .await;
+    let link = eventually(15, "the hub record to be linked", || async {
+        e.h.link("ODP", &late.to_string()).await
+    })
+    .await;
+    assert_eq!(link.local_id, here, "linked to the record Odoo already had");
+    eventually(15, "the outbox to settle", || async {
+        (e.h.engine.store.outbox_depth("ODP").await.unwrap() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        e.odoo.records("res.partner").len(),
+        before,
+        "nothing was copied into Odoo"
+    );
+    let values = local_of(&e, late).await.unwrap();
+    assert_eq!(
+        (&values["name"], &values["phone"]),
+        (&json!("Late Person"), &json!("555")),
+        "Odoo's values win where they differ (priority external), as when a pull matches"
+    );
+    let rows = e.h.changes("ODP").await;
+    assert!(
+        rows.iter()
+            .any(|c| c.action == "link" && c.local_id == Some(here)),
+        "{rows:?}"
+    );
+    let skipped = rows
+        .iter()
+        .find(|c| c.local_id == Some(twin) && c.status == "skipped")
+        .unwrap_or_else(|| panic!("the ambiguous create is a skipped row: {rows:?}"));
+    assert!(
+        skipped.error_message.contains("several records")
+            && skipped.error_message.contains("email"),
+        "{}",
+        skipped.error_message
+    );
+    assert!(
+        e.h.engine
+            .store
+            .link_by_local(&e.h.engine.plan().binding_of("ODP"), twin)
+            .await
+            .unwrap()
+            .is_none_or(|l| l.external_id.is_none())
+    );
+    e.h.stop().await;
+}

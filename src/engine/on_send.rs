@@ -8,7 +8,7 @@
 use super::{Ctx, Engine};
 use crate::connectors::{PullAction, Pulled};
 use crate::domain::Plan;
-use crate::domain::mapping::to_local;
+use crate::domain::mapping::{NoRefs, to_external, to_local};
 use crate::domain::plan::Sync;
 use crate::engine::Applied;
 use crate::store::{Link, OutboxEntry, Record, StoreError};
@@ -17,8 +17,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What the read before sending decided for an entry (entries not named are sent as usual).
 pub(super) enum Verdict {
-    /// The external change was applied here first; what still has to go out was queued anew.
+    /// The external change was applied here first (or a create found its record there and
+    /// linked it); what still has to go out was queued anew.
     Superseded,
+    /// A create whose `match_on` fields match several external records: nothing is created
+    /// or linked, and the row names the candidates.
+    Ambiguous(String),
     /// Not sent this time: the read or the apply failed (retried with backoff).
     Failed(String),
 }
@@ -72,7 +76,9 @@ impl Engine {
                 external_id: ext,
             });
         }
-        let mut verdicts = HashMap::new();
+        let mut verdicts = self
+            .match_creates(plan, batch, records, links, paused)
+            .await?;
         for (code, items) in due {
             let sync = plan.sync(code).expect("listed above");
             let Some(connector) = self.connector(&sync.web_service) else {
@@ -154,8 +160,8 @@ impl Engine {
                     verdicts.insert(
                         other.entry,
                         match &verdict {
-                            Verdict::Superseded => Verdict::Superseded,
                             Verdict::Failed(m) => Verdict::Failed(m.clone()),
+                            _ => Verdict::Superseded,
                         },
                     );
                 }
@@ -172,6 +178,214 @@ impl Engine {
             }
         }
         Ok(verdicts)
+    }
+}
+
+impl Engine {
+    /// `match_on` on send: a create of a sync with `match_on`, where the connector can search,
+    /// first looks for the record on the external side. One match is linked instead of copied
+    /// (and, for a sync that receives, its values are merged here as on a pull: fields that
+    /// differ are settled by `priority`); several match: nothing is created.
+    async fn match_creates(
+        &self,
+        plan: &Plan,
+        batch: &[OutboxEntry],
+        records: &HashMap<(String, i64), Record>,
+        links: &mut HashMap<(String, i64), Link>,
+        paused: &HashSet<(String, i64)>,
+    ) -> Result<HashMap<i64, Verdict>, StoreError> {
+        let mut verdicts = HashMap::new();
+        for e in batch.iter().filter(|e| e.action != "delete") {
+            let Some(sync) = plan.sync(&e.sync) else {
+                continue;
+            };
+            let key = (e.sync.clone(), e.local_id);
+            if sync.match_on.is_empty()
+                || !sync.active
+                || paused.contains(&key)
+                || links.get(&key).is_some_and(|l| l.external_id.is_some())
+            {
+                continue;
+            }
+            let Some(record) = records.get(&(sync.model.clone(), e.local_id)) else {
+                continue;
+            };
+            if record.deleted || self.awaits_first_run(sync).await? {
+                continue;
+            }
+            let Some(connector) = self.connector(&sync.web_service) else {
+                continue;
+            };
+            let binding = plan.binding_of(&e.sync);
+            let mut found = None;
+            for group in &sync.match_on {
+                let Some((wanted, criteria)) = group_values(sync, group, &record.values) else {
+                    continue;
+                };
+                let candidates = match connector.search(sync, plan, &criteria).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(err) => {
+                        verdicts.insert(
+                            e.id,
+                            Verdict::Failed(format!(
+                                "looking for the record in web service `{}` before creating it failed: {err}",
+                                sync.web_service
+                            )),
+                        );
+                        break;
+                    }
+                };
+                let mut hits = Vec::new();
+                for c in candidates {
+                    let Some(id) = c.external_id.clone() else {
+                        continue;
+                    };
+                    if c.action != PullAction::Update || !same_key(sync, group, &wanted, &c) {
+                        continue;
+                    }
+                    // Someone else's already.
+                    if self.store.link_by_external(&binding, &id).await?.is_some() {
+                        continue;
+                    }
+                    hits.push((id, c));
+                }
+                match hits.len() {
+                    0 => continue,
+                    1 => found = hits.pop(),
+                    _ => {
+                        let ids: Vec<&str> = hits.iter().map(|(id, _)| id.as_str()).collect();
+                        verdicts.insert(
+                            e.id,
+                            Verdict::Ambiguous(format!(
+                                "several records of web service `{}` match on {}: {}; nothing was created or linked",
+                                sync.web_service,
+                                group.join(", "),
+                                ids.join(", ")
+                            )),
+                        );
+                    }
+                }
+                break;
+            }
+            let Some((ext, found)) = found else {
+                continue;
+            };
+            // Linked with nothing agreed yet: every field that differs is settled by
+            // `priority`, as when a pull matches a record.
+            let link = Link {
+                binding: binding.clone(),
+                local_id: e.local_id,
+                external_id: Some(ext.clone()),
+                base: Default::default(),
+                synced_version: 0,
+                external_hash: None,
+                left: links.get(&key).map(|l| l.left.clone()).unwrap_or_default(),
+            };
+            let mut tx = self.store.begin().await?;
+            if tx.link_by_external(&binding, &ext).await?.is_some()
+                || tx
+                    .link_by_local(&binding, e.local_id)
+                    .await?
+                    .is_some_and(|l| l.external_id.is_some())
+            {
+                // Linked meanwhile (a pull, another instance): the entry decides again.
+                continue;
+            }
+            tx.upsert_links(std::slice::from_ref(&link)).await?;
+            let mut row = super::apply::log_row(
+                sync,
+                &plan.models[&sync.model],
+                crate::store::LogDirection::LocalToExternal,
+                crate::store::LogAction::Link,
+                Some(e.local_id),
+                &record.values,
+            );
+            row.external_id = Some(ext.clone());
+            row.error_message = format!(
+                "found in web service `{}` by {} before creating it: linked, not copied",
+                sync.web_service,
+                sync.match_on
+                    .iter()
+                    .map(|g| g.join(", "))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            );
+            row.actor = "outbox".into();
+            tx.log_changes(&[row]).await?;
+            tx.commit().await?;
+            if !sync.direction.to_local() {
+                // Sent as an update of every field it maps.
+                links.insert(key, link);
+                continue;
+            }
+            let mut values = found.values.clone();
+            values
+                .entry(sync.external_ref.clone())
+                .or_insert_with(|| Value::String(ext.clone()));
+            let ctx = Ctx {
+                modified_at: found.modified_at,
+                ..Ctx::actor("outbox")
+            };
+            let applied = self
+                .apply_upserts(&e.sync, vec![(ext, Value::Object(values), ctx)], true)
+                .await
+                .pop()
+                .expect("one result");
+            verdicts.insert(
+                e.id,
+                match applied {
+                    Ok(_) => Verdict::Superseded,
+                    Err(err) => Verdict::Failed(format!(
+                        "the record found in web service `{}` was linked, and its values could not be applied here: {err}",
+                        sync.web_service
+                    )),
+                },
+            );
+        }
+        Ok(verdicts)
+    }
+}
+
+/// A `match_on` group's normalised local values and, by external field, the values to search
+/// for; `None` when a field is empty or not sent plainly.
+fn group_values(
+    sync: &Sync,
+    group: &[String],
+    values: &serde_json::Map<String, Value>,
+) -> Option<(Vec<String>, serde_json::Map<String, Value>)> {
+    let mut wanted = Vec::new();
+    let mut pairs = Vec::new();
+    for f in group {
+        wanted.push(key_of(values.get(f))?);
+        let pair = sync.fields.iter().find(|p| {
+            &p.local == f
+                && p.direction.to_external()
+                && matches!(p.external, crate::domain::mapping::ExternalField::Name(_))
+        })?;
+        pairs.push(pair.clone());
+    }
+    let mapped = to_external(&pairs, values, &NoRefs).ok()?;
+    Some((wanted, mapped))
+}
+
+/// Whether a candidate's values carry the same `match_on` key.
+fn same_key(sync: &Sync, group: &[String], wanted: &[String], c: &Pulled) -> bool {
+    let Ok(inbound) = to_local(&sync.fields, &Value::Object(c.values.clone())) else {
+        return false;
+    };
+    group
+        .iter()
+        .zip(wanted)
+        .all(|(f, w)| key_of(inbound.values.get(f)).as_ref() == Some(w))
+}
+
+/// A `match_on` value as compared: text trimmed and lower-cased, numbers as written.
+fn key_of(v: Option<&Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_lowercase()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
     }
 }
 

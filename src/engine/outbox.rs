@@ -344,6 +344,24 @@ impl Engine {
         match verdict {
             // The external change was applied first; what is left to send was queued anew.
             Some(Verdict::Superseded) => return Ok(Step::Skip),
+            Some(Verdict::Ambiguous(reason)) => {
+                let mut row = success_row(
+                    entry,
+                    sync,
+                    LogAction::Create,
+                    None,
+                    &title,
+                    Value::Object(values.clone()),
+                    json!({}),
+                );
+                row.status = LogStatus::Skipped;
+                row.error_message = reason;
+                return Ok(Step::Delivered {
+                    row: Some(row),
+                    link,
+                    binding: sync.binding(),
+                });
+            }
             Some(Verdict::Failed(reason)) => {
                 return Ok(self.failed(
                     entry,
@@ -592,7 +610,7 @@ impl Engine {
 
     /// Whether creates through `sync` wait for its first run: a scheduled sync that receives
     /// and matches on `match_on`, which has not finished a run yet.
-    async fn awaits_first_run(&self, sync: &Sync) -> Result<bool, StoreError> {
+    pub(super) async fn awaits_first_run(&self, sync: &Sync) -> Result<bool, StoreError> {
         if sync.match_on.is_empty() || !sync.direction.to_local() || sync.schedule.is_none() {
             return Ok(false);
         }
