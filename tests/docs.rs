@@ -6,7 +6,7 @@ use recsync::config::{mappings, settings};
 fn every_accepted_key_is_documented() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mapping.md")).unwrap();
-    let groups: [(&str, &[&str]); 19] = [
+    let groups: [(&str, &[&str]); 21] = [
         ("recsync.toml", &settings::KEYS),
         ("api_keys", &settings::API_KEY_KEYS),
         ("mapping file", &mappings::SECTIONS),
@@ -26,6 +26,8 @@ fn every_accepted_key_is_documented() {
         ("http list", &mappings::HTTP_LIST_KEYS),
         ("paginate", &mappings::PAGINATE_KEYS),
         ("http operation", &mappings::HTTP_OP_KEYS),
+        ("http read", &mappings::HTTP_READ_KEYS),
+        ("http search", &mappings::HTTP_SEARCH_KEYS),
     ];
     let mut missing = Vec::new();
     for (group, keys) in groups {

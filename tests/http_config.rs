@@ -200,3 +200,70 @@ auth = { mode = "oauth2", token_url = "https://crm.example.com/token", client_id
         "{e}"
     );
 }
+
+#[test]
+fn read_search_and_exists_mistakes_name_their_key() {
+    const CRM: &str = include_str!("../mappings/crm_http.toml");
+    let plan = compile(CRM).unwrap_or_else(|e| panic!("{e}"));
+    let r = plan.external_models["crm_contact"].http.as_ref().unwrap();
+    let exists = r.create.as_ref().unwrap().exists.as_ref().unwrap();
+    assert_eq!(exists.status, 409);
+    assert_eq!(
+        exists
+            .id_in(&serde_json::json!({"message": "Contact already exists. Existing ID: 14"}))
+            .as_deref(),
+        Some("14")
+    );
+    assert!(r.read.is_some() && r.search.is_some());
+    let cases: [(&str, &str, &str); 6] = [
+        (
+            "exists = { status = 409,",
+            "exists = { status = 200,",
+            "`status` must be an HTTP client error",
+        ),
+        (
+            "pattern = \"Existing ID: (\\\\d+)\"",
+            "pattern = \"Existing ID: \\\\d+\"",
+            "has no group for the id",
+        ),
+        (
+            "pattern = \"Existing ID: (\\\\d+)\"",
+            "pattern = \"Existing ID: (\"",
+            "invalid `pattern`",
+        ),
+        (
+            "path = \"/crm/v3/objects/contacts/{id}\"\nquery = { properties",
+            "path = \"/crm/v3/objects/contacts\"\nquery = { properties",
+            "the `read` path `/crm/v3/objects/contacts` does not name `{id}`",
+        ),
+        (
+            "records = \"$\"\n",
+            "",
+            "missing field `records` in `search`",
+        ),
+        (
+            "path = \"/crm/v3/objects/contacts/{email}\"\nquery = { idProperty = \"email\", ",
+            "path = \"/crm/v3/objects/contacts\"\nquery = { ",
+            "`search` names no field to search by",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(CRM.contains(from), "the example has {from:?}");
+        let errors = compile(&CRM.replacen(from, to, 1)).expect_err("an error");
+        assert!(
+            errors.contains(expected),
+            "replacing {from:?} by {to:?}: expected {expected:?} in\n{errors}"
+        );
+    }
+    // `exists` belongs to `create`.
+    let errors = compile(&CRM.replacen(
+        "path = \"/crm/v3/objects/contacts/{id}\"\n[external_models.crm_contact.delete]",
+        "path = \"/crm/v3/objects/contacts/{id}\"\nexists = { status = 409, id = \"$.id\" }\n[external_models.crm_contact.delete]",
+        1,
+    ))
+    .expect_err("an error");
+    assert!(
+        errors.contains("`exists` only applies to `create`, not `update`"),
+        "{errors}"
+    );
+}

@@ -279,3 +279,166 @@ async fn the_help_desk_example_exports_incrementally_from_start_time_and_writes_
     );
     h.stop().await;
 }
+
+/// The CRM example with its sync sending in real time (`edits`: more `(from, to)` edits).
+async fn realtime_crm(edits: &[(&str, &str)]) -> (Harness, Arc<HttpState>) {
+    let (url, crm) = fake(FakeAuth::Bearer("demo-crm-token".into()));
+    crm.seed("contacts", 3);
+    let mut mapping = example("crm_http.toml").replacen(
+        "every = \"15m\"",
+        "mode = \"realtime\"\nevery = \"15m\"",
+        1,
+    );
+    for (from, to) in edits {
+        assert!(mapping.contains(from), "{from}");
+        mapping = mapping.replacen(from, to, 1);
+    }
+    // A block renamed `*_left_out` is left out.
+    if let Some(at) = mapping.find("_left_out]") {
+        let start = mapping[..at].rfind('[').unwrap();
+        let end = mapping[at..]
+            .find("\n[")
+            .map(|e| at + e + 1)
+            .unwrap_or(mapping.len());
+        mapping.replace_range(start..end, "");
+    }
+    let h = Harness::with(Tweaks {
+        mapping: Some(mapping),
+        env: HashMap::from([("CRM_URL".to_string(), url)]),
+        ..Default::default()
+    })
+    .await;
+    let run = h.run("CRM_CONTACTS").await;
+    assert_eq!(
+        (run.status.as_str(), run.created),
+        ("success", 3),
+        "{run:?}"
+    );
+    (h, crm)
+}
+
+/// Waits until the sync's outbox is empty.
+async fn drained(h: &Harness) {
+    common::eventually(15, "the outbox to drain", || async {
+        (h.engine.store.outbox_depth("CRM_CONTACTS").await.unwrap() == 0).then_some(())
+    })
+    .await;
+}
+
+/// A contact entered in the CRM after the last run and, before any run, here: linked, never
+/// copied, whether the CRM is searched first (`search`) or refuses the copy (`exists`).
+async fn a_contact_both_sides_entered_is_linked(edits: &[(&str, &str)], how: &str) {
+    let (h, crm) = realtime_crm(edits).await;
+    let late = crm.upsert(
+        "contacts",
+        None,
+        json!({"email": "late@example.com", "firstname": "Late", "phone": "555"}),
+    );
+    let late_id = late["id"].as_str().unwrap().to_string();
+    let here = create(
+        &h,
+        "customer",
+        json!({"email": "late@example.com", "first_name": "Hub"}),
+    )
+    .await;
+    let link = common::eventually(15, "the contact to be linked", || async {
+        h.link("CRM_CONTACTS", &late_id).await
+    })
+    .await;
+    assert_eq!(link.local_id, here, "{how}");
+    drained(&h).await;
+    assert_eq!(
+        crm.records("contacts").len(),
+        4,
+        "{how}: no copy in the CRM"
+    );
+    let rec = h
+        .engine
+        .store
+        .get_record("customer", here)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (&rec.values["first_name"], &rec.values["phone"]),
+        (&json!("Late"), &json!("555")),
+        "{how}: the CRM's values win where they differ (priority external)"
+    );
+    let rows = h.changes("CRM_CONTACTS").await;
+    assert!(
+        rows.iter()
+            .all(|c| c.status != "failed" && c.status != "dead"),
+        "{how}: {rows:?}"
+    );
+    let linked = rows
+        .iter()
+        .find(|c| c.action == "link" && c.local_id == Some(here))
+        .unwrap_or_else(|| panic!("{how}: a link row: {rows:?}"));
+    assert!(
+        linked.error_message.contains(how),
+        "{}",
+        linked.error_message
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_crm_example_searches_the_crm_by_email_before_creating_a_contact() {
+    a_contact_both_sides_entered_is_linked(&[], "found in web service `crm_api` by email").await;
+}
+
+#[tokio::test]
+async fn the_crm_example_links_the_contact_a_409_names_instead_of_dead_lettering() {
+    a_contact_both_sides_entered_is_linked(
+        &[(
+            "[external_models.crm_contact.search]",
+            "[external_models.crm_contact.search_left_out]",
+        )],
+        "already holds the record",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_crm_example_reads_a_contact_before_updating_it() {
+    let (h, crm) = realtime_crm(&[]).await;
+    let local = h.link("CRM_CONTACTS", "2").await.unwrap().local_id;
+    crm.upsert("contacts", Some(2), json!({"firstname": "CRM edit"}));
+    h.patch_record(
+        "customer",
+        local,
+        json!({"first_name": "Hub edit", "phone": "+34 600 000 000"}),
+    )
+    .await;
+    drained(&h).await;
+    let there = crm
+        .records("contacts")
+        .into_iter()
+        .find(|c| c["id"] == "2")
+        .unwrap();
+    assert_eq!(
+        (
+            &there["properties"]["firstname"],
+            &there["properties"]["phone"]
+        ),
+        (&json!("CRM edit"), &json!("+34 600 000 000")),
+        "the CRM's edit stays (priority external); the hub's other edit is merged"
+    );
+    let rec = h
+        .engine
+        .store
+        .get_record("customer", local)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.values["first_name"], "CRM edit");
+    let conflicts: Vec<_> = h
+        .changes("CRM_CONTACTS")
+        .await
+        .into_iter()
+        .filter(|c| c.action == "conflict")
+        .collect();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].origin_values["field"], "first_name");
+    h.stop().await;
+}

@@ -32,6 +32,10 @@ pub enum SendError {
     /// Trying again would not help (a 4xx other than 408/429, a configuration gap).
     #[error("{0}")]
     Permanent(String),
+    /// A create the service refused because it already holds the record, which it named:
+    /// the engine links that record instead of copying it.
+    #[error("{reason}")]
+    Exists { existing_id: String, reason: String },
 }
 
 /// What a change does on the external side.
@@ -362,9 +366,11 @@ pub trait Connector: Send + std::marker::Sync {
         Ok(None)
     }
 
-    /// The external records whose fields equal these external values, compared as the
-    /// service compares (the engine checks each candidate again with `match_on`'s own
-    /// normalisation): `match_on` before a create. `None`: the connector cannot search.
+    /// The external records whose fields equal these values, compared as the service
+    /// compares (the engine checks each candidate again with `match_on`'s own normalisation):
+    /// `match_on` before a create. The criteria are keyed by the sync's local field, each
+    /// value as the field is sent (mapped to the external side). `None`: the connector cannot
+    /// search on these fields.
     async fn search(
         &self,
         _sync: &Sync,

@@ -70,9 +70,7 @@ pub async fn probe(client: &reqwest::Client, auth: &Auth, timeout: Duration, url
     {
         Ok(r) if matches!(r.status().as_u16(), 401 | 403) => Probe::Refused(r.status().as_u16()),
         Ok(r) => Probe::Answered(r.status().as_u16()),
-        Err(e) => Probe::Unreachable(match transport_error(e) {
-            SendError::Retry { reason, .. } | SendError::Permanent(reason) => reason,
-        }),
+        Err(e) => Probe::Unreachable(transport_error(e).to_string()),
     }
 }
 

@@ -67,6 +67,57 @@ pub struct HttpResource {
     pub create: Option<HttpOp>,
     pub update: Option<HttpOp>,
     pub delete: Option<HttpOp>,
+    /// One record by id (conflicts on send).
+    pub read: Option<HttpRead>,
+    /// Records by field values (`match_on` before a create).
+    pub search: Option<HttpSearch>,
+}
+
+/// `read`: `GET base_url + path` with `{id}` filled in; the record is at `record`.
+#[derive(Debug, Clone)]
+pub struct HttpRead {
+    pub path: String,
+    /// Query parameters, as written.
+    pub query: Vec<(String, String)>,
+    pub record: JsonPath,
+}
+
+/// `search`: `GET base_url + path ? query`, `{field}` filled in with the external value of
+/// that field (path and query); the records are at `records`. A 404 finds nothing.
+#[derive(Debug, Clone)]
+pub struct HttpSearch {
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub records: JsonPath,
+}
+
+/// `create.exists`: the answer of a create the service refused because the record is
+/// already there, and where that answer names it.
+#[derive(Debug, Clone)]
+pub struct Exists {
+    pub status: u16,
+    /// The value holding the existing id.
+    pub id: JsonPath,
+    /// A regular expression whose first group is the id within that value (a message such
+    /// as `Contact already exists. Existing ID: 14`).
+    pub pattern: Option<regex::Regex>,
+}
+
+impl Exists {
+    /// The existing record's id, from the refusal's body.
+    pub fn id_in(&self, body: &Value) -> Option<String> {
+        let v = self.id.select(body).first().copied()?.clone();
+        match &self.pattern {
+            None => crate::domain::mapping::id_text(&v),
+            Some(re) => {
+                let text = v.as_str()?;
+                re.captures(text)?
+                    .get(1)
+                    .map(|m| m.as_str().to_string())
+                    .filter(|s| !s.trim().is_empty())
+            }
+        }
+    }
 }
 
 /// How a resource is listed, a page at a time.
@@ -144,6 +195,25 @@ pub struct HttpOp {
     pub body: Option<String>,
     /// Where the answer to a create holds the new record's id.
     pub response_id: Option<JsonPath>,
+    /// How the service refuses a create of a record it already holds (create only).
+    pub exists: Option<Exists>,
+}
+
+/// The `{name}` placeholders of a template.
+pub fn placeholders(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        let name = &rest[start + 1..start + len];
+        if !name.is_empty() {
+            out.push(name.to_string());
+        }
+        rest = &rest[start + len + 1..];
+    }
+    out
 }
 
 #[cfg(test)]

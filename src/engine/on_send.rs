@@ -8,7 +8,7 @@
 use super::{Ctx, Engine};
 use crate::connectors::{PullAction, Pulled};
 use crate::domain::Plan;
-use crate::domain::mapping::{NoRefs, to_external, to_local};
+use crate::domain::mapping::{ExternalField, NoRefs, to_external, to_local};
 use crate::domain::plan::Sync;
 use crate::engine::Applied;
 use crate::store::{Link, OutboxEntry, Record, StoreError};
@@ -271,38 +271,7 @@ impl Engine {
             let Some((ext, found)) = found else {
                 continue;
             };
-            // Linked with nothing agreed yet: every field that differs is settled by
-            // `priority`, as when a pull matches a record.
-            let link = Link {
-                binding: binding.clone(),
-                local_id: e.local_id,
-                external_id: Some(ext.clone()),
-                base: Default::default(),
-                synced_version: 0,
-                external_hash: None,
-                left: links.get(&key).map(|l| l.left.clone()).unwrap_or_default(),
-            };
-            let mut tx = self.store.begin().await?;
-            if tx.link_by_external(&binding, &ext).await?.is_some()
-                || tx
-                    .link_by_local(&binding, e.local_id)
-                    .await?
-                    .is_some_and(|l| l.external_id.is_some())
-            {
-                // Linked meanwhile (a pull, another instance): the entry decides again.
-                continue;
-            }
-            tx.upsert_links(std::slice::from_ref(&link)).await?;
-            let mut row = super::apply::log_row(
-                sync,
-                &plan.models[&sync.model],
-                crate::store::LogDirection::LocalToExternal,
-                crate::store::LogAction::Link,
-                Some(e.local_id),
-                &record.values,
-            );
-            row.external_id = Some(ext.clone());
-            row.error_message = format!(
+            let why = format!(
                 "found in web service `{}` by {} before creating it: linked, not copied",
                 sync.web_service,
                 sync.match_on
@@ -311,62 +280,178 @@ impl Engine {
                     .collect::<Vec<_>>()
                     .join(" or ")
             );
-            row.actor = "outbox".into();
-            tx.log_changes(&[row]).await?;
-            tx.commit().await?;
-            if !sync.direction.to_local() {
-                // Sent as an update of every field it maps.
-                links.insert(key, link);
-                continue;
+            let left = links.get(&key).map(|l| l.left.clone()).unwrap_or_default();
+            match self
+                .adopt(plan, sync, e.local_id, record, &ext, Some(found), why, left)
+                .await?
+            {
+                Adopted::Merged => {
+                    verdicts.insert(e.id, Verdict::Superseded);
+                }
+                Adopted::Failed(m) => {
+                    verdicts.insert(e.id, Verdict::Failed(m));
+                }
+                Adopted::Linked(link) => {
+                    links.insert(key, link);
+                }
+                Adopted::Raced => {}
             }
-            let mut values = found.values.clone();
-            values
-                .entry(sync.external_ref.clone())
-                .or_insert_with(|| Value::String(ext.clone()));
-            let ctx = Ctx {
-                modified_at: found.modified_at,
-                ..Ctx::actor("outbox")
-            };
-            let applied = self
-                .apply_upserts(&e.sync, vec![(ext, Value::Object(values), ctx)], true)
-                .await
-                .pop()
-                .expect("one result");
-            verdicts.insert(
-                e.id,
-                match applied {
-                    Ok(_) => Verdict::Superseded,
-                    Err(err) => Verdict::Failed(format!(
-                        "the record found in web service `{}` was linked, and its values could not be applied here: {err}",
-                        sync.web_service
-                    )),
-                },
-            );
         }
         Ok(verdicts)
     }
 }
 
-/// A `match_on` group's normalised local values and, by external field, the values to search
-/// for; `None` when a field is empty or not sent plainly.
+/// What became of a record found on the external side for a create.
+pub(super) enum Adopted {
+    /// Linked, and its values merged here as a pull would; what the external side lacks was
+    /// queued anew.
+    Merged,
+    /// Linked, for a sync that only sends: the create goes out as an update of every field.
+    Linked(Link),
+    /// Linked meanwhile by someone else (a pull, another instance): the entry decides again.
+    Raced,
+    /// Linked, and its values could not be applied (or read).
+    Failed(String),
+}
+
+impl Engine {
+    /// Links local record `local_id` to external record `ext` with nothing agreed yet (every
+    /// field that differs is then settled by `priority`, as when a pull matches a record),
+    /// with a `link` row saying `why`, and, for a sync that receives, merges the external
+    /// values (read now when `found` is not given; unread, the next pull merges them).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn adopt(
+        &self,
+        plan: &Plan,
+        sync: &Sync,
+        local_id: i64,
+        record: &Record,
+        ext: &str,
+        found: Option<Pulled>,
+        why: String,
+        left: Vec<String>,
+    ) -> Result<Adopted, StoreError> {
+        let binding = plan.binding_of(sync.code.as_str());
+        let mut found = found;
+        let mut read_failed = None;
+        if found.is_none()
+            && sync.direction.to_local()
+            && let Some(connector) = self.connector(&sync.web_service)
+        {
+            match connector.read_records(sync, plan, &[ext.to_string()]).await {
+                Ok(Some(list)) => found = list.into_iter().find(|p| p.action == PullAction::Update),
+                Ok(None) => {}
+                Err(e) => read_failed = Some(e.to_string()),
+            }
+        }
+        if let Some(e) = read_failed {
+            // Not linked yet: the entry tries again, and reads again.
+            return Ok(Adopted::Failed(format!(
+                "web service `{}` already holds the record as `{ext}`, and reading it failed: {e}",
+                sync.web_service
+            )));
+        }
+        let link = Link {
+            binding: binding.clone(),
+            local_id,
+            external_id: Some(ext.to_string()),
+            base: Default::default(),
+            // Unread, nothing goes out over the record there until a pull has merged it.
+            synced_version: if sync.direction.to_local() && found.is_none() {
+                record.version
+            } else {
+                0
+            },
+            external_hash: None,
+            left,
+        };
+        let mut tx = self.store.begin().await?;
+        if let Some(other) = tx.link_by_external(&binding, ext).await? {
+            if other.local_id != local_id {
+                return Ok(Adopted::Failed(format!(
+                    "web service `{}` already holds the record as `{ext}`, which is linked to local record {}: two local records stand for one there",
+                    sync.web_service, other.local_id
+                )));
+            }
+            return Ok(Adopted::Raced);
+        }
+        if tx
+            .link_by_local(&binding, local_id)
+            .await?
+            .is_some_and(|l| l.external_id.is_some())
+        {
+            return Ok(Adopted::Raced);
+        }
+        tx.upsert_links(std::slice::from_ref(&link)).await?;
+        let mut row = super::apply::log_row(
+            sync,
+            &plan.models[&sync.model],
+            crate::store::LogDirection::LocalToExternal,
+            crate::store::LogAction::Link,
+            Some(local_id),
+            &record.values,
+        );
+        row.external_id = Some(ext.to_string());
+        row.error_message = why;
+        row.actor = "outbox".into();
+        tx.log_changes(&[row]).await?;
+        tx.commit().await?;
+        if !sync.direction.to_local() {
+            return Ok(Adopted::Linked(link));
+        }
+        let Some(found) = found else {
+            return Ok(Adopted::Merged);
+        };
+        let mut values = found.values.clone();
+        values
+            .entry(sync.external_ref.clone())
+            .or_insert_with(|| Value::String(ext.to_string()));
+        let ctx = Ctx {
+            modified_at: found.modified_at,
+            ..Ctx::actor("outbox")
+        };
+        let applied = self
+            .apply_upserts(
+                sync.code.as_str(),
+                vec![(ext.to_string(), Value::Object(values), ctx)],
+                true,
+            )
+            .await
+            .pop()
+            .expect("one result");
+        Ok(match applied {
+            Ok(_) => Adopted::Merged,
+            Err(err) => Adopted::Failed(format!(
+                "the record found in web service `{}` was linked, and its values could not be applied here: {err}",
+                sync.web_service
+            )),
+        })
+    }
+}
+
+/// A `match_on` group's normalised local values and, by local field, the external values to
+/// search for; `None` when a field is empty or not sent.
 fn group_values(
     sync: &Sync,
     group: &[String],
     values: &serde_json::Map<String, Value>,
 ) -> Option<(Vec<String>, serde_json::Map<String, Value>)> {
     let mut wanted = Vec::new();
-    let mut pairs = Vec::new();
+    let mut criteria = serde_json::Map::new();
     for f in group {
         wanted.push(key_of(values.get(f))?);
-        let pair = sync.fields.iter().find(|p| {
-            &p.local == f
-                && p.direction.to_external()
-                && matches!(p.external, crate::domain::mapping::ExternalField::Name(_))
-        })?;
-        pairs.push(pair.clone());
+        let pair = sync
+            .fields
+            .iter()
+            .find(|p| &p.local == f && p.direction.to_external())?;
+        let mapped = Value::Object(to_external(std::slice::from_ref(pair), values, &NoRefs).ok()?);
+        let v = match &pair.external {
+            ExternalField::Name(n) => mapped.get(n).cloned(),
+            ExternalField::Path(p) => p.select(&mapped).first().map(|v| (*v).clone()),
+        }?;
+        criteria.insert(f.clone(), v);
     }
-    let mapped = to_external(&pairs, values, &NoRefs).ok()?;
-    Some((wanted, mapped))
+    Some((wanted, criteria))
 }
 
 /// Whether a candidate's values carry the same `match_on` key.

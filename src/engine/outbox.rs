@@ -4,7 +4,7 @@
 use super::Ctx;
 use super::Engine;
 use super::memory::SyncMemory;
-use super::on_send::Verdict;
+use super::on_send::{Adopted, Verdict};
 use crate::connectors::SendError;
 use crate::connectors::{SendAction, Target};
 use crate::domain::mapping::{FieldPair, RefResolver, Reference, to_external};
@@ -494,6 +494,44 @@ impl Engine {
                     binding: sync.binding(),
                 }
             }
+            // Refused as a duplicate of a record the service named: linked, not copied.
+            Err(SendError::Exists {
+                existing_id,
+                reason,
+            }) if action == SendAction::Create
+                && let Some(rec) = record.as_ref() =>
+            {
+                let left = link.as_ref().map(|l| l.left.clone()).unwrap_or_default();
+                let why = format!("{reason}; linked to it instead of copying");
+                match self
+                    .adopt(
+                        plan,
+                        sync,
+                        entry.local_id,
+                        rec,
+                        &existing_id,
+                        None,
+                        why,
+                        left,
+                    )
+                    .await?
+                {
+                    Adopted::Merged => Step::Skip,
+                    // The next attempt sends an update (or finds the link someone made).
+                    Adopted::Linked(_) | Adopted::Raced => Step::Wait(Utc::now()),
+                    Adopted::Failed(reason) => self.failed(
+                        entry,
+                        sync,
+                        &title,
+                        action,
+                        &values,
+                        SendError::Retry {
+                            reason,
+                            after: None,
+                        },
+                    ),
+                }
+            }
             Err(e) => self.failed(entry, sync, &title, action, &values, e),
         })
     }
@@ -553,7 +591,7 @@ impl Engine {
     ) -> Step {
         let max = self.opts.max_attempts as i64;
         let fate = match &err {
-            SendError::Permanent(r) => {
+            SendError::Permanent(r) | SendError::Exists { reason: r, .. } => {
                 Fate::Dead(format!("Delivery failed and will not be retried: {r}"))
             }
             SendError::Retry { reason, .. } if entry.attempts >= max => Fate::Dead(format!(

@@ -883,7 +883,17 @@ fn answer(state: &HttpState, req: &HttpRequest, body: Option<&Value>) -> HttpRes
     }
     let path = req.path().trim_end_matches(".json");
     let method = req.method().as_str();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Each segment percent-decoded, as a server routes (`contacts/a%40b.com` names `a@b.com`).
+    let decoded: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let host = format!(
         "{}://{}",
         req.connection_info().scheme(),
@@ -898,6 +908,33 @@ fn answer(state: &HttpState, req: &HttpRequest, body: Option<&Value>) -> HttpRes
             let archived = q
                 .get("archived")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            // `idProperty=email`: the path names the contact by its unique email.
+            let by_email = match q.get("idProperty").map(String::as_str) {
+                None | Some("hs_object_id") => None,
+                Some("email") => Some(state.with(|i| {
+                    i.contacts.records.iter().find_map(|(n, r)| {
+                        r.values["properties"]
+                            .get("email")
+                            .and_then(Value::as_str)
+                            .is_some_and(|e| e.eq_ignore_ascii_case(id))
+                            .then_some(n.to_string())
+                    })
+                })),
+                Some(other) => {
+                    return hubspot_error(
+                        400,
+                        "VALIDATION_ERROR",
+                        &format!(
+                            "Unable to find property {other} or it is not a unique identifier"
+                        ),
+                    );
+                }
+            };
+            let id = match &by_email {
+                None => *id,
+                Some(Some(n)) => n.as_str(),
+                Some(None) => return hubspot_error(404, "OBJECT_NOT_FOUND", "resource not found"),
+            };
             let found = id.parse::<u64>().ok().and_then(|n| {
                 state.with(|i| {
                     i.contacts

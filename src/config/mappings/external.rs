@@ -45,7 +45,7 @@ pub(super) fn compile_external_model(
     let mut odoo = None;
     let mut http = None;
     if kind != ServiceKind::Http {
-        for key in ["list", "create", "update", "delete"] {
+        for key in ["list", "create", "update", "delete", "read", "search"] {
             if let Some((k, _)) = entry(t, key) {
                 diags.push(Diagnostic::error(
                     format!("`{key}` only applies to external models of kind `http`"),
@@ -142,6 +142,10 @@ pub(super) fn compile_external_model(
             let create = op("create", diags);
             let update = op("update", diags);
             let delete = op("delete", diags);
+            let read =
+                table_of(t, "read", diags).and_then(|(rt, span)| http_read(rt, &span, diags));
+            let search =
+                table_of(t, "search", diags).and_then(|(st, span)| http_search(st, &span, diags));
             if let Some(l) = &list
                 && let Some(f) = &l.cursor_field
                 && !fields.is_empty()
@@ -159,6 +163,8 @@ pub(super) fn compile_external_model(
                 create,
                 update,
                 delete,
+                read,
+                search,
             });
         }
         ServiceKind::Rest => {
@@ -521,11 +527,177 @@ fn http_op(key: &str, t: &Table, span: &Span, diags: &mut Diagnostics) -> Option
     });
     let body = str_of(t, "body", diags).map(|s| s.value.to_string());
     let response_id = jsonpath_of(t, "response_id", diags);
+    let exists = match table_of(t, "exists", diags) {
+        None => None,
+        Some((_, espan)) if key != "create" => {
+            diags.push(Diagnostic::error(
+                format!("`exists` only applies to `create`, not `{key}`"),
+                espan,
+                "only a create can find the record already there",
+            ));
+            None
+        }
+        Some((et, espan)) => exists(et, &espan, diags),
+    };
     Some(HttpOp {
         method,
         path: path?,
         body,
         response_id,
+        exists,
+    })
+}
+
+/// `create.exists = { status, id, pattern }`.
+fn exists(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<Exists> {
+    check_keys(t, &["status", "id", "pattern"], diags);
+    let status = match int_of(t, "status", diags) {
+        Some((n, _)) if (400..500).contains(&n) => Some(n as u16),
+        Some((_, s)) => {
+            diags.push(Diagnostic::error(
+                "`status` must be an HTTP client error (400 to 499)",
+                s,
+                "out of range",
+            ));
+            None
+        }
+        None => {
+            diags.push(
+                Diagnostic::error(
+                    "missing field `status` in `exists`",
+                    span.clone(),
+                    "which answer means the record exists?",
+                )
+                .with_help("usually `status = 409`"),
+            );
+            None
+        }
+    };
+    if entry(t, "id").is_none() {
+        diags.push(
+            Diagnostic::error(
+                "missing field `id` in `exists`",
+                span.clone(),
+                "where does the answer name the existing record?",
+            )
+            .with_help("a JSONPath such as `$.existing_id`, or `$.message` with a `pattern`"),
+        );
+    }
+    let id = jsonpath_of(t, "id", diags);
+    let pattern = match str_of(t, "pattern", diags) {
+        None => None,
+        Some(p) => match regex::Regex::new(p.value) {
+            Ok(re) if re.captures_len() >= 2 => Some(re),
+            Ok(_) => {
+                diags.push(Diagnostic::error(
+                    format!("`pattern` {} has no group for the id", p.shown()),
+                    p.span.clone(),
+                    "add one, like `Existing ID: (\\d+)`",
+                ));
+                return None;
+            }
+            Err(e) => {
+                diags.push(Diagnostic::error(
+                    format!("invalid `pattern` {}: {e}", p.shown()),
+                    p.span.clone(),
+                    "not a regular expression",
+                ));
+                return None;
+            }
+        },
+    };
+    Some(Exists {
+        status: status?,
+        id: id?,
+        pattern,
+    })
+}
+
+/// `read`: one record by id.
+fn http_read(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<HttpRead> {
+    check_keys(t, &HTTP_READ_KEYS, diags);
+    let path = required_str(t, "path", span, "`read`", diags).and_then(|s| {
+        let p = http_path(&s, diags)?;
+        if !p.contains("{id}") {
+            diags.push(
+                Diagnostic::error(
+                    format!("the `read` path {} does not name `{{id}}`", s.shown()),
+                    s.span.clone(),
+                    "which record?",
+                )
+                .with_help("write it like `/tickets/{id}`"),
+            );
+            return None;
+        }
+        Some(p)
+    });
+    let record = match entry(t, "record") {
+        None => Some(JsonPath::parse("$").expect("the root")),
+        Some(_) => jsonpath_of(t, "record", diags),
+    };
+    let query = string_query(t, diags);
+    Some(HttpRead {
+        path: path?,
+        query,
+        record: record?,
+    })
+}
+
+/// A `query` table of strings.
+fn string_query(t: &Table, diags: &mut Diagnostics) -> Vec<(String, String)> {
+    let mut query = Vec::new();
+    if let Some((qt, _)) = table_of(t, "query", diags) {
+        for (k, item) in qt {
+            match &item.node {
+                Node::Str { value, .. } => query.push((k.name.clone(), value.clone())),
+                _ => diags.push(wrong_type(&k.name, item, "a string")),
+            }
+        }
+    }
+    query
+}
+
+/// `search`: records by the values of fields, named `{field}` in the path or the query.
+fn http_search(t: &Table, span: &Span, diags: &mut Diagnostics) -> Option<HttpSearch> {
+    check_keys(t, &HTTP_SEARCH_KEYS, diags);
+    let path = required_str(t, "path", span, "`search`", diags).and_then(|s| http_path(&s, diags));
+    let query = string_query(t, diags);
+    let records = match entry(t, "records") {
+        None => {
+            diags.push(
+                Diagnostic::error(
+                    "missing field `records` in `search`",
+                    span.clone(),
+                    "where are the records found?",
+                )
+                .with_help("a JSONPath such as `$.results[*]`, or `$` for an answer that is the one record"),
+            );
+            None
+        }
+        Some(_) => jsonpath_of(t, "records", diags),
+    };
+    let mut named = Vec::new();
+    if let Some(p) = &path {
+        named.extend(crate::domain::http::placeholders(p));
+    }
+    for (_, v) in &query {
+        named.extend(crate::domain::http::placeholders(v));
+    }
+    if named.is_empty() && path.is_some() {
+        diags.push(
+            Diagnostic::error(
+                "`search` names no field to search by",
+                span.clone(),
+                "nothing would narrow the search",
+            )
+            .with_help("name the `match_on` field's external name, as in `query = { email = \"{email}\" }`"),
+        );
+        return None;
+    }
+    Some(HttpSearch {
+        path: path?,
+        query,
+        records: records?,
     })
 }
 

@@ -36,7 +36,7 @@ pub const FIELD_KEYS: [&str; 6] = [
     "description",
     "secret",
 ];
-pub const EXT_MODEL_KEYS: [&str; 14] = [
+pub const EXT_MODEL_KEYS: [&str; 16] = [
     "name",
     "kind",
     "description",
@@ -51,6 +51,8 @@ pub const EXT_MODEL_KEYS: [&str; 14] = [
     "create",
     "update",
     "delete",
+    "read",
+    "search",
 ];
 /// The keys of an `http` resource's `list`.
 pub const HTTP_LIST_KEYS: [&str; 9] = [
@@ -67,7 +69,18 @@ pub const HTTP_LIST_KEYS: [&str; 9] = [
 /// The keys of `paginate`.
 pub const PAGINATE_KEYS: [&str; 5] = ["style", "next", "param", "start", "done"];
 /// The keys of an `http` resource's `create`, `update` and `delete`.
-pub const HTTP_OP_KEYS: [&str; 5] = ["method", "path", "body", "response_id", "description"];
+pub const HTTP_OP_KEYS: [&str; 6] = [
+    "method",
+    "path",
+    "body",
+    "response_id",
+    "exists",
+    "description",
+];
+/// The keys of an `http` resource's `read`.
+pub const HTTP_READ_KEYS: [&str; 4] = ["path", "query", "record", "description"];
+/// The keys of an `http` resource's `search`.
+pub const HTTP_SEARCH_KEYS: [&str; 4] = ["path", "query", "records", "description"];
 /// The keys of an Odoo external model's field.
 pub const ODOO_FIELD_KEYS: [&str; 5] = ["type", "relation", "required", "readonly", "description"];
 /// Odoo's field types, as `fields_get` names them.

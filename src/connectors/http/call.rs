@@ -69,18 +69,20 @@ impl Caller {
         })
     }
 
-    /// Calls `url` and reads the answer, retrying what can be retried.
+    /// Calls `url` and reads the answer, retrying what can be retried. An answer with a status
+    /// in `accept` is returned as it is, for the caller to read (a 404 that means "none").
     pub async fn call(
         &self,
         method: &reqwest::Method,
         url: &Url,
         body: Option<&Value>,
         idempotency_key: Option<&str>,
+        accept: &[u16],
     ) -> Result<Answer, SendError> {
         let mut attempt = 0u32;
         let mut refreshed = false;
         loop {
-            match self.once(method, url, body, idempotency_key).await {
+            match self.once(method, url, body, idempotency_key, accept).await {
                 Err(Failure::Unauthorized(_)) if !refreshed && self.is_oauth2() => {
                     // The token may have been revoked or expired early: ask for a new one, once.
                     refreshed = true;
@@ -118,7 +120,10 @@ impl Caller {
         }
         let url = Url::parse(self.service.base_url.expose()).map_err(|e| e.to_string())?;
         let shown = crate::connectors::rest::origin(url.as_str());
-        match self.once(&reqwest::Method::GET, &url, None, None).await {
+        match self
+            .once(&reqwest::Method::GET, &url, None, None, &[])
+            .await
+        {
             Ok(a) => said.push(format!("{shown} answered HTTP {}", a.status)),
             Err(Failure::Unauthorized(e)) => return Err(format!("{shown}: {e}")),
             Err(Failure::Send(SendError::Permanent(e))) if e.starts_with("HTTP 403") => {
@@ -128,9 +133,7 @@ impl Caller {
                 "{shown} answered {}",
                 e.split(':').next().unwrap_or(&e)
             )),
-            Err(Failure::Send(SendError::Retry { reason, .. })) => {
-                return Err(format!("{shown}: {reason}"));
-            }
+            Err(Failure::Send(e)) => return Err(format!("{shown}: {e}")),
         }
         Ok(format!(
             "{} in {} ms",
@@ -149,6 +152,7 @@ impl Caller {
         url: &Url,
         body: Option<&Value>,
         idempotency_key: Option<&str>,
+        accept: &[u16],
     ) -> Result<Answer, Failure> {
         let _permit = self.permits.acquire().await.expect("semaphore open");
         let mut req = self
@@ -192,7 +196,7 @@ impl Caller {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.contains("json"));
         let text = read_capped(resp).await.map_err(Failure::Send)?;
-        if (200..300).contains(&status) {
+        if (200..300).contains(&status) || accept.contains(&status) {
             return Ok(Answer {
                 status,
                 link,
@@ -345,7 +349,9 @@ enum Failure {
 
 fn reason_of(e: &SendError) -> &str {
     match e {
-        SendError::Retry { reason, .. } | SendError::Permanent(reason) => reason,
+        SendError::Retry { reason, .. }
+        | SendError::Permanent(reason)
+        | SendError::Exists { reason, .. } => reason,
     }
 }
 

@@ -74,7 +74,7 @@ fn whose(caller: &Caller, resource: &str) -> String {
 /// error naming what came back).
 async fn fetch(caller: &Caller, url: Url) -> Result<Fetched, String> {
     let answer = caller
-        .call(&reqwest::Method::GET, &url, None, None)
+        .call(&reqwest::Method::GET, &url, None, None, &[])
         .await
         .map_err(|e| e.to_string())?;
     let Answer {
@@ -541,9 +541,21 @@ impl Connector for HttpConnector {
             (_, Some(key)) => Some(json!({ key: values })),
             (_, None) => Some(Value::Object(values.clone())),
         };
+        let exists = match action {
+            SendAction::Create => op.exists.as_ref(),
+            _ => None,
+        };
         let answer = self
             .caller
-            .call(&method, &url, body.as_ref(), Some(target.idempotency_key))
+            .call(
+                &method,
+                &url,
+                body.as_ref(),
+                Some(target.idempotency_key),
+                exists
+                    .map(|e| std::slice::from_ref(&e.status))
+                    .unwrap_or(&[]),
+            )
             .await
             .map_err(|e| match e {
                 // The service's own words, kept as they are for the change-control row.
@@ -554,6 +566,27 @@ impl Connector for HttpConnector {
                 )),
                 other => other,
             })?;
+        if let Some(e) = exists
+            && answer.status == e.status
+        {
+            let reply: Value = serde_json::from_str(&answer.text).unwrap_or(Value::Null);
+            let said = call::service_message(&answer.text);
+            return Err(match e.id_in(&reply) {
+                Some(existing_id) => SendError::Exists {
+                    reason: format!(
+                        "{} already holds the record (HTTP {}: {said})",
+                        whose(&self.caller, &sync.external_model),
+                        answer.status
+                    ),
+                    existing_id,
+                },
+                None => SendError::Permanent(format!(
+                    "{} refused the create as a duplicate (HTTP {}: {said}), and its answer names no id where `exists.id` says",
+                    whose(&self.caller, &sync.external_model),
+                    answer.status
+                )),
+            });
+        }
         let external_id = match (action, &op.response_id) {
             (SendAction::Create, path) => {
                 let reply: Value = serde_json::from_str(&answer.text).unwrap_or(Value::Null);
@@ -578,6 +611,150 @@ impl Connector for HttpConnector {
             request: body.unwrap_or(Value::Null),
             label: None,
         })
+    }
+
+    /// `read`, one call per record, all at once within the service's concurrency limit.
+    async fn read_records(
+        &self,
+        sync: &Sync,
+        plan: &Plan,
+        external_ids: &[String],
+    ) -> Result<Option<Vec<Pulled>>, PullError> {
+        let r = resource(plan, sync).map_err(PullError::Service)?;
+        let Some(read) = &r.read else {
+            return Ok(None);
+        };
+        let base = self.caller.service.base_url.expose();
+        let reads = external_ids.iter().map(|id| async move {
+            let path = read.path.replace(
+                "{id}",
+                &super::rest::path_segment(id).map_err(|e| e.to_string())?,
+            );
+            let mut url = paging::join(base, &path)?;
+            for (k, v) in &read.query {
+                url.query_pairs_mut().append_pair(k, v);
+            }
+            let answer = self
+                .caller
+                .call(&reqwest::Method::GET, &url, None, None, &[404])
+                .await
+                .map_err(|e| e.to_string())?;
+            if answer.status == 404 {
+                return Ok(None);
+            }
+            let body: Value = serde_json::from_str(&answer.text)
+                .map_err(|e| format!("the answer to reading `{id}` is not JSON: {e}"))?;
+            match read.record.select(&body).first() {
+                Some(Value::Object(values)) => Ok(Some(Pulled {
+                    action: PullAction::Update,
+                    values: values.clone(),
+                    external_id: Some(id.clone()),
+                    modified_at: None,
+                    label: None,
+                })),
+                _ => Err(format!(
+                    "the answer to reading `{id}` has no record at `{}`",
+                    read.record.as_str()
+                )),
+            }
+        });
+        let mut out = Vec::with_capacity(external_ids.len());
+        for r in futures_util::future::join_all(reads).await {
+            match r {
+                Ok(Some(p)) => out.push(p),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(PullError::Service(format!(
+                        "{}: {e}",
+                        whose(&self.caller, &sync.external_model)
+                    )));
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// `search`, with `{field}` filled in from the values (a 404 finds nothing).
+    async fn search(
+        &self,
+        sync: &Sync,
+        plan: &Plan,
+        criteria: &Map<String, Value>,
+    ) -> Result<Option<Vec<Pulled>>, PullError> {
+        let r = resource(plan, sync).map_err(PullError::Service)?;
+        let Some(search) = &r.search else {
+            return Ok(None);
+        };
+        let who = || whose(&self.caller, &sync.external_model);
+        let text = |v: &Value| match v {
+            Value::String(s) => s.trim().to_string(),
+            other => other.to_string(),
+        };
+        let fill = |template: &str, in_path: bool| -> Result<Option<String>, PullError> {
+            let mut out = template.to_string();
+            for name in crate::domain::http::placeholders(template) {
+                // `{field}`: the local field, or its plain external name.
+                let v = criteria.get(&name).or_else(|| {
+                    sync.fields
+                        .iter()
+                        .find(|p| {
+                            p.external == crate::domain::mapping::ExternalField::Name(name.clone())
+                        })
+                        .and_then(|p| criteria.get(&p.local))
+                });
+                let Some(v) = v else {
+                    return Ok(None);
+                };
+                let v = if in_path {
+                    super::rest::path_segment(&text(v))
+                        .map_err(|e| PullError::Service(format!("{}: {e}", who())))?
+                } else {
+                    text(v)
+                };
+                out = out.replace(&format!("{{{name}}}"), &v);
+            }
+            Ok(Some(out))
+        };
+        let Some(path) = fill(&search.path, true)? else {
+            return Ok(None);
+        };
+        let mut url = paging::join(self.caller.service.base_url.expose(), &path)
+            .map_err(|e| PullError::Service(format!("{}: {e}", who())))?;
+        for (k, v) in &search.query {
+            let Some(v) = fill(v, false)? else {
+                return Ok(None);
+            };
+            url.query_pairs_mut().append_pair(k, &v);
+        }
+        let answer = self
+            .caller
+            .call(&reqwest::Method::GET, &url, None, None, &[404])
+            .await
+            .map_err(|e| PullError::Service(format!("{}: {e}", who())))?;
+        if answer.status == 404 {
+            return Ok(Some(Vec::new()));
+        }
+        let body: Value = serde_json::from_str(&answer.text).map_err(|e| {
+            PullError::Service(format!("{}: the search's answer is not JSON: {e}", who()))
+        })?;
+        Ok(Some(
+            search
+                .records
+                .select(&body)
+                .into_iter()
+                .filter_map(|v| {
+                    let values = v.as_object()?.clone();
+                    let id = values.get(&sync.external_ref).and_then(id_text)?;
+                    Some(Pulled {
+                        action: PullAction::Update,
+                        values,
+                        external_id: Some(id),
+                        modified_at: None,
+                        label: None,
+                    })
+                })
+                .collect(),
+        ))
     }
 
     fn can_list(&self, _sync: &Sync) -> bool {

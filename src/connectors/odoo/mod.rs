@@ -17,6 +17,7 @@ use super::{
     Connector, Memory, Notice, PullError, PullStart, Pulled, Puller, SendAction, SendError, Sent,
     Target, Webhook,
 };
+use crate::domain::mapping::ExternalField;
 use crate::domain::plan::{DeleteMode, OdooModel, OdooService, Plan, Sync};
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
@@ -440,7 +441,15 @@ impl Connector for OdooConnector {
     ) -> Result<Option<Vec<Pulled>>, PullError> {
         let odoo = model_of(sync, plan)?;
         let mut extra = Vec::new();
-        for (field, v) in criteria {
+        for (local, v) in criteria {
+            let Some(ExternalField::Name(field)) = sync
+                .fields
+                .iter()
+                .find(|p| &p.local == local)
+                .map(|p| &p.external)
+            else {
+                return Ok(None);
+            };
             if OdooModel::related(field).is_some() {
                 // A related field (`country_id.code`) is not searched here.
                 return Ok(None);
