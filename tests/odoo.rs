@@ -1228,3 +1228,72 @@ async fn a_create_finds_its_record_in_odoo_by_match_on_and_links_it() {
     );
     e.h.stop().await;
 }
+
+#[tokio::test]
+async fn nothing_is_sent_to_partners_whose_delete_from_odoo_is_held() {
+    let e = start_with(
+        "19.0",
+        "auto",
+        &[
+            (
+                "mode = \"cron\"\nevery = \"1h\"",
+                "mode = \"realtime\"\nevery = \"1h\"",
+            ),
+            (
+                "propagate_deletes = true\nlimit = 2",
+                "propagate_deletes = true\nlimit = 2\ndelete_guard = { max = 2 }",
+            ),
+        ],
+    )
+    .await;
+    let ids: Vec<i64> = (0..5)
+        .map(|k| {
+            e.odoo
+                .create(
+                    "res.partner",
+                    json!({"name": format!("Held {k}"), "email": format!("held{k}@example.com")}),
+                )
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(e.h.run("ODP").await.status, "success");
+    // Three of six partners deleted in Odoo: a full run holds the deletes (over max_ratio).
+    for id in &ids[..3] {
+        e.odoo.unlink("res.partner", *id).unwrap();
+    }
+    let run = e.h.run_with("ODP", "?full=true").await;
+    assert_eq!((run.status.as_str(), run.held), ("success", 3), "{run:?}");
+    // Edited here meanwhile: the edits of the held ones are not sent; the others are.
+    let mut locals = Vec::new();
+    for id in &ids[..4] {
+        let local = e.h.link("ODP", &id.to_string()).await.unwrap().local_id;
+        e.h.patch_record("partner", local, json!({"phone": "+32 2 000 00 00"}))
+            .await;
+        locals.push(local);
+    }
+    eventually(15, "the outbox to settle", || async {
+        (e.h.engine.store.outbox_depth("ODP").await.unwrap() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        e.odoo.records("res.partner")[&ids[3]]["phone"],
+        "+32 2 000 00 00"
+    );
+    let run = e.h.run_with("ODP", "?full=true").await;
+    assert_eq!((run.status.as_str(), run.failed), ("success", 0), "{run:?}");
+    let rows = e.h.changes("ODP").await;
+    assert!(
+        rows.iter()
+            .all(|c| c.status != "failed" && c.status != "dead"),
+        "nothing was sent to a partner Odoo no longer has: {rows:#?}"
+    );
+    for local in &locals[..3] {
+        assert!(
+            rows.iter().any(|c| c.local_id == Some(*local)
+                && c.status == "skipped"
+                && c.error_message.contains("held for a person")),
+            "a skipped row for {local}: {rows:#?}"
+        );
+    }
+    e.h.stop().await;
+}

@@ -114,27 +114,35 @@ async fn a_paused_record_is_neither_sent_nor_overwritten_until_resumed() {
         "the update, the delete and the send: {skipped:#?}"
     );
 
-    // Resumed: what changed here goes out.
+    // Resumed: what arrived meanwhile was kept, and applied now. The CRM's delete came last,
+    // and wins: the record is deleted here, and the edit made here is not sent to a record
+    // the CRM no longer has.
     let (status, body) = op(&h, local, "resume", None).await;
     assert_eq!(status, 200, "{body}");
-    eventually(15, "the local change to reach the peer", || async {
-        h.peer
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the delete that arrived from `P-1` meanwhile was applied")),
+        "{body}"
+    );
+    assert!(
+        h.engine
+            .store
+            .get_record("contact", local)
+            .await
+            .unwrap()
+            .unwrap()
+            .deleted
+    );
+    assert!(h.link("CON", "P-1").await.is_none(), "the pair is gone");
+    settled(&h).await;
+    assert!(
+        !h.peer
             .received("crm")
             .iter()
-            .any(|r| {
-                r.values["name"] == "Changed here"
-                    && r.action == "update"
-                    && r.id.as_deref() == Some("P-1")
-            })
-            .then_some(())
-    })
-    .await;
-    let upd = json!({"name": "Changed outside again"});
-    assert_eq!(
-        crm(&h, reqwest::Method::PUT, "/sync/CON/P-1", upd).await,
-        200
+            .any(|r| r.values["name"] == "Changed here"),
+        "nothing sent to the deleted record"
     );
-    assert_eq!(name_of(&h, local).await, "Changed outside again");
     let ops: Vec<String> = h
         .changes("CON")
         .await
@@ -149,6 +157,86 @@ async fn a_paused_record_is_neither_sent_nor_overwritten_until_resumed() {
             "Operator: pause contact by operator"
         ]
     );
+    h.stop().await;
+}
+
+/// Both sides edit a paused record, in different fields: on resume, the CRM's edit (kept while
+/// paused) is applied here, and the edit made here goes out; later calls apply as usual.
+#[tokio::test]
+async fn a_resume_catches_up_both_ways() {
+    let h = Harness::start().await;
+    let create = json!({"unique_id": "P-2", "name": "Pam", "email": "pam@example.com"});
+    assert_eq!(
+        crm(&h, reqwest::Method::POST, "/sync/CON/create", create).await,
+        200
+    );
+    let local = h.link("CON", "P-2").await.unwrap().local_id;
+    assert_eq!(op(&h, local, "pause", None).await.0, 200);
+    assert_eq!(
+        crm(
+            &h,
+            reqwest::Method::PUT,
+            "/sync/CON/P-2",
+            json!({"name": "Renamed outside"})
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        crm(
+            &h,
+            reqwest::Method::PUT,
+            "/sync/CON/P-2",
+            json!({"visits": 7})
+        )
+        .await,
+        200
+    );
+    assert_eq!(name_of(&h, local).await, "Pam", "not applied while paused");
+    h.patch_record("contact", local, json!({"email": "pam@new.example.com"}))
+        .await;
+    settled(&h).await;
+
+    let (status, body) = op(&h, local, "resume", None).await;
+    assert_eq!(status, 200, "{body}");
+    let rec = h
+        .engine
+        .store
+        .get_record("contact", local)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            &rec.values["name"],
+            &rec.values["visits"],
+            &rec.values["email"]
+        ),
+        (
+            &json!("Renamed outside"),
+            &json!(7),
+            &json!("pam@new.example.com")
+        ),
+        "both calls kept while paused are applied, merged with the edit made here"
+    );
+    eventually(15, "the local change to reach the peer", || async {
+        h.peer
+            .received("crm")
+            .iter()
+            .any(|r| {
+                r.values["email"] == "pam@new.example.com"
+                    && r.action == "update"
+                    && r.id.as_deref() == Some("P-2")
+            })
+            .then_some(())
+    })
+    .await;
+    let upd = json!({"name": "Changed outside again"});
+    assert_eq!(
+        crm(&h, reqwest::Method::PUT, "/sync/CON/P-2", upd).await,
+        200
+    );
+    assert_eq!(name_of(&h, local).await, "Changed outside again");
     h.stop().await;
 }
 

@@ -48,6 +48,20 @@ external_ref = "unique_id"
 match_on = ["email"]
 fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
 
+[web_services.sys_c]
+shipping_url = "@PEER@/api/wc/ship"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+
+# Sends only the email, built under `properties` as HubSpot-like APIs want it.
+[syncs.SC]
+model = "contact"
+external_model = "crm_contact"
+web_service = "sys_c"
+direction = "to_external"
+mode = "realtime"
+external_ref = "unique_id"
+fields = [{ local = "email", external = "$.properties.email" }]
+
 [syncs.SB]
 model = "contact"
 external_model = "crm_contact"
@@ -76,7 +90,7 @@ fn seed(h: &Harness, coll: &str, id: &str, name: &str, email: &str) {
 async fn settled(h: &Harness) {
     eventually(15, "the outbox to settle", || async {
         let mut depth = 0;
-        for s in ["SA", "SB", "CON", "ERP", "SHOP", "LOC"] {
+        for s in ["SA", "SB", "SC", "CON", "ERP", "SHOP", "LOC"] {
             depth += h.engine.store.outbox_depth(s).await.unwrap();
         }
         (depth == 0).then_some(())
@@ -360,5 +374,44 @@ async fn a_sync_matching_on_email_copies_nothing_before_its_first_run() {
     .await;
     assert_eq!(h.peer.records("golive").len(), 1, "still one person there");
     assert_eq!(h.engine.store.count_records("contact").await.unwrap(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_create_with_every_sent_field_empty_is_not_sent_as_an_empty_object() {
+    let h = start().await;
+    let r = h
+        .client
+        .post(h.url("/api/v1/models/contact/records"))
+        .header("X-Api-Key", common::harness::ADMIN_KEY)
+        .json(&json!({"name": "No Email Yet"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let local = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    settled(&h).await;
+    assert!(h.peer.received("wc").is_empty(), "nothing sent to sys_c");
+    let rows = h.changes("SC").await;
+    assert!(
+        rows.iter().any(|c| c.local_id == Some(local)
+            && c.status == "skipped"
+            && c.error_message
+                .contains("every field this sync sends is empty")),
+        "{rows:#?}"
+    );
+    // Once it has an email, it goes out.
+    h.patch_record("contact", local, json!({"email": "later@example.com"}))
+        .await;
+    let sent = eventually(15, "the create to reach sys_c", || async {
+        h.peer.received("wc").into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        sent.values["properties"]["email"], "later@example.com",
+        "{sent:?}"
+    );
     h.stop().await;
 }

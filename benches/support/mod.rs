@@ -91,14 +91,21 @@ pub async fn start_app(
     db: &std::path::Path,
     plan: recsync::domain::Plan,
 ) -> std::sync::Arc<recsync::engine::Engine> {
+    start_app_with(db, plan, recsync::app::BuildOptions::default()).await
+}
+
+/// [`start_app`] with build options (no outbox workers: the bench drains it itself).
+pub async fn start_app_with(
+    db: &std::path::Path,
+    plan: recsync::domain::Plan,
+    opts: recsync::app::BuildOptions,
+) -> std::sync::Arc<recsync::engine::Engine> {
     let settings = recsync::config::Settings {
         database_url: secrecy::SecretString::from(format!("sqlite://{}", db.display())),
         listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
-    let app = recsync::app::build(settings, plan, recsync::app::BuildOptions::default())
-        .await
-        .unwrap();
+    let app = recsync::app::build(settings, plan, opts).await.unwrap();
     let engine = app.engine();
     tokio::spawn(app.run_until_stopped());
     engine

@@ -310,6 +310,9 @@ impl Engine {
             row.error_message = super::batch::paused_reason(sync);
             row.actor = ctx.actor.clone();
             row.run_id = ctx.run_id;
+            // Not applied, and not lost: the resume applies it.
+            tx.keep_paused_change(sync.code.as_str(), link.local_id, external_id, None)
+                .await?;
             self.log(&mut tx, row).await?;
             tx.commit().await?;
             return Ok(Applied::Skipped(Some(link.local_id)));

@@ -87,6 +87,9 @@ enum Intent {
     /// The record is outside the sync's domain and the sync does not carry it: nothing is
     /// written but a `skipped` row with the reason.
     Skip(Option<i64>, String),
+    /// The linked record is paused for the sync: nothing is written but a `skipped` row, and
+    /// the change is kept for the resume.
+    Paused(i64, String),
     /// Same values as stored: only the link's base moves.
     Rebase(i64, Link),
     /// A new record; `stale` is a link left pointing at a deleted record, replaced here.
@@ -535,8 +538,23 @@ impl Engine {
                     rows.push(row);
                     results[i] = Some(Ok(Applied::Ambiguous));
                 }
-                Intent::Skip(id, why) => {
+                Intent::Skip(..) | Intent::Paused(..) => {
                     let p = &round[i];
+                    let (id, why) = match intent {
+                        Intent::Paused(local_id, why) => {
+                            // Not applied, and not lost: kept for the resume.
+                            tx.keep_paused_change(
+                                &p.job.code,
+                                *local_id,
+                                &p.external_id,
+                                p.job.payload.as_object(),
+                            )
+                            .await?;
+                            (Some(*local_id), why)
+                        }
+                        Intent::Skip(id, why) => (*id, why),
+                        _ => unreachable!("matched above"),
+                    };
                     let sync = &plan.syncs[&p.job.code];
                     let m = &plan.models[&sync.model];
                     let action = match id {
@@ -548,7 +566,7 @@ impl Engine {
                         m,
                         LogDirection::ExternalToLocal,
                         action,
-                        *id,
+                        id,
                         &p.incoming,
                     );
                     row.external_id = Some(p.external_id.clone());
@@ -557,7 +575,7 @@ impl Engine {
                     row.error_message = why.clone();
                     fill(&mut row, &p.job.ctx);
                     rows.push(row);
-                    results[i] = Some(Ok(Applied::Skipped(*id)));
+                    results[i] = Some(Ok(Applied::Skipped(id)));
                 }
                 Intent::Rebase(id, link) => {
                     new_links.push(link.clone());
@@ -908,7 +926,7 @@ impl Engine {
             if let Some(l) = links.get(&(p.binding.clone(), p.external_id.clone()))
                 && paused.contains(&(p.job.code.as_str(), l.local_id))
             {
-                intents[i] = Some(Intent::Skip(Some(l.local_id), paused_reason(sync)));
+                intents[i] = Some(Intent::Paused(l.local_id, paused_reason(sync)));
                 continue;
             }
             let link = links
@@ -1439,6 +1457,7 @@ impl Engine {
                             ambiguous.remove(&i).map(|(_, c)| c).unwrap_or_default(),
                         ),
                         Intent::Skip(id, why) => Previewed::Skipped(id, why),
+                        Intent::Paused(id, why) => Previewed::Skipped(Some(id), why),
                         Intent::Create { values, .. } => Previewed::Create(values),
                         Intent::Update {
                             record,

@@ -11,7 +11,7 @@ use crate::domain::Plan;
 use crate::domain::mapping::{ExternalField, NoRefs, to_external, to_local};
 use crate::domain::plan::Sync;
 use crate::engine::Applied;
-use crate::store::{Link, OutboxEntry, Record, StoreError};
+use crate::store::{Link, LogDirection, OutboxEntry, Record, StoreError};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -23,6 +23,9 @@ pub(super) enum Verdict {
     /// A create whose `match_on` fields match several external records: nothing is created
     /// or linked, and the row names the candidates.
     Ambiguous(String),
+    /// The external record is gone and its delete is held here for a person: nothing is sent
+    /// to it (a `skipped` row says why).
+    Held(String),
     /// Not sent this time: the read or the apply failed (retried with backoff).
     Failed(String),
 }
@@ -79,6 +82,37 @@ impl Engine {
         let mut verdicts = self
             .match_creates(plan, batch, records, links, paused)
             .await?;
+        // Records whose delete from the external side waits in a hold: that side no longer
+        // has them, so no update is sent there while a person decides.
+        let mut held_by_sync: HashMap<&str, HashSet<i64>> = HashMap::new();
+        for code in due.keys() {
+            held_by_sync.insert(
+                code,
+                self.store
+                    .held_local_ids(code, LogDirection::ExternalToLocal.as_str())
+                    .await?,
+            );
+        }
+        for (code, items) in due.iter_mut() {
+            let held = &held_by_sync[code];
+            if held.is_empty() {
+                continue;
+            }
+            items.retain(|d| {
+                if held.contains(&d.local_id) {
+                    verdicts.insert(
+                        d.entry,
+                        Verdict::Held(format!(
+                            "external `{}` is gone and its delete is held for a person (`recsync holds`); nothing is sent to it",
+                            d.external_id
+                        )),
+                    );
+                    false
+                } else {
+                    true
+                }
+            });
+        }
         for (code, items) in due {
             let sync = plan.sync(code).expect("listed above");
             let Some(connector) = self.connector(&sync.web_service) else {

@@ -344,11 +344,15 @@ impl Engine {
         match verdict {
             // The external change was applied first; what is left to send was queued anew.
             Some(Verdict::Superseded) => return Ok(Step::Skip),
-            Some(Verdict::Ambiguous(reason)) => {
+            Some(Verdict::Ambiguous(reason) | Verdict::Held(reason)) => {
                 let mut row = success_row(
                     entry,
                     sync,
-                    LogAction::Create,
+                    if action == SendAction::Create {
+                        LogAction::Create
+                    } else {
+                        LogAction::Update
+                    },
                     None,
                     &title,
                     Value::Object(values.clone()),
@@ -403,6 +407,27 @@ impl Engine {
                 }
             }
         };
+        // A create with nothing to say (every mapped value empty) is not sent as `{}`: the
+        // record goes out once it has a value.
+        if action == SendAction::Create && carries_nothing(&mapped) {
+            let mut row = success_row(
+                entry,
+                sync,
+                LogAction::Create,
+                None,
+                &title,
+                Value::Object(values.clone()),
+                json!({}),
+            );
+            row.status = LogStatus::Skipped;
+            row.error_message =
+                "every field this sync sends is empty, so nothing was created; it is sent once one has a value".into();
+            return Ok(Step::Delivered {
+                row: Some(row),
+                link,
+                binding: sync.binding(),
+            });
+        }
         // What changed since the record was last synced, for connectors that write only that.
         let forced = entry.payload.get("force") == Some(&Value::Bool(true));
         let changed: Option<Vec<String>> = match (&link, action) {
@@ -793,6 +818,16 @@ fn failure_row(
 }
 
 /// The run that queued an entry (a cron push), if any: its rows carry that run's id.
+/// Whether mapped values hold nothing but empties (null, `""`, nested objects of those).
+fn carries_nothing(values: &Map<String, Value>) -> bool {
+    values.values().all(|v| match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Object(o) => carries_nothing(o),
+        _ => false,
+    })
+}
+
 fn run_of(entry: &OutboxEntry) -> Option<i64> {
     entry.payload.get("run_id").and_then(Value::as_i64)
 }

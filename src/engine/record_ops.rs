@@ -132,7 +132,19 @@ impl Engine {
                 (LogAction::Update, linked_id, message)
             }
             RecordOp::Resume => {
-                let was = self.store.resume_record(code, local_id).await?;
+                let kept = self.store.resume_record(code, local_id).await?;
+                let was = kept.is_some();
+                // What arrived from the external side meanwhile is applied now, merged by
+                // `priority` as any change is.
+                let caught_up = match kept {
+                    Some(k) => self.apply_kept(sync, k, by).await?,
+                    None => String::new(),
+                };
+                // The record as it is after that.
+                let record = match self.store.get_record(&model.name, local_id).await? {
+                    Some(r) => r,
+                    None => record.clone(),
+                };
                 // What changed here while paused goes out now (a cron sync's next push finds it
                 // behind its link anyway).
                 let behind = link
@@ -160,7 +172,7 @@ impl Engine {
                     self.wake();
                 }
                 let message = if was {
-                    format!("resumed for sync `{code}`")
+                    format!("resumed for sync `{code}`{caught_up}")
                 } else {
                     format!("was not paused for sync `{code}`")
                 };
@@ -393,6 +405,61 @@ impl Engine {
         self.finish_op(row, done, &sync.model, by).await
     }
 
+    /// Applies what was kept for a paused record at its resume; answers what to add to the
+    /// resume's message.
+    async fn apply_kept(
+        &self,
+        sync: &crate::domain::plan::Sync,
+        kept: crate::store::Kept,
+        by: &str,
+    ) -> Result<String, RecordOpError> {
+        let Some(ext) = kept.external_id else {
+            return Ok(String::new());
+        };
+        let code = sync.code.as_str();
+        let ctx = Ctx::actor(by);
+        if kept.delete {
+            let applied = self
+                .apply_inbound(
+                    code,
+                    super::InboundOp::Delete {
+                        external_id: ext.clone(),
+                        unlink_only: false,
+                    },
+                    &ctx,
+                )
+                .await;
+            return Ok(match applied {
+                Ok(_) => format!("; the delete that arrived from `{ext}` meanwhile was applied"),
+                Err(e) => format!(
+                    "; the delete that arrived from `{ext}` meanwhile could not be applied: {e}"
+                ),
+            });
+        }
+        let Some(values) = kept.values else {
+            return Ok(String::new());
+        };
+        let mut values = values;
+        values
+            .entry(sync.external_ref.clone())
+            .or_insert_with(|| serde_json::Value::String(ext.clone()));
+        let applied = self
+            .apply_upserts(
+                code,
+                vec![(ext.clone(), serde_json::Value::Object(values), ctx)],
+                true,
+            )
+            .await
+            .pop()
+            .expect("one result");
+        Ok(match applied {
+            Ok(_) => format!("; the change that arrived from `{ext}` meanwhile was applied"),
+            Err(e) => format!(
+                "; the change that arrived from `{ext}` meanwhile could not be applied: {e}"
+            ),
+        })
+    }
+
     /// Resumes a record deleted here while it was paused: the delete goes out (at once for a
     /// real-time sync, with the next push for a cron one).
     async fn resume_deleted(
@@ -402,7 +469,7 @@ impl Engine {
         by: &str,
     ) -> Result<OpDone, RecordOpError> {
         let code = sync.code.as_str();
-        let was = self.store.resume_record(code, local_id).await?;
+        let was = self.store.resume_record(code, local_id).await?.is_some();
         let version = self
             .store
             .get_record(&sync.model, local_id)

@@ -831,6 +831,12 @@ impl Engine {
                 .held_local_ids(code, LogDirection::LocalToExternal.as_str())
                 .await?,
         );
+        // Gone on the external side, their delete held here: nothing to send them.
+        paused.extend(
+            self.store
+                .held_local_ids(code, LogDirection::ExternalToLocal.as_str())
+                .await?,
+        );
         Ok(Left {
             waiting,
             ambiguous,

@@ -1123,13 +1123,32 @@ fn search(
         return Ok(out.into_iter().skip(offset).collect());
     }
     let mut found = Vec::new();
-    for rec in i
-        .records
-        .get(model)
-        .map(|r| r.values())
-        .into_iter()
-        .flatten()
-    {
+    // `id in [...]` among conditions joined by AND: only those rows are looked at, through
+    // the primary key, as a database would.
+    let by_id: Option<Vec<i64>> = if domain.iter().any(|c| c.is_string()) {
+        None
+    } else {
+        domain
+            .iter()
+            .find_map(|c| match c.as_array().map(Vec::as_slice) {
+                Some([f, op, Value::Array(ids)]) if f == "id" && op == "in" => {
+                    Some(ids.iter().filter_map(Value::as_i64).collect())
+                }
+                _ => None,
+            })
+    };
+    let table = i.records.get(model);
+    let rows: Box<dyn Iterator<Item = &Map<String, Value>>> = match (&by_id, table) {
+        (Some(ids), Some(t)) => Box::new(
+            ids.iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter_map(|id| t.get(id)),
+        ),
+        (None, Some(t)) => Box::new(t.values()),
+        (_, None) => Box::new(std::iter::empty()),
+    };
+    for rec in rows {
         if hides_archived && rec.get("active") == Some(&json!(false)) {
             continue;
         }

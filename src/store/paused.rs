@@ -3,6 +3,17 @@
 use super::*;
 use std::collections::HashSet;
 
+/// What arrived for a paused record while it was paused, kept for its resume.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Kept {
+    /// The external id the change came for.
+    pub external_id: Option<String>,
+    /// The external values, later ones merged over earlier ones.
+    pub values: Option<Map<String, Value>>,
+    /// The external side deleted it.
+    pub delete: bool,
+}
+
 impl Store {
     /// Pauses a record for a sync; false when it was paused already.
     pub async fn pause_record(&self, sync: &str, local_id: i64, by: &str) -> Result<bool> {
@@ -23,20 +34,25 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Resumes a paused record; false when it was not paused.
-    pub async fn resume_record(&self, sync: &str, local_id: i64) -> Result<bool> {
+    /// Resumes a paused record: `None` when it was not paused, else what arrived for it
+    /// meanwhile and was kept.
+    pub async fn resume_record(&self, sync: &str, local_id: i64) -> Result<Option<Kept>> {
         let mut c = self.writer().await?;
-        let n = on!(c.conn(), |c| {
-            sqlx::query(
-            "DELETE FROM paused_records WHERE sync = $1 AND local_id = $2 AND detached_hold IS NULL"
-        )
-        .bind(sync)
-        .bind(local_id)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected())
+        let row = on!(c.conn(), |c| {
+            sqlx::query_as::<_, (Option<String>, Option<String>, bool)>(
+                "DELETE FROM paused_records WHERE sync = $1 AND local_id = $2 AND detached_hold IS NULL
+                 RETURNING pending, pending_external_id, pending_delete",
+            )
+            .bind(sync)
+            .bind(local_id)
+            .fetch_optional(c)
+            .await
         })?;
-        Ok(n == 1)
+        Ok(row.map(|(pending, external_id, delete)| Kept {
+            external_id,
+            values: pending.and_then(|p| serde_json::from_str::<Map<String, Value>>(&p).ok()),
+            delete,
+        }))
     }
 
     /// The discarded hold that left this record detached for the sync, if it is.
@@ -109,6 +125,48 @@ impl Tx {
         .map(|r| r.rows_affected())
         })?;
         Ok(n == 1)
+    }
+
+    /// Keeps a change that arrived for a paused record: its external values merged over any
+    /// kept before (a delete is kept as one).
+    pub async fn keep_paused_change(
+        &mut self,
+        sync: &str,
+        local_id: i64,
+        external_id: &str,
+        values: Option<&Map<String, Value>>,
+    ) -> Result<()> {
+        let before = on!(self.conn(), |c| sqlx::query_scalar::<_, Option<String>>(
+            "SELECT pending FROM paused_records WHERE sync = $1 AND local_id = $2"
+        )
+        .bind(sync)
+        .bind(local_id)
+        .fetch_optional(c)
+        .await)?
+        .flatten();
+        let (pending, delete) = match values {
+            Some(v) => {
+                let mut merged: Map<String, Value> = before
+                    .and_then(|b| serde_json::from_str(&b).ok())
+                    .unwrap_or_default();
+                merged.extend(v.iter().map(|(k, v)| (k.clone(), v.clone())));
+                (Some(Value::Object(merged).to_string()), false)
+            }
+            None => (None, true),
+        };
+        on!(self.conn(), |c| sqlx::query(
+            "UPDATE paused_records SET pending = $1, pending_external_id = $2, pending_delete = $3
+             WHERE sync = $4 AND local_id = $5"
+        )
+        .bind(&pending)
+        .bind(external_id)
+        .bind(delete)
+        .bind(sync)
+        .bind(local_id)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+        Ok(())
     }
 
     /// Which of these records are paused for the sync, inside the transaction.
