@@ -23,8 +23,8 @@ pub(super) enum Verdict {
     /// A create whose `match_on` fields match several external records: nothing is created
     /// or linked, and the row names the candidates.
     Ambiguous(String),
-    /// The external record is gone and its delete is held here for a person: nothing is sent
-    /// to it (a `skipped` row says why).
+    /// The external record is gone (its delete held here for a person, or not seen yet):
+    /// nothing is sent to it, and a `skipped` row says why.
     Held(String),
     /// Not sent this time: the read or the apply failed (retried with backoff).
     Failed(String),
@@ -146,8 +146,16 @@ impl Engine {
             let mut seen = HashSet::new();
             for d in &items {
                 let Some(p) = current.get(&d.external_id) else {
-                    // Not there (or out of the sync's view): sent as usual, and the service
-                    // answers for it.
+                    // Not there any more (deleted, or out of the sync's view): nothing is
+                    // written to it; the next full run or reconciliation finds it gone and
+                    // settles it (a delete through the guard).
+                    verdicts.insert(
+                        d.entry,
+                        Verdict::Held(format!(
+                            "external `{}` is not there any more (deleted, or out of the sync's view), so nothing was sent; the next full run or reconciliation settles it",
+                            d.external_id
+                        )),
+                    );
                     continue;
                 };
                 let link = &links[&(code.to_string(), d.local_id)];
