@@ -9,8 +9,9 @@
 //! before sending, matching on `email` with a search before each create, deletes found by full
 //! runs); and the hub's own records API. The operations: creates (with emails that overlap
 //! between systems), edits and deletes on each side (Odoo edits even while an update to Odoo is
-//! on its way), runs (full ones too), delivery faults, and an operator pausing and resuming a
-//! record for any sync (every pause is resumed before quiescence).
+//! on its way), runs (full ones too), delivery faults, hot reloads of the configuration, and an
+//! operator pausing and resuming a record for any sync (every pause is resumed before
+//! quiescence).
 //!
 //! A delete is made only of a person whose records are all linked to one hub record (one
 //! entered elsewhere that recsync has not linked yet is another record, which a delete does not
@@ -413,6 +414,21 @@ impl World {
                     if full { " --full" } else { "" },
                     run.pulled, run.created, run.updated, run.deleted, run.pushed, run.failed, run.conflicts
                 ));
+            }
+            97 => {
+                // A hot reload of the same configuration, as `serve` does when a mapping file
+                // is saved: the plan is swapped and the connectors are built again, between
+                // (or during) deliveries and runs.
+                let path = self.h.dir.path().join("mappings/test.toml");
+                let text = std::fs::read_to_string(&path).unwrap();
+                let plan = recsync::config::compile_texts(
+                    &[("mappings/test.toml", &text)],
+                    &std::collections::HashMap::new(),
+                )
+                .unwrap();
+                self.h.engine.set_plan(plan);
+                self.h.engine.register_bindings().await.unwrap();
+                self.trace.push("reload the configuration".into());
             }
             _ => {
                 let n = self.rng.random_range(1..=2);
