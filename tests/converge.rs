@@ -24,6 +24,7 @@
 //! - at most one record per `match_on` key (email) per system;
 //! - nothing deleted anywhere comes back anywhere;
 //! - nothing acknowledged is lost (no dead letter);
+//! - every scheduled sync is within its interval (none overdue);
 //! - one more round writes nothing (no echo).
 //!
 //! A failing seed prints itself and the operation trace. `RECSYNC_CONVERGE_SEED=<n>` replays one
@@ -569,6 +570,11 @@ impl World {
                     odoo[0].1.get("name")
                 ));
             }
+        }
+        // Every scheduled sync is within its interval (the scheduler ran all along).
+        let overdue = self.h.engine.overdue(chrono::Utc::now()).await.unwrap();
+        if !overdue.is_empty() {
+            broken.push(format!("syncs overdue: {overdue:?}"));
         }
         let dead = self
             .h
