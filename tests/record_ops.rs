@@ -297,3 +297,50 @@ async fn unlink_relink_and_resync_one_record() {
     assert_eq!(status, 404);
     h.stop().await;
 }
+
+/// Deleted on both sides while paused (by the CRM, then here): the resume sends no delete
+/// to a record the CRM no longer has; the pair ends, and nothing is dead-lettered.
+#[tokio::test]
+async fn a_record_deleted_on_both_sides_while_paused_resumes_without_a_send() {
+    let h = Harness::start().await;
+    let create = json!({"unique_id": "P-3", "name": "Pia", "email": "pia@example.com"});
+    assert_eq!(
+        crm(&h, reqwest::Method::POST, "/sync/CON/create", create).await,
+        200
+    );
+    let local = h.link("CON", "P-3").await.unwrap().local_id;
+    assert_eq!(op(&h, local, "pause", None).await.0, 200);
+    h.peer.remove("crm", "P-3").await;
+    assert_eq!(
+        crm(&h, reqwest::Method::DELETE, "/sync/CON/P-3", json!({})).await,
+        200
+    );
+    let r = h
+        .client
+        .delete(h.url(&format!("/api/v1/models/contact/records/{local}")))
+        .header("X-Api-Key", common::harness::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let sent_before = h.peer.received("crm").len();
+    let (status, body) = op(&h, local, "resume", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("deleted here and there")),
+        "{body}"
+    );
+    settled(&h).await;
+    assert_eq!(h.peer.received("crm").len(), sent_before, "no delete sent");
+    assert!(h.link("CON", "P-3").await.is_none(), "the pair ended");
+    let dead = h
+        .engine
+        .store
+        .list_outbox(Some("dead"), None, 0, 10)
+        .await
+        .unwrap();
+    assert!(dead.is_empty(), "{dead:?}");
+    h.stop().await;
+}

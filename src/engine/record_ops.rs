@@ -469,7 +469,16 @@ impl Engine {
         by: &str,
     ) -> Result<OpDone, RecordOpError> {
         let code = sync.code.as_str();
-        let was = self.store.resume_record(code, local_id).await?.is_some();
+        // The pause ends, and when the record was deleted on both sides meanwhile, the pair
+        // too, in one transaction: no delivery finds it unpaused and still linked.
+        let mut tx = self.store.begin().await?;
+        let kept = tx.resume_record(code, local_id).await?;
+        let was = kept.is_some();
+        let gone_there = kept.as_ref().is_some_and(|k| k.delete);
+        if gone_there {
+            tx.delete_link(&sync.binding(), local_id).await?;
+        }
+        tx.commit().await?;
         let version = self
             .store
             .get_record(&sync.model, local_id)
@@ -478,7 +487,8 @@ impl Engine {
             .unwrap_or(0);
         let link = self.store.link_by_local(&sync.binding(), local_id).await?;
         let external_id = link.and_then(|l| l.external_id);
-        if was
+        if !gone_there
+            && was
             && external_id.is_some()
             && sync.direction.to_external()
             && sync.mode == crate::domain::plan::Mode::Realtime
@@ -494,7 +504,11 @@ impl Engine {
             tx.commit().await?;
             self.wake();
         }
-        let message = if was {
+        let message = if gone_there {
+            format!(
+                "resumed for sync `{code}`; the record was deleted here and there meanwhile, so nothing is sent and the pair ends"
+            )
+        } else if was {
             format!(
                 "resumed for sync `{code}`; the record was deleted here meanwhile, so its delete goes out"
             )

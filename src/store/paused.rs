@@ -14,6 +14,15 @@ pub struct Kept {
     pub delete: bool,
 }
 
+/// A resumed pause's row, as kept.
+fn kept((pending, external_id, delete): (Option<String>, Option<String>, bool)) -> Kept {
+    Kept {
+        external_id,
+        values: pending.and_then(|p| serde_json::from_str::<Map<String, Value>>(&p).ok()),
+        delete,
+    }
+}
+
 impl Store {
     /// Pauses a record for a sync; false when it was paused already.
     pub async fn pause_record(&self, sync: &str, local_id: i64, by: &str) -> Result<bool> {
@@ -48,11 +57,7 @@ impl Store {
             .fetch_optional(c)
             .await
         })?;
-        Ok(row.map(|(pending, external_id, delete)| Kept {
-            external_id,
-            values: pending.and_then(|p| serde_json::from_str::<Map<String, Value>>(&p).ok()),
-            delete,
-        }))
+        Ok(row.map(kept))
     }
 
     /// The discarded hold that left this record detached for the sync, if it is.
@@ -125,6 +130,21 @@ impl Tx {
         .map(|r| r.rows_affected())
         })?;
         Ok(n == 1)
+    }
+
+    /// [`Store::resume_record`], inside the transaction.
+    pub async fn resume_record(&mut self, sync: &str, local_id: i64) -> Result<Option<Kept>> {
+        let row = on!(self.conn(), |c| {
+            sqlx::query_as::<_, (Option<String>, Option<String>, bool)>(
+                "DELETE FROM paused_records WHERE sync = $1 AND local_id = $2 AND detached_hold IS NULL
+                 RETURNING pending, pending_external_id, pending_delete",
+            )
+            .bind(sync)
+            .bind(local_id)
+            .fetch_optional(c)
+            .await
+        })?;
+        Ok(row.map(kept))
     }
 
     /// Keeps a change that arrived for a paused record: its external values merged over any
