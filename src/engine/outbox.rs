@@ -149,6 +149,9 @@ impl Engine {
                             tracing::debug!(error = %row.error_message, "Delivery failed for good")
                         }
                         Ok(Step::Skip) => tracing::debug!("Nothing to deliver"),
+                        Ok(Step::Skipped(row)) => {
+                            tracing::debug!(reason = %row.error_message, "Not sent")
+                        }
                         Ok(Step::Wait(_)) => {
                             tracing::debug!("A create waits for the sync's first run")
                         }
@@ -263,12 +266,7 @@ impl Engine {
             );
             row.status = crate::store::LogStatus::Skipped;
             row.error_message = super::batch::paused_reason(sync);
-            // The link is kept as it is (none means an unlink here).
-            return Ok(Step::Delivered {
-                row: Some(row),
-                link,
-                binding: sync.binding(),
-            });
+            return Ok(Step::Skipped(row));
         }
         let Some(connector) = self.connector(&sync.web_service) else {
             let why = "the sync's web service is no longer configured";
@@ -360,11 +358,7 @@ impl Engine {
                 );
                 row.status = LogStatus::Skipped;
                 row.error_message = reason;
-                return Ok(Step::Delivered {
-                    row: Some(row),
-                    link,
-                    binding: sync.binding(),
-                });
+                return Ok(Step::Skipped(row));
             }
             Some(Verdict::Failed(reason)) => {
                 return Ok(self.failed(
@@ -422,11 +416,7 @@ impl Engine {
             row.status = LogStatus::Skipped;
             row.error_message =
                 "every field this sync sends is empty, so nothing was created; it is sent once one has a value".into();
-            return Ok(Step::Delivered {
-                row: Some(row),
-                link,
-                binding: sync.binding(),
-            });
+            return Ok(Step::Skipped(row));
         }
         // What changed since the record was last synced, for connectors that write only that.
         let forced = entry.payload.get("force") == Some(&Value::Bool(true));
@@ -701,6 +691,10 @@ impl Engine {
 enum Step {
     /// Nothing to send (already delivered, or carried by a later entry).
     Skip,
+    /// Not sent, with the row saying why; the link is left as it is in the store (a paused
+    /// record, a verdict of the read before sending): writing back the copy read at claim
+    /// time could undo what a resume or a run did meanwhile.
+    Skipped(NewChange),
     /// Sent; `link` is the binding's link afterwards (`None`: the pair is gone).
     Delivered {
         /// The change-control row (none when nothing needed sending).
@@ -733,6 +727,10 @@ impl Done {
     fn add(&mut self, entry: OutboxEntry, step: Step) {
         match step {
             Step::Skip => self.finished.push(entry.id),
+            Step::Skipped(row) => {
+                self.rows.push(row);
+                self.finished.push(entry.id);
+            }
             Step::Wait(at) => self.waits.push((entry.id, at)),
             Step::Delivered { row, link, binding } => {
                 match link {
