@@ -1,7 +1,8 @@
 """The fake HTTP API judged by real clients of the systems it imitates.
 
 - HubSpot's official Python SDK (`hubspot-api-client`) pages contacts with `after`, reads all of
-  them, creates, reads, updates and archives one, and meets HubSpot's error answers;
+  them, creates, reads (by id, and by email with `idProperty`), updates and archives one, and
+  meets HubSpot's error answers;
 - `requests-oauthlib` (over `oauthlib`) takes a client-credentials token from the fake's token
   endpoint, with HTTP Basic and with form credentials, uses it, and is refused a wrong secret;
 - `requests` reads the `Link` header of the GitHub-style listing (RFC 8288).
@@ -60,6 +61,15 @@ check(got.properties["firstname"] == "New", "read back")
 upd = basic.update(made.id, SimplePublicObjectInput(properties={"lastname": "Person"}))
 check(upd.properties["lastname"] == "Person" and upd.properties["firstname"] == "New", "a partial update")
 check(upd.updated_at >= made.updated_at, "updatedAt moves")
+# A contact read by its unique email (`idProperty`), as recsync's `search` does; the SDK puts
+# the email in the path, percent-encoded.
+by_email = basic.get_by_id("New.Person@example.com", id_property="email", properties=["email", "firstname"])
+check(by_email.id == made.id and by_email.properties["firstname"] == "New", f"read by email: {by_email}")
+try:
+    basic.get_by_id("nobody@example.com", id_property="email")
+    check(False, "an unknown email")
+except ApiException as e:
+    check(e.status == 404 and "OBJECT_NOT_FOUND" in e.body, f"404 by email: {e.body}")
 
 try:
     basic.create(SimplePublicObjectInputForCreate(properties={"email": "not-an-email"}))

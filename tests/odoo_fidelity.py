@@ -74,6 +74,12 @@ rows = Partner.search_read([("country_id.code", "=", "BE")], ["name", "country_i
 check([r["name"] for r in rows] == ["Conformance SA"], "search_read through a dotted path")
 check(rows[0]["country_id"] == [be[0], "Belgium"], f"many2one as [id, name]: {rows[0]['country_id']}")
 check(rows[0]["category_id"] == tags[:2], "many2many as ids")
+# Ids named with `in`, together with other conditions (the read before sending): only those
+# ids, and only those that match the rest, whatever order the ids come in.
+rows = Partner.search_read([("id", "in", [child, pid, 999999]), ("parent_id", "=", False)], ["name"])
+check([r["id"] for r in rows] == [pid], f"id in [...] and another condition: {rows}")
+rows = Partner.search_read(["|", ("id", "in", [pid]), ("name", "=", "Jane Conformance")], ["name"], order="id")
+check([r["id"] for r in rows] == [pid, child], f"id in [...] under an OR: {rows}")
 
 p = Partner.browse(pid)
 check(p.name == "Conformance SA", "browse reads the record")
