@@ -187,7 +187,37 @@ fn admit<'p>(plan: &'p Plan, code: &str) -> Result<(&'p Sync, &'p Model), ApplyE
     Ok((sync, model))
 }
 
+/// An external record's values as a pulled payload: the sync's `external_ref` is filled in
+/// from its id when the values lack it.
+pub(super) fn as_pulled(sync: &Sync, external_id: &str, mut values: Map<String, Value>) -> Value {
+    values
+        .entry(sync.external_ref.clone())
+        .or_insert_with(|| Value::String(external_id.to_string()));
+    Value::Object(values)
+}
+
 impl Engine {
+    /// One external record applied through sync `sync` as a pull applies it (read by id, kept
+    /// for a paused record, found before a create).
+    pub(super) async fn apply_pulled(
+        &self,
+        sync: &Sync,
+        external_id: &str,
+        values: Map<String, Value>,
+        ctx: Ctx,
+        must_exist: bool,
+    ) -> Result<Applied, ApplyError> {
+        let payload = as_pulled(sync, external_id, values);
+        self.apply_upserts(
+            sync.code.as_str(),
+            vec![(external_id.to_string(), payload, ctx)],
+            must_exist,
+        )
+        .await
+        .pop()
+        .expect("one result")
+    }
+
     /// Upserts of one sync as one bundle (a pulled page): `(external id, payload, context)`.
     /// The results come back in order. `must_exist` refuses an id no longer linked instead of
     /// creating a record for it.

@@ -5,6 +5,7 @@
 //! and whatever the merge kept that the external side lacks goes out in an entry of its own.
 //! A connector that cannot read one record is not asked; the next pull settles it.
 
+use super::apply::as_pulled;
 use super::{Ctx, Engine};
 use crate::connectors::{PullAction, Pulled};
 use crate::domain::Plan;
@@ -16,6 +17,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What the read before sending decided for an entry (entries not named are sent as usual).
+#[derive(Clone)]
 pub(super) enum Verdict {
     /// The external change was applied here first (or a create found its record there and
     /// linked it); what still has to go out was queued anew.
@@ -25,7 +27,7 @@ pub(super) enum Verdict {
     Ambiguous(String),
     /// The external record is gone (its delete held here for a person, or not seen yet):
     /// nothing is sent to it, and a `skipped` row says why.
-    Held(String),
+    Gone(String),
     /// Not sent this time: the read or the apply failed (retried with backoff).
     Failed(String),
 }
@@ -102,7 +104,7 @@ impl Engine {
                 if held.contains(&d.local_id) {
                     verdicts.insert(
                         d.entry,
-                        Verdict::Held(format!(
+                        Verdict::Gone(format!(
                             "external `{}` is gone and its delete is held for a person (`recsync holds`); nothing is sent to it",
                             d.external_id
                         )),
@@ -151,7 +153,7 @@ impl Engine {
                     // settles it (a delete through the guard).
                     verdicts.insert(
                         d.entry,
-                        Verdict::Held(format!(
+                        Verdict::Gone(format!(
                             "external `{}` is not there any more (deleted, or out of the sync's view), so nothing was sent; the next full run or reconciliation settles it",
                             d.external_id
                         )),
@@ -172,15 +174,8 @@ impl Engine {
             let work = changed
                 .iter()
                 .map(|(d, p)| {
-                    let mut values = p.values.clone();
-                    values
-                        .entry(sync.external_ref.clone())
-                        .or_insert_with(|| Value::String(d.external_id.clone()));
-                    let ctx = Ctx {
-                        modified_at: p.modified_at,
-                        ..Ctx::actor("outbox")
-                    };
-                    (d.external_id.clone(), Value::Object(values), ctx)
+                    let payload = as_pulled(sync, &d.external_id, p.values.clone());
+                    (d.external_id.clone(), payload, read_ctx(p))
                 })
                 .collect();
             let applied = self.apply_upserts(code, work, true).await;
@@ -199,13 +194,7 @@ impl Engine {
                     )),
                 };
                 for other in items.iter().filter(|o| o.external_id == d.external_id) {
-                    verdicts.insert(
-                        other.entry,
-                        match &verdict {
-                            Verdict::Failed(m) => Verdict::Failed(m.clone()),
-                            _ => Verdict::Superseded,
-                        },
-                    );
+                    verdicts.insert(other.entry, verdict.clone());
                 }
             }
             // A rebased link goes out with the base the apply wrote.
@@ -444,23 +433,8 @@ impl Engine {
         let Some(found) = found else {
             return Ok(Adopted::Merged);
         };
-        let mut values = found.values.clone();
-        values
-            .entry(sync.external_ref.clone())
-            .or_insert_with(|| Value::String(ext.to_string()));
-        let ctx = Ctx {
-            modified_at: found.modified_at,
-            ..Ctx::actor("outbox")
-        };
-        let applied = self
-            .apply_upserts(
-                sync.code.as_str(),
-                vec![(ext.to_string(), Value::Object(values), ctx)],
-                true,
-            )
-            .await
-            .pop()
-            .expect("one result");
+        let ctx = read_ctx(&found);
+        let applied = self.apply_pulled(sync, ext, found.values, ctx, true).await;
         Ok(match applied {
             Ok(_) => Adopted::Merged,
             Err(err) => Adopted::Failed(format!(
@@ -468,6 +442,14 @@ impl Engine {
                 sync.web_service
             )),
         })
+    }
+}
+
+/// How a record read from the external side is applied: by the outbox, with its time there.
+fn read_ctx(p: &Pulled) -> Ctx {
+    Ctx {
+        modified_at: p.modified_at,
+        ..Ctx::actor("outbox")
     }
 }
 

@@ -251,7 +251,7 @@ impl Engine {
         let title = model.title(entry.local_id, &values);
         if paused {
             // Not sent: the link stays behind the record, so a resume (or a push) sends it.
-            let mut row = success_row(
+            return Ok(skipped(
                 entry,
                 sync,
                 if entry.action == "delete" {
@@ -261,12 +261,9 @@ impl Engine {
                 },
                 link.as_ref().and_then(|l| l.external_id.clone()),
                 &title,
-                Value::Object(values.clone()),
-                json!({}),
-            );
-            row.status = crate::store::LogStatus::Skipped;
-            row.error_message = super::batch::paused_reason(sync);
-            return Ok(Step::Skipped(row));
+                &values,
+                super::batch::paused_reason(sync),
+            ));
         }
         let Some(connector) = self.connector(&sync.web_service) else {
             let why = "the sync's web service is no longer configured";
@@ -342,23 +339,13 @@ impl Engine {
         match verdict {
             // The external change was applied first; what is left to send was queued anew.
             Some(Verdict::Superseded) => return Ok(Step::Skip),
-            Some(Verdict::Ambiguous(reason) | Verdict::Held(reason)) => {
-                let mut row = success_row(
-                    entry,
-                    sync,
-                    if action == SendAction::Create {
-                        LogAction::Create
-                    } else {
-                        LogAction::Update
-                    },
-                    None,
-                    &title,
-                    Value::Object(values.clone()),
-                    json!({}),
-                );
-                row.status = LogStatus::Skipped;
-                row.error_message = reason;
-                return Ok(Step::Skipped(row));
+            Some(Verdict::Ambiguous(reason) | Verdict::Gone(reason)) => {
+                let action = if action == SendAction::Create {
+                    LogAction::Create
+                } else {
+                    LogAction::Update
+                };
+                return Ok(skipped(entry, sync, action, None, &title, &values, reason));
             }
             Some(Verdict::Failed(reason)) => {
                 return Ok(self.failed(
@@ -404,19 +391,16 @@ impl Engine {
         // A create with nothing to say (every mapped value empty) is not sent as `{}`: the
         // record goes out once it has a value.
         if action == SendAction::Create && carries_nothing(&mapped) {
-            let mut row = success_row(
+            let why = "every field this sync sends is empty, so nothing was created; it is sent once one has a value";
+            return Ok(skipped(
                 entry,
                 sync,
                 LogAction::Create,
                 None,
                 &title,
-                Value::Object(values.clone()),
-                json!({}),
-            );
-            row.status = LogStatus::Skipped;
-            row.error_message =
-                "every field this sync sends is empty, so nothing was created; it is sent once one has a value".into();
-            return Ok(Step::Skipped(row));
+                &values,
+                why.into(),
+            ));
         }
         // What changed since the record was last synced, for connectors that write only that.
         let forced = entry.payload.get("force") == Some(&Value::Bool(true));
@@ -816,6 +800,30 @@ fn failure_row(
 }
 
 /// The run that queued an entry (a cron push), if any: its rows carry that run's id.
+/// Not sent, with a `skipped` row saying why; the link is left as it is.
+fn skipped(
+    entry: &OutboxEntry,
+    sync: &Sync,
+    action: LogAction,
+    external_id: Option<String>,
+    title: &str,
+    values: &Map<String, Value>,
+    why: String,
+) -> Step {
+    let mut row = success_row(
+        entry,
+        sync,
+        action,
+        external_id,
+        title,
+        Value::Object(values.clone()),
+        json!({}),
+    );
+    row.status = LogStatus::Skipped;
+    row.error_message = why;
+    Step::Skipped(row)
+}
+
 /// Whether mapped values hold nothing but empties (null, `""`, nested objects of those).
 fn carries_nothing(values: &Map<String, Value>) -> bool {
     values.values().all(|v| match v {

@@ -248,19 +248,7 @@ impl Engine {
                 tx.commit().await?;
                 if let Some(values) = listed {
                     let ctx = super::Ctx::actor(by);
-                    let mut payload = values;
-                    payload
-                        .entry(sync.external_ref.clone())
-                        .or_insert_with(|| serde_json::Value::String(ext.clone()));
-                    let applied = self
-                        .apply_upserts(
-                            code,
-                            vec![(ext.clone(), serde_json::Value::Object(payload), ctx)],
-                            false,
-                        )
-                        .await
-                        .pop()
-                        .expect("one result");
+                    let applied = self.apply_pulled(sync, &ext, values, ctx, false).await;
                     let message = match applied {
                         Ok(_) => format!(
                             "re-read from external `{ext}` in the service's listing; its values win where they differ"
@@ -439,19 +427,7 @@ impl Engine {
         let Some(values) = kept.values else {
             return Ok(String::new());
         };
-        let mut values = values;
-        values
-            .entry(sync.external_ref.clone())
-            .or_insert_with(|| serde_json::Value::String(ext.clone()));
-        let applied = self
-            .apply_upserts(
-                code,
-                vec![(ext.clone(), serde_json::Value::Object(values), ctx)],
-                true,
-            )
-            .await
-            .pop()
-            .expect("one result");
+        let applied = self.apply_pulled(sync, &ext, values, ctx, true).await;
         Ok(match applied {
             Ok(_) => format!("; the change that arrived from `{ext}` meanwhile was applied"),
             Err(e) => format!(

@@ -46,18 +46,10 @@ impl Store {
     /// Resumes a paused record: `None` when it was not paused, else what arrived for it
     /// meanwhile and was kept.
     pub async fn resume_record(&self, sync: &str, local_id: i64) -> Result<Option<Kept>> {
-        let mut c = self.writer().await?;
-        let row = on!(c.conn(), |c| {
-            sqlx::query_as::<_, (Option<String>, Option<String>, bool)>(
-                "DELETE FROM paused_records WHERE sync = $1 AND local_id = $2 AND detached_hold IS NULL
-                 RETURNING pending, pending_external_id, pending_delete",
-            )
-            .bind(sync)
-            .bind(local_id)
-            .fetch_optional(c)
-            .await
-        })?;
-        Ok(row.map(kept))
+        let mut tx = self.begin().await?;
+        let kept = tx.resume_record(sync, local_id).await?;
+        tx.commit().await?;
+        Ok(kept)
     }
 
     /// The discarded hold that left this record detached for the sync, if it is.
