@@ -143,10 +143,15 @@ impl Setup {
 
     /// The fake's entries under `/Mirror` (not the root itself): path → (id, tag, rev).
     fn fake_tree(&self) -> BTreeMap<String, (String, String, Option<String>)> {
+        self.fake_tree_under("/mirror/")
+    }
+
+    /// The fake's entries below a lowercase folder path.
+    fn fake_tree_under(&self, prefix: &str) -> BTreeMap<String, (String, String, Option<String>)> {
         self.fake
             .entries()
             .into_iter()
-            .filter(|(p, _)| p.to_lowercase().starts_with("/mirror/"))
+            .filter(|(p, _)| p.to_lowercase().starts_with(prefix))
             .collect()
     }
 
@@ -873,5 +878,184 @@ async fn a_webhook_flood_is_absorbed_without_piling_up_work() {
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
     let ready = s.h.client.get(s.h.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    s.stop().await;
+}
+
+/// A folder sync that receives and sends, with the given priority, and the webhook off: what
+/// happens in Dropbox is not pulled until recsync reads it itself.
+async fn two_way_clients(priority: &str) -> (Setup, i64, String) {
+    let s = Setup::new(&format!(
+        r#"
+[external_models.client_folders]
+kind = "dropbox"
+root = "/Clients"
+recursive = false
+pattern = "/{{client}}"
+
+[syncs.CLIENTS]
+model = "client"
+external_model = "client_folders"
+web_service = "box"
+direction = "bidirectional"
+mode = "realtime"
+schedule = "0 0 3 * * *"
+priority = "{priority}"
+propagate_deletes = true
+fields = [
+  {{ local = "name", external = "client" }},
+  {{ local = "path", external = "path", direction = "to_local" }},
+]
+"#
+    ))
+    .await;
+    s.fake.mkdir("/Clients").unwrap();
+    let folder = s.fake.mkdir("/Clients/Acme").unwrap();
+    s.h.run("CLIENTS").await;
+    let id =
+        s.h.link("CLIENTS", &folder)
+            .await
+            .expect("Acme is linked")
+            .local_id;
+    s.fake.set_webhook(None);
+    (s, id, folder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rename_never_overwrites_a_dropbox_rename_it_has_not_pulled() {
+    let (s, id, folder) = two_way_clients("external").await;
+    // Renamed in Dropbox, unseen; then renamed on the hub.
+    s.fake.mv("/Clients/Acme", "/Clients/Acme Corp").unwrap();
+    s.h.patch_record("client", id, json!({"name": "Acme Ltd"}))
+        .await;
+    let conflict = eventually(20, "the conflict row", || async {
+        s.h.changes("CLIENTS")
+            .await
+            .into_iter()
+            .find(|c| c.action == "conflict")
+    })
+    .await;
+    s.h.engine.drain().await.unwrap();
+    // Dropbox wins: its folder keeps its name, and the hub takes it.
+    assert_eq!(
+        s.fake.id_of("/Clients/Acme Corp").as_deref(),
+        Some(folder.as_str())
+    );
+    assert!(s.fake.id_of("/Clients/Acme Ltd").is_none());
+    assert_eq!(s.fake.calls("files/move_v2"), 0, "recsync moved nothing");
+    let r =
+        s.h.engine
+            .store
+            .get_record("client", id)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(r.values["name"], "Acme Corp", "{conflict:?}");
+    assert_eq!(r.values["path"], "/Clients/Acme Corp");
+    // The next pull finds nothing left to do.
+    s.fake.set_webhook(Some(s.h.url("/webhooks/dropbox/box")));
+    let run = s.h.run("CLIENTS").await;
+    assert_eq!(
+        (run.created, run.updated, run.deleted),
+        (0, 0, 0),
+        "{run:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_local_priority_the_hub_rename_goes_out_after_reading_dropbox() {
+    let (s, id, folder) = two_way_clients("local").await;
+    s.fake.mv("/Clients/Acme", "/Clients/Acme Corp").unwrap();
+    s.h.patch_record("client", id, json!({"name": "Acme Ltd"}))
+        .await;
+    eventually(20, "the hub's name in Dropbox", || async {
+        (s.fake.id_of("/Clients/Acme Ltd").as_deref() == Some(folder.as_str())).then_some(())
+    })
+    .await;
+    s.h.engine.drain().await.unwrap();
+    assert!(s.fake.id_of("/Clients/Acme Corp").is_none());
+    let log = s.h.changes("CLIENTS").await;
+    assert!(
+        log.iter().any(|c| c.action == "conflict"),
+        "the overwritten rename is on record: {log:#?}"
+    );
+    let r =
+        s.h.engine
+            .store
+            .get_record("client", id)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(r.values["name"], "Acme Ltd");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_finds_its_folder_by_match_on_instead_of_making_a_second() {
+    let s = Setup::new(
+        r#"
+[models.account]
+display = "name"
+fields = { name = { type = "char", required = true }, code = "char" }
+
+[external_models.account_folders]
+kind = "dropbox"
+root = "/Accounts"
+recursive = false
+pattern = "/{code} - {client}"
+
+[syncs.ACCOUNTS]
+model = "account"
+external_model = "account_folders"
+web_service = "box"
+direction = "bidirectional"
+mode = "realtime"
+schedule = "0 0 3 * * *"
+priority = "local"
+match_on = ["code"]
+fields = [
+  { local = "name", external = "client" },
+  { local = "code", external = "code" },
+]
+"#,
+    )
+    .await;
+    s.fake.mkdir("/Accounts").unwrap();
+    s.h.run("ACCOUNTS").await;
+    s.fake.set_webhook(None);
+    // Made in Dropbox after the first run, not pulled yet.
+    let folder = s.fake.mkdir("/Accounts/C42 - Acme").unwrap();
+    let r =
+        s.h.client
+            .post(s.h.url("/api/v1/models/account/records"))
+            .header("X-Api-Key", ADMIN_KEY)
+            .json(&json!({"name": "Acme Ltd", "code": "c42"}))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let link = eventually(20, "the record linked to the folder", || async {
+        s.h.link("ACCOUNTS", &folder).await
+    })
+    .await;
+    assert_eq!(link.local_id, id);
+    s.h.engine.drain().await.unwrap();
+    assert_eq!(
+        s.fake.calls("files/create_folder_v2"),
+        0,
+        "no second folder"
+    );
+    // Linked and merged: the hub's name (priority local) goes out over the same folder.
+    eventually(20, "the folder renamed to the hub's name", || async {
+        (s.fake.id_of("/Accounts/C42 - Acme Ltd").as_deref() == Some(folder.as_str())
+            || s.fake.id_of("/Accounts/c42 - Acme Ltd").as_deref() == Some(folder.as_str()))
+        .then_some(())
+    })
+    .await;
+    let under: Vec<String> = s.fake_tree_under("/accounts/").into_keys().collect();
+    assert_eq!(under.len(), 1, "{under:?}");
+    let log = s.h.changes("ACCOUNTS").await;
+    assert!(log.iter().any(|c| c.action == "link"), "{log:#?}");
     s.stop().await;
 }

@@ -361,6 +361,7 @@ pub trait Connector: Send + std::marker::Sync {
         &self,
         _sync: &Sync,
         _plan: &Plan,
+        _memory: &dyn Memory,
         _external_ids: &[String],
     ) -> Result<Option<Vec<Pulled>>, PullError> {
         Ok(None)
@@ -375,6 +376,7 @@ pub trait Connector: Send + std::marker::Sync {
         &self,
         _sync: &Sync,
         _plan: &Plan,
+        _memory: &dyn Memory,
         _criteria: &Map<String, Value>,
     ) -> Result<Option<Vec<Pulled>>, PullError> {
         Ok(None)

@@ -6,6 +6,7 @@
 //! A connector that cannot read one record is not asked; the next pull settles it.
 
 use super::apply::as_pulled;
+use super::memory::SyncMemory;
 use super::{Ctx, Engine};
 use crate::connectors::{PullAction, Pulled};
 use crate::domain::Plan;
@@ -123,8 +124,13 @@ impl Engine {
             let mut ids: Vec<String> = items.iter().map(|d| d.external_id.clone()).collect();
             ids.sort();
             ids.dedup();
+            let memory = SyncMemory {
+                engine: self,
+                code,
+                ctx: Ctx::actor("outbox"),
+            };
             let current: HashMap<String, Pulled> = match connector
-                .read_records(sync, plan, &ids)
+                .read_records(sync, plan, &memory, &ids)
                 .await
             {
                 Ok(None) => continue,
@@ -253,7 +259,12 @@ impl Engine {
                 let Some((wanted, criteria)) = group_values(sync, group, &record.values) else {
                     continue;
                 };
-                let candidates = match connector.search(sync, plan, &criteria).await {
+                let memory = SyncMemory {
+                    engine: self,
+                    code: sync.code.as_str(),
+                    ctx: Ctx::actor("outbox"),
+                };
+                let candidates = match connector.search(sync, plan, &memory, &criteria).await {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
                     Err(err) => {
@@ -369,7 +380,15 @@ impl Engine {
             && sync.direction.to_local()
             && let Some(connector) = self.connector(&sync.web_service)
         {
-            match connector.read_records(sync, plan, &[ext.to_string()]).await {
+            let memory = SyncMemory {
+                engine: self,
+                code: sync.code.as_str(),
+                ctx: Ctx::actor("outbox"),
+            };
+            match connector
+                .read_records(sync, plan, &memory, &[ext.to_string()])
+                .await
+            {
                 Ok(Some(list)) => found = list.into_iter().find(|p| p.action == PullAction::Update),
                 Ok(None) => {}
                 Err(e) => read_failed = Some(e.to_string()),
@@ -498,17 +517,24 @@ fn key_of(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// Whether the external record differs from what was last synced in a field this sync takes
-/// in. Relational values are compared by the apply (their references resolve there); values
+/// Whether the external record differs from what was last synced in a field this sync both takes
+/// in and sends. Relational values are compared by the apply (their references resolve there); values
 /// that do not map are left to the next pull, which reports them.
 fn changed_there(sync: &Sync, link: &Link, p: &Pulled) -> bool {
+    // Only what is also sent can be written over; a field that only comes in (a path, a
+    // computed value) is left to the next pull.
+    let sent: HashSet<&str> = sync
+        .fields
+        .iter()
+        .filter(|f| f.direction.to_external())
+        .map(|f| f.local.as_str())
+        .collect();
     match to_local(&sync.fields, &Value::Object(p.values.clone())) {
         Ok(inbound) => {
             !inbound.refs.is_empty()
-                || inbound
-                    .values
-                    .iter()
-                    .any(|(k, v)| link.base.get(k).unwrap_or(&Value::Null) != v)
+                || inbound.values.iter().any(|(k, v)| {
+                    sent.contains(k.as_str()) && link.base.get(k).unwrap_or(&Value::Null) != v
+                })
         }
         Err(_) => false,
     }

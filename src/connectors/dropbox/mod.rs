@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 /// Files larger than this are mirrored without their bytes.
 const MAX_DOWNLOAD: i64 = 32 * 1024 * 1024;
 
+/// Most candidates a search before a create returns.
+const SEARCH_LIMIT: usize = 20;
+
 /// Is `signature` (lowercase hex) the HMAC-SHA256 of `body` keyed with `secret`? Compared in
 /// constant time.
 pub fn signature_ok(secret: &[u8], body: &[u8], signature: &str) -> bool {
@@ -187,37 +190,11 @@ impl DropboxPull {
         old: Option<&MirrorEntry>,
         kind: Kind,
     ) -> Result<Option<Pulled>, PullError> {
-        let captures = match &self.folder.pattern {
-            Some(p) => p.matches(rel),
-            None => Some(BTreeMap::new()),
-        };
-        let Some(captures) = captures else {
+        let Some(values) =
+            values_of(&self.client, &self.folder, self.wants_content, e, rel, old).await?
+        else {
             return Ok(None);
         };
-        let mut values = entry_values(e, captures);
-        let content_changed = old.is_none_or(|o| o.content_hash != e.content_hash);
-        if self.wants_content
-            && e.tag == "file"
-            && content_changed
-            && e.size.unwrap_or(0) <= MAX_DOWNLOAD
-        {
-            match self.client.download(&e.id).await {
-                Ok(bytes) => {
-                    use base64::Engine as _;
-                    values.insert(
-                        "content".into(),
-                        json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                    );
-                }
-                Err(DbxError::NotFound(_)) => {}
-                Err(err) => {
-                    return Err(PullError::Service(format!(
-                        "download of {} failed: {err}",
-                        e.path_display
-                    )));
-                }
-            }
-        }
         Ok(Some(Pulled {
             action: if kind == Kind::Create {
                 PullAction::Insert
@@ -226,16 +203,159 @@ impl DropboxPull {
             },
             values,
             external_id: Some(e.id.clone()),
-            modified_at: e
-                .server_modified
-                .as_deref()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&chrono::Utc)),
+            modified_at: modified_at(e),
             label: match kind {
                 Kind::Rename => Some(Label::Rename),
                 Kind::Move => Some(Label::Move),
                 _ => None,
             },
+        }))
+    }
+}
+
+fn modified_at(e: &MirrorEntry) -> Option<chrono::DateTime<chrono::Utc>> {
+    e.server_modified
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Does the sync map a file's bytes (`content`) to the local side?
+fn wants_content(sync: &Sync) -> bool {
+    sync.fields.iter().any(|p| {
+        p.direction.to_local() && matches!(&p.external, ExternalField::Name(n) if n == "content")
+    })
+}
+
+/// The external values of an entry at `rel` (below the root), or `None` when the folder's
+/// pattern does not take it. The bytes are downloaded when the sync maps them and they
+/// changed since `old`.
+async fn values_of(
+    client: &Dropbox,
+    folder: &DropboxFolder,
+    wants_content: bool,
+    e: &MirrorEntry,
+    rel: &str,
+    old: Option<&MirrorEntry>,
+) -> Result<Option<Map<String, Value>>, PullError> {
+    let captures = match &folder.pattern {
+        Some(p) => p.matches(rel),
+        None => Some(BTreeMap::new()),
+    };
+    let Some(captures) = captures else {
+        return Ok(None);
+    };
+    let mut values = entry_values(e, captures);
+    let content_changed = old.is_none_or(|o| o.content_hash != e.content_hash);
+    if wants_content && e.tag == "file" && content_changed && e.size.unwrap_or(0) <= MAX_DOWNLOAD {
+        match client.download(&e.id).await {
+            Ok(bytes) => {
+                use base64::Engine as _;
+                values.insert(
+                    "content".into(),
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                );
+            }
+            Err(DbxError::NotFound(_)) => {}
+            Err(err) => {
+                return Err(PullError::Service(format!(
+                    "download of {} failed: {err}",
+                    e.path_display
+                )));
+            }
+        }
+    }
+    Ok(Some(values))
+}
+
+/// Most listing pages read to see what changed since the sync's cursor before a write; past
+/// it the next pull settles what changed.
+const MAX_PEEK_PAGES: usize = 8;
+
+/// The sync's folder as it is now, without a call per record: the mirror, with the changes
+/// Dropbox lists since the sync's cursor laid over it (nothing is stored: the pull still
+/// takes them). `None` when the sync has not listed the folder yet, Dropbox reset the cursor
+/// or more changed than a few pages hold.
+struct Now {
+    folder: DropboxFolder,
+    stored: Mirror,
+    now: Mirror,
+}
+
+impl DropboxConnector {
+    async fn now(
+        &self,
+        sync: &Sync,
+        plan: &Plan,
+        memory: &dyn Memory,
+    ) -> Result<Option<Now>, PullError> {
+        let folder = folder_of(sync, plan).ok_or_else(|| {
+            PullError::Service("the external model is not a Dropbox folder".into())
+        })?;
+        let Some(mut cursor) = memory.cursor().await? else {
+            return Ok(None);
+        };
+        let entries = memory.mirror().await?;
+        let stored = Mirror::load(entries.clone());
+        let mut now = Mirror::load(entries);
+        for _ in 0..MAX_PEEK_PAGES {
+            let page = match self.client.list_folder_continue(&cursor).await {
+                Ok(p) => p,
+                Err(DbxError::Reset) => return Ok(None),
+                Err(e) => {
+                    return Err(PullError::Service(format!(
+                        "list_folder/continue failed: {e}"
+                    )));
+                }
+            };
+            for change in page.entries {
+                match change {
+                    Change::Deleted { path_lower, .. } => {
+                        now.take_under(&path_lower, true);
+                    }
+                    Change::Upsert(e) => {
+                        if let Some(other) = now.by_path.get(&e.path_lower).cloned()
+                            && other != e.id
+                        {
+                            now.take_under(&e.path_lower, e.tag == "file");
+                        }
+                        now.put(e);
+                    }
+                }
+            }
+            if !page.has_more {
+                return Ok(Some(Now {
+                    folder,
+                    stored,
+                    now,
+                }));
+            }
+            cursor = page.cursor;
+        }
+        Ok(None)
+    }
+
+    /// The record of an entry as it is now (an update: it was there before).
+    async fn current(
+        &self,
+        now: &Now,
+        wants_content: bool,
+        e: &MirrorEntry,
+    ) -> Result<Option<Pulled>, PullError> {
+        let Some(rel) = relative(&now.folder.root, &e.path_display) else {
+            return Ok(None);
+        };
+        let old = now.stored.by_id.get(&e.id);
+        let Some(values) = values_of(&self.client, &now.folder, wants_content, e, rel, old).await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Pulled {
+            action: PullAction::Update,
+            values,
+            external_id: Some(e.id.clone()),
+            modified_at: modified_at(e),
+            label: None,
         }))
     }
 }
@@ -431,10 +551,7 @@ impl Connector for DropboxConnector {
             folder,
             limit: sync.limit as u32,
             inbound: sync.direction.to_local() && sync.active,
-            wants_content: sync.fields.iter().any(|p| {
-                p.direction.to_local()
-                    && matches!(&p.external, ExternalField::Name(n) if n == "content")
-            }),
+            wants_content: wants_content(sync),
             listing: cursor.is_none(),
             cursor,
             mirror,
@@ -495,6 +612,90 @@ impl Connector for DropboxConnector {
             })
             .collect();
         Ok((ids, page.has_more.then_some(page.cursor)))
+    }
+
+    /// The entries with these ids as they are now: the mirror with what Dropbox lists since
+    /// the sync's cursor laid over it, in one `list_folder/continue` (or a few pages) for the
+    /// whole batch. An entry deleted there, or moved out of the pattern, is not in the answer.
+    async fn read_records(
+        &self,
+        sync: &Sync,
+        plan: &Plan,
+        memory: &dyn Memory,
+        external_ids: &[String],
+    ) -> Result<Option<Vec<Pulled>>, PullError> {
+        let Some(now) = self.now(sync, plan, memory).await? else {
+            return Ok(None);
+        };
+        let wants = wants_content(sync);
+        let mut found = Vec::new();
+        for id in external_ids {
+            if let Some(e) = now.now.by_id.get(id)
+                && let Some(p) = self.current(&now, wants, e).await?
+            {
+                found.push(p);
+            }
+        }
+        Ok(Some(found))
+    }
+
+    /// The entries whose mapped fields equal the criteria (text compared without case, as
+    /// Dropbox compares paths), among the folder as it is now.
+    async fn search(
+        &self,
+        sync: &Sync,
+        plan: &Plan,
+        memory: &dyn Memory,
+        criteria: &Map<String, Value>,
+    ) -> Result<Option<Vec<Pulled>>, PullError> {
+        let mut wanted = Vec::new();
+        for (local, v) in criteria {
+            let Some(ExternalField::Name(field)) = sync
+                .fields
+                .iter()
+                .find(|p| &p.local == local)
+                .map(|p| &p.external)
+            else {
+                return Ok(None);
+            };
+            wanted.push((field.clone(), v.clone()));
+        }
+        let Some(now) = self.now(sync, plan, memory).await? else {
+            return Ok(None);
+        };
+        let same = |a: &Value, b: &Value| match (a, b) {
+            (Value::String(a), Value::String(b)) => {
+                a.trim().to_lowercase() == b.trim().to_lowercase()
+            }
+            (a, b) => a == b,
+        };
+        let mut found = Vec::new();
+        for e in now.now.by_id.values() {
+            // Compared without the bytes; they are read for the hits only.
+            let Some(p) = self.current(&now, false, e).await? else {
+                continue;
+            };
+            if wanted
+                .iter()
+                .all(|(f, v)| p.values.get(f).is_some_and(|x| same(x, v)))
+            {
+                found.push(p);
+            }
+        }
+        found.sort_by(|a, b| a.external_id.cmp(&b.external_id));
+        found.truncate(SEARCH_LIMIT);
+        if wants_content(sync) {
+            let mut with_bytes = Vec::new();
+            for p in found {
+                let id = p.external_id.clone().unwrap_or_default();
+                let e = &now.now.by_id[&id];
+                if let Some(p) = self.current(&now, true, e).await? {
+                    with_bytes.push(p);
+                }
+            }
+            found = with_bytes;
+        }
+        Ok(Some(found))
     }
 
     /// Delivers one change: create the folder or upload the file, move or rename it when its
@@ -618,10 +819,22 @@ impl Connector for DropboxConnector {
                     && e.content_hash.as_deref() != Some(content_hash(bytes).as_str())
                 {
                     calls.push("upload");
-                    e = dbx
+                    e = match dbx
                         .upload(&e.path_display.clone(), bytes.clone(), e.rev.as_deref())
                         .await
-                        .map_err(send_error)?;
+                    {
+                        Ok(e) => e,
+                        // Written conditionally: the file changed there since the revision
+                        // read. A sync that also receives reads it first on the next attempt
+                        // and merges the change.
+                        Err(DbxError::Conflict(w)) if sync.direction.to_local() && sync.active => {
+                            return Err(SendError::Retry {
+                                reason: w,
+                                after: None,
+                            });
+                        }
+                        Err(err) => return Err(send_error(err)),
+                    };
                 }
                 if e.path_lower != current.path_lower && e.tag == "folder" {
                     // Children moved with the folder.

@@ -618,6 +618,7 @@ impl Connector for HttpConnector {
         &self,
         sync: &Sync,
         plan: &Plan,
+        _memory: &dyn Memory,
         external_ids: &[String],
     ) -> Result<Option<Vec<Pulled>>, PullError> {
         let r = resource(plan, sync).map_err(PullError::Service)?;
@@ -679,6 +680,7 @@ impl Connector for HttpConnector {
         &self,
         sync: &Sync,
         plan: &Plan,
+        _memory: &dyn Memory,
         criteria: &Map<String, Value>,
     ) -> Result<Option<Vec<Pulled>>, PullError> {
         let r = resource(plan, sync).map_err(PullError::Service)?;

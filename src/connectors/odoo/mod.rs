@@ -413,6 +413,7 @@ impl Connector for OdooConnector {
         &self,
         sync: &Sync,
         plan: &Plan,
+        _memory: &dyn Memory,
         external_ids: &[String],
     ) -> Result<Option<Vec<Pulled>>, PullError> {
         let odoo = model_of(sync, plan)?;
@@ -437,6 +438,7 @@ impl Connector for OdooConnector {
         &self,
         sync: &Sync,
         plan: &Plan,
+        _memory: &dyn Memory,
         criteria: &Map<String, Value>,
     ) -> Result<Option<Vec<Pulled>>, PullError> {
         let odoo = model_of(sync, plan)?;
