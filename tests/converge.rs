@@ -71,6 +71,41 @@ kind = "odoo"
 odoo_model = "res.partner"
 fields = { name = "char", email = "char" }
 
+[web_services.crm_api]
+kind = "http"
+base_url = "@HTTP@"
+auth = { mode = "bearer", token = "demo-crm-token" }
+timeout = "10s"
+retries = 1
+
+[external_models.crm_contact]
+kind = "http"
+[external_models.crm_contact.list]
+path = "/crm/v3/objects/contacts"
+records = "$.results[*]"
+query = { limit = "{limit}", properties = "email,firstname" }
+paginate = { style = "cursor", param = "after", next = "$.paging.next.after" }
+[external_models.crm_contact.create]
+method = "POST"
+path = "/crm/v3/objects/contacts"
+response_id = "$.id"
+exists = { status = 409, id = "$.message", pattern = "Existing ID: (\\d+)" }
+[external_models.crm_contact.read]
+path = "/crm/v3/objects/contacts/{id}"
+query = { properties = "email,firstname" }
+[external_models.crm_contact.search]
+path = "/crm/v3/objects/contacts/{email}"
+query = { idProperty = "email", properties = "email,firstname" }
+records = "$"
+[external_models.crm_contact.update]
+method = "PATCH"
+path = "/crm/v3/objects/contacts/{id}"
+[external_models.crm_contact.delete]
+method = "DELETE"
+path = "/crm/v3/objects/contacts/{id}"
+[external_models.crm_contact.fields]
+id = "char"
+
 [syncs.CON]
 model = "contact"
 external_model = "person"
@@ -108,10 +143,31 @@ delete_guard = { max_ratio = 1.0 }
 match_on = ["email"]
 limit = 5
 fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
+
+[syncs.HUB]
+model = "contact"
+external_model = "crm_contact"
+web_service = "crm_api"
+direction = "bidirectional"
+mode = "realtime"
+every = "1h"
+propagate_deletes = true
+delete_guard = { max_ratio = 1.0 }
+match_on = ["email"]
+limit = 4
+fields = [
+  { local = "name",  external = "$.properties.firstname" },
+  { local = "email", external = "$.properties.email" },
+]
 "#;
 
 /// The spokes: (name in traces and messages, sync code).
-const SPOKES: [(&str, &str); 3] = [("crm", "CON"), ("cp", "CP"), ("odoo", "ODO")];
+const SPOKES: [(&str, &str); 4] = [
+    ("crm", "CON"),
+    ("cp", "CP"),
+    ("odoo", "ODO"),
+    ("http", "HUB"),
+];
 
 /// People an episode works with; their emails are the same in every system.
 const PEOPLE: usize = 10;
@@ -128,6 +184,8 @@ fn email(k: usize) -> String {
 struct World {
     h: Harness,
     odoo: std::sync::Arc<recsync::peer::odoo::OdooState>,
+    /// The fake HTTP API (HubSpot's contacts).
+    http: std::sync::Arc<recsync::peer::http::HttpState>,
     rng: StdRng,
     trace: Vec<String>,
     /// People created somewhere.
@@ -147,6 +205,20 @@ impl World {
                 .records("res.partner")
                 .into_iter()
                 .map(|(id, r)| (id.to_string(), r))
+                .collect()
+        } else if coll == "http" {
+            // Live contacts, as name and email (archived ones are deleted).
+            self.http
+                .records("contacts")
+                .into_iter()
+                .filter(|c| c["archived"] != json!(true))
+                .map(|c| {
+                    let p = &c["properties"];
+                    (
+                        c["id"].as_str().unwrap_or_default().to_string(),
+                        obj(json!({"name": p["firstname"], "email": p["email"]})),
+                    )
+                })
                 .collect()
         } else {
             self.h.peer.records(coll).into_iter().collect()
@@ -198,7 +270,7 @@ impl World {
 
     async fn step(&mut self) {
         let k = self.rng.random_range(0..PEOPLE);
-        let op = self.rng.random_range(0..120);
+        let op = self.rng.random_range(0..142);
         match op {
             // A person entered in the CRM (only one that no system has yet: a person typed
             // twice into one system is two records there, whatever recsync does).
@@ -416,6 +488,90 @@ impl World {
                     run.pulled, run.created, run.updated, run.deleted, run.pushed, run.failed, run.conflicts
                 ));
             }
+            // The same person entered in the HTTP API (HubSpot refuses a second contact with
+            // one email: a create from the hub meeting this one is linked, not doubled).
+            120..=125 => {
+                let linked = match self.hub(k).await.first() {
+                    Some(r) => self
+                        .h
+                        .engine
+                        .store
+                        .link_by_local(&self.h.engine.plan().binding_of("HUB"), r.id)
+                        .await
+                        .unwrap()
+                        .is_some_and(|l| l.external_id.is_some()),
+                    None => false,
+                };
+                // Not while a create to it may be on its way: the API refuses a second contact
+                // with one email, which this direct write into the fake would not.
+                let queued = self.h.engine.store.outbox_depth("HUB").await.unwrap() > 0;
+                if !self.alive(k) || !self.held_by("http", k).is_empty() || linked || queued {
+                    return;
+                }
+                let name = self.name();
+                let c = self.http.upsert(
+                    "contacts",
+                    None,
+                    json!({"firstname": name, "email": email(k)}),
+                );
+                self.created.insert(k);
+                self.trace
+                    .push(format!("http create p{k} ({}) {name:?}", c["id"]));
+            }
+            // An edit in the HTTP API, even while an update to it is on its way (read before
+            // sending).
+            126..=131 => {
+                let Some((id, _)) = self.held_by("http", k).into_iter().next() else {
+                    return;
+                };
+                let name = self.name();
+                self.http
+                    .upsert("contacts", id.parse().ok(), json!({"firstname": name}));
+                self.trace.push(format!("http edit p{k} ({id}) {name:?}"));
+            }
+            132..=133 => {
+                let Some((id, _)) = self.held_by("http", k).into_iter().next() else {
+                    return;
+                };
+                if !self.settled(k).await {
+                    return;
+                }
+                self.http.remove("contacts", id.parse().unwrap());
+                self.deleted.insert(k);
+                self.trace.push(format!("http delete p{k} ({id})"));
+            }
+            134..=137 => {
+                // The list has no deletes: a full run finds archived contacts.
+                let full = self.rng.random_range(0..4) == 0;
+                let run = self
+                    .h
+                    .run_with("HUB", if full { "?full=true" } else { "" })
+                    .await;
+                self.trace.push(format!(
+                    "run HUB{}: {} pulled {} created {} updated {} deleted {} pushed {} failed {} conflicts",
+                    if full { " --full" } else { "" },
+                    run.pulled, run.created, run.updated, run.deleted, run.pushed, run.failed, run.conflicts
+                ));
+            }
+            138..=139 => {
+                // The HTTP API answers 500 for a while (each call is tried twice).
+                let n = self.rng.random_range(1..=6);
+                self.http.set_faults(recsync::peer::http::Faults {
+                    fail_next: n,
+                    ..Default::default()
+                });
+                self.trace
+                    .push(format!("fault: the next {n} HTTP API calls answer 500"));
+            }
+            140..=141 => {
+                let n = self.rng.random_range(1..=4);
+                self.odoo.set_faults(recsync::peer::odoo::OdooFaults {
+                    server_errors: n,
+                    ..Default::default()
+                });
+                self.trace
+                    .push(format!("fault: the next {n} Odoo calls answer 500"));
+            }
             97 => {
                 // A hot reload of the same configuration, as `serve` does when a mapping file
                 // is saved: the plan is swapped and the connectors are built again, between
@@ -469,24 +625,28 @@ impl World {
     /// outbox is drained.
     async fn quiesce(&mut self) {
         self.h.peer.set_faults(Default::default());
+        self.http.set_faults(Default::default());
+        self.odoo.set_faults(Default::default());
         for (code, id) in std::mem::take(&mut self.paused) {
             self.record_op(code, id, "resume").await;
             self.trace.push(format!("resume record {id} for {code}"));
         }
         let mut last = None;
         for round in 0..8 {
-            // Odoo first: creates to it wait for its first run (`match_on` before the first
-            // run).
+            // Odoo and the HTTP API first: creates to them wait for their first run
+            // (`match_on` before the first run).
             let full = if round == 0 { "?full=true" } else { "" };
             let odoo = self.h.run_with("ODO", full).await;
+            let http = self.h.run_with("HUB", full).await;
             self.drained().await;
             let run = self.h.run_with("CP", full).await;
             self.drained().await;
             let rows = self.h.all_changes().await.len();
             self.trace.push(format!(
-                "quiesce {round}: run CP {} created {} updated {} deleted {} pushed {}; run ODO {} created {} updated {} deleted {} pushed {}; {rows} rows",
+                "quiesce {round}: run CP {} created {} updated {} deleted {} pushed {}; run ODO {} created {} updated {} deleted {} pushed {}; run HUB {} created {} updated {} deleted {} pushed {}; {rows} rows",
                 run.status, run.created, run.updated, run.deleted, run.pushed,
-                odoo.status, odoo.created, odoo.updated, odoo.deleted, odoo.pushed
+                odoo.status, odoo.created, odoo.updated, odoo.deleted, odoo.pushed,
+                http.status, http.created, http.updated, http.deleted, http.pushed
             ));
             if last == Some(rows) {
                 return;
@@ -528,14 +688,22 @@ impl World {
         let mut broken = Vec::new();
         for k in 0..PEOPLE {
             let hub = self.hub(k).await;
-            let crm = self.held_by("crm", k);
-            let cp = self.held_by("cp", k);
-            let odoo = self.held_by("odoo", k);
+            let held: Vec<(&str, Vec<(String, Map<String, Value>)>)> = SPOKES
+                .iter()
+                .map(|(coll, _)| (*coll, self.held_by(coll, k)))
+                .collect();
+            let shown = || {
+                held.iter()
+                    .map(|(c, r)| format!("{c} {r:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             if self.deleted.contains(&k) {
-                if !hub.is_empty() || !crm.is_empty() || !cp.is_empty() || !odoo.is_empty() {
+                if !hub.is_empty() || held.iter().any(|(_, r)| !r.is_empty()) {
                     broken.push(format!(
-                        "p{k} was deleted and came back: hub {:?}, crm {crm:?}, cp {cp:?}, odoo {odoo:?}",
+                        "p{k} was deleted and came back: hub {:?}, {}",
                         hub.iter().map(|r| r.id).collect::<Vec<_>>(),
+                        shown()
                     ));
                 }
                 continue;
@@ -543,31 +711,26 @@ impl World {
             if !self.created.contains(&k) {
                 continue;
             }
-            if hub.len() != 1 || crm.len() != 1 || cp.len() != 1 || odoo.len() != 1 {
+            if hub.len() != 1 || held.iter().any(|(_, r)| r.len() != 1) {
                 broken.push(format!(
-                    "p{k} is not once in every system: hub {:?}, crm {crm:?}, cp {cp:?}, odoo {odoo:?}",
+                    "p{k} is not once in every system: hub {:?}, {}",
                     hub.iter()
                         .map(|r| (r.id, r.values.clone()))
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>(),
+                    shown()
                 ));
                 continue;
             }
-            let names: BTreeSet<String> = [
-                hub[0].values.get("name"),
-                crm[0].1.get("name"),
-                cp[0].1.get("name"),
-                odoo[0].1.get("name"),
-            ]
-            .iter()
-            .map(|v| format!("{v:?}"))
-            .collect();
+            let mut names: BTreeSet<String> = held
+                .iter()
+                .map(|(_, r)| format!("{:?}", r[0].1.get("name")))
+                .collect();
+            names.insert(format!("{:?}", hub[0].values.get("name")));
             if names.len() != 1 {
                 broken.push(format!(
-                    "p{k} has different names: hub {:?}, crm {:?}, cp {:?}, odoo {:?}",
+                    "p{k} has different names: hub {:?}, {}",
                     hub[0].values.get("name"),
-                    crm[0].1.get("name"),
-                    cp[0].1.get("name"),
-                    odoo[0].1.get("name")
+                    shown()
                 ));
             }
         }
@@ -591,34 +754,47 @@ impl World {
 
     /// One more round after quiescence writes nothing anywhere.
     async fn no_echo(&mut self) -> Option<String> {
-        let writes = |w: &World| {
-            w.odoo
-                .calls()
-                .into_iter()
-                .filter(|(_, _, m)| matches!(m.as_str(), "create" | "write" | "unlink"))
-                .count()
+        // What each system has been sent that writes: (system, count).
+        let writes = |w: &World| -> Vec<(&str, usize)> {
+            vec![
+                ("crm", w.h.peer.received("crm").len()),
+                ("cp", w.h.peer.received("cp").len()),
+                (
+                    "odoo",
+                    w.odoo
+                        .calls()
+                        .into_iter()
+                        .filter(|(_, _, m)| matches!(m.as_str(), "create" | "write" | "unlink"))
+                        .count(),
+                ),
+                (
+                    "http",
+                    w.http
+                        .calls()
+                        .into_iter()
+                        .filter(|c| matches!(c.method.as_str(), "POST" | "PATCH" | "DELETE"))
+                        .count(),
+                ),
+            ]
         };
         let before = self.h.all_changes().await.len();
-        let crm = self.h.peer.received("crm").len();
-        let cp = self.h.peer.received("cp").len();
-        let odoo = writes(self);
-        self.h.run("CP").await;
-        self.drained().await;
-        self.h.run("ODO").await;
-        self.drained().await;
+        let sent = writes(self);
+        for (_, code) in SPOKES {
+            if code != "CON" {
+                self.h.run(code).await;
+                self.drained().await;
+            }
+        }
         let after = self.h.all_changes().await;
-        let (crm2, cp2, odoo2) = (
-            self.h.peer.received("crm").len(),
-            self.h.peer.received("cp").len(),
-            writes(self),
-        );
-        (after.len() != before || crm2 != crm || cp2 != cp || odoo2 != odoo).then(|| {
+        let sent2 = writes(self);
+        (after.len() != before || sent2 != sent).then(|| {
             format!(
-                "a round after quiescence wrote {} rows and sent {} to the CRM, {} to the cron system and {} to Odoo: {:#?}",
+                "a round after quiescence wrote {} rows and sent (before, after) {:?}: {:#?}",
                 after.len() - before,
-                crm2 - crm,
-                cp2 - cp,
-                odoo2 - odoo,
+                sent.iter()
+                    .zip(&sent2)
+                    .map(|(a, b)| (a.0, a.1, b.1))
+                    .collect::<Vec<_>>(),
                 &after[..after.len() - before]
             )
         })
@@ -638,14 +814,27 @@ async fn episode(seed: u64) -> Result<(), String> {
     let (odoo_url, odoo) = (fake.url(), fake.state.clone());
     let odoo_server = fake.handle();
     tokio::spawn(fake.run());
+    let fake_http = recsync::peer::http::FakeHttp::bind(recsync::peer::http::HttpOptions {
+        auth: recsync::peer::http::FakeAuth::Bearer("demo-crm-token".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let (http_url, http) = (fake_http.url(), fake_http.state.clone());
+    let http_server = fake_http.handle();
+    tokio::spawn(fake_http.run());
     let h = Harness::with(Tweaks {
-        mapping: Some(MAPPING.replace("@ODOO@", &odoo_url)),
+        mapping: Some(
+            MAPPING
+                .replace("@ODOO@", &odoo_url)
+                .replace("@HTTP@", &http_url),
+        ),
         ..Default::default()
     })
     .await;
     let mut w = World {
         h,
         odoo,
+        http,
         rng: StdRng::seed_from_u64(seed),
         trace: Vec::new(),
         created: BTreeSet::new(),
@@ -674,6 +863,7 @@ async fn episode(seed: u64) -> Result<(), String> {
     };
     w.h.stop().await;
     odoo_server.stop(false).await;
+    http_server.stop(false).await;
     result
 }
 
