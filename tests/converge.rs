@@ -176,6 +176,9 @@ const OPS: usize = 40;
 /// Seeds CI runs on each backend.
 const CI_SEEDS: u64 = 6;
 
+/// A record in a spoke: its id there and its values (name and email).
+type Held = (String, Map<String, Value>);
+
 fn email(k: usize) -> String {
     format!("p{k}@example.com")
 }
@@ -199,8 +202,8 @@ struct World {
 
 impl World {
     /// The records of a peer collection with this person's email.
-    fn held_by(&self, coll: &str, k: usize) -> Vec<(String, Map<String, Value>)> {
-        let all: Vec<(String, Map<String, Value>)> = if coll == "odoo" {
+    fn held_by(&self, coll: &str, k: usize) -> Vec<Held> {
+        let all: Vec<Held> = if coll == "odoo" {
             self.odoo
                 .records("res.partner")
                 .into_iter()
@@ -688,7 +691,7 @@ impl World {
         let mut broken = Vec::new();
         for k in 0..PEOPLE {
             let hub = self.hub(k).await;
-            let held: Vec<(&str, Vec<(String, Map<String, Value>)>)> = SPOKES
+            let held: Vec<(&str, Vec<Held>)> = SPOKES
                 .iter()
                 .map(|(coll, _)| (*coll, self.held_by(coll, k)))
                 .collect();
