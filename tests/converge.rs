@@ -107,6 +107,19 @@ path = "/crm/v3/objects/contacts/{id}"
 [external_models.crm_contact.fields]
 id = "char"
 
+[web_services.box]
+kind = "dropbox"
+app_key = "fake-app-key"
+app_secret = "fake-app-secret"
+refresh_token = "fake-refresh-token"
+api_url = "@DBX@"
+
+[external_models.person_folder]
+kind = "dropbox"
+root = "/People"
+recursive = false
+pattern = "/{mail} - {who}"
+
 [syncs.CON]
 model = "contact"
 external_model = "person"
@@ -145,6 +158,19 @@ match_on = ["email"]
 limit = 5
 fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
 
+[syncs.DBX]
+model = "contact"
+external_model = "person_folder"
+web_service = "box"
+direction = "bidirectional"
+mode = "realtime"
+every = "1h"
+propagate_deletes = true
+delete_guard = { max_ratio = 1.0 }
+match_on = ["email"]
+limit = 4
+fields = [{ local = "name", external = "who" }, { local = "email", external = "mail" }]
+
 [syncs.HUB]
 model = "contact"
 external_model = "crm_contact"
@@ -163,11 +189,12 @@ fields = [
 "#;
 
 /// The spokes: (name in traces and messages, sync code).
-const SPOKES: [(&str, &str); 4] = [
+const SPOKES: [(&str, &str); 5] = [
     ("crm", "CON"),
     ("cp", "CP"),
     ("odoo", "ODO"),
     ("http", "HUB"),
+    ("dbx", "DBX"),
 ];
 
 /// People an episode works with; their emails are the same in every system.
@@ -190,6 +217,8 @@ struct World {
     odoo: std::sync::Arc<recsync::peer::odoo::OdooState>,
     /// The fake HTTP API (HubSpot's contacts).
     http: std::sync::Arc<recsync::peer::http::HttpState>,
+    /// The fake Dropbox: a folder per person, `/People/<email> - <name>`.
+    dbx: std::sync::Arc<recsync::peer::dropbox::FakeState>,
     rng: StdRng,
     trace: Vec<String>,
     /// People created somewhere.
@@ -212,6 +241,17 @@ impl World {
                 .records("res.partner")
                 .into_iter()
                 .map(|(id, r)| (id.to_string(), r))
+                .collect()
+        } else if coll == "dbx" {
+            self.dbx
+                .entries()
+                .into_iter()
+                .filter_map(|(path, (id, tag, _))| {
+                    let rest = path.strip_prefix("/People/")?;
+                    let (mail, who) = rest.split_once(" - ")?;
+                    (tag == "folder" && !rest.contains('/'))
+                        .then(|| (id, obj(json!({"name": who, "email": mail}))))
+                })
                 .collect()
         } else if coll == "http" {
             // Live contacts, as name and email (archived ones are deleted).
@@ -277,7 +317,7 @@ impl World {
 
     async fn step(&mut self) {
         let k = self.rng.random_range(0..PEOPLE);
-        let op = self.rng.random_range(0..146);
+        let op = self.rng.random_range(0..162);
         match op {
             // A person entered in the CRM (only one that no system has yet: a person typed
             // twice into one system is two records there, whatever recsync does).
@@ -405,7 +445,7 @@ impl World {
                     .push(format!("hub delete p{k} (record {})", r.id));
             }
             76..=91 => {
-                let run = self.h.run("CP").await;
+                let run = self.run_with("CP", "").await;
                 self.trace.push(format!(
                     "run CP: {} pulled {} created {} updated {} deleted {} pushed {} failed {} conflicts {} held",
                     run.pulled, run.created, run.updated, run.deleted, run.pushed, run.failed, run.conflicts, run.held
@@ -500,7 +540,6 @@ impl World {
                 // Odoo reports no deletes: a full run lists them.
                 let full = self.rng.random_range(0..4) == 0;
                 let run = self
-                    .h
                     .run_with("ODO", if full { "?full=true" } else { "" })
                     .await;
                 self.trace.push(format!(
@@ -565,7 +604,6 @@ impl World {
                 // The list has no deletes: a full run finds archived contacts.
                 let full = self.rng.random_range(0..4) == 0;
                 let run = self
-                    .h
                     .run_with("HUB", if full { "?full=true" } else { "" })
                     .await;
                 self.trace.push(format!(
@@ -609,6 +647,95 @@ impl World {
                 let hold = &holds[self.rng.random_range(0..holds.len())];
                 let approve = self.rng.random_range(0..2) == 0;
                 self.decide(hold, approve).await;
+            }
+            // The same person's folder made in Dropbox (not while a create to it may be on its
+            // way: a person making the folder as recsync does is two folders).
+            146..=150 => {
+                let linked = match self.hub(k).await.first() {
+                    Some(r) => self
+                        .h
+                        .engine
+                        .store
+                        .link_by_local(&self.h.engine.plan().binding_of("DBX"), r.id)
+                        .await
+                        .unwrap()
+                        .is_some_and(|l| l.external_id.is_some()),
+                    None => false,
+                };
+                let queued = self.h.engine.store.outbox_depth("DBX").await.unwrap() > 0;
+                if !self.alive(k) || !self.held_by("dbx", k).is_empty() || linked || queued {
+                    return;
+                }
+                let name = self.name();
+                let id = self
+                    .dbx
+                    .mkdir(&format!("/People/{} - {name}", email(k)))
+                    .unwrap();
+                self.created.insert(k);
+                self.trace.push(format!("dbx create p{k} ({id}) {name:?}"));
+                self.dbx_notice().await;
+            }
+            // A folder renamed in Dropbox, even while a rename to it is on its way.
+            151..=155 => {
+                let Some((id, _)) = self.held_by("dbx", k).into_iter().next() else {
+                    return;
+                };
+                let Some(from) = self
+                    .dbx
+                    .entries()
+                    .into_iter()
+                    .find(|(_, (i, _, _))| *i == id)
+                    .map(|(p, _)| p)
+                else {
+                    return;
+                };
+                let name = self.name();
+                if self
+                    .dbx
+                    .mv(&from, &format!("/People/{} - {name}", email(k)))
+                    .is_err()
+                {
+                    return;
+                }
+                self.trace.push(format!("dbx rename p{k} ({id}) {name:?}"));
+                self.dbx_notice().await;
+            }
+            156 => {
+                let Some((id, _)) = self.held_by("dbx", k).into_iter().next() else {
+                    return;
+                };
+                if !self.settled(k).await {
+                    return;
+                }
+                let Some(path) = self
+                    .dbx
+                    .entries()
+                    .into_iter()
+                    .find(|(_, (i, _, _))| *i == id)
+                    .map(|(p, _)| p)
+                else {
+                    return;
+                };
+                self.dbx.rm(&path).unwrap();
+                self.deleted.insert(k);
+                self.trace.push(format!("dbx delete p{k} ({id})"));
+                self.dbx_notice().await;
+            }
+            157..=159 => {
+                let run = self.run_with("DBX", "").await;
+                self.trace.push(format!(
+                    "run DBX: {} pulled {} created {} updated {} deleted {} pushed {} failed {} conflicts",
+                    run.pulled, run.created, run.updated, run.deleted, run.pushed, run.failed, run.conflicts
+                ));
+            }
+            160..=161 => {
+                let n = self.rng.random_range(1..=4);
+                self.dbx.set_faults(recsync::peer::dropbox::DbxFaults {
+                    server_errors: n,
+                    ..Default::default()
+                });
+                self.trace
+                    .push(format!("fault: the next {n} Dropbox calls answer 500"));
             }
             97 => {
                 // A hot reload of the same configuration, as `serve` does when a mapping file
@@ -713,6 +840,61 @@ impl World {
         !holds.is_empty()
     }
 
+    /// Dropbox tells recsync of a person's change, most of the time (a missed notification
+    /// is caught by the next run).
+    async fn dbx_notice(&mut self) {
+        if self.rng.random_range(0..4) != 0 {
+            self.dbx.notify().await;
+        }
+    }
+
+    /// Starts a run through the API and waits for it; a run of the sync already in progress
+    /// (a Dropbox loop a notification started) is waited for first.
+    async fn run_with(&self, code: &str, query: &str) -> recsync::store::Run {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let busy = self
+                .h
+                .engine
+                .store
+                .runs(Some(code), None, 5)
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| r.finished_at.is_none());
+            if !busy {
+                let r = self
+                    .h
+                    .client
+                    .post(self.h.url(&format!("/api/v1/syncs/{code}/run{query}")))
+                    .header("X-Api-Key", ADMIN_KEY)
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() == 202 {
+                    let run_id = r.json::<Value>().await.unwrap()["run_id"].as_i64().unwrap();
+                    return common::eventually(30, "the run to finish", || async {
+                        self.h
+                            .engine
+                            .store
+                            .runs(Some(code), None, 100)
+                            .await
+                            .unwrap()
+                            .into_iter()
+                            .find(|r| r.id == run_id && r.finished_at.is_some())
+                    })
+                    .await;
+                }
+                assert_eq!(r.status(), 409, "run {code}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a run of {code} stayed in progress for 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     async fn record_op(&self, code: &str, local_id: i64, op: &str) {
         let resp = self
             .h
@@ -740,6 +922,7 @@ impl World {
         self.h.peer.set_faults(Default::default());
         self.http.set_faults(Default::default());
         self.odoo.set_faults(Default::default());
+        self.dbx.set_faults(Default::default());
         for (code, id) in std::mem::take(&mut self.paused) {
             self.record_op(code, id, "resume").await;
             self.trace.push(format!("resume record {id} for {code}"));
@@ -756,10 +939,11 @@ impl World {
             } else {
                 ""
             };
-            let odoo = self.h.run_with("ODO", full).await;
-            let http = self.h.run_with("HUB", full).await;
+            let odoo = self.run_with("ODO", full).await;
+            let http = self.run_with("HUB", full).await;
+            let dbx = self.run_with("DBX", full).await;
             self.drained().await;
-            let run = self.h.run_with("CP", full).await;
+            let run = self.run_with("CP", full).await;
             self.drained().await;
             if self.approve_all().await {
                 self.drained().await;
@@ -769,10 +953,11 @@ impl World {
             }
             let rows = self.h.all_changes().await.len();
             self.trace.push(format!(
-                "quiesce {round}: run CP {} created {} updated {} deleted {} pushed {}; run ODO {} created {} updated {} deleted {} pushed {}; run HUB {} created {} updated {} deleted {} pushed {}; {rows} rows",
+                "quiesce {round}: run CP {} created {} updated {} deleted {} pushed {}; run ODO {} created {} updated {} deleted {} pushed {}; run HUB {} created {} updated {} deleted {} pushed {}; run DBX {} created {} updated {} deleted {} pushed {}; {rows} rows",
                 run.status, run.created, run.updated, run.deleted, run.pushed,
                 odoo.status, odoo.created, odoo.updated, odoo.deleted, odoo.pushed,
-                http.status, http.created, http.updated, http.deleted, http.pushed
+                http.status, http.created, http.updated, http.deleted, http.pushed,
+                dbx.status, dbx.created, dbx.updated, dbx.deleted, dbx.pushed
             ));
             if last == Some(rows) {
                 return;
@@ -904,6 +1089,18 @@ impl World {
                         .count(),
                 ),
                 (
+                    "dbx",
+                    [
+                        "files/create_folder_v2",
+                        "files/move_v2",
+                        "files/delete_v2",
+                        "files/upload",
+                    ]
+                    .iter()
+                    .map(|r| w.dbx.calls(r))
+                    .sum(),
+                ),
+                (
                     "http",
                     w.http
                         .calls()
@@ -917,7 +1114,7 @@ impl World {
         let sent = writes(self);
         for (_, code) in SPOKES {
             if code != "CON" {
-                self.h.run(code).await;
+                self.run_with(code, "").await;
                 self.drained().await;
             }
         }
@@ -958,19 +1155,29 @@ async fn episode(seed: u64) -> Result<(), String> {
     let (http_url, http) = (fake_http.url(), fake_http.state.clone());
     let http_server = fake_http.handle();
     tokio::spawn(fake_http.run());
+    let fake_dbx =
+        recsync::peer::dropbox::FakeDropbox::bind(recsync::peer::dropbox::FakeOptions::default())
+            .unwrap();
+    let (dbx_url, dbx) = (fake_dbx.url(), fake_dbx.state.clone());
+    let dbx_server = fake_dbx.handle();
+    tokio::spawn(fake_dbx.run());
+    dbx.mkdir("/People").unwrap();
     let h = Harness::with(Tweaks {
         mapping: Some(
             MAPPING
                 .replace("@ODOO@", &odoo_url)
-                .replace("@HTTP@", &http_url),
+                .replace("@HTTP@", &http_url)
+                .replace("@DBX@", &dbx_url),
         ),
         ..Default::default()
     })
     .await;
+    dbx.set_webhook(Some(h.url("/webhooks/dropbox/box")));
     let mut w = World {
         h,
         odoo,
         http,
+        dbx,
         rng: StdRng::seed_from_u64(seed),
         trace: Vec::new(),
         created: BTreeSet::new(),
@@ -1004,10 +1211,11 @@ async fn episode(seed: u64) -> Result<(), String> {
     w.h.stop().await;
     odoo_server.stop(false).await;
     http_server.stop(false).await;
+    dbx_server.stop(false).await;
     result
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_systems_converge_whatever_the_order_of_changes_and_faults() {
     let seeds: Vec<u64> = match std::env::var("RECSYNC_CONVERGE_SEED") {
         Ok(s) => vec![s.parse().expect("RECSYNC_CONVERGE_SEED is a number")],
