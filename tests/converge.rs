@@ -34,7 +34,7 @@
 
 mod common;
 
-use common::harness::{ADMIN_KEY, Harness, Tweaks};
+use common::harness::{ADMIN_KEY, CRM_KEY, PEER_KEY};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
@@ -211,9 +211,199 @@ fn email(k: usize) -> String {
     format!("p{k}@example.com")
 }
 
+/// recsync as `recsync serve`, a process of its own (so it can be killed), on the episode's
+/// database; the test reads that database through a store of its own.
+struct Hub {
+    base: String,
+    port: u16,
+    client: reqwest::Client,
+    store: recsync::store::Store,
+    plan: recsync::domain::Plan,
+    db: common::TestDb,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    peer: std::sync::Arc<recsync::peer::PeerState>,
+    peer_handle: actix_web::dev::ServerHandle,
+    /// Times the process was started.
+    starts: usize,
+}
+
+impl Hub {
+    async fn start(mapping: &str) -> Hub {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        let peer_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer_url = format!("http://{}", peer_listener.local_addr().unwrap());
+        let peer = recsync::peer::Peer::from_listener(
+            peer_listener,
+            recsync::peer::PeerOptions {
+                listen: String::new(),
+                api_key: Some(PEER_KEY.into()),
+                id_field: "unique_id".into(),
+                synthetic: Default::default(),
+                callback: Some(recsync::peer::Callback {
+                    url: base.clone(),
+                    key: CRM_KEY.into(),
+                    syncs: [("crm".to_string(), "CON".to_string())].into(),
+                }),
+            },
+        )
+        .unwrap();
+        let peer_state = peer.state.clone();
+        let peer_handle = peer.handle();
+        tokio::spawn(peer.run());
+        let mapping = mapping.replace("@PEER@", &peer_url);
+        let plan = recsync::config::compile_texts(
+            &[("mappings/test.toml", &mapping)],
+            &std::collections::HashMap::new(),
+        )
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("mappings")).unwrap();
+        std::fs::write(dir.path().join("mappings/test.toml"), &mapping).unwrap();
+        let db = common::TestDb::new().await;
+        std::fs::write(
+            dir.path().join("recsync.toml"),
+            format!(
+                r#"database_url = "{}"
+claim_timeout = "1s"
+outbox_backoff = "50ms"
+outbox_max_attempts = 4
+shutdown_timeout = "5s"
+[[api_keys]]
+name = "admin"
+key = "{ADMIN_KEY}"
+scopes = ["admin"]
+[[api_keys]]
+name = "crm"
+key = "{CRM_KEY}"
+scopes = ["sync:CON"]
+"#,
+                db.url
+            ),
+        )
+        .unwrap();
+        let store = db.store().await;
+        let mut hub = Hub {
+            base,
+            port,
+            client: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            store,
+            plan,
+            db,
+            dir,
+            child: std::process::Command::new("true").spawn().unwrap(),
+            peer: peer_state,
+            peer_handle,
+            starts: 0,
+        };
+        hub.child = hub.serve();
+        common::wait_ready(&hub.client, &hub.base, &mut hub.child).await;
+        hub
+    }
+
+    fn serve(&mut self) -> std::process::Child {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.path().join(format!("serve-{}.log", self.starts)))
+            .unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
+            .args([
+                "serve",
+                "--config",
+                "recsync.toml",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("warn,sqlx=error".into()),
+            )
+            .current_dir(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// SIGKILL, then a new process on the same database and port.
+    async fn crash(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = self.serve();
+        common::wait_ready(&self.client, &self.base, &mut self.child).await;
+    }
+
+    /// The logs of every process so far, for a failing seed.
+    fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                let text = std::fs::read_to_string(self.dir.path().join(format!("serve-{n}.log")))
+                    .unwrap_or_default();
+                format!("--- serve-{n}.log\n{text}")
+            })
+            .collect()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn patch_record(&self, model: &str, id: i64, values: Value) {
+        let r = self
+            .client
+            .patch(self.url(&format!("/api/v1/models/{model}/records/{id}")))
+            .header("X-Api-Key", ADMIN_KEY)
+            .json(&values)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "PATCH {model} {id}");
+    }
+
+    async fn link(&self, sync: &str, external_id: &str) -> Option<recsync::store::Link> {
+        self.store
+            .link_by_external(&self.plan.binding_of(sync), external_id)
+            .await
+            .unwrap()
+    }
+
+    async fn all_changes(&self) -> Vec<recsync::store::Change> {
+        self.store
+            .changes(&recsync::store::ChangeFilter {
+                limit: 1_000_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    /// The syncs `/readyz` reports overdue.
+    async fn overdue(&self) -> Vec<String> {
+        let r = self.client.get(self.url("/readyz")).send().await.unwrap();
+        if r.status().is_success() {
+            return Vec::new();
+        }
+        vec![r.text().await.unwrap_or_default()]
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.peer_handle.stop(false).await;
+        self.db.cleanup(self.store).await;
+    }
+}
+
 /// One episode's world: the app, the peer holding both systems, and what the test knows.
 struct World {
-    h: Harness,
+    h: Hub,
     odoo: std::sync::Arc<recsync::peer::odoo::OdooState>,
     /// The fake HTTP API (HubSpot's contacts).
     http: std::sync::Arc<recsync::peer::http::HttpState>,
@@ -278,7 +468,6 @@ impl World {
     /// The live hub records with this person's email.
     async fn hub(&self, k: usize) -> Vec<recsync::store::Record> {
         self.h
-            .engine
             .store
             .records_after("contact", 0, 10_000)
             .await
@@ -317,7 +506,7 @@ impl World {
 
     async fn step(&mut self) {
         let k = self.rng.random_range(0..PEOPLE);
-        let op = self.rng.random_range(0..162);
+        let op = self.rng.random_range(0..165);
         match op {
             // A person entered in the CRM (only one that no system has yet: a person typed
             // twice into one system is two records there, whatever recsync does).
@@ -340,7 +529,6 @@ impl World {
                 let cp_linked = match self.hub(k).await.first() {
                     Some(r) => self
                         .h
-                        .engine
                         .store
                         .link_by_local("CP", r.id)
                         .await
@@ -348,7 +536,7 @@ impl World {
                         .is_some(),
                     None => false,
                 };
-                let queued = self.h.engine.store.outbox_depth("CP").await.unwrap() > 0;
+                let queued = self.h.store.outbox_depth("CP").await.unwrap() > 0;
                 if !self.alive(k) || !self.held_by("cp", k).is_empty() || cp_linked || queued {
                     return;
                 }
@@ -367,7 +555,7 @@ impl World {
                 };
                 // Not while a delivery to the CRM is on its way: a `rest` service cannot be read
                 // by id, so a send that crosses an edit made there cannot be caught.
-                if self.h.engine.store.outbox_depth("CON").await.unwrap() > 0 {
+                if self.h.store.outbox_depth("CON").await.unwrap() > 0 {
                     return;
                 }
                 let name = self.name();
@@ -454,7 +642,6 @@ impl World {
                 if run.held > 0 && self.rng.random_range(0..2) == 0 {
                     let holds = self
                         .h
-                        .engine
                         .store
                         .holds(Some("held"), Some("CP"), 100)
                         .await
@@ -491,15 +678,14 @@ impl World {
                 let odoo_linked = match self.hub(k).await.first() {
                     Some(r) => self
                         .h
-                        .engine
                         .store
-                        .link_by_local(&self.h.engine.plan().binding_of("ODO"), r.id)
+                        .link_by_local(&self.h.plan.binding_of("ODO"), r.id)
                         .await
                         .unwrap()
                         .is_some_and(|l| l.external_id.is_some()),
                     None => false,
                 };
-                let queued = self.h.engine.store.outbox_depth("ODO").await.unwrap() > 0;
+                let queued = self.h.store.outbox_depth("ODO").await.unwrap() > 0;
                 if !self.alive(k) || !self.held_by("odoo", k).is_empty() || odoo_linked || queued {
                     return;
                 }
@@ -554,9 +740,8 @@ impl World {
                 let linked = match self.hub(k).await.first() {
                     Some(r) => self
                         .h
-                        .engine
                         .store
-                        .link_by_local(&self.h.engine.plan().binding_of("HUB"), r.id)
+                        .link_by_local(&self.h.plan.binding_of("HUB"), r.id)
                         .await
                         .unwrap()
                         .is_some_and(|l| l.external_id.is_some()),
@@ -564,7 +749,7 @@ impl World {
                 };
                 // Not while a create to it may be on its way: the API refuses a second contact
                 // with one email, which this direct write into the fake would not.
-                let queued = self.h.engine.store.outbox_depth("HUB").await.unwrap() > 0;
+                let queued = self.h.store.outbox_depth("HUB").await.unwrap() > 0;
                 if !self.alive(k) || !self.held_by("http", k).is_empty() || linked || queued {
                     return;
                 }
@@ -634,13 +819,7 @@ impl World {
             // An operator decides a hold of the cron system's deletes (every delete there is
             // held: `delete_guard = { max = 0 }`).
             142..=145 => {
-                let holds = self
-                    .h
-                    .engine
-                    .store
-                    .holds(Some("held"), None, 100)
-                    .await
-                    .unwrap();
+                let holds = self.h.store.holds(Some("held"), None, 100).await.unwrap();
                 if holds.is_empty() {
                     return;
                 }
@@ -654,15 +833,14 @@ impl World {
                 let linked = match self.hub(k).await.first() {
                     Some(r) => self
                         .h
-                        .engine
                         .store
-                        .link_by_local(&self.h.engine.plan().binding_of("DBX"), r.id)
+                        .link_by_local(&self.h.plan.binding_of("DBX"), r.id)
                         .await
                         .unwrap()
                         .is_some_and(|l| l.external_id.is_some()),
                     None => false,
                 };
-                let queued = self.h.engine.store.outbox_depth("DBX").await.unwrap() > 0;
+                let queued = self.h.store.outbox_depth("DBX").await.unwrap() > 0;
                 if !self.alive(k) || !self.held_by("dbx", k).is_empty() || linked || queued {
                     return;
                 }
@@ -738,19 +916,19 @@ impl World {
                     .push(format!("fault: the next {n} Dropbox calls answer 500"));
             }
             97 => {
-                // A hot reload of the same configuration, as `serve` does when a mapping file
-                // is saved: the plan is swapped and the connectors are built again, between
-                // (or during) deliveries and runs.
+                // The mapping file saved again: `serve` reloads it (300 ms later), swapping the
+                // plan and building the connectors again, between or during deliveries and
+                // runs.
                 let path = self.h.dir.path().join("mappings/test.toml");
                 let text = std::fs::read_to_string(&path).unwrap();
-                let plan = recsync::config::compile_texts(
-                    &[("mappings/test.toml", &text)],
-                    &std::collections::HashMap::new(),
-                )
-                .unwrap();
-                self.h.engine.set_plan(plan);
-                self.h.engine.register_bindings().await.unwrap();
-                self.trace.push("reload the configuration".into());
+                std::fs::write(&path, text).unwrap();
+                self.trace.push("save the mapping file (hot reload)".into());
+            }
+            98 | 162..=164 => {
+                // recsync is killed (SIGKILL) with whatever it is doing, and started again on
+                // the same database.
+                self.h.crash().await;
+                self.trace.push("kill -9 recsync and start it again".into());
             }
             _ => {
                 let n = self.rng.random_range(1..=2);
@@ -768,13 +946,7 @@ impl World {
     /// Approves or discards a hold through the API. A discarded local delete leaves the
     /// cron system's record where it is, detached.
     async fn decide(&mut self, hold: &recsync::store::Hold, approve: bool) {
-        let items = self
-            .h
-            .engine
-            .store
-            .hold_items(hold.id, "", 1000)
-            .await
-            .unwrap();
+        let items = self.h.store.hold_items(hold.id, "", 1000).await.unwrap();
         let verb = if approve { "approve" } else { "discard" };
         let mut who = Vec::new();
         let cp = self.h.peer.records("cp");
@@ -782,7 +954,6 @@ impl World {
             let local = match item.local_id {
                 Some(id) => self
                     .h
-                    .engine
                     .store
                     .get_record("contact", id)
                     .await
@@ -827,13 +998,7 @@ impl World {
 
     /// Approves every hold still waiting (quiescence: deletes made must happen).
     async fn approve_all(&mut self) -> bool {
-        let holds = self
-            .h
-            .engine
-            .store
-            .holds(Some("held"), None, 100)
-            .await
-            .unwrap();
+        let holds = self.h.store.holds(Some("held"), None, 100).await.unwrap();
         for hold in &holds {
             self.decide(hold, true).await;
         }
@@ -848,45 +1013,34 @@ impl World {
         }
     }
 
-    /// Starts a run through the API and waits for it; a run of the sync already in progress
-    /// (a Dropbox loop a notification started) is waited for first.
+    /// Starts a run through the API and waits for it; while a run of the sync is in progress
+    /// (a Dropbox loop a notification started, or one a killed process left, until its claim
+    /// expires) the API answers 409 and the run is asked for again.
     async fn run_with(&self, code: &str, query: &str) -> recsync::store::Run {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let busy = self
+            let r = self
                 .h
-                .engine
-                .store
-                .runs(Some(code), None, 5)
+                .client
+                .post(self.h.url(&format!("/api/v1/syncs/{code}/run{query}")))
+                .header("X-Api-Key", ADMIN_KEY)
+                .send()
                 .await
-                .unwrap()
-                .iter()
-                .any(|r| r.finished_at.is_none());
-            if !busy {
-                let r = self
-                    .h
-                    .client
-                    .post(self.h.url(&format!("/api/v1/syncs/{code}/run{query}")))
-                    .header("X-Api-Key", ADMIN_KEY)
-                    .send()
-                    .await
-                    .unwrap();
-                if r.status() == 202 {
-                    let run_id = r.json::<Value>().await.unwrap()["run_id"].as_i64().unwrap();
-                    return common::eventually(30, "the run to finish", || async {
-                        self.h
-                            .engine
-                            .store
-                            .runs(Some(code), None, 100)
-                            .await
-                            .unwrap()
-                            .into_iter()
-                            .find(|r| r.id == run_id && r.finished_at.is_some())
-                    })
-                    .await;
-                }
-                assert_eq!(r.status(), 409, "run {code}");
+                .unwrap();
+            if r.status() == 202 {
+                let run_id = r.json::<Value>().await.unwrap()["run_id"].as_i64().unwrap();
+                return common::eventually(30, "the run to finish", || async {
+                    self.h
+                        .store
+                        .runs(Some(code), None, 100)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .find(|r| r.id == run_id && r.finished_at.is_some())
+                })
+                .await;
             }
+            assert_eq!(r.status(), 409, "run {code}");
             assert!(
                 std::time::Instant::now() < deadline,
                 "a run of {code} stayed in progress for 30 s"
@@ -975,19 +1129,13 @@ impl World {
         loop {
             let mut n = 0;
             for (_, s) in SPOKES {
-                n += self.h.engine.store.outbox_depth(s).await.unwrap();
+                n += self.h.store.outbox_depth(s).await.unwrap();
             }
             if n == 0 {
                 return;
             }
             if std::time::Instant::now() > deadline {
-                let left = self
-                    .h
-                    .engine
-                    .store
-                    .list_outbox(None, None, 0, 50)
-                    .await
-                    .unwrap();
+                let left = self.h.store.list_outbox(None, None, 0, 50).await.unwrap();
                 panic!(
                     "the outbox did not drain in 30 s: {left:#?}\ntrace:\n  {}",
                     self.trace.join("\n  ")
@@ -1048,21 +1196,42 @@ impl World {
                 .collect();
             names.insert(format!("{:?}", hub[0].values.get("name")));
             if names.len() != 1 {
+                let history: Vec<String> = self
+                    .h
+                    .all_changes()
+                    .await
+                    .into_iter()
+                    .rev()
+                    .filter(|c| c.local_id == Some(hub[0].id))
+                    .map(|c| {
+                        format!(
+                            "{} {} {} {} {} {} -> {} {}",
+                            c.synced_at.format("%H:%M:%S%.3f"),
+                            c.sync,
+                            c.direction,
+                            c.action,
+                            c.status,
+                            Value::Object(c.origin_values.as_object().cloned().unwrap_or_default()),
+                            c.destination_values,
+                            c.error_message
+                        )
+                    })
+                    .collect();
                 broken.push(format!(
-                    "p{k} has different names: hub {:?}, {}",
+                    "p{k} has different names: hub {:?}, {}\n  its history:\n    {}",
                     hub[0].values.get("name"),
-                    shown()
+                    shown(),
+                    history.join("\n    ")
                 ));
             }
         }
         // Every scheduled sync is within its interval (the scheduler ran all along).
-        let overdue = self.h.engine.overdue(chrono::Utc::now()).await.unwrap();
+        let overdue = self.h.overdue().await;
         if !overdue.is_empty() {
             broken.push(format!("syncs overdue: {overdue:?}"));
         }
         let dead = self
             .h
-            .engine
             .store
             .list_outbox(Some("dead"), None, 0, 100)
             .await
@@ -1162,15 +1331,12 @@ async fn episode(seed: u64) -> Result<(), String> {
     let dbx_server = fake_dbx.handle();
     tokio::spawn(fake_dbx.run());
     dbx.mkdir("/People").unwrap();
-    let h = Harness::with(Tweaks {
-        mapping: Some(
-            MAPPING
-                .replace("@ODOO@", &odoo_url)
-                .replace("@HTTP@", &http_url)
-                .replace("@DBX@", &dbx_url),
-        ),
-        ..Default::default()
-    })
+    let h = Hub::start(
+        &MAPPING
+            .replace("@ODOO@", &odoo_url)
+            .replace("@HTTP@", &http_url)
+            .replace("@DBX@", &dbx_url),
+    )
     .await;
     dbx.set_webhook(Some(h.url("/webhooks/dropbox/box")));
     let mut w = World {
@@ -1203,9 +1369,10 @@ async fn episode(seed: u64) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "seed {seed} (replay: RECSYNC_CONVERGE_SEED={seed} cargo test --test converge):\n  {}\ntrace:\n  {}",
+            "seed {seed} (replay: RECSYNC_CONVERGE_SEED={seed} cargo test --test converge):\n  {}\ntrace:\n  {}\nrecsync's logs:\n{}",
             broken.join("\n  "),
-            w.trace.join("\n  ")
+            w.trace.join("\n  "),
+            w.h.logs()
         ))
     };
     w.h.stop().await;

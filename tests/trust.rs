@@ -415,3 +415,78 @@ async fn a_create_with_every_sent_field_empty_is_not_sent_as_an_empty_object() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edit_from_the_system_a_delivery_is_on_its_way_to_goes_back_out_after_it() {
+    let h = Harness::start().await;
+    h.peer
+        .upsert(
+            "crm",
+            Some("c1".into()),
+            json!({"name": "Ann", "email": "ann@example.com"})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        )
+        .await;
+    let id = eventually(10, "the CRM contact on the hub", || async {
+        h.link("CON", "c1").await.map(|l| l.local_id)
+    })
+    .await;
+    // The CRM answers slowly: the hub's edit is on its way for 1.5 s.
+    h.peer.set_faults(recsync::peer::Faults {
+        latency_ms: 1500,
+        only: Some("ship".into()),
+        ..Default::default()
+    });
+    h.patch_record("contact", id, json!({"name": "Ann from the hub"}))
+        .await;
+    eventually(10, "the delivery to be in flight", || async {
+        h.engine
+            .store
+            .list_outbox(Some("inflight"), Some("CON"), 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+    })
+    .await;
+    // Meanwhile a person renames the contact in the CRM, which calls recsync at once: a
+    // conflict, which the CRM wins by priority. Nothing is queued for the CRM by it (it came
+    // from there), and the slow delivery then lands over it with the hub's older name.
+    h.peer
+        .upsert(
+            "crm",
+            Some("c1".into()),
+            json!({"name": "Ann from the CRM"})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        )
+        .await;
+    h.peer.set_faults(Default::default());
+    // The newer version goes out after it: both end with the name the hub holds.
+    eventually(20, "the CRM and the hub to agree", || async {
+        let hub = h
+            .engine
+            .store
+            .get_record("contact", id)
+            .await
+            .unwrap()
+            .unwrap()
+            .values["name"]
+            .clone();
+        let crm = h.peer.records("crm")["c1"]["name"].clone();
+        (hub == crm && h.engine.store.outbox_depth("CON").await.unwrap() == 0).then_some((hub, crm))
+    })
+    .await;
+    let r = h
+        .engine
+        .store
+        .get_record("contact", id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.values["name"], "Ann from the CRM");
+    h.stop().await;
+}

@@ -10,7 +10,7 @@ use crate::connectors::{SendAction, Target};
 use crate::domain::mapping::{FieldPair, RefResolver, Reference, to_external};
 use crate::domain::plan::Sync;
 use crate::store::{
-    Link, LogAction, LogDirection, LogStatus, NewChange, OutboxEntry, Record, StoreError,
+    Link, LogAction, LogDirection, LogStatus, NewChange, NewOutbox, OutboxEntry, Record, StoreError,
 };
 use chrono::Utc;
 use serde_json::{Map, Value, json};
@@ -629,7 +629,37 @@ impl Engine {
         }
         tx.log_changes(&rows).await?;
         tx.outbox_done_many(&done.finished).await?;
+        // A record that changed while its delivery was on its way, through a change that
+        // queues nothing for this sync (one pulled from the same system, applied while the
+        // delivery waited for the sync's turn), would otherwise keep the older values there:
+        // the newer version goes out too.
+        let plan = self.plan();
+        let mut again = Vec::new();
+        for (code, local_id, version) in &done.sent {
+            let Some(sync) = plan.sync(code) else {
+                continue;
+            };
+            let newer = tx
+                .get_record(&sync.model, *local_id)
+                .await?
+                .filter(|r| !r.deleted && r.version > *version);
+            if let Some(r) = newer
+                && !tx.has_undelivered(code, *local_id).await?
+            {
+                tracing::debug!(sync = %code, local_id, sent = version, now = r.version, "The record changed while its delivery was on its way; the newer version goes out too");
+                again.push(NewOutbox {
+                    sync: code.clone(),
+                    local_id: *local_id,
+                    action: "update".into(),
+                    payload: json!({"version": r.version}),
+                });
+            }
+        }
+        tx.enqueue_many(&again).await?;
         tx.commit().await?;
+        if !again.is_empty() {
+            self.wake();
+        }
         for (id, fate) in done.fates {
             match fate {
                 Fate::Dead(msg) => {
@@ -705,6 +735,8 @@ struct Done {
     finished: Vec<i64>,
     fates: Vec<(i64, Fate)>,
     waits: Vec<(i64, chrono::DateTime<Utc>)>,
+    /// What went out: (sync, local id, the record's version sent).
+    sent: Vec<(String, i64, i64)>,
 }
 
 impl Done {
@@ -718,7 +750,13 @@ impl Done {
             Step::Wait(at) => self.waits.push((entry.id, at)),
             Step::Delivered { row, link, binding } => {
                 match link {
-                    Some(l) => self.links.push(l),
+                    Some(l) => {
+                        if entry.action != "delete" {
+                            self.sent
+                                .push((entry.sync.clone(), l.local_id, l.synced_version));
+                        }
+                        self.links.push(l)
+                    }
                     None => self.unlinks.push((binding, entry.local_id)),
                 }
                 self.rows.extend(row);
