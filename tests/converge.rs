@@ -23,7 +23,8 @@
 //! - every person is in every system exactly once, with the same name;
 //! - at most one record per `match_on` key (email) per system;
 //! - nothing deleted anywhere comes back anywhere;
-//! - nothing acknowledged is lost (no dead letter);
+//! - nothing acknowledged is lost (no dead letter), and the newest name given to a person is
+//!   the one everyone ends with, or it lost a conflict that the change log records;
 //! - every scheduled sync is within its interval (none overdue);
 //! - one more round writes nothing (no echo).
 //!
@@ -203,6 +204,12 @@ const PEOPLE: usize = 10;
 const OPS: usize = 50;
 /// Seeds CI runs on each backend.
 const CI_SEEDS: u64 = 6;
+
+/// The number of a name the episode gave ("Name 12" is 12): names are numbered in the order
+/// they were made.
+fn number(name: &str) -> Option<usize> {
+    name.strip_prefix("Name ")?.parse().ok()
+}
 
 /// A record in a spoke: its id there and its values (name and email).
 type Held = (String, Map<String, Value>);
@@ -1222,6 +1229,56 @@ impl World {
                     hub[0].values.get("name"),
                     shown(),
                     history.join("\n    ")
+                ));
+            }
+        }
+        // The newest name given to a person (anywhere) is the name everyone ends with, or it
+        // lost a conflict and the change log says so. (Older names were overwritten by it.)
+        let changes = self.h.all_changes().await;
+        let lost_in_conflict: BTreeSet<String> = changes
+            .iter()
+            .filter(|c| c.action == "conflict")
+            .flat_map(|c| {
+                ["external", "local"]
+                    .iter()
+                    .filter_map(|side| c.origin_values.get(*side)?.as_str().map(str::to_string))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for k in 0..PEOPLE {
+            if self.deleted.contains(&k) {
+                continue;
+            }
+            let hub = self.hub(k).await;
+            let [r] = hub.as_slice() else { continue };
+            let Some(last) = r
+                .values
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(number)
+            else {
+                continue;
+            };
+            let newest = self
+                .trace
+                .iter()
+                .filter_map(|line| {
+                    let mut words = line.split_whitespace();
+                    let (system, what, who) = (words.next()?, words.next()?, words.next()?);
+                    let name = line.rsplit('"').nth(1)?;
+                    if who != format!("p{k}") || !matches!(what, "create" | "edit" | "rename") {
+                        return None;
+                    }
+                    Some((number(name)?, format!("{system}'s {what} to {name:?}")))
+                })
+                .max();
+            if let Some((n, what)) = newest
+                && n > last
+                && !lost_in_conflict.contains(&format!("Name {n}"))
+            {
+                broken.push(format!(
+                    "p{k}: {what}, the newest, was lost to the older {:?} without a conflict row",
+                    r.values.get("name")
                 ));
             }
         }
