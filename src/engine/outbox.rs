@@ -128,7 +128,7 @@ impl Engine {
                 outbox_id = entry.id,
                 local_id = entry.local_id,
                 action = %entry.action,
-                attempt = entry.attempts + 1,
+                attempt = entry.attempts,
                 request_id = entry.payload.get("request_id").and_then(serde_json::Value::as_str),
                 run_id = run_of(&entry),
             );
@@ -442,9 +442,16 @@ impl Engine {
                 Target {
                     external_id: external_id.as_deref(),
                     local_id: entry.local_id,
-                    // The same for every attempt of this entry: a redelivery after a crash
-                    // between sending and recording is recognisable.
-                    idempotency_key: &format!("recsync-{}-{}", entry.sync, entry.id),
+                    // The same for every attempt of this entry that carries the same values:
+                    // a redelivery after a crash between sending and recording is recognisable.
+                    // An update names the version it carries, so a retry that carries newer
+                    // values is applied, not answered with the first attempt's result.
+                    idempotency_key: &match (action, record.as_ref()) {
+                        (SendAction::Update, Some(r)) => {
+                            format!("recsync-{}-{}-v{}", entry.sync, entry.id, r.version)
+                        }
+                        _ => format!("recsync-{}-{}", entry.sync, entry.id),
+                    },
                     changed: changed.as_deref(),
                 },
                 &mapped,
@@ -473,7 +480,14 @@ impl Engine {
                         local_id: entry.local_id,
                         external_id: Some(ext.clone()),
                         base,
-                        synced_version: record.as_ref().map(|r| r.version).unwrap_or(0),
+                        // A create sent again may have been answered from its first attempt
+                        // (same key, older values): the version is left unsynced, so an
+                        // update with the values of now follows it.
+                        synced_version: if action == SendAction::Create && entry.attempts > 1 {
+                            0
+                        } else {
+                            record.as_ref().map(|r| r.version).unwrap_or(0)
+                        },
                         external_hash: None,
                         left: link.as_ref().map(|l| l.left.clone()).unwrap_or_default(),
                     }
