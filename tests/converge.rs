@@ -654,7 +654,8 @@ impl World {
                         .await
                         .unwrap();
                     if let Some(hold) = holds.first() {
-                        let approve = self.rng.random_range(0..2) == 0;
+                        let approve = self.rng.random_range(0..2) == 0
+                            || hold.direction == "external_to_local";
                         self.decide(hold, approve).await;
                     }
                 }
@@ -831,7 +832,10 @@ impl World {
                     return;
                 }
                 let hold = &holds[self.rng.random_range(0..holds.len())];
-                let approve = self.rng.random_range(0..2) == 0;
+                // Deletes the cron system reports are real here (the test made them), so the
+                // operator approves those; local deletes are approved or discarded.
+                let approve =
+                    self.rng.random_range(0..2) == 0 || hold.direction == "external_to_local";
                 self.decide(hold, approve).await;
             }
             // The same person's folder made in Dropbox (not while a create to it may be on its

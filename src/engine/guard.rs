@@ -594,6 +594,8 @@ impl Engine {
             let (connector, sync, plan) = (connector.clone(), sync.clone(), plan.clone());
             Ahead::start(async move { connector.list_records(&sync, &plan, after).await })
         };
+        // Links written from here on are of records the listing may not see.
+        let listed_from = chrono::Utc::now();
         let mut ahead = Some(read(None));
         let outcome: Result<(), RunStop> = async {
             while let Some(page) = ahead.take() {
@@ -644,7 +646,7 @@ impl Engine {
             loop {
                 let gone = self
                     .store
-                    .reconcile_unseen(&binding, run_id, from, ITEMS_PAGE)
+                    .reconcile_unseen(&binding, run_id, listed_from, from, ITEMS_PAGE)
                     .await
                     .map_err(failed)?;
                 let Some(last) = gone.last() else { break };

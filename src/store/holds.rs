@@ -223,11 +223,14 @@ impl Store {
     }
 
     /// A page of the binding's links (by local id after `after`) whose external id the
-    /// reconciliation of `run_id` did not list.
+    /// reconciliation of `run_id` did not list, among those not written since the listing
+    /// began at `listed_from` (a record linked meanwhile, such as one a delivery created
+    /// there, was not there to be listed).
     pub async fn reconcile_unseen(
         &self,
         binding: &str,
         run_id: i64,
+        listed_from: DateTime<Utc>,
         after: i64,
         limit: i64,
     ) -> Result<Vec<Link>> {
@@ -235,6 +238,7 @@ impl Store {
         let sql = format!(
             "{LINK_SELECT} WHERE binding = $1 AND external_id IS NOT NULL AND local_id > $2
                AND NOT EXISTS (SELECT 1 FROM reconcile_seen s WHERE s.run_id = $3 AND s.external_id = links.external_id)
+               AND updated_at < $5
              ORDER BY local_id LIMIT $4"
         );
         let rows = on!(c.conn(), |c| sqlx::query_as::<_, LinkRow>(&sql)
@@ -242,6 +246,7 @@ impl Store {
             .bind(after)
             .bind(run_id)
             .bind(limit)
+            .bind(listed_from)
             .fetch_all(c)
             .await)?;
         Ok(rows.into_iter().map(Link::from).collect())

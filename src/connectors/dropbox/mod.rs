@@ -476,6 +476,9 @@ impl Puller for DropboxPull {
                         if !self.seen.contains(&id)
                             && !known.contains(id.as_str())
                             && !self.mirror.by_id.contains_key(&id)
+                            // Written back between two pages of this listing (the mirror row
+                            // is stored with the link): it is there, listed by the next loop.
+                            && memory.mirror_entry(&id).await?.is_none()
                         {
                             records.push(deleted(id));
                         }
