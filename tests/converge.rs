@@ -218,6 +218,16 @@ fn email(k: usize) -> String {
     format!("p{k}@example.com")
 }
 
+/// The `recsync serve` process, killed when dropped (a failing episode leaves none behind).
+struct Serving(std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// recsync as `recsync serve`, a process of its own (so it can be killed), on the episode's
 /// database; the test reads that database through a store of its own.
 struct Hub {
@@ -228,7 +238,7 @@ struct Hub {
     plan: recsync::domain::Plan,
     db: common::TestDb,
     dir: tempfile::TempDir,
-    child: std::process::Child,
+    child: Serving,
     peer: std::sync::Arc<recsync::peer::PeerState>,
     peer_handle: actix_web::dev::ServerHandle,
     /// Times the process was started.
@@ -306,17 +316,17 @@ scopes = ["sync:CON"]
             plan,
             db,
             dir,
-            child: std::process::Command::new("true").spawn().unwrap(),
+            child: Serving(std::process::Command::new("true").spawn().unwrap()),
             peer: peer_state,
             peer_handle,
             starts: 0,
         };
         hub.child = hub.serve();
-        common::wait_ready(&hub.client, &hub.base, &mut hub.child).await;
+        common::wait_ready(&hub.client, &hub.base, &mut hub.child.0).await;
         hub
     }
 
-    fn serve(&mut self) -> std::process::Child {
+    fn serve(&mut self) -> Serving {
         self.starts += 1;
         let log = std::fs::File::create(self.dir.path().join(format!("serve-{}.log", self.starts)))
             .unwrap();
@@ -336,15 +346,16 @@ scopes = ["sync:CON"]
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
+            .map(Serving)
             .unwrap()
     }
 
     /// SIGKILL, then a new process on the same database and port.
     async fn crash(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.child.0.kill().unwrap();
+        self.child.0.wait().unwrap();
         self.child = self.serve();
-        common::wait_ready(&self.client, &self.base, &mut self.child).await;
+        common::wait_ready(&self.client, &self.base, &mut self.child.0).await;
     }
 
     /// The logs of every process so far, for a failing seed.
@@ -400,9 +411,8 @@ scopes = ["sync:CON"]
         vec![r.text().await.unwrap_or_default()]
     }
 
-    async fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    async fn stop(self) {
+        drop(self.child);
         self.peer_handle.stop(false).await;
         self.db.cleanup(self.store).await;
     }

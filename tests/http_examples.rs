@@ -401,7 +401,22 @@ async fn the_crm_example_links_the_contact_a_409_names_instead_of_dead_lettering
 
 #[tokio::test]
 async fn the_crm_example_reads_a_contact_before_updating_it() {
-    let (h, crm) = realtime_crm(&[]).await;
+    reads_before_updating(&[]).await;
+}
+
+/// The read keeps only what the sync takes, as a pulled page does: a contact read with fields
+/// the external model does not declare is merged, not refused.
+#[tokio::test]
+async fn a_contact_read_before_an_update_keeps_only_the_fields_the_sync_takes() {
+    reads_before_updating(&[(
+        "archived  = \"boolean\"\ncreatedAt = \"datetime\"\nupdatedAt = \"datetime\"\n",
+        "",
+    )])
+    .await;
+}
+
+async fn reads_before_updating(edits: &[(&str, &str)]) {
+    let (h, crm) = realtime_crm(edits).await;
     let local = h.link("CRM_CONTACTS", "2").await.unwrap().local_id;
     crm.upsert("contacts", Some(2), json!({"firstname": "CRM edit"}));
     h.patch_record(

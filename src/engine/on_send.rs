@@ -254,6 +254,15 @@ impl Engine {
                 continue;
             };
             let binding = plan.binding_of(&e.sync);
+            // Linked since the batch was read (a pull matched the record on `match_on`
+            // meanwhile): the entry goes out as an update over that link, never as a second
+            // create.
+            if let Some(l) = self.store.link_by_local(&binding, e.local_id).await?
+                && l.external_id.is_some()
+            {
+                links.insert(key, l);
+                continue;
+            }
             let mut found = None;
             for group in &sync.match_on {
                 let Some((wanted, criteria)) = group_values(sync, group, &record.values) else {

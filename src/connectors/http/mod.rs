@@ -626,6 +626,9 @@ impl Connector for HttpConnector {
             return Ok(None);
         };
         let base = self.caller.service.base_url.expose();
+        // Only what the sync takes, as a pulled page keeps it.
+        let takes = plan.external_fields_taken(sync);
+        let takes = &takes;
         let reads = external_ids.iter().map(|id| async move {
             let path = read.path.replace(
                 "{id}",
@@ -648,7 +651,11 @@ impl Connector for HttpConnector {
             match read.record.select(&body).first() {
                 Some(Value::Object(values)) => Ok(Some(Pulled {
                     action: PullAction::Update,
-                    values: values.clone(),
+                    values: values
+                        .iter()
+                        .filter(|(k, _)| takes.contains(k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                     external_id: Some(id.clone()),
                     modified_at: None,
                     label: None,
@@ -739,14 +746,16 @@ impl Connector for HttpConnector {
         let body: Value = serde_json::from_str(&answer.text).map_err(|e| {
             PullError::Service(format!("{}: the search's answer is not JSON: {e}", who()))
         })?;
+        let takes = plan.external_fields_taken(sync);
         Ok(Some(
             search
                 .records
                 .select(&body)
                 .into_iter()
                 .filter_map(|v| {
-                    let values = v.as_object()?.clone();
+                    let mut values = v.as_object()?.clone();
                     let id = values.get(&sync.external_ref).and_then(id_text)?;
+                    values.retain(|k, _| takes.contains(k.as_str()));
                     Some(Pulled {
                         action: PullAction::Update,
                         values,
