@@ -1156,10 +1156,19 @@ impl World {
                 return;
             }
             if std::time::Instant::now() > deadline {
-                let left = self.h.store.list_outbox(None, None, 0, 50).await.unwrap();
+                let left: Vec<_> = self
+                    .h
+                    .store
+                    .list_outbox(None, None, 0, 1000)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter(|e| e.status != "done")
+                    .collect();
                 panic!(
-                    "the outbox did not drain in 30 s: {left:#?}\ntrace:\n  {}",
-                    self.trace.join("\n  ")
+                    "the outbox did not drain in 30 s: {left:#?}\ntrace:\n  {}\nrecsync's logs:\n{}",
+                    self.trace.join("\n  "),
+                    self.h.logs()
                 );
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
