@@ -619,7 +619,8 @@ impl Connector for DropboxConnector {
 
     /// The entries with these ids as they are now: the mirror with what Dropbox lists since
     /// the sync's cursor laid over it, in one `list_folder/continue` (or a few pages) for the
-    /// whole batch. An entry deleted there, or moved out of the pattern, is not in the answer.
+    /// whole batch; before the first listing (or after a reset), `get_metadata` per entry.
+    /// An entry deleted there, or moved out of the pattern, is not in the answer.
     async fn read_records(
         &self,
         sync: &Sync,
@@ -627,10 +628,36 @@ impl Connector for DropboxConnector {
         memory: &dyn Memory,
         external_ids: &[String],
     ) -> Result<Option<Vec<Pulled>>, PullError> {
-        let Some(now) = self.now(sync, plan, memory).await? else {
-            return Ok(None);
-        };
         let wants = wants_content(sync);
+        let Some(now) = self.now(sync, plan, memory).await? else {
+            // No listing to lay changes over yet (or it was reset): each entry is read by id.
+            let folder = folder_of(sync, plan).ok_or_else(|| {
+                PullError::Service("the external model is not a Dropbox folder".into())
+            })?;
+            let stored = Mirror::load(memory.mirror().await?);
+            let mut found = Vec::new();
+            for id in external_ids {
+                let e = match self.client.get_metadata(id).await {
+                    Ok(Some(Change::Upsert(e))) => e,
+                    Ok(_) | Err(DbxError::NotFound(_)) => continue,
+                    Err(e) => return Err(PullError::Service(format!("get_metadata failed: {e}"))),
+                };
+                let Some(rel) = relative(&folder.root, &e.path_display) else {
+                    continue;
+                };
+                let old = stored.by_id.get(&e.id);
+                if let Some(values) = values_of(&self.client, &folder, wants, &e, rel, old).await? {
+                    found.push(Pulled {
+                        action: PullAction::Update,
+                        values,
+                        external_id: Some(e.id.clone()),
+                        modified_at: modified_at(&e),
+                        label: None,
+                    });
+                }
+            }
+            return Ok(Some(found));
+        };
         let mut found = Vec::new();
         for id in external_ids {
             if let Some(e) = now.now.by_id.get(id)
