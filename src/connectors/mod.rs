@@ -285,6 +285,20 @@ pub struct Webhook<'a> {
 }
 
 /// A connector does not offer this question.
+/// The plain external field a sync pairs with local field `local` (`None`: not paired, or
+/// paired through a JSONPath): what a search by that field looks in.
+pub fn plain_field<'a>(sync: &'a Sync, local: &str) -> Option<&'a str> {
+    match sync
+        .fields
+        .iter()
+        .find(|p| p.local == local)
+        .map(|p| &p.external)
+    {
+        Some(crate::domain::mapping::ExternalField::Name(n)) => Some(n.as_str()),
+        _ => None,
+    }
+}
+
 pub fn unsupported(what: &str, kind: &str) -> PullError {
     PullError::Service(format!("{kind} web services do not support {what}"))
 }

@@ -680,15 +680,10 @@ impl Connector for DropboxConnector {
     ) -> Result<Option<Vec<Pulled>>, PullError> {
         let mut wanted = Vec::new();
         for (local, v) in criteria {
-            let Some(ExternalField::Name(field)) = sync
-                .fields
-                .iter()
-                .find(|p| &p.local == local)
-                .map(|p| &p.external)
-            else {
+            let Some(field) = super::plain_field(sync, local) else {
                 return Ok(None);
             };
-            wanted.push((field.clone(), v.clone()));
+            wanted.push((field.to_string(), v.clone()));
         }
         let Some(now) = self.now(sync, plan, memory).await? else {
             return Ok(None);

@@ -17,7 +17,6 @@ use super::{
     Connector, Memory, Notice, PullError, PullStart, Pulled, Puller, SendAction, SendError, Sent,
     Target, Webhook,
 };
-use crate::domain::mapping::ExternalField;
 use crate::domain::plan::{DeleteMode, OdooModel, OdooService, Plan, Sync};
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
@@ -444,12 +443,7 @@ impl Connector for OdooConnector {
         let odoo = model_of(sync, plan)?;
         let mut extra = Vec::new();
         for (local, v) in criteria {
-            let Some(ExternalField::Name(field)) = sync
-                .fields
-                .iter()
-                .find(|p| &p.local == local)
-                .map(|p| &p.external)
-            else {
+            let Some(field) = super::plain_field(sync, local) else {
                 return Ok(None);
             };
             if OdooModel::related(field).is_some() {
