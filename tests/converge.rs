@@ -1017,6 +1017,30 @@ impl World {
         ));
     }
 
+    /// The change log of one hub record, oldest first, one line per row.
+    async fn history(&self, local_id: i64) -> Vec<String> {
+        self.h
+            .all_changes()
+            .await
+            .into_iter()
+            .rev()
+            .filter(|c| c.local_id == Some(local_id))
+            .map(|c| {
+                format!(
+                    "{} {} {} {} {} {} -> {} {}",
+                    c.synced_at.format("%H:%M:%S%.3f"),
+                    c.sync,
+                    c.direction,
+                    c.action,
+                    c.status,
+                    Value::Object(c.origin_values.as_object().cloned().unwrap_or_default()),
+                    c.destination_values,
+                    c.error_message
+                )
+            })
+            .collect()
+    }
+
     /// Approves every hold still waiting (quiescence: deletes made must happen).
     async fn approve_all(&mut self) -> bool {
         let holds = self.h.store.holds(Some("held"), None, 100).await.unwrap();
@@ -1226,27 +1250,7 @@ impl World {
                 .collect();
             names.insert(format!("{:?}", hub[0].values.get("name")));
             if names.len() != 1 {
-                let history: Vec<String> = self
-                    .h
-                    .all_changes()
-                    .await
-                    .into_iter()
-                    .rev()
-                    .filter(|c| c.local_id == Some(hub[0].id))
-                    .map(|c| {
-                        format!(
-                            "{} {} {} {} {} {} -> {} {}",
-                            c.synced_at.format("%H:%M:%S%.3f"),
-                            c.sync,
-                            c.direction,
-                            c.action,
-                            c.status,
-                            Value::Object(c.origin_values.as_object().cloned().unwrap_or_default()),
-                            c.destination_values,
-                            c.error_message
-                        )
-                    })
-                    .collect();
+                let history = self.history(hub[0].id).await;
                 broken.push(format!(
                     "p{k} has different names: hub {:?}, {}\n  its history:\n    {}",
                     hub[0].values.get("name"),
@@ -1300,8 +1304,9 @@ impl World {
                 && !lost_in_conflict.contains(&format!("Name {n}"))
             {
                 broken.push(format!(
-                    "p{k}: {what}, the newest, was lost to the older {:?} without a conflict row",
-                    r.values.get("name")
+                    "p{k}: {what}, the newest, was lost to the older {:?} without a conflict row\n  its history:\n    {}",
+                    r.values.get("name"),
+                    self.history(r.id).await.join("\n    ")
                 ));
             }
         }
@@ -1449,9 +1454,10 @@ async fn episode(seed: u64) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "seed {seed} (replay: RECSYNC_CONVERGE_SEED={seed} cargo test --test converge):\n  {}\ntrace:\n  {}\nrecsync's logs:\n{}",
+            "seed {seed} (replay: RECSYNC_CONVERGE_SEED={seed} cargo test --test converge):\n  {}\ntrace:\n  {}\nDropbox's journal:\n  {}\nrecsync's logs:\n{}",
             broken.join("\n  "),
             w.trace.join("\n  "),
+            w.dbx.journal().join("\n  "),
             w.h.logs()
         ))
     };

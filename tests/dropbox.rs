@@ -963,6 +963,45 @@ async fn a_rename_never_overwrites_a_dropbox_rename_it_has_not_pulled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rename_made_between_the_read_and_the_move_is_not_written_over() {
+    let (s, id, folder) = two_way_clients("external").await;
+    // The read before sending sees Acme as it was; a person renames it just before
+    // recsync's move reaches Dropbox.
+    s.fake.set_faults(DbxFaults {
+        move_before_next_move: Some(("/Clients/Acme".into(), "/Clients/Acme Corp".into())),
+        ..Default::default()
+    });
+    s.h.patch_record("client", id, json!({"name": "Acme Ltd"}))
+        .await;
+    let conflict = eventually(30, "the conflict row", || async {
+        s.h.changes("CLIENTS")
+            .await
+            .into_iter()
+            .find(|c| c.action == "conflict")
+    })
+    .await;
+    s.h.engine.drain().await.unwrap();
+    // The move named the path recsync last saw, so it failed instead of renaming the
+    // person's folder; Dropbox wins by priority, and the hub takes its name.
+    assert_eq!(
+        s.fake.id_of("/Clients/Acme Corp").as_deref(),
+        Some(folder.as_str()),
+        "{:?}",
+        s.fake.entries()
+    );
+    assert!(s.fake.id_of("/Clients/Acme Ltd").is_none());
+    let r =
+        s.h.engine
+            .store
+            .get_record("client", id)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(r.values["name"], "Acme Corp", "{conflict:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_local_priority_the_hub_rename_goes_out_after_reading_dropbox() {
     let (s, id, folder) = two_way_clients("local").await;
     s.fake.mv("/Clients/Acme", "/Clients/Acme Corp").unwrap();

@@ -78,6 +78,9 @@ pub struct Target<'a> {
     /// On an update, the external fields whose values changed since the record was last
     /// synced (`None`: send everything).
     pub changed: Option<&'a [String]>,
+    /// On an update, what both sides held at the last sync (local field names): a connector
+    /// that can write only if the record is still as it was compares against it.
+    pub base: Option<&'a Map<String, Value>>,
 }
 
 /// A successful delivery.
@@ -284,7 +287,6 @@ pub struct Webhook<'a> {
     pub body: &'a [u8],
 }
 
-/// A connector does not offer this question.
 /// The plain external field a sync pairs with local field `local` (`None`: not paired, or
 /// paired through a JSONPath): what a search by that field looks in.
 pub fn plain_field<'a>(sync: &'a Sync, local: &str) -> Option<&'a str> {
@@ -299,6 +301,35 @@ pub fn plain_field<'a>(sync: &'a Sync, local: &str) -> Option<&'a str> {
     }
 }
 
+/// Whether `external` (a record as read there) differs from `base` (what both sides held at
+/// the last sync) in a field the sync both takes in and sends: what a write would overwrite.
+/// Fields absent from `external` are not compared; a reference counts as a difference (it
+/// resolves in the apply); values that do not map are left to the next pull, which reports
+/// them.
+pub fn changed_since(
+    sync: &Sync,
+    base: &Map<String, Value>,
+    external: &Map<String, Value>,
+) -> bool {
+    use std::collections::HashSet;
+    let sent: HashSet<&str> = sync
+        .fields
+        .iter()
+        .filter(|f| f.direction.to_external())
+        .map(|f| f.local.as_str())
+        .collect();
+    match crate::domain::mapping::to_local(&sync.fields, &Value::Object(external.clone())) {
+        Ok(inbound) => {
+            !inbound.refs.is_empty()
+                || inbound.values.iter().any(|(k, v)| {
+                    sent.contains(k.as_str()) && base.get(k).unwrap_or(&Value::Null) != v
+                })
+        }
+        Err(_) => false,
+    }
+}
+
+/// A connector does not offer this question.
 pub fn unsupported(what: &str, kind: &str) -> PullError {
     PullError::Service(format!("{kind} web services do not support {what}"))
 }

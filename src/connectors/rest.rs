@@ -141,6 +141,7 @@ pub async fn send(
         local_id,
         idempotency_key,
         changed: _,
+        base: _,
     } = target;
     let endpoint_action = match action {
         SendAction::Create => EndpointAction::Create,

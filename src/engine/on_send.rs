@@ -526,25 +526,9 @@ fn key_of(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// Whether the external record differs from what was last synced in a field this sync both takes
-/// in and sends. Relational values are compared by the apply (their references resolve there); values
-/// that do not map are left to the next pull, which reports them.
+/// Whether the external record differs from what was last synced in a field this sync both
+/// takes in and sends (only what is also sent can be written over; a field that only comes in,
+/// a path or a computed value, is left to the next pull).
 fn changed_there(sync: &Sync, link: &Link, p: &Pulled) -> bool {
-    // Only what is also sent can be written over; a field that only comes in (a path, a
-    // computed value) is left to the next pull.
-    let sent: HashSet<&str> = sync
-        .fields
-        .iter()
-        .filter(|f| f.direction.to_external())
-        .map(|f| f.local.as_str())
-        .collect();
-    match to_local(&sync.fields, &Value::Object(p.values.clone())) {
-        Ok(inbound) => {
-            !inbound.refs.is_empty()
-                || inbound.values.iter().any(|(k, v)| {
-                    sent.contains(k.as_str()) && link.base.get(k).unwrap_or(&Value::Null) != v
-                })
-        }
-        Err(_) => false,
-    }
+    crate::connectors::changed_since(sync, &link.base, &p.values)
 }

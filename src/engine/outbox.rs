@@ -453,6 +453,10 @@ impl Engine {
                         _ => format!("recsync-{}-{}", entry.sync, entry.id),
                     },
                     changed: changed.as_deref(),
+                    base: link
+                        .as_ref()
+                        .filter(|_| action == SendAction::Update)
+                        .map(|l| &l.base),
                 },
                 &mapped,
             )

@@ -55,6 +55,9 @@ pub struct DbxFaults {
     pub reset_cursors: bool,
     /// A move lists the new entry before the deleted one.
     pub moves_new_first: bool,
+    /// A person moves `.0` to `.1` just before the next `move_v2` is carried out (one-shot):
+    /// the race between a client's read and its write.
+    pub move_before_next_move: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +133,8 @@ struct Inner {
     next_rev: u64,
     /// API calls received: (route, argument).
     calls: Vec<(String, Value)>,
+    /// Calls, changes and listed pages in the order they happened, for a failing test.
+    journal: Vec<String>,
 }
 
 /// The fake's state, shared by its handlers and the tests.
@@ -296,6 +301,11 @@ impl FakeState {
         self.with(|i| i.calls.clone())
     }
 
+    /// Calls, changes and listed pages in the order they happened.
+    pub fn journal(&self) -> Vec<String> {
+        self.with(|i| i.journal.clone())
+    }
+
     /// Every entry (path_display → (id, tag, rev)), for comparing trees.
     pub fn entries(&self) -> BTreeMap<String, (String, String, Option<String>)> {
         self.with(|i| {
@@ -391,6 +401,13 @@ impl Inner {
 
     fn push(&mut self, path_lower: String, entry: Value) {
         self.seq += 1;
+        self.journal.push(format!(
+            "change {} {} {} {}",
+            self.seq,
+            entry[".tag"].as_str().unwrap_or(""),
+            entry["path_display"].as_str().unwrap_or(&path_lower),
+            entry["id"].as_str().unwrap_or("")
+        ));
         self.log.push(LogItem {
             seq: self.seq,
             path_lower,
@@ -732,7 +749,10 @@ async fn api(
             }
         }
     };
-    state.with(|i| i.calls.push((route.clone(), arg.clone())));
+    state.with(|i| {
+        i.journal.push(format!("call {route} {arg}"));
+        i.calls.push((route.clone(), arg.clone()))
+    });
     let s = |k: &str| arg.get(k).and_then(Value::as_str).map(str::to_string);
     let b = |k: &str| arg.get(k).and_then(Value::as_bool).unwrap_or(false);
     let changed = matches!(
@@ -825,6 +845,10 @@ async fn api(
                 let has_more = items.len() > take.len();
                 let next = if has_more { take.last().map(|it| it.seq).unwrap_or(seq) } else { i.seq };
                 let entries: Vec<Value> = take.iter().map(|it| it.entry.clone()).collect();
+                i.journal.push(format!(
+                    "listed after {seq}: {} up to {next}",
+                    take.iter().map(|it| it.seq.to_string()).collect::<Vec<_>>().join(",")
+                ));
                 json_ok(&json!({"entries": entries, "cursor": i.delta_cursor(&path, recursive, limit, next), "has_more": has_more}))
             })
         }
@@ -876,6 +900,11 @@ async fn api(
                     "Error in call to API function \"{route}\": request body: to_path: '{to}' is not a valid path"
                 ));
             }
+            state.with(|i| {
+                if let Some((a, b)) = i.faults.move_before_next_move.take() {
+                    let _ = i.relocate(&a, &b);
+                }
+            });
             state.with(|i| match i.relocate(&from, &to) {
                 Ok(m) => json_ok(&json!({"metadata": m})),
                 Err(e) if e == "from_not_found" => route_error(

@@ -335,6 +335,70 @@ impl DropboxConnector {
         Ok(None)
     }
 
+    /// Moves an entry to `to` only while it still holds what both sides held at the last
+    /// sync (`base`), for a sync that also receives: Dropbox moves what is at `from_path`, so
+    /// the move names the path last seen, and a rename made there in the meantime makes it
+    /// fail instead of being written over. The entry is then read by id: if its name still
+    /// carries the base (only the mirror was behind), it is moved from where it is; if it
+    /// changed there, the delivery is retried, and the read before sending merges the change
+    /// first.
+    async fn move_unless_changed(
+        &self,
+        sync: &Sync,
+        folder: &DropboxFolder,
+        base: &Map<String, Value>,
+        seen: &MirrorEntry,
+        to: &str,
+    ) -> Result<Option<MirrorEntry>, SendError> {
+        let changed_there = |e: &MirrorEntry| SendError::Retry {
+            reason: format!(
+                "{} was renamed or moved in Dropbox since it was last synced; that change is read and merged before the next attempt",
+                e.path_display
+            ),
+            after: None,
+        };
+        let mut from = seen.clone();
+        let mut read = false;
+        loop {
+            let holds_base = relative(&folder.root, &from.path_display)
+                .and_then(|rel| match &folder.pattern {
+                    Some(p) => p.matches(rel),
+                    None => Some(BTreeMap::new()),
+                })
+                .is_some_and(|captures| {
+                    !crate::connectors::changed_since(sync, base, &entry_values(&from, captures))
+                });
+            if holds_base {
+                if from.path_lower == to.to_lowercase() {
+                    return Ok(Some(from));
+                }
+                match self.client.move_entry(&from.path_display, to).await {
+                    Ok(moved) => return Ok(moved),
+                    Err(DbxError::NotFound(_)) if !read => {}
+                    Err(DbxError::NotFound(_)) => return Err(changed_there(&from)),
+                    Err(e) => return Err(send_error(e)),
+                }
+            } else if read {
+                return Err(changed_there(&from));
+            }
+            // Not where it was last seen (or the mirror is behind): where is it now?
+            read = true;
+            from = match self.client.get_metadata(&seen.id).await {
+                Ok(Some(Change::Upsert(now))) => now,
+                Ok(_) | Err(DbxError::NotFound(_)) => {
+                    return Err(SendError::Retry {
+                        reason: format!(
+                            "the Dropbox entry {} is no longer there; the read before the next attempt settles it",
+                            seen.id
+                        ),
+                        after: None,
+                    });
+                }
+                Err(e) => return Err(send_error(e)),
+            };
+        }
+    }
+
     /// The record of an entry as it is now (an update: it was there before).
     async fn current(
         &self,
@@ -835,7 +899,18 @@ impl Connector for DropboxConnector {
                     } else {
                         Label::Move
                     });
-                    if let Some(moved) = dbx.move_entry(id, &path).await.map_err(send_error)? {
+                    let base = target
+                        .base
+                        .filter(|_| sync.direction.to_local() && sync.active);
+                    let moved = match base {
+                        Some(base) => {
+                            self.move_unless_changed(sync, &folder, base, &e, &path)
+                                .await?
+                        }
+                        // The hub is the only writer this sync knows of: moved by id.
+                        None => dbx.move_entry(id, &path).await.map_err(send_error)?,
+                    };
+                    if let Some(moved) = moved {
                         e = moved;
                     }
                 }
