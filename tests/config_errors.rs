@@ -1276,3 +1276,172 @@ error: unknown field `tokn`
 error: configuration has 3 errors",
     );
 }
+
+#[test]
+fn transforms_that_compile_are_valid() {
+    assert_eq!(
+        errors_of(&sync(
+            r#"fields = [
+  { local = "name", to_local = "[external.full_name, external.status] | select | join(' ')" },
+  { external = "full_name", to_external = "local.name | upper" },
+  { local = "visits", external = "status", to_local = "value | int", to_external = "value ~ ''" },
+]
+"#
+        )),
+        "(valid)"
+    );
+}
+
+#[test]
+fn transform_syntax_error_is_placed_inside_the_string() {
+    check(
+        "transform_syntax",
+        &sync(
+            r#"fields = [{ local = "name", external = "full_name", to_local = "value | ", to_external = "value" }]
+"#,
+        ),
+        r#"
+error: to_local in `value | `: syntax error: unexpected end of input, expected identifier
+ --> mappings/crm.toml:8:71
+  |
+8 | fields = [{ local = "name", external = "full_name", to_local = "value | ", to_external = "value" }]
+  |                                                                       ^ here
+
+error: configuration has 1 error"#,
+    );
+}
+
+#[test]
+fn transform_unknown_names_and_filters_say_what_they_meant() {
+    check(
+        "transform_names",
+        &sync(
+            r#"fields = [
+  { local = "name", to_local = "[external.ful_name, external.status] | selct | join(' ')" },
+  { external = "full_name", to_external = "local.nme ~ vlaue" },
+]
+"#,
+        ),
+        r#"
+error: to_local in `[external.ful_name, external.status] | selct | join(' ')`: unknown field `ful_name` on external model `crm_contact`
+ --> mappings/crm.toml:9:43
+  |
+9 |   { local = "name", to_local = "[external.ful_name, external.status] | selct | join(' ')" },
+  |                                           ^^^^^^^^ not a field of external model `crm_contact`
+  |
+  = help: did you mean `full_name`?
+
+error: to_local in `[external.ful_name, external.status] | selct | join(' ')`: unknown filter `selct`
+ --> mappings/crm.toml:9:72
+  |
+9 |   { local = "name", to_local = "[external.ful_name, external.status] | selct | join(' ')" },
+  |                                                                        ^^^^^ not a filter
+  |
+  = help: did you mean `select`?
+
+error: to_external in `local.nme ~ vlaue`: unknown field `nme` on model `contact`
+  --> mappings/crm.toml:10:50
+   |
+10 |   { external = "full_name", to_external = "local.nme ~ vlaue" },
+   |                                                  ^^^ not a field of model `contact`
+   |
+   = help: did you mean `name`?
+
+error: to_external in `local.nme ~ vlaue`: unknown name `vlaue`
+  --> mappings/crm.toml:10:56
+   |
+10 |   { external = "full_name", to_external = "local.nme ~ vlaue" },
+   |                                                        ^^^^^ not a name an expression can read
+   |
+   = help: did you mean `value`?
+
+error: configuration has 4 errors"#,
+    );
+}
+
+#[test]
+fn transform_two_way_pair_needs_both_expressions() {
+    check(
+        "transform_two_way",
+        &sync(
+            r#"fields = [
+  { local = "name", external = "full_name", to_local = "value | trim" },
+  { local = "email", external = "email", direction = "to_local", to_local = "value", to_external = "value" },
+  { local = "visits", to_external = "local.visits" },
+  { local = "stage", external = "status", to_local = "value", to_external = "value", map = { lead = "L" } },
+]
+"#,
+        ),
+        r#"
+error: two-way pair `name` <-> `full_name` has `to_local` but no `to_external`
+ --> mappings/crm.toml:9:56
+  |
+9 |   { local = "name", external = "full_name", to_local = "value | trim" },
+  |                                                        ^^^^^^^^^^^^^^ one direction only
+  |
+  = help: add `to_external` with the inverse expression, or set direction = "to_local"
+
+error: `to_external` is never used: the pair goes `to_local` only
+  --> mappings/crm.toml:10:100
+   |
+10 |   { local = "email", external = "email", direction = "to_local", to_local = "value", to_external = "value" },
+   |                                                                                                    ^^^^^^^ never used
+   |
+   = help: remove it, or widen the pair's `direction`
+
+error: a computed local field (no `external`) needs `to_local`
+  --> mappings/crm.toml:11:3
+   |
+11 |   { local = "visits", to_external = "local.visits" },
+   |   ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^ no `to_local` expression
+
+error: a computed local field (no `external`) only goes to_local, so `to_external` has nothing to write
+  --> mappings/crm.toml:11:37
+   |
+11 |   { local = "visits", to_external = "local.visits" },
+   |                                     ^^^^^^^^^^^^^^ never used
+   |
+   = help: pair both fields (`local` and `external`) to write it the other way too
+
+error: a field pair takes `map` or an expression, not both
+  --> mappings/crm.toml:12:92
+   |
+12 |   { local = "stage", external = "status", to_local = "value", to_external = "value", map = { lead = "L" } },
+   |                                                                                            ^^^^^^^^^^^^^^ a value table
+   |
+   = help: write the table in the expression, or drop `to_local`/`to_external`
+
+error: configuration has 5 errors"#,
+    );
+}
+
+#[test]
+fn transform_reads_only_what_its_direction_has() {
+    check(
+        "transform_direction_names",
+        &sync(
+            r#"fields = [
+  { local = "name", to_local = "local.email ~ value" },
+]
+"#,
+        ),
+        r#"
+error: to_local in `local.email ~ value`: `local` cannot be read here
+ --> mappings/crm.toml:9:39
+  |
+9 |   { local = "name", to_local = "local.email ~ value" },
+  |                                       ^^^^^ not available in this direction
+  |
+  = help: `to_local` computes from the external record: read `external.<field>` or `value`
+
+error: to_local in `local.email ~ value`: `value` is not defined here
+ --> mappings/crm.toml:9:47
+  |
+9 |   { local = "name", to_local = "local.email ~ value" },
+  |                                               ^^^^^ no source field
+  |
+  = help: `value` is the paired field's value; a computed field reads `external.<field>`
+
+error: configuration has 2 errors"#,
+    );
+}

@@ -330,7 +330,10 @@ scopes = ["sync:CON"]
         self.starts += 1;
         let log = std::fs::File::create(self.dir.path().join(format!("serve-{}.log", self.starts)))
             .unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
+        // A long soak may run a copy of the binary, so the tree can be rebuilt meanwhile.
+        let bin = std::env::var("RECSYNC_CONVERGE_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_recsync").to_string());
+        std::process::Command::new(bin)
             .args([
                 "serve",
                 "--config",
@@ -1189,9 +1192,26 @@ impl World {
                     .into_iter()
                     .filter(|e| e.status != "done")
                     .collect();
+                let mut histories = String::new();
+                let mut locals: Vec<i64> = self
+                    .h
+                    .all_changes()
+                    .await
+                    .iter()
+                    .filter_map(|c| c.local_id)
+                    .collect();
+                locals.sort_unstable();
+                locals.dedup();
+                for id in locals {
+                    histories.push_str(&format!(
+                        "record {id}:\n    {}\n",
+                        self.history(id).await.join("\n    ")
+                    ));
+                }
                 panic!(
-                    "the outbox did not drain in 30 s: {left:#?}\ntrace:\n  {}\nrecsync's logs:\n{}",
+                    "the outbox did not drain in 30 s: {left:#?}\n{histories}trace:\n  {}\nDropbox's journal:\n  {}\nrecsync's logs:\n{}",
                     self.trace.join("\n  "),
+                    self.dbx.journal().join("\n  "),
                     self.h.logs()
                 );
             }
@@ -1235,12 +1255,17 @@ impl World {
                 continue;
             }
             if hub.len() != 1 || held.iter().any(|(_, r)| r.len() != 1) {
+                let mut history = Vec::new();
+                for r in &hub {
+                    history.extend(self.history(r.id).await);
+                }
                 broken.push(format!(
-                    "p{k} is not once in every system: hub {:?}, {}",
+                    "p{k} is not once in every system: hub {:?}, {}\n  its history:\n    {}",
                     hub.iter()
                         .map(|r| (r.id, r.values.clone()))
                         .collect::<Vec<_>>(),
-                    shown()
+                    shown(),
+                    history.join("\n    ")
                 ));
                 continue;
             }

@@ -316,7 +316,7 @@ pub fn changed_since(
         .fields
         .iter()
         .filter(|f| f.direction.to_external())
-        .map(|f| f.local.as_str())
+        .flat_map(|f| f.sends_from())
         .collect();
     match crate::domain::mapping::to_local(&sync.fields, &Value::Object(external.clone())) {
         Ok(inbound) => {

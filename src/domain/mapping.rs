@@ -3,10 +3,12 @@
 //! Relations are resolved through a [`RefResolver`] the engine fills from the store.
 
 use super::names::SyncCode;
+use super::transform::Transform;
 use super::value::{CoerceError, FieldType, coerce};
 use jsonpath_rust::parser::model::{JpQuery, Segment, Selector};
 use serde_json::{Map, Value};
 use std::fmt;
+use std::sync::Arc;
 
 /// Which way data flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -167,6 +169,23 @@ impl JsonPath {
 pub enum ExternalField {
     Name(String),
     Path(JsonPath),
+    /// No one external field: a local field computed from the external record (`to_local`).
+    Computed,
+}
+
+impl ExternalField {
+    /// Writes `v` where this field lives in an outgoing payload.
+    pub fn put(&self, out: &mut Map<String, Value>, v: Value) {
+        match self {
+            ExternalField::Name(n) => {
+                out.insert(n.clone(), v);
+            }
+            ExternalField::Path(path) => {
+                path.build(out, v);
+            }
+            ExternalField::Computed => {}
+        }
+    }
 }
 
 impl fmt::Display for ExternalField {
@@ -174,6 +193,7 @@ impl fmt::Display for ExternalField {
         match self {
             ExternalField::Name(n) => f.write_str(n),
             ExternalField::Path(p) => f.write_str(p.as_str()),
+            ExternalField::Computed => f.write_str("(computed)"),
         }
     }
 }
@@ -240,6 +260,49 @@ pub struct FieldPair {
     pub direction: Direction,
     pub reference: Reference,
     pub map: Option<ValueMap>,
+    /// Computes the local value from `value` (the external field's) and `external`.
+    pub to_local: Option<Arc<Transform>>,
+    /// Computes the external value from `value` (the local field's) and `local`. A pair with
+    /// this and an empty `local` computes an external field.
+    pub to_external: Option<Arc<Transform>>,
+}
+
+impl FieldPair {
+    /// Whether the pair computes an external field from the local record (no local field).
+    pub fn computes_external(&self) -> bool {
+        self.local.is_empty()
+    }
+
+    /// The local fields whose values the pair sends from: its own field, and those its
+    /// `to_external` expression reads.
+    pub fn sends_from(&self) -> impl Iterator<Item = &str> {
+        (!self.local.is_empty())
+            .then_some(self.local.as_str())
+            .into_iter()
+            .chain(
+                self.to_external
+                    .iter()
+                    .flat_map(|t| t.local.iter().map(String::as_str)),
+            )
+    }
+
+    /// The external fields the pair reads when receiving (a JSONPath's first member).
+    pub fn receives_from(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = match &self.external {
+            ExternalField::Path(path) => path
+                .as_str()
+                .strip_prefix("$.")
+                .and_then(|r| r.split(['.', '[']).next())
+                .into_iter()
+                .collect(),
+            ExternalField::Name(n) => vec![n.as_str()],
+            ExternalField::Computed => vec![],
+        };
+        if let Some(t) = &self.to_local {
+            out.extend(t.external.iter().map(String::as_str));
+        }
+        out
+    }
 }
 
 /// Looks up related records; the engine answers from the store.
@@ -305,6 +368,30 @@ pub fn to_external(
     let mut out = Map::new();
     let mut errors = Vec::new();
     for p in pairs.iter().filter(|p| p.direction.to_external()) {
+        if let Some(t) = &p.to_external {
+            // Computed from the record: only when it carries every field the expression reads.
+            if !t.local.iter().all(|f| local.contains_key(f)) {
+                continue;
+            }
+            let v = if p.computes_external() {
+                t.eval(None, None, Some(local))
+                    .map_err(|e| transform_error(p, "to_external", t, None, e))
+            } else {
+                match local.get(&p.local) {
+                    None => continue,
+                    // Nothing stays nothing: the expression is not asked.
+                    Some(Value::Null) => Ok(Value::Null),
+                    Some(v) => t
+                        .eval(Some(v), None, Some(local))
+                        .map_err(|e| transform_error(p, "to_external", t, Some(v), e)),
+                }
+            };
+            match v {
+                Ok(v) => p.external.put(&mut out, v),
+                Err(e) => errors.push(e),
+            }
+            continue;
+        }
         let Some(v) = local.get(&p.local) else {
             continue;
         };
@@ -315,14 +402,7 @@ pub fn to_external(
                 continue;
             }
         };
-        match &p.external {
-            ExternalField::Name(n) => {
-                out.insert(n.clone(), v);
-            }
-            ExternalField::Path(path) => {
-                path.build(&mut out, v);
-            }
-        }
+        p.external.put(&mut out, v);
     }
     if errors.is_empty() {
         Ok(out)
@@ -383,7 +463,18 @@ pub fn to_local(pairs: &[FieldPair], external: &Value) -> Result<Inbound, Vec<Fi
                 [one] => (*one).clone(),
                 many => Value::Array(many.iter().map(|v| (*v).clone()).collect()),
             },
+            ExternalField::Computed => Value::Null,
         };
+        if let Some(t) = &p.to_local {
+            match transformed_in(p, t, raw, external) {
+                Ok(Some(v)) => {
+                    out.values.insert(p.local.clone(), v);
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+            continue;
+        }
         match inbound_value(p, &raw) {
             Ok(Incoming::Value(v)) => {
                 out.values.insert(p.local.clone(), v);
@@ -397,6 +488,59 @@ pub fn to_local(pairs: &[FieldPair], external: &Value) -> Result<Inbound, Vec<Fi
     } else {
         Err(errors)
     }
+}
+
+/// A received value computed by the pair's `to_local`, then read as the local field's type.
+/// `None`: the payload lacks a field the expression reads (a partial update), so the field is
+/// left as it is.
+fn transformed_in(
+    p: &FieldPair,
+    t: &Transform,
+    raw: Value,
+    external: &Value,
+) -> Result<Option<Value>, FieldError> {
+    if !t.external.iter().all(|f| external.get(f).is_some()) {
+        return Ok(None);
+    }
+    let computed = matches!(p.external, ExternalField::Computed);
+    let v = if !computed && raw.is_null() {
+        // Nothing stays nothing: the expression is not asked.
+        Value::Null
+    } else {
+        // The value as the system sent it (a date in its own format is what the expression
+        // is there to read).
+        let input = (!computed).then_some(raw);
+        t.eval(input.as_ref(), Some(external), None)
+            .map_err(|e| transform_error(p, "to_local", t, input.as_ref(), e))?
+    };
+    if v.is_null() {
+        return Ok(Some(Value::Null));
+    }
+    coerce(&p.local_type, &v)
+        .map(Some)
+        .map_err(|e| FieldError::new(&p.local, format!("`{}` gave {v}, which {e}", t.source())))
+}
+
+fn transform_error(
+    p: &FieldPair,
+    direction: &str,
+    t: &Transform,
+    input: Option<&Value>,
+    e: String,
+) -> FieldError {
+    let field = if p.computes_external() {
+        p.external.to_string()
+    } else {
+        p.local.clone()
+    };
+    let on = match input {
+        Some(v) => format!(" on {v}"),
+        None => String::new(),
+    };
+    FieldError::new(
+        &field,
+        format!("{direction} `{}` failed{on}: {e}", t.source()),
+    )
 }
 
 enum Incoming {
@@ -497,6 +641,8 @@ mod tests {
             direction: Direction::Bidirectional,
             reference: Reference::None,
             map: None,
+            to_local: None,
+            to_external: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod merge;
 pub mod mirror;
 pub mod names;
 pub mod plan;
+pub mod transform;
 pub mod value;
 
 pub use filter::{Condition, Domain, Op};

@@ -571,15 +571,10 @@ impl WebService {
     }
 }
 
-/// The top-level external names a sync's pairs read: a JSONPath's first member, or a name.
+/// The top-level external names a sync's pairs read: a JSONPath's first member, a name, or
+/// a name a transform reads.
 fn pair_roots(sync: &Sync) -> impl Iterator<Item = &str> {
-    sync.fields.iter().filter_map(|p| match &p.external {
-        super::mapping::ExternalField::Path(path) => path
-            .as_str()
-            .strip_prefix("$.")
-            .and_then(|r| r.split(['.', '[']).next()),
-        super::mapping::ExternalField::Name(n) => Some(n.as_str()),
-    })
+    sync.fields.iter().flat_map(|p| p.receives_from())
 }
 
 /// When local changes are sent.

@@ -897,7 +897,7 @@ impl Engine {
         }
 
         // match_on: an unlinked record is first looked for among the unlinked local records.
-        let (matched, ambiguous) = self
+        let (matched, ambiguous, deleted_here) = self
             .match_unlinked(
                 tx,
                 plan,
@@ -921,6 +921,10 @@ impl Engine {
             let model = &plan.models[&sync.model];
             if let Some((why, _)) = ambiguous.get(&i) {
                 intents[i] = Some(Intent::Ambiguous(why.clone()));
+                continue;
+            }
+            if let Some((id, why)) = deleted_here.get(&i) {
+                intents[i] = Some(Intent::Skip(Some(*id), why.clone()));
                 continue;
             }
             if let Some(l) = links.get(&(p.binding.clone(), p.external_id.clone()))
@@ -971,10 +975,12 @@ impl Engine {
 }
 
 /// Requests of a round matched by `match_on`: by position, the local record and the fields
-/// it matched on; and the ambiguous ones, with the reason.
+/// it matched on; the ambiguous ones, with the reason; and those that match a record deleted
+/// here while its create there was on its way (the pull sees that create: not copied back).
 type Matches = (
     HashMap<usize, (i64, Vec<String>)>,
     HashMap<usize, (String, Vec<i64>)>,
+    HashMap<usize, (i64, String)>,
 );
 
 /// A round decided: per request, a result already known (a refusal) or the intent, with the
@@ -1006,6 +1012,7 @@ impl Engine {
     ) -> Result<Matches, StoreError> {
         let mut matched = HashMap::new();
         let mut ambiguous = HashMap::new();
+        let mut deleted_here = HashMap::new();
         // A local record matched earlier in the round (or the plan) is taken.
         let mut taken: HashSet<(String, i64)> = taken.clone();
         for (i, p) in round.iter().enumerate() {
@@ -1036,7 +1043,27 @@ impl Engine {
                     .filter(|id| !taken.contains(&(p.binding.clone(), *id)))
                     .collect();
                 match found.as_slice() {
-                    [] => continue,
+                    [] => {
+                        // The record a create of this sync made, for a local record deleted
+                        // since (its delete waits behind the create): not copied back.
+                        if let Some(id) = tx
+                            .match_deleted_in_flight(&sync.model, &p.job.code, &values)
+                            .await?
+                        {
+                            deleted_here.insert(
+                                i,
+                                (
+                                    id,
+                                    format!(
+                                        "matches local record {id} on {}, deleted here while its create was on its way there; not copied back (the delete follows the create)",
+                                        group.join(", ")
+                                    ),
+                                ),
+                            );
+                            break;
+                        }
+                        continue;
+                    }
                     [id] => {
                         taken.insert((p.binding.clone(), *id));
                         for r in tx.records_by_ids(&sync.model, &[*id]).await? {
@@ -1062,7 +1089,7 @@ impl Engine {
                 break;
             }
         }
-        Ok((matched, ambiguous))
+        Ok((matched, ambiguous, deleted_here))
     }
 }
 
@@ -1339,7 +1366,7 @@ fn sent_fields<'a>(plan: &'a Plan, sync: &'a Sync) -> Vec<&'a str> {
         .filter(|s| s.same_binding(sync) && s.direction.to_external())
         .flat_map(|s| s.fields.iter())
         .filter(|p| p.direction.to_external())
-        .map(|p| p.local.as_str())
+        .flat_map(|p| p.sends_from())
         .collect();
     out.sort_unstable();
     out.dedup();

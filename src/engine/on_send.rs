@@ -288,6 +288,7 @@ impl Engine {
                     }
                 };
                 let mut hits = Vec::new();
+                let mut linked_meanwhile = None;
                 for c in candidates {
                     let Some(id) = c.external_id.clone() else {
                         continue;
@@ -295,11 +296,18 @@ impl Engine {
                     if c.action != PullAction::Update || !same_key(sync, group, &wanted, &c) {
                         continue;
                     }
-                    // Someone else's already.
-                    if self.store.link_by_external(&binding, &id).await?.is_some() {
-                        continue;
+                    match self.store.link_by_external(&binding, &id).await? {
+                        // This record's since the link was read (a pull matched it while the
+                        // search ran): the entry goes out as an update over that link.
+                        Some(l) if l.local_id == e.local_id => linked_meanwhile = Some(l),
+                        // Someone else's already.
+                        Some(_) => {}
+                        None => hits.push((id, c)),
                     }
-                    hits.push((id, c));
+                }
+                if let Some(l) = linked_meanwhile {
+                    links.insert(key.clone(), l);
+                    break;
                 }
                 match hits.len() {
                     0 => continue,
@@ -345,7 +353,23 @@ impl Engine {
                 Adopted::Linked(link) => {
                     links.insert(key, link);
                 }
-                Adopted::Raced => {}
+                // Linked by someone else while it was adopted: over that link if it is this
+                // record's, else the entry is decided again on its next attempt (never a
+                // create that would copy the record a second time).
+                Adopted::Raced => match self.store.link_by_local(&binding, e.local_id).await? {
+                    Some(l) if l.external_id.is_some() => {
+                        links.insert(key, l);
+                    }
+                    _ => {
+                        verdicts.insert(
+                            e.id,
+                            Verdict::Failed(format!(
+                                "record `{ext}` of web service `{}` was linked elsewhere while it was being linked; decided again on the next attempt",
+                                sync.web_service
+                            )),
+                        );
+                    }
+                },
             }
         }
         Ok(verdicts)
@@ -500,6 +524,7 @@ fn group_values(
         let v = match &pair.external {
             ExternalField::Name(n) => mapped.get(n).cloned(),
             ExternalField::Path(p) => p.select(&mapped).first().map(|v| (*v).clone()),
+            ExternalField::Computed => None,
         }?;
         criteria.insert(f.clone(), v);
     }

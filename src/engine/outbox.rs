@@ -165,7 +165,10 @@ impl Engine {
         let mut done = Done::default();
         for t in tasks {
             match t.await {
-                Ok((entry, Ok(step))) => done.add(entry, step),
+                Ok((entry, Ok(step))) => {
+                    let step = self.unless_taken(&entry, step, &done).await?;
+                    done.add(entry, step)
+                }
                 Ok((entry, Err(e))) => {
                     tracing::error!(outbox_id = entry.id, error = %e, "Failed to prepare a delivery; it will be retried when its lease ends");
                 }
@@ -409,7 +412,7 @@ impl Engine {
                 sync.fields
                     .iter()
                     .filter(|p| p.direction.to_external())
-                    .filter(|p| values.get(&p.local) != l.base.get(&p.local))
+                    .filter(|p| p.sends_from().any(|f| values.get(f) != l.base.get(f)))
                     .map(|p| p.external.to_string())
                     .collect(),
             ),
@@ -476,9 +479,12 @@ impl Engine {
                 // the binding last synced.
                 let link_after = (action != SendAction::Delete).then(|| {
                     let mut base = link.as_ref().map(|l| l.base.clone()).unwrap_or_default();
-                    base.extend(sync.fields.iter().filter_map(|p| {
-                        values.get(&p.local).map(|v| (p.local.clone(), v.clone()))
-                    }));
+                    base.extend(
+                        sync.fields
+                            .iter()
+                            .flat_map(|p| p.sends_from())
+                            .filter_map(|f| values.get(f).map(|v| (f.to_string(), v.clone()))),
+                    );
                     Link {
                         binding: sync.binding(),
                         local_id: entry.local_id,
@@ -691,6 +697,65 @@ impl Engine {
             self.store.outbox_wait(id, at).await?;
         }
         Ok(())
+    }
+
+    /// A delivery whose answer names an external record that another local record is linked
+    /// to (a create that found the record already there, adopted by id): recording the link
+    /// would break the rule that one external record is one local record, and fail the whole
+    /// batch's record. The entry is dead-lettered instead, with what to do.
+    async fn unless_taken(
+        &self,
+        entry: &OutboxEntry,
+        step: Step,
+        done: &Done,
+    ) -> Result<Step, StoreError> {
+        let Step::Delivered {
+            row: Some(mut row),
+            link: Some(l),
+            binding,
+        } = step
+        else {
+            return Ok(step);
+        };
+        let Some(ext) = l.external_id.as_deref() else {
+            return Ok(Step::Delivered {
+                row: Some(row),
+                link: Some(l),
+                binding,
+            });
+        };
+        let in_batch = done
+            .links
+            .iter()
+            .find(|o| {
+                o.binding == l.binding
+                    && o.external_id.as_deref() == Some(ext)
+                    && o.local_id != l.local_id
+            })
+            .map(|o| o.local_id);
+        let other = match in_batch {
+            Some(id) => Some(id),
+            None => self
+                .store
+                .link_by_external(&l.binding, ext)
+                .await?
+                .filter(|o| o.local_id != l.local_id)
+                .map(|o| o.local_id),
+        };
+        let Some(other) = other else {
+            return Ok(Step::Delivered {
+                row: Some(row),
+                link: Some(l),
+                binding,
+            });
+        };
+        let msg = format!(
+            "web service answered with external record `{ext}`, which is linked to local record {other} already: two local records are one record there, so nothing was linked. Merge or change one of them, then `recsync outbox retry {}`",
+            entry.id
+        );
+        tracing::error!(sync = %entry.sync, outbox_id = entry.id, local_id = entry.local_id, other_local_id = other, external_id = ext, "A delivery answered with an external record linked to another local record");
+        row.status = LogStatus::Failed;
+        Ok(Step::Failed(row, Fate::Dead(msg)))
     }
 
     /// Whether creates through `sync` wait for its first run: a scheduled sync that receives

@@ -668,7 +668,7 @@ impl Engine {
             .fields
             .iter()
             .filter(|p| p.direction.to_external())
-            .map(|p| p.local.as_str())
+            .flat_map(|p| p.sends_from())
             .collect();
         let mut side = SidePlan::new();
         let mut deletes: Vec<Value> = Vec::new();

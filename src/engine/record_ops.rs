@@ -113,12 +113,11 @@ impl Engine {
         let as_synced: Map<String, Value> = sync
             .fields
             .iter()
-            .filter_map(|p| {
-                record
-                    .values
-                    .get(&p.local)
-                    .map(|v| (p.local.clone(), v.clone()))
+            .flat_map(|p| {
+                p.sends_from()
+                    .chain((!p.local.is_empty()).then_some(p.local.as_str()))
             })
+            .filter_map(|f| record.values.get(f).map(|v| (f.to_string(), v.clone())))
             .collect();
         let mut run_id = None;
         let (action, external_id, message) = match &op {

@@ -492,6 +492,50 @@ impl Tx {
         })?)
     }
 
+    /// A deleted local record of `model` whose fields equal the given values (compared as
+    /// [`Tx::match_candidates`] does) and that still has a delivery of sync `sync` to make:
+    /// a pulled record matching it is the create of that delivery, seen before its answer
+    /// was recorded.
+    pub async fn match_deleted_in_flight(
+        &mut self,
+        model: &str,
+        sync: &str,
+        fields: &[(&str, String)],
+    ) -> Result<Option<i64>> {
+        let pg = self.is_pg();
+        let mut ph = Ph::new(pg);
+        let m = ph.next();
+        let mut conds = Vec::new();
+        for _ in fields {
+            let (path, value) = (ph.next(), ph.next());
+            conds.push(if pg {
+                format!("lower(btrim(vals ->> {path})) = lower(btrim({value}))")
+            } else {
+                format!("lower(trim(json_extract(vals, {path}))) = lower(trim({value}))")
+            });
+        }
+        let s = ph.next();
+        let sql = format!(
+            "SELECT id FROM records WHERE model = {m} AND deleted_at IS NOT NULL AND {}
+               AND EXISTS (SELECT 1 FROM outbox o WHERE o.sync = {s} AND o.local_id = records.id
+                                                    AND o.action = 'create' AND o.status <> 'done' AND o.attempts > 0)
+             ORDER BY id DESC LIMIT 1",
+            conds.join(" AND ")
+        );
+        Ok(on!(self.conn(), |c| {
+            let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(model);
+            for (field, value) in fields {
+                q = if pg {
+                    q.bind(field.to_string())
+                } else {
+                    q.bind(format!("$.{field}"))
+                }
+                .bind(value);
+            }
+            q.bind(sync).fetch_optional(c).await
+        })?)
+    }
+
     /// Notes the local candidates of an ambiguous match of `external_id`.
     pub async fn note_ambiguous(
         &mut self,

@@ -18,6 +18,7 @@ mod models;
 mod pairs;
 mod services;
 mod syncs;
+mod transforms;
 
 use domains::compile_domain;
 use external::compile_external_model;
@@ -189,13 +190,15 @@ pub const SYNC_KEYS: [&str; 22] = [
     "match_on",
 ];
 pub const DELETE_GUARD_KEYS: [&str; 3] = ["max", "max_ratio", "min"];
-pub const PAIR_KEYS: [&str; 6] = [
+pub const PAIR_KEYS: [&str; 8] = [
     "local",
     "external",
     "direction",
     "ref_field",
     "ref_sync",
     "map",
+    "to_local",
+    "to_external",
 ];
 pub const ENDPOINT_KEYS: [&str; 6] = [
     "action",

@@ -1,5 +1,6 @@
 //! Field pairs (with value maps and references) and configured endpoints.
 
+use super::transforms::{Way, compile_expression};
 use super::*;
 
 pub(super) fn compile_pair(
@@ -14,8 +15,30 @@ pub(super) fn compile_pair(
     let t = as_table("fields", item, diags)?;
     let before = diags.len();
     check_keys(t, &PAIR_KEYS, diags);
-    let local_s = required_str(t, "local", &item.span, "field pair", diags);
-    let ext_s = required_str(t, "external", &item.span, "field pair", diags);
+    let to_local_s = str_of(t, "to_local", diags);
+    let to_external_s = str_of(t, "to_external", diags);
+    let transformed = to_local_s.is_some() || to_external_s.is_some();
+    // With an expression, one of the two fields may be left out (a computed field).
+    let (local_s, ext_s) = if transformed {
+        let (l, e) = (str_of(t, "local", diags), str_of(t, "external", diags));
+        if l.is_none()
+            && e.is_none()
+            && entry(t, "local").is_none()
+            && entry(t, "external").is_none()
+        {
+            diags.push(Diagnostic::error(
+                "a field pair needs `local`, `external` or both",
+                item.span.clone(),
+                "neither is given",
+            ));
+        }
+        (l, e)
+    } else {
+        (
+            required_str(t, "local", &item.span, "field pair", diags),
+            required_str(t, "external", &item.span, "field pair", diags),
+        )
+    };
     let local_names: Vec<&str> = model.fields.keys().map(String::as_str).collect();
     let local = local_s.as_ref().and_then(|s| {
         let f = model.fields.get(s.value);
@@ -55,6 +78,24 @@ pub(super) fn compile_pair(
             d
         }
         _ => sync_dir,
+    };
+    let computed_local = transformed && local_s.is_some() && ext_s.is_none();
+    let computed_external = transformed && ext_s.is_some() && local_s.is_none();
+    let direction = if computed_local || computed_external {
+        computed_direction(
+            t,
+            item,
+            computed_local,
+            &to_local_s,
+            &to_external_s,
+            sync_dir,
+            diags,
+        )
+    } else {
+        if let (true, Some(l), Some(e)) = (transformed, &local_s, &ext_s) {
+            check_two_way(l, e, direction, &to_local_s, &to_external_s, diags);
+        }
+        direction
     };
     let (external, external_type) = match &ext_s {
         None => (None, None),
@@ -217,22 +258,198 @@ pub(super) fn compile_pair(
     }
 
     let map = match (table_of(t, "map", diags), local) {
-        (Some((mt, _)), Some(lf)) => compile_map(mt, lf, diags),
+        (Some((mt, span)), Some(lf)) => {
+            if transformed {
+                diags.push(
+                    Diagnostic::error(
+                        "a field pair takes `map` or an expression, not both",
+                        span.clone(),
+                        "a value table",
+                    )
+                    .with_help(
+                        "write the table in the expression, or drop `to_local`/`to_external`",
+                    ),
+                );
+            }
+            compile_map(mt, lf, diags)
+        }
         _ => None,
     };
+    if let Some(lf) = local
+        && transformed
+        && lf.ty.is_relational()
+    {
+        let s = to_local_s
+            .as_ref()
+            .or(to_external_s.as_ref())
+            .expect("transformed");
+        diags.push(Diagnostic::error(
+            format!(
+                "`{}` is {}: a relational field cannot be computed by an expression",
+                lf.name,
+                lf.ty.name()
+            ),
+            s.span.clone(),
+            "an expression on a relational field",
+        ));
+    }
+    let has_value = local_s.is_some() && ext_s.is_some();
+    let to_local = to_local_s
+        .as_ref()
+        .filter(|_| direction.to_local())
+        .and_then(|s| compile_expression(s, Way::ToLocal, has_value, model, ext, diags));
+    let to_external = to_external_s
+        .as_ref()
+        .filter(|_| direction.to_external())
+        .and_then(|s| compile_expression(s, Way::ToExternal, has_value, model, ext, diags));
     if diags.len() != before {
         return None;
     }
-    let lf = local?;
+    let (local_name, local_type) = match local {
+        Some(lf) => (lf.name.clone(), lf.ty.clone()),
+        None if computed_external => (String::new(), FieldType::Char),
+        None => return None,
+    };
+    let external = if computed_local {
+        ExternalField::Computed
+    } else {
+        external?
+    };
     Some(FieldPair {
-        local: lf.name.clone(),
-        local_type: lf.ty.clone(),
-        external: external?,
+        local: local_name,
+        local_type,
+        external,
         external_type,
         direction,
         reference,
         map,
+        to_local,
+        to_external,
     })
+}
+
+/// The direction of a computed field: a computed local field only receives (`to_local`), a
+/// computed external field only sends (`to_external`), and the sync must go that way.
+fn computed_direction(
+    t: &Table,
+    item: &Item,
+    computed_local: bool,
+    to_local_s: &Option<Str<'_>>,
+    to_external_s: &Option<Str<'_>>,
+    sync_dir: Direction,
+    diags: &mut Diagnostics,
+) -> Direction {
+    let (want, what, needs, has_not) = if computed_local {
+        (
+            Direction::ToLocal,
+            "a computed local field (no `external`)",
+            to_local_s,
+            to_external_s,
+        )
+    } else {
+        (
+            Direction::ToExternal,
+            "a computed external field (no `local`)",
+            to_external_s,
+            to_local_s,
+        )
+    };
+    let key = want.as_str();
+    if needs.is_none() {
+        diags.push(Diagnostic::error(
+            format!("{what} needs `{key}`"),
+            item.span.clone(),
+            format!("no `{key}` expression"),
+        ));
+    }
+    if let Some(other) = has_not {
+        let other_key = if computed_local {
+            "to_external"
+        } else {
+            "to_local"
+        };
+        diags.push(
+            Diagnostic::error(
+                format!("{what} only goes {key}, so `{other_key}` has nothing to write"),
+                other.span.clone(),
+                "never used",
+            )
+            .with_help("pair both fields (`local` and `external`) to write it the other way too"),
+        );
+    }
+    if let Some((_, i)) = entry(t, "direction")
+        && !matches!(&i.node, Node::Str { value, .. } if Direction::parse(value) == Some(want))
+    {
+        diags.push(Diagnostic::error(
+            format!("{what} goes `{key}`"),
+            i.span.clone(),
+            "another direction",
+        ));
+    } else if !want.within(sync_dir) {
+        diags.push(Diagnostic::error(
+            format!(
+                "{what} goes `{key}`, but the sync's direction is `{}`",
+                sync_dir.as_str()
+            ),
+            needs.as_ref().map_or(item.span.clone(), |s| s.span.clone()),
+            "the sync does not go this way",
+        ));
+    }
+    want
+}
+
+/// A pair of two fields with expressions: two-way only with both (or neither), and an
+/// expression for a direction the pair does not go is a mistake.
+fn check_two_way(
+    l: &Str<'_>,
+    e: &Str<'_>,
+    direction: Direction,
+    to_local_s: &Option<Str<'_>>,
+    to_external_s: &Option<Str<'_>>,
+    diags: &mut Diagnostics,
+) {
+    match (direction, to_local_s, to_external_s) {
+        (Direction::Bidirectional, Some(one), None)
+        | (Direction::Bidirectional, None, Some(one)) => {
+            let (has, lacks, narrow) = if to_local_s.is_some() {
+                ("to_local", "to_external", "to_local")
+            } else {
+                ("to_external", "to_local", "to_external")
+            };
+            diags.push(
+                Diagnostic::error(
+                    format!(
+                        "two-way pair `{}` <-> `{}` has `{has}` but no `{lacks}`",
+                        l.value, e.value
+                    ),
+                    one.span.clone(),
+                    "one direction only",
+                )
+                .with_help(format!(
+                    "add `{lacks}` with the inverse expression, or set direction = \"{narrow}\""
+                )),
+            );
+        }
+        (Direction::ToLocal, _, Some(x)) | (Direction::ToExternal, Some(x), _) => {
+            let key = if direction == Direction::ToLocal {
+                "to_external"
+            } else {
+                "to_local"
+            };
+            diags.push(
+                Diagnostic::error(
+                    format!(
+                        "`{key}` is never used: the pair goes `{}` only",
+                        direction.as_str()
+                    ),
+                    x.span.clone(),
+                    "never used",
+                )
+                .with_help("remove it, or widen the pair's `direction`"),
+            );
+        }
+        _ => {}
+    }
 }
 
 pub(super) fn compile_map(t: &Table, field: &Field, diags: &mut Diagnostics) -> Option<ValueMap> {
