@@ -1514,7 +1514,14 @@ async fn the_systems_converge_whatever_the_order_of_changes_and_faults() {
     let mut failures: BTreeMap<u64, String> = BTreeMap::new();
     for seed in &seeds {
         eprintln!("converge: seed {seed}");
-        if let Err(e) = episode(*seed).await {
+        // An episode that panics (a drain that never ends) fails its seed; the soak goes on.
+        let outcome = match tokio::spawn(episode(*seed)).await {
+            Ok(r) => r,
+            Err(e) => Err(format!(
+                "seed {seed} (replay: RECSYNC_CONVERGE_SEED={seed} cargo test --test converge) panicked: {e}"
+            )),
+        };
+        if let Err(e) = outcome {
             eprintln!("{e}");
             failures.insert(*seed, e);
         }
