@@ -123,11 +123,21 @@ async fn the_crm_example_matches_existing_contacts_pages_by_after_and_sends_edit
         .await;
     crm.clear_calls();
     let run = h.run("CRM_CONTACTS").await;
+    // Contact 7's edit, and the computed name of the contact the first run created there,
+    // given by its first pull.
     assert_eq!(
         (run.status.as_str(), run.updated, run.pushed),
-        ("success", 1, 1),
+        ("success", 2, 1),
         "{run:?}"
     );
+    let mine_now = h
+        .engine
+        .store
+        .get_record("customer", mine)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(mine_now.values["name"], "Mine");
     let rec = h
         .engine
         .store
@@ -455,5 +465,128 @@ async fn reads_before_updating(edits: &[(&str, &str)]) {
         .collect();
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     assert_eq!(conflicts[0].origin_values["field"], "first_name");
+    h.stop().await;
+}
+
+/// Field transforms end to end: the example's computed `name` (first and last name from the
+/// CRM), and a variant whose hub keeps only `name`, sent to the CRM as computed `firstname` and
+/// `lastname`; several runs write nothing more (no echo, no flip-flop).
+#[tokio::test]
+async fn computed_names_come_in_and_go_out_and_settle() {
+    let (h, crm) = realtime_crm(&[]).await;
+    let names: Vec<Value> = live(&h, "customer")
+        .await
+        .into_iter()
+        .map(|r| r.values["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            json!("First1 Last1"),
+            json!("First2 Last2"),
+            json!("First3 Last3")
+        ]
+    );
+    // A last name changed in the CRM changes the computed name; a missing one leaves it out.
+    crm.upsert("contacts", Some(2), json!({"lastname": "Byron"}));
+    crm.upsert("contacts", Some(3), json!({"lastname": null}));
+    let run = h.run("CRM_CONTACTS").await;
+    assert_eq!((run.updated, run.pushed), (2, 0), "{run:?}");
+    let two = h.link("CRM_CONTACTS", "2").await.unwrap().local_id;
+    let three = h.link("CRM_CONTACTS", "3").await.unwrap().local_id;
+    let name = |id: i64| {
+        let h = &h;
+        async move {
+            h.engine
+                .store
+                .get_record("customer", id)
+                .await
+                .unwrap()
+                .unwrap()
+                .values["name"]
+                .clone()
+        }
+    };
+    assert_eq!(name(two).await, "First2 Byron");
+    assert_eq!(name(three).await, "First3");
+    crm.clear_calls();
+    for _ in 0..3 {
+        let run = h.run("CRM_CONTACTS").await;
+        assert_eq!((run.created, run.updated, run.pushed), (0, 0, 0), "{run:?}");
+    }
+    assert!(
+        crm.calls().iter().all(|c| c.method == "GET"),
+        "{:?}",
+        crm.calls()
+    );
+    h.stop().await;
+
+    // The hub keeps one `name`; the CRM gets it as first and last name, and gives it back.
+    let (h, crm) = realtime_crm(&[
+        (
+            r#"  { local = "first_name", external = "$.properties.firstname" },
+  { local = "last_name",  external = "$.properties.lastname" },
+"#,
+            r#"  { external = "$.properties.firstname", to_external = "local.name | split(' ', 1) | first" },
+  { external = "$.properties.lastname", to_external = "local.name | split(' ', 1) | last if ' ' in local.name else ''" },
+"#,
+        ),
+    ])
+    .await;
+    let id = create(
+        &h,
+        "customer",
+        json!({"email": "ada@example.com", "name": "Ada King Lovelace"}),
+    )
+    .await;
+    drained(&h).await;
+    let sent = crm
+        .records("contacts")
+        .into_iter()
+        .find(|c| c["properties"]["email"] == "ada@example.com")
+        .unwrap();
+    assert_eq!(sent["properties"]["firstname"], "Ada");
+    assert_eq!(sent["properties"]["lastname"], "King Lovelace");
+    // An edit of the name sends both computed fields.
+    h.patch_record("customer", id, json!({"name": "Ada Byron"}))
+        .await;
+    drained(&h).await;
+    let ext = sent["id"].as_str().unwrap().to_string();
+    assert_eq!(h.link("CRM_CONTACTS", &ext).await.unwrap().local_id, id);
+    let patch = crm
+        .calls()
+        .into_iter()
+        .rfind(|c| c.method == "PATCH")
+        .unwrap();
+    assert_eq!(patch.path, format!("/crm/v3/objects/contacts/{ext}"));
+    let body = patch.body.unwrap();
+    assert_eq!(
+        (
+            &body["properties"]["firstname"],
+            &body["properties"]["lastname"]
+        ),
+        (&json!("Ada"), &json!("Byron"))
+    );
+    // Pulled back, the computed name is what the hub holds: nothing changes, nothing goes out.
+    crm.clear_calls();
+    for _ in 0..3 {
+        let run = h.run("CRM_CONTACTS").await;
+        assert_eq!((run.created, run.updated, run.pushed), (0, 0, 0), "{run:?}");
+    }
+    assert!(
+        crm.calls().iter().all(|c| c.method == "GET"),
+        "{:?}",
+        crm.calls()
+    );
+    assert_eq!(
+        h.engine
+            .store
+            .get_record("customer", id)
+            .await
+            .unwrap()
+            .unwrap()
+            .values["name"],
+        "Ada Byron"
+    );
     h.stop().await;
 }

@@ -490,3 +490,64 @@ async fn an_edit_from_the_system_a_delivery_is_on_its_way_to_goes_back_out_after
     assert_eq!(r.values["name"], "Ann from the CRM");
     h.stop().await;
 }
+
+/// A delivery slower than the claim's lease is made once: the batch renews its claims while
+/// it works, so the lease never hands its entries to a second delivery (the convergence
+/// suite, seeds 2255 and 2261: a create made twice, then two hub records for one person).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_slower_than_the_claim_lease_is_made_once() {
+    let h = Harness::with(Tweaks {
+        extra_mapping: TWO_SYSTEMS.into(),
+        claim_timeout: Some(std::time::Duration::from_millis(1_500)),
+        ..Default::default()
+    })
+    .await;
+    h.peer.set_faults(recsync::peer::Faults {
+        latency_ms: 4_000,
+        ..Default::default()
+    });
+    let r = h
+        .client
+        .post(h.url("/api/v1/models/contact/records"))
+        .header("X-Api-Key", common::harness::ADMIN_KEY)
+        .json(&json!({"name": "Slow", "email": "slow@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // The worker has claimed the creates and waits for the slow system...
+    eventually(10, "the creates to be in flight", || async {
+        let all = h
+            .engine
+            .store
+            .list_outbox(Some("inflight"), None, 0, 100)
+            .await
+            .unwrap();
+        (!all.is_empty()).then_some(())
+    })
+    .await;
+    // ... past its lease, when a run's push (another executor) looks for due entries.
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    h.engine.drain().await.unwrap();
+    settled(&h).await;
+    // Each delivery was made once (a system without idempotency keys, Odoo, would otherwise
+    // hold two copies; the reference peer forgives a replay, so the attempts tell).
+    let done = h
+        .engine
+        .store
+        .list_outbox(Some("done"), None, 0, 100)
+        .await
+        .unwrap();
+    assert!(done.len() >= 3, "{done:#?}");
+    assert!(done.iter().all(|e| e.attempts == 1), "{done:#?}");
+    for coll in ["wa", "wb", "crm"] {
+        let creates: Vec<_> = h
+            .peer
+            .received(coll)
+            .into_iter()
+            .filter(|r| r.action == "create" && r.values["email"] == "slow@example.com")
+            .collect();
+        assert_eq!(creates.len(), 1, "{coll}: {creates:#?}");
+    }
+    h.stop().await;
+}

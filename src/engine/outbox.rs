@@ -71,6 +71,26 @@ impl Engine {
         if batch.is_empty() {
             return Ok(Outcome::Empty);
         }
+        // The claims are renewed while the batch is at work (sends that wait for a slow
+        // service, a sync's turn or a retry), so their lease never runs out under a delivery
+        // still going on: a second delivery of the same entries would copy records twice.
+        let _renewal = {
+            let store = self.store.clone();
+            let instance = self.opts.instance.clone();
+            let lease = self.opts.claim_timeout;
+            let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    let until = Utc::now()
+                        + chrono::Duration::from_std(lease)
+                            .unwrap_or(chrono::Duration::seconds(60));
+                    if let Err(e) = store.extend_claims(&instance, &ids, until).await {
+                        tracing::warn!(error = %e, "Could not renew the outbox claims of a batch at work");
+                    }
+                }
+            }))
+        };
         let n = batch.len();
         let plan = self.plan();
         // Read what the deliveries need, a query per model and per sync.
@@ -807,6 +827,15 @@ enum Step {
 enum Fate {
     Retry(String, chrono::DateTime<Utc>),
     Dead(String),
+}
+
+/// Aborts a task when dropped (the claim renewal of a batch, once the batch is written).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A batch's results, to be written together.

@@ -185,6 +185,34 @@ impl Store {
         .map(|r| r.rows_affected()))?)
     }
 
+    /// Extends this instance's claims on `ids` until `until`: a batch still at work keeps its
+    /// entries, so a lease that would run out meanwhile does not hand them to a second
+    /// delivery.
+    pub async fn extend_claims(
+        &self,
+        instance: &str,
+        ids: &[i64],
+        until: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut c = self.writer().await?;
+        for chunk in pieces(ids) {
+            let mut ph = Ph::new(self.is_pg());
+            let (u, me) = (ph.next(), ph.next());
+            let sql = format!(
+                "UPDATE outbox SET claimed_until = {u} WHERE status = 'inflight' AND claimed_by = {me} AND id IN ({})",
+                ph.list(chunk.len())
+            );
+            on!(c.conn(), |c| {
+                let mut q = sqlx::query(&sql).bind(until).bind(instance);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.execute(c).await.map(|r| r.rows_affected())
+            })?;
+        }
+        Ok(())
+    }
+
     /// Marks a delivered entry done.
     pub async fn outbox_done(&self, id: i64) -> Result<()> {
         self.set_outbox(id, "done", None, None).await

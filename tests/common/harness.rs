@@ -226,6 +226,8 @@ pub struct Tweaks {
     pub env: std::collections::HashMap<String, String>,
     /// Start without the scheduler (a scheduler that stopped).
     pub no_scheduler: bool,
+    /// The `claim_timeout` setting (`None`: the default).
+    pub claim_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Tweaks {
@@ -239,6 +241,7 @@ impl Default for Tweaks {
             mapping: None,
             env: Default::default(),
             no_scheduler: false,
+            claim_timeout: None,
         }
     }
 }
@@ -274,6 +277,9 @@ impl Harness {
             rate_limit: t.rate_limit,
             ..Default::default()
         };
+        if let Some(c) = t.claim_timeout {
+            settings.claim_timeout = c;
+        }
         settings.api_keys = vec![
             ApiKey {
                 name: "crm".into(),
