@@ -451,6 +451,20 @@ impl Engine {
                 binding: sync.binding(),
             });
         }
+        // A create whose record was linked since its batch was read (a pull matched it on
+        // `match_on` meanwhile) would be a second copy there: it waits, and its next attempt
+        // goes out as an update over that link. Read as late as it can be, just before the
+        // call.
+        if action == SendAction::Create
+            && !sync.match_on.is_empty()
+            && self
+                .store
+                .link_by_local(&sync.binding(), entry.local_id)
+                .await?
+                .is_some_and(|l| l.external_id.is_some())
+        {
+            return Ok(Step::Wait(Utc::now()));
+        }
         let memory = SyncMemory {
             engine: self,
             code: sync.code.as_str(),

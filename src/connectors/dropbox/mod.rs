@@ -884,6 +884,15 @@ impl Connector for DropboxConnector {
                     Some(e) => e,
                     None => match dbx.get_metadata(id).await.map_err(send_error)? {
                         Some(Change::Upsert(e)) => e,
+                        // Deleted there: a sync that receives takes the delete (its read
+                        // before the next attempt finds the entry gone); one that only sends
+                        // cannot write to it.
+                        _ if sync.direction.to_local() && sync.active => {
+                            return Err(SendError::Retry {
+                                reason: format!("the Dropbox entry {id} no longer exists"),
+                                after: None,
+                            });
+                        }
                         _ => {
                             return Err(SendError::Permanent(format!(
                                 "the Dropbox entry {id} no longer exists"
