@@ -68,6 +68,7 @@ external_model = "crm_contact"
 web_service = "sys_b"
 direction = "bidirectional"
 mode = "realtime"
+propagate_deletes = true
 external_ref = "unique_id"
 match_on = ["email"]
 fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
@@ -549,5 +550,127 @@ async fn a_delivery_slower_than_the_claim_lease_is_made_once() {
             .collect();
         assert_eq!(creates.len(), 1, "{coll}: {creates:#?}");
     }
+    h.stop().await;
+}
+
+/// An update dead-lettered on its way to a system whose record is then deleted there is given
+/// up when the delete comes in, with the reason: there is nothing left to write it to, an
+/// operator has nothing to retry, and it does not block the record's later changes (the
+/// convergence suite's seed 3046).
+#[tokio::test]
+async fn a_dead_letter_for_a_record_deleted_there_is_given_up_with_the_reason() {
+    let h = start().await;
+    let r = h
+        .client
+        .post(h.url("/sync/CON/create"))
+        .header("api_key", common::harness::CRM_KEY)
+        .json(&json!({"unique_id": "G1", "name": "Gone", "email": "gone@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = h.link("CON", "G1").await.unwrap().local_id;
+    settled(&h).await;
+    // The CRM refuses every send: the edit's delivery is a dead letter.
+    h.peer.set_faults(recsync::peer::Faults {
+        fail_next: 1000,
+        fail_status: Some(400),
+        only: Some("ship".into()),
+        ..Default::default()
+    });
+    h.patch_record("contact", id, json!({"name": "Gone Renamed"}))
+        .await;
+    let dead = eventually(15, "the update to be dead-lettered", || async {
+        let dead = h
+            .engine
+            .store
+            .list_outbox(Some("dead"), Some("CON"), 0, 10)
+            .await
+            .unwrap();
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!((dead.len(), dead[0].local_id), (1, id), "{dead:?}");
+    // The other systems' updates are dead letters too.
+    eventually(15, "every update to be dead-lettered", || async {
+        let dead = h
+            .engine
+            .store
+            .list_outbox(Some("dead"), None, 0, 10)
+            .await
+            .unwrap();
+        (dead.len() == 3).then_some(())
+    })
+    .await;
+    h.peer.set_faults(recsync::peer::Faults::default());
+    // The person deletes the contact in the CRM.
+    let r = h
+        .client
+        .delete(h.url("/sync/CON/G1"))
+        .header("api_key", common::harness::CRM_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // SB deletes what is deleted here: its update gives way to the delete, which goes out.
+    // SA keeps its records (it does not propagate deletes), so the last edit made before the
+    // delete still has somewhere to go: its dead letter stays for an operator.
+    eventually(15, "the delete to reach SB", || async {
+        h.peer.records("wb").is_empty().then_some(())
+    })
+    .await;
+    let left = h
+        .engine
+        .store
+        .list_outbox(Some("dead"), None, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        left.iter()
+            .map(|e| (e.sync.as_str(), e.action.as_str()))
+            .collect::<Vec<_>>(),
+        [("SA", "update")],
+        "{left:?}"
+    );
+    let given_up = h
+        .engine
+        .store
+        .list_outbox(Some("discarded"), Some("CON"), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(given_up.len(), 1, "{given_up:?}");
+    assert_eq!(given_up[0].id, dead[0].id);
+    let others = h
+        .engine
+        .store
+        .list_outbox(Some("discarded"), Some("SB"), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        others.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["update"],
+        "{others:?}"
+    );
+    assert!(
+        others[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|w| w.contains("deleted before this update")),
+        "{others:?}"
+    );
+    let why = given_up[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("deleted in CON") && why.contains("G1"),
+        "the reason says why: {why}"
+    );
+    assert!(
+        h.engine
+            .store
+            .get_record("contact", id)
+            .await
+            .unwrap()
+            .is_none_or(|r| r.deleted),
+        "the record is deleted here too"
+    );
     h.stop().await;
 }

@@ -370,6 +370,22 @@ impl Engine {
             return Ok(Applied::Held(hold));
         }
         tx.delete_link(&binding, link.local_id).await?;
+        // Changes still waiting (or dead-lettered) for that record there have nothing left to
+        // write to: they are given up, so that none blocks the record's later changes and an
+        // operator is not asked to retry them.
+        let reason = format!(
+            "not needed: the record was deleted in {} (external id {external_id})",
+            sync.code
+        );
+        for other in plan.syncs.values().filter(|s| s.same_binding(sync)) {
+            tx.supersede_undelivered(
+                other.code.as_str(),
+                link.local_id,
+                crate::store::Superseded::All,
+                &reason,
+            )
+            .await?;
+        }
         let applied = if propagate {
             if let Some(rec) = tx.delete_record(&model.name, link.local_id).await? {
                 self.fan_out(&mut tx, &plan, Some(sync), &rec, "delete")
@@ -547,6 +563,17 @@ impl Engine {
                     .is_some()
             {
                 continue;
+            }
+            // Updates still waiting (or dead-lettered) before the delete would write a record
+            // about to go: the delete goes out alone.
+            if action == "delete" && t.propagate_deletes {
+                tx.supersede_undelivered(
+                    t.code.as_str(),
+                    rec.id,
+                    crate::store::Superseded::Updates,
+                    "not needed: the record was deleted before this update was delivered",
+                )
+                .await?;
             }
             tx.enqueue(&NewOutbox {
                 sync: t.code.to_string(),

@@ -5,6 +5,7 @@
 mod types;
 
 pub use holds::{Hold, HoldItem};
+pub use outbox::Superseded;
 pub use paused::Kept;
 pub use types::*;
 pub use view::ReadView;

@@ -381,6 +381,15 @@ impl Store {
     }
 }
 
+/// Which undelivered changes of a record [`Tx::supersede_undelivered`] gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Superseded {
+    /// Every one: the record is gone from that system.
+    All,
+    /// Its updates: a delete of the record follows them.
+    Updates,
+}
+
 impl Tx {
     /// Queues many changes for delivery.
     pub async fn enqueue_many(&mut self, entries: &[NewOutbox]) -> Result<()> {
@@ -442,6 +451,40 @@ impl Tx {
             })?;
         }
         Ok(())
+    }
+
+    /// Gives up, with `reason`, on changes of a record still waiting or dead-lettered for
+    /// `sync` that nothing needs any more: all of them when its record there is gone
+    /// (`Superseded::All`), its updates when a delete follows them (`Superseded::Updates`). An
+    /// entry in flight settles by itself. Returns how many were given up.
+    pub async fn supersede_undelivered(
+        &mut self,
+        sync: &str,
+        local_id: i64,
+        which: Superseded,
+        reason: &str,
+    ) -> Result<u64> {
+        let sql = match which {
+            Superseded::All => {
+                "UPDATE outbox SET status = 'discarded', last_error = $1, updated_at = $2
+                 WHERE sync = $3 AND local_id = $4 AND status IN ('pending', 'dead')"
+            }
+            Superseded::Updates => {
+                "UPDATE outbox SET status = 'discarded', last_error = $1, updated_at = $2
+                 WHERE sync = $3 AND local_id = $4 AND status IN ('pending', 'dead')
+                 AND action = 'update'"
+            }
+        };
+        Ok(on!(self.conn(), |c| {
+            sqlx::query(sql)
+                .bind(reason)
+                .bind(Utc::now())
+                .bind(sync)
+                .bind(local_id)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
+        })?)
     }
 
     /// Does `sync` still have a change of this record waiting, in flight or dead-lettered (and
