@@ -447,3 +447,157 @@ async fn the_cli_plans_an_edited_configuration_against_the_current_data() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no database"));
     h.stop().await;
 }
+
+/// Two-way pairs with expressions, one of them lossy on purpose (`score`: its two expressions
+/// do not use one scale).
+const TRANSFORMED: &str = r#"
+[models.contact]
+display = "name"
+fields = { name = { type = "char", required = true }, amount = "float", phone = "char", score = "float", secret_pin = { type = "char", secret = true } }
+
+[external_models.crm_contact]
+fields = { unique_id = "char", name = "char", amount_cents = "integer", phone = "char", score = "integer", pin = "char" }
+
+[web_services.plsrc]
+url = "@PEER@/api/pl/fetch"
+confirmation_url = "@PEER@/api/pl/confirm"
+shipping_url = "@PEER@/api/pl/ship"
+auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+
+[syncs.PL]
+model = "contact"
+external_model = "crm_contact"
+web_service = "plsrc"
+direction = "bidirectional"
+mode = "cron"
+every = "1h"
+external_ref = "unique_id"
+fields = [
+  { local = "name", external = "name" },
+  { local = "amount", external = "amount_cents", to_local = "value / 100", to_external = "(value * 100) | round | int" },
+  { local = "phone", external = "phone", to_local = "value | regex_replace('[^0-9+]', '')", to_external = "value" },
+  { local = "score", external = "score", to_local = "value / 10", to_external = "(value * 100) | round | int" },
+  { local = "secret_pin", external = "pin", to_local = "value | trim", to_external = "value" },
+]
+"#;
+
+/// `plan` (API and CLI) and `validate --online` report, field by field with samples, the
+/// values a two-way transformed pair does not give back, from the local records and from what
+/// the external side reports; a secret field's samples are masked; nothing is written.
+#[tokio::test]
+async fn a_plan_reports_the_values_a_two_way_transform_does_not_give_back() {
+    let h = start(TRANSFORMED).await;
+    let mut ids = Vec::new();
+    for values in [
+        json!({"name": "Fine", "amount": 12.34, "phone": "+32475"}),
+        json!({"name": "Fractions", "amount": 12.345, "phone": "+32 475 12", "secret_pin": " 4711 "}),
+    ] {
+        let r = h
+            .client
+            .post(h.url("/api/v1/models/contact/records"))
+            .header("X-Api-Key", common::harness::ADMIN_KEY)
+            .json(&values)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        ids.push(r.json::<Value>().await.unwrap()["id"].as_i64().unwrap());
+    }
+    // The external side reports a score: 30 arrives as 3.0, goes back as 300.
+    h.peer
+        .upsert(
+            "pl",
+            Some("S-1".into()),
+            obj(json!({"name": "Scored", "amount_cents": 1050, "phone": "+3210", "score": 30})),
+        )
+        .await;
+    let before = common::dump(&h.db.url).await;
+    let (status, p) = plan(&h, "PL", READ_KEY).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(
+        common::dump(&h.db.url).await,
+        before,
+        "the plan wrote nothing"
+    );
+    let trips = p["round_trip"].as_array().expect("round_trip");
+    let field = |f: &str| {
+        trips
+            .iter()
+            .find(|t| t["field"] == f)
+            .unwrap_or_else(|| panic!("no {f} in {trips:?}"))
+    };
+    // Two local records and one pulled record hold an amount; one does not come back.
+    let amount = field("amount");
+    assert_eq!(
+        (amount["checked"].as_u64(), amount["lossy"].as_u64()),
+        (Some(3), Some(1)),
+        "{amount}"
+    );
+    assert_eq!(
+        amount["samples"],
+        json!([{"local_id": ids[1], "value": 12.345, "sent": 1234, "back": 12.34}]),
+        "{amount}"
+    );
+    assert_eq!(amount["to_external"], "(value * 100) | round | int");
+    let phone = field("phone");
+    assert_eq!(phone["lossy"], 1, "{phone}");
+    assert_eq!(
+        phone["samples"][0],
+        json!({"local_id": ids[1], "value": "+32 475 12", "sent": "+32 475 12", "back": "+3247512"})
+    );
+    // The pulled record's score, as it would arrive: 3.0 goes out as 300, comes back 30.0.
+    let score = field("score");
+    assert_eq!(
+        score["samples"],
+        json!([{"external_id": "S-1", "value": 3.0, "sent": 300, "back": 30.0}]),
+        "{score}"
+    );
+    // A secret field: counted, never shown.
+    let pin = field("secret_pin");
+    assert_eq!(pin["lossy"], 1, "{pin}");
+    assert_eq!(
+        pin["samples"][0],
+        json!({"local_id": ids[1], "value": "***", "sent": "***", "back": "***"})
+    );
+    assert!(!p.to_string().contains("4711"), "{p}");
+    // The CLI says it in words.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("m.toml"),
+        TRANSFORMED.replace("@PEER@", &h.peer_url),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
+            .args(args)
+            .arg("--mappings")
+            .arg(dir.path())
+            .args(["--database-url", &h.db.url])
+            .env("RECSYNC_LOG", "warn")
+            .env("PEER_API_KEY", PEER_KEY)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["plan", "PL"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "Round trip of amount <-> amount_cents: 1 of 3 value(s) do not come back equal"
+        ) && text.contains(&format!("#{}  12.345 -> sent 1234 -> back 12.34", ids[1]))
+            && !text.contains("Round trip of name")
+            && !text.contains("4711"),
+        "{text}"
+    );
+    // `validate --online` checks the local records (the pulled one is not read there).
+    let out = cli(&["validate", "--online"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Round trips of two-way transformed fields, on the local records:")
+            && text.contains("PL: Round trip of amount <-> amount_cents: 1 of 2 value(s)")
+            && text.contains("PL: Round trip of score <-> score: no value to check"),
+        "{text}"
+    );
+    assert_eq!(common::dump(&h.db.url).await, before, "nothing was written");
+    h.stop().await;
+}

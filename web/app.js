@@ -405,10 +405,19 @@ async function pairedDiff(c, o, d) {
   const carried = sync.fields.filter((f) => f.direction === "bidirectional" || f.direction === (inbound ? "to_local" : "to_external"));
   const rows = carried.map((f) => {
     const [from, to] = inbound ? [f.external, f.local] : [f.local, f.external];
-    const ov = pick(o, from), dv = pick(d, to);
-    used.add(from.replace(/^\$\.([^.]+).*/, "$1"));
+    const expr = inbound ? f.to_local : f.to_external;
+    const label = `${f.local || "(computed)"} ${arrow(f.direction)} ${f.external}`;
     used.add(to.replace(/^\$\.([^.]+).*/, "$1"));
-    return { label: `${f.local} ${arrow(f.direction)} ${f.external}`, ov, dv };
+    if (expr) {
+      // A transform: what it read, and what it made.
+      const reads = (inbound ? f.reads_external : f.reads_local) || [];
+      reads.forEach((k) => used.add(k));
+      const read = reads.filter((k) => o && k in o);
+      const ov = read.length === 1 ? o[read[0]] : read.length ? Object.fromEntries(read.map((k) => [k, o[k]])) : undefined;
+      return { label: `${label} (${inbound ? "to_local" : "to_external"} ${expr})`, ov, dv: to ? pick(d, to) : undefined, transformed: true };
+    }
+    used.add(from.replace(/^\$\.([^.]+).*/, "$1"));
+    return { label, ov: pick(o, from), dv: pick(d, to) };
   });
   // An outbound row's origin holds the whole local record: fields this sync does not map
   // were not sent, so they are not listed as if they had been.
@@ -416,7 +425,9 @@ async function pairedDiff(c, o, d) {
   for (const k of [...new Set([...Object.keys(o), ...Object.keys(d)])].sort()) {
     if (!used.has(k)) rows.push({ label: k, ov: o[k], dv: d[k] });
   }
-  rows.forEach((r) => { r.changed = JSON.stringify(r.ov) !== JSON.stringify(r.dv); });
+  // A transformed value differs from what it was made of by design: highlighted when it
+  // is empty, as a plain pair is when it differs.
+  rows.forEach((r) => { r.changed = r.transformed ? r.dv === undefined : JSON.stringify(r.ov) !== JSON.stringify(r.dv); });
   const cell = (v, changed) => h("td", { class: changed ? "changed" : "" }, v === undefined ? h("span", { class: "muted" }, "—") : pretty(v));
   return h("table", { class: "diff", "aria-label": "Values, origin against destination" },
     h("thead", {}, h("tr", {},
@@ -599,8 +610,26 @@ async function planPage() {
     h("div", { class: "cards", id: "plan" },
       planSide("Here: local records", r.local),
       planSide("There: the external system", r.external)),
+    r.round_trip && r.round_trip.length ? roundTrips(r.round_trip) : null,
     r.notes.length ? h("ul", { class: "notes" }, r.notes.map((n) => h("li", { class: "muted" }, n))) : null,
   );
+}
+
+// Two-way transformed fields: the values that do not come back as they went out.
+function roundTrips(trips) {
+  return h("section", { class: "card", id: "round-trip", "aria-label": "Round trip of transformed fields" },
+    h("h2", {}, "Round trip of transformed fields"),
+    trips.map((t) => h("div", { "data-field": t.field },
+      h("p", { class: t.lossy ? "status-failed" : "muted" },
+        t.lossy
+          ? `${t.field} ↔ ${t.external}: ${t.lossy} of ${t.checked} values do not come back equal, so they would change or flip-flop between the systems.`
+          : t.checked ? `${t.field} ↔ ${t.external}: all ${t.checked} values come back equal.` : `${t.field} ↔ ${t.external}: no value to check.`),
+      t.lossy ? h("p", { class: "muted" }, "to_external ", h("code", {}, t.to_external), " · to_local ", h("code", {}, t.to_local)) : null,
+      t.samples.length ? h("ul", { class: "samples" }, t.samples.map((s) => h("li", {},
+        s.local_id != null ? h("a", { href: `#/history${query({ local_id: s.local_id })}` }, `#${s.local_id}`) : h("code", {}, s.external_id),
+        ` ${pretty(s.value)} → sent ${pretty(s.sent)} → back `,
+        s.error ? h("span", { class: "status-failed" }, s.error) : pretty(s.back)))) : null,
+      t.lossy > t.samples.length ? h("p", { class: "muted" }, `… and ${t.lossy - t.samples.length} more`) : null)));
 }
 
 // One record, one sync: pause, resume, unlink, relink or re-read it (operate keys).

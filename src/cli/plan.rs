@@ -109,10 +109,57 @@ pub fn render(p: &SyncPlan) -> String {
             h.reason
         ));
     }
+    round_trips(&mut out, &p.round_trip);
     for n in &p.notes {
         out.push_str(&format!("Note: {n}.\n"));
     }
     out
+}
+
+/// The two-way transformed fields: which values do not come back as they went out.
+pub fn round_trips(out: &mut String, trips: &[crate::engine::RoundTrip]) {
+    for r in trips {
+        if r.checked == 0 {
+            out.push_str(&format!(
+                "Round trip of {} <-> {}: no value to check.\n",
+                r.field, r.external
+            ));
+            continue;
+        }
+        if r.lossy == 0 {
+            out.push_str(&format!(
+                "Round trip of {} <-> {}: all {} value(s) come back equal.\n",
+                r.field, r.external, r.checked
+            ));
+            continue;
+        }
+        out.push_str(&format!(
+            "Round trip of {} <-> {}: {} of {} value(s) do not come back equal, so they would change or flip-flop between the systems (to_external `{}`, to_local `{}`):\n",
+            r.field, r.external, r.lossy, r.checked, r.to_external, r.to_local
+        ));
+        for s in &r.samples {
+            let who = match (s.get("local_id"), s.get("external_id")) {
+                (Some(id), _) => format!("#{id}"),
+                (_, Some(id)) => format!("external {}", text(id)),
+                _ => String::new(),
+            };
+            let back = match s.get("error").and_then(Value::as_str) {
+                Some(e) => format!("fails: {e}"),
+                None => text(&s["back"]),
+            };
+            out.push_str(&format!(
+                "  {who}  {} -> sent {} -> back {back}\n",
+                text(&s["value"]),
+                text(&s["sent"])
+            ));
+        }
+        if r.lossy as usize > r.samples.len() {
+            out.push_str(&format!(
+                "  ... and {} more\n",
+                r.lossy as usize - r.samples.len()
+            ));
+        }
+    }
 }
 
 fn side(out: &mut String, title: &str, s: &SidePlan) {
@@ -226,7 +273,7 @@ fn demo(g: &GlobalArgs) -> Option<config::Loaded> {
 }
 
 /// The file of a `sqlite://` URL (not `:memory:`).
-fn sqlite_file(url: &str) -> Option<String> {
+pub(super) fn sqlite_file(url: &str) -> Option<String> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;

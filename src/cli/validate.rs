@@ -49,9 +49,62 @@ pub(super) async fn validate(g: &GlobalArgs, online: bool) -> ExitCode {
         );
     }
     if online {
-        return check_services(p).await;
+        let code = check_services(p).await;
+        check_round_trips(&loaded).await;
+        return code;
     }
     ExitCode::SUCCESS
+}
+
+/// `validate --online`, on the local records: the values two-way transformed fields do not
+/// give back (the plan of each sync shows the external side's too).
+async fn check_round_trips(loaded: &config::Loaded) {
+    use secrecy::ExposeSecret;
+    let syncs: Vec<&str> = loaded
+        .plan
+        .syncs
+        .values()
+        .filter(|s| {
+            crate::domain::mapping::round_trip_pairs(&s.fields)
+                .next()
+                .is_some()
+        })
+        .map(|s| s.code.as_str())
+        .collect();
+    if syncs.is_empty() {
+        return;
+    }
+    println!("Round trips of two-way transformed fields, on the local records:");
+    let url = loaded.settings.database_url.expose_secret();
+    if let Some(path) = super::plan::sqlite_file(url)
+        && !std::path::Path::new(&path).exists()
+    {
+        println!("  no database at {path} yet: nothing to check");
+        return;
+    }
+    let store = match crate::store::Store::connect(url).await {
+        Ok(s) => s,
+        Err(e) => {
+            println!(
+                "  the database {} could not be opened: {e}",
+                loaded.settings.database_display()
+            );
+            return;
+        }
+    };
+    for code in syncs {
+        match crate::engine::round_trip_local(&store, &loaded.plan, code).await {
+            Ok(trips) => {
+                let mut out = String::new();
+                super::plan::round_trips(&mut out, &trips);
+                for line in out.lines() {
+                    println!("  {code}: {line}");
+                }
+            }
+            Err(e) => println!("  {code}: the records could not be read: {e}"),
+        }
+    }
+    store.close().await;
 }
 
 /// `validate --online`: does each web service answer? One line per service; any that does

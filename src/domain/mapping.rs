@@ -543,6 +543,82 @@ fn transform_error(
     )
 }
 
+/// A value a two-way transformed pair does not give back: the local `value` went out as
+/// `sent`, and reading `sent` back gives `back` (or fails with `error`). Such a pair would
+/// change the value behind the user's back, or flip-flop between the systems.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Lossy {
+    /// The local field.
+    pub field: String,
+    pub value: Value,
+    pub sent: Value,
+    pub back: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The pairs whose round trip is worth checking: both ways, one field on each side, with an
+/// expression (a plain pair, a value table and a reference round trip by construction or by
+/// their own checks).
+pub fn round_trip_pairs(pairs: &[FieldPair]) -> impl Iterator<Item = &FieldPair> {
+    pairs.iter().filter(|p| {
+        p.direction.to_local()
+            && p.direction.to_external()
+            && !p.computes_external()
+            && !matches!(p.external, ExternalField::Computed)
+            && (p.to_local.is_some() || p.to_external.is_some())
+    })
+}
+
+/// Sends each two-way transformed pair's value of a local record out and reads it back, as
+/// the next pull would (`to_local(to_external(v))`): the values that do not come back equal.
+/// A value the record lacks, an empty one, an expression that fails going out (a failure a
+/// run reports anyway) and one that reads fields the round trip cannot supply are not judged.
+pub fn round_trip(pairs: &[FieldPair], local: &Map<String, Value>) -> Vec<Lossy> {
+    let mut out = Vec::new();
+    for p in round_trip_pairs(pairs) {
+        let Some(v) = local.get(&p.local).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let sent = match &p.to_external {
+            Some(t) if t.local.iter().all(|f| local.contains_key(f)) => {
+                match t.eval(Some(v), None, Some(local)) {
+                    Ok(sent) => sent,
+                    Err(_) => continue,
+                }
+            }
+            Some(_) => continue,
+            None => v.clone(),
+        };
+        let mut there = Map::new();
+        p.external.put(&mut there, sent.clone());
+        let there = Value::Object(there);
+        let back = match &p.to_local {
+            Some(t) => transformed_in(p, t, sent.clone(), &there),
+            None => match inbound_value(p, &sent) {
+                Ok(Incoming::Value(v)) => Ok(Some(v)),
+                Ok(Incoming::Ref(_)) => Ok(None),
+                Err(e) => Err(e),
+            },
+        };
+        let (back, error) = match back {
+            Ok(Some(b)) => (b, None),
+            Ok(None) => continue,
+            Err(e) => (Value::Null, Some(e.to_string())),
+        };
+        if error.is_some() || back != *v {
+            out.push(Lossy {
+                field: p.local.clone(),
+                value: v.clone(),
+                sent,
+                back,
+                error,
+            });
+        }
+    }
+    out
+}
+
 enum Incoming {
     Value(Value),
     Ref(PendingRef),
@@ -644,6 +720,94 @@ mod tests {
             to_local: None,
             to_external: None,
         }
+    }
+
+    fn two_way(
+        local: &str,
+        ty: FieldType,
+        ext: &str,
+        to_local: &str,
+        to_external: &str,
+    ) -> FieldPair {
+        let t = |src: &str| Some(Transform::compile(src).unwrap().transform);
+        FieldPair {
+            to_local: t(to_local),
+            to_external: t(to_external),
+            ..pair(local, ty, ext)
+        }
+    }
+
+    fn contract_pairs() -> Vec<FieldPair> {
+        vec![
+            two_way(
+                "amount",
+                FieldType::Float,
+                "amount_cents",
+                "value / 100",
+                "(value * 100) | round | int",
+            ),
+            two_way(
+                "phone",
+                FieldType::Char,
+                "phone",
+                "value | regex_replace('[^0-9+]', '')",
+                "value",
+            ),
+            pair("email", FieldType::Char, "email"),
+        ]
+    }
+
+    #[test]
+    fn round_trip_reports_the_values_a_two_way_pair_does_not_give_back() {
+        let pairs = contract_pairs();
+        let fine = json!({"amount": 12.34, "phone": "+32475", "email": "A@x"});
+        assert_eq!(round_trip(&pairs, fine.as_object().unwrap()), []);
+        let lossy = json!({"amount": 12.345, "phone": "+32 475", "email": "A@x"});
+        let found = round_trip(&pairs, lossy.as_object().unwrap());
+        assert_eq!(
+            found,
+            [
+                Lossy {
+                    field: "amount".into(),
+                    value: json!(12.345),
+                    sent: json!(1234),
+                    back: json!(12.34),
+                    error: None,
+                },
+                Lossy {
+                    field: "phone".into(),
+                    value: json!("+32 475"),
+                    sent: json!("+32 475"),
+                    back: json!("+32475"),
+                    error: None,
+                },
+            ]
+        );
+        // Nothing, or an empty value, is not judged.
+        assert_eq!(
+            round_trip(&pairs, json!({"phone": null}).as_object().unwrap()),
+            []
+        );
+        // Going back fails: reported with the reason.
+        let p = two_way(
+            "visits",
+            FieldType::Integer,
+            "visits",
+            "value | int",
+            "value ~ ' visits'",
+        );
+        let found = round_trip(
+            std::slice::from_ref(&p),
+            json!({"visits": 3}).as_object().unwrap(),
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].sent, json!("3 visits"));
+        assert_eq!(found[0].back, Value::Null);
+        let why = found[0].error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("visits") && why.contains("value | int"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -778,6 +942,21 @@ mod tests {
     }
 
     proptest! {
+        /// The contract's invertible pairs survive the round trip on generated values, and
+        /// amounts with more than two decimals are reported.
+        #[test]
+        fn invertible_pairs_survive_and_lossy_ones_are_reported(cents in -10_000_000i64..10_000_000, digits in "[+]?[0-9]{4,14}", extra in 1i64..10) {
+            let pairs = contract_pairs();
+            let amount = cents as f64 / 100.0;
+            let rec = json!({"amount": amount, "phone": digits});
+            prop_assert_eq!(round_trip(&pairs, rec.as_object().unwrap()), []);
+            let finer = (cents * 10 + extra) as f64 / 1000.0;
+            let rec = json!({"amount": finer});
+            let found = round_trip(&pairs, rec.as_object().unwrap());
+            prop_assert_eq!(found.len(), 1);
+            prop_assert_eq!(&found[0].field, "amount");
+        }
+
         #[test]
         fn local_to_external_and_back_is_identity(
             name in "[a-zA-Z ]{0,12}",

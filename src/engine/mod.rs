@@ -11,6 +11,7 @@ mod on_send;
 mod outbox;
 mod preview;
 mod record_ops;
+mod round_trip;
 mod run;
 pub mod schedule;
 
@@ -21,6 +22,7 @@ pub use notify::WEBHOOK_DEBOUNCE;
 pub use outbox::Outcome;
 pub use preview::{HoldPlan, PlanError, SidePlan, SyncPlan};
 pub use record_ops::{OpDone, RecordOp, RecordOpError};
+pub use round_trip::{RoundTrip, round_trip_local};
 pub use run::{RunError, Started, Trigger};
 
 use crate::connectors::Connector;

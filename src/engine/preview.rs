@@ -106,6 +106,28 @@ pub struct SyncPlan {
     pub holds: Vec<HoldPlan>,
     /// Things worth knowing about this plan (only the first page could be read, ...).
     pub notes: Vec<String>,
+    /// The two-way transformed fields, with the values they do not give back (empty when
+    /// the sync has none).
+    pub round_trip: Vec<super::RoundTrip>,
+}
+
+impl SyncPlan {
+    /// Hides secret fields' values and secret strings in everything the plan shows.
+    fn mask(&mut self, masker: &crate::domain::mask::Masker) {
+        if masker.is_empty() {
+            return;
+        }
+        for side in [&mut self.local, &mut self.external] {
+            side.samples
+                .values_mut()
+                .flatten()
+                .for_each(|s| masker.mask_value(s));
+        }
+        super::round_trip::mask(&mut self.round_trip, masker);
+        for n in &mut self.notes {
+            *n = masker.mask_text(n).into_owned();
+        }
+    }
 }
 
 /// Why no plan could be made.
@@ -234,6 +256,8 @@ struct Reading {
     deleted: HashSet<String>,
     /// Records whose reference is not here (yet).
     failed_refs: HashSet<String>,
+    /// The round trips of two-way transformed fields.
+    trips: super::round_trip::RoundTrips,
 }
 
 impl Engine {
@@ -276,6 +300,7 @@ impl Engine {
             reconcile: None,
             holds: Vec::new(),
             notes: Vec::new(),
+            round_trip: Vec::new(),
         };
         if !sync.active {
             out.notes
@@ -291,6 +316,7 @@ impl Engine {
             deletes: Vec::new(),
             deleted: HashSet::new(),
             failed_refs: HashSet::new(),
+            trips: super::round_trip::RoundTrips::new(&sync),
         };
         let memory = PlanMemory {
             engine: self,
@@ -358,6 +384,12 @@ impl Engine {
             let skip: HashSet<i64> = reading.linked.union(&reading.ambiguous).copied().collect();
             self.plan_push(&plan, &sync, full, &skip, &mut out).await?;
         }
+        let mut trips = std::mem::replace(
+            &mut reading.trips,
+            super::round_trip::RoundTrips::new(&sync),
+        );
+        trips.check_local(&self.store, &sync).await?;
+        out.round_trip = trips.done();
         if full && connector.full_pull_lists() {
             out.reconcile = Some(BTreeMap::from([
                 ("extra".to_string(), out.local.count("create")),
@@ -368,6 +400,7 @@ impl Engine {
                 ),
             ]));
         }
+        out.mask(&plan.masker());
         Ok(out)
     }
 
@@ -416,7 +449,9 @@ impl Engine {
                         relabel: item.label.map(super::label_action),
                         ..ctx.clone()
                     };
-                    upserts.push((id, Value::Object(values), ctx));
+                    let values = Value::Object(values);
+                    reading.trips.check_pulled(sync, &id, &values);
+                    upserts.push((id, values, ctx));
                 }
             }
         }

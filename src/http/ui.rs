@@ -165,9 +165,22 @@ async fn config_summary(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
                         "timezone": s.timezone.to_string(), "priority": s.priority.as_str(),
                         "propagate_deletes": s.propagate_deletes, "limit": s.limit,
                         "external_ref": s.external_ref, "active": s.active,
-                        "fields": s.fields.iter().map(|f| json!({
-                            "local": f.local, "external": f.external.to_string(), "direction": f.direction,
-                        })).collect::<Vec<_>>(),
+                        "fields": s.fields.iter().map(|f| {
+                            let mut pair = json!({
+                                "local": f.local, "external": f.external.to_string(), "direction": f.direction,
+                            });
+                            // A transform: its expression and the fields it reads, so that a
+                            // change shows what went in and what came out.
+                            if let Some(t) = &f.to_local {
+                                pair["to_local"] = json!(t.source());
+                                pair["reads_external"] = json!(f.receives_from());
+                            }
+                            if let Some(t) = &f.to_external {
+                                pair["to_external"] = json!(t.source());
+                                pair["reads_local"] = json!(f.sends_from().collect::<Vec<_>>());
+                            }
+                            pair
+                        }).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
