@@ -828,7 +828,17 @@ impl World {
                 self.trace
                     .push(format!("fault: the next {n} HTTP API calls answer 500"));
             }
-            140..=141 => {
+            // A proxy in front of Odoo loses the answer to the next create after Odoo
+            // committed it: the retry must find that partner, not make a second.
+            141 => {
+                self.odoo.set_faults(recsync::peer::odoo::OdooFaults {
+                    lose_create_answers: 1,
+                    ..Default::default()
+                });
+                self.trace
+                    .push("fault: the next Odoo create's answer is lost".into());
+            }
+            140 => {
                 let n = self.rng.random_range(1..=4);
                 self.odoo.set_faults(recsync::peer::odoo::OdooFaults {
                     server_errors: n,

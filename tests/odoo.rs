@@ -1299,3 +1299,72 @@ async fn nothing_is_sent_to_partners_whose_delete_from_odoo_is_held() {
     }
     e.h.stop().await;
 }
+
+/// A create whose answer was lost (Odoo committed it, a proxy answered 502) is tried again
+/// after the record was deleted here. The retry looks for the record on `match_on` instead of
+/// creating a second partner, links the copy the first attempt left, and the delete removes
+/// it: no partner is left behind (the convergence suite's seed 5271, where a kill -9 lost the
+/// answer).
+#[tokio::test]
+async fn a_create_retried_after_its_record_was_deleted_leaves_no_copy_in_odoo() {
+    let e = start_with(
+        "19.0",
+        "auto",
+        &[(
+            "mode = \"cron\"\nevery = \"1h\"\npriority = \"external\"",
+            "mode = \"realtime\"\nevery = \"1h\"\nmatch_on = [\"email\"]\npriority = \"external\"",
+        )],
+    )
+    .await;
+    // Past go-live: the first run has matched what Odoo holds.
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    let before = e.odoo.records("res.partner").len();
+    e.odoo.set_faults(OdooFaults {
+        lose_create_answers: 1,
+        ..Default::default()
+    });
+    let local = create_local(
+        &e.h,
+        "partner",
+        json!({"name": "Short Lived", "email": "short@example.com"}),
+    )
+    .await;
+    let r =
+        e.h.client
+            .delete(e.h.url(&format!("/api/v1/models/partner/records/{local}")))
+            .header("X-Api-Key", ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    eventually(15, "the outbox to settle", || async {
+        (e.h.engine.store.outbox_depth("ODP").await.unwrap() == 0).then_some(())
+    })
+    .await;
+    let left: Vec<_> = e
+        .odoo
+        .records("res.partner")
+        .into_iter()
+        .filter(|(_, r)| r.get("email") == Some(&json!("short@example.com")))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "no copy is left in Odoo: {left:?}\n{:#?}\n{:#?}",
+        e.h.changes("ODP").await,
+        e.h.engine
+            .store
+            .list_outbox(None, Some("ODP"), 0, 10)
+            .await
+            .unwrap()
+    );
+    assert_eq!(e.odoo.records("res.partner").len(), before);
+    let dead =
+        e.h.engine
+            .store
+            .list_outbox(Some("dead"), Some("ODP"), 0, 10)
+            .await
+            .unwrap();
+    assert!(dead.is_empty(), "{dead:?}");
+    e.h.stop().await;
+}

@@ -247,7 +247,11 @@ impl Engine {
             let Some(record) = records.get(&(sync.model.clone(), e.local_id)) else {
                 continue;
             };
-            if record.deleted || self.awaits_first_run(sync).await? {
+            // A deleted record's create goes out only so that its delete can follow (an
+            // earlier attempt may have reached the service). It is looked for there only when
+            // an earlier attempt was made: a crash before its answer was recorded left a copy
+            // there, which the delete must remove, instead of a second copy made now.
+            if (record.deleted && e.attempts <= 1) || self.awaits_first_run(sync).await? {
                 continue;
             }
             let Some(connector) = self.connector(&sync.web_service) else {
@@ -340,10 +344,16 @@ impl Engine {
                     .join(" or ")
             );
             let left = links.get(&key).map(|l| l.left.clone()).unwrap_or_default();
+            // Deleted here: linked only (nothing merged into a deleted record); its delete,
+            // queued behind this entry, removes the copy there.
+            let found = (!record.deleted).then_some(found);
             match self
-                .adopt(plan, sync, e.local_id, record, &ext, Some(found), why, left)
+                .adopt(plan, sync, e.local_id, record, &ext, found, why, left)
                 .await?
             {
+                Adopted::Linked(_) | Adopted::Merged if record.deleted => {
+                    verdicts.insert(e.id, Verdict::Superseded);
+                }
                 Adopted::Merged => {
                     verdicts.insert(e.id, Verdict::Superseded);
                 }
@@ -410,6 +420,7 @@ impl Engine {
         let mut found = found;
         let mut read_failed = None;
         if found.is_none()
+            && !record.deleted
             && sync.direction.to_local()
             && let Some(connector) = self.connector(&sync.web_service)
         {
@@ -479,7 +490,7 @@ impl Engine {
         row.actor = "outbox".into();
         tx.log_changes(&[row]).await?;
         tx.commit().await?;
-        if !sync.direction.to_local() {
+        if !sync.direction.to_local() || record.deleted {
             return Ok(Adopted::Linked(link));
         }
         let Some(found) = found else {

@@ -838,9 +838,17 @@ async fn api(
                 let path = c["p"].as_str().unwrap_or("").to_string();
                 let recursive = c["r"].as_bool().unwrap_or(false);
                 let limit = c["l"].as_u64().unwrap_or(2000) as usize;
-                let items: Vec<&LogItem> = i.log.iter()
+                // As Dropbox does, each path changed since the cursor once, as it is now (a
+                // folder renamed since shows as deleted at its old path and present at its
+                // new one, never as it was in between), in the order of those last changes.
+                let mut latest: std::collections::HashMap<&str, &LogItem> = std::collections::HashMap::new();
+                for it in i.log.iter()
                     .filter(|it| it.seq > seq && Inner::in_scope(&path, recursive, &it.path_lower))
-                    .collect();
+                {
+                    latest.insert(it.path_lower.as_str(), it);
+                }
+                let mut items: Vec<&LogItem> = latest.into_values().collect();
+                items.sort_by_key(|it| it.seq);
                 let take: Vec<&LogItem> = items.iter().take(limit).copied().collect();
                 let has_more = items.len() > take.len();
                 let next = if has_more { take.last().map(|it| it.seq).unwrap_or(seq) } else { i.seq };

@@ -73,6 +73,9 @@ pub struct OdooFaults {
     pub key_expired: bool,
     /// The next write (create or write) is stamped this many seconds in the past.
     pub backdate_next: u32,
+    /// The next creates are made, and their answers lost: a proxy answers 502 after Odoo
+    /// committed (a timeout between the commit and the answer).
+    pub lose_create_answers: u32,
 }
 
 /// The user recsync logs in as.
@@ -1400,6 +1403,19 @@ fn fault(i: &mut Inner) -> Option<Result<(), OdooError>> {
     None
 }
 
+/// A create made whose answer is lost, when `lose_create_answers` says so.
+fn answer_lost(
+    i: &mut Inner,
+    method: &str,
+    r: Result<Value, OdooError>,
+) -> Result<Value, OdooError> {
+    if r.is_ok() && method == "create" && i.faults.lose_create_answers > 0 {
+        i.faults.lose_create_answers -= 1;
+        return Err(OdooError::new("fake.Html", "502"));
+    }
+    r
+}
+
 /// Answers a transport-level fault (429, an HTML page), or `None` for an Odoo error.
 fn transport_fault(e: &OdooError) -> Option<HttpResponse> {
     match e.name {
@@ -1540,7 +1556,8 @@ async fn jsonrpc(state: web::Data<OdooState>, body: web::Bytes) -> HttpResponse 
                     if let Some(Err(e)) = fault(i) {
                         return Err(e);
                     }
-                    call(i, &model, &m, &kw)
+                    let r = call(i, &model, &m, &kw);
+                    answer_lost(i, &m, r)
                 })
             })
         }
@@ -1623,7 +1640,8 @@ async fn json2(
         if let Some(Err(e)) = fault(i) {
             return Err(e);
         }
-        call(i, &model, &method, &kw)
+        let r = call(i, &model, &method, &kw);
+        answer_lost(i, &method, r)
     });
     match result {
         Ok(v) => HttpResponse::Ok().json(v),

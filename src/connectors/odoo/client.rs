@@ -79,6 +79,9 @@ pub struct OdooClient {
 enum Failure {
     /// Retry after this long (or the backoff).
     Retry(String, Option<Duration>),
+    /// The call may have been applied (a timeout, a proxy's page instead of Odoo's answer):
+    /// retried only when repeating it is harmless, never for a `create`.
+    Unsure(String, Option<Duration>),
     /// Do not retry.
     Final(OdooError),
 }
@@ -137,7 +140,7 @@ impl OdooClient {
     pub async fn major_version(&self) -> Result<u32, OdooError> {
         let url = self.url("/web/version");
         let via_get = self
-            .retrying(|| async {
+            .retrying(true, || async {
                 let resp = self
                     .http
                     .get(&url)
@@ -260,7 +263,7 @@ impl OdooClient {
         }
         let body = Value::Object(kwargs);
         let url = self.url(&format!("/json/2/{model}/{method}"));
-        self.retrying(|| async {
+        self.retrying(method != "create", || async {
             let mut req = self
                 .http
                 .post(&url)
@@ -270,10 +273,7 @@ impl OdooClient {
             if let Some(db) = &self.endpoint.database {
                 req = req.header("X-Odoo-Database", db);
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| Failure::Retry(transport(&e), None))?;
+            let resp = req.send().await.map_err(|e| sent_or_not(&e))?;
             let status = resp.status().as_u16();
             if status == 200 {
                 return self.body(resp).await;
@@ -299,14 +299,15 @@ impl OdooClient {
                     self.endpoint.name
                 ))),
                 429 => Failure::Retry(format!("{model}.{method}: rate limited (429)"), after),
-                _ if html => Failure::Retry(
+                _ if html => Failure::Unsure(
                     format!("{model}.{method}: the server answered an HTML page (HTTP {status}), not Odoo's JSON; is a proxy in front of it failing?"),
                     after,
                 ),
                 _ if serialization(name, &message) => {
                     Failure::Retry(format!("{model}.{method}: {message}"), None)
                 }
-                500..=599 => Failure::Retry(
+                // Odoo's own error: its transaction was rolled back.
+                500..=599 if error.is_some() => Failure::Retry(
                     format!(
                         "{model}.{method}: HTTP {status}{}",
                         if message.is_empty() {
@@ -317,6 +318,7 @@ impl OdooClient {
                     ),
                     after,
                 ),
+                500..=599 => Failure::Unsure(format!("{model}.{method}: HTTP {status}"), after),
                 404 if name == "werkzeug.exceptions.NotFound" || message.is_empty() => {
                     Failure::Final(OdooError::Record(format!(
                         "{model}.{method}: not found in web service `{}`{}",
@@ -347,7 +349,8 @@ impl OdooClient {
             "params": {"service": service, "method": method, "args": args},
             "id": rand::random::<u32>(),
         });
-        self.retrying(|| async {
+        let creates = service == "object" && args.get(4).and_then(Value::as_str) == Some("create");
+        self.retrying(!creates, || async {
             let resp = self
                 .http
                 .post(&url)
@@ -355,13 +358,17 @@ impl OdooClient {
                 .json(&body)
                 .send()
                 .await
-                .map_err(|e| Failure::Retry(transport(&e), None))?;
+                .map_err(|e| sent_or_not(&e))?;
             let status = resp.status().as_u16();
             if status != 200 {
                 let after = retry_after(&resp);
                 let html = is_html(&resp);
-                return Err(if status == 429 || status >= 500 {
-                    Failure::Retry(
+                // JSON-RPC answers Odoo's errors with 200: anything else came from before
+                // the answer (a proxy, a crash), after the call may have been applied.
+                return Err(if status == 429 {
+                    Failure::Retry(format!("{service}.{method}: rate limited (429)"), after)
+                } else if status >= 500 {
+                    Failure::Unsure(
                         format!(
                             "{service}.{method}: HTTP {status}{}",
                             if html { " (an HTML page)" } else { "" }
@@ -417,10 +424,12 @@ impl OdooClient {
     /// Reads a 200 answer as JSON.
     async fn body(&self, resp: reqwest::Response) -> Result<Value, Failure> {
         let html = is_html(&resp);
-        let text = read_text(resp).await.map_err(|e| Failure::Retry(e, None))?;
+        let text = read_text(resp)
+            .await
+            .map_err(|e| Failure::Unsure(e, None))?;
         serde_json::from_str(&text).map_err(|_| {
             if html {
-                Failure::Retry(
+                Failure::Unsure(
                     "the server answered an HTML page, not Odoo's JSON; is a proxy in front of it failing?".into(),
                     None,
                 )
@@ -433,8 +442,11 @@ impl OdooClient {
         })
     }
 
-    /// Runs an attempt until it succeeds, fails for good, or the attempts are spent.
-    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, OdooError>
+    /// Runs an attempt until it succeeds, fails for good, or the attempts are spent. A call
+    /// that is not `repeatable` (a `create`) is not tried again when it may have been applied:
+    /// its caller decides (the outbox looks for the record on `match_on` before creating it
+    /// again).
+    async fn retrying<T, F, Fut>(&self, repeatable: bool, attempt: F) -> Result<T, OdooError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
@@ -443,8 +455,22 @@ impl OdooClient {
         let mut n = 0;
         loop {
             n += 1;
-            match attempt().await {
+            let failed = match attempt().await {
+                Err(Failure::Unsure(reason, after)) if !repeatable => {
+                    return Err(OdooError::Transient {
+                        reason: format!(
+                            "web service `{}`: {reason}; the call may have been applied, so it is not repeated at once",
+                            self.endpoint.name
+                        ),
+                        after,
+                    });
+                }
+                Err(Failure::Unsure(reason, after)) => Err(Failure::Retry(reason, after)),
+                other => other,
+            };
+            match failed {
                 Ok(v) => return Ok(v),
+                Err(Failure::Unsure(..)) => unreachable!("decided above"),
                 Err(Failure::Final(e)) => return Err(e),
                 Err(Failure::Retry(reason, after)) if n >= ATTEMPTS => {
                     return Err(OdooError::Transient {
@@ -460,6 +486,16 @@ impl OdooClient {
                 }
             }
         }
+    }
+}
+
+/// A transport failure: retried when the request never reached the server (no connection),
+/// unsure otherwise (it may have been applied before the answer was lost).
+fn sent_or_not(e: &reqwest::Error) -> Failure {
+    if e.is_connect() {
+        Failure::Retry(transport(e), None)
+    } else {
+        Failure::Unsure(transport(e), None)
     }
 }
 
