@@ -184,7 +184,9 @@ delete_guard = { max_ratio = 1.0 }
 match_on = ["email"]
 limit = 4
 fields = [
-  { local = "name",  external = "$.properties.firstname" },
+  # Transformed both ways (names carry no outer spaces, so the values stay equal): echo
+  # suppression, conflicts and the reads before sending work on computed values.
+  { local = "name",  external = "$.properties.firstname", to_local = "value | trim", to_external = "value | trim" },
   { local = "email", external = "$.properties.email" },
 ]
 "#;
