@@ -98,7 +98,10 @@ fn main() {
             r#"{ local = "phone",    external = "phone", to_local = "value | regex_replace('[^0-9+]', '')", to_external = "value" }"#,
             1,
         );
-    assert_ne!(transformed_demo, DEMO, "the bench edits the shipped mapping");
+    assert_ne!(
+        transformed_demo, DEMO,
+        "the bench edits the shipped mapping"
+    );
     let transformed = compile_texts(
         &[
             ("mappings/demo.toml", transformed_demo.as_str()),
@@ -109,10 +112,7 @@ fn main() {
     .expect("the transformed mapping is valid");
     let tcon = transformed.sync("CON").unwrap();
     assert_eq!(
-        tcon.fields
-            .iter()
-            .filter(|p| p.to_local.is_some())
-            .count(),
+        tcon.fields.iter().filter(|p| p.to_local.is_some()).count(),
         2
     );
     let mut lat = Vec::new();

@@ -1368,3 +1368,83 @@ async fn a_create_retried_after_its_record_was_deleted_leaves_no_copy_in_odoo() 
     assert!(dead.is_empty(), "{dead:?}");
     e.h.stop().await;
 }
+
+/// Field transforms against Odoo, over real HTTP: a phone cleaned on its way in
+/// (`to_local`), and a computed local field read from two Odoo fields; pulled and pushed over
+/// several runs with no echo and no flip-flop.
+#[tokio::test]
+async fn transformed_fields_come_in_from_odoo_and_go_out_and_settle() {
+    let e = start_with(
+        "19.0",
+        "auto",
+        &[
+            (
+                "  { local = \"phone\",   external = \"phone\" },",
+                "  { local = \"phone\",   external = \"phone\", to_local = \"value | regex_replace('[^0-9+]', '')\", to_external = \"value\" },\n  { local = \"label\", to_local = \"external.name ~ ' <' ~ (external.email or '-') ~ '>'\" },",
+            ),
+            (
+                "email   = \"char\"\nphone   = \"char\"",
+                "email   = \"char\"\nphone   = \"char\"\nlabel   = \"char\"",
+            ),
+        ],
+    )
+    .await;
+    let id = e
+        .odoo
+        .create(
+            "res.partner",
+            json!({"name": "Ada Spaced", "email": "ada@example.com", "phone": "+32 475 11 22 33"}),
+        )
+        .unwrap();
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    let local = local_of(&e, id).await.expect("pulled");
+    assert_eq!(local["phone"], json!("+32475112233"), "{local:?}");
+    assert_eq!(local["label"], json!("Ada Spaced <ada@example.com>"));
+    let writes = |e: &Env| {
+        e.odoo
+            .calls()
+            .iter()
+            .filter(|(_, m, f)| m == "res.partner" && (f == "write" || f == "create"))
+            .count()
+    };
+    let before = writes(&e);
+    // Runs again: nothing comes in as a change, nothing goes out (the clean phone here is
+    // not an edit to send back over Odoo's spaced one).
+    for _ in 0..2 {
+        let run = e.h.run("ODP").await;
+        assert_eq!((run.created, run.updated, run.pushed), (0, 0, 0), "{run:?}");
+    }
+    assert_eq!(writes(&e), before, "no echo to Odoo");
+    assert_eq!(
+        e.odoo.records("res.partner")[&id]["phone"],
+        json!("+32 475 11 22 33")
+    );
+    // An edit in Odoo of a field the computed one reads changes it here.
+    e.odoo
+        .write("res.partner", id, json!({"email": "ada@lovelace.example"}))
+        .unwrap();
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.updated, 1, "{run:?}");
+    let local = local_of(&e, id).await.unwrap();
+    assert_eq!(local["label"], json!("Ada Spaced <ada@lovelace.example>"));
+    // A local edit goes out through `to_external`, and does not come back as a change.
+    let link = e.h.link("ODP", &id.to_string()).await.unwrap();
+    e.h.patch_record("partner", link.local_id, json!({"phone": "+32499000000"}))
+        .await;
+    let run = e.h.run("ODP").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    eventually(15, "the phone to reach Odoo", || async {
+        (e.odoo.records("res.partner")[&id]["phone"] == json!("+32499000000")).then_some(())
+    })
+    .await;
+    let settled = writes(&e);
+    for _ in 0..2 {
+        let run = e.h.run("ODP").await;
+        assert_eq!((run.created, run.updated, run.pushed), (0, 0, 0), "{run:?}");
+    }
+    assert_eq!(writes(&e), settled, "no flip-flop");
+    let local = local_of(&e, id).await.unwrap();
+    assert_eq!(local["phone"], json!("+32499000000"));
+    e.h.stop().await;
+}
