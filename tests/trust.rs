@@ -527,7 +527,9 @@ async fn a_delivery_slower_than_the_claim_lease_is_made_once() {
         (!all.is_empty()).then_some(())
     })
     .await;
-    // ... past its lease, when a run's push (another executor) looks for due entries.
+    // ... past its lease, when a run's push (another executor) looks for due entries. Time
+    // passing is what is tested here (the 1.5 s lease runs out while the 4 s delivery is
+    // under way); no condition is waited for, so there is nothing to poll.
     tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
     h.engine.drain().await.unwrap();
     settled(&h).await;

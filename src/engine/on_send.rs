@@ -351,7 +351,7 @@ impl Engine {
                 .adopt(plan, sync, e.local_id, record, &ext, found, why, left)
                 .await?
             {
-                Adopted::Linked(_) | Adopted::Merged if record.deleted => {
+                Adopted::Linked(_) if record.deleted => {
                     verdicts.insert(e.id, Verdict::Superseded);
                 }
                 Adopted::Merged => {

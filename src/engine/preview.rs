@@ -384,10 +384,7 @@ impl Engine {
             let skip: HashSet<i64> = reading.linked.union(&reading.ambiguous).copied().collect();
             self.plan_push(&plan, &sync, full, &skip, &mut out).await?;
         }
-        let mut trips = std::mem::replace(
-            &mut reading.trips,
-            super::round_trip::RoundTrips::new(&sync),
-        );
+        let mut trips = std::mem::take(&mut reading.trips);
         trips.check_local(&self.store, &sync).await?;
         out.round_trip = trips.done();
         if full && connector.full_pull_lists() {

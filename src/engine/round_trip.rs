@@ -32,6 +32,7 @@ pub struct RoundTrip {
 }
 
 /// Collects round trips over records, field by field.
+#[derive(Default)]
 pub(super) struct RoundTrips(Vec<RoundTrip>);
 
 impl RoundTrips {

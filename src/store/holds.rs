@@ -462,15 +462,7 @@ impl Tx {
         let mut ph = Ph::new(pg);
         // Placeholders in the order they appear (SQLite's `?` bind by position).
         let m = ph.next();
-        let mut conds = Vec::new();
-        for _ in fields {
-            let (path, value) = (ph.next(), ph.next());
-            conds.push(if pg {
-                format!("lower(btrim(vals ->> {path})) = lower(btrim({value}))")
-            } else {
-                format!("lower(trim(json_extract(vals, {path}))) = lower(trim({value}))")
-            });
-        }
+        let conds = equal_fields(&mut ph, pg, fields.len());
         let (b, lim) = (ph.next(), ph.next());
         let sql = format!(
             "SELECT id FROM records WHERE model = {m} AND deleted_at IS NULL AND {}
@@ -481,12 +473,7 @@ impl Tx {
         Ok(on!(self.conn(), |c| {
             let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(model);
             for (field, value) in fields {
-                q = if pg {
-                    q.bind(field.to_string())
-                } else {
-                    q.bind(format!("$.{field}"))
-                }
-                .bind(value);
+                q = q.bind(field_path(pg, field)).bind(value);
             }
             q.bind(binding).bind(limit).fetch_all(c).await
         })?)
@@ -505,15 +492,7 @@ impl Tx {
         let pg = self.is_pg();
         let mut ph = Ph::new(pg);
         let m = ph.next();
-        let mut conds = Vec::new();
-        for _ in fields {
-            let (path, value) = (ph.next(), ph.next());
-            conds.push(if pg {
-                format!("lower(btrim(vals ->> {path})) = lower(btrim({value}))")
-            } else {
-                format!("lower(trim(json_extract(vals, {path}))) = lower(trim({value}))")
-            });
-        }
+        let conds = equal_fields(&mut ph, pg, fields.len());
         let s = ph.next();
         let sql = format!(
             "SELECT id FROM records WHERE model = {m} AND deleted_at IS NOT NULL AND {}
@@ -525,12 +504,7 @@ impl Tx {
         Ok(on!(self.conn(), |c| {
             let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(model);
             for (field, value) in fields {
-                q = if pg {
-                    q.bind(field.to_string())
-                } else {
-                    q.bind(format!("$.{field}"))
-                }
-                .bind(value);
+                q = q.bind(field_path(pg, field)).bind(value);
             }
             q.bind(sync).fetch_optional(c).await
         })?)
@@ -578,5 +552,30 @@ impl Store {
         .await)?
         .into_iter()
         .collect())
+    }
+}
+
+/// `n` conditions "the record's field equals the value", trimmed and without letter case, each
+/// taking two placeholders (the field's path, see [`field_path`], then the value).
+fn equal_fields(ph: &mut Ph, pg: bool, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let (path, value) = (ph.next(), ph.next());
+            if pg {
+                format!("lower(btrim(vals ->> {path})) = lower(btrim({value}))")
+            } else {
+                format!("lower(trim(json_extract(vals, {path}))) = lower(trim({value}))")
+            }
+        })
+        .collect()
+}
+
+/// How a field of `vals` is named to the database: its key (PostgreSQL's `->>`) or a JSON
+/// path (SQLite's `json_extract`).
+fn field_path(pg: bool, field: &str) -> String {
+    if pg {
+        field.to_string()
+    } else {
+        format!("$.{field}")
     }
 }

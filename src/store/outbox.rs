@@ -464,19 +464,16 @@ impl Tx {
         which: Superseded,
         reason: &str,
     ) -> Result<u64> {
-        let sql = match which {
-            Superseded::All => {
-                "UPDATE outbox SET status = 'discarded', last_error = $1, updated_at = $2
-                 WHERE sync = $3 AND local_id = $4 AND status IN ('pending', 'dead')"
-            }
-            Superseded::Updates => {
-                "UPDATE outbox SET status = 'discarded', last_error = $1, updated_at = $2
-                 WHERE sync = $3 AND local_id = $4 AND status IN ('pending', 'dead')
-                 AND action = 'update'"
-            }
+        let only = match which {
+            Superseded::All => "",
+            Superseded::Updates => " AND action = 'update'",
         };
+        let sql = format!(
+            "UPDATE outbox SET status = 'discarded', last_error = $1, updated_at = $2
+             WHERE sync = $3 AND local_id = $4 AND status IN ('pending', 'dead'){only}"
+        );
         Ok(on!(self.conn(), |c| {
-            sqlx::query(sql)
+            sqlx::query(&sql)
                 .bind(reason)
                 .bind(Utc::now())
                 .bind(sync)

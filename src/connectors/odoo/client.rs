@@ -455,7 +455,9 @@ impl OdooClient {
         let mut n = 0;
         loop {
             n += 1;
-            let failed = match attempt().await {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(Failure::Final(e)) => return Err(e),
                 Err(Failure::Unsure(reason, after)) if !repeatable => {
                     return Err(OdooError::Transient {
                         reason: format!(
@@ -465,20 +467,15 @@ impl OdooClient {
                         after,
                     });
                 }
-                Err(Failure::Unsure(reason, after)) => Err(Failure::Retry(reason, after)),
-                other => other,
-            };
-            match failed {
-                Ok(v) => return Ok(v),
-                Err(Failure::Unsure(..)) => unreachable!("decided above"),
-                Err(Failure::Final(e)) => return Err(e),
-                Err(Failure::Retry(reason, after)) if n >= ATTEMPTS => {
+                Err(Failure::Retry(reason, after) | Failure::Unsure(reason, after))
+                    if n >= ATTEMPTS =>
+                {
                     return Err(OdooError::Transient {
                         reason: format!("web service `{}`: {reason}", self.endpoint.name),
                         after,
                     });
                 }
-                Err(Failure::Retry(reason, after)) => {
+                Err(Failure::Retry(reason, after) | Failure::Unsure(reason, after)) => {
                     let pause = after.unwrap_or(wait).min(MAX_WAIT);
                     tracing::debug!(web_service = %self.endpoint.name, attempt = n, reason = %reason, wait_ms = pause.as_millis() as u64, "An Odoo call failed; trying again");
                     tokio::time::sleep(pause).await;
