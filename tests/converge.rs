@@ -291,7 +291,7 @@ impl Hub {
                 r#"database_url = "{}"
 claim_timeout = "1s"
 outbox_backoff = "50ms"
-outbox_max_attempts = 4
+outbox_max_attempts = 10
 shutdown_timeout = "5s"
 [[api_keys]]
 name = "admin"
@@ -310,8 +310,11 @@ scopes = ["sync:CON"]
         let mut hub = Hub {
             base,
             port,
+            // No connection is kept between requests: one kept across a kill -9, or closed by
+            // the server's keep-alive just as a request goes out on it, cuts that request.
             client: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap(),
             store,

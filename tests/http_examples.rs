@@ -468,6 +468,62 @@ async fn reads_before_updating(edits: &[(&str, &str)]) {
     h.stop().await;
 }
 
+/// An update answered 500 is not repeated as it was: the CRM's contact is read again first, so
+/// an edit made there meanwhile (here, at the very moment of the 500) is not written over.
+#[tokio::test]
+async fn an_update_answered_500_is_read_again_before_it_is_sent_again() {
+    let (h, crm) = realtime_crm(&[]).await;
+    let local = h.link("CRM_CONTACTS", "2").await.unwrap().local_id;
+    crm.faults(|f| {
+        f.fail_next = 1;
+        f.only_method = Some("PATCH".into());
+        f.edit_when_failing = Some(json!({"firstname": "CRM edit"}));
+    });
+    h.patch_record(
+        "customer",
+        local,
+        json!({"first_name": "Hub edit", "phone": "+34 600 000 000"}),
+    )
+    .await;
+    drained(&h).await;
+    let patches: Vec<_> = crm
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "PATCH")
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(patches, [500, 200], "one failed PATCH, then one after a new read");
+    let there = crm
+        .records("contacts")
+        .into_iter()
+        .find(|c| c["id"] == "2")
+        .unwrap();
+    assert_eq!(
+        (
+            &there["properties"]["firstname"],
+            &there["properties"]["phone"]
+        ),
+        (&json!("CRM edit"), &json!("+34 600 000 000")),
+        "the CRM's edit stays (priority external); the hub's other edit is merged"
+    );
+    let rec = h
+        .engine
+        .store
+        .get_record("customer", local)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.values["first_name"], "CRM edit");
+    let conflicts = h
+        .changes("CRM_CONTACTS")
+        .await
+        .into_iter()
+        .filter(|c| c.action == "conflict")
+        .count();
+    assert_eq!(conflicts, 1);
+    h.stop().await;
+}
+
 /// Field transforms end to end: the example's computed `name` (first and last name from the
 /// CRM), and a variant whose hub keeps only `name`, sent to the CRM as computed `firstname` and
 /// `lastname`; several runs write nothing more (no echo, no flip-flop).

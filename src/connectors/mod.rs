@@ -81,6 +81,11 @@ pub struct Target<'a> {
     /// On an update, what both sides held at the last sync (local field names): a connector
     /// that can write only if the record is still as it was compares against it.
     pub base: Option<&'a Map<String, Value>>,
+    /// Whether the connector may repeat a failed call itself, after a wait. False for an
+    /// update whose values were compared with the record there just before: repeated later
+    /// without a new read, it would write over an edit made there meanwhile. The outbox
+    /// repeats it instead, after reading the record again.
+    pub repeat: bool,
 }
 
 /// A successful delivery.

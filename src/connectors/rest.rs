@@ -142,6 +142,7 @@ pub async fn send(
         idempotency_key,
         changed: _,
         base: _,
+        repeat: _,
     } = target;
     let endpoint_action = match action {
         SendAction::Create => EndpointAction::Create,

@@ -154,6 +154,10 @@ impl Engine {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(64)
+            // Servers close idle connections after a few seconds (actix-web and Node 5 s,
+            // gunicorn 2 s); a request sent on one just as it closes is cut without an answer,
+            // and a write cut so may have been applied. Idle connections are dropped first.
+            .pool_idle_timeout(Duration::from_millis(1500))
             .user_agent(concat!("recsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("HTTP client");

@@ -494,6 +494,8 @@ impl Engine {
                         .as_ref()
                         .filter(|_| action == SendAction::Update)
                         .map(|l| &l.base),
+                    // An update of a sync that receives was read there before it was sent.
+                    repeat: !(action == SendAction::Update && sync.direction.to_local()),
                 },
                 &mapped,
             )

@@ -148,6 +148,9 @@ pub struct Faults {
     pub delay_ms: u64,
     /// `fail_next`, `throttle_next` and `html_next` count only calls of this method.
     pub only_method: Option<String>,
+    /// When `fail_next` answers a call on one record (`.../<resource>/<id>`), that record
+    /// first takes these values, as a person editing it at that moment would.
+    pub edit_when_failing: Option<Value>,
 }
 
 /// One call, as the fake saw it.
@@ -351,19 +354,7 @@ impl HttpState {
     /// Writes a record as a person editing in the system would: `values` merged into the
     /// record `id` (created when absent), stamped now. Answers the record.
     pub fn upsert(&self, resource: &str, id: Option<u64>, values: Value) -> Value {
-        self.with(|i| {
-            let stamp = i.tick();
-            let c = i.collection(resource);
-            let id = id.unwrap_or_else(|| c.new_id());
-            let old = c.records.get(&id).map(|r| r.values.clone());
-            let v = match resource {
-                "contacts" => contact_values(id, &values, stamp, old.as_ref()),
-                "tickets" => ticket_values(id, &values, stamp, old.as_ref()),
-                _ => item_values(id, &values, stamp, old.as_ref()),
-            };
-            c.put(id, v.clone(), stamp);
-            Value::Object(v)
-        })
+        self.with(|i| Value::Object(i.upsert(resource, id, &values)))
     }
 
     /// Deletes a record as the API's `DELETE` does: archived (contacts), `status = "deleted"`
@@ -388,6 +379,21 @@ impl HttpState {
 }
 
 impl Inner {
+    /// [`HttpState::upsert`].
+    fn upsert(&mut self, resource: &str, id: Option<u64>, values: &Value) -> Map<String, Value> {
+        let stamp = self.tick();
+        let c = self.collection(resource);
+        let id = id.unwrap_or_else(|| c.new_id());
+        let old = c.records.get(&id).map(|r| r.values.clone());
+        let v = match resource {
+            "contacts" => contact_values(id, values, stamp, old.as_ref()),
+            "tickets" => ticket_values(id, values, stamp, old.as_ref()),
+            _ => item_values(id, values, stamp, old.as_ref()),
+        };
+        c.put(id, v.clone(), stamp);
+        v
+    }
+
     fn tick(&mut self) -> i64 {
         self.clock = self.clock.max(EPOCH) + 1;
         self.clock
@@ -861,7 +867,13 @@ fn answer(state: &HttpState, req: &HttpRequest, body: Option<&Value>) -> HttpRes
         }
         if f.fail_next > 0 {
             f.fail_next -= 1;
-            return Some(status(f.fail_status.unwrap_or(500)).json(json!({"message": "Internal server error"})));
+            let answer = status(f.fail_status.unwrap_or(500)).json(json!({"message": "Internal server error"}));
+            let mut segments = req.path().trim_end_matches(".json").rsplit('/');
+            let id = segments.next().and_then(|s| s.parse::<u64>().ok());
+            if let (Some(edit), Some(id), Some(resource)) = (f.edit_when_failing.clone(), id, segments.next()) {
+                i.upsert(resource, Some(id), &edit);
+            }
+            return Some(answer);
         }
         if f.html_next > 0 {
             f.html_next -= 1;

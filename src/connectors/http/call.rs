@@ -69,8 +69,10 @@ impl Caller {
         })
     }
 
-    /// Calls `url` and reads the answer, retrying what can be retried. An answer with a status
-    /// in `accept` is returned as it is, for the caller to read (a 404 that means "none").
+    /// Calls `url` and reads the answer, retrying what can be retried (unless `repeat` is
+    /// false: then only a refused cached token is asked again, and every other failure is the
+    /// caller's to repeat). An answer with a status in `accept` is returned as it is, for the
+    /// caller to read (a 404 that means "none").
     pub async fn call(
         &self,
         method: &reqwest::Method,
@@ -78,6 +80,7 @@ impl Caller {
         body: Option<&Value>,
         idempotency_key: Option<&str>,
         accept: &[u16],
+        repeat: bool,
     ) -> Result<Answer, SendError> {
         let mut attempt = 0u32;
         let mut refreshed = false;
@@ -91,7 +94,7 @@ impl Caller {
                 }
                 Err(Failure::Unauthorized(e)) => return Err(SendError::Permanent(e)),
                 Err(Failure::Send(SendError::Retry { reason, after }))
-                    if attempt < self.service.retries =>
+                    if repeat && attempt < self.service.retries =>
                 {
                     attempt += 1;
                     let backoff = Duration::from_millis(250 * 2u64.pow(attempt.min(7)));

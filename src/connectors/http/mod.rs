@@ -74,7 +74,7 @@ fn whose(caller: &Caller, resource: &str) -> String {
 /// error naming what came back).
 async fn fetch(caller: &Caller, url: Url) -> Result<Fetched, String> {
     let answer = caller
-        .call(&reqwest::Method::GET, &url, None, None, &[])
+        .call(&reqwest::Method::GET, &url, None, None, &[], true)
         .await
         .map_err(|e| e.to_string())?;
     let Answer {
@@ -555,6 +555,7 @@ impl Connector for HttpConnector {
                 exists
                     .map(|e| std::slice::from_ref(&e.status))
                     .unwrap_or(&[]),
+                target.repeat,
             )
             .await
             .map_err(|e| match e {
@@ -640,7 +641,7 @@ impl Connector for HttpConnector {
             }
             let answer = self
                 .caller
-                .call(&reqwest::Method::GET, &url, None, None, &[404])
+                .call(&reqwest::Method::GET, &url, None, None, &[404], true)
                 .await
                 .map_err(|e| e.to_string())?;
             if answer.status == 404 {
@@ -737,7 +738,7 @@ impl Connector for HttpConnector {
         }
         let answer = self
             .caller
-            .call(&reqwest::Method::GET, &url, None, None, &[404])
+            .call(&reqwest::Method::GET, &url, None, None, &[404], true)
             .await
             .map_err(|e| PullError::Service(format!("{}: {e}", who())))?;
         if answer.status == 404 {

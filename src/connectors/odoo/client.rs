@@ -86,6 +86,18 @@ enum Failure {
     Final(OdooError),
 }
 
+/// Which failed attempts of a call the client repeats itself, after a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// Every one worth repeating (reads, and writes whose repetition changes nothing).
+    Always,
+    /// Those that surely did not apply (a `create`: repeated, it would make a second record).
+    UnlessUnsure,
+    /// None: the caller repeats it (a write of values compared with the record just before,
+    /// which the outbox repeats after reading it again).
+    Never,
+}
+
 impl OdooClient {
     pub fn new(endpoint: OdooEndpoint, http: reqwest::Client) -> OdooClient {
         OdooClient {
@@ -140,7 +152,7 @@ impl OdooClient {
     pub async fn major_version(&self) -> Result<u32, OdooError> {
         let url = self.url("/web/version");
         let via_get = self
-            .retrying(true, || async {
+            .retrying(Repeat::Always, || async {
                 let resp = self
                     .http
                     .get(&url)
@@ -224,16 +236,34 @@ impl OdooClient {
         ids: Option<&[i64]>,
         kwargs: Map<String, Value>,
     ) -> Result<Value, OdooError> {
+        let repeat = if method == "create" {
+            Repeat::UnlessUnsure
+        } else {
+            Repeat::Always
+        };
+        self.call_as(model, method, ids, kwargs, repeat).await
+    }
+
+    /// [`Client::call`], repeating failed attempts as `repeat` allows.
+    pub async fn call_as(
+        &self,
+        model: &str,
+        method: &str,
+        ids: Option<&[i64]>,
+        kwargs: Map<String, Value>,
+        repeat: Repeat,
+    ) -> Result<Value, OdooError> {
         let session = self.session().await?;
         match session.protocol {
-            Protocol::Json2 => self.json2(model, method, ids, kwargs).await,
+            Protocol::Json2 => self.json2(model, method, ids, kwargs, repeat).await,
             _ => {
                 let db = self.database()?;
                 let args = match ids {
                     Some(ids) => json!([ids]),
                     None => json!([]),
                 };
-                self.rpc(
+                self.rpc_as(
+                    repeat,
                     "object",
                     "execute_kw",
                     json!([
@@ -257,13 +287,14 @@ impl OdooClient {
         method: &str,
         ids: Option<&[i64]>,
         mut kwargs: Map<String, Value>,
+        repeat: Repeat,
     ) -> Result<Value, OdooError> {
         if let Some(ids) = ids {
             kwargs.insert("ids".into(), json!(ids));
         }
         let body = Value::Object(kwargs);
         let url = self.url(&format!("/json/2/{model}/{method}"));
-        self.retrying(method != "create", || async {
+        self.retrying(repeat, || async {
             let mut req = self
                 .http
                 .post(&url)
@@ -342,6 +373,17 @@ impl OdooClient {
 
     /// One JSON-RPC call to a service.
     async fn rpc(&self, service: &str, method: &str, args: Value) -> Result<Value, OdooError> {
+        self.rpc_as(Repeat::Always, service, method, args).await
+    }
+
+    /// [`Client::rpc`], repeating failed attempts as `repeat` allows.
+    async fn rpc_as(
+        &self,
+        repeat: Repeat,
+        service: &str,
+        method: &str,
+        args: Value,
+    ) -> Result<Value, OdooError> {
         let url = self.url("/jsonrpc");
         let body = json!({
             "jsonrpc": "2.0",
@@ -349,8 +391,7 @@ impl OdooClient {
             "params": {"service": service, "method": method, "args": args},
             "id": rand::random::<u32>(),
         });
-        let creates = service == "object" && args.get(4).and_then(Value::as_str) == Some("create");
-        self.retrying(!creates, || async {
+        self.retrying(repeat, || async {
             let resp = self
                 .http
                 .post(&url)
@@ -446,7 +487,7 @@ impl OdooClient {
     /// that is not `repeatable` (a `create`) is not tried again when it may have been applied:
     /// its caller decides (the outbox looks for the record on `match_on` before creating it
     /// again).
-    async fn retrying<T, F, Fut>(&self, repeatable: bool, attempt: F) -> Result<T, OdooError>
+    async fn retrying<T, F, Fut>(&self, repeat: Repeat, attempt: F) -> Result<T, OdooError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
@@ -458,7 +499,7 @@ impl OdooClient {
             match attempt().await {
                 Ok(v) => return Ok(v),
                 Err(Failure::Final(e)) => return Err(e),
-                Err(Failure::Unsure(reason, after)) if !repeatable => {
+                Err(Failure::Unsure(reason, after)) if repeat != Repeat::Always => {
                     return Err(OdooError::Transient {
                         reason: format!(
                             "web service `{}`: {reason}; the call may have been applied, so it is not repeated at once",
@@ -468,7 +509,7 @@ impl OdooClient {
                     });
                 }
                 Err(Failure::Retry(reason, after) | Failure::Unsure(reason, after))
-                    if n >= ATTEMPTS =>
+                    if n >= ATTEMPTS || repeat == Repeat::Never =>
                 {
                     return Err(OdooError::Transient {
                         reason: format!("web service `{}`: {reason}", self.endpoint.name),

@@ -11,7 +11,7 @@
 mod client;
 mod pull;
 
-pub use client::{OdooClient, OdooEndpoint, OdooError, Protocol, from_odoo, to_odoo};
+pub use client::{OdooClient, OdooEndpoint, OdooError, Protocol, Repeat, from_odoo, to_odoo};
 
 use super::{
     Connector, Memory, Notice, PullError, PullStart, Pulled, Puller, SendAction, SendError, Sent,
@@ -350,12 +350,18 @@ impl Connector for OdooConnector {
                 let id = record_id(&target)?;
                 let vals = self.vals(odoo, values, target.changed).await?;
                 if !vals.is_empty() {
+                    let repeat = if target.repeat {
+                        Repeat::Always
+                    } else {
+                        Repeat::Never
+                    };
                     self.client
-                        .call(
+                        .call_as(
                             model,
                             "write",
                             Some(&[id]),
                             kwargs(json!({ "vals": Value::Object(vals.clone()) })),
+                            repeat,
                         )
                         .await
                         .map_err(send_error)?;
