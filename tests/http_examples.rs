@@ -492,7 +492,11 @@ async fn an_update_answered_500_is_read_again_before_it_is_sent_again() {
         .filter(|c| c.method == "PATCH")
         .map(|c| c.status)
         .collect();
-    assert_eq!(patches, [500, 200], "one failed PATCH, then one after a new read");
+    assert_eq!(
+        patches,
+        [500, 200],
+        "one failed PATCH, then one after a new read"
+    );
     let there = crm
         .records("contacts")
         .into_iter()

@@ -4,7 +4,7 @@
 //! serialization failures) are retried; Odoo's own errors come back as record errors with its
 //! message; an HTML page from a proxy is a transient error that says so.
 
-use recsync::connectors::odoo::{OdooClient, OdooEndpoint, OdooError, Protocol, from_odoo};
+use recsync::connectors::odoo::{OdooClient, OdooEndpoint, OdooError, Protocol, Repeat, from_odoo};
 use recsync::peer::odoo::{FakeOdoo, OdooFaults, OdooOptions};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -238,6 +238,54 @@ async fn transient_failures_are_retried_and_odoo_errors_carry_odoos_message() {
         assert!(
             matches!(&e, OdooError::Record(m) if m.contains("res.nothing")),
             "{protocol:?}: {e:?}"
+        );
+    }
+}
+
+/// A write of values read just before (`Repeat::Never`) is not repeated by the client: a 429
+/// (surely not applied, and repeated even for a `create`) comes back as a transient error after
+/// one call, for the outbox to repeat after a new read.
+/// The same write with `Repeat::Always` is repeated and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_read_just_before_is_left_to_the_caller_to_repeat() {
+    for protocol in [Protocol::Json2, Protocol::JsonRpc] {
+        let (url, state, opts) = fake("19.0").await;
+        let c = client(&url, &opts, protocol, &opts.api_key);
+        let write = |repeat| {
+            c.call_as(
+                "res.partner",
+                "write",
+                Some(&[1]),
+                kw(json!({"vals": {"phone": "+32 2 000 00 00"}})),
+                repeat,
+            )
+        };
+        write(Repeat::Always).await.unwrap();
+        state.set_faults(OdooFaults {
+            rate_limit: 1,
+            ..Default::default()
+        });
+        let before = state.calls().len();
+        let e = write(Repeat::Never).await.unwrap_err();
+        assert!(
+            matches!(&e, OdooError::Transient { .. }),
+            "{protocol:?}: {e:?}"
+        );
+        assert_eq!(
+            state.calls().len() - before,
+            1,
+            "{protocol:?}: not repeated"
+        );
+        state.set_faults(OdooFaults {
+            rate_limit: 1,
+            ..Default::default()
+        });
+        let before = state.calls().len();
+        write(Repeat::Always).await.unwrap();
+        assert_eq!(
+            state.calls().len() - before,
+            2,
+            "{protocol:?}: repeated once"
         );
     }
 }
