@@ -54,6 +54,8 @@ fn the_web_ui_works_in_a_browser() {
         "09-configuration",
         "10-dropbox-trees",
         "11-held-deletes",
+        "14-plan-round-trip",
+        "15-change-diff-transformed",
     ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),

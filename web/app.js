@@ -627,8 +627,9 @@ function roundTrips(trips) {
       t.lossy ? h("p", { class: "muted" }, "to_external ", h("code", {}, t.to_external), " · to_local ", h("code", {}, t.to_local)) : null,
       t.samples.length ? h("ul", { class: "samples" }, t.samples.map((s) => h("li", {},
         s.local_id != null ? h("a", { href: `#/history${query({ local_id: s.local_id })}` }, `#${s.local_id}`) : h("code", {}, s.external_id),
-        ` ${pretty(s.value)} → sent ${pretty(s.sent)} → back `,
-        s.error ? h("span", { class: "status-failed" }, s.error) : pretty(s.back)))) : null,
+        // Quoted, so that a space lost or gained shows.
+        ` ${JSON.stringify(s.value)} → sent ${JSON.stringify(s.sent)} → back `,
+        s.error ? h("span", { class: "status-failed" }, s.error) : JSON.stringify(s.back)))) : null,
       t.lossy > t.samples.length ? h("p", { class: "muted" }, `… and ${t.lossy - t.samples.length} more`) : null)));
 }
 

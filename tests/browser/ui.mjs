@@ -259,6 +259,61 @@ try {
   assert.deepEqual(newRows, [], "the plan wrote no row");
   assert.equal((await call("GET", "/api/v1/models/contact/records?limit=100")).body.records.length, kept, "the plan deleted nothing");
 
+  // 7e. Field transforms, as the UI shows them (the server's side is tested in tests/plan.rs
+  // and tests/odoo.rs): the plan's round-trip card, and a change row's diff naming the
+  // expression of a transformed pair, what it read and what it made.
+  step = "round trip";
+  const toLocal = "value | regex_replace('[^0-9+]', '')";
+  await page.route("**/api/v1/syncs/CON/plan*", async (route) => {
+    const res = await route.fetch();
+    const json = await res.json();
+    json.round_trip = [{
+      field: "phone", external: "phone", to_local: toLocal, to_external: "value", checked: 3, lossy: 2,
+      samples: [{ local_id: customer.id, value: "+34 600 111 222", sent: "+34 600 111 222", back: "+34600111222" }],
+    }];
+    await route.fulfill({ response: res, json });
+  });
+  await page.goto(`${base}/#/plan?sync=CON`);
+  const trip = page.locator("#round-trip");
+  await trip.waitFor();
+  const tripText = await trip.textContent();
+  assert.match(tripText, /phone ↔ phone: 2 of 3 values do not come back equal/, tripText);
+  assert.ok(tripText.includes(toLocal), `the expressions are shown: ${tripText}`);
+  assert.match(tripText, /"\+34 600 111 222" → sent "\+34 600 111 222" → back "\+34600111222"/, tripText);
+  assert.match(tripText, /… and 1 more/, tripText);
+  assert.equal(await trip.locator(`a[href="#/history?local_id=${customer.id}"]`).count(), 1, "the sample links to its record");
+  await shot("14-plan-round-trip");
+  await page.unroute("**/api/v1/syncs/CON/plan*");
+  step = "transformed diff";
+  const lower = "value | lower";
+  const inbound = (await call("GET", "/api/v1/changes?sync=CON&direction=external_to_local&status=success&limit=100")).body.changes
+    .find((c) => typeof c.origin_values?.email === "string" && typeof c.destination_values?.email === "string");
+  assert.ok(inbound, "an inbound row with an email");
+  await page.route("**/api/v1/config", async (route) => {
+    const res = await route.fetch();
+    const json = await res.json();
+    const con = json.syncs.find((x) => x.code === "CON");
+    const pair = con.fields.find((f) => f.local === "email");
+    Object.assign(pair, { to_local: lower, reads_external: ["email"], to_external: "value", reads_local: ["email"] });
+    await route.fulfill({ response: res, json });
+  });
+  // A fresh page: the configuration is read again.
+  await page.goto(`${base}/#/change/${inbound.id}`);
+  await page.reload();
+  const emailRow = page.locator("table.diff tbody tr").filter({ hasText: "to_local" });
+  await emailRow.waitFor();
+  assert.equal(await emailRow.count(), 1, "one transformed pair");
+  const [shownFrom, shownTo] = await emailRow.locator("td").allTextContents();
+  assert.ok((await emailRow.locator("th").textContent()).includes(`email ↔ email (to_local ${lower})`), await emailRow.locator("th").textContent());
+  assert.equal(shownFrom, inbound.origin_values.email, "what it read");
+  assert.equal(shownTo, inbound.destination_values.email, "what it made");
+  await shot("15-change-diff-transformed");
+  await page.unroute("**/api/v1/config");
+  // The configuration as it is, read again; the page has finished before the next step.
+  await page.reload();
+  await page.locator("table.diff tbody tr").first().waitFor();
+  assert.equal(await page.locator("table.diff tbody tr").filter({ hasText: "to_local" }).count(), 0);
+
   // 8. The other pages. The record history offers the per-record operations: paused, the
   // record's edit does not go out; resumed, it does.
   step = "history";
