@@ -528,6 +528,89 @@ async fn an_update_answered_500_is_read_again_before_it_is_sent_again() {
     h.stop().await;
 }
 
+/// A transform that fails on one record's value (a phone the expression cannot read as a
+/// number) fails that record only, with a message naming the field, the expression and the
+/// value; nothing is written for it, the rest of the page goes on, and once the value is
+/// fixed there the next run takes the record.
+#[tokio::test]
+async fn a_transform_that_fails_on_a_value_fails_that_record_only() {
+    let expr = "value | replace(' ', '') | int | string";
+    let (h, crm) = realtime_crm(&[(
+        r#"{ local = "phone",      external = "$.properties.phone" },"#,
+        &format!(
+            r#"{{ local = "phone", external = "$.properties.phone", direction = "to_local", to_local = "{expr}" }},"#
+        ),
+    )])
+    .await;
+    let two = h.link("CRM_CONTACTS", "2").await.unwrap().local_id;
+    let phone = |id: i64| {
+        let h = &h;
+        async move {
+            h.engine
+                .store
+                .get_record("customer", id)
+                .await
+                .unwrap()
+                .unwrap()
+                .values["phone"]
+                .clone()
+        }
+    };
+    assert_eq!(
+        phone(two).await,
+        "34600000002",
+        "the seeded phone, transformed"
+    );
+    let bad = crm.upsert(
+        "contacts",
+        None,
+        json!({"email": "na@example.com", "firstname": "No", "phone": "n/a"}),
+    );
+    let bad_id = bad["id"].as_str().unwrap().to_string();
+    crm.upsert("contacts", Some(2), json!({"phone": "+34 611 222 333"}));
+    let run = h.run("CRM_CONTACTS").await;
+    assert_eq!((run.created, run.updated, run.failed), (0, 1, 1), "{run:?}");
+    assert_eq!(
+        phone(two).await,
+        "34611222333",
+        "the rest of the page goes on"
+    );
+    assert!(
+        h.link("CRM_CONTACTS", &bad_id).await.is_none(),
+        "nothing linked"
+    );
+    assert!(
+        !live(&h, "customer")
+            .await
+            .iter()
+            .any(|r| r.values["email"] == "na@example.com"),
+        "nothing written for the record that failed"
+    );
+    let failed: Vec<_> = h
+        .changes("CRM_CONTACTS")
+        .await
+        .into_iter()
+        .filter(|c| c.status == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let msg = &failed[0].error_message;
+    assert_eq!(failed[0].external_id.as_deref(), Some(bad_id.as_str()));
+    for part in ["phone", "to_local", expr, "\"n/a\""] {
+        assert!(msg.contains(part), "{part} in {msg}");
+    }
+    // Fixed in the CRM: the next run takes it.
+    crm.upsert(
+        "contacts",
+        Some(bad_id.parse().unwrap()),
+        json!({"phone": "555 01"}),
+    );
+    let run = h.run("CRM_CONTACTS").await;
+    assert_eq!((run.created, run.failed), (1, 0), "{run:?}");
+    let fixed = h.link("CRM_CONTACTS", &bad_id).await.unwrap().local_id;
+    assert_eq!(phone(fixed).await, "55501");
+    h.stop().await;
+}
+
 /// Field transforms end to end: the example's computed `name` (first and last name from the
 /// CRM), and a variant whose hub keeps only `name`, sent to the CRM as computed `firstname` and
 /// `lastname`; several runs write nothing more (no echo, no flip-flop).
