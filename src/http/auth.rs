@@ -23,7 +23,7 @@ impl AuthError {
     pub fn message(self) -> &'static str {
         match self {
             AuthError::Missing => {
-                "an API key is required (header `api_key`, `X-Api-Key` or `Authorization: Bearer`)"
+                "an API key is required (header `X-Api-Key`, `Authorization: Bearer` or `api_key`; proxies such as nginx drop `api_key` unless told not to)"
             }
             AuthError::Unknown => "the API key is not valid",
         }
