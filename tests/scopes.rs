@@ -118,3 +118,30 @@ async fn every_route_enforces_its_scope_for_every_key() {
     assert!(walked >= 7 * 25, "every route with every key: {walked}");
     h.stop().await;
 }
+
+/// A call without a key is told which headers carry one, and that a proxy may have dropped the
+/// seed's `api_key` (nginx and gunicorn drop headers with underscores by default). A header
+/// spelled `api-key`, as such a proxy never passes on either, is no key.
+#[tokio::test]
+async fn a_missing_key_says_where_a_key_goes_and_that_proxies_drop_api_key() {
+    let h = Harness::start().await;
+    for req in [
+        h.client.post(h.url("/sync/CON/create")).body("{}"),
+        h.client
+            .post(h.url("/sync/CON/create"))
+            .header("api-key", CRM_KEY)
+            .body("{}"),
+        h.client.get(h.url("/api/v1/syncs")),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let body: Value = r.json().await.unwrap();
+        let msg = body.to_string();
+        assert!(msg.contains("X-Api-Key"), "{msg}");
+        assert!(
+            msg.contains("proxies such as nginx drop `api_key`"),
+            "{msg}"
+        );
+    }
+    h.stop().await;
+}
