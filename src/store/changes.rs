@@ -6,7 +6,8 @@ impl Store {
     /// Writes a change-control row on its own (for requests that wrote nothing else).
     pub async fn log_change(&self, row: &NewChange) -> Result<i64> {
         let mut c = self.writer().await?;
-        log_change(c.conn(), row).await
+        let out = log_change(c.conn(), row).await;
+        c.done(out).await
     }
 
     /// Queries the log, newest first, keyset-paginated: rows with `id < before`. Only the
@@ -104,7 +105,7 @@ impl Store {
         );
         let mut c = self.reader().await?;
         let rows = on!(c.conn(), |c| {
-            let mut q = sqlx::query_as::<_, ChangeRow>(&sql);
+            let mut q = query_as::<_, ChangeRow>(&sql);
             for a in &args {
                 q = match a {
                     Arg::Text(s) => q.bind(s.as_str()),
@@ -121,7 +122,7 @@ impl Store {
     pub async fn change(&self, id: i64) -> Result<Option<Change>> {
         let mut c = self.reader().await?;
         let row = on!(c.conn(), |c| {
-            sqlx::query_as::<_, ChangeRow>(
+            query_as::<_, ChangeRow>(
                 "SELECT id, sync, direction, action, external_id, local_id, name, title, origin_values,
                         destination_values, modified_at, synced_at, status, error_message, run_id, actor
                  FROM change_log WHERE id = $1",
@@ -149,7 +150,7 @@ impl Store {
         );
         let mut c = self.reader().await?;
         Ok(on!(c.conn(), |c| {
-            sqlx::query_as::<_, (String, String, i64, i64)>(&sql)
+            query_as::<_, (String, String, i64, i64)>(&sql)
                 .bind(since)
                 .fetch_all(c)
                 .await
@@ -159,8 +160,8 @@ impl Store {
     /// Deletes up to `batch` of the oldest rows synced before `cutoff`; returns how many.
     pub async fn prune_changes(&self, cutoff: DateTime<Utc>, batch: i64) -> Result<u64> {
         let mut c = self.writer().await?;
-        Ok(on!(c.conn(), |c| {
-            sqlx::query(
+        let out = Ok(on!(c.conn(), |c| {
+            query(
                 "DELETE FROM change_log WHERE id IN
                    (SELECT id FROM change_log WHERE synced_at < $1 ORDER BY synced_at, id LIMIT $2)",
             )
@@ -169,7 +170,8 @@ impl Store {
             .execute(c)
             .await
             .map(|r| r.rows_affected())
-        })?)
+        })?);
+        c.done(out).await
     }
 }
 
@@ -189,7 +191,7 @@ impl Tx {
                  VALUES {values}"
             );
             on!(self.conn(), |c| {
-                let mut q = sqlx::query(&sql);
+                let mut q = query(&sql);
                 for r in chunk {
                     q = q
                         .bind(&r.sync)

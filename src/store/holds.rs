@@ -37,8 +37,8 @@ impl Store {
     /// Opens a hold that collects a run's deletes.
     pub async fn open_hold(&self, sync: &str, run_id: Option<i64>) -> Result<i64> {
         let mut c = self.writer().await?;
-        Ok(on!(c.conn(), |c| {
-            sqlx::query_scalar::<_, i64>(
+        let out = Ok(on!(c.conn(), |c| {
+            query_scalar::<_, i64>(
             "INSERT INTO holds (sync, run_id, status, created_at) VALUES ($1, $2, 'collecting', $3) RETURNING id"
         )
         .bind(sync)
@@ -46,7 +46,8 @@ impl Store {
         .bind(Utc::now())
         .fetch_one(c)
         .await
-        })?)
+        })?);
+        c.done(out).await
     }
 
     /// Adds deletes to a hold (an id already there is kept once).
@@ -59,7 +60,7 @@ impl Store {
     /// Gives a hold still collecting to another run (the one that collected it stopped).
     pub async fn adopt_hold(&self, hold: i64, run_id: i64) -> Result<()> {
         let mut c = self.writer().await?;
-        on!(c.conn(), |c| sqlx::query(
+        on!(c.conn(), |c| query(
             "UPDATE holds SET run_id = $1 WHERE id = $2 AND status = 'collecting'"
         )
         .bind(run_id)
@@ -67,13 +68,13 @@ impl Store {
         .execute(c)
         .await
         .map(|r| r.rows_affected()))?;
-        Ok(())
+        c.done(Ok(())).await
     }
 
     /// Takes a delete out of a hold still collecting (the record came back in the same run).
     pub async fn remove_hold_item(&self, hold: i64, external_id: &str) -> Result<()> {
         let mut tx = self.begin().await?;
-        on!(tx.conn(), |c| sqlx::query(
+        on!(tx.conn(), |c| query(
             "DELETE FROM hold_items WHERE hold_id = $1 AND external_id = $2"
         )
         .bind(hold)
@@ -89,7 +90,7 @@ impl Store {
     pub async fn hold_items(&self, hold: i64, after: &str, limit: i64) -> Result<Vec<HoldItem>> {
         let mut c = self.reader().await?;
         Ok(on!(c.conn(), |c| {
-            sqlx::query_as::<_, HoldItem>(
+            query_as::<_, HoldItem>(
             "SELECT external_id, local_id, name FROM hold_items WHERE hold_id = $1 AND external_id > $2 ORDER BY external_id LIMIT $3"
         )
         .bind(hold)
@@ -103,7 +104,7 @@ impl Store {
     pub async fn hold(&self, id: i64) -> Result<Option<Hold>> {
         let mut c = self.reader().await?;
         let sql = format!("{HOLD_SELECT} WHERE id = $1");
-        Ok(on!(c.conn(), |c| sqlx::query_as::<_, Hold>(&sql)
+        Ok(on!(c.conn(), |c| query_as::<_, Hold>(&sql)
             .bind(id)
             .fetch_optional(c)
             .await)?)
@@ -120,7 +121,7 @@ impl Store {
         let sql = format!(
             "{HOLD_SELECT} WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR sync = $2) ORDER BY id DESC LIMIT $3"
         );
-        Ok(on!(c.conn(), |c| sqlx::query_as::<_, Hold>(&sql)
+        Ok(on!(c.conn(), |c| query_as::<_, Hold>(&sql)
             .bind(status)
             .bind(sync)
             .bind(limit)
@@ -140,7 +141,7 @@ impl Store {
     ) -> Result<bool> {
         let mut c = self.writer().await?;
         let n = on!(c.conn(), |c| {
-            sqlx::query(
+            query(
             "UPDATE holds SET status = $1, reason = COALESCE($2, reason), decided_at = $3, decided_by = COALESCE($4, decided_by)
              WHERE id = $5 AND status = $6"
         )
@@ -154,13 +155,13 @@ impl Store {
         .await
         .map(|r| r.rows_affected())
         })?;
-        Ok(n == 1)
+        c.done(Ok(n == 1)).await
     }
 
     /// How many records the binding links.
     pub async fn count_links(&self, binding: &str) -> Result<i64> {
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(
+        Ok(on!(c.conn(), |c| query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM links WHERE binding = $1 AND external_id IS NOT NULL"
         )
         .bind(binding)
@@ -186,7 +187,7 @@ impl Store {
                 ph.list(chunk.len())
             );
             let rows = on!(c.conn(), |c| {
-                let mut q = sqlx::query_as::<_, LinkRow>(&sql).bind(binding);
+                let mut q = query_as::<_, LinkRow>(&sql).bind(binding);
                 for id in chunk {
                     q = q.bind(id);
                 }
@@ -212,7 +213,7 @@ impl Store {
                 values.join(", ")
             );
             on!(tx.conn(), |c| {
-                let mut q = sqlx::query(&sql);
+                let mut q = query(&sql);
                 for id in chunk {
                     q = q.bind(run_id).bind(id);
                 }
@@ -241,7 +242,7 @@ impl Store {
                AND updated_at < $5
              ORDER BY local_id LIMIT $4"
         );
-        let rows = on!(c.conn(), |c| sqlx::query_as::<_, LinkRow>(&sql)
+        let rows = on!(c.conn(), |c| query_as::<_, LinkRow>(&sql)
             .bind(binding)
             .bind(after)
             .bind(run_id)
@@ -255,21 +256,21 @@ impl Store {
     /// Forgets what the reconciliation of `run_id` listed.
     pub async fn reconcile_done(&self, run_id: i64) -> Result<()> {
         let mut c = self.writer().await?;
-        on!(c.conn(), |c| sqlx::query(
+        on!(c.conn(), |c| query(
             "DELETE FROM reconcile_seen WHERE run_id = $1"
         )
         .bind(run_id)
         .execute(c)
         .await
         .map(|r| r.rows_affected()))?;
-        Ok(())
+        c.done(Ok(())).await
     }
 
     /// The next reconciliation of a sync, as stored.
     pub async fn next_reconcile(&self, sync: &str) -> Result<Option<DateTime<Utc>>> {
         let mut c = self.reader().await?;
         Ok(on!(c.conn(), |c| {
-            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+            query_scalar::<_, Option<DateTime<Utc>>>(
                 "SELECT next_reconcile_at FROM sync_state WHERE sync = $1",
             )
             .bind(sync)
@@ -289,7 +290,7 @@ impl Store {
     ) -> Result<bool> {
         let mut c = self.writer().await?;
         self.ensure_state(c.conn(), sync).await?;
-        let n = on!(c.conn(), |c| sqlx::query(
+        let n = on!(c.conn(), |c| query(
             "UPDATE sync_state SET next_reconcile_at = $1, updated_at = $2
              WHERE sync = $3 AND ($4 IS NULL OR next_reconcile_at = $4)"
         )
@@ -300,13 +301,13 @@ impl Store {
         .execute(c)
         .await
         .map(|r| r.rows_affected()))?;
-        Ok(n == 1)
+        c.done(Ok(n == 1)).await
     }
 }
 
 async fn count_items(c: Conn<'_>, hold: i64) -> Result<()> {
     on!(c, |c| {
-        sqlx::query(
+        query(
         "UPDATE holds SET items = (SELECT COUNT(*) FROM hold_items WHERE hold_id = $1) WHERE id = $1"
     )
     .bind(hold)
@@ -327,7 +328,7 @@ impl Store {
     ) -> Result<std::collections::HashSet<i64>> {
         let mut c = self.reader().await?;
         let ids = on!(c.conn(), |c| {
-            sqlx::query_scalar::<_, i64>(
+            query_scalar::<_, i64>(
             "SELECT i.local_id FROM hold_items i JOIN holds h ON h.id = i.hold_id
              WHERE h.sync = $1 AND h.direction = $2 AND h.status = 'held' AND i.local_id IS NOT NULL"
         )
@@ -350,7 +351,7 @@ impl Tx {
         now: DateTime<Utc>,
         since: DateTime<Utc>,
     ) -> Result<i64> {
-        on!(self.conn(), |c| sqlx::query(
+        on!(self.conn(), |c| query(
             "DELETE FROM guard_deletes WHERE sync = $1 AND direction = $2 AND at < $3"
         )
         .bind(sync)
@@ -359,7 +360,7 @@ impl Tx {
         .execute(c)
         .await
         .map(|r| r.rows_affected()))?;
-        on!(self.conn(), |c| sqlx::query(
+        on!(self.conn(), |c| query(
             "INSERT INTO guard_deletes (sync, direction, at) VALUES ($1, $2, $3)"
         )
         .bind(sync)
@@ -368,7 +369,7 @@ impl Tx {
         .execute(c)
         .await
         .map(|r| r.rows_affected()))?;
-        Ok(on!(self.conn(), |c| sqlx::query_scalar::<_, i64>(
+        Ok(on!(self.conn(), |c| query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM guard_deletes WHERE sync = $1 AND direction = $2"
         )
         .bind(sync)
@@ -380,7 +381,7 @@ impl Tx {
     /// The real-time hold (no run) of a sync and direction that waits for a decision.
     pub async fn realtime_hold(&mut self, sync: &str, direction: &str) -> Result<Option<i64>> {
         Ok(on!(self.conn(), |c| {
-            sqlx::query_scalar::<_, i64>(
+            query_scalar::<_, i64>(
             "SELECT id FROM holds WHERE sync = $1 AND direction = $2 AND run_id IS NULL AND status = 'held' ORDER BY id LIMIT 1"
         )
         .bind(sync)
@@ -400,7 +401,7 @@ impl Tx {
         reason: &str,
     ) -> Result<i64> {
         Ok(on!(self.conn(), |c| {
-            sqlx::query_scalar::<_, i64>(
+            query_scalar::<_, i64>(
             "INSERT INTO holds (sync, run_id, status, reason, created_at, direction) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id"
         )
         .bind(sync)
@@ -424,7 +425,7 @@ impl Tx {
                 values.join(", ")
             );
             on!(self.conn(), |c| {
-                let mut q = sqlx::query(&sql);
+                let mut q = query(&sql);
                 for it in chunk {
                     q = q
                         .bind(hold)
@@ -440,7 +441,7 @@ impl Tx {
 
     /// How many records the binding links, in this transaction.
     pub async fn count_links(&mut self, binding: &str) -> Result<i64> {
-        Ok(on!(self.conn(), |c| sqlx::query_scalar::<_, i64>(
+        Ok(on!(self.conn(), |c| query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM links WHERE binding = $1 AND external_id IS NOT NULL"
         )
         .bind(binding)
@@ -471,7 +472,7 @@ impl Tx {
             conds.join(" AND ")
         );
         Ok(on!(self.conn(), |c| {
-            let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(model);
+            let mut q = query_scalar::<_, i64>(&sql).bind(model);
             for (field, value) in fields {
                 q = q.bind(field_path(pg, field)).bind(value);
             }
@@ -502,7 +503,7 @@ impl Tx {
             conds.join(" AND ")
         );
         Ok(on!(self.conn(), |c| {
-            let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(model);
+            let mut q = query_scalar::<_, i64>(&sql).bind(model);
             for (field, value) in fields {
                 q = q.bind(field_path(pg, field)).bind(value);
             }
@@ -520,7 +521,7 @@ impl Tx {
         let now = Utc::now();
         for id in local_ids {
             on!(self.conn(), |c| {
-                sqlx::query(
+                query(
                 "INSERT INTO match_ambiguous (binding, local_id, external_id, created_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (binding, local_id, external_id) DO NOTHING"
             )
@@ -544,7 +545,7 @@ impl Store {
         binding: &str,
     ) -> Result<std::collections::HashSet<i64>> {
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(
+        Ok(on!(c.conn(), |c| query_scalar::<_, i64>(
             "SELECT local_id FROM match_ambiguous WHERE binding = $1"
         )
         .bind(binding)

@@ -13,7 +13,7 @@ impl Store {
     ) -> Result<Option<Idempotent>> {
         let mut c = self.reader().await?;
         let row = on!(c.conn(), |c| {
-            sqlx::query_as::<_, (i64, String, Option<String>)>(
+            query_as::<_, (i64, String, Option<String>)>(
             "SELECT status_code, body, fingerprint FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at >= $3"
         )
         .bind(scope)
@@ -32,13 +32,14 @@ impl Store {
     /// Deletes idempotency keys stored before `before`.
     pub async fn prune_idempotency(&self, before: DateTime<Utc>) -> Result<u64> {
         let mut c = self.writer().await?;
-        Ok(on!(c.conn(), |c| sqlx::query(
+        let out = Ok(on!(c.conn(), |c| query(
             "DELETE FROM idempotency_keys WHERE created_at < $1"
         )
         .bind(before)
         .execute(c)
         .await
-        .map(|r| r.rows_affected()))?)
+        .map(|r| r.rows_affected()))?);
+        c.done(out).await
     }
 }
 
@@ -53,7 +54,7 @@ impl Tx {
         body: &str,
     ) -> Result<()> {
         on!(self.conn(), |c| {
-            sqlx::query(
+            query(
             "INSERT INTO idempotency_keys (scope, key, status_code, body, created_at, fingerprint) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (scope, key) DO NOTHING"
         )

@@ -9,7 +9,7 @@ impl Store {
             return Ok(scope.to_string());
         }
         let mut c = self.reader().await?;
-        let found = on!(c.conn(), |c| sqlx::query_scalar::<_, String>(
+        let found = on!(c.conn(), |c| query_scalar::<_, String>(
             "SELECT binding FROM sync_bindings WHERE sync = $1"
         )
         .bind(scope)
@@ -44,7 +44,7 @@ impl Store {
         let mut dropped = Vec::new();
         for (code, binding) in &sorted {
             on!(tx.conn(), |c| {
-                sqlx::query(
+                query(
                 "INSERT INTO sync_bindings (sync, binding, updated_at) VALUES ($1, $2, $3)
                  ON CONFLICT (sync) DO UPDATE SET binding = excluded.binding, updated_at = excluded.updated_at"
             )
@@ -57,7 +57,7 @@ impl Store {
             })?;
             // Rows under the sync's own code are the earlier release's per-sync links. A pair
             // the binding holds already goes quietly; one that clashes with it is reported.
-            on!(tx.conn(), |c| sqlx::query(
+            on!(tx.conn(), |c| query(
                 "DELETE FROM links WHERE binding = $1 AND EXISTS (
                    SELECT 1 FROM links o WHERE o.binding = $2 AND o.local_id = links.local_id
                      AND o.external_id IS NOT DISTINCT FROM links.external_id)"
@@ -68,7 +68,7 @@ impl Store {
             .await
             .map(|_| ()))?;
             let clash = on!(tx.conn(), |c| {
-                sqlx::query_scalar::<_, i64>(
+                query_scalar::<_, i64>(
                     "DELETE FROM links WHERE binding = $1 AND EXISTS (
                    SELECT 1 FROM links o WHERE o.binding = $2
                      AND (o.local_id = links.local_id
@@ -83,7 +83,7 @@ impl Store {
             let mut clash = clash;
             clash.sort_unstable();
             dropped.extend(clash.into_iter().map(|id| (code.clone(), id)));
-            on!(tx.conn(), |c| sqlx::query(
+            on!(tx.conn(), |c| query(
                 "UPDATE links SET binding = $1 WHERE binding = $2"
             )
             .bind(binding)
@@ -100,7 +100,7 @@ impl Store {
     pub async fn linked_external_ids(&self, scope: &str) -> Result<Vec<String>> {
         let sync = self.binding_of(scope).await?;
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, String>(
+        Ok(on!(c.conn(), |c| query_scalar::<_, String>(
             "SELECT external_id FROM links WHERE binding = $1 AND external_id IS NOT NULL"
         )
         .bind(sync)
@@ -128,7 +128,7 @@ impl Tx {
                 ph.list(chunk.len())
             );
             let rows = on!(self.conn(), |c| {
-                let mut q = sqlx::query_as::<_, LinkRow>(&sql).bind(sync);
+                let mut q = query_as::<_, LinkRow>(&sql).bind(sync);
                 for id in chunk {
                     q = q.bind(id);
                 }
@@ -162,7 +162,7 @@ impl Tx {
                    left_syncs = excluded.left_syncs, updated_at = excluded.updated_at"
             );
             on!(self.conn(), |c| {
-                let mut q = sqlx::query(&sql);
+                let mut q = query(&sql);
                 for l in chunk {
                     q = q
                         .bind(&l.binding)
@@ -195,7 +195,7 @@ impl Tx {
     /// Creates or replaces the link of `(sync, local_id)`.
     pub async fn upsert_link(&mut self, l: &Link) -> Result<()> {
         on!(self.conn(), |c| {
-            sqlx::query(
+            query(
             "INSERT INTO links (binding, local_id, external_id, base, synced_version, external_hash, left_syncs, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (binding, local_id) DO UPDATE SET external_id = excluded.external_id, base = excluded.base,
@@ -216,7 +216,7 @@ impl Tx {
     }
 
     pub async fn delete_link(&mut self, sync: &str, local_id: i64) -> Result<bool> {
-        let n = on!(self.conn(), |c| sqlx::query(
+        let n = on!(self.conn(), |c| query(
             "DELETE FROM links WHERE binding = $1 AND local_id = $2"
         )
         .bind(sync)

@@ -38,7 +38,7 @@ impl Store {
     pub async fn dbx_entries(&self, sync: &str) -> Result<Vec<MirrorEntry>> {
         let mut c = self.reader().await?;
         let rows = on!(c.conn(), |c| {
-            sqlx::query_as::<_, MirrorRow>(&format!(
+            query_as::<_, MirrorRow>(&format!(
                 "SELECT {DBX_COLUMNS} FROM dropbox_entries WHERE sync = $1 ORDER BY path_lower"
             ))
             .bind(sync)
@@ -52,7 +52,7 @@ impl Store {
     pub async fn dbx_entry(&self, sync: &str, id: &str) -> Result<Option<MirrorEntry>> {
         let mut c = self.reader().await?;
         let row = on!(c.conn(), |c| {
-            sqlx::query_as::<_, MirrorRow>(&format!(
+            query_as::<_, MirrorRow>(&format!(
                 "SELECT {DBX_COLUMNS} FROM dropbox_entries WHERE sync = $1 AND id = $2"
             ))
             .bind(sync)
@@ -74,7 +74,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         for id in deletes {
-            on!(tx.conn(), |c| sqlx::query(
+            on!(tx.conn(), |c| query(
                 "DELETE FROM dropbox_entries WHERE sync = $1 AND id = $2"
             )
             .bind(sync)
@@ -85,7 +85,7 @@ impl Store {
         }
         for e in upserts {
             on!(tx.conn(), |c| {
-                sqlx::query(
+                query(
                 "INSERT INTO dropbox_entries
                     (sync, id, tag, name, path_lower, path_display, rev, size, content_hash, server_modified)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -109,7 +109,7 @@ impl Store {
         }
         if let Some(cursor) = cursor {
             let now = Utc::now();
-            on!(tx.conn(), |c| sqlx::query(
+            on!(tx.conn(), |c| query(
                 "INSERT INTO sync_state (sync, cursor, updated_at) VALUES ($1, $2, $3)
                  ON CONFLICT (sync) DO UPDATE SET cursor = $2, updated_at = $3"
             )

@@ -17,6 +17,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -31,6 +32,11 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A connection pooler refused what sqlx asks of a direct connection.
+    #[error(
+        "database error: {0}; behind a transaction-pooling PgBouncer, add ?pgbouncer=true to database_url"
+    )]
+    Pooler(sqlx::Error),
 }
 
 impl StoreError {
@@ -90,6 +96,41 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Whether statements are prepared once per connection and kept (sqlx's default), or sent
+/// unnamed each time. Behind a transaction-pooling PgBouncer a connection is a different server
+/// connection from one transaction to the next, so a kept statement is missing there, or
+/// clashes with one another client kept: `?pgbouncer=true` turns keeping off for the process.
+static KEEP_STATEMENTS: AtomicBool = AtomicBool::new(true);
+
+fn keep_statements() -> bool {
+    KEEP_STATEMENTS.load(Ordering::Relaxed)
+}
+
+/// `sqlx::query`, prepared as [`KEEP_STATEMENTS`] says.
+fn query<DB: sqlx::Database + sqlx::database::HasStatementCache>(
+    sql: &str,
+) -> sqlx::query::Query<'_, DB, DB::Arguments<'_>> {
+    sqlx::query(sql).persistent(keep_statements())
+}
+
+/// `sqlx::query_as`, prepared as [`KEEP_STATEMENTS`] says.
+fn query_as<'q, DB, O>(sql: &'q str) -> sqlx::query::QueryAs<'q, DB, O, DB::Arguments<'q>>
+where
+    DB: sqlx::Database + sqlx::database::HasStatementCache,
+    O: for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    sqlx::query_as(sql).persistent(keep_statements())
+}
+
+/// `sqlx::query_scalar`, prepared as [`KEEP_STATEMENTS`] says.
+fn query_scalar<'q, DB, O>(sql: &'q str) -> sqlx::query::QueryScalar<'q, DB, O, DB::Arguments<'q>>
+where
+    DB: sqlx::Database + sqlx::database::HasStatementCache,
+    (O,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    sqlx::query_scalar(sql).persistent(keep_statements())
+}
+
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite { write: SqlitePool, read: SqlitePool },
@@ -100,6 +141,10 @@ enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
+    /// PostgreSQL behind a transaction-pooling PgBouncer (`?pgbouncer=true`): every statement
+    /// runs inside a transaction, so that its prepare and its execution reach the same server
+    /// connection.
+    pooled: bool,
 }
 
 /// A connection borrowed for one query, from a pool or a transaction.
@@ -166,6 +211,9 @@ impl Tx {
 pub enum Pooled {
     Sqlite(sqlx::pool::PoolConnection<Sqlite>),
     Postgres(sqlx::pool::PoolConnection<Postgres>),
+    /// Behind a transaction-pooling PgBouncer: a transaction, committed by
+    /// [`Pooled::finish`] (a reader's is rolled back when dropped).
+    Pooled(Transaction<'static, Postgres>),
 }
 
 impl Pooled {
@@ -173,7 +221,18 @@ impl Pooled {
         match self {
             Pooled::Sqlite(c) => Conn::Sqlite(&mut *c),
             Pooled::Postgres(c) => Conn::Postgres(&mut *c),
+            Pooled::Pooled(t) => Conn::Postgres(&mut *t),
         }
+    }
+
+    /// Ends a writer's work with its result `out`: behind a pooler, where it ran in a
+    /// transaction, commits it if it succeeded; the other connections wrote as they went.
+    async fn done<T>(self, out: Result<T>) -> Result<T> {
+        let v = out?;
+        if let Pooled::Pooled(t) = self {
+            t.commit().await?;
+        }
+        Ok(v)
     }
 }
 
@@ -193,7 +252,7 @@ async fn spawn_checkpointer(write: SqlitePool, opts: SqliteConnectOptions) -> Re
             if write.is_closed() {
                 break;
             }
-            match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            match query("PRAGMA wal_checkpoint(PASSIVE)")
                 .execute(&mut conn)
                 .await
             {
@@ -212,6 +271,114 @@ async fn spawn_checkpointer(write: SqlitePool, opts: SqliteConnectOptions) -> Re
         let _ = conn.close().await;
     });
     Ok(())
+}
+
+/// Applies the PostgreSQL migrations through a transaction-pooling PgBouncer as sqlx's migrator
+/// does (the same `_sqlx_migrations` table and checks, so either may run next), with what such
+/// a pooler allows: statements unnamed, each in a transaction, and a transaction-level
+/// advisory lock in each migration's transaction instead of the migrator's session lock (which
+/// the pooler would leave held on whichever server connection took it).
+async fn migrate_pooled(pool: &PgPool) -> Result<()> {
+    use sqlx::migrate::MigrateError;
+    /// The lock's key, the same for every instance ("recsync").
+    const LOCK: i64 = 0x0072_6563_7379_6e63;
+    let mut tx = pool.begin().await?;
+    // Two instances creating the table at once collide even with IF NOT EXISTS.
+    query("SELECT pg_advisory_xact_lock($1)")
+        .bind(LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+            version BIGINT PRIMARY KEY,
+            description TEXT NOT NULL,
+            installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
+            success BOOLEAN NOT NULL,
+            checksum BYTEA NOT NULL,
+            execution_time BIGINT NOT NULL
+        )",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let known: Vec<i64> = POSTGRES_MIGRATIONS.iter().map(|m| m.version).collect();
+    for m in POSTGRES_MIGRATIONS
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+    {
+        let mut tx = pool.begin().await?;
+        query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let applied: Option<(Vec<u8>, bool)> =
+            query_as("SELECT checksum, success FROM _sqlx_migrations WHERE version = $1")
+                .bind(m.version)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match applied {
+            Some((_, false)) => return Err(MigrateError::Dirty(m.version).into()),
+            Some((sum, true)) if sum != *m.checksum => {
+                return Err(MigrateError::VersionMismatch(m.version).into());
+            }
+            Some(_) => continue,
+            None => {}
+        }
+        let started = std::time::Instant::now();
+        sqlx::raw_sql(&m.sql).execute(&mut *tx).await?;
+        query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES ($1, $2, TRUE, $3, $4)",
+        )
+        .bind(m.version)
+        .bind(&*m.description)
+        .bind(&*m.checksum)
+        .bind(started.elapsed().as_nanos() as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    let mut c = pool.begin().await?;
+    let applied: Vec<i64> = query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&mut *c)
+        .await?;
+    if let Some(v) = applied.into_iter().find(|v| !known.contains(v)) {
+        return Err(MigrateError::VersionMissing(v).into());
+    }
+    Ok(())
+}
+
+/// Takes recsync's own `pgbouncer` parameter out of a PostgreSQL URL: the URL sqlx is given,
+/// and whether the database is reached through a transaction-pooling PgBouncer.
+fn pgbouncer_param(url: &str) -> Result<(String, bool)> {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        // sqlx says what is wrong with it.
+        return Ok((url.to_string(), false));
+    };
+    let mut pooled = false;
+    let mut kept = Vec::new();
+    for (k, v) in parsed.query_pairs() {
+        if k == "pgbouncer" {
+            pooled = match v.as_ref() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                other => {
+                    return Err(StoreError::Database(sqlx::Error::Configuration(
+                        format!("`pgbouncer` in database_url is `true` or `false`, not `{other}`")
+                            .into(),
+                    )));
+                }
+            };
+        } else {
+            kept.push((k.into_owned(), v.into_owned()));
+        }
+    }
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok((parsed.to_string(), pooled))
 }
 
 /// The columns of a Dropbox mirror entry, in `MirrorEntry`'s order.
@@ -263,16 +430,34 @@ impl Store {
             };
             Ok(Store {
                 backend: Backend::Sqlite { write, read },
+                pooled: false,
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let opts = PgConnectOptions::from_str(url)?;
+            let (url, pooled) = pgbouncer_param(url)?;
+            let mut opts = PgConnectOptions::from_str(&url)?;
+            if pooled {
+                // PgBouncer refuses startup parameters it does not know (1.18:
+                // `unsupported startup parameter: extra_float_digits`), and statements kept
+                // on a connection are not there in the next transaction.
+                opts = opts.extra_float_digits(None).statement_cache_capacity(0);
+                KEEP_STATEMENTS.store(false, Ordering::Relaxed);
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts)
-                .await?;
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(d)
+                        if !pooled && d.message().contains("unsupported startup parameter") =>
+                    {
+                        StoreError::Pooler(e)
+                    }
+                    _ => e.into(),
+                })?;
             Ok(Store {
                 backend: Backend::Postgres(pool),
+                pooled,
             })
         } else {
             Err(StoreError::UnsupportedUrl)
@@ -291,6 +476,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<()> {
         match &self.backend {
             Backend::Sqlite { write, .. } => SQLITE_MIGRATIONS.run(write).await?,
+            Backend::Postgres(pool) if self.pooled => migrate_pooled(pool).await?,
             Backend::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
         }
         Ok(())
@@ -299,7 +485,7 @@ impl Store {
     /// Is the database reachable?
     pub async fn ping(&self) -> Result<()> {
         let mut c = self.reader().await?;
-        on!(c.conn(), |c| sqlx::query("SELECT 1")
+        on!(c.conn(), |c| query("SELECT 1")
             .execute(c)
             .await
             .map(|r| r.rows_affected()))?;
@@ -328,14 +514,17 @@ impl Store {
     pub async fn reader(&self) -> Result<Pooled> {
         Ok(match &self.backend {
             Backend::Sqlite { read, .. } => Pooled::Sqlite(read.acquire().await?),
+            Backend::Postgres(p) if self.pooled => Pooled::Pooled(p.begin().await?),
             Backend::Postgres(p) => Pooled::Postgres(p.acquire().await?),
         })
     }
 
-    /// A connection for single-statement writes outside a transaction.
+    /// A connection for single-statement writes outside a transaction; [`Pooled::finish`]
+    /// ends its work.
     async fn writer(&self) -> Result<Pooled> {
         Ok(match &self.backend {
             Backend::Sqlite { write, .. } => Pooled::Sqlite(write.acquire().await?),
+            Backend::Postgres(p) if self.pooled => Pooled::Pooled(p.begin().await?),
             Backend::Postgres(p) => Pooled::Postgres(p.acquire().await?),
         })
     }
@@ -351,7 +540,7 @@ impl Store {
 
 async fn get_record(c: Conn<'_>, model: &str, id: i64) -> Result<Option<Record>> {
     let row = on!(c, |c| {
-        sqlx::query_as::<_, RecordRow>(
+        query_as::<_, RecordRow>(
         "SELECT id, model, vals, version, created_at, updated_at, deleted_at FROM records WHERE model = $1 AND id = $2"
     )
     .bind(model)
@@ -363,7 +552,7 @@ async fn get_record(c: Conn<'_>, model: &str, id: i64) -> Result<Option<Record>>
 }
 
 async fn link_by_local(c: Conn<'_>, binding: &str, local_id: i64) -> Result<Option<Link>> {
-    Ok(on!(c, |c| sqlx::query_as::<_, LinkRow>(&format!(
+    Ok(on!(c, |c| query_as::<_, LinkRow>(&format!(
         "{LINK_SELECT} WHERE binding = $1 AND local_id = $2"
     ))
     .bind(binding)
@@ -374,7 +563,7 @@ async fn link_by_local(c: Conn<'_>, binding: &str, local_id: i64) -> Result<Opti
 }
 
 async fn link_by_external(c: Conn<'_>, binding: &str, external_id: &str) -> Result<Option<Link>> {
-    Ok(on!(c, |c| sqlx::query_as::<_, LinkRow>(&format!(
+    Ok(on!(c, |c| query_as::<_, LinkRow>(&format!(
         "{LINK_SELECT} WHERE binding = $1 AND external_id = $2"
     ))
     .bind(binding)
@@ -385,7 +574,7 @@ async fn link_by_external(c: Conn<'_>, binding: &str, external_id: &str) -> Resu
 }
 
 async fn renew_heartbeat(c: Conn<'_>, instance: &str, now: DateTime<Utc>) -> Result<()> {
-    on!(c, |c| sqlx::query(
+    on!(c, |c| query(
         "INSERT INTO instances (name, started_at, heartbeat_at) VALUES ($1, $2, $2)
          ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
     )
@@ -399,7 +588,7 @@ async fn renew_heartbeat(c: Conn<'_>, instance: &str, now: DateTime<Utc>) -> Res
 
 async fn release_run(c: Conn<'_>, sync: &str, instance: &str) -> Result<()> {
     on!(c, |c| {
-        sqlx::query(
+        query(
             "UPDATE sync_state SET running_by = NULL, running_since = NULL, running_run = NULL, updated_at = $1
              WHERE sync = $2 AND running_by = $3"
         )
@@ -419,7 +608,7 @@ async fn finish_run(
     error: Option<&str>,
 ) -> Result<()> {
     on!(c, |c| {
-        sqlx::query(
+        query(
             "UPDATE runs SET finished_at = $1, status = $2, error = $3, pulled = $4, created = $5, updated = $6, deleted = $7,
              unlinked = $8, skipped = $9, failed = $10, conflicts = $11, pushed = $12,
              held = $13, missing = $14, extra = $15, different = $16, ambiguous = $17 WHERE id = $18"
@@ -449,7 +638,7 @@ async fn finish_run(
 
 async fn log_change(c: Conn<'_>, r: &NewChange) -> Result<i64> {
     Ok(on!(c, |c| {
-        sqlx::query_scalar::<_, i64>(
+        query_scalar::<_, i64>(
         "INSERT INTO change_log (sync, direction, action, external_id, local_id, name, title, origin_values,
              destination_values, modified_at, synced_at, status, error_message, run_id, actor)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id"
@@ -570,7 +759,7 @@ where
             ph.list(chunk.len())
         );
         let rows = on!(&mut c, |c| {
-            let mut q = sqlx::query_as::<_, R>(&sql).bind(key);
+            let mut q = query_as::<_, R>(&sql).bind(key);
             for id in chunk {
                 q = q.bind(id);
             }
@@ -621,3 +810,28 @@ impl Store {
 }
 
 impl Tx {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pgbouncer_parameter_is_recsyncs_own() {
+        let (url, pooled) =
+            pgbouncer_param("postgres://u:p@db:6432/app?pgbouncer=true&sslmode=require").unwrap();
+        assert_eq!(
+            (url.as_str(), pooled),
+            ("postgres://u:p@db:6432/app?sslmode=require", true)
+        );
+        let (url, pooled) = pgbouncer_param("postgres://u:p@db/app?pgbouncer=false").unwrap();
+        assert_eq!((url.as_str(), pooled), ("postgres://u:p@db/app", false));
+        let (url, pooled) = pgbouncer_param("postgres://u:p@db/app").unwrap();
+        assert_eq!((url.as_str(), pooled), ("postgres://u:p@db/app", false));
+        let e = pgbouncer_param("postgres://db/app?pgbouncer=yes").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`pgbouncer` in database_url is `true` or `false`, not `yes`"),
+            "{e}"
+        );
+    }
+}

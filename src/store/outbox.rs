@@ -10,7 +10,7 @@ impl Store {
     ) -> Result<std::collections::HashSet<i64>> {
         let mut c = self.reader().await?;
         let ids = on!(c.conn(), |c| {
-            sqlx::query_scalar::<_, i64>(
+            query_scalar::<_, i64>(
             "SELECT DISTINCT local_id FROM outbox WHERE sync = $1 AND status IN ('pending', 'inflight', 'dead')"
         )
         .bind(sync)
@@ -36,7 +36,7 @@ impl Store {
             "SELECT COUNT(*) FROM outbox WHERE sync = $1 AND {run_match}
              AND (status = 'inflight' OR (status = 'pending' AND next_attempt_at <= $3))"
         );
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(&sql)
+        Ok(on!(c.conn(), |c| query_scalar::<_, i64>(&sql)
             .bind(sync)
             .bind(run_id)
             .bind(now)
@@ -55,7 +55,7 @@ impl Store {
                 "SELECT COUNT(*) FROM outbox WHERE sync = $1 AND status = 'done' AND (payload ->> 'run_id')::bigint = $2"
             }
         };
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(sql)
+        Ok(on!(c.conn(), |c| query_scalar::<_, i64>(sql)
             .bind(sync)
             .bind(run_id)
             .fetch_one(c)
@@ -76,7 +76,7 @@ impl Store {
                  AND (status = 'dead' OR (status = 'pending' AND attempts > 0))"
             }
         };
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(sql)
+        Ok(on!(c.conn(), |c| query_scalar::<_, i64>(sql)
             .bind(sync)
             .bind(run_id)
             .fetch_one(c)
@@ -86,7 +86,7 @@ impl Store {
     /// Records of a model with `id > after`, tombstones included, in id order.
     pub async fn records_after(&self, model: &str, after: i64, limit: i64) -> Result<Vec<Record>> {
         let mut c = self.reader().await?;
-        let rows = on!(c.conn(), |c| sqlx::query_as::<_, RecordRow>(
+        let rows = on!(c.conn(), |c| query_as::<_, RecordRow>(
             "SELECT id, model, vals, version, created_at, updated_at, deleted_at FROM records
              WHERE model = $1 AND id > $2 ORDER BY id LIMIT $3"
         )
@@ -132,7 +132,7 @@ impl Store {
         let alive_since = now - chrono::Duration::from_std(INSTANCE_DEAD_AFTER).expect("short");
         // A claimer is alive by definition: its heartbeat is renewed with every claim too.
         renew_heartbeat(c.conn(), worker, now).await?;
-        on!(c.conn(), |c| sqlx::query(
+        on!(c.conn(), |c| query(
             "UPDATE outbox SET status = 'pending', claimed_by = NULL, claimed_until = NULL
              WHERE status = 'inflight' AND (claimed_until < $1 OR (claimed_by <> $2
                AND claimed_by NOT IN (SELECT name FROM instances WHERE heartbeat_at >= $3)))"
@@ -143,7 +143,7 @@ impl Store {
         .execute(c)
         .await
         .map(|r| r.rows_affected()))?;
-        let rows = on!(c.conn(), |c| sqlx::query_as::<_, OutboxRow>(&sql)
+        let rows = on!(c.conn(), |c| query_as::<_, OutboxRow>(&sql)
             .bind(worker)
             .bind(until)
             .bind(now)
@@ -152,7 +152,7 @@ impl Store {
             .await)?;
         let mut out: Vec<OutboxEntry> = rows.into_iter().map(OutboxEntry::from).collect();
         out.sort_by_key(|e| e.id);
-        Ok(out)
+        c.done(Ok(out)).await
     }
 
     /// Renews this instance's heartbeat (and registers it on first use).
@@ -160,14 +160,14 @@ impl Store {
         let mut c = self.writer().await?;
         renew_heartbeat(c.conn(), instance, now).await?;
         // Rows of instances long gone are of no use to anyone.
-        on!(c.conn(), |c| sqlx::query(
+        on!(c.conn(), |c| query(
             "DELETE FROM instances WHERE heartbeat_at < $1"
         )
         .bind(now - chrono::Duration::days(1))
         .execute(c)
         .await
         .map(|_| ()))?;
-        Ok(())
+        c.done(Ok(())).await
     }
 
     /// Puts back in line every in-flight delivery claimed by another process. Only for the
@@ -175,14 +175,15 @@ impl Store {
     /// process held belonged to one that is gone, so nothing waits for a lease to run out.
     pub async fn release_claims_of_others(&self, instance: &str) -> Result<u64> {
         let mut c = self.writer().await?;
-        Ok(on!(c.conn(), |c| sqlx::query(
+        let out = Ok(on!(c.conn(), |c| query(
             "UPDATE outbox SET status = 'pending', claimed_by = NULL, claimed_until = NULL
              WHERE status = 'inflight' AND claimed_by <> $1"
         )
         .bind(instance)
         .execute(c)
         .await
-        .map(|r| r.rows_affected()))?)
+        .map(|r| r.rows_affected()))?);
+        c.done(out).await
     }
 
     /// Extends this instance's claims on `ids` until `until`: a batch still at work keeps its
@@ -203,14 +204,14 @@ impl Store {
                 ph.list(chunk.len())
             );
             on!(c.conn(), |c| {
-                let mut q = sqlx::query(&sql).bind(until).bind(instance);
+                let mut q = query(&sql).bind(until).bind(instance);
                 for id in chunk {
                     q = q.bind(id);
                 }
                 q.execute(c).await.map(|r| r.rows_affected())
             })?;
         }
-        Ok(())
+        c.done(Ok(())).await
     }
 
     /// Marks a delivered entry done.
@@ -229,7 +230,7 @@ impl Store {
         let now = Utc::now();
         let mut c = self.writer().await?;
         on!(c.conn(), |c| {
-            sqlx::query(
+            query(
             "UPDATE outbox SET status = 'pending', next_attempt_at = $1, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,
              claimed_by = NULL, claimed_until = NULL, updated_at = $2 WHERE id = $3"
         )
@@ -238,7 +239,7 @@ impl Store {
         .bind(id)
         .execute(c).await.map(|r| r.rows_affected())
         })?;
-        Ok(())
+        c.done(Ok(())).await
     }
 
     /// Dead-letters an entry after its retry budget.
@@ -251,7 +252,7 @@ impl Store {
         let now = Utc::now();
         let mut c = self.writer().await?;
         let n = on!(c.conn(), |c| {
-            sqlx::query(
+            query(
             "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_by = NULL,
              claimed_until = NULL, updated_at = $1 WHERE id = $2 AND status IN ('dead', 'discarded')"
         )
@@ -259,14 +260,14 @@ impl Store {
         .bind(id)
         .execute(c).await.map(|r| r.rows_affected())
         })?;
-        Ok(n > 0)
+        c.done(Ok(n > 0)).await
     }
 
     /// Requeues every dead entry of a sync; returns how many.
     pub async fn outbox_requeue_all(&self, sync: &str) -> Result<u64> {
         let now = Utc::now();
         let mut c = self.writer().await?;
-        on!(c.conn(), |c| sqlx::query(
+        let out = on!(c.conn(), |c| query(
             "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_by = NULL,
              claimed_until = NULL, updated_at = $1 WHERE sync = $2 AND status = 'dead'"
         )
@@ -275,13 +276,14 @@ impl Store {
         .execute(c)
         .await
         .map(|r| r.rows_affected()))
-        .map_err(Into::into)
+        .map_err(Into::into);
+        c.done(out).await
     }
 
     pub async fn outbox_entry(&self, id: i64) -> Result<Option<OutboxEntry>> {
         let mut c = self.reader().await?;
         let row = on!(c.conn(), |c| {
-            sqlx::query_as::<_, OutboxRow>(
+            query_as::<_, OutboxRow>(
             "SELECT id, sync, local_id, action, payload, status, attempts, next_attempt_at, last_error, created_at
              FROM outbox WHERE id = $1"
         )
@@ -296,14 +298,14 @@ impl Store {
     pub async fn outbox_discard(&self, id: i64) -> Result<bool> {
         let mut c = self.writer().await?;
         let n = on!(c.conn(), |c| {
-            sqlx::query(
+            query(
             "UPDATE outbox SET status = 'discarded', updated_at = $1 WHERE id = $2 AND status IN ('dead', 'pending')"
         )
         .bind(Utc::now())
         .bind(id)
         .execute(c).await.map(|r| r.rows_affected())
         })?;
-        Ok(n > 0)
+        c.done(Ok(n > 0)).await
     }
 
     async fn set_outbox(
@@ -316,7 +318,7 @@ impl Store {
         let now = Utc::now();
         let mut c = self.writer().await?;
         on!(c.conn(), |c| {
-            sqlx::query(
+            query(
             "UPDATE outbox SET status = $1, next_attempt_at = COALESCE($2, next_attempt_at), last_error = COALESCE($3, last_error),
              claimed_by = NULL, claimed_until = NULL, updated_at = $4 WHERE id = $5"
         )
@@ -327,7 +329,7 @@ impl Store {
         .bind(id)
         .execute(c).await.map(|r| r.rows_affected())
         })?;
-        Ok(())
+        c.done(Ok(())).await
     }
 
     /// Outbox entries by status (and sync), newest last, keyset-paginated by id.
@@ -340,7 +342,7 @@ impl Store {
     ) -> Result<Vec<OutboxEntry>> {
         let mut c = self.reader().await?;
         let rows = on!(c.conn(), |c| {
-            sqlx::query_as::<_, OutboxRow>(
+            query_as::<_, OutboxRow>(
             "SELECT id, sync, local_id, action, payload, status, attempts, next_attempt_at, last_error, created_at FROM outbox
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR sync = $2) AND id > $3 ORDER BY id LIMIT $4"
         )
@@ -358,7 +360,7 @@ impl Store {
     /// creation time.
     pub async fn outbox_stats(&self) -> Result<Vec<(String, String, i64, Option<DateTime<Utc>>)>> {
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_as::<
+        Ok(on!(c.conn(), |c| query_as::<
             _,
             (String, String, i64, Option<DateTime<Utc>>),
         >(
@@ -372,7 +374,7 @@ impl Store {
     /// Undelivered entries (pending or in flight) for a sync.
     pub async fn outbox_depth(&self, sync: &str) -> Result<i64> {
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(
+        Ok(on!(c.conn(), |c| query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM outbox WHERE sync = $1 AND status IN ('pending', 'inflight')"
         )
         .bind(sync)
@@ -415,7 +417,7 @@ impl Tx {
                 "INSERT INTO outbox (sync, local_id, action, payload, status, next_attempt_at, created_at, updated_at) VALUES {values}"
             );
             on!(self.conn(), |c| {
-                let mut q = sqlx::query(&sql);
+                let mut q = query(&sql);
                 for e in chunk {
                     q = q
                         .bind(&e.sync)
@@ -443,7 +445,7 @@ impl Tx {
                 ph.list(chunk.len())
             );
             on!(self.conn(), |c| {
-                let mut q = sqlx::query(&sql).bind(now);
+                let mut q = query(&sql).bind(now);
                 for id in chunk {
                     q = q.bind(id);
                 }
@@ -473,7 +475,7 @@ impl Tx {
              WHERE sync = $3 AND local_id = $4 AND status IN ('pending', 'dead'){only}"
         );
         Ok(on!(self.conn(), |c| {
-            sqlx::query(&sql)
+            query(&sql)
                 .bind(reason)
                 .bind(Utc::now())
                 .bind(sync)
@@ -488,7 +490,7 @@ impl Tx {
     /// so possibly delivered later)?
     pub async fn has_undelivered(&mut self, sync: &str, local_id: i64) -> Result<bool> {
         let n = on!(self.conn(), |c| {
-            sqlx::query_scalar::<_, i64>(
+            query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM outbox WHERE sync = $1 AND local_id = $2 AND status IN ('pending', 'inflight', 'dead')"
         )
         .bind(sync)
@@ -503,7 +505,7 @@ impl Tx {
     pub async fn enqueue(&mut self, e: &NewOutbox) -> Result<i64> {
         let now = Utc::now();
         Ok(on!(self.conn(), |c| {
-            sqlx::query_scalar::<_, i64>(
+            query_scalar::<_, i64>(
             "INSERT INTO outbox (sync, local_id, action, payload, status, next_attempt_at, created_at, updated_at)
              VALUES ($1, $2, $3, $4, 'pending', $5, $5, $5) RETURNING id"
         )

@@ -28,7 +28,7 @@ impl Store {
     pub async fn pause_record(&self, sync: &str, local_id: i64, by: &str) -> Result<bool> {
         let mut c = self.writer().await?;
         let n = on!(c.conn(), |c| {
-            sqlx::query(
+            query(
             "INSERT INTO paused_records (sync, local_id, paused_at, paused_by) VALUES ($1, $2, $3, $4)
              ON CONFLICT (sync, local_id) DO NOTHING"
         )
@@ -40,7 +40,7 @@ impl Store {
         .await
         .map(|r| r.rows_affected())
         })?;
-        Ok(n == 1)
+        c.done(Ok(n == 1)).await
     }
 
     /// Resumes a paused record: `None` when it was not paused, else what arrived for it
@@ -55,7 +55,7 @@ impl Store {
     /// The discarded hold that left this record detached for the sync, if it is.
     pub async fn detached_hold(&self, sync: &str, local_id: i64) -> Result<Option<i64>> {
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, Option<i64>>(
+        Ok(on!(c.conn(), |c| query_scalar::<_, Option<i64>>(
             "SELECT detached_hold FROM paused_records WHERE sync = $1 AND local_id = $2"
         )
         .bind(sync)
@@ -73,7 +73,7 @@ impl Store {
     /// Every record paused for the sync.
     pub async fn paused_ids(&self, sync: &str) -> Result<HashSet<i64>> {
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(
+        Ok(on!(c.conn(), |c| query_scalar::<_, i64>(
             "SELECT local_id FROM paused_records WHERE sync = $1"
         )
         .bind(sync)
@@ -93,7 +93,7 @@ impl Tx {
         by: &str,
         hold: i64,
     ) -> Result<()> {
-        on!(self.conn(), |c| sqlx::query(
+        on!(self.conn(), |c| query(
             "INSERT INTO paused_records (sync, local_id, paused_at, paused_by, detached_hold)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (sync, local_id) DO UPDATE SET detached_hold = excluded.detached_hold"
@@ -112,7 +112,7 @@ impl Tx {
     /// Ends a record's detachment (and any pause) for the sync; false when it was not detached.
     pub async fn end_detachment(&mut self, sync: &str, local_id: i64) -> Result<bool> {
         let n = on!(self.conn(), |c| {
-            sqlx::query(
+            query(
             "DELETE FROM paused_records WHERE sync = $1 AND local_id = $2 AND detached_hold IS NOT NULL"
         )
         .bind(sync)
@@ -127,7 +127,7 @@ impl Tx {
     /// [`Store::resume_record`], inside the transaction.
     pub async fn resume_record(&mut self, sync: &str, local_id: i64) -> Result<Option<Kept>> {
         let row = on!(self.conn(), |c| {
-            sqlx::query_as::<_, (Option<String>, Option<String>, bool)>(
+            query_as::<_, (Option<String>, Option<String>, bool)>(
                 "DELETE FROM paused_records WHERE sync = $1 AND local_id = $2 AND detached_hold IS NULL
                  RETURNING pending, pending_external_id, pending_delete",
             )
@@ -148,7 +148,7 @@ impl Tx {
         external_id: &str,
         values: Option<&Map<String, Value>>,
     ) -> Result<()> {
-        let before = on!(self.conn(), |c| sqlx::query_scalar::<_, Option<String>>(
+        let before = on!(self.conn(), |c| query_scalar::<_, Option<String>>(
             "SELECT pending FROM paused_records WHERE sync = $1 AND local_id = $2"
         )
         .bind(sync)
@@ -166,7 +166,7 @@ impl Tx {
             }
             None => (None, true),
         };
-        on!(self.conn(), |c| sqlx::query(
+        on!(self.conn(), |c| query(
             "UPDATE paused_records SET pending = $1, pending_external_id = $2, pending_delete = $3
              WHERE sync = $4 AND local_id = $5"
         )

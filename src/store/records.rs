@@ -10,7 +10,7 @@ impl Store {
     /// Live records of a model with `id > after`, in id order (keyset pagination).
     pub async fn list_records(&self, model: &str, after: i64, limit: i64) -> Result<Vec<Record>> {
         let mut c = self.reader().await?;
-        let rows = on!(c.conn(), |c| sqlx::query_as::<_, RecordRow>(
+        let rows = on!(c.conn(), |c| query_as::<_, RecordRow>(
             "SELECT id, model, vals, version, created_at, updated_at, deleted_at FROM records
              WHERE model = $1 AND id > $2 AND deleted_at IS NULL ORDER BY id LIMIT $3"
         )
@@ -24,7 +24,7 @@ impl Store {
 
     pub async fn count_records(&self, model: &str) -> Result<i64> {
         let mut c = self.reader().await?;
-        Ok(on!(c.conn(), |c| sqlx::query_scalar::<_, i64>(
+        Ok(on!(c.conn(), |c| query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM records WHERE model = $1 AND deleted_at IS NULL"
         )
         .bind(model)
@@ -65,7 +65,7 @@ impl Tx {
             );
             // Only the assigned columns come back; the values are the ones just written.
             let mut meta = on!(self.conn(), |c| {
-                let mut q = sqlx::query_as::<_, (i64, i64, DateTime<Utc>, DateTime<Utc>)>(&sql);
+                let mut q = query_as::<_, (i64, i64, DateTime<Utc>, DateTime<Utc>)>(&sql);
                 for v in chunk {
                     q = q.bind(model).bind(Json(v)).bind(now).bind(now);
                 }
@@ -109,7 +109,7 @@ impl Tx {
                  RETURNING id, version, created_at, updated_at"
             );
             let meta = on!(self.conn(), |c| {
-                let mut q = sqlx::query_as::<_, (i64, i64, DateTime<Utc>, DateTime<Utc>)>(&sql);
+                let mut q = query_as::<_, (i64, i64, DateTime<Utc>, DateTime<Utc>)>(&sql);
                 for (id, v) in chunk {
                     q = q.bind(id).bind(model).bind(Json(v)).bind(now).bind(now);
                 }
@@ -147,7 +147,7 @@ impl Tx {
     ) -> Result<Record> {
         let now = Utc::now();
         let row = on!(self.conn(), |c| {
-            sqlx::query_as::<_, RecordRow>(
+            query_as::<_, RecordRow>(
             "INSERT INTO records (model, vals, version, created_at, updated_at) VALUES ($1, $2, 1, $3, $3)
              RETURNING id, model, vals, version, created_at, updated_at, deleted_at"
         )
@@ -168,7 +168,7 @@ impl Tx {
         vals: &Map<String, Value>,
     ) -> Result<Option<Record>> {
         let row = on!(self.conn(), |c| {
-            sqlx::query_as::<_, RecordRow>(
+            query_as::<_, RecordRow>(
             "UPDATE records SET vals = $1, version = version + 1, updated_at = $2 WHERE model = $3 AND id = $4 AND deleted_at IS NULL
              RETURNING id, model, vals, version, created_at, updated_at, deleted_at"
         )
@@ -186,7 +186,7 @@ impl Tx {
     pub async fn delete_record(&mut self, model: &str, id: i64) -> Result<Option<Record>> {
         let now = Utc::now();
         let row = on!(self.conn(), |c| {
-            sqlx::query_as::<_, RecordRow>(
+            query_as::<_, RecordRow>(
             "UPDATE records SET deleted_at = $1, version = version + 1, updated_at = $1 WHERE model = $2 AND id = $3 AND deleted_at IS NULL
              RETURNING id, model, vals, version, created_at, updated_at, deleted_at"
         )
@@ -205,7 +205,7 @@ impl Tx {
         Ok(match self.conn() {
             Conn::Sqlite(c) => {
                 let path = format!("$.\"{}\"", field.replace('"', ""));
-                sqlx::query_scalar::<_, i64>(
+                query_scalar::<_, i64>(
                     "SELECT id FROM records WHERE model = $1 AND deleted_at IS NULL
                      AND CAST(json_extract(vals, $2) AS TEXT) = $3 LIMIT 2",
                 )
@@ -216,7 +216,7 @@ impl Tx {
                 .await?
             }
             Conn::Postgres(c) => {
-                sqlx::query_scalar::<_, i64>(
+                query_scalar::<_, i64>(
                     "SELECT id FROM records WHERE model = $1 AND deleted_at IS NULL AND vals ->> $2 = $3 LIMIT 2",
                 )
                 .bind(model)

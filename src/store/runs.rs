@@ -6,7 +6,7 @@ impl Store {
     pub async fn sync_state(&self, sync: &str) -> Result<Option<SyncState>> {
         let mut c = self.reader().await?;
         let row = on!(c.conn(), |c| {
-            sqlx::query_as::<_, SyncState>(
+            query_as::<_, SyncState>(
             "SELECT sync, cursor, next_run_at, schedule, running_run, running_by, running_since FROM sync_state WHERE sync = $1"
         )
         .bind(sync)
@@ -18,7 +18,7 @@ impl Store {
 
     pub(super) async fn ensure_state(&self, c: Conn<'_>, sync: &str) -> Result<()> {
         on!(c, |c| {
-            sqlx::query("INSERT INTO sync_state (sync, updated_at) VALUES ($1, $2) ON CONFLICT (sync) DO NOTHING")
+            query("INSERT INTO sync_state (sync, updated_at) VALUES ($1, $2) ON CONFLICT (sync) DO NOTHING")
             .bind(sync)
             .bind(Utc::now())
             .execute(c).await.map(|r| r.rows_affected())
@@ -29,7 +29,7 @@ impl Store {
     pub async fn set_cursor(&self, sync: &str, cursor: Option<&str>) -> Result<()> {
         let mut c = self.writer().await?;
         self.ensure_state(c.conn(), sync).await?;
-        on!(c.conn(), |c| sqlx::query(
+        on!(c.conn(), |c| query(
             "UPDATE sync_state SET cursor = $1, updated_at = $2 WHERE sync = $3"
         )
         .bind(cursor)
@@ -38,7 +38,7 @@ impl Store {
         .execute(c)
         .await
         .map(|r| r.rows_affected()))?;
-        Ok(())
+        c.done(Ok(())).await
     }
 
     /// Stores when the sync is next due, and the schedule text that computed it.
@@ -50,7 +50,7 @@ impl Store {
     ) -> Result<()> {
         let mut c = self.writer().await?;
         self.ensure_state(c.conn(), sync).await?;
-        on!(c.conn(), |c| sqlx::query(
+        on!(c.conn(), |c| query(
             "UPDATE sync_state SET next_run_at = $1, schedule = $2, updated_at = $3 WHERE sync = $4"
         )
         .bind(at)
@@ -60,7 +60,7 @@ impl Store {
         .execute(c)
         .await
         .map(|r| r.rows_affected()))?;
-        Ok(())
+        c.done(Ok(())).await
     }
 
     /// Moves a due time on, only if it is still `due`: of several instances ticking at once,
@@ -73,7 +73,7 @@ impl Store {
     ) -> Result<bool> {
         let mut c = self.writer().await?;
         let n = on!(c.conn(), |c| {
-            sqlx::query(
+            query(
             "UPDATE sync_state SET next_run_at = $1, updated_at = $2 WHERE sync = $3 AND next_run_at = $4"
         )
         .bind(next)
@@ -84,7 +84,7 @@ impl Store {
         .await
         .map(|r| r.rows_affected())
         })?;
-        Ok(n == 1)
+        c.done(Ok(n == 1)).await
     }
 
     /// Claims the sync's run slot with a conditional update: true for exactly one caller,
@@ -104,7 +104,7 @@ impl Store {
         // A claim left by an instance that died: its run ends as failed, so none stays
         // `running` for ever.
         on!(c.conn(), |c| {
-            sqlx::query(
+            query(
                 "UPDATE runs SET status = 'failed', finished_at = $1,
                  error = 'the instance running it stopped without finishing (its claim expired)'
              WHERE sync = $2 AND finished_at IS NULL AND instance = (SELECT running_by FROM sync_state
@@ -118,7 +118,7 @@ impl Store {
             .map(|r| r.rows_affected())
         })?;
         let n = on!(c.conn(), |c| {
-            sqlx::query(
+            query(
             "UPDATE sync_state SET running_by = $1, running_since = $2, running_run = NULL, updated_at = $2
              WHERE sync = $3 AND (running_by IS NULL OR running_since < $4)"
         )
@@ -140,7 +140,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut c = self.writer().await?;
-        on!(c.conn(), |c| sqlx::query(
+        on!(c.conn(), |c| query(
             "UPDATE sync_state SET running_since = $1 WHERE sync = $2 AND running_by = $3"
         )
         .bind(now)
@@ -149,13 +149,13 @@ impl Store {
         .execute(c)
         .await
         .map(|r| r.rows_affected()))?;
-        Ok(())
+        c.done(Ok(())).await
     }
 
     /// Notes which run holds the claim.
     pub async fn set_running_run(&self, sync: &str, instance: &str, run_id: i64) -> Result<()> {
         let mut c = self.writer().await?;
-        on!(c.conn(), |c| sqlx::query(
+        on!(c.conn(), |c| query(
             "UPDATE sync_state SET running_run = $1 WHERE sync = $2 AND running_by = $3"
         )
         .bind(run_id)
@@ -164,13 +164,14 @@ impl Store {
         .execute(c)
         .await
         .map(|r| r.rows_affected()))?;
-        Ok(())
+        c.done(Ok(())).await
     }
 
     /// Gives the run slot back (only if this instance holds it).
     pub async fn release_run(&self, sync: &str, instance: &str) -> Result<()> {
         let mut c = self.writer().await?;
-        release_run(c.conn(), sync, instance).await
+        let out = release_run(c.conn(), sync, instance).await;
+        c.done(out).await
     }
 
     pub async fn start_run(
@@ -181,8 +182,8 @@ impl Store {
         status: &str,
     ) -> Result<i64> {
         let mut c = self.writer().await?;
-        Ok(on!(c.conn(), |c| {
-            sqlx::query_scalar::<_, i64>(
+        let out = Ok(on!(c.conn(), |c| {
+            query_scalar::<_, i64>(
             "INSERT INTO runs (sync, trigger, started_at, status, instance) VALUES ($1, $2, $3, $4, $5) RETURNING id"
         )
         .bind(sync)
@@ -192,7 +193,8 @@ impl Store {
         .bind(instance)
         .fetch_one(c)
         .await
-        })?)
+        })?);
+        c.done(out).await
     }
 
     /// Records a run that was skipped, started and finished in one statement (so a crash
@@ -206,8 +208,8 @@ impl Store {
     ) -> Result<i64> {
         let mut c = self.writer().await?;
         let now = Utc::now();
-        Ok(on!(c.conn(), |c| {
-            sqlx::query_scalar::<_, i64>(
+        let out = Ok(on!(c.conn(), |c| {
+            query_scalar::<_, i64>(
                 "INSERT INTO runs (sync, trigger, started_at, finished_at, status, error, instance)
              VALUES ($1, $2, $3, $3, 'skipped', $4, $5) RETURNING id",
             )
@@ -218,7 +220,8 @@ impl Store {
             .bind(instance)
             .fetch_one(c)
             .await
-        })?)
+        })?);
+        c.done(out).await
     }
 
     pub async fn finish_run(
@@ -229,7 +232,8 @@ impl Store {
         error: Option<&str>,
     ) -> Result<()> {
         let mut c = self.writer().await?;
-        finish_run(c.conn(), id, status, counts, error).await
+        let out = finish_run(c.conn(), id, status, counts, error).await;
+        c.done(out).await
     }
 
     /// Records the end of a run and releases the sync's run slot in one transaction, so no
@@ -253,7 +257,7 @@ impl Store {
     pub async fn has_finished_run(&self, sync: &str) -> Result<bool> {
         let mut c = self.reader().await?;
         Ok(on!(c.conn(), |c| {
-            sqlx::query_scalar::<_, i64>(
+            query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE sync = $1 AND status IN ('success', 'partial') LIMIT 1) t"
         )
         .bind(sync)
@@ -271,7 +275,7 @@ impl Store {
     ) -> Result<Vec<Run>> {
         let mut c = self.reader().await?;
         Ok(on!(c.conn(), |c| {
-            sqlx::query_as::<_, Run>(
+            query_as::<_, Run>(
             "SELECT id, sync, trigger, started_at, finished_at, status, error, instance, pulled, created, updated, deleted,
                     unlinked, skipped, failed, conflicts, pushed, held, missing, extra, different, ambiguous FROM runs
              WHERE ($1 IS NULL OR sync = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"

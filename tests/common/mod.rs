@@ -28,7 +28,13 @@ impl TestDb {
                     .await
                     .expect("create test database");
                 admin_store.close().await;
-                let mut url = url::Url::parse(&admin).expect("valid URL");
+                // Through a transaction-pooling PgBouncer when one is given (its URL carries
+                // `?pgbouncer=true`); the database is created and dropped directly.
+                let through = std::env::var("RECSYNC_TEST_POOLER_URL")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| admin.clone());
+                let mut url = url::Url::parse(&through).expect("valid URL");
                 url.set_path(&format!("/{name}"));
                 TestDb {
                     url: url.to_string(),
