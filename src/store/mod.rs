@@ -288,7 +288,8 @@ async fn migrate_pooled(pool: &PgPool) -> Result<()> {
         .bind(LOCK)
         .execute(&mut *tx)
         .await?;
-    sqlx::raw_sql(
+    sqlx::Executor::execute(
+        &mut *tx,
         "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
             version BIGINT PRIMARY KEY,
             description TEXT NOT NULL,
@@ -298,14 +299,13 @@ async fn migrate_pooled(pool: &PgPool) -> Result<()> {
             execution_time BIGINT NOT NULL
         )",
     )
-    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     let known: Vec<i64> = POSTGRES_MIGRATIONS.iter().map(|m| m.version).collect();
-    for m in POSTGRES_MIGRATIONS
-        .iter()
-        .filter(|m| !m.migration_type.is_down_migration())
-    {
+    for m in POSTGRES_MIGRATIONS.iter() {
+        if m.migration_type.is_down_migration() {
+            continue;
+        }
         let mut tx = pool.begin().await?;
         query("SELECT pg_advisory_xact_lock($1)")
             .bind(LOCK)
@@ -318,21 +318,24 @@ async fn migrate_pooled(pool: &PgPool) -> Result<()> {
                 .await?;
         match applied {
             Some((_, false)) => return Err(MigrateError::Dirty(m.version).into()),
-            Some((sum, true)) if sum != *m.checksum => {
+            Some((sum, true)) if sum[..] != m.checksum[..] => {
                 return Err(MigrateError::VersionMismatch(m.version).into());
             }
             Some(_) => continue,
             None => {}
         }
         let started = std::time::Instant::now();
-        sqlx::raw_sql(&m.sql).execute(&mut *tx).await?;
+        // The migration's statements at once, as a plain text query (as sqlx's migrator
+        // sends them; `raw_sql(..).execute` would do the same, but its future is `Send` only
+        // for a higher-ranked lifetime that callers' futures cannot prove).
+        sqlx::Executor::execute(&mut *tx, m.sql.as_ref()).await?;
         query(
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
              VALUES ($1, $2, TRUE, $3, $4)",
         )
         .bind(m.version)
-        .bind(&*m.description)
-        .bind(&*m.checksum)
+        .bind(m.description.as_ref())
+        .bind(m.checksum.as_ref())
         .bind(started.elapsed().as_nanos() as i64)
         .execute(&mut *tx)
         .await?;
