@@ -120,8 +120,17 @@ fn port() -> u16 {
 
 /// Starts `recsync serve` on a free port and waits until it answers; returns it and its URL.
 async fn serve(s: &Setup, log: &str) -> (Killed, String) {
+    serve_with(s, log, None).await
+}
+
+/// [`serve`], killing itself at a crash point (`RECSYNC_CRASH_POINT`, `src/crash.rs`).
+async fn serve_with(s: &Setup, log: &str, crash: Option<&str>) -> (Killed, String) {
     let port = port();
-    let child = Command::new(env!("CARGO_BIN_EXE_recsync"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recsync"));
+    if let Some(c) = crash {
+        cmd.env("RECSYNC_CRASH_POINT", c);
+    }
+    let child = cmd
         .args([
             "serve",
             "--config",
@@ -320,6 +329,75 @@ async fn a_killed_instances_deliveries_are_taken_over_within_seconds() {
         s.peer.records("out").len(),
         n,
         "each record delivered once (the Idempotency-Key of a redelivery is replayed)"
+    );
+    drop(b);
+    s.peer_handle.stop(false).await;
+    s.db.cleanup(store).await;
+}
+
+/// A create that reached the external system just before its instance died is sent again
+/// with the record's newer values under the same `Idempotency-Key`, and answered from its first
+/// attempt (the older values). The link must not take the values sent for the values there:
+/// the update that follows sends the newer values (convergence seeds 8001 and 9254).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_answered_from_its_first_attempt_is_followed_by_the_values_of_now() {
+    let s = setup().await;
+    let store = s.db.store().await;
+    // A long backoff: the edit below lands while the create waits for its third attempt.
+    let config = std::fs::read_to_string(s.dir.path().join("recsync.toml")).unwrap();
+    std::fs::write(
+        s.dir.path().join("recsync.toml"),
+        config.replace("outbox_backoff = \"100ms\"", "outbox_backoff = \"2s\""),
+    )
+    .unwrap();
+    // The first instance delivers the create and dies before recording it.
+    let (mut a, base_a) = serve_with(&s, "a.log", Some("outbox.before_record:1")).await;
+    let status = call(
+        &s,
+        "POST",
+        format!("{base_a}/sync/IN/create"),
+        json!({"unique_id": "R-1", "name": "First"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while a.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the first instance died at the crash point"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(delivered(&s), ["First"], "the create reached the peer");
+    // The next attempt fails before the peer reads it; the record changes before the one
+    // after.
+    s.peer.set_faults(Faults {
+        fail_next: 1,
+        only: Some("ship".into()),
+        ..Default::default()
+    });
+    let (b, base_b) = serve(&s, "b.log").await;
+    common::eventually(60, "the create's second attempt", || async {
+        (s.peer.calls("out", "ship").len() >= 2).then_some(())
+    })
+    .await;
+    let status = call(
+        &s,
+        "PUT",
+        format!("{base_b}/sync/IN/R-1"),
+        json!({"unique_id": "R-1", "name": "Second"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    common::eventually(60, "every delivery recorded", || async {
+        let open = store.list_outbox(None, None, 0, 100).await.unwrap();
+        (!open.is_empty() && open.iter().all(|e| e.status == "done")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        delivered(&s),
+        ["Second"],
+        "one record there, with the values of now"
     );
     drop(b);
     s.peer_handle.stop(false).await;

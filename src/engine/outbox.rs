@@ -513,23 +513,26 @@ impl Engine {
                     .unwrap_or_else(|| entry.local_id.to_string());
                 // The base is the binding's: what this sync sent joins what the other syncs of
                 // the binding last synced.
+                // A create sent again may have been answered from its first attempt (same
+                // key, older values): what is there is not known, so neither the base nor the
+                // version claims it, and the update that follows sends every field.
+                let resent_create = action == SendAction::Create && entry.attempts > 1;
                 let link_after = (action != SendAction::Delete).then(|| {
                     let mut base = link.as_ref().map(|l| l.base.clone()).unwrap_or_default();
-                    base.extend(
-                        sync.fields
-                            .iter()
-                            .flat_map(|p| p.sends_from())
-                            .filter_map(|f| values.get(f).map(|v| (f.to_string(), v.clone()))),
-                    );
+                    if !resent_create {
+                        base.extend(
+                            sync.fields
+                                .iter()
+                                .flat_map(|p| p.sends_from())
+                                .filter_map(|f| values.get(f).map(|v| (f.to_string(), v.clone()))),
+                        );
+                    }
                     Link {
                         binding: sync.binding(),
                         local_id: entry.local_id,
                         external_id: Some(ext.clone()),
                         base,
-                        // A create sent again may have been answered from its first attempt
-                        // (same key, older values): the version is left unsynced, so an
-                        // update with the values of now follows it.
-                        synced_version: if action == SendAction::Create && entry.attempts > 1 {
+                        synced_version: if resent_create {
                             0
                         } else {
                             record.as_ref().map(|r| r.version).unwrap_or(0)
