@@ -15,9 +15,9 @@
 //!
 //! A delete is made only of a person whose records are all linked to one hub record (one
 //! entered elsewhere that recsync has not linked yet is another record, which a delete does not
-//! reach). A CRM edit is made only while no delivery to the CRM is on its way: a `rest` service
-//! cannot be read by id, so a send crossing an edit there cannot be caught (`mapping.md`,
-//! conflicts on send: the next pull settles it, and this code has no pull).
+//! reach). An edit in the CRM or the cron system is made only while no delivery to that system
+//! is on its way or waiting for a retry: a `rest` service cannot be read by id, so a send
+//! crossing an edit there overwrites it (`mapping.md`, reading before sending).
 //!
 //! After the operations: faults off, runs until nothing changes and the outbox drained, then
 //! - every person is in every system exactly once, with the same name;
@@ -594,6 +594,10 @@ impl World {
                 let Some((id, _)) = self.held_by("cp", k).into_iter().next() else {
                     return;
                 };
+                // As for the CRM: not while a delivery to the cron system is on its way.
+                if self.h.store.outbox_depth("CP").await.unwrap() > 0 {
+                    return;
+                }
                 let name = self.name();
                 self.h
                     .peer
