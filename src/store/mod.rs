@@ -212,7 +212,7 @@ pub enum Pooled {
     Sqlite(sqlx::pool::PoolConnection<Sqlite>),
     Postgres(sqlx::pool::PoolConnection<Postgres>),
     /// Behind a transaction-pooling PgBouncer: a transaction, committed by
-    /// [`Pooled::finish`] (a reader's is rolled back when dropped).
+    /// [`Pooled::done`] (a reader's is rolled back when dropped).
     Pooled(Transaction<'static, Postgres>),
 }
 
