@@ -162,6 +162,13 @@ async fn two_serve_processes_never_run_a_sync_at_once_and_pull_each_record_once(
         (left >= total + updated).then_some(())
     })
     .await;
+    // The run that confirmed the last page writes its counts just after: it ends before the
+    // processes do.
+    common::eventually(60, "the last run to end", || async {
+        let runs = store.runs(Some("MULTI"), None, 10_000).await.unwrap();
+        runs.iter().all(|r| r.status != "running").then_some(())
+    })
+    .await;
     drop(a);
     drop(b);
 
