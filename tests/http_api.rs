@@ -727,11 +727,7 @@ async fn an_unreachable_service_is_retried_then_named_and_nothing_is_written() {
     // A port nobody listens on: connection refused, retried twice with backoff, then a clear
     // error. Port 1 (tcpmux) rather than a free port let go of: another test running at the
     // same time may be given that one and answer on it.
-    let h = harness(
-        "http://127.0.0.1:1",
-        next_url_mapping("", "", "to_local"),
-    )
-    .await;
+    let h = harness("http://127.0.0.1:1", next_url_mapping("", "", "to_local")).await;
     let run = h.run("S_NEXT_URL").await;
     let err = run.error.clone().unwrap_or_default();
     assert_eq!((run.status.as_str(), run.created), ("failed", 0), "{run:?}");

@@ -258,8 +258,22 @@ async fn two_serve_processes_never_run_a_sync_at_once_and_pull_each_record_once(
             "{id}"
         );
     }
+    // Each change pulled once, but for what a failed run pulled and did not confirm: the peer
+    // serves that page again, by design (two processes on one SQLite file under a loaded
+    // machine have failed a run now and then).
     let pulled: i64 = runs.iter().map(|r| r.pulled).sum();
-    assert_eq!(pulled as usize, total + updated, "each change pulled once");
+    let failed: Vec<_> = runs
+        .iter()
+        .filter(|r| r.status == "failed")
+        .map(|r| (r.id, r.pulled, r.error.clone()))
+        .collect();
+    let again: i64 = failed.iter().map(|f| f.1).sum();
+    assert!(
+        pulled as usize >= total + updated && pulled - again <= (total + updated) as i64,
+        "each change pulled once: {pulled} pulled for {} changes; failed runs: {failed:?}\n{}",
+        total + updated,
+        logs()
+    );
     handle.stop(false).await;
     db.cleanup(store).await;
 }
