@@ -14,6 +14,8 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod metrics;
-pub mod peer;
+/// The reference peer and the fakes (crate `recsync-fakes`, feature `fakes`).
+#[cfg(feature = "fakes")]
+pub use recsync_fakes as peer;
 pub mod store;
 pub mod telemetry;

@@ -2,8 +2,6 @@
 
 use super::*;
 
-/// The embedded demo mapping, so `demo` works from any folder.
-pub(super) const DEMO_MAPPING: &str = include_str!("../../mappings/demo.toml");
 /// The Odoo example, for `demo --odoo`.
 const ODOO_MAPPING: &str = include_str!("../../mappings/odoo.toml");
 /// Partners the demo's fake Odoo starts with.

@@ -3,27 +3,35 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(feature = "fakes")]
 mod demo;
 mod discover;
-mod fake_odoo;
+#[cfg(feature = "fakes")]
+mod fakes;
 mod holds;
 mod keys;
 mod log;
 mod outbox;
+#[cfg(feature = "fakes")]
 mod peer;
 mod plan;
 mod run;
 mod serve;
 mod validate;
 
+#[cfg(feature = "fakes")]
 use demo::demo;
 use keys::keys_new;
 use log::{log, open_store_for_reading};
 use outbox::outbox;
+#[cfg(feature = "fakes")]
 use peer::{PeerArgs, peer};
 use run::run_now;
 use serve::{migrate, serve};
 use validate::validate;
+
+/// The demo's mapping, built in (also what `plan` reads for the demo's database).
+pub(crate) const DEMO_MAPPING: &str = include_str!("../../mappings/demo.toml");
 
 /// Exit status for configuration errors (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
@@ -67,6 +75,7 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
     },
+    #[cfg(feature = "fakes")]
     /// Run the embedded demo: SQLite, mappings/demo.toml and an in-process reference peer
     Demo {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8071")]
@@ -180,6 +189,7 @@ pub enum Command {
         /// The resource to describe (Odoo: a model such as res.partner)
         resource: Option<String>,
     },
+    #[cfg(feature = "fakes")]
     /// Run the reference external system
     Peer {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8072")]
@@ -206,6 +216,7 @@ pub enum Command {
         #[arg(long, value_name = "COLLECTION=COUNT")]
         synthetic: Vec<String>,
     },
+    #[cfg(feature = "fakes")]
     /// Run the fake Dropbox (tests, demos, SDK conformance)
     FakeDropbox {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9911")]
@@ -224,6 +235,7 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         webhook_url: Option<String>,
     },
+    #[cfg(feature = "fakes")]
     /// Run the fake Odoo (tests, demos, client conformance): JSON-RPC and JSON-2
     FakeOdoo {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9912")]
@@ -247,6 +259,7 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         partners: usize,
     },
+    #[cfg(feature = "fakes")]
     /// Run the fake HTTP JSON API (tests, examples, benchmarks): HubSpot-style contacts,
     /// Zendesk-style tickets, items in every pagination style, an OAuth 2.0 token endpoint
     FakeHttp {
@@ -336,6 +349,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             resource,
         } => discover::discover(&cli.global, &web_service, resource.as_deref()).await,
         Command::Serve { listen } => serve(&cli.global, listen).await,
+        #[cfg(feature = "fakes")]
         Command::Demo {
             listen,
             peer_listen,
@@ -385,6 +399,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             op,
             external_id,
         } => holds::record(&cli.global, &code, local_id, &op, external_id).await,
+        #[cfg(feature = "fakes")]
         Command::FakeOdoo {
             listen,
             database,
@@ -394,7 +409,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             server_version,
             partners,
         } => {
-            fake_odoo::fake_odoo(
+            fakes::fake_odoo(
                 crate::peer::odoo::OdooOptions {
                     listen,
                     database,
@@ -407,12 +422,14 @@ pub async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
+        #[cfg(feature = "fakes")]
         Command::FakeHttp {
             listen,
             auth,
             rate_limit,
             seed,
-        } => fake_odoo::fake_http(listen, &auth, rate_limit, &seed).await,
+        } => fakes::fake_http(listen, &auth, rate_limit, &seed).await,
+        #[cfg(feature = "fakes")]
         Command::FakeDropbox {
             listen,
             app_key,
@@ -431,8 +448,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             match crate::peer::dropbox::FakeDropbox::bind(opts) {
                 Ok(fake) => {
                     println!("Fake Dropbox listening on {}", fake.url());
-                    fake_odoo::serve_until_ctrl_c("the fake Dropbox", fake.handle(), fake.run())
-                        .await
+                    fakes::serve_until_ctrl_c("the fake Dropbox", fake.handle(), fake.run()).await
                 }
                 Err(e) => {
                     eprintln!("error: cannot listen: {e}");
@@ -440,6 +456,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "fakes")]
         Command::Peer {
             listen,
             api_key,

@@ -12,6 +12,7 @@ pub mod dropbox;
 pub mod http;
 pub mod odoo;
 pub mod rest;
+pub mod transport;
 
 use crate::domain::mirror::MirrorEntry;
 use crate::domain::plan::{Plan, ServiceSpec, Sync, WebService};
@@ -20,22 +21,124 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Why a call to the external system failed, as the retry logic needs to know it.
+/// Why a call to an external system failed, typed so the engine decides from the kind of
+/// failure, never from its text. Every kind of connector answers with these; the message is
+/// one sentence for the change-control log and the outbox.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum SendError {
-    /// Worth trying again later (5xx, timeout, `failed` answer, 429), perhaps after a delay.
-    #[error("{reason}")]
-    Retry {
-        reason: String,
-        after: Option<Duration>,
+pub enum Failure {
+    /// The credentials were refused (after a refresh, where the kind has one).
+    #[error("{message}")]
+    Unauthorized { message: String },
+    /// The record (or the resource) is not there.
+    #[error("{message}")]
+    NotFound { message: String },
+    /// The service holds a record in the way: on a create, the record it names
+    /// (`existing_id`), which the engine links instead of copying; without an id, a write
+    /// refused because the record changed there.
+    #[error("{message}")]
+    Conflict {
+        existing_id: Option<String>,
+        message: String,
     },
-    /// Trying again would not help (a 4xx other than 408/429, a configuration gap).
-    #[error("{0}")]
-    Permanent(String),
-    /// A create the service refused because it already holds the record, which it named:
-    /// the engine links that record instead of copying it.
-    #[error("{reason}")]
-    Exists { existing_id: String, reason: String },
+    /// Too many calls: worth trying again after `retry_after` (or a backoff).
+    #[error("{message}")]
+    RateLimited {
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// Worth trying again later (5xx, timeout, a connection lost, a `failed` answer), perhaps
+    /// after `retry_after`.
+    #[error("{message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The service refused a value; `field` names it when the service says which.
+    #[error("{message}")]
+    Invalid {
+        field: Option<String>,
+        message: String,
+    },
+    /// Trying again would not help (a 4xx the service gives no reason for, a configuration
+    /// gap, an answer recsync cannot read).
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl Failure {
+    /// Worth trying again later (without a new read: `message`).
+    pub fn transient(message: impl Into<String>) -> Failure {
+        Failure::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Not worth trying again.
+    pub fn permanent(message: impl Into<String>) -> Failure {
+        Failure::Permanent {
+            message: message.into(),
+        }
+    }
+
+    /// The same failure, said another way (with what the connector knows around it).
+    pub fn reworded(mut self, say: impl FnOnce(&str) -> String) -> Failure {
+        let said = say(self.message());
+        match &mut self {
+            Failure::Unauthorized { message }
+            | Failure::NotFound { message }
+            | Failure::Conflict { message, .. }
+            | Failure::RateLimited { message, .. }
+            | Failure::Transient { message, .. }
+            | Failure::Invalid { message, .. }
+            | Failure::Permanent { message } => *message = said,
+        }
+        self
+    }
+
+    /// The sentence for the log.
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Unauthorized { message }
+            | Failure::NotFound { message }
+            | Failure::Conflict { message, .. }
+            | Failure::RateLimited { message, .. }
+            | Failure::Transient { message, .. }
+            | Failure::Invalid { message, .. }
+            | Failure::Permanent { message } => message,
+        }
+    }
+
+    /// Whether a later attempt may succeed with nothing changed but time.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Failure::RateLimited { .. } | Failure::Transient { .. }
+        )
+    }
+
+    /// How long the service asked to be left alone, when it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Failure::RateLimited { retry_after, .. } | Failure::Transient { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// The kind, one word, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Unauthorized { .. } => "unauthorized",
+            Failure::NotFound { .. } => "not_found",
+            Failure::Conflict { .. } => "conflict",
+            Failure::RateLimited { .. } => "rate_limited",
+            Failure::Transient { .. } => "transient",
+            Failure::Invalid { .. } => "invalid",
+            Failure::Permanent { .. } => "permanent",
+        }
+    }
 }
 
 /// What a change does on the external side.
@@ -370,7 +473,7 @@ pub trait Connector: Send + std::marker::Sync {
         action: SendAction,
         target: Target<'_>,
         values: &Map<String, Value>,
-    ) -> Result<Sent, SendError>;
+    ) -> Result<Sent, Failure>;
 
     /// Every external id that exists now, a page at a time from `after` (delete detection
     /// and reconciliation). The answer is the ids and where the next page starts.

@@ -3,9 +3,10 @@
 //! to the sync's configured endpoints (method, URL template, `response_id`) or to the web
 //! service's `shipping_url`.
 
+use super::transport::{self, Limits};
 use super::{
-    Confirmation, Connector, Memory, Page, PullAction, PullError, PullStart, Pulled, Puller,
-    SendAction, SendError, Sent, Target,
+    Confirmation, Connector, Failure, Memory, Page, PullAction, PullError, PullStart, Pulled,
+    Puller, SendAction, Sent, Target,
 };
 use crate::domain::Plan;
 use crate::domain::plan::{Auth, EndpointAction, RestService, Sync};
@@ -15,7 +16,6 @@ use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 /// Characters left as they are in an external id placed in a URL path segment.
 const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -27,12 +27,12 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// An external id as one URL path segment: percent-encoded (so `/`, `?`, `#`, spaces and line
 /// breaks cannot change the URL or inject a header), and `.` and `..` refused, because URL
 /// parsing resolves them (and their encoded forms) as dot segments.
-pub fn path_segment(external_id: &str) -> Result<String, SendError> {
+pub fn path_segment(external_id: &str) -> Result<String, Failure> {
     let encoded = utf8_percent_encode(external_id, PATH_SEGMENT).to_string();
     if encoded == "." || encoded == ".." {
-        return Err(SendError::Permanent(format!(
-            "the external id `{external_id}` cannot be put in a URL path"
-        )));
+        return Err(Failure::Permanent {
+            message: format!("the external id `{external_id}` cannot be put in a URL path"),
+        });
     }
     Ok(encoded)
 }
@@ -70,7 +70,7 @@ pub async fn probe(client: &reqwest::Client, auth: &Auth, timeout: Duration, url
     {
         Ok(r) if matches!(r.status().as_u16(), 401 | 403) => Probe::Refused(r.status().as_u16()),
         Ok(r) => Probe::Answered(r.status().as_u16()),
-        Err(e) => Probe::Unreachable(transport_error(e).to_string()),
+        Err(e) => Probe::Unreachable(transport::describe(&e).to_string()),
     }
 }
 
@@ -88,42 +88,39 @@ pub fn origin(url: &str) -> String {
     }
 }
 
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// What a failed request means for a retry (every failure to get an answer is worth one).
-pub(crate) fn transport_error(e: reqwest::Error) -> SendError {
-    let what = if e.is_timeout() {
-        "the request timed out"
-    } else if e.is_connect() {
-        "the service could not be reached"
-    } else {
-        "the request failed"
-    };
-    SendError::Retry {
-        reason: what.to_string(),
-        after: None,
-    }
-}
-
 /// Classifies a non-2xx status.
-fn status_error(resp: &reqwest::Response) -> SendError {
-    let s = resp.status();
-    let mut reason = format!("the service answered HTTP {}", s.as_u16());
-    if s.as_u16() == 429 || s.is_server_error() || s.as_u16() == 408 {
-        let after = retry_after(resp);
-        if let Some(a) = after {
-            reason.push_str(&format!(" and asked to retry after {} s", a.as_secs()));
+fn status_error(resp: &reqwest::Response) -> Failure {
+    let status = resp.status().as_u16();
+    let mut message = format!("the service answered HTTP {status}");
+    match status {
+        401 | 403 => Failure::Unauthorized { message },
+        404 | 410 => Failure::NotFound { message },
+        409 => Failure::Conflict {
+            existing_id: None,
+            message,
+        },
+        400 | 422 => Failure::Invalid {
+            field: None,
+            message,
+        },
+        408 | 429 | 500..=599 => {
+            let retry_after = transport::retry_after(resp.headers());
+            if let Some(a) = retry_after {
+                message.push_str(&format!(" and asked to retry after {} s", a.as_secs()));
+            }
+            if status == 429 {
+                Failure::RateLimited {
+                    retry_after,
+                    message,
+                }
+            } else {
+                Failure::Transient {
+                    message,
+                    retry_after,
+                }
+            }
         }
-        SendError::Retry { reason, after }
-    } else {
-        SendError::Permanent(reason)
+        _ => Failure::Permanent { message },
     }
 }
 
@@ -135,7 +132,7 @@ pub async fn send(
     action: SendAction,
     target: Target<'_>,
     values: &Map<String, Value>,
-) -> Result<Sent, SendError> {
+) -> Result<Sent, Failure> {
     let Target {
         external_id,
         local_id,
@@ -151,17 +148,20 @@ pub async fn send(
     };
     if let Some(ep) = sync.endpoint(endpoint_action) {
         if ep.url.expose().contains("{external_id}") && external_id.is_none() {
-            return Err(SendError::Permanent(
-                "the endpoint URL needs an external id, and the record has none yet".into(),
-            ));
+            return Err(Failure::Permanent {
+                message: "the endpoint URL needs an external id, and the record has none yet"
+                    .into(),
+            });
         }
         let ext = match external_id {
             Some(e) => path_segment(e)?,
             None => String::new(),
         };
         let url = ep.url.expose().replace("{external_id}", &ext);
-        let method = reqwest::Method::from_bytes(ep.method.as_bytes())
-            .map_err(|_| SendError::Permanent("bad method".into()))?;
+        let method =
+            reqwest::Method::from_bytes(ep.method.as_bytes()).map_err(|_| Failure::Permanent {
+                message: "bad method".into(),
+            })?;
         let body = Value::Object(values.clone());
         let mut req = with_auth(client.request(method, &url), &service.auth)
             .timeout(service.timeout)
@@ -169,7 +169,7 @@ pub async fn send(
         if action != SendAction::Delete {
             req = req.json(&body);
         }
-        let resp = req.send().await.map_err(transport_error)?;
+        let resp = req.send().await.map_err(transport::unanswered)?;
         if !resp.status().is_success() {
             return Err(status_error(&resp));
         }
@@ -188,9 +188,12 @@ pub async fn send(
                 match found {
                     Some(id) => Some(id),
                     None => {
-                        return Err(SendError::Retry {
-                            reason: format!("the answer has no external id at `{}`", path.as_str()),
-                            after: None,
+                        return Err(Failure::Transient {
+                            message: format!(
+                                "the answer has no external id at `{}`",
+                                path.as_str()
+                            ),
+                            retry_after: None,
                         });
                     }
                 }
@@ -204,17 +207,19 @@ pub async fn send(
         });
     }
     let Some(url) = &service.shipping_url else {
-        return Err(SendError::Permanent(
-            "the web service has no `shipping_url` and the sync no endpoint for this action".into(),
-        ));
+        return Err(Failure::Permanent {
+            message:
+                "the web service has no `shipping_url` and the sync no endpoint for this action"
+                    .into(),
+        });
     };
     let ext = match (action, external_id) {
         (SendAction::Create, _) => local_id.to_string(),
         (_, Some(e)) => e.to_string(),
         (_, None) => {
-            return Err(SendError::Permanent(
-                "the record has no external id yet".into(),
-            ));
+            return Err(Failure::Permanent {
+                message: "the record has no external id yet".into(),
+            });
         }
     };
     let body = if action == SendAction::Delete {
@@ -228,14 +233,14 @@ pub async fn send(
         .json(&body)
         .send()
         .await
-        .map_err(transport_error)?;
+        .map_err(transport::unanswered)?;
     if !resp.status().is_success() {
         return Err(status_error(&resp));
     }
     let text = read_capped(resp).await?;
-    let reply: Value = serde_json::from_str(&text).map_err(|_| SendError::Retry {
-        reason: "the service's answer is not JSON".into(),
-        after: None,
+    let reply: Value = serde_json::from_str(&text).map_err(|_| Failure::Transient {
+        message: "the service's answer is not JSON".into(),
+        retry_after: None,
     })?;
     match reply.get("status").and_then(Value::as_str) {
         Some("success") => Ok(Sent {
@@ -250,14 +255,14 @@ pub async fn send(
                 .get("error_message")
                 .and_then(Value::as_str)
                 .unwrap_or("no reason given");
-            Err(SendError::Retry {
-                reason: format!("the service answered failed: {msg}"),
-                after: None,
+            Err(Failure::Transient {
+                message: format!("the service answered failed: {msg}"),
+                retry_after: None,
             })
         }
-        _ => Err(SendError::Retry {
-            reason: "the service's answer has no `status`".into(),
-            after: None,
+        _ => Err(Failure::Transient {
+            message: "the service's answer has no `status`".into(),
+            retry_after: None,
         }),
     }
 }
@@ -267,29 +272,22 @@ pub async fn send(
 pub const MAX_RESPONSE: usize = 8 * 1024 * 1024;
 
 /// Reads an answer's text, up to [`MAX_RESPONSE`].
-async fn read_capped(mut resp: reqwest::Response) -> Result<String, SendError> {
-    let too_big = || {
-        SendError::Permanent(format!(
+async fn read_capped(resp: reqwest::Response) -> Result<String, Failure> {
+    let too_big = || Failure::Permanent {
+        message: format!(
             "the service's answer is larger than {} MiB; lower the sync's `limit`",
             MAX_RESPONSE / (1024 * 1024)
-        ))
+        ),
     };
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE as u64)
-    {
-        return Err(too_big());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
-        if body.len() + chunk.len() > MAX_RESPONSE {
-            return Err(too_big());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    String::from_utf8(body).map_err(|_| SendError::Retry {
-        reason: "the service's answer is not UTF-8 text".into(),
-        after: None,
+    let body = transport::read_capped(resp, MAX_RESPONSE)
+        .await
+        .map_err(|e| match e {
+            Failure::Permanent { .. } => too_big(),
+            e => e,
+        })?;
+    String::from_utf8(body).map_err(|_| Failure::Transient {
+        message: "the service's answer is not UTF-8 text".into(),
+        retry_after: None,
     })
 }
 
@@ -298,20 +296,20 @@ async fn post_json(
     service: &RestService,
     url: &str,
     body: &Value,
-) -> Result<Value, SendError> {
+) -> Result<Value, Failure> {
     let resp = with_auth(client.post(url), &service.auth)
         .timeout(service.timeout)
         .json(body)
         .send()
         .await
-        .map_err(transport_error)?;
+        .map_err(transport::unanswered)?;
     if !resp.status().is_success() {
         return Err(status_error(&resp));
     }
     let text = read_capped(resp).await?;
-    serde_json::from_str(&text).map_err(|_| SendError::Retry {
-        reason: "the service's answer is not JSON".into(),
-        after: None,
+    serde_json::from_str(&text).map_err(|_| Failure::Transient {
+        message: "the service's answer is not JSON".into(),
+        retry_after: None,
     })
 }
 
@@ -323,18 +321,18 @@ pub async fn pull(
     client: &reqwest::Client,
     service: &RestService,
     limit: usize,
-) -> Result<Vec<Pulled>, SendError> {
+) -> Result<Vec<Pulled>, Failure> {
     let Some(url) = &service.url else {
-        return Err(SendError::Permanent(
-            "the web service has no `url` to pull from".into(),
-        ));
+        return Err(Failure::Permanent {
+            message: "the web service has no `url` to pull from".into(),
+        });
     };
     let reply = post_json(client, service, url.expose(), &json!({"limit": limit})).await?;
     match reply.get("status") {
         None => {
-            return Err(SendError::Permanent(format!(
-                "the answer has no `status` field; expected {PULL_SHAPE}"
-            )));
+            return Err(Failure::Permanent {
+                message: format!("the answer has no `status` field; expected {PULL_SHAPE}"),
+            });
         }
         Some(Value::String(s)) if s == "success" => {}
         Some(Value::String(s)) => {
@@ -342,21 +340,23 @@ pub async fn pull(
                 Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
                 _ => "no reason given".into(),
             };
-            return Err(SendError::Permanent(format!(
-                "the service answered `{s}`: {msg}"
-            )));
+            return Err(Failure::Permanent {
+                message: format!("the service answered `{s}`: {msg}"),
+            });
         }
         Some(other) => {
-            return Err(SendError::Permanent(format!(
-                "the answer's `status` is {other}, not a string; expected {PULL_SHAPE}"
-            )));
+            return Err(Failure::Permanent {
+                message: format!(
+                    "the answer's `status` is {other}, not a string; expected {PULL_SHAPE}"
+                ),
+            });
         }
     }
     let mut reply = reply;
     let Some(Value::Array(content)) = reply.get_mut("content").map(Value::take) else {
-        return Err(SendError::Permanent(format!(
-            "the answer has no `content` list; expected {PULL_SHAPE}"
-        )));
+        return Err(Failure::Permanent {
+            message: format!("the answer has no `content` list; expected {PULL_SHAPE}"),
+        });
     };
     content
         .into_iter()
@@ -364,9 +364,11 @@ pub async fn pull(
         .map(|(i, mut item)| {
             let action = item.get("action").and_then(Value::as_str).unwrap_or("");
             if !matches!(action, "insert" | "update" | "delete") {
-                return Err(SendError::Permanent(format!(
+                return Err(Failure::Permanent {
+ message: format!(
                     "record {i} of the page has no valid `action` (insert, update or delete)"
-                )));
+                ),
+ });
             }
             let action = match action {
                 "insert" => PullAction::Insert,
@@ -377,9 +379,11 @@ pub async fn pull(
                 Some(Value::Object(m)) => m,
                 None if action == PullAction::Delete => Map::new(),
                 _ => {
-                    return Err(SendError::Permanent(format!(
+                    return Err(Failure::Permanent {
+ message: format!(
                         "record {i} of the page has no `values` object"
-                    )));
+                    ),
+ });
                 }
             };
             Ok(Pulled {
@@ -396,9 +400,11 @@ pub async fn pull(
                             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                             .map(|t| t.with_timezone(&chrono::Utc))
                             .ok_or_else(|| {
-                                SendError::Permanent(format!(
+                                Failure::Permanent {
+ message: format!(
                                     "record {i} of the page has a `modified_at` that is not an RFC 3339 time: {v}"
-                                ))
+                                ),
+ }
                             })?,
                     ),
                 },
@@ -412,7 +418,7 @@ pub async fn confirm(
     client: &reqwest::Client,
     service: &RestService,
     items: &[Confirmation],
-) -> Result<(), SendError> {
+) -> Result<(), Failure> {
     let Some(url) = &service.confirmation_url else {
         return Ok(());
     };
@@ -436,15 +442,15 @@ pub async fn confirm(
     .await?;
     match reply.get("status").and_then(Value::as_str) {
         Some("success") => Ok(()),
-        _ => Err(SendError::Retry {
-            reason: format!(
+        _ => Err(Failure::Transient {
+            message: format!(
                 "the confirmation was refused: {}",
                 reply
                     .get("error_message")
                     .and_then(Value::as_str)
                     .unwrap_or("no reason given")
             ),
-            after: None,
+            retry_after: None,
         }),
     }
 }
@@ -454,16 +460,16 @@ pub struct Rest {
     service: RestService,
     http: reqwest::Client,
     /// `max_concurrency`: sends in flight to this service, all syncs together.
-    permits: Arc<Semaphore>,
+    limits: Arc<Limits>,
 }
 
 impl Rest {
     pub fn new(service: RestService, http: reqwest::Client) -> Rest {
-        let permits = Arc::new(Semaphore::new(service.max_concurrency.max(1)));
+        let limits = Arc::new(Limits::new(service.max_concurrency, None));
         Rest {
             service,
             http,
-            permits,
+            limits,
         }
     }
 }
@@ -596,8 +602,8 @@ impl Connector for Rest {
         action: SendAction,
         target: Target<'_>,
         values: &Map<String, Value>,
-    ) -> Result<Sent, SendError> {
-        let _permit = self.permits.acquire().await.expect("semaphore open");
+    ) -> Result<Sent, Failure> {
+        let _admitted = self.limits.admit().await;
         send(&self.http, &self.service, sync, action, target, values).await
     }
 
@@ -626,7 +632,7 @@ impl Connector for Rest {
         let Some(url) = &self.service.list_url else {
             return Err(super::unsupported("listing ids", "rest"));
         };
-        let failed = |e: SendError| PullError::Service(format!("listing failed: {e}"));
+        let failed = |e: Failure| PullError::Service(format!("listing failed: {e}"));
         let reply = post_json(
             &self.http,
             &self.service,

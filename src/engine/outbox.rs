@@ -5,7 +5,7 @@ use super::Ctx;
 use super::Engine;
 use super::memory::SyncMemory;
 use super::on_send::{Adopted, Verdict};
-use crate::connectors::SendError;
+use crate::connectors::Failure;
 use crate::connectors::{SendAction, Target};
 use crate::domain::mapping::{FieldPair, RefResolver, Reference, to_external};
 use crate::domain::plan::Sync;
@@ -377,9 +377,9 @@ impl Engine {
                     &title,
                     action,
                     &values,
-                    SendError::Retry {
-                        reason,
-                        after: None,
+                    Failure::Transient {
+                        message: reason,
+                        retry_after: None,
                     },
                 ));
             }
@@ -403,9 +403,9 @@ impl Engine {
                         &title,
                         action,
                         &values,
-                        SendError::Retry {
-                            reason,
-                            after: None,
+                        Failure::Transient {
+                            message: reason,
+                            retry_after: None,
                         },
                     ));
                 }
@@ -557,9 +557,9 @@ impl Engine {
                 }
             }
             // Refused as a duplicate of a record the service named: linked, not copied.
-            Err(SendError::Exists {
-                existing_id,
-                reason,
+            Err(Failure::Conflict {
+                existing_id: Some(existing_id),
+                message: reason,
             }) if action == SendAction::Create
                 && let Some(rec) = record.as_ref() =>
             {
@@ -587,9 +587,9 @@ impl Engine {
                         &title,
                         action,
                         &values,
-                        SendError::Retry {
-                            reason,
-                            after: None,
+                        Failure::Transient {
+                            message: reason,
+                            retry_after: None,
                         },
                     ),
                 }
@@ -649,26 +649,24 @@ impl Engine {
         title: &str,
         action: SendAction,
         values: &Map<String, Value>,
-        err: SendError,
+        err: Failure,
     ) -> Step {
         let max = self.opts.max_attempts as i64;
-        let fate = match &err {
-            SendError::Permanent(r) | SendError::Exists { reason: r, .. } => {
-                Fate::Dead(format!("Delivery failed and will not be retried: {r}"))
-            }
-            SendError::Retry { reason, .. } if entry.attempts >= max => Fate::Dead(format!(
-                "Delivery failed after {} attempts, the last because {reason}; dead-lettered",
+        let fate = if !err.retryable() {
+            Fate::Dead(format!("Delivery failed and will not be retried: {err}"))
+        } else if entry.attempts >= max {
+            Fate::Dead(format!(
+                "Delivery failed after {} attempts, the last because {err}; dead-lettered",
                 entry.attempts
-            )),
-            SendError::Retry { reason, after } => {
-                let wait = self.backoff(entry.attempts, *after);
-                let at = Utc::now()
-                    + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(1));
-                Fate::Retry(
-                    format!("Attempt {} of {max} failed: {reason}", entry.attempts),
-                    at,
-                )
-            }
+            ))
+        } else {
+            let wait = self.backoff(entry.attempts, err.retry_after());
+            let at = Utc::now()
+                + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(1));
+            Fate::Retry(
+                format!("Attempt {} of {max} failed: {err}", entry.attempts),
+                at,
+            )
         };
         Step::Failed(
             failure_row(entry, Some(sync), title, Some(action), values),

@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
+
+use crate::connectors::transport::{Retries, Verdict};
 
 /// The hosts the crate calls; all are replaced by `api_url` when it is set.
 const HOSTS: [&str; 3] = [
@@ -25,7 +28,7 @@ const HOSTS: [&str; 3] = [
 ];
 
 /// Attempts of one call before a transient failure is given up.
-const ATTEMPTS: u32 = 6;
+const ATTEMPTS: usize = 6;
 /// The longest wait between attempts, whatever `Retry-After` says.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -112,7 +115,8 @@ impl Transport {
                     .map(str::to_string)
             };
             let result_header = header("Dropbox-API-Result");
-            let retry_after = header("Retry-After").and_then(|v| v.trim().parse::<u32>().ok());
+            let retry_after = crate::connectors::transport::retry_after(resp.headers())
+                .map(|d| d.as_secs().min(u32::MAX as u64) as u32);
             let mut bytes = resp
                 .bytes()
                 .await
@@ -262,39 +266,41 @@ impl Dropbox {
         Fut: Future<Output = Result<T, dropbox_sdk::Error<E>>>,
         dropbox_sdk::Error<E>: Classify,
     {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let err = match f().await {
-                Ok(v) => return Ok(v),
-                Err(e) => e.classify(),
-            };
-            match err {
-                DbxError::Transient {
-                    reason,
-                    retry_after,
-                } if attempt < ATTEMPTS => {
-                    let wait = retry_after
-                        .unwrap_or_else(|| {
-                            Duration::from_millis(200 * 2u64.pow(attempt - 1))
-                                .mul_f64(rand::random_range(0.8..1.2))
-                        })
-                        .min(MAX_WAIT);
-                    tracing::info!(call = what, attempt, wait_ms = wait.as_millis() as u64, reason = %reason, "Dropbox call will be retried");
-                    tokio::time::sleep(wait).await;
-                }
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let retries = Retries {
+            attempts: ATTEMPTS,
+            first: Duration::from_millis(200),
+            max_wait: MAX_WAIT,
+        };
+        let span = tracing::info_span!("connector.call", call = what);
+        retries
+            .run(
+                what,
+                || {
+                    attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let call = f();
+                    async move { call.await.map_err(|e| e.classify()) }
+                },
+                |e| match e {
+                    DbxError::Transient { retry_after, .. } => Verdict::Again(*retry_after),
+                    _ => Verdict::Stop,
+                },
+            )
+            .instrument(span)
+            .await
+            .map_err(|e| match e {
                 DbxError::Transient {
                     reason,
                     retry_after,
                 } => {
-                    return Err(DbxError::Transient {
-                        reason: format!("{what}: {reason} (after {attempt} attempts)"),
+                    let n = attempts.load(std::sync::atomic::Ordering::Relaxed);
+                    DbxError::Transient {
+                        reason: format!("{what}: {reason} (after {n} attempts)"),
                         retry_after,
-                    });
+                    }
                 }
-                other => return Err(other),
-            }
-        }
+                other => other,
+            })
     }
 
     /// Starts a listing of `path` (`""` is the whole account).

@@ -11,8 +11,8 @@ pub use client::{Change, DbxError, Dropbox, content_hash};
 pub use mirror::build_tree;
 
 use super::{
-    Confirmation, Connector, Label, Memory, Notice, Page, PullAction, PullError, PullStart, Pulled,
-    Puller, SendAction, SendError, Sent, Target, Turn, Webhook,
+    Confirmation, Connector, Failure, Label, Memory, Notice, Page, PullAction, PullError,
+    PullStart, Pulled, Puller, SendAction, Sent, Target, Turn, Webhook,
 };
 use crate::domain::mapping::ExternalField;
 use crate::domain::mirror::MirrorEntry;
@@ -65,29 +65,34 @@ fn folder_of(sync: &Sync, plan: &Plan) -> Option<DropboxFolder> {
         .and_then(|m| m.dropbox.clone())
 }
 
-fn memory_error(e: super::MemoryError) -> SendError {
-    SendError::Retry {
-        reason: format!("the store failed: {e}"),
-        after: None,
+fn memory_error(e: super::MemoryError) -> Failure {
+    Failure::Transient {
+        message: format!("the store failed: {e}"),
+        retry_after: None,
     }
 }
 
-fn send_error(e: DbxError) -> SendError {
+fn send_error(e: DbxError) -> Failure {
     match e {
         DbxError::Transient {
             reason,
             retry_after,
-        } => SendError::Retry {
-            reason,
-            after: retry_after,
+        } => Failure::Transient {
+            message: reason,
+            retry_after,
         },
-        DbxError::Reset => SendError::Retry {
-            reason: "Dropbox reset the cursor".into(),
-            after: None,
+        DbxError::Reset => Failure::Transient {
+            message: "Dropbox reset the cursor".into(),
+            retry_after: None,
         },
-        DbxError::NotFound(w) => SendError::Permanent(format!("nothing at {w} in Dropbox")),
-        DbxError::Conflict(w) => SendError::Permanent(format!("conflict in Dropbox: {w}")),
-        DbxError::Permanent(w) => SendError::Permanent(w),
+        DbxError::NotFound(w) => Failure::NotFound {
+            message: format!("nothing at {w} in Dropbox"),
+        },
+        DbxError::Conflict(w) => Failure::Conflict {
+            existing_id: None,
+            message: format!("conflict in Dropbox: {w}"),
+        },
+        DbxError::Permanent(w) => Failure::Permanent { message: w },
     }
 }
 
@@ -349,13 +354,13 @@ impl DropboxConnector {
         base: &Map<String, Value>,
         seen: &MirrorEntry,
         to: &str,
-    ) -> Result<Option<MirrorEntry>, SendError> {
-        let changed_there = |e: &MirrorEntry| SendError::Retry {
-            reason: format!(
+    ) -> Result<Option<MirrorEntry>, Failure> {
+        let changed_there = |e: &MirrorEntry| Failure::Transient {
+            message: format!(
                 "{} was renamed or moved in Dropbox since it was last synced; that change is read and merged before the next attempt",
                 e.path_display
             ),
-            after: None,
+            retry_after: None,
         };
         let mut from = seen.clone();
         let mut read = false;
@@ -386,12 +391,12 @@ impl DropboxConnector {
             from = match self.client.get_metadata(&seen.id).await {
                 Ok(Some(Change::Upsert(now))) => now,
                 Ok(_) | Err(DbxError::NotFound(_)) => {
-                    return Err(SendError::Retry {
-                        reason: format!(
+                    return Err(Failure::Transient {
+                        message: format!(
                             "the Dropbox entry {} is no longer there; the read before the next attempt settles it",
                             seen.id
                         ),
-                        after: None,
+                        retry_after: None,
                     });
                 }
                 Err(e) => return Err(send_error(e)),
@@ -799,9 +804,9 @@ impl Connector for DropboxConnector {
         action: SendAction,
         target: Target<'_>,
         mapped: &Map<String, Value>,
-    ) -> Result<Sent, SendError> {
-        let folder = folder_of(sync, plan).ok_or_else(|| {
-            SendError::Permanent("the external model is not a Dropbox folder".into())
+    ) -> Result<Sent, Failure> {
+        let folder = folder_of(sync, plan).ok_or_else(|| Failure::Permanent {
+            message: "the external model is not a Dropbox folder".into(),
         })?;
         let dbx = &self.client;
         let external_id = target.external_id;
@@ -836,14 +841,16 @@ impl Connector for DropboxConnector {
                 label: None,
             });
         }
-        let path = target_path(&folder, mapped).map_err(SendError::Permanent)?;
+        let path = target_path(&folder, mapped).map_err(Failure::permanent)?;
         let content = match mapped.get("content") {
             Some(Value::String(b64)) => {
                 use base64::Engine as _;
                 Some(
                     base64::engine::general_purpose::STANDARD
                         .decode(b64)
-                        .map_err(|e| SendError::Permanent(format!("content: not base64 ({e})")))?,
+                        .map_err(|e| Failure::Permanent {
+                            message: format!("content: not base64 ({e})"),
+                        })?,
                 )
             }
             _ => None,
@@ -869,9 +876,11 @@ impl Connector for DropboxConnector {
                         Err(DbxError::Conflict(_)) => match dbx.get_metadata(&path).await {
                             Ok(Some(Change::Upsert(e))) if e.tag == "folder" => e,
                             Ok(_) => {
-                                return Err(SendError::Permanent(format!(
-                                    "{path} is taken in Dropbox by something that is not a folder"
-                                )));
+                                return Err(Failure::Permanent {
+                                    message: format!(
+                                        "{path} is taken in Dropbox by something that is not a folder"
+                                    ),
+                                });
                             }
                             Err(e) => return Err(send_error(e)),
                         },
@@ -888,15 +897,15 @@ impl Connector for DropboxConnector {
                         // before the next attempt finds the entry gone); one that only sends
                         // cannot write to it.
                         _ if sync.direction.to_local() && sync.active => {
-                            return Err(SendError::Retry {
-                                reason: format!("the Dropbox entry {id} no longer exists"),
-                                after: None,
+                            return Err(Failure::Transient {
+                                message: format!("the Dropbox entry {id} no longer exists"),
+                                retry_after: None,
                             });
                         }
                         _ => {
-                            return Err(SendError::Permanent(format!(
-                                "the Dropbox entry {id} no longer exists"
-                            )));
+                            return Err(Failure::Permanent {
+                                message: format!("the Dropbox entry {id} no longer exists"),
+                            });
                         }
                     },
                 };
@@ -937,9 +946,9 @@ impl Connector for DropboxConnector {
                         // read. A sync that also receives reads it first on the next attempt
                         // and merges the change.
                         Err(DbxError::Conflict(w)) if sync.direction.to_local() && sync.active => {
-                            return Err(SendError::Retry {
-                                reason: w,
-                                after: None,
+                            return Err(Failure::Transient {
+                                message: w,
+                                retry_after: None,
                             });
                         }
                         Err(err) => return Err(send_error(err)),

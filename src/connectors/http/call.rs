@@ -4,16 +4,16 @@
 //! 429 (after `Retry-After`), 5xx and network errors. Other 4xx answers fail at once with the
 //! service's own message.
 
-use crate::connectors::SendError;
-use crate::connectors::rest::transport_error as transport;
+use crate::connectors::Failure;
+use crate::connectors::transport::{self, Limits, Retries};
 use crate::domain::http::HttpService;
 use crate::domain::plan::Auth;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
+use tracing::Instrument;
 use url::Url;
 
 /// The largest answer read (a page or a reply); more is refused.
@@ -42,29 +42,20 @@ pub struct Caller {
     pub name: String,
     pub service: HttpService,
     client: reqwest::Client,
-    limiter: Option<DefaultDirectRateLimiter>,
-    permits: Semaphore,
+    limits: Limits,
     token: Mutex<Option<Token>>,
 }
 
 impl Caller {
     pub fn new(name: &str, service: HttpService, client: reqwest::Client) -> Arc<Caller> {
-        // Calls are spaced by the limit's interval. A burst of 2 % of the limit lets a moment
-        // without calls (the outbox claiming its next batch) be made up without any second
-        // carrying more than 2 % over the limit.
-        let limiter = service.rate_limit.map(|r| {
-            let burst = std::num::NonZeroU32::new((r.requests / 50).max(1)).expect("at least 1");
-            let quota = Quota::with_period(r.interval().max(Duration::from_nanos(1)))
-                .expect("a positive period")
-                .allow_burst(burst);
-            RateLimiter::direct(quota)
-        });
         Arc::new(Caller {
             name: name.to_string(),
-            permits: Semaphore::new(service.max_concurrency.max(1)),
+            limits: Limits::new(
+                service.max_concurrency,
+                service.rate_limit.map(|r| (r.requests, r.per)),
+            ),
             service,
             client,
-            limiter,
             token: Mutex::new(None),
         })
     }
@@ -81,34 +72,42 @@ impl Caller {
         idempotency_key: Option<&str>,
         accept: &[u16],
         repeat: bool,
-    ) -> Result<Answer, SendError> {
-        let mut attempt = 0u32;
-        let mut refreshed = false;
-        loop {
-            match self.once(method, url, body, idempotency_key, accept).await {
-                Err(Failure::Unauthorized(_)) if !refreshed && self.is_oauth2() => {
-                    // The token may have been revoked or expired early: ask for a new one, once.
-                    refreshed = true;
-                    *self.token.lock().await = None;
-                    tracing::info!(web_service = %self.name, "401 with a cached token; asking the token endpoint again");
-                }
-                Err(Failure::Unauthorized(e)) => return Err(SendError::Permanent(e)),
-                Err(Failure::Send(SendError::Retry { reason, after }))
-                    if repeat && attempt < self.service.retries =>
-                {
-                    attempt += 1;
-                    let backoff = Duration::from_millis(250 * 2u64.pow(attempt.min(7)));
-                    let wait = after.unwrap_or(backoff);
-                    if wait > MAX_WAIT {
-                        return Err(SendError::Retry { reason, after });
+    ) -> Result<Answer, Failure> {
+        let retries = Retries {
+            attempts: self.service.retries as usize + 1,
+            first: Duration::from_millis(250),
+            max_wait: MAX_WAIT,
+        };
+        let refreshed = std::sync::atomic::AtomicBool::new(false);
+        let span = tracing::info_span!(
+            "connector.call",
+            web_service = %self.name,
+            method = %method,
+            path = %url.path(),
+        );
+        retries
+            .run(
+                &self.name,
+                || async {
+                    match self.once(method, url, body, idempotency_key, accept).await {
+                        // The token may have been revoked or expired early: ask for a new one,
+                        // once, and call again at once.
+                        Err(Failure::Unauthorized { message })
+                            if self.is_oauth2()
+                                && message.starts_with("HTTP 401")
+                                && !refreshed.swap(true, std::sync::atomic::Ordering::SeqCst) =>
+                        {
+                            *self.token.lock().await = None;
+                            tracing::info!(web_service = %self.name, "401 with a cached token; asking the token endpoint again");
+                            self.once(method, url, body, idempotency_key, accept).await
+                        }
+                        other => other,
                     }
-                    tracing::debug!(web_service = %self.name, %reason, attempt, wait_ms = wait.as_millis() as u64, "retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(Failure::Send(e)) => return Err(e),
-                Ok(a) => return Ok(a),
-            }
-        }
+                },
+                |e| transport::verdict(e, repeat),
+            )
+            .instrument(span)
+            .await
     }
 
     /// `validate --online`: a token where the service uses OAuth 2.0, then one `GET` of
@@ -128,15 +127,15 @@ impl Caller {
             .await
         {
             Ok(a) => said.push(format!("{shown} answered HTTP {}", a.status)),
-            Err(Failure::Unauthorized(e)) => return Err(format!("{shown}: {e}")),
-            Err(Failure::Send(SendError::Permanent(e))) if e.starts_with("HTTP 403") => {
-                return Err(format!("{shown} refused the credentials ({e})"));
+            Err(Failure::Unauthorized { message }) if message.starts_with("HTTP 403") => {
+                return Err(format!("{shown} refused the credentials ({message})"));
             }
-            Err(Failure::Send(SendError::Permanent(e))) => said.push(format!(
+            Err(Failure::Unauthorized { message }) => return Err(format!("{shown}: {message}")),
+            Err(e) if !e.retryable() => said.push(format!(
                 "{shown} answered {}",
-                e.split(':').next().unwrap_or(&e)
+                e.message().split(':').next().unwrap_or(e.message())
             )),
-            Err(Failure::Send(e)) => return Err(format!("{shown}: {e}")),
+            Err(e) => return Err(format!("{shown}: {e}")),
         }
         Ok(format!(
             "{} in {} ms",
@@ -157,7 +156,7 @@ impl Caller {
         idempotency_key: Option<&str>,
         accept: &[u16],
     ) -> Result<Answer, Failure> {
-        let _permit = self.permits.acquire().await.expect("semaphore open");
+        let _admitted = self.limits.admit().await;
         let mut req = self
             .client
             .request(method.clone(), url.clone())
@@ -172,7 +171,7 @@ impl Caller {
             Auth::Basic { user, password } => req.basic_auth(user, Some(password.expose_secret())),
             Auth::Bearer { token } => req.bearer_auth(token.expose_secret()),
             Auth::OAuth2 { .. } => {
-                let token = self.token().await.map_err(Failure::Send)?;
+                let token = self.token().await?;
                 req.bearer_auth(token.expose_secret())
             }
         };
@@ -182,23 +181,21 @@ impl Caller {
         if let Some(b) = body {
             req = req.json(b);
         }
-        if let Some(l) = &self.limiter {
-            l.until_ready().await;
-        }
-        let resp = req.send().await.map_err(|e| Failure::Send(transport(e)))?;
+        let resp = req.send().await.map_err(transport::unanswered)?;
         let status = resp.status().as_u16();
         let link = resp
             .headers()
             .get(reqwest::header::LINK)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let after = retry_after(&resp);
+        let after = transport::retry_after(resp.headers());
         let json = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.contains("json"));
-        let text = read_capped(resp).await.map_err(Failure::Send)?;
+        let text = String::from_utf8(transport::read_capped(resp, MAX_ANSWER).await?)
+            .map_err(|_| Failure::permanent("the answer is not UTF-8 text"))?;
         if (200..300).contains(&status) || accept.contains(&status) {
             return Ok(Answer {
                 status,
@@ -213,20 +210,42 @@ impl Caller {
             reason.push_str(&format!(": {message}"));
         }
         Err(match status {
-            401 => Failure::Unauthorized(format!("{reason} (the credentials were refused)")),
+            401 => Failure::Unauthorized {
+                message: format!("{reason} (the credentials were refused)"),
+            },
+            403 => Failure::Unauthorized { message: reason },
+            404 | 410 => Failure::NotFound { message: reason },
+            409 | 412 => Failure::Conflict {
+                existing_id: None,
+                message: reason,
+            },
+            400 | 422 => Failure::Invalid {
+                field: invalid_field(&text),
+                message: reason,
+            },
             408 | 429 | 500..=599 => {
                 if let Some(a) = after {
                     reason.push_str(&format!(" (asked to retry after {} s)", a.as_secs()));
                 }
-                Failure::Send(SendError::Retry { reason, after })
+                if status == 429 {
+                    Failure::RateLimited {
+                        retry_after: after,
+                        message: reason,
+                    }
+                } else {
+                    Failure::Transient {
+                        message: reason,
+                        retry_after: after,
+                    }
+                }
             }
-            _ => Failure::Send(SendError::Permanent(reason)),
+            _ => Failure::Permanent { message: reason },
         })
     }
 
     /// The OAuth 2.0 access token: the cached one while it lasts, else a new one from the token
     /// endpoint (client credentials grant, RFC 6749 §4.4).
-    async fn token(&self) -> Result<SecretString, SendError> {
+    async fn token(&self) -> Result<SecretString, Failure> {
         let mut slot = self.token.lock().await;
         if let Some(t) = slot.as_ref()
             && t.until.is_none_or(|u| Instant::now() < u)
@@ -274,18 +293,19 @@ impl Caller {
                 Some(enc(client_secret.expose_secret())),
             );
         }
-        let failed = |why: String| SendError::Retry {
-            reason: format!("the token endpoint {shown} {why}"),
-            after: None,
+        let failed = |why: String| Failure::Transient {
+            message: format!("the token endpoint {shown} {why}"),
+            retry_after: None,
         };
         let resp = req.body(form).send().await.map_err(|e| {
             failed(format!(
                 "could not be reached ({})",
-                reason_of(&transport(e))
+                transport::describe(&e)
             ))
         })?;
         let status = resp.status().as_u16();
-        let text = read_capped(resp).await?;
+        let text = String::from_utf8(transport::read_capped(resp, MAX_ANSWER).await?)
+            .map_err(|_| Failure::permanent("the answer is not UTF-8 text"))?;
         let body: Option<Value> = serde_json::from_str(&text).ok();
         if !(200..300).contains(&status) {
             // RFC 6749 §5.2: `error` and `error_description`. A refusal (4xx) is not asked
@@ -310,7 +330,9 @@ impl Caller {
             return Err(if status >= 500 {
                 failed(why)
             } else {
-                SendError::Permanent(format!("the token endpoint {shown} {why}"))
+                Failure::Permanent {
+                    message: format!("the token endpoint {shown} {why}"),
+                }
             });
         }
         let Some(access) = body
@@ -343,55 +365,6 @@ impl Caller {
         });
         Ok(value)
     }
-}
-
-enum Failure {
-    Unauthorized(String),
-    Send(SendError),
-}
-
-fn reason_of(e: &SendError) -> &str {
-    match e {
-        SendError::Retry { reason, .. }
-        | SendError::Permanent(reason)
-        | SendError::Exists { reason, .. } => reason,
-    }
-}
-
-/// `Retry-After`: seconds, or an HTTP date.
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let secs = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds();
-    Some(Duration::from_secs(secs.max(0) as u64))
-}
-
-async fn read_capped(mut resp: reqwest::Response) -> Result<String, SendError> {
-    let too_big = || {
-        SendError::Permanent(format!(
-            "the answer is larger than {} MiB",
-            MAX_ANSWER / (1024 * 1024)
-        ))
-    };
-    if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
-        return Err(too_big());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-        if body.len() + chunk.len() > MAX_ANSWER {
-            return Err(too_big());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    String::from_utf8(body).map_err(|_| SendError::Permanent("the answer is not UTF-8 text".into()))
 }
 
 /// The service's own words about a failure: the usual JSON fields, else the start of the text
@@ -429,6 +402,32 @@ pub fn service_message(text: &str) -> String {
         return "an HTML page, not JSON".into();
     }
     clip(trimmed)
+}
+
+/// The field a refused value belongs to, where the answer names one in a usual shape:
+/// `{"field": …}`, `{"errors": [{"field": …}]}` (also `"name"`, `"propertyName"`, `"path"`)
+/// or `{"errors": {"<field>": […]}}`.
+fn invalid_field(text: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(text.trim()).ok()?;
+    let named = |o: &Value| -> Option<String> {
+        ["field", "propertyName", "name", "path", "param"]
+            .iter()
+            .find_map(|k| match o.get(*k) {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                Some(Value::Array(a)) => a.iter().find_map(|x| x.as_str().map(str::to_string)),
+                _ => None,
+            })
+    };
+    if let Some(f) = v.get("field").and_then(Value::as_str) {
+        return Some(f.to_string());
+    }
+    match v.get("errors").or_else(|| v.get("details")) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .find_map(|i| named(i).or_else(|| i.get("context").and_then(named))),
+        Some(Value::Object(o)) => o.keys().next().cloned(),
+        _ => None,
+    }
 }
 
 pub fn looks_like_html(text: &str) -> bool {

@@ -18,8 +18,8 @@ mod discover;
 pub mod paging;
 
 use super::{
-    Ahead, Confirmation, Connector, Listed, Memory, Page, PullAction, PullError, PullStart, Pulled,
-    Puller, SendAction, SendError, Sent, Target,
+    Ahead, Confirmation, Connector, Failure, Listed, Memory, Page, PullAction, PullError,
+    PullStart, Pulled, Puller, SendAction, Sent, Target,
 };
 use crate::domain::Plan;
 use crate::domain::http::{HttpList, HttpOp, HttpResource, HttpService};
@@ -508,34 +508,38 @@ impl Connector for HttpConnector {
         action: SendAction,
         target: Target<'_>,
         values: &Map<String, Value>,
-    ) -> Result<Sent, SendError> {
-        let r = resource(plan, sync).map_err(SendError::Permanent)?;
+    ) -> Result<Sent, Failure> {
+        let r = resource(plan, sync).map_err(Failure::permanent)?;
         let op: Option<&HttpOp> = match action {
             SendAction::Create => r.create.as_ref(),
             SendAction::Update => r.update.as_ref(),
             SendAction::Delete => r.delete.as_ref(),
         };
         let Some(op) = op else {
-            return Err(SendError::Permanent(format!(
-                "{} has no `{}` operation",
-                whose(&self.caller, &sync.external_model),
-                action.as_str()
-            )));
+            return Err(Failure::Permanent {
+                message: format!(
+                    "{} has no `{}` operation",
+                    whose(&self.caller, &sync.external_model),
+                    action.as_str()
+                ),
+            });
         };
         let path = if op.path.contains("{id}") {
             let Some(id) = target.external_id else {
-                return Err(SendError::Permanent(
-                    "the record has no external id yet".into(),
-                ));
+                return Err(Failure::Permanent {
+                    message: "the record has no external id yet".into(),
+                });
             };
             op.path.replace("{id}", &super::rest::path_segment(id)?)
         } else {
             op.path.clone()
         };
         let url = paging::join(self.caller.service.base_url.expose(), &path)
-            .map_err(SendError::Permanent)?;
-        let method = reqwest::Method::from_bytes(op.method.as_bytes())
-            .map_err(|_| SendError::Permanent(format!("`{}` is not an HTTP method", op.method)))?;
+            .map_err(Failure::permanent)?;
+        let method =
+            reqwest::Method::from_bytes(op.method.as_bytes()).map_err(|_| Failure::Permanent {
+                message: format!("`{}` is not an HTTP method", op.method),
+            })?;
         let body = match (action, &op.body) {
             (SendAction::Delete, _) => None,
             (_, Some(key)) => Some(json!({ key: values })),
@@ -560,11 +564,13 @@ impl Connector for HttpConnector {
             .await
             .map_err(|e| match e {
                 // The service's own words, kept as they are for the change-control row.
-                SendError::Permanent(m) => SendError::Permanent(format!(
-                    "{} refused the {}: {m}",
-                    whose(&self.caller, &sync.external_model),
-                    action.as_str()
-                )),
+                e if !e.retryable() => e.reworded(|m| {
+                    format!(
+                        "{} refused the {}: {m}",
+                        whose(&self.caller, &sync.external_model),
+                        action.as_str()
+                    )
+                }),
                 other => other,
             })?;
         if let Some(e) = exists
@@ -573,19 +579,21 @@ impl Connector for HttpConnector {
             let reply: Value = serde_json::from_str(&answer.text).unwrap_or(Value::Null);
             let said = call::service_message(&answer.text);
             return Err(match e.id_in(&reply) {
-                Some(existing_id) => SendError::Exists {
-                    reason: format!(
+                Some(existing_id) => Failure::Conflict {
+                    message: format!(
                         "{} already holds the record (HTTP {}: {said})",
                         whose(&self.caller, &sync.external_model),
                         answer.status
                     ),
-                    existing_id,
+                    existing_id: Some(existing_id),
                 },
-                None => SendError::Permanent(format!(
-                    "{} refused the create as a duplicate (HTTP {}: {said}), and its answer names no id where `exists.id` says",
-                    whose(&self.caller, &sync.external_model),
-                    answer.status
-                )),
+                None => Failure::Permanent {
+                    message: format!(
+                        "{} refused the create as a duplicate (HTTP {}: {said}), and its answer names no id where `exists.id` says",
+                        whose(&self.caller, &sync.external_model),
+                        answer.status
+                    ),
+                },
             });
         }
         let external_id = match (action, &op.response_id) {
@@ -599,9 +607,11 @@ impl Connector for HttpConnector {
                 match found {
                     Some(id) => Some(id),
                     None => {
-                        return Err(SendError::Permanent(format!(
-                            "the answer to the create has no id at `{path_text}` (set `response_id`)"
-                        )));
+                        return Err(Failure::Permanent {
+                            message: format!(
+                                "the answer to the create has no id at `{path_text}` (set `response_id`)"
+                            ),
+                        });
                     }
                 }
             }

@@ -10,9 +10,12 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
+use tracing::Instrument;
+
+use crate::connectors::transport::{self, Retries, Verdict};
 
 /// Attempts of one call before a transient failure is given up.
-const ATTEMPTS: u32 = 5;
+const ATTEMPTS: usize = 5;
 /// The first wait between attempts; it doubles each time.
 const FIRST_WAIT: Duration = Duration::from_millis(200);
 /// The longest wait, whatever `Retry-After` says.
@@ -76,13 +79,17 @@ pub struct OdooClient {
 }
 
 /// An attempt's failure, before retries are decided.
-enum Failure {
+#[derive(Debug, thiserror::Error)]
+enum Attempt {
     /// Retry after this long (or the backoff).
+    #[error("{0}")]
     Retry(String, Option<Duration>),
     /// The call may have been applied (a timeout, a proxy's page instead of Odoo's answer):
     /// retried only when repeating it is harmless, never for a `create`.
+    #[error("{0}")]
     Unsure(String, Option<Duration>),
     /// Do not retry.
+    #[error("{0}")]
     Final(OdooError),
 }
 
@@ -159,7 +166,7 @@ impl OdooClient {
                     .timeout(self.endpoint.timeout)
                     .send()
                     .await
-                    .map_err(|e| Failure::Retry(transport(&e), None))?;
+                    .map_err(|e| Attempt::Retry(transport::describe(&e).to_string(), None))?;
                 if resp.status() == 404 {
                     return Ok(None);
                 }
@@ -309,7 +316,7 @@ impl OdooClient {
             if status == 200 {
                 return self.body(resp).await;
             }
-            let after = retry_after(&resp);
+            let after = transport::retry_after(resp.headers());
             let html = is_html(&resp);
             let text = read_text(resp).await.unwrap_or_default();
             let error: Option<Value> = serde_json::from_str(&text).ok();
@@ -325,20 +332,20 @@ impl OdooClient {
                 .unwrap_or("")
                 .to_string();
             Err(match status {
-                401 => Failure::Final(OdooError::Auth(format!(
+                401 => Attempt::Final(OdooError::Auth(format!(
                     "web service `{}`: Odoo refused the API key",
                     self.endpoint.name
                 ))),
-                429 => Failure::Retry(format!("{model}.{method}: rate limited (429)"), after),
-                _ if html => Failure::Unsure(
+                429 => Attempt::Retry(format!("{model}.{method}: rate limited (429)"), after),
+                _ if html => Attempt::Unsure(
                     format!("{model}.{method}: the server answered an HTML page (HTTP {status}), not Odoo's JSON; is a proxy in front of it failing?"),
                     after,
                 ),
                 _ if serialization(name, &message) => {
-                    Failure::Retry(format!("{model}.{method}: {message}"), None)
+                    Attempt::Retry(format!("{model}.{method}: {message}"), None)
                 }
                 // Odoo's own error: its transaction was rolled back.
-                500..=599 if error.is_some() => Failure::Retry(
+                500..=599 if error.is_some() => Attempt::Retry(
                     format!(
                         "{model}.{method}: HTTP {status}{}",
                         if message.is_empty() {
@@ -349,9 +356,9 @@ impl OdooClient {
                     ),
                     after,
                 ),
-                500..=599 => Failure::Unsure(format!("{model}.{method}: HTTP {status}"), after),
+                500..=599 => Attempt::Unsure(format!("{model}.{method}: HTTP {status}"), after),
                 404 if name == "werkzeug.exceptions.NotFound" || message.is_empty() => {
-                    Failure::Final(OdooError::Record(format!(
+                    Attempt::Final(OdooError::Record(format!(
                         "{model}.{method}: not found in web service `{}`{}",
                         self.endpoint.name,
                         if message.is_empty() {
@@ -361,7 +368,7 @@ impl OdooClient {
                         }
                     )))
                 }
-                _ => Failure::Final(OdooError::Record(if message.is_empty() {
+                _ => Attempt::Final(OdooError::Record(if message.is_empty() {
                     format!("{model}.{method}: HTTP {status}")
                 } else {
                     message
@@ -402,14 +409,14 @@ impl OdooClient {
                 .map_err(|e| sent_or_not(&e))?;
             let status = resp.status().as_u16();
             if status != 200 {
-                let after = retry_after(&resp);
+                let after = transport::retry_after(resp.headers());
                 let html = is_html(&resp);
                 // JSON-RPC answers Odoo's errors with 200: anything else came from before
                 // the answer (a proxy, a crash), after the call may have been applied.
                 return Err(if status == 429 {
-                    Failure::Retry(format!("{service}.{method}: rate limited (429)"), after)
+                    Attempt::Retry(format!("{service}.{method}: rate limited (429)"), after)
                 } else if status >= 500 {
-                    Failure::Unsure(
+                    Attempt::Unsure(
                         format!(
                             "{service}.{method}: HTTP {status}{}",
                             if html { " (an HTML page)" } else { "" }
@@ -417,7 +424,7 @@ impl OdooClient {
                         after,
                     )
                 } else {
-                    Failure::Final(OdooError::Protocol(format!(
+                    Attempt::Final(OdooError::Protocol(format!(
                         "web service `{}`: HTTP {status} from /jsonrpc",
                         self.endpoint.name
                     )))
@@ -434,26 +441,26 @@ impl OdooClient {
                     .unwrap_or("Odoo Server Error")
                     .to_string();
                 return Err(if serialization(name, &message) {
-                    Failure::Retry(message, None)
+                    Attempt::Retry(message, None)
                 } else if name == "odoo.exceptions.AccessDenied" {
-                    Failure::Final(OdooError::Auth(format!(
+                    Attempt::Final(OdooError::Auth(format!(
                         "web service `{}`: Odoo refused the configured key",
                         self.endpoint.name
                     )))
                 } else if name.starts_with("psycopg2.OperationalError")
                     && message.contains("does not exist")
                 {
-                    Failure::Final(OdooError::Auth(format!(
+                    Attempt::Final(OdooError::Auth(format!(
                         "web service `{}`: the database `{}` does not exist on the server",
                         self.endpoint.name,
                         self.endpoint.database.as_deref().unwrap_or("")
                     )))
                 } else {
-                    Failure::Final(OdooError::Record(message))
+                    Attempt::Final(OdooError::Record(message))
                 });
             }
             v.get("result").cloned().ok_or_else(|| {
-                Failure::Final(OdooError::Protocol(format!(
+                Attempt::Final(OdooError::Protocol(format!(
                     "web service `{}`: a JSON-RPC answer with neither `result` nor `error`",
                     self.endpoint.name
                 )))
@@ -463,19 +470,19 @@ impl OdooClient {
     }
 
     /// Reads a 200 answer as JSON.
-    async fn body(&self, resp: reqwest::Response) -> Result<Value, Failure> {
+    async fn body(&self, resp: reqwest::Response) -> Result<Value, Attempt> {
         let html = is_html(&resp);
         let text = read_text(resp)
             .await
-            .map_err(|e| Failure::Unsure(e, None))?;
+            .map_err(|e| Attempt::Unsure(e, None))?;
         serde_json::from_str(&text).map_err(|_| {
             if html {
-                Failure::Unsure(
+                Attempt::Unsure(
                     "the server answered an HTML page, not Odoo's JSON; is a proxy in front of it failing?".into(),
                     None,
                 )
             } else {
-                Failure::Final(OdooError::Protocol(format!(
+                Attempt::Final(OdooError::Protocol(format!(
                     "web service `{}`: the answer is not JSON",
                     self.endpoint.name
                 )))
@@ -489,73 +496,50 @@ impl OdooClient {
     /// again).
     async fn retrying<T, F, Fut>(&self, repeat: Repeat, attempt: F) -> Result<T, OdooError>
     where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, Failure>>,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Attempt>>,
     {
-        let mut wait = FIRST_WAIT;
-        let mut n = 0;
-        loop {
-            n += 1;
-            match attempt().await {
-                Ok(v) => return Ok(v),
-                Err(Failure::Final(e)) => return Err(e),
-                Err(Failure::Unsure(reason, after)) if repeat != Repeat::Always => {
-                    return Err(OdooError::Transient {
-                        reason: format!(
-                            "web service `{}`: {reason}; the call may have been applied, so it is not repeated at once",
-                            self.endpoint.name
-                        ),
-                        after,
-                    });
-                }
-                Err(Failure::Retry(reason, after) | Failure::Unsure(reason, after))
-                    if n >= ATTEMPTS || repeat == Repeat::Never =>
-                {
-                    return Err(OdooError::Transient {
-                        reason: format!("web service `{}`: {reason}", self.endpoint.name),
-                        after,
-                    });
-                }
-                Err(Failure::Retry(reason, after) | Failure::Unsure(reason, after)) => {
-                    let pause = after.unwrap_or(wait).min(MAX_WAIT);
-                    tracing::debug!(web_service = %self.endpoint.name, attempt = n, reason = %reason, wait_ms = pause.as_millis() as u64, "An Odoo call failed; trying again");
-                    tokio::time::sleep(pause).await;
-                    wait = (wait * 2).min(MAX_WAIT);
+        let retries = Retries {
+            attempts: ATTEMPTS,
+            first: FIRST_WAIT,
+            max_wait: MAX_WAIT,
+        };
+        let span = tracing::info_span!("connector.call", web_service = %self.endpoint.name);
+        let out = retries
+            .run(&self.endpoint.name, attempt, |f| match (f, repeat) {
+                (Attempt::Final(_), _) | (_, Repeat::Never) => Verdict::Stop,
+                (Attempt::Unsure(..), Repeat::UnlessUnsure) => Verdict::Stop,
+                (Attempt::Retry(_, after) | Attempt::Unsure(_, after), _) => Verdict::Again(*after),
+            })
+            .instrument(span)
+            .await;
+        out.map_err(|f| match f {
+            Attempt::Final(e) => e,
+            Attempt::Unsure(reason, after) if repeat != Repeat::Always => OdooError::Transient {
+                reason: format!(
+                    "web service `{}`: {reason}; the call may have been applied, so it is not repeated at once",
+                    self.endpoint.name
+                ),
+                after,
+            },
+            Attempt::Retry(reason, after) | Attempt::Unsure(reason, after) => {
+                OdooError::Transient {
+                    reason: format!("web service `{}`: {reason}", self.endpoint.name),
+                    after,
                 }
             }
-        }
+        })
     }
 }
 
 /// A transport failure: retried when the request never reached the server (no connection),
 /// unsure otherwise (it may have been applied before the answer was lost).
-fn sent_or_not(e: &reqwest::Error) -> Failure {
+fn sent_or_not(e: &reqwest::Error) -> Attempt {
     if e.is_connect() {
-        Failure::Retry(transport(e), None)
+        Attempt::Retry(transport::describe(e).to_string(), None)
     } else {
-        Failure::Unsure(transport(e), None)
+        Attempt::Unsure(transport::describe(e).to_string(), None)
     }
-}
-
-fn transport(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "the request timed out".into()
-    } else if e.is_connect() {
-        "the server could not be reached".into()
-    } else {
-        "the request failed".into()
-    }
-}
-
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    resp.headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
 }
 
 fn is_html(resp: &reqwest::Response) -> bool {

@@ -14,9 +14,10 @@ mod pull;
 pub use client::{OdooClient, OdooEndpoint, OdooError, Protocol, Repeat, from_odoo, to_odoo};
 
 use super::{
-    Connector, Memory, Notice, PullError, PullStart, Pulled, Puller, SendAction, SendError, Sent,
+    Connector, Failure, Memory, Notice, PullError, PullStart, Pulled, Puller, SendAction, Sent,
     Target, Webhook,
 };
+use crate::connectors::transport::Limits;
 use crate::domain::plan::{DeleteMode, OdooModel, OdooService, Plan, Sync};
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
@@ -24,7 +25,6 @@ use serde_json::{Map, Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// How long a related record found by its field (a country by code) is remembered.
 const RELATED_TTL: Duration = Duration::from_secs(300);
@@ -80,7 +80,7 @@ pub struct OdooConnector {
     service: OdooService,
     client: Arc<OdooClient>,
     /// `max_concurrency`: calls in flight for sends, all syncs together.
-    permits: Arc<Semaphore>,
+    limits: Arc<Limits>,
     hints: Arc<Mutex<Hints>>,
     /// (related model, field, value) → id, with when it was found.
     related: Mutex<HashMap<RelatedKey, (i64, Instant)>>,
@@ -100,7 +100,7 @@ impl OdooConnector {
         OdooConnector {
             service: service.clone(),
             client: Arc::new(OdooClient::new(endpoint, http)),
-            permits: Arc::new(Semaphore::new(service.max_concurrency.max(1))),
+            limits: Arc::new(Limits::new(service.max_concurrency, None)),
             hints: Arc::new(Mutex::new(Hints::default())),
             related: Mutex::new(HashMap::new()),
         }
@@ -115,12 +115,7 @@ impl OdooConnector {
     }
 
     /// The id of the `relation` record whose `field` is `value`, remembered for a while.
-    async fn related_id(
-        &self,
-        relation: &str,
-        field: &str,
-        value: &Value,
-    ) -> Result<i64, SendError> {
+    async fn related_id(&self, relation: &str, field: &str, value: &Value) -> Result<i64, Failure> {
         let text = match value {
             Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -158,14 +153,18 @@ impl OdooConnector {
                 cache.insert(key, (*id, Instant::now()));
                 Ok(*id)
             }
-            [] => Err(SendError::Permanent(format!(
-                "no {relation} record has {field} = {value} in web service `{}`",
-                self.name()
-            ))),
-            _ => Err(SendError::Permanent(format!(
-                "several {relation} records have {field} = {value} in web service `{}`; the related record is ambiguous",
-                self.name()
-            ))),
+            [] => Err(Failure::Permanent {
+                message: format!(
+                    "no {relation} record has {field} = {value} in web service `{}`",
+                    self.name()
+                ),
+            }),
+            _ => Err(Failure::Permanent {
+                message: format!(
+                    "several {relation} records have {field} = {value} in web service `{}`; the related record is ambiguous",
+                    self.name()
+                ),
+            }),
         }
     }
 
@@ -176,7 +175,7 @@ impl OdooConnector {
         odoo: &OdooModel,
         values: &Map<String, Value>,
         changed: Option<&[String]>,
-    ) -> Result<Map<String, Value>, SendError> {
+    ) -> Result<Map<String, Value>, Failure> {
         let mut out = Map::new();
         for (name, v) in values {
             if READ_ONLY.contains(&name.as_str())
@@ -242,14 +241,20 @@ fn model_of<'p>(sync: &Sync, plan: &'p Plan) -> Result<&'p OdooModel, PullError>
 }
 
 /// An Odoo failure as the outbox's retry logic needs it.
-fn send_error(e: OdooError) -> SendError {
+fn send_error(e: OdooError) -> Failure {
     match e {
-        OdooError::Record(m) => SendError::Permanent(m),
-        OdooError::Transient { reason, after } => SendError::Retry { reason, after },
+        ref e @ OdooError::Record(ref m) if is_missing(e) => {
+            Failure::NotFound { message: m.clone() }
+        }
+        OdooError::Record(m) => Failure::Permanent { message: m },
+        OdooError::Transient { reason, after } => Failure::Transient {
+            message: reason,
+            retry_after: after,
+        },
         // Nothing works until the configuration or the server is fixed; the entry waits.
-        OdooError::Auth(m) | OdooError::Protocol(m) => SendError::Retry {
-            reason: m,
-            after: None,
+        OdooError::Auth(m) | OdooError::Protocol(m) => Failure::Transient {
+            message: m,
+            retry_after: None,
         },
     }
 }
@@ -260,12 +265,13 @@ fn is_missing(e: &OdooError) -> bool {
 }
 
 /// The record id of a linked Odoo record.
-fn record_id(target: &Target<'_>) -> Result<i64, SendError> {
-    let ext = target
-        .external_id
-        .ok_or_else(|| SendError::Permanent("the record has no Odoo id yet".into()))?;
-    ext.parse::<i64>()
-        .map_err(|_| SendError::Permanent(format!("`{ext}` is not an Odoo record id")))
+fn record_id(target: &Target<'_>) -> Result<i64, Failure> {
+    let ext = target.external_id.ok_or_else(|| Failure::Permanent {
+        message: "the record has no Odoo id yet".into(),
+    })?;
+    ext.parse::<i64>().map_err(|_| Failure::Permanent {
+        message: format!("`{ext}` is not an Odoo record id"),
+    })
 }
 
 #[async_trait]
@@ -314,9 +320,11 @@ impl Connector for OdooConnector {
         action: SendAction,
         target: Target<'_>,
         values: &Map<String, Value>,
-    ) -> Result<Sent, SendError> {
-        let odoo = model_of(sync, plan).map_err(|e| SendError::Permanent(e.to_string()))?;
-        let _permit = self.permits.acquire().await.expect("semaphore open");
+    ) -> Result<Sent, Failure> {
+        let odoo = model_of(sync, plan).map_err(|e| Failure::Permanent {
+            message: e.to_string(),
+        })?;
+        let _admitted = self.limits.admit().await;
         let model = odoo.model.as_str();
         match action {
             SendAction::Create => {
@@ -336,9 +344,9 @@ impl Connector for OdooConnector {
                     .and_then(|a| a.first())
                     .and_then(Value::as_i64)
                     .or_else(|| answer.as_i64())
-                    .ok_or_else(|| SendError::Retry {
-                        reason: format!("{model}.create answered no id"),
-                        after: None,
+                    .ok_or_else(|| Failure::Transient {
+                        message: format!("{model}.create answered no id"),
+                        retry_after: None,
                     })?;
                 Ok(Sent {
                     external_id: Some(id.to_string()),
@@ -429,7 +437,7 @@ impl Connector for OdooConnector {
         if ids.is_empty() {
             return Ok(Some(Vec::new()));
         }
-        let _permit = self.permits.acquire().await.expect("semaphore open");
+        let _admitted = self.limits.admit().await;
         let reading = pull::Reading::prepare(&self.client, sync, odoo).await?;
         let rows = reading
             .read(&self.client, vec![json!(["id", "in", ids])], None)
@@ -461,7 +469,7 @@ impl Connector for OdooConnector {
                 other => json!([field, "=", other]),
             });
         }
-        let _permit = self.permits.acquire().await.expect("semaphore open");
+        let _admitted = self.limits.admit().await;
         let reading = pull::Reading::prepare(&self.client, sync, odoo).await?;
         let rows = reading
             .read(&self.client, extra, Some(SEARCH_LIMIT))

@@ -8,6 +8,15 @@ pub mod dropbox;
 pub mod http;
 pub mod odoo;
 
+/// An id as the peer takes it from a body: a non-blank text (trimmed) or an integer.
+fn id_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Value::Number(n) if !n.is_f64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde::{Deserialize, Serialize};
@@ -611,9 +620,7 @@ async fn admin_create(
     body: web::Json<Map<String, Value>>,
 ) -> HttpResponse {
     let mut values = body.into_inner();
-    let id = values
-        .remove("id")
-        .and_then(|v| crate::domain::mapping::id_text(&v));
+    let id = values.remove("id").and_then(|v| id_text(&v));
     let id = state.upsert(&path, id, values).await;
     HttpResponse::Created().json(json!({"id": id}))
 }
@@ -837,10 +844,7 @@ async fn confirm(
         .map(|items| {
             items
                 .iter()
-                .filter_map(|i| {
-                    i.get("external_id")
-                        .and_then(crate::domain::mapping::id_text)
-                })
+                .filter_map(|i| i.get("external_id").and_then(id_text))
                 .collect()
         })
         .unwrap_or_default();
@@ -888,10 +892,7 @@ async fn ship(
         return r;
     }
     let b = body.into_inner();
-    let ext = b
-        .external_id
-        .as_ref()
-        .and_then(crate::domain::mapping::id_text);
+    let ext = b.external_id.as_ref().and_then(id_text);
     if state.opts.synthetic.contains_key(&coll) {
         let n = state.with(|inner| {
             let c = inner.collections.entry(coll.clone()).or_default();

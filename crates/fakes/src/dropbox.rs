@@ -89,7 +89,7 @@ impl Node {
                 "rev": self.rev, "size": self.content.len(),
                 "path_lower": self.path_display.to_lowercase(), "path_display": self.path_display,
                 "is_downloadable": true,
-                "content_hash": crate::connectors::dropbox::content_hash(&self.content),
+                "content_hash": content_hash(&self.content),
             })
         };
         if tagged {
@@ -1002,6 +1002,17 @@ async fn put_webhook(state: web::Data<FakeState>, body: web::Json<Webhook>) -> H
 async fn post_notify(state: web::Data<FakeState>) -> HttpResponse {
     let status = state.notify().await;
     HttpResponse::Ok().json(json!({"delivered": status}))
+}
+
+/// Dropbox's content hash, as its documentation defines it: the SHA-256 of the
+/// concatenated SHA-256 digests of each 4 MiB block.
+fn content_hash(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut outer = Sha256::new();
+    for block in bytes.chunks(4 * 1024 * 1024) {
+        outer.update(Sha256::digest(block));
+    }
+    hex::encode(outer.finalize())
 }
 
 #[cfg(test)]
