@@ -151,3 +151,164 @@ fn the_import_scanner_sees_grouped_and_plain_paths() {
         ["engine", "http", "store"]
     );
 }
+
+/// The sibling files a file of `module` names: `super::x` and `crate::<module>::x` paths,
+/// grouped ones included, where `x` is one of `siblings`.
+fn sibling_imports(text: &str, module: &str, siblings: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let long = format!("crate::{module}::");
+    for prefix in ["super::", long.as_str()] {
+        for (i, _) in text.match_indices(prefix) {
+            // `crate::engine::` also ends with `engine::`, not `super::`: no double count.
+            let rest = &text[i + prefix.len()..];
+            let names: Vec<String> = if let Some(group) = rest.strip_prefix('{') {
+                let end = group.find('}').unwrap_or(group.len());
+                group[..end]
+                    .split(',')
+                    .map(|p| {
+                        p.trim()
+                            .chars()
+                            .take_while(|c| c.is_alphanumeric() || *c == '_')
+                            .collect()
+                    })
+                    .collect()
+            } else {
+                vec![
+                    rest.chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect(),
+                ]
+            };
+            out.extend(names.into_iter().filter(|n| siblings.contains(n)));
+        }
+    }
+    out
+}
+
+/// A circle among `graph`'s nodes, if there is one.
+fn circle(graph: &std::collections::BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &std::collections::BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut c = path[at..].to_vec();
+            c.push(node.to_string());
+            return Some(c);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(c) = visit(next, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    for node in graph.keys() {
+        if let Some(c) = visit(node, graph, &mut Vec::new(), &mut done) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[test]
+fn no_files_of_a_module_import_each_other_in_a_circle() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    for module in [
+        "domain",
+        "config",
+        "store",
+        "connectors",
+        "engine",
+        "http",
+        "cli",
+    ] {
+        let dir = root.join(module);
+        let mut files = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().to_string();
+            if name == "mod" {
+                continue;
+            }
+            let text = if path.is_dir() {
+                sources(&path)
+                    .into_iter()
+                    .map(|(_, t)| t)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                std::fs::read_to_string(&path).unwrap()
+            } else {
+                continue;
+            };
+            files.insert(name, text);
+        }
+        let siblings: BTreeSet<String> = files.keys().cloned().collect();
+        let graph = files
+            .iter()
+            .map(|(name, text)| {
+                let mut deps = sibling_imports(text, module, &siblings);
+                deps.remove(name);
+                (name.clone(), deps)
+            })
+            .collect();
+        if let Some(c) = circle(&graph) {
+            found.push(format!("src/{module}: {}", c.join(" -> ")));
+        }
+    }
+    assert!(found.is_empty(), "import circles:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_circle_finder_finds_a_circle_and_no_false_one() {
+    let graph = |edges: &[(&str, &str)]| {
+        let mut g = std::collections::BTreeMap::<String, BTreeSet<String>>::new();
+        for (a, b) in edges {
+            g.entry(a.to_string()).or_default().insert(b.to_string());
+            g.entry(b.to_string()).or_default();
+        }
+        g
+    };
+    assert_eq!(
+        circle(&graph(&[("a", "b"), ("b", "c"), ("c", "a")])),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+    assert_eq!(circle(&graph(&[("a", "b"), ("a", "c"), ("b", "c")])), None);
+    let siblings: BTreeSet<String> = ["run", "guard"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        sibling_imports(
+            "use super::{guard::X, Ctx};\nuse crate::engine::run::Y;",
+            "engine",
+            &siblings
+        )
+        .into_iter()
+        .collect::<Vec<_>>(),
+        ["guard", "run"]
+    );
+}
+
+#[test]
+fn no_source_file_is_over_a_thousand_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut long = Vec::new();
+    for dir in ["src", "crates"] {
+        for (file, text) in sources(&root.join(dir)) {
+            let n = text.lines().count();
+            if n > 1000 {
+                long.push(format!("{file}: {n} lines"));
+            }
+        }
+    }
+    assert!(long.is_empty(), "split these:\n{}", long.join("\n"));
+}

@@ -4,6 +4,7 @@
 pub mod diag;
 pub mod mappings;
 pub mod reader;
+pub mod render;
 pub mod settings;
 pub mod source;
 

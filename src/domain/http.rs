@@ -1,8 +1,8 @@
 //! The compiled shape of an HTTP JSON API (`kind = "http"`, `connectors.md` §3): the web
 //! service (where and how to call) and the resource of an external model (its operations).
 
+use super::auth::{Auth, ConfigStr};
 use super::mapping::JsonPath;
-use super::plan::{Auth, ConfigStr};
 use serde_json::Value;
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! Pure types and logic, no I/O: names, field types and coercion, domains, field mapping,
 //! the three-way merge and the compiled `Plan`.
 
+pub mod auth;
 pub mod filter;
 pub mod http;
 pub mod mapping;

@@ -2,14 +2,14 @@
 //! updates, change-control rows and outbox entries, all in one transaction.
 
 use super::fanout::Route;
+use super::rows::{as_pulled, log_row, paused_reason};
 use super::{Ctx, Engine};
 use crate::domain::Plan;
 use crate::domain::mapping::{PendingRef, Reference};
 use crate::domain::plan::{Model, Sync};
-use crate::store::{
-    LogAction, LogDirection, LogStatus, NewChange, NewOutbox, Record, StoreError, Tx,
-};
+use crate::store::{LogAction, LogDirection, NewOutbox, Record, StoreError, Tx};
 use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
 
 /// An inbound change from an external system.
 #[derive(Debug, Clone)]
@@ -140,34 +140,6 @@ pub(super) fn invalid(errors: impl IntoIterator<Item = (String, String)>) -> App
     )
 }
 
-pub(super) fn log_row(
-    sync: &Sync,
-    model: &Model,
-    direction: LogDirection,
-    action: LogAction,
-    rec_id: Option<i64>,
-    values: &Map<String, Value>,
-) -> NewChange {
-    let verb = super::outbox::verb(action);
-    NewChange {
-        sync: sync.code.to_string(),
-        direction,
-        action,
-        external_id: None,
-        local_id: rec_id,
-        name: format!("{verb} {}", model.name),
-        title: rec_id.map(|id| model.title(id, values)).unwrap_or_default(),
-        origin_values: json!({}),
-        destination_values: json!({}),
-        modified_at: None,
-        synced_at: None,
-        status: LogStatus::Success,
-        error_message: String::new(),
-        run_id: None,
-        actor: String::new(),
-    }
-}
-
 /// The admission check of inbound changes: the sync exists, takes changes in, is active, and
 /// its model is configured.
 fn admit<'p>(plan: &'p Plan, code: &str) -> Result<(&'p Sync, &'p Model), ApplyError> {
@@ -185,15 +157,6 @@ fn admit<'p>(plan: &'p Plan, code: &str) -> Result<(&'p Sync, &'p Model), ApplyE
         .get(&sync.model)
         .ok_or_else(|| ApplyError::UnknownModel(sync.model.clone()))?;
     Ok((sync, model))
-}
-
-/// An external record's values as a pulled payload: the sync's `external_ref` is filled in
-/// from its id when the values lack it.
-pub(super) fn as_pulled(sync: &Sync, external_id: &str, mut values: Map<String, Value>) -> Value {
-    values
-        .entry(sync.external_ref.clone())
-        .or_insert_with(|| Value::String(external_id.to_string()));
-    Value::Object(values)
 }
 
 impl Engine {
@@ -236,7 +199,7 @@ impl Engine {
         }
         let jobs = items
             .into_iter()
-            .map(|(external_id, payload, ctx)| super::batch::Job {
+            .map(|(external_id, payload, ctx)| Job {
                 code: code.to_string(),
                 external_id: Some(external_id),
                 payload,
@@ -265,7 +228,7 @@ impl Engine {
                 must_exist,
             } => {
                 let (reply, _) = tokio::sync::oneshot::channel();
-                self.submit(super::batch::Job {
+                self.submit(Job {
                     code: code.to_string(),
                     external_id,
                     payload,
@@ -280,7 +243,7 @@ impl Engine {
                 external_id,
                 unlink_only,
             } => {
-                self.submit_single(|reply| super::batch::Work::Delete {
+                self.submit_single(|reply| Work::Delete {
                     code: code.to_string(),
                     external_id,
                     unlink_only,
@@ -337,7 +300,7 @@ impl Engine {
             );
             row.external_id = Some(external_id.to_string());
             row.status = crate::store::LogStatus::Skipped;
-            row.error_message = super::batch::paused_reason(sync);
+            row.error_message = paused_reason(sync);
             row.actor = ctx.actor.clone();
             row.run_id = ctx.run_id;
             // Not applied, and not lost: the resume applies it.
@@ -590,7 +553,7 @@ impl Engine {
     /// Applies a local edit (records API) through the writer and fans it out to every sync
     /// of the model.
     pub async fn apply_local(&self, model_name: &str, op: LocalOp) -> Result<Record, ApplyError> {
-        self.submit_single(|reply| super::batch::Work::Local {
+        self.submit_single(|reply| Work::Local {
             model: model_name.to_string(),
             op,
             reply,
@@ -651,4 +614,42 @@ impl Engine {
         }
         Ok(rec)
     }
+}
+
+/// A change waiting for the writer. Everything that writes records goes through this one
+/// queue, in arrival order: inbound upserts (grouped into shared transactions), inbound and
+/// pulled deletes, and local edits.
+pub(crate) enum Work {
+    /// A bundle of upserts, applied in one group (never split).
+    Upserts(Vec<Job>),
+    /// An inbound or pulled delete.
+    Delete {
+        code: String,
+        external_id: String,
+        /// Only end the link, whatever `propagate_deletes` says (an archived Odoo record).
+        unlink_only: bool,
+        ctx: Ctx,
+        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+        span: tracing::Span,
+    },
+    /// A local edit (records API).
+    Local {
+        model: String,
+        op: super::LocalOp,
+        reply: oneshot::Sender<Result<Record, ApplyError>>,
+        span: tracing::Span,
+    },
+}
+
+/// One inbound upsert waiting for the writer.
+pub(crate) struct Job {
+    pub code: String,
+    pub external_id: Option<String>,
+    pub payload: Value,
+    pub must_exist: bool,
+    pub ctx: Ctx,
+    pub reply: oneshot::Sender<Result<Applied, ApplyError>>,
+    /// The span the change was submitted in (the HTTP request, the run): the writer's events
+    /// about it are logged inside it.
+    pub span: tracing::Span,
 }

@@ -2,7 +2,7 @@
 //! carried again, or the record left the sync's domain), and the row of a domain exit. The
 //! batch writer, deletes and local edits, and the cron push all use these.
 
-use super::apply::log_row;
+use super::rows::log_row;
 use crate::domain::Plan;
 use crate::domain::plan::{Mode, Model, Sync};
 use crate::store::{Link, LogAction, LogDirection, NewChange, Record};

@@ -12,7 +12,7 @@
 //! was not listed: those are deletes, through the guard.
 
 use super::apply::{Applied, ApplyError};
-use super::run::RunStop;
+use super::stop::RunStop;
 use super::{Ctx, Engine, InboundOp};
 use crate::connectors::{Ahead, Connector, PullAction, PullError, Pulled};
 use crate::domain::Plan;

@@ -3,6 +3,7 @@
 
 mod apply;
 mod batch;
+mod decide;
 mod fanout;
 mod guard;
 mod memory;
@@ -12,8 +13,11 @@ mod outbox;
 mod preview;
 mod record_ops;
 mod round_trip;
+mod rows;
 mod run;
 pub mod schedule;
+mod stop;
+mod write;
 
 use crate::domain::mask::Masker;
 pub use apply::{Applied, ApplyError, InboundOp, LocalOp};
@@ -118,8 +122,8 @@ pub struct Engine {
     wake: Notify,
     http: reqwest::Client,
     /// Bundles of upserts for the batch writer (one request, or a pulled page).
-    writer_tx: tokio::sync::mpsc::Sender<batch::Work>,
-    writer_rx: Mutex<Option<tokio::sync::mpsc::Receiver<batch::Work>>>,
+    writer_tx: tokio::sync::mpsc::Sender<apply::Work>,
+    writer_rx: Mutex<Option<tokio::sync::mpsc::Receiver<apply::Work>>>,
     /// Connectors by web service, built when first needed and dropped when the plan changes
     /// (they hold clients, tokens and concurrency bounds).
     connectors: Mutex<HashMap<String, Arc<dyn Connector>>>,

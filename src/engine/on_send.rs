@@ -5,8 +5,8 @@
 //! and whatever the merge kept that the external side lacks goes out in an entry of its own.
 //! A connector that cannot read one record is not asked; the next pull settles it.
 
-use super::apply::as_pulled;
 use super::memory::SyncMemory;
+use super::rows::as_pulled;
 use super::{Ctx, Engine};
 use crate::connectors::{PullAction, Pulled};
 use crate::domain::Plan;
@@ -477,7 +477,7 @@ impl Engine {
             return Ok(Adopted::Raced);
         }
         tx.upsert_links(std::slice::from_ref(&link)).await?;
-        let mut row = super::apply::log_row(
+        let mut row = super::rows::log_row(
             sync,
             &plan.models[&sync.model],
             crate::store::LogDirection::LocalToExternal,

@@ -5,12 +5,13 @@ use super::Ctx;
 use super::Engine;
 use super::memory::SyncMemory;
 use super::on_send::{Adopted, Verdict};
+use super::rows::{failure_row, run_of, success_row};
 use crate::connectors::Failure;
 use crate::connectors::{SendAction, Target};
 use crate::domain::mapping::{FieldPair, RefResolver, Reference, to_external};
 use crate::domain::plan::Sync;
 use crate::store::{
-    Link, LogAction, LogDirection, LogStatus, NewChange, NewOutbox, OutboxEntry, Record, StoreError,
+    Link, LogAction, LogStatus, NewChange, NewOutbox, OutboxEntry, Record, StoreError,
 };
 use chrono::Utc;
 use serde_json::{Map, Value, json};
@@ -285,7 +286,7 @@ impl Engine {
                 link.as_ref().and_then(|l| l.external_id.clone()),
                 &title,
                 &values,
-                super::batch::paused_reason(sync),
+                super::rows::paused_reason(sync),
             ));
         }
         let Some(connector) = self.connector(&sync.web_service) else {
@@ -902,71 +903,6 @@ impl Done {
     }
 }
 
-fn success_row(
-    entry: &OutboxEntry,
-    sync: &Sync,
-    action: LogAction,
-    external_id: Option<String>,
-    title: &str,
-    origin: Value,
-    destination: Value,
-) -> NewChange {
-    NewChange {
-        sync: sync.code.to_string(),
-        direction: LogDirection::LocalToExternal,
-        action,
-        external_id,
-        local_id: Some(entry.local_id),
-        name: format!("{} {}", verb(action), sync.model),
-        title: title.to_string(),
-        origin_values: origin,
-        destination_values: destination,
-        modified_at: Some(entry.created_at),
-        synced_at: None,
-        status: LogStatus::Success,
-        error_message: String::new(),
-        run_id: run_of(entry),
-        actor: "outbox".into(),
-    }
-}
-
-fn failure_row(
-    entry: &OutboxEntry,
-    sync: Option<&Sync>,
-    title: &str,
-    action: Option<SendAction>,
-    values: &Map<String, Value>,
-) -> NewChange {
-    let action = match action {
-        Some(SendAction::Create) => LogAction::Create,
-        Some(SendAction::Update) => LogAction::Update,
-        Some(SendAction::Delete) => LogAction::Delete,
-        None => LogAction::parse(&entry.action).unwrap_or(LogAction::Update),
-    };
-    NewChange {
-        sync: entry.sync.clone(),
-        direction: LogDirection::LocalToExternal,
-        action,
-        external_id: None,
-        local_id: Some(entry.local_id),
-        name: format!(
-            "{} {}",
-            verb(action),
-            sync.map(|s| s.model.as_str()).unwrap_or("record")
-        ),
-        title: title.to_string(),
-        origin_values: Value::Object(values.clone()),
-        destination_values: json!({}),
-        modified_at: Some(entry.created_at),
-        synced_at: None,
-        status: LogStatus::Failed,
-        error_message: String::new(),
-        run_id: run_of(entry),
-        actor: "outbox".into(),
-    }
-}
-
-/// The run that queued an entry (a cron push), if any: its rows carry that run's id.
 /// Not sent, with a `skipped` row saying why; the link is left as it is.
 fn skipped(
     entry: &OutboxEntry,
@@ -999,23 +935,4 @@ fn carries_nothing(values: &Map<String, Value>) -> bool {
         Value::Object(o) => carries_nothing(o),
         _ => false,
     })
-}
-
-fn run_of(entry: &OutboxEntry) -> Option<i64> {
-    entry.payload.get("run_id").and_then(Value::as_i64)
-}
-
-/// The verb of a change-control row's name ("Update contact").
-pub(super) fn verb(a: LogAction) -> &'static str {
-    match a {
-        LogAction::Create => "Create",
-        LogAction::Update => "Update",
-        LogAction::Delete => "Delete",
-        LogAction::Unlink => "Unlink",
-        LogAction::Rename => "Rename",
-        LogAction::Move => "Move",
-        LogAction::Conflict => "Resolve conflict on",
-        LogAction::Link => "Link",
-        LogAction::Detach => "Detach",
-    }
 }

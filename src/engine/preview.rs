@@ -8,10 +8,14 @@
 //! that only reads and is rolled back. Nothing is written on either side: not a record, a
 //! link, an outbox entry, a change-control row, a cursor or a run.
 
-use super::batch::{PreviewItem, Previewed};
+use super::apply::{ApplyError, Job};
+use super::batch::prepare;
+use super::decide::{Intent, Round};
+use super::round_trip::SAMPLE;
 use super::{Ctx, Engine};
 use crate::connectors::{Connector, Memory, MemoryError, PullAction, PullStart, Turn};
 use crate::domain::Plan;
+use crate::domain::merge::Conflict;
 use crate::domain::mirror::MirrorEntry;
 use crate::domain::plan::Sync;
 use crate::store::StoreError;
@@ -20,9 +24,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-
-/// Records shown per kind of change.
-pub const SAMPLE: usize = 10;
+use tokio::sync::oneshot;
 
 /// The kinds of change counted on each side, in the order they are shown.
 const KINDS: [&str; 11] = [
@@ -809,5 +811,140 @@ impl Engine {
         out.holds.extend(hold);
         out.external = side;
         Ok(())
+    }
+}
+
+/// What an upsert would do, as a plan shows it (nothing written).
+#[derive(Debug, Clone)]
+pub(super) enum Previewed {
+    /// Refused (a wrong value, a missing reference): the reason, and whether it is a missing
+    /// reference (which a run tries again at its end).
+    Failed(String, bool),
+    /// Nothing to change.
+    Unchanged,
+    /// Several local records match on `match_on`.
+    Ambiguous(Vec<i64>),
+    /// Not written, with the reason (outside the domain, paused).
+    Skipped(Option<i64>, String),
+    Create(Map<String, Value>),
+    Update {
+        local_id: i64,
+        /// Field by field: the local value now and the value after.
+        changes: Vec<(String, Value, Value)>,
+        conflicts: Vec<Conflict>,
+        /// The update takes the record out of the sync's domain.
+        leaves: bool,
+    },
+}
+
+/// One previewed upsert: its external id, the local record `match_on` would link it to (and
+/// on which fields), and what it would do.
+#[derive(Debug, Clone)]
+pub(super) struct PreviewItem {
+    pub external_id: String,
+    pub matched: Option<(i64, Vec<String>)>,
+    pub outcome: Previewed,
+}
+
+impl Engine {
+    /// Decides these pulled upserts of sync `code` as the writer would, under `plan` (the
+    /// current configuration or an edited one), and writes nothing: the transaction only
+    /// reads and is rolled back. `taken` local records are not matched again.
+    pub(super) async fn preview_upserts(
+        &self,
+        plan: &Plan,
+        code: &str,
+        items: Vec<(String, Value, Ctx)>,
+        taken: &HashSet<(String, i64)>,
+    ) -> Result<Vec<PreviewItem>, StoreError> {
+        let mut out: Vec<Option<PreviewItem>> = (0..items.len()).map(|_| None).collect();
+        let mut round = Vec::new();
+        let mut slots = Vec::new();
+        for (n, (external_id, payload, ctx)) in items.into_iter().enumerate() {
+            let (reply, _) = oneshot::channel();
+            let job = Job {
+                code: code.to_string(),
+                external_id: Some(external_id.clone()),
+                payload,
+                must_exist: false,
+                ctx,
+                reply,
+                span: tracing::Span::current(),
+            };
+            match prepare(plan, job) {
+                Ok(p) => {
+                    round.push(p);
+                    slots.push(n);
+                }
+                Err((_, e)) => {
+                    out[n] = Some(PreviewItem {
+                        external_id,
+                        matched: None,
+                        outcome: Previewed::Failed(e.to_string(), false),
+                    })
+                }
+            }
+        }
+        if !round.is_empty() {
+            let mut tx = self.store.begin().await?;
+            let decided = self.decide_round(&mut tx, plan, &round, taken).await?;
+            // Nothing was written: the transaction ends here.
+            tx.rollback().await?;
+            let Round {
+                results,
+                records,
+                mut matched,
+                mut ambiguous,
+                intents,
+            } = decided;
+            for (i, ((p, result), intent)) in round.iter().zip(results).zip(intents).enumerate() {
+                let outcome = match (result, intent) {
+                    (Some(Err(e)), _) => {
+                        let missing = matches!(e, ApplyError::MissingReference(_));
+                        Previewed::Failed(e.to_string(), missing)
+                    }
+                    (Some(Ok(_)), _) | (None, None) => Previewed::Unchanged,
+                    (None, Some(intent)) => match intent {
+                        Intent::NoOp(_) | Intent::Rebase(..) => Previewed::Unchanged,
+                        Intent::Ambiguous(_) => Previewed::Ambiguous(
+                            ambiguous.remove(&i).map(|(_, c)| c).unwrap_or_default(),
+                        ),
+                        Intent::Skip(id, why) => Previewed::Skipped(id, why),
+                        Intent::Paused(id, why) => Previewed::Skipped(Some(id), why),
+                        Intent::Create { values, .. } => Previewed::Create(values),
+                        Intent::Update {
+                            record,
+                            changed,
+                            conflicts,
+                            leaves,
+                            ..
+                        } => {
+                            let before = records
+                                .get(&(record.model.clone(), record.id))
+                                .map(|r| &r.values)
+                                .unwrap_or(&record.values);
+                            Previewed::Update {
+                                local_id: record.id,
+                                changes: changed
+                                    .into_iter()
+                                    .map(|(k, v)| {
+                                        let was = before.get(&k).cloned().unwrap_or(Value::Null);
+                                        (k, was, v)
+                                    })
+                                    .collect(),
+                                conflicts,
+                                leaves,
+                            }
+                        }
+                    },
+                };
+                out[slots[i]] = Some(PreviewItem {
+                    external_id: p.external_id.clone(),
+                    matched: matched.remove(&i),
+                    outcome,
+                });
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 }

@@ -254,7 +254,7 @@ impl Engine {
                         ),
                         Err(e) => return Err(RecordOpError::Run(e.to_string())),
                     };
-                    let mut row = super::apply::log_row(
+                    let mut row = super::rows::log_row(
                         sync,
                         model,
                         LogDirection::ExternalToLocal,
@@ -292,7 +292,7 @@ impl Engine {
                 )
             }
         };
-        let row = super::apply::log_row(
+        let row = super::rows::log_row(
             sync,
             model,
             LogDirection::LocalToExternal,

@@ -10,6 +10,9 @@ use crate::store::{Store, StoreError};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+/// Records shown per kind of change.
+pub const SAMPLE: usize = 10;
+
 /// One two-way transformed field: how many values were checked, how many do not come back
 /// equal, and samples of those.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -25,7 +28,7 @@ pub struct RoundTrip {
     pub checked: u64,
     /// Values that do not come back equal.
     pub lossy: u64,
-    /// Up to [`super::preview::SAMPLE`] of them: `local_id` (a local record) or `external_id`
+    /// Up to [`SAMPLE`] of them: `local_id` (a local record) or `external_id`
     /// (a record the external side reported, as it would arrive here), `value`, `sent`,
     /// `back` and, when reading it back fails, `error`.
     pub samples: Vec<Value>,
@@ -81,7 +84,7 @@ impl RoundTrips {
                 continue;
             };
             r.lossy += 1;
-            if r.samples.len() < super::preview::SAMPLE {
+            if r.samples.len() < SAMPLE {
                 let mut s =
                     json!({ who.0: who.1.clone(), "value": value, "sent": sent, "back": back });
                 if let Some(e) = error {

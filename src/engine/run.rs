@@ -5,6 +5,7 @@
 
 use super::guard::Collecting;
 use super::memory::SyncMemory;
+pub(crate) use super::stop::RunStop;
 use super::{
     Ctx, Engine, InboundOp,
     apply::{Applied, ApplyError},
@@ -72,31 +73,6 @@ pub struct Started {
     pub task: tokio::task::JoinHandle<(String, RunCounts)>,
     /// The counts so far, updated after each page.
     pub progress: tokio::sync::watch::Receiver<RunCounts>,
-}
-
-/// Why a run's pull or push ended before it was done.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum RunStop {
-    /// The server is shutting down: the run ends after the page in hand.
-    #[error(
-        "stopped after the current page because the server is shutting down; the next run goes on"
-    )]
-    ShuttingDown,
-    /// The run failed: the service, the store or the configuration, with the reason.
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl From<String> for RunStop {
-    fn from(reason: String) -> Self {
-        RunStop::Failed(reason)
-    }
-}
-
-impl From<&str> for RunStop {
-    fn from(reason: &str) -> Self {
-        RunStop::Failed(reason.to_string())
-    }
 }
 
 /// Counts a run of this process while it lives.
