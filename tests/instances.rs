@@ -190,7 +190,7 @@ async fn two_serve_processes_never_run_a_sync_at_once_and_pull_each_record_once(
         );
     }
     let by_instance = runs.iter().fold(HashMap::new(), |mut m, r| {
-        *m.entry((r.instance.clone().unwrap_or_default(), r.status.clone()))
+        *m.entry((r.instance.clone().unwrap_or_default(), r.status))
             .or_insert(0) += 1;
         m
     });

@@ -114,9 +114,19 @@ fn the_engine_knows_no_connector_by_kind() {
     for (file, text) in src("engine") {
         for needle in [
             "connectors::rest",
+            "connectors::dropbox",
+            "connectors::odoo",
+            "connectors::http",
             "ServiceSpec",
             "ServiceKind",
-            "connectors::dropbox::Dropbox",
+            "RestService",
+            "DropboxService",
+            "DropboxFolder",
+            "OdooService",
+            "HttpService",
+            "HttpResource",
+            ".dropbox",
+            ".odoo",
         ] {
             if text.contains(needle) {
                 wrong.push(format!("{file} names {needle}"));

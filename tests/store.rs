@@ -701,7 +701,7 @@ async fn run_claims_are_exclusive_and_state_persists() {
     );
 
     let run = store
-        .start_run("CON", "manual", &holder, "running")
+        .start_run("CON", "manual", &holder, recsync::store::RunStatus::Running)
         .await
         .unwrap();
     store.set_running_run("CON", &holder, run).await.unwrap();
@@ -719,7 +719,7 @@ async fn run_claims_are_exclusive_and_state_persists() {
         ..Default::default()
     };
     store
-        .finish_run(run, "success", &counts, None)
+        .finish_run(run, recsync::store::RunStatus::Success, &counts, None)
         .await
         .unwrap();
     store.release_run("CON", &holder).await.unwrap();

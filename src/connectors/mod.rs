@@ -454,6 +454,12 @@ pub trait Connector: Send + std::marker::Sync {
         false
     }
 
+    /// The mirrored external side of `sync` as a nested tree, from the entries the engine
+    /// keeps for it (nothing is called): `None` for a kind, or a sync, that mirrors nothing.
+    fn mirror_tree(&self, _sync: &Sync, _plan: &Plan, _entries: Vec<MirrorEntry>) -> Option<Value> {
+        None
+    }
+
     /// Starts a pull for `sync`.
     async fn open_pull(
         &self,

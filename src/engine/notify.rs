@@ -38,17 +38,17 @@ impl Engine {
         code: &str,
     ) -> Result<Option<serde_json::Value>, crate::store::StoreError> {
         let plan = self.plan();
-        let Some(folder) = plan
-            .sync(code)
-            .and_then(|s| plan.external_models.get(&s.external_model))
-            .and_then(|m| m.dropbox.as_ref())
-        else {
+        let Some(sync) = plan.sync(code) else {
             return Ok(None);
         };
+        let Some(connector) = self.connector(&sync.web_service) else {
+            return Ok(None);
+        };
+        if !connector.keeps_mirror() {
+            return Ok(None);
+        }
         let entries = self.store.dbx_entries(code).await?;
-        Ok(Some(crate::connectors::dropbox::build_tree(
-            folder, entries,
-        )))
+        Ok(connector.mirror_tree(sync, &plan, entries))
     }
 
     /// A webhook call for a web service, checked by its connector: when genuine, every

@@ -16,6 +16,7 @@ use crate::engine::Applied;
 use crate::store::{Link, LogDirection, OutboxEntry, Record, StoreError};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use tracing::Instrument;
 
 /// What the read before sending decided for an entry (entries not named are sent as usual).
 #[derive(Clone)]
@@ -131,6 +132,11 @@ impl Engine {
             };
             let current: HashMap<String, Pulled> = match connector
                 .read_records(sync, plan, &memory, &ids)
+                .instrument(tracing::info_span!(
+                    "connector.read_records",
+                    sync = code,
+                    ids = ids.len()
+                ))
                 .await
             {
                 Ok(None) => continue,
@@ -277,7 +283,11 @@ impl Engine {
                     code: sync.code.as_str(),
                     ctx: Ctx::actor("outbox"),
                 };
-                let candidates = match connector.search(sync, plan, &memory, &criteria).await {
+                let candidates = match connector
+                    .search(sync, plan, &memory, &criteria)
+                    .instrument(tracing::info_span!("connector.search", sync = %sync.code))
+                    .await
+                {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
                     Err(err) => {
@@ -431,6 +441,9 @@ impl Engine {
             };
             match connector
                 .read_records(sync, plan, &memory, &[ext.to_string()])
+                .instrument(
+                    tracing::info_span!("connector.read_records", sync = %sync.code, ids = 1),
+                )
                 .await
             {
                 Ok(Some(list)) => found = list.into_iter().find(|p| p.action == PullAction::Update),

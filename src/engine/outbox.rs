@@ -500,6 +500,12 @@ impl Engine {
                 },
                 &mapped,
             )
+            .instrument(tracing::info_span!(
+                "connector.send",
+                sync = %sync.code,
+                local_id = entry.local_id,
+                action = action.as_str(),
+            ))
             .await;
         Ok(match result {
             Ok(sent) => {

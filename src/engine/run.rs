@@ -12,7 +12,9 @@ use super::{
 };
 use crate::connectors::{Confirmation, PullAction, PullError, PullStart, Pulled};
 use crate::domain::mapping::id_text;
-use crate::store::{LogAction, LogDirection, LogStatus, NewChange, RunCounts, StoreError};
+use crate::store::{
+    LogAction, LogDirection, LogStatus, NewChange, RunCounts, RunStatus, StoreError,
+};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -329,7 +331,7 @@ impl Engine {
         }
         let run_id = match self
             .store
-            .start_run(code, trigger.as_str(), &instance, "running")
+            .start_run(code, trigger.as_str(), &instance, RunStatus::Running)
             .await
         {
             Ok(id) => id,
@@ -386,21 +388,21 @@ impl Engine {
             heartbeat.abort();
             progress_tx.send_replace(counts.clone());
             let (status, error) = match &outcome {
-                Err(e @ RunStop::ShuttingDown) => ("partial", Some(e.to_string())),
-                Ok(()) if counts.failed == 0 => ("success", None),
+                Err(e @ RunStop::ShuttingDown) => (RunStatus::Partial, Some(e.to_string())),
+                Ok(()) if counts.failed == 0 => (RunStatus::Success, None),
                 Ok(()) => (
-                    "partial",
+                    RunStatus::Partial,
                     Some(format!(
                         "{} record(s) failed; see the change-control log",
                         counts.failed
                     )),
                 ),
-                Err(RunStop::Failed(e)) => ("failed", Some(e.clone())),
+                Err(RunStop::Failed(e)) => (RunStatus::Failed, Some(e.clone())),
             };
             if let Some(e) = &error {
                 tracing::warn!(sync = %code, run_id, error = %e, "Run ended with errors");
             }
-            if status == "failed" {
+            if status == RunStatus::Failed {
                 // One row per failed run, whatever retries happened inside it.
                 if let Err(e) = engine
                     .log_alone(NewChange {
@@ -419,7 +421,7 @@ impl Engine {
                     tracing::error!(sync = %code, run_id, error = %e, "Failed to log a failed run");
                 }
             }
-            crate::metrics::run_finished(&code, status, run_started.elapsed().as_secs_f64());
+            crate::metrics::run_finished(&code, status.as_str(), run_started.elapsed().as_secs_f64());
             if let Err(e) = engine
                 .store
                 .end_run(
@@ -500,6 +502,11 @@ impl Engine {
         let failed = |e: PullError| RunStop::Failed(e.to_string());
         let mut puller = connector
             .open_pull(&sync, &plan, start, &memory)
+            .instrument(tracing::info_span!(
+                "connector.open_pull",
+                sync = code,
+                full
+            ))
             .await
             .map_err(failed)?;
         let mut guard = Collecting::new(&sync, run_id);
@@ -509,8 +516,15 @@ impl Engine {
         let mut retry_later: Vec<Pulled> = Vec::new();
         let mut n = 0;
         loop {
-            let page = puller.next_page(&memory).await.map_err(failed)?;
             n += 1;
+            // One span per page: the connector's read, the engine's apply and the confirmation
+            // inside it.
+            let span = tracing::info_span!("page", sync = code, page = n);
+            let page = puller
+                .next_page(&memory)
+                .instrument(tracing::info_span!(parent: &span, "connector.next_page"))
+                .await
+                .map_err(failed)?;
             counts.pulled += page.read as i64;
             counts.skipped += page.skipped as i64;
             let outcomes = self
@@ -522,8 +536,13 @@ impl Engine {
                     &mut retry_later,
                     &mut guard,
                 )
+                .instrument(tracing::info_span!(parent: &span, "apply"))
                 .await?;
-            puller.confirm(&memory, &outcomes).await.map_err(failed)?;
+            puller
+                .confirm(&memory, &outcomes)
+                .instrument(tracing::info_span!(parent: &span, "connector.confirm"))
+                .await
+                .map_err(failed)?;
             tracing::debug!(
                 page = n,
                 read = page.read,

@@ -606,7 +606,7 @@ async fn release_run(c: Conn<'_>, sync: &str, instance: &str) -> Result<()> {
 async fn finish_run(
     c: Conn<'_>,
     id: i64,
-    status: &str,
+    status: RunStatus,
     counts: &RunCounts,
     error: Option<&str>,
 ) -> Result<()> {
@@ -617,7 +617,7 @@ async fn finish_run(
              held = $13, missing = $14, extra = $15, different = $16, ambiguous = $17 WHERE id = $18"
         )
         .bind(Utc::now())
-        .bind(status)
+        .bind(status.as_str())
         .bind(error)
         .bind(counts.pulled)
         .bind(counts.created)

@@ -179,7 +179,7 @@ impl Store {
         sync: &str,
         trigger: &str,
         instance: &str,
-        status: &str,
+        status: RunStatus,
     ) -> Result<i64> {
         let mut c = self.writer().await?;
         let out = Ok(on!(c.conn(), |c| {
@@ -189,7 +189,7 @@ impl Store {
         .bind(sync)
         .bind(trigger)
         .bind(Utc::now())
-        .bind(status)
+        .bind(status.as_str())
         .bind(instance)
         .fetch_one(c)
         .await
@@ -211,13 +211,14 @@ impl Store {
         let out = Ok(on!(c.conn(), |c| {
             query_scalar::<_, i64>(
                 "INSERT INTO runs (sync, trigger, started_at, finished_at, status, error, instance)
-             VALUES ($1, $2, $3, $3, 'skipped', $4, $5) RETURNING id",
+             VALUES ($1, $2, $3, $3, $6, $4, $5) RETURNING id",
             )
             .bind(sync)
             .bind(trigger)
             .bind(now)
             .bind(why)
             .bind(instance)
+            .bind(RunStatus::Skipped.as_str())
             .fetch_one(c)
             .await
         })?);
@@ -227,7 +228,7 @@ impl Store {
     pub async fn finish_run(
         &self,
         id: i64,
-        status: &str,
+        status: RunStatus,
         counts: &RunCounts,
         error: Option<&str>,
     ) -> Result<()> {
@@ -241,7 +242,7 @@ impl Store {
     pub async fn end_run(
         &self,
         id: i64,
-        status: &str,
+        status: RunStatus,
         counts: &RunCounts,
         error: Option<&str>,
         sync: &str,

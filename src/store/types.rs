@@ -153,7 +153,7 @@ impl From<OutboxRow> for OutboxEntry {
 macro_rules! text_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident = $text:literal),* $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),* }
 
@@ -166,6 +166,25 @@ macro_rules! text_enum {
 
             pub fn parse(s: &str) -> Option<Self> {
                 match s { $($text => Some($name::$variant),)* _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                $name::parse(&s).ok_or_else(|| format!("`{s}` is not a {}", stringify!($name)))
             }
         }
     };
@@ -187,6 +206,16 @@ text_enum!(
         Conflict = "conflict",
         Link = "link",
         Detach = "detach",
+    }
+);
+text_enum!(
+    /// Where a run is, or how it ended.
+    RunStatus {
+        Running = "running",
+        Success = "success",
+        Partial = "partial",
+        Failed = "failed",
+        Skipped = "skipped",
     }
 );
 text_enum!(
@@ -374,7 +403,8 @@ pub struct Run {
     pub trigger: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: RunStatus,
     pub error: Option<String>,
     pub instance: Option<String>,
     pub pulled: i64,
