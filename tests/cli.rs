@@ -35,6 +35,17 @@ fn shipped_examples_validate() {
     let out = text(&o);
     assert!(out.contains("Configuration is valid"), "{out}");
     assert!(out.contains("CON") && out.contains("STUDENT_DOCS"), "{out}");
+    // A real-time sync's `every` runs are incremental; `reconcile` is what compares in full
+    // (the demo's CON: `every = "1m"`, `reconcile = "1d"`).
+    let con = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("CON "))
+        .unwrap_or_else(|| panic!("no line for CON: {out}"));
+    assert!(
+        con.contains("realtime, incremental runs every 1m, reconciles in full every 1d"),
+        "{con}"
+    );
+    assert!(!out.contains("reconciles every"), "{out}");
 }
 
 const GOOD: &str = r#"

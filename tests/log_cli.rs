@@ -279,6 +279,20 @@ async fn readers_need_only_the_database_url() {
     let o = run(&["outbox", "list", "--status", "all"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert!(stdout(&o).contains("No outbox entries match."), "{o:?}");
+    // `retry-all` takes the sync's code as `run`, `plan` and `record` do (the flag still works).
+    for args in [
+        &["outbox", "retry-all", "CONTACTS"][..],
+        &["outbox", "retry-all", "--sync", "CONTACTS"][..],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {o:?}");
+        assert!(
+            stdout(&o).contains("0 dead-lettered entries of sync CONTACTS queued again."),
+            "{args:?}: {o:?}"
+        );
+    }
+    let o = run(&["outbox", "retry-all"]);
+    assert_eq!(o.status.code(), Some(64), "{o:?}");
     // A mistake in `database_url` itself still stops them, naming it.
     std::fs::write(
         dir.path().join("recsync.toml"),
@@ -331,4 +345,24 @@ async fn log_in_the_demo_folder_reads_the_demo_database() {
         !dir.path().join("recsync.db").exists(),
         "nothing else created"
     );
+}
+
+/// `--sync` naming a sync that is neither configured nor in the log is a mistake worth a word,
+/// not an empty table; a sync only the log knows (since removed from the configuration) is
+/// still read.
+#[tokio::test]
+async fn an_unknown_sync_is_said_to_be_unknown() {
+    let db = common::TestDb::new().await;
+    let store = db.store().await;
+    write(&store, &[row(0, LogStatus::Success, 5)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    let o = log(dir.path(), &db.url, &["--sync", "NOPE"]);
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unknown sync `NOPE`"), "{err}");
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+    let o = log(dir.path(), &db.url, &["--sync", "CONTACTS"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
 }

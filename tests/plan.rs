@@ -601,3 +601,56 @@ async fn a_plan_reports_the_values_a_two_way_transform_does_not_give_back() {
     assert_eq!(common::dump(&h.db.url).await, before, "nothing was written");
     h.stop().await;
 }
+
+/// A plan tells dead letters apart from deliveries on their way: a dead letter is not
+/// delivered by a run or otherwise until a person retries it, and the plan says how.
+#[tokio::test]
+async fn a_plan_says_dead_letters_wait_for_a_person() {
+    let h = seeded().await;
+    // Every delivery the peer is sent is refused for good: whether or not an outbox worker
+    // takes the entry before it is dead-lettered here, it ends dead.
+    h.peer.set_faults(recsync::peer::Faults {
+        fail_next: 1000,
+        fail_status: Some(400),
+        only: Some("ship".into()),
+        ..Default::default()
+    });
+    let p3 = local_id(&h, "P-3").await;
+    let mut tx = h.engine.store.begin().await.unwrap();
+    let id = tx
+        .enqueue(&recsync::store::NewOutbox {
+            sync: "PL".into(),
+            local_id: p3,
+            action: "update".into(),
+            payload: json!({}),
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    h.engine
+        .store
+        .outbox_dead(id, "Delivery failed and will not be retried: HTTP 400")
+        .await
+        .unwrap();
+    let (status, v) = plan(&h, "PL", READ_KEY).await;
+    assert_eq!(status, 200, "{v}");
+    let notes: Vec<String> = v["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    let dead = notes
+        .iter()
+        .find(|n| n.contains("dead letter"))
+        .unwrap_or_else(|| panic!("no note on dead letters: {notes:?}"));
+    assert!(dead.starts_with("1 record(s)"), "{dead}");
+    assert!(dead.contains("not tried again"), "{dead}");
+    assert!(dead.contains("recsync outbox retry-all PL"), "{dead}");
+    // Nothing else is on its way, so nothing is said to be delivered "whether or not a run
+    // happens".
+    assert!(
+        !notes.iter().any(|n| n.contains("waiting in the outbox")),
+        "{notes:?}"
+    );
+}

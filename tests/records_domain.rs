@@ -90,3 +90,65 @@ async fn a_domain_follows_a_dotted_path_through_a_many2one() {
     }
     h.stop().await;
 }
+
+/// A page size outside 1..=1000 is refused with 400 naming `limit` on every listing, as
+/// `/api/v1/changes` does, instead of being quietly replaced (`limit=-1` used to answer one
+/// record).
+#[tokio::test]
+async fn a_page_size_out_of_range_is_refused_on_every_listing() {
+    let h = Harness::start().await;
+    for name in ["Ana", "Bo"] {
+        let r = h
+            .client
+            .post(h.url("/api/v1/models/contact/records"))
+            .header("X-Api-Key", ADMIN_KEY)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    for path in [
+        "/api/v1/models/contact/records",
+        "/api/v1/outbox",
+        "/api/v1/runs",
+    ] {
+        for bad in ["-1", "0", "1001"] {
+            let r = h
+                .client
+                .get(h.url(path))
+                .query(&[("limit", bad)])
+                .header("X-Api-Key", READ_KEY)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(status, 400, "{path}?limit={bad}: {body}");
+            assert!(
+                body.to_string()
+                    .contains("`limit` must be between 1 and 1000"),
+                "{path}?limit={bad}: {body}"
+            );
+        }
+        let r = h
+            .client
+            .get(h.url(path))
+            .query(&[("limit", "1")])
+            .header("X-Api-Key", READ_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}?limit=1");
+    }
+    let r = h
+        .client
+        .get(h.url("/api/v1/models/contact/records"))
+        .query(&[("limit", "1")])
+        .header("X-Api-Key", READ_KEY)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["records"].as_array().unwrap().len(), 1, "{v}");
+}

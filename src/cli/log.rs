@@ -72,6 +72,16 @@ pub(super) async fn log(
         Ok(pair) => pair,
         Err(code) => return code,
     };
+    if let Some(code) = query.sync.as_deref() {
+        let configured = plan.as_ref().is_some_and(|p| p.sync(code).is_some());
+        if !configured && !store.has_changes_of(code).await.unwrap_or(true) {
+            eprintln!(
+                "error: unknown sync `{code}`: it is not in the configuration and the log holds no row of it"
+            );
+            store.close().await;
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     let masker = std::sync::Arc::new(plan.map(|p| p.masker()).unwrap_or_default());
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

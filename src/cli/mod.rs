@@ -292,8 +292,11 @@ pub enum OutboxAction {
     Retry { id: i64 },
     /// Send every dead-lettered entry of a sync again
     RetryAll {
-        #[arg(long)]
-        sync: String,
+        /// The sync's code
+        code: Option<String>,
+        /// The sync's code, as a flag (the same as CODE)
+        #[arg(long, value_name = "CODE")]
+        sync: Option<String>,
     },
 }
 

@@ -47,7 +47,18 @@ pub(super) async fn outbox(g: &GlobalArgs, action: Option<OutboxAction>) -> Exit
                     Ok(ExitCode::from(1))
                 }
             }
-            OutboxAction::RetryAll { sync } => {
+            OutboxAction::RetryAll { code, sync } => {
+                let sync = match (code, sync) {
+                    (Some(c), Some(s)) if c != s => {
+                        eprintln!("error: two sync codes given ({c} and --sync {s}); give one");
+                        return Ok(ExitCode::from(EXIT_USAGE));
+                    }
+                    (Some(c), _) | (None, Some(c)) => c,
+                    (None, None) => {
+                        eprintln!("error: name the sync: recsync outbox retry-all <CODE>");
+                        return Ok(ExitCode::from(EXIT_USAGE));
+                    }
+                };
                 let n = store.outbox_requeue_all(&sync).await?;
                 println!(
                     "{n} dead-lettered entr{} of sync {sync} queued again.",

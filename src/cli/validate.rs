@@ -34,8 +34,15 @@ pub(super) async fn validate(g: &GlobalArgs, online: bool) -> ExitCode {
             (crate::domain::plan::Mode::Cron, Some(sch)) => {
                 format!("cron, {} ({})", sch.describe(), s.timezone)
             }
-            (m, Some(sch)) => format!("{}, reconciles {}", m.as_str(), sch.describe()),
+            (m, Some(sch)) => format!("{}, incremental runs {}", m.as_str(), sch.describe()),
             (m, None) => m.as_str().to_string(),
+        };
+        let when = match s.reconcile {
+            Some(d) => format!(
+                "{when}, reconciles in full every {}",
+                crate::domain::plan::humantime_like(d)
+            ),
+            None => when,
         };
         println!(
             "  {:<10} {} {} {} via {}: {}, {}",

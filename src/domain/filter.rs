@@ -87,10 +87,18 @@ pub fn operator_fits(ty: &FieldType, op: Op) -> bool {
     }
 }
 
+/// "a" or "an", as the word after it is said.
+fn article(word: &str) -> &'static str {
+    match word.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
+        _ => "a",
+    }
+}
+
 /// Why a condition does not fit its field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConditionError {
-    #[error("operator `{op}` cannot be used on a {ty} field")]
+    #[error("operator `{op}` cannot be used on {} {ty} field", article(ty))]
     OperatorType { op: &'static str, ty: &'static str },
     #[error("operator `{0}` needs a list of values")]
     ListRequired(&'static str),
@@ -427,6 +435,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn an_operator_refused_names_its_field_type_in_good_english() {
+        let e = |ty| ConditionError::OperatorType { op: "like", ty }.to_string();
+        assert_eq!(
+            e("integer"),
+            "operator `like` cannot be used on an integer field"
+        );
+        assert_eq!(
+            e("boolean"),
+            "operator `like` cannot be used on a boolean field"
+        );
+    }
 
     fn cond(f: &str, ty: FieldType, op: &str, v: Value) -> Condition {
         Condition::new(f, &ty, Op::parse(op).unwrap(), &v).unwrap()

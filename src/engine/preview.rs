@@ -687,10 +687,19 @@ impl Engine {
             paused,
         } = self.left_by_push(plan, sync).await?;
         if !waiting.is_empty() {
-            out.notes.push(format!(
-                "{} record(s) of this binding are waiting in the outbox; they are delivered whether or not a run happens (`recsync outbox list`)",
-                waiting.len()
-            ));
+            let dead = self.store.dead_local_ids(code).await?;
+            let queued = waiting.iter().filter(|id| !dead.contains(id)).count();
+            if queued > 0 {
+                out.notes.push(format!(
+                    "{queued} record(s) of this binding are waiting in the outbox; they are delivered whether or not a run happens (`recsync outbox list --status pending`)"
+                ));
+            }
+            if !dead.is_empty() {
+                out.notes.push(format!(
+                    "{} record(s) of sync `{code}` are dead letters: their delivery gave up and is not tried again, by a run or otherwise, until a person retries it (`recsync outbox list`, then `recsync outbox retry <id>` or `recsync outbox retry-all {code}`)",
+                    dead.len()
+                ));
+            }
         }
         if sync.mode != crate::domain::plan::Mode::Cron && !full {
             out.notes.push(format!(

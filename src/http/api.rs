@@ -224,6 +224,18 @@ fn record_json(r: &Record) -> Value {
     Value::Object(m)
 }
 
+/// A listing's page size: `default` when not given; outside 1..=1000 it is refused, as
+/// `/api/v1/changes` refuses it.
+pub(super) fn page_limit(limit: Option<i64>, default: i64) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=1000).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::BadRequest(format!(
+            "`limit` must be between 1 and 1000, not {n}"
+        ))),
+    }
+}
+
 #[derive(Deserialize)]
 struct ListQuery {
     domain: Option<String>,
@@ -292,7 +304,7 @@ async fn with_paths(
     params(
         ("model" = String, Path, description = "A local model"),
         ("domain" = Option<String>, Query, description = "A domain as JSON, for example [[\"stage\", \"=\", \"lead\"]]"),
-        ("limit" = Option<i64>, Query, description = "Page size (default 50, at most 1000)"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 100)"),
         ("after" = Option<i64>, Query, description = "Only records with a larger id (the previous page's `next`)"),
         ("expand" = Option<String>, Query, description = "Relational fields to inline, comma-separated"),
     ),
@@ -342,7 +354,7 @@ async fn list_records(
                 .filter_map(|c| c.as_array()?.first()?.as_str().map(str::to_string))
                 .filter(|f| f.contains('.'))
                 .collect();
-            let limit = q.limit.unwrap_or(100).clamp(1, 1000) as usize;
+            let limit = page_limit(q.limit, 100)? as usize;
             let mut after = q.after.unwrap_or(0);
             let mut out = Vec::new();
             let mut more = false;
@@ -637,7 +649,7 @@ struct OutboxQuery {
         ("status" = Option<String>, Query, description = "pending, inflight, done, dead (default) or all"),
         ("sync" = Option<String>, Query, description = "Only this sync's entries"),
         ("after" = Option<i64>, Query, description = "Only entries with a larger id"),
-        ("limit" = Option<i64>, Query, description = "Page size"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 100)"),
     ),
     responses(
         (status = 200, description = "The entries", body = Object),
@@ -664,7 +676,7 @@ async fn list_outbox(
                     "unknown status `{s}`: use pending, inflight, done, dead, discarded or all"
                 )));
             }
-            let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+            let limit = page_limit(q.limit, 100)?;
             let entries = state
                 .engine
                 .reads()
@@ -881,7 +893,7 @@ struct RunsQuery {
     params(
         ("sync" = Option<String>, Query, description = "Only this sync's runs"),
         ("before" = Option<i64>, Query, description = "Only runs with a smaller id"),
-        ("limit" = Option<i64>, Query, description = "Page size (default 50, at most 1000)"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 50)"),
     ),
     responses(
         (status = 200, description = "The runs", body = Object),
@@ -903,11 +915,7 @@ async fn list_runs(
             let runs = state
                 .engine
                 .reads()
-                .runs(
-                    q.sync.as_deref(),
-                    q.before,
-                    q.limit.unwrap_or(50).clamp(1, 1000),
-                )
+                .runs(q.sync.as_deref(), q.before, page_limit(q.limit, 50)?)
                 .await?;
             Ok(HttpResponse::Ok().json(json!({"runs": runs})))
         }

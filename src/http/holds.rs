@@ -100,7 +100,7 @@ struct ItemsQuery {
     params(
         ("id" = i64, Path, description = "The hold id"),
         ("after" = Option<String>, Query, description = "Deletes after this external id"),
-        ("limit" = Option<i64>, Query, description = "Page size (default 100)"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 100)"),
     ),
     responses(
         (status = 200, description = "The hold and its deletes", body = Object),
@@ -127,7 +127,7 @@ async fn get_hold(
                 .hold(id)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no hold {id}")))?;
-            let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+            let limit = super::api::page_limit(q.limit, 100)?;
             let items = reads
                 .hold_items(id, q.after.as_deref().unwrap_or(""), limit)
                 .await?;

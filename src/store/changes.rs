@@ -119,6 +119,20 @@ impl Store {
     }
 
     /// One change-control row.
+    /// Whether the log holds any row of `sync`.
+    pub async fn has_changes_of(&self, sync: &str) -> Result<bool> {
+        let mut c = self.reader().await?;
+        let n = on!(c.conn(), |c| {
+            query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM change_log WHERE sync = $1 LIMIT 1) t",
+            )
+            .bind(sync)
+            .fetch_one(c)
+            .await
+        })?;
+        Ok(n > 0)
+    }
+
     pub async fn change(&self, id: i64) -> Result<Option<Change>> {
         let mut c = self.reader().await?;
         let row = on!(c.conn(), |c| {

@@ -20,6 +20,21 @@ impl Store {
         Ok(ids.into_iter().collect())
     }
 
+    /// The local records of a sync with a dead-lettered delivery (given up, waiting for a
+    /// person to retry or discard it).
+    pub async fn dead_local_ids(&self, sync: &str) -> Result<std::collections::HashSet<i64>> {
+        let mut c = self.reader().await?;
+        let ids = on!(c.conn(), |c| {
+            query_scalar::<_, i64>(
+                "SELECT DISTINCT local_id FROM outbox WHERE sync = $1 AND status = 'dead'",
+            )
+            .bind(sync)
+            .fetch_all(c)
+            .await
+        })?;
+        Ok(ids.into_iter().collect())
+    }
+
     /// How many entries a run queued are in flight or due now (not yet settled).
     pub async fn unsettled_in_run(
         &self,
@@ -319,15 +334,18 @@ impl Store {
         let mut c = self.writer().await?;
         on!(c.conn(), |c| {
             query(
-            "UPDATE outbox SET status = $1, next_attempt_at = COALESCE($2, next_attempt_at), last_error = COALESCE($3, last_error),
-             claimed_by = NULL, claimed_until = NULL, updated_at = $4 WHERE id = $5"
-        )
-        .bind(status)
-        .bind(at)
-        .bind(error)
-        .bind(now)
-        .bind(id)
-        .execute(c).await.map(|r| r.rows_affected())
+                "UPDATE outbox SET status = $1, next_attempt_at = COALESCE($2, next_attempt_at),
+             last_error = CASE WHEN $1 = 'done' THEN NULL ELSE COALESCE($3, last_error) END,
+             claimed_by = NULL, claimed_until = NULL, updated_at = $4 WHERE id = $5",
+            )
+            .bind(status)
+            .bind(at)
+            .bind(error)
+            .bind(now)
+            .bind(id)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
         })?;
         c.done(Ok(())).await
     }
@@ -440,7 +458,7 @@ impl Tx {
         for chunk in pieces(ids) {
             let mut ph = Ph::new(self.is_pg());
             let sql = format!(
-                "UPDATE outbox SET status = 'done', claimed_by = NULL, claimed_until = NULL, updated_at = {} WHERE id IN ({})",
+                "UPDATE outbox SET status = 'done', last_error = NULL, claimed_by = NULL, claimed_until = NULL, updated_at = {} WHERE id IN ({})",
                 ph.next(),
                 ph.list(chunk.len())
             );
