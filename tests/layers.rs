@@ -105,7 +105,27 @@ fn each_module_imports_only_what_is_before_it_in_the_flow() {
             "metrics",
         ],
     );
-    check("peer", &["domain", "connectors"]);
+}
+
+/// The fakes and the reference peer are a crate of their own that knows nothing of recsync:
+/// they answer as the real systems do, not as recsync expects.
+#[test]
+fn the_fakes_know_nothing_of_recsync() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/fakes");
+    let mut wrong = Vec::new();
+    for (file, text) in sources(&dir.join("src")) {
+        if text.contains("recsync::") {
+            wrong.push(file);
+        }
+    }
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    let deps = manifest.split("[dependencies]").nth(1).unwrap_or("");
+    assert!(
+        !deps.lines().any(|l| l.trim_start().starts_with("recsync ")
+            || l.trim_start().starts_with("recsync=")),
+        "crates/fakes depends on recsync"
+    );
+    assert!(wrong.is_empty(), "fakes naming recsync: {wrong:?}");
 }
 
 #[test]
