@@ -139,6 +139,7 @@ async fn run() {
     let plan = config::compile_texts(
         &[("bench.toml", MAPPING)],
         &std::collections::HashMap::<String, String>::new(),
+        recsync::connectors::KINDS,
     )
     .unwrap();
     let settings = config::Settings {

@@ -41,13 +41,14 @@ fn main() {
     let start = Instant::now();
     for _ in 0..rounds {
         let t = Instant::now();
-        let plan = compile_texts(&files, &env).expect("shipped mappings are valid");
+        let plan = compile_texts(&files, &env, recsync::connectors::KINDS)
+            .expect("shipped mappings are valid");
         std::hint::black_box(plan);
         lat.push(t.elapsed());
     }
     report("config compile", rounds, start.elapsed(), lat, "plans");
 
-    let plan = compile_texts(&files, &env).unwrap();
+    let plan = compile_texts(&files, &env, recsync::connectors::KINDS).unwrap();
     let con = plan.sync("CON").unwrap();
 
     // 2. Inbound mapping: external payload -> coerced local values, in batches of 100.
@@ -108,6 +109,7 @@ fn main() {
             ("mappings/dropbox.toml", DROPBOX),
         ],
         &env,
+        recsync::connectors::KINDS,
     )
     .expect("the transformed mapping is valid");
     let tcon = transformed.sync("CON").unwrap();

@@ -83,6 +83,7 @@ async fn run() {
     let plan = config::compile_texts(
         &[("bench.toml", &mapping)],
         &std::collections::HashMap::<String, String>::new(),
+        recsync::connectors::KINDS,
     )
     .unwrap();
     let instances: usize = std::env::var("RECSYNC_BENCH_INSTANCES")

@@ -314,6 +314,7 @@ async fn links_kept_per_sync_by_the_previous_release_merge_into_their_binding() 
     let plan = recsync::config::compile_texts(
         &[("mappings/test.toml", &mapping)],
         &std::collections::HashMap::<String, String>::new(),
+        recsync::connectors::KINDS,
     )
     .unwrap();
     let con_binding = plan.sync("CON").unwrap().binding();

@@ -15,6 +15,7 @@ fn errors_of(snippet: &str) -> String {
     match compile_texts(
         &[("mappings/base.toml", BASE), ("mappings/crm.toml", snippet)],
         &env(),
+        recsync::connectors::KINDS,
     ) {
         Ok(_) => "(valid)".to_string(),
         Err(e) => e.render(),
@@ -1106,6 +1107,7 @@ fields = [
             ("mappings/other.toml", other),
         ],
         &env(),
+        recsync::connectors::KINDS,
     )
     .unwrap_err();
     let summary = err.summary();
@@ -1131,6 +1133,7 @@ fields = [
             ("mappings/other.toml", other),
         ],
         &env(),
+        recsync::connectors::KINDS,
     )
     .unwrap_err();
     let summary = err.summary();
@@ -1172,6 +1175,7 @@ fn secrets_never_reach_diagnostics() {
             ("mappings/crm.toml", &snippet),
         ],
         &env,
+        recsync::connectors::KINDS,
     )
     .unwrap_err();
     let text = format!("{}\n{}", err.render(), err.summary().join("\n"));
@@ -1197,9 +1201,12 @@ shipping_url = "https://erp.example.com/ship?x=$$1"
     let plan = compile_texts(
         &[("mappings/base.toml", BASE), ("mappings/crm.toml", snippet)],
         &env(),
+        recsync::connectors::KINDS,
     )
     .unwrap();
-    let rest = plan.web_services["erp"].rest().unwrap();
+    let rest = plan.web_services["erp"]
+        .settings::<recsync::connectors::rest::spec::RestService>()
+        .unwrap();
     let url = rest.url.as_ref().unwrap();
     assert_eq!(url.expose(), "https://erp.example.com/fetch");
     assert!(url.is_secret());

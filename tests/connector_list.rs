@@ -87,6 +87,7 @@ async fn a_dropbox_sync_lists_every_entry_it_takes_page_by_page() {
     let plan = recsync::config::compile_texts(
         &[("m.toml", &MAPPING.replace("@DBX@", &url))],
         &HashMap::<String, String>::new(),
+        recsync::connectors::KINDS,
     )
     .unwrap();
     let http = reqwest::Client::new();
@@ -177,8 +178,12 @@ fields = [{{ local = "name", external = "name" }}]
 "#,
         key = common::harness::PEER_KEY
     );
-    let plan = recsync::config::compile_texts(&[("m.toml", &mapping)], &HashMap::new())
-        .unwrap_or_else(|e| panic!("{}", e.render()));
+    let plan = recsync::config::compile_texts(
+        &[("m.toml", &mapping)],
+        &HashMap::new(),
+        recsync::connectors::KINDS,
+    )
+    .unwrap_or_else(|e| panic!("{}", e.render()));
     let http = reqwest::Client::new();
     let connector = recsync::connectors::build(&plan.web_services["crm"], &http);
     let (ids, pages) = all_ids(connector.as_ref(), plan.sync("CON").unwrap(), &plan).await;

@@ -279,6 +279,7 @@ impl Hub {
         let plan = recsync::config::compile_texts(
             &[("mappings/test.toml", &mapping)],
             &std::collections::HashMap::new(),
+            recsync::connectors::KINDS,
         )
         .unwrap_or_else(|e| panic!("{}", e.render()));
         let dir = tempfile::tempdir().unwrap();

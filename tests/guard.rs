@@ -461,8 +461,12 @@ fn reconcile_needs_a_listing_and_a_guard_needs_a_limit() {
         "s3cr3t-crm-key-value".to_string(),
     )]);
     let compile = |extra: &str| {
-        recsync::config::compile_texts(&[("mappings/a.toml", &format!("{base}\n{extra}"))], &env)
-            .map_err(|e| e.render())
+        recsync::config::compile_texts(
+            &[("mappings/a.toml", &format!("{base}\n{extra}"))],
+            &env,
+            recsync::connectors::KINDS,
+        )
+        .map_err(|e| e.render())
     };
     let sync = |ws_extra: &str, sync_extra: &str| {
         format!(

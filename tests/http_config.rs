@@ -2,8 +2,8 @@
 //! the error each mistake gets, naming the key and its position.
 
 use recsync::config::compile_texts;
-use recsync::domain::http::Paginate;
-use recsync::domain::plan::{Auth, ServiceSpec};
+use recsync::connectors::http::spec::{HttpResource, HttpService, Paginate};
+use recsync::domain::plan::Auth;
 use std::collections::HashMap;
 
 const DESK: &str = include_str!("../mappings/helpdesk_http.toml");
@@ -13,7 +13,12 @@ fn compile(text: &str) -> Result<recsync::domain::Plan, String> {
         "DESK_CLIENT_SECRET".to_string(),
         "desk-secret-4242".to_string(),
     )]);
-    compile_texts(&[("mappings/desk.toml", text)], &env).map_err(|e| e.render())
+    compile_texts(
+        &[("mappings/desk.toml", text)],
+        &env,
+        recsync::connectors::KINDS,
+    )
+    .map_err(|e| e.render())
 }
 
 fn errors_with(from: &str, to: &str) -> String {
@@ -24,13 +29,15 @@ fn errors_with(from: &str, to: &str) -> String {
 #[test]
 fn the_help_desk_example_compiles_with_its_defaults() {
     let plan = compile(DESK).unwrap_or_else(|e| panic!("{e}"));
-    let ServiceSpec::Http(h) = &plan.web_services["desk"].spec else {
+    let Some(h) = plan.web_services["desk"].settings::<HttpService>() else {
         panic!("an http service");
     };
     assert_eq!(h.rate_limit.unwrap().to_string(), "400/min");
     assert_eq!((h.retries, h.max_concurrency), (3, 8));
     assert!(matches!(&h.auth, Auth::OAuth2 { scopes, in_body: false, .. } if scopes.len() == 2));
-    let r = plan.external_models["desk_ticket"].http.as_ref().unwrap();
+    let r = plan.external_models["desk_ticket"]
+        .settings::<HttpResource>()
+        .unwrap();
     let list = r.list.as_ref().unwrap();
     assert_eq!(list.max_pages, 100_000);
     assert_eq!(list.cursor_start.as_deref(), Some("0"));
@@ -205,7 +212,9 @@ auth = { mode = "oauth2", token_url = "https://crm.example.com/token", client_id
 fn read_search_and_exists_mistakes_name_their_key() {
     const CRM: &str = include_str!("../mappings/crm_http.toml");
     let plan = compile(CRM).unwrap_or_else(|e| panic!("{e}"));
-    let r = plan.external_models["crm_contact"].http.as_ref().unwrap();
+    let r = plan.external_models["crm_contact"]
+        .settings::<HttpResource>()
+        .unwrap();
     let exists = r.create.as_ref().unwrap().exists.as_ref().unwrap();
     assert_eq!(exists.status, 409);
     assert_eq!(

@@ -80,7 +80,7 @@ fn each_module_imports_only_what_is_before_it_in_the_flow() {
     check("domain", &[]);
     check("config", &["domain"]);
     check("store", &["domain", "crash"]);
-    check("connectors", &["domain", "crash", "metrics"]);
+    check("connectors", &["domain", "config", "crash", "metrics"]);
     check(
         "engine",
         &[
@@ -121,35 +121,114 @@ fn the_fakes_know_nothing_of_recsync() {
     let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
     let deps = manifest.split("[dependencies]").nth(1).unwrap_or("");
     assert!(
-        !deps.lines().any(|l| l.trim_start().starts_with("recsync ")
-            || l.trim_start().starts_with("recsync=")),
+        !deps
+            .lines()
+            .any(|l| l.trim_start().starts_with("recsync ")
+                || l.trim_start().starts_with("recsync=")),
         "crates/fakes depends on recsync"
     );
     assert!(wrong.is_empty(), "fakes naming recsync: {wrong:?}");
 }
 
+/// The connector kinds: every folder under `src/connectors/` with a `config.rs`.
+fn kind_folders() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/connectors");
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.rs").is_file())
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The type names a kind's folder declares in `spec.rs` and `config.rs`.
+fn kind_types(kind: &str) -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/connectors")
+        .join(kind);
+    let mut out = Vec::new();
+    for file in ["spec.rs", "config.rs"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        for line in text.lines() {
+            for lead in ["pub struct ", "pub enum ", "pub const "] {
+                if let Some(rest) = line.strip_prefix(lead) {
+                    let name: String = rest
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    out.push(name);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Each kind is in the registry, under its folder's name, and nothing else is.
 #[test]
-fn the_engine_knows_no_connector_by_kind() {
+fn every_kind_folder_is_registered_and_the_registry_names_only_them() {
+    let folders = kind_folders();
+    assert!(folders.len() >= 4, "{folders:?}");
+    let mut registered: Vec<String> = recsync::connectors::KINDS
+        .iter()
+        .map(|k| k.name().to_string())
+        .collect();
+    registered.sort();
+    assert_eq!(
+        registered, folders,
+        "the registry and the kind folders differ"
+    );
+    // The registry is the one place outside a folder that names the kind's configuration.
+    for kind in &folders {
+        let needle = format!("{kind}::config::");
+        for (file, text) in src("") {
+            let inside = file.contains(&format!("/connectors/{kind}/"));
+            let registry = file.ends_with("/connectors/mod.rs");
+            if !inside && !registry && text.contains(&needle) {
+                panic!("{file} names {needle}: add the kind to the registry only");
+            }
+        }
+    }
+}
+
+/// The engine, the domain, the store, the HTTP layer and the configuration's own compiler
+/// name no kind: not its folder, not its types, not its name as a string.
+#[test]
+fn no_layer_but_the_connectors_names_a_kind() {
     let mut wrong = Vec::new();
-    for (file, text) in src("engine") {
-        for needle in [
-            "connectors::rest",
-            "connectors::dropbox",
-            "connectors::odoo",
-            "connectors::http",
-            "ServiceSpec",
-            "ServiceKind",
-            "RestService",
-            "DropboxService",
-            "DropboxFolder",
-            "OdooService",
-            "HttpService",
-            "HttpResource",
-            ".dropbox",
-            ".odoo",
-        ] {
-            if text.contains(needle) {
-                wrong.push(format!("{file} names {needle}"));
+    for kind in kind_folders() {
+        let mut needles = vec![
+            format!("connectors::{kind}"),
+            format!("\"{kind}\""),
+            format!("ServiceKind"),
+            format!("ServiceSpec"),
+        ];
+        // Its types that carry its name (`OdooService`, `HttpResource`) and its constants.
+        needles.extend(kind_types(&kind).into_iter().filter(|t| {
+            t.to_lowercase().contains(&kind) || t.chars().all(|c| c.is_uppercase() || c == '_')
+        }));
+        for module in ["engine", "domain", "store", "http", "config"] {
+            for (file, text) in src(module) {
+                for (n, line) in text.lines().enumerate() {
+                    let code = line.split("//").next().unwrap_or("");
+                    // A URL scheme is not a kind.
+                    let code = code.replace("\"http\" | \"https\"", "");
+                    for needle in &needles {
+                        let at = code.match_indices(needle.as_str()).any(|(i, m)| {
+                            let before = code[..i].chars().last();
+                            let after = code[i + m.len()..].chars().next();
+                            let word = |c: Option<char>| {
+                                c.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                            };
+                            !word(before) && !word(after)
+                        });
+                        if at {
+                            wrong.push(format!("{file}:{}: names {needle}", n + 1));
+                        }
+                    }
+                }
             }
         }
     }

@@ -223,7 +223,12 @@ fields = [{{ local = "name", external = "name" }}, {{ local = "email", external 
 match_on = {m}
 "#
         );
-        recsync::config::compile_texts(&[("mappings/a.toml", &text)], &env).map_err(|e| e.render())
+        recsync::config::compile_texts(
+            &[("mappings/a.toml", &text)],
+            &env,
+            recsync::connectors::KINDS,
+        )
+        .map_err(|e| e.render())
     };
     let plan = compile(r#"["email"]"#).unwrap();
     assert_eq!(

@@ -2,7 +2,8 @@
 //! their defaults, and the error each mistake gets, naming the key.
 
 use recsync::config::compile_texts;
-use recsync::domain::plan::{Archived, DeleteMode, OdooProtocol, ServiceSpec};
+use recsync::connectors::odoo::spec::{Archived, OdooModel, OdooProtocol, OdooService};
+use recsync::domain::plan::DeleteMode;
 use std::collections::HashMap;
 
 const BASE: &str = include_str!("fixtures/base.toml");
@@ -56,6 +57,7 @@ fn compile(text: &str) -> Result<recsync::domain::Plan, String> {
     compile_texts(
         &[("mappings/base.toml", BASE), ("mappings/odoo.toml", text)],
         &env(),
+        recsync::connectors::KINDS,
     )
     .map_err(|e| e.render())
 }
@@ -72,7 +74,7 @@ fn errors_with(from: &str, to: &str) -> String {
 #[test]
 fn an_odoo_sync_compiles_with_its_defaults() {
     let plan = compile(ODOO).unwrap_or_else(|e| panic!("{e}"));
-    let ServiceSpec::Odoo(o) = &plan.web_services["erp"].spec else {
+    let Some(o) = plan.web_services["erp"].settings::<OdooService>() else {
         panic!("an Odoo service");
     };
     assert_eq!(o.protocol, OdooProtocol::Auto);
@@ -80,7 +82,7 @@ fn an_odoo_sync_compiles_with_its_defaults() {
     assert_eq!(o.max_concurrency, 4);
     assert_eq!(o.timeout, std::time::Duration::from_secs(30));
     let em = &plan.external_models["odoo_partner"];
-    let odoo = em.odoo.as_ref().unwrap();
+    let odoo = em.settings::<OdooModel>().unwrap();
     assert_eq!(odoo.model, "res.partner");
     assert_eq!(odoo.archived, Archived::Unlink);
     assert_eq!(odoo.domain.len(), 3);

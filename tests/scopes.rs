@@ -23,12 +23,10 @@ fn need(method: &str, path: &str) -> Need {
         ("get", "/healthz" | "/readyz" | "/openapi.json" | "/" | "/ui/{file}" | "/metrics") => {
             Need::Nothing
         }
-        // Dropbox calls these without a key; the POST's signature is checked instead
-        // (tests/dropbox.rs), and this harness has no Dropbox service (404 for any key).
-        ("get" | "post", "/webhooks/dropbox/{web_service}") => Need::Nothing,
-        // Odoo's automation rules call this with the web service's token instead of a key
-        // (tests/odoo.rs); this harness has no Odoo service (404 for any key).
-        ("post", "/webhooks/odoo/{web_service}") => Need::Nothing,
+        // The external systems call these without a key: Dropbox's POST carries a signature
+        // (tests/dropbox.rs), Odoo's automation rules the web service's token (tests/odoo.rs);
+        // this harness has no such service (404 for any key).
+        ("get" | "post", "/webhooks/{kind}/{web_service}") => Need::Nothing,
         ("get", p) if p.starts_with("/api/v1/") => Need::Read,
         // A plan reads only.
         ("post", "/api/v1/syncs/{code}/plan") => Need::Read,
@@ -75,7 +73,8 @@ async fn every_route_enforces_its_scope_for_every_key() {
                 .replace("{model}", "contact")
                 .replace("{id}", "999999")
                 .replace("{file}", "app.js")
-                .replace("{web_service}", "crm");
+                .replace("{web_service}", "crm")
+                .replace("{kind}", "dropbox");
             for key in [
                 "",
                 "not-a-key-at-all-000000",

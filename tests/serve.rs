@@ -40,7 +40,7 @@ async fn probes_answer_and_hot_reload_keeps_the_last_valid_plan() {
             mappings: Some(mappings.clone()),
         },
     };
-    let loaded = config::load(&paths, &ProcessEnv).unwrap();
+    let loaded = config::load(&paths, &ProcessEnv, recsync::connectors::KINDS).unwrap();
     let app = app::build(
         loaded.settings,
         loaded.plan,

@@ -37,7 +37,7 @@ scopes = ["sync:*", "read"]
 fn file_values_and_hashed_keys() {
     let (_dir, paths) = setup(FILE);
     let env = HashMap::from([("CRM_KEY".to_string(), "a-long-enough-key-123".to_string())]);
-    let loaded = config::load(&paths, &env).unwrap();
+    let loaded = config::load(&paths, &env, recsync::connectors::KINDS).unwrap();
     let s = loaded.settings;
     assert_eq!(s.database_url.expose_secret(), "sqlite://from-file.db");
     assert_eq!(s.listen.port(), 9000);
@@ -71,7 +71,9 @@ fn environment_beats_file_and_flags_beat_environment() {
         ),
         ("RECSYNC_BODY_LIMIT".to_string(), "2048".to_string()),
     ]);
-    let s = config::load(&paths, &env).unwrap().settings;
+    let s = config::load(&paths, &env, recsync::connectors::KINDS)
+        .unwrap()
+        .settings;
     assert_eq!(s.database_url.expose_secret(), "postgres://u:pw@db/recsync");
     assert_eq!(s.database_display(), "postgres://u:****@db/recsync");
     assert_eq!(s.listen.port(), 9100);
@@ -91,7 +93,9 @@ fn environment_beats_file_and_flags_beat_environment() {
         },
         ..paths
     };
-    let s = config::load(&with_flags, &env).unwrap().settings;
+    let s = config::load(&with_flags, &env, recsync::connectors::KINDS)
+        .unwrap()
+        .settings;
     assert_eq!(s.database_url.expose_secret(), "sqlite://flag.db");
     assert_eq!(s.listen.port(), 9200);
 }
@@ -107,7 +111,7 @@ fn bad_environment_overrides_are_named() {
             "mysql://u:hunter2@x/db".to_string(),
         ),
     ]);
-    let err = config::load(&paths, &env).unwrap_err();
+    let err = config::load(&paths, &env, recsync::connectors::KINDS).unwrap_err();
     let text = err.render();
     assert!(
         text.contains("invalid `listen` address `here` (from RECSYNC_LISTEN)"),
@@ -126,7 +130,7 @@ fn bad_environment_overrides_are_named() {
 fn scopes_must_name_existing_syncs() {
     let (_dir, paths) = setup(&FILE.replace("\"sync:*\"", "\"sync:NOPE\""));
     let env = HashMap::from([("CRM_KEY".to_string(), "a-long-enough-key-123".to_string())]);
-    let err = config::load(&paths, &env).unwrap_err();
+    let err = config::load(&paths, &env, recsync::connectors::KINDS).unwrap_err();
     assert!(
         err.summary()
             .iter()

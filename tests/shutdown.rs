@@ -287,9 +287,12 @@ async fn tls_serves_https_through_rustls() {
         tls_key: Some(key_path),
         ..Default::default()
     };
-    let plan =
-        recsync::config::compile_texts(&[], &std::collections::HashMap::<String, String>::new())
-            .unwrap();
+    let plan = recsync::config::compile_texts(
+        &[],
+        &std::collections::HashMap::<String, String>::new(),
+        recsync::connectors::KINDS,
+    )
+    .unwrap();
     let app = recsync::app::build(settings, plan, Default::default())
         .await
         .unwrap();

@@ -82,6 +82,7 @@ pub fn compile(mapping: &str) -> recsync::domain::Plan {
     recsync::config::compile_texts(
         &[("bench.toml", mapping)],
         &std::collections::HashMap::<String, String>::new(),
+        recsync::connectors::KINDS,
     )
     .unwrap()
 }

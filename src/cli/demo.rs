@@ -75,7 +75,7 @@ pub(super) async fn demo(
         }
     };
     let env = Layered(vars);
-    let plan = match config::compile_texts(&files, &env) {
+    let plan = match config::compile_texts(&files, &env, crate::connectors::KINDS) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{}", e.render());

@@ -14,7 +14,7 @@ pub(super) async fn open_store_for_reading(
         eprintln!("{}", e.render());
         ExitCode::from(EXIT_CONFIG)
     })?;
-    let plan = match config::load(&paths(g, None), &ProcessEnv) {
+    let plan = match config::load(&paths(g, None), &ProcessEnv, crate::connectors::KINDS) {
         Ok(loaded) => Some(loaded.plan),
         // In the demo's folder there is no configuration to speak of: the note below says
         // what is read.

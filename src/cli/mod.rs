@@ -486,7 +486,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 fn load(g: &GlobalArgs, listen: Option<String>) -> Result<config::Loaded, ExitCode> {
-    config::load(&paths(g, listen), &ProcessEnv).map_err(|e| {
+    config::load(&paths(g, listen), &ProcessEnv, crate::connectors::KINDS).map_err(|e| {
         eprintln!("{}", e.render());
         ExitCode::from(EXIT_CONFIG)
     })

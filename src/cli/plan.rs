@@ -260,8 +260,12 @@ fn demo(g: &GlobalArgs) -> Option<config::Loaded> {
     if !only.demo {
         return None;
     }
-    let plan =
-        config::compile_texts(&[("mappings/demo.toml", super::DEMO_MAPPING)], &ProcessEnv).ok()?;
+    let plan = config::compile_texts(
+        &[("mappings/demo.toml", super::DEMO_MAPPING)],
+        &ProcessEnv,
+        crate::connectors::KINDS,
+    )
+    .ok()?;
     Some(config::Loaded {
         settings: only.settings,
         plan,

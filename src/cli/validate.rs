@@ -117,8 +117,6 @@ async fn check_round_trips(loaded: &config::Loaded) {
 /// `validate --online`: does each web service answer? One line per service; any that does
 /// not, or that refuses its credentials, makes the exit code 69.
 pub(super) async fn check_services(plan: &crate::domain::Plan) -> ExitCode {
-    use crate::connectors::rest::{Probe, origin, probe};
-    use crate::domain::plan::ServiceSpec;
     let client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()
@@ -126,97 +124,13 @@ pub(super) async fn check_services(plan: &crate::domain::Plan) -> ExitCode {
     println!("Web services:");
     let mut failed = 0;
     for (name, ws) in &plan.web_services {
-        if let ServiceSpec::Odoo(o) = &ws.spec {
-            // Odoo is asked for real: the protocol, the login and one harmless call.
-            let started = std::time::Instant::now();
-            let connector = crate::connectors::odoo::OdooConnector::new(name, o, client.clone());
-            match connector.client().check().await {
-                Ok(protocol) => println!(
-                    "  ok    {name}: {} answered ({}, logged in) in {} ms",
-                    origin(o.url.expose()),
-                    protocol.as_str(),
-                    started.elapsed().as_millis()
-                ),
-                Err(e) => {
-                    failed += 1;
-                    println!("  FAIL  {name}: {e}");
-                }
+        let connector = crate::connectors::build(ws, &client);
+        match connector.check(plan).await {
+            Ok(what) => println!("  ok    {name}: {what}"),
+            Err(e) => {
+                failed += 1;
+                println!("  FAIL  {name}: {e}");
             }
-            continue;
-        }
-        if let ServiceSpec::Http(h) = &ws.spec {
-            let connector = crate::connectors::http::HttpConnector::new(name, h, client.clone());
-            match connector.check().await {
-                Ok(what) => println!("  ok    {name}: {what}"),
-                Err(e) => {
-                    failed += 1;
-                    println!("  FAIL  {name}: {e}");
-                }
-            }
-            continue;
-        }
-        let (auth, timeout, urls): (_, _, Vec<String>) = match &ws.spec {
-            ServiceSpec::Odoo(_) | ServiceSpec::Http(_) => continue,
-            ServiceSpec::Rest(r) => {
-                let mut urls: Vec<String> =
-                    [&r.url, &r.confirmation_url, &r.shipping_url, &r.list_url]
-                        .into_iter()
-                        .flatten()
-                        .map(|u| u.expose().to_string())
-                        .collect();
-                // A service reached only through configured endpoints: probe their hosts.
-                if urls.is_empty() {
-                    urls = plan
-                        .syncs
-                        .values()
-                        .filter(|s| &s.web_service == name)
-                        .flat_map(|s| s.endpoints.iter())
-                        .map(|e| origin(e.url.expose()))
-                        .collect();
-                }
-                (r.auth.clone(), r.timeout, urls)
-            }
-            ServiceSpec::Dropbox(d) => (
-                crate::domain::plan::Auth::None,
-                std::time::Duration::from_secs(10),
-                vec![origin(
-                    d.api_url
-                        .as_ref()
-                        .map(|u| u.expose())
-                        .unwrap_or("https://api.dropboxapi.com"),
-                )],
-            ),
-        };
-        let mut urls = urls;
-        urls.dedup();
-        if urls.is_empty() {
-            println!("  ok    {name}: nothing to reach (no URL is configured)");
-            continue;
-        }
-        let mut problems = Vec::new();
-        let started = std::time::Instant::now();
-        let mut answered = Vec::new();
-        for u in &urls {
-            match probe(&client, &auth, timeout, u).await {
-                Probe::Answered(code) => answered.push(format!("{} (HTTP {code})", origin(u))),
-                Probe::Refused(code) => problems.push(format!(
-                    "{} refused the credentials (HTTP {code})",
-                    origin(u)
-                )),
-                Probe::Unreachable(why) => problems.push(format!("{}: {why}", origin(u))),
-            }
-        }
-        if problems.is_empty() {
-            answered.dedup();
-            println!(
-                "  ok    {name}: {} answered in {} ms",
-                answered.join(", "),
-                started.elapsed().as_millis()
-            );
-        } else {
-            failed += 1;
-            problems.dedup();
-            println!("  FAIL  {name}: {}", problems.join("; "));
         }
     }
     if failed > 0 {

@@ -2,6 +2,8 @@
 //! validated `Plan`. Every error is collected and rendered like rustc.
 
 pub mod diag;
+pub mod kinds;
+pub mod kit;
 pub mod mappings;
 pub mod reader;
 pub mod render;
@@ -9,6 +11,7 @@ pub mod settings;
 pub mod source;
 
 pub use diag::{Diagnostic, Diagnostics, Span};
+pub use kinds::Kinds;
 pub use settings::{ApiKey, LogFormat, Overrides, Scope, Settings};
 pub use source::{Env, ProcessEnv, Sources};
 
@@ -58,7 +61,8 @@ pub struct Loaded {
 }
 
 /// Reads and compiles the settings file and every mapping file.
-pub fn load(paths: &ConfigPaths, env: &dyn Env) -> Result<Loaded, LoadError> {
+/// `kinds` is the registry of connector kinds (`connectors::KINDS`).
+pub fn load(paths: &ConfigPaths, env: &dyn Env, kinds: &Kinds) -> Result<Loaded, LoadError> {
     let mut sources = Sources::default();
     let mut diags = Diagnostics::default();
     let config_path = paths.config.clone().or_else(|| {
@@ -81,11 +85,11 @@ pub fn load(paths: &ConfigPaths, env: &dyn Env) -> Result<Loaded, LoadError> {
         &paths.overrides,
         &mut diags,
     );
-    let (plan, files) = match load_mappings_into(&settings.mappings, env, &mut sources, &mut diags)
-    {
-        Ok(x) => x,
-        Err(e) => return Err(io_error(sources, &settings.mappings, &e)),
-    };
+    let (plan, files) =
+        match load_mappings_into(&settings.mappings, env, kinds, &mut sources, &mut diags) {
+            Ok(x) => x,
+            Err(e) => return Err(io_error(sources, &settings.mappings, &e)),
+        };
     if let Some(plan) = &plan {
         check_scopes(settings_table.as_ref().map(|(_, t)| t), plan, &mut diags);
     }
@@ -183,17 +187,25 @@ pub fn load_database(paths: &ConfigPaths, env: &dyn Env) -> Result<DatabaseOnly,
 }
 
 /// Reads and compiles just the mapping folder (hot reload uses this).
-pub fn load_mappings(dir: &Path, env: &dyn Env) -> Result<(Plan, Vec<PathBuf>), LoadError> {
+pub fn load_mappings(
+    dir: &Path,
+    env: &dyn Env,
+    kinds: &Kinds,
+) -> Result<(Plan, Vec<PathBuf>), LoadError> {
     let mut sources = Sources::default();
     let mut diags = Diagnostics::default();
-    match load_mappings_into(dir, env, &mut sources, &mut diags) {
+    match load_mappings_into(dir, env, kinds, &mut sources, &mut diags) {
         Ok((plan, files)) => finish(sources, diags, plan).map(|p| (p, files)),
         Err(e) => Err(io_error(sources, dir, &e)),
     }
 }
 
 /// Compiles mapping text already in memory: `(path, text)` pairs.
-pub fn compile_texts(files: &[(&str, &str)], env: &dyn Env) -> Result<Plan, LoadError> {
+pub fn compile_texts(
+    files: &[(&str, &str)],
+    env: &dyn Env,
+    kinds: &Kinds,
+) -> Result<Plan, LoadError> {
     let mut sources = Sources::default();
     let mut diags = Diagnostics::default();
     let mut tables = Vec::new();
@@ -203,7 +215,7 @@ pub fn compile_texts(files: &[(&str, &str)], env: &dyn Env) -> Result<Plan, Load
             tables.push(t);
         }
     }
-    let plan = mappings::compile(&tables, &mut diags);
+    let plan = mappings::compile(&tables, kinds, &mut diags);
     finish(sources, diags, plan)
 }
 
@@ -223,6 +235,7 @@ fn finish(sources: Sources, mut diags: Diagnostics, plan: Option<Plan>) -> Resul
 fn load_mappings_into(
     dir: &Path,
     env: &dyn Env,
+    kinds: &Kinds,
     sources: &mut Sources,
     diags: &mut Diagnostics,
 ) -> std::io::Result<(Option<Plan>, Vec<PathBuf>)> {
@@ -240,7 +253,7 @@ fn load_mappings_into(
         }
     }
     let before = diags.len();
-    let plan = mappings::compile(&tables, diags);
+    let plan = mappings::compile(&tables, kinds, diags);
     Ok((
         plan.filter(|_| diags.len() == before && diags.is_empty()),
         files,

@@ -15,7 +15,7 @@ pub mod rest;
 pub mod transport;
 
 use crate::domain::mirror::MirrorEntry;
-use crate::domain::plan::{Plan, ServiceSpec, Sync, WebService};
+use crate::domain::plan::{Plan, Sync, WebService};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -380,8 +380,12 @@ pub struct PullStart {
 pub enum Notice {
     /// Genuine: every active sync of the web service reads what changed.
     Changed,
-    /// Not from the service (missing or wrong signature or token); nothing runs.
-    Refused(String),
+    /// Not from the service (missing or wrong signature or token); nothing runs. `outcome`
+    /// labels the refusal in the metrics (`bad_signature`, `bad_token`).
+    Refused {
+        outcome: &'static str,
+        message: String,
+    },
     /// This kind of web service takes no webhook.
     Unsupported,
 }
@@ -574,14 +578,46 @@ pub trait Connector: Send + std::marker::Sync {
     fn notification(&self, _call: Webhook<'_>) -> Notice {
         Notice::Unsupported
     }
+
+    /// Whether the web service answers and takes its credentials (`validate --online`):
+    /// what answered, or what is wrong (naming the URL, never a secret).
+    async fn check(&self, plan: &Plan) -> Result<String, String>;
+
+    /// The answer to a webhook's verification request (a `GET` with the service's
+    /// challenge): `None` when the kind verifies no webhook, else the text to echo or why not.
+    fn webhook_challenge(&self, _query: &str) -> Option<Result<String, String>> {
+        None
+    }
 }
+
+/// A connector kind: its configuration ([`crate::config::kinds::Kind`]) and its connector.
+pub trait ConnectorKind: crate::config::kinds::Kind {
+    /// The connector of a web service of this kind.
+    fn connector(&self, service: &WebService, http: &reqwest::Client) -> Arc<dyn Connector>;
+}
+
+/// The registry of kinds, each written once: the default (`kind` left out) first.
+macro_rules! registry {
+    ($($kind:expr),+ $(,)?) => {
+        /// Every kind, as the configuration sees it (handed to [`crate::config::load`]).
+        pub static KINDS: &crate::config::Kinds = &[$(&$kind),+];
+        /// Every kind, as the engine builds connectors.
+        static CONNECTOR_KINDS: &[&dyn ConnectorKind] = &[$(&$kind),+];
+    };
+}
+
+registry!(
+    rest::config::Rest,
+    odoo::config::Odoo,
+    dropbox::config::Dropbox,
+    http::config::Http,
+);
 
 /// The connector of a web service.
 pub fn build(service: &WebService, http: &reqwest::Client) -> Arc<dyn Connector> {
-    match &service.spec {
-        ServiceSpec::Rest(r) => Arc::new(rest::Rest::new(r.clone(), http.clone())),
-        ServiceSpec::Dropbox(d) => Arc::new(dropbox::DropboxConnector::new(d)),
-        ServiceSpec::Odoo(o) => Arc::new(odoo::OdooConnector::new(&service.name, o, http.clone())),
-        ServiceSpec::Http(h) => Arc::new(http::HttpConnector::new(&service.name, h, http.clone())),
-    }
+    CONNECTOR_KINDS
+        .iter()
+        .find(|k| k.name() == service.kind)
+        .expect("a compiled web service's kind is registered")
+        .connector(service, http)
 }

@@ -170,6 +170,32 @@ impl Limits {
     }
 }
 
+/// Where a URL points, for people: scheme, host and port always; the rest only when it was
+/// written in the mapping as it is (a value built with `${VAR}` may hold a secret: its path is
+/// shown as `/…`), and never a password.
+pub fn location(url: &crate::domain::plan::ConfigStr) -> String {
+    let origin = origin(url.expose());
+    if url.is_secret() {
+        format!("{origin}/…")
+    } else {
+        crate::config::settings::mask_url(url.expose())
+    }
+}
+
+/// A URL as it may be shown: scheme, host and port, with no credentials or path.
+pub fn origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or("?");
+            match u.port() {
+                Some(p) => format!("{}://{host}:{p}", u.scheme()),
+                None => format!("{}://{host}", u.scheme()),
+            }
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

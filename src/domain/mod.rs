@@ -3,7 +3,7 @@
 
 pub mod auth;
 pub mod filter;
-pub mod http;
+pub mod kind;
 pub mod mapping;
 pub mod mask;
 pub mod merge;

@@ -3,13 +3,14 @@
 
 pub use super::auth::{Auth, ConfigStr};
 use super::filter::Domain;
+pub use super::kind::{ModelSettings, ServiceSettings};
 use super::mapping::{Direction, FieldPair, JsonPath};
 use super::merge::Priority;
 use super::names::SyncCode;
 use super::value::{CoerceError, FieldType, coerce};
-use secrecy::SecretString;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A local model.
@@ -98,376 +99,42 @@ fn describe(e: CoerceError) -> String {
     e.to_string()
 }
 
-/// The kind of an external model or web service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ServiceKind {
-    Rest,
-    Dropbox,
-    Odoo,
-    Http,
-}
-
-impl ServiceKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceKind::Rest => "rest",
-            ServiceKind::Dropbox => "dropbox",
-            ServiceKind::Odoo => "odoo",
-            ServiceKind::Http => "http",
-        }
-    }
-}
-
 /// An external model: the external system's schema for one kind of record.
 #[derive(Debug, Clone)]
 pub struct ExternalModel {
     pub name: String,
     pub label: Option<String>,
-    pub kind: ServiceKind,
+    /// The connector kind (`kind = "..."`), as the registry of kinds names it.
+    pub kind: &'static str,
     pub fields: BTreeMap<String, FieldType>,
-    pub dropbox: Option<DropboxFolder>,
-    pub odoo: Option<OdooModel>,
-    /// The operations of an `http` resource.
-    pub http: Option<super::http::HttpResource>,
+    /// What the kind compiled from the model's own keys.
+    pub settings: Arc<dyn ModelSettings>,
 }
 
-/// What an archived Odoo record means to a sync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Archived {
-    /// The link ends; the local record stays.
-    Unlink,
-    /// A delete, carried across as `propagate_deletes` says.
-    Delete,
-    /// An ordinary update (map `active` to see it).
-    Keep,
-}
-
-impl Archived {
-    pub fn parse(s: &str) -> Option<Archived> {
-        match s {
-            "unlink" => Some(Archived::Unlink),
-            "delete" => Some(Archived::Delete),
-            "keep" => Some(Archived::Keep),
-            _ => None,
-        }
+impl ExternalModel {
+    /// The kind's settings, when they are of type `T`.
+    pub fn settings<T: ModelSettings>(&self) -> Option<&T> {
+        let any: &dyn std::any::Any = &*self.settings;
+        any.downcast_ref()
     }
-}
-
-/// One declared field of an Odoo model: its Odoo type and, for relational fields, the Odoo
-/// model it points to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OdooField {
-    pub ttype: String,
-    pub relation: Option<String>,
-}
-
-/// The Odoo side of an external model.
-#[derive(Debug, Clone)]
-pub struct OdooModel {
-    /// The Odoo model's technical name (`res.partner`).
-    pub model: String,
-    /// An Odoo domain, sent with every search, as JSON.
-    pub domain: Vec<Value>,
-    pub archived: Archived,
-    /// The declared fields, by name, in Odoo's types.
-    pub fields: BTreeMap<String, OdooField>,
-}
-
-impl OdooModel {
-    /// Splits a pair's external name into the relational field and the related field
-    /// (`country_id.code`), when it has a dot.
-    pub fn related(name: &str) -> Option<(&str, &str)> {
-        name.split_once('.')
-    }
-}
-
-/// Fields every Dropbox entry has.
-pub const DROPBOX_ENTRY_FIELDS: [(&str, FieldType); 10] = [
-    ("id", FieldType::Char),
-    ("tag", FieldType::Char),
-    ("name", FieldType::Char),
-    ("path", FieldType::Char),
-    ("path_lower", FieldType::Char),
-    ("parent", FieldType::Char),
-    ("size", FieldType::Integer),
-    ("rev", FieldType::Char),
-    ("content_hash", FieldType::Char),
-    ("server_modified", FieldType::Datetime),
-];
-
-/// A Dropbox folder mirrored as an external model.
-#[derive(Debug, Clone)]
-pub struct DropboxFolder {
-    /// The mirrored folder, lower-case comparisons apply; `""` is the whole account.
-    pub root: String,
-    pub recursive: bool,
-    pub pattern: Option<PathPattern>,
-}
-
-/// One piece of a path pattern segment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PatternPart {
-    Literal(String),
-    Capture(String),
-}
-
-/// A path pattern such as `/{project}/{po_number}_{vendor}/{doc}.pdf`, relative to a root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathPattern {
-    pub text: String,
-    pub segments: Vec<Vec<PatternPart>>,
-}
-
-/// Why a path pattern was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PatternError {
-    #[error("a pattern must start with `/`")]
-    NoLeadingSlash,
-    #[error("segment {0} is empty")]
-    EmptySegment(usize),
-    #[error("unclosed `{{` in segment {0}")]
-    Unclosed(usize),
-    #[error("stray `}}` in segment {0}")]
-    Stray(usize),
-    #[error("captures `{0}` and `{1}` touch; put a literal between them")]
-    Adjacent(String, String),
-    #[error("capture name `{0}` is not an identifier")]
-    BadName(String),
-    #[error("capture `{0}` appears twice")]
-    Duplicate(String),
-}
-
-impl PathPattern {
-    pub fn parse(text: &str) -> Result<PathPattern, PatternError> {
-        let rest = text.strip_prefix('/').ok_or(PatternError::NoLeadingSlash)?;
-        let mut segments = Vec::new();
-        let mut seen: Vec<String> = Vec::new();
-        for (i, seg) in rest.split('/').enumerate() {
-            let n = i + 1;
-            if seg.is_empty() {
-                return Err(PatternError::EmptySegment(n));
-            }
-            let mut parts = Vec::new();
-            let mut lit = String::new();
-            let mut chars = seg.chars();
-            while let Some(c) = chars.next() {
-                match c {
-                    '{' => {
-                        let mut name = String::new();
-                        loop {
-                            match chars.next() {
-                                Some('}') => break,
-                                Some(c) => name.push(c),
-                                None => return Err(PatternError::Unclosed(n)),
-                            }
-                        }
-                        if super::names::Ident::parse(&name).is_err() {
-                            return Err(PatternError::BadName(name));
-                        }
-                        if seen.contains(&name) {
-                            return Err(PatternError::Duplicate(name));
-                        }
-                        if !lit.is_empty() {
-                            parts.push(PatternPart::Literal(std::mem::take(&mut lit)));
-                        } else if let Some(PatternPart::Capture(prev)) = parts.last() {
-                            return Err(PatternError::Adjacent(prev.clone(), name));
-                        }
-                        seen.push(name.clone());
-                        parts.push(PatternPart::Capture(name));
-                    }
-                    '}' => return Err(PatternError::Stray(n)),
-                    c => lit.push(c),
-                }
-            }
-            if !lit.is_empty() {
-                parts.push(PatternPart::Literal(lit));
-            }
-            segments.push(parts);
-        }
-        Ok(PathPattern {
-            text: text.to_string(),
-            segments,
-        })
-    }
-
-    /// The capture names, in order.
-    pub fn captures(&self) -> impl Iterator<Item = &str> {
-        self.segments.iter().flatten().filter_map(|p| match p {
-            PatternPart::Capture(c) => Some(c.as_str()),
-            PatternPart::Literal(_) => None,
-        })
-    }
-
-    /// Matches a path relative to the root (`/a/b`), returning the captures.
-    pub fn matches(&self, rel_path: &str) -> Option<BTreeMap<String, String>> {
-        let rest = rel_path.strip_prefix('/')?;
-        let segs: Vec<&str> = rest.split('/').collect();
-        if segs.len() != self.segments.len() {
-            return None;
-        }
-        let mut out = BTreeMap::new();
-        for (seg, parts) in segs.iter().zip(&self.segments) {
-            match_segment(seg, parts, &mut out)?;
-        }
-        Some(out)
-    }
-
-    /// Builds a relative path from field values; `None` if a capture has no value or a value
-    /// would break the path.
-    pub fn build(&self, values: &BTreeMap<String, String>) -> Option<String> {
-        let mut path = String::new();
-        for parts in &self.segments {
-            path.push('/');
-            for p in parts {
-                match p {
-                    PatternPart::Literal(l) => path.push_str(l),
-                    PatternPart::Capture(c) => {
-                        let v = values.get(c)?;
-                        if v.is_empty() || v.contains('/') {
-                            return None;
-                        }
-                        path.push_str(v);
-                    }
-                }
-            }
-        }
-        Some(path)
-    }
-}
-
-/// Matches one segment; captures are non-empty, a capture followed by a literal takes the
-/// shortest text that lets the rest match.
-fn match_segment(
-    seg: &str,
-    parts: &[PatternPart],
-    out: &mut BTreeMap<String, String>,
-) -> Option<()> {
-    match parts.split_first() {
-        None => seg.is_empty().then_some(()),
-        Some((PatternPart::Literal(l), rest)) => {
-            match_segment(seg.strip_prefix(l.as_str())?, rest, out)
-        }
-        Some((PatternPart::Capture(name), rest)) => {
-            if rest.is_empty() {
-                if seg.is_empty() {
-                    return None;
-                }
-                out.insert(name.clone(), seg.to_string());
-                return Some(());
-            }
-            for (i, _) in seg.char_indices().skip(1) {
-                let mut trial = out.clone();
-                if match_segment(&seg[i..], rest, &mut trial).is_some() {
-                    trial.insert(name.clone(), seg[..i].to_string());
-                    *out = trial;
-                    return Some(());
-                }
-            }
-            None
-        }
-    }
-}
-
-/// A REST web service.
-#[derive(Debug, Clone)]
-pub struct RestService {
-    pub url: Option<ConfigStr>,
-    pub confirmation_url: Option<ConfigStr>,
-    pub shipping_url: Option<ConfigStr>,
-    /// Lists every record that exists (reconciliation, delete detection), when set.
-    pub list_url: Option<ConfigStr>,
-    pub auth: Auth,
-    pub timeout: Duration,
-    pub max_concurrency: usize,
-}
-
-/// Which of Odoo's external protocols to speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OdooProtocol {
-    /// Ask `GET /web/version` once: JSON-2 from Odoo 19 on, JSON-RPC before.
-    Auto,
-    Json2,
-    JsonRpc,
-}
-
-impl OdooProtocol {
-    pub fn parse(s: &str) -> Option<OdooProtocol> {
-        match s {
-            "auto" => Some(OdooProtocol::Auto),
-            "json2" => Some(OdooProtocol::Json2),
-            "jsonrpc" => Some(OdooProtocol::JsonRpc),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OdooProtocol::Auto => "auto",
-            OdooProtocol::Json2 => "json2",
-            OdooProtocol::JsonRpc => "jsonrpc",
-        }
-    }
-}
-
-/// An Odoo database, reached through its external API.
-#[derive(Debug, Clone)]
-pub struct OdooService {
-    pub url: ConfigStr,
-    pub database: Option<String>,
-    pub login: Option<String>,
-    pub api_key: SecretString,
-    pub protocol: OdooProtocol,
-    /// Accepts automation-rule webhooks carrying this token, when set.
-    pub webhook_token: Option<SecretString>,
-    pub timeout: Duration,
-    pub max_concurrency: usize,
-    /// How far before the cursor each pull reads again (Odoo stamps `write_date` when a
-    /// transaction starts, and it may commit later).
-    pub overlap: Duration,
-}
-
-/// A Dropbox account.
-#[derive(Debug, Clone)]
-pub struct DropboxService {
-    pub app_key: SecretString,
-    pub app_secret: SecretString,
-    pub refresh_token: Option<SecretString>,
-    pub access_token: Option<SecretString>,
-    pub api_url: Option<ConfigStr>,
-}
-
-#[derive(Debug, Clone)]
-pub enum ServiceSpec {
-    Rest(RestService),
-    Dropbox(DropboxService),
-    Odoo(OdooService),
-    Http(super::http::HttpService),
 }
 
 /// A web service: one external endpoint set.
 #[derive(Debug, Clone)]
 pub struct WebService {
     pub name: String,
-    pub spec: ServiceSpec,
+    /// The connector kind (`kind = "..."`), as the registry of kinds names it.
+    pub kind: &'static str,
+    /// What the kind compiled from the web service's keys.
+    pub settings: Arc<dyn ServiceSettings>,
     pub active: bool,
 }
 
 impl WebService {
-    pub fn kind(&self) -> ServiceKind {
-        match self.spec {
-            ServiceSpec::Rest(_) => ServiceKind::Rest,
-            ServiceSpec::Dropbox(_) => ServiceKind::Dropbox,
-            ServiceSpec::Odoo(_) => ServiceKind::Odoo,
-            ServiceSpec::Http(_) => ServiceKind::Http,
-        }
-    }
-
-    pub fn rest(&self) -> Option<&RestService> {
-        match &self.spec {
-            ServiceSpec::Rest(r) => Some(r),
-            _ => None,
-        }
+    /// The kind's settings, when they are of type `T`.
+    pub fn settings<T: ServiceSettings>(&self) -> Option<&T> {
+        let any: &dyn std::any::Any = &*self.settings;
+        any.downcast_ref()
     }
 }
 
@@ -782,7 +449,6 @@ impl Plan {
     /// external names they are mapped to) and the credentials and other secret strings of the
     /// web services.
     pub fn masker(&self) -> crate::domain::mask::Masker {
-        use secrecy::ExposeSecret;
         let mut fields = Vec::new();
         for m in self.models.values() {
             for f in m.fields.values().filter(|f| f.secret) {
@@ -798,45 +464,7 @@ impl Plan {
         }
         let mut values: Vec<String> = Vec::new();
         for w in self.web_services.values() {
-            match &w.spec {
-                ServiceSpec::Http(h) => {
-                    values.extend(h.auth.secrets());
-                    let mut strs = vec![&h.base_url];
-                    strs.extend(h.headers.iter().map(|(_, v)| v));
-                    if let Auth::OAuth2 { token_url, .. } = &h.auth {
-                        strs.push(token_url);
-                    }
-                    for u in strs.into_iter().filter(|u| u.is_secret()) {
-                        values.push(u.expose().to_string());
-                    }
-                }
-                ServiceSpec::Rest(r) => {
-                    values.extend(r.auth.secrets());
-                    for u in [&r.url, &r.confirmation_url, &r.shipping_url, &r.list_url]
-                        .into_iter()
-                        .flatten()
-                        .filter(|u| u.is_secret())
-                    {
-                        values.push(u.expose().to_string());
-                    }
-                }
-                ServiceSpec::Dropbox(d) => {
-                    values.push(d.app_key.expose_secret().to_string());
-                    values.push(d.app_secret.expose_secret().to_string());
-                    for t in [&d.refresh_token, &d.access_token].into_iter().flatten() {
-                        values.push(t.expose_secret().to_string());
-                    }
-                }
-                ServiceSpec::Odoo(o) => {
-                    values.push(o.api_key.expose_secret().to_string());
-                    if let Some(t) = &o.webhook_token {
-                        values.push(t.expose_secret().to_string());
-                    }
-                    if o.url.is_secret() {
-                        values.push(o.url.expose().to_string());
-                    }
-                }
-            }
+            values.extend(w.settings.secrets());
         }
         crate::domain::mask::Masker::new(fields, values)
     }
@@ -870,49 +498,6 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patterns_capture_and_build() {
-        let p = PathPattern::parse("/{project}/{po_number}_{vendor}/{doc}.pdf").unwrap();
-        assert_eq!(
-            p.captures().collect::<Vec<_>>(),
-            vec!["project", "po_number", "vendor", "doc"]
-        );
-        let m = p.matches("/Apollo/PO-17_Acme_Ltd/invoice.v2.pdf").unwrap();
-        assert_eq!(m["project"], "Apollo");
-        assert_eq!(m["po_number"], "PO-17");
-        assert_eq!(m["vendor"], "Acme_Ltd");
-        assert_eq!(m["doc"], "invoice.v2");
-        assert_eq!(
-            p.build(&m).unwrap(),
-            "/Apollo/PO-17_Acme_Ltd/invoice.v2.pdf"
-        );
-        assert!(p.matches("/Apollo/PO17/invoice.pdf").is_none());
-        assert!(p.matches("/Apollo/PO_x/invoice.txt").is_none());
-        assert!(p.matches("/Apollo/PO_x").is_none());
-    }
-
-    #[test]
-    fn bad_patterns() {
-        assert_eq!(PathPattern::parse("{a}"), Err(PatternError::NoLeadingSlash));
-        assert_eq!(
-            PathPattern::parse("/{a}{b}"),
-            Err(PatternError::Adjacent("a".into(), "b".into()))
-        );
-        assert_eq!(PathPattern::parse("/{a"), Err(PatternError::Unclosed(1)));
-        assert_eq!(
-            PathPattern::parse("/{a}//x"),
-            Err(PatternError::EmptySegment(2))
-        );
-        assert_eq!(
-            PathPattern::parse("/{a}/{a}"),
-            Err(PatternError::Duplicate("a".into()))
-        );
-        assert_eq!(
-            PathPattern::parse("/{a b}"),
-            Err(PatternError::BadName("a b".into()))
-        );
-    }
 
     #[test]
     fn durations() {

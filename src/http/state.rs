@@ -57,7 +57,11 @@ impl AppState {
     /// Re-reads the mapping folder: a valid result replaces the plan, an invalid one is
     /// logged and kept for display while the last valid plan goes on running.
     pub fn reload(&self) {
-        match config::load_mappings(&self.settings.mappings, &ProcessEnv) {
+        match config::load_mappings(
+            &self.settings.mappings,
+            &ProcessEnv,
+            crate::connectors::KINDS,
+        ) {
             Ok((plan, files)) => {
                 crate::crash::point("reload.before_swap");
                 tracing::info!(

@@ -5,7 +5,6 @@
 use super::AppState;
 use super::api::{ApiError, caller, respond};
 use crate::config::Scope;
-use crate::domain::plan::ServiceSpec;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use serde_json::json;
 
@@ -123,34 +122,12 @@ async fn config_summary(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
             let services: Vec<_> = plan
                 .web_services
                 .values()
-                .map(|w| match &w.spec {
-                    ServiceSpec::Rest(r) => json!({
-                        "name": w.name, "kind": "rest", "active": w.active,
-                        "url": r.url.as_ref().map(location),
-                        "confirmation_url": r.confirmation_url.as_ref().map(location),
-                        "shipping_url": r.shipping_url.as_ref().map(location),
-                        "list_url": r.list_url.as_ref().map(location),
-                        "timeout_ms": r.timeout.as_millis() as u64,
-                    }),
-                    ServiceSpec::Dropbox(d) => json!({
-                        "name": w.name, "kind": "dropbox", "active": w.active,
-                        "api_url": Some(d.api_url.as_ref().map(location)
-                            .unwrap_or_else(|| "https://api.dropboxapi.com".into())),
-                    }),
-                    ServiceSpec::Odoo(o) => json!({
-                        "name": w.name, "kind": "odoo", "active": w.active,
-                        "url": location(&o.url),
-                        "database": o.database,
-                        "protocol": o.protocol.as_str(),
-                        "timeout_ms": o.timeout.as_millis() as u64,
-                    }),
-                    ServiceSpec::Http(h) => json!({
-                        "name": w.name, "kind": "http", "active": w.active,
-                        "url": location(&h.base_url),
-                        "auth": h.auth.mode(),
-                        "rate_limit": h.rate_limit.map(|r| r.to_string()),
-                        "timeout_ms": h.timeout.as_millis() as u64,
-                    }),
+                .map(|w| {
+                    let mut shown = w.settings.shown();
+                    shown.insert("name".into(), json!(w.name));
+                    shown.insert("kind".into(), json!(w.kind));
+                    shown.insert("active".into(), json!(w.active));
+                    serde_json::Value::Object(shown)
                 })
                 .collect();
             let syncs: Vec<_> = plan
@@ -268,16 +245,4 @@ async fn one_change(
         }
         .await,
     )
-}
-
-/// Where a URL points, for people: scheme, host and port always; the rest only when it was
-/// written in the mapping as it is (a value built with `${VAR}` may hold a secret: its path is
-/// shown as `/…`), and never a password.
-fn location(url: &crate::domain::plan::ConfigStr) -> String {
-    let origin = crate::connectors::rest::origin(url.expose());
-    if url.is_secret() {
-        format!("{origin}/…")
-    } else {
-        crate::config::settings::mask_url(url.expose())
-    }
 }

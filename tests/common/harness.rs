@@ -263,8 +263,12 @@ impl Harness {
         env.entry("PEER_API_KEY".into())
             .or_insert_with(|| PEER_KEY.into());
         std::fs::write(dir.path().join("mappings/test.toml"), &mapping).unwrap();
-        let plan = config::compile_texts(&[("mappings/test.toml", &mapping)], &env)
-            .unwrap_or_else(|e| panic!("{}", e.render()));
+        let plan = config::compile_texts(
+            &[("mappings/test.toml", &mapping)],
+            &env,
+            recsync::connectors::KINDS,
+        )
+        .unwrap_or_else(|e| panic!("{}", e.render()));
         let db = TestDb::new().await;
         let mut settings = config::Settings {
             database_url: secrecy::SecretString::from(db.url.clone()),

@@ -1,8 +1,8 @@
 use super::diag::{Diagnostic, Diagnostics, Span};
+use super::kinds::{self, Declared, Identity, Kind, Kinds, SyncCheck};
 use super::reader::*;
 use super::source::{Item, Key, Node, Table};
 use crate::domain::filter::{Condition, Domain, OPERATORS, Op, Token};
-use crate::domain::http::*;
 use crate::domain::mapping::{Direction, ExternalField, FieldPair, JsonPath, Reference, ValueMap};
 use crate::domain::merge::Priority;
 use crate::domain::names::{Ident, SyncCode};
@@ -22,9 +22,11 @@ mod transforms;
 
 use domains::compile_domain;
 use external::compile_external_model;
+pub use external::compile_plain_fields;
 use models::{compile_field, compile_model};
 use pairs::{compile_endpoints, compile_pair};
 use services::compile_web_service;
+pub use services::{compile_auth, max_concurrency_of};
 use syncs::compile_sync;
 
 pub const SECTIONS: [&str; 4] = ["models", "external_models", "web_services", "syncs"];
@@ -37,120 +39,8 @@ pub const FIELD_KEYS: [&str; 6] = [
     "description",
     "secret",
 ];
-pub const EXT_MODEL_KEYS: [&str; 16] = [
-    "name",
-    "kind",
-    "description",
-    "fields",
-    "root",
-    "recursive",
-    "pattern",
-    "odoo_model",
-    "domain",
-    "archived",
-    "list",
-    "create",
-    "update",
-    "delete",
-    "read",
-    "search",
-];
-/// The keys of an `http` resource's `list`.
-pub const HTTP_LIST_KEYS: [&str; 9] = [
-    "path",
-    "records",
-    "query",
-    "cursor_field",
-    "cursor_start",
-    "paginate",
-    "deleted",
-    "max_pages",
-    "description",
-];
-/// The keys of `paginate`.
-pub const PAGINATE_KEYS: [&str; 5] = ["style", "next", "param", "start", "done"];
-/// The keys of an `http` resource's `create`, `update` and `delete`.
-pub const HTTP_OP_KEYS: [&str; 6] = [
-    "method",
-    "path",
-    "body",
-    "response_id",
-    "exists",
-    "description",
-];
-/// The keys of an `http` resource's `read`.
-pub const HTTP_READ_KEYS: [&str; 4] = ["path", "query", "record", "description"];
-/// The keys of an `http` resource's `search`.
-pub const HTTP_SEARCH_KEYS: [&str; 4] = ["path", "query", "records", "description"];
-/// The keys of an Odoo external model's field.
-pub const ODOO_FIELD_KEYS: [&str; 5] = ["type", "relation", "required", "readonly", "description"];
-/// Odoo's field types, as `fields_get` names them.
-pub const ODOO_TYPES: [&str; 16] = [
-    "char",
-    "text",
-    "html",
-    "integer",
-    "float",
-    "monetary",
-    "boolean",
-    "date",
-    "datetime",
-    "selection",
-    "many2one",
-    "one2many",
-    "many2many",
-    "binary",
-    "json",
-    "properties",
-];
-pub const ODOO_KEYS: [&str; 12] = [
-    "kind",
-    "description",
-    "url",
-    "database",
-    "login",
-    "api_key",
-    "protocol",
-    "webhook_token",
-    "timeout",
-    "max_concurrency",
-    "overlap",
-    "active",
-];
-pub const REST_KEYS: [&str; 10] = [
-    "kind",
-    "description",
-    "url",
-    "confirmation_url",
-    "shipping_url",
-    "list_url",
-    "auth",
-    "timeout",
-    "max_concurrency",
-    "active",
-];
-pub const DROPBOX_KEYS: [&str; 8] = [
-    "kind",
-    "description",
-    "app_key",
-    "app_secret",
-    "refresh_token",
-    "access_token",
-    "api_url",
-    "active",
-];
-pub const HTTP_KEYS: [&str; 10] = [
-    "kind",
-    "description",
-    "base_url",
-    "auth",
-    "rate_limit",
-    "timeout",
-    "max_concurrency",
-    "retries",
-    "headers",
-    "active",
-];
+/// The keys every external model takes; each kind adds its own ([`Kind::model_keys`]).
+pub const EXT_MODEL_KEYS: [&str; 4] = ["name", "kind", "description", "fields"];
 pub const AUTH_KEYS: [&str; 12] = [
     "mode",
     "header",
@@ -208,7 +98,8 @@ pub const ENDPOINT_KEYS: [&str; 6] = [
     "active",
     "description",
 ];
-const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+/// The HTTP methods a configured call may use.
+pub const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 /// The largest page or batch a sync may ask for.
 pub const MAX_LIMIT: i64 = 10_000;
 
@@ -219,7 +110,7 @@ struct Decl<'t> {
 }
 
 /// Compiles the parsed mapping files. Returns `None` if any error was found.
-pub fn compile(files: &[Table], diags: &mut Diagnostics) -> Option<Plan> {
+pub fn compile(files: &[Table], kinds: &Kinds, diags: &mut Diagnostics) -> Option<Plan> {
     let before = diags.len();
     let mut decls: BTreeMap<&str, Vec<Decl<'_>>> =
         SECTIONS.iter().map(|s| (*s, Vec::new())).collect();
@@ -280,12 +171,12 @@ pub fn compile(files: &[Table], diags: &mut Diagnostics) -> Option<Plan> {
         }
     }
     for d in &decls["web_services"] {
-        if let Some(ws) = compile_web_service(d, diags) {
+        if let Some(ws) = compile_web_service(d, kinds, diags) {
             plan.web_services.insert(ws.name.clone(), ws);
         }
     }
     for d in &decls["external_models"] {
-        if let Some(em) = compile_external_model(d, diags) {
+        if let Some(em) = compile_external_model(d, kinds, diags) {
             plan.external_models.insert(em.name.clone(), em);
         }
     }
@@ -316,7 +207,7 @@ pub fn compile(files: &[Table], diags: &mut Diagnostics) -> Option<Plan> {
             .collect(),
     };
     for d in &decls["syncs"] {
-        if let Some(s) = compile_sync(d, &plan, &all, diags) {
+        if let Some(s) = compile_sync(d, &plan, &all, kinds, diags) {
             plan.syncs.insert(s.code.to_string(), s);
         }
     }
@@ -344,15 +235,15 @@ fn check_ident(key: &Key, what: &str, diags: &mut Diagnostics) -> bool {
     }
 }
 
-fn secret(s: &Str<'_>) -> SecretString {
+pub fn secret(s: &Str<'_>) -> SecretString {
     SecretString::from(s.value.to_string())
 }
 
-fn cfg_str(s: &Str<'_>) -> ConfigStr {
+pub fn cfg_str(s: &Str<'_>) -> ConfigStr {
     ConfigStr::new(s.value.to_string(), s.secret)
 }
 
-fn check_url(key: &str, s: &Str<'_>, diags: &mut Diagnostics) -> Option<ConfigStr> {
+pub fn check_url(key: &str, s: &Str<'_>, diags: &mut Diagnostics) -> Option<ConfigStr> {
     match url::Url::parse(s.value) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Some(cfg_str(s)),
         _ => {
@@ -370,7 +261,7 @@ fn check_url(key: &str, s: &Str<'_>, diags: &mut Diagnostics) -> Option<ConfigSt
 }
 
 /// A JSONPath (`$...`), compiled.
-fn jsonpath_of(t: &Table, key: &str, diags: &mut Diagnostics) -> Option<JsonPath> {
+pub fn jsonpath_of(t: &Table, key: &str, diags: &mut Diagnostics) -> Option<JsonPath> {
     let s = str_of(t, key, diags)?;
     match JsonPath::parse(s.value) {
         Ok(p) if s.value.starts_with('$') => Some(p),
@@ -385,7 +276,7 @@ fn jsonpath_of(t: &Table, key: &str, diags: &mut Diagnostics) -> Option<JsonPath
     }
 }
 
-fn duration_of(t: &Table, key: &str, diags: &mut Diagnostics) -> Option<Duration> {
+pub fn duration_of(t: &Table, key: &str, diags: &mut Diagnostics) -> Option<Duration> {
     let s = str_of(t, key, diags)?;
     match parse_duration(s.value) {
         Some(d) if !d.is_zero() => Some(d),
@@ -403,28 +294,19 @@ fn duration_of(t: &Table, key: &str, diags: &mut Diagnostics) -> Option<Duration
     }
 }
 
-fn kind_of(t: &Table, diags: &mut Diagnostics) -> Option<ServiceKind> {
+/// The kind a declaration names (`kind = "..."`), the registry's first when left out.
+fn kind_of(t: &Table, kinds: &Kinds, diags: &mut Diagnostics) -> Option<&'static dyn Kind> {
     match str_of(t, "kind", diags) {
-        None => Some(ServiceKind::Rest),
-        Some(s) => match s.value {
-            "rest" => Some(ServiceKind::Rest),
-            "dropbox" => Some(ServiceKind::Dropbox),
-            "odoo" => Some(ServiceKind::Odoo),
-            "http" => Some(ServiceKind::Http),
-            other => {
-                diags.push(unknown_name(
-                    "kind",
-                    other,
-                    s.span,
-                    &["rest", "dropbox", "odoo", "http"],
-                ));
-                None
-            }
-        },
+        None => kinds.first().copied(),
+        Some(s) => kinds::find(kinds, s.value).or_else(|| {
+            let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+            diags.push(unknown_name("kind", s.value, s.span, &names));
+            None
+        }),
     }
 }
 
-fn enum_of<T>(
+pub fn enum_of<T>(
     t: &Table,
     key: &str,
     parse: fn(&str) -> Option<T>,

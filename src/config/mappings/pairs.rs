@@ -6,7 +6,7 @@ use super::*;
 pub(super) fn compile_pair(
     item: &Item,
     model: &Model,
-    ext: &ExternalModel,
+    (ext, kind): (&ExternalModel, &dyn Kind),
     sync_dir: Direction,
     plan: &Plan,
     names: &Names<'_>,
@@ -123,63 +123,31 @@ pub(super) fn compile_pair(
                 (None, None)
             }
         },
-        Some(s) if ext.odoo.is_some() && s.value.contains('.') => {
-            let odoo = ext.odoo.as_ref().expect("checked");
-            let (rel, sub) = OdooModel::related(s.value).expect("has a dot");
-            match odoo.fields.get(rel) {
-                Some(f) if f.relation.is_some() && !sub.is_empty() && !sub.contains('.') => {
-                    (Some(ExternalField::Name(s.value.to_string())), None)
-                }
-                Some(_) => {
-                    diags.push(
-                        Diagnostic::error(
-                            format!(
-                                "`{}` is not a relational field of `{}` with one related field after the dot",
-                                rel, odoo.model
-                            ),
-                            s.span.clone(),
-                            "not a related field",
-                        )
-                        .with_help("a related field names a many2one or many2many field and one field of the model it points to, such as `country_id.code`"),
-                    );
-                    (None, None)
-                }
+        Some(s) => match kind.undeclared_name(ext, s, diags) {
+            Some(true) => (Some(ExternalField::Name(s.value.to_string())), None),
+            Some(false) => (None, None),
+            None => match ext.fields.get(s.value) {
+                Some(ty) => (
+                    Some(ExternalField::Name(s.value.to_string())),
+                    Some(ty.clone()),
+                ),
                 None => {
-                    let names: Vec<&str> = odoo.fields.keys().map(String::as_str).collect();
+                    let names: Vec<&str> = ext.fields.keys().map(String::as_str).collect();
                     diags.push(with_choices(
                         Diagnostic::error(
-                            format!("unknown field `{rel}` on external model `{}`", ext.name),
+                            format!(
+                                "unknown field `{}` on external model `{}`",
+                                s.value, ext.name
+                            ),
                             s.span.clone(),
                             "not an external field",
                         ),
-                        rel,
+                        s.value,
                         &names,
                     ));
                     (None, None)
                 }
-            }
-        }
-        Some(s) => match ext.fields.get(s.value) {
-            Some(ty) => (
-                Some(ExternalField::Name(s.value.to_string())),
-                Some(ty.clone()),
-            ),
-            None => {
-                let names: Vec<&str> = ext.fields.keys().map(String::as_str).collect();
-                diags.push(with_choices(
-                    Diagnostic::error(
-                        format!(
-                            "unknown field `{}` on external model `{}`",
-                            s.value, ext.name
-                        ),
-                        s.span.clone(),
-                        "not an external field",
-                    ),
-                    s.value,
-                    &names,
-                ));
-                (None, None)
-            }
+            },
         },
     };
 
@@ -297,11 +265,11 @@ pub(super) fn compile_pair(
     let to_local = to_local_s
         .as_ref()
         .filter(|_| direction.to_local())
-        .and_then(|s| compile_expression(s, Way::ToLocal, has_value, model, ext, diags));
+        .and_then(|s| compile_expression(s, Way::ToLocal, has_value, model, ext, kind, diags));
     let to_external = to_external_s
         .as_ref()
         .filter(|_| direction.to_external())
-        .and_then(|s| compile_expression(s, Way::ToExternal, has_value, model, ext, diags));
+        .and_then(|s| compile_expression(s, Way::ToExternal, has_value, model, ext, kind, diags));
     if diags.len() != before {
         return None;
     }

@@ -6,6 +6,7 @@ pub(super) fn compile_sync(
     d: &Decl<'_>,
     plan: &Plan,
     names: &Names<'_>,
+    kinds: &Kinds,
     diags: &mut Diagnostics,
 ) -> Option<Sync> {
     let before = diags.len();
@@ -26,6 +27,11 @@ pub(super) fn compile_sync(
     let owner = &d.key.span;
 
     let (model, ext, ws) = references(t, plan, names, owner, &what, diags);
+    // The kind of the external model (or, while it is unknown, of the web service).
+    let kind = ext
+        .map(|e| e.kind)
+        .or(ws.map(|w| w.kind))
+        .and_then(|k| kinds::find(kinds, k));
     let direction_item = entry(t, "direction");
     let direction = match enum_of(
         t,
@@ -66,7 +72,13 @@ pub(super) fn compile_sync(
         .map(|s| s.value.to_string())
         .unwrap_or_else(|| d.key.name.clone());
 
-    let external_ref = external_ref_of(t, ext, owner, &what, diags);
+    let external_ref = external_ref_of(
+        t,
+        ext.zip(kind.map(|k| (k.label(), k.identity()))),
+        owner,
+        &what,
+        diags,
+    );
 
     let domain = match (entry(t, "domain"), model) {
         (Some((_, item)), Some(m)) => compile_domain(item, m, diags),
@@ -74,7 +86,10 @@ pub(super) fn compile_sync(
     };
 
     let fields = match (model, ext, direction) {
-        (Some(m), Some(e), Some(dir)) => pairs_of(t, m, e, dir, plan, names, diags),
+        (Some(m), Some(e), Some(dir)) => {
+            let kind = kinds::find(kinds, e.kind).expect("a compiled model's kind is registered");
+            pairs_of(t, m, (e, kind), dir, plan, names, diags)
+        }
         _ => {
             // The pairs cannot be compiled without their model, external model and direction;
             // their keys are still checked.
@@ -93,11 +108,19 @@ pub(super) fn compile_sync(
     let endpoints = match array_of(t, "endpoints", diags) {
         None => Vec::new(),
         Some((items, span)) => {
-            if let Some(e) = ext.filter(|e| e.kind != ServiceKind::Rest) {
+            if let Some(k) = kind.filter(|k| !k.takes_endpoints()) {
+                let takers: Vec<&str> = kinds
+                    .iter()
+                    .filter(|k| k.takes_endpoints())
+                    .map(|k| k.label())
+                    .collect();
                 diags.push(Diagnostic::error(
-                    "`endpoints` only apply to REST web services",
+                    format!(
+                        "`endpoints` only apply to {} web services",
+                        takers.join(" and ")
+                    ),
                     span,
-                    format!("{} syncs write through their own API", e.kind.as_str()),
+                    format!("{} syncs write through their own API", k.name()),
                 ));
                 Vec::new()
             } else {
@@ -106,8 +129,8 @@ pub(super) fn compile_sync(
         }
     };
 
-    let delete_mode = delete_mode_of(t, ext, diags);
-    let reconcile = reconcile_of(t, ws, ext, diags);
+    let delete_mode = delete_mode_of(t, kind, kinds, diags);
+    let reconcile = reconcile_of(t, ws.zip(ext).zip(kind), diags);
     let delete_guard = delete_guard_of(t, propagate_deletes, diags);
     let match_on = match_on_of(t, &fields, diags);
 
@@ -115,9 +138,18 @@ pub(super) fn compile_sync(
         let dir_span = direction_item
             .map(|(_, i)| i.span.clone())
             .unwrap_or_else(|| owner.clone());
-        check_feasible(&what, dir, mode, w, &endpoints, dir_span.clone(), diags);
-        if let Some(e) = ext {
-            check_http_operations(&what, dir, propagate_deletes, e, dir_span, diags);
+        if let Some(k) = kinds::find(kinds, w.kind) {
+            let check = SyncCheck {
+                what: &what,
+                direction: dir,
+                mode,
+                propagate_deletes,
+                web_service: w,
+                external: ext,
+                endpoints: &endpoints,
+                span: dir_span,
+            };
+            k.check_sync(&check, diags);
         }
     }
 
@@ -214,46 +246,19 @@ fn match_on_of(t: &Table, pairs: &[FieldPair], diags: &mut Diagnostics) -> Vec<V
 }
 
 /// `reconcile`: how often to compare both sides in full. Only a web service that can list
-/// every id can: Odoo, Dropbox, `rest` with a `list_url` and `http` with a `list`.
+/// every id can (the kind says).
 fn reconcile_of(
     t: &Table,
-    ws: Option<&WebService>,
-    ext: Option<&ExternalModel>,
+    sides: Option<((&WebService, &ExternalModel), &dyn Kind)>,
     diags: &mut Diagnostics,
 ) -> Option<Duration> {
     let every = duration_of(t, "reconcile", diags)?;
-    if let Some(e) = ext
-        && e.http.as_ref().is_some_and(|r| r.list.is_none())
+    if let Some(((w, e), kind)) = sides
+        && let Some((message, help)) = kind.cannot_reconcile(w, e)
     {
         let (_, item) = entry(t, "reconcile").expect("read above");
-        diags.push(
-            Diagnostic::error(
-                format!(
-                    "resource `{}` has no `list`, so this sync cannot reconcile",
-                    e.name
-                ),
-                item.span.clone(),
-                "needs a listing",
-            )
-            .with_help("add `[external_models.<name>.list]`, or remove `reconcile`"),
-        );
-        return None;
-    }
-    if let Some(w) = ws
-        && w.rest().is_some_and(|r| r.list_url.is_none())
-    {
-        let (_, item) = entry(t, "reconcile").expect("read above");
-        diags.push(
-            Diagnostic::error(
-                format!(
-                    "web service `{}` cannot list every id, so this sync cannot reconcile",
-                    w.name
-                ),
-                item.span.clone(),
-                "needs a listing",
-            )
-            .with_help("set `list_url` on the web service (protocol.md section 2, List), or remove `reconcile`"),
-        );
+        diags
+            .push(Diagnostic::error(message, item.span.clone(), "needs a listing").with_help(help));
         return None;
     }
     Some(every)
@@ -325,8 +330,13 @@ fn delete_guard_of(
     Some(guard)
 }
 
-/// `delete_mode`: `delete` (the default) or `archive`, which only Odoo can do.
-fn delete_mode_of(t: &Table, ext: Option<&ExternalModel>, diags: &mut Diagnostics) -> DeleteMode {
+/// `delete_mode`: `delete` (the default) or `archive`, which only some kinds can do.
+fn delete_mode_of(
+    t: &Table,
+    kind: Option<&dyn Kind>,
+    kinds: &Kinds,
+    diags: &mut Diagnostics,
+) -> DeleteMode {
     let parse = |s: &str| match s {
         "delete" => Some(DeleteMode::Delete),
         "archive" => Some(DeleteMode::Archive),
@@ -335,14 +345,22 @@ fn delete_mode_of(t: &Table, ext: Option<&ExternalModel>, diags: &mut Diagnostic
     let mode = enum_of(t, "delete_mode", parse, &["delete", "archive"], diags)
         .flatten()
         .unwrap_or(DeleteMode::Delete);
-    if let (DeleteMode::Archive, Some(e)) = (mode, ext)
-        && e.kind != ServiceKind::Odoo
+    if let (DeleteMode::Archive, Some(k)) = (mode, kind)
+        && !k.can_archive()
     {
         let (_, item) = entry(t, "delete_mode").expect("read above");
+        let archivers: Vec<&str> = kinds
+            .iter()
+            .filter(|k| k.can_archive())
+            .map(|k| k.label())
+            .collect();
         diags.push(Diagnostic::error(
-            format!("{} external models cannot archive records", e.kind.as_str()),
+            format!("{} external models cannot archive records", k.name()),
             item.span.clone(),
-            "only Odoo syncs can use delete_mode = \"archive\"",
+            format!(
+                "only {} syncs can use delete_mode = \"archive\"",
+                archivers.join(" and ")
+            ),
         ));
     }
     mode
@@ -397,15 +415,12 @@ fn references<'p>(
         w
     });
     if let (Some(e), Some(w), Some(s)) = (ext, ws, &ws_s)
-        && e.kind != w.kind()
+        && e.kind != w.kind
     {
         diags.push(Diagnostic::error(
             format!(
                 "web service `{}` is {} but external model `{}` is {}",
-                w.name,
-                w.kind().as_str(),
-                e.name,
-                e.kind.as_str()
+                w.name, w.kind, e.name, e.kind
             ),
             s.span.clone(),
             "kinds differ",
@@ -501,25 +516,28 @@ fn limit_of(t: &Table, diags: &mut Diagnostics) -> usize {
     }
 }
 
-/// The external field holding the record's id: required, and a field of the external model;
-/// Dropbox syncs default to `id`.
+/// The external field holding the record's id: a field of the external model, named by the
+/// sync or given by the kind ([`Identity`]).
 fn external_ref_of(
     t: &Table,
-    ext: Option<&ExternalModel>,
+    ext: Option<(&ExternalModel, (&str, Identity))>,
     owner: &Span,
     what: &str,
     diags: &mut Diagnostics,
 ) -> Option<String> {
     match (str_of(t, "external_ref", diags), ext) {
-        (Some(s), Some(e)) if e.kind == ServiceKind::Odoo && s.value != "id" => {
+        (Some(s), Some((_, (label, Identity::Fixed(id))))) if s.value != id => {
             diags.push(Diagnostic::error(
-                format!("Odoo records are identified by `id`, not `{}`", s.value),
+                format!(
+                    "{label} records are identified by `{id}`, not `{}`",
+                    s.value
+                ),
                 s.span.clone(),
-                "use external_ref = \"id\" (the default)",
+                format!("use external_ref = \"{id}\" (the default)"),
             ));
             None
         }
-        (Some(s), Some(e)) => {
+        (Some(s), Some((e, _))) => {
             if !e.fields.contains_key(s.value) {
                 let names: Vec<&str> = e.fields.keys().map(String::as_str).collect();
                 diags.push(with_choices(
@@ -534,12 +552,9 @@ fn external_ref_of(
             }
             Some(s.value.to_string())
         }
-        (None, Some(e)) if matches!(e.kind, ServiceKind::Dropbox | ServiceKind::Odoo) => {
-            Some("id".to_string())
-        }
-        // Most HTTP APIs name it `id`.
-        (None, Some(e)) if e.kind == ServiceKind::Http && e.fields.contains_key("id") => {
-            Some("id".to_string())
+        (None, Some((_, (_, Identity::Fixed(id) | Identity::Default(id))))) => Some(id.to_string()),
+        (None, Some((e, (_, Identity::DefaultIfDeclared(id))))) if e.fields.contains_key(id) => {
+            Some(id.to_string())
         }
         (None, _) if entry(t, "external_ref").is_none() => {
             diags.push(
@@ -560,7 +575,7 @@ fn external_ref_of(
 fn pairs_of(
     t: &Table,
     model: &Model,
-    ext: &ExternalModel,
+    (ext, kind): (&ExternalModel, &dyn Kind),
     direction: Direction,
     plan: &Plan,
     names: &Names<'_>,
@@ -569,95 +584,12 @@ fn pairs_of(
     let mut fields = Vec::new();
     if let Some((items, _)) = array_of(t, "fields", diags) {
         for it in items {
-            if let Some(p) = compile_pair(it, model, ext, direction, plan, names, diags) {
+            if let Some(p) = compile_pair(it, model, (ext, kind), direction, plan, names, diags) {
                 fields.push(p);
             }
         }
     }
     fields
-}
-
-/// What a sync has to do must be possible with what its web service offers: a REST sync that
-/// sends needs `shipping_url` or endpoints, and a cron sync that only receives needs a `url`.
-fn check_feasible(
-    what: &str,
-    dir: Direction,
-    mode: Mode,
-    w: &WebService,
-    endpoints: &[Endpoint],
-    dir_span: Span,
-    diags: &mut Diagnostics,
-) {
-    let Some(rest) = w.rest() else { return };
-    if dir.to_external() && rest.shipping_url.is_none() && endpoints.iter().all(|e| !e.active) {
-        diags.push(
-            Diagnostic::error(
-                format!("{what} sends changes, but web service `{}` has no `shipping_url` and the sync has no `endpoints`", w.name),
-                dir_span.clone(),
-                "direction includes to_external",
-            )
-            .with_help("set `shipping_url` on the web service, add `[[syncs.<CODE>.endpoints]]`, or use direction = \"to_local\""),
-        );
-    }
-    if mode == Mode::Cron && dir == Direction::ToLocal && rest.url.is_none() {
-        diags.push(
-            Diagnostic::error(
-                format!("cron {what} has nothing to do: it only receives, and web service `{}` has no `url` to pull from", w.name),
-                dir_span,
-                "nothing to pull",
-            )
-            .with_help("set `url` on the web service, or use mode = \"realtime\" for a sync that only receives /sync calls"),
-        );
-    }
-}
-
-/// An `http` resource must offer what the sync's direction asks of it: `list` to receive,
-/// `create` and `update` to send, `delete` to send deletes.
-fn check_http_operations(
-    what: &str,
-    dir: Direction,
-    propagate_deletes: bool,
-    e: &ExternalModel,
-    dir_span: Span,
-    diags: &mut Diagnostics,
-) {
-    let Some(r) = &e.http else { return };
-    let mut missing = Vec::new();
-    if dir.to_local() && r.list.is_none() {
-        missing.push(("list", "receives"));
-    }
-    if dir.to_external() {
-        if r.create.is_none() {
-            missing.push(("create", "sends new records"));
-        }
-        if r.update.is_none() {
-            missing.push(("update", "sends changes"));
-        }
-        if propagate_deletes && r.delete.is_none() {
-            missing.push(("delete", "sends deletes (propagate_deletes = true)"));
-        }
-    }
-    for (op, why) in missing {
-        diags.push(
-            Diagnostic::error(
-                format!(
-                    "{what} {why}, but resource `{}` has no `{op}` operation",
-                    e.name
-                ),
-                dir_span.clone(),
-                format!("needs `[external_models.{}.{op}]`", e.name),
-            )
-            .with_help(match op {
-                "list" => {
-                    "add a `list` with `path` and `records`, or use direction = \"to_external\""
-                }
-                "delete" => {
-                    "add a `delete` with `method` and `path`, or set propagate_deletes = false"
-                }
-                _ => "add the operation with `method` and `path`, or use direction = \"to_local\"",
-            }),
-        );
-    }
 }
 
 #[cfg(test)]
@@ -677,15 +609,17 @@ mod tests {
         diags.items.iter().map(|d| d.message.clone()).collect()
     }
 
-    fn external(kind: ServiceKind) -> ExternalModel {
+    #[derive(Debug)]
+    struct Settings;
+    impl ModelSettings for Settings {}
+
+    fn external(kind: &'static str) -> ExternalModel {
         ExternalModel {
             name: "ext".into(),
             label: None,
             kind,
             fields: [("uid".to_string(), FieldType::Char)].into_iter().collect(),
-            dropbox: None,
-            odoo: None,
-            http: None,
+            settings: std::sync::Arc::new(Settings),
         }
     }
 
@@ -771,14 +705,15 @@ mod tests {
 
     #[test]
     fn the_external_ref_names_an_external_field_and_dropbox_defaults_to_id() {
-        let rest = external(ServiceKind::Rest);
+        let plain = external("plain");
+        let rest = Some((&plain, ("Plain", Identity::Required)));
         let (t, mut diags) = table("external_ref = \"uid\"");
-        let r = external_ref_of(&t, Some(&rest), &Span::nowhere(), "sync `A`", &mut diags);
+        let r = external_ref_of(&t, rest, &Span::nowhere(), "sync `A`", &mut diags);
         assert_eq!(r.as_deref(), Some("uid"));
         assert!(diags.is_empty());
 
         let (t, mut diags) = table("external_ref = \"uuid\"");
-        external_ref_of(&t, Some(&rest), &Span::nowhere(), "sync `A`", &mut diags);
+        external_ref_of(&t, rest, &Span::nowhere(), "sync `A`", &mut diags);
         assert_eq!(
             messages(&diags),
             ["unknown field `uuid` on external model `ext`"]
@@ -786,7 +721,7 @@ mod tests {
 
         let (t, mut diags) = table("");
         assert_eq!(
-            external_ref_of(&t, Some(&rest), &Span::nowhere(), "sync `A`", &mut diags),
+            external_ref_of(&t, rest, &Span::nowhere(), "sync `A`", &mut diags),
             None
         );
         assert_eq!(
@@ -794,9 +729,10 @@ mod tests {
             ["missing field `external_ref` in sync `A`"]
         );
 
-        let dbx = external(ServiceKind::Dropbox);
+        let folders = external("folders");
+        let dbx = Some((&folders, ("Folder", Identity::Default("id"))));
         let (t, mut diags) = table("");
-        let r = external_ref_of(&t, Some(&dbx), &Span::nowhere(), "sync `A`", &mut diags);
+        let r = external_ref_of(&t, dbx, &Span::nowhere(), "sync `A`", &mut diags);
         assert_eq!(r.as_deref(), Some("id"));
         assert!(diags.is_empty());
     }

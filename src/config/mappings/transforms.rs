@@ -44,6 +44,7 @@ pub(super) fn compile_expression(
     has_value: bool,
     model: &Model,
     ext: &ExternalModel,
+    kind: &dyn Kind,
     diags: &mut Diagnostics,
 ) -> Option<Arc<Transform>> {
     let compiled = match Transform::compile(s.value) {
@@ -101,9 +102,8 @@ pub(super) fn compile_expression(
         }
         let known = match n.record {
             "local" => model.fields.contains_key(&n.name),
-            // An `http` model's records are JSON documents read by path; their members are
-            // not declared.
-            _ => ext.http.is_some() || ext.fields.contains_key(&n.name),
+            // Some kinds' records are JSON documents read by path, their members undeclared.
+            _ => kind.reads_any_member() || ext.fields.contains_key(&n.name),
         };
         if !known {
             let (what, owner, names) = if n.record == "local" {

@@ -3,8 +3,8 @@
 //! crate understands, and refreshes the OAuth token from the refresh token. On top of the
 //! crate, calls are retried on 429 (after `Retry-After`) and 5xx (with backoff).
 
+use super::spec::DropboxService;
 use crate::domain::mirror::MirrorEntry;
-use crate::domain::plan::DropboxService;
 use bytes::Bytes;
 use dropbox_sdk::async_client_trait::{
     HttpClient, HttpRequest, HttpRequestResultRaw, NoauthClient, UserAuthClient,

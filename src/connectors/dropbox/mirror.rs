@@ -2,8 +2,8 @@
 //! looked up by path), how a listed entry compares with it (create, update, rename, move or
 //! unchanged), and the paths and tree built from it.
 
+use super::spec::DropboxFolder;
 use crate::domain::mirror::MirrorEntry;
-use crate::domain::plan::DropboxFolder;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 
@@ -258,7 +258,7 @@ mod tests {
             root: "/P".into(),
             recursive: true,
             pattern: Some(
-                crate::domain::plan::PathPattern::parse("/{project}/{po}_{vendor}").unwrap(),
+                super::super::spec::PathPattern::parse("/{project}/{po}_{vendor}").unwrap(),
             ),
         };
         let m: Map<String, Value> =

@@ -5,8 +5,10 @@
 //! secret. The mirror is kept through the engine's [`Memory`], written with the cursor.
 
 pub mod client;
+pub mod config;
 mod mirror;
 mod pull;
+pub mod spec;
 mod webhook;
 
 pub use client::{Change, DbxError, Dropbox, content_hash};
@@ -20,11 +22,12 @@ use super::{
 };
 use crate::domain::mapping::ExternalField;
 use crate::domain::mirror::MirrorEntry;
-use crate::domain::plan::{DropboxFolder, DropboxService, Plan, Sync};
+use crate::domain::plan::{Plan, Sync, WebService};
 use async_trait::async_trait;
 use mirror::{Kind, Mirror, entry_values, parent, relative, target_path};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
+use spec::{DropboxFolder, DropboxService};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +42,7 @@ const SEARCH_LIMIT: usize = 20;
 pub struct DropboxConnector {
     client: Arc<Dropbox>,
     app_secret: SecretString,
+    api_url: Option<String>,
 }
 
 impl DropboxConnector {
@@ -46,14 +50,31 @@ impl DropboxConnector {
         DropboxConnector {
             client: Arc::new(Dropbox::new(service, Duration::from_secs(60))),
             app_secret: service.app_secret.clone(),
+            api_url: service.api_url.as_ref().map(super::transport::location),
         }
+    }
+
+    /// Where the account is reached, for messages.
+    fn api_origin(&self) -> String {
+        self.api_url
+            .clone()
+            .unwrap_or_else(|| "https://api.dropboxapi.com".into())
+    }
+}
+
+impl super::ConnectorKind for config::Dropbox {
+    fn connector(&self, service: &WebService, _http: &reqwest::Client) -> Arc<dyn Connector> {
+        let settings = service
+            .settings::<DropboxService>()
+            .expect("a dropbox web service has Dropbox settings");
+        Arc::new(DropboxConnector::new(settings))
     }
 }
 
 fn folder_of(sync: &Sync, plan: &Plan) -> Option<DropboxFolder> {
     plan.external_models
         .get(&sync.external_model)
-        .and_then(|m| m.dropbox.clone())
+        .and_then(|m| m.settings::<DropboxFolder>().cloned())
 }
 
 fn memory_error(e: super::MemoryError) -> Failure {
@@ -641,6 +662,30 @@ impl Connector for DropboxConnector {
         })
     }
 
+    /// The credentials are tried for real: a token refresh (with the app key and secret) and
+    /// a listing of one entry.
+    async fn check(&self, _plan: &Plan) -> Result<String, String> {
+        let started = Instant::now();
+        let api = self.api_origin();
+        match self.client.list_folder("", false, 1).await {
+            Ok(_) => Ok(format!(
+                "{api} answered and took the credentials in {} ms",
+                started.elapsed().as_millis()
+            )),
+            Err(e) => Err(format!(
+                "{api}: {e} (check `app_key`, `app_secret` and `refresh_token`, and that the app may list files)"
+            )),
+        }
+    }
+
+    /// Dropbox verifies a webhook with `?challenge=...`, expecting it back as it is.
+    fn webhook_challenge(&self, query: &str) -> Option<Result<String, String>> {
+        let challenge = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "challenge")
+            .map(|(_, v)| v.into_owned());
+        Some(challenge.ok_or_else(|| "the `challenge` parameter is missing".to_string()))
+    }
+
     /// A notification is genuine when `X-Dropbox-Signature` is the HMAC-SHA256 of the body
     /// keyed with the app secret.
     fn notification(&self, call: Webhook<'_>) -> Notice {
@@ -657,7 +702,10 @@ impl Connector for DropboxConnector {
         ) {
             Notice::Changed
         } else {
-            Notice::Refused("bad signature".into())
+            Notice::Refused {
+                outcome: "bad_signature",
+                message: "bad signature".into(),
+            }
         }
     }
 }

@@ -4,9 +4,9 @@
 //! 429 (after `Retry-After`), 5xx and network errors. Other 4xx answers fail at once with the
 //! service's own message.
 
+use super::spec::HttpService;
 use crate::connectors::Failure;
 use crate::connectors::transport::{self, Limits, Retries};
-use crate::domain::http::HttpService;
 use crate::domain::plan::Auth;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;

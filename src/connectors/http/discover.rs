@@ -5,6 +5,7 @@
 
 use super::call::Caller;
 use super::paging;
+use super::spec::HttpResource;
 use crate::connectors::PullError;
 use crate::domain::Plan;
 use serde_json::Value;
@@ -30,7 +31,7 @@ pub(super) async fn describe(
     let configured = plan
         .external_models
         .get(resource)
-        .and_then(|e| e.http.as_ref())
+        .and_then(|e| e.settings::<HttpResource>())
         .and_then(|r| r.list.as_ref());
     let (name, url, records_path) = match configured {
         Some(list) => (
@@ -59,7 +60,7 @@ pub(super) async fn describe(
             let list = plan
                 .external_models
                 .get(resource)
-                .and_then(|e| e.http.as_ref())
+                .and_then(|e| e.settings::<HttpResource>())
                 .and_then(|r| r.list.as_ref())
                 .expect("configured");
             let items =

@@ -14,21 +14,23 @@
 //! change.
 
 pub mod call;
+pub mod config;
 mod discover;
 pub mod paging;
+pub mod spec;
 
 use super::{
     Ahead, Confirmation, Connector, Failure, Listed, Memory, Page, PullAction, PullError,
     PullStart, Pulled, Puller, SendAction, Sent, Target,
 };
 use crate::domain::Plan;
-use crate::domain::http::{HttpList, HttpOp, HttpResource, HttpService};
 use crate::domain::mapping::id_text;
-use crate::domain::plan::Sync;
+use crate::domain::plan::{Sync, WebService};
 use async_trait::async_trait;
 use call::{Answer, Caller};
 use paging::{Fetched, Paging};
 use serde_json::{Map, Value, json};
+use spec::{HttpList, HttpOp, HttpResource, HttpService};
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -45,10 +47,14 @@ impl HttpConnector {
             caller: Caller::new(name, service.clone(), client),
         }
     }
+}
 
-    /// `validate --online`: whether the service answers and takes the credentials.
-    pub async fn check(&self) -> Result<String, String> {
-        self.caller.check().await
+impl super::ConnectorKind for config::Http {
+    fn connector(&self, service: &WebService, http: &reqwest::Client) -> Arc<dyn Connector> {
+        let settings = service
+            .settings::<HttpService>()
+            .expect("an http web service has HTTP settings");
+        Arc::new(HttpConnector::new(&service.name, settings, http.clone()))
     }
 }
 
@@ -56,7 +62,7 @@ impl HttpConnector {
 fn resource<'p>(plan: &'p Plan, sync: &Sync) -> Result<&'p HttpResource, String> {
     plan.external_models
         .get(&sync.external_model)
-        .and_then(|e| e.http.as_ref())
+        .and_then(|e| e.settings::<HttpResource>())
         .ok_or_else(|| {
             format!(
                 "external model `{}` is not an `http` resource",
@@ -437,6 +443,11 @@ fn list_token(page: usize, url: &Url) -> String {
 
 #[async_trait]
 impl Connector for HttpConnector {
+    /// `validate --online`: whether the service answers and takes the credentials.
+    async fn check(&self, _plan: &Plan) -> Result<String, String> {
+        self.caller.check().await
+    }
+
     fn kind(&self) -> &'static str {
         "http"
     }
@@ -712,7 +723,7 @@ impl Connector for HttpConnector {
         };
         let fill = |template: &str, in_path: bool| -> Result<Option<String>, PullError> {
             let mut out = template.to_string();
-            for name in crate::domain::http::placeholders(template) {
+            for name in spec::placeholders(template) {
                 // `{field}`: the local field, or its plain external name.
                 let v = criteria.get(&name).or_else(|| {
                     sync.fields

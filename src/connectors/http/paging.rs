@@ -2,7 +2,7 @@
 //! are, and which URL the next page is at (`connectors.md` §3). Unit-tested against fixed
 //! pages in every style.
 
-use crate::domain::http::{HttpList, Paginate};
+use super::spec::{HttpList, Paginate};
 use serde_json::Value;
 use std::collections::HashMap;
 use url::Url;

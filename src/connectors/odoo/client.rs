@@ -23,7 +23,7 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// The largest answer read.
 const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
-pub use crate::domain::plan::OdooProtocol as Protocol;
+pub use super::spec::OdooProtocol as Protocol;
 
 /// Where and how to reach one Odoo database.
 #[derive(Debug, Clone)]

@@ -9,7 +9,9 @@
 //! - this file: the connector (sends, listing ids, discovery, the webhook token).
 
 mod client;
+pub mod config;
 mod pull;
+pub mod spec;
 
 pub use client::{OdooClient, OdooEndpoint, OdooError, Protocol, Repeat, from_odoo, to_odoo};
 
@@ -18,10 +20,11 @@ use super::{
     Target, Webhook,
 };
 use crate::connectors::transport::Limits;
-use crate::domain::plan::{DeleteMode, OdooModel, OdooService, Plan, Sync};
+use crate::domain::plan::{DeleteMode, Plan, Sync, WebService};
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
+use spec::{OdooModel, OdooService};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -231,7 +234,7 @@ fn kwargs(v: Value) -> Map<String, Value> {
 fn model_of<'p>(sync: &Sync, plan: &'p Plan) -> Result<&'p OdooModel, PullError> {
     plan.external_models
         .get(&sync.external_model)
-        .and_then(|m| m.odoo.as_ref())
+        .and_then(|m| m.settings::<OdooModel>())
         .ok_or_else(|| {
             PullError::Service(format!(
                 "external model `{}` is not an Odoo model",
@@ -272,6 +275,15 @@ fn record_id(target: &Target<'_>) -> Result<i64, Failure> {
     ext.parse::<i64>().map_err(|_| Failure::Permanent {
         message: format!("`{ext}` is not an Odoo record id"),
     })
+}
+
+impl super::ConnectorKind for config::Odoo {
+    fn connector(&self, service: &WebService, http: &reqwest::Client) -> Arc<dyn Connector> {
+        let settings = service
+            .settings::<OdooService>()
+            .expect("an odoo web service has Odoo settings");
+        Arc::new(OdooConnector::new(&service.name, settings, http.clone()))
+    }
 }
 
 #[async_trait]
@@ -518,11 +530,26 @@ impl Connector for OdooConnector {
         Ok(describe_block(model, &fields))
     }
 
+    /// Odoo is asked for real: the protocol, the login and one harmless call.
+    async fn check(&self, _plan: &Plan) -> Result<String, String> {
+        let started = Instant::now();
+        match self.client().check().await {
+            Ok(protocol) => Ok(format!(
+                "{} answered ({}, logged in) in {} ms",
+                crate::connectors::rest::origin(self.service.url.expose()),
+                protocol.as_str(),
+                started.elapsed().as_millis()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     fn notification(&self, call: Webhook<'_>) -> Notice {
         let Some(expected) = &self.service.webhook_token else {
-            return Notice::Refused(
-                "this web service takes no webhooks (it has no `webhook_token`)".into(),
-            );
+            return Notice::Refused {
+                outcome: "bad_token",
+                message: "this web service takes no webhooks (it has no `webhook_token`)".into(),
+            };
         };
         let given = url::form_urlencoded::parse(call.query.as_bytes())
             .find(|(k, _)| k == "token")
@@ -534,7 +561,10 @@ impl Connector for OdooConnector {
             .ct_eq(expected.expose_secret().as_bytes())
             .into();
         if !ok {
-            return Notice::Refused("missing or wrong token".into());
+            return Notice::Refused {
+                outcome: "bad_token",
+                message: "missing or wrong token".into(),
+            };
         }
         // The payload is only a hint: the record is read again through the API.
         if let Ok(body) = serde_json::from_slice::<Value>(call.body) {

@@ -9,10 +9,11 @@
 //! engine. Ids named by webhooks are read first, by id; a full run ends by listing every id
 //! and reporting linked records that are gone.
 
+use super::spec::{Archived, OdooModel};
 use super::{Hints, OdooClient, OdooError, from_odoo, kwargs};
 use crate::connectors::{Ahead, Confirmation, Memory, Page, PullAction, PullError, Pulled, Puller};
 use crate::domain::mapping::ExternalField;
-use crate::domain::plan::{Archived, OdooModel, Sync};
+use crate::domain::plan::Sync;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -3,17 +3,21 @@
 //! to the sync's configured endpoints (method, URL template, `response_id`) or to the web
 //! service's `shipping_url`.
 
+pub mod config;
+pub mod spec;
+
 use super::transport::{self, Limits};
 use super::{
     Confirmation, Connector, Failure, Memory, Page, PullAction, PullError, PullStart, Pulled,
     Puller, SendAction, Sent, Target,
 };
 use crate::domain::Plan;
-use crate::domain::plan::{Auth, EndpointAction, RestService, Sync};
+use crate::domain::plan::{Auth, EndpointAction, Sync, WebService};
 use async_trait::async_trait;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
+use spec::RestService;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,19 +78,7 @@ pub async fn probe(client: &reqwest::Client, auth: &Auth, timeout: Duration, url
     }
 }
 
-/// A URL as it may be shown: scheme, host and port, with no credentials or path.
-pub fn origin(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => {
-            let host = u.host_str().unwrap_or("?");
-            match u.port() {
-                Some(p) => format!("{}://{host}:{p}", u.scheme()),
-                None => format!("{}://{host}", u.scheme()),
-            }
-        }
-        Err(_) => "(not a URL)".into(),
-    }
-}
+pub use super::transport::origin;
 
 /// Classifies a non-2xx status.
 fn status_error(resp: &reqwest::Response) -> Failure {
@@ -457,6 +449,7 @@ pub async fn confirm(
 
 /// The connector of a `rest` web service.
 pub struct Rest {
+    name: String,
     service: RestService,
     http: reqwest::Client,
     /// `max_concurrency`: sends in flight to this service, all syncs together.
@@ -464,13 +457,23 @@ pub struct Rest {
 }
 
 impl Rest {
-    pub fn new(service: RestService, http: reqwest::Client) -> Rest {
+    pub fn new(name: &str, service: RestService, http: reqwest::Client) -> Rest {
         let limits = Arc::new(Limits::new(service.max_concurrency, None));
         Rest {
+            name: name.to_string(),
             service,
             http,
             limits,
         }
+    }
+}
+
+impl super::ConnectorKind for config::Rest {
+    fn connector(&self, service: &WebService, http: &reqwest::Client) -> Arc<dyn Connector> {
+        let settings = service
+            .settings::<RestService>()
+            .expect("a rest web service has REST settings");
+        Arc::new(Rest::new(&service.name, settings.clone(), http.clone()))
     }
 }
 
@@ -556,6 +559,55 @@ impl Puller for RestPull {
 
 #[async_trait]
 impl Connector for Rest {
+    /// Each URL's host is asked, with the credentials: an answer is enough, a 401 or 403
+    /// is a refusal of the credentials.
+    async fn check(&self, plan: &Plan) -> Result<String, String> {
+        let r = &self.service;
+        let mut urls: Vec<String> = [&r.url, &r.confirmation_url, &r.shipping_url, &r.list_url]
+            .into_iter()
+            .flatten()
+            .map(|u| u.expose().to_string())
+            .collect();
+        // A service reached only through configured endpoints: probe their hosts.
+        if urls.is_empty() {
+            urls = plan
+                .syncs
+                .values()
+                .filter(|s| s.web_service == self.name)
+                .flat_map(|s| s.endpoints.iter())
+                .map(|e| origin(e.url.expose()))
+                .collect();
+        }
+        urls.dedup();
+        if urls.is_empty() {
+            return Ok("nothing to reach (no URL is configured)".into());
+        }
+        let mut problems = Vec::new();
+        let started = std::time::Instant::now();
+        let mut answered = Vec::new();
+        for u in &urls {
+            match probe(&self.http, &r.auth, r.timeout, u).await {
+                Probe::Answered(code) => answered.push(format!("{} (HTTP {code})", origin(u))),
+                Probe::Refused(code) => problems.push(format!(
+                    "{} refused the credentials (HTTP {code})",
+                    origin(u)
+                )),
+                Probe::Unreachable(why) => problems.push(format!("{}: {why}", origin(u))),
+            }
+        }
+        if problems.is_empty() {
+            answered.dedup();
+            Ok(format!(
+                "{} answered in {} ms",
+                answered.join(", "),
+                started.elapsed().as_millis()
+            ))
+        } else {
+            problems.dedup();
+            Err(problems.join("; "))
+        }
+    }
+
     fn kind(&self) -> &'static str {
         "rest"
     }

@@ -1,9 +1,11 @@
 //! The compiled shape of an HTTP JSON API (`kind = "http"`, `connectors.md` §3): the web
 //! service (where and how to call) and the resource of an external model (its operations).
 
-use super::auth::{Auth, ConfigStr};
-use super::mapping::JsonPath;
+use crate::connectors::transport::location;
+use crate::domain::mapping::JsonPath;
+use crate::domain::plan::{Auth, ConfigStr, ModelSettings, ServiceSettings};
 use serde_json::Value;
+use serde_json::{Map, json};
 use std::time::Duration;
 
 /// A web service of kind `http`.
@@ -214,6 +216,33 @@ pub fn placeholders(text: &str) -> Vec<String> {
         rest = &rest[start + len + 1..];
     }
     out
+}
+
+impl ModelSettings for HttpResource {}
+
+impl ServiceSettings for HttpService {
+    fn secrets(&self) -> Vec<String> {
+        let mut values = self.auth.secrets();
+        let mut strs = vec![&self.base_url];
+        strs.extend(self.headers.iter().map(|(_, v)| v));
+        if let Auth::OAuth2 { token_url, .. } = &self.auth {
+            strs.push(token_url);
+        }
+        for u in strs.into_iter().filter(|u| u.is_secret()) {
+            values.push(u.expose().to_string());
+        }
+        values
+    }
+
+    fn shown(&self) -> Map<String, Value> {
+        let shown = json!({
+            "url": location(&self.base_url),
+            "auth": self.auth.mode(),
+            "rate_limit": self.rate_limit.map(|r| r.to_string()),
+            "timeout_ms": self.timeout.as_millis() as u64,
+        });
+        shown.as_object().cloned().unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
