@@ -741,3 +741,76 @@ async fn discover_prints_an_http_resource_block_from_a_sample_page() {
     assert_eq!(o.status.code(), Some(69), "{out}");
     assert!(out.contains("neither a path"), "{out}");
 }
+
+/// `validate --online` tries a Dropbox account's credentials for real (a token refresh and a
+/// listing): a wrong secret fails naming the service's URL and what to check, never a secret;
+/// the right ones answer ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_online_tries_dropbox_credentials() {
+    let fake = recsync::peer::dropbox::FakeDropbox::bind(Default::default()).unwrap();
+    let url = fake.url();
+    tokio::spawn(fake.run());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    let service = |secret: &str| {
+        format!(
+            "[web_services.box]\nkind = \"dropbox\"\napp_key = \"fake-app-key\"\napp_secret = \"{secret}\"\nrefresh_token = \"fake-refresh-token\"\napi_url = \"{url}\"\n"
+        )
+    };
+    std::fs::write(dir.path().join("mappings/box.toml"), service(SECRET)).unwrap();
+    let path = dir.path().to_path_buf();
+    let run = move || {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || recsync(&path, &["validate", "--online"]))
+    };
+    let o = run().await.unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(69), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(" box: "))
+        .unwrap_or_else(|| panic!("no line for box: {out}"));
+    assert!(line.trim_start().starts_with("FAIL"), "{out}");
+    assert!(line.contains(&url), "the line names the URL: {out}");
+    assert!(
+        line.contains("app_secret"),
+        "the line says what to check: {out}"
+    );
+    assert!(!out.contains(SECRET), "{out}");
+
+    std::fs::write(
+        dir.path().join("mappings/box.toml"),
+        service("fake-app-secret"),
+    )
+    .unwrap();
+    let o = run().await.unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("ok    box:"), "{out}");
+}
+
+/// The fake Dropbox takes the app's credentials at `/oauth2/token` as HTTP Basic, as Dropbox
+/// does, as well as form fields; wrong ones are `invalid_grant` either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_dropbox_takes_basic_client_credentials() {
+    let fake = recsync::peer::dropbox::FakeDropbox::bind(Default::default()).unwrap();
+    let url = fake.url();
+    tokio::spawn(fake.run());
+    let client = reqwest::Client::new();
+    let token = |user: &'static str, secret: &'static str| {
+        client
+            .post(format!("{url}/oauth2/token"))
+            .basic_auth(user, Some(secret))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("grant_type=refresh_token&refresh_token=fake-refresh-token")
+            .send()
+    };
+    let r = token("fake-app-key", "fake-app-secret").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["access_token"].is_string(), "{body}");
+    let r = token("fake-app-key", "wrong").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+}

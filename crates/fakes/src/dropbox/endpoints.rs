@@ -3,12 +3,36 @@
 
 use super::*;
 
+/// `Authorization: Basic base64(client_id:client_secret)`, when given.
+fn basic_credentials(req: &actix_web::HttpRequest) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = req.headers().get("authorization")?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    Some((id.to_string(), secret.to_string()))
+}
+
 pub(super) fn lookup_path_ok(path: &str) -> bool {
     path.is_empty() || path.starts_with("id:") || (path.starts_with('/') && !path.ends_with('/'))
 }
 
-pub(super) async fn token(state: web::Data<FakeState>, body: web::Bytes) -> HttpResponse {
-    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+pub(super) async fn token(
+    req: actix_web::HttpRequest,
+    state: web::Data<FakeState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let mut form: HashMap<String, String> =
+        url::form_urlencoded::parse(&body).into_owned().collect();
+    // Like Dropbox, the app's key and secret may come as HTTP Basic credentials instead of
+    // form fields (RFC 6749 section 2.3.1).
+    if let Some((id, secret)) = basic_credentials(&req) {
+        form.entry("client_id".into()).or_insert(id);
+        form.entry("client_secret".into()).or_insert(secret);
+    }
     state.with(|i| i.calls.push(("oauth2/token".into(), json!({}))));
     let opts = state.options();
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
