@@ -92,7 +92,9 @@ pub enum Command {
     },
     /// Check the configuration (exit 0 when valid, 78 when not)
     Validate {
-        /// Also check that each web service answers
+        /// Also ask each web service, with its credentials: Odoo logs in, Dropbox refreshes
+        /// its token and lists, an HTTP API answers an authenticated call, a REST service
+        /// each configured host (exit 69 when one fails)
         #[arg(long)]
         online: bool,
     },
