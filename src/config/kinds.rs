@@ -42,14 +42,14 @@ pub struct CompiledModel {
 }
 
 /// Which external field holds a record's id (`external_ref`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
     /// Always this field; naming another is an error.
-    Fixed(&'static str),
+    Fixed(String),
     /// This field unless the sync names another.
-    Default(&'static str),
+    Default(String),
     /// This field when the model declares it; otherwise the sync must name one.
-    DefaultIfDeclared(&'static str),
+    DefaultIfDeclared(String),
     /// The sync must name it.
     Required,
 }
@@ -91,12 +91,13 @@ pub trait Kind: Send + Sync {
     fn model_keys(&self) -> &'static [&'static str];
     /// Compiles an external model of this kind, its fields included.
     fn compile_model(&self, d: &Declared<'_>, diags: &mut Diagnostics) -> Option<CompiledModel>;
-    /// Which field identifies its records.
-    fn identity(&self) -> Identity;
+    /// Which field identifies the records of an external model of this kind.
+    fn identity(&self, ext: &ExternalModel) -> Identity;
     /// Whether a sync may declare `endpoints` (per-action URLs).
     fn takes_endpoints(&self) -> bool;
-    /// Whether `delete_mode = "archive"` is possible.
-    fn can_archive(&self) -> bool;
+    /// Whether `delete_mode = "archive"` is possible for an external model of this kind
+    /// (`None`: whether it is for some).
+    fn can_archive(&self, ext: Option<&ExternalModel>) -> bool;
     /// Why a sync of this web service and model cannot `reconcile` (the message and a help
     /// line), or `None` when it can list every id.
     fn cannot_reconcile(&self, ws: &WebService, ext: &ExternalModel) -> Option<(String, String)>;

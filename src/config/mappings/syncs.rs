@@ -74,7 +74,7 @@ pub(super) fn compile_sync(
 
     let external_ref = external_ref_of(
         t,
-        ext.zip(kind.map(|k| (k.label(), k.identity()))),
+        ext.and_then(|e| kind.map(|k| (e, (k.label(), k.identity(e))))),
         owner,
         &what,
         diags,
@@ -129,7 +129,7 @@ pub(super) fn compile_sync(
         }
     };
 
-    let delete_mode = delete_mode_of(t, kind, kinds, diags);
+    let delete_mode = delete_mode_of(t, ext.zip(kind), kinds, diags);
     let reconcile = reconcile_of(t, ws.zip(ext).zip(kind), diags);
     let delete_guard = delete_guard_of(t, propagate_deletes, diags);
     let match_on = match_on_of(t, &fields, diags);
@@ -333,7 +333,7 @@ fn delete_guard_of(
 /// `delete_mode`: `delete` (the default) or `archive`, which only some kinds can do.
 fn delete_mode_of(
     t: &Table,
-    kind: Option<&dyn Kind>,
+    model: Option<(&ExternalModel, &dyn Kind)>,
     kinds: &Kinds,
     diags: &mut Diagnostics,
 ) -> DeleteMode {
@@ -345,13 +345,13 @@ fn delete_mode_of(
     let mode = enum_of(t, "delete_mode", parse, &["delete", "archive"], diags)
         .flatten()
         .unwrap_or(DeleteMode::Delete);
-    if let (DeleteMode::Archive, Some(k)) = (mode, kind)
-        && !k.can_archive()
+    if let (DeleteMode::Archive, Some((e, k))) = (mode, model)
+        && !k.can_archive(Some(e))
     {
         let (_, item) = entry(t, "delete_mode").expect("read above");
         let archivers: Vec<&str> = kinds
             .iter()
-            .filter(|k| k.can_archive())
+            .filter(|k| k.can_archive(None))
             .map(|k| k.label())
             .collect();
         diags.push(Diagnostic::error(
@@ -526,7 +526,7 @@ fn external_ref_of(
     diags: &mut Diagnostics,
 ) -> Option<String> {
     match (str_of(t, "external_ref", diags), ext) {
-        (Some(s), Some((_, (label, Identity::Fixed(id))))) if s.value != id => {
+        (Some(s), Some((_, (label, Identity::Fixed(id))))) if s.value != id.as_str() => {
             diags.push(Diagnostic::error(
                 format!(
                     "{label} records are identified by `{id}`, not `{}`",
@@ -552,9 +552,9 @@ fn external_ref_of(
             }
             Some(s.value.to_string())
         }
-        (None, Some((_, (_, Identity::Fixed(id) | Identity::Default(id))))) => Some(id.to_string()),
-        (None, Some((e, (_, Identity::DefaultIfDeclared(id))))) if e.fields.contains_key(id) => {
-            Some(id.to_string())
+        (None, Some((_, (_, Identity::Fixed(id) | Identity::Default(id))))) => Some(id),
+        (None, Some((e, (_, Identity::DefaultIfDeclared(id))))) if e.fields.contains_key(&id) => {
+            Some(id)
         }
         (None, _) if entry(t, "external_ref").is_none() => {
             diags.push(
@@ -708,12 +708,12 @@ mod tests {
         let plain = external("plain");
         let rest = Some((&plain, ("Plain", Identity::Required)));
         let (t, mut diags) = table("external_ref = \"uid\"");
-        let r = external_ref_of(&t, rest, &Span::nowhere(), "sync `A`", &mut diags);
+        let r = external_ref_of(&t, rest.clone(), &Span::nowhere(), "sync `A`", &mut diags);
         assert_eq!(r.as_deref(), Some("uid"));
         assert!(diags.is_empty());
 
         let (t, mut diags) = table("external_ref = \"uuid\"");
-        external_ref_of(&t, rest, &Span::nowhere(), "sync `A`", &mut diags);
+        external_ref_of(&t, rest.clone(), &Span::nowhere(), "sync `A`", &mut diags);
         assert_eq!(
             messages(&diags),
             ["unknown field `uuid` on external model `ext`"]
@@ -721,7 +721,7 @@ mod tests {
 
         let (t, mut diags) = table("");
         assert_eq!(
-            external_ref_of(&t, rest, &Span::nowhere(), "sync `A`", &mut diags),
+            external_ref_of(&t, rest.clone(), &Span::nowhere(), "sync `A`", &mut diags),
             None
         );
         assert_eq!(
@@ -730,7 +730,7 @@ mod tests {
         );
 
         let folders = external("folders");
-        let dbx = Some((&folders, ("Folder", Identity::Default("id"))));
+        let dbx = Some((&folders, ("Folder", Identity::Default("id".into()))));
         let (t, mut diags) = table("");
         let r = external_ref_of(&t, dbx, &Span::nowhere(), "sync `A`", &mut diags);
         assert_eq!(r.as_deref(), Some("id"));

@@ -132,15 +132,15 @@ impl Kind for Dropbox {
         })
     }
 
-    fn identity(&self) -> Identity {
-        Identity::Default("id")
+    fn identity(&self, _: &ExternalModel) -> Identity {
+        Identity::Default("id".into())
     }
 
     fn takes_endpoints(&self) -> bool {
         false
     }
 
-    fn can_archive(&self) -> bool {
+    fn can_archive(&self, _: Option<&ExternalModel>) -> bool {
         false
     }
 

@@ -195,15 +195,15 @@ impl Kind for Http {
     }
 
     /// Most HTTP APIs name it `id`.
-    fn identity(&self) -> Identity {
-        Identity::DefaultIfDeclared("id")
+    fn identity(&self, _: &ExternalModel) -> Identity {
+        Identity::DefaultIfDeclared("id".into())
     }
 
     fn takes_endpoints(&self) -> bool {
         false
     }
 
-    fn can_archive(&self) -> bool {
+    fn can_archive(&self, _: Option<&ExternalModel>) -> bool {
         false
     }
 

@@ -183,15 +183,15 @@ impl Kind for Odoo {
         })
     }
 
-    fn identity(&self) -> Identity {
-        Identity::Fixed("id")
+    fn identity(&self, _: &ExternalModel) -> Identity {
+        Identity::Fixed("id".into())
     }
 
     fn takes_endpoints(&self) -> bool {
         false
     }
 
-    fn can_archive(&self) -> bool {
+    fn can_archive(&self, _: Option<&ExternalModel>) -> bool {
         true
     }
 

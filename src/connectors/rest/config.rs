@@ -97,7 +97,7 @@ impl Kind for Rest {
         })
     }
 
-    fn identity(&self) -> Identity {
+    fn identity(&self, _: &ExternalModel) -> Identity {
         Identity::Required
     }
 
@@ -105,7 +105,7 @@ impl Kind for Rest {
         true
     }
 
-    fn can_archive(&self) -> bool {
+    fn can_archive(&self, _: Option<&ExternalModel>) -> bool {
         false
     }
 
