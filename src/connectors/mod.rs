@@ -12,6 +12,7 @@ pub mod dropbox;
 pub mod http;
 pub mod odoo;
 pub mod rest;
+pub mod sql;
 pub mod transport;
 
 use crate::domain::mirror::MirrorEntry;
@@ -611,6 +612,7 @@ registry!(
     odoo::config::Odoo,
     dropbox::config::Dropbox,
     http::config::Http,
+    sql::config::Sql,
 );
 
 /// The connector of a web service.

@@ -40,7 +40,9 @@ fn database_url(s: &Str<'_>, diags: &mut Diagnostics) -> Option<(ConfigStr, Dial
                     s.span.clone(),
                     "not a database URL",
                 )
-                .with_help("for example postgres://user:${DB_PASSWORD}@host:5432/db or sqlite://legacy.db"),
+                .with_help(
+                    "for example postgres://user:${DB_PASSWORD}@host:5432/db or sqlite://legacy.db",
+                ),
             );
             None
         }
@@ -149,7 +151,10 @@ impl Kind for Sql {
                     let names: Vec<&str> = fields.keys().map(String::as_str).collect();
                     diags.push(with_choices(
                         Diagnostic::error(
-                            format!("`{key}` names `{}`, which is not one of the fields", s.value),
+                            format!(
+                                "`{key}` names `{}`, which is not one of the fields",
+                                s.value
+                            ),
                             s.span.clone(),
                             "not a declared column",
                         ),
@@ -192,7 +197,9 @@ impl Kind for Sql {
             Some((c, ty)) => {
                 let (_, item) = entry(t, "cursor").expect("read above");
                 diags.push(Diagnostic::error(
-                    format!("the cursor `{c}` is a {ty} field; a cursor is a datetime or an integer"),
+                    format!(
+                        "the cursor `{c}` is a {ty} field; a cursor is a datetime or an integer"
+                    ),
                     item.span.clone(),
                     "not a watermark",
                 ));
@@ -260,12 +267,7 @@ impl Kind for Sql {
         None
     }
 
-    fn undeclared_name(
-        &self,
-        _: &ExternalModel,
-        _: &Str<'_>,
-        _: &mut Diagnostics,
-    ) -> Option<bool> {
+    fn undeclared_name(&self, _: &ExternalModel, _: &Str<'_>, _: &mut Diagnostics) -> Option<bool> {
         None
     }
 

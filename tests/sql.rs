@@ -1,0 +1,391 @@
+//! Database tables as external systems (`kind = "sql"`), against real databases: a SQLite file
+//! always, and PostgreSQL in the suite's PostgreSQL pass (the server `RECSYNC_TEST_DATABASE_URL`
+//! names; each test makes a database of its own). The real app, over real HTTP: first contact
+//! with `match_on`, incremental pulls by watermark with the overlap, soft deletes, pushes that
+//! touch only the changed columns, exact values, hostile values stored as data.
+
+mod common;
+
+use common::harness::{ADMIN_KEY, Harness, Tweaks};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// The external database of a test.
+enum Legacy {
+    Lite(sqlx::SqlitePool, String),
+    Pg(sqlx::PgPool, String, String, String),
+}
+
+impl Legacy {
+    /// A SQLite file in `dir`.
+    async fn sqlite(dir: &std::path::Path) -> Legacy {
+        let path = dir.join("legacy.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        Legacy::Lite(pool, format!("sqlite://{}", path.display()))
+    }
+
+    /// A database of its own on the PostgreSQL server of the suite's PostgreSQL pass.
+    async fn postgres() -> Option<Legacy> {
+        let admin = std::env::var("RECSYNC_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        let name = format!("legacy_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&format!("/{name}"));
+        let pool = sqlx::PgPool::connect(url.as_str()).await.unwrap();
+        Some(Legacy::Pg(pool, url.to_string(), admin, name))
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Legacy::Lite(_, u) => u.clone(),
+            Legacy::Pg(_, u, _, _) => u.clone(),
+        }
+    }
+
+    async fn exec(&self, sql: &str) {
+        match self {
+            Legacy::Lite(p, _) => {
+                sqlx::query(sql).execute(p).await.unwrap();
+            }
+            Legacy::Pg(p, ..) => {
+                sqlx::query(sql).execute(p).await.unwrap();
+            }
+        }
+    }
+
+    /// One text column of every row, by key, in key order.
+    async fn texts(&self, sql: &str) -> Vec<(String, Option<String>)> {
+        use sqlx::Row;
+        match self {
+            Legacy::Lite(p, _) => sqlx::query(sql)
+                .fetch_all(p)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<String, _>(0), r.get::<Option<String>, _>(1)))
+                .collect(),
+            Legacy::Pg(p, ..) => sqlx::query(sql)
+                .fetch_all(p)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<String, _>(0), r.get::<Option<String>, _>(1)))
+                .collect(),
+        }
+    }
+
+    async fn drop(self) {
+        if let Legacy::Pg(p, _, admin, name) = self {
+            p.close().await;
+            let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&pool)
+                .await;
+            pool.close().await;
+        }
+    }
+}
+
+/// The mapping: customers here and in the legacy table, matched by e-mail on first contact.
+fn mapping(table: &str, key_type: &str) -> String {
+    format!(
+        r#"
+[models.customer]
+display = "name"
+fields = {{ name = "char", email = "char", balance = "char", vip = "boolean", notes = "json", legacy_id = "integer" }}
+
+[web_services.legacy]
+kind = "sql"
+url = "${{LEGACY_URL}}"
+max_concurrency = 2
+
+[external_models.legacy_customer]
+kind = "sql"
+table = "{table}"
+key = "cust_id"
+cursor = "updated_at"
+overlap = "1m"
+deleted = {{ column = "deleted_at" }}
+[external_models.legacy_customer.fields]
+cust_id = "{key_type}"
+name = "char"
+email = "char"
+balance = "char"
+vip = "boolean"
+notes = "json"
+updated_at = "datetime"
+deleted_at = "datetime"
+
+[syncs.LEGACY]
+model = "customer"
+external_model = "legacy_customer"
+web_service = "legacy"
+direction = "bidirectional"
+every = "1h"
+propagate_deletes = true
+match_on = ["email"]
+fields = [
+  {{ local = "name", external = "name" }},
+  {{ local = "email", external = "email" }},
+  {{ local = "balance", external = "balance" }},
+  {{ local = "vip", external = "vip" }},
+  {{ local = "notes", external = "notes" }},
+]
+"#
+    )
+}
+
+async fn records(h: &Harness) -> Vec<recsync::store::Record> {
+    h.engine
+        .store
+        .records_after("customer", 0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| !r.deleted)
+        .collect()
+}
+
+fn by_email<'a>(rs: &'a [recsync::store::Record], email: &str) -> &'a recsync::store::Record {
+    rs.iter()
+        .find(|r| r.values["email"] == email)
+        .unwrap_or_else(|| panic!("no record {email}: {rs:?}"))
+}
+
+async fn api(h: &Harness, method: reqwest::Method, path: &str, body: Value) -> Value {
+    let r = h
+        .client
+        .request(method, h.url(path))
+        .header("X-Api-Key", ADMIN_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap_or(Value::Null)
+}
+
+/// The scenario, on either database: `now` is the database's expression for the current
+/// time, `created` the DDL of the table.
+async fn scenario(db: Legacy, table: &str, key_type: &str, created: &[&str], now: &str) {
+    for sql in created {
+        db.exec(sql).await;
+    }
+    db.exec(&format!(
+        "INSERT INTO {table} (cust_id, name, email, balance, vip, notes, updated_at) VALUES \
+         (1, 'Ada', 'ada@example.com', '12.30', true, '{{\"tier\": 1}}', {now}), \
+         (2, 'Bob', 'bob@example.com', '0.10', false, NULL, {now}), \
+         (3, 'Cy', 'cy@example.com', '99999999999.99', false, NULL, {now})"
+    ))
+    .await;
+    // PostgreSQL's sequence moves past the seeded keys.
+    if let Legacy::Pg(..) = &db {
+        db.exec(&format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', 'cust_id'), 3)"
+        ))
+        .await;
+    }
+    let h = Harness::with(Tweaks {
+        mapping: Some(mapping(table, key_type)),
+        env: HashMap::from([("LEGACY_URL".to_string(), db.url())]),
+        ..Default::default()
+    })
+    .await;
+    // Bob is here already: matched, not copied.
+    api(
+        &h,
+        reqwest::Method::POST,
+        "/api/v1/models/customer/records",
+        json!({"name": "Bob", "email": "bob@example.com", "balance": "0.10"}),
+    )
+    .await;
+
+    // First contact: three rows in, Bob linked.
+    let run = h.run("LEGACY").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    let rs = records(&h).await;
+    assert_eq!(rs.len(), 3, "{rs:?}");
+    let ada = by_email(&rs, "ada@example.com");
+    assert_eq!(ada.values["balance"], "12.30", "numerics exactly");
+    assert_eq!(ada.values["vip"], true);
+    assert_eq!(ada.values["notes"], json!({"tier": 1}));
+    assert_eq!(
+        by_email(&rs, "cy@example.com").values["balance"],
+        "99999999999.99"
+    );
+    assert!(h.link("LEGACY", "2").await.is_some(), "Bob is linked");
+
+    // An edit there, and a row deleted there (softly): both arrive.
+    db.exec(&format!(
+        "UPDATE {table} SET name = 'Ada L.', updated_at = {now} WHERE cust_id = 1"
+    ))
+    .await;
+    db.exec(&format!(
+        "UPDATE {table} SET deleted_at = {now}, updated_at = {now} WHERE cust_id = 3"
+    ))
+    .await;
+    let run = h.run("LEGACY").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    let rs = records(&h).await;
+    assert_eq!(by_email(&rs, "ada@example.com").values["name"], "Ada L.");
+    assert!(
+        rs.iter().all(|r| r.values["email"] != "cy@example.com"),
+        "the soft delete arrived: {rs:?}"
+    );
+
+    // A record made here is inserted there; a hostile value is stored as data.
+    let hostile = "Robert'); DROP TABLE customers; --";
+    api(
+        &h,
+        reqwest::Method::POST,
+        "/api/v1/models/customer/records",
+        json!({"name": hostile, "email": "drop@example.com", "balance": "1.00"}),
+    )
+    .await;
+    // An edit here of one field goes out as that column only: the balance changed there
+    // meanwhile stays.
+    let ada_id = by_email(&rs, "ada@example.com").id;
+    api(
+        &h,
+        reqwest::Method::PATCH,
+        &format!("/api/v1/models/customer/records/{ada_id}"),
+        json!({"name": "Ada Lovelace"}),
+    )
+    .await;
+    db.exec(&format!(
+        "UPDATE {table} SET balance = '50.00' WHERE cust_id = 1"
+    ))
+    .await;
+    let run = h.run("LEGACY").await;
+    assert!(run.status == "success", "{run:?}");
+    common::eventually(30, "the pushes to reach the table", || async {
+        let names = db
+            .texts(&format!(
+                "SELECT CAST(cust_id AS TEXT), name FROM {table} ORDER BY cust_id"
+            ))
+            .await;
+        (names.iter().any(|(_, n)| n.as_deref() == Some(hostile))
+            && names
+                .iter()
+                .any(|(k, n)| k == "1" && n.as_deref() == Some("Ada Lovelace")))
+        .then_some(())
+    })
+    .await;
+    let balances = db
+        .texts(&format!(
+            "SELECT CAST(cust_id AS TEXT), CAST(balance AS TEXT) FROM {table} WHERE cust_id = 1"
+        ))
+        .await;
+    assert_eq!(balances[0].1.as_deref(), Some("50.00"), "balance untouched");
+    let count = db
+        .texts(&format!("SELECT CAST(COUNT(*) AS TEXT), NULL FROM {table}"))
+        .await;
+    assert_eq!(count[0].0, "4", "the table is whole and has the new row");
+    // The new row is linked by the key the database gave it.
+    let rs = records(&h).await;
+    let dropper = by_email(&rs, "drop@example.com");
+    let link = h.link("LEGACY", "4").await.expect("the new row is linked");
+    assert_eq!(link.local_id, dropper.id);
+    h.stop().await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_table_is_matched_pulled_and_written_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Legacy::sqlite(dir.path()).await;
+    scenario(
+        db,
+        "customers",
+        "integer",
+        &[
+            "CREATE TABLE customers (cust_id INTEGER PRIMARY KEY, name TEXT, email TEXT, \
+         balance TEXT, vip BOOLEAN, notes TEXT, updated_at TEXT, deleted_at TEXT)",
+        ],
+        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_table_is_matched_pulled_and_written_back() {
+    let Some(db) = Legacy::postgres().await else {
+        eprintln!("the PostgreSQL dialect runs in the suite's PostgreSQL pass");
+        return;
+    };
+    scenario(
+        db,
+        "crm.customers",
+        "integer",
+        &[
+            "CREATE SCHEMA crm",
+            "CREATE TABLE crm.customers (cust_id bigserial PRIMARY KEY, name text, email text, \
+         balance numeric(14,2), vip boolean, notes jsonb, updated_at timestamptz, \
+         deleted_at timestamp)",
+        ],
+        "clock_timestamp()",
+    )
+    .await;
+}
+
+/// A table or column name that is not a plain identifier is refused by `validate`, naming it;
+/// so is a database URL of another kind and a cursor of a type that cannot be a watermark.
+#[test]
+fn hostile_names_and_wrong_settings_are_refused_by_validate() {
+    let errors = |table: &str, extra_field: &str, cursor: &str, url: &str| {
+        let text = mapping(table, "integer")
+            .replace("${LEGACY_URL}", url)
+            .replace("cursor = \"updated_at\"", &format!("cursor = \"{cursor}\""))
+            .replace(
+                "deleted_at = \"datetime\"\n",
+                &format!("deleted_at = \"datetime\"\n{extra_field}\n"),
+            );
+        match recsync::config::compile_texts(
+            &[("mappings/legacy.toml", &text)],
+            &HashMap::<String, String>::new(),
+            recsync::connectors::KINDS,
+        ) {
+            Ok(_) => String::new(),
+            Err(e) => e.render(),
+        }
+    };
+    assert_eq!(
+        errors("customers", "", "updated_at", "sqlite://legacy.db"),
+        "",
+        "the mapping itself is valid"
+    );
+    let e = errors("customers; DROP TABLE x", "", "updated_at", "sqlite://x.db");
+    assert!(
+        e.contains("`customers; DROP TABLE x` is not a plain table name"),
+        "{e}"
+    );
+    let e = errors("crm.cust\\\"omers", "", "updated_at", "sqlite://x.db");
+    assert!(e.contains("is not a plain table name"), "{e}");
+    let e = errors(
+        "customers",
+        "\"na me\" = \"char\"",
+        "updated_at",
+        "sqlite://x.db",
+    );
+    assert!(e.contains("`na me` is not a plain column name"), "{e}");
+    let e = errors("customers", "", "name", "sqlite://x.db");
+    assert!(
+        e.contains("the cursor `name` is a char field; a cursor is a datetime or an integer"),
+        "{e}"
+    );
+    let e = errors("customers", "", "updated_at", "mysql://h/db");
+    assert!(e.contains("is not a postgres:// or sqlite:// URL"), "{e}");
+    let e = errors("customers", "", "nope", "sqlite://x.db");
+    assert!(
+        e.contains("`cursor` names `nope`, which is not one of the fields"),
+        "{e}"
+    );
+}
