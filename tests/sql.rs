@@ -106,6 +106,7 @@ fields = {{ name = "char", email = "char", balance = "char", vip = "boolean", no
 kind = "sql"
 url = "${{LEGACY_URL}}"
 max_concurrency = 2
+timeout = "3s"
 
 [external_models.legacy_customer]
 kind = "sql"
@@ -388,4 +389,201 @@ fn hostile_names_and_wrong_settings_are_refused_by_validate() {
         e.contains("`cursor` names `nope`, which is not one of the fields"),
         "{e}"
     );
+}
+
+/// The shipped example, `mappings/legacy_sql.toml`, as it is, on a SQLite file made with the
+/// README's statement: first contact by e-mail, an edit there, a late commit caught by the
+/// overlap, a record made here inserted there, a delete here archived there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_example_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Legacy::sqlite(dir.path()).await;
+    db.exec(
+        "CREATE TABLE customers (cust_id INTEGER PRIMARY KEY, name TEXT, email TEXT, \
+         phone TEXT, balance TEXT, updated_at TEXT, deleted_at TEXT)",
+    )
+    .await;
+    db.exec(
+        "INSERT INTO customers (name, email, phone, balance, updated_at) VALUES \
+         ('Ada', 'ada@example.com', '+34 600', '10.00', '2026-12-01T10:00:00Z'), \
+         ('Bob', 'bob@example.com', NULL, '0.00', '2026-12-01T10:05:00Z')",
+    )
+    .await;
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/mappings/legacy_sql.toml"
+    ))
+    .unwrap();
+    let h = Harness::with(Tweaks {
+        mapping: Some(example),
+        env: HashMap::from([("LEGACY_URL".to_string(), db.url())]),
+        ..Default::default()
+    })
+    .await;
+    let clients = || async {
+        h.engine
+            .store
+            .records_after("client", 0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| !r.deleted)
+            .collect::<Vec<_>>()
+    };
+    api(
+        &h,
+        reqwest::Method::POST,
+        "/api/v1/models/client/records",
+        json!({"name": "Bob B.", "email": "bob@example.com"}),
+    )
+    .await;
+    let run = h.run("LEGACY_CUSTOMERS").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    let rs = clients().await;
+    assert_eq!(rs.len(), 2, "Bob matched, not copied: {rs:?}");
+
+    // A row that commits late, stamped before the watermark (within the overlap), arrives.
+    db.exec(
+        "INSERT INTO customers (name, email, updated_at) VALUES \
+         ('Late', 'late@example.com', '2026-12-01T10:02:00Z')",
+    )
+    .await;
+    let run = h.run("LEGACY_CUSTOMERS").await;
+    assert_eq!(run.status, "success", "{run:?}");
+    let rs = clients().await;
+    assert!(
+        rs.iter().any(|r| r.values["email"] == "late@example.com"),
+        "the late row was read again within the overlap: {rs:?}"
+    );
+
+    // Made here: inserted there. Deleted here: archived there (delete_mode = "archive").
+    let made = api(
+        &h,
+        reqwest::Method::POST,
+        "/api/v1/models/client/records",
+        json!({"name": "Cleo", "email": "cleo@example.com"}),
+    )
+    .await;
+    let ada = rs
+        .iter()
+        .find(|r| r.values["email"] == "ada@example.com")
+        .unwrap()
+        .id;
+    api(
+        &h,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/models/client/records/{ada}"),
+        Value::Null,
+    )
+    .await;
+    h.run("LEGACY_CUSTOMERS").await;
+    common::eventually(30, "Cleo inserted and Ada archived there", || async {
+        let rows = db
+            .texts("SELECT name, deleted_at FROM customers ORDER BY cust_id")
+            .await;
+        let ada_archived = rows.iter().any(|(n, d)| n == "Ada" && d.is_some());
+        let cleo = rows.iter().any(|(n, _)| n == "Cleo");
+        (ada_archived && cleo).then_some(())
+    })
+    .await;
+    assert!(made["id"].is_i64());
+    let rows = db.texts("SELECT name, NULL FROM customers").await;
+    assert_eq!(rows.len(), 4, "archived, not deleted: {rows:?}");
+    h.stop().await;
+}
+
+/// What goes wrong is named: an unreachable database, a missing table, a missing column and a
+/// row the table refuses each give an error naming the web service and the table, and nothing
+/// else is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_name_the_service_the_table_and_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Legacy::sqlite(dir.path()).await;
+    // No table yet: the run fails naming it.
+    let h = Harness::with(Tweaks {
+        mapping: Some(mapping("customers", "integer")),
+        env: HashMap::from([("LEGACY_URL".to_string(), db.url())]),
+        ..Default::default()
+    })
+    .await;
+    let run = h.run("LEGACY").await;
+    assert_eq!(run.status, "failed", "{run:?}");
+    let error = run.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("web service `legacy`, table `customers`: the table does not exist"),
+        "{error}"
+    );
+    h.stop().await;
+
+    // A table without a declared column.
+    db.exec(
+        "CREATE TABLE customers (cust_id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT, \
+         balance TEXT, vip BOOLEAN, updated_at TEXT, deleted_at TEXT)",
+    )
+    .await;
+    let h = Harness::with(Tweaks {
+        mapping: Some(mapping("customers", "integer")),
+        env: HashMap::from([("LEGACY_URL".to_string(), db.url())]),
+        ..Default::default()
+    })
+    .await;
+    db.exec("INSERT INTO customers (name, email, updated_at) VALUES ('A', 'a@x', '2026-01-01')")
+        .await;
+    let run = h.run("LEGACY").await;
+    assert_eq!(run.status, "failed", "{run:?}");
+    let error = run.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("table `customers`") && error.contains("notes"),
+        "the missing column is named: {error}"
+    );
+    h.stop().await;
+
+    // A row the table refuses (NOT NULL): the delivery fails naming the table and the
+    // reason; the record stays here.
+    db.exec("ALTER TABLE customers ADD COLUMN notes TEXT").await;
+    let h = Harness::with(Tweaks {
+        mapping: Some(mapping("customers", "integer")),
+        env: HashMap::from([("LEGACY_URL".to_string(), db.url())]),
+        ..Default::default()
+    })
+    .await;
+    api(
+        &h,
+        reqwest::Method::POST,
+        "/api/v1/models/customer/records",
+        json!({"email": "noname@example.com"}),
+    )
+    .await;
+    h.run("LEGACY").await;
+    let change = common::eventually(30, "the refused insert to be logged", || async {
+        h.changes("LEGACY")
+            .await
+            .into_iter()
+            .find(|c| c.status != "success" && c.direction == "local_to_external")
+    })
+    .await;
+    let message = change.error_message.clone();
+    assert!(
+        message.contains("table `customers`") && message.contains("NOT NULL"),
+        "{message}"
+    );
+    assert_eq!(records(&h).await.len(), 2, "nothing lost here");
+    h.stop().await;
+
+    // An unreachable database.
+    let h = Harness::with(Tweaks {
+        mapping: Some(mapping("customers", "integer")),
+        env: HashMap::from([(
+            "LEGACY_URL".to_string(),
+            "postgres://nobody:secret-pw@127.0.0.1:1/none".to_string(),
+        )]),
+        ..Default::default()
+    })
+    .await;
+    let run = h.run("LEGACY").await;
+    assert_eq!(run.status, "failed", "{run:?}");
+    let error = run.error.clone().unwrap_or_default();
+    assert!(error.contains("web service `legacy`"), "{error}");
+    assert!(!error.contains("secret-pw"), "{error}");
+    h.stop().await;
 }

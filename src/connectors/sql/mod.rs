@@ -92,6 +92,22 @@ impl SqlConnector {
         if cols.is_empty() {
             return Err(format!("{}: the table does not exist", self.who(t)));
         }
+        // Every name sent must be a column of the table (SQLite would take an unknown quoted
+        // name for a string).
+        let missing: Vec<String> = t
+            .columns
+            .iter()
+            .chain(t.deleted.iter())
+            .filter(|c| !cols.contains_key(*c))
+            .map(|c| format!("`{c}`"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "{}: the table has no column {}",
+                self.who(t),
+                missing.join(", ")
+            ));
+        }
         let cols = Arc::new(cols);
         self.catalog
             .lock()
