@@ -587,3 +587,181 @@ async fn failures_name_the_service_the_table_and_the_reason() {
     assert!(!error.contains("secret-pw"), "{error}");
     h.stop().await;
 }
+
+/// Runs the recsync binary in `dir` with `LEGACY_URL`.
+fn recsync(dir: &std::path::Path, url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RECSYNC_DATABASE_URL")
+        .env("LEGACY_URL", url)
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// `discover` prints a table's block from the catalog, ready to paste (it compiles), and
+/// `validate --online` checks the table, its columns and their types.
+async fn discover_and_validate(db: Legacy, table: &str, created: &[&str]) {
+    for sql in created {
+        db.exec(sql).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("mappings/legacy.toml"),
+        "[web_services.legacy]\nkind = \"sql\"\nurl = \"${LEGACY_URL}\"\n",
+    )
+    .unwrap();
+    let url = db.url();
+    let (code, out) = recsync(dir.path(), &url, &["discover", "legacy", table]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("kind = \"sql\""), "{out}");
+    assert!(out.contains("key = \"cust_id\""), "{out}");
+    assert!(out.contains("cursor = \"updated_at\""), "{out}");
+    assert!(out.contains("cust_id = \"integer\""), "{out}");
+    assert!(out.contains("updated_at = \"datetime\""), "{out}");
+    assert!(!out.contains("secret-pw"), "{out}");
+    // Pasted, with a model and a sync, it compiles and the database agrees with it.
+    let block: String = out
+        .lines()
+        .filter(|l| !l.starts_with("# "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let model = table.replace('.', "_");
+    std::fs::write(
+        dir.path().join("mappings/table.toml"),
+        format!(
+            "{block}\n\n[models.customer]\nfields = {{ name = \"char\" }}\n\n\
+             [syncs.LEGACY]\nmodel = \"customer\"\nexternal_model = \"{model}\"\n\
+             web_service = \"legacy\"\ndirection = \"bidirectional\"\nevery = \"1h\"\n\
+             fields = [{{ local = \"name\", external = \"name\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let (code, out) = recsync(dir.path(), &url, &["validate", "--online"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok    legacy:"), "{out}");
+    // A declared type the column cannot hold, and a column the table lacks.
+    let text = std::fs::read_to_string(dir.path().join("mappings/table.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("mappings/table.toml"),
+        text.replace(
+            &format!("[external_models.{model}.fields]\n"),
+            &format!("[external_models.{model}.fields]\nghost = \"char\"\n"),
+        )
+        .replace("updated_at = \"datetime\"", "updated_at = \"integer\""),
+    )
+    .unwrap();
+    let (code, out) = recsync(dir.path(), &url, &["validate", "--online"]);
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("has no column `ghost`"), "{out}");
+    if let Legacy::Pg(..) = db {
+        assert!(
+            out.contains("column `updated_at`") && out.contains("declare it \"datetime\""),
+            "{out}"
+        );
+    }
+    let (code, out) = recsync(dir.path(), &url, &["discover", "legacy", "no_such"]);
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("the table does not exist"), "{out}");
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_and_validate_online_read_a_sqlite_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Legacy::sqlite(dir.path()).await;
+    discover_and_validate(
+        db,
+        "customers",
+        &[
+            "CREATE TABLE customers (cust_id INTEGER PRIMARY KEY, name TEXT, balance NUMERIC, \
+           updated_at DATETIME)",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_and_validate_online_read_a_postgres_catalog() {
+    let Some(db) = Legacy::postgres().await else {
+        eprintln!("the PostgreSQL dialect runs in the suite's PostgreSQL pass");
+        return;
+    };
+    discover_and_validate(
+        db,
+        "crm.customers",
+        &[
+            "CREATE SCHEMA crm",
+            "CREATE TABLE crm.customers (cust_id bigint PRIMARY KEY, name text, \
+             balance numeric(14,2), updated_at timestamptz)",
+        ],
+    )
+    .await;
+}
+
+/// `validate --online` names the privileges a sync needs that the database's user lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_online_names_missing_privileges() {
+    let Some(db) = Legacy::postgres().await else {
+        eprintln!("the PostgreSQL dialect runs in the suite's PostgreSQL pass");
+        return;
+    };
+    let role = format!("reader_{}", hex::encode(rand::random::<[u8; 4]>()));
+    for sql in [
+        "CREATE TABLE customers (cust_id bigint PRIMARY KEY, name text, updated_at timestamptz)"
+            .to_string(),
+        format!("CREATE ROLE {role} LOGIN PASSWORD 'reader-pw'"),
+        format!("GRANT SELECT ON customers TO {role}"),
+    ] {
+        db.exec(&sql).await;
+    }
+    let mut url = url::Url::parse(&db.url()).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(Some("reader-pw")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("mappings/legacy.toml"),
+        mapping("customers", "integer")
+            .replace("deleted = {{ column = \"deleted_at\" }}\n", "")
+            .replace("deleted = { column = \"deleted_at\" }\n", "")
+            .replace(
+                "balance = \"char\"\nvip = \"boolean\"\nnotes = \"json\"\n",
+                "",
+            )
+            .replace("updated_at = \"datetime\"\ndeleted_at = \"datetime\"\n", "updated_at = \"datetime\"\n")
+            .replace("email = \"char\"\n", "")
+            .replace(
+                "fields = [\n  { local = \"name\", external = \"name\" },\n  { local = \"email\", external = \"email\" },\n  { local = \"balance\", external = \"balance\" },\n  { local = \"vip\", external = \"vip\" },\n  { local = \"notes\", external = \"notes\" },\n]",
+                "fields = [{ local = \"name\", external = \"name\" }]",
+            )
+            .replace("match_on = [\"email\"]\n", ""),
+    )
+    .unwrap();
+    let (code, out) = recsync(dir.path(), url.as_str(), &["validate", "--online"]);
+    assert_eq!(code, Some(69), "{out}");
+    assert!(
+        out.contains("sync `LEGACY` needs INSERT, UPDATE, DELETE on `customers`"),
+        "{out}"
+    );
+    assert!(!out.contains("reader-pw"), "{out}");
+    let admin = match &db {
+        Legacy::Pg(_, _, admin, _) => admin.clone(),
+        Legacy::Lite(..) => unreachable!(),
+    };
+    db.drop().await;
+    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    sqlx::query(&format!("DROP ROLE IF EXISTS {role}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}

@@ -106,6 +106,8 @@ pub(super) struct Column {
     /// declared type (`INTEGER`, `TEXT`, ...).
     pub sql_type: String,
     pub not_null: bool,
+    /// Its place in the table, from 0.
+    pub position: usize,
 }
 
 /// The columns of a table, by name; empty when the table does not exist.
@@ -125,12 +127,13 @@ pub(super) async fn columns(
             .bind(name)
             .fetch_all(p)
             .await?;
-            for r in rows {
+            for (position, r) in rows.iter().enumerate() {
                 out.insert(
                     r.try_get::<String, _>(0)?,
                     Column {
                         sql_type: r.try_get(1)?,
                         not_null: r.try_get(2)?,
+                        position,
                     },
                 );
             }
@@ -143,12 +146,13 @@ pub(super) async fn columns(
             .bind(t.schema.as_deref().unwrap_or("main"))
             .fetch_all(p)
             .await?;
-            for r in rows {
+            for (position, r) in rows.iter().enumerate() {
                 out.insert(
                     r.try_get::<String, _>(0)?,
                     Column {
                         sql_type: r.try_get(1)?,
                         not_null: r.try_get::<i64, _>(2)? != 0,
+                        position,
                     },
                 );
             }

@@ -4,6 +4,7 @@
 //! `UPDATE` of the changed columns after the row was locked, and `DELETE` (or the soft-delete
 //! column). Every value is bound; the SQL text holds only the configuration's identifiers.
 
+mod catalog;
 pub mod config;
 mod db;
 pub mod spec;
@@ -722,65 +723,15 @@ impl Connector for SqlConnector {
         ))
     }
 
-    /// The database answers, and each table a sync of this web service reads is there with
-    /// its declared columns.
+    /// The database answers, and each table a sync of this web service uses is there with
+    /// its declared columns, of types that fit, with the privileges the sync needs.
     async fn check(&self, plan: &Plan) -> Result<String, String> {
-        let started = std::time::Instant::now();
-        let pool = self.pool()?;
-        let origin = crate::connectors::transport::location(&self.service.url);
-        self.execute("SELECT 1", Vec::new())
-            .await
-            .map_err(|e| format!("{origin}: {}", db::describe(&e)))?;
-        let mut problems = Vec::new();
-        let mut tables = Vec::new();
-        for sync in plan.syncs.values().filter(|s| s.web_service == self.name) {
-            let Ok(shape) = shape(plan, sync) else {
-                continue;
-            };
-            let t = &shape.table;
-            match db::columns(pool, t).await {
-                Err(e) => problems.push(format!("table `{}`: {}", t.shown(), db::describe(&e))),
-                Ok(cols) if cols.is_empty() => {
-                    problems.push(format!("table `{}` does not exist", t.shown()))
-                }
-                Ok(cols) => {
-                    let missing: Vec<&str> = t
-                        .columns
-                        .iter()
-                        .filter(|c| !cols.contains_key(*c))
-                        .map(String::as_str)
-                        .collect();
-                    if missing.is_empty() {
-                        tables.push(t.shown());
-                    } else {
-                        problems.push(format!(
-                            "table `{}` has no column {}",
-                            t.shown(),
-                            missing
-                                .iter()
-                                .map(|c| format!("`{c}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ));
-                    }
-                }
-            }
-        }
-        if !problems.is_empty() {
-            return Err(format!("{origin}: {}", problems.join("; ")));
-        }
-        tables.sort();
-        tables.dedup();
-        Ok(format!(
-            "{origin} answered ({}{}) in {} ms",
-            pool.dialect().as_str(),
-            if tables.is_empty() {
-                String::new()
-            } else {
-                format!("; tables {}", tables.join(", "))
-            },
-            started.elapsed().as_millis()
-        ))
+        catalog::check(self, plan).await
+    }
+
+    /// A table's `external_models` block, from the catalog.
+    async fn describe(&self, _plan: &Plan, resource: Option<&str>) -> Result<String, PullError> {
+        catalog::describe(self, resource).await
     }
 }
 
