@@ -14,6 +14,7 @@ use std::collections::HashMap;
 enum Legacy {
     Lite(sqlx::SqlitePool, String),
     Pg(sqlx::PgPool, String, String, String),
+    My(sqlx::MySqlPool, String, String, String),
 }
 
 impl Legacy {
@@ -43,10 +44,37 @@ impl Legacy {
         Some(Legacy::Pg(pool, url.to_string(), admin, name))
     }
 
+    /// A database of its own on the MariaDB (or MySQL) server `RECSYNC_TEST_MYSQL_URL`
+    /// names, which `.ci/run` starts; under `CI=true` its absence is a failure.
+    async fn mysql() -> Option<Legacy> {
+        let Some(admin) = std::env::var("RECSYNC_TEST_MYSQL_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "RECSYNC_TEST_MYSQL_URL is not set: .ci/run starts MariaDB and sets it"
+            );
+            eprintln!("RECSYNC_TEST_MYSQL_URL is not set: the MySQL dialect is not tested");
+            return None;
+        };
+        let name = format!("legacy_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let pool = sqlx::MySqlPool::connect(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&format!("/{name}"));
+        let pool = sqlx::MySqlPool::connect(url.as_str()).await.unwrap();
+        Some(Legacy::My(pool, url.to_string(), admin, name))
+    }
+
     fn url(&self) -> String {
         match self {
             Legacy::Lite(_, u) => u.clone(),
-            Legacy::Pg(_, u, _, _) => u.clone(),
+            Legacy::Pg(_, u, _, _) | Legacy::My(_, u, _, _) => u.clone(),
         }
     }
 
@@ -56,6 +84,9 @@ impl Legacy {
                 sqlx::query(sql).execute(p).await.unwrap();
             }
             Legacy::Pg(p, ..) => {
+                sqlx::query(sql).execute(p).await.unwrap();
+            }
+            Legacy::My(p, ..) => {
                 sqlx::query(sql).execute(p).await.unwrap();
             }
         }
@@ -79,10 +110,26 @@ impl Legacy {
                 .iter()
                 .map(|r| (r.get::<String, _>(0), r.get::<Option<String>, _>(1)))
                 .collect(),
+            Legacy::My(p, ..) => sqlx::query(&sql.replace("AS TEXT", "AS CHAR"))
+                .fetch_all(p)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<String, _>(0), r.get::<Option<String>, _>(1)))
+                .collect(),
         }
     }
 
     async fn drop(self) {
+        if let Legacy::My(p, _, admin, name) = self {
+            p.close().await;
+            let pool = sqlx::MySqlPool::connect(&admin).await.unwrap();
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                .execute(&pool)
+                .await;
+            pool.close().await;
+            return;
+        }
         if let Legacy::Pg(p, _, admin, name) = self {
             p.close().await;
             let pool = sqlx::PgPool::connect(&admin).await.unwrap();
@@ -382,8 +429,11 @@ fn hostile_names_and_wrong_settings_are_refused_by_validate() {
         e.contains("the cursor `name` is a char field; a cursor is a datetime or an integer"),
         "{e}"
     );
-    let e = errors("customers", "", "updated_at", "mysql://h/db");
-    assert!(e.contains("is not a postgres:// or sqlite:// URL"), "{e}");
+    let e = errors("customers", "", "updated_at", "oracle://h/db");
+    assert!(
+        e.contains("is not a postgres://, mysql:// or sqlite:// URL"),
+        "{e}"
+    );
     let e = errors("customers", "", "nope", "sqlite://x.db");
     assert!(
         e.contains("`cursor` names `nope`, which is not one of the fields"),
@@ -756,7 +806,7 @@ async fn validate_online_names_missing_privileges() {
     assert!(!out.contains("reader-pw"), "{out}");
     let admin = match &db {
         Legacy::Pg(_, _, admin, _) => admin.clone(),
-        Legacy::Lite(..) => unreachable!(),
+        _ => unreachable!(),
     };
     db.drop().await;
     let pool = sqlx::PgPool::connect(&admin).await.unwrap();
@@ -764,4 +814,39 @@ async fn validate_online_names_missing_privileges() {
         .execute(&pool)
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_table_is_matched_pulled_and_written_back() {
+    let Some(db) = Legacy::mysql().await else {
+        return;
+    };
+    scenario(
+        db,
+        "customers",
+        "integer",
+        &[
+            "CREATE TABLE customers (cust_id bigint AUTO_INCREMENT PRIMARY KEY, name varchar(200), \
+           email varchar(200), balance decimal(14,2), vip tinyint(1), notes json, \
+           updated_at datetime(6), deleted_at timestamp(6) NULL)",
+        ],
+        "UTC_TIMESTAMP(6)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_and_validate_online_read_a_mysql_catalog() {
+    let Some(db) = Legacy::mysql().await else {
+        return;
+    };
+    discover_and_validate(
+        db,
+        "customers",
+        &[
+            "CREATE TABLE customers (cust_id bigint PRIMARY KEY, name varchar(100), \
+           balance decimal(14,2), updated_at datetime(6))",
+        ],
+    )
+    .await;
 }

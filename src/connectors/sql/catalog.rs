@@ -29,6 +29,29 @@ pub(super) fn suggested(d: Dialect, sql_type: &str) -> (&'static str, Option<&'s
             }
             _ => ("char", None),
         },
+        Dialect::MySql => {
+            if t == "tinyint(1)" || t.starts_with("bool") {
+                ("boolean", None)
+            } else if has("int") {
+                ("integer", None)
+            } else if has("decimal") || has("numeric") {
+                ("char", Some("exact: a decimal is kept as text"))
+            } else if has("float") || has("double") || has("real") {
+                ("float", None)
+            } else if has("datetime") || has("timestamp") {
+                ("datetime", None)
+            } else if t == "date" {
+                ("date", None)
+            } else if t == "json" || t.starts_with("longtext") && false {
+                ("json", None)
+            } else if has("blob") || has("binary") {
+                ("binary", None)
+            } else if has("text") {
+                ("text", None)
+            } else {
+                ("char", None)
+            }
+        }
         // SQLite's type affinity rules.
         Dialect::Sqlite => {
             if has("int") {
@@ -70,7 +93,10 @@ pub(super) fn fits(d: Dialect, ty: &FieldType, sql_type: &str) -> bool {
         FieldType::Boolean => suggested == "boolean",
         FieldType::Date => matches!(suggested, "date" | "datetime"),
         FieldType::Datetime => matches!(suggested, "datetime" | "date"),
-        FieldType::Json => suggested == "json",
+        // MariaDB's JSON is a LONGTEXT with a check.
+        FieldType::Json => {
+            suggested == "json" || (d == Dialect::MySql && matches!(suggested, "text" | "char"))
+        }
         FieldType::Binary => suggested == "binary",
         FieldType::Many2one(_) | FieldType::One2many(_) | FieldType::Many2many(_) => false,
     }
@@ -85,6 +111,18 @@ async fn primary_key(pool: &Pool, t: &SqlTable) -> Result<Vec<String>, sqlx::Err
              WHERE i.indrelid = to_regclass($1) AND i.indisprimary",
         )
         .bind(t.qualified(Dialect::Postgres))
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect(),
+        Pool::My(p) => sqlx::query(
+            "SELECT CAST(column_name AS CHAR) FROM information_schema.key_column_usage \
+             WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? \
+             AND constraint_name = 'PRIMARY' ORDER BY ordinal_position",
+        )
+        .bind(t.schema.as_deref())
+        .bind(&t.table)
         .fetch_all(p)
         .await?
         .iter()

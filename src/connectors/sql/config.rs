@@ -26,7 +26,7 @@ pub const SQL_DELETED_KEYS: [&str; 1] = ["column"];
 /// The `sql` kind.
 pub struct Sql;
 
-/// A database URL: `postgres://`, `postgresql://` or `sqlite://`.
+/// A database URL: `postgres://`, `postgresql://`, `mysql://`, `mariadb://` or `sqlite://`.
 fn database_url(s: &Str<'_>, diags: &mut Diagnostics) -> Option<(ConfigStr, Dialect)> {
     match Dialect::of_url(s.value) {
         Some(d) => Some((cfg_str(s), d)),
@@ -34,14 +34,15 @@ fn database_url(s: &Str<'_>, diags: &mut Diagnostics) -> Option<(ConfigStr, Dial
             diags.push(
                 Diagnostic::error(
                     format!(
-                        "invalid database URL for `url`: {} is not a postgres:// or sqlite:// URL",
+                        "invalid database URL for `url`: {} is not a postgres://, mysql:// or sqlite:// URL",
                         s.shown()
                     ),
                     s.span.clone(),
                     "not a database URL",
                 )
                 .with_help(
-                    "for example postgres://user:${DB_PASSWORD}@host:5432/db or sqlite://legacy.db",
+                    "for example postgres://user:${DB_PASSWORD}@host:5432/db, \
+                     mysql://user:${DB_PASSWORD}@host:3306/db or sqlite://legacy.db",
                 ),
             );
             None

@@ -19,6 +19,7 @@ use std::time::Duration;
 #[derive(Clone)]
 pub(super) enum Pool {
     Pg(sqlx::PgPool),
+    My(sqlx::MySqlPool),
     Lite(sqlx::SqlitePool),
 }
 
@@ -36,6 +37,15 @@ impl Pool {
                 )]);
                 Pool::Pg(options(service).connect_lazy_with(o))
             }
+            Dialect::MySql => {
+                // `mariadb://` is MySQL's protocol.
+                let url = url.replacen("mariadb://", "mysql://", 1);
+                let o: sqlx::mysql::MySqlConnectOptions =
+                    url.parse().map_err(|e: sqlx::Error| describe(&e))?;
+                // Timestamps are read and written at UTC.
+                let o = o.timezone(Some("+00:00".to_string()));
+                Pool::My(options(service).connect_lazy_with(o))
+            }
             Dialect::Sqlite => {
                 let o: sqlx::sqlite::SqliteConnectOptions =
                     url.parse().map_err(|e: sqlx::Error| describe(&e))?;
@@ -48,6 +58,7 @@ impl Pool {
     pub(super) fn dialect(&self) -> Dialect {
         match self {
             Pool::Pg(_) => Dialect::Postgres,
+            Pool::My(_) => Dialect::MySql,
             Pool::Lite(_) => Dialect::Sqlite,
         }
     }
@@ -86,7 +97,7 @@ pub(super) fn failure(e: &sqlx::Error) -> Failure {
                     field: d.constraint().map(str::to_string),
                     message,
                 }
-            } else if code == "40001" || code == "40P01" || code == "5" || code == "517" {
+            } else if ["40001", "40P01", "5", "517"].contains(&code.as_str()) {
                 Failure::transient(message)
             } else {
                 Failure::permanent(message)
@@ -138,6 +149,28 @@ pub(super) async fn columns(
                 );
             }
         }
+        Pool::My(p) => {
+            let rows = sqlx::query(
+                "SELECT CAST(column_name AS CHAR), CAST(column_type AS CHAR), \
+                 CAST(is_nullable = 'NO' AS SIGNED) FROM information_schema.columns \
+                 WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? \
+                 ORDER BY ordinal_position",
+            )
+            .bind(t.schema.as_deref())
+            .bind(&t.table)
+            .fetch_all(p)
+            .await?;
+            for (position, r) in rows.iter().enumerate() {
+                out.insert(
+                    r.try_get::<String, _>(0)?,
+                    Column {
+                        sql_type: r.try_get(1)?,
+                        not_null: r.try_get::<i64, _>(2)? != 0,
+                        position,
+                    },
+                );
+            }
+        }
         Pool::Lite(p) => {
             let rows = sqlx::query(
                 "SELECT name, type, \"notnull\" FROM pragma_table_info(?1, ?2) ORDER BY cid",
@@ -179,6 +212,13 @@ pub(super) fn select_expr(d: Dialect, name: &str, col: Option<&Column>) -> Strin
             Some("timestamp with time zone") => format!("({q} AT TIME ZONE 'UTC')::text"),
             _ => format!("{q}::text"),
         },
+        // Bytes as PostgreSQL's hex form, everything else as MySQL prints it.
+        Dialect::MySql => match col.map(|c| c.sql_type.to_ascii_lowercase()) {
+            Some(t) if t.contains("blob") || t.contains("binary") => {
+                format!("CONCAT('\\\\x', HEX({q}))")
+            }
+            _ => format!("CAST({q} AS CHAR)"),
+        },
         Dialect::Sqlite => q,
     }
 }
@@ -191,7 +231,7 @@ pub(super) fn param_expr(d: Dialect, n: usize, col: Option<&Column>) -> String {
             format!("CAST({p} AS {})", c.sql_type)
         }
         (Dialect::Postgres, _) => format!("{p}::text"),
-        (Dialect::Sqlite, _) => p,
+        (Dialect::MySql | Dialect::Sqlite, _) => p,
     }
 }
 
@@ -218,6 +258,24 @@ pub(super) fn bind_of(d: Dialect, ty: Option<&FieldType>, v: &Value) -> Bind {
             _ => Bind::Text(s.clone()),
         },
         (Dialect::Postgres, other) => Bind::Text(other.to_string()),
+        (Dialect::MySql, Value::Bool(b)) => Bind::Int(*b as i64),
+        (Dialect::MySql, Value::Number(n)) => match n.as_i64() {
+            Some(i) => Bind::Int(i),
+            None => Bind::Text(n.to_string()),
+        },
+        // MySQL's DATETIME takes `YYYY-MM-DD HH:MM:SS.ffffff`, at UTC here.
+        (Dialect::MySql, Value::String(s)) => match ty {
+            Some(FieldType::Datetime) => match parse_datetime(s) {
+                Ok(d) => Bind::Text(d.format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
+                Err(_) => Bind::Text(s.clone()),
+            },
+            Some(FieldType::Binary) => base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map(Bind::Bytes)
+                .unwrap_or(Bind::Text(s.clone())),
+            _ => Bind::Text(s.clone()),
+        },
+        (Dialect::MySql, other) => Bind::Text(other.to_string()),
         (Dialect::Sqlite, Value::Bool(b)) => Bind::Int(*b as i64),
         (Dialect::Sqlite, Value::Number(n)) => match n.as_i64() {
             Some(i) => Bind::Int(i),
@@ -248,6 +306,18 @@ impl<'q> Binder for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArg
             Bind::Float(f) => self.bind(f.to_string()),
             Bind::Text(s) => self.bind(s),
             Bind::Bytes(b) => self.bind(format!("\\x{}", hex::encode(b))),
+        }
+    }
+}
+
+impl<'q> Binder for sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments> {
+    fn put(self, b: Bind) -> Self {
+        match b {
+            Bind::Null => self.bind(None::<String>),
+            Bind::Int(i) => self.bind(i),
+            Bind::Float(f) => self.bind(f),
+            Bind::Text(s) => self.bind(s),
+            Bind::Bytes(b) => self.bind(b),
         }
     }
 }
@@ -342,6 +412,14 @@ pub(super) enum Raw {
 
 /// The values of a PostgreSQL row read as text.
 pub(super) fn pg_raw(row: &sqlx::postgres::PgRow, i: usize) -> Result<Raw, sqlx::Error> {
+    Ok(match row.try_get::<Option<String>, _>(i)? {
+        None => Raw::Null,
+        Some(s) => Raw::Text(s),
+    })
+}
+
+/// The values of a MySQL row read as text.
+pub(super) fn my_raw(row: &sqlx::mysql::MySqlRow, i: usize) -> Result<Raw, sqlx::Error> {
     Ok(match row.try_get::<Option<String>, _>(i)? {
         None => Raw::Null,
         Some(s) => Raw::Text(s),

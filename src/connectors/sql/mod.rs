@@ -140,6 +140,18 @@ impl SqlConnector {
                     out.push(db::record(names, fields, raws));
                 }
             }
+            Pool::My(p) => {
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = q.put(b);
+                }
+                for row in q.fetch_all(p).await? {
+                    let raws = (0..names.len())
+                        .map(|i| db::my_raw(&row, i))
+                        .collect::<Result<Vec<Raw>, _>>()?;
+                    out.push(db::record(names, fields, raws));
+                }
+            }
             Pool::Lite(p) => {
                 let mut q = sqlx::query(sql);
                 for b in binds {
@@ -455,29 +467,41 @@ impl Connector for SqlConnector {
                     binds.push(db::bind_of(d, shape.fields.get(*n), &values[*n]));
                     params.push(db::param_expr(d, i + 1, cols.get(*n)));
                 }
-                let sql = if names.is_empty() {
-                    format!(
-                        "INSERT INTO {table} DEFAULT VALUES RETURNING {}",
-                        db::select_expr(d, &t.key, key_col)
-                    )
-                } else {
-                    format!(
-                        "INSERT INTO {table} ({}) VALUES ({}) RETURNING {}",
-                        names
-                            .iter()
-                            .map(|n| d.quote(n))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        params.join(", "),
-                        db::select_expr(d, &t.key, key_col)
-                    )
+                let columns = names
+                    .iter()
+                    .map(|n| d.quote(n))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let insert = match (names.is_empty(), d) {
+                    (true, Dialect::MySql) => format!("INSERT INTO {table} () VALUES ()"),
+                    (true, _) => format!("INSERT INTO {table} DEFAULT VALUES"),
+                    (false, _) => format!(
+                        "INSERT INTO {table} ({columns}) VALUES ({})",
+                        params.join(", ")
+                    ),
                 };
-                let names_only = [t.key.as_str()];
-                let rows = self
-                    .rows(&sql, binds, &names_only, &shape.fields)
-                    .await
-                    .map_err(|e| db::failure(&e).reworded(|m| format!("{}: {m}", self.who(t))))?;
-                let new_id = rows.first().map(|r| id_text(r.get(&t.key)));
+                let fail =
+                    |e: sqlx::Error| db::failure(&e).reworded(|m| format!("{}: {m}", self.who(t)));
+                let new_id = match d {
+                    // MySQL has no RETURNING: the key given, or the one the database made.
+                    Dialect::MySql => {
+                        let made = self.insert_my(&insert, binds).await.map_err(fail)?;
+                        match values.get(&t.key).filter(|v| !v.is_null()) {
+                            Some(given) => Some(id_text(Some(given))),
+                            None => Some(made.to_string()),
+                        }
+                    }
+                    _ => {
+                        let sql =
+                            format!("{insert} RETURNING {}", db::select_expr(d, &t.key, key_col));
+                        let names_only = [t.key.as_str()];
+                        let rows = self
+                            .rows(&sql, binds, &names_only, &shape.fields)
+                            .await
+                            .map_err(fail)?;
+                        rows.first().map(|r| id_text(r.get(&t.key)))
+                    }
+                };
                 Ok(Sent {
                     external_id: new_id.clone(),
                     request: json!({"insert": t.shown(), "columns": names, "key": new_id}),
@@ -536,6 +560,7 @@ impl Connector for SqlConnector {
                     (Some(c), DeleteMode::Archive) => {
                         let now = match d {
                             Dialect::Postgres => "now()",
+                            Dialect::MySql => "UTC_TIMESTAMP(6)",
                             Dialect::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
                         };
                         (
@@ -747,6 +772,13 @@ impl SqlConnector {
                 }
                 q.execute(p).await?.rows_affected()
             }
+            Pool::My(p) => {
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = q.put(b);
+                }
+                q.execute(p).await?.rows_affected()
+            }
             Pool::Lite(p) => {
                 let mut q = sqlx::query(sql);
                 for b in binds {
@@ -755,6 +787,18 @@ impl SqlConnector {
                 q.execute(p).await?.rows_affected()
             }
         })
+    }
+
+    /// A MySQL insert, answering the key the database gave (`LAST_INSERT_ID()`).
+    async fn insert_my(&self, sql: &str, binds: Vec<Bind>) -> Result<u64, sqlx::Error> {
+        let Pool::My(p) = self.pool().map_err(unconfigured)? else {
+            return Err(unconfigured("not a MySQL database".into()));
+        };
+        let mut q = sqlx::query(sql);
+        for b in binds {
+            q = q.put(b);
+        }
+        Ok(q.execute(p).await?.last_insert_id())
     }
 
     /// An update of one row in a transaction that first locks it (`FOR UPDATE` on
@@ -769,6 +813,20 @@ impl SqlConnector {
         let pool = self.pool().map_err(unconfigured)?;
         match pool {
             Pool::Pg(p) => {
+                let mut tx = p.begin().await?;
+                let found = sqlx::query(lock).put(key).fetch_optional(&mut *tx).await?;
+                if found.is_none() {
+                    return Ok(false);
+                }
+                let mut q = sqlx::query(update);
+                for b in binds {
+                    q = q.put(b);
+                }
+                q.execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+            Pool::My(p) => {
                 let mut tx = p.begin().await?;
                 let found = sqlx::query(lock).put(key).fetch_optional(&mut *tx).await?;
                 if found.is_none() {

@@ -9,6 +9,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Postgres,
+    /// MySQL and MariaDB.
+    MySql,
     Sqlite,
 }
 
@@ -18,6 +20,7 @@ impl Dialect {
         let scheme = url.split_once("://")?.0;
         match scheme {
             "postgres" | "postgresql" => Some(Dialect::Postgres),
+            "mysql" | "mariadb" => Some(Dialect::MySql),
             "sqlite" => Some(Dialect::Sqlite),
             _ => None,
         }
@@ -26,6 +29,7 @@ impl Dialect {
     pub fn as_str(self) -> &'static str {
         match self {
             Dialect::Postgres => "postgres",
+            Dialect::MySql => "mysql",
             Dialect::Sqlite => "sqlite",
         }
     }
@@ -33,13 +37,17 @@ impl Dialect {
     /// An identifier quoted for the dialect. Identifiers come only from the configuration,
     /// checked to be plain names when it was compiled; quoting keeps reserved words and case.
     pub fn quote(self, ident: &str) -> String {
-        format!("\"{}\"", ident.replace('"', "\"\""))
+        match self {
+            Dialect::MySql => format!("`{}`", ident.replace('`', "``")),
+            _ => format!("\"{}\"", ident.replace('"', "\"\"")),
+        }
     }
 
     /// The `n`-th bind parameter (from 1).
     pub fn param(self, n: usize) -> String {
         match self {
             Dialect::Postgres => format!("${n}"),
+            Dialect::MySql => "?".to_string(),
             Dialect::Sqlite => format!("?{n}"),
         }
     }
@@ -48,7 +56,7 @@ impl Dialect {
 /// A database reached through its URL.
 #[derive(Debug, Clone)]
 pub struct SqlService {
-    /// The database URL (`postgres://`, `sqlite://`); its password is a secret.
+    /// The database URL (`postgres://`, `mysql://`, `sqlite://`); its password is a secret.
     pub url: ConfigStr,
     pub dialect: Dialect,
     /// Connections to the database, all syncs together.
@@ -177,6 +185,8 @@ mod tests {
             Some(Dialect::Postgres)
         );
         assert_eq!(Dialect::of_url("sqlite://x.db"), Some(Dialect::Sqlite));
+        assert_eq!(Dialect::of_url("mariadb://h/db"), Some(Dialect::MySql));
+        assert_eq!(Dialect::MySql.quote("order"), "`order`");
         assert_eq!(Dialect::of_url("http://x"), None);
     }
 }
