@@ -42,7 +42,7 @@ pub(super) fn suggested(d: Dialect, sql_type: &str) -> (&'static str, Option<&'s
                 ("datetime", None)
             } else if t == "date" {
                 ("date", None)
-            } else if t == "json" || t.starts_with("longtext") && false {
+            } else if t == "json" {
                 ("json", None)
             } else if has("blob") || has("binary") {
                 ("binary", None)
