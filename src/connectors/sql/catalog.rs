@@ -164,6 +164,40 @@ async fn missing_privileges(
     Ok(missing)
 }
 
+/// What stands in the way of a logical capture: `wal_level`, the REPLICATION attribute, a
+/// slot holding back too much WAL.
+async fn logical_problems(p: &sqlx::PgPool, slot: &str) -> Result<Vec<String>, sqlx::Error> {
+    let mut out = Vec::new();
+    let level: String = sqlx::query_scalar("SELECT current_setting('wal_level')")
+        .fetch_one(p)
+        .await?;
+    if level != "logical" {
+        out.push(format!(
+            "wal_level is `{level}`; capture = \"logical\" needs wal_level = logical (postgresql.conf, then a restart)"
+        ));
+    }
+    let may: bool = sqlx::query_scalar(
+        "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(p)
+    .await?;
+    if !may {
+        out.push(
+            "the database's user lacks the REPLICATION attribute a logical capture's slot needs (ALTER ROLE ... REPLICATION)"
+                .into(),
+        );
+    }
+    if let Some(held) = super::logical::held_bytes(p, slot).await?
+        && held > super::logical::HELD_WARNING
+    {
+        out.push(format!(
+            "the replication slot `{slot}` holds back {} MiB of WAL: run the sync more often, or drop the slot if the sync is gone",
+            held >> 20
+        ));
+    }
+    Ok(out)
+}
+
 /// `validate --online` for an `sql` web service.
 pub(super) async fn check(conn: &SqlConnector, plan: &Plan) -> Result<String, String> {
     let started = std::time::Instant::now();
@@ -219,6 +253,15 @@ pub(super) async fn check(conn: &SqlConnector, plan: &Plan) -> Result<String, St
             }
         }
         needed.dedup();
+        if t.capture == Capture::Logical
+            && let Pool::Pg(p) = pool
+        {
+            let slot = super::logical::slot_of(p, sync.code.as_str()).await;
+            match async { logical_problems(p, &slot?).await }.await {
+                Ok(found) => problems.extend(found),
+                Err(e) => problems.push(format!("table `{}`: {}", t.shown(), db::describe(&e))),
+            }
+        }
         match missing_privileges(pool, t, &needed).await {
             Ok(m) if !m.is_empty() => problems.push(format!(
                 "sync `{}` needs {} on `{}`, which the database's user lacks",

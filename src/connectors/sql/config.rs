@@ -214,7 +214,7 @@ impl Kind for Sql {
             let c = required_str(dt, "column", &span, "`deleted`", diags)?;
             identifier("column", c.value, &c.span, diags).then(|| c.value.to_string())
         });
-        let capture = enum_of(t, "capture", Capture::parse, &["poll"], diags)
+        let capture = enum_of(t, "capture", Capture::parse, &["poll", "logical"], diags)
             .flatten()
             .unwrap_or(Capture::Poll);
         let columns: Vec<String> = fields.keys().cloned().collect();
@@ -276,5 +276,28 @@ impl Kind for Sql {
         false
     }
 
-    fn check_sync(&self, _: &SyncCheck<'_>, _: &mut Diagnostics) {}
+    /// Logical capture needs PostgreSQL.
+    fn check_sync(&self, s: &SyncCheck<'_>, diags: &mut Diagnostics) {
+        let logical = s
+            .external
+            .and_then(|e| e.settings::<SqlTable>())
+            .is_some_and(|t| t.capture == Capture::Logical);
+        let dialect = s.web_service.settings::<SqlService>().map(|w| w.dialect);
+        if logical && dialect.is_some_and(|d| d != Dialect::Postgres) {
+            diags.push(
+                Diagnostic::error(
+                    format!(
+                        "{} reads `{}` with capture = \"logical\", which needs PostgreSQL; web service `{}` is {}",
+                        s.what,
+                        s.external.map(|e| e.name.as_str()).unwrap_or(""),
+                        s.web_service.name,
+                        dialect.map(Dialect::as_str).unwrap_or("")
+                    ),
+                    s.span.clone(),
+                    "not PostgreSQL",
+                )
+                .with_help("use capture = \"poll\" with a `cursor` column"),
+            );
+        }
+    }
 }

@@ -7,6 +7,7 @@
 mod catalog;
 pub mod config;
 mod db;
+mod logical;
 pub mod spec;
 
 use super::{
@@ -215,6 +216,10 @@ struct SqlPull {
     more: bool,
     /// What to save on confirmation.
     reached: Option<Watermark>,
+    /// Read the whole table by key, whatever `cursor` says (a logical capture's snapshot).
+    whole: bool,
+    /// `capture = "logical"`: the slot being read.
+    stream: Option<logical::Stream>,
 }
 
 impl SqlConnector {
@@ -242,7 +247,8 @@ impl SqlPull {
         let mut binds = Vec::new();
         let mut cond = String::from("1 = 1");
         let key_ty = self.shape.fields.get(&t.key);
-        let order = match &t.cursor {
+        let cursor = t.cursor.as_ref().filter(|_| !self.whole);
+        let order = match cursor {
             Some(c) => {
                 let cq = d.quote(c);
                 let cur_col = self.cols.get(c);
@@ -348,7 +354,17 @@ impl Puller for SqlPull {
         if !self.more {
             return Ok(Page::default());
         }
+        if self.stream.as_ref().is_some_and(|s| !s.snapshot) {
+            return self.stream_page().await;
+        }
         let records = self.read().await?;
+        // A logical capture's snapshot ends; the slot is read next.
+        if let Some(s) = &mut self.stream
+            && !self.more
+        {
+            s.snapshot_done = true;
+            self.more = true;
+        }
         Ok(Page {
             read: records.len(),
             skipped: 0,
@@ -362,6 +378,9 @@ impl Puller for SqlPull {
         memory: &dyn Memory,
         outcomes: &[super::Confirmation],
     ) -> Result<(), PullError> {
+        if self.stream.is_some() {
+            return self.stream_confirm(memory, outcomes).await;
+        }
         if self.shape.table.cursor.is_none() {
             return Ok(());
         }
@@ -419,7 +438,7 @@ impl Connector for SqlConnector {
             }
             w
         });
-        Ok(Box::new(SqlPull {
+        let mut pull = SqlPull {
             conn: self.arc(),
             cols,
             limit: sync.limit.max(1),
@@ -429,8 +448,14 @@ impl Connector for SqlConnector {
             held: false,
             more: true,
             reached: None,
+            whole: false,
+            stream: None,
             shape,
-        }))
+        };
+        if pull.shape.table.capture == spec::Capture::Logical {
+            pull.open_stream(sync, &start, memory).await?;
+        }
+        Ok(Box::new(pull))
     }
 
     async fn send(
@@ -649,45 +674,25 @@ impl Connector for SqlConnector {
         external_ids: &[String],
     ) -> Result<Option<Vec<Pulled>>, PullError> {
         let shape = shape(plan, sync).map_err(PullError::Service)?;
+        let cols = self
+            .columns(&shape.table)
+            .await
+            .map_err(PullError::Service)?;
+        let rows = self
+            .rows_by_keys(&shape, &cols, external_ids)
+            .await
+            .map_err(PullError::Service)?;
         let t = &shape.table;
-        let cols = self.columns(t).await.map_err(PullError::Service)?;
-        let pool = self.pool().map_err(PullError::Service)?;
-        let d = pool.dialect();
-        let key_ty = shape.fields.get(&t.key);
-        let mut out = Vec::new();
-        for chunk in external_ids.chunks(500) {
-            let binds: Vec<Bind> = chunk
-                .iter()
-                .map(|id| db::bind_of(d, key_ty, &Value::String(id.clone())))
-                .collect();
-            let params: Vec<String> = (1..=chunk.len())
-                .map(|i| db::param_expr(d, i, cols.get(&t.key)))
-                .collect();
-            let sql = format!(
-                "SELECT {} FROM {} WHERE {} IN ({}){}",
-                self.select_list(d, t, &cols),
-                t.qualified(d),
-                d.quote(&t.key),
-                params.join(", "),
-                Self::alive(d, t)
-            );
-            let names: Vec<&str> = t.columns.iter().map(String::as_str).collect();
-            let rows = self
-                .rows(&sql, binds, &names, &shape.fields)
-                .await
-                .map_err(|e| {
-                    PullError::Service(format!("{}: {}", self.who(t), db::describe(&e)))
-                })?;
-            for values in rows {
-                out.push(Pulled {
-                    action: PullAction::Update,
-                    external_id: Some(id_text(values.get(&t.key))),
-                    values,
-                    modified_at: None,
-                    label: None,
-                });
-            }
-        }
+        let out = rows
+            .into_iter()
+            .map(|values| Pulled {
+                action: PullAction::Update,
+                external_id: Some(id_text(values.get(&t.key))),
+                values,
+                modified_at: None,
+                label: None,
+            })
+            .collect();
         Ok(Some(out))
     }
 
@@ -761,6 +766,44 @@ impl Connector for SqlConnector {
 }
 
 impl SqlConnector {
+    /// The rows with these keys as they are now (soft-deleted ones left out).
+    async fn rows_by_keys(
+        &self,
+        shape: &Shape,
+        cols: &BTreeMap<String, Column>,
+        keys: &[String],
+    ) -> Result<Vec<Map<String, Value>>, String> {
+        let t = &shape.table;
+        let pool = self.pool()?;
+        let d = pool.dialect();
+        let key_ty = shape.fields.get(&t.key);
+        let names: Vec<&str> = t.columns.iter().map(String::as_str).collect();
+        let mut out = Vec::new();
+        for chunk in keys.chunks(500) {
+            let binds: Vec<Bind> = chunk
+                .iter()
+                .map(|id| db::bind_of(d, key_ty, &Value::String(id.clone())))
+                .collect();
+            let params: Vec<String> = (1..=chunk.len())
+                .map(|i| db::param_expr(d, i, cols.get(&t.key)))
+                .collect();
+            let sql = format!(
+                "SELECT {} FROM {} WHERE {} IN ({}){}",
+                self.select_list(d, t, cols),
+                t.qualified(d),
+                d.quote(&t.key),
+                params.join(", "),
+                Self::alive(d, t)
+            );
+            let rows = self
+                .rows(&sql, binds, &names, &shape.fields)
+                .await
+                .map_err(|e| format!("{}: {}", self.who(t), db::describe(&e)))?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
     /// Runs a statement that returns no rows.
     async fn execute(&self, sql: &str, binds: Vec<Bind>) -> Result<u64, sqlx::Error> {
         let pool = self.pool().map_err(unconfigured)?;

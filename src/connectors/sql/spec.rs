@@ -70,12 +70,15 @@ pub struct SqlService {
 pub enum Capture {
     /// A watermark on `cursor` (or the whole table without one), read by keyset pages.
     Poll,
+    /// PostgreSQL's logical decoding: a replication slot of recsync's own.
+    Logical,
 }
 
 impl Capture {
     pub fn parse(s: &str) -> Option<Capture> {
         match s {
             "poll" => Some(Capture::Poll),
+            "logical" => Some(Capture::Logical),
             _ => None,
         }
     }
