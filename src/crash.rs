@@ -10,8 +10,9 @@
 //! committed), `inbound.before_reply` (committed, not yet answered), `pull.before_confirm` (a
 //! pulled page is applied, not yet confirmed), `outbox.before_record` (a delivery was made, its
 //! result not yet recorded), `dropbox.before_mirror` (a Dropbox page's records are applied,
-//! the mirror and cursor not yet stored), `reload.before_swap` (a new configuration is
-//! compiled, not yet in force).
+//! the mirror and cursor not yet stored), `sql.before_advance` (a page of a logical
+//! replication slot is applied, the slot not yet advanced past it), `reload.before_swap` (a
+//! new configuration is compiled, not yet in force).
 
 use std::sync::OnceLock;
 
