@@ -33,8 +33,13 @@ pub(super) struct Stream {
     pub(super) snapshot: bool,
     /// The snapshot's last page was read: its confirmation records it.
     pub(super) snapshot_done: bool,
-    /// Where the last page read ends, to advance the slot to when it is confirmed.
-    last_lsn: Option<String>,
+    /// Where the batch peeked last ends, to advance the slot to when its last page is
+    /// confirmed.
+    batch_lsn: Option<String>,
+    /// The lines the batch read.
+    batch_lines: usize,
+    /// The rows of the batch not handed out yet, with whether their last change deleted them.
+    pub(super) pending: std::collections::VecDeque<(String, bool)>,
     pages: usize,
     /// A plan reads and never advances the slot.
     preview: bool,
@@ -100,7 +105,9 @@ impl SqlPull {
             printed,
             snapshot,
             snapshot_done: false,
-            last_lsn: None,
+            batch_lsn: None,
+            batch_lines: 0,
+            pending: Default::default(),
             pages: 0,
             preview: start.preview,
         });
@@ -111,43 +118,63 @@ impl SqlPull {
     /// their last change; a row that is no longer there is a delete.
     pub(super) async fn stream_page(&mut self) -> Result<Page, PullError> {
         let who = self.conn.who(&self.shape.table);
+        let key = self.shape.table.key.clone();
         let s = self.stream.as_mut().expect("a stream");
-        let lines = peek(&s.pool, &s.slot, self.limit)
-            .await
-            .map_err(|e| PullError::Service(format!("{who}: {}", super::db::describe(&e))))?;
-        s.pages += 1;
-        let Some((last, _)) = lines.last() else {
-            self.more = false;
-            return Ok(Page::default());
-        };
-        s.last_lsn = Some(last.clone());
-        self.more = s.pages < MAX_PAGES;
-        let key = &self.shape.table.key;
-        let mut order: Vec<String> = Vec::new();
-        let mut last_change: std::collections::HashMap<String, bool> = Default::default();
-        for (_, data) in &lines {
-            for change in parse(data, &s.printed, key) {
-                let (k, deleted) = match change {
-                    Change::Upsert(k) => (k, false),
-                    Change::Delete(k) => (k, true),
-                };
-                if last_change.insert(k.clone(), deleted).is_some() {
-                    order.retain(|o| o != &k);
+        // A batch of whole transactions is peeked once and handed out `limit` rows a page; the
+        // slot moves past it when its last page is confirmed.
+        if s.pending.is_empty() {
+            let lines = peek(&s.pool, &s.slot, self.limit)
+                .await
+                .map_err(|e| PullError::Service(format!("{who}: {}", super::db::describe(&e))))?;
+            s.pages += 1;
+            let Some((last, _)) = lines.last() else {
+                self.more = false;
+                return Ok(Page::default());
+            };
+            s.batch_lsn = Some(last.clone());
+            s.batch_lines = lines.len();
+            // The last change of each row, in the order of those last changes.
+            let mut latest: std::collections::HashMap<String, (usize, bool)> = Default::default();
+            let mut n = 0;
+            for (_, data) in &lines {
+                for change in parse(data, &s.printed, &key) {
+                    let (k, deleted) = match change {
+                        Change::Upsert(k) => (k, false),
+                        Change::Delete(k) => (k, true),
+                    };
+                    latest.insert(k, (n, deleted));
+                    n += 1;
                 }
-                order.push(k);
             }
+            let mut order: Vec<(String, (usize, bool))> = latest.into_iter().collect();
+            order.sort_by_key(|(_, (at, _))| *at);
+            s.pending = order.into_iter().map(|(k, (_, d))| (k, d)).collect();
         }
-        let wanted: Vec<String> = order.iter().filter(|k| !last_change[*k]).cloned().collect();
+        let take = s.pending.len().min(self.limit);
+        let part: Vec<(String, bool)> = s.pending.drain(..take).collect();
+        let read = if s.pending.is_empty() {
+            s.batch_lines
+        } else {
+            0
+        };
+        self.more = !s.pending.is_empty() || s.pages < MAX_PAGES;
+        let wanted: Vec<String> = part
+            .iter()
+            .filter(|(_, deleted)| !deleted)
+            .map(|(k, _)| k.clone())
+            .collect();
         let rows = self
             .conn
             .rows_by_keys(&self.shape, &self.cols, &wanted)
             .await
             .map_err(PullError::Service)?;
-        let mut found: std::collections::HashMap<String, Map<String, Value>> =
-            rows.into_iter().map(|r| (id_text(r.get(key)), r)).collect();
-        let mut records = Vec::new();
-        for k in order {
-            let record = match found.remove(&k) {
+        let mut found: std::collections::HashMap<String, Map<String, Value>> = rows
+            .into_iter()
+            .map(|r| (id_text(r.get(&key)), r))
+            .collect();
+        let records = part
+            .into_iter()
+            .map(|(k, _)| match found.remove(&k) {
                 Some(values) => Pulled {
                     action: PullAction::Update,
                     external_id: Some(k),
@@ -163,11 +190,10 @@ impl SqlPull {
                     modified_at: None,
                     label: None,
                 },
-            };
-            records.push(record);
-        }
+            })
+            .collect();
         Ok(Page {
-            read: lines.len(),
+            read,
             skipped: 0,
             more: self.more,
             records,
@@ -187,8 +213,10 @@ impl SqlPull {
             return Ok(());
         }
         if outcomes.iter().any(|o| o.error.is_some()) {
+            // The slot stays where it was: the next run reads the batch again.
             self.more = false;
-            s.last_lsn = None;
+            s.batch_lsn = None;
+            s.pending.clear();
             return Ok(());
         }
         if s.snapshot_done {
@@ -201,7 +229,9 @@ impl SqlPull {
             let text = serde_json::to_string(&saved).expect("serializes");
             memory.save(&[], &[], Some(&text)).await?;
         }
-        if let Some(lsn) = s.last_lsn.take() {
+        if s.pending.is_empty()
+            && let Some(lsn) = s.batch_lsn.take()
+        {
             crate::crash::point("sql.before_advance");
             advance(&s.pool, &s.slot, &lsn)
                 .await

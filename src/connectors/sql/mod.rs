@@ -266,13 +266,10 @@ impl SqlPull {
                     if self.first {
                         cond = format!("{l} >= {r}");
                     } else {
-                        binds.push(db::bind_of(d, cur_ty, &w.at));
+                        // A row value, which an index on (cursor, key) serves: each page
+                        // starts where the last ended instead of scanning from the start.
                         binds.push(db::bind_of(d, key_ty, &w.key));
-                        let (l2, r2) = cmp(db::param_expr(d, 2, cur_col));
-                        cond = format!(
-                            "({l} > {r} OR ({l2} = {r2} AND {key} > {}))",
-                            db::param_expr(d, 3, key_col)
-                        );
+                        cond = format!("({l}, {key}) > ({r}, {})", db::param_expr(d, 2, key_col));
                     }
                 }
                 format!("{cq}, {key}")
@@ -779,6 +776,33 @@ impl SqlConnector {
         let key_ty = shape.fields.get(&t.key);
         let names: Vec<&str> = t.columns.iter().map(String::as_str).collect();
         let mut out = Vec::new();
+        if let (Pool::Pg(p), Some(kt)) = (pool, cols.get(&t.key).map(|c| &c.sql_type))
+            && db::castable(kt)
+        {
+            // One statement per 5,000 keys: the keys as a text array cast to the key's type.
+            for chunk in keys.chunks(5000) {
+                let sql = format!(
+                    "SELECT {} FROM {} WHERE {} = ANY(CAST($1::text[] AS {kt}[])){}",
+                    self.select_list(d, t, cols),
+                    t.qualified(d),
+                    d.quote(&t.key),
+                    Self::alive(d, t)
+                );
+                let q = sqlx::query(&sql).bind(chunk.to_vec());
+                let rows = q
+                    .fetch_all(p)
+                    .await
+                    .map_err(|e| format!("{}: {}", self.who(t), db::describe(&e)))?;
+                for row in rows {
+                    let raws = (0..names.len())
+                        .map(|i| db::pg_raw(&row, i))
+                        .collect::<Result<Vec<Raw>, _>>()
+                        .map_err(|e| format!("{}: {}", self.who(t), db::describe(&e)))?;
+                    out.push(db::record(&names, &shape.fields, raws));
+                }
+            }
+            return Ok(out);
+        }
         for chunk in keys.chunks(500) {
             let binds: Vec<Bind> = chunk
                 .iter()
