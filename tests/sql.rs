@@ -814,6 +814,15 @@ async fn validate_online_names_missing_privileges() {
         "{out}"
     );
     assert!(!out.contains("reader-pw"), "{out}");
+    // A wrong password: the server's refusal, named, and no password shown.
+    url.set_password(Some("wrong-pw")).unwrap();
+    let (code, out) = recsync(dir.path(), url.as_str(), &["validate", "--online"]);
+    assert_eq!(code, Some(69), "{out}");
+    assert!(
+        out.contains("FAIL  legacy:") && out.contains("password authentication failed"),
+        "{out}"
+    );
+    assert!(!out.contains("wrong-pw"), "{out}");
     let admin = match &db {
         Legacy::Pg(_, _, admin, _) => admin.clone(),
         _ => unreachable!(),
