@@ -259,6 +259,12 @@ async fn local_deletes_of_a_real_time_sync_over_the_guard_are_held_and_sent_on_a
         (h.peer.records("rto").len() == 8).then_some(())
     })
     .await;
+    // The creates' deliveries recorded (the records linked): a delete of a record whose
+    // create is still on its way follows the create instead of meeting the guard.
+    eventually(20, "the creates recorded", || async {
+        (h.engine.store.outbox_depth("RTO").await.unwrap() == 0).then_some(())
+    })
+    .await;
     for id in &ids[..5] {
         delete_local(&h, *id).await;
     }
