@@ -4,7 +4,7 @@
 //! 1,000,000 rows (RECSYNC_BENCH_ROWS). Three measures, each with rows/s, page or batch latency
 //! percentiles and the peak RSS of the recsync process:
 //!
-//! - **pull**: a `to_local` sync by the `updated_at` watermark, 5,000 rows a page, into a
+//! - **pull**: a `to_local` sync by the `updated_at` watermark, 1,000 rows a page, into a
 //!   file-backed SQLite hub; side by side in the same run, dlt's `sql_database` source
 //!   (`sql_table`, its default backend) loading the same table into DuckDB, from a virtualenv
 //!   this bench makes under `target/dlt-venv` (not a test dependency);
@@ -67,7 +67,7 @@ external_model = "customers"
 web_service = "legacy"
 direction = "to_local"
 every = "24h"
-limit = 5000
+limit = 1000
 fields = [
   { local = "name", external = "name" },
   { local = "email", external = "email" },
@@ -172,7 +172,7 @@ async fn run() {
     let (status, counts, took, pages) = timed_run(&engine, "PULL").await;
     let rss = peak_rss_mib().unwrap_or(f64::NAN);
     let recsync_rate = counts.pulled as f64 / took.as_secs_f64();
-    println!("  pull (recsync, watermark, 5,000 a page):");
+    println!("  pull (recsync, watermark, 1,000 a page):");
     println!(
         "    run             {status}: pulled {}, created {}, failed {}",
         counts.pulled, counts.created, counts.failed
