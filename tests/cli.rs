@@ -814,3 +814,63 @@ async fn the_fake_dropbox_takes_basic_client_credentials() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "invalid_grant");
 }
+
+/// Each fake names its test hooks in `--help` and at `/`: every `/_fake/` route its page in
+/// `docs/fakes/` shows with curl is on both.
+#[tokio::test]
+async fn the_fakes_name_their_test_hooks_in_help_and_at_their_address() {
+    let odoo = recsync::peer::odoo::FakeOdoo::bind(Default::default()).unwrap();
+    let http = recsync::peer::http::FakeHttp::bind(Default::default()).unwrap();
+    let dbx = recsync::peer::dropbox::FakeDropbox::bind(Default::default()).unwrap();
+    let urls = [
+        ("fake-odoo", "odoo", odoo.url()),
+        ("fake-http", "http", http.url()),
+        ("fake-dropbox", "dropbox", dbx.url()),
+    ];
+    tokio::spawn(odoo.run());
+    tokio::spawn(http.run());
+    tokio::spawn(dbx.run());
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (command, page, url) in urls {
+        let doc = std::fs::read_to_string(root.join(format!("docs/fakes/{page}.md"))).unwrap();
+        // The hooks the page's examples call: `/_fake/<name>`.
+        let mut hooks: Vec<String> = doc
+            .match_indices("/_fake/")
+            .map(|(i, _)| {
+                let rest = &doc[i + "/_fake/".len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                format!("/_fake/{}", &rest[..end])
+            })
+            .filter(|h| h.len() > "/_fake/".len())
+            .collect();
+        hooks.sort();
+        hooks.dedup();
+        assert!(hooks.len() >= 3, "{page}.md shows its hooks: {hooks:?}");
+        let help = text(&recsync(dir.path(), &[command, "--help"]));
+        let r = reqwest::get(format!("{url}/")).await.unwrap();
+        assert_eq!(r.status(), 200, "{command} answers /");
+        let index = r.text().await.unwrap();
+        for hook in &hooks {
+            assert!(
+                help.contains(hook.as_str()),
+                "{command} --help names {hook}:\n{help}"
+            );
+            assert!(
+                index.contains(hook.as_str()),
+                "{command}'s / names {hook}:\n{index}"
+            );
+        }
+        let doc_path = format!("docs/fakes/{page}.md");
+        assert!(
+            help.contains(&doc_path),
+            "{command} --help points at {doc_path}"
+        );
+        assert!(
+            index.contains(&doc_path),
+            "{command}'s / points at {doc_path}"
+        );
+    }
+}

@@ -7,7 +7,10 @@
 //! outbox); a cron system (`CP`: pulled, confirmed, listed and pushed by runs, matching on
 //! `email`); Odoo (`ODO`: the fake Odoo, pulled by runs, sent to in real time with the read
 //! before sending, matching on `email` with a search before each create, deletes found by full
-//! runs); and the hub's own records API. The operations: creates (with emails that overlap
+//! runs); a legacy application's table (`SQL`: a SQLite `clients` table of kind `sql`, pulled by
+//! its `updated_at` watermark, which the database stamps on every change, written in real time
+//! with the read before sending, deletes marked by `deleted_at` both ways or rows removed
+//! outright and found by full runs); and the hub's own records API. The operations: creates (with emails that overlap
 //! between systems), edits and deletes on each side (Odoo edits even while an update to Odoo is
 //! on its way), runs (full ones too), delivery faults, hot reloads of the configuration, and an
 //! operator pausing and resuming a record for any sync (every pause is resumed before
@@ -121,6 +124,19 @@ root = "/People"
 recursive = false
 pattern = "/{mail} - {who}"
 
+[web_services.legacy]
+kind = "sql"
+url = "sqlite://@LEGACY@"
+
+[external_models.client]
+kind = "sql"
+table = "clients"
+key = "id"
+cursor = "updated_at"
+overlap = "2s"
+deleted = { column = "deleted_at" }
+fields = { id = "integer", name = "char", email = "char", updated_at = "datetime", deleted_at = "datetime" }
+
 [syncs.CON]
 model = "contact"
 external_model = "person"
@@ -189,15 +205,47 @@ fields = [
   { local = "name",  external = "$.properties.firstname", to_local = "value | trim", to_external = "value | trim" },
   { local = "email", external = "$.properties.email" },
 ]
+
+[syncs.SQL]
+model = "contact"
+external_model = "client"
+web_service = "legacy"
+direction = "bidirectional"
+mode = "realtime"
+every = "1h"
+propagate_deletes = true
+delete_mode = "archive"
+delete_guard = { max_ratio = 1.0 }
+match_on = ["email"]
+limit = 4
+fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
 "#;
 
 /// The spokes: (name in traces and messages, sync code).
-const SPOKES: [(&str, &str); 5] = [
+const SPOKES: [(&str, &str); 6] = [
     ("crm", "CON"),
     ("cp", "CP"),
     ("odoo", "ODO"),
     ("http", "HUB"),
     ("dbx", "DBX"),
+    ("sql", "SQL"),
+];
+
+/// The legacy application's table (the `sql` spoke), as such an application keeps it: the
+/// database stamps `updated_at` on every insert and every change of a person's columns (so
+/// recsync's own writes come back to it by the watermark, as echoes), and `writes` counts the
+/// writes made to `clients` (the no-echo check).
+const LEGACY_SCHEMA: [&str; 7] = [
+    "PRAGMA journal_mode = WAL",
+    "CREATE TABLE clients (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, email TEXT, \
+     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), deleted_at TEXT)",
+    "CREATE TABLE writes (n INTEGER NOT NULL)",
+    "CREATE TRIGGER clients_touch AFTER UPDATE OF name, email, deleted_at ON clients BEGIN \
+     UPDATE clients SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = NEW.id; \
+     INSERT INTO writes VALUES (1); END",
+    "CREATE TRIGGER clients_inserted AFTER INSERT ON clients BEGIN INSERT INTO writes VALUES (1); END",
+    "CREATE TRIGGER clients_deleted AFTER DELETE ON clients BEGIN INSERT INTO writes VALUES (1); END",
+    "CREATE INDEX clients_watermark ON clients (updated_at, id)",
 ];
 
 /// People an episode works with; their emails are the same in every system.
@@ -435,6 +483,8 @@ struct World {
     http: std::sync::Arc<recsync::peer::http::HttpState>,
     /// The fake Dropbox: a folder per person, `/People/<email> - <name>`.
     dbx: std::sync::Arc<recsync::peer::dropbox::FakeState>,
+    /// The legacy application's database (SQLite), which the test writes as that application.
+    legacy: sqlx::SqlitePool,
     rng: StdRng,
     trace: Vec<String>,
     /// People created somewhere.
@@ -469,6 +519,22 @@ impl World {
                         .then(|| (id, obj(json!({"name": who, "email": mail}))))
                 })
                 .collect()
+        } else if coll == "sql" {
+            // Live rows (a row with `deleted_at` is deleted there).
+            let legacy = self.legacy.clone();
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async move {
+                    sqlx::query_as::<_, (i64, Option<String>, Option<String>)>(
+                        "SELECT id, name, email FROM clients WHERE deleted_at IS NULL",
+                    )
+                    .fetch_all(&legacy)
+                    .await
+                    .unwrap()
+                })
+            })
+            .into_iter()
+            .map(|(id, name, email)| (id.to_string(), obj(json!({"name": name, "email": email}))))
+            .collect()
         } else if coll == "http" {
             // Live contacts, as name and email (archived ones are deleted).
             self.http
@@ -532,7 +598,7 @@ impl World {
 
     async fn step(&mut self) {
         let k = self.rng.random_range(0..PEOPLE);
-        let op = self.rng.random_range(0..165);
+        let op = self.rng.random_range(0..180);
         match op {
             // A person entered in the CRM (only one that no system has yet: a person typed
             // twice into one system is two records there, whatever recsync does).
@@ -685,7 +751,7 @@ impl World {
             }
             92..=96 => {
                 // An operator pauses a person's record for one sync, or resumes one paused.
-                let code = ["CP", "CON", "ODO"][self.rng.random_range(0..3)];
+                let code = ["CP", "CON", "ODO", "SQL"][self.rng.random_range(0..4)];
                 let Some(r) = self.hub(k).await.into_iter().next() else {
                     return;
                 };
@@ -969,6 +1035,90 @@ impl World {
                 self.trace
                     .push(format!("fault: the next {n} Dropbox calls answer 500"));
             }
+            // The same person entered in the legacy application (its table has no unique
+            // email: not while a create to it may be on its way, which would be two rows).
+            165..=168 => {
+                let linked = match self.hub(k).await.first() {
+                    Some(r) => self
+                        .h
+                        .store
+                        .link_by_local(&self.h.plan.binding_of("SQL"), r.id)
+                        .await
+                        .unwrap()
+                        .is_some_and(|l| l.external_id.is_some()),
+                    None => false,
+                };
+                let queued = self.h.store.outbox_depth("SQL").await.unwrap() > 0;
+                if !self.alive(k) || !self.held_by("sql", k).is_empty() || linked || queued {
+                    return;
+                }
+                let name = self.name();
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO clients (name, email) VALUES (?, ?) RETURNING id",
+                )
+                .bind(&name)
+                .bind(email(k))
+                .fetch_one(&self.legacy)
+                .await
+                .unwrap();
+                self.created.insert(k);
+                self.trace.push(format!("sql create p{k} ({id}) {name:?}"));
+            }
+            // An edit in the legacy application, even while an update to it waits (the read
+            // before sending), but not while one is being read and written.
+            169..=172 => {
+                let Some((id, _)) = self.held_by("sql", k).into_iter().next() else {
+                    return;
+                };
+                if self.sending("SQL").await {
+                    return;
+                }
+                let name = self.name();
+                sqlx::query("UPDATE clients SET name = ? WHERE id = ?")
+                    .bind(&name)
+                    .bind(id.parse::<i64>().unwrap())
+                    .execute(&self.legacy)
+                    .await
+                    .unwrap();
+                self.trace.push(format!("sql edit p{k} ({id}) {name:?}"));
+            }
+            // A delete there: marked (`deleted_at`, read by the watermark) or, now and then,
+            // the row removed outright (found by a full run's listing).
+            173..=174 => {
+                let Some((id, _)) = self.held_by("sql", k).into_iter().next() else {
+                    return;
+                };
+                if !self.settled(k).await {
+                    return;
+                }
+                let hard = op == 174;
+                let sql = if hard {
+                    "DELETE FROM clients WHERE id = ?"
+                } else {
+                    "UPDATE clients SET deleted_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?"
+                };
+                sqlx::query(sql)
+                    .bind(id.parse::<i64>().unwrap())
+                    .execute(&self.legacy)
+                    .await
+                    .unwrap();
+                self.deleted.insert(k);
+                self.trace.push(format!(
+                    "sql delete p{k} ({id}){}",
+                    if hard { " outright" } else { "" }
+                ));
+            }
+            175..=178 => {
+                let full = self.rng.random_range(0..4) == 0;
+                let run = self
+                    .run_with("SQL", if full { "?full=true" } else { "" })
+                    .await;
+                self.trace.push(format!(
+                    "run SQL{}: {} pulled {} created {} updated {} deleted {} pushed {} failed {} conflicts",
+                    if full { " --full" } else { "" },
+                    run.pulled, run.created, run.updated, run.deleted, run.pushed, run.failed, run.conflicts
+                ));
+            }
             97 => {
                 // The mapping file saved again: `serve` reloads it (300 ms later), swapping the
                 // plan and building the connectors again, between or during deliveries and
@@ -1188,6 +1338,7 @@ impl World {
             let odoo = self.run_with("ODO", full).await;
             let http = self.run_with("HUB", full).await;
             let dbx = self.run_with("DBX", full).await;
+            let sql = self.run_with("SQL", full).await;
             self.drained().await;
             let run = self.run_with("CP", full).await;
             self.drained().await;
@@ -1199,11 +1350,12 @@ impl World {
             }
             let rows = self.h.all_changes().await.len();
             self.trace.push(format!(
-                "quiesce {round}: run CP {} created {} updated {} deleted {} pushed {}; run ODO {} created {} updated {} deleted {} pushed {}; run HUB {} created {} updated {} deleted {} pushed {}; run DBX {} created {} updated {} deleted {} pushed {}; {rows} rows",
+                "quiesce {round}: run CP {} created {} updated {} deleted {} pushed {}; run ODO {} created {} updated {} deleted {} pushed {}; run HUB {} created {} updated {} deleted {} pushed {}; run DBX {} created {} updated {} deleted {} pushed {}; run SQL {} created {} updated {} deleted {} pushed {}; {rows} rows",
                 run.status, run.created, run.updated, run.deleted, run.pushed,
                 odoo.status, odoo.created, odoo.updated, odoo.deleted, odoo.pushed,
                 http.status, http.created, http.updated, http.deleted, http.pushed,
-                dbx.status, dbx.created, dbx.updated, dbx.deleted, dbx.pushed
+                dbx.status, dbx.created, dbx.updated, dbx.deleted, dbx.pushed,
+                sql.status, sql.created, sql.updated, sql.deleted, sql.pushed
             ));
             if last == Some(rows) {
                 return;
@@ -1400,7 +1552,17 @@ impl World {
     async fn no_echo(&mut self) -> Option<String> {
         // What each system has been sent that writes: (system, count).
         let writes = |w: &World| -> Vec<(&str, usize)> {
+            let legacy = w.legacy.clone();
+            let sql: i64 = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async move {
+                    sqlx::query_scalar("SELECT COUNT(*) FROM writes")
+                        .fetch_one(&legacy)
+                        .await
+                        .unwrap()
+                })
+            });
             vec![
+                ("sql", sql as usize),
                 ("crm", w.h.peer.received("crm").len()),
                 ("cp", w.h.peer.received("cp").len()),
                 (
@@ -1485,8 +1647,24 @@ async fn episode(seed: u64) -> Result<(), String> {
     let dbx_server = fake_dbx.handle();
     tokio::spawn(fake_dbx.run());
     dbx.mkdir("/People").unwrap();
+    let legacy_dir = tempfile::tempdir().unwrap();
+    let legacy_path = legacy_dir.path().join("legacy.db");
+    let legacy = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&legacy_path)
+                .create_if_missing(true)
+                .busy_timeout(std::time::Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    for sql in LEGACY_SCHEMA {
+        sqlx::query(sql).execute(&legacy).await.unwrap();
+    }
     let h = Hub::start(
         &MAPPING
+            .replace("@LEGACY@", legacy_path.to_str().unwrap())
             .replace("@ODOO@", &odoo_url)
             .replace("@HTTP@", &http_url)
             .replace("@DBX@", &dbx_url),
@@ -1498,6 +1676,7 @@ async fn episode(seed: u64) -> Result<(), String> {
         odoo,
         http,
         dbx,
+        legacy,
         rng: StdRng::seed_from_u64(seed),
         trace: Vec::new(),
         created: BTreeSet::new(),
@@ -1531,6 +1710,8 @@ async fn episode(seed: u64) -> Result<(), String> {
         ))
     };
     w.h.stop().await;
+    w.legacy.close().await;
+    drop(legacy_dir);
     odoo_server.stop(false).await;
     http_server.stop(false).await;
     dbx_server.stop(false).await;

@@ -220,6 +220,11 @@ pub enum Command {
     },
     #[cfg(feature = "fakes")]
     /// Run the fake Dropbox (tests, demos, SDK conformance)
+    ///
+    /// Test hooks (no credentials; `GET /` lists them): GET /_fake/entries (every path),
+    /// GET /_fake/calls (the calls received), PUT /_fake/webhook, POST /_fake/notify (a signed
+    /// notification now), PUT /_fake/faults (429s, 500s, ...). Examples with curl:
+    /// docs/fakes/dropbox.md.
     FakeDropbox {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9911")]
         listen: String,
@@ -239,6 +244,11 @@ pub enum Command {
     },
     #[cfg(feature = "fakes")]
     /// Run the fake Odoo (tests, demos, client conformance): JSON-RPC and JSON-2
+    ///
+    /// Test hooks (no credentials; `GET /` lists them): GET and POST /_fake/records/<model>,
+    /// PATCH and DELETE /_fake/records/<model>/<id> (records edited as a user would),
+    /// PUT /_fake/faults (429s, 500s, lost answers, ...), GET /_fake/calls (the calls received).
+    /// Examples with curl: docs/fakes/odoo.md.
     FakeOdoo {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9912")]
         listen: String,
@@ -264,6 +274,12 @@ pub enum Command {
     #[cfg(feature = "fakes")]
     /// Run the fake HTTP JSON API (tests, examples, benchmarks): HubSpot-style contacts,
     /// Zendesk-style tickets, items in every pagination style, an OAuth 2.0 token endpoint
+    ///
+    /// Test hooks (no credentials; `GET /` lists them): POST /_fake/seed,
+    /// GET and POST /_fake/records/<resource>, PATCH and DELETE /_fake/records/<resource>/<id>
+    /// (records edited as a user would), POST /_fake/revoke (every OAuth token stops working),
+    /// PUT /_fake/faults (429s, 500s, ...), GET /_fake/calls (the calls received). Examples with
+    /// curl: docs/fakes/http.md.
     FakeHttp {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9913")]
         listen: String,

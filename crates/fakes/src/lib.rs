@@ -29,6 +29,22 @@ use std::time::Duration;
 mod protocol;
 use protocol::*;
 
+/// The page a fake answers at `/`: what it stands in for and its test hooks, for a person who
+/// opens its address in a browser or with curl.
+pub(crate) fn index_page(what: &str, doc: &str, hooks: &[(&str, &str)]) -> HttpResponse {
+    let mut text = format!(
+        "{what}\n\nA fake for rehearsals and tests: records live in memory and are lost when it \
+         stops.\nIts test hooks (no credentials):\n\n"
+    );
+    for (route, does) in hooks {
+        text.push_str(&format!("  {route:<40} {does}\n"));
+    }
+    text.push_str(&format!("\nEach hook, with curl examples: {doc}\n"));
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(text)
+}
+
 /// Where and how the peer calls recsync back.
 #[derive(Debug, Clone)]
 pub struct Callback {

@@ -205,7 +205,8 @@ impl FakeDropbox {
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/oauth2/token", web::post().to(token))
+    cfg.route("/", web::get().to(index))
+        .route("/oauth2/token", web::post().to(token))
         .route("/2/{ns}/{route:.*}", web::post().to(api))
         .route("/_fake/faults", web::put().to(put_faults))
         .route("/_fake/calls", web::get().to(get_calls))
@@ -669,4 +670,22 @@ fn content_hash(bytes: &[u8]) -> String {
         outer.update(Sha256::digest(block));
     }
     hex::encode(outer.finalize())
+}
+
+/// `/`: what this is and its test hooks.
+async fn index() -> HttpResponse {
+    crate::index_page(
+        "A fake Dropbox: the API at /2/files/..., tokens at /oauth2/token.",
+        "docs/fakes/dropbox.md",
+        &[
+            (
+                "GET    /_fake/entries",
+                "every path: id, folder or file, rev",
+            ),
+            ("GET    /_fake/calls", "the calls received, in order"),
+            ("PUT    /_fake/webhook", "where notifications go"),
+            ("POST   /_fake/notify", "send a signed notification now"),
+            ("PUT    /_fake/faults", "failures to inject (429, 500, ...)"),
+        ],
+    )
 }

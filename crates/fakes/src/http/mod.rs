@@ -568,6 +568,7 @@ impl FakeHttp {
             App::new()
                 .app_data(data.clone())
                 .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                .route("/", web::get().to(index))
                 .route("/oauth/token", web::post().to(token))
                 .route("/_fake/faults", web::put().to(put_faults))
                 .route("/_fake/calls", web::get().to(get_calls))
@@ -930,4 +931,28 @@ fn answer(state: &HttpState, req: &HttpRequest, body: Option<&Value>) -> HttpRes
         ("DELETE", ["v1", "items", id]) => delete_one(state, "items", id),
         _ => status(404).json(json!({"message": format!("no route for {method} {}", req.path())})),
     }
+}
+
+/// `/`: what this is and its test hooks.
+async fn index() -> HttpResponse {
+    crate::index_page(
+        "A fake HTTP JSON API (HubSpot's contacts and companies, at /crm/v3/objects/...).",
+        "docs/fakes/http.md",
+        &[
+            ("POST   /_fake/seed", "records to start with"),
+            (
+                "GET    /_fake/records/<resource>",
+                "every record, as the API serves them",
+            ),
+            ("POST   /_fake/records/<resource>", "create a record"),
+            (
+                "PATCH  /_fake/records/<resource>/<id>",
+                "edit a record, as a user would",
+            ),
+            ("DELETE /_fake/records/<resource>/<id>", "delete a record"),
+            ("POST   /_fake/revoke", "every OAuth token stops working"),
+            ("PUT    /_fake/faults", "failures to inject (429, 500, ...)"),
+            ("GET    /_fake/calls", "the calls received, in order"),
+        ],
+    )
 }

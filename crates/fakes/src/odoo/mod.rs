@@ -364,6 +364,7 @@ impl FakeOdoo {
             App::new()
                 .app_data(data.clone())
                 .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                .route("/", web::get().to(index))
                 .route("/web/version", web::get().to(web_version))
                 .route("/web/webclient/version_info", web::post().to(version_info))
                 .route("/jsonrpc", web::post().to(jsonrpc))
@@ -743,4 +744,29 @@ fn reindex(i: &mut Inner, model: &str, id: i64, old: Option<&str>, new: Option<&
     if let Some(n) = new {
         index.insert((n.to_string(), id));
     }
+}
+
+/// `/`: what this is and its test hooks.
+async fn index() -> HttpResponse {
+    crate::index_page(
+        "A fake Odoo: JSON-RPC at /jsonrpc, JSON-2 at /json/2/<model>/<method>.",
+        "docs/fakes/odoo.md",
+        &[
+            ("GET    /_fake/records/<model>", "every record of a model"),
+            (
+                "POST   /_fake/records/<model>",
+                "create a record (a JSON object)",
+            ),
+            (
+                "PATCH  /_fake/records/<model>/<id>",
+                "edit a record, as a user would",
+            ),
+            ("DELETE /_fake/records/<model>/<id>", "delete a record"),
+            (
+                "PUT    /_fake/faults",
+                "failures to inject (429, 500, lost answers, ...)",
+            ),
+            ("GET    /_fake/calls", "the calls received, in order"),
+        ],
+    )
 }
