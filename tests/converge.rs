@@ -29,6 +29,7 @@
 //! - nothing acknowledged is lost (no dead letter), and the newest name given to a person is
 //!   the one everyone ends with, or it lost a conflict that the change log records;
 //! - every scheduled sync is within its interval (none overdue);
+//! - no ERROR line in any recsync process's log (ERROR means an operator must act);
 //! - one more round writes nothing (no echo).
 //!
 //! A failing seed prints itself and the operation trace. `RECSYNC_CONVERGE_SEED=<n>` replays one
@@ -1544,6 +1545,18 @@ impl World {
             .unwrap();
         if !dead.is_empty() {
             broken.push(format!("dead letters: {dead:?}"));
+        }
+        // ERROR in a log means an operator must act: nothing the episode does calls for one
+        // (faults heal, retries succeed, a folder already there is adopted).
+        let errors: Vec<String> = self
+            .h
+            .logs()
+            .lines()
+            .filter(|l| l.contains(" ERROR "))
+            .map(str::to_string)
+            .collect();
+        if !errors.is_empty() {
+            broken.push(format!("ERROR lines in recsync's logs:\n    {}", errors.join("\n    ")));
         }
         broken
     }

@@ -444,7 +444,10 @@ async fn the_cli_plans_an_edited_configuration_against_the_current_data() {
         .unwrap();
     assert_eq!(out.status.code(), Some(69));
     assert!(!missing.exists());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no database"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no database"), "{said}");
+    // What to do, from the very folder of recsync.toml: the command that creates it.
+    assert!(said.contains("`recsync migrate` creates it"), "{said}");
     h.stop().await;
 }
 

@@ -28,7 +28,7 @@ pub(super) async fn plan(g: &GlobalArgs, code: &str, full: bool, as_json: bool) 
         && !std::path::Path::new(&path).exists()
     {
         eprintln!(
-            "error: no database at {path}: a plan reads the current data, so it does not create one (give --database-url, or run from the folder of recsync.toml)"
+            "error: no database at {path} yet: a plan reads the current data and creates nothing. `recsync migrate` creates it empty (a plan then shows what a first run would do), as `recsync serve` does when it starts; if the data is elsewhere, give --database-url"
         );
         return ExitCode::from(EXIT_UNAVAILABLE);
     }
