@@ -74,6 +74,29 @@ error: configuration has 1 error"#,
     );
 }
 
+/// A table header given twice is one mistake, reported once (not again for each key under it).
+#[test]
+fn duplicate_table_header() {
+    check(
+        "duplicate_table_header",
+        r#"[models.lead]
+fields = { name = "char" }
+
+[models.lead]
+fields = { name = "char" }
+display = "name"
+"#,
+        r#"
+error: invalid TOML: duplicate key
+ --> mappings/crm.toml:4:9
+  |
+4 | [models.lead]
+  |         ^^^^
+
+error: configuration has 1 error"#,
+    );
+}
+
 #[test]
 fn unknown_section() {
     check(

@@ -1556,7 +1556,10 @@ impl World {
             .map(str::to_string)
             .collect();
         if !errors.is_empty() {
-            broken.push(format!("ERROR lines in recsync's logs:\n    {}", errors.join("\n    ")));
+            broken.push(format!(
+                "ERROR lines in recsync's logs:\n    {}",
+                errors.join("\n    ")
+            ));
         }
         broken
     }

@@ -103,8 +103,19 @@ pub fn parse_file(
 ) -> Option<Table> {
     let (doc, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
+        // A table header given twice is one mistake: the keys under the second header are not
+        // reported again as duplicates of their own.
+        let mut twice: Vec<usize> = Vec::new();
         for e in errors {
             let mut range = e.span().unwrap_or(0..0);
+            if e.message().starts_with("duplicate key") {
+                let header = header_line(text, range.start);
+                if header == Some(line_start(text, range.start)) {
+                    twice.push(range.start);
+                } else if header.is_some_and(|h| twice.iter().any(|t| line_start(text, *t) == h)) {
+                    continue;
+                }
+            }
             // Point at where the problem starts rather than underlining several lines.
             if text.get(range.clone()).is_some_and(|t| t.contains('\n')) {
                 range = range.start..range.start;
@@ -124,6 +135,28 @@ pub fn parse_file(
     }
     let span = doc.span();
     Some(convert_table(file, doc.into_inner(), span, env, diags))
+}
+
+/// Where the line holding `at` starts.
+fn line_start(text: &str, at: usize) -> usize {
+    text.get(..at)
+        .and_then(|t| t.rfind('\n'))
+        .map_or(0, |i| i + 1)
+}
+
+/// Where the table header that `at` falls under starts (the last line up to `at` that opens
+/// with `[`), if any.
+fn header_line(text: &str, at: usize) -> Option<usize> {
+    let mut start = line_start(text, at);
+    loop {
+        if text[start..].trim_start().starts_with('[') {
+            return Some(start);
+        }
+        if start == 0 {
+            return None;
+        }
+        start = line_start(text, start - 1);
+    }
 }
 
 fn convert_table(
