@@ -61,6 +61,8 @@ async fn failed_rows(h: &Harness, sync: &str, run_id: i64) -> Vec<recsync::store
         .await
         .into_iter()
         .filter(|c| c.run_id == Some(run_id) && c.name == "Run failed")
+        // An action of its own: `--action update` does not mix it in.
+        .inspect(|c| assert_eq!(c.action, "run", "{c:?}"))
         .collect()
 }
 

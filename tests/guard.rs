@@ -150,6 +150,8 @@ async fn reconciliation_repairs_what_events_missed() {
         .iter()
         .find(|c| c.name == "Reconciliation")
         .expect("a row with what reconciliation found");
+    // An action of its own: `--action update` does not mix it in.
+    assert_eq!(summary.action, "reconcile");
     assert_eq!(
         summary.origin_values,
         json!({"missing": 2, "extra": 1, "different": 1})

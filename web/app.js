@@ -305,7 +305,7 @@ async function changes() {
   const form = h("form", { class: "filters", role: "search", "aria-label": "Filter the change log" },
     select("sync", "Sync", syncCodes, cur.sync),
     select("direction", "Direction", ["external_to_local", "local_to_external"], cur.direction),
-    select("action", "Action", ["create", "update", "delete", "unlink", "rename", "move", "conflict", "link"], cur.action),
+    select("action", "Action", ["create", "update", "delete", "unlink", "rename", "move", "conflict", "link", "detach", "run", "reconcile"], cur.action),
     select("status", "Status", ["success", "failed", "conflict_resolved", "skipped"], cur.status),
     h("label", {}, "External id", h("input", { name: "external_id", value: cur.external_id })),
     h("label", {}, "Local id", h("input", { name: "local_id", inputmode: "numeric", value: cur.local_id })),

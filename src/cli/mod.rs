@@ -112,7 +112,8 @@ pub enum Command {
         /// external_to_local or local_to_external
         #[arg(long)]
         direction: Option<String>,
-        /// create, update, delete, unlink, rename, move, conflict or link
+        /// create, update, delete, unlink, rename, move, conflict, link, detach, run (a failed
+        /// run) or reconcile (what a reconciliation found)
         #[arg(long)]
         action: Option<String>,
         /// success, failed, conflict_resolved or skipped

@@ -678,7 +678,7 @@ impl Engine {
 pub(super) fn reconcile_row(sync: &Sync, counts: &RunCounts, ctx: &Ctx) -> NewChange {
     let mut row = NewChange::unapplied(
         sync.code.as_str(),
-        LogAction::Update,
+        LogAction::Reconcile,
         "Reconciliation",
         LogStatus::Success,
         format!(

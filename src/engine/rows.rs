@@ -57,6 +57,8 @@ pub(super) fn verb(a: LogAction) -> &'static str {
         LogAction::Conflict => "Resolve conflict on",
         LogAction::Link => "Link",
         LogAction::Detach => "Detach",
+        LogAction::Run => "Run",
+        LogAction::Reconcile => "Reconcile",
     }
 }
 

@@ -410,7 +410,7 @@ impl Engine {
                         actor: trigger.actor().into(),
                         ..NewChange::unapplied(
                             &code,
-                            LogAction::Update,
+                            LogAction::Run,
                             "Run failed",
                             LogStatus::Failed,
                             error.clone().unwrap_or_default(),

@@ -24,7 +24,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
     params(
         ("sync" = Option<String>, Query, description = "A sync's code"),
         ("direction" = Option<String>, Query, description = "external_to_local or local_to_external"),
-        ("action" = Option<String>, Query, description = "create, update, delete, unlink, rename, move or conflict"),
+        ("action" = Option<String>, Query, description = "create, update, delete, unlink, rename, move, conflict, link, detach, run (a failed run) or reconcile (what a reconciliation found)"),
         ("status" = Option<String>, Query, description = "success, failed, conflict_resolved or skipped"),
         ("external_id" = Option<String>, Query, description = "The record's external id"),
         ("local_id" = Option<i64>, Query, description = "The local record id"),

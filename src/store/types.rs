@@ -206,6 +206,9 @@ text_enum!(
         Conflict = "conflict",
         Link = "link",
         Detach = "detach",
+        // `run`: a run that failed as a whole; `reconcile`: what a reconciliation found.
+        Run = "run",
+        Reconcile = "reconcile",
     }
 );
 text_enum!(
