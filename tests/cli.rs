@@ -874,3 +874,69 @@ async fn the_fakes_name_their_test_hooks_in_help_and_at_their_address() {
         );
     }
 }
+
+/// `discover` needs only its web service: a mistake elsewhere (an API key scoped to a sync not
+/// written yet, a sync naming a model not declared) is mentioned, not in the way; a mistake in
+/// the web service itself stops it with that mistake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_needs_only_its_web_service_to_be_sound() {
+    use recsync::peer::http::{FakeAuth, FakeHttp, HttpOptions};
+    let fake = FakeHttp::bind(HttpOptions {
+        auth: FakeAuth::Bearer("crm-token-0123456789".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    fake.state.seed("contacts", 3);
+    let url = fake.url();
+    tokio::spawn(fake.run());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("recsync.toml"),
+        "[[api_keys]]\nname = \"crm\"\nkey_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nscopes = [\"sync:CONTACTS\"]\n",
+    )
+    .unwrap();
+    let service = format!(
+        "[web_services.crm_api]\nkind = \"http\"\nbase_url = \"{url}\"\nauth = {{ mode = \"bearer\", token = \"crm-token-0123456789\" }}\n"
+    );
+    std::fs::write(dir.path().join("mappings/crm.toml"), &service).unwrap();
+    std::fs::write(
+        dir.path().join("mappings/draft.toml"),
+        "[syncs.LEADS]\nmodel = \"lead\"\nexternal_model = \"contacts\"\nweb_service = \"crm_api\"\n",
+    )
+    .unwrap();
+    let path = dir.path().to_path_buf();
+    let run = move |args: Vec<&'static str>| {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || recsync(&path, &args))
+    };
+    // validate names the mistakes; discover goes on, saying they are there.
+    let o = run(vec!["validate"]).await.unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o));
+    let o = run(vec!["discover", "crm_api", "/crm/v3/objects/contacts"])
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(out.contains("[external_models.contacts]"), "{out}");
+    assert!(
+        err.contains("mistakes elsewhere") && err.contains("recsync validate"),
+        "{err}"
+    );
+    // A mistake in the web service itself stops it, named.
+    std::fs::write(
+        dir.path().join("mappings/crm.toml"),
+        format!("{service}max_concurrency = 0\n"),
+    )
+    .unwrap();
+    let o = run(vec!["discover", "crm_api", "/crm/v3/objects/contacts"])
+        .await
+        .unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(78), "{out}");
+    assert!(
+        out.contains("`max_concurrency` must be between 1 and 1024"),
+        "{out}"
+    );
+}

@@ -8,17 +8,22 @@ pub(super) async fn discover(
     web_service: &str,
     resource: Option<&str>,
 ) -> ExitCode {
-    let loaded = match load(g, None) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let Some(ws) = loaded.plan.web_services.get(web_service) else {
-        let names: Vec<&str> = loaded
-            .plan
-            .web_services
-            .keys()
-            .map(String::as_str)
-            .collect();
+    // Only the web service needs to be sound: a mistake elsewhere (a sync not written yet, an
+    // API key scoped to it) is mentioned, not in the way.
+    let (plan, errors) =
+        match config::load_lenient(&paths(g, None), &ProcessEnv, crate::connectors::KINDS) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("{}", e.render());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+    let Some(ws) = plan.web_services.get(web_service) else {
+        if let Some(e) = errors {
+            eprintln!("{}", e.render());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        let names: Vec<&str> = plan.web_services.keys().map(String::as_str).collect();
         eprintln!(
             "error: no web service `{web_service}`; configured: {}",
             if names.is_empty() {
@@ -33,8 +38,17 @@ pub(super) async fn discover(
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()
         .expect("HTTP client");
+    if let Some(e) = &errors {
+        eprintln!(
+            "note: the configuration has {} elsewhere (`recsync validate` lists them); web service `{web_service}` itself is sound",
+            match e.diagnostics.len() {
+                1 => "a mistake".to_string(),
+                n => format!("{n} mistakes"),
+            }
+        );
+    }
     let connector = crate::connectors::build(ws, &http);
-    match connector.describe(&loaded.plan, resource).await {
+    match connector.describe(&plan, resource).await {
         Ok(block) => {
             println!(
                 "# {} of web service `{web_service}`, as it describes itself",

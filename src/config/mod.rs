@@ -100,6 +100,72 @@ pub fn load(paths: &ConfigPaths, env: &dyn Env, kinds: &Kinds) -> Result<Loaded,
     })
 }
 
+/// What `discover` needs: the parts of the configuration that compiled, whatever mistakes other
+/// parts hold (a sync not written yet, an API key scoped to it). The mistakes come back beside
+/// the plan, for the command to report when the part it needs is not in it. A file that cannot
+/// be read stops it.
+pub fn load_lenient(
+    paths: &ConfigPaths,
+    env: &dyn Env,
+    kinds: &Kinds,
+) -> Result<(Plan, Option<LoadError>), LoadError> {
+    let mut sources = Sources::default();
+    let mut diags = Diagnostics::default();
+    let config_path = paths.config.clone().or_else(|| {
+        let default = PathBuf::from("recsync.toml");
+        default.exists().then_some(default)
+    });
+    let settings_table = match &config_path {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(text) => {
+                let id = sources.add(p.display().to_string(), text.clone());
+                source::parse_file(id, &text, env, &mut diags).map(|t| (id, t))
+            }
+            Err(e) => return Err(io_error(sources, p, &e)),
+        },
+    };
+    let settings = settings::compile(
+        settings_table.as_ref().map(|(i, t)| (*i, t)),
+        env,
+        &paths.overrides,
+        &mut diags,
+    );
+    let dir = &settings.mappings;
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(list) => list
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect(),
+        Err(e) => return Err(io_error(sources, dir, &e)),
+    };
+    files.sort();
+    let mut tables = Vec::new();
+    for p in &files {
+        let text = match std::fs::read_to_string(p) {
+            Ok(t) => t,
+            Err(e) => return Err(io_error(sources, p, &e)),
+        };
+        let id = sources.add(p.display().to_string(), text.clone());
+        if let Some(t) = source::parse_file(id, &text, env, &mut diags) {
+            tables.push(t);
+        }
+    }
+    let (mut plan, unsound) = mappings::compile_lenient(&tables, kinds, &mut diags);
+    check_scopes(settings_table.as_ref().map(|(_, t)| t), &plan, &mut diags);
+    for name in unsound {
+        plan.web_services.remove(&name);
+    }
+    let errors = (!diags.is_empty()).then(|| {
+        diags.sort();
+        LoadError {
+            sources,
+            diagnostics: diags,
+        }
+    });
+    Ok((plan, errors))
+}
+
 /// What the read-only commands need: the database to read, found as `serve` would find it
 /// (flag, `RECSYNC_DATABASE_URL`, `recsync.toml`, default), whatever else the configuration
 /// holds. Errors elsewhere (an invalid mapping, an unset `${VAR}` of another key) do not stop

@@ -112,6 +112,19 @@ struct Decl<'t> {
 /// Compiles the parsed mapping files. Returns `None` if any error was found.
 pub fn compile(files: &[Table], kinds: &Kinds, diags: &mut Diagnostics) -> Option<Plan> {
     let before = diags.len();
+    let (plan, _) = compile_lenient(files, kinds, diags);
+    (diags.len() == before).then_some(plan)
+}
+
+/// Compiles every declaration that it can: the plan holds what compiled, the mistakes go to
+/// `diags` (commands that need one part, such as `discover`, go on when that part is sound).
+/// Also the web services that compiled with a mistake of their own.
+pub fn compile_lenient(
+    files: &[Table],
+    kinds: &Kinds,
+    diags: &mut Diagnostics,
+) -> (Plan, Vec<String>) {
+    let mut unsound = Vec::new();
     let mut decls: BTreeMap<&str, Vec<Decl<'_>>> =
         SECTIONS.iter().map(|s| (*s, Vec::new())).collect();
     for file in files {
@@ -171,8 +184,12 @@ pub fn compile(files: &[Table], kinds: &Kinds, diags: &mut Diagnostics) -> Optio
         }
     }
     for d in &decls["web_services"] {
+        let before = diags.len();
         if let Some(ws) = compile_web_service(d, kinds, diags) {
             plan.web_services.insert(ws.name.clone(), ws);
+        }
+        if diags.len() > before {
+            unsound.push(d.key.name.clone());
         }
     }
     for d in &decls["external_models"] {
@@ -211,7 +228,7 @@ pub fn compile(files: &[Table], kinds: &Kinds, diags: &mut Diagnostics) -> Optio
             plan.syncs.insert(s.code.to_string(), s);
         }
     }
-    (diags.len() == before).then_some(plan)
+    (plan, unsound)
 }
 
 struct Names<'a> {
