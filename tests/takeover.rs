@@ -403,3 +403,69 @@ async fn a_create_answered_from_its_first_attempt_is_followed_by_the_values_of_n
     s.peer_handle.stop(false).await;
     s.db.cleanup(store).await;
 }
+
+/// A create that reached the external system just before its instance died, whose record an
+/// operator paused before the retry: the retry still completes it (same `Idempotency-Key`,
+/// answered from the first attempt), so the link learns the external id and the resume sends
+/// no second create (convergence seed 111 on PostgreSQL: a CRM record twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_delivered_before_a_crash_is_completed_even_when_its_record_is_paused() {
+    let s = setup().await;
+    let store = s.db.store().await;
+    let (mut a, base_a) = serve_with(&s, "a.log", Some("outbox.before_record:1")).await;
+    let status = call(
+        &s,
+        "POST",
+        format!("{base_a}/sync/IN/create"),
+        json!({"unique_id": "R-1", "name": "First"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while a.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the first instance died at the crash point"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(delivered(&s), ["First"], "the create reached the peer");
+    // The operator pauses the record for OUT before any instance retries the create.
+    let local_id = store
+        .link_by_external("IN", "R-1")
+        .await
+        .unwrap()
+        .expect("R-1 is linked")
+        .local_id;
+    assert!(store.pause_record("OUT", local_id, "ops").await.unwrap());
+    let (b, base_b) = serve(&s, "b.log").await;
+    common::eventually(60, "the retried create recorded", || async {
+        let open = store.list_outbox(None, Some("OUT"), 0, 100).await.unwrap();
+        (!open.is_empty() && open.iter().all(|e| e.status == "done")).then_some(())
+    })
+    .await;
+    let linked = store.link_by_local("OUT", local_id).await.unwrap();
+    assert!(
+        linked.as_ref().is_some_and(|l| l.external_id.is_some()),
+        "the link learned the external id: {linked:?}"
+    );
+    let r = s
+        .client
+        .post(format!(
+            "{base_b}/api/v1/syncs/OUT/records/{local_id}/resume"
+        ))
+        .header("X-Api-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    common::eventually(60, "every delivery recorded", || async {
+        let open = store.list_outbox(None, None, 0, 100).await.unwrap();
+        open.iter().all(|e| e.status == "done").then_some(())
+    })
+    .await;
+    assert_eq!(delivered(&s), ["First"], "one record there, not two");
+    drop(b);
+    s.peer_handle.stop(false).await;
+    s.db.cleanup(store).await;
+}

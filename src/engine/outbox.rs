@@ -273,7 +273,14 @@ impl Engine {
             .map(|r| r.values.clone())
             .unwrap_or_default();
         let title = model.title(entry.local_id, &values);
-        if paused {
+        // A create an earlier attempt may have delivered without its answer being recorded (a
+        // crash between the two) is completed even while the record is paused: the other
+        // system may hold the record already, and only the answer to the same create (its
+        // idempotency key) says which; skipped, the resume would create a second one.
+        let unsure_create = entry.attempts > 1
+            && entry.action == "create"
+            && link.as_ref().is_none_or(|l| l.external_id.is_none());
+        if paused && !unsure_create {
             // Not sent: the link stays behind the record, so a resume (or a push) sends it.
             return Ok(skipped(
                 entry,
