@@ -1475,3 +1475,31 @@ error: to_local in `local.email ~ value`: `value` is not defined here
 error: configuration has 2 errors"#,
     );
 }
+
+/// The one-line summary (the serve log's, on a hot reload) names the same line and column as
+/// the rendered diagnostic (`validate`).
+#[test]
+fn the_summary_and_the_rendering_agree_on_positions() {
+    for snippet in [
+        "[syncs.CON\nmodel = \"contact\"\n",
+        "[models.lead\n",
+        "x = \"é\" = 3\n",
+        "[models.lead]\nfields = { name = \"char\" \n",
+    ] {
+        let Err(e) = compile_texts(
+            &[("mappings/base.toml", BASE), ("mappings/crm.toml", snippet)],
+            &env(),
+            recsync::connectors::KINDS,
+        ) else {
+            panic!("{snippet:?} is invalid");
+        };
+        let rendered = e.render();
+        for line in e.summary() {
+            let (at, _) = line.split_once(": ").expect("path:line:col: message");
+            assert!(
+                rendered.contains(&format!("--> {at}\n")),
+                "{snippet:?}: the summary says {at}, the rendering:\n{rendered}"
+            );
+        }
+    }
+}

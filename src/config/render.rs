@@ -42,7 +42,15 @@ pub fn position(sources: &Sources, span: &Span) -> (String, usize, usize) {
     let start = span.range.start.min(file.text.len());
     let before = &file.text[..start];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    let so_far = before.rsplit('\n').next().unwrap_or("").chars().count();
+    // A position at the end of a line (a `]` or `}` expected there) is shown, by the
+    // rendering, under the line's last character: the summary names that column too.
+    let at_end = matches!(file.text.as_bytes().get(start), None | Some(b'\n' | b'\r'));
+    let col = if at_end && so_far > 0 {
+        so_far
+    } else {
+        so_far + 1
+    };
     (file.path.clone(), line, col)
 }
 
