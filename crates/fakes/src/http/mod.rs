@@ -564,11 +564,23 @@ impl FakeHttp {
             }),
         });
         let data = web::Data::from(state.clone());
+        // The page at `/` is for a person with a browser: a request that carries credentials
+        // (a client checking them, as `validate --online` does) gets the API's own answer.
+        let key_header = match &state.opts.auth {
+            FakeAuth::ApiKey { header, .. } => Some(header.clone()),
+            _ => None,
+        };
         let server = HttpServer::new(move || {
+            let key_header = key_header.clone();
+            let anonymous = actix_web::guard::fn_guard(move |ctx| {
+                let h = ctx.head().headers();
+                !h.contains_key("authorization")
+                    && key_header.as_deref().is_none_or(|k| !h.contains_key(k))
+            });
             App::new()
                 .app_data(data.clone())
                 .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
-                .route("/", web::get().to(index))
+                .route("/", web::get().guard(anonymous).to(index))
                 .route("/oauth/token", web::post().to(token))
                 .route("/_fake/faults", web::put().to(put_faults))
                 .route("/_fake/calls", web::get().to(get_calls))
