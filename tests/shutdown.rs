@@ -264,7 +264,7 @@ async fn sigterm_under_load_finishes_in_flight_work_and_loses_nothing() {
         !stats
             .iter()
             .any(|(_, status, n, _)| status == "inflight" && *n > 0),
-        "{stats:?}"
+        "{stats:?}\nthe server's log:\n{log}"
     );
     phandle.stop(false).await;
     db.cleanup(store).await;
