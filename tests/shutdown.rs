@@ -229,7 +229,10 @@ async fn sigterm_under_load_finishes_in_flight_work_and_loses_nothing() {
         .into_iter()
         .find(|r| r.id == run_id)
         .unwrap();
-    assert!(run.finished_at.is_some(), "{run:?}");
+    assert!(
+        run.finished_at.is_some(),
+        "{run:?}\nthe server's log:\n{log}"
+    );
     assert!(
         run.status == "partial" || run.status == "success",
         "{run:?}"
