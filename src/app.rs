@@ -273,20 +273,27 @@ impl App {
         let core = self.core;
         let scheduler = self.scheduler;
         let graceful = async {
-            // The listener closes now; requests in flight are answered (actix waits for them
-            // up to the same timeout).
-            // The server future keeps being polled: it carries out the pause and the stop.
+            // The runs and the outbox workers end before the listener stops: the HTTP workers'
+            // runtimes end with it, and so do the database connections opened on them, which
+            // a run or a worker may hold at that moment (PostgreSQL; a batch cut there stays
+            // claimed until its lease ends). The server future keeps being polled: it carries
+            // out the pause and the stop.
+            let (work_done, work_ended) = tokio::sync::oneshot::channel::<()>();
             let (_, (), ()) = tokio::join!(
                 server.as_mut(),
                 async {
                     // No new connection is taken; each answer from now on closes its
-                    // connection; once the requests in flight are answered, the listener and
-                    // what is left (idle connections, connections never accepted) are closed.
+                    // connection (a kept-alive one may bring one more request).
                     handle.pause().await;
                     tracing::debug!("Shutdown: no longer accepting connections");
                     state.requests_finished().await;
+                    tracing::info!("Shutdown: requests in flight answered");
+                    let _ = work_ended.await;
+                    state.requests_finished().await;
+                    // The listener and what is left (idle connections, connections never
+                    // accepted) are closed.
                     handle.stop(false).await;
-                    tracing::info!("Shutdown: requests in flight answered, listener closed");
+                    tracing::info!("Shutdown: listener closed");
                 },
                 async {
                     if let Some(s) = scheduler {
@@ -294,13 +301,14 @@ impl App {
                     }
                     engine.runs_finished().await;
                     tracing::info!("Shutdown: runs in progress ended");
+                    let _ = stop.send(true);
+                    for w in workers {
+                        let _ = w.await;
+                    }
+                    tracing::info!("Shutdown: outbox workers stopped");
+                    let _ = work_done.send(());
                 }
             );
-            let _ = stop.send(true);
-            for w in workers {
-                let _ = w.await;
-            }
-            tracing::info!("Shutdown: outbox workers stopped");
         };
         match tokio::time::timeout(timeout, graceful).await {
             Ok(()) => tracing::info!(

@@ -76,7 +76,7 @@ async fn sigterm_under_load_finishes_in_flight_work_and_loses_nothing() {
         .unwrap()
         .port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_recsync"))
+    let mut child = Command::new(common::recsync_bin())
         .args([
             "serve",
             "--config",

@@ -599,7 +599,8 @@ async fn failures_name_the_service_the_table_and_the_reason() {
     h.stop().await;
 
     // A row the table refuses (NOT NULL): the delivery fails naming the table and the
-    // reason; the record stays here.
+    // reason; the record stays here. The rows sent in the same batch (their inserts share a
+    // transaction) are each written once.
     db.exec("ALTER TABLE customers ADD COLUMN notes TEXT").await;
     let h = Harness::with(Tweaks {
         mapping: Some(mapping("customers", "integer")),
@@ -614,6 +615,15 @@ async fn failures_name_the_service_the_table_and_the_reason() {
         json!({"email": "noname@example.com"}),
     )
     .await;
+    for i in 0..8 {
+        api(
+            &h,
+            reqwest::Method::POST,
+            "/api/v1/models/customer/records",
+            json!({"name": format!("Batch {i}"), "email": format!("batch{i}@example.com")}),
+        )
+        .await;
+    }
     h.run("LEGACY").await;
     let change = common::eventually(30, "the refused insert to be logged", || async {
         h.changes("LEGACY")
@@ -627,7 +637,15 @@ async fn failures_name_the_service_the_table_and_the_reason() {
         message.contains("table `customers`") && message.contains("NOT NULL"),
         "{message}"
     );
-    assert_eq!(records(&h).await.len(), 2, "nothing lost here");
+    assert_eq!(records(&h).await.len(), 10, "nothing lost here");
+    let written: Vec<String> = db
+        .texts("SELECT name, email FROM customers WHERE name LIKE 'Batch %' ORDER BY name")
+        .await
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let expected: Vec<String> = (0..8).map(|i| format!("Batch {i}")).collect();
+    assert_eq!(written, expected, "each row of the batch once");
     h.stop().await;
 
     // An unreachable database.

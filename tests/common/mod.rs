@@ -79,6 +79,14 @@ impl TestDb {
     }
 }
 
+/// The `recsync` binary the process tests start: `RECSYNC_TEST_BIN` when set (a copy, so a
+/// test can be repeated while the tree is rebuilt), else the one cargo built for this test.
+pub fn recsync_bin() -> std::path::PathBuf {
+    std::env::var_os("RECSYNC_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_recsync").into())
+}
+
 /// Polls `check` until it returns `Some`, or panics after `secs` seconds.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where

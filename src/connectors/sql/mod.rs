@@ -7,6 +7,7 @@
 mod catalog;
 pub mod config;
 mod db;
+mod group;
 mod logical;
 pub mod spec;
 
@@ -33,6 +34,8 @@ pub struct SqlConnector {
     service: SqlService,
     pool: Result<Pool, String>,
     catalog: Mutex<HashMap<String, Arc<BTreeMap<String, Column>>>>,
+    /// Inserts and deletes of concurrent sends, committed together.
+    groups: Arc<group::Groups>,
 }
 
 impl ConnectorKind for config::Sql {
@@ -45,6 +48,7 @@ impl ConnectorKind for config::Sql {
             service: settings.clone(),
             pool: Pool::new(settings),
             catalog: Mutex::new(HashMap::new()),
+            groups: Arc::default(),
         })
     }
 }
@@ -229,6 +233,7 @@ impl SqlConnector {
             service: self.service.clone(),
             pool: self.pool.clone(),
             catalog: Mutex::new(self.catalog.lock().expect("catalog").clone()),
+            groups: self.groups.clone(),
         })
     }
 }
@@ -504,25 +509,24 @@ impl Connector for SqlConnector {
                 };
                 let fail =
                     |e: sqlx::Error| db::failure(&e).reworded(|m| format!("{}: {m}", self.who(t)));
-                let new_id = match d {
+                let (sql, answer) = match d {
                     // MySQL has no RETURNING: the key given, or the one the database made.
-                    Dialect::MySql => {
-                        let made = self.insert_my(&insert, binds).await.map_err(fail)?;
-                        match values.get(&t.key).filter(|v| !v.is_null()) {
-                            Some(given) => Some(id_text(Some(given))),
-                            None => Some(made.to_string()),
-                        }
-                    }
-                    _ => {
-                        let sql =
-                            format!("{insert} RETURNING {}", db::select_expr(d, &t.key, key_col));
-                        let names_only = [t.key.as_str()];
-                        let rows = self
-                            .rows(&sql, binds, &names_only, &shape.fields)
-                            .await
-                            .map_err(fail)?;
-                        rows.first().map(|r| id_text(r.get(&t.key)))
-                    }
+                    Dialect::MySql => (insert, group::Answer::InsertId),
+                    _ => (
+                        format!("{insert} RETURNING {}", db::select_expr(d, &t.key, key_col)),
+                        group::Answer::Key {
+                            ty: key_ty.cloned(),
+                        },
+                    ),
+                };
+                let made = self
+                    .write(group::Write { sql, binds, answer })
+                    .await
+                    .map_err(fail)?;
+                let given = values.get(&t.key).filter(|v| !v.is_null());
+                let new_id = match (d, given) {
+                    (Dialect::MySql, Some(given)) => Some(id_text(Some(given))),
+                    _ => made,
                 };
                 Ok(Sent {
                     external_id: new_id.clone(),
@@ -602,9 +606,13 @@ impl Connector for SqlConnector {
                         "delete",
                     ),
                 };
-                self.execute(&sql, vec![db::bind_of(d, key_ty, &id)])
-                    .await
-                    .map_err(|e| db::failure(&e).reworded(|m| format!("{}: {m}", self.who(t))))?;
+                self.write(group::Write {
+                    sql,
+                    binds: vec![db::bind_of(d, key_ty, &id)],
+                    answer: group::Answer::Nothing,
+                })
+                .await
+                .map_err(|e| db::failure(&e).reworded(|m| format!("{}: {m}", self.who(t))))?;
                 // A row already gone is what a delete wanted.
                 Ok(Sent {
                     external_id: None,
@@ -856,16 +864,10 @@ impl SqlConnector {
         })
     }
 
-    /// A MySQL insert, answering the key the database gave (`LAST_INSERT_ID()`).
-    async fn insert_my(&self, sql: &str, binds: Vec<Bind>) -> Result<u64, sqlx::Error> {
-        let Pool::My(p) = self.pool().map_err(unconfigured)? else {
-            return Err(unconfigured("not a MySQL database".into()));
-        };
-        let mut q = sqlx::query(sql);
-        for b in binds {
-            q = q.put(b);
-        }
-        Ok(q.execute(p).await?.last_insert_id())
+    /// An insert or a delete, committed with those of concurrent sends (`group.rs`).
+    async fn write(&self, w: group::Write) -> Result<Option<String>, sqlx::Error> {
+        let pool = self.pool().map_err(unconfigured)?;
+        self.groups.run(pool, self.service.max_concurrency, w).await
     }
 
     /// An update of one row in a transaction that first locks it (`FOR UPDATE` on
