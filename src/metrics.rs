@@ -124,6 +124,12 @@ pub fn refused_key(route: &'static str, reason: &'static str) {
         .increment(1);
 }
 
+/// Counts a `/sync` call refused for its Standard Webhooks signature.
+pub fn refused_signature(sync: &str, reason: &'static str) {
+    metrics::counter!("recsync_refused_signatures_total", "sync" => sync.to_string(), "reason" => reason)
+        .increment(1);
+}
+
 /// Records a finished run.
 pub fn run_finished(sync: &str, status: &str, seconds: f64) {
     metrics::counter!("recsync_runs_total", "sync" => sync.to_string(), "status" => status.to_string())

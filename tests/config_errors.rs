@@ -1503,3 +1503,21 @@ fn the_summary_and_the_rendering_agree_on_positions() {
         }
     }
 }
+
+#[test]
+fn signing_secret_that_is_not_a_standard_webhooks_secret() {
+    check(
+        "signing_secret",
+        &sync(
+            "inbound_signing_secret = \"whsec_not base64!\"\nfields = [{ local = \"name\", external = \"full_name\" }]\n",
+        ),
+        r#"
+error: invalid `inbound_signing_secret`: a Standard Webhooks secret is `whsec_` followed by base64
+ --> mappings/crm.toml:8:26
+  |
+8 | inbound_signing_secret = "whsec_not base64!"
+  |                          ^^^^^^^^^^^^^^^^^^^ not a Standard Webhooks secret
+
+error: configuration has 1 error"#,
+    );
+}

@@ -112,6 +112,42 @@ pub fn unanswered(e: reqwest::Error) -> Failure {
     Failure::transient(describe(&e))
 }
 
+/// Sends a request, signed per Standard Webhooks when the web service has a
+/// `signing_secret`: `webhook-id` is `id` (a delivery's idempotency key, the same across its
+/// retries) or a new one, `webhook-timestamp` now, `webhook-signature` over the body as sent.
+pub async fn send(
+    req: reqwest::RequestBuilder,
+    signing: Option<&crate::domain::auth::Signing>,
+    id: Option<&str>,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let Some(signing) = signing else {
+        return req.send().await;
+    };
+    let (client, request) = req.build_split();
+    let mut request = request?;
+    let id = id.map_or_else(
+        || format!("msg_{}", hex::encode(rand::random::<[u8; 16]>())),
+        str::to_string,
+    );
+    let timestamp = chrono::Utc::now().timestamp();
+    let body = request
+        .body()
+        .and_then(|b| b.as_bytes())
+        .unwrap_or_default();
+    let signature = signing.sign(&id, timestamp, body);
+    let headers = request.headers_mut();
+    for (name, value) in [
+        ("webhook-id", id),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature),
+    ] {
+        if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    client.execute(request).await
+}
+
 /// Reads an answer's body, refusing one larger than `max` bytes before reading it all.
 pub async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Failure> {
     let too_big = || {

@@ -321,6 +321,9 @@ pub struct Sync {
     /// Groups of local fields that identify a record on both sides (`match_on`), tried in
     /// order; empty when unlinked records are never matched.
     pub match_on: Vec<Vec<String>>,
+    /// `inbound_signing_secret`: `/sync/<CODE>/...` calls must be signed per Standard
+    /// Webhooks with it.
+    pub inbound_signing: Option<crate::domain::auth::Signing>,
 }
 
 /// How many deletes a run may apply before they are held for a person (`delete_guard`).
@@ -465,6 +468,9 @@ impl Plan {
         let mut values: Vec<String> = Vec::new();
         for w in self.web_services.values() {
             values.extend(w.settings.secrets());
+        }
+        for s in self.syncs.values() {
+            values.extend(s.inbound_signing.as_ref().map(|s| s.secret_text()));
         }
         crate::domain::mask::Masker::new(fields, values)
     }

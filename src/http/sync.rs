@@ -305,13 +305,32 @@ async fn handle(
             return envelope(r.status, &r.message);
         }
     };
+    // A sync with `inbound_signing_secret` takes only calls signed with it, made within
+    // five minutes. Like a refused key, a refusal is counted and logged in bounded form,
+    // never written to the change-control log.
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let signed = plan.sync(&code).and_then(|s| s.inbound_signing.as_ref());
+    if let Some(signing) = signed
+        && let Err(e) = signing.verify(
+            header("webhook-id"),
+            header("webhook-timestamp"),
+            header("webhook-signature"),
+            &bytes,
+            chrono::Utc::now().timestamp(),
+        )
+    {
+        let reason = e.reason();
+        crate::metrics::refused_signature(&code, reason);
+        refused_signature_logged(&code, reason);
+        return envelope(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
     let rpc_id = request_id(&bytes);
     // Idempotency: replay the first answer to the same key for 24 hours; the same key with
-    // another method, path or body is refused, and nothing is written.
-    let idem = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
+    // another method, path or body is refused, and nothing is written. A signed call's
+    // `webhook-id` is its key when it has no `Idempotency-Key`: a repeated delivery is
+    // answered as the first was.
+    let idem = header("idempotency-key")
+        .or(signed.and(header("webhook-id")))
         .map(|k| {
             (
                 caller.name.clone(),
@@ -511,20 +530,49 @@ fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
 
 /// Logs refused keys in bounded form: the first one, then at most one line every ten seconds
 /// with how many were refused since.
+/// Refusals counted since the last log line, logged at most every 10 s.
+struct Bounded {
+    since: std::sync::atomic::AtomicU64,
+    last: std::sync::atomic::AtomicI64,
+}
+
+impl Bounded {
+    const fn new() -> Self {
+        Bounded {
+            since: std::sync::atomic::AtomicU64::new(0),
+            last: std::sync::atomic::AtomicI64::new(0),
+        }
+    }
+
+    /// Counts one; answers how many to log now, if it is time.
+    fn due(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let n = self.since.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = chrono::Utc::now().timestamp();
+        let last = self.last.load(Ordering::Relaxed);
+        (now - last >= 10
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok())
+        .then(|| {
+            self.since.fetch_sub(n, Ordering::Relaxed);
+            n
+        })
+    }
+}
+
 fn refused_key_logged(code: &str, reason: &'static str) {
-    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-    static SINCE: AtomicU64 = AtomicU64::new(0);
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    let n = SINCE.fetch_add(1, Ordering::Relaxed) + 1;
-    let now = chrono::Utc::now().timestamp();
-    let last = LAST.load(Ordering::Relaxed);
-    if now - last >= 10
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        SINCE.fetch_sub(n, Ordering::Relaxed);
+    static REFUSED: Bounded = Bounded::new();
+    if let Some(n) = REFUSED.due() {
         tracing::warn!(sync = %code, reason, refused = n, "Requests refused for their API key (counted in recsync_refused_keys_total)");
+    }
+}
+
+fn refused_signature_logged(code: &str, reason: &'static str) {
+    static REFUSED: Bounded = Bounded::new();
+    if let Some(n) = REFUSED.due() {
+        tracing::warn!(sync = %code, reason, refused = n, "Requests refused for their signature (counted in recsync_refused_signatures_total)");
     }
 }
 

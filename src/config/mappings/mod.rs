@@ -55,7 +55,7 @@ pub const AUTH_KEYS: [&str; 12] = [
     "client_auth",
     "description",
 ];
-pub const SYNC_KEYS: [&str; 22] = [
+pub const SYNC_KEYS: [&str; 23] = [
     "name",
     "description",
     "model",
@@ -78,6 +78,7 @@ pub const SYNC_KEYS: [&str; 22] = [
     "reconcile",
     "delete_guard",
     "match_on",
+    "inbound_signing_secret",
 ];
 pub const DELETE_GUARD_KEYS: [&str; 3] = ["max", "max_ratio", "min"];
 pub const PAIR_KEYS: [&str; 8] = [
@@ -271,6 +272,27 @@ pub fn check_url(key: &str, s: &Str<'_>, diags: &mut Diagnostics) -> Option<Conf
                 ),
                 s.span.clone(),
                 "expected http:// or https://",
+            ));
+            None
+        }
+    }
+}
+
+/// A Standard Webhooks secret (`signing_secret`, `inbound_signing_secret`): `whsec_` and a
+/// base64 key, best given as `${VAR}`. Its value is never shown in a message.
+pub fn signing_of(
+    t: &Table,
+    key: &str,
+    diags: &mut Diagnostics,
+) -> Option<crate::domain::auth::Signing> {
+    let s = str_of(t, key, diags)?;
+    match crate::domain::auth::Signing::parse(s.value) {
+        Ok(signing) => Some(signing),
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                format!("invalid `{key}`: {e}"),
+                s.span.clone(),
+                "not a Standard Webhooks secret",
             ));
             None
         }

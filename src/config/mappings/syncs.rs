@@ -133,6 +133,7 @@ pub(super) fn compile_sync(
     let reconcile = reconcile_of(t, ws.zip(ext).zip(kind), diags);
     let delete_guard = delete_guard_of(t, propagate_deletes, diags);
     let match_on = match_on_of(t, &fields, diags);
+    let inbound_signing = signing_of(t, "inbound_signing_secret", diags);
 
     if let (Some(dir), Some(mode), Some(w)) = (direction, mode, ws) {
         let dir_span = direction_item
@@ -178,6 +179,7 @@ pub(super) fn compile_sync(
         reconcile,
         delete_guard,
         match_on,
+        inbound_signing,
     })
 }
 

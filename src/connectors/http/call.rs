@@ -181,7 +181,9 @@ impl Caller {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(transport::unanswered)?;
+        let resp = transport::send(req, self.service.signing.as_ref(), idempotency_key)
+            .await
+            .map_err(transport::unanswered)?;
         let status = resp.status().as_u16();
         let link = resp
             .headers()

@@ -36,7 +36,7 @@ pub const HTTP_OP_KEYS: [&str; 6] = [
 pub const HTTP_READ_KEYS: [&str; 4] = ["path", "query", "record", "description"];
 /// The keys of an `http` resource's `search`.
 pub const HTTP_SEARCH_KEYS: [&str; 4] = ["path", "query", "records", "description"];
-pub const HTTP_KEYS: [&str; 10] = [
+pub const HTTP_KEYS: [&str; 11] = [
     "kind",
     "description",
     "base_url",
@@ -46,6 +46,7 @@ pub const HTTP_KEYS: [&str; 10] = [
     "max_concurrency",
     "retries",
     "headers",
+    "signing_secret",
     "active",
 ];
 /// The keys of an `http` external model.
@@ -128,6 +129,7 @@ impl Kind for Http {
                 }
             }
         }
+        let signing = signing_of(t, "signing_secret", diags);
         Some(Arc::new(HttpService {
             base_url: base_url?,
             auth,
@@ -136,6 +138,7 @@ impl Kind for Http {
             max_concurrency,
             retries,
             headers,
+            signing,
         }))
     }
 

@@ -22,6 +22,8 @@ pub struct HttpService {
     pub retries: u32,
     /// Sent with every request (an API version, an `Accept`).
     pub headers: Vec<(String, ConfigStr)>,
+    /// `signing_secret`: every call to the API is signed per Standard Webhooks.
+    pub signing: Option<crate::domain::auth::Signing>,
 }
 
 /// `rate_limit = "10/s"`: at most `requests` calls per `per`.
@@ -223,6 +225,7 @@ impl ModelSettings for HttpResource {}
 impl ServiceSettings for HttpService {
     fn secrets(&self) -> Vec<String> {
         let mut values = self.auth.secrets();
+        values.extend(self.signing.as_ref().map(|s| s.secret_text()));
         let mut strs = vec![&self.base_url];
         strs.extend(self.headers.iter().map(|(_, v)| v));
         if let Auth::OAuth2 { token_url, .. } = &self.auth {
@@ -240,6 +243,7 @@ impl ServiceSettings for HttpService {
             "auth": self.auth.mode(),
             "rate_limit": self.rate_limit.map(|r| r.to_string()),
             "timeout_ms": self.timeout.as_millis() as u64,
+            "signed": self.signing.is_some(),
         });
         shown.as_object().cloned().unwrap_or_default()
     }

@@ -8,7 +8,7 @@ use crate::domain::plan::{Auth, Endpoint, ExternalModel, Mode, ServiceSettings, 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const REST_KEYS: [&str; 10] = [
+pub const REST_KEYS: [&str; 11] = [
     "kind",
     "description",
     "url",
@@ -18,6 +18,7 @@ pub const REST_KEYS: [&str; 10] = [
     "auth",
     "timeout",
     "max_concurrency",
+    "signing_secret",
     "active",
 ];
 
@@ -66,6 +67,7 @@ impl Kind for Rest {
         };
         let timeout = duration_of(t, "timeout", diags).unwrap_or(Duration::from_secs(30));
         let max_concurrency = max_concurrency_of(t, 8, diags);
+        let signing = signing_of(t, "signing_secret", diags);
         Some(Arc::new(RestService {
             url,
             confirmation_url,
@@ -74,6 +76,7 @@ impl Kind for Rest {
             auth,
             timeout,
             max_concurrency,
+            signing,
         }))
     }
 

@@ -161,7 +161,9 @@ pub async fn send(
         if action != SendAction::Delete {
             req = req.json(&body);
         }
-        let resp = req.send().await.map_err(transport::unanswered)?;
+        let resp = transport::send(req, service.signing.as_ref(), Some(idempotency_key))
+            .await
+            .map_err(transport::unanswered)?;
         if !resp.status().is_success() {
             return Err(status_error(&resp));
         }
@@ -219,11 +221,11 @@ pub async fn send(
     } else {
         json!({"action": action.as_str(), "values": values, "external_id": ext})
     };
-    let resp = with_auth(client.post(url.expose()), &service.auth)
+    let req = with_auth(client.post(url.expose()), &service.auth)
         .timeout(service.timeout)
         .header("Idempotency-Key", idempotency_key)
-        .json(&body)
-        .send()
+        .json(&body);
+    let resp = transport::send(req, service.signing.as_ref(), Some(idempotency_key))
         .await
         .map_err(transport::unanswered)?;
     if !resp.status().is_success() {
@@ -289,10 +291,10 @@ async fn post_json(
     url: &str,
     body: &Value,
 ) -> Result<Value, Failure> {
-    let resp = with_auth(client.post(url), &service.auth)
+    let req = with_auth(client.post(url), &service.auth)
         .timeout(service.timeout)
-        .json(body)
-        .send()
+        .json(body);
+    let resp = transport::send(req, service.signing.as_ref(), None)
         .await
         .map_err(transport::unanswered)?;
     if !resp.status().is_success() {

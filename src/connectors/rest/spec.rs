@@ -16,6 +16,8 @@ pub struct RestService {
     pub auth: Auth,
     pub timeout: Duration,
     pub max_concurrency: usize,
+    /// `signing_secret`: every call is signed per Standard Webhooks.
+    pub signing: Option<crate::domain::auth::Signing>,
 }
 
 /// A `rest` external model has no keys of its own: the protocol fixes the shape.
@@ -27,6 +29,7 @@ impl ModelSettings for RestModel {}
 impl ServiceSettings for RestService {
     fn secrets(&self) -> Vec<String> {
         let mut values = self.auth.secrets();
+        values.extend(self.signing.as_ref().map(|s| s.secret_text()));
         for u in [
             &self.url,
             &self.confirmation_url,
@@ -49,6 +52,7 @@ impl ServiceSettings for RestService {
             "shipping_url": self.shipping_url.as_ref().map(location),
             "list_url": self.list_url.as_ref().map(location),
             "timeout_ms": self.timeout.as_millis() as u64,
+            "signed": self.signing.is_some(),
         });
         shown.as_object().cloned().unwrap_or_default()
     }

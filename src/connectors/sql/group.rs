@@ -10,7 +10,7 @@
 //! statement is lost or applied twice. A lost connection or a failed commit answers every
 //! statement of the group with that error (its outcome is unknown, as for a single write).
 
-use super::db::{self, Binder, Bind, Pool};
+use super::db::{self, Bind, Binder, Pool};
 use crate::domain::value::FieldType;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -146,10 +146,15 @@ macro_rules! each {
             }
             out.push(match &w.answer {
                 Answer::Key { ty, .. } => match q.fetch_optional(&mut *$conn).await? {
-                    Some(row) => Some(super::id_text(Some(&db::to_json(ty.as_ref(), $raw(&row, 0)?)))),
+                    Some(row) => Some(super::id_text(Some(&db::to_json(
+                        ty.as_ref(),
+                        $raw(&row, 0)?,
+                    )))),
                     None => None,
                 },
-                Answer::InsertId => $insert_id(&q.execute(&mut *$conn).await?).map(|n: u64| n.to_string()),
+                Answer::InsertId => {
+                    $insert_id(&q.execute(&mut *$conn).await?).map(|n: u64| n.to_string())
+                }
                 Answer::Nothing => {
                     q.execute(&mut *$conn).await?;
                     None
@@ -176,7 +181,12 @@ async fn together(pool: &Pool, writes: &[&Write]) -> Result<Vec<Option<String>>,
         }
         Pool::My(p) => {
             let mut tx = p.begin().await?;
-            let out = each!(tx, writes, db::my_raw, |r: &sqlx::mysql::MySqlQueryResult| Some(r.last_insert_id()));
+            let out = each!(
+                tx,
+                writes,
+                db::my_raw,
+                |r: &sqlx::mysql::MySqlQueryResult| Some(r.last_insert_id())
+            );
             tx.commit().await?;
             out
         }
@@ -233,10 +243,9 @@ mod tests {
             Some("g"),
             Some("h"),
         ];
-        let answers = futures_util::future::join_all(
-            names.iter().map(|n| groups.run(&pool, 1, insert(*n))),
-        )
-        .await;
+        let answers =
+            futures_util::future::join_all(names.iter().map(|n| groups.run(&pool, 1, insert(*n))))
+                .await;
         for (n, a) in names.iter().zip(&answers) {
             match (n, a) {
                 (None, Err(e)) => assert!(db::describe(e).contains("NOT NULL"), "{e}"),
