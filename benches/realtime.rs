@@ -7,7 +7,9 @@
 //! sharing it, with the connections spread across them as a load balancer would.
 //! With `RUST_LOG` set (for instance `RUST_LOG=info`, the production default), the log
 //! subscriber is installed as `serve` installs it, so the cost of the spans is measured too;
-//! without it no subscriber runs.
+//! without it no subscriber runs. `RECSYNC_BENCH_SIGNED=1` signs every delivery per Standard
+//! Webhooks (`signing_secret` on the `dst` web service) and the peer verifies each one, as a
+//! receiver would: the cost of signing, measured against a run without it.
 
 mod support;
 
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const KEY: &str = "bench-key-0123456789abcdef";
+const SIGNING_SECRET: &str = "whsec_YmVuY2gtc2lnbmluZy1zZWNyZXQtMDEyMzQ1Njc4OQ==";
 const CONNECTIONS: usize = 64;
 
 const MAPPING: &str = r#"
@@ -79,7 +82,14 @@ async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let peer_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let peer_url = format!("http://{}", peer_listener.local_addr().unwrap());
-    let mapping = MAPPING.replace("@PEER@", &peer_url);
+    let signed = std::env::var_os("RECSYNC_BENCH_SIGNED").is_some();
+    let mut mapping = MAPPING.replace("@PEER@", &peer_url);
+    if signed {
+        mapping = mapping.replace(
+            "max_concurrency = 64\n",
+            &format!("max_concurrency = 64\nsigning_secret = \"{SIGNING_SECRET}\"\n"),
+        );
+    }
     let plan = config::compile_texts(
         &[("bench.toml", &mapping)],
         &std::collections::HashMap::<String, String>::new(),
@@ -158,6 +168,7 @@ async fn run() {
         peer_listener,
         PeerOptions {
             id_field: "uid".into(),
+            signing_secret: signed.then(|| SIGNING_SECRET.to_string()),
             ..Default::default()
         },
     )
@@ -266,6 +277,9 @@ async fn run() {
             "ingest, then delivery"
         }
     );
+    if signed {
+        println!("  deliveries signed per Standard Webhooks, each verified by the peer");
+    }
     println!("  acknowledged       {:>8} ok, {failed} failed", lat.len());
     println!(
         "  throughput         {:>10.0} requests/s",

@@ -4,7 +4,7 @@
 //!
 //! The spokes: the CRM, a real-time code (`CON`: the reference peer calls `POST /sync/CON/create`,
 //! `PUT` and `DELETE` the moment its records change, and recsync ships changes back through the
-//! outbox); a cron system (`CP`: pulled, confirmed, listed and pushed by runs, matching on
+//! outbox, every call signed per Standard Webhooks both ways); a cron system (`CP`: pulled, confirmed, listed and pushed by runs, matching on
 //! `email`); Odoo (`ODO`: the fake Odoo, pulled by runs, sent to in real time with the read
 //! before sending, matching on `email` with a search before each create, deletes found by full
 //! runs); a legacy application's table (`SQL`: a SQLite `clients` table of kind `sql`, pulled by
@@ -45,6 +45,10 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The CRM peer and recsync sign their calls to each other (Standard Webhooks), as the
+/// mapping's `signing_secret` and `inbound_signing_secret` say.
+const SIGNING_SECRET: &str = "whsec_Y29udmVyZ2VuY2Utc3VpdGUtc2lnbmluZy1rZXk=";
+
 const MAPPING: &str = r#"
 [models.contact]
 display = "name"
@@ -53,12 +57,14 @@ fields = { name = { type = "char", required = true }, email = "char" }
 [web_services.crm]
 shipping_url = "@PEER@/api/crm/ship"
 auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
+signing_secret = "whsec_Y29udmVyZ2VuY2Utc3VpdGUtc2lnbmluZy1rZXk="
 
 [web_services.cron_sys]
 url = "@PEER@/api/cp/fetch"
 confirmation_url = "@PEER@/api/cp/confirm"
 shipping_url = "@PEER@/api/cp/ship"
 list_url = "@PEER@/api/cp/list"
+signing_secret = "whsec_Y29udmVyZ2VuY2Utc3VpdGUtc2lnbmluZy1rZXk="
 auth = { mode = "api_key", header = "api_key", key = "peer-protocol-key-0123" }
 
 [external_models.person]
@@ -144,6 +150,7 @@ external_model = "person"
 web_service = "crm"
 direction = "bidirectional"
 mode = "realtime"
+inbound_signing_secret = "whsec_Y29udmVyZ2VuY2Utc3VpdGUtc2lnbmluZy1rZXk="
 propagate_deletes = true
 delete_guard = { max_ratio = 1.0 }
 external_ref = "unique_id"
@@ -313,6 +320,7 @@ impl Hub {
                 api_key: Some(PEER_KEY.into()),
                 id_field: "unique_id".into(),
                 synthetic: Default::default(),
+                signing_secret: Some(SIGNING_SECRET.into()),
                 callback: Some(recsync::peer::Callback {
                     url: base.clone(),
                     key: CRM_KEY.into(),

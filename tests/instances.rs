@@ -79,6 +79,7 @@ async fn two_serve_processes_never_run_a_sync_at_once_and_pull_each_record_once(
             api_key: Some(PEER_KEY.into()),
             id_field: "unique_id".into(),
             synthetic: Default::default(),
+            signing_secret: None,
             callback: None,
         },
     )

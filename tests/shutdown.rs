@@ -27,6 +27,7 @@ async fn sigterm_under_load_finishes_in_flight_work_and_loses_nothing() {
             api_key: Some(PEER_KEY.into()),
             id_field: "unique_id".into(),
             synthetic: Default::default(),
+            signing_secret: None,
             callback: None,
         },
     )

@@ -76,6 +76,7 @@ async fn setup() -> Setup {
             api_key: Some(PEER_KEY.into()),
             id_field: "unique_id".into(),
             synthetic: Default::default(),
+            signing_secret: None,
             callback: None,
         },
     )

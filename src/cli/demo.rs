@@ -140,6 +140,7 @@ pub(super) async fn demo(
             api_key: Some(peer_key.clone()),
             id_field: "unique_id".into(),
             synthetic: Default::default(),
+            signing_secret: None,
             callback: Some(crate::peer::Callback {
                 url: base.clone(),
                 key: callback_key,

@@ -218,6 +218,11 @@ pub enum Command {
         /// collection=COUNT: serve COUNT generated records to pulls without storing them
         #[arg(long, value_name = "COLLECTION=COUNT")]
         synthetic: Vec<String>,
+        /// A Standard Webhooks secret (whsec_...): deliveries must be signed with it (401
+        /// otherwise) and calls back to recsync are signed with it (see `signing_secret` and
+        /// `inbound_signing_secret` in docs/mapping.md)
+        #[arg(long, env = "RECSYNC_PEER_SIGNING_SECRET", hide_env_values = true)]
+        signing_secret: Option<String>,
     },
     #[cfg(feature = "fakes")]
     /// Run the fake Dropbox (tests, demos, SDK conformance)
@@ -488,9 +493,11 @@ pub async fn run(cli: Cli) -> ExitCode {
             syncs,
             seed,
             synthetic,
+            signing_secret,
         } => {
             peer(PeerArgs {
                 synthetic,
+                signing_secret,
                 listen,
                 api_key,
                 id_field,

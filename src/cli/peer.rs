@@ -11,6 +11,7 @@ pub(super) struct PeerArgs {
     pub(super) syncs: Vec<String>,
     pub(super) seed: bool,
     pub(super) synthetic: Vec<String>,
+    pub(super) signing_secret: Option<String>,
 }
 
 pub(super) async fn peer(a: PeerArgs) -> ExitCode {
@@ -52,12 +53,19 @@ pub(super) async fn peer(a: PeerArgs) -> ExitCode {
             }
         }
     }
+    if let Some(secret) = &a.signing_secret
+        && let Err(e) = crate::domain::auth::Signing::parse(secret)
+    {
+        eprintln!("error: --signing-secret: {e}");
+        return ExitCode::from(2);
+    }
     let opts = crate::peer::PeerOptions {
         listen: a.listen.clone(),
         api_key: a.api_key,
         id_field: a.id_field,
         callback,
         synthetic,
+        signing_secret: a.signing_secret,
     };
     let peer = match crate::peer::Peer::bind(opts) {
         Ok(p) => p,

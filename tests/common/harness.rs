@@ -326,6 +326,7 @@ impl Harness {
                 api_key: Some(PEER_KEY.into()),
                 id_field: "unique_id".into(),
                 synthetic: Default::default(),
+                signing_secret: None,
                 callback: Some(Callback {
                     url: base.clone(),
                     key: CRM_KEY.into(),

@@ -116,6 +116,7 @@ pub fn spawn_peer() -> (String, std::sync::Arc<recsync::peer::PeerState>) {
             api_key: Some(harness::PEER_KEY.into()),
             id_field: "unique_id".into(),
             synthetic: Default::default(),
+            signing_secret: None,
             callback: None,
         },
     )

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod protocol;
+mod signing;
 use protocol::*;
 
 /// The page a fake answers at `/`: what it stands in for and its test hooks, for a person who
@@ -68,6 +69,9 @@ pub struct PeerOptions {
     /// Synthetic collections: `count` generated records served to pulls without being stored,
     /// and deliveries counted without being kept (for benchmarks of any size).
     pub synthetic: HashMap<String, u64>,
+    /// A Standard Webhooks secret (`whsec_...`): deliveries to `ship` must be signed with it
+    /// (401 otherwise), and calls back to recsync are signed with it.
+    pub signing_secret: Option<String>,
 }
 
 /// Failure injection for the protocol endpoints (not the admin API).
@@ -399,18 +403,26 @@ impl PeerState {
             return;
         };
         let base = cb.url.trim_end_matches('/');
-        let req = match action {
-            "create" => self
-                .http
-                .post(format!("{base}/sync/{code}/create"))
-                .json(&values.unwrap_or_default()),
-            "update" => self
-                .http
-                .put(format!("{base}/sync/{code}/{id}"))
-                .json(&values.unwrap_or_default()),
+        let body = match action {
+            "create" | "update" => {
+                serde_json::to_vec(&values.unwrap_or_default()).expect("JSON values")
+            }
+            _ => Vec::new(),
+        };
+        let mut req = match action {
+            "create" => self.http.post(format!("{base}/sync/{code}/create")),
+            "update" => self.http.put(format!("{base}/sync/{code}/{id}")),
             _ => self.http.delete(format!("{base}/sync/{code}/{id}")),
         };
-        match req.header("api_key", &cb.key).send().await {
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        if let Some(secret) = &self.opts.signing_secret {
+            for (name, value) in signing::headers(secret, &body) {
+                req = req.header(name, value);
+            }
+        }
+        match req.header("api_key", &cb.key).body(body).send().await {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => {
                 let status = r.status();

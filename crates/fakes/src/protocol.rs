@@ -224,8 +224,18 @@ pub(super) async fn ship(
     req: HttpRequest,
     state: web::Data<PeerState>,
     path: web::Path<String>,
-    body: web::Json<ShipBody>,
+    raw: web::Bytes,
 ) -> HttpResponse {
+    if let Some(secret) = &state.opts.signing_secret
+        && !super::signing::verified(secret, &req, &raw)
+    {
+        return HttpResponse::Unauthorized()
+            .json(json!({"status": "failed", "error_message": "bad or missing signature"}));
+    }
+    let body: ShipBody = match serde_json::from_slice(&raw) {
+        Ok(b) => b,
+        Err(e) => return HttpResponse::BadRequest().body(format!("Json deserialize error: {e}")),
+    };
     // Noted on arrival, before any injected latency: a test can tell a send is in flight.
     state.note_call(
         "ship",
@@ -239,7 +249,7 @@ pub(super) async fn ship(
     if let Some(r) = state.replay(&req, &coll) {
         return r;
     }
-    let b = body.into_inner();
+    let b = body;
     let ext = b.external_id.as_ref().and_then(id_text);
     if state.opts.synthetic.contains_key(&coll) {
         let n = state.with(|inner| {

@@ -141,25 +141,61 @@ async fn primary_key(pool: &Pool, t: &SqlTable) -> Result<Vec<String>, sqlx::Err
     })
 }
 
-/// The privileges on the table a sync needs and the connection's role lacks (PostgreSQL).
+/// The privileges on the table a sync needs and the connection's user lacks (PostgreSQL,
+/// MySQL and MariaDB; a SQLite file has no users).
 async fn missing_privileges(
     pool: &Pool,
     t: &SqlTable,
     needed: &[&'static str],
 ) -> Result<Vec<&'static str>, sqlx::Error> {
-    let Pool::Pg(p) = pool else {
-        return Ok(Vec::new());
-    };
     let mut missing = Vec::new();
-    for privilege in needed {
-        let has: bool = sqlx::query_scalar("SELECT has_table_privilege(to_regclass($1), $2)")
-            .bind(t.qualified(Dialect::Postgres))
-            .bind(*privilege)
-            .fetch_one(p)
-            .await?;
-        if !has {
-            missing.push(*privilege);
+    match pool {
+        Pool::Pg(p) => {
+            for privilege in needed {
+                let has: bool =
+                    sqlx::query_scalar("SELECT has_table_privilege(to_regclass($1), $2)")
+                        .bind(t.qualified(Dialect::Postgres))
+                        .bind(*privilege)
+                        .fetch_one(p)
+                        .await?;
+                if !has {
+                    missing.push(*privilege);
+                }
+            }
         }
+        Pool::My(p) => {
+            // What the user holds on every database, on the table's database and on the
+            // table; information_schema names the user `'name'@'host'`.
+            let user: String = sqlx::query_scalar("SELECT CAST(CURRENT_USER() AS CHAR)")
+                .fetch_one(p)
+                .await?;
+            let grantee = match user.rsplit_once('@') {
+                Some((name, host)) => format!("'{name}'@'{host}'"),
+                None => format!("'{user}'"),
+            };
+            let held: Vec<String> = sqlx::query_scalar(
+                "SELECT CAST(PRIVILEGE_TYPE AS CHAR) FROM information_schema.USER_PRIVILEGES \
+                  WHERE GRANTEE = ? \
+                 UNION SELECT CAST(PRIVILEGE_TYPE AS CHAR) FROM information_schema.SCHEMA_PRIVILEGES \
+                  WHERE GRANTEE = ? AND TABLE_SCHEMA = COALESCE(?, DATABASE()) \
+                 UNION SELECT CAST(PRIVILEGE_TYPE AS CHAR) FROM information_schema.TABLE_PRIVILEGES \
+                  WHERE GRANTEE = ? AND TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+            )
+            .bind(&grantee)
+            .bind(&grantee)
+            .bind(t.schema.as_deref())
+            .bind(&grantee)
+            .bind(t.schema.as_deref())
+            .bind(&t.table)
+            .fetch_all(p)
+            .await?;
+            missing.extend(
+                needed
+                    .iter()
+                    .filter(|n| !held.iter().any(|h| h.eq_ignore_ascii_case(n))),
+            );
+        }
+        Pool::Lite(_) => {}
     }
     Ok(missing)
 }
@@ -351,11 +387,28 @@ pub(super) async fn describe(
             key.join(", ")
         )),
     }
+    // SQLite has no time type: an application keeps its times as text (ISO 8601), so a text
+    // column named as a time is offered as one (and as the cursor).
+    let of = |c: &str| {
+        let (ty, note) = suggested(d, &cols[c].sql_type);
+        let timely = matches!(
+            c,
+            "updated_at" | "modified_at" | "write_date" | "last_modified" | "updated" | "modified"
+        ) || c.ends_with("_at");
+        if d == Dialect::Sqlite && ty == "char" && timely {
+            (
+                "datetime",
+                Some("SQLite keeps times as text; read as ISO 8601 date-times"),
+            )
+        } else {
+            (ty, note)
+        }
+    };
     let cursor = ordered.iter().copied().find(|c| {
         matches!(
             c.as_str(),
             "updated_at" | "modified_at" | "write_date" | "last_modified" | "updated" | "modified"
-        ) && suggested(d, &cols[c.as_str()].sql_type).0 == "datetime"
+        ) && of(c).0 == "datetime"
     });
     match cursor {
         Some(c) => out.push_str(&format!("cursor = \"{c}\"\n")),
@@ -365,7 +418,7 @@ pub(super) async fn describe(
     }
     out.push_str(&format!("\n[external_models.{model}.fields]\n"));
     for c in ordered {
-        let (ty, note) = suggested(d, &cols[c].sql_type);
+        let (ty, note) = of(c);
         match note {
             Some(n) => out.push_str(&format!("{c} = \"{ty}\"   # {}: {n}\n", cols[c].sql_type)),
             None => out.push_str(&format!("{c} = \"{ty}\"\n")),

@@ -3,8 +3,9 @@
 //! commit (a WAL flush) per connection instead of one per row.
 //!
 //! A send queues its statement and waits for its answer. While fewer than `max_concurrency`
-//! groups are at work, the send that queued leads a group itself: it takes what is queued (up
-//! to `GROUP` statements), runs them in one transaction and answers each. A statement the
+//! groups are at work, the send that queued leads a group itself: it takes its share of what is
+//! queued (up to `GROUP` statements), runs them in one transaction, answers each, and takes
+//! another share until nothing waits. A statement the
 //! database refuses (a constraint, a wrong value) rolls the group back, and its statements are
 //! then run one by one, each in its own transaction, so each is answered for itself and no
 //! statement is lost or applied twice. A lost connection or a failed commit answers every
@@ -82,9 +83,12 @@ impl Groups {
         if lead {
             let _leading = Leading(self);
             loop {
+                // A share of what waits, so the other groups at work take the rest on their
+                // connections at the same time (one group taking all would write them one
+                // after the other on one connection).
                 let group: Vec<(Write, Reply)> = {
                     let mut q = self.state.lock().expect("groups");
-                    let n = q.waiting.len().min(GROUP);
+                    let n = q.waiting.len().div_ceil(lanes.max(1)).min(GROUP);
                     q.waiting.drain(..n).collect()
                 };
                 if group.is_empty() {
