@@ -1521,3 +1521,33 @@ error: invalid `inbound_signing_secret`: a Standard Webhooks secret is `whsec_` 
 error: configuration has 1 error"#,
     );
 }
+
+#[test]
+fn an_invalid_direction_does_not_hide_the_field_pairs_mistakes() {
+    let snippet = format!(
+        "{}fields = [{{ local = \"nope\", external = \"full_name\" }}]\n",
+        SYNC_HEAD.replace("direction = \"bidirectional\"", "direction = \"sideways\"")
+    );
+    check(
+        "invalid_direction_and_pairs",
+        &snippet,
+        r#"
+error: invalid `direction` value `sideways`
+ --> mappings/crm.toml:5:13
+  |
+5 | direction = "sideways"
+  |             ^^^^^^^^^^ not a direction
+  |
+  = help: expected one of `to_external`, `to_local`, `bidirectional`
+
+error: unknown field `nope` on model `contact`
+ --> mappings/crm.toml:8:21
+  |
+8 | fields = [{ local = "nope", external = "full_name" }]
+  |                     ^^^^^^ not a field of this model
+  |
+  = help: expected one of `company`, `customer`, `email`, `name`, `stage`, `visits`
+
+error: configuration has 2 errors"#,
+    );
+}

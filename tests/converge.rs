@@ -393,9 +393,11 @@ scopes = ["sync:CON"]
         self.starts += 1;
         let log = std::fs::File::create(self.dir.path().join(format!("serve-{}.log", self.starts)))
             .unwrap();
-        // A long soak may run a copy of the binary, so the tree can be rebuilt meanwhile.
-        let bin = std::env::var("RECSYNC_CONVERGE_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_recsync").to_string());
+        // A long soak may run a copy of the binary, so the tree can be rebuilt meanwhile
+        // (RECSYNC_CONVERGE_BIN, or RECSYNC_TEST_BIN as every process test takes).
+        let bin: std::path::PathBuf = std::env::var_os("RECSYNC_CONVERGE_BIN")
+            .map(Into::into)
+            .unwrap_or_else(common::recsync_bin);
         std::process::Command::new(bin)
             .args([
                 "serve",

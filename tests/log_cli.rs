@@ -70,6 +70,8 @@ async fn filters_formats_and_an_80_column_table() {
         .map(|i| {
             let status = if i.is_multiple_of(5) {
                 LogStatus::Failed
+            } else if i % 7 == 3 {
+                LogStatus::ConflictResolved
             } else {
                 LogStatus::Success
             };
@@ -107,6 +109,26 @@ async fn filters_formats_and_an_80_column_table() {
         "a failure shows its error: {}",
         lines[1]
     );
+
+    // A settled conflict reads `resolved` in the table, and `--status resolved` finds it.
+    let resolved: Vec<&&str> = lines[1..]
+        .iter()
+        .filter(|l| l.split_whitespace().nth(6) == Some("resolved"))
+        .collect();
+    let conflicts = rows
+        .iter()
+        .filter(|r| r.status == LogStatus::ConflictResolved)
+        .count();
+    assert!(conflicts > 0);
+    assert_eq!(resolved.len(), conflicts, "{text}");
+    let o = log(dir.path(), &url, &["--status", "resolved", "--format", "json"]);
+    assert!(o.status.success(), "{o:?}");
+    let got: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), conflicts);
+    assert!(got.iter().all(|c| c["status"] == "conflict_resolved"));
 
     // JSON lines, filtered.
     let o = log(

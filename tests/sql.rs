@@ -674,7 +674,7 @@ async fn failures_name_the_service_the_table_and_the_reason() {
 
 /// Runs the recsync binary in `dir` with `LEGACY_URL`.
 fn recsync(dir: &std::path::Path, url: &str, args: &[&str]) -> (Option<i32>, String) {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
+    let o = std::process::Command::new(common::recsync_bin())
         .args(args)
         .current_dir(dir)
         .env_remove("RECSYNC_DATABASE_URL")
@@ -1089,7 +1089,7 @@ async fn a_kill_before_the_slot_advances_loses_and_duplicates_nothing() {
     .unwrap();
     let url = db.url();
     let run = |crash: Option<&str>| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"));
+        let mut c = std::process::Command::new(common::recsync_bin());
         c.args(["run", "LEGACY"])
             .current_dir(dir.path())
             .env_remove("RECSYNC_DATABASE_URL")

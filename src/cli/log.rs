@@ -202,8 +202,9 @@ pub(super) fn table_line(c: &crate::store::Change) -> String {
     } else {
         "out"
     };
+    // `conflict_resolved` does not fit 8 columns; the action (`conflict`) says the rest.
     let status = if c.status == "conflict_resolved" {
-        "conflict"
+        "resolved"
     } else {
         c.status.as_str()
     };

@@ -116,7 +116,8 @@ pub enum Command {
         /// run) or reconcile (what a reconciliation found)
         #[arg(long)]
         action: Option<String>,
-        /// success, failed, conflict_resolved or skipped
+        /// success, failed, conflict_resolved (`resolved` in the table, which is taken too) or
+        /// skipped
         #[arg(long)]
         status: Option<String>,
         #[arg(long)]
@@ -406,7 +407,14 @@ pub async fn run(cli: Cli) -> ExitCode {
                 sync,
                 direction,
                 action,
-                status,
+                // The table shows `conflict_resolved` as `resolved`: what it shows, it takes.
+                status: status.map(|s| {
+                    if s == "resolved" {
+                        "conflict_resolved".to_string()
+                    } else {
+                        s
+                    }
+                }),
                 external_id,
                 local_id,
                 since,

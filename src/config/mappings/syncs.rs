@@ -90,6 +90,38 @@ pub(super) fn compile_sync(
             let kind = kinds::find(kinds, e.kind).expect("a compiled model's kind is registered");
             pairs_of(t, m, (e, kind), dir, plan, names, diags)
         }
+        (Some(m), Some(e), None) => {
+            // The direction is wrong or missing (already reported). The pairs are compiled
+            // for each direction, and the mistakes they have whatever the direction are
+            // reported now, so one run shows every mistake.
+            let kind = kinds::find(kinds, e.kind).expect("a compiled model's kind is registered");
+            let mut common: Option<Vec<Diagnostic>> = None;
+            for dir in [
+                Direction::ToExternal,
+                Direction::ToLocal,
+                Direction::Bidirectional,
+            ] {
+                let mut scratch = diags.clone();
+                let before = scratch.len();
+                pairs_of(t, m, (e, kind), dir, plan, names, &mut scratch);
+                let found = scratch.items.split_off(before);
+                common = Some(match common {
+                    None => found,
+                    Some(kept) => kept
+                        .into_iter()
+                        .filter(|d| {
+                            found
+                                .iter()
+                                .any(|f| f.message == d.message && f.span == d.span)
+                        })
+                        .collect(),
+                });
+            }
+            for d in common.unwrap_or_default() {
+                diags.push(d);
+            }
+            Vec::new()
+        }
         _ => {
             // The pairs cannot be compiled without their model, external model and direction;
             // their keys are still checked.
