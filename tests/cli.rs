@@ -559,6 +559,25 @@ async fn demo_starts_and_prints_working_addresses() {
         }
     })
     .await;
+    // The printed `plan` command works as printed, from the demo's folder.
+    let plan = lines
+        .iter()
+        .find(|l| l.contains(" plan CON --full"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let plan = plan.split("   #").next().unwrap().to_string();
+    assert!(!plan.contains("cargo"), "{plan}");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&plan)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let printed =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{plan}\n{printed}");
+    assert!(printed.contains("CON"), "{printed}");
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(body["status"], "ready");

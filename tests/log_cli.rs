@@ -121,7 +121,11 @@ async fn filters_formats_and_an_80_column_table() {
         .count();
     assert!(conflicts > 0);
     assert_eq!(resolved.len(), conflicts, "{text}");
-    let o = log(dir.path(), &url, &["--status", "resolved", "--format", "json"]);
+    let o = log(
+        dir.path(),
+        &url,
+        &["--status", "resolved", "--format", "json"],
+    );
     assert!(o.status.success(), "{o:?}");
     let got: Vec<Value> = stdout(&o)
         .lines()

@@ -19,6 +19,9 @@ impl config::Env for Layered {
     }
 }
 
+/// Where the demo writes its mapping files, in the folder it runs in.
+const DEMO_MAPPINGS: &str = "recsync-demo-mappings";
+
 pub(super) fn new_key() -> String {
     use base64::Engine as _;
     format!(
@@ -74,6 +77,19 @@ pub(super) async fn demo(
             return ExitCode::FAILURE;
         }
     };
+    // The mapping files are written where the demo runs, so the CLI commands it prints read
+    // the same configuration (`--mappings recsync-demo-mappings`).
+    let written = std::path::Path::new(DEMO_MAPPINGS);
+    if let Err(e) = std::fs::create_dir_all(written).and_then(|()| {
+        files.iter().try_for_each(|(name, text)| {
+            let file = name.rsplit('/').next().unwrap_or(name);
+            std::fs::write(written.join(file), text)
+        })
+    }) {
+        eprintln!("warning: the demo could not write its mapping files to {DEMO_MAPPINGS}/: {e}");
+    }
+    let mut shell_vars: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    shell_vars.sort();
     let env = Layered(vars);
     let plan = match config::compile_texts(&files, &env, crate::connectors::KINDS) {
         Ok(p) => p,
@@ -125,6 +141,10 @@ pub(super) async fn demo(
         }
     }
     let shown = settings.database_display();
+    let settings_db = {
+        use secrecy::ExposeSecret;
+        settings.database_url.expose_secret().to_string()
+    };
     let app = match crate::app::build(settings, plan, crate::app::BuildOptions::default()).await {
         Ok(app) => app,
         Err(e) => {
@@ -199,9 +219,9 @@ pub(super) async fn demo(
         }
     }
     let mapping = if odoo_handle.is_some() {
-        "mappings/demo.toml and mappings/odoo.toml"
+        format!("mappings {DEMO_MAPPINGS}/demo.toml and {DEMO_MAPPINGS}/odoo.toml")
     } else {
-        "mapping mappings/demo.toml"
+        format!("mapping {DEMO_MAPPINGS}/demo.toml")
     };
     println!("recsync demo is running (database {shown}, {mapping}).");
     println!("  Web UI:       {base}/   (key: {user_key}; read-only key: {viewer_key})");
@@ -228,8 +248,19 @@ pub(super) async fn demo(
     println!(
         "  curl -s -X POST -H 'X-Api-Key: {viewer_key}' {base}/api/v1/syncs/CON/plan   # what a run would do; writes nothing"
     );
+    // The command as this process was started (a path, or a name found on PATH).
+    let exe = std::env::args()
+        .next()
+        .unwrap_or_else(|| "recsync".to_string());
+    let database = if shown.contains("****") {
+        // A password is not printed: the command takes it from the environment.
+        "\"$RECSYNC_DATABASE_URL\"".to_string()
+    } else {
+        format!("'{}'", settings_db)
+    };
     println!(
-        "  PEER_API_KEY={peer_key} cargo run --release -- plan CON --full   # the same, from this folder"
+        "  {} {exe} --database-url {database} --mappings {DEMO_MAPPINGS} plan CON --full   # the same, from this folder",
+        shell_vars.join(" ")
     );
     if let (Some(url), Some(hook)) = (&odoo_url, &odoo_hook) {
         println!(
