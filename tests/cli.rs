@@ -795,7 +795,33 @@ async fn validate_online_tries_dropbox_credentials() {
         line.contains("app_secret"),
         "the line says what to check: {out}"
     );
+    assert!(
+        line.contains("web service `box`")
+            && line.contains("refused the credentials (invalid_grant)")
+            && !line.contains("malformed"),
+        "the refusal is named for what it is: {out}"
+    );
     assert!(!out.contains(SECRET), "{out}");
+
+    // An address where nothing answers: named, with the URL and what to check.
+    std::fs::write(
+        dir.path().join("mappings/box.toml"),
+        service("fake-app-secret").replace(&url, "http://127.0.0.1:1"),
+    )
+    .unwrap();
+    let o = run().await.unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(69), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(" box: "))
+        .unwrap_or_else(|| panic!("no line for box: {out}"));
+    assert!(
+        line.contains("web service `box` (http://127.0.0.1:1)")
+            && line.contains("could not be reached")
+            && line.contains("api_url"),
+        "{out}"
+    );
 
     std::fs::write(
         dir.path().join("mappings/box.toml"),

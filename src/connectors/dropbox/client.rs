@@ -217,10 +217,13 @@ impl UserAuthClient for UserClient {}
 /// One Dropbox account, as configured by a web service.
 pub struct Dropbox {
     client: UserClient,
+    /// "web service `box` (https://api.dropboxapi.com)", for messages.
+    who: String,
 }
 
 impl Dropbox {
-    pub fn new(service: &DropboxService, timeout: Duration) -> Dropbox {
+    /// `who` names the web service and where it is reached, for messages.
+    pub fn new(service: &DropboxService, timeout: Duration, who: String) -> Dropbox {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(timeout)
@@ -247,6 +250,7 @@ impl Dropbox {
             tokens.set_access_token(t.expose_secret().to_string());
         }
         Dropbox {
+            who,
             client: UserClient {
                 transport: Transport {
                     http,
@@ -295,10 +299,11 @@ impl Dropbox {
                 } => {
                     let n = attempts.load(std::sync::atomic::Ordering::Relaxed);
                     DbxError::Transient {
-                        reason: format!("{what}: {reason} (after {n} attempts)"),
+                        reason: format!("{}: {what}: {reason} (after {n} attempts)", self.who),
                         retry_after,
                     }
                 }
+                DbxError::Permanent(m) => DbxError::Permanent(format!("{}: {what}: {m}", self.who)),
                 other => other,
             })
     }
@@ -535,9 +540,16 @@ fn classify_common(text: String, e: dropbox_sdk::BoxedError) -> DbxError {
             retry_after: None,
         },
         E::HttpClient(_) => DbxError::Transient {
-            reason: format!("Dropbox could not be reached: {text}"),
+            reason: format!(
+                "Dropbox could not be reached: {text}; check the network, a proxy, or `api_url`"
+            ),
             retry_after: None,
         },
+        // The token refresh refused: Dropbox answers 400 `invalid_grant` for a wrong app
+        // secret or a revoked refresh token.
+        E::BadRequest(_) if text.contains("invalid_grant") => DbxError::Permanent(
+            "Dropbox refused the credentials (invalid_grant); check `app_key`, `app_secret` and `refresh_token`".into(),
+        ),
         E::UnexpectedHttpError { code: 408, .. } => DbxError::Transient {
             reason: "Dropbox timed out (408)".into(),
             retry_after: None,

@@ -46,11 +46,19 @@ pub struct DropboxConnector {
 }
 
 impl DropboxConnector {
-    pub fn new(service: &DropboxService) -> DropboxConnector {
+    pub fn new(name: &str, service: &DropboxService) -> DropboxConnector {
+        let api_url = service.api_url.as_ref().map(super::transport::location);
+        let origin = api_url
+            .clone()
+            .unwrap_or_else(|| "https://api.dropboxapi.com".into());
         DropboxConnector {
-            client: Arc::new(Dropbox::new(service, Duration::from_secs(60))),
+            client: Arc::new(Dropbox::new(
+                service,
+                Duration::from_secs(60),
+                format!("web service `{name}` ({origin})"),
+            )),
             app_secret: service.app_secret.clone(),
-            api_url: service.api_url.as_ref().map(super::transport::location),
+            api_url,
         }
     }
 
@@ -67,7 +75,7 @@ impl super::ConnectorKind for config::Dropbox {
         let settings = service
             .settings::<DropboxService>()
             .expect("a dropbox web service has Dropbox settings");
-        Arc::new(DropboxConnector::new(settings))
+        Arc::new(DropboxConnector::new(&service.name, settings))
     }
 }
 
@@ -672,8 +680,10 @@ impl Connector for DropboxConnector {
                 "{api} answered and took the credentials in {} ms",
                 started.elapsed().as_millis()
             )),
+            // The error names the web service and its URL, and what to check when it knows.
+            Err(e) if e.to_string().contains("check ") => Err(e.to_string()),
             Err(e) => Err(format!(
-                "{api}: {e} (check `app_key`, `app_secret` and `refresh_token`, and that the app may list files)"
+                "{e} (check `app_key`, `app_secret` and `refresh_token`, and that the app may list files)"
             )),
         }
     }
