@@ -11,6 +11,7 @@ use serde_json::json;
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(index)
         .service(asset)
+        .service(favicon)
         .service(whoami)
         .service(config_summary)
         .service(change_stats)
@@ -20,6 +21,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 const INDEX: &str = include_str!("../../web/index.html");
 const APP_JS: &str = include_str!("../../web/app.js");
 const APP_CSS: &str = include_str!("../../web/app.css");
+const ICON: &str = include_str!("../../web/icon.svg");
 
 /// The web UI.
 #[utoipa::path(tag = "ui", security(()), responses((status = 200, description = "The UI's page", content_type = "text/html")))]
@@ -43,7 +45,7 @@ async fn index() -> HttpResponse {
 #[utoipa::path(
     tag = "ui",
     security(()),
-    params(("file" = String, Path, description = "app.js or app.css")),
+    params(("file" = String, Path, description = "app.js, app.css or icon.svg")),
     responses(
         (status = 200, description = "The file"),
         (status = 404, description = "No such file", body = crate::http::openapi::ErrorBody),
@@ -54,6 +56,7 @@ async fn asset(path: web::Path<String>) -> HttpResponse {
     let (body, ty) = match path.as_str() {
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "app.css" => (APP_CSS, "text/css; charset=utf-8"),
+        "icon.svg" => (ICON, "image/svg+xml"),
         _ => {
             return HttpResponse::NotFound()
                 .json(json!({"error": "not_found", "message": "no such file"}));
@@ -64,6 +67,17 @@ async fn asset(path: web::Path<String>) -> HttpResponse {
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Content-Type-Options", "nosniff"))
         .body(body)
+}
+
+/// The icon, where browsers look for it without being told.
+#[utoipa::path(tag = "ui", security(()), responses((status = 200, description = "The icon (SVG)", content_type = "image/svg+xml")))]
+#[get("/favicon.ico")]
+async fn favicon() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header(("Cache-Control", "max-age=86400"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .body(ICON)
 }
 
 /// The calling key: its name and what it may do.

@@ -62,6 +62,13 @@ const browser = await chromium.launch({ executablePath: chromePath, headless: tr
 const failures = [];
 const page = await browser.newPage({ viewport: { width: 1366, height: 900 }, timezoneId: "Europe/Madrid" });
 page.on("pageerror", (e) => failures.push(`page error: ${e.message}`));
+// The page's own files (script, style, icon; the browser asks /favicon.ico by itself) are
+// never missing.
+page.on("response", (r) => {
+  if (r.status() === 404 && /\/(favicon\.ico|ui\/[^/]+)$/.test(new URL(r.url()).pathname)) {
+    failures.push(`404 for ${r.url()}`);
+  }
+});
 page.on("console", (m) => { if (m.type() === "error" && !/status of 4\d\d/.test(m.text())) failures.push(`console: ${m.text()}`); });
 const shot = (name) => page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
 
@@ -80,6 +87,11 @@ try {
   step = "sign in";
   await page.goto(`${base}/`);
   await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  assert.equal(await page.locator("#nav").isVisible(), false, "no page links before signing in");
+  assert.equal(await page.locator("#nav a").first().isVisible(), false, "no page links before signing in");
+  const icon = await fetch(`${base}/favicon.ico`);
+  assert.equal(icon.status, 200, "/favicon.ico is there");
+  assert.match(icon.headers.get("content-type"), /image\/svg\+xml/);
   await shot("00-sign-in");
   await page.getByLabel("API key").fill("not-a-key");
   await page.getByRole("button", { name: "Continue" }).click();
