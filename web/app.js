@@ -545,6 +545,14 @@ async function history() {
   }
 }
 
+// A message with `code` in backticks (a command, a value, a key), shown with the code set as
+// code; inserted as text like everything else, never as HTML.
+function prose(text) {
+  const parts = String(text ?? "").split("`");
+  if (parts.length < 3 || parts.length % 2 === 0) return text;
+  return parts.map((p, i) => (i % 2 ? h("code", {}, p) : p));
+}
+
 // A plan: what a run of one sync would do on each side. Nothing is written.
 const PLAN_KINDS = ["create", "update", "delete", "unlink", "link", "conflict", "ambiguous", "held", "skipped", "failed", "unchanged"];
 
@@ -560,8 +568,8 @@ function planSample(kind, s) {
   if (s.field) parts.push(`${s.field}: local ${pretty(s.local)} / external ${pretty(s.external)}, ${s.winner} wins`);
   if (s.match_on) parts.push(`equal ${s.match_on.join(", ")}`);
   if (s.candidates) parts.push(`candidates ${s.candidates.map((c) => `#${c}`).join(", ")}`);
-  if (s.reason) parts.push(s.reason);
-  if (s.error) parts.push(h("span", { class: "status-failed" }, s.error));
+  if (s.reason) parts.push(prose(s.reason));
+  if (s.error) parts.push(h("span", { class: "status-failed" }, prose(s.error)));
   return h("li", {}, h("strong", {}, kind), " ", parts.map((p, i) => [i ? " · " : "", p]));
 }
 
@@ -605,13 +613,13 @@ async function planPage() {
     h("div", { class: "notice", role: "status" }, `What ${r.full ? "a full" : "the next"} run of ${r.sync} would do. Nothing was written and nothing was confirmed.`),
     toggle,
     r.holds.map((hold) => h("div", { class: "error", role: "alert" },
-      `${hold.deletes} deletes ${hold.side === "local" ? "here" : "on the external side"} would be held for approval: ${hold.reason}.`)),
+      `${hold.deletes} deletes ${hold.side === "local" ? "here" : "on the external side"} would be held for approval: `, prose(hold.reason), ".")),
     r.reconcile ? h("p", {}, `Reconciliation would find ${r.reconcile.missing} missing, ${r.reconcile.extra} extra and ${r.reconcile.different} different records.`) : null,
     h("div", { class: "cards", id: "plan" },
       planSide("Here: local records", r.local),
       planSide("There: the external system", r.external)),
     r.round_trip && r.round_trip.length ? roundTrips(r.round_trip) : null,
-    r.notes.length ? h("ul", { class: "notes" }, r.notes.map((n) => h("li", { class: "muted" }, n))) : null,
+    r.notes.length ? h("ul", { class: "notes" }, r.notes.map((n) => h("li", { class: "muted" }, prose(n)))) : null,
   );
 }
 

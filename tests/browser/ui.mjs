@@ -283,11 +283,17 @@ try {
       field: "phone", external: "phone", to_local: toLocal, to_external: "value", checked: 3, lossy: 2,
       samples: [{ local_id: customer.id, value: "+34 600 111 222", sent: "+34 600 111 222", back: "+34600111222" }],
     }];
+    // A note as the server writes them, with code in backticks.
+    json.notes = ["a full run sends every linked record again: 4 of them carry what the external side already has (`unchanged`)"];
     await route.fulfill({ response: res, json });
   });
   await page.goto(`${base}/#/plan?sync=CON`);
   const trip = page.locator("#round-trip");
   await trip.waitFor();
+  // Backticks in the plan's notes mark code: shown as code, not as backticks.
+  const notes = page.locator("ul.notes");
+  assert.doesNotMatch(await notes.textContent(), /`/, "no literal backticks in the notes");
+  assert.equal(await notes.locator("code").textContent(), "unchanged", "the notes show code as code");
   const tripText = await trip.textContent();
   assert.match(tripText, /phone ↔ phone: 2 of 3 values do not come back equal/, tripText);
   assert.ok(tripText.includes(toLocal), `the expressions are shown: ${tripText}`);
