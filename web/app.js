@@ -260,7 +260,12 @@ async function dashboard() {
   const runRows = runs.runs.map((r) =>
     h("tr", {},
       h("td", { class: "num" }, r.id), h("td", {}, r.sync), h("td", {}, r.trigger), h("td", {}, time(r.started_at)),
-      h("td", {}, status(r.status)), h("td", { class: "num" }, r.pulled), h("td", { class: "num" }, r.created + r.updated + r.deleted),
+      h("td", {}, status(r.status),
+        // A run that wrote nothing on either side says so, rather than a bare "success".
+        r.finished_at && r.status === "success" && !(r.created + r.updated + r.deleted + r.pushed + r.failed + r.held)
+          ? h("span", { class: "muted", "data-noop": r.id }, r.pulled ? ` nothing changed (${r.pulled} read)` : " nothing to do")
+          : ""),
+      h("td", { class: "num" }, r.pulled), h("td", { class: "num" }, r.created + r.updated + r.deleted),
       h("td", { class: "num" }, r.pushed), h("td", { class: "num" }, r.failed), h("td", { class: "wrap" }, r.error || "")));
   const overdue = syncs.syncs.filter((s) => s.overdue_seconds);
   show(

@@ -135,6 +135,16 @@ try {
   const msg = await card.getByRole("status").filter({ hasText: /Run \d+ started/ }).textContent();
   const runId = msg.match(/Run (\d+)/)[1];
   await page.locator("#runs tbody tr").filter({ has: page.locator(`td:text-is("${runId}")`) }).waitFor();
+  // A run that found nothing to do says so.
+  const ended = await eventually("the run to end", async () => {
+    const r = (await call("GET", "/api/v1/runs?limit=20")).body.runs.find((x) => String(x.id) === runId);
+    return r && r.finished_at ? r : null;
+  });
+  await page.reload();
+  await page.locator("#runs").waitFor();
+  const noop = ended.status === "success" && !(ended.created + ended.updated + ended.deleted + ended.pushed + ended.failed + ended.held);
+  assert.ok(noop, `the demo's first sync has nothing new on a run now: ${JSON.stringify(ended)}`);
+  assert.match(await page.locator(`[data-noop="${runId}"]`).textContent(), /nothing (changed|to do)/, "a run that wrote nothing says so");
   await shot("02-dashboard-after-run");
 
   // 3. A failure, then the change log filtered to failures.
