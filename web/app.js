@@ -195,12 +195,15 @@ function chart(hours, sync) {
 
 async function dashboard() {
   show(h("h1", {}, "Syncs"), loading("the syncs"));
-  let syncs, stats, runs;
+  let syncs, stats, runs, ready;
   try {
-    [syncs, stats, runs] = await Promise.all([
+    [syncs, stats, runs, ready] = await Promise.all([
       api("/api/v1/syncs"),
       api("/api/v1/changes/stats?hours=24"),
       api("/api/v1/runs?limit=10"),
+      // The readiness answer says whether the mapping files on disk are valid (it answers 503
+      // with the same body when not ready).
+      fetch("/readyz").then((r) => r.json()).catch(() => null),
     ]);
   } catch (e) {
     show(h("h1", {}, "Syncs"), errorBox(e));
@@ -268,8 +271,14 @@ async function dashboard() {
       h("td", { class: "num" }, r.pulled), h("td", { class: "num" }, r.created + r.updated + r.deleted),
       h("td", { class: "num" }, r.pushed), h("td", { class: "num" }, r.failed), h("td", { class: "wrap" }, r.error || "")));
   const overdue = syncs.syncs.filter((s) => s.overdue_seconds);
+  const rejected = ready && ready.config && ready.config.valid === false;
   show(
     h("h1", {}, "Syncs"),
+    rejected
+      ? h("div", { class: "error", role: "alert", id: "config-rejected" },
+          `The last edit of the mapping files was rejected (${ready.config.errors} error${ready.config.errors === 1 ? "" : "s"}); the syncs below run on the last valid configuration. `,
+          h("a", { href: "#/config" }, "See the errors"), ".")
+      : "",
     overdue.length
       ? h("div", { class: "error", role: "alert", id: "overdue" },
           `Overdue: ${overdue.map((s) => `${s.code} (by ${seconds(s.overdue_seconds)})`).join(", ")}. `,

@@ -127,6 +127,27 @@ try {
   await page.reload();
   await page.locator("section.card[data-sync]").first().waitFor();
   assert.equal(await page.locator("#overdue").count(), 0, "no alert when nothing is overdue");
+  assert.equal(await page.locator("#config-rejected").count(), 0, "no alert while the mapping files are valid");
+
+  // 1c. A mapping edit that was rejected (hot reload keeps the last valid configuration; the
+  // server's side is tested in tests/serve.rs): the dashboard says so and links to the errors.
+  step = "rejected edit";
+  await page.route("**/readyz", async (route) => {
+    const res = await route.fetch();
+    const json = await res.json();
+    json.config.valid = false;
+    json.config.errors = 2;
+    await route.fulfill({ response: res, json });
+  });
+  await page.reload();
+  const rejected = page.locator("#config-rejected");
+  await rejected.waitFor();
+  assert.match(await rejected.textContent(), /last edit of the mapping files was rejected \(2 errors\)/);
+  assert.equal(await rejected.locator('a[href="#/config"]').count(), 1, "it links to the errors");
+  await shot("01c-dashboard-rejected-edit");
+  await page.unroute("**/readyz");
+  await page.reload();
+  await page.locator("section.card[data-sync]").first().waitFor();
 
   // 2. Run now, and the run's row appears.
   step = "run now";
