@@ -710,13 +710,36 @@ async function deadLetters() {
       row.querySelectorAll("button").forEach((b) => { b.disabled = false; });
     }
   };
+  // Every dead letter shown, retried or discarded at once (one call per entry, in order).
+  const all = (verb) => async (ev) => {
+    if (verb === "discard" && !window.confirm(`Discard all ${r.entries.length} dead letters? Their changes will not be sent.`)) return;
+    const buttons = document.querySelectorAll("#dead button, #dead-all button");
+    buttons.forEach((b) => { b.disabled = true; });
+    let done = 0;
+    try {
+      for (const e of r.entries) {
+        await api(`/api/v1/outbox/${e.id}/${verb}`, { method: "POST" });
+        done += 1;
+      }
+      note.replaceChildren(h("div", { class: "notice" }, verb === "retry" ? `${done} entries are queued again.` : `${done} entries were discarded.`));
+      document.querySelector("#dead tbody").replaceChildren();
+    } catch (err) {
+      note.replaceChildren(errorBox(err), h("p", {}, `${done} of ${r.entries.length} done before the error; reload to see what is left.`));
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  };
   show(
     h("h1", {}, "Dead letters"), note,
+    me.operate
+      ? h("div", { class: "actions", id: "dead-all" },
+          h("button", { type: "button", onclick: all("retry") }, `Retry all (${r.entries.length})`), " ",
+          h("button", { type: "button", class: "danger", onclick: all("discard") }, `Discard all (${r.entries.length})`))
+      : null,
     h("table", { id: "dead" },
       h("thead", {}, h("tr", {}, ["Entry", "Sync", "Record", "Action", "Attempts", "Last error", "Queued", me.operate ? "" : null].filter((t) => t !== null).map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, r.entries.map((e) => h("tr", { "data-id": e.id },
         h("td", { class: "num" }, e.id), h("td", {}, e.sync),
-        h("td", {}, h("a", { href: `#/history${query({ local_id: e.local_id })}` }, `#${e.local_id}`)),
+        h("td", {}, h("a", { href: `#/history${query({ local_id: e.local_id })}` }, e.title || `#${e.local_id}`)),
         h("td", {}, e.action), h("td", { class: "num" }, e.attempts), h("td", { class: "wrap" }, e.last_error || ""),
         h("td", {}, time(e.created_at)),
         me.operate ? h("td", {},

@@ -652,7 +652,7 @@ struct OutboxQuery {
         ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 100)"),
     ),
     responses(
-        (status = 200, description = "The entries", body = Object),
+        (status = 200, description = "The entries, each with its record's `title` (its model's display field; null for a record deleted since or a secret display field)", body = Object),
         (status = 400, description = "A parameter or the body does not fit", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
         (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
@@ -692,6 +692,43 @@ async fn list_outbox(
             } else {
                 None
             };
+            // Each entry's record by its title (its model's `display` field), unless that field
+            // is secret; a record deleted since has none.
+            let plan = state.plan();
+            let mut ids: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
+            for e in &entries {
+                if let Some(s) = plan.sync(&e.sync) {
+                    ids.entry(s.model.as_str()).or_default().push(e.local_id);
+                }
+            }
+            let mut titles = std::collections::HashMap::new();
+            for (model, ids) in ids {
+                let Some(m) = plan.models.get(model) else {
+                    continue;
+                };
+                let secret = m
+                    .display
+                    .as_ref()
+                    .and_then(|d| m.fields.get(d))
+                    .is_some_and(|f| f.secret);
+                if secret {
+                    continue;
+                }
+                for r in state.engine.reads().records_by_ids(model, &ids).await? {
+                    titles.insert((model.to_string(), r.id), m.title(r.id, &r.values));
+                }
+            }
+            let entries: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| {
+                    let mut v = json!(e);
+                    let title = plan
+                        .sync(&e.sync)
+                        .and_then(|s| titles.get(&(s.model.clone(), e.local_id)));
+                    v["title"] = json!(title);
+                    v
+                })
+                .collect();
             Ok(HttpResponse::Ok().json(json!({"entries": entries, "next_after": next})))
         }
         .await,

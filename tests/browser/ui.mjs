@@ -222,6 +222,7 @@ try {
   await page.locator("#dead tbody tr").first().waitFor();
   assert.equal(await page.getByRole("button", { name: "Retry" }).count(), 0, "no Retry for a read key");
   assert.equal(await page.getByRole("button", { name: "Discard" }).count(), 0, "no Discard for a read key");
+  assert.equal(await page.getByRole("button", { name: /all/ }).count(), 0, "no bulk buttons for a read key");
   await shot("06-dead-letters-read-only");
 
   // 7. Retry the dead letter and see it delivered.
@@ -232,6 +233,7 @@ try {
   const row = page.locator("#dead tbody tr").first();
   await row.waitFor();
   const entry = await row.getAttribute("data-id");
+  assert.equal(await row.getByRole("link", { name: "Dead Letter Test" }).count(), 1, "the record is named by its title");
   await shot("07-dead-letters");
   await row.getByRole("button", { name: "Retry" }).click();
   await page.locator(".notice").filter({ hasText: `Entry ${entry} is queued again` }).waitFor();
@@ -239,6 +241,29 @@ try {
     const all = (await call("GET", "/api/v1/outbox?status=done&limit=1000")).body.entries;
     return all.some((e) => String(e.id) === entry);
   });
+  await page.reload();
+  await page.locator(".empty").filter({ hasText: "No dead letters" }).waitFor();
+
+  // 7a. Two dead letters, discarded at once (after a confirmation).
+  step = "discard all";
+  await fetch(`${peer}/peer/faults`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ fail_next: 100, only: "ship" }) });
+  const others = contacts.records.filter((r) => r.id !== customer.id).slice(0, 2);
+  for (const [i, o] of others.entries()) {
+    const e = await call("PATCH", `/api/v1/models/contact/records/${o.id}`, { name: `Bulk ${i}` });
+    assert.equal(e.status, 200, JSON.stringify(e.body));
+  }
+  const dead = await eventually("two dead letters", async () => {
+    const d = (await call("GET", "/api/v1/outbox?status=dead")).body.entries;
+    return d.length >= 2 ? d : null;
+  });
+  await fetch(`${peer}/peer/faults`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({}) });
+  await page.reload();
+  await page.locator("#dead tbody tr").nth(1).waitFor();
+  page.once("dialog", (d) => d.accept());
+  await page.getByRole("button", { name: `Discard all (${dead.length})` }).click();
+  await page.locator(".notice").filter({ hasText: `${dead.length} entries were discarded` }).waitFor();
+  const discarded = (await call("GET", "/api/v1/outbox?status=discarded&limit=1000")).body.entries.map((e) => e.id);
+  for (const d of dead) assert.ok(discarded.includes(d.id), `entry ${d.id} discarded`);
   await page.reload();
   await page.locator(".empty").filter({ hasText: "No dead letters" }).waitFor();
 
