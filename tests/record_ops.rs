@@ -22,6 +22,19 @@ async fn op(h: &Harness, local: i64, op: &str, body: Option<Value>) -> (u16, Val
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET /api/v1/syncs/CON/records/<id>`: the record's state in the sync (a read key).
+async fn state(h: &Harness, local: i64) -> Value {
+    h.client
+        .get(h.url(&format!("/api/v1/syncs/CON/records/{local}")))
+        .header("X-Api-Key", common::harness::READ_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn crm(h: &Harness, method: reqwest::Method, path: &str, body: Value) -> u16 {
     h.client
         .request(method, h.url(path))
@@ -69,6 +82,12 @@ async fn a_paused_record_is_neither_sent_nor_overwritten_until_resumed() {
         "{body}"
     );
     assert_eq!(body["external_id"], "P-1");
+    let now = state(&h, local).await;
+    assert_eq!(
+        (&now["state"], &now["external_id"], &now["paused"]),
+        (&json!("linked"), &json!("P-1"), &json!(true)),
+        "{now}"
+    );
 
     // Incoming: an update and a delete, each answered and logged, neither applied.
     let upd = json!({"name": "Changed outside"});
@@ -252,9 +271,16 @@ async fn unlink_relink_and_resync_one_record() {
     }
     let rita = h.link("CON", "R-1").await.unwrap().local_id;
 
+    assert_eq!(state(&h, rita).await["state"], "linked");
     let (status, body) = op(&h, rita, "unlink", None).await;
     assert_eq!(status, 200, "{body}");
     assert!(h.link("CON", "R-1").await.is_none());
+    let now = state(&h, rita).await;
+    assert_eq!(
+        (&now["state"], &now["paused"]),
+        (&json!("not_linked"), &json!(false)),
+        "{now}"
+    );
     assert_eq!(name_of(&h, rita).await, "Rita", "the record stays");
     let (status, body) = op(&h, rita, "unlink", None).await;
     assert_eq!(status, 404, "not linked any more: {body}");

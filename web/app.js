@@ -548,11 +548,14 @@ async function history() {
           h("span", { class: "direction", title: c.direction.replace(/_/g, " ") }, c.direction === "external_to_local" ? "← in" : "→ out"),
           " · ", c.action, " · ", status(c.status)),
         h("div", {}, h("a", { href: `#/change/${c.id}` }, c.name), c.title ? ` — ${c.title}` : ""),
-        c.error_message ? h("div", { class: "status-failed" }, c.error_message) : null)));
-    // The syncs that carried this local record, for the per-record operations.
-    const codes = local && me.operate ? [...new Set(rows.filter((c) => String(c.local_id) === local && c.sync).map((c) => c.sync))] : [];
+        // A failure's error in red; the note of any other row (a skip, a conflict settled) as a note.
+        c.error_message ? h("div", { class: c.status === "failed" ? "status-failed" : "note", "data-note": c.status }, prose(c.error_message)) : null)));
+    // The syncs that carried this local record: its state in each, and the per-record
+    // operations.
+    const codes = local ? [...new Set(rows.filter((c) => String(c.local_id) === local && c.sync).map((c) => c.sync))] : [];
+    const states = await Promise.all(codes.map((code) => recordState(code, local)));
     show(h("h1", {}, "Record history"), form,
-      codes.length ? recordOps(local, codes) : null,
+      codes.length ? recordOps(local, codes, states) : null,
       rows.length ? list : empty("No change-control row mentions this record yet."));
   } catch (e) {
     show(h("h1", {}, "Record history"), form, errorBox(e));
@@ -656,8 +659,28 @@ function roundTrips(trips) {
 }
 
 // One record, one sync: pause, resume, unlink, relink or re-read it (operate keys).
-function recordOps(local, codes) {
+// A record's state in one sync, in words.
+function stateText(s) {
+  if (!s) return "";
+  const parts = [
+    s.state === "linked" ? `linked to ${s.external_id ?? "(its id is on its way)"}`
+      : s.state === "detached" ? `detached (hold ${s.detached_by_hold} discarded)`
+      : s.state === "left_domain" ? "outside the sync's domain"
+      : "not linked",
+  ];
+  if (s.paused) parts.push("paused");
+  return parts.join(" · ");
+}
+
+const recordState = (code, local) =>
+  api(`/api/v1/syncs/${encodeURIComponent(code)}/records/${encodeURIComponent(local)}`).catch(() => null);
+
+// One record in each sync that carried it: its state now, and (operate keys) pause, resume,
+// unlink, relink or re-read it.
+function recordOps(local, codes, states) {
   const note = h("div", { role: "status" });
+  const cells = Object.fromEntries(codes.map((code, i) => [code,
+    h("td", { class: states[i] && states[i].paused ? "state status-skipped" : "state", "data-state": code }, stateText(states[i]))]));
   const act = (code, op, body) => async (ev) => {
     ev.target.disabled = true;
     try {
@@ -667,20 +690,26 @@ function recordOps(local, codes) {
     } catch (err) {
       note.replaceChildren(errorBox(err));
     }
+    const now = await recordState(code, local);
+    cells[code].className = now && now.paused ? "state status-skipped" : "state";
+    cells[code].textContent = stateText(now);
     ev.target.disabled = false;
   };
   const rows = codes.map((code) => {
     const ext = h("input", { name: "external_id", "aria-label": `External id to link #${local} to in ${code}`, placeholder: "external id", size: 12 });
     return h("tr", { "data-sync": code },
       h("th", { scope: "row" }, code),
-      h("td", {},
-        ["pause", "resume", "unlink", "resync"].map((op) => [h("button", { type: "button", class: op === "unlink" ? "danger" : "secondary", "data-op": op, onclick: act(code, op) }, op), " "]),
-        ext, " ",
-        h("button", { type: "button", class: "secondary", "data-op": "relink", onclick: act(code, "relink", () => ({ external_id: ext.value.trim() })) }, "relink")));
+      cells[code],
+      me.operate
+        ? h("td", {},
+            ["pause", "resume", "unlink", "resync"].map((op) => [h("button", { type: "button", class: op === "unlink" ? "danger" : "secondary", "data-op": op, onclick: act(code, op) }, op), " "]),
+            ext, " ",
+            h("button", { type: "button", class: "secondary", "data-op": "relink", onclick: act(code, "relink", () => ({ external_id: ext.value.trim() })) }, "relink"))
+        : null);
   });
   return h("section", { class: "card", "aria-label": "This record in each sync" },
     h("h2", {}, `Record #${local} in each sync`),
-    h("p", { class: "muted" }, "Pause stops a sync from sending or overwriting the record until resumed; unlink ends its link; relink links it to another external id; resync reads it again from the external side."),
+    me.operate ? h("p", { class: "muted" }, "Pause stops a sync from sending or overwriting the record until resumed; unlink ends its link; relink links it to another external id; resync reads it again from the external side.") : null,
     h("table", { id: "record-ops" }, h("tbody", {}, rows)), note);
 }
 

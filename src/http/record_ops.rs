@@ -5,10 +5,71 @@ use super::AppState;
 use super::api::{ApiError, caller, json_body, respond};
 use crate::config::Scope;
 use crate::engine::{RecordOp, RecordOpError};
-use actix_web::{HttpRequest, HttpResponse, post, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use serde_json::json;
 
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(record_op);
+    cfg.service(record_op).service(record_state);
+}
+
+/// One record's state for a sync: linked (and to which external id), paused, detached.
+#[utoipa::path(
+    tag = "syncs",
+    params(
+        ("code" = String, Path, description = "The sync"),
+        ("local_id" = i64, Path, description = "The local record"),
+    ),
+    responses(
+        (status = 200, description = "{state: linked | not_linked | detached, external_id, paused, detached_by_hold}", body = Object),
+        (status = 400, description = "A parameter does not fit", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The key lacks the scope", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Unknown sync", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody),
+    )
+)]
+#[get("/api/v1/syncs/{code}/records/{local_id}")]
+async fn record_state(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            caller(&req, &state, &Scope::Read)?;
+            let (code, local_id) = path.into_inner();
+            let local_id: i64 = local_id
+                .parse()
+                .map_err(|_| ApiError::BadRequest(format!("`{local_id}` is not a record id")))?;
+            let plan = state.plan();
+            if plan.sync(&code).is_none() {
+                return Err(ApiError::NotFound(format!("unknown sync `{code}`")));
+            }
+            let (link, paused, detached) = state
+                .engine
+                .reads()
+                .record_state(&code, &plan.binding_of(&code), local_id)
+                .await?;
+            let left = link
+                .as_ref()
+                .is_some_and(|l| l.left.iter().any(|s| *s == code));
+            let shown = match (&link, detached) {
+                (_, Some(_)) => "detached",
+                (Some(_), _) if left => "left_domain",
+                (Some(_), _) => "linked",
+                (None, _) => "not_linked",
+            };
+            Ok(HttpResponse::Ok().json(json!({
+                "sync": code,
+                "local_id": local_id,
+                "state": shown,
+                "external_id": link.and_then(|l| l.external_id),
+                "paused": paused,
+                "detached_by_hold": detached,
+            })))
+        }
+        .await,
+    )
 }
 
 impl From<RecordOpError> for ApiError {

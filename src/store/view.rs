@@ -58,6 +58,20 @@ impl ReadView {
         self.0.records_by_ids(model, ids).await
     }
 
+    /// One record's state for one sync: its link (of the sync's `binding`), whether it is
+    /// paused, and the discarded hold that left it detached.
+    pub async fn record_state(
+        &self,
+        sync: &str,
+        binding: &str,
+        local_id: i64,
+    ) -> Result<(Option<Link>, bool, Option<i64>)> {
+        let link = self.0.links_by_local(binding, &[local_id]).await?.pop();
+        let paused = !self.0.paused_among(sync, &[local_id]).await?.is_empty();
+        let detached = self.0.detached_hold(sync, local_id).await?;
+        Ok((link, paused, detached))
+    }
+
     pub async fn changes(&self, f: &ChangeFilter) -> Result<Vec<Change>> {
         self.0.changes(f).await
     }

@@ -399,8 +399,11 @@ try {
   await shot("08-record-history");
   step = "record operations";
   const ops = page.locator('#record-ops tr[data-sync="CON"]');
+  const state = page.locator('#record-ops td[data-state="CON"]');
+  assert.match(await state.textContent(), /^linked to \S+$/, "the record's state in the sync is shown");
   await ops.getByRole("button", { name: "pause" }).click();
   await page.locator(".notice").filter({ hasText: "CON:" }).waitFor();
+  await eventually("the state to say paused", async () => /· paused$/.test(await state.textContent()));
   const ext = (await call("GET", `/api/v1/changes?sync=CON&local_id=${customer.id}&limit=1000`)).body.changes.find((c) => c.external_id).external_id;
   const paused = await call("PATCH", `/api/v1/models/contact/records/${customer.id}`, { name: "Edited while paused" });
   assert.equal(paused.status, 200, JSON.stringify(paused.body));
@@ -409,9 +412,16 @@ try {
     (await call("GET", `/api/v1/changes?sync=CON&local_id=${customer.id}&status=skipped&limit=10`)).body.changes.length > 0);
   const there = async () => (await (await fetch(`${peer}/peer/contacts/records`)).json()).records.find((r) => r.unique_id === ext || r.id === ext);
   assert.notEqual((await there()).full_name, "Edited while paused", "a paused record is not sent");
+  // The history colours each row's note by its status: the skip is a note, a failure an error.
+  await page.reload();
+  await page.locator('[data-note="skipped"]').first().waitFor();
+  assert.equal(await page.locator('[data-note="skipped"]').first().getAttribute("class"), "note", "a skip's note is not an error");
+  assert.equal(await page.locator('[data-note="failed"]').first().getAttribute("class"), "status-failed", "a failure's error is");
   await shot("13-record-paused");
+  assert.match(await page.locator('#record-ops td[data-state="CON"]').textContent(), /· paused$/, "still paused after a reload");
   await ops.getByRole("button", { name: "resume" }).click();
   await page.locator(".notice").filter({ hasText: /CON: .*resumed/i }).waitFor();
+  await eventually("the state to drop paused", async () => !/paused/.test(await page.locator('#record-ops td[data-state="CON"]').textContent()));
   await eventually("the resumed record sent", async () => (await there()).full_name === "Edited while paused");
   step = "configuration";
   await page.getByRole("link", { name: "Configuration" }).click();
