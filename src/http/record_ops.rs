@@ -50,9 +50,7 @@ async fn record_state(
                 .reads()
                 .record_state(&code, &plan.binding_of(&code), local_id)
                 .await?;
-            let left = link
-                .as_ref()
-                .is_some_and(|l| l.left.iter().any(|s| *s == code));
+            let left = link.as_ref().is_some_and(|l| l.left.contains(&code));
             let shown = match (&link, detached) {
                 (_, Some(_)) => "detached",
                 (Some(_), _) if left => "left_domain",
