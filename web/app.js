@@ -861,13 +861,18 @@ async function configPage() {
     h("p", { class: "muted" }, "Secrets (keys, tokens, values read from the environment) are never shown; an address written with ${…} shows its scheme and host, and /… for the rest."));
 }
 
+// Icons are drawn by the style sheet (no emoji: not every system has a font for them).
 function treeNode(n) {
   const label = `${n.name}${n.tag === "file" && n.size != null ? ` (${n.size} bytes)` : ""}`;
-  if (n.tag === "folder") {
+  if (n.tag === "folder" && (n.children || []).length) {
     return h("details", { class: "tree", open: true },
-      h("summary", {}, `📁 ${n.name}`), (n.children || []).map(treeNode));
+      h("summary", {}, h("span", { class: "icon-folder", "aria-hidden": "true" }), n.name), n.children.map(treeNode));
   }
-  return h("div", { class: "file" }, `📄 ${label}`);
+  if (n.tag === "folder") {
+    // Nothing to open: no disclosure triangle.
+    return h("div", { class: "folder empty-folder" }, h("span", { class: "icon-folder", "aria-hidden": "true" }), n.name, h("span", { class: "muted" }, " (empty)"));
+  }
+  return h("div", { class: "file" }, h("span", { class: "icon-file", "aria-hidden": "true" }), label);
 }
 
 async function trees() {

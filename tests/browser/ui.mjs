@@ -436,6 +436,30 @@ try {
   await page.getByRole("link", { name: "Dropbox trees" }).click();
   await page.locator(".empty, section.card").first().waitFor();
   await shot("10-dropbox-trees");
+  // A mirrored tree (the demo has no Dropbox; the server's side is tested in tests/dropbox.rs):
+  // icons drawn without emoji, and an empty folder without a disclosure triangle.
+  await page.route("**/api/v1/config", async (route) => {
+    const res = await route.fetch();
+    const json = await res.json();
+    json.web_services.push({ name: "box", kind: "dropbox" });
+    json.syncs.push({ code: "DBX", web_service: "box" });
+    await route.fulfill({ response: res, json });
+  });
+  await page.route("**/api/v1/syncs/DBX/tree", (route) => route.fulfill({ json: {
+    name: "/Customers", children: [
+      { tag: "folder", name: "ACME", children: [{ tag: "file", name: "contract.pdf", size: 1024 }] },
+      { tag: "folder", name: "Globex", children: [] },
+    ] } }));
+  await page.reload();
+  await page.locator("details.tree").first().waitFor();
+  const tree = await page.locator("main").textContent();
+  assert.doesNotMatch(tree, /\p{Extended_Pictographic}/u, "no emoji in the tree");
+  assert.equal(await page.locator("details.tree summary").filter({ hasText: "Globex" }).count(), 0, "an empty folder cannot be opened");
+  assert.equal(await page.locator(".empty-folder").filter({ hasText: "Globex" }).count(), 1, "it says it is empty");
+  assert.equal(await page.locator(".icon-folder").count(), 3, "a folder icon each (root, ACME, Globex)");
+  await shot("10b-dropbox-tree");
+  await page.unroute("**/api/v1/config");
+  await page.unroute("**/api/v1/syncs/DBX/tree");
 
   assert.deepEqual(failures, [], "no script errors");
   console.log("browser tests passed; screenshots in", shots);
