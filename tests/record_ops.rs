@@ -370,3 +370,66 @@ async fn a_record_deleted_on_both_sides_while_paused_resumes_without_a_send() {
     assert!(dead.is_empty(), "{dead:?}");
     h.stop().await;
 }
+
+/// `GET /api/v1/changes/stats` (the dashboard's counts): a delivery that failed and then went
+/// through on its retry is a failed attempt but not a failure to look at (`unresolved`); a
+/// refused inbound change is both.
+#[tokio::test]
+async fn stats_tell_failures_made_good_from_those_left() {
+    let h = Harness::start().await;
+    // A contact made in the CRM (the peer calls recsync back).
+    h.peer
+        .upsert(
+            "crm",
+            Some("S-1".into()),
+            json!({"name": "Sam", "email": "sam@example.com"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .await;
+    let local = eventually(15, "the CRM's contact linked", || async {
+        h.link("CON", "S-1").await.map(|l| l.local_id)
+    })
+    .await;
+    // The next delivery to the CRM fails once, then its retry goes through.
+    h.peer.set_faults(recsync::peer::Faults {
+        fail_next: 1,
+        only: Some("ship".into()),
+        ..Default::default()
+    });
+    h.patch_record("contact", local, json!({"name": "Sam B."}))
+        .await;
+    eventually(15, "the retried delivery", || async {
+        let rows = h.changes("CON").await;
+        let failed = rows
+            .iter()
+            .any(|c| c.status == "failed" && c.direction == "local_to_external");
+        let later = rows.iter().any(|c| {
+            c.status == "success" && c.direction == "local_to_external" && c.local_id == Some(local)
+        });
+        (failed && later).then_some(())
+    })
+    .await;
+    // A refused inbound change stays a failure.
+    let bad = json!({"unique_id": "S-2", "name": "Sue", "customer": "maybe"});
+    crm(&h, reqwest::Method::POST, "/sync/CON/create", bad).await;
+    let stats: Value = h
+        .client
+        .get(h.url("/api/v1/changes/stats?hours=1"))
+        .header("X-Api-Key", common::harness::READ_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let con: Vec<&Value> = stats["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["sync"] == "CON")
+        .collect();
+    let sum = |k: &str| con.iter().map(|x| x[k].as_i64().unwrap()).sum::<i64>();
+    assert_eq!((sum("failed"), sum("unresolved")), (2, 1), "{stats}");
+}

@@ -169,11 +169,12 @@ function chart(hours, sync) {
   svg.setAttribute("viewBox", "0 0 240 48");
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
-  let total = 0, failed = 0;
+  let total = 0, failed = 0, unresolved = 0;
   slots.forEach((s, i) => {
-    const v = by.get(s) || { changes: 0, failed: 0 };
+    const v = by.get(s) || { changes: 0, failed: 0, unresolved: 0 };
     total += v.changes;
     failed += v.failed;
+    unresolved += v.unresolved ?? v.failed;
     for (const [cls, n] of [["c", v.changes], ["f", v.failed]]) {
       if (!n) continue;
       const r = document.createElementNS(ns, "rect");
@@ -189,8 +190,8 @@ function chart(hours, sync) {
       svg.append(r);
     }
   });
-  svg.setAttribute("aria-label", `Last 24 hours: ${total} changes, ${failed} failed`);
-  return { svg, total, failed };
+  svg.setAttribute("aria-label", `Last 24 hours: ${total} changes, ${failed} failed attempts, ${unresolved} not made good since`);
+  return { svg, total, failed, unresolved };
 }
 
 async function dashboard() {
@@ -252,7 +253,10 @@ async function dashboard() {
         h("dt", {}, "Last 24 h"),
         h("dd", {},
           h("a", { href: `#/changes${query({ sync: s.code, since })}` }, `${c.total} changes`), ", ",
-          h("a", { href: `#/changes${query({ sync: s.code, status: "failed", since })}`, class: c.failed ? "status-failed" : "" }, `${c.failed} failed`)),
+          // Failures not made good by a later success; attempts that a retry then made good
+          // are counted apart.
+          h("a", { href: `#/changes${query({ sync: s.code, status: "failed", since })}`, class: c.unresolved ? "status-failed" : "", "data-failed": s.code }, `${c.unresolved} failed`),
+          c.failed > c.unresolved ? h("span", { class: "muted", "data-retried": s.code }, ` (${c.failed - c.unresolved} more retried since)`) : ""),
       ),
       c.svg,
       h("div", { class: "legend" }, "changes and failures per hour, last 24 h"),

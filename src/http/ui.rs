@@ -197,7 +197,7 @@ struct StatsQuery {
     tag = "changes",
     params(("hours" = Option<i64>, Query, description = "How many hours back, 1 to 168 (default 24)")),
     responses(
-        (status = 200, description = "Counts per sync and UTC hour", body = Object),
+        (status = 200, description = "Counts per sync and UTC hour: `changes`, `failed` (failed attempts) and `unresolved` (failures no later success of the same record, sync and direction made good)", body = Object),
         (status = 400, description = "`hours` out of range", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "Missing or unknown key", body = crate::http::openapi::ErrorBody),
     )
@@ -220,8 +220,8 @@ async fn change_stats(
             let rows = state.engine.reads().change_stats(since).await?;
             let out: Vec<_> = rows
                 .into_iter()
-                .map(|(sync, hour, n, failed)| {
-                    json!({"sync": sync, "hour": format!("{hour}:00:00Z"), "changes": n, "failed": failed})
+                .map(|(sync, hour, n, failed, unresolved)| {
+                    json!({"sync": sync, "hour": format!("{hour}:00:00Z"), "changes": n, "failed": failed, "unresolved": unresolved})
                 })
                 .collect();
             Ok(HttpResponse::Ok().json(json!({"since": since, "until": now, "hours": out})))

@@ -152,19 +152,29 @@ impl Store {
     pub async fn change_stats(
         &self,
         since: DateTime<Utc>,
-    ) -> Result<Vec<(String, String, i64, i64)>> {
+    ) -> Result<Vec<(String, String, i64, i64, i64)>> {
         let hour = match &self.backend {
             Backend::Sqlite { .. } => "substr(synced_at, 1, 13)",
             Backend::Postgres(_) => "to_char(synced_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24')",
         };
+        // `failed` counts failed attempts; `unresolved` those of them that no later success of
+        // the same record, sync and direction has made good (a delivery that failed, then went
+        // through on its retry, is not a failure to look at).
         let sql = format!(
             "SELECT sync, {hour} AS hour, COUNT(*) AS n,
-                    CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed
-             FROM change_log WHERE synced_at >= $1 GROUP BY sync, {hour} ORDER BY sync, hour"
+                    CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed,
+                    CAST(SUM(CASE WHEN status = 'failed' AND NOT EXISTS (
+                        SELECT 1 FROM change_log later
+                         WHERE later.sync = f.sync AND later.direction = f.direction
+                           AND later.id > f.id AND later.status IN ('success', 'conflict_resolved')
+                           AND ((f.local_id IS NOT NULL AND later.local_id = f.local_id)
+                             OR (f.local_id IS NULL AND later.external_id = f.external_id))
+                    ) THEN 1 ELSE 0 END) AS BIGINT) AS unresolved
+             FROM change_log f WHERE synced_at >= $1 GROUP BY sync, {hour} ORDER BY sync, hour"
         );
         let mut c = self.reader().await?;
         Ok(on!(c.conn(), |c| {
-            query_as::<_, (String, String, i64, i64)>(&sql)
+            query_as::<_, (String, String, i64, i64, i64)>(&sql)
                 .bind(since)
                 .fetch_all(c)
                 .await

@@ -83,7 +83,7 @@ impl ReadView {
     pub async fn change_stats(
         &self,
         since: DateTime<Utc>,
-    ) -> Result<Vec<(String, String, i64, i64)>> {
+    ) -> Result<Vec<(String, String, i64, i64, i64)>> {
         self.0.change_stats(since).await
     }
 
