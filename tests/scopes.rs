@@ -20,9 +20,11 @@ enum Need {
 fn need(method: &str, path: &str) -> Need {
     match (method, path) {
         (_, p) if p.starts_with("/sync/") => Need::Sync,
-        ("get", "/healthz" | "/readyz" | "/openapi.json" | "/" | "/ui/{file}" | "/metrics") => {
-            Need::Nothing
-        }
+        (
+            "get",
+            "/healthz" | "/readyz" | "/openapi.json" | "/" | "/ui/{file}" | "/favicon.ico"
+            | "/metrics",
+        ) => Need::Nothing,
         // The external systems call these without a key: Dropbox's POST carries a signature
         // (tests/dropbox.rs), Odoo's automation rules the web service's token (tests/odoo.rs);
         // this harness has no such service (404 for any key).
