@@ -435,7 +435,20 @@ async function pairedDiff(c, o, d) {
       return { label: `${label} (${inbound ? "to_local" : "to_external"} ${expr})`, ov, dv: to ? pick(d, to) : undefined, transformed: true };
     }
     used.add(from.replace(/^\$\.([^.]+).*/, "$1"));
-    return { label, ov: pick(o, from), dv: pick(d, to) };
+    const ov = pick(o, from), dv = pick(d, to);
+    if (f.map) {
+      // A value table: the two sides differ by design (`customer` here is `C` there); marked
+      // only when the destination is not what the table makes of the origin.
+      const same = (a, b) => JSON.stringify(a) === JSON.stringify(b) || String(a) === String(b);
+      const hit = f.map.find(([l, e]) => same(inbound ? e : l, ov));
+      const expected = hit ? (inbound ? hit[0] : hit[1]) : ov;
+      return { label: `${label} (value table)`, ov, dv, changed: !same(expected, dv) };
+    }
+    if (f.reference) {
+      // A reference: an external id on one side, a local id on the other.
+      return { label: `${label} (reference by ${f.reference})`, ov, dv, changed: (ov == null) !== (dv == null) };
+    }
+    return { label, ov, dv };
   });
   // An outbound row's origin holds the whole local record: fields this sync does not map
   // were not sent, so they are not listed as if they had been.
@@ -445,7 +458,9 @@ async function pairedDiff(c, o, d) {
   }
   // A transformed value differs from what it was made of by design: highlighted when it
   // is empty, as a plain pair is when it differs.
-  rows.forEach((r) => { r.changed = r.transformed ? r.dv === undefined : JSON.stringify(r.ov) !== JSON.stringify(r.dv); });
+  rows.forEach((r) => {
+    if (r.changed === undefined) r.changed = r.transformed ? r.dv === undefined : JSON.stringify(r.ov) !== JSON.stringify(r.dv);
+  });
   const cell = (v, changed) => h("td", { class: changed ? "changed" : "" }, v === undefined ? h("span", { class: "muted" }, "—") : pretty(v));
   return h("table", { class: "diff", "aria-label": "Values, origin against destination" },
     h("thead", {}, h("tr", {},
@@ -516,7 +531,7 @@ async function changeDetail(id) {
     h("h1", {}, `${c.name}: ${c.title || c.external_id || c.local_id || ""}`),
     c.error_message ? h("div", { class: c.status === "failed" ? "error" : "notice", role: c.status === "failed" ? "alert" : "note" }, c.error_message) : null,
     meta,
-    h("h2", {}, c.action === "conflict" ? "Conflict" : "Values (highlighted where origin and destination differ)"),
+    h("h2", {}, c.action === "conflict" ? "Conflict" : "Values (highlighted where the destination is not what the mapping makes of the origin)"),
     diff,
     history.length ? h("p", {}, history.flatMap((a, i) => (i ? [" · ", a] : [a]))) : null,
   );

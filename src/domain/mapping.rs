@@ -230,6 +230,11 @@ impl ValueMap {
         self.pairs.iter().find(|(l, _)| l == local).map(|(_, e)| e)
     }
 
+    /// The table's pairs, local value then external value.
+    pub fn pairs(&self) -> &[(Value, Value)] {
+        &self.pairs
+    }
+
     pub fn to_local(&self, external: &Value) -> Option<&Value> {
         // Compare loosely so that a form-encoded "1" finds the external value 1.
         self.pairs

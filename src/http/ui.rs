@@ -160,6 +160,20 @@ async fn config_summary(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
                             let mut pair = json!({
                                 "local": f.local, "external": f.external.to_string(), "direction": f.direction,
                             });
+                            // A value table and a reference: values that differ on the two
+                            // sides by design, which a change's diff does not mark.
+                            if let Some(m) = &f.map {
+                                pair["map"] = json!(m.pairs());
+                            }
+                            match &f.reference {
+                                crate::domain::mapping::Reference::None => {}
+                                crate::domain::mapping::Reference::Field(name) => {
+                                    pair["reference"] = json!(format!("field {name}"));
+                                }
+                                crate::domain::mapping::Reference::Sync(code) => {
+                                    pair["reference"] = json!(format!("sync {code}"));
+                                }
+                            }
                             // A transform: its expression and the fields it reads, so that a
                             // change shows what went in and what came out.
                             if let Some(t) = &f.to_local {

@@ -288,6 +288,16 @@ try {
   assert.ok(cells.some((c) => c.to === "Dead Letter Test"), `the sent name is shown: ${JSON.stringify(cells)}`);
   assert.ok(!cells.some((c) => ["action", "external_id", "values"].includes(c.field)), `no raw request keys: ${JSON.stringify(cells)}`);
   assert.match(await page.locator("dl.meta").textContent(), /→ local to external/, "the direction has its arrow");
+  // A value table and a reference differ on the two sides by design: not marked as changes.
+  const mappedRow = page.locator('table.diff tbody tr[data-field*="(value table)"]');
+  const refRow = page.locator('table.diff tbody tr[data-field*="(reference by sync COMP)"]');
+  assert.equal(await mappedRow.count(), 1, `the stage pair is named a value table: ${JSON.stringify(cells)}`);
+  assert.equal(await refRow.count(), 1, `the company pair is named a reference: ${JSON.stringify(cells)}`);
+  const refCells = await refRow.locator("td").allTextContents();
+  assert.ok(refCells[0] !== "—" && refCells[1] !== "—" && refCells[0] !== refCells[1], `the reference has a local and an external id: ${refCells}`);
+  assert.equal(await refRow.getAttribute("class"), "", "a reference's two ids are not a change");
+  assert.equal(await mappedRow.getAttribute("class"), "", "a value translated by its table is not a change");
+  await shot("04b-change-diff-mapped");
 
   // 7c. A partial listing: a reconciliation would delete most contacts, and the guard holds
   // the deletes for a person, who discards them here.
