@@ -528,9 +528,8 @@ fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Logs refused keys in bounded form: the first one, then at most one line every ten seconds
-/// with how many were refused since.
-/// Refusals counted since the last log line, logged at most every 10 s.
+/// Refusals counted since the last log line: the first is logged, then at most one line every
+/// ten seconds with how many were refused since.
 struct Bounded {
     since: std::sync::atomic::AtomicU64,
     last: std::sync::atomic::AtomicI64,
@@ -562,6 +561,7 @@ impl Bounded {
     }
 }
 
+/// Logs refused keys in bounded form.
 fn refused_key_logged(code: &str, reason: &'static str) {
     static REFUSED: Bounded = Bounded::new();
     if let Some(n) = REFUSED.due() {
@@ -569,6 +569,7 @@ fn refused_key_logged(code: &str, reason: &'static str) {
     }
 }
 
+/// Logs refused signatures in bounded form.
 fn refused_signature_logged(code: &str, reason: &'static str) {
     static REFUSED: Bounded = Bounded::new();
     if let Some(n) = REFUSED.due() {

@@ -387,15 +387,18 @@ pub(super) async fn describe(
             key.join(", ")
         )),
     }
+    // The names a cursor column usually has.
+    let cursor_name = |c: &str| {
+        matches!(
+            c,
+            "updated_at" | "modified_at" | "write_date" | "last_modified" | "updated" | "modified"
+        )
+    };
     // SQLite has no time type: an application keeps its times as text (ISO 8601), so a text
     // column named as a time is offered as one (and as the cursor).
     let of = |c: &str| {
         let (ty, note) = suggested(d, &cols[c].sql_type);
-        let timely = matches!(
-            c,
-            "updated_at" | "modified_at" | "write_date" | "last_modified" | "updated" | "modified"
-        ) || c.ends_with("_at");
-        if d == Dialect::Sqlite && ty == "char" && timely {
+        if d == Dialect::Sqlite && ty == "char" && (cursor_name(c) || c.ends_with("_at")) {
             (
                 "datetime",
                 Some("SQLite keeps times as text; read as ISO 8601 date-times"),
@@ -404,12 +407,10 @@ pub(super) async fn describe(
             (ty, note)
         }
     };
-    let cursor = ordered.iter().copied().find(|c| {
-        matches!(
-            c.as_str(),
-            "updated_at" | "modified_at" | "write_date" | "last_modified" | "updated" | "modified"
-        ) && of(c).0 == "datetime"
-    });
+    let cursor = ordered
+        .iter()
+        .copied()
+        .find(|c| cursor_name(c) && of(c).0 == "datetime");
     match cursor {
         Some(c) => out.push_str(&format!("cursor = \"{c}\"\n")),
         None => out.push_str(
