@@ -397,19 +397,21 @@ async fn a_run_whose_pages_delete_most_records_holds_them() {
     })
     .await;
     let cli = |args: &[&str]| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
-            .args(args)
+        let mut c = std::process::Command::new(common::recsync_bin());
+        c.args(args)
             .args(["--database-url", &h.db.url])
             .arg("--mappings")
             .arg(h.dir.path().join("mappings"))
             .current_dir(h.dir.path())
-            .env_remove("RECSYNC_DATABASE_URL")
-            .output()
-            .expect("run recsync");
-        assert!(o.status.success(), "{args:?}: {o:?}");
-        String::from_utf8_lossy(&o.stdout).to_string()
+            .env_remove("RECSYNC_DATABASE_URL");
+        let args = format!("{args:?}");
+        async move {
+            let o = common::output(c).await;
+            assert!(o.status.success(), "{args}: {o:?}");
+            String::from_utf8_lossy(&o.stdout).to_string()
+        }
     };
-    let listed = cli(&["holds"]);
+    let listed = cli(&["holds"]).await;
     let id_text = hold[0].id.to_string();
     assert!(
         listed.contains(&format!("Hold {id_text} of ACC: 59 deletes, held")),
@@ -421,7 +423,7 @@ async fn a_run_whose_pages_delete_most_records_holds_them() {
         listed.contains(&format!("recsync holds approve {id_text}")),
         "{listed}"
     );
-    let approved = cli(&["holds", "approve", &id_text]);
+    let approved = cli(&["holds", "approve", &id_text]).await;
     assert!(
         approved.contains(&format!("Hold {id_text} approved: 59 deleted")),
         "{approved}"
@@ -429,7 +431,11 @@ async fn a_run_whose_pages_delete_most_records_holds_them() {
     assert_eq!(live_contacts(&h).await, 41);
     // (The applied deletes go on to the real-time syncs of the contacts, where CON's own
     // guard may hold what would reach the CRM: a decision of its own.)
-    assert!(cli(&["holds", "list", "--sync", "ACC"]).contains("No holds match."));
+    assert!(
+        cli(&["holds", "list", "--sync", "ACC"])
+            .await
+            .contains("No holds match.")
+    );
 
     // Few deletes are applied at once: under the guard's limits nothing is held.
     for i in 60..63 {

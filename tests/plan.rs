@@ -386,15 +386,14 @@ async fn the_cli_plans_an_edited_configuration_against_the_current_data() {
     std::fs::write(edited.path().join("edited.toml"), &text).unwrap();
     let before = common::dump(&h.db.url).await;
     let peer_before = peer_state(&h);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
-        .args(["plan", "PL", "--json", "--full", "--mappings"])
+    let mut cli = std::process::Command::new(common::recsync_bin());
+    cli.args(["plan", "PL", "--json", "--full", "--mappings"])
         .arg(edited.path())
         .args(["--database-url", &h.db.url])
         .env("RECSYNC_LOG", "warn")
         .env("PEER_API_KEY", PEER_KEY)
-        .current_dir(edited.path())
-        .output()
-        .unwrap();
+        .current_dir(edited.path());
+    let out = common::output(cli).await;
     assert!(
         out.status.success(),
         "{}",
@@ -423,25 +422,23 @@ async fn the_cli_plans_an_edited_configuration_against_the_current_data() {
         "{local}"
     );
     // The text form says the same, in words.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
-        .args(["plan", "PL", "--mappings"])
+    let mut cli = std::process::Command::new(common::recsync_bin());
+    cli.args(["plan", "PL", "--mappings"])
         .arg(edited.path())
         .args(["--database-url", &h.db.url])
         .env("PEER_API_KEY", PEER_KEY)
-        .current_dir(edited.path())
-        .output()
-        .unwrap();
+        .current_dir(edited.path());
+    let out = common::output(cli).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Nothing was written"), "{text}");
     // A database that is not there is not created.
     let missing = edited.path().join("none.db");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
-        .args(["plan", "PL", "--mappings"])
+    let mut cli = std::process::Command::new(common::recsync_bin());
+    cli.args(["plan", "PL", "--mappings"])
         .arg(edited.path())
         .args(["--database-url", &format!("sqlite://{}", missing.display())])
-        .current_dir(edited.path())
-        .output()
-        .unwrap();
+        .current_dir(edited.path());
+    let out = common::output(cli).await;
     assert_eq!(out.status.code(), Some(69));
     assert!(!missing.exists());
     let said = String::from_utf8_lossy(&out.stderr);
@@ -571,18 +568,17 @@ async fn a_plan_reports_the_values_a_two_way_transform_does_not_give_back() {
     )
     .unwrap();
     let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
-            .args(args)
+        let mut c = std::process::Command::new(common::recsync_bin());
+        c.args(args)
             .arg("--mappings")
             .arg(dir.path())
             .args(["--database-url", &h.db.url])
             .env("RECSYNC_LOG", "warn")
             .env("PEER_API_KEY", PEER_KEY)
-            .current_dir(dir.path())
-            .output()
-            .unwrap()
+            .current_dir(dir.path());
+        common::output(c)
     };
-    let out = cli(&["plan", "PL"]);
+    let out = cli(&["plan", "PL"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(
@@ -593,7 +589,7 @@ async fn a_plan_reports_the_values_a_two_way_transform_does_not_give_back() {
         "{text}"
     );
     // `validate --online` checks the local records (the pulled one is not read there).
-    let out = cli(&["validate", "--online"]);
+    let out = cli(&["validate", "--online"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("Round trips of two-way transformed fields, on the local records:")

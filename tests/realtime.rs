@@ -473,18 +473,17 @@ async fn dead_letters_wait_for_a_person_and_retry_delivers_them() {
     );
     h.peer.set_faults(Faults::default());
     // The operator's retry, through the CLI on the same database.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
-        .args([
-            "outbox",
-            "retry",
-            &dead.id.to_string(),
-            "--database-url",
-            &h.db.url,
-            "--mappings",
-        ])
-        .arg(h.dir.path().join("mappings"))
-        .output()
-        .unwrap();
+    let mut cli = std::process::Command::new(common::recsync_bin());
+    cli.args([
+        "outbox",
+        "retry",
+        &dead.id.to_string(),
+        "--database-url",
+        &h.db.url,
+        "--mappings",
+    ])
+    .arg(h.dir.path().join("mappings"));
+    let out = common::output(cli).await;
     assert!(
         out.status.success(),
         "{}",

@@ -177,11 +177,10 @@ async fn a_manual_run_pulls_confirms_and_counts() {
     assert_eq!(pull["schedule"], "every 1h");
 
     // A second run finds nothing new; the CLI runs it against the same database.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recsync"))
-        .args(["run", "PULL", "--database-url", &h.db.url, "--mappings"])
-        .arg(h.dir.path().join("mappings"))
-        .output()
-        .unwrap();
+    let mut cli = std::process::Command::new(common::recsync_bin());
+    cli.args(["run", "PULL", "--database-url", &h.db.url, "--mappings"])
+        .arg(h.dir.path().join("mappings"));
+    let out = common::output(cli).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

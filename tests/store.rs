@@ -146,6 +146,48 @@ async fn a_transaction_without_commit_writes_nothing() {
     db.cleanup(store).await;
 }
 
+/// Two processes on one database (`serve` and a CLI command beside it): a transaction that
+/// reads before it writes is not refused because the other process wrote in between (SQLite
+/// answered `database is locked` (517) at once to a deferred transaction).
+#[tokio::test]
+async fn a_transaction_that_reads_first_survives_another_process_writing() {
+    let db = TestDb::new().await;
+    let cli = db.store().await;
+    let serve = db.store().await;
+    let mut tx = cli.begin().await.unwrap();
+    assert!(tx.get_record("contact", 1).await.unwrap().is_none());
+    // The other process writes meanwhile: at once where that is safe, else once the
+    // transaction ends (either way within 300 ms or later: no outcome depends on it).
+    let mut other = tokio::spawn(async move {
+        serve
+            .log_change(&change("CON", "Beside", "success"))
+            .await
+            .map(|_| serve)
+    });
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut other).await;
+    tx.insert_record("contact", &vals(json!({"name": "Read, then written"})))
+        .await
+        .expect("the write after a read is not refused");
+    tx.commit().await.unwrap();
+    let serve = match early {
+        Ok(done) => done,
+        Err(_) => other.await,
+    }
+    .unwrap()
+    .expect("the other process's write waits for the transaction and succeeds");
+    assert_eq!(cli.count_records("contact").await.unwrap(), 1);
+    let rows = cli
+        .changes(&ChangeFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    serve.close().await;
+    db.cleanup(cli).await;
+}
+
 #[tokio::test]
 async fn links_are_unique_per_binding_and_external_id() {
     let db = TestDb::new().await;

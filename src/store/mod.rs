@@ -506,9 +506,15 @@ impl Store {
     }
 
     /// Starts a write transaction (on SQLite, on the single writer connection).
+    ///
+    /// On SQLite the transaction takes the database's write lock at once (`BEGIN IMMEDIATE`),
+    /// waiting up to the busy timeout for another process (a CLI command beside `serve`) to
+    /// let go of it. A deferred transaction that read first would fail at its first write,
+    /// without waiting, whenever the other process had written since its read (`database is
+    /// locked`, code 517).
     pub async fn begin(&self) -> Result<Tx> {
         Ok(match &self.backend {
-            Backend::Sqlite { write, .. } => Tx::Sqlite(write.begin().await?),
+            Backend::Sqlite { write, .. } => Tx::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?),
             Backend::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }

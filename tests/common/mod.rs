@@ -87,6 +87,16 @@ pub fn recsync_bin() -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_recsync").into())
 }
 
+/// Runs a command to its end without blocking the test's runtime. An in-process server
+/// (`harness::Harness`) runs its tasks on that runtime: frozen by a blocking wait in the middle
+/// of a SQLite transaction, it would hold the database's write lock for as long as the command
+/// runs, and the command would find the database locked.
+pub async fn output(mut cmd: std::process::Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("start the command"))
+        .await
+        .expect("the command's thread")
+}
+
 /// Polls `check` until it returns `Some`, or panics after `secs` seconds.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where
