@@ -10,6 +10,9 @@
 //! without it no subscriber runs. `RECSYNC_BENCH_SIGNED=1` signs every delivery per Standard
 //! Webhooks (`signing_secret` on the `dst` web service) and the peer verifies each one, as a
 //! receiver would: the cost of signing, measured against a run without it.
+//! `RECSYNC_BENCH_OTLP=1` exports the spans over OTLP (as `otlp_endpoint` does) to a receiver in
+//! the process that decodes each export and counts its spans: the cost of tracing, measured
+//! against a run without it (both with `RUST_LOG=info`).
 
 mod support;
 
@@ -142,8 +145,11 @@ async fn run() {
     // Default: ingest first with the outbox workers held back (entries pile up, durably), then
     // deliveries alone. RECSYNC_BENCH_MIXED=1 runs both at once instead.
     let mixed = std::env::var_os("RECSYNC_BENCH_MIXED").is_some();
-    if std::env::var_os("RUST_LOG").is_some() {
-        recsync::telemetry::init(config::LogFormat::Pretty);
+    let traced = std::env::var_os("RECSYNC_BENCH_OTLP").is_some();
+    let spans = Arc::new(AtomicUsize::new(0));
+    let otlp = traced.then(|| otlp_receiver(spans.clone()));
+    if std::env::var_os("RUST_LOG").is_some() || traced {
+        recsync::telemetry::init(config::LogFormat::Pretty, otlp.as_deref());
     }
     let no_workers = !mixed;
     let mut bases = Vec::new();
@@ -257,6 +263,10 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let delivery_time = delivery_start.elapsed();
+    // The spans still queued leave now.
+    tokio::task::spawn_blocking(recsync::telemetry::shutdown)
+        .await
+        .unwrap();
     let delivered = peer_state
         .received("dst")
         .iter()
@@ -279,6 +289,12 @@ async fn run() {
     );
     if signed {
         println!("  deliveries signed per Standard Webhooks, each verified by the peer");
+    }
+    if traced {
+        println!(
+            "  spans exported over OTLP to a receiver that decodes them: {} received",
+            spans.load(Ordering::Relaxed)
+        );
     }
     println!("  acknowledged       {:>8} ok, {failed} failed", lat.len());
     println!(
@@ -317,4 +333,49 @@ async fn run() {
                 .await;
         }
     }
+}
+
+/// An OTLP/HTTP receiver on its own thread and runtime, as a collector would be: decodes each
+/// export and counts its spans. Answers the URL spans go to.
+fn otlp_receiver(spans: Arc<AtomicUsize>) -> String {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            HttpServer::new(move || {
+                let spans = spans.clone();
+                App::new()
+                    .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+                    .route(
+                        "/v1/traces",
+                        web::post().to(move |body: web::Bytes| {
+                            let spans = spans.clone();
+                            async move {
+                                let req = ExportTraceServiceRequest::decode(body).unwrap();
+                                let n: usize = req
+                                    .resource_spans
+                                    .iter()
+                                    .flat_map(|r| &r.scope_spans)
+                                    .map(|s| s.spans.len())
+                                    .sum();
+                                spans.fetch_add(n, Ordering::Relaxed);
+                                HttpResponse::Ok()
+                                    .content_type("application/x-protobuf")
+                                    .finish()
+                            }
+                        }),
+                    )
+            })
+            .workers(1)
+            .listen(listener)
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        });
+    });
+    url
 }

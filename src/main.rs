@@ -10,5 +10,8 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    recsync::cli::run(recsync::cli::Cli::parse()).await
+    let code = recsync::cli::run(recsync::cli::Cli::parse()).await;
+    // Spans still waiting go to the OTLP endpoint (within a few seconds).
+    let _ = tokio::task::spawn_blocking(recsync::telemetry::shutdown).await;
+    code
 }

@@ -80,6 +80,10 @@ pub fn handle() -> &'static PrometheusHandle {
             "recsync_scheduler_restarts_total",
             "Times the scheduler's watchdog stepped in, by cause (stalled_ticker, hung_tick, panic)"
         );
+        metrics::describe_counter!(
+            "recsync_trace_export_failures_total",
+            "Spans that could not be exported to the OTLP endpoint (dropped; syncs go on)"
+        );
         metrics::describe_gauge!(
             "recsync_sync_overdue_seconds",
             metrics::Unit::Seconds,
@@ -128,6 +132,11 @@ pub fn refused_key(route: &'static str, reason: &'static str) {
 pub fn refused_signature(sync: &str, reason: &'static str) {
     metrics::counter!("recsync_refused_signatures_total", "sync" => sync.to_string(), "reason" => reason)
         .increment(1);
+}
+
+/// Counts spans an OTLP export failed to deliver.
+pub fn trace_export_failed(spans: u64) {
+    metrics::counter!("recsync_trace_export_failures_total").increment(spans);
 }
 
 /// Records a finished run.

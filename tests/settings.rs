@@ -127,6 +127,71 @@ fn bad_environment_overrides_are_named() {
 }
 
 #[test]
+fn the_otlp_endpoint_comes_from_the_file_or_the_standard_variables() {
+    let key = ("CRM_KEY".to_string(), "a-long-enough-key-123".to_string());
+    let endpoint = |file: &str, env: &[(&str, &str)]| {
+        let (_dir, paths) = setup(&format!("{file}\n{FILE}"));
+        let mut vars = HashMap::from([key.clone()]);
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        config::load(&paths, &vars, recsync::connectors::KINDS)
+            .map(|l| l.settings.otlp_endpoint)
+            .map_err(|e| e.render())
+    };
+    assert_eq!(endpoint("", &[]), Ok(None), "no endpoint, no export");
+    // A base URL, as OTEL_EXPORTER_OTLP_ENDPOINT: spans go to its /v1/traces.
+    assert_eq!(
+        endpoint(r#"otlp_endpoint = "http://collector:4318/""#, &[]),
+        Ok(Some("http://collector:4318/v1/traces".into()))
+    );
+    assert_eq!(
+        endpoint(r#"otlp_endpoint = "https://otel.example/v1/traces""#, &[]),
+        Ok(Some("https://otel.example/v1/traces".into()))
+    );
+    assert_eq!(
+        endpoint("", &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]),
+        Ok(Some("http://c:4318/v1/traces".into()))
+    );
+    assert_eq!(
+        endpoint(
+            "",
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:4318/traces")
+            ]
+        ),
+        Ok(Some("http://t:4318/traces".into())),
+        "the traces URL is used as it is"
+    );
+    // recsync's own setting wins over the standard variables; RECSYNC_ over the file.
+    assert_eq!(
+        endpoint(
+            r#"otlp_endpoint = "http://file:4318""#,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("RECSYNC_OTLP_ENDPOINT", "http://env:4318")
+            ]
+        ),
+        Ok(Some("http://env:4318/v1/traces".into()))
+    );
+    // Not a URL: named, with where it came from, and nothing starts.
+    let err = endpoint(r#"otlp_endpoint = "collector:4318""#, &[]).unwrap_err();
+    assert!(
+        err.contains(
+            "invalid `otlp_endpoint` value `collector:4318`: an http:// or https:// URL is needed"
+        ) && err.contains("recsync.toml:1"),
+        "{err}"
+    );
+    let err = endpoint("", &[("OTEL_EXPORTER_OTLP_ENDPOINT", "grpc://c")]).unwrap_err();
+    assert!(
+        err.contains("invalid `OTEL_EXPORTER_OTLP_ENDPOINT` value `grpc://c`")
+            && err.contains("(from the environment)"),
+        "{err}"
+    );
+    let err = endpoint("", &[("RECSYNC_OTLP_ENDPOINT", "nope")]).unwrap_err();
+    assert!(err.contains("(from RECSYNC_OTLP_ENDPOINT)"), "{err}");
+}
+
+#[test]
 fn scopes_must_name_existing_syncs() {
     let (_dir, paths) = setup(&FILE.replace("\"sync:*\"", "\"sync:NOPE\""));
     let env = HashMap::from([("CRM_KEY".to_string(), "a-long-enough-key-123".to_string())]);

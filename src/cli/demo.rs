@@ -36,7 +36,7 @@ pub(super) async fn demo(
     peer_listen: &str,
     odoo_listen: Option<&str>,
 ) -> ExitCode {
-    crate::telemetry::init(config::LogFormat::Pretty);
+    crate::telemetry::init(config::LogFormat::Pretty, None);
     let peer_listener = match std::net::TcpListener::bind(peer_listen) {
         Ok(l) => l,
         Err(e) => {

@@ -4,7 +4,7 @@
 use super::*;
 
 pub(super) async fn fake_odoo(opts: crate::peer::odoo::OdooOptions, partners: usize) -> ExitCode {
-    crate::telemetry::init(config::LogFormat::Pretty);
+    crate::telemetry::init(config::LogFormat::Pretty, None);
     let (database, login) = (opts.database.clone(), opts.login.clone());
     match crate::peer::odoo::FakeOdoo::bind(opts) {
         Ok(fake) => {
@@ -29,7 +29,7 @@ pub(super) async fn fake_http(
     seed: &[String],
 ) -> ExitCode {
     use crate::peer::http::{FakeAuth, FakeHttp, HttpOptions};
-    crate::telemetry::init(config::LogFormat::Pretty);
+    crate::telemetry::init(config::LogFormat::Pretty, None);
     let auth = match FakeAuth::parse(auth) {
         Ok(a) => a,
         Err(e) => {

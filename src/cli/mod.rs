@@ -472,7 +472,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             refresh_token,
             webhook_url,
         } => {
-            crate::telemetry::init(config::LogFormat::Pretty);
+            crate::telemetry::init(config::LogFormat::Pretty, None);
             let opts = crate::peer::dropbox::FakeOptions {
                 listen,
                 app_key,

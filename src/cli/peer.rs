@@ -15,7 +15,7 @@ pub(super) struct PeerArgs {
 }
 
 pub(super) async fn peer(a: PeerArgs) -> ExitCode {
-    crate::telemetry::init(config::LogFormat::Pretty);
+    crate::telemetry::init(config::LogFormat::Pretty, None);
     let mut syncs = std::collections::HashMap::new();
     for s in &a.syncs {
         match s.split_once('=') {

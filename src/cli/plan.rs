@@ -32,7 +32,10 @@ pub(super) async fn plan(g: &GlobalArgs, code: &str, full: bool, as_json: bool) 
         );
         return ExitCode::from(EXIT_UNAVAILABLE);
     }
-    crate::telemetry::init(loaded.settings.log_format);
+    crate::telemetry::init(
+        loaded.settings.log_format,
+        loaded.settings.otlp_endpoint.as_deref(),
+    );
     // The engine alone: no writer, no heartbeat, no workers, no binding registered. A plan
     // only reads.
     let store =

@@ -80,7 +80,10 @@ pub(super) async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode 
 /// hand while it lives.
 pub(super) async fn start_core(g: &GlobalArgs) -> Result<crate::app::Core, ExitCode> {
     let loaded = load(g, None)?;
-    crate::telemetry::init(loaded.settings.log_format);
+    crate::telemetry::init(
+        loaded.settings.log_format,
+        loaded.settings.otlp_endpoint.as_deref(),
+    );
     crate::app::Core::start(&loaded.settings, loaded.plan)
         .await
         .map_err(|e| {

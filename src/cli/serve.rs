@@ -34,7 +34,10 @@ pub(super) async fn serve(g: &GlobalArgs, listen: Option<String>) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
-    crate::telemetry::init(loaded.settings.log_format);
+    crate::telemetry::init(
+        loaded.settings.log_format,
+        loaded.settings.otlp_endpoint.as_deref(),
+    );
     let db = loaded.settings.database_display();
     let app = match crate::app::build(
         loaded.settings,

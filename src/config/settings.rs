@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 16] = [
     "database_url",
     "listen",
     "mappings",
@@ -25,6 +25,7 @@ pub const KEYS: [&str; 15] = [
     "claim_timeout",
     "tls_cert",
     "tls_key",
+    "otlp_endpoint",
     "api_keys",
 ];
 pub const API_KEY_KEYS: [&str; 4] = ["name", "key", "key_sha256", "scopes"];
@@ -112,6 +113,9 @@ pub struct Settings {
     /// PEM certificate chain and private key: with both, the server speaks HTTPS (rustls).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Where spans are posted over OTLP/HTTP (the full traces URL, `.../v1/traces`); `None`
+    /// exports nothing.
+    pub otlp_endpoint: Option<String>,
     pub api_keys: Vec<ApiKey>,
 }
 
@@ -132,6 +136,7 @@ impl Default for Settings {
             claim_timeout: Duration::from_secs(120),
             tls_cert: None,
             tls_key: None,
+            otlp_endpoint: None,
             api_keys: Vec::new(),
         }
     }
@@ -240,6 +245,53 @@ pub fn compile(
                 format!("invalid `log_format` value `{v}`"),
                 "use \"pretty\" or \"json\"",
             ),
+        }
+    }
+    // `otlp_endpoint` (or RECSYNC_OTLP_ENDPOINT) is a base URL, as the standard
+    // OTEL_EXPORTER_OTLP_ENDPOINT, which is read when neither is given; spans go to its
+    // `/v1/traces`. OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is the traces URL itself.
+    let otlp = pick("otlp_endpoint", diags)
+        .map(|(v, span, _)| (v, span, "otlp_endpoint", true))
+        .or_else(|| {
+            env.var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .map(|v| (v, None, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", false))
+        })
+        .or_else(|| {
+            env.var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|v| (v, None, "OTEL_EXPORTER_OTLP_ENDPOINT", true))
+        })
+        .filter(|(v, ..)| !v.trim().is_empty());
+    if let Some((v, span, key, base)) = otlp {
+        match url::Url::parse(v.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {
+                let v = v.trim();
+                s.otlp_endpoint = Some(if base && !v.ends_with("/v1/traces") {
+                    format!("{}/v1/traces", v.trim_end_matches('/'))
+                } else {
+                    v.to_string()
+                });
+            }
+            _ => {
+                let msg = format!(
+                    "invalid `{key}` value `{}`: an http:// or https:// URL is needed",
+                    mask_url(&v)
+                );
+                let help = "for example http://127.0.0.1:4318 (an OpenTelemetry collector's OTLP/HTTP port)";
+                match (span, key) {
+                    (Some(span), _) => {
+                        diags.push(Diagnostic::error(msg, span, "invalid value").with_help(help))
+                    }
+                    (None, "otlp_endpoint") => diags.push(env_error(key, msg, help)),
+                    (None, _) => diags.push(
+                        Diagnostic::error(
+                            format!("{msg} (from the environment)"),
+                            Span::nowhere(),
+                            "",
+                        )
+                        .with_help(help),
+                    ),
+                }
+            }
         }
     }
     match env.var("RECSYNC_CHANGE_LOG") {

@@ -542,7 +542,7 @@ impl Engine {
                 sync: t.code.to_string(),
                 local_id: rec.id,
                 action: action.to_string(),
-                payload: json!({"version": rec.version}),
+                payload: super::fanout::traced(json!({"version": rec.version})),
             })
             .await?;
             n += 1;

@@ -104,11 +104,23 @@ pub(crate) fn receivers<'a>(
 }
 
 /// The payload of a fanned-out outbox entry: the record's version, and the HTTP request the
-/// change came with, so its delivery can be followed back to it.
+/// change came with (and its trace), so its delivery can be followed back to it.
 pub(crate) fn payload(version: i64, ctx: &super::Ctx) -> serde_json::Value {
     let mut p = serde_json::json!({ "version": version });
     if let Some(r) = &ctx.request_id {
         p["request_id"] = serde_json::json!(r);
     }
+    if let Some(t) = &ctx.traceparent {
+        p["traceparent"] = serde_json::json!(t);
+    }
     p
+}
+
+/// An outbox entry's payload in the trace of the current span (a records API request, a
+/// run), when traces are exported: the delivery continues it.
+pub(crate) fn traced(mut payload: serde_json::Value) -> serde_json::Value {
+    if let Some(t) = crate::telemetry::traceparent() {
+        payload["traceparent"] = serde_json::json!(t);
+    }
+    payload
 }

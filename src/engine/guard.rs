@@ -511,7 +511,7 @@ impl Engine {
                 sync: sync.code.to_string(),
                 local_id: l.local_id,
                 action: "delete".into(),
-                payload: json!({"version": version, "hold": hold}),
+                payload: super::fanout::traced(json!({"version": version, "hold": hold})),
             })
             .collect();
         let mut tx = self.store.begin().await?;

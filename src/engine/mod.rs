@@ -98,9 +98,13 @@ pub struct Ctx {
     /// The hold whose approved deletes this applies: the real-time delete guard lets them
     /// through.
     pub hold: Option<i64>,
+    /// The W3C `traceparent` of the span the change came in (a request, a run), when traces
+    /// are exported: its deliveries continue that trace.
+    pub traceparent: Option<String>,
 }
 
 impl Ctx {
+    /// A change caused by `actor`, in the trace of the current span.
     pub fn actor(actor: impl Into<String>) -> Self {
         Ctx {
             actor: actor.into(),
@@ -109,6 +113,7 @@ impl Ctx {
             relabel: None,
             request_id: None,
             hold: None,
+            traceparent: crate::telemetry::traceparent(),
         }
     }
 }

@@ -153,6 +153,10 @@ impl Engine {
                 request_id = entry.payload.get("request_id").and_then(serde_json::Value::as_str),
                 run_id = run_of(&entry),
             );
+            // The delivery continues the trace of the change it carries.
+            if let Some(tp) = entry.payload.get("traceparent").and_then(|v| v.as_str()) {
+                crate::telemetry::continue_from(&span, tp, None);
+            }
             tasks.push(self.spawn(
                 async move {
                     let result = engine

@@ -478,6 +478,7 @@ impl Engine {
             relabel: None,
             request_id: None,
             hold: None,
+            traceparent: crate::telemetry::traceparent(),
         };
         let memory = SyncMemory {
             engine: self,
@@ -919,11 +920,11 @@ impl Engine {
                 sync: code.to_string(),
                 local_id: rec.id,
                 action: action.to_string(),
-                payload: if full {
+                payload: super::fanout::traced(if full {
                     serde_json::json!({"version": rec.version, "run_id": run_id, "force": true})
                 } else {
                     serde_json::json!({"version": rec.version, "run_id": run_id})
-                },
+                }),
             });
         }
         Selected {

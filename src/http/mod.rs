@@ -64,6 +64,18 @@ pub fn app(
                 status = tracing::field::Empty,
             );
             req.extensions_mut().insert(request_id.clone());
+            // A caller's W3C trace goes on here (when traces are exported).
+            if let Some(tp) = req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+            {
+                let state = req
+                    .headers()
+                    .get("tracestate")
+                    .and_then(|v| v.to_str().ok());
+                crate::telemetry::continue_from(&span, tp, state);
+            }
             // Counted until answered, or dropped with its connection.
             let counted = state::InFlight::new(shared.clone());
             // A NUL character (%00) in an API URL cannot be stored or compared by every

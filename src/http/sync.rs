@@ -6,6 +6,7 @@ use super::auth::authenticate;
 use super::body::{BodyError, parse_values, read_limited};
 use crate::engine::{ApplyError, Ctx, InboundOp};
 use crate::store::{LogAction, LogStatus, NewChange};
+use crate::telemetry::Bounded;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, delete, post, put, web};
 use serde_json::{Value, json};
@@ -226,7 +227,7 @@ impl Refusal {
 #[tracing::instrument(
     name = "inbound",
     skip_all,
-    fields(route = kind.route(), sync = %code, external_id = kind.external_id())
+    fields(route = kind.route(), sync = %code, external_id = tracing::field::Empty)
 )]
 async fn handle(
     req: HttpRequest,
@@ -239,6 +240,9 @@ async fn handle(
     let plan = engine.plan();
     if plan.sync(&code).is_none() {
         return envelope(StatusCode::NOT_FOUND, &format!("unknown sync `{code}`"));
+    }
+    if let Some(id) = kind.external_id() {
+        tracing::Span::current().record("external_id", id);
     }
     if let Kind::Update(id) | Kind::Delete(id) = &kind
         && id.contains('\0')
@@ -421,11 +425,21 @@ async fn handle(
                     payload: Value::Object(values),
                     must_exist: true,
                 },
-                _ => InboundOp::Upsert {
-                    external_id: None,
-                    payload: Value::Object(values),
-                    must_exist: false,
-                },
+                _ => {
+                    // A create names its record in the body.
+                    if let Some(id) = plan
+                        .sync(&code)
+                        .and_then(|s| values.get(&s.external_ref))
+                        .and_then(crate::domain::mapping::id_text)
+                    {
+                        tracing::Span::current().record("external_id", id.as_str());
+                    }
+                    InboundOp::Upsert {
+                        external_id: None,
+                        payload: Value::Object(values),
+                        must_exist: false,
+                    }
+                }
             }
         }
     };
@@ -528,42 +542,10 @@ fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Refusals counted since the last log line: the first is logged, then at most one line every
-/// ten seconds with how many were refused since.
-struct Bounded {
-    since: std::sync::atomic::AtomicU64,
-    last: std::sync::atomic::AtomicI64,
-}
-
-impl Bounded {
-    const fn new() -> Self {
-        Bounded {
-            since: std::sync::atomic::AtomicU64::new(0),
-            last: std::sync::atomic::AtomicI64::new(0),
-        }
-    }
-
-    /// Counts one; answers how many to log now, if it is time.
-    fn due(&self) -> Option<u64> {
-        use std::sync::atomic::Ordering;
-        let n = self.since.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = chrono::Utc::now().timestamp();
-        let last = self.last.load(Ordering::Relaxed);
-        (now - last >= 10
-            && self
-                .last
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok())
-        .then(|| {
-            self.since.fetch_sub(n, Ordering::Relaxed);
-            n
-        })
-    }
-}
-
 /// Logs refused keys in bounded form.
 fn refused_key_logged(code: &str, reason: &'static str) {
-    static REFUSED: Bounded = Bounded::new();
+    // The first is logged, then at most one line every ten seconds with how many since.
+    static REFUSED: Bounded = Bounded::new(10);
     if let Some(n) = REFUSED.due() {
         tracing::warn!(sync = %code, reason, refused = n, "Requests refused for their API key (counted in recsync_refused_keys_total)");
     }
@@ -571,7 +553,8 @@ fn refused_key_logged(code: &str, reason: &'static str) {
 
 /// Logs refused signatures in bounded form.
 fn refused_signature_logged(code: &str, reason: &'static str) {
-    static REFUSED: Bounded = Bounded::new();
+    // The first is logged, then at most one line every ten seconds with how many since.
+    static REFUSED: Bounded = Bounded::new(10);
     if let Some(n) = REFUSED.due() {
         tracing::warn!(sync = %code, reason, refused = n, "Requests refused for their signature (counted in recsync_refused_signatures_total)");
     }

@@ -98,7 +98,7 @@ impl Transport {
         request: Request,
         body: Bytes,
     ) -> impl Future<Output = Result<HttpRequestResultRaw, dropbox_sdk::Error>> + Send + use<> {
-        let mut req = request.0;
+        let mut req = crate::telemetry::carry(request.0);
         if !body.is_empty() {
             req = req.body(body);
         }

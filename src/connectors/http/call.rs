@@ -299,12 +299,15 @@ impl Caller {
             message: format!("the token endpoint {shown} {why}"),
             retry_after: None,
         };
-        let resp = req.body(form).send().await.map_err(|e| {
-            failed(format!(
-                "could not be reached ({})",
-                transport::describe(&e)
-            ))
-        })?;
+        let resp = crate::telemetry::carry(req.body(form))
+            .send()
+            .await
+            .map_err(|e| {
+                failed(format!(
+                    "could not be reached ({})",
+                    transport::describe(&e)
+                ))
+            })?;
         let status = resp.status().as_u16();
         let text = String::from_utf8(transport::read_capped(resp, MAX_ANSWER).await?)
             .map_err(|_| Failure::permanent("the answer is not UTF-8 text"))?;

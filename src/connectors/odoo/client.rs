@@ -160,9 +160,7 @@ impl OdooClient {
         let url = self.url("/web/version");
         let via_get = self
             .retrying(Repeat::Always, || async {
-                let resp = self
-                    .http
-                    .get(&url)
+                let resp = crate::telemetry::carry(self.http.get(&url))
                     .timeout(self.endpoint.timeout)
                     .send()
                     .await
@@ -302,9 +300,7 @@ impl OdooClient {
         let body = Value::Object(kwargs);
         let url = self.url(&format!("/json/2/{model}/{method}"));
         self.retrying(repeat, || async {
-            let mut req = self
-                .http
-                .post(&url)
+            let mut req = crate::telemetry::carry(self.http.post(&url))
                 .timeout(self.endpoint.timeout)
                 .bearer_auth(self.endpoint.api_key.expose_secret())
                 .json(&body);
@@ -399,9 +395,7 @@ impl OdooClient {
             "id": rand::random::<u32>(),
         });
         self.retrying(repeat, || async {
-            let resp = self
-                .http
-                .post(&url)
+            let resp = crate::telemetry::carry(self.http.post(&url))
                 .timeout(self.endpoint.timeout)
                 .json(&body)
                 .send()
