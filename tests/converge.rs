@@ -343,10 +343,14 @@ impl Hub {
         std::fs::create_dir(dir.path().join("mappings")).unwrap();
         std::fs::write(dir.path().join("mappings/test.toml"), &mapping).unwrap();
         let db = common::TestDb::new().await;
+        // Spans go to a collector, which answers every third export 503: traces are on
+        // through every operation, and a failing collector changes nothing.
+        let otlp = collector();
         std::fs::write(
             dir.path().join("recsync.toml"),
             format!(
                 r#"database_url = "{}"
+otlp_endpoint = "{otlp}"
 claim_timeout = "1s"
 outbox_backoff = "50ms"
 outbox_max_attempts = 10
@@ -1795,4 +1799,45 @@ async fn the_systems_converge_whatever_the_order_of_changes_and_faults() {
         }
     );
     assert!(failures.is_empty(), "{}", failures.values().next().unwrap());
+}
+
+/// An OTLP/HTTP collector on a thread of its own that takes every export but answers every
+/// third one 503. Answers its base URL.
+fn collector() -> String {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let n = std::sync::Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            HttpServer::new(move || {
+                let n = n.clone();
+                App::new()
+                    .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+                    .route(
+                        "/v1/traces",
+                        web::post().to(move |_body: web::Bytes| {
+                            let n = n.clone();
+                            async move {
+                                if n.fetch_add(1, Ordering::Relaxed) % 3 == 2 {
+                                    HttpResponse::ServiceUnavailable().finish()
+                                } else {
+                                    HttpResponse::Ok()
+                                        .content_type("application/x-protobuf")
+                                        .finish()
+                                }
+                            }
+                        }),
+                    )
+            })
+            .workers(1)
+            .listen(listener)
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        });
+    });
+    url
 }

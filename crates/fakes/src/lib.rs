@@ -422,6 +422,16 @@ impl PeerState {
                 req = req.header(name, value);
             }
         }
+        // As a system traced with OpenTelemetry would: each call back is a span of its own
+        // trace, which recsync continues.
+        req = req.header(
+            "traceparent",
+            format!(
+                "00-{}-{}-01",
+                hex::encode(rand::random::<[u8; 16]>()),
+                hex::encode(rand::random::<[u8; 8]>())
+            ),
+        );
         match req.header("api_key", &cb.key).body(body).send().await {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => {
