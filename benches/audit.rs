@@ -117,6 +117,7 @@ fn row(rng: &mut StdRng, n: usize, total: usize) -> NewChange {
         title: format!("{word} contact {n}"),
         origin_values: json!({"name": format!("{word} contact {n}"), "email": format!("c{n}@example.com")}),
         destination_values: json!({"name": format!("{word} contact {n}")}),
+        before_values: Default::default(),
         modified_at: None,
         synced_at: Some(now - ChronoDuration::milliseconds((age_secs * 1000.0) as i64)),
         status,

@@ -126,14 +126,17 @@ impl ChangeQuery {
 /// Masks a row for display (rows written before a field was declared secret included).
 pub fn mask_change(m: &Masker, c: &mut Change) {
     m.mask_change_parts(
-        &mut c.origin_values,
-        &mut c.destination_values,
+        [
+            &mut c.origin_values,
+            &mut c.destination_values,
+            &mut c.before_values,
+        ],
         [&mut c.error_message, &mut c.title],
     );
 }
 
-/// The CSV columns, in order.
-pub const CSV_COLUMNS: [&str; 16] = [
+/// The CSV columns, in order (columns added later come last, so positions stay).
+pub const CSV_COLUMNS: [&str; 17] = [
     "id",
     "sync",
     "direction",
@@ -150,6 +153,7 @@ pub const CSV_COLUMNS: [&str; 16] = [
     "error_message",
     "run_id",
     "actor",
+    "before_values",
 ];
 
 fn rfc3339(t: &DateTime<Utc>) -> String {
@@ -157,7 +161,7 @@ fn rfc3339(t: &DateTime<Utc>) -> String {
 }
 
 /// One row's CSV fields, in [`CSV_COLUMNS`] order.
-pub fn csv_fields(c: &Change) -> [String; 16] {
+pub fn csv_fields(c: &Change) -> [String; 17] {
     [
         c.id.to_string(),
         c.sync.clone(),
@@ -175,6 +179,7 @@ pub fn csv_fields(c: &Change) -> [String; 16] {
         c.error_message.clone(),
         c.run_id.map(|i| i.to_string()).unwrap_or_default(),
         c.actor.clone(),
+        c.before_values.to_string(),
     ]
 }
 

@@ -35,6 +35,7 @@ async fn seed(h: &Harness, n: usize, rng: &mut StdRng) -> Vec<Change> {
                 title: format!("{} {i}", WORDS[rng.random_range(0..WORDS.len())]),
                 origin_values: json!({"i": i}),
                 destination_values: json!({}),
+                before_values: Default::default(),
                 modified_at: None,
                 synced_at: Some(now - Duration::minutes((n - i) as i64)),
                 status: LogStatus::parse(status).unwrap(),
@@ -349,6 +350,20 @@ async fn secret_fields_never_reach_the_log_or_the_api() {
         .unwrap()
         .unwrap();
     assert_eq!(rec.values["pin"], json!("4921-7731"));
+    // An update's row keeps what the field held before: masked as well.
+    let r = h
+        .client
+        .put(h.url("/sync/CON/S-1"))
+        .header("api_key", CRM_KEY)
+        .json(&json!({"pin": "1111-2222"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rows = h.changes("CON").await;
+    let row = rows.iter().find(|c| c.action == "update").unwrap();
+    assert_eq!(row.before_values, json!({"pin": "***"}), "{row:?}");
+    assert_eq!(row.destination_values, json!({"pin": "***"}), "{row:?}");
     // Neither the API nor the CSV export shows it.
     for format in ["json", "csv"] {
         let text = h
@@ -363,7 +378,106 @@ async fn secret_fields_never_reach_the_log_or_the_api() {
             .unwrap();
         assert!(text.contains("Sec"), "{text}");
         assert!(!text.contains("4921-7731"), "{format}: {text}");
+        assert!(!text.contains("1111-2222"), "{format}: {text}");
     }
+    h.stop().await;
+}
+
+/// An update's row says, for each field it changed, what the local record held before: an
+/// inbound update the values it replaced, a delivery the values last synced out. The change
+/// view shows them beside the values after.
+#[tokio::test]
+async fn an_update_keeps_each_changed_field_as_it_was_before() {
+    let h = Harness::start().await;
+    let send = |method: reqwest::Method, path: &str, body: serde_json::Value| {
+        h.client
+            .request(method, h.url(path))
+            .header("api_key", CRM_KEY)
+            .json(&body)
+            .send()
+    };
+    // The CRM's record, which the CRM then sends.
+    let values = json!({"name": "Ann", "email": "ann@example.com"});
+    h.peer
+        .upsert(
+            "crm",
+            Some("B-1".into()),
+            values.as_object().unwrap().clone(),
+        )
+        .await;
+    let r = send(
+        reqwest::Method::POST,
+        "/sync/CON/create",
+        json!({"unique_id": "B-1", "name": "Ann", "email": "ann@example.com"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = send(
+        reqwest::Method::PUT,
+        "/sync/CON/B-1",
+        json!({"name": "Anna", "email": "ann@example.com"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let inbound = h
+        .changes("CON")
+        .await
+        .into_iter()
+        .find(|c| c.action == "update" && c.direction == "external_to_local")
+        .unwrap();
+    assert_eq!(inbound.destination_values, json!({"name": "Anna"}));
+    assert_eq!(
+        inbound.before_values,
+        json!({"name": "Ann"}),
+        "only what changed, as it was"
+    );
+    // Edited here: the delivery's row has the values last synced out.
+    let local_id = inbound.local_id.unwrap();
+    let r = h
+        .client
+        .patch(h.url(&format!("/api/v1/models/contact/records/{local_id}")))
+        .header("X-Api-Key", ADMIN_KEY)
+        .json(&json!({"email": "anna@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sent = common::eventually(20, "the delivery's row", || async {
+        h.changes("CON").await.into_iter().find(|c| {
+            c.action == "update" && c.direction == "local_to_external" && c.status == "success"
+        })
+    })
+    .await;
+    assert_eq!(
+        sent.before_values,
+        json!({"email": "ann@example.com"}),
+        "{sent:?}"
+    );
+    // The API answers them with the row; rows of other kinds have none.
+    let one: serde_json::Value = h
+        .client
+        .get(h.url(&format!("/api/v1/changes/{}", sent.id)))
+        .header("X-Api-Key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        one["before_values"],
+        json!({"email": "ann@example.com"}),
+        "{one}"
+    );
+    let create = h
+        .changes("CON")
+        .await
+        .into_iter()
+        .find(|c| c.action == "create")
+        .unwrap();
+    assert_eq!(create.before_values, json!({}));
     h.stop().await;
 }
 
@@ -381,6 +495,7 @@ async fn pruning_deletes_only_rows_past_retention() {
         title: String::new(),
         origin_values: json!({}),
         destination_values: json!({}),
+        before_values: Default::default(),
         modified_at: None,
         synced_at: Some(now - Duration::days(age_days)),
         status: LogStatus::Success,

@@ -46,6 +46,7 @@ async fn a_csv_export_of_200k_rows_streams_in_constant_memory() {
                     title: format!("Contact {n}"),
                     origin_values: json!({"name": format!("Contact {n}"), "note": payload}),
                     destination_values: json!({"name": format!("Contact {n}"), "note": payload}),
+                    before_values: Default::default(),
                     modified_at: None,
                     synced_at: Some(now),
                     status: LogStatus::Success,

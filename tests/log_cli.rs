@@ -29,6 +29,7 @@ fn row(i: usize, status: LogStatus, age_min: i64) -> NewChange {
         title: format!("Ñandú Müller-Lüdenscheidt the {i}th, of a very long company name"),
         origin_values: json!({"i": i}),
         destination_values: json!({"i": i}),
+        before_values: Default::default(),
         modified_at: None,
         synced_at: Some(Utc::now() - Duration::minutes(age_min)),
         status,

@@ -480,6 +480,7 @@ fn change(sync: &str, title: &str, status: &str) -> NewChange {
         title: title.into(),
         origin_values: json!({"full_name": title}),
         destination_values: json!({"name": title}),
+        before_values: Default::default(),
         modified_at: None,
         synced_at: None,
         status: LogStatus::parse(status).unwrap(),

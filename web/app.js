@@ -432,7 +432,7 @@ async function pairedDiff(c, o, d) {
       reads.forEach((k) => used.add(k));
       const read = reads.filter((k) => o && k in o);
       const ov = read.length === 1 ? o[read[0]] : read.length ? Object.fromEntries(read.map((k) => [k, o[k]])) : undefined;
-      return { label: `${label} (${inbound ? "to_local" : "to_external"} ${expr})`, ov, dv: to ? pick(d, to) : undefined, transformed: true };
+      return { label: `${label} (${inbound ? "to_local" : "to_external"} ${expr})`, ov, dv: to ? pick(d, to) : undefined, transformed: true, local: f.local };
     }
     used.add(from.replace(/^\$\.([^.]+).*/, "$1"));
     const ov = pick(o, from), dv = pick(d, to);
@@ -442,19 +442,19 @@ async function pairedDiff(c, o, d) {
       const same = (a, b) => JSON.stringify(a) === JSON.stringify(b) || String(a) === String(b);
       const hit = f.map.find(([l, e]) => same(inbound ? e : l, ov));
       const expected = hit ? (inbound ? hit[0] : hit[1]) : ov;
-      return { label: `${label} (value table)`, ov, dv, changed: !same(expected, dv) };
+      return { label: `${label} (value table)`, ov, dv, changed: !same(expected, dv), local: f.local };
     }
     if (f.reference) {
       // A reference: an external id on one side, a local id on the other.
-      return { label: `${label} (reference by ${f.reference})`, ov, dv, changed: (ov == null) !== (dv == null) };
+      return { label: `${label} (reference by ${f.reference})`, ov, dv, changed: (ov == null) !== (dv == null), local: f.local };
     }
-    return { label, ov, dv };
+    return { label, ov, dv, local: f.local };
   });
   // An outbound row's origin holds the whole local record: fields this sync does not map
   // were not sent, so they are not listed as if they had been.
   if (!inbound) Object.keys(o).forEach((k) => used.add(k));
   for (const k of [...new Set([...Object.keys(o), ...Object.keys(d)])].sort()) {
-    if (!used.has(k)) rows.push({ label: k, ov: o[k], dv: d[k] });
+    if (!used.has(k)) rows.push({ label: k, ov: o[k], dv: d[k], local: k });
   }
   // A transformed value differs from what it was made of by design: highlighted when it
   // is empty, as a plain pair is when it differs.
@@ -462,6 +462,25 @@ async function pairedDiff(c, o, d) {
     if (r.changed === undefined) r.changed = r.transformed ? r.dv === undefined : JSON.stringify(r.ov) !== JSON.stringify(r.dv);
   });
   const cell = (v, changed) => h("td", { class: changed ? "changed" : "" }, v === undefined ? h("span", { class: "muted" }, "—") : pretty(v));
+  // An update that knows what the local record held before: each field before and after, and
+  // what this change changed marked (not values that differ only by the mapping).
+  const before = c.before_values || {};
+  if (Object.keys(before).length) {
+    rows.forEach((r) => {
+      r.had = r.local && r.local in before;
+      r.bv = r.had ? before[r.local] : undefined;
+    });
+    const head = inbound
+      ? ["Field (local ↔ external)", "Origin (external, as received)", "Destination (local, after)", "Local before"]
+      : ["Field (local ↔ external)", "Origin (local, after)", "Destination (external, as sent)", "Local before (as last synced)"];
+    return h("table", { class: "diff", "aria-label": "Values, before and after" },
+      h("thead", {}, h("tr", {}, head.map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, rows.map((r) => h("tr", { "data-field": r.label, class: r.had ? "changed" : "" },
+        h("th", { scope: "row" }, r.label),
+        cell(r.ov, r.had && !inbound), cell(r.dv, r.had && inbound),
+        r.had ? h("td", { class: "before" }, r.bv === undefined || r.bv === null ? h("span", { class: "muted" }, "(empty)") : pretty(r.bv))
+          : h("td", { class: "muted" }, "unchanged")))));
+  }
   return h("table", { class: "diff", "aria-label": "Values, origin against destination" },
     h("thead", {}, h("tr", {},
       ["Field (local ↔ external)", inbound ? "Origin (external)" : "Origin (local)", inbound ? "Destination (local)" : "Destination (external)"]
@@ -531,7 +550,9 @@ async function changeDetail(id) {
     h("h1", {}, `${c.name}: ${c.title || c.external_id || c.local_id || ""}`),
     c.error_message ? h("div", { class: c.status === "failed" ? "error" : "notice", role: c.status === "failed" ? "alert" : "note" }, c.error_message) : null,
     meta,
-    h("h2", {}, c.action === "conflict" ? "Conflict" : "Values (highlighted where the destination is not what the mapping makes of the origin)"),
+    h("h2", {}, c.action === "conflict" ? "Conflict"
+      : Object.keys(c.before_values || {}).length ? "Values before and after (highlighted: what this change changed)"
+      : "Values (highlighted where the destination is not what the mapping makes of the origin)"),
     diff,
     history.length ? h("p", {}, history.flatMap((a, i) => (i ? [" · ", a] : [a]))) : null,
   );

@@ -68,17 +68,13 @@ impl Masker {
     }
 
     /// Masks the parts of a change-control row: its two value maps and its texts.
-    pub fn mask_change_parts(
-        &self,
-        origin: &mut Value,
-        destination: &mut Value,
-        texts: [&mut String; 2],
-    ) {
+    pub fn mask_change_parts(&self, values: [&mut Value; 3], texts: [&mut String; 2]) {
         if self.is_empty() {
             return;
         }
-        self.mask_value(origin);
-        self.mask_value(destination);
+        for v in values {
+            self.mask_value(v);
+        }
         for t in texts {
             if let Cow::Owned(masked) = self.mask_text(t) {
                 *t = masked;

@@ -303,8 +303,11 @@ impl Engine {
     pub(crate) fn mask_row(&self, row: &mut NewChange) {
         crate::metrics::change(&row.sync, row.direction.as_str(), row.status.as_str());
         self.masker().mask_change_parts(
-            &mut row.origin_values,
-            &mut row.destination_values,
+            [
+                &mut row.origin_values,
+                &mut row.destination_values,
+                &mut row.before_values,
+            ],
             [&mut row.error_message, &mut row.title],
         );
     }

@@ -559,7 +559,7 @@ impl Engine {
                         left: link.as_ref().map(|l| l.left.clone()).unwrap_or_default(),
                     }
                 });
-                let row = success_row(
+                let mut row = success_row(
                     entry,
                     sync,
                     log_action,
@@ -568,6 +568,18 @@ impl Engine {
                     Value::Object(values.clone()),
                     sent.request,
                 );
+                // An update: the local values of what changed, as last synced out.
+                if let (SendAction::Update, Some(l)) = (action, &link) {
+                    row.before_values = Value::Object(
+                        sync.fields
+                            .iter()
+                            .filter(|p| p.direction.to_external())
+                            .flat_map(|p| p.sends_from())
+                            .filter(|f| values.get(*f) != l.base.get(*f))
+                            .map(|f| (f.to_string(), l.base.get(f).cloned().unwrap_or(Value::Null)))
+                            .collect(),
+                    );
+                }
                 Step::Delivered {
                     row: Some(row),
                     link: link_after,

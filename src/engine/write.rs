@@ -363,6 +363,16 @@ async fn update<'p>(
             row.external_id = Some(p.external_id.clone());
             row.origin_values = p.origin.clone();
             row.destination_values = Value::Object(changed.clone());
+            // What those fields held before, for the change view.
+            row.before_values = Value::Object(
+                changed
+                    .keys()
+                    .map(|k| {
+                        let was = record.values.get(k).cloned().unwrap_or(Value::Null);
+                        (k.clone(), was)
+                    })
+                    .collect(),
+            );
             fill(&mut row, &p.job.ctx);
             out.rows.push(row);
             if *leaves {

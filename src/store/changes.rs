@@ -92,7 +92,7 @@ impl Store {
         };
         let sql = format!(
             "SELECT id, sync, direction, action, external_id, local_id, name, title, origin_values, destination_values,
-                    modified_at, synced_at, status, error_message, run_id, actor FROM change_log
+                    before_values, modified_at, synced_at, status, error_message, run_id, actor FROM change_log
              {filter} ORDER BY {} LIMIT {}",
             if f.after_id.is_some() {
                 "id ASC"
@@ -138,7 +138,7 @@ impl Store {
         let row = on!(c.conn(), |c| {
             query_as::<_, ChangeRow>(
                 "SELECT id, sync, direction, action, external_id, local_id, name, title, origin_values,
-                        destination_values, modified_at, synced_at, status, error_message, run_id, actor
+                        destination_values, before_values, modified_at, synced_at, status, error_message, run_id, actor
                  FROM change_log WHERE id = $1",
             )
             .bind(id)
@@ -206,12 +206,12 @@ impl Tx {
         for chunk in pieces(rows) {
             let mut ph = Ph::new(self.is_pg());
             let values = (0..chunk.len())
-                .map(|_| ph.tuple(15))
+                .map(|_| ph.tuple(16))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
                 "INSERT INTO change_log (sync, direction, action, external_id, local_id, name, title, origin_values,
-                     destination_values, modified_at, synced_at, status, error_message, run_id, actor)
+                     destination_values, before_values, modified_at, synced_at, status, error_message, run_id, actor)
                  VALUES {values}"
             );
             on!(self.conn(), |c| {
@@ -227,6 +227,7 @@ impl Tx {
                         .bind(&r.title)
                         .bind(Json(&r.origin_values))
                         .bind(Json(&r.destination_values))
+                        .bind(Json(before(&r.before_values)))
                         .bind(r.modified_at)
                         .bind(r.synced_at.unwrap_or(now))
                         .bind(r.status.as_str())
@@ -243,4 +244,11 @@ impl Tx {
     pub async fn log_change(&mut self, row: &NewChange) -> Result<i64> {
         log_change(self.conn(), row).await
     }
+}
+
+/// What a row stores as its before values: `{}` when none are known.
+pub(crate) fn before(v: &Value) -> &Value {
+    static EMPTY: std::sync::LazyLock<Value> =
+        std::sync::LazyLock::new(|| Value::Object(serde_json::Map::new()));
+    if v.is_null() { &EMPTY } else { v }
 }

@@ -649,8 +649,8 @@ async fn log_change(c: Conn<'_>, r: &NewChange) -> Result<i64> {
     Ok(on!(c, |c| {
         query_scalar::<_, i64>(
         "INSERT INTO change_log (sync, direction, action, external_id, local_id, name, title, origin_values,
-             destination_values, modified_at, synced_at, status, error_message, run_id, actor)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id"
+             destination_values, before_values, modified_at, synced_at, status, error_message, run_id, actor)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id"
     )
     .bind(&r.sync)
     .bind(r.direction.as_str())
@@ -661,6 +661,7 @@ async fn log_change(c: Conn<'_>, r: &NewChange) -> Result<i64> {
     .bind(&r.title)
     .bind(Json(&r.origin_values))
     .bind(Json(&r.destination_values))
+    .bind(Json(changes::before(&r.before_values)))
     .bind(r.modified_at)
     .bind(r.synced_at.unwrap_or_else(Utc::now))
     .bind(r.status.as_str())

@@ -238,6 +238,10 @@ pub struct NewChange {
     pub title: String,
     pub origin_values: Value,
     pub destination_values: Value,
+    /// The local values of the fields this change wrote or sent, as they were before it (an
+    /// update's: the record's values it replaced, or those last synced out); `null` or `{}`
+    /// when not known or not applicable.
+    pub before_values: Value,
     pub modified_at: Option<DateTime<Utc>>,
     /// Defaults to now.
     pub synced_at: Option<DateTime<Utc>>,
@@ -267,6 +271,7 @@ impl NewChange {
             title: String::new(),
             origin_values: Value::Object(Map::new()),
             destination_values: Value::Object(Map::new()),
+            before_values: Default::default(),
             modified_at: None,
             synced_at: None,
             status,
@@ -290,6 +295,9 @@ pub struct Change {
     pub title: String,
     pub origin_values: Value,
     pub destination_values: Value,
+    /// The local values of the fields the change wrote or sent, as they were before it (`{}`
+    /// when not known).
+    pub before_values: Value,
     pub modified_at: Option<DateTime<Utc>>,
     pub synced_at: DateTime<Utc>,
     pub status: String,
@@ -310,6 +318,7 @@ pub(crate) struct ChangeRow {
     title: String,
     origin_values: Json<Value>,
     destination_values: Json<Value>,
+    before_values: Json<Value>,
     modified_at: Option<DateTime<Utc>>,
     synced_at: DateTime<Utc>,
     status: String,
@@ -331,6 +340,7 @@ impl From<ChangeRow> for Change {
             title: r.title,
             origin_values: r.origin_values.0,
             destination_values: r.destination_values.0,
+            before_values: r.before_values.0,
             modified_at: r.modified_at,
             synced_at: r.synced_at,
             status: r.status,

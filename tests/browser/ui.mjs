@@ -297,6 +297,14 @@ try {
   assert.ok(refCells[0] !== "—" && refCells[1] !== "—" && refCells[0] !== refCells[1], `the reference has a local and an external id: ${refCells}`);
   assert.equal(await refRow.getAttribute("class"), "", "a reference's two ids are not a change");
   assert.equal(await mappedRow.getAttribute("class"), "", "a value translated by its table is not a change");
+  // An update: each field's local value before it, and what it changed marked.
+  assert.match(await page.locator("h2").filter({ hasText: "Values" }).textContent(), /before and after/);
+  const nameRow = page.locator('table.diff tbody tr[data-field^="name "]');
+  assert.equal(await nameRow.count(), 1, `the name pair: ${JSON.stringify(cells)}`);
+  assert.equal(await nameRow.getAttribute("class"), "changed", "the edited name is marked");
+  assert.deepEqual(await nameRow.locator("td").allTextContents(), ["Dead Letter Test", "Dead Letter Test", customer.name],
+    "the name after, as sent, and before the edit");
+  assert.equal(await mappedRow.locator("td").nth(2).textContent(), "unchanged", "a field the edit left alone says so");
   await shot("04b-change-diff-mapped");
 
   // 7c. A partial listing: a reconciliation would delete most contacts, and the guard holds
