@@ -514,7 +514,16 @@ impl Store {
     /// locked`, code 517).
     pub async fn begin(&self) -> Result<Tx> {
         Ok(match &self.backend {
-            Backend::Sqlite { write, .. } => Tx::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Sqlite { write, .. } => match write.begin_with("BEGIN IMMEDIATE").await {
+                // SQLite rolls a transaction back itself on some failures (a full disk), and
+                // sqlx's count of open transactions on that connection stays at one: it then
+                // refuses a new BEGIN. That connection is closed and a fresh one begins.
+                Err(sqlx::Error::InvalidSavePointStatement) => {
+                    let _ = write.acquire().await?.close().await;
+                    Tx::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?)
+                }
+                r => Tx::Sqlite(r?),
+            },
             Backend::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
