@@ -724,25 +724,42 @@ impl Engine {
         // queues nothing for this sync (one pulled from the same system, applied while the
         // delivery waited for the sync's turn), would otherwise keep the older values there:
         // the newer version goes out too.
+        // The records are read in one query per model (a batch is up to 256 deliveries).
         let plan = self.plan();
-        let mut again = Vec::new();
+        let mut by_model: HashMap<&str, Vec<(&String, i64, i64)>> = HashMap::new();
         for (code, local_id, version) in &done.sent {
-            let Some(sync) = plan.sync(code) else {
-                continue;
-            };
-            let newer = tx
-                .get_record(&sync.model, *local_id)
+            if let Some(sync) = plan.sync(code) {
+                by_model
+                    .entry(sync.model.as_str())
+                    .or_default()
+                    .push((code, *local_id, *version));
+            }
+        }
+        let mut again = Vec::new();
+        for (model, sent) in by_model {
+            let mut ids: Vec<i64> = sent.iter().map(|s| s.1).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let versions: HashMap<i64, i64> = tx
+                .records_by_ids(model, &ids)
                 .await?
-                .filter(|r| !r.deleted && r.version > *version);
-            if let Some(r) = newer
-                && !tx.has_undelivered(code, *local_id).await?
-            {
-                tracing::debug!(sync = %code, local_id, sent = version, now = r.version, "The record changed while its delivery was on its way; the newer version goes out too");
+                .into_iter()
+                .filter(|r| !r.deleted)
+                .map(|r| (r.id, r.version))
+                .collect();
+            for (code, local_id, version) in sent {
+                let Some(&now) = versions.get(&local_id).filter(|v| **v > version) else {
+                    continue;
+                };
+                if tx.has_undelivered(code, local_id).await? {
+                    continue;
+                }
+                tracing::debug!(sync = %code, local_id, sent = version, now, "The record changed while its delivery was on its way; the newer version goes out too");
                 again.push(NewOutbox {
                     sync: code.clone(),
-                    local_id: *local_id,
+                    local_id,
                     action: "update".into(),
-                    payload: json!({"version": r.version}),
+                    payload: json!({"version": now}),
                 });
             }
         }
