@@ -80,7 +80,10 @@ fn each_module_imports_only_what_is_before_it_in_the_flow() {
     check("domain", &[]);
     check("config", &["domain"]);
     check("store", &["domain", "crash"]);
-    check("connectors", &["domain", "config", "crash", "metrics"]);
+    check(
+        "connectors",
+        &["domain", "config", "crash", "metrics", "telemetry"],
+    );
     check(
         "engine",
         &[
@@ -90,6 +93,7 @@ fn each_module_imports_only_what_is_before_it_in_the_flow() {
             "connectors",
             "crash",
             "metrics",
+            "telemetry",
         ],
     );
     check(
@@ -103,6 +107,7 @@ fn each_module_imports_only_what_is_before_it_in_the_flow() {
             "audit",
             "crash",
             "metrics",
+            "telemetry",
         ],
     );
 }
