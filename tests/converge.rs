@@ -1498,6 +1498,26 @@ impl World {
         // The newest name given to a person (anywhere) is the name everyone ends with, or it
         // lost a conflict and the change log says so. (Older names were overwritten by it.)
         let changes = self.h.all_changes().await;
+        // Every update applied here says what each field it wrote held before, and that was
+        // something else (the change view shows them side by side).
+        for c in changes.iter().filter(|c| {
+            c.action == "update" && c.status == "success" && c.direction == "external_to_local"
+        }) {
+            let (Some(before), Some(after)) = (
+                c.before_values.as_object(),
+                c.destination_values.as_object(),
+            ) else {
+                panic!("values not objects: {c:?}");
+            };
+            if after.contains_key("op") {
+                continue; // an operator's pause or resume
+            }
+            assert!(
+                before.keys().eq(after.keys())
+                    && after.iter().all(|(k, v)| before.get(k) != Some(v)),
+                "{c:?}"
+            );
+        }
         let lost_in_conflict: BTreeSet<String> = changes
             .iter()
             .filter(|c| c.action == "conflict")
