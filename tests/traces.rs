@@ -251,6 +251,9 @@ async fn a_change_is_traced_from_the_caller_through_recsync_to_the_other_system(
     assert_eq!(inbound["parent_span_id"], request["span_id"]);
     assert_eq!(inbound["attributes"]["sync"], "CON");
     assert_eq!(inbound["attributes"]["external_id"], "C-1");
+    let record = one("record");
+    assert_eq!(record["parent_span_id"], inbound["span_id"]);
+    assert_eq!(record["attributes"]["sync"], "CON");
     let delivery = one("delivery");
     assert_eq!(delivery["attributes"]["sync"], "DESK");
     assert_eq!(

@@ -141,9 +141,15 @@ impl Engine {
             .map(|job| {
                 let (tx, rx) = oneshot::channel();
                 waiting.push(rx);
+                // A span per record applied, in the span it came in (a request, a page).
+                let span = tracing::info_span!(
+                    "record",
+                    sync = %job.code,
+                    external_id = job.external_id.as_deref(),
+                );
                 Job {
                     reply: tx,
-                    span: tracing::Span::current(),
+                    span,
                     ..job
                 }
             })
