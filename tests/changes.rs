@@ -92,17 +92,17 @@ fn random_case(rng: &mut StdRng, rows: &[Change]) -> Case {
             1 => {
                 let v = LogDirection::ALL[rng.random_range(0..2)].to_string();
                 params.push(("direction", v.clone()));
-                preds.push(Box::new(move |c: &Change| c.direction == v));
+                preds.push(Box::new(move |c: &Change| c.direction.as_str() == v));
             }
             2 => {
                 let v = LogAction::ALL[rng.random_range(0..LogAction::ALL.len())].to_string();
                 params.push(("action", v.clone()));
-                preds.push(Box::new(move |c: &Change| c.action == v));
+                preds.push(Box::new(move |c: &Change| c.action.as_str() == v));
             }
             3 => {
                 let v = LogStatus::ALL[rng.random_range(0..LogStatus::ALL.len())].to_string();
                 params.push(("status", v.clone()));
-                preds.push(Box::new(move |c: &Change| c.status == v));
+                preds.push(Box::new(move |c: &Change| c.status.as_str() == v));
             }
             4 => {
                 let v = format!("E{}", rng.random_range(0..15));

@@ -754,7 +754,7 @@ impl World {
                     let holds = self
                         .h
                         .store
-                        .holds(Some("held"), Some("CP"), 100)
+                        .holds(Some(recsync::store::HoldStatus::Held), Some("CP"), 100)
                         .await
                         .unwrap();
                     if let Some(hold) = holds.first() {
@@ -947,7 +947,12 @@ impl World {
             // An operator decides a hold of the cron system's deletes (every delete there is
             // held: `delete_guard = { max = 0 }`).
             142..=145 => {
-                let holds = self.h.store.holds(Some("held"), None, 100).await.unwrap();
+                let holds = self
+                    .h
+                    .store
+                    .holds(Some(recsync::store::HoldStatus::Held), None, 100)
+                    .await
+                    .unwrap();
                 if holds.is_empty() {
                     return;
                 }
@@ -1224,7 +1229,12 @@ impl World {
         !self
             .h
             .store
-            .list_outbox(Some("inflight"), Some(sync), 0, 1)
+            .list_outbox(
+                Some(recsync::store::OutboxStatus::Inflight),
+                Some(sync),
+                0,
+                1,
+            )
             .await
             .unwrap()
             .is_empty()
@@ -1255,7 +1265,12 @@ impl World {
 
     /// Approves every hold still waiting (quiescence: deletes made must happen).
     async fn approve_all(&mut self) -> bool {
-        let holds = self.h.store.holds(Some("held"), None, 100).await.unwrap();
+        let holds = self
+            .h
+            .store
+            .holds(Some(recsync::store::HoldStatus::Held), None, 100)
+            .await
+            .unwrap();
         for hold in &holds {
             self.decide(hold, true).await;
         }
@@ -1574,7 +1589,7 @@ impl World {
         let dead = self
             .h
             .store
-            .list_outbox(Some("dead"), None, 0, 100)
+            .list_outbox(Some(recsync::store::OutboxStatus::Dead), None, 0, 100)
             .await
             .unwrap();
         if !dead.is_empty() {

@@ -206,7 +206,7 @@ fn actions(changes: &[recsync::store::Change], external_id: &str) -> Vec<String>
     let mut v: Vec<String> = changes
         .iter()
         .filter(|c| c.external_id.as_deref() == Some(external_id))
-        .map(|c| c.action.clone())
+        .map(|c| c.action.to_string())
         .collect();
     v.reverse();
     v
@@ -631,7 +631,7 @@ fields = [
         .iter()
         .rev()
         .filter(|c| c.status != "skipped")
-        .map(|c| (c.direction.clone(), c.action.clone()))
+        .map(|c| (c.direction.to_string(), c.action.to_string()))
         .collect();
     assert_eq!(
         summary,

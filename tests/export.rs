@@ -76,7 +76,7 @@ async fn a_csv_export_of_200k_rows_streams_in_constant_memory() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_recsync"))
+    let mut child = Command::new(common::recsync_bin())
         .args([
             "serve",
             "--config",

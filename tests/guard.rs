@@ -208,6 +208,34 @@ async fn a_partial_listing_deletes_nothing_until_a_person_approves() {
         holds[0]["reason"].as_str().unwrap().contains("max_ratio"),
         "{body}"
     );
+    for (query, count) in [("?status=all", 1), ("?status=approved", 0)] {
+        let (status, body) = api(
+            &h,
+            reqwest::Method::GET,
+            &format!("/api/v1/holds{query}"),
+            READ_KEY,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["holds"].as_array().unwrap().len(),
+            count,
+            "{query}: {body}"
+        );
+    }
+    let (status, body) = api(
+        &h,
+        reqwest::Method::GET,
+        "/api/v1/holds?status=hold",
+        READ_KEY,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string()
+            .contains("unknown status `hold`: use collecting, held, approved"),
+        "{body}"
+    );
     let hold = holds[0]["id"].as_i64().unwrap();
     let (status, body) = api(
         &h,
@@ -249,7 +277,7 @@ async fn a_partial_listing_deletes_nothing_until_a_person_approves() {
     let open = h
         .engine
         .store
-        .holds(Some("held"), Some("ACC"), 10)
+        .holds(Some(recsync::store::HoldStatus::Held), Some("ACC"), 10)
         .await
         .unwrap();
     assert_eq!(open.len(), 1, "{open:?}");
@@ -285,7 +313,7 @@ async fn a_partial_listing_deletes_nothing_until_a_person_approves() {
     let hold = h
         .engine
         .store
-        .holds(Some("held"), Some("ACC"), 10)
+        .holds(Some(recsync::store::HoldStatus::Held), Some("ACC"), 10)
         .await
         .unwrap()[0]
         .id;
@@ -372,7 +400,7 @@ async fn a_run_whose_pages_delete_most_records_holds_them() {
     let hold = h
         .engine
         .store
-        .holds(Some("held"), Some("ACC"), 10)
+        .holds(Some(recsync::store::HoldStatus::Held), Some("ACC"), 10)
         .await
         .unwrap();
     assert_eq!(hold.len(), 1);
@@ -449,7 +477,7 @@ async fn a_run_whose_pages_delete_most_records_holds_them() {
             let n = h
                 .engine
                 .store
-                .holds(Some("held"), Some("ACC"), 10)
+                .holds(Some(recsync::store::HoldStatus::Held), Some("ACC"), 10)
                 .await
                 .unwrap()
                 .len();

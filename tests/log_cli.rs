@@ -306,6 +306,19 @@ async fn readers_need_only_the_database_url() {
     let o = run(&["outbox", "list", "--status", "all"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert!(stdout(&o).contains("No outbox entries match."), "{o:?}");
+    // A status that does not exist is refused, naming those that do (it used to list nothing).
+    for args in [
+        &["outbox", "list", "--status", "deadd"][..],
+        &["holds", "list", "--status", "hold"][..],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("invalid value") && err.contains("possible values") && err.contains("all"),
+            "{args:?}: {err}"
+        );
+    }
     // `retry-all` takes the sync's code as `run`, `plan` and `record` do (the flag still works).
     for args in [
         &["outbox", "retry-all", "CONTACTS"][..],

@@ -1362,7 +1362,7 @@ async fn a_create_retried_after_its_record_was_deleted_leaves_no_copy_in_odoo() 
     let dead =
         e.h.engine
             .store
-            .list_outbox(Some("dead"), Some("ODP"), 0, 10)
+            .list_outbox(Some(recsync::store::OutboxStatus::Dead), Some("ODP"), 0, 10)
             .await
             .unwrap();
     assert!(dead.is_empty(), "{dead:?}");

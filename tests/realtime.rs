@@ -456,7 +456,7 @@ async fn dead_letters_wait_for_a_person_and_retry_delivers_them() {
     let dead = eventually(20, "a dead letter", || async {
         h.engine
             .store
-            .list_outbox(Some("dead"), Some("CON"), 0, 10)
+            .list_outbox(Some(recsync::store::OutboxStatus::Dead), Some("CON"), 0, 10)
             .await
             .unwrap()
             .into_iter()
@@ -525,6 +525,19 @@ async fn dead_letters_wait_for_a_person_and_retry_delivers_them() {
             .unwrap()
             .iter()
             .all(|e| e["id"] != json!(dead.id))
+    );
+    let bad = h
+        .client
+        .get(h.url("/api/v1/outbox?status=deadd"))
+        .header("X-Api-Key", READ_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let text = bad.text().await.unwrap();
+    assert!(
+        text.contains("unknown status `deadd`: use pending"),
+        "{text}"
     );
     h.stop().await;
 }

@@ -364,7 +364,7 @@ async fn a_record_deleted_on_both_sides_while_paused_resumes_without_a_send() {
     let dead = h
         .engine
         .store
-        .list_outbox(Some("dead"), None, 0, 10)
+        .list_outbox(Some(recsync::store::OutboxStatus::Dead), None, 0, 10)
         .await
         .unwrap();
     assert!(dead.is_empty(), "{dead:?}");

@@ -379,7 +379,7 @@ async fn outbox_claims_keep_per_record_order() {
     );
     assert_eq!(
         store
-            .list_outbox(Some("dead"), Some("CON"), 0, 10)
+            .list_outbox(Some(recsync::store::OutboxStatus::Dead), Some("CON"), 0, 10)
             .await
             .unwrap()[0]
             .id,

@@ -301,7 +301,7 @@ async fn a_killed_instances_deliveries_are_taken_over_within_seconds() {
     }
     common::eventually(30, "deliveries in flight", || async {
         let inflight = store
-            .list_outbox(Some("inflight"), None, 0, 100)
+            .list_outbox(Some(recsync::store::OutboxStatus::Inflight), None, 0, 100)
             .await
             .unwrap();
         (!inflight.is_empty()).then_some(())

@@ -445,7 +445,12 @@ async fn an_edit_from_the_system_a_delivery_is_on_its_way_to_goes_back_out_after
     eventually(10, "the delivery to be in flight", || async {
         h.engine
             .store
-            .list_outbox(Some("inflight"), Some("CON"), 0, 10)
+            .list_outbox(
+                Some(recsync::store::OutboxStatus::Inflight),
+                Some("CON"),
+                0,
+                10,
+            )
             .await
             .unwrap()
             .into_iter()
@@ -521,7 +526,7 @@ async fn a_delivery_slower_than_the_claim_lease_is_made_once() {
         let all = h
             .engine
             .store
-            .list_outbox(Some("inflight"), None, 0, 100)
+            .list_outbox(Some(recsync::store::OutboxStatus::Inflight), None, 0, 100)
             .await
             .unwrap();
         (!all.is_empty()).then_some(())
@@ -538,7 +543,7 @@ async fn a_delivery_slower_than_the_claim_lease_is_made_once() {
     let done = h
         .engine
         .store
-        .list_outbox(Some("done"), None, 0, 100)
+        .list_outbox(Some(recsync::store::OutboxStatus::Done), None, 0, 100)
         .await
         .unwrap();
     assert!(done.len() >= 3, "{done:#?}");
@@ -586,7 +591,7 @@ async fn a_dead_letter_for_a_record_deleted_there_is_given_up_with_the_reason() 
         let dead = h
             .engine
             .store
-            .list_outbox(Some("dead"), Some("CON"), 0, 10)
+            .list_outbox(Some(recsync::store::OutboxStatus::Dead), Some("CON"), 0, 10)
             .await
             .unwrap();
         (!dead.is_empty()).then_some(dead)
@@ -598,7 +603,7 @@ async fn a_dead_letter_for_a_record_deleted_there_is_given_up_with_the_reason() 
         let dead = h
             .engine
             .store
-            .list_outbox(Some("dead"), None, 0, 10)
+            .list_outbox(Some(recsync::store::OutboxStatus::Dead), None, 0, 10)
             .await
             .unwrap();
         (dead.len() == 3).then_some(())
@@ -624,7 +629,7 @@ async fn a_dead_letter_for_a_record_deleted_there_is_given_up_with_the_reason() 
     let left = h
         .engine
         .store
-        .list_outbox(Some("dead"), None, 0, 10)
+        .list_outbox(Some(recsync::store::OutboxStatus::Dead), None, 0, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -637,7 +642,12 @@ async fn a_dead_letter_for_a_record_deleted_there_is_given_up_with_the_reason() 
     let given_up = h
         .engine
         .store
-        .list_outbox(Some("discarded"), Some("CON"), 0, 10)
+        .list_outbox(
+            Some(recsync::store::OutboxStatus::Discarded),
+            Some("CON"),
+            0,
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(given_up.len(), 1, "{given_up:?}");
@@ -645,7 +655,12 @@ async fn a_dead_letter_for_a_record_deleted_there_is_given_up_with_the_reason() 
     let others = h
         .engine
         .store
-        .list_outbox(Some("discarded"), Some("SB"), 0, 10)
+        .list_outbox(
+            Some(recsync::store::OutboxStatus::Discarded),
+            Some("SB"),
+            0,
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(

@@ -20,7 +20,8 @@ async fn list(g: &GlobalArgs, status: &str, sync: Option<&str>) -> ExitCode {
         Ok(pair) => pair,
         Err(code) => return code,
     };
-    let status = (status != "all").then_some(status);
+    // clap admits only the statuses and `all`, which is none of them.
+    let status = crate::store::HoldStatus::parse(status);
     let result: Result<(), crate::store::StoreError> = async {
         let holds = store.holds(status, sync, 100).await?;
         if holds.is_empty() {
@@ -52,7 +53,7 @@ async fn list(g: &GlobalArgs, status: &str, sync: Option<&str>) -> ExitCode {
             if h.items > items.len() as i64 {
                 println!("  ... and {} more", h.items - items.len() as i64);
             }
-            if h.status == "held" {
+            if h.status == crate::store::HoldStatus::Held {
                 println!(
                     "  recsync holds approve {0}   (applies these deletes)   recsync holds discard {0}   (keeps the records)",
                     h.id

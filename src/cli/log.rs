@@ -197,13 +197,13 @@ pub(super) fn clip(s: &str, width: usize) -> String {
 }
 
 pub(super) fn table_line(c: &crate::store::Change) -> String {
-    let dir = if c.direction == "external_to_local" {
+    let dir = if c.direction == crate::store::LogDirection::ExternalToLocal {
         "in"
     } else {
         "out"
     };
     // `conflict_resolved` does not fit 8 columns; the action (`conflict`) says the rest.
-    let status = if c.status == "conflict_resolved" {
+    let status = if c.status == crate::store::LogStatus::ConflictResolved {
         "resolved"
     } else {
         c.status.as_str()
@@ -224,7 +224,7 @@ pub(super) fn table_line(c: &crate::store::Change) -> String {
         c.synced_at.format("%m-%d %H:%M:%S"),
         clip(&c.sync, 6),
         dir,
-        clip(&c.action, 8),
+        clip(c.action.as_str(), 8),
         clip(status, 8),
         clip(&record, 10),
         clip(&detail.replace(['\n', '\r'], " "), 18)

@@ -308,7 +308,8 @@ pub enum OutboxAction {
     /// List entries (default: dead letters)
     List {
         /// pending, inflight, done, dead, discarded or all
-        #[arg(long, default_value = "dead")]
+        #[arg(long, default_value = "dead",
+              value_parser = ["pending", "inflight", "done", "dead", "discarded", "all"])]
         status: String,
         #[arg(long)]
         sync: Option<String>,
@@ -330,7 +331,8 @@ pub enum HoldsAction {
     /// List holds and their deletes (default: those waiting for a decision)
     List {
         /// held, approved, discarded, applied, collecting or all
-        #[arg(long, default_value = "held")]
+        #[arg(long, default_value = "held",
+              value_parser = ["held", "approved", "discarded", "applied", "collecting", "all"])]
         status: String,
         #[arg(long)]
         sync: Option<String>,

@@ -14,10 +14,9 @@ pub(super) async fn outbox(g: &GlobalArgs, action: Option<OutboxAction>) -> Exit
     let result: Result<ExitCode, crate::store::StoreError> = async {
         match action {
             OutboxAction::List { status, sync } => {
-                let status = (status != "all").then_some(status);
-                let entries = store
-                    .list_outbox(status.as_deref(), sync.as_deref(), 0, 1000)
-                    .await?;
+                // clap admits only the statuses and `all`, which is none of them.
+                let status = crate::store::OutboxStatus::parse(&status);
+                let entries = store.list_outbox(status, sync.as_deref(), 0, 1000).await?;
                 if entries.is_empty() {
                     println!("No outbox entries match.");
                     return Ok(ExitCode::SUCCESS);

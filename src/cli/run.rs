@@ -55,7 +55,7 @@ pub(super) async fn run_now(g: &GlobalArgs, code: &str, full: bool) -> ExitCode 
                 {
                     println!("  {err}");
                 }
-                if status == "success" {
+                if status == crate::store::RunStatus::Success {
                     ExitCode::SUCCESS
                 } else {
                     ExitCode::FAILURE
@@ -97,8 +97,8 @@ pub(super) async fn start_core(g: &GlobalArgs) -> Result<crate::app::Core, ExitC
 pub(super) async fn with_progress(
     code: &str,
     mut progress: tokio::sync::watch::Receiver<crate::store::RunCounts>,
-    task: tokio::task::JoinHandle<(String, crate::store::RunCounts)>,
-) -> Result<(String, crate::store::RunCounts), tokio::task::JoinError> {
+    task: tokio::task::JoinHandle<(crate::store::RunStatus, crate::store::RunCounts)>,
+) -> Result<(crate::store::RunStatus, crate::store::RunCounts), tokio::task::JoinError> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() {
         return task.await;

@@ -18,7 +18,8 @@ use crate::connectors::{Ahead, Connector, PullAction, PullError, Pulled};
 use crate::domain::Plan;
 use crate::domain::plan::Sync;
 use crate::store::{
-    Hold, HoldItem, LogAction, LogDirection, LogStatus, NewChange, RunCounts, StoreError,
+    Hold, HoldItem, HoldStatus, LogAction, LogDirection, LogStatus, NewChange, RunCounts,
+    StoreError,
 };
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -50,7 +51,7 @@ impl Collecting {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Decided {
     pub hold: i64,
-    pub status: String,
+    pub status: HoldStatus,
     /// Deletes applied (approve).
     pub deleted: i64,
     /// Deletes with nothing left to delete: the link had ended or the record was gone.
@@ -63,7 +64,7 @@ pub enum HoldError {
     #[error("no hold {0}")]
     Unknown(i64),
     #[error("hold {id} is {status}; only a held hold can be approved or discarded")]
-    NotHeld { id: i64, status: String },
+    NotHeld { id: i64, status: HoldStatus },
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
 }
@@ -175,7 +176,13 @@ impl Engine {
         match limit.holds(n, linked) {
             Some(reason) => {
                 self.store
-                    .decide_hold(hold, "collecting", "held", Some(&reason), None)
+                    .decide_hold(
+                        hold,
+                        HoldStatus::Collecting,
+                        HoldStatus::Held,
+                        Some(&reason),
+                        None,
+                    )
                     .await
                     .map_err(failed)?;
                 counts.held += n as i64;
@@ -202,7 +209,13 @@ impl Engine {
                 counts.deleted += deleted;
                 counts.skipped += skipped;
                 self.store
-                    .decide_hold(hold, "collecting", "applied", None, None)
+                    .decide_hold(
+                        hold,
+                        HoldStatus::Collecting,
+                        HoldStatus::Applied,
+                        None,
+                        None,
+                    )
                     .await
                     .map_err(failed)?;
             }
@@ -251,7 +264,7 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let orphans: Vec<Hold> = self
             .store
-            .holds(Some("collecting"), Some(code), 100)
+            .holds(Some(HoldStatus::Collecting), Some(code), 100)
             .await?
             .into_iter()
             .filter(|h| h.run_id != Some(run_id))
@@ -261,8 +274,8 @@ impl Engine {
                 self.store
                     .decide_hold(
                         h.id,
-                        "collecting",
-                        "held",
+                        HoldStatus::Collecting,
+                        HoldStatus::Held,
                         Some("the run that collected these deletes stopped before it ended"),
                         None,
                     )
@@ -296,8 +309,8 @@ impl Engine {
                     self.store
                         .decide_hold(
                             h.id,
-                            "collecting",
-                            "discarded",
+                            HoldStatus::Collecting,
+                            HoldStatus::Discarded,
                             Some(&format!("its deletes joined hold {mine}")),
                             None,
                         )
@@ -343,7 +356,8 @@ impl Engine {
                 let linked = tx.count_links(&sync.binding()).await? as u64;
                 match limit.holds_within(n, linked, "within an hour") {
                     Some(reason) => Some((
-                        tx.create_hold(code, None, dir, "held", &reason).await?,
+                        tx.create_hold(code, None, dir, HoldStatus::Held, &reason)
+                            .await?,
                         Some((reason, n, linked)),
                     )),
                     None => None,
@@ -386,7 +400,7 @@ impl Engine {
         let hold = self.held(id).await?;
         if !self
             .store
-            .decide_hold(id, "held", "approved", None, Some(by))
+            .decide_hold(id, HoldStatus::Held, HoldStatus::Approved, None, Some(by))
             .await?
         {
             return Err(self.not_held(id).await);
@@ -395,7 +409,7 @@ impl Engine {
         let Some(sync) = plan.sync(&hold.sync) else {
             return Ok(Decided {
                 hold: id,
-                status: "approved".into(),
+                status: HoldStatus::Approved,
                 deleted: 0,
                 skipped: hold.items,
             });
@@ -409,7 +423,7 @@ impl Engine {
             tracing::info!(sync = %hold.sync, hold = id, deleted, skipped, by, "Held local deletes approved and queued");
             return Ok(Decided {
                 hold: id,
-                status: "approved".into(),
+                status: HoldStatus::Approved,
                 deleted,
                 skipped,
             });
@@ -423,7 +437,7 @@ impl Engine {
         tracing::info!(sync = %hold.sync, hold = id, deleted, skipped, by, "Held deletes approved and applied");
         Ok(Decided {
             hold: id,
-            status: "approved".into(),
+            status: HoldStatus::Approved,
             deleted,
             skipped,
         })
@@ -434,7 +448,7 @@ impl Engine {
         let hold = self.held(id).await?;
         if !self
             .store
-            .decide_hold(id, "held", "discarded", None, Some(by))
+            .decide_hold(id, HoldStatus::Held, HoldStatus::Discarded, None, Some(by))
             .await?
         {
             return Err(self.not_held(id).await);
@@ -451,7 +465,7 @@ impl Engine {
         }
         Ok(Decided {
             hold: id,
-            status: "discarded".into(),
+            status: HoldStatus::Discarded,
             deleted: 0,
             skipped: hold.items,
         })
@@ -550,7 +564,7 @@ impl Engine {
 
     async fn held(&self, id: i64) -> Result<Hold, HoldError> {
         let hold = self.store.hold(id).await?.ok_or(HoldError::Unknown(id))?;
-        if hold.status != "held" {
+        if hold.status != HoldStatus::Held {
             return Err(HoldError::NotHeld {
                 id,
                 status: hold.status,

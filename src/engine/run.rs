@@ -72,7 +72,7 @@ pub enum RunError {
 /// A run that has started: its id, and the task doing it.
 pub struct Started {
     pub run_id: i64,
-    pub task: tokio::task::JoinHandle<(String, RunCounts)>,
+    pub task: tokio::task::JoinHandle<(RunStatus, RunCounts)>,
     /// The counts so far, updated after each page.
     pub progress: tokio::sync::watch::Receiver<RunCounts>,
 }
@@ -191,7 +191,13 @@ impl Engine {
                 Some(reason) => {
                     let dir = LogDirection::LocalToExternal;
                     let hold = tx
-                        .create_hold(code, Some(run_id), dir.as_str(), "held", &reason)
+                        .create_hold(
+                            code,
+                            Some(run_id),
+                            dir.as_str(),
+                            crate::store::HoldStatus::Held,
+                            &reason,
+                        )
                         .await
                         .map_err(store_err)?;
                     let items: Vec<crate::store::HoldItem> =
@@ -437,7 +443,7 @@ impl Engine {
                 // The claim then expires as a stale one.
                 tracing::error!(sync = %code, run_id, error = %e, "Failed to record the end of a run");
             }
-            (status.to_string(), counts)
+            (status, counts)
         }
             .instrument(span),
         );

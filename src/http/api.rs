@@ -8,7 +8,7 @@ use crate::config::Scope;
 use crate::domain::FieldType;
 use crate::domain::filter::domain_from_json;
 use crate::engine::{ApplyError, LocalOp};
-use crate::store::{Record, StoreError};
+use crate::store::{OutboxStatus, Record, StoreError};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use serde::Deserialize;
@@ -668,24 +668,19 @@ async fn list_outbox(
     respond(
         async {
             caller(&req, &state, &Scope::Read)?;
-            if let Some(s) = &q.status
-                && !["pending", "inflight", "done", "dead", "discarded", "all"]
-                    .contains(&s.as_str())
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown status `{s}`: use pending, inflight, done, dead, discarded or all"
-                )));
-            }
+            let status = match q.status.as_deref() {
+                None | Some("all") => None,
+                Some(s) => Some(OutboxStatus::parse(s).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "unknown status `{s}`: use pending, inflight, done, dead, discarded or all"
+                    ))
+                })?),
+            };
             let limit = page_limit(q.limit, 100)?;
             let entries = state
                 .engine
                 .reads()
-                .list_outbox(
-                    q.status.as_deref().filter(|s| *s != "all"),
-                    q.sync.as_deref(),
-                    q.after.unwrap_or(0),
-                    limit,
-                )
+                .list_outbox(status, q.sync.as_deref(), q.after.unwrap_or(0), limit)
                 .await?;
             let next = if entries.len() as i64 == limit {
                 entries.last().map(|e| json!(e.id))

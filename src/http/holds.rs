@@ -5,6 +5,7 @@ use super::AppState;
 use super::api::{ApiError, caller, respond};
 use crate::config::Scope;
 use crate::engine::HoldError;
+use crate::store::HoldStatus;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -15,15 +16,6 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(approve_hold)
         .service(discard_hold);
 }
-
-const STATUSES: [&str; 6] = [
-    "held",
-    "approved",
-    "discarded",
-    "applied",
-    "collecting",
-    "all",
-];
 
 #[derive(Deserialize)]
 struct HoldsQuery {
@@ -70,17 +62,19 @@ async fn list_holds(
     respond(
         async {
             caller(&req, &state, &Scope::Read)?;
-            let status = q.status.as_deref().unwrap_or("held");
-            if !STATUSES.contains(&status) {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown status `{status}`: use {}",
-                    STATUSES.join(", ")
-                )));
-            }
+            let status = match q.status.as_deref().unwrap_or("held") {
+                "all" => None,
+                s => Some(HoldStatus::parse(s).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "unknown status `{s}`: use {}, or all",
+                        HoldStatus::ALL.join(", ")
+                    ))
+                })?),
+            };
             let holds = state
                 .engine
                 .reads()
-                .holds((status != "all").then_some(status), q.sync.as_deref(), 200)
+                .holds(status, q.sync.as_deref(), 200)
                 .await?;
             Ok(HttpResponse::Ok().json(json!({ "holds": holds })))
         }

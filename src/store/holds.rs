@@ -10,8 +10,8 @@ pub struct Hold {
     pub id: i64,
     pub sync: String,
     pub run_id: Option<i64>,
-    /// `collecting`, `held`, `approved`, `discarded` or `applied`.
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: HoldStatus,
     pub reason: String,
     pub items: i64,
     pub created_at: DateTime<Utc>,
@@ -113,7 +113,7 @@ impl Store {
     /// Holds, newest first, by status and sync when given.
     pub async fn holds(
         &self,
-        status: Option<&str>,
+        status: Option<HoldStatus>,
         sync: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Hold>> {
@@ -122,7 +122,7 @@ impl Store {
             "{HOLD_SELECT} WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR sync = $2) ORDER BY id DESC LIMIT $3"
         );
         Ok(on!(c.conn(), |c| query_as::<_, Hold>(&sql)
-            .bind(status)
+            .bind(status.map(HoldStatus::as_str))
             .bind(sync)
             .bind(limit)
             .fetch_all(c)
@@ -134,8 +134,8 @@ impl Store {
     pub async fn decide_hold(
         &self,
         id: i64,
-        from: &str,
-        to: &str,
+        from: HoldStatus,
+        to: HoldStatus,
         reason: Option<&str>,
         by: Option<&str>,
     ) -> Result<bool> {
@@ -145,12 +145,12 @@ impl Store {
             "UPDATE holds SET status = $1, reason = COALESCE($2, reason), decided_at = $3, decided_by = COALESCE($4, decided_by)
              WHERE id = $5 AND status = $6"
         )
-        .bind(to)
+        .bind(to.as_str())
         .bind(reason)
         .bind(Utc::now())
         .bind(by)
         .bind(id)
-        .bind(from)
+        .bind(from.as_str())
         .execute(c)
         .await
         .map(|r| r.rows_affected())
@@ -397,7 +397,7 @@ impl Tx {
         sync: &str,
         run_id: Option<i64>,
         direction: &str,
-        status: &str,
+        status: HoldStatus,
         reason: &str,
     ) -> Result<i64> {
         Ok(on!(self.conn(), |c| {
@@ -406,7 +406,7 @@ impl Tx {
         )
         .bind(sync)
         .bind(run_id)
-        .bind(status)
+        .bind(status.as_str())
         .bind(reason)
         .bind(Utc::now())
         .bind(direction)

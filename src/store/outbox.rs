@@ -231,12 +231,13 @@ impl Store {
 
     /// Marks a delivered entry done.
     pub async fn outbox_done(&self, id: i64) -> Result<()> {
-        self.set_outbox(id, "done", None, None).await
+        self.set_outbox(id, OutboxStatus::Done, None, None).await
     }
 
     /// Puts an entry back to wait until `at`, noting why.
     pub async fn outbox_retry_at(&self, id: i64, at: DateTime<Utc>, error: &str) -> Result<()> {
-        self.set_outbox(id, "pending", Some(at), Some(error)).await
+        self.set_outbox(id, OutboxStatus::Pending, Some(at), Some(error))
+            .await
     }
 
     /// Puts an entry back to wait until `at` without spending an attempt (the claim counted
@@ -259,7 +260,8 @@ impl Store {
 
     /// Dead-letters an entry after its retry budget.
     pub async fn outbox_dead(&self, id: i64, error: &str) -> Result<()> {
-        self.set_outbox(id, "dead", None, Some(error)).await
+        self.set_outbox(id, OutboxStatus::Dead, None, Some(error))
+            .await
     }
 
     /// Sends a dead or discarded entry again now (the operator's retry). Returns whether it existed.
@@ -326,7 +328,7 @@ impl Store {
     async fn set_outbox(
         &self,
         id: i64,
-        status: &str,
+        status: OutboxStatus,
         at: Option<DateTime<Utc>>,
         error: Option<&str>,
     ) -> Result<()> {
@@ -338,7 +340,7 @@ impl Store {
              last_error = CASE WHEN $1 = 'done' THEN NULL ELSE COALESCE($3, last_error) END,
              claimed_by = NULL, claimed_until = NULL, updated_at = $4 WHERE id = $5",
             )
-            .bind(status)
+            .bind(status.as_str())
             .bind(at)
             .bind(error)
             .bind(now)
@@ -353,7 +355,7 @@ impl Store {
     /// Outbox entries by status (and sync), newest last, keyset-paginated by id.
     pub async fn list_outbox(
         &self,
-        status: Option<&str>,
+        status: Option<OutboxStatus>,
         sync: Option<&str>,
         after: i64,
         limit: i64,
@@ -364,7 +366,7 @@ impl Store {
             "SELECT id, sync, local_id, action, payload, status, attempts, next_attempt_at, last_error, created_at FROM outbox
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR sync = $2) AND id > $3 ORDER BY id LIMIT $4"
         )
-        .bind(status)
+        .bind(status.map(OutboxStatus::as_str))
         .bind(sync)
         .bind(after)
         .bind(limit)

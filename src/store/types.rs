@@ -111,8 +111,7 @@ pub struct OutboxEntry {
     pub local_id: i64,
     pub action: String,
     pub payload: Value,
-    /// `pending`, `inflight`, `done`, `dead` or `discarded`.
-    pub status: String,
+    pub status: OutboxStatus,
     pub attempts: i64,
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
@@ -126,7 +125,8 @@ pub(crate) struct OutboxRow {
     local_id: i64,
     action: String,
     payload: Json<Value>,
-    status: String,
+    #[sqlx(try_from = "String")]
+    status: OutboxStatus,
     attempts: i64,
     next_attempt_at: DateTime<Utc>,
     last_error: Option<String>,
@@ -225,6 +225,26 @@ text_enum!(
     /// How a change ended.
     LogStatus { Success = "success", Failed = "failed", ConflictResolved = "conflict_resolved", Skipped = "skipped" }
 );
+text_enum!(
+    /// Where a queued delivery is.
+    OutboxStatus {
+        Pending = "pending",
+        Inflight = "inflight",
+        Done = "done",
+        Dead = "dead",
+        Discarded = "discarded",
+    }
+);
+text_enum!(
+    /// Where a group of held deletes is.
+    HoldStatus {
+        Collecting = "collecting",
+        Held = "held",
+        Approved = "approved",
+        Discarded = "discarded",
+        Applied = "applied",
+    }
+);
 
 /// A change-control row to write.
 #[derive(Debug, Clone, PartialEq)]
@@ -287,8 +307,8 @@ impl NewChange {
 pub struct Change {
     pub id: i64,
     pub sync: String,
-    pub direction: String,
-    pub action: String,
+    pub direction: LogDirection,
+    pub action: LogAction,
     pub external_id: Option<String>,
     pub local_id: Option<i64>,
     pub name: String,
@@ -300,7 +320,7 @@ pub struct Change {
     pub before_values: Value,
     pub modified_at: Option<DateTime<Utc>>,
     pub synced_at: DateTime<Utc>,
-    pub status: String,
+    pub status: LogStatus,
     pub error_message: String,
     pub run_id: Option<i64>,
     pub actor: String,
@@ -310,8 +330,10 @@ pub struct Change {
 pub(crate) struct ChangeRow {
     id: i64,
     sync: String,
-    direction: String,
-    action: String,
+    #[sqlx(try_from = "String")]
+    direction: LogDirection,
+    #[sqlx(try_from = "String")]
+    action: LogAction,
     external_id: Option<String>,
     local_id: Option<i64>,
     name: String,
@@ -321,7 +343,8 @@ pub(crate) struct ChangeRow {
     before_values: Json<Value>,
     modified_at: Option<DateTime<Utc>>,
     synced_at: DateTime<Utc>,
-    status: String,
+    #[sqlx(try_from = "String")]
+    status: LogStatus,
     error_message: String,
     run_id: Option<i64>,
     actor: String,

@@ -35,7 +35,7 @@ impl ReadView {
 
     pub async fn holds(
         &self,
-        status: Option<&str>,
+        status: Option<HoldStatus>,
         sync: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Hold>> {
@@ -97,7 +97,7 @@ impl ReadView {
 
     pub async fn list_outbox(
         &self,
-        status: Option<&str>,
+        status: Option<OutboxStatus>,
         sync: Option<&str>,
         after: i64,
         limit: i64,
