@@ -1039,6 +1039,29 @@ error: configuration has 1 error"#,
 }
 
 #[test]
+fn bad_dropbox_names() {
+    check(
+        "bad_dropbox_names",
+        r#"[external_models.files]
+kind = "dropbox"
+root = "/Docs"
+pattern = "/{client}"
+names = "replace"
+"#,
+        r#"
+error: invalid `names` value `replace`
+ --> mappings/crm.toml:5:9
+  |
+5 | names = "replace"
+  |         ^^^^^^^^^ not a names
+  |
+  = help: expected one of `refuse`, `lookalike`
+
+error: configuration has 1 error"#,
+    );
+}
+
+#[test]
 fn invalid_sync_code() {
     check(
         "invalid_sync_code",

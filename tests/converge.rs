@@ -130,6 +130,7 @@ kind = "dropbox"
 root = "/People"
 recursive = false
 pattern = "/{mail} - {who}"
+names = "lookalike"
 
 [web_services.legacy]
 kind = "sql"
@@ -530,8 +531,12 @@ impl World {
                 .filter_map(|(path, (id, tag, _))| {
                     let rest = path.strip_prefix("/People/")?;
                     let (mail, who) = rest.split_once(" - ")?;
-                    (tag == "folder" && !rest.contains('/'))
-                        .then(|| (id, obj(json!({"name": who, "email": mail}))))
+                    (tag == "folder" && !rest.contains('/')).then(|| {
+                        (
+                            id,
+                            obj(json!({"name": who.replace('／', "/"), "email": mail})),
+                        )
+                    })
                 })
                 .collect()
         } else if coll == "sql" {
@@ -602,9 +607,15 @@ impl World {
         true
     }
 
+    /// A new name; one in four has a `/`, which Dropbox cannot take in a name (the folder is
+    /// written with a look-alike, `names = "lookalike"`, and must come back as it was).
     fn name(&mut self) -> String {
         self.edits += 1;
-        format!("Name {}", self.edits)
+        if self.edits % 4 == 0 {
+            format!("Name {} / Co", self.edits)
+        } else {
+            format!("Name {}", self.edits)
+        }
     }
 
     fn alive(&self, k: usize) -> bool {
@@ -983,7 +994,7 @@ impl World {
                 let name = self.name();
                 let id = self
                     .dbx
-                    .mkdir(&format!("/People/{} - {name}", email(k)))
+                    .mkdir(&format!("/People/{} - {}", email(k), lookalike(&name)))
                     .unwrap();
                 self.created.insert(k);
                 self.trace.push(format!("dbx create p{k} ({id}) {name:?}"));
@@ -1010,7 +1021,10 @@ impl World {
                 let name = self.name();
                 if self
                     .dbx
-                    .mv(&from, &format!("/People/{} - {name}", email(k)))
+                    .mv(
+                        &from,
+                        &format!("/People/{} - {}", email(k), lookalike(&name)),
+                    )
                     .is_err()
                 {
                     return;
@@ -1875,4 +1889,9 @@ fn collector() -> String {
         });
     });
     url
+}
+
+/// A name as a person writes it in Dropbox: `/` cannot be in a name, so its look-alike `／`.
+fn lookalike(name: &str) -> String {
+    name.replace('/', "／")
 }

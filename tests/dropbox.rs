@@ -1098,3 +1098,182 @@ fields = [
     assert!(log.iter().any(|c| c.action == "link"), "{log:#?}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn names_dropbox_refuses_go_out_as_lookalikes_and_come_back_as_they_were() {
+    let s = Setup::new(
+        r#"
+[external_models.client_folders]
+kind = "dropbox"
+root = "/Clients"
+recursive = false
+pattern = "/{client}"
+names = "lookalike"
+
+[external_models.plain_folders]
+kind = "dropbox"
+root = "/Plain"
+recursive = false
+pattern = "/{client}"
+
+[syncs.CLIENTS]
+model = "client"
+external_model = "client_folders"
+web_service = "box"
+direction = "bidirectional"
+mode = "realtime"
+schedule = "0 0 3 * * *"
+propagate_deletes = true
+fields = [
+  { local = "name", external = "client" },
+  { local = "path", external = "path", direction = "to_local" },
+]
+
+[syncs.PLAIN]
+model = "client"
+external_model = "plain_folders"
+web_service = "box"
+direction = "to_external"
+mode = "realtime"
+fields = [{ local = "name", external = "client" }]
+"#,
+    )
+    .await;
+    s.fake.mkdir("/Clients").unwrap();
+    s.fake.mkdir("/Plain").unwrap();
+    s.h.run("CLIENTS").await;
+    let create = |name: &'static str| {
+        let c = s.h.client.clone();
+        let url = s.h.url("/api/v1/models/client/records");
+        async move {
+            let r = c
+                .post(url)
+                .header("X-Api-Key", ADMIN_KEY)
+                .json(&json!({ "name": name }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+        }
+    };
+    let acme = create("ACME / Sons").await;
+    let dots = create("..").await;
+    let odd = create("back\\slash and space ").await;
+    for path in [
+        "/Clients/ACME ／ Sons",
+        "/Clients/．．",
+        "/Clients/back＼slash and space␠",
+    ] {
+        eventually(20, "the folder to be created", || async {
+            s.fake.id_of(path)
+        })
+        .await;
+    }
+    // Without `names`, a value with a `/` or a `..` is refused with the way out named (the
+    // plain name goes; so does the third, as before: the default is unchanged).
+    let plain = create("Plain Name").await;
+    eventually(20, "the plain folder", || async {
+        s.fake.id_of("/Plain/Plain Name")
+    })
+    .await;
+    let dead = eventually(20, "the refused deliveries to be dead letters", || async {
+        let dead =
+            s.h.engine
+                .store
+                .list_outbox(
+                    Some(recsync::store::OutboxStatus::Dead),
+                    Some("PLAIN"),
+                    0,
+                    10,
+                )
+                .await
+                .unwrap();
+        (dead.len() == 2).then_some(dead)
+    })
+    .await;
+    for e in &dead {
+        assert!([acme, dots].contains(&e.local_id), "{e:?}");
+        let err = e.last_error.as_deref().unwrap_or_default();
+        assert!(
+            err.contains("cannot be a name in Dropbox") && err.contains("names = \"lookalike\""),
+            "{err}"
+        );
+    }
+    assert!(s.fake.id_of("/Plain/ACME ").is_none());
+    let _ = plain;
+    s.h.engine.drain().await.unwrap();
+
+    // Read back, the folders are the records as they are: nothing to update, here or there.
+    let moves = s.fake.calls("files/move_v2");
+    let run = s.h.run_with("CLIENTS", "?full=true").await;
+    assert_eq!(
+        (
+            run.created,
+            run.updated,
+            run.deleted,
+            run.failed,
+            run.different
+        ),
+        (0, 0, 0, 0, 0),
+        "{run:?}"
+    );
+    for (id, name) in [
+        (acme, "ACME / Sons"),
+        (dots, ".."),
+        (odd, "back\\slash and space "),
+    ] {
+        let r =
+            s.h.engine
+                .store
+                .get_record("client", id)
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(r.values["name"], name, "{:?}", r.values);
+    }
+    assert_eq!(s.fake.calls("files/move_v2"), moves, "nothing renamed back");
+
+    // A folder renamed by hand with a look-alike in its name: the record takes the `/`.
+    s.fake
+        .mv(
+            "/Clients/ACME ／ Sons",
+            "/Clients/ACME ／ Sons ／ Daughters",
+        )
+        .unwrap();
+    let r = eventually(20, "the rename to arrive", || async {
+        let r =
+            s.h.engine
+                .store
+                .get_record("client", acme)
+                .await
+                .unwrap()
+                .unwrap();
+        (r.values["name"] == "ACME / Sons / Daughters").then_some(r)
+    })
+    .await;
+    assert_eq!(r.values["path"], "/Clients/ACME ／ Sons ／ Daughters");
+    // And a rename on the hub goes out in look-alikes.
+    s.h.patch_record("client", acme, json!({"name": "ACME/Co"}))
+        .await;
+    eventually(20, "the folder to be renamed", || async {
+        s.fake.id_of("/Clients/ACME／Co")
+    })
+    .await;
+    s.h.engine.drain().await.unwrap();
+    let run = s.h.run("CLIENTS").await;
+    assert_eq!(
+        (run.created, run.updated, run.deleted),
+        (0, 0, 0),
+        "{run:?}"
+    );
+    let r =
+        s.h.engine
+            .store
+            .get_record("client", acme)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(r.values["name"], "ACME/Co");
+    s.stop().await;
+}

@@ -1,7 +1,7 @@
 //! The configuration of the `dropbox` kind: a Dropbox account, and external models that
 //! mirror one of its folders (a root, recursion, a path pattern naming the records).
 
-use super::spec::{DROPBOX_ENTRY_FIELDS, DropboxFolder, DropboxService, PathPattern};
+use super::spec::{DROPBOX_ENTRY_FIELDS, DropboxFolder, DropboxService, Names, PathPattern};
 use crate::config::kit::*;
 use crate::domain::plan::{ExternalModel, ServiceSettings, WebService};
 use crate::domain::value::FieldType;
@@ -18,7 +18,7 @@ pub const DROPBOX_KEYS: [&str; 8] = [
     "active",
 ];
 /// The keys of a Dropbox external model.
-pub const DROPBOX_MODEL_KEYS: [&str; 3] = ["root", "recursive", "pattern"];
+pub const DROPBOX_MODEL_KEYS: [&str; 4] = ["root", "recursive", "pattern", "names"];
 
 /// The `dropbox` kind.
 pub struct Dropbox;
@@ -91,6 +91,9 @@ impl Kind for Dropbox {
             }
         };
         let recursive = bool_of(t, "recursive", diags).unwrap_or(false);
+        let names = enum_of(t, "names", Names::parse, &["refuse", "lookalike"], diags)
+            .flatten()
+            .unwrap_or_default();
         let pattern = str_of(t, "pattern", diags).and_then(|s| match PathPattern::parse(s.value) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -128,6 +131,7 @@ impl Kind for Dropbox {
                 root,
                 recursive,
                 pattern,
+                names,
             }),
         })
     }

@@ -2,7 +2,7 @@
 //! looked up by path), how a listed entry compares with it (create, update, rename, move or
 //! unchanged), and the paths and tree built from it.
 
-use super::spec::DropboxFolder;
+use super::spec::{DropboxFolder, Names};
 use crate::domain::mirror::MirrorEntry;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -81,11 +81,34 @@ pub(super) fn relative<'a>(root: &str, display: &'a str) -> Option<&'a str> {
         .filter(|r| r.starts_with('/') && r.len() > 1)
 }
 
-/// The external values of a mirrored entry: every Dropbox field plus the pattern's captures.
-pub(super) fn entry_values(
+/// The external values of the entry at `rel` (below the root), or `None` when the folder's
+/// pattern does not take it: every Dropbox field plus the pattern's captures, the names read
+/// as the values they stand for (`names`).
+pub(super) fn external_values(
+    folder: &DropboxFolder,
     e: &MirrorEntry,
-    captures: BTreeMap<String, String>,
-) -> Map<String, Value> {
+    rel: &str,
+) -> Option<Map<String, Value>> {
+    let captures = match &folder.pattern {
+        Some(p) => p
+            .matches(rel)?
+            .into_iter()
+            .map(|(k, v)| {
+                let v = folder.names.decode(&v);
+                (k, v)
+            })
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    let mut values = entry_values(e, captures);
+    if folder.pattern.is_none() {
+        values.insert("name".into(), json!(folder.names.decode(&e.name)));
+    }
+    Some(values)
+}
+
+/// The external values of a mirrored entry: every Dropbox field plus the pattern's captures.
+fn entry_values(e: &MirrorEntry, captures: BTreeMap<String, String>) -> Map<String, Value> {
     let mut v = Map::new();
     v.insert("id".into(), json!(e.id));
     v.insert("tag".into(), json!(e.tag));
@@ -124,13 +147,8 @@ pub(super) fn target_path(
             let mut caps = BTreeMap::new();
             for c in p.captures() {
                 match mapped.get(c).and_then(text) {
-                    Some(v) if !v.is_empty() && !v.contains('/') && v != "." && v != ".." => {
-                        caps.insert(c.to_string(), v);
-                    }
                     Some(v) => {
-                        return Err(format!(
-                            "{c}: {v:?} cannot be a path segment (empty, `.`, `..` or containing `/`)"
-                        ));
+                        caps.insert(c.to_string(), segment(folder, c, &v)?);
                     }
                     None => {
                         return Err(format!(
@@ -142,19 +160,33 @@ pub(super) fn target_path(
             }
             p.build(&caps).ok_or("the pattern could not be filled")?
         }
-        None => {
-            match mapped.get("name").and_then(text) {
-                Some(n) if !n.is_empty() && !n.contains('/') && n != "." && n != ".." => {
-                    format!("/{n}")
-                }
-                _ => return Err(
-                    "name: missing or not a valid file name, and the external model has no pattern"
-                        .into(),
-                ),
+        None => match mapped.get("name").and_then(text) {
+            Some(n) => format!("/{}", segment(folder, "name", &n)?),
+            None => {
+                return Err(
+                    "name: missing, and the external model has no pattern to name the entry".into(),
+                );
             }
-        }
+        },
     };
     Ok(format!("{}{rel}", folder.root))
+}
+
+/// The value of `field` as one name in a Dropbox path (`names`), or why it cannot be one.
+fn segment(folder: &DropboxFolder, field: &str, v: &str) -> Result<String, String> {
+    let name = folder.names.encode(v);
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        let help = match folder.names {
+            Names::Refuse => {
+                "; `names = \"lookalike\"` on the external model writes such values with look-alike characters"
+            }
+            Names::Lookalike => "",
+        };
+        return Err(format!(
+            "{field}: {v:?} cannot be a name in Dropbox (empty, `.`, `..` or containing `/`){help}"
+        ));
+    }
+    Ok(name.into_owned())
 }
 
 /// The nested tree of a mirror: the root folder, then each entry under its parent.
@@ -235,6 +267,7 @@ mod tests {
             root: "/Root".into(),
             recursive: true,
             pattern: None,
+            names: Names::Refuse,
         };
         let t = build_tree(
             &folder,
@@ -260,6 +293,7 @@ mod tests {
             pattern: Some(
                 super::super::spec::PathPattern::parse("/{project}/{po}_{vendor}").unwrap(),
             ),
+            names: Names::Refuse,
         };
         let m: Map<String, Value> =
             serde_json::from_value(json!({"project": "Alpha", "po": "PO-1", "vendor": "ACME"}))

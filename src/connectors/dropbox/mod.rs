@@ -7,6 +7,7 @@
 pub mod client;
 pub mod config;
 mod mirror;
+mod names;
 mod pull;
 pub mod spec;
 mod webhook;
@@ -24,11 +25,11 @@ use crate::domain::mapping::ExternalField;
 use crate::domain::mirror::MirrorEntry;
 use crate::domain::plan::{Plan, Sync, WebService};
 use async_trait::async_trait;
-use mirror::{Kind, Mirror, entry_values, parent, relative, target_path};
+use mirror::{Kind, Mirror, external_values, parent, relative, target_path};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use spec::{DropboxFolder, DropboxService};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -209,13 +210,8 @@ impl DropboxConnector {
         let mut read = false;
         loop {
             let holds_base = relative(&folder.root, &from.path_display)
-                .and_then(|rel| match &folder.pattern {
-                    Some(p) => p.matches(rel),
-                    None => Some(BTreeMap::new()),
-                })
-                .is_some_and(|captures| {
-                    !crate::connectors::changed_since(sync, base, &entry_values(&from, captures))
-                });
+                .and_then(|rel| external_values(folder, &from, rel))
+                .is_some_and(|values| !crate::connectors::changed_since(sync, base, &values));
             if holds_base {
                 if from.path_lower == to.to_lowercase() {
                     return Ok(Some(from));

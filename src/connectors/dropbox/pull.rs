@@ -151,14 +151,9 @@ pub(super) async fn values_of(
     rel: &str,
     old: Option<&MirrorEntry>,
 ) -> Result<Option<Map<String, Value>>, PullError> {
-    let captures = match &folder.pattern {
-        Some(p) => p.matches(rel),
-        None => Some(BTreeMap::new()),
-    };
-    let Some(captures) = captures else {
+    let Some(mut values) = external_values(folder, e, rel) else {
         return Ok(None);
     };
-    let mut values = entry_values(e, captures);
     let content_changed = old.is_none_or(|o| o.content_hash != e.content_hash);
     if wants_content && e.tag == "file" && content_changed && e.size.unwrap_or(0) <= MAX_DOWNLOAD {
         match client.download(&e.id).await {

@@ -29,6 +29,44 @@ pub struct DropboxFolder {
     pub root: String,
     pub recursive: bool,
     pub pattern: Option<PathPattern>,
+    /// How a value Dropbox cannot take as a name is written (`names`).
+    pub names: Names,
+}
+
+/// `names`: what becomes of a record's value that Dropbox cannot take as a name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Names {
+    /// The record is not written; its delivery fails naming the value (the default).
+    #[default]
+    Refuse,
+    /// Written with look-alike characters, read back as it was (`names.rs`).
+    Lookalike,
+}
+
+impl Names {
+    pub fn parse(s: &str) -> Option<Names> {
+        match s {
+            "refuse" => Some(Names::Refuse),
+            "lookalike" => Some(Names::Lookalike),
+            _ => None,
+        }
+    }
+
+    /// A value as the name written in Dropbox.
+    pub fn encode(self, v: &str) -> std::borrow::Cow<'_, str> {
+        match self {
+            Names::Refuse => v.into(),
+            Names::Lookalike => super::names::encode(v).into(),
+        }
+    }
+
+    /// A name read in Dropbox as the value it stands for.
+    pub fn decode(self, name: &str) -> String {
+        match self {
+            Names::Refuse => name.to_string(),
+            Names::Lookalike => super::names::decode(name),
+        }
+    }
 }
 
 /// One piece of a path pattern segment.
