@@ -611,7 +611,7 @@ impl World {
     /// written with a look-alike, `names = "lookalike"`, and must come back as it was).
     fn name(&mut self) -> String {
         self.edits += 1;
-        if self.edits % 4 == 0 {
+        if self.edits.is_multiple_of(4) {
             format!("Name {} / Co", self.edits)
         } else {
             format!("Name {}", self.edits)
