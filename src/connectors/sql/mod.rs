@@ -206,7 +206,7 @@ struct Watermark {
 /// A poll of one table, a keyset page at a time.
 struct SqlPull {
     conn: Arc<SqlConnector>,
-    shape: Shape,
+    shape: Arc<Shape>,
     cols: Arc<BTreeMap<String, Column>>,
     limit: usize,
     /// Where the next page starts: (cursor, key) or, without a cursor, (null, key).
@@ -224,6 +224,18 @@ struct SqlPull {
     whole: bool,
     /// `capture = "logical"`: the slot being read.
     stream: Option<logical::Stream>,
+    /// The next page of a poll, read while the engine applies the one before (its rows are
+    /// read earlier than they would be otherwise, which a watermark allows: what changes
+    /// after the read is after the watermark it leaves).
+    ahead: Option<tokio::task::JoinHandle<Result<Vec<Map<String, Value>>, PullError>>>,
+}
+
+impl Drop for SqlPull {
+    fn drop(&mut self) {
+        if let Some(h) = self.ahead.take() {
+            h.abort();
+        }
+    }
 }
 
 impl SqlConnector {
@@ -241,7 +253,31 @@ impl SqlConnector {
 impl SqlPull {
     /// Reads the next page.
     async fn read(&mut self) -> Result<Vec<Pulled>, PullError> {
-        let conn = &self.conn;
+        let rows = match self.ahead.take() {
+            Some(h) => h.await.map_err(|e| {
+                PullError::Service(format!("the read of the next page failed: {e}"))
+            })??,
+            None => self.fetch()?.await?,
+        };
+        let records = self.absorb(rows);
+        // The next page of a poll is read at once, while the engine applies this one.
+        if self.more && self.stream.is_none() {
+            use tracing::Instrument;
+            let span = tracing::info_span!("connector.read_ahead", table = %self.shape.table.table);
+            self.ahead = Some(tokio::spawn(self.fetch()?.instrument(span)));
+        }
+        Ok(records)
+    }
+
+    /// The read of the page after the rows taken so far, ready to be awaited (or spawned).
+    fn fetch(
+        &self,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Vec<Map<String, Value>>, PullError>> + Send + 'static,
+        PullError,
+    > {
+        let conn = self.conn.clone();
+        let shape = self.shape.clone();
         let t = &self.shape.table;
         let pool = conn.pool().map_err(PullError::Service)?;
         let d = pool.dialect();
@@ -292,11 +328,18 @@ impl SqlPull {
             t.qualified(d),
             self.limit
         );
-        let names: Vec<&str> = t.columns.iter().map(String::as_str).collect();
-        let rows = conn
-            .rows(&sql, binds, &names, &self.shape.fields)
-            .await
-            .map_err(|e| PullError::Service(format!("{who}: {}", db::describe(&e))))?;
+        Ok(async move {
+            let t = &shape.table;
+            let names: Vec<&str> = t.columns.iter().map(String::as_str).collect();
+            conn.rows(&sql, binds, &names, &shape.fields)
+                .await
+                .map_err(|e| PullError::Service(format!("{who}: {}", db::describe(&e))))
+        })
+    }
+
+    /// Takes a page's rows: the watermark moves past them.
+    fn absorb(&mut self, rows: Vec<Map<String, Value>>) -> Vec<Pulled> {
+        let t = &self.shape.table;
         self.more = rows.len() == self.limit;
         self.first = false;
         let mut out = Vec::with_capacity(rows.len());
@@ -337,7 +380,7 @@ impl SqlPull {
                 label: None,
             });
         }
-        Ok(out)
+        out
     }
 }
 
@@ -452,7 +495,8 @@ impl Connector for SqlConnector {
             reached: None,
             whole: false,
             stream: None,
-            shape,
+            shape: Arc::new(shape),
+            ahead: None,
         };
         if pull.shape.table.capture == spec::Capture::Logical {
             pull.open_stream(sync, &start, memory).await?;
