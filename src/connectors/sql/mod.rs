@@ -227,8 +227,11 @@ struct SqlPull {
     /// The next page of a poll, read while the engine applies the one before (its rows are
     /// read earlier than they would be otherwise, which a watermark allows: what changes
     /// after the read is after the watermark it leaves).
-    ahead: Option<tokio::task::JoinHandle<Result<Vec<Map<String, Value>>, PullError>>>,
+    ahead: Option<tokio::task::JoinHandle<Result<Rows, PullError>>>,
 }
+
+/// A page's rows, as read.
+type Rows = Vec<Map<String, Value>>;
 
 impl Drop for SqlPull {
     fn drop(&mut self) {
@@ -273,7 +276,7 @@ impl SqlPull {
     fn fetch(
         &self,
     ) -> Result<
-        impl std::future::Future<Output = Result<Vec<Map<String, Value>>, PullError>> + Send + 'static,
+        impl std::future::Future<Output = Result<Rows, PullError>> + Send + 'static,
         PullError,
     > {
         let conn = self.conn.clone();
@@ -338,7 +341,7 @@ impl SqlPull {
     }
 
     /// Takes a page's rows: the watermark moves past them.
-    fn absorb(&mut self, rows: Vec<Map<String, Value>>) -> Vec<Pulled> {
+    fn absorb(&mut self, rows: Rows) -> Vec<Pulled> {
         let t = &self.shape.table;
         self.more = rows.len() == self.limit;
         self.first = false;
