@@ -1146,21 +1146,7 @@ fields = [{ local = "name", external = "client" }]
     )
     .await;
     s.fake.set_webhook(None);
-    let create = |name: &'static str| {
-        let c = s.h.client.clone();
-        let url = s.h.url("/api/v1/models/client/records");
-        async move {
-            let r = c
-                .post(url)
-                .header("X-Api-Key", ADMIN_KEY)
-                .json(&json!({ "name": name }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 201);
-            r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
-        }
-    };
+    let create = |name: &'static str| s.h.create_record("client", json!({ "name": name }));
     let acme = create("ACME / Sons").await;
     let dots = create("..").await;
     let odd = create("back\\slash and space ").await;

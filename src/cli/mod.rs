@@ -303,13 +303,18 @@ pub enum Command {
     },
 }
 
+/// A status filter's choices: each status, or `all`.
+fn with_all(statuses: &'static [&'static str]) -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(statuses.iter().copied().chain(["all"]))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum OutboxAction {
     /// List entries (default: dead letters)
     List {
         /// pending, inflight, done, dead, discarded or all
         #[arg(long, default_value = "dead",
-              value_parser = ["pending", "inflight", "done", "dead", "discarded", "all"])]
+              value_parser = with_all(crate::store::OutboxStatus::ALL))]
         status: String,
         #[arg(long)]
         sync: Option<String>,
@@ -332,7 +337,7 @@ pub enum HoldsAction {
     List {
         /// held, approved, discarded, applied, collecting or all
         #[arg(long, default_value = "held",
-              value_parser = ["held", "approved", "discarded", "applied", "collecting", "all"])]
+              value_parser = with_all(crate::store::HoldStatus::ALL))]
         status: String,
         #[arg(long)]
         sync: Option<String>,

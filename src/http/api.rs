@@ -672,7 +672,8 @@ async fn list_outbox(
                 None | Some("all") => None,
                 Some(s) => Some(OutboxStatus::parse(s).ok_or_else(|| {
                     ApiError::BadRequest(format!(
-                        "unknown status `{s}`: use pending, inflight, done, dead, discarded or all"
+                        "unknown status `{s}`: use {}, or all",
+                        OutboxStatus::ALL.join(", ")
                     ))
                 })?),
             };

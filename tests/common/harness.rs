@@ -360,6 +360,23 @@ impl Harness {
         format!("{}{path}", self.base)
     }
 
+    /// Creates a local record through the records API (as an admin), expects 201, and
+    /// returns its id.
+    pub async fn create_record(&self, model: &str, values: serde_json::Value) -> i64 {
+        let r = self
+            .client
+            .post(self.url(&format!("/api/v1/models/{model}/records")))
+            .header("X-Api-Key", ADMIN_KEY)
+            .json(&values)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "POST {model}");
+        r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    }
+
     /// Changes a local record through the records API (as an admin) and expects 200.
     pub async fn patch_record(&self, model: &str, id: i64, values: serde_json::Value) {
         let r = self

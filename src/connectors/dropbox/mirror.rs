@@ -93,10 +93,7 @@ pub(super) fn external_values(
         Some(p) => p
             .matches(rel)?
             .into_iter()
-            .map(|(k, v)| {
-                let v = folder.names.decode(&v);
-                (k, v)
-            })
+            .map(|(k, v)| (k, folder.names.decode(&v)))
             .collect(),
         None => BTreeMap::new(),
     };
