@@ -78,7 +78,7 @@ async fn the_first_run_links_equal_records_and_copies_only_what_is_missing() {
         ));
     }
     let mut tx = h.engine.store.begin().await.unwrap();
-    tx.insert_records("contact", &rows).await.unwrap();
+    tx.insert_records("contact", rows).await.unwrap();
     tx.commit().await.unwrap();
 
     let run = h.run("MT").await;

@@ -167,7 +167,7 @@ async fn a_plan_shows_what_the_run_then_does_and_writes_nothing_on_either_side()
     let locals = tx
         .insert_records(
             "contact",
-            &[
+            vec![
                 obj(json!({"name": "Matched here", "email": " MATCH@example.com"})),
                 obj(json!({"name": "Twin one", "email": "twin@example.com"})),
                 obj(json!({"name": "Twin two", "email": "Twin@Example.com"})),

@@ -361,6 +361,13 @@ pub trait Puller: Send {
         memory: &dyn Memory,
         outcomes: &[Confirmation],
     ) -> Result<(), PullError>;
+
+    /// Whether the next page may be read, and applied, before the page before it is
+    /// confirmed. A puller that says so keeps what each page's confirmation needs and takes
+    /// confirmations in the order its pages were read.
+    fn pages_overlap(&self) -> bool {
+        false
+    }
 }
 
 /// Where a pull starts.

@@ -190,11 +190,25 @@ impl Engine {
         items: Vec<(String, Value, Ctx)>,
         must_exist: bool,
     ) -> Vec<Result<Applied, ApplyError>> {
+        super::batch::replies(self.send_upserts(code, items, must_exist).await).await
+    }
+
+    /// [`Engine::apply_upserts`] without waiting: each item's answer comes on its receiver.
+    pub(crate) async fn send_upserts(
+        &self,
+        code: &str,
+        items: Vec<(String, Value, Ctx)>,
+        must_exist: bool,
+    ) -> Vec<super::batch::Reply> {
         let plan = self.plan();
         if admit(&plan, code).is_err() {
             return items
                 .iter()
-                .map(|_| Err(admit(&plan, code).expect_err("refused")))
+                .map(|_| {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let _ = tx.send(Err(admit(&plan, code).expect_err("refused")));
+                    rx
+                })
                 .collect();
         }
         let jobs = items
@@ -207,9 +221,10 @@ impl Engine {
                 ctx,
                 reply: tokio::sync::oneshot::channel().0,
                 span: tracing::Span::none(),
+                checked: None,
             })
             .collect();
-        self.submit_many(jobs).await
+        self.send_many(jobs).await
     }
 
     /// Applies one inbound change from sync `code` through the writer. On success the change
@@ -236,6 +251,7 @@ impl Engine {
                     ctx: ctx.clone(),
                     reply,
                     span: tracing::Span::none(),
+                    checked: None,
                 })
                 .await
             }
@@ -652,4 +668,7 @@ pub(crate) struct Job {
     /// The span the change was submitted in (the HTTP request, the run): the writer's events
     /// about it are logged inside it.
     pub span: tracing::Span,
+    /// Checked and mapped before it reached the writer (by the task that submitted it, so
+    /// that the writer's time goes to the store), under the plan named here.
+    pub checked: Option<super::batch::Checked>,
 }

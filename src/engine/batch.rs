@@ -134,7 +134,13 @@ impl Engine {
     /// Hands upserts to the writer as one bundle, which it applies in one group (one
     /// transaction when they concern different records); the results come back in order.
     pub(crate) async fn submit_many(&self, jobs: Vec<Job>) -> Vec<Result<Applied, ApplyError>> {
-        let closed = || ApplyError::Store(StoreError::Database(sqlx::Error::PoolClosed));
+        replies(self.send_many(jobs).await).await
+    }
+
+    /// Hands upserts to the writer as one bundle (or applies them here when no writer runs),
+    /// without waiting: each job's reply comes on its receiver, in order.
+    pub(crate) async fn send_many(&self, jobs: Vec<Job>) -> Vec<Reply> {
+        let plan = self.plan();
         let mut waiting = Vec::with_capacity(jobs.len());
         let jobs: Vec<Job> = jobs
             .into_iter()
@@ -147,25 +153,25 @@ impl Engine {
                     sync = %job.code,
                     external_id = job.external_id.as_deref(),
                 );
+                let checked = Some(Checked {
+                    result: check(&plan, &job),
+                    plan: plan.clone(),
+                });
                 Job {
                     reply: tx,
                     span,
+                    checked,
                     ..job
                 }
             })
             .collect();
         if self.writer_started() {
-            if self.writer_tx.send(Work::Upserts(jobs)).await.is_err() {
-                return waiting.iter().map(|_| Err(closed())).collect();
-            }
+            // A closed writer drops the jobs: their receivers answer "closed".
+            let _ = self.writer_tx.send(Work::Upserts(jobs)).await;
         } else {
             self.run_batch(jobs).await;
         }
-        let mut out = Vec::with_capacity(waiting.len());
-        for rx in waiting {
-            out.push(rx.await.unwrap_or_else(|_| Err(closed())));
-        }
-        out
+        waiting
     }
 
     async fn run_batch(&self, jobs: Vec<Job>) {
@@ -301,6 +307,7 @@ impl Engine {
                 ctx: ctx.clone(),
                 reply: oneshot::channel().0,
                 span: tracing::Span::current(),
+                checked: None,
             })
             .collect();
         self.submit_many(jobs).await
@@ -383,16 +390,38 @@ impl Engine {
     }
 }
 
+/// The answer to one job handed to the writer.
+pub(crate) type Reply = oneshot::Receiver<Result<Applied, ApplyError>>;
+
+/// The writer's answers, in order; a writer gone before answering is a closed store.
+pub(crate) async fn replies(waiting: Vec<Reply>) -> Vec<Result<Applied, ApplyError>> {
+    let mut out = Vec::with_capacity(waiting.len());
+    for rx in waiting {
+        out.push(
+            rx.await
+                .unwrap_or(Err(ApplyError::Store(StoreError::Database(
+                    sqlx::Error::PoolClosed,
+                )))),
+        );
+    }
+    out
+}
+
 pub(super) fn fill(row: &mut NewChange, ctx: &Ctx) {
     row.modified_at = ctx.modified_at;
     row.actor = ctx.actor.clone();
     row.run_id = ctx.run_id;
 }
 
-/// Checks and maps one request without touching the store.
+/// Checks and maps one request without touching the store; a request checked under this
+/// very plan before it reached the writer is not checked again.
 #[allow(clippy::result_large_err)]
-pub(super) fn prepare(plan: &Plan, job: Job) -> Result<Prepared, (Job, ApplyError)> {
-    match check(plan, &job) {
+pub(super) fn prepare(plan: &Plan, mut job: Job) -> Result<Prepared, (Job, ApplyError)> {
+    let checked = match job.checked.take() {
+        Some(c) if std::ptr::eq(Arc::as_ptr(&c.plan), plan) => c.result,
+        _ => check(plan, &job),
+    };
+    match checked {
         Ok((external_id, origin, incoming, refs)) => Ok(Prepared {
             binding: plan.syncs[&job.code].binding(),
             external_id,
@@ -405,9 +434,17 @@ pub(super) fn prepare(plan: &Plan, job: Job) -> Result<Prepared, (Job, ApplyErro
     }
 }
 
-type Checked = (String, Value, Map<String, Value>, Vec<PendingRef>);
+/// A request checked and mapped: its external id, its typed values, the mapped values and
+/// the references still to resolve.
+type Mapped = (String, Value, Map<String, Value>, Vec<PendingRef>);
 
-fn check(plan: &Plan, job: &Job) -> Result<Checked, ApplyError> {
+/// A request checked before it reached the writer, and the plan it was checked under.
+pub(crate) struct Checked {
+    plan: Arc<Plan>,
+    result: Result<Mapped, ApplyError>,
+}
+
+fn check(plan: &Plan, job: &Job) -> Result<Mapped, ApplyError> {
     map_inbound(
         plan,
         &job.code,
@@ -443,7 +480,7 @@ fn map_inbound(
     code: &str,
     given_id: Option<&str>,
     fields: Option<&Map<String, Value>>,
-) -> Result<Checked, ApplyError> {
+) -> Result<Mapped, ApplyError> {
     let sync = plan
         .sync(code)
         .ok_or_else(|| ApplyError::UnknownSync(code.to_string()))?;

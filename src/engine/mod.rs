@@ -10,6 +10,7 @@ mod memory;
 mod notify;
 mod on_send;
 mod outbox;
+mod pages;
 mod preview;
 mod record_ops;
 mod round_trip;

@@ -879,6 +879,7 @@ impl Engine {
                 ctx,
                 reply,
                 span: tracing::Span::current(),
+                checked: None,
             };
             match prepare(plan, job) {
                 Ok(p) => {

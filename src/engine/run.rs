@@ -5,17 +5,13 @@
 
 use super::guard::Collecting;
 use super::memory::SyncMemory;
+use super::pages::InFlight;
 pub(crate) use super::stop::RunStop;
-use super::{
-    Ctx, Engine, InboundOp,
-    apply::{Applied, ApplyError},
-};
-use crate::connectors::{Confirmation, PullAction, PullError, PullStart, Pulled};
-use crate::domain::mapping::id_text;
+use super::{Ctx, Engine};
+use crate::connectors::{Confirmation, PullError, PullStart, Pulled};
 use crate::store::{
     LogAction, LogDirection, LogStatus, NewChange, RunCounts, RunStatus, StoreError,
 };
-use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -267,38 +263,6 @@ impl Engine {
         Ok(())
     }
 
-    /// The change-control row of a pulled record that could not be applied.
-    async fn log_pull_failure(
-        &self,
-        code: &str,
-        item: &Pulled,
-        id: &str,
-        msg: &str,
-        ctx: &Ctx,
-    ) -> Result<(), StoreError> {
-        let action = match (item.label, item.action) {
-            (Some(label), _) => super::label_action(label),
-            (None, PullAction::Delete) => LogAction::Delete,
-            (None, PullAction::Unlink) => LogAction::Unlink,
-            (None, PullAction::Update) => LogAction::Update,
-            (None, PullAction::Insert) => LogAction::Create,
-        };
-        self.log_alone(NewChange {
-            external_id: Some(id.to_string()),
-            origin_values: Value::Object(item.values.clone()),
-            run_id: ctx.run_id,
-            actor: ctx.actor.clone(),
-            ..NewChange::unapplied(
-                code,
-                action,
-                format!("Pulled {} refused", action.as_str()),
-                LogStatus::Failed,
-                msg,
-            )
-        })
-        .await
-    }
-
     /// Claims the sync's run slot and starts a run in the background.
     /// With `full`, the run reconciles: it reads or lists every external record and repairs what
     /// differs; a push that could not compare re-sends every local record in the domain, not only what changed
@@ -521,6 +485,10 @@ impl Engine {
             .await
             .map_err(|e| RunStop::from(format!("the store failed: {e}")))?;
         let mut retry_later: Vec<Pulled> = Vec::new();
+        // Where the connector allows it, a page of upserts goes to the writer while the page
+        // before it is still being applied; pages are confirmed in order all the same.
+        let overlap = puller.pages_overlap();
+        let mut in_flight: Option<(InFlight, tracing::Span, usize)> = None;
         let mut n = 0;
         loop {
             n += 1;
@@ -534,37 +502,92 @@ impl Engine {
                 .map_err(failed)?;
             counts.pulled += page.read as i64;
             counts.skipped += page.skipped as i64;
-            let outcomes = self
-                .apply_page(
-                    code,
-                    &page.records,
-                    &ctx,
+            let more = page.more;
+            let mut records = Some(page.records);
+            if overlap {
+                let sent = self
+                    .send_page(code, records.take().unwrap_or_default(), &ctx, &mut guard)
+                    .instrument(tracing::info_span!(parent: &span, "apply"))
+                    .await?;
+                match sent {
+                    Ok(flight) => {
+                        if let Some((before, span, n)) =
+                            in_flight.replace((flight, span.clone(), n))
+                        {
+                            let outcomes = self
+                                .finish_page(code, before, &ctx, counts, &mut retry_later)
+                                .instrument(tracing::info_span!(parent: &span, "apply"))
+                                .await?;
+                            confirm(
+                                &mut puller,
+                                &memory,
+                                &outcomes,
+                                (&span, n),
+                                progress,
+                                counts,
+                            )
+                            .await
+                            .map_err(failed)?;
+                        }
+                    }
+                    Err(page) => records = Some(page),
+                }
+            }
+            if let Some(records) = records {
+                // Applied on its own, after the page still in flight.
+                if let Some((before, span, n)) = in_flight.take() {
+                    let outcomes = self
+                        .finish_page(code, before, &ctx, counts, &mut retry_later)
+                        .instrument(tracing::info_span!(parent: &span, "apply"))
+                        .await?;
+                    confirm(
+                        &mut puller,
+                        &memory,
+                        &outcomes,
+                        (&span, n),
+                        progress,
+                        counts,
+                    )
+                    .await
+                    .map_err(failed)?;
+                }
+                let outcomes = self
+                    .apply_page(code, &records, &ctx, counts, &mut retry_later, &mut guard)
+                    .instrument(tracing::info_span!(parent: &span, "apply"))
+                    .await?;
+                confirm(
+                    &mut puller,
+                    &memory,
+                    &outcomes,
+                    (&span, n),
+                    progress,
                     counts,
-                    &mut retry_later,
-                    &mut guard,
                 )
-                .instrument(tracing::info_span!(parent: &span, "apply"))
-                .await?;
-            puller
-                .confirm(&memory, &outcomes)
-                .instrument(tracing::info_span!(parent: &span, "connector.confirm"))
                 .await
                 .map_err(failed)?;
-            tracing::debug!(
-                page = n,
-                read = page.read,
-                records = page.records.len(),
-                skipped = page.skipped,
-                more = page.more,
-                "Page applied and confirmed"
-            );
-            progress.send_replace(counts.clone());
-            if !page.more {
+            }
+            if !more {
                 break;
             }
             if self.is_stopping() {
                 return Err(RunStop::ShuttingDown);
             }
+        }
+        if let Some((before, span, n)) = in_flight.take() {
+            let outcomes = self
+                .finish_page(code, before, &ctx, counts, &mut retry_later)
+                .instrument(tracing::info_span!(parent: &span, "apply"))
+                .await?;
+            confirm(
+                &mut puller,
+                &memory,
+                &outcomes,
+                (&span, n),
+                progress,
+                counts,
+            )
+            .await
+            .map_err(failed)?;
         }
         // A full run of a connector that does not read everything itself lists every record
         // (reconciliation).
@@ -615,182 +638,24 @@ impl Engine {
         }
         Ok(())
     }
+}
 
-    /// Applies a page, concurrently where records differ (so they group-commit) and in order
-    /// where the same record appears twice.
-    pub(super) async fn apply_page(
-        &self,
-        code: &str,
-        page: &[Pulled],
-        ctx: &Ctx,
-        counts: &mut RunCounts,
-        unresolved: &mut Vec<Pulled>,
-        guard: &mut Option<Collecting>,
-    ) -> Result<Vec<Confirmation>, RunStop> {
-        let plan = self.plan();
-        let sync = plan.sync(code).ok_or("the sync is no longer configured")?;
-        let store_failed = |e: StoreError| RunStop::from(format!("the store failed: {e}"));
-        let external_ref = sync.external_ref.as_str();
-        // Waves: the n-th occurrence of each external id goes in wave n.
-        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        let mut waves: Vec<Vec<(usize, String)>> = Vec::new();
-        let mut confirmations: Vec<Option<Confirmation>> = vec![None; page.len()];
-        for (i, item) in page.iter().enumerate() {
-            let id = item
-                .external_id
-                .clone()
-                .or_else(|| item.values.get(external_ref).and_then(id_text));
-            let Some(id) = id else {
-                counts.failed += 1;
-                confirmations[i] = Some(Confirmation {
-                    external_id: String::new(),
-                    error: Some(format!("{external_ref}: missing")),
-                });
-                continue;
-            };
-            let n = seen.entry(id.clone()).or_insert(0);
-            if waves.len() <= *n {
-                waves.push(Vec::new());
-            }
-            waves[*n].push((i, id));
-            *n += 1;
-        }
-        for wave in waves {
-            // Upserts go to the writer as one bundle (one group, one transaction); deletes
-            // take their own path.
-            let mut upserts = Vec::new();
-            let mut deletes = Vec::new();
-            let mut collected = Vec::new();
-            // The wave's deletes of linked records go to the guard's hold, in one batch.
-            let held = match guard.as_mut() {
-                Some(g) => {
-                    let ids: Vec<String> = wave
-                        .iter()
-                        .filter(|(i, _)| page[*i].action == PullAction::Delete)
-                        .map(|(_, id)| id.clone())
-                        .collect();
-                    self.collect_deletes(sync, g, &ids)
-                        .await
-                        .map_err(store_failed)?
-                }
-                None => Default::default(),
-            };
-            for (n, (i, id)) in wave.iter().enumerate() {
-                let item = &page[*i];
-                let ctx = Ctx {
-                    modified_at: item.modified_at.or(ctx.modified_at),
-                    relabel: item.label.map(super::label_action),
-                    ..ctx.clone()
-                };
-                if let Some(g) = guard.as_mut() {
-                    if item.action == PullAction::Delete {
-                        if held.contains(id) {
-                            collected.push(n);
-                            continue;
-                        }
-                    } else if item.action != PullAction::Unlink {
-                        self.uncollect(g, id).await.map_err(store_failed)?;
-                    }
-                }
-                if matches!(item.action, PullAction::Delete | PullAction::Unlink) {
-                    deletes.push((n, id.clone(), item.action == PullAction::Unlink, ctx));
-                } else {
-                    let mut values = item.values.clone();
-                    values
-                        .entry(external_ref.to_string())
-                        .or_insert_with(|| Value::String(id.clone()));
-                    upserts.push((n, id.clone(), Value::Object(values), ctx));
-                }
-            }
-            let mut results: Vec<Option<Result<Applied, ApplyError>>> =
-                (0..wave.len()).map(|_| None).collect();
-            let (slots, items): (Vec<usize>, Vec<_>) = upserts
-                .into_iter()
-                .map(|(n, id, payload, ctx)| (n, (id, payload, ctx)))
-                .unzip();
-            let deleted =
-                futures_util::future::join_all(deletes.iter().map(|(_, id, unlink_only, ctx)| {
-                    self.apply_inbound(
-                        code,
-                        InboundOp::Delete {
-                            external_id: id.clone(),
-                            unlink_only: *unlink_only,
-                        },
-                        ctx,
-                    )
-                }));
-            let (applied, deleted) =
-                futures_util::future::join(self.apply_upserts(code, items, false), deleted).await;
-            for (n, r) in slots.into_iter().zip(applied) {
-                results[n] = Some(r);
-            }
-            for ((n, _, _, _), r) in deletes.iter().zip(deleted) {
-                results[*n] = Some(r);
-            }
-            // Collected by the delete guard: settled at the end of the run.
-            for n in collected {
-                results[n] = Some(Ok(Applied::Collected));
-            }
-            let results = results
-                .into_iter()
-                .map(|r| r.expect("every item has a result"));
-            for ((i, id), result) in wave.into_iter().zip(results) {
-                let error = match result {
-                    Ok(Applied::Created(_)) => {
-                        counts.created += 1;
-                        None
-                    }
-                    Ok(Applied::Updated(_, conflicts)) => {
-                        counts.updated += 1;
-                        counts.conflicts += conflicts as i64;
-                        None
-                    }
-                    Ok(Applied::Deleted(_)) => {
-                        counts.deleted += 1;
-                        None
-                    }
-                    Ok(Applied::Unlinked(_)) => {
-                        counts.unlinked += 1;
-                        None
-                    }
-                    Ok(Applied::Collected) => None,
-                    Ok(Applied::Held(_)) => {
-                        counts.held += 1;
-                        None
-                    }
-                    Ok(Applied::Ambiguous) => {
-                        counts.ambiguous += 1;
-                        None
-                    }
-                    Ok(Applied::NoOp(_))
-                    | Err(ApplyError::UnknownExternalId(..))
-                    | Ok(Applied::Skipped(_)) => {
-                        counts.skipped += 1;
-                        None
-                    }
-                    Err(ApplyError::Store(e)) => {
-                        return Err(format!("the store failed: {e}").into());
-                    }
-                    Err(e) => {
-                        counts.failed += 1;
-                        let msg = e.to_string();
-                        self.log_pull_failure(code, &page[i], &id, &msg, ctx)
-                            .await
-                            .map_err(|e| RunStop::from(format!("the store failed: {e}")))?;
-                        if matches!(e, ApplyError::MissingReference(_)) {
-                            unresolved.push(page[i].clone());
-                        }
-                        Some(msg)
-                    }
-                };
-                confirmations[i] = Some(Confirmation {
-                    external_id: id,
-                    error,
-                });
-            }
-        }
-        Ok(confirmations.into_iter().flatten().collect())
-    }
+/// Confirms a page's outcomes to the connector, then reports the run's counts so far.
+async fn confirm(
+    puller: &mut Box<dyn crate::connectors::Puller>,
+    memory: &SyncMemory<'_>,
+    outcomes: &[Confirmation],
+    (span, page): (&tracing::Span, usize),
+    progress: &tokio::sync::watch::Sender<RunCounts>,
+    counts: &RunCounts,
+) -> Result<(), PullError> {
+    puller
+        .confirm(memory, outcomes)
+        .instrument(tracing::info_span!(parent: span, "connector.confirm"))
+        .await?;
+    tracing::debug!(page, records = outcomes.len(), "Page applied and confirmed");
+    progress.send_replace(counts.clone());
+    Ok(())
 }
 
 /// Local records a push leaves alone.

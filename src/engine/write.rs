@@ -227,9 +227,9 @@ async fn create<'p>(
     out: &mut Out<'p>,
 ) -> Result<(), StoreError> {
     for (model, items) in creates {
-        let values: Vec<Map<String, Value>> = items.iter().map(|(_, v)| v.clone()).collect();
-        let recs = tx.insert_records(&model, &values).await?;
-        for ((i, values), rec) in items.into_iter().zip(recs) {
+        let (idx, values): (Vec<usize>, Vec<Values>) = items.into_iter().unzip();
+        let recs = tx.insert_records(&model, values).await?;
+        for (i, rec) in idx.into_iter().zip(recs) {
             let p = &round[i];
             let sync = &plan.syncs[&p.job.code];
             let m = &plan.models[&sync.model];
@@ -237,7 +237,7 @@ async fn create<'p>(
                 binding: p.binding.clone(),
                 local_id: rec.id,
                 external_id: Some(p.external_id.clone()),
-                base: values.clone(),
+                base: rec.values.clone(),
                 synced_version: rec.version,
                 external_hash: None,
                 left: Vec::new(),
@@ -252,7 +252,7 @@ async fn create<'p>(
             );
             row.external_id = Some(p.external_id.clone());
             row.origin_values = p.origin.clone();
-            row.destination_values = Value::Object(values);
+            row.destination_values = Value::Object(rec.values.clone());
             fill(&mut row, &p.job.ctx);
             out.rows.push(row);
             out.results[i] = Some(Ok(Applied::Created(rec.id)));

@@ -204,11 +204,7 @@ impl Tx {
     pub async fn log_changes(&mut self, rows: &[NewChange]) -> Result<()> {
         let now = Utc::now();
         for chunk in pieces(rows) {
-            let mut ph = Ph::new(self.is_pg());
-            let values = (0..chunk.len())
-                .map(|_| ph.tuple(16))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = values_clause(self.is_pg(), 16, chunk.len());
             let sql = format!(
                 "INSERT INTO change_log (sync, direction, action, external_id, local_id, name, title, origin_values,
                      destination_values, before_values, modified_at, synced_at, status, error_message, run_id, actor)

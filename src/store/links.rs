@@ -149,11 +149,7 @@ impl Tx {
     pub async fn upsert_links(&mut self, links: &[Link]) -> Result<()> {
         let now = Utc::now();
         for chunk in pieces(links) {
-            let mut ph = Ph::new(self.is_pg());
-            let values = (0..chunk.len())
-                .map(|_| ph.tuple(8))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = values_clause(self.is_pg(), 8, chunk.len());
             let sql = format!(
                 "INSERT INTO links (binding, local_id, external_id, base, synced_version, external_hash, left_syncs, updated_at)
                  VALUES {values}

@@ -16,6 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -687,6 +688,41 @@ async fn log_change(c: Conn<'_>, r: &NewChange) -> Result<i64> {
 /// change-control row, 15 columns) takes 3,840 parameters at 256 rows: far below SQLite's
 /// 32,766 and PostgreSQL's 65,535.
 const SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// The lengths [`pieces`] cuts `n` items into.
+fn piece_sizes(n: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut rest = n;
+    while rest > 0 {
+        let size = SIZES.iter().copied().find(|s| *s <= rest).unwrap_or(1);
+        out.push(size);
+        rest -= size;
+    }
+    out
+}
+
+/// `(…), (…)`: `rows` tuples of `cols` parameters, numbered in order (`$n` on PostgreSQL,
+/// `?` on SQLite, whose numbered parameters sqlx binds by a lookup that grows with their
+/// count). Kept once made: multi-row statements come in the few sizes of [`SIZES`].
+fn values_clause(pg: bool, cols: usize, rows: usize) -> std::sync::Arc<str> {
+    type Made = HashMap<(bool, usize, usize), std::sync::Arc<str>>;
+    static MADE: std::sync::LazyLock<std::sync::Mutex<Made>> =
+        std::sync::LazyLock::new(Default::default);
+    let key = (pg, cols, rows);
+    if let Some(text) = MADE.lock().expect("values clause lock").get(&key) {
+        return text.clone();
+    }
+    let mut ph = Ph::new(pg);
+    let text: std::sync::Arc<str> = (0..rows)
+        .map(|_| ph.tuple(cols))
+        .collect::<Vec<_>>()
+        .join(", ")
+        .into();
+    MADE.lock()
+        .expect("values clause lock")
+        .insert(key, text.clone());
+    text
+}
 
 /// Cuts `items` into slices whose lengths are in [`SIZES`].
 fn pieces<T>(items: &[T]) -> Vec<&[T]> {

@@ -1,6 +1,7 @@
 //! Local records: reads by id and page, and the writes of one transaction (single and batched).
 
 use super::*;
+use chrono::SubsecRound;
 
 impl Store {
     pub async fn get_record(&self, model: &str, id: i64) -> Result<Option<Record>> {
@@ -45,45 +46,42 @@ impl Tx {
         records_by_ids(self.conn(), pg, model, ids).await
     }
 
-    /// Inserts records at version 1; the result is in the order of `rows`.
+    /// Inserts records at version 1; the result is in the order of `rows`, each record
+    /// holding its values.
     pub async fn insert_records(
         &mut self,
         model: &str,
-        rows: &[Map<String, Value>],
+        rows: Vec<Map<String, Value>>,
     ) -> Result<Vec<Record>> {
-        let now = Utc::now();
+        // What the database stores (microseconds), so the records returned are as read back.
+        let now = Utc::now().trunc_subsecs(6);
         let mut out = Vec::with_capacity(rows.len());
-        for chunk in pieces(rows) {
-            let mut ph = Ph::new(self.is_pg());
-            let values = (0..chunk.len())
-                .map(|_| ph.tuple(4))
-                .collect::<Vec<_>>()
-                .join(", ");
+        let mut rows = rows.into_iter();
+        for size in piece_sizes(rows.len()) {
+            let chunk: Vec<Map<String, Value>> = rows.by_ref().take(size).collect();
+            let values = values_clause(self.is_pg(), 4, size);
             let sql = format!(
                 "INSERT INTO records (model, vals, created_at, updated_at) VALUES {values}
-                 RETURNING id, version, created_at, updated_at"
+                 RETURNING id"
             );
-            // Only the assigned columns come back; the values are the ones just written.
-            let mut meta = on!(self.conn(), |c| {
-                let mut q = query_as::<_, (i64, i64, DateTime<Utc>, DateTime<Utc>)>(&sql);
-                for v in chunk {
+            let mut ids = on!(self.conn(), |c| {
+                let mut q = query_scalar::<_, i64>(&sql);
+                for v in &chunk {
                     q = q.bind(model).bind(Json(v)).bind(now).bind(now);
                 }
                 q.fetch_all(c).await
             })?;
             // Ids are assigned in VALUES order; RETURNING order is not promised.
-            meta.sort_by_key(|m| m.0);
-            out.extend(meta.into_iter().zip(chunk).map(
-                |((id, version, created_at, updated_at), v)| Record {
-                    id,
-                    model: model.to_string(),
-                    values: v.clone(),
-                    version,
-                    created_at,
-                    updated_at,
-                    deleted: false,
-                },
-            ));
+            ids.sort_unstable();
+            out.extend(ids.into_iter().zip(chunk).map(|(id, values)| Record {
+                id,
+                model: model.to_string(),
+                values,
+                version: 1,
+                created_at: now,
+                updated_at: now,
+                deleted: false,
+            }));
         }
         Ok(out)
     }

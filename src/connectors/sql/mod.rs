@@ -213,8 +213,10 @@ struct SqlPull {
     from: Option<Watermark>,
     /// Whether the first page starts at the watermark itself (inclusive, the overlap).
     first: bool,
-    /// The last page's rows' positions, in order, to advance the watermark on confirmation.
-    last: Vec<(String, Watermark)>,
+    /// The rows' positions of each page read and not yet confirmed, in order, to advance the
+    /// watermark on confirmation (pages overlap: the next is read before the last is
+    /// confirmed).
+    last: std::collections::VecDeque<Vec<(String, Watermark)>>,
     /// A record of this run failed: the watermark stays before it until a later run.
     held: bool,
     more: bool,
@@ -346,7 +348,7 @@ impl SqlPull {
         self.more = rows.len() == self.limit;
         self.first = false;
         let mut out = Vec::with_capacity(rows.len());
-        self.last.clear();
+        let mut positions = Vec::with_capacity(rows.len());
         for values in rows {
             let id = id_text(values.get(&t.key));
             let at = t
@@ -359,7 +361,7 @@ impl SqlPull {
                 key: values.get(&t.key).cloned().unwrap_or(Value::Null),
             };
             self.from = Some(position.clone());
-            self.last.push((id.clone(), position));
+            positions.push((id.clone(), position));
             let deleted = t
                 .deleted
                 .as_ref()
@@ -382,6 +384,10 @@ impl SqlPull {
                 modified_at,
                 label: None,
             });
+        }
+        // A logical capture's snapshot confirms by its slot, not by positions.
+        if self.stream.is_none() {
+            self.last.push_back(positions);
         }
         out
     }
@@ -429,6 +435,8 @@ impl Puller for SqlPull {
         if self.stream.is_some() {
             return self.stream_confirm(memory, outcomes).await;
         }
+        // The oldest page not yet confirmed (none for the second attempt at the end of a run).
+        let page = self.last.pop_front().unwrap_or_default();
         if self.shape.table.cursor.is_none() {
             return Ok(());
         }
@@ -437,7 +445,7 @@ impl Puller for SqlPull {
             .filter(|o| o.error.is_some())
             .map(|o| o.external_id.as_str())
             .collect();
-        for (id, position) in std::mem::take(&mut self.last) {
+        for (id, position) in page {
             if self.held || failed.contains(id.as_str()) {
                 self.held = true;
                 break;
@@ -449,6 +457,12 @@ impl Puller for SqlPull {
             memory.save(&[], &[], Some(&text)).await?;
         }
         Ok(())
+    }
+
+    /// A poll's pages overlap (the next is read ahead anyway); a logical capture's do not,
+    /// its slot advancing with the confirmation of a batch's last page.
+    fn pages_overlap(&self) -> bool {
+        self.stream.is_none()
     }
 }
 
@@ -492,7 +506,7 @@ impl Connector for SqlConnector {
             limit: sync.limit.max(1),
             first: from.is_some(),
             from,
-            last: Vec::new(),
+            last: Default::default(),
             held: false,
             more: true,
             reached: None,
