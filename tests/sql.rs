@@ -1329,3 +1329,93 @@ async fn a_conflict_on_send_is_settled_by_priority() {
     );
     h.stop().await;
 }
+
+/// A poll over several pages, which overlap in the engine (a page goes to the writer while
+/// the one before it commits): a record that fails in the first page keeps the watermark
+/// before it, though the pages after it were applied; mended there, its timestamp
+/// unchanged, it comes in with the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_record_holds_the_watermark_while_later_pages_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Legacy::sqlite(dir.path()).await;
+    db.exec(
+        "CREATE TABLE tickets (id INTEGER PRIMARY KEY, title TEXT NOT NULL, \
+         state TEXT NOT NULL, updated_at TEXT NOT NULL)",
+    )
+    .await;
+    for i in 1..=9 {
+        // The second row's state has no entry in the sync's map.
+        let state = if i == 2 { "?" } else { "O" };
+        db.exec(&format!(
+            "INSERT INTO tickets VALUES ({i}, 'T{i}', '{state}', '2026-01-01T00:00:0{i}Z')"
+        ))
+        .await;
+    }
+    let mapping = r#"
+[models.ticket]
+display = "title"
+fields = { title = "char", state = "char" }
+
+[web_services.desk]
+kind = "sql"
+url = "${LEGACY_URL}"
+
+[external_models.tickets]
+kind = "sql"
+table = "tickets"
+key = "id"
+cursor = "updated_at"
+overlap = "1s"
+fields = { id = "integer", title = "char", state = "char", updated_at = "datetime" }
+
+[syncs.TICKETS]
+model = "ticket"
+external_model = "tickets"
+web_service = "desk"
+direction = "to_local"
+every = "1h"
+limit = 2
+fields = [
+  { local = "title", external = "title" },
+  { local = "state", external = "state", map = { open = "O", closed = "C" } },
+]
+"#;
+    let h = Harness::with(Tweaks {
+        mapping: Some(mapping.to_string()),
+        env: HashMap::from([("LEGACY_URL".to_string(), db.url())]),
+        ..Default::default()
+    })
+    .await;
+    let titles = |rs: Vec<recsync::store::Record>| {
+        let mut t: Vec<String> = rs
+            .iter()
+            .map(|r| r.values["title"].as_str().unwrap_or_default().to_string())
+            .collect();
+        t.sort();
+        t
+    };
+    let run = h.run("TICKETS").await;
+    assert_eq!((run.pulled, run.created, run.failed), (9, 8, 1), "{run:?}");
+    let rs = h.engine.store.list_records("ticket", 0, 100).await.unwrap();
+    assert_eq!(
+        titles(rs),
+        ["T1", "T3", "T4", "T5", "T6", "T7", "T8", "T9"],
+        "every page after the failed record's was applied"
+    );
+    // Mended there without a new timestamp (rows are 1 s apart, the overlap 1 s): only a
+    // watermark kept before it finds it.
+    db.exec("UPDATE tickets SET state = 'C' WHERE id = 2").await;
+    let run = h.run("TICKETS").await;
+    assert_eq!((run.created, run.failed), (1, 0), "{run:?}");
+    let rs = h.engine.store.list_records("ticket", 0, 100).await.unwrap();
+    let t2 = rs
+        .iter()
+        .find(|r| r.values["title"] == "T2")
+        .expect("T2 came in");
+    assert_eq!(t2.values["state"], "closed");
+    assert_eq!(titles(rs).len(), 9);
+    // Now the watermark is the last row: only the overlap's second is read again.
+    let run = h.run("TICKETS").await;
+    assert_eq!((run.pulled, run.created, run.failed), (2, 0, 0), "{run:?}");
+    h.stop().await;
+}
