@@ -190,7 +190,7 @@ impl Engine {
         items: Vec<(String, Value, Ctx)>,
         must_exist: bool,
     ) -> Vec<Result<Applied, ApplyError>> {
-        super::batch::replies(self.send_upserts(code, items, must_exist).await).await
+        replies(self.send_upserts(code, items, must_exist).await).await
     }
 
     /// [`Engine::apply_upserts`] without waiting: each item's answer comes on its receiver.
@@ -199,7 +199,7 @@ impl Engine {
         code: &str,
         items: Vec<(String, Value, Ctx)>,
         must_exist: bool,
-    ) -> Vec<super::batch::Reply> {
+    ) -> Vec<Reply> {
         let plan = self.plan();
         if admit(&plan, code).is_err() {
             return items
@@ -670,5 +670,32 @@ pub(crate) struct Job {
     pub span: tracing::Span,
     /// Checked and mapped before it reached the writer (by the task that submitted it, so
     /// that the writer's time goes to the store), under the plan named here.
-    pub checked: Option<super::batch::Checked>,
+    pub checked: Option<Checked>,
+}
+
+/// The answer to one job handed to the writer.
+pub(crate) type Reply = oneshot::Receiver<Result<Applied, ApplyError>>;
+
+/// The writer's answers, in order; a writer gone before answering is a closed store.
+pub(crate) async fn replies(waiting: Vec<Reply>) -> Vec<Result<Applied, ApplyError>> {
+    let mut out = Vec::with_capacity(waiting.len());
+    for rx in waiting {
+        out.push(
+            rx.await
+                .unwrap_or(Err(ApplyError::Store(StoreError::Database(
+                    sqlx::Error::PoolClosed,
+                )))),
+        );
+    }
+    out
+}
+
+/// A request checked and mapped: its external id, its typed values, the mapped values and
+/// the references still to resolve.
+pub(super) type Mapped = (String, Value, Map<String, Value>, Vec<PendingRef>);
+
+/// A request checked before it reached the writer, and the plan it was checked under.
+pub(crate) struct Checked {
+    pub(super) plan: std::sync::Arc<Plan>,
+    pub(super) result: Result<Mapped, ApplyError>,
 }

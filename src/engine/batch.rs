@@ -3,7 +3,7 @@
 //! round trips per request. Each request still gets its own outcome; a batch that fails as a
 //! whole is retried request by request.
 
-use super::apply::{Applied, ApplyError, Job, Work, invalid};
+use super::apply::{Applied, ApplyError, Checked, Job, Mapped, Reply, Work, invalid, replies};
 use super::{Ctx, Engine};
 use crate::domain::Plan;
 use crate::domain::mapping::{PendingRef, id_text, to_local};
@@ -390,23 +390,6 @@ impl Engine {
     }
 }
 
-/// The answer to one job handed to the writer.
-pub(crate) type Reply = oneshot::Receiver<Result<Applied, ApplyError>>;
-
-/// The writer's answers, in order; a writer gone before answering is a closed store.
-pub(crate) async fn replies(waiting: Vec<Reply>) -> Vec<Result<Applied, ApplyError>> {
-    let mut out = Vec::with_capacity(waiting.len());
-    for rx in waiting {
-        out.push(
-            rx.await
-                .unwrap_or(Err(ApplyError::Store(StoreError::Database(
-                    sqlx::Error::PoolClosed,
-                )))),
-        );
-    }
-    out
-}
-
 pub(super) fn fill(row: &mut NewChange, ctx: &Ctx) {
     row.modified_at = ctx.modified_at;
     row.actor = ctx.actor.clone();
@@ -432,16 +415,6 @@ pub(super) fn prepare(plan: &Plan, mut job: Job) -> Result<Prepared, (Job, Apply
         }),
         Err(e) => Err((job, e)),
     }
-}
-
-/// A request checked and mapped: its external id, its typed values, the mapped values and
-/// the references still to resolve.
-type Mapped = (String, Value, Map<String, Value>, Vec<PendingRef>);
-
-/// A request checked before it reached the writer, and the plan it was checked under.
-pub(crate) struct Checked {
-    plan: Arc<Plan>,
-    result: Result<Mapped, ApplyError>,
 }
 
 fn check(plan: &Plan, job: &Job) -> Result<Mapped, ApplyError> {

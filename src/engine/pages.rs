@@ -4,9 +4,9 @@
 //! so that reading, checking and mapping overlap with the hub's transaction; any other page
 //! is applied on its own (`apply_page`).
 
-use super::batch::{Reply, replies};
+use super::apply::{Reply, replies};
 use super::guard::Collecting;
-use super::run::RunStop;
+use super::stop::RunStop;
 use super::{
     Ctx, Engine, InboundOp,
     apply::{Applied, ApplyError},
