@@ -264,10 +264,10 @@ const OPS: usize = 50;
 /// Seeds CI runs on each backend.
 const CI_SEEDS: u64 = 6;
 
-/// The number of a name the episode gave ("Name 12" is 12): names are numbered in the order
-/// they were made.
+/// The number of a name the episode gave ("Name 12" and "Name 12 / Co" are 12): names are
+/// numbered in the order they were made.
 fn number(name: &str) -> Option<usize> {
-    name.strip_prefix("Name ")?.parse().ok()
+    name.strip_prefix("Name ")?.split(' ').next()?.parse().ok()
 }
 
 /// A record in a spoke: its id there and its values (name and email).
@@ -1547,13 +1547,13 @@ impl World {
                 "{c:?}"
             );
         }
-        let lost_in_conflict: BTreeSet<String> = changes
+        let lost_in_conflict: BTreeSet<usize> = changes
             .iter()
             .filter(|c| c.action == "conflict")
             .flat_map(|c| {
                 ["external", "local"]
                     .iter()
-                    .filter_map(|side| c.origin_values.get(*side)?.as_str().map(str::to_string))
+                    .filter_map(|side| number(c.origin_values.get(*side)?.as_str()?))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -1586,7 +1586,7 @@ impl World {
                 .max();
             if let Some((n, what)) = newest
                 && n > last
-                && !lost_in_conflict.contains(&format!("Name {n}"))
+                && !lost_in_conflict.contains(&n)
             {
                 broken.push(format!(
                     "p{k}: {what}, the newest, was lost to the older {:?} without a conflict row\n  its history:\n    {}",
