@@ -306,11 +306,7 @@ struct Hub {
 
 impl Hub {
     async fn start(mapping: &str) -> Hub {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let base = format!("http://127.0.0.1:{port}");
         let peer_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let peer_url = format!("http://{}", peer_listener.local_addr().unwrap());

@@ -327,11 +327,7 @@ async fn killed_at_randomized_points_nothing_acknowledged_is_lost_or_doubled() {
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let store = db.store().await;
     let env = Env {
         base: format!("http://127.0.0.1:{port}"),

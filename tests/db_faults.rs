@@ -58,11 +58,7 @@ async fn ready(client: &reqwest::Client, base: &str) {
 }
 
 fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::free_port()
 }
 
 async fn create(client: &reqwest::Client, base: &str, id: &str, name: &str) -> u16 {

@@ -77,11 +77,7 @@ async fn a_csv_export_of_200k_rows_streams_in_constant_memory() {
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let mut child = Command::new(common::recsync_bin())
         .args([
             "serve",

@@ -47,11 +47,7 @@ async fn one_inbound_change_is_followed_from_its_request_to_its_commit_and_deliv
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let log_path = dir.path().join("serve.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_recsync"))
         .args([

@@ -71,11 +71,7 @@ async fn sigterm_under_load_finishes_in_flight_work_and_loses_nothing() {
     )
     .unwrap();
     let store = db.store().await; // migrated before the server starts
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = Command::new(common::recsync_bin())
         .args([

@@ -112,11 +112,7 @@ async fn setup() -> Setup {
 }
 
 fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::free_port()
 }
 
 /// Starts `recsync serve` on a free port and waits until it answers; returns it and its URL.

@@ -6,21 +6,52 @@
 
 use super::apply::{Reply, replies};
 use super::guard::Collecting;
+use super::memory::SyncMemory;
 use super::stop::RunStop;
 use super::{
     Ctx, Engine, InboundOp,
     apply::{Applied, ApplyError},
 };
-use crate::connectors::{Confirmation, PullAction, Pulled};
+use crate::connectors::{Confirmation, PullAction, PullError, Pulled, Puller};
 use crate::domain::mapping::id_text;
 use crate::store::{LogAction, LogStatus, NewChange, RunCounts, StoreError};
 use serde_json::Value;
+use tracing::Instrument;
 
 /// A page of upserts handed to the writer, its outcomes still to come.
 pub(super) struct InFlight {
     page: Vec<Pulled>,
     ids: Vec<String>,
     replies: Vec<Reply>,
+}
+
+/// A page handed to the writer, with its span and its number in the run.
+pub(super) type Flying = (InFlight, tracing::Span, usize);
+
+/// What a run confirms its applied pages to: the connector's puller, the sync's memory, and
+/// the run's progress, reported after each page.
+pub(super) struct Confirmer<'a, 'm> {
+    pub puller: &'a mut Box<dyn Puller>,
+    pub memory: &'a SyncMemory<'m>,
+    pub progress: &'a tokio::sync::watch::Sender<RunCounts>,
+}
+
+impl Confirmer<'_, '_> {
+    /// Confirms a page's outcomes to the connector, then reports the run's counts so far.
+    pub(super) async fn confirm(
+        &mut self,
+        outcomes: &[Confirmation],
+        (span, page): (&tracing::Span, usize),
+        counts: &RunCounts,
+    ) -> Result<(), PullError> {
+        self.puller
+            .confirm(self.memory, outcomes)
+            .instrument(tracing::info_span!(parent: span, "connector.confirm"))
+            .await?;
+        tracing::debug!(page, records = outcomes.len(), "Page applied and confirmed");
+        self.progress.send_replace(counts.clone());
+        Ok(())
+    }
 }
 
 fn store_failed(e: StoreError) -> RunStop {
@@ -97,6 +128,29 @@ impl Engine {
             });
         }
         Ok(confirmations)
+    }
+
+    /// Waits for the page in flight, if there is one, counts its outcomes and confirms it.
+    pub(super) async fn land(
+        &self,
+        code: &str,
+        flying: Option<Flying>,
+        ctx: &Ctx,
+        counts: &mut RunCounts,
+        unresolved: &mut Vec<Pulled>,
+        confirmer: &mut Confirmer<'_, '_>,
+    ) -> Result<(), RunStop> {
+        let Some((flight, span, n)) = flying else {
+            return Ok(());
+        };
+        let outcomes = self
+            .finish_page(code, flight, ctx, counts, unresolved)
+            .instrument(tracing::info_span!(parent: &span, "apply"))
+            .await?;
+        confirmer
+            .confirm(&outcomes, (&span, n), counts)
+            .await
+            .map_err(|e| RunStop::Failed(e.to_string()))
     }
 
     /// Applies a page, concurrently where records differ (so they group-commit) and in order

@@ -5,10 +5,10 @@
 
 use super::guard::Collecting;
 use super::memory::SyncMemory;
-use super::pages::InFlight;
+use super::pages::{Confirmer, Flying};
 pub(crate) use super::stop::RunStop;
 use super::{Ctx, Engine};
-use crate::connectors::{Confirmation, PullError, PullStart, Pulled};
+use crate::connectors::{PullError, PullStart, Pulled};
 use crate::store::{
     LogAction, LogDirection, LogStatus, NewChange, RunCounts, RunStatus, StoreError,
 };
@@ -488,14 +488,20 @@ impl Engine {
         // Where the connector allows it, a page of upserts goes to the writer while the page
         // before it is still being applied; pages are confirmed in order all the same.
         let overlap = puller.pages_overlap();
-        let mut in_flight: Option<(InFlight, tracing::Span, usize)> = None;
+        let mut in_flight: Option<Flying> = None;
+        let mut confirmer = Confirmer {
+            puller: &mut puller,
+            memory: &memory,
+            progress,
+        };
         let mut n = 0;
         loop {
             n += 1;
             // One span per page: the connector's read, the engine's apply and the confirmation
             // inside it.
             let span = tracing::info_span!("page", sync = code, page = n);
-            let page = puller
+            let page = confirmer
+                .puller
                 .next_page(&memory)
                 .instrument(tracing::info_span!(parent: &span, "connector.next_page"))
                 .await
@@ -511,60 +517,32 @@ impl Engine {
                     .await?;
                 match sent {
                     Ok(flight) => {
-                        if let Some((before, span, n)) =
-                            in_flight.replace((flight, span.clone(), n))
-                        {
-                            let outcomes = self
-                                .finish_page(code, before, &ctx, counts, &mut retry_later)
-                                .instrument(tracing::info_span!(parent: &span, "apply"))
-                                .await?;
-                            confirm(
-                                &mut puller,
-                                &memory,
-                                &outcomes,
-                                (&span, n),
-                                progress,
-                                counts,
-                            )
-                            .await
-                            .map_err(failed)?;
-                        }
+                        let before = in_flight.replace((flight, span.clone(), n));
+                        self.land(code, before, &ctx, counts, &mut retry_later, &mut confirmer)
+                            .await?;
                     }
                     Err(page) => records = Some(page),
                 }
             }
             if let Some(records) = records {
                 // Applied on its own, after the page still in flight.
-                if let Some((before, span, n)) = in_flight.take() {
-                    let outcomes = self
-                        .finish_page(code, before, &ctx, counts, &mut retry_later)
-                        .instrument(tracing::info_span!(parent: &span, "apply"))
-                        .await?;
-                    confirm(
-                        &mut puller,
-                        &memory,
-                        &outcomes,
-                        (&span, n),
-                        progress,
-                        counts,
-                    )
-                    .await
-                    .map_err(failed)?;
-                }
+                self.land(
+                    code,
+                    in_flight.take(),
+                    &ctx,
+                    counts,
+                    &mut retry_later,
+                    &mut confirmer,
+                )
+                .await?;
                 let outcomes = self
                     .apply_page(code, &records, &ctx, counts, &mut retry_later, &mut guard)
                     .instrument(tracing::info_span!(parent: &span, "apply"))
                     .await?;
-                confirm(
-                    &mut puller,
-                    &memory,
-                    &outcomes,
-                    (&span, n),
-                    progress,
-                    counts,
-                )
-                .await
-                .map_err(failed)?;
+                confirmer
+                    .confirm(&outcomes, (&span, n), counts)
+                    .await
+                    .map_err(failed)?;
             }
             if !more {
                 break;
@@ -573,22 +551,15 @@ impl Engine {
                 return Err(RunStop::ShuttingDown);
             }
         }
-        if let Some((before, span, n)) = in_flight.take() {
-            let outcomes = self
-                .finish_page(code, before, &ctx, counts, &mut retry_later)
-                .instrument(tracing::info_span!(parent: &span, "apply"))
-                .await?;
-            confirm(
-                &mut puller,
-                &memory,
-                &outcomes,
-                (&span, n),
-                progress,
-                counts,
-            )
-            .await
-            .map_err(failed)?;
-        }
+        self.land(
+            code,
+            in_flight.take(),
+            &ctx,
+            counts,
+            &mut retry_later,
+            &mut confirmer,
+        )
+        .await?;
         // A full run of a connector that does not read everything itself lists every record
         // (reconciliation).
         let listing = full
@@ -638,24 +609,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-/// Confirms a page's outcomes to the connector, then reports the run's counts so far.
-async fn confirm(
-    puller: &mut Box<dyn crate::connectors::Puller>,
-    memory: &SyncMemory<'_>,
-    outcomes: &[Confirmation],
-    (span, page): (&tracing::Span, usize),
-    progress: &tokio::sync::watch::Sender<RunCounts>,
-    counts: &RunCounts,
-) -> Result<(), PullError> {
-    puller
-        .confirm(memory, outcomes)
-        .instrument(tracing::info_span!(parent: span, "connector.confirm"))
-        .await?;
-    tracing::debug!(page, records = outcomes.len(), "Page applied and confirmed");
-    progress.send_replace(counts.clone());
-    Ok(())
 }
 
 /// Local records a push leaves alone.

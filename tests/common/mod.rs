@@ -116,6 +116,34 @@ where
     }
 }
 
+/// A port for a child process to listen on (a `recsync serve` the test starts, and starts
+/// again on the same port after a kill). It is taken from below the kernel's ephemeral range,
+/// where every port bound to 0 and the client end of every connection come from: a port found
+/// by binding port 0 and letting it go can be taken by any connection made before the child
+/// binds it, this process's or another test binary's, and the child then exits with "address in
+/// use". Checked free by binding it once.
+pub fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low < 12_000 {
+        // No room below the range: the old way.
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    let span = low - 10_000;
+    loop {
+        let port = 10_000 + rand::random::<u16>() % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Starts the reference peer on a free port with the harness's protocol key; answers its URL
 /// and its state.
 pub fn spawn_peer() -> (String, std::sync::Arc<recsync::peer::PeerState>) {
