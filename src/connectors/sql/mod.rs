@@ -27,6 +27,8 @@ use std::sync::{Arc, Mutex};
 
 /// Rows listed per page when reconciling.
 const LIST_PAGE: usize = 1000;
+/// How often a poll saves its watermark while later pages wait for their confirmation.
+const WATERMARK_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The connector of an `sql` web service: one pool, the catalog of its tables.
 pub struct SqlConnector {
@@ -220,8 +222,12 @@ struct SqlPull {
     /// A record of this run failed: the watermark stays before it until a later run.
     held: bool,
     more: bool,
-    /// What to save on confirmation.
+    /// How far the confirmed pages reach.
     reached: Option<Watermark>,
+    /// `reached` moved since it was last saved.
+    unsaved: bool,
+    /// When the watermark was last saved.
+    saved_at: Option<std::time::Instant>,
     /// Read the whole table by key, whatever `cursor` says (a logical capture's snapshot).
     whole: bool,
     /// `capture = "logical"`: the slot being read.
@@ -451,10 +457,22 @@ impl Puller for SqlPull {
                 break;
             }
             self.reached = Some(position);
+            self.unsaved = true;
         }
-        if let Some(w) = &self.reached {
+        // Saved at once when no later page waits for its confirmation (the run's last page, a
+        // page applied on its own), else at most once every `WATERMARK_SAVE_EVERY`: saving takes the hub's
+        // one write connection, which the next page's transaction holds meanwhile. A crash
+        // between two saves only makes the next run read those pages again, which writes
+        // nothing for rows that did not change.
+        let due = self.last.is_empty()
+            || self
+                .saved_at
+                .is_none_or(|at| at.elapsed() >= WATERMARK_SAVE_EVERY);
+        if let Some(w) = self.reached.as_ref().filter(|_| self.unsaved && due) {
             let text = serde_json::to_string(w).expect("a watermark serializes");
             memory.save(&[], &[], Some(&text)).await?;
+            self.unsaved = false;
+            self.saved_at = Some(std::time::Instant::now());
         }
         Ok(())
     }
@@ -510,6 +528,8 @@ impl Connector for SqlConnector {
             held: false,
             more: true,
             reached: None,
+            unsaved: false,
+            saved_at: None,
             whole: false,
             stream: None,
             shape: Arc::new(shape),
