@@ -61,18 +61,40 @@ impl Tx {
             let chunk: Vec<Map<String, Value>> = rows.by_ref().take(size).collect();
             let values = values_clause(self.is_pg(), 4, size);
             let sql = format!(
-                "INSERT INTO records (model, vals, created_at, updated_at) VALUES {values}
-                 RETURNING id"
+                "INSERT INTO records (model, vals, created_at, updated_at) VALUES {values}"
             );
-            let mut ids = on!(self.conn(), |c| {
-                let mut q = query_scalar::<_, i64>(&sql);
-                for v in &chunk {
-                    q = q.bind(model).bind(Json(v)).bind(now).bind(now);
+            let ids: Vec<i64> = match self.conn() {
+                // SQLite gives one statement's rows consecutive ids in VALUES order (the table is
+                // AUTOINCREMENT, nothing else writes while this transaction holds the write
+                // lock): the last one is enough. `RETURNING` would send each id from the
+                // connection's thread to this one as a message of its own.
+                Conn::Sqlite(c) => {
+                    let mut q = query(&sql);
+                    for v in &chunk {
+                        q = q.bind(model).bind(Json(v)).bind(now).bind(now);
+                    }
+                    let done = q.execute(c).await?;
+                    let last = done.last_insert_rowid();
+                    if done.rows_affected() != size as u64 {
+                        return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                            "{} records inserted instead of {size}",
+                            done.rows_affected()
+                        ))));
+                    }
+                    (last - size as i64 + 1..=last).collect()
                 }
-                q.fetch_all(c).await
-            })?;
-            // Ids are assigned in VALUES order; RETURNING order is not promised.
-            ids.sort_unstable();
+                Conn::Postgres(c) => {
+                    let sql = format!("{sql} RETURNING id");
+                    let mut q = query_scalar::<_, i64>(&sql);
+                    for v in &chunk {
+                        q = q.bind(model).bind(Json(v)).bind(now).bind(now);
+                    }
+                    let mut ids = q.fetch_all(c).await?;
+                    // Ids are assigned in VALUES order; RETURNING order is not promised.
+                    ids.sort_unstable();
+                    ids
+                }
+            };
             out.extend(ids.into_iter().zip(chunk).map(|(id, values)| Record {
                 id,
                 model: model.to_string(),
