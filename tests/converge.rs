@@ -38,6 +38,7 @@
 //! `RECSYNC_CONVERGE_TRACE=1` prints every episode's trace, passing or not.
 
 mod common;
+use common::Killed;
 
 use common::harness::{ADMIN_KEY, CRM_KEY, PEER_KEY};
 use rand::rngs::StdRng;
@@ -278,15 +279,6 @@ fn email(k: usize) -> String {
 }
 
 /// The `recsync serve` process, killed when dropped (a failing episode leaves none behind).
-struct Serving(std::process::Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// recsync as `recsync serve`, a process of its own (so it can be killed), on the episode's
 /// database; the test reads that database through a store of its own.
 struct Hub {
@@ -297,7 +289,7 @@ struct Hub {
     plan: recsync::domain::Plan,
     db: common::TestDb,
     dir: tempfile::TempDir,
-    child: Serving,
+    child: Killed,
     peer: std::sync::Arc<recsync::peer::PeerState>,
     peer_handle: actix_web::dev::ServerHandle,
     /// Times the process was started.
@@ -380,7 +372,7 @@ scopes = ["sync:CON"]
             plan,
             db,
             dir,
-            child: Serving(std::process::Command::new("true").spawn().unwrap()),
+            child: Killed(std::process::Command::new("true").spawn().unwrap()),
             peer: peer_state,
             peer_handle,
             starts: 0,
@@ -390,7 +382,7 @@ scopes = ["sync:CON"]
         hub
     }
 
-    fn serve(&mut self) -> Serving {
+    fn serve(&mut self) -> Killed {
         self.starts += 1;
         let log = std::fs::File::create(self.dir.path().join(format!("serve-{}.log", self.starts)))
             .unwrap();
@@ -415,7 +407,7 @@ scopes = ["sync:CON"]
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
-            .map(Serving)
+            .map(Killed)
             .unwrap()
     }
 

@@ -4,20 +4,12 @@
 //! a manual step.
 
 mod common;
+use common::Killed;
 
 use common::harness::{CRM_KEY, Harness, MAPPING};
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn serve(dir: &std::path::Path, url: &str, port: u16, env: &[(&str, String)]) -> Killed {
     std::fs::write(

@@ -3,13 +3,14 @@
 //! arrives exactly once. (On PostgreSQL in CI; on a shared SQLite file otherwise.)
 
 mod common;
+use common::Killed;
 
 use common::harness::PEER_KEY;
 use recsync::peer::{Faults, Peer, PeerOptions};
 use recsync::store::ChangeFilter;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MAPPING: &str = r#"
@@ -36,15 +37,6 @@ limit = 20
 external_ref = "unique_id"
 fields = [{ local = "name", external = "name" }, { local = "email", external = "email" }]
 "#;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn serve(dir: &std::path::Path, log: &str) -> Killed {
     Killed(

@@ -4,11 +4,12 @@
 //! had in flight are taken over within seconds, not after the claim timeout.
 
 mod common;
+use common::Killed;
 
 use common::harness::PEER_KEY;
 use recsync::peer::{Faults, Peer, PeerOptions, PeerState};
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,15 +51,6 @@ fields = [{ local = "name", external = "name" }]
 const KEY: &str = "ops-key-0123456789";
 
 /// A serve process, killed (SIGKILL) when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Setup {
     dir: tempfile::TempDir,
     db: common::TestDb,

@@ -6,6 +6,7 @@
 //! `traceparent` starts a trace of its own; an unreachable endpoint blocks and fails nothing.
 
 mod common;
+use common::Killed;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use common::harness::{ADMIN_KEY, CRM_KEY};
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 const MAPPING: &str = r#"
@@ -49,15 +50,6 @@ fields = [{ local = "name", external = "name" }, { local = "email", external = "
 "#;
 
 /// Kills the child (and waits for it) when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The headers of each shipping call the systems got, by path.
 type Calls = Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>;
 

@@ -116,6 +116,17 @@ where
     }
 }
 
+/// A child process killed (and waited for) when the test lets go of it, also when the test
+/// fails: no server outlives its test.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A port for a child process to listen on (a `recsync serve` the test starts, and starts
 /// again on the same port after a kill). It is taken from below the kernel's ephemeral range,
 /// where every port bound to 0 and the client end of every connection come from: a port found
