@@ -12,7 +12,8 @@ does besides (reading PostgreSQL, mapping, deciding, JSON, masking) can only add
     python3 benches/hub_floor.py [ROWS] [all|records|links|log] [INDEX,INDEX...]
 
 ROWS defaults to 1,000,000; the second argument writes one table only; the third drops those
-indexes first (to price them). Run from the project's root; the database is a temporary file.
+indexes first (to price them). The database is a temporary file. Writing one statement of 250
+rows at a time instead, as the hub does, measured the same (34.8 µs a record against 31-38).
 """
 
 import glob
@@ -32,7 +33,8 @@ with tempfile.TemporaryDirectory() as d:
     db = sqlite3.connect(os.path.join(d, "hub.db"), isolation_level=None)
     for pragma in ("journal_mode = WAL", "synchronous = NORMAL", "wal_autocheckpoint = 0", "temp_store = memory"):
         db.execute("PRAGMA " + pragma)
-    for f in sorted(glob.glob("migrations/sqlite/*.sql")):
+    migrations = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "migrations", "sqlite")
+    for f in sorted(glob.glob(os.path.join(migrations, "*.sql"))):
         db.executescript(open(f).read())
     for index in drop:
         db.execute("DROP INDEX " + index)
