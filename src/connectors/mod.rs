@@ -240,6 +240,28 @@ pub struct Pulled {
     pub label: Option<Label>,
 }
 
+impl Pulled {
+    /// A record read by id, present (an upsert) or marked deleted at the source.
+    pub fn read(
+        values: Map<String, Value>,
+        id: String,
+        modified_at: Option<chrono::DateTime<chrono::Utc>>,
+        deleted: bool,
+    ) -> Pulled {
+        Pulled {
+            action: if deleted {
+                PullAction::Delete
+            } else {
+                PullAction::Update
+            },
+            values,
+            external_id: Some(id),
+            modified_at,
+            label: None,
+        }
+    }
+}
+
 /// A read running in the background (the next page, while the engine applies this one);
 /// dropping it stops the read.
 pub struct Ahead<T>(tokio::task::JoinHandle<Result<T, PullError>>);

@@ -220,17 +220,8 @@ fn decode(
         }
         // An API's records carry much more than a sync reads: only what it reads is kept.
         values.retain(|k, _| takes(k));
-        out.records.push(Pulled {
-            action: if deleted {
-                PullAction::Delete
-            } else {
-                PullAction::Update
-            },
-            values,
-            external_id: Some(id),
-            modified_at,
-            label: None,
-        });
+        out.records
+            .push(Pulled::read(values, id, modified_at, deleted));
     }
     Ok(out)
 }

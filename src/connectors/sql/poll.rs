@@ -188,17 +188,7 @@ impl SqlPull {
                 .and_then(|c| values.get(c))
                 .and_then(Value::as_str)
                 .and_then(|s| crate::domain::value::parse_datetime(s).ok());
-            out.push(Pulled {
-                action: if deleted {
-                    PullAction::Delete
-                } else {
-                    PullAction::Update
-                },
-                values,
-                external_id: Some(id),
-                modified_at,
-                label: None,
-            });
+            out.push(Pulled::read(values, id, modified_at, deleted));
         }
         // A logical capture's snapshot confirms by its slot, not by positions.
         if self.stream.is_none() {
