@@ -473,9 +473,50 @@ async fn killed_at_randomized_points_nothing_acknowledged_is_lost_or_doubled() {
                 )
             })
             .collect();
+        // Every row of the entries that differ, and every line of every process's log that
+        // names them (the kill each process met is the first line of its log).
+        let ids: Vec<&String> = missing.iter().chain(&extra).map(|(_, id)| *id).collect();
+        let mut history = Vec::new();
+        for id in &ids {
+            for c in store
+                .changes(&recsync::store::ChangeFilter {
+                    external_id: Some((*id).clone()),
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+            {
+                history.push(format!(
+                    "{} {} {} {} {} run {:?} {} {}",
+                    c.id, c.sync, c.action, c.status, id, c.run_id, c.actor, c.error_message
+                ));
+            }
+        }
+        let mut lines = Vec::new();
+        let mut logs: Vec<_> = std::fs::read_dir(env.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for path in logs {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let first = text.lines().next().unwrap_or_default().to_string();
+            for l in text
+                .lines()
+                .filter(|l| ids.iter().any(|id| l.contains(id.as_str())))
+            {
+                lines.push(format!("{name} ({first}): {l}"));
+            }
+        }
         panic!(
-            "the mirror differs: missing or different locally {missing:?}; extra locally {extra:?}\nBOX holds: {holds:?}\nBOX's newest rows:\n{}",
-            rows.join("\n")
+            "the mirror differs: missing or different locally {missing:?}; extra locally {extra:?}\nBOX holds: {holds:?}\nBOX's newest rows:\n{}\nrows of those entries:\n{}\nlog lines naming them:\n{}",
+            rows.join("\n"),
+            history.join("\n"),
+            lines.join("\n")
         );
     }
     common::eventually(120, "the outbox to settle", || async {
